@@ -1,0 +1,93 @@
+"""Choosing the torch device, and surviving CUDA out-of-memory.
+
+``"auto"`` (or None) means CUDA when available, else CPU; an explicit choice always wins, and an explicit ``"cuda"``
+on a machine without CUDA is an error, not a silent CPU run.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence, TypeVar
+
+from .errors import InputError
+from .provenance import Provenance
+
+__all__ = ["DEVICE_CHOICES", "resolve_device", "is_out_of_memory", "run_batched_with_fallback"]
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def resolve_device(choice: str | None = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
+    """Turn a user's device choice into a ``torch.device``.
+
+    Raises
+    ------
+    InputError
+        For an unknown choice, or ``cuda`` where torch sees no CUDA device.
+    """
+    import torch
+
+    choice = (choice or "auto").lower()
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {choice} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU. "
+                "Use --device cpu or auto, or install a CUDA build of torch (see README)."
+            )
+        return torch.device(choice)
+    raise InputError(f"Unknown device {choice!r}; choose one of {DEVICE_CHOICES} (or cuda:N).")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (torch raises several types for it)."""
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def run_batched_with_fallback(
+    items: Sequence[T],
+    run_batch: Callable[[Sequence[T], "torch.device"], list[R]],  # noqa: F821
+    *,
+    device: "torch.device",  # noqa: F821
+    batch_size: int,
+    provenance: Provenance | None = None,
+) -> tuple[list[R], "torch.device"]:  # noqa: F821
+    """Run ``run_batch`` over ``items`` in batches; on CUDA out-of-memory halve the batch, then move to the CPU.
+
+    ``run_batch(batch, device)`` must move its own model and tensors to ``device``. Every fallback is logged at
+    WARNING and recorded in ``provenance.warnings``. Returns the concatenated results and the device that finished.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}.")
+    record = provenance.warn if provenance is not None else log.warning
+    results: list[R] = []
+    start = 0
+    while start < len(items):
+        batch = items[start : start + batch_size]
+        try:
+            results.extend(run_batch(batch, device))
+            start += len(batch)
+        except Exception as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if device.type != "cuda" or not is_out_of_memory(error):
+                raise
+            torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size = max(1, batch_size // 2)
+                record(f"CUDA out of memory; retrying with batch size {batch_size}.")
+            else:
+                device = torch.device("cpu")
+                record("CUDA out of memory even at batch size 1; continuing on the CPU (slower).")
+    return results, device

@@ -1,0 +1,186 @@
+"""Image geometry and the array-plus-geometry type that every public function takes.
+
+Arrays are numpy in (k, j, i) order (slice, row, column), as ``SimpleITK.GetArrayFromImage`` and
+``slicer.util.arrayFromVolume`` return them. Geometry is ITK's: spacing in (i, j, k) order, origin and
+direction in LPS. Slicer's IJKToRAS matrix is the same mapping with x and y negated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["Geometry", "Volume", "LPS_TO_RAS"]
+
+#: Multiplying an LPS point by this gives RAS (and vice versa).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+_IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _as_float_tuple(values: Sequence[float], length: int, name: str) -> tuple[float, ...]:
+    try:
+        result = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{name} must be {length} numbers, got {values!r}.") from e
+    if len(result) != length:
+        raise InputError(f"{name} must have {length} values, got {len(result)}: {values!r}.")
+    if not all(math.isfinite(v) for v in result):
+        raise InputError(f"{name} must be finite, got {result}.")
+    return result
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a (k, j, i) voxel array lies in patient space.
+
+    Parameters
+    ----------
+    spacing_mm : (3,) floats in (i, j, k) order, as ITK; every value > 0.
+    origin_lps_mm : (3,) floats, position of voxel (0, 0, 0)'s centre in LPS.
+    direction_lps : 9 floats, row-major 3 x 3 matrix whose *columns* are the i, j, k axis directions in LPS,
+        as ``SimpleITK.Image.GetDirection()``.
+    """
+
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction_lps: tuple[float, ...] = _IDENTITY_DIRECTION
+
+    def __post_init__(self) -> None:
+        spacing = _as_float_tuple(self.spacing_mm, 3, "spacing_mm")
+        if any(s <= 0 for s in spacing):
+            raise InputError(
+                f"spacing_mm must be positive in every axis, got {spacing}. "
+                "The file's header lacks a valid voxel size; set the spacing explicitly."
+            )
+        object.__setattr__(self, "spacing_mm", spacing)
+        object.__setattr__(self, "origin_lps_mm", _as_float_tuple(self.origin_lps_mm, 3, "origin_lps_mm"))
+        direction = _as_float_tuple(self.direction_lps, 9, "direction_lps")
+        matrix = np.asarray(direction).reshape(3, 3)
+        if abs(np.linalg.det(matrix)) < 1e-6:
+            raise InputError(f"direction_lps is singular: {direction}. Each axis needs its own direction.")
+        object.__setattr__(self, "direction_lps", direction)
+
+    # -- derived views -------------------------------------------------------------------------------------
+    @property
+    def spacing_kji_mm(self) -> tuple[float, float, float]:
+        """Spacing in array-axis order (k, j, i)."""
+        i, j, k = self.spacing_mm
+        return (k, j, i)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """(3, 3) float64 matrix whose columns are the i, j, k directions in LPS."""
+        return np.asarray(self.direction_lps, dtype=np.float64).reshape(3, 3)
+
+    def ijk_to_lps_matrix(self) -> np.ndarray:
+        """(4, 4) homogeneous matrix mapping (i, j, k, 1) voxel indices to LPS millimetres."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.direction_matrix @ np.diag(self.spacing_mm)
+        matrix[:3, 3] = self.origin_lps_mm
+        return matrix
+
+    def ijk_to_ras_matrix(self) -> np.ndarray:
+        """(4, 4) Slicer IJKToRAS matrix (``vtkMRMLVolumeNode.GetIJKToRASMatrix``)."""
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        return flip @ self.ijk_to_lps_matrix()
+
+    @classmethod
+    def from_ijk_to_ras_matrix(cls, matrix: np.ndarray | Sequence[Sequence[float]]) -> "Geometry":
+        """Geometry from a Slicer IJKToRAS 4 x 4 matrix (spacing = column norms)."""
+        ijk_to_ras = np.asarray(matrix, dtype=np.float64)
+        if ijk_to_ras.shape != (4, 4):
+            raise InputError(f"IJKToRAS must be a 4 x 4 matrix, got shape {ijk_to_ras.shape}.")
+        ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras
+        scaled = ijk_to_lps[:3, :3]
+        spacing = np.linalg.norm(scaled, axis=0)
+        if np.any(spacing <= 0):
+            raise InputError(f"IJKToRAS has a zero-length axis: {ijk_to_ras.tolist()}.")
+        direction = scaled / spacing
+        return cls(tuple(spacing), tuple(ijk_to_lps[:3, 3]), tuple(direction.ravel()))
+
+    def index_to_lps(self, kji: np.ndarray) -> np.ndarray:
+        """Map (N, 3) array indices in (k, j, i) order to (N, 3) LPS points in mm."""
+        kji = np.atleast_2d(np.asarray(kji, dtype=np.float64))
+        ijk = kji[:, ::-1]
+        return ijk @ (self.direction_matrix @ np.diag(self.spacing_mm)).T + np.asarray(self.origin_lps_mm)
+
+    def with_spacing(self, spacing_mm: Sequence[float]) -> "Geometry":
+        return replace(self, spacing_mm=tuple(spacing_mm))
+
+    def is_close(self, other: "Geometry", *, atol_mm: float = 1e-4, atol_direction: float = 1e-5) -> bool:
+        """True when both geometries place every voxel at the same point (within tolerances)."""
+        return (
+            np.allclose(self.spacing_mm, other.spacing_mm, atol=atol_mm)
+            and np.allclose(self.origin_lps_mm, other.origin_lps_mm, atol=atol_mm)
+            and np.allclose(self.direction_lps, other.direction_lps, atol=atol_direction)
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "spacing_mm": list(self.spacing_mm),
+            "origin_lps_mm": list(self.origin_lps_mm),
+            "direction_lps": list(self.direction_lps),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Geometry":
+        return cls(tuple(data["spacing_mm"]), tuple(data["origin_lps_mm"]), tuple(data["direction_lps"]))
+
+
+Axes = Literal["kji", "tkji"]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A numpy array with the geometry of its spatial axes.
+
+    ``array`` is (k, j, i), or (t, k, j, i) when ``axes == "tkji"`` (cine frames, inversion or echo times).
+    The array is not copied; functions that change it return a new Volume.
+    """
+
+    array: np.ndarray
+    geometry: Geometry = field(default_factory=Geometry)
+    axes: Axes = "kji"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.array, np.ndarray):
+            raise InputError(f"Volume.array must be a numpy array, got {type(self.array).__name__}.")
+        if not isinstance(self.geometry, Geometry):
+            raise InputError(f"Volume.geometry must be a Geometry, got {type(self.geometry).__name__}.")
+        expected = {"kji": 3, "tkji": 4}.get(self.axes)
+        if expected is None:
+            raise InputError(f"axes must be 'kji' or 'tkji', got {self.axes!r}.")
+        if self.array.ndim != expected:
+            hint = (
+                " For a 4D series pick one frame (e.g. --frame N) or pass axes='tkji'."
+                if self.array.ndim == 4
+                else ""
+            )
+            raise InputError(
+                f"Volume with axes {self.axes!r} needs a {expected}D array, got shape {self.array.shape}.{hint}"
+            )
+        if self.array.size == 0:
+            raise InputError(f"Volume array is empty (shape {self.array.shape}).")
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """(k, j, i) size."""
+        return tuple(self.array.shape[-3:])  # type: ignore[return-value]
+
+    def with_array(self, array: np.ndarray, axes: Axes | None = None) -> "Volume":
+        """Same geometry, new array (e.g. a label map predicted from this image)."""
+        return Volume(array, self.geometry, axes or ("kji" if array.ndim == 3 else "tkji"))
+
+    def frame(self, index: int) -> "Volume":
+        """One frame of a (t, k, j, i) series as a (k, j, i) volume."""
+        if self.axes != "tkji":
+            raise InputError("frame() needs a (t, k, j, i) series; this volume is already 3D.")
+        n_frames = self.array.shape[0]
+        if not -n_frames <= index < n_frames:
+            raise InputError(f"Frame {index} does not exist; the series has {n_frames} frames (0..{n_frames - 1}).")
+        return Volume(self.array[index], self.geometry, "kji")

@@ -1,0 +1,165 @@
+"""Reading and writing image volumes (NIfTI, NRRD, MHA/MHD) through SimpleITK, with checks on what comes in.
+
+The one place where SimpleITK images become :class:`~cardiac_ai.geometry.Volume` and back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import DataError, InputError
+from ..geometry import Geometry, Volume
+from .atomic import atomic_path
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "read_volume",
+    "write_volume",
+    "volume_from_sitk",
+    "volume_to_sitk",
+    "check_finite",
+]
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in sorted(VOLUME_SUFFIXES + (".seg.nrrd", ".png", ".dcm"), key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
+    """A :class:`Volume` from a SimpleITK image (array copied; 2D images become one slice).
+
+    A 4D image (x, y, z, t) becomes a (t, k, j, i) series when ``allow_4d``; otherwise InputError.
+    """
+    dimension = image.GetDimension()
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise InputError(
+            f"Image has {image.GetNumberOfComponentsPerPixel()} components per pixel (colour or vector image); "
+            "CardiacAI needs a single-channel (greyscale) image."
+        )
+    if dimension == 2:
+        spacing = (*image.GetSpacing(), 1.0)
+        origin = (*image.GetOrigin(), 0.0)
+        d = image.GetDirection()
+        direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+        return Volume(array[np.newaxis], Geometry(spacing, origin, direction))
+    if dimension == 3:
+        return Volume(array, Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+    if dimension == 4:
+        if not allow_4d:
+            raise InputError(
+                f"The image is 4D ({image.GetSize()} = x, y, z, t) but a 3D volume is needed. "
+                "Pick one frame with --frame N (0-based), or convert the frame first with "
+                "`cardiacai convert INPUT --frame N --out frame.nii.gz`."
+            )
+        spacing = image.GetSpacing()[:3]
+        origin = image.GetOrigin()[:3]
+        d = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3]
+        return Volume(array, Geometry(spacing, origin, tuple(d.ravel())), axes="tkji")
+    raise InputError(f"Images of dimension {dimension} are not supported (need 2D, 3D or 4D).")
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """A SimpleITK image with the volume's array and geometry (a 4D series gets a unit time axis)."""
+    if volume.axes == "tkji":
+        image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array), isVector=False)
+        direction = np.eye(4)
+        direction[:3, :3] = volume.geometry.direction_matrix
+        image.SetSpacing((*volume.geometry.spacing_mm, 1.0))
+        image.SetOrigin((*volume.geometry.origin_lps_mm, 0.0))
+        image.SetDirection(tuple(direction.ravel()))
+        return image
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array), isVector=False)
+    image.SetSpacing(volume.geometry.spacing_mm)
+    image.SetOrigin(volume.geometry.origin_lps_mm)
+    image.SetDirection(volume.geometry.direction_lps)
+    return image
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Raise InputError if a float array holds NaN or Inf, saying how many voxels."""
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(
+                f"{what} holds {bad} NaN or Inf voxels out of {array.size}. "
+                "Fix or mask them (e.g. replace with 0) before running CardiacAI."
+            )
+
+
+def read_volume(
+    path: str | os.PathLike,
+    *,
+    frame: int | None = None,
+    allow_4d: bool = False,
+    spacing_mm: tuple[float, float] | tuple[float, float, float] | None = None,
+) -> Volume:
+    """Read a NIfTI, NRRD, MHA/MHD, PNG file or a DICOM series folder as a :class:`Volume`.
+
+    Parameters
+    ----------
+    path : file or DICOM folder.
+    frame : 0-based frame of a 4D series to return as a 3D volume.
+    allow_4d : return a 4D file as a (t, k, j, i) series instead of raising.
+    spacing_mm : pixel spacing to assign where the file stores none (PNG); (i, j) or (i, j, k) in mm.
+
+    Raises
+    ------
+    DataError
+        Missing, unreadable or corrupt file.
+    InputError
+        4D without ``frame``/``allow_4d``, zero or negative spacing, NaN/Inf voxels, empty image.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise DataError(f"Input not found: {source}")
+    if source.is_dir():
+        from .dicom import read_dicom_series
+
+        volume = read_dicom_series(source)
+    elif _suffix(source) == ".png":
+        from .png import read_png
+
+        volume = read_png(source, spacing_mm=spacing_mm)
+    else:
+        try:
+            image = sitk.ReadImage(str(source))
+        except RuntimeError as e:
+            raise DataError(f"Cannot read {source} as an image: {str(e).strip().splitlines()[-1]}") from e
+        if any(s <= 0 for s in image.GetSpacing()):
+            raise InputError(
+                f"{source} has zero or negative spacing {image.GetSpacing()}; the header is broken. "
+                "Fix the header or resave the image with its real voxel size."
+            )
+        volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
+    if frame is not None:
+        if volume.axes != "tkji":
+            raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
+        volume = volume.frame(frame)
+    check_finite(volume.array, str(source))
+    if volume.array.size == 0:
+        raise InputError(f"{source} holds an empty image.")
+    return volume
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``volume`` atomically to NIfTI, NRRD or MHA (chosen by suffix) with its exact geometry."""
+    target = Path(path)
+    if _suffix(target) not in VOLUME_SUFFIXES:
+        raise InputError(f"Cannot write {target}: choose a suffix from {VOLUME_SUFFIXES}.")
+    image = volume_to_sitk(volume)
+    with atomic_path(target) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=compress)
+    return target

@@ -1,0 +1,142 @@
+"""The one table of tissue codes used by every model, reader and writer.
+
+Codes 1-3 follow ACDC. Every dataset loader maps its own codes to these. Terminology follows Slicer's DICOM
+master list (SCT = SNOMED-CT); codes SNOMED lacks use the private designator ``CardiacAI``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "Tissue",
+    "Terminology",
+    "LABELS",
+    "BACKGROUND",
+    "RV_BLOOD_POOL",
+    "LV_MYOCARDIUM",
+    "LV_BLOOD_POOL",
+    "SCAR",
+    "MVO",
+    "tissue",
+    "check_label_values",
+    "segment_terminology_string",
+]
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """A coded concept, as (code value, coding scheme designator, code meaning)."""
+
+    code_value: str
+    scheme: str
+    meaning: str
+
+    def as_triplet(self) -> str:
+        return f"{self.scheme}^{self.code_value}^{self.meaning}"
+
+
+@dataclass(frozen=True)
+class Tissue:
+    """One row of the label table."""
+
+    code: int
+    name: str  # machine name, used in tables and JSON keys
+    display_name: str  # shown to users and as the Slicer segment name
+    color_rgb: tuple[float, float, float]  # 0..1, as Slicer segments
+    category: Terminology
+    type: Terminology
+    type_modifier: Terminology | None = None
+    anatomic_region: Terminology | None = None
+
+
+_TISSUE_CATEGORY = Terminology("85756007", "SCT", "Tissue")
+_STRUCTURE_CATEGORY = Terminology("123037004", "SCT", "Anatomical Structure")
+_MORPHOLOGY_CATEGORY = Terminology("49755003", "SCT", "Morphologically Altered Structure")
+_BLOOD = Terminology("87612001", "SCT", "Blood")
+_HEART = Terminology("80891009", "SCT", "Heart")
+_LEFT_VENTRICLE = Terminology("87878005", "SCT", "Left ventricle")
+_RIGHT_VENTRICLE = Terminology("53085002", "SCT", "Right ventricle")
+
+BACKGROUND = 0
+RV_BLOOD_POOL = 1
+LV_MYOCARDIUM = 2
+LV_BLOOD_POOL = 3
+SCAR = 4
+MVO = 5
+
+#: code -> Tissue. Background (0) is not a segment and has no row.
+LABELS: dict[int, Tissue] = {
+    RV_BLOOD_POOL: Tissue(
+        RV_BLOOD_POOL, "rv_blood_pool", "Right ventricle blood pool", (0.85, 0.69, 0.19),
+        _TISSUE_CATEGORY, _BLOOD, anatomic_region=_RIGHT_VENTRICLE,
+    ),
+    LV_MYOCARDIUM: Tissue(
+        LV_MYOCARDIUM, "lv_myocardium", "Left ventricle myocardium", (0.81, 0.39, 0.37),
+        _STRUCTURE_CATEGORY, Terminology("74281007", "SCT", "Myocardium"), anatomic_region=_LEFT_VENTRICLE,
+    ),
+    LV_BLOOD_POOL: Tissue(
+        LV_BLOOD_POOL, "lv_blood_pool", "Left ventricle blood pool", (0.56, 0.26, 0.73),
+        _TISSUE_CATEGORY, _BLOOD, anatomic_region=_LEFT_VENTRICLE,
+    ),
+    SCAR: Tissue(
+        SCAR, "scar", "Myocardial scar (fibrosis)", (0.98, 0.92, 0.33),
+        _MORPHOLOGY_CATEGORY, Terminology("12402003", "SCT", "Scar"), anatomic_region=_HEART,
+    ),
+    MVO: Tissue(
+        MVO, "microvascular_obstruction", "Microvascular obstruction (no-reflow)", (0.30, 0.65, 0.95),
+        _MORPHOLOGY_CATEGORY, Terminology("CAI-MVO", "CardiacAI", "Microvascular obstruction"),
+        anatomic_region=_HEART,
+    ),
+}
+
+
+def tissue(code_or_name: int | str) -> Tissue:
+    """Look up a tissue by code or machine name; raises InputError naming the valid choices."""
+    if isinstance(code_or_name, str):
+        for row in LABELS.values():
+            if row.name == code_or_name:
+                return row
+        raise InputError(f"Unknown tissue {code_or_name!r}; known: {[t.name for t in LABELS.values()]}.")
+    try:
+        return LABELS[int(code_or_name)]
+    except KeyError:
+        raise InputError(f"Unknown label code {code_or_name}; the label table has {sorted(LABELS)}.") from None
+
+
+def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, what: str = "label map") -> None:
+    """Raise InputError if ``labels`` holds values outside the label table (or ``allowed``)."""
+    allowed_codes = {BACKGROUND, *LABELS} if allowed is None else {BACKGROUND, *allowed}
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or not np.all(np.mod(labels, 1) == 0):
+            raise InputError(f"{what} must hold whole-number label codes; found non-integer values.")
+    present = set(np.unique(labels).astype(int).tolist())
+    unknown = sorted(present - allowed_codes)
+    if unknown:
+        raise InputError(
+            f"{what} holds label values {unknown} that are not in the label table {sorted(allowed_codes)}. "
+            "Map your codes to CardiacAI's (1 RV blood pool, 2 LV myocardium, 3 LV blood pool, 4 scar, 5 MVO)."
+        )
+
+
+def segment_terminology_string(row: Tissue) -> str:
+    """Slicer's segment terminology entry string (``Segment_N_Tag TerminologyEntry``).
+
+    Format: ``contextName~category~type~typeModifier~anatomicContextName~anatomicRegion~anatomicRegionModifier``,
+    each coded concept written as ``scheme^code^meaning``.
+    """
+    empty = "^^"
+    return "~".join(
+        [
+            "Segmentation category and type - 3D Slicer General Anatomy list",
+            row.category.as_triplet(),
+            row.type.as_triplet(),
+            row.type_modifier.as_triplet() if row.type_modifier else empty,
+            "Anatomic codes - DICOM master list",
+            row.anatomic_region.as_triplet() if row.anatomic_region else empty,
+            empty,
+        ]
+    )

@@ -1,0 +1,31 @@
+"""Progress reporting and cancellation for long work.
+
+Long functions take ``progress: ProgressCallback | None``: called with (fraction 0..1, short message), the fraction
+never decreasing. To cancel, the callback raises :class:`~cardiac_ai.errors.Cancelled`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["ProgressCallback", "report", "subrange"]
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def report(progress: ProgressCallback | None, fraction: float, message: str) -> None:
+    """Call ``progress`` if given, with the fraction clipped to [0, 1]."""
+    if progress is not None:
+        progress(min(1.0, max(0.0, float(fraction))), message)
+
+
+def subrange(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback | None:
+    """A callback that maps a sub-task's 0..1 onto [start, stop] of ``progress``, for nested stages."""
+    if progress is None:
+        return None
+    if not 0.0 <= start <= stop <= 1.0:
+        raise ValueError(f"subrange needs 0 <= start <= stop <= 1, got {start}, {stop}.")
+
+    def nested(fraction: float, message: str) -> None:
+        report(progress, start + (stop - start) * min(1.0, max(0.0, fraction)), message)
+
+    return nested
