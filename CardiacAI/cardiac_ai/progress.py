@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["ProgressCallback", "report", "subrange"]
+__all__ = ["ProgressCallback", "report", "subrange", "PROGRESS_PREFIX", "format_progress_line", "parse_progress_line"]
+
+#: Machine-readable progress lines (``cardiacai ... --progress-lines``) start with this word.
+PROGRESS_PREFIX = "PROGRESS"
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -29,3 +32,23 @@ def subrange(progress: ProgressCallback | None, start: float, stop: float) -> Pr
         report(progress, start + (stop - start) * min(1.0, max(0.0, fraction)), message)
 
     return nested
+
+
+def format_progress_line(fraction: float, message: str) -> str:
+    """``PROGRESS <fraction> <message>``: one line, fraction with 4 decimals, message without line breaks."""
+    clean = " ".join(str(message).split())
+    return f"{PROGRESS_PREFIX} {min(1.0, max(0.0, float(fraction))):.4f} {clean}".rstrip()
+
+
+def parse_progress_line(line: str) -> tuple[float, str] | None:
+    """(fraction, message) from a progress line, or None for any other output line."""
+    parts = line.strip().split(" ", 2)
+    if len(parts) < 2 or parts[0] != PROGRESS_PREFIX:
+        return None
+    try:
+        fraction = float(parts[1])
+    except ValueError:
+        return None
+    if not 0.0 <= fraction <= 1.0:
+        return None
+    return fraction, parts[2] if len(parts) == 3 else ""

@@ -134,10 +134,21 @@ def read_volume(
 
         volume = read_png(source, spacing_mm=spacing_mm)
     else:
+        # ITK prints header quirks straight to the console (ACDC: "unexpected scales in sform"); silence it here only.
+        show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
             image = sitk.ReadImage(str(source))
         except RuntimeError as e:
+            message = str(e).lower()
+            if "zero-valued spacing" in message or ("spacing" in message and "invalid" in message):
+                raise InputError(
+                    f"{source} has zero or invalid voxel spacing in its header; ITK cannot place its voxels. "
+                    "Fix the header or resave the image with its real voxel size."
+                ) from e
             raise DataError(f"Cannot read {source} as an image: {str(e).strip().splitlines()[-1]}") from e
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
         if any(s <= 0 for s in image.GetSpacing()):
             raise InputError(
                 f"{source} has zero or negative spacing {image.GetSpacing()}; the header is broken. "

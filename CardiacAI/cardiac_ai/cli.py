@@ -1,0 +1,321 @@
+"""The ``cardiacai`` command line: ``cardiacai <command> ... --out DIR``.
+
+Every command accepts ``--device``, ``--overwrite``, ``--progress-lines`` (machine-readable ``PROGRESS <fraction>
+<message>`` lines on stdout, read by the Slicer modules) and exits non-zero with a one-line error on bad input:
+2 for bad input or data, 3 for model problems, 4 for refused outputs, 130 when cancelled, 1 for anything unexpected.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError, OutputError
+from .progress import ProgressCallback, format_progress_line
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("cardiac_ai.cli")
+
+EXIT_UNEXPECTED = 1
+EXIT_INPUT = 2
+EXIT_MODEL = 3
+EXIT_OUTPUT = 4
+EXIT_CANCELLED = 130
+
+Handler = Callable[[argparse.Namespace, ProgressCallback], int]
+_HANDLERS: dict[str, Handler] = {}
+
+
+# -- progress ----------------------------------------------------------------------------------------------------
+class _ProgressPrinter:
+    """Progress to the terminal: PROGRESS lines with --progress-lines, a tqdm bar on a terminal, else nothing."""
+
+    def __init__(self, *, lines: bool, quiet: bool) -> None:
+        self.lines = lines
+        self.bar = None
+        if not lines and not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, unit="‰", leave=False, bar_format="{l_bar}{bar}| {elapsed}")
+        self._last = 0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.lines:
+            print(format_progress_line(fraction, message), flush=True)
+        elif self.bar is not None:
+            done = int(round(fraction * 1000))
+            if done > self._last:
+                self.bar.update(done - self._last)
+                self._last = done
+            self.bar.set_description_str(message[:40])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options")
+    group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    group.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
+    group.add_argument(
+        "--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout"
+    )
+    group.add_argument(
+        "--models-dir", action="append", default=[], metavar="DIR",
+        help="extra folder of trained models (searched before the bundled ones; also CARDIACAI_MODELS)",
+    )
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    group.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    group.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
+    return common
+
+
+def _command(name: str):
+    def register(function: Handler) -> Handler:
+        _HANDLERS[name] = function
+        return function
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="cardiacai",
+        description="CardiacAI: cardiac MRI segmentation, T1/T2 mapping, LGE fibrosis, CAM and QC.",
+    )
+    parser.add_argument("--version", action="version", version=f"cardiac_ai {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("info", parents=[common], help="versions, device and models found")
+    p.add_argument("--json", action="store_true", help="print the information as JSON")
+
+    p = sub.add_parser("convert", parents=[common], help="convert an image (NIfTI, NRRD, MHA, DICOM folder, PNG)")
+    p.add_argument("input", help="input file or DICOM folder")
+    p.add_argument("--out", required=True, help="output file: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd for labels")
+    p.add_argument("--frame", type=int, help="0-based frame of a 4D series")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing for PNG input (i j [k])")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read when the folder holds several series")
+
+    p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled synthetic phantom")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
+    p.add_argument("pred_dir", help="folder of predicted label maps")
+    p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
+    p.add_argument("--out", help="folder for metrics.csv and summary.csv (optional)")
+    p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
+
+    for name, helptext in _PLANNED.items():
+        p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
+        p.add_argument("args", nargs="*")
+        p.add_argument("--out")
+    return parser
+
+
+#: Sub-commands whose names and outputs are a public contract but whose capability is not built yet.
+_PLANNED = {
+    "segment-cine": "short-axis cine segmentation (labels.nii.gz, segmentation.seg.nrrd, report.json)",
+    "function": "cardiac function from ED and ES volumes",
+    "map": "T1/T2 map myocardium segmentation and statistics",
+    "fit-map": "fit T1 (MOLLI) or T2 maps from raw series",
+    "ecv": "extracellular volume from native and post-contrast T1",
+    "fibrosis": "LGE scar segmentation",
+    "cam": "class activation map and pseudo-label",
+    "qc": "predict the Dice of a segmentation without ground truth",
+    "train": "train a model",
+    "batch": "process a cohort",
+}
+
+
+# -- commands ----------------------------------------------------------------------------------------------------
+@_command("info")
+def _info(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    import json
+    import platform
+
+    import numpy
+    import SimpleITK
+
+    info: dict = {
+        "cardiac_ai": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "SimpleITK": SimpleITK.Version.VersionString(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        if torch.cuda.is_available():
+            info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        from .device import resolve_device
+
+        info["device"] = str(resolve_device(args.device))
+    except ImportError:
+        info["torch"] = None
+        info["device"] = "unavailable: torch is not installed"
+    try:
+        import monai
+
+        info["monai"] = monai.__version__
+    except ImportError:
+        info["monai"] = None
+    info["models"] = _list_models(args)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            if key == "models":
+                print(f"{key:<{width}}  {len(value)} found")
+                for model in value:
+                    print(f"{'':<{width}}  - {model}")
+            else:
+                print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> list[str]:
+    try:
+        from .models.registry import ModelRegistry
+    except ImportError:
+        return []
+    registry = ModelRegistry(extra_paths=[Path(p) for p in args.models_dir])
+    return [f"{card.name} {card.version}" for card in registry.list()]
+
+
+@_command("convert")
+def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .io import ensure_not_input, read_volume, write_volume
+
+    progress(0.0, "Reading")
+    kwargs = {}
+    if args.series_uid:
+        from .io.dicom import read_dicom_series
+
+        volume = read_dicom_series(Path(args.input), series_uid=args.series_uid)
+        if args.frame is not None:
+            raise InputError("--frame applies to 4D files, not to DICOM series.")
+    else:
+        if args.spacing:
+            kwargs["spacing_mm"] = tuple(args.spacing)
+        volume = read_volume(args.input, frame=args.frame, **kwargs)
+    out = Path(args.out)
+    ensure_not_input(out, [args.input])
+    if out.exists() and not args.overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it.")
+    progress(0.5, "Writing")
+    if out.name.lower().endswith(".seg.nrrd"):
+        import numpy as np
+
+        from .io.seg_nrrd import write_seg_nrrd
+        from .labels import check_label_values
+
+        check_label_values(volume.array, what=str(args.input))
+        write_seg_nrrd(volume.with_array(volume.array.astype(np.uint8)), out)
+    else:
+        write_volume(volume, out)
+    progress(1.0, "Done")
+    log.info("Wrote %s (%s voxels, spacing %s mm)", out, volume.array.shape, volume.geometry.spacing_mm)
+    return 0
+
+
+@_command("demo")
+def _demo(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(Path(args.out), seed=args.seed, overwrite=args.overwrite, progress=progress)
+    if not args.quiet:
+        print(summary)
+    return 0
+
+
+@_command("evaluate")
+def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .evaluation import evaluate_folders
+    from .io import prepare_output_dir
+    from .io.report import write_csv
+    from .metrics import CASE_COLUMNS
+
+    out = None
+    if args.out:
+        out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.pred_dir, args.truth_dir])
+    result = evaluate_folders(Path(args.pred_dir), Path(args.truth_dir), labels=args.labels, progress=progress)
+    print(result.markdown())
+    if out is not None:
+        write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
+        write_csv(out / "summary.csv", result.summary)
+        log.info("Wrote %s and %s", out / "metrics.csv", out / "summary.csv")
+    return 0
+
+
+def _planned(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    raise CardiacAIError(
+        f"'cardiacai {args.command}' is not available in cardiac_ai {__version__} yet "
+        "(its capability has not been built). See README for what this version does."
+    )
+
+
+# -- entry point -------------------------------------------------------------------------------------------------
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("cardiac_ai")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    handler = _HANDLERS.get(args.command, _planned)
+    printer = _ProgressPrinter(lines=args.progress_lines, quiet=args.quiet)
+    start = time.perf_counter()
+    try:
+        code = handler(args, printer)
+        log.info("%s finished in %.2f s", args.command, time.perf_counter() - start)
+        return code
+    except Cancelled:
+        print("cardiacai: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (InputError, DataError) as e:
+        print(f"cardiacai: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except ModelError as e:
+        print(f"cardiacai: model error: {e}", file=sys.stderr)
+        return EXIT_MODEL
+    except OutputError as e:
+        print(f"cardiacai: output error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except CardiacAIError as e:
+        print(f"cardiacai: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("cardiacai: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as e:  # noqa: BLE001 - the one place that turns any failure into a one-line message
+        if args.debug:
+            raise
+        print(f"cardiacai: unexpected error ({type(e).__name__}): {e} (rerun with --debug for details)", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    finally:
+        printer.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

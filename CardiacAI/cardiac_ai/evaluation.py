@@ -1,0 +1,105 @@
+"""Comparing a folder of predicted label maps with a folder of true ones (``cardiacai evaluate``)."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .errors import DataError
+from .io import VOLUME_SUFFIXES, read_volume
+from .labels import check_label_values
+from .metrics import evaluate_cases, format_markdown_table, summarize_rows
+from .progress import ProgressCallback, report
+
+__all__ = ["EvaluationResult", "match_label_files", "evaluate_folders", "SUMMARY_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("dice", "jaccard", "hausdorff_mm", "hd95_mm", "msd_mm")
+_TRUTH_SUFFIX = re.compile(r"(_gt|_seg|_labels?|_truth)$")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    rows: list[dict] = field(default_factory=list)  # one per case and structure, columns CASE_COLUMNS
+    summary: list[dict] = field(default_factory=list)  # one per structure: <metric>_mean, _sd, _n, _n_not_finite
+    unmatched_predictions: list[str] = field(default_factory=list)
+    unmatched_truths: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        headers = ["structure", "cases"] + [f"{c} mean (SD)" for c in SUMMARY_COLUMNS]
+        table = [
+            {
+                "structure": row["structure"],
+                "cases": row["n_rows"],
+                **{f"{c} mean (SD)": f"{row[f'{c}_mean']:.3f} ({row[f'{c}_sd']:.3f})" for c in SUMMARY_COLUMNS},
+            }
+            for row in self.summary
+        ]
+        return format_markdown_table(table, headers)
+
+
+def _case_key(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(VOLUME_SUFFIXES + (".seg.nrrd",), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _TRUTH_SUFFIX.sub("", name)
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder of label maps.")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES):
+            key = _case_key(path) if path.parent == folder else f"{path.parent.relative_to(folder)}/{_case_key(path)}"
+            if key in files:
+                raise DataError(f"Two label maps in {folder} map to case {key!r}: {files[key].name} and {path.name}.")
+            files[key] = path
+    return files
+
+
+def match_label_files(pred_dir: Path, truth_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """Pair predictions with truths by case name (``case01.nii.gz`` matches ``case01_gt.nii.gz``)."""
+    predictions, truths = _label_files(Path(pred_dir)), _label_files(Path(truth_dir))
+    pairs = [(key, predictions[key], truths[key]) for key in sorted(predictions) if key in truths]
+    if not pairs:
+        raise DataError(
+            f"No prediction in {pred_dir} has a matching truth in {truth_dir} "
+            f"(found {len(predictions)} and {len(truths)} label maps; names must match, "
+            "a truth may end in _gt, _seg or _labels)."
+        )
+    return pairs, sorted(set(predictions) - set(truths)), sorted(set(truths) - set(predictions))
+
+
+def evaluate_folders(
+    pred_dir: Path,
+    truth_dir: Path,
+    *,
+    labels: Sequence[int] = (1, 2, 3),
+    progress: ProgressCallback | None = None,
+) -> EvaluationResult:
+    """Dice, Jaccard, Hausdorff, HD95 and mean surface distance (mm, real spacing) for every matched case."""
+    pairs, unmatched_pred, unmatched_truth = match_label_files(pred_dir, truth_dir)
+    for name in unmatched_pred:
+        log.warning("Prediction %s has no truth; left out.", name)
+    for name in unmatched_truth:
+        log.warning("Truth %s has no prediction; left out.", name)
+
+    def cases():
+        for index, (key, pred_path, truth_path) in enumerate(pairs):
+            report(progress, index / len(pairs), f"Evaluating {key}")
+            pred, truth = read_volume(pred_path), read_volume(truth_path)
+            check_label_values(pred.array, what=str(pred_path))
+            check_label_values(truth.array, what=str(truth_path))
+            yield key, pred, truth
+
+    rows = evaluate_cases(cases(), labels=tuple(labels))
+    summary = summarize_rows(rows, SUMMARY_COLUMNS, group_by="structure")
+    report(progress, 1.0, f"Evaluated {len(pairs)} cases")
+    return EvaluationResult(rows, summary, unmatched_pred, unmatched_truth)
+

@@ -1,0 +1,338 @@
+"""Reading a DICOM image series from a folder as a :class:`~cardiac_ai.geometry.Volume`.
+
+Slices are ordered by their position along the slice normal (the cross product of the row and column
+direction cosines), never by file name or InstanceNumber, which exporters often scramble. Geometry follows
+DICOM's patient coordinate system, which is LPS, so no sign flips are needed:
+
+- i (array's last axis) runs along the columns of a slice, direction = ImageOrientationPatient[0:3] (row cosine),
+  spacing = PixelSpacing[1] (the distance between adjacent columns);
+- j runs along the rows, direction = ImageOrientationPatient[3:6] (column cosine), spacing = PixelSpacing[0];
+- k runs across slices, direction = row cosine x column cosine, spacing from the slice positions;
+- the origin is ImagePositionPatient of the first slice in that order.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, InputError
+from ..geometry import Geometry, Volume
+
+__all__ = ["DicomSeriesInfo", "list_dicom_series", "read_dicom_series"]
+
+log = logging.getLogger(__name__)
+
+#: Largest allowed difference between two slices' ImageOrientationPatient values (direction cosines).
+_ORIENTATION_TOLERANCE = 1e-4
+#: Largest allowed deviation of one slice gap from the median gap, as a fraction of the median gap.
+_GAP_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One image series found in a DICOM folder.
+
+    Attributes
+    ----------
+    series_uid : SeriesInstanceUID, what :func:`read_dicom_series` takes as ``series_uid``.
+    description : SeriesDescription ("" when absent).
+    n_files : number of readable DICOM files of this series.
+    orientation : ImageOrientationPatient of the first file (row cosine then column cosine, LPS), or None when
+        absent. A series whose files disagree still lists the first file's value; reading it raises InputError.
+    modality : Modality ("" when absent), e.g. "MR".
+    series_number : SeriesNumber, or None when absent.
+    files : the files of the series, sorted by path (not by slice position).
+    """
+
+    series_uid: str
+    description: str
+    n_files: int
+    orientation: tuple[float, float, float, float, float, float] | None
+    modality: str = ""
+    series_number: int | None = None
+    files: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        """One line for error messages and listings."""
+        number = f"#{self.series_number} " if self.series_number is not None else ""
+        description = self.description or "(no description)"
+        return f"{number}{description!r} [{self.modality or '?'}], {self.n_files} files, SeriesInstanceUID {self.series_uid}"
+
+
+def _read_header(path: Path):
+    """The dataset of one file without pixel data, or None (logged) when it is not a DICOM file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as e:
+        log.warning("Skipping %s: not a DICOM file (%s).", path, e)
+        return None
+    except Exception as e:  # truncated or malformed files raise many types (EOFError, struct.error, ...)
+        log.warning("Skipping %s: unreadable DICOM file (%s: %s).", path, type(e).__name__, e)
+        return None
+
+
+def _float_tuple(values, length: int) -> tuple[float, ...] | None:
+    try:
+        result = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    return result if len(result) == length else None
+
+
+def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
+    """Map SeriesInstanceUID -> (info, headers in path order)."""
+    if not folder.exists():
+        raise DataError(f"DICOM folder not found: {folder}")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; pass the folder that holds the DICOM series.")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    groups: dict[str, list] = {}
+    for path in paths:
+        dataset = _read_header(path)
+        if dataset is None:
+            continue
+        uid = dataset.get("SeriesInstanceUID")
+        if not uid:
+            log.warning("Skipping %s: DICOM file without SeriesInstanceUID (e.g. a DICOMDIR).", path)
+            continue
+        if "Rows" not in dataset or "Columns" not in dataset:
+            log.warning("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
+            continue
+        dataset.filename = str(path)
+        groups.setdefault(str(uid), []).append(dataset)
+    if not groups:
+        raise DataError(
+            f"No readable DICOM image found in {folder} ({len(paths)} files checked). "
+            "Check that the folder holds DICOM image files (not only a DICOMDIR or other data)."
+        )
+    result = {}
+    for uid, datasets in groups.items():
+        first = datasets[0]
+        try:
+            number = int(first.get("SeriesNumber"))
+        except (TypeError, ValueError):
+            number = None
+        info = DicomSeriesInfo(
+            series_uid=uid,
+            description=str(first.get("SeriesDescription", "") or ""),
+            n_files=len(datasets),
+            orientation=_float_tuple(first.get("ImageOrientationPatient", ()), 6),  # type: ignore[arg-type]
+            modality=str(first.get("Modality", "") or ""),
+            series_number=number,
+            files=tuple(Path(d.filename) for d in datasets),
+        )
+        result[uid] = (info, datasets)
+    return result
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
+    """List the image series in a DICOM folder (searched recursively), ordered by SeriesNumber then UID.
+
+    Only headers are read (``stop_before_pixels``). Files that are not DICOM are skipped with a logged warning.
+
+    Raises
+    ------
+    DataError
+        If the folder does not exist or holds no readable DICOM image.
+    """
+    series = _scan(Path(folder))
+    infos = [info for info, _ in series.values()]
+    return sorted(infos, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
+
+
+def _series_listing(infos: list[DicomSeriesInfo]) -> str:
+    return "\n".join(f"  - {info.describe()}" for info in infos)
+
+
+def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geometry]:
+    """Sort the series' headers along the slice normal and compute its geometry."""
+    orientations = []
+    positions = []
+    for dataset in datasets:
+        orientation = _float_tuple(dataset.get("ImageOrientationPatient", ()), 6)
+        position = _float_tuple(dataset.get("ImagePositionPatient", ()), 3)
+        if orientation is None or position is None:
+            raise InputError(
+                f"{dataset.filename} (series {info.series_uid}) lacks ImageOrientationPatient or "
+                "ImagePositionPatient, so its position in the patient is unknown. CardiacAI needs image-plane "
+                "geometry; export the series as MR/CT Image Storage rather than a secondary capture."
+            )
+        orientations.append(orientation)
+        positions.append(position)
+    orientations_array = np.asarray(orientations)
+    spread = np.abs(orientations_array - orientations_array[0]).max(axis=1)
+    if np.any(spread > _ORIENTATION_TOLERANCE):
+        distinct = np.unique(np.round(orientations_array, 4), axis=0)
+        example = next(d.filename for d, s in zip(datasets, spread) if s > _ORIENTATION_TOLERANCE)
+        raise InputError(
+            f"Series {info.series_uid} ({info.description or 'no description'}) mixes {len(distinct)} slice "
+            f"orientations (ImageOrientationPatient {distinct.tolist()}); e.g. {example} differs from "
+            f"{datasets[0].filename}. A volume needs parallel slices: split the series (e.g. short-axis and "
+            "long-axis views) into separate folders or series."
+        )
+    row_cosine = orientations_array[0, :3]
+    column_cosine = orientations_array[0, 3:]
+    if abs(np.linalg.norm(row_cosine) - 1) > 1e-3 or abs(np.linalg.norm(column_cosine) - 1) > 1e-3:
+        raise InputError(
+            f"Series {info.series_uid}: ImageOrientationPatient {orientations[0]} does not hold two unit vectors."
+        )
+    normal = np.cross(row_cosine, column_cosine)
+    if np.linalg.norm(normal) < 1e-3:
+        raise InputError(
+            f"Series {info.series_uid}: row and column directions {orientations[0]} are parallel; "
+            "the ImageOrientationPatient is broken."
+        )
+    normal = normal / np.linalg.norm(normal)
+
+    positions_array = np.asarray(positions)
+    distances = positions_array @ normal
+    order = np.argsort(distances, kind="stable")
+    sorted_datasets = [datasets[i] for i in order]
+    distances = distances[order]
+    positions_array = positions_array[order]
+
+    shapes = {(int(d.Rows), int(d.Columns)) for d in sorted_datasets}
+    if len(shapes) > 1:
+        raise InputError(
+            f"Series {info.series_uid} mixes image sizes {sorted(shapes)} (rows, columns); a volume needs one size."
+        )
+    spacings = {_float_tuple(d.get("PixelSpacing", ()), 2) for d in sorted_datasets}
+    if None in spacings:
+        raise InputError(
+            f"Series {info.series_uid} lacks PixelSpacing in some files; the pixel size is unknown."
+        )
+    if len(spacings) > 1:
+        raise InputError(f"Series {info.series_uid} mixes pixel spacings {sorted(spacings)} (row, column) mm.")
+    row_spacing, column_spacing = spacings.pop()  # type: ignore[misc]
+
+    if len(sorted_datasets) == 1:
+        thickness = sorted_datasets[0].get("SliceThickness")
+        try:
+            slice_spacing = float(thickness)
+        except (TypeError, ValueError):
+            slice_spacing = 0.0
+        if slice_spacing <= 0:
+            log.warning(
+                "Series %s has a single slice without SliceThickness; using 1 mm as slice spacing.", info.series_uid
+            )
+            slice_spacing = 1.0
+    else:
+        gaps = np.diff(distances)
+        duplicate = np.flatnonzero(gaps < 1e-3)
+        if duplicate.size:
+            first = sorted_datasets[duplicate[0]]
+            second = sorted_datasets[duplicate[0] + 1]
+            raise InputError(
+                f"Series {info.series_uid} has {duplicate.size} repeated slice position(s), first at "
+                f"{distances[duplicate[0]]:.3f} mm along the slice normal, "
+                f"e.g. {first.filename} and {second.filename}. This happens with cine or multi-echo series "
+                "(several images per position) and duplicated files; export one time frame or echo per series."
+            )
+        slice_spacing = float(np.median(gaps))
+        uneven = np.abs(gaps - slice_spacing) > _GAP_TOLERANCE * slice_spacing
+        if np.any(uneven):
+            raise InputError(
+                f"Series {info.series_uid} has uneven slice gaps {np.round(gaps, 3).tolist()} mm (median "
+                f"{slice_spacing:.3f} mm; allowed deviation {_GAP_TOLERANCE:.0%}). Missing slices cannot be "
+                "placed on a regular grid: check that all files of the series were exported."
+            )
+        offsets = positions_array - positions_array[0]
+        in_plane = offsets - np.outer(offsets @ normal, normal)
+        if np.max(np.linalg.norm(in_plane, axis=1)) > _GAP_TOLERANCE * slice_spacing + 1e-3:
+            raise InputError(
+                f"Series {info.series_uid}: slice positions move within the slice plane (up to "
+                f"{np.max(np.linalg.norm(in_plane, axis=1)):.2f} mm) instead of along the slice normal "
+                "(a tilted or sheared stack). Resample it onto a regular grid first."
+            )
+
+    direction = np.column_stack([row_cosine, column_cosine, normal])
+    geometry = Geometry(
+        spacing_mm=(column_spacing, row_spacing, slice_spacing),
+        origin_lps_mm=tuple(positions_array[0]),
+        direction_lps=tuple(direction.ravel()),
+    )
+    return sorted_datasets, geometry
+
+
+def _read_pixels(path: str) -> np.ndarray:
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path)
+        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(
+                f"{path} is a multi-frame DICOM file ({dataset.NumberOfFrames} frames); CardiacAI reads "
+                "single-frame image series. Convert it to a NIfTI or NRRD volume first."
+            )
+        pixels = dataset.pixel_array
+    except InputError:
+        raise
+    except Exception as e:  # pydicom raises many types for missing codecs and truncated data
+        raise DataError(f"Cannot read the pixel data of {path}: {e}") from e
+    if pixels.ndim != 2:
+        raise InputError(
+            f"{path} holds pixel data of shape {pixels.shape}; CardiacAI needs greyscale (one sample per pixel)."
+        )
+    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read one DICOM image series as a (k, j, i) float32 volume with LPS geometry.
+
+    Parameters
+    ----------
+    folder : folder holding the series' files (searched recursively; non-DICOM files are skipped with a warning).
+    series_uid : SeriesInstanceUID to read; needed when the folder holds several series
+        (see :func:`list_dicom_series`).
+
+    Returns
+    -------
+    Volume
+        Array (k, j, i) float32 with RescaleSlope/RescaleIntercept applied, slices ordered along the slice
+        normal. Geometry as described in this module's docstring. A single slice gets SliceThickness as slice
+        spacing (1 mm with a warning when absent).
+
+    Raises
+    ------
+    DataError
+        Missing folder, no readable DICOM image in it, unreadable pixel data.
+    InputError
+        Several series and no ``series_uid``, an unknown ``series_uid``, mixed orientations, sizes or pixel
+        spacings within the series, repeated slice positions, uneven slice gaps (> 10 %), missing geometry.
+    """
+    source = Path(folder)
+    series = _scan(source)
+    infos = sorted(
+        (info for info, _ in series.values()),
+        key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid),
+    )
+    if series_uid is None:
+        if len(series) > 1:
+            raise InputError(
+                f"{source} holds {len(series)} DICOM series:\n{_series_listing(infos)}\n"
+                "Choose one with series_uid=... (on the command line: --series-uid UID), "
+                "or put each series in its own folder."
+            )
+        series_uid = infos[0].series_uid
+    if series_uid not in series:
+        raise InputError(
+            f"Series {series_uid} is not in {source}; it holds:\n{_series_listing(infos)}\n"
+            "Pass one of these SeriesInstanceUIDs."
+        )
+    info, datasets = series[series_uid]
+    sorted_datasets, geometry = _slice_geometry(info, datasets)
+    array = np.stack([_read_pixels(d.filename) for d in sorted_datasets])
+    log.info(
+        "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",
+        info.describe(), array.shape[0], array.shape[1], array.shape[2], geometry.spacing_mm,
+    )
+    return Volume(array, geometry)

@@ -1,0 +1,117 @@
+"""The ``cardiacai`` command line as a batch user runs it: outputs, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import slicerio
+import SimpleITK as sitk
+
+from cardiac_ai.cli import main
+from cardiac_ai.geometry import Geometry, Volume
+from cardiac_ai.io import read_volume, write_volume
+from cardiac_ai.progress import parse_progress_line
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_info_json_reports_versions_and_device(capsys):
+    code, out, _ = _run(capsys, "info", "--json", "--device", "cpu")
+    info = json.loads(out)
+    assert code == 0
+    assert info["device"] == "cpu" and info["cardiac_ai"] and info["torch"]
+    assert isinstance(info["models"], list)
+
+
+def test_demo_writes_outputs_that_slicerio_reads_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, _ = _run(capsys, "demo", "--out", str(out), "--progress-lines")
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"image.nii.gz", "labels.nii.gz", "segmentation.seg.nrrd", "report.json"}
+    fractions = [parse_progress_line(line)[0] for line in stdout.splitlines() if parse_progress_line(line)]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+
+    segmentation = slicerio.read_segmentation(str(out / "segmentation.seg.nrrd"))
+    names = {s["name"] for s in segmentation["segments"]}
+    assert names == {"Right ventricle blood pool", "Left ventricle myocardium", "Left ventricle blood pool"}
+    labels = read_volume(out / "labels.nii.gz")
+    np.testing.assert_allclose(segmentation["ijkToLPS"], labels.geometry.ijk_to_lps_matrix(), atol=1e-6)
+    report = json.loads((out / "report.json").read_text())
+    assert report["provenance"]["command"] == "demo" and report["round_trip_checks"]
+
+    before = (out / "labels.nii.gz").read_bytes()
+    code, _, err = _run(capsys, "demo", "--out", str(out))
+    assert code == 4 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "labels.nii.gz").read_bytes() == before
+
+
+def test_convert_4d_without_frame_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    series = sitk.JoinSeries([sitk.Image([8, 8, 3], sitk.sitkFloat32)] * 2)
+    source = tmp_path / "cine4d.nii.gz"
+    sitk.WriteImage(series, str(source))
+    target = tmp_path / "out.nii.gz"
+    code, _, err = _run(capsys, "convert", str(source), "--out", str(target))
+    assert code == 2 and "--frame" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()
+    code, _, _ = _run(capsys, "convert", str(source), "--out", str(target), "--frame", "1")
+    assert code == 0 and read_volume(target).array.shape == (3, 8, 8)
+
+
+def test_convert_labels_to_seg_nrrd_keeps_geometry(tmp_path, capsys):
+    geometry = Geometry((1.4, 1.6, 8.0), (5.0, -3.0, 12.0), (0, 1, 0, -1, 0, 0, 0, 0, 1))
+    labels = np.zeros((3, 10, 12), np.uint8)
+    labels[1, 2:5, 3:7] = 2
+    write_volume(Volume(labels, geometry), tmp_path / "labels.nii.gz")
+    code, _, _ = _run(capsys, "convert", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "s.seg.nrrd"))
+    assert code == 0
+    image = sitk.ReadImage(str(tmp_path / "s.seg.nrrd"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
+    assert np.allclose(image.GetOrigin(), geometry.origin_lps_mm)
+    assert np.allclose(image.GetDirection(), geometry.direction_lps)
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
+    source = tmp_path / "image.nii.gz"
+    write_volume(Volume(np.ones((2, 4, 4), np.float32)), source)
+    code, _, err = _run(capsys, "convert", str(source), "--out", str(source), "--overwrite")
+    assert code == 4 and "input" in err
+    assert read_volume(source).array.sum() == 32
+
+
+def test_missing_input_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = _run(capsys, "convert", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o.nii.gz"))
+    assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_reports_one_voxel_shift_in_millimetres(tmp_path, capsys):
+    truth = np.zeros((2, 20, 20), np.uint8)
+    truth[:, 5:15, 5:15] = 3
+    geometry = Geometry((1.25, 1.25, 10.0))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    write_volume(Volume(truth, geometry), tmp_path / "truth" / "case01_gt.nii.gz")
+    write_volume(Volume(np.roll(truth, 1, axis=2), geometry), tmp_path / "pred" / "case01.nii.gz")
+    code, out, _ = _run(
+        capsys, "evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out", str(tmp_path / "m"),
+        "--labels", "3",
+    )
+    assert code == 0 and "lv_blood_pool" in out
+    row = (tmp_path / "m" / "metrics.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "case01" and float(row[3]) == pytest.approx(0.9) and float(row[5]) == pytest.approx(1.25)
+
+
+def test_planned_command_says_it_is_not_available(capsys):
+    code, _, err = _run(capsys, "segment-cine", "x.nii.gz", "--out", "y")
+    assert code != 0 and "not available" in err
+
+
+def test_python_dash_m_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "cardiac_ai", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "cardiac_ai" in done.stdout

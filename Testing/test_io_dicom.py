@@ -1,0 +1,232 @@
+"""DICOM series reading: slices ordered by position, LPS geometry from the headers, clear errors for bad folders."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from cardiac_ai.errors import DataError, InputError
+from cardiac_ai.io import list_dicom_series, read_dicom_series, read_volume
+
+ROWS, COLUMNS = 6, 8
+PIXEL_SPACING = (0.9, 1.3)  # (row spacing = j, column spacing = i)
+SLICE_GAP = 7.5
+
+
+def _oblique_cosines() -> tuple[np.ndarray, np.ndarray]:
+    row = np.array([0.8, 0.6, 0.0])
+    column = np.array([-0.36, 0.48, 0.8])
+    return row, column  # orthonormal: 0.8 * -0.36 + 0.6 * 0.48 = 0
+
+
+def _slice_dataset(
+    *, series_uid: str, description: str, row, column, position, pixels: np.ndarray, instance: int,
+    slope: float = 1.0, intercept: float = 0.0, thickness: float | None = 7.5, series_number: int = 1,
+) -> FileDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.PatientName = "Phantom^Test"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesDescription = description
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance
+    ds.ImageOrientationPatient = [float(v) for v in (*row, *column)]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.PixelSpacing = list(PIXEL_SPACING)
+    if thickness is not None:
+        ds.SliceThickness = thickness
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def _write_series(
+    folder: Path, *, row, column, origin, n_slices=5, description="cine SA", seed=0, slope=1.0, intercept=0.0,
+    series_number=1, positions=None, tag="s",
+) -> tuple[str, np.ndarray]:
+    """Write a series in shuffled order with shuffled names and InstanceNumbers; return (uid, stored pixels)."""
+    rng = np.random.default_rng(seed)
+    uid = generate_uid()
+    normal = np.cross(row, column)
+    if positions is None:
+        positions = [np.asarray(origin) + k * SLICE_GAP * normal for k in range(n_slices)]
+    stored = np.stack([np.full((ROWS, COLUMNS), 100 * (k + 1), np.uint16) for k in range(len(positions))])
+    stored += rng.integers(0, 50, stored.shape, dtype=np.uint16)
+    order = rng.permutation(len(positions))
+    names = rng.permutation(len(positions))
+    for write_index, k in enumerate(order):
+        ds = _slice_dataset(
+            series_uid=uid, description=description, row=row, column=column, position=positions[k],
+            pixels=stored[k], instance=int(names[write_index]) + 1, slope=slope, intercept=intercept,
+            series_number=series_number,
+        )
+        ds.save_as(folder / f"{tag}{names[write_index]:03d}", enforce_file_format=True)
+    return uid, stored
+
+
+@pytest.fixture
+def two_series(tmp_path) -> tuple[Path, dict]:
+    """An axial series and an oblique one with rescaling, interleaved in one folder, plus a junk file."""
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    axial_uid, axial = _write_series(
+        folder, row=np.array([1.0, 0, 0]), column=np.array([0, 1.0, 0]), origin=(-50.0, -40.0, 12.0),
+        description="axial", seed=1, series_number=3, tag="a",
+    )
+    row, column = _oblique_cosines()
+    oblique_uid, oblique = _write_series(
+        folder, row=row, column=column, origin=(10.0, -20.5, 33.0), description="oblique SA", seed=2,
+        slope=0.5, intercept=-10.0, series_number=7, tag="b",
+    )
+    (folder / "README.txt").write_text("exported by a scanner")
+    return folder, {"axial": (axial_uid, axial), "oblique": (oblique_uid, oblique)}
+
+
+def test_list_dicom_series_reports_uids_descriptions_counts_and_orientations(two_series, caplog):
+    folder, series = two_series
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
+        infos = list_dicom_series(folder)
+
+    assert [i.series_uid for i in infos] == [series["axial"][0], series["oblique"][0]]  # by SeriesNumber
+    assert [i.description for i in infos] == ["axial", "oblique SA"]
+    assert [i.n_files for i in infos] == [5, 5]
+    assert infos[0].orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    np.testing.assert_allclose(infos[1].orientation, np.concatenate(_oblique_cosines()))
+    assert "README.txt" in caplog.text  # the junk file was skipped with a warning
+
+
+def test_oblique_series_reads_in_slice_order_with_lps_geometry(two_series):
+    folder, series = two_series
+    uid, stored = series["oblique"]
+    row, column = _oblique_cosines()
+    normal = np.cross(row, column)
+
+    volume = read_dicom_series(folder, series_uid=uid)
+
+    assert volume.array.shape == (5, ROWS, COLUMNS)
+    assert volume.array.dtype == np.float32
+    np.testing.assert_allclose(volume.array, stored * 0.5 - 10.0)  # ordered by position, rescaled
+    geometry = volume.geometry
+    np.testing.assert_allclose(geometry.spacing_mm, (PIXEL_SPACING[1], PIXEL_SPACING[0], SLICE_GAP), atol=1e-6)
+    np.testing.assert_allclose(geometry.origin_lps_mm, (10.0, -20.5, 33.0), atol=1e-6)
+    np.testing.assert_allclose(geometry.direction_matrix, np.column_stack([row, column, normal]), atol=1e-6)
+    # voxel (k=4, j=2, i=3) lies at position_k + i * col_spacing * row_cosine + j * row_spacing * column_cosine
+    expected = np.array([10.0, -20.5, 33.0]) + 4 * SLICE_GAP * normal + 3 * 1.3 * row + 2 * 0.9 * column
+    np.testing.assert_allclose(geometry.index_to_lps([[4, 2, 3]])[0], expected, atol=1e-5)
+
+
+def test_axial_series_origin_is_first_slice_along_normal(two_series):
+    folder, series = two_series
+    uid, stored = series["axial"]
+    volume = read_dicom_series(folder, series_uid=uid)
+    np.testing.assert_array_equal(volume.array, stored.astype(np.float32))
+    assert volume.geometry.origin_lps_mm == (-50.0, -40.0, 12.0)
+    assert volume.geometry.direction_lps == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def test_several_series_without_series_uid_lists_them(two_series):
+    folder, series = two_series
+    with pytest.raises(InputError, match="holds 2 DICOM series") as error:
+        read_dicom_series(folder)
+    message = str(error.value)
+    for uid, _ in series.values():
+        assert uid in message
+    assert "'axial'" in message and "'oblique SA'" in message and "series_uid" in message
+    with pytest.raises(InputError, match="--series-uid"):
+        read_volume(folder)  # the folder path of the generic reader gives the same advice
+
+
+def test_unknown_series_uid_lists_the_available_ones(two_series):
+    folder, series = two_series
+    with pytest.raises(InputError, match=series["axial"][0]):
+        read_dicom_series(folder, series_uid="1.2.3.4")
+
+
+def test_mixed_orientations_within_a_series_are_refused(tmp_path):
+    uid, _ = _write_series(tmp_path, row=np.array([1.0, 0, 0]), column=np.array([0, 1.0, 0]), origin=(0, 0, 0))
+    row, column = _oblique_cosines()
+    odd = _slice_dataset(
+        series_uid=uid, description="cine SA", row=row, column=column, position=(0, 0, 100.0),
+        pixels=np.zeros((ROWS, COLUMNS), np.uint16), instance=9,
+    )
+    odd.save_as(tmp_path / "odd", enforce_file_format=True)
+    with pytest.raises(InputError, match="mixes 2 slice orientations"):
+        read_dicom_series(tmp_path)
+
+
+def test_duplicate_positions_are_refused(tmp_path):
+    positions = [(0, 0, 0.0), (0, 0, 7.5), (0, 0, 7.5), (0, 0, 15.0)]
+    _write_series(tmp_path, row=np.array([1.0, 0, 0]), column=np.array([0, 1.0, 0]), origin=None, positions=positions)
+    with pytest.raises(InputError, match="repeated slice position"):
+        read_dicom_series(tmp_path)
+
+
+def test_uneven_slice_gaps_are_refused(tmp_path):
+    positions = [(0, 0, 0.0), (0, 0, 7.5), (0, 0, 15.0), (0, 0, 30.0)]  # one slice missing
+    _write_series(tmp_path, row=np.array([1.0, 0, 0]), column=np.array([0, 1.0, 0]), origin=None, positions=positions)
+    with pytest.raises(InputError, match="uneven slice gaps"):
+        read_dicom_series(tmp_path)
+
+
+def test_single_slice_series_uses_slice_thickness(tmp_path):
+    ds = _slice_dataset(
+        series_uid=generate_uid(), description="one", row=(1, 0, 0), column=(0, 1, 0), position=(1, 2, 3),
+        pixels=np.ones((ROWS, COLUMNS), np.uint16), instance=1, thickness=6.0,
+    )
+    ds.save_as(tmp_path / "only", enforce_file_format=True)
+    volume = read_dicom_series(tmp_path)
+    assert volume.array.shape == (1, ROWS, COLUMNS)
+    assert volume.geometry.spacing_mm == (1.3, 0.9, 6.0)
+
+
+def test_single_slice_without_thickness_warns_and_uses_1_mm(tmp_path, caplog):
+    ds = _slice_dataset(
+        series_uid=generate_uid(), description="one", row=(1, 0, 0), column=(0, 1, 0), position=(1, 2, 3),
+        pixels=np.ones((ROWS, COLUMNS), np.uint16), instance=1, thickness=None,
+    )
+    ds.save_as(tmp_path / "only", enforce_file_format=True)
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
+        volume = read_dicom_series(tmp_path)
+    assert volume.geometry.spacing_mm[2] == 1.0
+    assert "SliceThickness" in caplog.text
+
+
+def test_folder_of_junk_raises_data_error(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(DataError, match="No readable DICOM image"):
+        read_dicom_series(tmp_path)
+    with pytest.raises(DataError, match="No readable DICOM image"):
+        list_dicom_series(tmp_path)
+
+
+def test_missing_folder_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        list_dicom_series(tmp_path / "absent")
+
+
+def test_written_files_are_valid_dicom(two_series):
+    """Guard for the fixture itself: pydicom reads every image file back with its pixels."""
+    folder, _ = two_series
+    images = [p for p in folder.iterdir() if p.name != "README.txt"]
+    assert len(images) == 10
+    assert all(pydicom.dcmread(p).pixel_array.shape == (ROWS, COLUMNS) for p in images)

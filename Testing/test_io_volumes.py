@@ -1,0 +1,272 @@
+"""Volume and PNG reading/writing: geometry survives round trips, bad inputs give clear errors, writes are atomic."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from cardiac_ai.errors import DataError, InputError, OutputError
+from cardiac_ai.geometry import Geometry, Volume
+from cardiac_ai.io import prepare_output_dir, read_png, read_volume, write_png, write_volume
+from cardiac_ai.io.atomic import ensure_not_input
+
+
+def _rotation(axis, angle_deg: float) -> np.ndarray:
+    """Rodrigues rotation matrix about ``axis``."""
+    axis = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
+    angle = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+OBLIQUE = Geometry(
+    spacing_mm=(1.25, 0.75, 8.0),
+    origin_lps_mm=(-103.5, 42.25, 17.0),
+    direction_lps=tuple(_rotation((1.0, -2.0, 0.5), 37.0).ravel()),
+)
+
+
+def _image(shape=(4, 5, 6), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_oblique_volume_round_trip_keeps_array_and_geometry(tmp_path, suffix):
+    volume = Volume(_image(), OBLIQUE)
+    path = write_volume(volume, tmp_path / f"oblique{suffix}")
+
+    back = read_volume(path)
+
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert back.geometry.is_close(OBLIQUE, atol_mm=1e-4, atol_direction=1e-5), back.geometry
+    # the voxel with array index (k, j, i) lies at the same LPS point after the round trip
+    kji = np.array([[3, 1, 5], [0, 4, 2]])
+    np.testing.assert_allclose(back.geometry.index_to_lps(kji), OBLIQUE.index_to_lps(kji), atol=1e-3)
+
+
+def test_nifti_ijk_to_ras_matches_hand_computed_matrix_and_nibabel(tmp_path):
+    # i -> posterior (LPS +y), j -> left (LPS +x), k -> inferior (LPS -z): a right-handed permutation
+    geometry = Geometry((2.0, 3.0, 4.0), (10.0, -20.0, 30.0), (0, 1, 0, 1, 0, 0, 0, 0, -1))
+    path = write_volume(Volume(_image(), geometry), tmp_path / "permuted.nii.gz")
+    expected_ijk_to_ras = np.array(
+        [
+            # RAS x = -LPS x = -(3 j + 10)
+            [0.0, -3.0, 0.0, -10.0],
+            # RAS y = -LPS y = -(2 i - 20)
+            [-2.0, 0.0, 0.0, 20.0],
+            # RAS z = LPS z = -4 k + 30
+            [0.0, 0.0, -4.0, 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+
+    back = read_volume(path)
+
+    np.testing.assert_allclose(back.geometry.ijk_to_ras_matrix(), expected_ijk_to_ras, atol=1e-5)
+    # nibabel's affine is the NIfTI (RAS) voxel-to-world matrix: the same thing, read independently
+    np.testing.assert_allclose(nib.load(path).affine, expected_ijk_to_ras, atol=1e-5)
+    assert Geometry.from_ijk_to_ras_matrix(expected_ijk_to_ras).is_close(geometry)
+
+
+def test_missing_file_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_volume(tmp_path / "absent.nii.gz")
+
+
+def test_random_bytes_named_nifti_raise_data_error(tmp_path):
+    path = tmp_path / "corrupt.nii.gz"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match="corrupt.nii.gz"):
+        read_volume(path)
+
+
+def test_4d_image_without_frame_asks_for_frame(tmp_path):
+    series = Volume(_image((3, 2, 4, 5)), OBLIQUE, axes="tkji")
+    path = write_volume(series, tmp_path / "cine.nii.gz")
+
+    with pytest.raises(InputError, match="--frame"):
+        read_volume(path)
+    frame = read_volume(path, frame=1)
+    np.testing.assert_array_equal(frame.array, series.array[1])
+    assert frame.geometry.is_close(OBLIQUE, atol_direction=1e-5)
+    assert read_volume(path, allow_4d=True).axes == "tkji"
+
+
+def test_frame_of_3d_volume_is_refused(tmp_path):
+    path = write_volume(Volume(_image(), OBLIQUE), tmp_path / "still.nrrd")
+    with pytest.raises(InputError, match="not a 4D series"):
+        read_volume(path, frame=0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"space": "left-posterior-superior", "space directions": np.diag([1.0, 0.0, 2.0]), "space origin": np.zeros(3)},
+        {"spacings": [1.0, 0.0, 2.0]},
+    ],
+    ids=["space-directions", "spacings"],
+)
+def test_nrrd_with_zero_spacing_raises_input_error(tmp_path, header):
+    path = tmp_path / "flat.nrrd"
+    nrrd.write(str(path), np.zeros((4, 5, 6), np.float32), header)
+    with pytest.raises(InputError, match="spacing"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_raise_input_error(tmp_path, bad):
+    array = _image()
+    array[1, 2, 3] = bad
+    path = write_volume(Volume(array, OBLIQUE), tmp_path / "bad.nrrd")
+    with pytest.raises(InputError, match="1 NaN or Inf voxels"):
+        read_volume(path)
+
+
+def test_empty_array_is_refused():
+    with pytest.raises(InputError, match="empty"):
+        Volume(np.zeros((0, 4, 4), np.float32))
+
+
+def test_write_volume_with_unknown_suffix_writes_nothing(tmp_path):
+    with pytest.raises(InputError, match="suffix"):
+        write_volume(Volume(_image(), OBLIQUE), tmp_path / "volume.tiff")
+    assert _files(tmp_path) == []
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = write_volume(Volume(_image(seed=1), OBLIQUE), tmp_path / "labels.nii.gz")
+    old_bytes = path.read_bytes()
+
+    def broken_writer(image, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", broken_writer)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_volume(Volume(_image(seed=2), OBLIQUE), path)
+
+    assert path.read_bytes() == old_bytes
+    assert _files(tmp_path) == ["labels.nii.gz"]
+
+
+def test_prepare_output_dir_refuses_non_empty_folder_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.csv").write_text("a\n")
+
+    with pytest.raises(OutputError, match="--overwrite"):
+        prepare_output_dir(out)
+    assert prepare_output_dir(out, overwrite=True) == out
+    assert (out / "old.csv").read_text() == "a\n"  # overwrite replaces files as written, deletes nothing
+    assert prepare_output_dir(tmp_path / "new" / "nested").is_dir()
+
+
+def test_prepare_output_dir_refuses_folder_holding_an_input(tmp_path):
+    source = tmp_path / "data" / "image.nii.gz"
+    source.parent.mkdir()
+    source.write_bytes(b"x")
+
+    with pytest.raises(OutputError, match="holds the input"):
+        prepare_output_dir(tmp_path / "data", overwrite=True, inputs=[source])
+    with pytest.raises(OutputError, match="it is an input"):
+        ensure_not_input(source, [source])
+
+
+# -- PNG -----------------------------------------------------------------------------------------------------
+
+
+def test_png_8_and_16_bit_read_as_one_slice_with_given_spacing(tmp_path):
+    rng = np.random.default_rng(3)
+    grey8 = rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (7, 9), dtype=np.uint16)
+    write_png(grey8, tmp_path / "a.png")
+    write_png(grey16, tmp_path / "b.png")
+
+    a = read_png(tmp_path / "a.png", spacing_mm=(0.5, 0.7))
+    b = read_volume(tmp_path / "b.png", spacing_mm=(0.5, 0.7, 6.0))
+
+    assert a.array.shape == (1, 7, 9) and a.array.dtype == np.uint8
+    np.testing.assert_array_equal(a.array[0], grey8)
+    assert a.geometry.spacing_mm == (0.5, 0.7, 1.0)
+    assert b.array.dtype == np.uint16
+    np.testing.assert_array_equal(b.array[0], grey16)
+    assert b.geometry.spacing_mm == (0.5, 0.7, 6.0)
+
+
+def test_png_without_spacing_warns_that_pixel_size_is_unknown(tmp_path, caplog):
+    write_png(np.zeros((4, 4), np.uint8), tmp_path / "mask.png")
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.png"):
+        volume = read_png(tmp_path / "mask.png")
+    assert volume.geometry.spacing_mm == (1.0, 1.0, 1.0)
+    assert "no pixel size" in caplog.text
+
+
+def test_rgb_png_with_equal_channels_becomes_grey(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_png(tmp_path / "rgb.png", spacing_mm=(1, 1)).array[0], grey)
+
+
+def test_colour_png_raises_input_error(tmp_path):
+    rgb = np.zeros((3, 4, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    with pytest.raises(InputError, match="colour image"):
+        read_png(tmp_path / "red.png", spacing_mm=(1, 1))
+
+
+def test_png_zero_spacing_and_corrupt_file_are_refused(tmp_path):
+    write_png(np.zeros((4, 4), np.uint8), tmp_path / "ok.png")
+    with pytest.raises(InputError, match="positive"):
+        read_png(tmp_path / "ok.png", spacing_mm=(0.0, 1.0))
+    (tmp_path / "junk.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="junk.png"):
+        read_volume(tmp_path / "junk.png")
+
+
+def test_write_png_refuses_float_and_3d_arrays_writing_nothing(tmp_path):
+    with pytest.raises(InputError, match="uint8 or uint16"):
+        write_png(np.zeros((4, 4), np.float32), tmp_path / "f.png")
+    with pytest.raises(InputError, match="2D"):
+        write_png(np.zeros((2, 4, 4), np.uint8), tmp_path / "s.png")
+    assert _files(tmp_path) == []
+
+
+# -- real data ------------------------------------------------------------------------------------------------
+
+
+
+@pytest.mark.shared_data
+def test_acdc_nifti_keeps_pixdim_spacing_without_itk_console_warning(shared_data_dir, capfd):
+    path = shared_data_dir / "acdc" / "training" / "patient001" / "patient001_frame01_gt.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+
+    volume = read_volume(path)
+
+    assert volume.geometry.spacing_mm[2] == pytest.approx(10.0)
+    assert volume.geometry.spacing_mm[0] > 1.0  # from pixdim, not the unit-scale sform
+    assert "unexpected scales" not in capfd.readouterr().err
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # restored after reading
+
+
+@pytest.mark.shared_data
+def test_emidec_mask_png_reads_as_uint8_codes_with_unknown_pixel_size(shared_data_dir, caplog):
+    masks = sorted((shared_data_dir / "emidec-png" / "dataset" / "trainannot").glob("Case_P*.png"))
+    if not masks:
+        pytest.skip("no EMIDEC masks in the shared data")
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.png"):
+        volume = read_volume(masks[0])
+    assert volume.array.shape == (1, 256, 256) and volume.array.dtype == np.uint8
+    assert set(np.unique(volume.array)) <= {0, 1, 2, 3, 4}
+    assert "no pixel size" in caplog.text

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cardiac_ai import InputError
+from cardiac_ai.device import resolve_device, run_batched_with_fallback
+from cardiac_ai.progress import format_progress_line, parse_progress_line, subrange
+from cardiac_ai.provenance import Provenance
+
+
+def test_progress_line_round_trip_and_other_lines_ignored():
+    line = format_progress_line(0.25, "Segmenting\nslice 3")
+    assert line == "PROGRESS 0.2500 Segmenting slice 3"
+    assert parse_progress_line(line) == (0.25, "Segmenting slice 3")
+    assert parse_progress_line("INFO something") is None
+    assert parse_progress_line("PROGRESS abc x") is None
+    assert parse_progress_line("PROGRESS 1.5 x") is None
+
+
+def test_subrange_maps_nested_progress_monotonically():
+    seen = []
+    nested = subrange(lambda f, m: seen.append(f), 0.5, 0.75)
+    for fraction in (0.0, 0.5, 1.0, 2.0):
+        nested(fraction, "x")
+    assert seen == [0.5, 0.625, 0.75, 0.75]
+
+
+def test_resolve_device_explicit_choice_wins_and_cuda_without_gpu_is_an_error():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type in {"cpu", "cuda"}
+    with pytest.raises(InputError, match="Unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_out_of_memory_halves_batch_then_falls_back_to_cpu(monkeypatch):
+    """Simulates CUDA OOM (no GPU here): the runner must shrink the batch, then finish on the CPU, and say so."""
+    calls = []
+
+    def run_batch(batch, device):
+        calls.append((len(batch), device.type))
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return [x * 2 for x in batch]
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    provenance = Provenance()
+    results, device = run_batched_with_fallback(
+        list(range(5)), run_batch, device=torch.device("cuda"), batch_size=4, provenance=provenance
+    )
+    assert results == [0, 2, 4, 6, 8]
+    assert device.type == "cpu"
+    assert [c for c in calls if c[1] == "cuda"] == [(4, "cuda"), (2, "cuda"), (1, "cuda")]
+    assert any("batch size 2" in w for w in provenance.warnings)
+    assert any("CPU" in w for w in provenance.warnings)
+
+
+def test_other_errors_are_not_swallowed():
+    def run_batch(batch, device):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_batched_with_fallback([1], run_batch, device=torch.device("cpu"), batch_size=1)
