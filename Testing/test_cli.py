@@ -115,3 +115,24 @@ def test_planned_command_says_it_is_not_available(capsys):
 def test_python_dash_m_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "cardiac_ai", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "cardiac_ai" in done.stdout
+
+
+def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys):
+    from cardiac_ai.phantom import make_phantom_cohort
+
+    data = tmp_path / "cohort"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for case in make_phantom_cohort(4, seed=2, phases=("ED",)):
+        write_volume(case.image, data / "images" / f"{case.case_id}.nii.gz")
+        write_volume(case.labels, data / "labels" / f"{case.case_id}.nii.gz")
+    code, out, err = _run(
+        capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"), "--epochs", "2",
+        "--crop-size", "32", "--spacing", "3", "--register-to", str(tmp_path / "models"), "--model-name", "my_unet",
+    )
+    assert code == 0, err
+    assert (tmp_path / "run" / "split.json").exists() and (tmp_path / "run" / "checkpoints" / "log.csv").exists()
+    code, out, _ = _run(capsys, "info", "--json", "--models-dir", str(tmp_path / "models"))
+    assert "my_unet 1.0" in json.loads(out)["models"]
+    code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"))
+    assert code == 4 and "--resume" in err

@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Callable, Sequence
 
 from . import __version__
@@ -116,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.csv and summary.csv (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
 
+    p = sub.add_parser("train", parents=[common], help="train a model on ACDC, EMIDEC or your own data")
+    p.add_argument("--task", choices=["segmentation"], default="segmentation",
+                   help="what to train (more tasks arrive with their capabilities)")
+    p.add_argument("--data", required=True, help="data folder")
+    p.add_argument("--layout", choices=["acdc", "emidec", "generic"], required=True, help="how the folder is laid out")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, config.json, log.csv, split.json")
+    p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
+    p.add_argument("--network", default="unet2d", help="network name (see `cardiacai info`)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--crop-size", type=int, default=128, help="square crop in pixels")
+    p.add_argument("--spacing", type=float, default=1.25, help="in-plane spacing in mm the model works at")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--model-name", default="custom_unet2d", help="name of the registered model")
+    p.add_argument("--model-version", default="1.0")
+    p.add_argument("--register-to", metavar="DIR", help="write the trained model here (a --models-dir folder)")
+
     for name, helptext in _PLANNED.items():
         p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
         p.add_argument("args", nargs="*")
@@ -133,7 +154,6 @@ _PLANNED = {
     "fibrosis": "LGE scar segmentation",
     "cam": "class activation map and pseudo-label",
     "qc": "predict the Dice of a segmentation without ground truth",
-    "train": "train a model",
     "batch": "process a cohort",
 }
 
@@ -258,6 +278,57 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
         write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
         write_csv(out / "summary.csv", result.summary)
         log.info("Wrote %s and %s", out / "metrics.csv", out / "summary.csv")
+    return 0
+
+
+@_command("train")
+def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .datasets import (
+        default_acdc_split, groups_from_refs, list_acdc, list_emidec, list_generic, load_case, load_split,
+        make_patient_split, refs_in_part, save_split,
+    )
+    from .labels import LABELS
+    from .preprocessing import InputSpec
+    from .training import TrainingConfig
+    from .training.segmentation import train_segmentation
+
+    listing = {"acdc": list_acdc, "emidec": list_emidec, "generic": list_generic}[args.layout]
+    refs = [ref for ref in listing(args.data) if ref.has_labels]
+    if not refs:
+        raise InputError(f"No case with a label map in {args.data} ({args.layout} layout); segmentation needs them.")
+    out = Path(args.out)
+    if args.split:
+        split = load_split(args.split)
+    elif args.layout == "acdc":
+        split = default_acdc_split(refs)
+    else:
+        groups = groups_from_refs(refs) if all("group" in r.image_labels for r in refs) else None
+        split = make_patient_split(sorted({r.patient_id for r in refs}), groups=groups, seed=args.seed)
+    if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue or --overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(split, out / "split.json")
+    train_refs, val_refs = refs_in_part(refs, split, "train"), refs_in_part(refs, split, "validation")
+    if not val_refs:
+        raise InputError("The split has no validation patients; training needs some to pick the best epoch.")
+    progress(0.0, f"Loading {len(train_refs) + len(val_refs)} cases")
+    train_cases, val_cases = [load_case(r) for r in train_refs], [load_case(r) for r in val_refs]
+    codes = sorted({int(c) for case in train_cases for c in np.unique(case.labels.array) if c in LABELS})
+    spec = InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size))
+    config = TrainingConfig(
+        network=args.network, network_kwargs={"out_channels": max(codes) + 1}, input_spec=spec.to_dict(),
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        metric_name="val_dice", metric_mode="max",
+    )
+    result = train_segmentation(
+        train_cases, val_cases, config=config, out_dir=out / "checkpoints", model_name=args.model_name,
+        model_version=args.model_version, models_dir=args.register_to, label_codes=codes,
+        training_data=f"{args.layout}:{args.data}", device=args.device, progress=progress, resume=args.resume,
+    )
+    print(f"Best validation Dice {result.validation_metrics.get('val_dice', float('nan')):.4f} "
+          f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
+    if result.card_path:
+        print(f"Registered {result.card_path}")
     return 0
 
 

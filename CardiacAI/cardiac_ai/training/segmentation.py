@@ -1,0 +1,168 @@
+"""Training a 2D slice segmentation model end to end: cases in, registered model out.
+
+This is the few-lines API every capability uses::
+
+    from cardiac_ai.datasets import list_acdc, load_case, default_acdc_split, refs_in_part
+    from cardiac_ai.training import TrainingConfig
+    from cardiac_ai.training.segmentation import train_segmentation
+
+    refs = list_acdc("../shared/data/acdc/training")
+    split = default_acdc_split(refs)
+    train = [load_case(r) for r in refs_in_part(refs, split, "train")]
+    val = [load_case(r) for r in refs_in_part(refs, split, "validation")]
+    config = TrainingConfig(network="unet2d", network_kwargs={"out_channels": 4}, input_spec=InputSpec().to_dict(),
+                            epochs=100, metric_name="val_dice", metric_mode="max")
+    result = train_segmentation(train, val, config=config, out_dir="runs/cine", model_name="cine_unet2d",
+                                model_version="1.0", models_dir="Resources/Models")
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..datasets.case import Case
+from ..errors import InputError
+from ..labels import LABELS
+from ..preprocessing import CropCenter, InputSpec
+from ..progress import ProgressCallback, subrange
+from .augmentation import AugmentationConfig, build_augmentation
+from .config import TrainingConfig
+from .engine import Trainer, TrainingResult
+from .slices import PreparedSlices, SliceDataset, prepare_slices
+
+__all__ = ["SegmentationTrainingResult", "train_segmentation", "dice_metric_fn", "train_segmentation_prepared"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentationTrainingResult:
+    training: TrainingResult
+    card_path: Path | None  # the registered model card, when models_dir was given
+    validation_metrics: dict[str, float]
+
+
+def dice_metric_fn(label_codes: Sequence[int]) -> Callable[[Any, Any, Any], dict[str, float]]:
+    """A ``metric_fn`` for :class:`Trainer`: Dice per label over all validation pixels, and their mean (``val_dice``)."""
+
+    def compute(network, loader, device) -> dict[str, float]:
+        import torch
+
+        intersections = np.zeros(len(label_codes))
+        totals = np.zeros(len(label_codes))
+        for batch in loader:
+            logits = network(batch["image"].to(device))
+            predicted = torch.argmax(logits, dim=1).cpu().numpy()
+            truth = batch["label"].cpu().numpy().reshape(predicted.shape)
+            for n, code in enumerate(label_codes):
+                p, t = predicted == code, truth == code
+                intersections[n] += np.logical_and(p, t).sum()
+                totals[n] += p.sum() + t.sum()
+        dices = np.where(totals > 0, 2 * intersections / np.maximum(totals, 1), np.nan)
+        metrics = {f"dice_{LABELS[c].name if c in LABELS else c}": float(d) for c, d in zip(label_codes, dices)}
+        metrics["val_dice"] = float(np.nanmean(dices)) if np.any(np.isfinite(dices)) else 0.0
+        return metrics
+
+    return compute
+
+
+def train_segmentation_prepared(
+    train_slices: PreparedSlices,
+    val_slices: PreparedSlices,
+    *,
+    config: TrainingConfig,
+    out_dir: str | Path,
+    augmentation: AugmentationConfig | None = None,
+    label_codes: Sequence[int] = (1, 2, 3),
+    batch_sampler: Any = None,
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    resume: bool = False,
+) -> tuple[TrainingResult, Any, dict[str, float]]:
+    """Train on already prepared slices; returns (result, network with the best weights, its validation metrics)."""
+    from ..models.networks import build_network
+    from .checkpoint import load_checkpoint_weights
+
+    augmentation = AugmentationConfig() if augmentation is None else augmentation
+    network = build_network(config.network, **config.network_kwargs)
+    train_set = SliceDataset(train_slices, augmentation=build_augmentation(augmentation, seed=config.seed))
+    val_set = SliceDataset(val_slices)
+    trainer = Trainer(
+        config, network, train_set, val_set, metric_fn=dice_metric_fn(label_codes), out_dir=out_dir,
+        device=device, progress=progress, batch_sampler=batch_sampler,
+    )
+    result = trainer.fit(resume=resume)
+    if result.best_checkpoint is None:
+        raise InputError("Training gave no finite validation Dice; nothing to keep. Check labels and learning rate.")
+    load_checkpoint_weights(network, result.best_checkpoint)
+    best = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
+    metrics = {k: float(v) for k, v in best.items() if k.startswith("dice_") or k == "val_dice"}
+    return result, network, metrics
+
+
+def train_segmentation(
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    *,
+    config: TrainingConfig,
+    out_dir: str | Path,
+    model_name: str,
+    model_version: str = "1.0",
+    models_dir: str | Path | None = None,
+    augmentation: AugmentationConfig | None = None,
+    crop_center: CropCenter = "labels",
+    label_codes: Sequence[int] = (1, 2, 3),
+    training_data: str = "",
+    device: str | None = None,
+    progress: ProgressCallback | None = None,
+    resume: bool = False,
+) -> SegmentationTrainingResult:
+    """Preprocess the cases, train with the shared :class:`Trainer`, and register the best model.
+
+    The network outputs ``max(label_codes) + 1`` channels (channel = label code); ``config.network_kwargs`` must say
+    so through ``out_channels``. The model card records the input spec, split, epochs and validation Dice.
+    """
+    if not train_cases or not val_cases:
+        raise InputError("train_segmentation needs at least one training and one validation case.")
+    n_channels = int(config.network_kwargs.get("out_channels", 0))
+    if n_channels != max(label_codes) + 1:
+        raise InputError(
+            f"network_kwargs['out_channels'] is {n_channels}, but label codes {list(label_codes)} need "
+            f"{max(label_codes) + 1} output channels (one per code, background included)."
+        )
+    spec = InputSpec.from_dict(config.input_spec) if config.input_spec else InputSpec()
+    train_slices = prepare_slices(train_cases, spec, crop_center=crop_center, progress=subrange(progress, 0, 0.05))
+    val_slices = prepare_slices(val_cases, spec, crop_center=crop_center, progress=subrange(progress, 0.05, 0.1))
+    log.info("Training on %d slices, validating on %d", len(train_slices), len(val_slices))
+    result, network, metrics = train_segmentation_prepared(
+        train_slices, val_slices, config=config, out_dir=out_dir, augmentation=augmentation,
+        label_codes=label_codes, device=device, progress=subrange(progress, 0.1, 1.0), resume=resume,
+    )
+    card_path = None
+    if models_dir is not None:
+        from ..models.registry import ModelCard, save_model
+
+        card = ModelCard(
+            name=model_name,
+            version=model_version,
+            task="segmentation",
+            network=config.network,
+            network_kwargs=dict(config.network_kwargs),
+            input_spec=spec.to_dict(),
+            label_map={0: "background", **{c: LABELS[c].name for c in label_codes if c in LABELS}},
+            training_data=training_data,
+            split={
+                "train": sorted({c.case_id for c in train_cases}),
+                "validation": sorted({c.case_id for c in val_cases}),
+            },
+            epochs=len(result.history),
+            validation_metrics=metrics,
+            date=datetime.date.today().isoformat(),
+        )
+        card_path = save_model(network, card, models_dir)
+    return SegmentationTrainingResult(result, card_path, metrics)
