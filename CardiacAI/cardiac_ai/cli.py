@@ -7,13 +7,14 @@ Every command accepts ``--device``, ``--overwrite``, ``--progress-lines`` (machi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from . import __version__
 from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError, OutputError
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["segmentation"], default="segmentation",
                    help="what to train (more tasks arrive with their capabilities)")
     p.add_argument("--data", required=True, help="data folder")
-    p.add_argument("--layout", choices=["acdc", "emidec", "generic"], required=True, help="how the folder is laid out")
+    p.add_argument("--layout", choices=["auto", "acdc", "emidec", "generic"], default="auto",
+                   help="how the folder is laid out (auto: recognised from its contents)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, config.json, log.csv, split.json")
     p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
     p.add_argument("--network", default="unet2d", help="network name (see `cardiacai info`)")
@@ -281,6 +283,21 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
+def _detect_layout(folder: Path) -> str:
+    if not folder.is_dir():
+        raise DataError(f"Data folder {folder} does not exist.")
+    if any(folder.glob("patient*/Info.cfg")):
+        return "acdc"
+    if (folder / "dataset" / "train").is_dir() or (folder / "train").is_dir() and (folder / "trainannot").is_dir():
+        return "emidec"
+    if (folder / "images").is_dir():
+        return "generic"
+    raise DataError(
+        f"Cannot tell the layout of {folder}: expected patientNNN/Info.cfg (ACDC), dataset/train (EMIDEC PNG) or "
+        "images/ with optional labels/ and labels.csv (generic). Pass --layout to say which."
+    )
+
+
 @_command("train")
 def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .datasets import (
@@ -292,14 +309,15 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .training import TrainingConfig
     from .training.segmentation import train_segmentation
 
-    listing = {"acdc": list_acdc, "emidec": list_emidec, "generic": list_generic}[args.layout]
+    layout = _detect_layout(Path(args.data)) if args.layout == "auto" else args.layout
+    listing = {"acdc": list_acdc, "emidec": list_emidec, "generic": list_generic}[layout]
     refs = [ref for ref in listing(args.data) if ref.has_labels]
     if not refs:
-        raise InputError(f"No case with a label map in {args.data} ({args.layout} layout); segmentation needs them.")
+        raise InputError(f"No case with a label map in {args.data} ({layout} layout); segmentation needs them.")
     out = Path(args.out)
     if args.split:
         split = load_split(args.split)
-    elif args.layout == "acdc":
+    elif layout == "acdc":
         split = default_acdc_split(refs)
     else:
         groups = groups_from_refs(refs) if all("group" in r.image_labels for r in refs) else None
@@ -323,7 +341,7 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     result = train_segmentation(
         train_cases, val_cases, config=config, out_dir=out / "checkpoints", model_name=args.model_name,
         model_version=args.model_version, models_dir=args.register_to, label_codes=codes,
-        training_data=f"{args.layout}:{args.data}", device=args.device, progress=progress, resume=args.resume,
+        training_data=f"{layout}:{args.data}", device=args.device, progress=progress, resume=args.resume,
     )
     print(f"Best validation Dice {result.validation_metrics.get('val_dice', float('nan')):.4f} "
           f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
@@ -340,20 +358,32 @@ def _planned(args: argparse.Namespace, progress: ProgressCallback) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
-def _configure_logging(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """Show the package's log on stderr while a command runs; restore the previous set-up afterwards, so that
+    calling :func:`main` in-process (tests, Slicer's console) leaves the caller's logging as it was."""
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("cardiac_ai")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    package_logger = logging.getLogger("cardiac_ai")
+    saved = (package_logger.handlers[:], package_logger.level, package_logger.propagate)
+    package_logger.handlers[:] = [handler]
+    package_logger.setLevel(level)
+    package_logger.propagate = False
+    try:
+        yield
+    finally:
+        package_logger.handlers[:], package_logger.level, package_logger.propagate = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args)
+    with _logging_to_stderr(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     handler = _HANDLERS.get(args.command, _planned)
     printer = _ProgressPrinter(lines=args.progress_lines, quiet=args.quiet)
     start = time.perf_counter()

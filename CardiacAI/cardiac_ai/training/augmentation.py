@@ -23,6 +23,7 @@ import torch
 from monai.transforms import (
     Compose,
     Rand2DElasticd,
+    RandAffined,
     RandAdjustContrastd,
     RandBiasFieldd,
     RandFlipd,
@@ -42,6 +43,7 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 
 _PROBABILITIES = (
+    "translate_prob",
     "rotate_prob",
     "zoom_prob",
     "elastic_prob",
@@ -78,6 +80,8 @@ class AugmentationConfig:
         the LV, which real short-axis images never show.
     """
 
+    translate_prob: float = 0.0
+    translate_range_px: float = 0.0
     rotate_prob: float = 0.5
     rotate_range_deg: float = 20.0
     zoom_prob: float = 0.3
@@ -115,7 +119,7 @@ class AugmentationConfig:
             object.__setattr__(self, name, (low, high))
         if isinstance(self.zoom_range, tuple) and len(self.zoom_range) == 2 and not self.zoom_range[0] > 0:
             problems.append(f"zoom_range must be positive factors, got {self.zoom_range!r}")
-        for name in ("rotate_range_deg", "noise_std"):
+        for name in ("rotate_range_deg", "noise_std", "translate_range_px"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
                 problems.append(f"{name} must be a finite number >= 0, got {value!r}")
@@ -235,6 +239,16 @@ def _transforms(config: AugmentationConfig) -> list:
     if config.flip_prob > 0:
         for axis in (0, 1):
             transforms.append(RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis, allow_missing_keys=True))
+    if config.translate_prob > 0 and config.translate_range_px > 0:
+        # Shifts the heart within the crop, so a model trained on label-centred crops tolerates an inexact
+        # centre from a localiser at inference.
+        shift = config.translate_range_px
+        transforms.append(
+            RandAffined(
+                keys, prob=config.translate_prob, translate_range=(shift, shift), mode=modes,
+                padding_mode="zeros", allow_missing_keys=True,
+            )
+        )
     if config.rotate_prob > 0:
         angle = math.radians(config.rotate_range_deg)
         transforms.append(

@@ -1,0 +1,202 @@
+"""Network builders by name: the one place where a network is made, for training and for inference alike.
+
+A model card stores ``network`` (a name below) and ``network_kwargs``; :func:`build_network` turns them into an
+``nn.Module``. Every network returns logits: no softmax, no argmax (segmentation ``(batch, classes, j, i)``,
+classification ``(batch, classes)``).
+
+=================  ==============  ===================================================================
+name               task            MONAI class (``spatial_dims=2``)
+=================  ==============  ===================================================================
+``unet2d``         segmentation    ``monai.networks.nets.UNet`` (residual units, instance norm)
+``basic_unet2d``   segmentation    ``monai.networks.nets.BasicUNet`` (``j``, ``i`` divisible by 16)
+``flexible_unet``  segmentation    ``monai.networks.nets.FlexibleUNet``, ResNet backbone, never pretrained
+``densenet121_2d`` classification  ``monai.networks.nets.DenseNet121``
+``resnet18_2d``    classification  ``monai.networks.nets.resnet18``
+``resnet34_2d``    classification  ``monai.networks.nets.resnet34``
+``tiny_unet2d``    segmentation    ``monai.networks.nets.UNet`` with 2 levels of 4 and 8 channels (tests)
+``tiny_cnn2d``     classification  two convolutions, global pooling and a linear layer (tests)
+=================  ==============  ===================================================================
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["NETWORK_BUILDERS", "network_names", "build_network"]
+
+log = logging.getLogger(__name__)
+
+
+def _unet2d(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 4,
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    strides: Sequence[int] = (2, 2, 2, 2),
+    num_res_units: int = 2,
+    norm: str = "instance",
+    dropout: float = 0.0,
+) -> "nn.Module":
+    """MONAI ``UNet``; input ``(batch, in_channels, j, i)`` with ``j``, ``i`` divisible by the product of strides."""
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+        norm=norm,
+        dropout=dropout,
+    )
+
+
+def _basic_unet2d(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 4,
+    features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+    dropout: float = 0.0,
+) -> "nn.Module":
+    """MONAI ``BasicUNet``; input ``j``, ``i`` divisible by 16."""
+    from monai.networks.nets import BasicUNet
+
+    return BasicUNet(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, features=tuple(features), dropout=dropout
+    )
+
+
+def _flexible_unet(
+    *,
+    in_channels: int = 1,
+    out_channels: int = 4,
+    backbone: str = "resnet18",
+    decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    dropout: float = 0.0,
+) -> "nn.Module":
+    """MONAI ``FlexibleUNet`` with a ResNet encoder, trained from scratch (``pretrained=False``: no download)."""
+    from monai.networks.nets import FlexibleUNet
+
+    if not backbone.startswith("resnet"):
+        raise ModelError(
+            f"flexible_unet supports ResNet backbones only (resnet10 ... resnet200), got backbone={backbone!r}; "
+            "EfficientNet backbones would try to download weights."
+        )
+    return FlexibleUNet(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        backbone=backbone,
+        pretrained=False,
+        decoder_channels=tuple(decoder_channels),
+        spatial_dims=2,
+        dropout=dropout,
+    )
+
+
+def _densenet121_2d(*, in_channels: int = 1, out_channels: int = 4, dropout_prob: float = 0.0) -> "nn.Module":
+    """MONAI ``DenseNet121``; returns ``(batch, out_channels)`` logits."""
+    from monai.networks.nets import DenseNet121
+
+    return DenseNet121(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob, pretrained=False
+    )
+
+
+def _resnet_2d(depth: int) -> Callable[..., "nn.Module"]:
+    def build(*, in_channels: int = 1, out_channels: int = 4) -> "nn.Module":
+        from monai.networks import nets
+
+        factory = getattr(nets, f"resnet{depth}")
+        return factory(pretrained=False, spatial_dims=2, n_input_channels=in_channels, num_classes=out_channels)
+
+    build.__doc__ = f"MONAI ``resnet{depth}`` (2D); returns ``(batch, out_channels)`` logits."
+    return build
+
+
+def _tiny_unet2d(*, in_channels: int = 1, out_channels: int = 4) -> "nn.Module":
+    """A two-level MONAI ``UNet`` (4 and 8 channels) for tests; ``j``, ``i`` even."""
+    return _unet2d(
+        in_channels=in_channels, out_channels=out_channels, channels=(4, 8), strides=(2,), num_res_units=0
+    )
+
+
+def _tiny_cnn2d(*, in_channels: int = 1, out_channels: int = 4, features: int = 8) -> "nn.Module":
+    """Two 3x3 convolutions, global average pooling and a linear layer, for classification tests."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, features, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(features, features, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(features, out_channels),
+    )
+
+
+NETWORK_BUILDERS: dict[str, Callable[..., "nn.Module"]] = {
+    "unet2d": _unet2d,
+    "basic_unet2d": _basic_unet2d,
+    "flexible_unet": _flexible_unet,
+    "densenet121_2d": _densenet121_2d,
+    "resnet18_2d": _resnet_2d(18),
+    "resnet34_2d": _resnet_2d(34),
+    "tiny_unet2d": _tiny_unet2d,
+    "tiny_cnn2d": _tiny_cnn2d,
+}
+"""Network name -> builder taking keyword hyperparameters only. Add an entry here to make a network trainable."""
+
+
+def network_names() -> tuple[str, ...]:
+    """The names :func:`build_network` accepts, sorted."""
+    return tuple(sorted(NETWORK_BUILDERS))
+
+
+def build_network(name: str, **kwargs: Any) -> "nn.Module":
+    """Build the network ``name`` with hyperparameters ``kwargs``; training and inference both call this.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`network_names`, e.g. ``"unet2d"``.
+    **kwargs
+        Hyperparameters of that builder (``in_channels``, ``out_channels``, ``channels``, ``strides``, ...);
+        the model card's ``network_kwargs``. Omitted ones take the builder's defaults.
+
+    Returns
+    -------
+    torch.nn.Module
+        A freshly initialised network (weights from torch's global generator) whose ``forward`` returns logits.
+
+    Raises
+    ------
+    ModelError
+        For an unknown name (the message lists the known ones), or a keyword the builder does not take.
+    """
+    builder = NETWORK_BUILDERS.get(name)
+    if builder is None:
+        raise ModelError(
+            f"Unknown network {name!r}. Known networks: {', '.join(network_names())}. "
+            "Check the 'network' field of the model card or training config."
+        )
+    accepted = [p for p in inspect.signature(builder).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ModelError(
+            f"Network {name!r} got unknown hyperparameters {unknown}; it accepts {accepted}. "
+            "Check 'network_kwargs' in the model card or training config."
+        )
+    try:
+        return builder(**kwargs)
+    except ModelError:
+        raise
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ModelError(f"Network {name!r} cannot be built with {kwargs}: {error}") from error

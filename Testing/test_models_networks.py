@@ -1,0 +1,112 @@
+"""Network builders by name, and batched inference over a stack of slices."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cardiac_ai.errors import InputError, ModelError
+from cardiac_ai.models import ModelCard, build_network, network_names, predict_slices
+from cardiac_ai.provenance import Provenance
+
+SEGMENTATION = ["unet2d", "basic_unet2d", "flexible_unet", "tiny_unet2d"]
+CLASSIFICATION = ["densenet121_2d", "resnet18_2d", "resnet34_2d", "tiny_cnn2d"]
+
+
+def test_every_registered_network_is_covered_here():
+    assert set(network_names()) == set(SEGMENTATION) | set(CLASSIFICATION)
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_segmentation_networks_return_logit_maps_of_input_size(name):
+    network = build_network(name, in_channels=2, out_channels=3).eval()
+    with torch.no_grad():
+        out = network(torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (1, 3, 32, 32)
+    assert out.min() < 0 or out.max() > 1  # raw logits, not probabilities
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
+def test_classification_networks_return_class_logits(name):
+    network = build_network(name, in_channels=1, out_channels=4).eval()
+    with torch.no_grad():
+        out = network(torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (2, 4)
+
+
+def test_unknown_network_name_lists_known_names():
+    with pytest.raises(ModelError, match="Unknown network 'vnet'.*tiny_unet2d.*unet2d"):
+        build_network("vnet")
+
+
+def test_unknown_hyperparameter_is_named_with_accepted_ones():
+    with pytest.raises(ModelError, match="unknown hyperparameters \\['chanels'\\].*'channels'"):
+        build_network("unet2d", chanels=(4, 8))
+
+
+def test_invalid_hyperparameter_values_raise_model_error():
+    with pytest.raises(ModelError, match="cannot be built"):
+        build_network("unet2d", channels=(4, 8, 16), strides=(2,))
+    with pytest.raises(ModelError, match="ResNet backbones only"):
+        build_network("flexible_unet", backbone="efficientnet-b0")
+
+
+def test_card_builds_the_same_architecture_as_training():
+    kwargs = {"in_channels": 1, "out_channels": 4, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
+    card = ModelCard(name="cine", version="1.0", task="segmentation", network="unet2d", network_kwargs=kwargs)
+    built_for_training = build_network("unet2d", **kwargs).state_dict()
+    built_for_inference = card.build_network().state_dict()
+    assert {k: v.shape for k, v in built_for_training.items()} == {k: v.shape for k, v in built_for_inference.items()}
+
+
+# ----------------------------------------------------------------------------- predict_slices
+
+
+def tiny_net() -> torch.nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build_network("tiny_unet2d", in_channels=1, out_channels=3)
+
+
+def test_predict_slices_matches_a_direct_forward_pass_in_any_batch_size():
+    images = np.random.default_rng(0).random((5, 1, 16, 16), dtype=np.float32)
+    network = tiny_net().eval()
+    with torch.no_grad():
+        expected = network(torch.from_numpy(images)).numpy()
+    for batch_size in (1, 2, 8):
+        out = predict_slices(network, images, device="cpu", batch_size=batch_size)
+        assert out.dtype == np.float32 and out.shape == (5, 3, 16, 16)
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_predict_slices_softmax_gives_probabilities_and_records_device():
+    images = np.random.default_rng(1).random((3, 1, 16, 16), dtype=np.float32)
+    provenance = Provenance()
+    out = predict_slices(tiny_net(), images, device="cpu", activation="softmax", provenance=provenance)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+    assert provenance.device == "cpu" and provenance.warnings == []
+
+
+def test_predict_slices_sliding_window_covers_larger_slices():
+    images = np.random.default_rng(2).random((2, 1, 40, 24), dtype=np.float32)
+    out = predict_slices(tiny_net(), images, device="cpu", roi_size=(16, 16), activation="sigmoid")
+    assert out.shape == (2, 3, 40, 24)
+    assert np.all((out > 0) & (out < 1))
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((4, 16, 16), np.float32), "shaped \\(k, c, j, i\\)"),
+        (np.zeros((2, 1, 16, 16), np.uint8), "float images"),
+        (np.full((1, 1, 16, 16), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_predict_slices_refuses_unusable_input(images, message):
+    with pytest.raises(InputError, match=message):
+        predict_slices(tiny_net(), images, device="cpu")
+
+
+def test_predict_slices_refuses_unknown_activation():
+    with pytest.raises(InputError, match="activation must be one of"):
+        predict_slices(tiny_net(), np.zeros((1, 1, 8, 8), np.float32), device="cpu", activation="argmax")

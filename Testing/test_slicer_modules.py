@@ -1,0 +1,378 @@
+"""Static checks of the Slicer extension: module files, .ui files, CMake lists, and the backend's Slicer-free imports.
+
+Slicer is not installed here, so nothing imports ``slicer``: the module files are parsed (ast), the .ui files read as
+XML, and the CMake glob commands are run by the real ``cmake -P``. The modules' own ``Test`` classes run inside
+Slicer (``slicer_add_python_unittest``) and check behaviour there.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import py_compile
+import re
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND = ROOT / "CardiacAI" / "cardiac_ai"
+MODULES = ("CardiacAI", "CardiacAITraining")
+
+#: Packages a module file must not import while Slicer starts (before its dependencies are installed).
+HEAVY_IMPORTS = {"cardiac_ai", "torch", "monai", "scipy", "skimage", "slicerio", "highdicom", "cv2", "safetensors",
+                 "nrrd", "PyTorchUtils"}
+#: What the backend must never import: it runs in plain Python and under PythonSlicer alike.
+SLICER_ONLY = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "sitkUtils", "PyTorchUtils", "__main__"}
+#: Backend modules that the Slicer modules import inside Slicer's own process (Python 3.12 in Slicer 5.10; the package supports 3.10 and later).
+IN_PROCESS_BACKEND = ("__init__.py", "errors.py", "geometry.py", "labels.py", "progress.py", "subprocess_runner.py")
+
+
+def _module_file(name: str) -> Path:
+    return ROOT / name / f"{name}.py"
+
+
+def _ui_file(name: str) -> Path:
+    return ROOT / name / "Resources" / "UI" / f"{name}.ui"
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _ui_widgets(name: str) -> dict[str, ET.Element]:
+    root = ET.parse(_ui_file(name)).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def _import_roots(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name.split(".")[0] for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module.split(".")[0]]
+    return []
+
+
+def _import_time_nodes(tree: ast.Module):
+    """Every node that runs when the module is imported: all but function bodies (class bodies do run)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(node.decorator_list if not isinstance(node, ast.Lambda) else [])
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
+# -- module files -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODULES)
+def test_module_file_compiles(name, tmp_path):
+    py_compile.compile(str(_module_file(name)), cfile=str(tmp_path / f"{name}.pyc"), doraise=True)
+
+
+@pytest.mark.parametrize("path", [*(_module_file(n) for n in MODULES), *(BACKEND / f for f in IN_PROCESS_BACKEND)],
+                         ids=lambda p: p.name)
+def test_code_imported_inside_slicer_parses_as_oldest_supported_python(path):
+    # pyproject.toml allows Python 3.10: nothing newer (no PEP 695 type statements, no new f-string grammar).
+    ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 10))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_file_defines_the_template_classes(name):
+    classes = {node.name: node for node in _tree(_module_file(name)).body if isinstance(node, ast.ClassDef)}
+    bases = {cls: {getattr(b, "id", None) for b in node.bases} for cls, node in classes.items()}
+    assert "ScriptedLoadableModule" in bases[name]
+    assert "ScriptedLoadableModuleWidget" in bases[f"{name}Widget"]
+    assert "ScriptedLoadableModuleLogic" in bases[f"{name}Logic"]
+    assert "ScriptedLoadableModuleTest" in bases[f"{name}Test"]
+    decorators = {getattr(d, "id", None) for d in classes[f"{name}ParameterNode"].decorator_list}
+    assert "parameterNodeWrapper" in decorators
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_file_imports_no_backend_or_heavy_package_at_import_time(name):
+    offending = [
+        (node.lineno, root)
+        for node in _import_time_nodes(_tree(_module_file(name)))
+        for root in _import_roots(node)
+        if root in HEAVY_IMPORTS
+    ]
+    assert offending == [], f"{name}.py imports {offending} when Slicer loads it; import inside the functions instead"
+
+
+def test_import_time_check_catches_a_top_level_backend_import():
+    tree = ast.parse("import os\nclass A:\n    import cardiac_ai\ndef f():\n    import torch\n")
+    roots = [root for node in _import_time_nodes(tree) for root in _import_roots(node)]
+    assert "cardiac_ai" in roots and "torch" not in roots
+
+
+# -- .ui files ----------------------------------------------------------------------------------------------------
+def _ui_names_used(name: str) -> set[str]:
+    used = set()
+    for node in ast.walk(_tree(_module_file(name))):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            used.add(node.attr)
+    return used
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_widget_the_python_code_uses_exists_in_the_ui_file(name):
+    used = _ui_names_used(name)
+    assert used, "expected the widget to use self.ui.<name>"
+    missing = used - set(_ui_widgets(name))
+    assert missing == set(), f"{name}.py uses self.ui.{sorted(missing)} which {name}.ui does not define"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_file_top_widget_and_node_selectors_get_the_scene(name):
+    root = ET.parse(_ui_file(name)).getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == name
+    receivers = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("sender") == name and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    selectors = {w_name for w_name, w in _ui_widgets(name).items() if w.get("class") == "qMRMLNodeComboBox"}
+    unfed = selectors - receivers
+    assert unfed == set(), f"node selectors without the scene (they would list no nodes): {unfed}"
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    used_classes = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used_classes if c.startswith(("ctk", "qMRML"))} <= custom
+
+
+def _parameter_fields(name: str) -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class."""
+    tree = _tree(_module_file(name))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{name}ParameterNode")
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def _widget_classes_for(annotation: str) -> set[str]:
+    """Widget classes Slicer's parameterNodeWrapper GUI connectors accept for an annotation
+    (Slicer/Slicer: Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, canRepresent of each connector)."""
+    if annotation.startswith("vtkMRML"):
+        return {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"}
+    if "pathlib.Path" in annotation:
+        return {"ctkPathLineEdit", "ctkDirectoryButton"}
+    if "Choice(" in annotation:
+        return {"QComboBox"}
+    base = annotation.removeprefix("Annotated[").split(",")[0].rstrip("]")
+    bounded = "WithinRange(" in annotation
+    return {
+        "str": {"QLineEdit", "QTextEdit"},
+        "bool": {"QCheckBox", "QPushButton"},
+        "int": {"QSpinBox"} | ({"QSlider"} if bounded else set()),
+        "float": {"QDoubleSpinBox"} | ({"ctkSliderWidget"} if bounded else set()),
+    }[base]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_parameter_bindings_name_real_fields_with_a_matching_widget_type(name):
+    fields = _parameter_fields(name)
+    bound = {}
+    for widget_name, widget in _ui_widgets(name).items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[widget_name] = (prop.findtext("string"), widget.get("class"))
+    assert bound, "no widget is bound to the parameter node"
+    for widget_name, (parameter, widget_class) in bound.items():
+        assert parameter in fields, f"{widget_name} binds to {parameter!r}, not a field of {name}ParameterNode"
+        assert widget_class in _widget_classes_for(fields[parameter]), (
+            f"{widget_name} is a {widget_class}; no GUI connector joins it to {parameter}: {fields[parameter]}"
+        )
+    assert len({p for p, _ in bound.values()}) == len(bound), "two widgets bound to one parameter"
+
+
+def test_cardiacai_task_tables_agree():
+    values = {}
+    for node in _tree(_module_file("CardiacAI")).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    tasks = values["TASKS"]
+    assert set(values["TASK_TITLES"]) == set(tasks)
+    assert set(values["AVAILABLE_TASKS"]) <= set(tasks) and set(values["TORCH_TASKS"]) <= set(tasks)
+    assert "torch" in values["PROTECTED_PACKAGES"] and "SimpleITK" in values["PROTECTED_PACKAGES"]
+    requirements = [r for _, r in values["BASE_REQUIREMENTS"] + values["TORCH_REQUIREMENTS"]]
+    assert not [r for r in requirements if re.match(r"(torch|SimpleITK|requests)\b", r, re.I)]
+
+
+# -- the Logic calls the backend only through its public API ----------------------------------------------------------
+def _backend_uses(name: str) -> list[tuple[str, str]]:
+    """(backend module, attribute) pairs reached through ``importBackend("<module>")`` in a module file."""
+    uses = []
+    for function in ast.walk(_tree(_module_file(name))):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        aliases = {}
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and _backend_module(node.value):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        aliases[target.id] = _backend_module(node.value)
+        for node in ast.walk(function):
+            if isinstance(node, ast.Attribute):
+                module = _backend_module(node.value)
+                if module is None and isinstance(node.value, ast.Name):
+                    module = aliases.get(node.value.id)
+                if module:
+                    uses.append((module, node.attr))
+    return uses
+
+
+def _backend_module(node: ast.AST) -> str | None:
+    if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "importBackend" and node.args
+            and isinstance(node.args[0], ast.Constant)):
+        return node.args[0].value
+    return None
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_modules_use_only_public_backend_names(name):
+    uses = _backend_uses(name)
+    assert uses, f"{name}.py should reach the backend through importBackend"
+    for module_name, attribute in uses:
+        module = importlib.import_module(f"cardiac_ai.{module_name}")
+        assert attribute in module.__all__, f"{name}.py uses cardiac_ai.{module_name}.{attribute}, not in __all__"
+
+
+def test_commands_the_logic_runs_are_accepted_by_the_cli_parser():
+    from cardiac_ai.cli import build_parser
+    from cardiac_ai.subprocess_runner import build_command
+
+    calls = []
+    for node in ast.walk(_tree(_module_file("CardiacAI"))):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "runCommand" and len(node.args) >= 3
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[1], ast.List)
+                and isinstance(node.args[2], ast.Dict)):
+            options = {key.value: "0" for key in node.args[2].keys}
+            positional = ["input.nrrd"] * len(node.args[1].elts)
+            calls.append(build_command(node.args[0].value, positional, options, python_executable="python"))
+    assert {call[3] for call in calls} >= {"convert", "demo"}
+    for call in calls:
+        build_parser().parse_args(call[3:])  # argparse exits (SystemExit) on an unknown option
+
+
+# -- CMake ----------------------------------------------------------------------------------------------------------
+def _cmake_globs(cmake_lists: Path, source_dir: Path, project_dir: Path) -> dict[str, list[str]]:
+    """Run the file(GLOB...) commands of a CMakeLists.txt with the real cmake and return each variable's list."""
+    text = cmake_lists.read_text()
+    commands = re.findall(r"^file\((GLOB(?:_RECURSE)?\s+(\w+)[^)]*)\)", text, flags=re.M)
+    assert commands, f"no file(GLOB ...) in {cmake_lists}"
+    script = [f'set(CMAKE_CURRENT_SOURCE_DIR "{source_dir.as_posix()}")',
+              f'set(PROJECT_SOURCE_DIR "{project_dir.as_posix()}")']
+    for line in re.findall(r"^set\((CARDIACAI\w*_DIR\s[^)]*)\)", text, flags=re.M):
+        script.append(f"set({line})")
+    for command, variable in commands:
+        script.append("file(" + command.replace("CONFIGURE_DEPENDS", "") + ")")
+        script.append(f'message("{variable}=${{{variable}}}")')
+    with tempfile.TemporaryDirectory() as folder:
+        script_path = Path(folder) / "globs.cmake"
+        script_path.write_text("\n".join(script) + "\n")
+        result = subprocess.run(["cmake", "-P", str(script_path)], text=True, capture_output=True, timeout=60,
+                                check=False, cwd=source_dir)
+    assert result.returncode == 0, result.stderr
+    globs = {}
+    for line in result.stderr.splitlines():
+        variable, _, values = line.partition("=")
+        globs[variable] = [v for v in values.split(";") if v]
+    return globs
+
+
+needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+
+
+@needs_cmake
+def test_cmake_glob_lists_every_backend_python_file_and_the_resources():
+    globs = _cmake_globs(ROOT / "CardiacAI" / "CMakeLists.txt", ROOT / "CardiacAI", ROOT)
+    expected = {p.relative_to(ROOT / "CardiacAI").as_posix() for p in BACKEND.rglob("*.py")
+                if "__pycache__" not in p.parts}
+    assert set(globs["CARDIACAI_BACKEND_SCRIPTS"]) == expected
+    assert "cardiac_ai/subprocess_runner.py" in expected
+    assert "Resources/UI/CardiacAI.ui" in globs["CARDIACAI_UI"]
+    assert "Resources/Icons/CardiacAI.png" in globs["CARDIACAI_ICONS"]
+    assert "README.md" in globs["CARDIACAI_MODEL_FILES"]
+
+
+@needs_cmake
+def test_cmake_glob_picks_up_a_new_nested_backend_file(tmp_path):
+    (tmp_path / "cardiac_ai" / "new" / "deep").mkdir(parents=True)
+    (tmp_path / "cardiac_ai" / "new" / "deep" / "future.py").write_text("")
+    (tmp_path / "cardiac_ai" / "notes.txt").write_text("")
+    (tmp_path / "Resources" / "Models").mkdir(parents=True)
+    globs = _cmake_globs(ROOT / "CardiacAI" / "CMakeLists.txt", tmp_path, tmp_path)
+    assert globs["CARDIACAI_BACKEND_SCRIPTS"] == ["cardiac_ai/new/deep/future.py"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_cmake_builds_the_scripted_module_with_its_self_test(name):
+    text = (ROOT / name / "CMakeLists.txt").read_text()
+    assert re.search(rf"set\(MODULE_NAME {name}\)", text)
+    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, flags=re.S).group(1)
+    for keyword in ("NAME ${MODULE_NAME}", "SCRIPTS ${MODULE_PYTHON_SCRIPTS}", "RESOURCES ${MODULE_PYTHON_RESOURCES}",
+                    "WITH_GENERIC_TESTS"):
+        assert keyword in call
+    scripts = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", text, flags=re.S).group(1).split()
+    assert "${MODULE_NAME}.py" in scripts
+    if name == "CardiacAI":
+        assert "${CARDIACAI_BACKEND_SCRIPTS}" in scripts
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, flags=re.S).group(1)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing
+
+
+def test_top_level_cmake_declares_the_extension():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^cmake_minimum_required\(", text, flags=re.M)
+    assert re.search(r"^project\(CardiacAI\)", text, flags=re.M)
+    assert re.search(r'^set\(EXTENSION_DEPENDS "PyTorch"\)', text, flags=re.M)
+    assert re.search(r'^set\(EXTENSION_CATEGORY "Cardiac"\)', text, flags=re.M)
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'^set\(EXTENSION_{key} "[^"]+"\)', text, flags=re.M), key
+    order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                                     "add_subdirectory(CardiacAI)", "add_subdirectory(CardiacAITraining)",
+                                     "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                     "include(${Slicer_EXTENSION_CPACK})")]
+    assert order == sorted(order)
+
+
+def test_icons_are_128_pixel_pngs():
+    from PIL import Image
+
+    for path in (ROOT / "Resources" / "Icons" / "CardiacAI.png",
+                 *(ROOT / n / "Resources" / "Icons" / f"{n}.png" for n in MODULES)):
+        with Image.open(path) as image:
+            assert (image.format, image.size) == ("PNG", (128, 128)), path
+
+
+# -- the backend stays free of Slicer -------------------------------------------------------------------------------
+def _slicer_imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(_tree(path)):
+        roots = _import_roots(node)
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+                in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+            roots = [str(node.args[0].value).split(".")[0]]
+        found += [(node.lineno, root) for root in roots if root in SLICER_ONLY]
+    return found
+
+
+def test_backend_never_imports_slicer_vtk_qt_or_ctk():
+    files = sorted(p for p in BACKEND.rglob("*.py") if "__pycache__" not in p.parts)
+    assert len(files) > 5
+    offending = {str(p.relative_to(ROOT)): found for p in files if (found := _slicer_imports(p))}
+    assert offending == {}
+
+
+def test_slicer_import_scan_sees_imports_inside_functions_and_import_module(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    import vtk\n    import importlib\n    importlib.import_module('slicer.util')\n")
+    assert [root for _, root in _slicer_imports(sample)] == ["vtk", "slicer"]
