@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cardiac_ai.datasets import default_acdc_split, list_acdc, load_case, refs_in_part, save_split
+from cardiac_ai.datasets import (
+    groups_from_refs, list_acdc, load_case, load_split, make_patient_split, refs_in_part, save_split,
+)
 from cardiac_ai.preprocessing import InputSpec
 from cardiac_ai.training import TrainingConfig
 from cardiac_ai.training.augmentation import AugmentationConfig
@@ -21,6 +23,34 @@ from cardiac_ai.training.slices import load_prepared, prepare_slices, save_prepa
 
 LOCALISER_SPEC = InputSpec(in_plane_spacing_mm=(3.5, 3.5), crop_size=(128, 128))
 CINE_SPEC = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(128, 128))
+
+
+CLASSIFIER_SPEC = InputSpec(in_plane_spacing_mm=(3.0, 3.0), crop_size=(64, 64))
+CINE_AUGMENTATION = AugmentationConfig(translate_prob=0.7, translate_range_px=16.0)
+
+
+SPLIT_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Splits" / "acdc_cine_split.json"
+
+
+def acdc_cine_split(refs):
+    """70 train / 10 validation (epoch selection) / 20 test (reported only) patients, 4 test patients per group."""
+    if SPLIT_FILE.exists():
+        return load_split(SPLIT_FILE)
+    patients = sorted({r.patient_id for r in refs})
+    split = make_patient_split(patients, groups=groups_from_refs(refs), validation_fraction=0.1,
+                               test_fraction=0.2, seed=0)
+    save_split(split, SPLIT_FILE)
+    return split
+
+
+def baseline_config(epochs: int, learning_rate: float = 2e-3) -> TrainingConfig:
+    return TrainingConfig(
+        network="unet2d",
+        network_kwargs={"out_channels": 4, "channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2),
+                        "num_res_units": 2},
+        input_spec=CINE_SPEC.to_dict(), epochs=epochs, batch_size=16, learning_rate=learning_rate,
+        metric_name="val_dice", metric_mode="max", seed=0,
+    )
 
 
 def prepared(work: Path, name: str, cases, spec, crop_center):
@@ -36,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--work", default="work_data/cine")
-    parser.add_argument("--stage", default="all", choices=["prepare", "localiser", "baseline", "all"])
-    parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--stage", default="all",
+                        choices=["prepare", "localiser", "baseline", "sampler", "classifier", "regions", "all"])
+    parser.add_argument("--epochs", type=int, default=80, help="epochs of the baseline and the sampler variant")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -45,9 +76,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     refs = list_acdc(args.data)
-    split = default_acdc_split(refs)
+    split = acdc_cine_split(refs)
     save_split(split, work / "split.json")
-    names = ["localiser_train", "localiser_val", "cine_train", "cine_val"]
+    names = ["localiser_train", "localiser_val", "cine_train", "cine_val", "classifier_train", "classifier_val"]
     if not all((work / f"{n}.npz").exists() for n in names):
         train_cases = [load_case(r) for r in refs_in_part(refs, split, "train")]
         val_cases = [load_case(r) for r in refs_in_part(refs, split, "validation")]
@@ -70,7 +101,7 @@ def main() -> None:
         config = TrainingConfig(
             network="unet2d",
             network_kwargs={"out_channels": 4, "channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 1},
-            input_spec=LOCALISER_SPEC.to_dict(), epochs=max(10, args.epochs // 4), batch_size=16,
+            input_spec=LOCALISER_SPEC.to_dict(), epochs=30, batch_size=16,
             learning_rate=2e-3, metric_name="val_dice", metric_mode="max", seed=0,
         )
         result, _, metrics = train_segmentation_prepared(
@@ -81,19 +112,57 @@ def main() -> None:
         print("localiser", metrics, flush=True)
 
     if args.stage in ("baseline", "all"):
-        config = TrainingConfig(
-            network="unet2d",
-            network_kwargs={"out_channels": 4, "channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2),
-                            "num_res_units": 2},
-            input_spec=CINE_SPEC.to_dict(), epochs=args.epochs, batch_size=16, learning_rate=2e-3,
-            metric_name="val_dice", metric_mode="max", seed=0,
-        )
         result, _, metrics = train_segmentation_prepared(
-            cine_train, cine_val, config=config, out_dir=work / "run_baseline", device=args.device,
-            augmentation=AugmentationConfig(translate_prob=0.7, translate_range_px=16.0), progress=progress,
+            cine_train, cine_val, config=baseline_config(args.epochs), out_dir=work / "run_baseline",
+            device=args.device, augmentation=CINE_AUGMENTATION, progress=progress,
             resume=(work / "run_baseline" / "last.pt").exists(),
         )
         print("baseline", metrics, flush=True)
+
+    if args.stage in ("sampler", "all"):
+        from cardiac_ai.training import QuadraticPositionSampler
+
+        config = baseline_config(args.epochs)
+        sampler = QuadraticPositionSampler(
+            cine_train.positions, batch_size=config.batch_size,
+            num_batches=int(np.ceil(len(cine_train) / config.batch_size)), ratio=20.0, seed=config.seed,
+        )
+        result, _, metrics = train_segmentation_prepared(
+            cine_train, cine_val, config=config, out_dir=work / "run_sampler", device=args.device,
+            augmentation=CINE_AUGMENTATION, progress=progress, batch_sampler=sampler,
+            resume=(work / "run_sampler" / "last.pt").exists(),
+        )
+        print("sampler", metrics, flush=True)
+
+    if args.stage in ("classifier", "all"):
+        from cardiac_ai.training.classification import train_classifier_prepared
+
+        cls_train = prepared(work, "classifier_train", train_cases, CLASSIFIER_SPEC, "labels")
+        cls_val = prepared(work, "classifier_val", val_cases, CLASSIFIER_SPEC, "labels")
+        config = TrainingConfig(
+            network="densenet121_2d", network_kwargs={"in_channels": 1, "out_channels": 4},
+            input_spec=CLASSIFIER_SPEC.to_dict(), epochs=40, batch_size=32, learning_rate=5e-4, loss="ce",
+            metric_name="val_balanced_accuracy", metric_mode="max", seed=0,
+        )
+        result, _, metrics = train_classifier_prepared(
+            cls_train, cls_val, train_targets=cls_train.regions, val_targets=cls_val.regions, n_classes=4,
+            config=config, out_dir=work / "run_classifier", device=args.device,
+            augmentation=AugmentationConfig(translate_prob=0.5, translate_range_px=6.0), progress=progress,
+            resume=(work / "run_classifier" / "last.pt").exists(),
+        )
+        print("classifier", metrics, flush=True)
+
+    if args.stage in ("regions", "all"):
+        for region, name, epochs in ((1, "base", 40), (2, "middle", 15), (3, "apex", 40)):
+            config = baseline_config(epochs, learning_rate=5e-4)
+            result, _, metrics = train_segmentation_prepared(
+                cine_train.subset(cine_train.regions == region), cine_val.subset(cine_val.regions == region),
+                config=config, out_dir=work / f"run_region_{name}", device=args.device,
+                augmentation=CINE_AUGMENTATION, progress=progress,
+                initial_weights=work / "run_baseline" / "best.pt",
+                resume=(work / f"run_region_{name}" / "last.pt").exists(),
+            )
+            print(f"region {name}", metrics, flush=True)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
 
+    cine = argparse.ArgumentParser(add_help=False)
+    group = cine.add_argument_group("cine segmentation")
+    group.add_argument("--frame", type=int, help="0-based frame of a 4D cine file")
+    group.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
+    group.add_argument("--mode", choices=["region-aware", "baseline"], default="region-aware",
+                       help="region-aware: slice-region classifier + base/middle/apex models (default)")
+    group.add_argument("--base", choices=["auto", "first", "last"], default="auto",
+                       help="where the base lies along the slice axis (auto: decided by the region classifier)")
+    group.add_argument("--no-postprocess", action="store_true", help="keep the raw network labels")
+
+    p = sub.add_parser("segment-cine", parents=[common, cine], help="segment a short-axis cine frame")
+    p.add_argument("input", help="3D short-axis volume (NIfTI, NRRD, MHA, DICOM folder)")
+    p.add_argument("--out", required=True, help="output folder: labels.nii.gz, segmentation.seg.nrrd, report.json")
+
+    p = sub.add_parser("function", parents=[common, cine], help="LV/RV volumes, EF and LV mass from ED and ES")
+    p.add_argument("ed", help="end-diastolic short-axis volume")
+    p.add_argument("es", help="end-systolic short-axis volume")
+    p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
+
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps")
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
@@ -148,8 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Sub-commands whose names and outputs are a public contract but whose capability is not built yet.
 _PLANNED = {
-    "segment-cine": "short-axis cine segmentation (labels.nii.gz, segmentation.seg.nrrd, report.json)",
-    "function": "cardiac function from ED and ES volumes",
     "map": "T1/T2 map myocardium segmentation and statistics",
     "fit-map": "fit T1 (MOLLI) or T2 maps from raw series",
     "ecv": "extracellular volume from native and post-contrast T1",
@@ -279,7 +296,9 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if out is not None:
         write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
         write_csv(out / "summary.csv", result.summary)
-        log.info("Wrote %s and %s", out / "metrics.csv", out / "summary.csv")
+        if result.regional:
+            write_csv(out / "regional.csv", result.regional)
+        log.info("Wrote metrics.csv, summary.csv and regional.csv to %s", out)
     return 0
 
 
@@ -347,6 +366,109 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
           f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
     if result.card_path:
         print(f"Registered {result.card_path}")
+    return 0
+
+
+def _read_input(args: argparse.Namespace, path: str):
+    from .io import read_volume
+    from .io.dicom import read_dicom_series
+
+    if args.series_uid:
+        return read_dicom_series(Path(path), series_uid=args.series_uid)
+    return read_volume(path, frame=args.frame)
+
+
+def _segment_cine_file(args: argparse.Namespace, path: str, models, provenance, progress):
+    from .regions.pipeline import segment_cine
+
+    with provenance.timed("read"):
+        volume = _read_input(args, path)
+    base_first = {"auto": None, "first": True, "last": False}[args.base]
+    result = segment_cine(
+        volume, models=models, mode=args.mode, base_first=base_first, postprocess=not args.no_postprocess,
+        device=args.device, progress=progress, provenance=provenance,
+    )
+    return volume, result
+
+
+def _load_cine_models(args: argparse.Namespace, provenance):
+    from .device import resolve_device
+    from .models.registry import ModelRegistry
+    from .regions.pipeline import CineModels
+
+    device = resolve_device(args.device)
+    provenance.device = str(device)
+    with provenance.timed("load_models"):
+        return CineModels.from_registry(
+            ModelRegistry(extra_paths=[Path(p) for p in args.models_dir]), mode=args.mode, device=device
+        )
+
+
+@_command("segment-cine")
+def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .io import prepare_output_dir, write_volume
+    from .io.report import write_report
+    from .io.seg_nrrd import write_seg_nrrd
+    from .progress import subrange
+    from .provenance import Provenance
+
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input])
+    provenance = Provenance(command="segment-cine", parameters={"input": str(args.input)})
+    progress(0.0, "Loading models")
+    models = _load_cine_models(args, provenance)
+    volume, result = _segment_cine_file(args, args.input, models, provenance, subrange(progress, 0.05, 0.95))
+    with provenance.timed("write"):
+        write_volume(result.labels, out / "labels.nii.gz")
+        write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
+    write_report(out, provenance=provenance, results={
+        "input": {"path": str(args.input), "shape_kji": list(volume.array.shape),
+                  "geometry": volume.geometry.to_dict()},
+        **result.to_report(),
+    })
+    progress(1.0, "Done")
+    if not args.quiet:
+        volumes = ", ".join(f"{k} {v:.1f} ml" for k, v in result.volumes_ml.items())
+        print(f"Wrote {out}: {volumes}; LV mass {result.lv_mass_g:.1f} g")
+    return 0
+
+
+@_command("function")
+def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .io import prepare_output_dir, write_volume
+    from .io.report import write_csv, write_report
+    from .io.seg_nrrd import write_seg_nrrd
+    from .metrics import cardiac_function
+    from .progress import subrange
+    from .provenance import Provenance
+
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es])
+    provenance = Provenance(command="function", parameters={"ed": str(args.ed), "es": str(args.es)})
+    progress(0.0, "Loading models")
+    models = _load_cine_models(args, provenance)
+    results = {}
+    for phase, path, (start, stop) in (("ed", args.ed, (0.05, 0.5)), ("es", args.es, (0.5, 0.95))):
+        volume, result = _segment_cine_file(args, path, models, provenance, subrange(progress, start, stop))
+        results[phase] = (volume, result)
+        with provenance.timed("write"):
+            write_volume(result.labels, out / f"labels_{phase}.nii.gz")
+            write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
+    (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
+    function = cardiac_function(
+        ed.labels.array, es.labels.array, ed_volume.geometry.spacing_kji_mm,
+        es_spacing_kji_mm=es_volume.geometry.spacing_kji_mm,
+    )
+    for message in function.warnings:
+        provenance.warn(message, log)
+    write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
+    write_report(out, provenance=provenance, results={
+        "function": function.to_dict(), "ed": ed.to_report(), "es": es.to_report(),
+    })
+    progress(1.0, "Done")
+    if not args.quiet:
+        f = function
+        print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
+              f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "
+              f"LV mass {f.lv_mass_g:.1f} g")
     return 0
 
 

@@ -83,13 +83,19 @@ def train_segmentation_prepared(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = False,
+    initial_weights: str | Path | None = None,
 ) -> tuple[TrainingResult, Any, dict[str, float]]:
-    """Train on already prepared slices; returns (result, network with the best weights, its validation metrics)."""
+    """Train on already prepared slices; returns (result, network with the best weights, its validation metrics).
+
+    ``initial_weights``: a checkpoint (``best.pt``) of the same network to start from (fine-tuning).
+    """
     from ..models.networks import build_network
     from .checkpoint import load_checkpoint_weights
 
     augmentation = AugmentationConfig() if augmentation is None else augmentation
     network = build_network(config.network, **config.network_kwargs)
+    if initial_weights is not None:
+        load_checkpoint_weights(network, initial_weights)
     train_set = SliceDataset(train_slices, augmentation=build_augmentation(augmentation, seed=config.seed))
     val_set = SliceDataset(val_slices)
     trainer = Trainer(

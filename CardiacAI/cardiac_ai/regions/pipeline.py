@@ -1,0 +1,328 @@
+"""Region-aware short-axis cine segmentation: localise the heart, classify each slice's region, segment each slice
+with the model of its region, post-process, and measure.
+
+Models (registry names, all 2D, trained on ACDC):
+
+* ``cine_localiser``: coarse segmentation at 3.5 mm over the whole field of view; gives the heart centre.
+* ``cine_baseline``: U-Net for every slice (and the non-cardiac ones in region-aware mode).
+* ``cine_region_classifier``: non-cardiac / base / middle / apex per slice, decoded as a monotonic sequence.
+* ``cine_base``, ``cine_middle``, ``cine_apex``: region-specific U-Nets.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError, ModelError
+from ..geometry import Geometry, Volume
+from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
+from ..metrics.clinical import structure_volume_ml
+from ..metrics.regional import CardiacRegion
+from ..progress import ProgressCallback, report
+from ..provenance import Provenance
+
+__all__ = [
+    "CINE_MODEL_NAMES",
+    "CineModels",
+    "CineSegmentation",
+    "segment_cine",
+    "check_short_axis_stack",
+]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["region-aware", "baseline"]
+
+CINE_MODEL_NAMES = {
+    "localiser": "cine_localiser",
+    "baseline": "cine_baseline",
+    "classifier": "cine_region_classifier",
+    CardiacRegion.BASE: "cine_base",
+    CardiacRegion.MIDDLE: "cine_middle",
+    CardiacRegion.APEX: "cine_apex",
+}
+
+_REGION_NAMES = {int(r): r.name.lower().replace("_", "-") for r in CardiacRegion}
+
+#: In-plane spacing and slice spacing (mm) outside which a stack is refused as not a cine short-axis stack.
+IN_PLANE_SPACING_RANGE_MM = (0.3, 4.0)
+SLICE_SPACING_RANGE_MM = (2.0, 30.0)
+MIN_SLICES = 3
+
+
+@dataclass
+class CineModels:
+    """The loaded models of the pipeline (``LoadedModel`` from :class:`~cardiac_ai.models.ModelRegistry`)."""
+
+    localiser: object
+    baseline: object
+    classifier: object | None = None
+    region_models: dict[int, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_registry(cls, registry, *, mode: Mode = "region-aware", device=None) -> "CineModels":
+        """Load what ``mode`` needs; a missing model is a ModelError naming it and saying how to get it."""
+        names = CINE_MODEL_NAMES
+        try:
+            localiser = registry.load(names["localiser"], device=device)
+            baseline = registry.load(names["baseline"], device=device)
+            if mode == "baseline":
+                return cls(localiser, baseline)
+            classifier = registry.load(names["classifier"], device=device)
+            regions = {int(r): registry.load(names[r], device=device) for r in
+                       (CardiacRegion.BASE, CardiacRegion.MIDDLE, CardiacRegion.APEX)}
+        except ModelError as e:
+            raise ModelError(
+                f"{e} The cine models ship in Resources/Models; point --models-dir or CARDIACAI_MODELS at your own "
+                "trained ones, or use --mode baseline if only the baseline is available."
+            ) from e
+        return cls(localiser, baseline, classifier, regions)
+
+    def uses(self) -> list:
+        models = [self.localiser, self.baseline, self.classifier, *self.region_models.values()]
+        return [m.model_use() for m in models if m is not None]
+
+
+@dataclass(frozen=True)
+class CineSegmentation:
+    """Result of :func:`segment_cine` on one 3D frame.
+
+    Attributes
+    ----------
+    labels : (k, j, i) uint8 Volume on the input's geometry; 1 RV blood pool, 2 LV myocardium, 3 LV blood pool.
+    slice_regions : (k,) int8, CardiacRegion per slice after monotonic decoding (baseline mode: from the labels).
+    slice_region_probabilities : (k, 4) float32 classifier probabilities, or None in baseline mode.
+    base_first : whether the base lies at low k (decided by the classifier when not given).
+    heart_center_lps_mm : the localiser's heart centre.
+    volumes_ml : structure name -> volume in ml (real spacing).
+    lv_mass_g : myocardium volume x 1.05 g/ml.
+    provenance : models, device, timings, warnings.
+    """
+
+    labels: Volume
+    slice_regions: np.ndarray
+    slice_region_probabilities: np.ndarray | None
+    base_first: bool
+    heart_center_lps_mm: tuple[float, float, float] | None
+    volumes_ml: dict[str, float]
+    lv_mass_g: float
+    mode: str
+    provenance: Provenance
+
+    @property
+    def heart_found(self) -> bool:
+        return bool(np.any(self.labels.array))
+
+    def slice_table(self) -> list[dict]:
+        """One row per slice: region, its probability, and pixel counts per structure."""
+        rows = []
+        for k, region in enumerate(self.slice_regions):
+            row = {"slice": k, "region": _REGION_NAMES[int(region)]}
+            if self.slice_region_probabilities is not None:
+                row["region_probability"] = float(self.slice_region_probabilities[k, int(region)])
+            for code in (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL):
+                row[f"{LABELS[code].name}_pixels"] = int(np.count_nonzero(self.labels.array[k] == code))
+            rows.append(row)
+        return rows
+
+    def to_report(self) -> dict:
+        return {
+            "mode": self.mode,
+            "heart_found": self.heart_found,
+            "base_first": self.base_first,
+            "heart_center_lps_mm": self.heart_center_lps_mm,
+            "volumes_ml": self.volumes_ml,
+            "lv_mass_g": self.lv_mass_g,
+            "slices": self.slice_table(),
+        }
+
+
+def check_short_axis_stack(volume: Volume) -> list[str]:
+    """Refuse what cannot be a short-axis cine stack; return warnings for what is odd but usable."""
+    if volume.axes != "kji":
+        raise InputError(
+            "segment_cine needs one 3D frame; this is a (t, k, j, i) series. Pick the frame (--frame N), or "
+            "segment ED and ES separately."
+        )
+    n_slices = volume.array.shape[0]
+    if n_slices < MIN_SLICES:
+        raise InputError(
+            f"The volume has {n_slices} slice(s); a short-axis cine stack needs at least {MIN_SLICES} covering the "
+            "ventricles from base to apex. Is this a single slice or a long-axis view?"
+        )
+    spacing_i, spacing_j, spacing_k = volume.geometry.spacing_mm
+    low, high = IN_PLANE_SPACING_RANGE_MM
+    if not (low <= spacing_i <= high and low <= spacing_j <= high):
+        raise InputError(
+            f"In-plane spacing {spacing_i:.3g} x {spacing_j:.3g} mm is outside {low}-{high} mm, which cine MRI "
+            "does not produce. Check the header's units (mm) or resample the image."
+        )
+    low, high = SLICE_SPACING_RANGE_MM
+    if not low <= spacing_k <= high:
+        raise InputError(
+            f"Slice spacing {spacing_k:.3g} mm is outside {low}-{high} mm expected of a short-axis stack; "
+            "this does not look like a short-axis cine volume (a 3D isotropic scan, or a wrong header)."
+        )
+    warnings = []
+    if volume.array.shape[1] < 64 or volume.array.shape[2] < 64:
+        warnings.append(f"Small image ({volume.array.shape[1]} x {volume.array.shape[2]} pixels); the heart may be cut.")
+    return warnings
+
+
+def _center_detector(center_lps: np.ndarray):
+    """A ``preprocess`` crop-centre detector returning the (j, i) index of an LPS point in the resampled grid."""
+
+    def detect(resampled: Volume) -> tuple[float, float]:
+        matrix = resampled.geometry.ijk_to_lps_matrix()
+        ijk = np.linalg.solve(matrix[:3, :3], center_lps - matrix[:3, 3])
+        return float(ijk[1]), float(ijk[0])
+
+    return detect
+
+
+def _run_model(model, volume: Volume, crop_center, *, device, provenance: Provenance) -> np.ndarray:
+    """Softmax probabilities (classes, k, j, i) of a segmentation model on the input grid."""
+    from ..models.inference import segment_stack
+
+    return segment_stack(model, volume, crop_center=crop_center, device=device, provenance=provenance).probabilities
+
+
+def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.ndarray | None:
+    """LPS centre of the largest 3D heart component the localiser finds, or None."""
+    probabilities = _run_model(model, volume, "image_center", device=device, provenance=provenance)
+    heart = np.argmax(probabilities, axis=0) > 0
+    components, count = ndimage.label(heart)
+    if count == 0:
+        return None
+    sizes = ndimage.sum_labels(heart, components, index=np.arange(1, count + 1))
+    largest = components == (int(np.argmax(sizes)) + 1)
+    center_kji = np.array(ndimage.center_of_mass(largest))
+    return volume.geometry.index_to_lps(center_kji[np.newaxis])[0]
+
+
+def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, provenance) -> np.ndarray:
+    from ..models.inference import predict_slices
+    from ..preprocessing import InputSpec, preprocess
+
+    spec = InputSpec.from_dict(model.card.input_spec)
+    prepared = preprocess(volume, spec, crop_center=_center_detector(center_lps))
+    return predict_slices(
+        model.network, prepared.image[:, np.newaxis], device=device, activation="softmax", provenance=provenance
+    )
+
+
+def segment_cine(
+    volume: Volume,
+    *,
+    models: CineModels,
+    mode: Mode = "region-aware",
+    base_first: bool | None = None,
+    postprocess: bool = True,
+    device=None,
+    progress: ProgressCallback | None = None,
+    provenance: Provenance | None = None,
+) -> CineSegmentation:
+    """Segment one short-axis cine frame into RV blood pool, LV myocardium and LV blood pool.
+
+    Parameters
+    ----------
+    volume : Volume (k, j, i), a short-axis stack (at least 3 slices, cine-like spacing).
+    models : CineModels, e.g. ``CineModels.from_registry(ModelRegistry(), mode=mode)``.
+    mode : "region-aware" (classifier + region-specific models, non-cardiac slices by the baseline) or "baseline".
+    base_first : True when the base is at low k (ACDC); None lets the region classifier decide (region-aware mode)
+        or assumes True (baseline mode).
+    postprocess : keep the largest component per structure, fill blood-pool holes, drop floating structures.
+
+    Returns
+    -------
+    CineSegmentation
+        With no heart found, empty labels and a warning, never an error.
+
+    Raises
+    ------
+    InputError
+        A 4D series, fewer than 3 slices, or spacing no cine short-axis stack has.
+    """
+    from ..regions.postprocess import postprocess_cine_labels
+    from ..regions.sequence import decode_monotonic_regions
+
+    provenance = provenance if provenance is not None else Provenance(command="segment-cine")
+    provenance.parameters.update({"mode": mode, "postprocess": postprocess, "base_first": base_first})
+    if mode not in ("region-aware", "baseline"):
+        raise InputError(f"mode must be 'region-aware' or 'baseline', got {mode!r}.")
+    if mode == "region-aware" and (models.classifier is None or len(models.region_models) < 3):
+        raise InputError("Region-aware mode needs the region classifier and the base, middle and apex models.")
+    for message in check_short_axis_stack(volume):
+        provenance.warn(message, log)
+    provenance.models = models.uses()
+    image = volume.with_array(volume.array.astype(np.float32, copy=False))
+    n_slices = image.array.shape[0]
+
+    report(progress, 0.0, "Locating the heart")
+    with provenance.timed("localise"):
+        center = _localise(models.localiser, image, device=device, provenance=provenance)
+    if center is None:
+        provenance.warn("No heart found in the image; the segmentation is empty.", log)
+        empty = np.zeros(image.array.shape, np.uint8)
+        return CineSegmentation(
+            Volume(empty, volume.geometry), np.zeros(n_slices, np.int8), None, base_first is not False, None,
+            {LABELS[c].name: 0.0 for c in (1, 2, 3)}, 0.0, mode, provenance,
+        )
+
+    region_probabilities = None
+    report(progress, 0.2, "Segmenting slices")
+    with provenance.timed("segment"):
+        baseline = _run_model(models.baseline, image, _center_detector(center), device=device, provenance=provenance)
+    probabilities = baseline
+    if mode == "region-aware":
+        report(progress, 0.4, "Classifying slice regions")
+        with provenance.timed("classify"):
+            region_probabilities = _classify_regions(
+                models.classifier, image, center, device=device, provenance=provenance
+            ).astype(np.float32)
+            if base_first is None:
+                forward = decode_monotonic_regions(region_probabilities, base_first=True)
+                backward = decode_monotonic_regions(region_probabilities, base_first=False)
+                base_first = forward.log_likelihood >= backward.log_likelihood
+                decoded = forward if base_first else backward
+            else:
+                decoded = decode_monotonic_regions(region_probabilities, base_first=base_first)
+        regions = decoded.regions
+        provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
+        report(progress, 0.5, "Region-specific segmentation")
+        probabilities = baseline.copy()
+        with provenance.timed("segment_regions"):
+            for region, model in models.region_models.items():
+                chosen = np.flatnonzero(regions == region)
+                if chosen.size == 0:
+                    continue
+                region_probs = _run_model(model, image, _center_detector(center), device=device, provenance=provenance)
+                probabilities[:, chosen] = region_probs[:, chosen]
+    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+    if postprocess:
+        report(progress, 0.85, "Post-processing")
+        with provenance.timed("postprocess"):
+            result = postprocess_cine_labels(labels, spacing_kji_mm=volume.geometry.spacing_kji_mm)
+            labels = result.labels
+            for note in result.notes:
+                log.info("Post-processing: %s", note)
+    if base_first is None:
+        base_first = True
+    if mode == "baseline":
+        from ..metrics.regional import assign_slice_regions
+
+        regions = assign_slice_regions(labels, base_first=base_first).astype(np.int8)
+    spacing = volume.geometry.spacing_kji_mm
+    volumes = {LABELS[c].name: structure_volume_ml(labels, c, spacing) for c in (1, 2, 3)}
+    if not np.any(labels):
+        provenance.warn("The models found no heart structure in this volume; the segmentation is empty.", log)
+    report(progress, 1.0, "Done")
+    return CineSegmentation(
+        Volume(labels, volume.geometry), np.asarray(regions, np.int8), region_probabilities, bool(base_first),
+        tuple(float(v) for v in center), volumes, volumes[LABELS[LV_MYOCARDIUM].name] * 1.05, mode, provenance,
+    )

@@ -1,0 +1,149 @@
+"""Region-aware cine segmentation end to end on the phantom, with tiny models trained here in seconds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import slicerio
+
+from cardiac_ai.cli import main
+from cardiac_ai.errors import InputError, ModelError
+from cardiac_ai.geometry import Geometry, Volume
+from cardiac_ai.io import read_volume, write_volume
+from cardiac_ai.metrics import dice_per_label
+from cardiac_ai.metrics.regional import CardiacRegion
+from cardiac_ai.models import ModelCard, ModelRegistry, save_model
+from cardiac_ai.phantom import make_cine_phantom, make_phantom_cohort
+from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.regions.pipeline import CINE_MODEL_NAMES, CineModels, segment_cine
+from cardiac_ai.training import TrainingConfig
+from cardiac_ai.training.augmentation import AugmentationConfig
+from cardiac_ai.training.classification import train_classifier_prepared
+from cardiac_ai.training.segmentation import train_segmentation_prepared
+from cardiac_ai.training.slices import prepare_slices
+
+LOCALISER = InputSpec(in_plane_spacing_mm=(4.5, 4.5), crop_size=(32, 32))
+SEGMENTER = InputSpec(in_plane_spacing_mm=(3.0, 3.0), crop_size=(32, 32))
+UNET = {"out_channels": 4, "channels": (8, 16, 32), "strides": (2, 2), "num_res_units": 1}
+
+
+def _card(name, network, kwargs, spec, task="segmentation"):
+    return ModelCard(name=name, version="0.1", task=task, network=network, network_kwargs=kwargs,
+                     input_spec=spec.to_dict(), label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"},
+                     training_data="phantom")
+
+
+@pytest.fixture(scope="module")
+def cine_models_dir(tmp_path_factory):
+    """Localiser, baseline, classifier and region models trained on phantoms (region models share the baseline's
+    weights: the test checks the routing, not that they differ)."""
+    root = tmp_path_factory.mktemp("cine_models")
+    cohort = make_phantom_cohort(6, seed=5, phases=("ED", "ES"))
+    train, val = cohort[:10], cohort[10:]
+    none = AugmentationConfig.none()
+
+    def seg_config(spec):
+        return TrainingConfig(network="unet2d", network_kwargs=UNET, input_spec=spec.to_dict(), epochs=10,
+                              batch_size=8, learning_rate=1e-2, metric_name="val_dice", metric_mode="max")
+
+    _, localiser, _ = train_segmentation_prepared(
+        prepare_slices(train, LOCALISER, crop_center="image_center"),
+        prepare_slices(val, LOCALISER, crop_center="image_center"),
+        config=seg_config(LOCALISER), out_dir=root / "run_loc", augmentation=none, device="cpu")
+    save_model(localiser, _card(CINE_MODEL_NAMES["localiser"], "unet2d", UNET, LOCALISER), root)
+    train_slices, val_slices = prepare_slices(train, SEGMENTER), prepare_slices(val, SEGMENTER)
+    _, baseline, _ = train_segmentation_prepared(
+        train_slices, val_slices, config=seg_config(SEGMENTER), out_dir=root / "run_seg", augmentation=none,
+        device="cpu")
+    for key in ("baseline", CardiacRegion.BASE, CardiacRegion.MIDDLE, CardiacRegion.APEX):
+        save_model(baseline, _card(CINE_MODEL_NAMES[key], "unet2d", UNET, SEGMENTER), root)
+    classifier_kwargs = {"in_channels": 1, "out_channels": 4, "features": 16}
+    config = TrainingConfig(network="tiny_cnn2d", network_kwargs=classifier_kwargs, input_spec=SEGMENTER.to_dict(),
+                            epochs=15, batch_size=8, learning_rate=1e-2, loss="ce",
+                            metric_name="val_balanced_accuracy", metric_mode="max")
+    _, classifier, _ = train_classifier_prepared(
+        train_slices, val_slices, train_targets=train_slices.regions, val_targets=val_slices.regions, n_classes=4,
+        config=config, out_dir=root / "run_cls", augmentation=none, device="cpu")
+    save_model(classifier, _card(CINE_MODEL_NAMES["classifier"], "tiny_cnn2d", classifier_kwargs, SEGMENTER,
+                                 task="classification"), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cine_models(cine_models_dir):
+    return CineModels.from_registry(ModelRegistry(paths=[cine_models_dir]), device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["baseline", "region-aware"])
+def test_segments_an_unseen_phantom_in_place(cine_models, mode):
+    case = make_cine_phantom(seed=42, center_offset_mm=(12.0, -9.0), rotation_deg=15.0)
+    result = segment_cine(case.image, models=cine_models, mode=mode, base_first=True, device="cpu")
+    assert result.labels.geometry == case.image.geometry and result.labels.array.dtype == np.uint8
+    dices = dice_per_label(result.labels.array, case.labels.array)
+    assert dices[3] > 0.8 and dices[1] > 0.6, dices
+    assert result.volumes_ml["lv_blood_pool"] > 0 and result.lv_mass_g > 0
+    assert len(result.slice_table()) == case.image.array.shape[0]
+    assert {"localise", "segment"} <= set(result.provenance.timings_s)
+
+
+@pytest.mark.slow
+def test_region_aware_mode_orders_regions_base_to_apex(cine_models):
+    case = make_cine_phantom(seed=43)
+    result = segment_cine(case.image, models=cine_models, mode="region-aware", device="cpu")
+    cardiac = result.slice_regions[result.slice_regions != CardiacRegion.NON_CARDIAC]
+    assert np.all(np.diff(cardiac) >= 0), result.slice_regions  # monotonic base -> middle -> apex
+    assert result.slice_region_probabilities.shape == (case.image.array.shape[0], 4)
+    assert result.base_first  # the phantom's base is at low k; the classifier must find it
+
+
+def test_image_without_heart_gives_empty_labels_and_a_warning(cine_models):
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.normal(100, 5, (6, 64, 64)).astype(np.float32), Geometry((1.5, 1.5, 8.0)))
+    result = segment_cine(volume, models=cine_models, mode="baseline", device="cpu")
+    assert result.labels.array.shape == volume.array.shape
+    if not result.heart_found:
+        assert any("heart" in w for w in result.provenance.warnings)
+
+
+@pytest.mark.parametrize(
+    "array, spacing, match",
+    [
+        (np.zeros((1, 64, 64)), (1.5, 1.5, 8.0), "at least 3"),
+        (np.zeros((8, 64, 64)), (0.01, 0.01, 8.0), "In-plane spacing"),
+        (np.zeros((8, 64, 64)), (1.5, 1.5, 0.5), "Slice spacing"),
+    ],
+)
+def test_not_short_axis_like_input_is_refused(cine_models, array, spacing, match):
+    with pytest.raises(InputError, match=match):
+        segment_cine(Volume(array.astype(np.float32), Geometry(spacing)), models=cine_models, device="cpu")
+
+
+def test_missing_model_names_the_model(tmp_path):
+    with pytest.raises(ModelError, match="cine_localiser"):
+        CineModels.from_registry(ModelRegistry(paths=[tmp_path]), device="cpu")
+
+
+@pytest.mark.slow
+def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_path, capsys):
+    ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    code = main(["segment-cine", str(tmp_path / "ed.nii.gz"), "--out", str(tmp_path / "seg"), "--device", "cpu",
+                 "--models-dir", str(cine_models_dir), "--base", "first"])
+    assert code == 0, capsys.readouterr().err
+    labels = read_volume(tmp_path / "seg" / "labels.nii.gz")
+    assert labels.geometry.is_close(ed.image.geometry) and labels.array.max() <= 3
+    segmentation = slicerio.read_segmentation(str(tmp_path / "seg" / "segmentation.seg.nrrd"))
+    assert {s["name"] for s in segmentation["segments"]} >= {"Left ventricle blood pool", "Left ventricle myocardium"}
+    report = json.loads((tmp_path / "seg" / "report.json").read_text())
+    assert report["volumes_ml"]["lv_blood_pool"] > 0 and len(report["slices"]) == ed.image.array.shape[0]
+    assert {"load_models", "read", "write"} <= set(report["provenance"]["timings_s"])
+    assert {m["name"] for m in report["provenance"]["models"]} >= {"cine_baseline", "cine_region_classifier"}
+
+    code = main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out",
+                 str(tmp_path / "fn"), "--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline"])
+    assert code == 0, capsys.readouterr().err
+    function = json.loads((tmp_path / "fn" / "report.json").read_text())["function"]
+    assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
