@@ -134,3 +134,15 @@ def test_badly_shaped_samples_raise():
         augment({"image": sample["image"], "label": sample["label"][:, :-1]})
     with pytest.raises(InputError, match="seed must be a non-negative integer"):
         build_augmentation(ALL_ON, seed=-1)
+
+
+def test_translation_moves_image_and_label_together_within_range():
+    config = AugmentationConfig(**{**AugmentationConfig.none().to_dict(), "translate_prob": 1.0,
+                                   "translate_range_px": 6.0})
+    image = np.zeros((1, 40, 40), np.float32)
+    image[0, 18:22, 18:22] = 1.0
+    sample = build_augmentation(config, seed=3)({"image": image, "label": (image > 0).astype(np.uint8)})
+    label_center = np.argwhere(sample["label"][0]).mean(axis=0)
+    image_center = np.argwhere(sample["image"][0] > 0.5).mean(axis=0)
+    assert np.abs(label_center - 19.5).max() <= 6.0 + 1e-6 and np.abs(label_center - 19.5).max() > 0
+    np.testing.assert_allclose(label_center, image_center, atol=0.5)

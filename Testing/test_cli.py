@@ -136,3 +136,23 @@ def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys
     assert "my_unet 1.0" in json.loads(out)["models"]
     code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"))
     assert code == 4 and "--resume" in err
+
+
+def test_evaluate_writes_the_regional_table_for_stacks(tmp_path, capsys):
+    truth = make_cine_phantom_labels()
+    geometry = Geometry((1.5, 1.5, 8.0))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    write_volume(Volume(truth, geometry), tmp_path / "truth" / "p1_gt.nii.gz")
+    write_volume(Volume(np.roll(truth, 1, axis=2), geometry), tmp_path / "pred" / "p1.nii.gz")
+    code, out, _ = _run(capsys, "evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out",
+                        str(tmp_path / "m"))
+    assert code == 0 and "Base" in out and "Apex" in out
+    header = (tmp_path / "m" / "regional.csv").read_text().splitlines()[0]
+    assert "base_mean" in header and "p_apex_vs_middle" in header
+
+
+def make_cine_phantom_labels() -> np.ndarray:
+    from cardiac_ai.phantom import make_cine_phantom
+
+    return make_cine_phantom(seed=0, n_slices=10).labels.array

@@ -147,3 +147,15 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     assert code == 0, capsys.readouterr().err
     function = json.loads((tmp_path / "fn" / "report.json").read_text())["function"]
     assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
+
+
+@pytest.mark.slow
+def test_known_slice_regions_override_the_classifier(cine_models):
+    case = make_cine_phantom(seed=44)
+    regions = np.full(case.image.array.shape[0], int(CardiacRegion.MIDDLE), np.int8)
+    result = segment_cine(case.image, models=cine_models, mode="region-aware", slice_regions=regions,
+                          base_first=True, device="cpu")
+    assert result.slice_region_probabilities is None
+    np.testing.assert_array_equal(result.slice_regions, regions)
+    with pytest.raises(InputError, match="slice_regions"):
+        segment_cine(case.image, models=cine_models, mode="region-aware", slice_regions=regions[:-1], device="cpu")

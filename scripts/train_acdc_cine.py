@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--work", default="work_data/cine")
     parser.add_argument("--stage", default="all",
-                        choices=["prepare", "localiser", "baseline", "sampler", "classifier", "regions", "all"])
+                        choices=["prepare", "localiser", "baseline", "sampler", "classifier", "regions", "register", "all"])
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the baseline and the sampler variant")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -163,6 +163,46 @@ def main() -> None:
                 resume=(work / f"run_region_{name}" / "last.pt").exists(),
             )
             print(f"region {name}", metrics, flush=True)
+
+    if args.stage in ("register", "all"):
+        register(work, split)
+
+
+RUNS = {  # run folder -> (model name, task, description)
+    "run_localiser": ("cine_localiser", "segmentation",
+                      "Coarse cine segmentation at 3.5 mm over the whole field of view; gives the heart centre."),
+    "run_baseline": ("cine_baseline", "segmentation",
+                     "2D U-Net for short-axis cine slices (RV blood pool, LV myocardium, LV blood pool)."),
+    "run_classifier": ("cine_region_classifier", "classification",
+                       "DenseNet121: non-cardiac / base / middle / apex per short-axis slice."),
+    "run_region_base": ("cine_base", "segmentation", "U-Net for basal slices, fine-tuned from cine_baseline."),
+    "run_region_middle": ("cine_middle", "segmentation", "U-Net for mid-ventricular slices, fine-tuned from cine_baseline."),
+    "run_region_apex": ("cine_apex", "segmentation", "U-Net for apical slices, fine-tuned from cine_baseline."),
+}
+
+
+def register(work: Path, split) -> None:
+    """Export every finished run's best checkpoint as a registry model (weights in float16 plus a model card)."""
+    from cardiac_ai.training.checkpoint import export_best_model
+
+    segmentation_labels = {0: "background", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
+    region_labels = {0: "non_cardiac", 1: "base", 2: "middle", 3: "apex"}
+    split_summary = {"file": "Resources/Splits/acdc_cine_split.json", "train": list(split.train),
+                     "validation": list(split.validation), "test": list(split.test)}
+    for run, (name, task, description) in RUNS.items():
+        if (work / run / "best.pt").exists():
+            export_best_model(
+                work / run, work / "models", name=name, version="1.0", task=task,
+                label_map=region_labels if task == "classification" else segmentation_labels,
+                training_data="ACDC training set (ED and ES frames), 70 training patients of the split",
+                split=split_summary, description=description, license="CC BY-NC-SA 4.0 (ACDC data terms)",
+            )
+    if (work / "run_sampler" / "best.pt").exists():
+        export_best_model(
+            work / "run_sampler", work / "models_sampler", name="cine_baseline", version="1.0", task="segmentation",
+            label_map=segmentation_labels, training_data="ACDC, as cine_baseline, quadratic batch sampling ratio 20",
+            split=split_summary, description="Baseline U-Net trained with quadratic non-uniform batch sampling.",
+        )
 
 
 if __name__ == "__main__":

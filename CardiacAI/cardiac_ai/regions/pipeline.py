@@ -11,15 +11,14 @@ Models (registry names, all 2D, trained on ACDC):
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError, ModelError
-from ..geometry import Geometry, Volume
+from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..metrics.clinical import structure_volume_ml
 from ..metrics.regional import CardiacRegion
@@ -216,6 +215,20 @@ def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, 
     )
 
 
+def _decode_regions(model, image: Volume, center: np.ndarray, base_first: bool | None, *, device, provenance):
+    """Classifier probabilities (k, 4), the most probable monotonic sequence, and the base side it implies."""
+    from ..regions.sequence import decode_monotonic_regions
+
+    probabilities = _classify_regions(model, image, center, device=device, provenance=provenance).astype(np.float32)
+    if base_first is not None:
+        return probabilities, decode_monotonic_regions(probabilities, base_first=base_first), base_first
+    forward = decode_monotonic_regions(probabilities, base_first=True)
+    backward = decode_monotonic_regions(probabilities, base_first=False)
+    if forward.log_likelihood >= backward.log_likelihood:
+        return probabilities, forward, True
+    return probabilities, backward, False
+
+
 def segment_cine(
     volume: Volume,
     *,
@@ -223,6 +236,7 @@ def segment_cine(
     mode: Mode = "region-aware",
     base_first: bool | None = None,
     postprocess: bool = True,
+    slice_regions: np.ndarray | None = None,
     device=None,
     progress: ProgressCallback | None = None,
     provenance: Provenance | None = None,
@@ -237,6 +251,8 @@ def segment_cine(
     base_first : True when the base is at low k (ACDC); None lets the region classifier decide (region-aware mode)
         or assumes True (baseline mode).
     postprocess : keep the largest component per structure, fill blood-pool holes, drop floating structures.
+    slice_regions : (k,) CardiacRegion codes to use instead of the classifier's (region-aware mode), e.g. regions
+        known from a reader; the benchmark uses the ground truth's to measure a perfect classifier's upper bound.
 
     Returns
     -------
@@ -249,7 +265,6 @@ def segment_cine(
         A 4D series, fewer than 3 slices, or spacing no cine short-axis stack has.
     """
     from ..regions.postprocess import postprocess_cine_labels
-    from ..regions.sequence import decode_monotonic_regions
 
     provenance = provenance if provenance is not None else Provenance(command="segment-cine")
     provenance.parameters.update({"mode": mode, "postprocess": postprocess, "base_first": base_first})
@@ -280,20 +295,18 @@ def segment_cine(
         baseline = _run_model(models.baseline, image, _center_detector(center), device=device, provenance=provenance)
     probabilities = baseline
     if mode == "region-aware":
-        report(progress, 0.4, "Classifying slice regions")
-        with provenance.timed("classify"):
-            region_probabilities = _classify_regions(
-                models.classifier, image, center, device=device, provenance=provenance
-            ).astype(np.float32)
-            if base_first is None:
-                forward = decode_monotonic_regions(region_probabilities, base_first=True)
-                backward = decode_monotonic_regions(region_probabilities, base_first=False)
-                base_first = forward.log_likelihood >= backward.log_likelihood
-                decoded = forward if base_first else backward
-            else:
-                decoded = decode_monotonic_regions(region_probabilities, base_first=base_first)
-        regions = decoded.regions
-        provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
+        if slice_regions is not None:
+            regions = np.asarray(slice_regions, dtype=np.int8)
+            if regions.shape != (n_slices,) or not np.isin(regions, [int(r) for r in CardiacRegion]).all():
+                raise InputError(f"slice_regions must hold {n_slices} CardiacRegion codes (0-3), got {regions!r}.")
+        else:
+            report(progress, 0.4, "Classifying slice regions")
+            with provenance.timed("classify"):
+                region_probabilities, decoded, base_first = _decode_regions(
+                    models.classifier, image, center, base_first, device=device, provenance=provenance
+                )
+            regions = decoded.regions
+            provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
         report(progress, 0.5, "Region-specific segmentation")
         probabilities = baseline.copy()
         with provenance.timed("segment_regions"):
