@@ -16,9 +16,10 @@ import numpy as np
 
 from ..datasets.case import Case
 from ..errors import DataError, InputError
-from ..metrics.regional import CardiacRegion, assign_slice_regions
+from ..metrics.regional import assign_slice_regions
 from ..preprocessing import CropCenter, InputSpec, preprocess
 from ..progress import ProgressCallback, report
+from ..regions.sequence import region_positions
 
 __all__ = ["PreparedSlices", "prepare_slices", "save_prepared", "load_prepared", "SliceDataset"]
 
@@ -67,16 +68,6 @@ class PreparedSlices:
         )
 
 
-def _positions(regions: np.ndarray) -> np.ndarray:
-    labelled = np.flatnonzero(regions != CardiacRegion.NON_CARDIAC)
-    positions = np.full(regions.shape, np.nan, dtype=np.float32)
-    if labelled.size == 1:
-        positions[labelled] = 0.5
-    elif labelled.size > 1:
-        positions[labelled] = np.linspace(0.0, 1.0, labelled.size, dtype=np.float32)
-    return positions
-
-
 def prepare_slices(
     cases: Iterable[Case],
     spec: InputSpec,
@@ -118,7 +109,7 @@ def prepare_slices(
             case_regions = np.zeros(n_slices, np.int8)
             labels.append(np.zeros(prepared.image.shape, np.uint8))
         regions.append(case_regions)
-        positions.append(_positions(case_regions))
+        positions.append(region_positions(case_regions))
         case_ids.append(np.full(n_slices, case.case_id, dtype=object))
         slice_indices.append(np.arange(n_slices))
     report(progress, 1.0, f"Preprocessed {len(case_list)} cases")
