@@ -4,6 +4,14 @@ This file only moves data between Slicer and the ``cardiac_ai`` backend: the Log
 ``PythonSlicer -m cardiac_ai <command> ... --progress-lines`` in a child process (so a crash or a long computation
 never takes Slicer down, and Cancel can stop it) and loads the results back as nodes. It computes nothing itself.
 
+From Slicer's Python console::
+
+    logic = slicer.modules.cardiacai.widgetRepresentation().self().logic  # or CardiacAI.CardiacAILogic()
+    result = logic.segmentCine(getNode("cine"))  # a 3D short-axis frame
+    result["volumes_ml"], result["lv_mass_g"], result["warnings"]
+    function = logic.computeFunction(getNode("ED"), getNode("ES"))
+    function["function"]["lv_ef_percent"]
+
 Nothing from ``cardiac_ai`` or PyTorch is imported when Slicer starts: the backend's own dependencies may not be
 installed yet, and importing them must not break the module list. They are checked and installed when the user
 presses Apply (PyTorch through the PyTorch extension, the rest with ``slicer.util.pip_install``).
@@ -18,7 +26,7 @@ from typing import Annotated, Callable, Optional
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -26,20 +34,23 @@ from slicer.ScriptedLoadableModule import *  # noqa: F403 - the template's way t
 from slicer.util import VTKObservationMixin
 
 #: What Apply does. The keys match ``cardiacai`` command names where one exists.
-TASKS = ("import-labels", "segment-cine", "map", "fibrosis", "cam", "qc")
+TASKS = ("import-labels", "segment-cine", "function", "map", "fibrosis", "cam", "qc")
 TASK_TITLES = {
     "import-labels": "Label map import",
     "segment-cine": "Cine segmentation",
+    "function": "Cardiac function (ED/ES)",
     "map": "T1/T2 mapping",
     "fibrosis": "LGE fibrosis",
     "cam": "CAM explanation",
     "qc": "Quality control",
 }
 #: Tasks this version can run; the others raise NotImplementedError naming the capability.
-AVAILABLE_TASKS = ("import-labels",)
+AVAILABLE_TASKS = ("import-labels", "segment-cine", "function")
 #: Tasks whose backend runs a network, so PyTorch and MONAI must be installed first.
-TORCH_TASKS = ("segment-cine", "map", "fibrosis", "cam", "qc")
+TORCH_TASKS = ("segment-cine", "function", "map", "fibrosis", "cam", "qc")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``cardiacai segment-cine --mode``: region-specific networks per slice, or one network for every slice.
+CINE_MODES = ("region-aware", "baseline")
 MAP_KINDS = ("T1", "T2")
 
 MINIMUM_TORCH_VERSION = "2.2"
@@ -100,9 +111,11 @@ class CardiacAI(ScriptedLoadableModule):  # noqa: F405
         self.parent.helpText = _("""
 Cardiac MRI AI: cine segmentation, T1/T2 mapping, LGE fibrosis, class activation maps and segmentation quality
 control, computed by the <code>cardiac_ai</code> Python package in a separate process.
-This version imports ACDC-style label maps (0 background, 1 RV blood pool, 2 LV myocardium, 3 LV blood pool,
-4 scar, 5 microvascular obstruction) as named, coloured segments with standard terminology; the other capabilities
-report that they are not available yet.
+This version segments short-axis cine volumes (RV blood pool, LV myocardium, LV blood pool) with volumes, LV mass
+and per-slice regions, computes ventricular function (EDV, ESV, SV, EF, LV mass) from an ED and an ES volume, and
+imports ACDC-style label maps (0 background, 1 RV blood pool, 2 LV myocardium, 3 LV blood pool, 4 scar,
+5 microvascular obstruction) as named, coloured segments with standard terminology; the other capabilities report
+that they are not available yet. Cine segmentation needs the trained cine models (bundled, or in a models folder).
 The same computations run without Slicer with the <code>cardiacai</code> command.
 """)
         self.parent.acknowledgementText = _("""
@@ -125,6 +138,10 @@ class CardiacAIParameterNode:
     device - "auto" (CUDA when available), "cpu" or "cuda"; passed to ``cardiacai --device``.
     inputVolume - the image to process, or the label map for "import-labels".
     outputSegmentation - receives the result; its segments are replaced. A new node is made when empty.
+    cineMode - cine segmentation and function: "region-aware" or "baseline" (``cardiacai --mode``).
+    edVolume, esVolume - cardiac function: the end-diastolic and end-systolic short-axis volumes.
+    cineVolumesTable, cineSlicesTable - cine segmentation results (made on first run, then refilled).
+    edSegmentation, esSegmentation, functionTable - cardiac function results (made on first run, then refilled).
     mapKind - T1/T2 mapping: "T1" (MOLLI) or "T2".
     inversionTimesMs - T1/T2 mapping: inversion or echo times in ms, comma-separated; empty reads them from DICOM.
     fibrosisSdThreshold - LGE fibrosis: scar is brighter than remote myocardium by this many standard deviations.
@@ -141,6 +158,14 @@ class CardiacAIParameterNode:
     fibrosisSdThreshold: Annotated[float, WithinRange(1.0, 10.0)] = 5.0
     camTargetLabel: Annotated[int, WithinRange(1, 5)] = 2
     qcSegmentation: vtkMRMLSegmentationNode
+    cineMode: Annotated[str, Choice(CINE_MODES)] = "region-aware"
+    edVolume: vtkMRMLScalarVolumeNode
+    esVolume: vtkMRMLScalarVolumeNode
+    cineVolumesTable: vtkMRMLTableNode
+    cineSlicesTable: vtkMRMLTableNode
+    edSegmentation: vtkMRMLSegmentationNode
+    esSegmentation: vtkMRMLSegmentationNode
+    functionTable: vtkMRMLTableNode
 
 
 #
@@ -184,6 +209,7 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self._sections = {
             "import-labels": self.ui.labelImportCollapsibleButton,
             "segment-cine": self.ui.cineCollapsibleButton,
+            "function": self.ui.cineCollapsibleButton,
             "map": self.ui.mappingCollapsibleButton,
             "fibrosis": self.ui.lgeCollapsibleButton,
             "cam": self.ui.camCollapsibleButton,
@@ -261,15 +287,19 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
             return
         task = self._parameterNode.task
         if task != self._shownTask:
-            for sectionTask, section in self._sections.items():
-                section.collapsed = sectionTask != task
+            shown = self._sections[task]
+            for section in self._sections.values():  # one section may serve two tasks (cine and function)
+                section.collapsed = section is not shown
             self._shownTask = task
         inputVolume = self._parameterNode.inputVolume
         if inputVolume:
             self.ui.outputSegmentationSelector.baseName = inputVolume.GetName() + " segmentation"
         if self._running:
             return
-        if not inputVolume:
+        if task == "function" and not (self._parameterNode.edVolume and self._parameterNode.esVolume):
+            self.ui.applyButton.toolTip = _("Select the ED and ES volumes in the Cine segmentation section")
+            self.ui.applyButton.enabled = False
+        elif task != "function" and not inputVolume:
             self.ui.applyButton.toolTip = _("Select an input volume")
             self.ui.applyButton.enabled = False
         else:
@@ -311,20 +341,37 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self._cancelRequested = False
         self.ui.statusLabel.text = ""
         self._setRunning(True)
+        result = None
         try:
             with slicer.util.tryWithErrorDisplay(_("CardiacAI could not complete the task."), waitCursor=True):
                 Cancelled = importBackend("errors").Cancelled
                 try:
-                    self.logic.process(
+                    result = self.logic.process(
                         self._parameterNode,
                         progressCallback=self._onProgress,
                         shouldCancel=self._shouldCancel,
                     )
-                    self.ui.statusLabel.text = _("Done.")
                 except Cancelled:
                     self.ui.statusLabel.text = _("Cancelled.")
+            if result is not None:  # shown after the wait cursor is gone
+                self._showResult(result)
         finally:
             self._setRunning(False)
+
+    def _showResult(self, result: dict) -> None:
+        """Show the result's table in the panel, and its warnings in a dialog (the Logic only returns them)."""
+        tableNode = result.get("functionTableNode") or result.get("volumesTableNode")
+        if tableNode:
+            self.ui.cineResultsTableView.setMRMLTableNode(tableNode)
+        warnings = result.get("warnings") or []
+        if not warnings:
+            self.ui.statusLabel.text = _("Done.")
+        else:
+            self.ui.statusLabel.text = _("Done, with {count} warning(s).").format(count=len(warnings))
+            slicer.util.warningDisplay(
+                _("CardiacAI finished, but check the result:") + "\n\n" + "\n\n".join(warnings),
+                windowTitle=_("CardiacAI warning"),
+            )
 
 
 #
@@ -531,10 +578,45 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             )
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
             segmentationNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-            studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(referenceVolumeNode))
-            shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), studyItem)
+            self._placeNextTo(segmentationNode, referenceVolumeNode)
         return segmentationNode
+
+    def fillTable(self, tableNode, rows, name: str = "CardiacAI results", referenceNode=None):
+        """Replace the content of a table node with ``rows`` (dicts with the column titles as keys, in order).
+
+        Integer columns become vtkIntArray, numeric ones vtkDoubleArray (a missing value is NaN), the others
+        vtkStringArray (see ``cardiac_ai.slicer_results.table_columns``). The table is locked against editing.
+
+        :param tableNode: the table to refill; a new vtkMRMLTableNode named ``name`` is created if None.
+        :param referenceNode: if given, the table is placed next to it in the subject hierarchy.
+        :return: the table node.
+        """
+        columns = importBackend("slicer_results").table_columns(rows)
+        if tableNode is None:
+            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        arrayClasses = {"int": vtk.vtkIntArray, "float": vtk.vtkDoubleArray, "str": vtk.vtkStringArray}
+        wasModifying = tableNode.StartModify()
+        try:
+            tableNode.RemoveAllColumns()
+            for columnName, kind, values in columns:
+                array = arrayClasses[kind]()
+                array.SetName(columnName)
+                for value in values:
+                    array.InsertNextValue(value)
+                tableNode.AddColumn(array)
+            tableNode.SetLocked(True)
+        finally:
+            tableNode.EndModify(wasModifying)
+        if referenceNode is not None:
+            self._placeNextTo(tableNode, referenceNode)
+        return tableNode
+
+    @staticmethod
+    def _placeNextTo(node, referenceNode) -> None:
+        """Put ``node`` in the subject hierarchy folder (study) that holds ``referenceNode``."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        parentItem = shNode.GetItemParent(shNode.GetItemByDataNode(referenceNode))
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), parentItem)
 
     # -- tasks ----------------------------------------------------------------------------------------------------
 
@@ -543,31 +625,73 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         parameterNode: CardiacAIParameterNode,
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
-    ) -> None:
-        """Run ``parameterNode.task`` on ``parameterNode.inputVolume``; creates the output segmentation if empty.
+    ) -> dict:
+        """Run ``parameterNode.task`` with the parameter node's inputs and store its output nodes there.
 
-        :raises ValueError: if no input volume is selected or the task is unknown.
+        "import-labels" and "segment-cine" read ``inputVolume`` and fill ``outputSegmentation`` (created if empty);
+        "function" reads ``edVolume`` and ``esVolume``. Result tables and function segmentations are created on the
+        first run and refilled on the next ones.
+
+        :return: the dict of the task's Logic method (:meth:`importLabelmap` gives ``{"segmentationNode",
+            "warnings": []}``); the caller shows ``result["warnings"]``.
+        :raises ValueError: if an input is missing or the task is unknown.
         :raises NotImplementedError: if the task is not available in this version.
         """
         task = parameterNode.task
         if task not in TASKS:
             raise ValueError(f"Unknown CardiacAI task {task!r}; choose one of {', '.join(TASKS)}.")
-        if not parameterNode.inputVolume:
+        if task == "function":
+            if not parameterNode.edVolume or not parameterNode.esVolume:
+                raise ValueError(
+                    "Cardiac function needs an end-diastolic (ED) and an end-systolic (ES) volume; select both in the "
+                    "Cine segmentation section."
+                )
+        elif not parameterNode.inputVolume:
             raise ValueError(f"{TASK_TITLES[task]} needs an input volume; select one in the Inputs section.")
         if task not in AVAILABLE_TASKS:
             self.raiseNotYetAvailable(task)
         self.setupPythonRequirements(requireTorch=task in TORCH_TASKS)
+        if task == "function":
+            result = self.computeFunction(
+                parameterNode.edVolume,
+                parameterNode.esVolume,
+                edSegmentationNode=parameterNode.edSegmentation,
+                esSegmentationNode=parameterNode.esSegmentation,
+                mode=parameterNode.cineMode,
+                device=parameterNode.device,
+                functionTableNode=parameterNode.functionTable,
+                progressCallback=progressCallback,
+                shouldCancel=shouldCancel,
+            )
+            parameterNode.edSegmentation = result["edSegmentationNode"]
+            parameterNode.esSegmentation = result["esSegmentationNode"]
+            parameterNode.functionTable = result["functionTableNode"]
+            return result
         if not parameterNode.outputSegmentation:
             parameterNode.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", parameterNode.inputVolume.GetName() + " segmentation"
             )
-        if task == "import-labels":
-            self.importLabelmap(
+        if task == "segment-cine":
+            result = self.segmentCine(
                 parameterNode.inputVolume,
                 parameterNode.outputSegmentation,
+                mode=parameterNode.cineMode,
+                device=parameterNode.device,
+                volumesTableNode=parameterNode.cineVolumesTable,
+                slicesTableNode=parameterNode.cineSlicesTable,
                 progressCallback=progressCallback,
                 shouldCancel=shouldCancel,
             )
+            parameterNode.cineVolumesTable = result["volumesTableNode"]
+            parameterNode.cineSlicesTable = result["slicesTableNode"]
+            return result
+        segmentationNode = self.importLabelmap(
+            parameterNode.inputVolume,
+            parameterNode.outputSegmentation,
+            progressCallback=progressCallback,
+            shouldCancel=shouldCancel,
+        )
+        return {"segmentationNode": segmentationNode, "warnings": []}
 
     def importLabelmap(self, labelmapVolumeNode, outputSegmentationNode=None, progressCallback=None, shouldCancel=None):
         """Turn a label map with the CardiacAI codes into named, coloured segments (``cardiacai convert``).
@@ -609,9 +733,179 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             "segmentation": os.path.join(outputFolder, "segmentation.seg.nrrd"),
         }
 
-    def segmentCine(self, cineVolumeNode, outputSegmentationNode=None, device: str = "auto"):
-        """Cine segmentation (RV blood pool, LV myocardium, LV blood pool); not available in this version."""
-        self.raiseNotYetAvailable("segment-cine")
+    def segmentCine(
+        self,
+        inputVolumeNode,
+        outputSegmentationNode=None,
+        mode: str = "region-aware",
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        volumesTableNode=None,
+        slicesTableNode=None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Segment RV blood pool, LV myocardium and LV blood pool in one short-axis cine frame (``cardiacai
+        segment-cine``), and tabulate the volumes, LV mass and the cardiac region of each slice.
+
+        The volume is written to a temporary .nrrd, segmented by the backend in a child process, and the result
+        loaded back; the temporary folder is removed afterwards (unless ``keepTemporaryFiles``). Works headless: it
+        never shows a dialog; show ``result["warnings"]`` yourself.
+
+        Example, in Slicer's Python console::
+
+            logic = slicer.modules.cardiacai.widgetRepresentation().self().logic  # or CardiacAI.CardiacAILogic()
+            result = logic.segmentCine(getNode("cine"))
+            result["volumes_ml"]  # {"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}
+
+        :param inputVolumeNode: a 3D short-axis stack (one frame of the cine; pick the frame of a sequence first).
+        :param outputSegmentationNode: receives the segments (replaced); a new node "<input> segmentation" if None.
+        :param mode: "region-aware" (networks per base/middle/apex slice) or "baseline" (one network).
+        :param device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        :param volumesTableNode, slicesTableNode: tables to refill; new ones are created (next to the input) if None.
+        :param modelsDir: extra folder of trained models, searched before the bundled ones.
+        :return: dict with "segmentationNode", "volumesTableNode" (Structure, Measurement, Value, Unit: volume in ml
+            of each structure, then LV mass in g), "slicesTableNode" (Slice, Region, Region probability, pixels per
+            structure), "mode", "heart_found", "volumes_ml" (structure name -> ml), "lv_mass_g", "warnings" (list of
+            str: the backend's warnings, and "No heart was found ..." when the segmentation is empty) and "report"
+            (the whole report.json).
+        :raises ValueError: if the mode is unknown or the node has no image data.
+        :raises cardiac_ai.subprocess_runner.CommandError: the backend failed, e.g. the cine models are not
+            installed or the volume is not a short-axis stack; the message says which.
+        :raises cardiac_ai.errors.Cancelled: shouldCancel returned True.
+        """
+        if mode not in CINE_MODES:
+            raise ValueError(f"Unknown cine segmentation mode {mode!r}; choose one of {', '.join(CINE_MODES)}.")
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            inputPath = self.volumeToFile(inputVolumeNode, os.path.join(tempDir, "cine.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            self.runCommand(
+                "segment-cine", [inputPath],
+                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir},
+                progressCallback=progressCallback, shouldCancel=shouldCancel,
+            )
+            report = results.read_report(outputDir)
+            tables = results.cine_tables_from_report(report)  # a malformed report fails here, before any node is made
+            warnings = results.report_warnings(report)
+            if outputSegmentationNode is None:
+                outputSegmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", inputVolumeNode.GetName() + " segmentation"
+                )
+            segmentationNode = self.loadSegmentation(
+                os.path.join(outputDir, "segmentation.seg.nrrd"), inputVolumeNode, outputSegmentationNode
+            )
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        name = inputVolumeNode.GetName()
+        volumesTableNode = self.fillTable(volumesTableNode, tables["volumes"], f"{name} cine volumes", inputVolumeNode)
+        slicesTableNode = self.fillTable(slicesTableNode, tables["slices"], f"{name} cine slices", inputVolumeNode)
+        for warning in warnings:
+            logging.warning(warning)
+        return {
+            "segmentationNode": segmentationNode,
+            "volumesTableNode": volumesTableNode,
+            "slicesTableNode": slicesTableNode,
+            "mode": report.get("mode", mode),
+            "heart_found": report.get("heart_found"),
+            "volumes_ml": report["volumes_ml"],
+            "lv_mass_g": report["lv_mass_g"],
+            "warnings": warnings,
+            "report": report,
+        }
+
+    def computeFunction(
+        self,
+        edVolumeNode,
+        esVolumeNode,
+        edSegmentationNode=None,
+        esSegmentationNode=None,
+        mode: str = "region-aware",
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        functionTableNode=None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Ventricular function from an end-diastolic and an end-systolic frame (``cardiacai function``): both are
+        segmented, then LV/RV EDV, ESV, SV (ml), EF (%) and LV mass at ED (g) are tabulated.
+
+        Example, in Slicer's Python console::
+
+            logic = slicer.modules.cardiacai.widgetRepresentation().self().logic  # or CardiacAI.CardiacAILogic()
+            result = logic.computeFunction(getNode("ED"), getNode("ES"))
+            result["function"]["lv_ef_percent"], result["warnings"]
+
+        :param edVolumeNode, esVolumeNode: 3D short-axis stacks of the same patient at ED and ES (two nodes; for a
+            cine sequence, make a volume of each frame first).
+        :param edSegmentationNode, esSegmentationNode: receive the segments (replaced); new nodes if None.
+        :param mode, device, modelsDir: as for :meth:`segmentCine`.
+        :param functionTableNode: table to refill; a new one is created (next to the ED volume) if None.
+        :return: dict with "edSegmentationNode", "esSegmentationNode", "functionTableNode" (Structure, Measurement,
+            Value, Unit; an undefined ejection fraction is NaN), "function" (report.json's "function": lv_edv_ml,
+            lv_esv_ml, lv_sv_ml, lv_ef_percent, rv_..., lv_mass_g, warnings; null where undefined), "warnings" and
+            "report".
+        :raises ValueError: if ED and ES are the same node, or the mode is unknown.
+        :raises cardiac_ai.subprocess_runner.CommandError: the backend failed; the message says why.
+        :raises cardiac_ai.errors.Cancelled: shouldCancel returned True.
+        """
+        if mode not in CINE_MODES:
+            raise ValueError(f"Unknown cine segmentation mode {mode!r}; choose one of {', '.join(CINE_MODES)}.")
+        if edVolumeNode is esVolumeNode:
+            raise ValueError(
+                f"The ED and ES volumes are the same node ({edVolumeNode.GetName()!r}); select the end-diastolic and "
+                "the end-systolic frames."
+            )
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            edPath = self.volumeToFile(edVolumeNode, os.path.join(tempDir, "ed.nrrd"))
+            esPath = self.volumeToFile(esVolumeNode, os.path.join(tempDir, "es.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            self.runCommand(
+                "function", [edPath, esPath],
+                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir},
+                progressCallback=progressCallback, shouldCancel=shouldCancel,
+            )
+            report = results.read_report(outputDir)
+            rows = results.function_rows_from_report(report)
+            warnings = results.report_warnings(report)
+            segmentationNodes = {}
+            for phase, volumeNode, segmentationNode in (
+                ("ed", edVolumeNode, edSegmentationNode),
+                ("es", esVolumeNode, esSegmentationNode),
+            ):
+                if segmentationNode is None:
+                    segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                        "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} segmentation ({phase.upper()})"
+                    )
+                segmentationNodes[phase] = self.loadSegmentation(
+                    os.path.join(outputDir, f"segmentation_{phase}.seg.nrrd"), volumeNode, segmentationNode
+                )
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        functionTableNode = self.fillTable(
+            functionTableNode, rows, f"{edVolumeNode.GetName()} cardiac function", edVolumeNode
+        )
+        for warning in warnings:
+            logging.warning(warning)
+        return {
+            "edSegmentationNode": segmentationNodes["ed"],
+            "esSegmentationNode": segmentationNodes["es"],
+            "functionTableNode": functionTableNode,
+            "function": report["function"],
+            "warnings": warnings,
+            "report": report,
+        }
+
+    def registeredModels(self, modelsDir: Optional[str] = None) -> list:
+        """The trained models the backend finds ("name version" strings), from ``cardiacai info --json``.
+
+        Empty when PyTorch is not installed yet (the backend cannot load models without it).
+        """
+        run = self.runCommand("info", [], {"json": True, "models_dir": modelsDir})
+        return importBackend("slicer_results").models_from_info_output(run.output_lines)
 
     def fitMapping(self, seriesVolumeNode, mapKind: str = "T1", inversionTimesMs=None):
         """T1 (MOLLI) / T2 map fitting and myocardial statistics; not available in this version."""
@@ -669,6 +963,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.test_LabelmapImportMatchesBackendSegmentation()
         self.setUp()
         self.test_UnavailableCapabilitiesSayNotYetAvailable()
+        self.setUp()
+        self.test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered()
 
     def _phantom(self, logic):
         logic.setupPythonRequirements(requireTorch=False)
@@ -744,4 +1040,50 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
                 logic.process(parameterNode)
             self.assertIn(TASK_TITLES[task], str(caught.exception))
             self.assertIn("not yet available", str(caught.exception))
+        self.delayDisplay("Test passed")
+
+    def test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered(self):
+        """Runs only where the trained cine models are installed (bundled or in CARDIACAI_MODELS)."""
+        logic = CardiacAILogic()
+        logic.setupPythonRequirements(requireTorch=False)
+        registered = {model.split()[0] for model in logic.registeredModels()}
+        required = set(importBackend("regions.pipeline").CINE_MODEL_NAMES.values())
+        if not required <= registered:
+            self.delayDisplay(
+                f"Skipped cine segmentation test: models {sorted(required - registered)} are not registered "
+                "(install PyTorch and the trained cine models, or set CARDIACAI_MODELS)."
+            )
+            return
+        logic.setupPythonRequirements(requireTorch=True)
+        paths = self._phantom(logic)
+        imageNode = slicer.util.loadVolume(paths["image"])
+
+        self.delayDisplay("Segmenting the phantom with cardiacai segment-cine")
+        progress = []
+        result = logic.segmentCine(imageNode, progressCallback=lambda fraction, message: progress.append(fraction))
+        LABELS = importBackend("labels").LABELS
+        names = self._segmentNames(result["segmentationNode"])
+        self.assertTrue({LABELS[code].display_name for code in (1, 2, 3)} <= names, f"segments: {sorted(names)}")
+        self.assertTrue(result["heart_found"], f"no heart found in the phantom; warnings: {result['warnings']}")
+        self.assertEqual(set(result["volumes_ml"]), {LABELS[code].name for code in (1, 2, 3)})
+        self.assertTrue(all(volume > 0 for volume in result["volumes_ml"].values()), result["volumes_ml"])
+        self.assertAlmostEqual(result["lv_mass_g"], 1.05 * result["volumes_ml"]["lv_myocardium"], places=3)
+        volumesTable = result["volumesTableNode"]
+        self.assertEqual(volumesTable.GetNumberOfRows(), 4)  # three volumes and the LV mass
+        self.assertAlmostEqual(
+            volumesTable.GetTable().GetValueByName(0, "Value").ToDouble(), result["volumes_ml"]["rv_blood_pool"], 3
+        )
+        slicesTable = result["slicesTableNode"]
+        self.assertEqual(slicesTable.GetNumberOfRows(), imageNode.GetImageData().GetDimensions()[2])
+        self.assertTrue(progress and progress[-1] == 1.0, f"progress went {progress}")
+
+        self.delayDisplay("Same frame as ED and ES: cardiac function with stroke volume 0")
+        with self.assertRaises(ValueError):
+            logic.computeFunction(imageNode, imageNode)
+        esNode = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, imageNode, "phantom ES")
+        function = logic.computeFunction(imageNode, esNode)
+        self.assertAlmostEqual(function["function"]["lv_sv_ml"], 0.0, places=3)
+        self.assertAlmostEqual(function["function"]["lv_edv_ml"], result["volumes_ml"]["lv_blood_pool"], places=3)
+        self.assertEqual(function["functionTableNode"].GetNumberOfRows(), 9)
+        self.assertIsNot(function["edSegmentationNode"], function["esSegmentationNode"])
         self.delayDisplay("Test passed")

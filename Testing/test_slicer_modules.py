@@ -28,7 +28,8 @@ HEAVY_IMPORTS = {"cardiac_ai", "torch", "monai", "scipy", "skimage", "slicerio",
 #: What the backend must never import: it runs in plain Python and under PythonSlicer alike.
 SLICER_ONLY = {"slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "sitkUtils", "PyTorchUtils", "__main__"}
 #: Backend modules that the Slicer modules import inside Slicer's own process (Python 3.12 in Slicer 5.10; the package supports 3.10 and later).
-IN_PROCESS_BACKEND = ("__init__.py", "errors.py", "geometry.py", "labels.py", "progress.py", "subprocess_runner.py")
+IN_PROCESS_BACKEND = ("__init__.py", "errors.py", "geometry.py", "labels.py", "progress.py", "subprocess_runner.py",
+                      "slicer_results.py")
 
 
 def _module_file(name: str) -> Path:
@@ -245,21 +246,61 @@ def test_modules_use_only_public_backend_names(name):
         assert attribute in module.__all__, f"{name}.py uses cardiac_ai.{module_name}.{attribute}, not in __all__"
 
 
+def _sample_option_value(subparser, name: str, value: ast.AST):
+    """A value the parser accepts where the Logic passes a variable: a choice, a bare flag, or "0"."""
+    if isinstance(value, ast.Constant) and not isinstance(value.value, str):
+        return value.value
+    action = subparser._option_string_actions.get("--" + name.replace("_", "-"))
+    if action is not None and action.nargs == 0:
+        return True
+    if action is not None and action.choices:
+        return next(iter(action.choices))
+    return "0"
+
+
 def test_commands_the_logic_runs_are_accepted_by_the_cli_parser():
     from cardiac_ai.cli import build_parser
     from cardiac_ai.subprocess_runner import build_command
 
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "demo" in a.choices).choices
     calls = []
     for node in ast.walk(_tree(_module_file("CardiacAI"))):
         if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "runCommand" and len(node.args) >= 3
                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[1], ast.List)
                 and isinstance(node.args[2], ast.Dict)):
-            options = {key.value: "0" for key in node.args[2].keys}
+            subcommand = node.args[0].value
+            assert subcommand in subparsers, f"the Logic runs `cardiacai {subcommand}`, which the CLI does not have"
+            options = {key.value: _sample_option_value(subparsers[subcommand], key.value, value)
+                       for key, value in zip(node.args[2].keys, node.args[2].values)}
             positional = ["input.nrrd"] * len(node.args[1].elts)
-            calls.append(build_command(node.args[0].value, positional, options, python_executable="python"))
-    assert {call[3] for call in calls} >= {"convert", "demo"}
+            calls.append(build_command(subcommand, positional, options, python_executable="python"))
+    assert {call[3] for call in calls} >= {"convert", "demo", "segment-cine", "function", "info"}
     for call in calls:
-        build_parser().parse_args(call[3:])  # argparse exits (SystemExit) on an unknown option
+        parser.parse_args(call[3:])  # argparse exits (SystemExit) on an unknown option or a wrong number of inputs
+
+
+def _logic_class(name: str) -> ast.ClassDef:
+    return next(n for n in _tree(_module_file(name)).body if isinstance(n, ast.ClassDef) and n.name == f"{name}Logic")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_logic_shows_no_dialogs_so_it_runs_headless(name):
+    dialogs = {"errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay",
+               "delayDisplay", "messageBox", "tryWithErrorDisplay"}
+    calls = [(node.lineno, node.func.attr) for node in ast.walk(_logic_class(name))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in dialogs]
+    assert calls == [], f"{name}Logic shows dialogs {calls}; return warnings and raise errors, the Widget shows them"
+
+
+def test_cardiacai_widget_has_a_panel_section_for_every_task():
+    tree = _tree(_module_file("CardiacAI"))
+    sections = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                    and any(getattr(t, "attr", None) == "_sections" for t in node.targets))
+    tasks = {key.value for key in sections.keys}
+    values = {n.targets[0].id: n.value for n in tree.body if isinstance(n, ast.Assign)
+              and isinstance(n.targets[0], ast.Name)}
+    assert tasks == set(ast.literal_eval(values["TASKS"]))
 
 
 # -- CMake ----------------------------------------------------------------------------------------------------------
