@@ -159,3 +159,22 @@ def test_known_slice_regions_override_the_classifier(cine_models):
     np.testing.assert_array_equal(result.slice_regions, regions)
     with pytest.raises(InputError, match="slice_regions"):
         segment_cine(case.image, models=cine_models, mode="region-aware", slice_regions=regions[:-1], device="cpu")
+
+
+@pytest.mark.slow
+def test_batch_goes_on_after_a_failing_case_and_resumes(cine_models_dir, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for seed in (1, 2):
+        write_volume(make_cine_phantom(seed=seed).image, cohort / f"case{seed}.nii.gz")
+    (cohort / "broken.nii.gz").write_bytes(b"not an image")
+    argv = ["batch", str(cohort), "--out", str(tmp_path / "out"), "--device", "cpu", "--mode", "baseline",
+            "--models-dir", str(cine_models_dir)]
+    assert main(argv) == 5
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    statuses = {line.split(",")[0]: line for line in summary[1:]}
+    assert "failed" in statuses["broken"] and ",ok," in statuses["case1"] and ",ok," in statuses["case2"]
+    assert (tmp_path / "out" / "case1" / "segmentation.seg.nrrd").exists()
+    assert main(argv) == 5  # the broken case still fails; the others are not redone
+    rerun = (tmp_path / "out" / "summary.csv").read_text()
+    assert rerun.count("skipped") == 2

@@ -2,7 +2,8 @@
 
 Every command accepts ``--device``, ``--overwrite``, ``--progress-lines`` (machine-readable ``PROGRESS <fraction>
 <message>`` lines on stdout, read by the Slicer modules) and exits non-zero with a one-line error on bad input:
-2 for bad input or data, 3 for model problems, 4 for refused outputs, 130 when cancelled, 1 for anything unexpected.
+2 for bad input or data, 3 for model problems, 4 for refused outputs, 5 when some cases of a batch failed,
+130 when cancelled, 1 for anything unexpected.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ EXIT_UNEXPECTED = 1
 EXIT_INPUT = 2
 EXIT_MODEL = 3
 EXIT_OUTPUT = 4
+EXIT_BATCH_FAILURES = 5
 EXIT_CANCELLED = 130
 
 Handler = Callable[[argparse.Namespace, ProgressCallback], int]
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("es", help="end-systolic short-axis volume")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
 
+    p = sub.add_parser("batch", parents=[common, cine], help="run segment-cine or function over a cohort")
+    p.add_argument("source", help="folder of volumes (one per case) or CSV: case_id,input (or case_id,ed,es)")
+    p.add_argument("--task", choices=["segment-cine", "function"], default="segment-cine")
+    p.add_argument("--out", required=True, help="output folder: one subfolder per case and summary.csv")
+
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps")
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
@@ -173,7 +180,6 @@ _PLANNED = {
     "fibrosis": "LGE scar segmentation",
     "cam": "class activation map and pseudo-label",
     "qc": "predict the Dice of a segmentation without ground truth",
-    "batch": "process a cohort",
 }
 
 
@@ -369,106 +375,81 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
-def _read_input(args: argparse.Namespace, path: str):
-    from .io import read_volume
-    from .io.dicom import read_dicom_series
+def _cine_options(args: argparse.Namespace):
+    from .pipeline import CineOptions
 
-    if args.series_uid:
-        return read_dicom_series(Path(path), series_uid=args.series_uid)
-    return read_volume(path, frame=args.frame)
-
-
-def _segment_cine_file(args: argparse.Namespace, path: str, models, provenance, progress):
-    from .regions.pipeline import segment_cine
-
-    with provenance.timed("read"):
-        volume = _read_input(args, path)
-    base_first = {"auto": None, "first": True, "last": False}[args.base]
-    result = segment_cine(
-        volume, models=models, mode=args.mode, base_first=base_first, postprocess=not args.no_postprocess,
-        device=args.device, progress=progress, provenance=provenance,
+    return CineOptions(
+        mode=args.mode, base_first={"auto": None, "first": True, "last": False}[args.base],
+        postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
     )
-    return volume, result
 
 
-def _load_cine_models(args: argparse.Namespace, provenance):
-    from .device import resolve_device
-    from .models.registry import ModelRegistry
-    from .regions.pipeline import CineModels
+def _cine_models(args: argparse.Namespace, provenance):
+    from .pipeline import load_cine_models
 
-    device = resolve_device(args.device)
-    provenance.device = str(device)
-    with provenance.timed("load_models"):
-        return CineModels.from_registry(
-            ModelRegistry(extra_paths=[Path(p) for p in args.models_dir]), mode=args.mode, device=device
-        )
+    return load_cine_models(args.models_dir, mode=args.mode, device=args.device, provenance=provenance)
 
 
 @_command("segment-cine")
 def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    from .io import prepare_output_dir, write_volume
-    from .io.report import write_report
-    from .io.seg_nrrd import write_seg_nrrd
+    from .io import prepare_output_dir
+    from .pipeline import segment_cine_file
     from .progress import subrange
     from .provenance import Provenance
 
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input])
-    provenance = Provenance(command="segment-cine", parameters={"input": str(args.input)})
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input])  # refuse before loading models
+    provenance = Provenance(command="segment-cine")
     progress(0.0, "Loading models")
-    models = _load_cine_models(args, provenance)
-    volume, result = _segment_cine_file(args, args.input, models, provenance, subrange(progress, 0.05, 0.95))
-    with provenance.timed("write"):
-        write_volume(result.labels, out / "labels.nii.gz")
-        write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
-    write_report(out, provenance=provenance, results={
-        "input": {"path": str(args.input), "shape_kji": list(volume.array.shape),
-                  "geometry": volume.geometry.to_dict()},
-        **result.to_report(),
-    })
-    progress(1.0, "Done")
+    models = _cine_models(args, provenance)
+    result = segment_cine_file(args.input, args.out, models=models, options=_cine_options(args), overwrite=True,
+                               provenance=provenance, progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
         volumes = ", ".join(f"{k} {v:.1f} ml" for k, v in result.volumes_ml.items())
-        print(f"Wrote {out}: {volumes}; LV mass {result.lv_mass_g:.1f} g")
+        print(f"Wrote {args.out}: {volumes}; LV mass {result.lv_mass_g:.1f} g")
     return 0
 
 
 @_command("function")
 def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    from .io import prepare_output_dir, write_volume
-    from .io.report import write_csv, write_report
-    from .io.seg_nrrd import write_seg_nrrd
-    from .metrics import cardiac_function
+    from .io import prepare_output_dir
+    from .pipeline import cardiac_function_files
     from .progress import subrange
     from .provenance import Provenance
 
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es])
-    provenance = Provenance(command="function", parameters={"ed": str(args.ed), "es": str(args.es)})
+    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es])
+    provenance = Provenance(command="function")
     progress(0.0, "Loading models")
-    models = _load_cine_models(args, provenance)
-    results = {}
-    for phase, path, (start, stop) in (("ed", args.ed, (0.05, 0.5)), ("es", args.es, (0.5, 0.95))):
-        volume, result = _segment_cine_file(args, path, models, provenance, subrange(progress, start, stop))
-        results[phase] = (volume, result)
-        with provenance.timed("write"):
-            write_volume(result.labels, out / f"labels_{phase}.nii.gz")
-            write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
-    (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
-    function = cardiac_function(
-        ed.labels.array, es.labels.array, ed_volume.geometry.spacing_kji_mm,
-        es_spacing_kji_mm=es_volume.geometry.spacing_kji_mm,
-    )
-    for message in function.warnings:
-        provenance.warn(message, log)
-    write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
-    write_report(out, provenance=provenance, results={
-        "function": function.to_dict(), "ed": ed.to_report(), "es": es.to_report(),
-    })
-    progress(1.0, "Done")
+    models = _cine_models(args, provenance)
+    f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
+                               overwrite=True, provenance=provenance, progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
-        f = function
         print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
               f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "
               f"LV mass {f.lv_mass_g:.1f} g")
+    return 0
+
+
+@_command("batch")
+def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .io import ensure_not_input
+    from .pipeline import list_batch_cases, run_batch
+    from .provenance import Provenance
+
+    cases = list_batch_cases(args.source, task=args.task)
+    ensure_not_input(args.out, [args.source])
+    provenance = Provenance(command="batch")
+    progress(0.0, f"Loading models for {len(cases)} cases")
+    models = _cine_models(args, provenance)
+    rows = run_batch(cases, args.out, task=args.task, models=models, options=_cine_options(args),
+                     resume=not args.overwrite, progress=progress)
+    failed = [r["case_id"] for r in rows if r["status"] == "failed"]
+    if not args.quiet:
+        done = sum(r["status"] == "ok" for r in rows)
+        skipped = sum(r["status"].startswith("skipped") for r in rows)
+        print(f"{done} done, {skipped} skipped, {len(failed)} failed; summary in {Path(args.out) / 'summary.csv'}")
+    if failed:
+        print(f"cardiacai: {len(failed)} case(s) failed: {', '.join(failed[:10])}", file=sys.stderr)
+        return EXIT_BATCH_FAILURES
     return 0
 
 
