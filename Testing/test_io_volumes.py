@@ -123,11 +123,12 @@ def test_nrrd_with_zero_spacing_raises_input_error(tmp_path, header):
         read_volume(path)
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])  # ITK reads NIfTI NaN as 0: checked with nibabel
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_voxels_raise_input_error(tmp_path, bad):
+def test_non_finite_voxels_raise_input_error(tmp_path, bad, suffix):
     array = _image()
     array[1, 2, 3] = bad
-    path = write_volume(Volume(array, OBLIQUE), tmp_path / "bad.nrrd")
+    path = write_volume(Volume(array, OBLIQUE), tmp_path / f"bad{suffix}")
     with pytest.raises(InputError, match="1 NaN or Inf voxels"):
         read_volume(path)
 

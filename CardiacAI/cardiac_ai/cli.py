@@ -165,6 +165,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", default="1.0")
     p.add_argument("--register-to", metavar="DIR", help="write the trained model here (a --models-dir folder)")
 
+    p = sub.add_parser("map", parents=[common], help="myocardial T1 or T2 from a map: contours, AHA segments, stats")
+    p.add_argument("input", help="T1 or T2 map in ms (NIfTI, NRRD, MHA, DICOM folder); 0 = not fitted")
+    p.add_argument("--kind", required=True, choices=["t1", "t2"], help="what the map holds (checked against values)")
+    p.add_argument("--out", required=True,
+                   help="output folder: labels.nii.gz, stats.json, contours.json, bullseye.png, report.json")
+    p.add_argument("--erosion-mm", type=float, default=0.0, metavar="MM",
+                   help="erode the myocardium by MM in-plane before its statistics (partial volume); default 0")
+    p.add_argument("--levels", nargs="+", choices=["base", "mid", "apex"],
+                   help="level of each slice in slice order (default: thirds of the stack, base first)")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
+
+    p = sub.add_parser("fit-map", parents=[common], help="fit a T1 (MOLLI) or T2 (T2-prepared) map from raw series")
+    p.add_argument("series", help="4D series file (frames along the 4th axis) or DICOM folder")
+    p.add_argument("--kind", required=True, choices=["molli", "t2prep"])
+    p.add_argument("--out", required=True, help="output folder: t1_map.nii.gz or t2_map.nii.gz, r2_map.nii.gz, "
+                                                "report.json")
+    p.add_argument("--times", type=float, nargs="+", metavar="MS",
+                   help="inversion (molli) or T2-preparation (t2prep) times in ms, one per frame, in frame order")
+    p.add_argument("--sidecar", metavar="FILE", help="JSON ({\"inversion_times_ms\": [...]} or "
+                                                     "{\"echo_times_ms\": [...]}) or one-column CSV of times in ms")
+    p.add_argument("--t2-model", choices=["mono", "mono_offset"], default="mono",
+                   help="T2 model: S0 exp(-TE/T2), or with a constant offset (needs 4 or more times)")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
+
+    p = sub.add_parser("ecv", parents=[common], help="extracellular volume from native and post-contrast T1 maps")
+    p.add_argument("native", help="native T1 map in ms")
+    p.add_argument("post", help="post-contrast T1 map in ms (same grid for a pixelwise ECV map)")
+    p.add_argument("--out", required=True, help="output folder: labels.nii.gz, ecv_map.nii.gz, report.json")
+    p.add_argument("--haematocrit", type=float, metavar="H",
+                   help="measured haematocrit as a fraction (0.42); default: synthetic haematocrit (1.5 T)")
+    p.add_argument("--erosion-mm", type=float, default=0.0, metavar="MM", help="myocardial erosion (mm)")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
+
     for name, helptext in _PLANNED.items():
         p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
         p.add_argument("args", nargs="*")
@@ -174,9 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Sub-commands whose names and outputs are a public contract but whose capability is not built yet.
 _PLANNED = {
-    "map": "T1/T2 map myocardium segmentation and statistics",
-    "fit-map": "fit T1 (MOLLI) or T2 maps from raw series",
-    "ecv": "extracellular volume from native and post-contrast T1",
     "fibrosis": "LGE scar segmentation",
     "cam": "class activation map and pseudo-label",
     "qc": "predict the Dice of a segmentation without ground truth",
@@ -450,6 +480,76 @@ def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if failed:
         print(f"cardiacai: {len(failed)} case(s) failed: {', '.join(failed[:10])}", file=sys.stderr)
         return EXIT_BATCH_FAILURES
+    return 0
+
+
+def _mapping_models(args: argparse.Namespace, provenance):
+    from .pipeline import load_mapping_models
+
+    return load_mapping_models(args.models_dir, device=args.device, provenance=provenance)
+
+
+@_command("map")
+def _map(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .pipeline import analyse_map_file, output_folder
+    from .progress import subrange
+    from .provenance import Provenance
+
+    provenance = Provenance(command="map")
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+        progress(0.0, "Loading models")
+        models = _mapping_models(args, provenance)
+        analysis = analyse_map_file(
+            args.input, args.out, kind=args.kind, models=models, erosion_mm=args.erosion_mm, levels=args.levels,
+            series_uid=args.series_uid, device=args.device, overwrite=True, provenance=provenance,
+            progress=subrange(progress, 0.05, 1.0),
+        )
+    if not args.quiet:
+        stats = analysis.myocardium
+        value = "no myocardium found" if stats is None else (
+            f"myocardial {analysis.quantity} median {stats.median:.1f} ms (IQR {stats.iqr:.1f} ms, "
+            f"{stats.n_pixels} pixels)")
+        print(f"Wrote {args.out}: {value}; {len(analysis.provenance.warnings)} warning(s)")
+    return 0
+
+
+@_command("fit-map")
+def _fit_map(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .pipeline import fit_map_file
+
+    fits = fit_map_file(
+        args.series, args.out, kind=args.kind, times_ms=args.times, sidecar=args.sidecar, t2_model=args.t2_model,
+        series_uid=args.series_uid, device=args.device, overwrite=args.overwrite, progress=progress,
+    )
+    if not args.quiet:
+        failed = sum(f.n_failed_pixels for f in fits)
+        fitted = sum(f.n_fitted_pixels for f in fits)
+        name = "t1_map.nii.gz" if args.kind == "molli" else "t2_map.nii.gz"
+        print(f"Wrote {Path(args.out) / name} and r2_map.nii.gz: {fitted} pixels fitted, {failed} failed (0 in the "
+              "maps)")
+    return 0
+
+
+@_command("ecv")
+def _ecv(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .pipeline import ecv_files, output_folder
+    from .progress import subrange
+    from .provenance import Provenance
+
+    provenance = Provenance(command="ecv")
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.native, args.post]):
+        progress(0.0, "Loading models")
+        models = _mapping_models(args, provenance)
+        results = ecv_files(
+            args.native, args.post, args.out, models=models, haematocrit=args.haematocrit,
+            erosion_mm=args.erosion_mm, series_uid=args.series_uid, device=args.device, overwrite=True,
+            provenance=provenance, progress=subrange(progress, 0.05, 1.0),
+        )
+    if not args.quiet:
+        ecv = results["ecv"]["myocardium"]
+        source = "synthetic" if ecv["synthetic_haematocrit"] else "given"
+        print(f"Myocardial ECV {100 * ecv['ecv_fraction']:.1f} % (haematocrit {ecv['haematocrit']:.2f}, {source}); "
+              f"report in {Path(args.out) / 'report.json'}")
     return 0
 
 

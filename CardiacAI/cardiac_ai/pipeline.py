@@ -5,6 +5,7 @@ Each job reads its input, runs a capability, and writes the public output contra
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import time
@@ -12,6 +13,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
+
+import numpy as np
 
 from .errors import Cancelled, CardiacAIError, DataError, InputError
 from .geometry import Volume
@@ -260,3 +263,484 @@ def _summary_values(result) -> dict:
     if hasattr(result, "to_dict"):
         return {k: v for k, v in result.to_dict().items() if k != "warnings"}
     return {}
+
+
+# -- T1 / T2 mapping -----------------------------------------------------------------------------------------------
+__all__ += [
+    "output_folder",
+    "load_mapping_models",
+    "analyse_map_file",
+    "read_mapping_series",
+    "fit_map_file",
+    "ecv_files",
+]
+
+#: Background of a raw mapping series: pixels whose largest signal over the frames is below this fraction of the
+#: 99th percentile of that largest signal are not fitted (air); they are 0 in the written maps.
+FIT_BACKGROUND_FRACTION = 0.05
+
+
+@contextlib.contextmanager
+def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
+    """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again if it was created here and the job
+    failed before writing anything into it: bad input leaves no partial output behind."""
+    out = Path(out_dir)
+    existed = out.exists()
+    folder = prepare_output_dir(out, overwrite=overwrite, inputs=inputs)
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def load_mapping_models(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance):
+    """The mapping model from the registry (``models_dirs`` searched first); records device and loading time."""
+    from .device import resolve_device
+    from .mapping.pipeline import MappingModels
+    from .models.registry import ModelRegistry
+
+    torch_device = resolve_device(device)
+    provenance.device = str(torch_device)
+    with provenance.timed("load_models"):
+        return MappingModels.from_registry(ModelRegistry(extra_paths=[Path(p) for p in models_dirs]),
+                                           device=torch_device)
+
+
+def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict) -> None:
+    from .io.report import write_json
+    from .mapping.statistics import bullseye_plot
+
+    with provenance.timed("write"):
+        write_volume(analysis.labels, out / "labels.nii.gz")
+        write_json(out / "stats.json", analysis.stats_dict())
+        write_json(out / "contours.json", analysis.contours_dict())
+        bullseye_plot(analysis.segment_medians(), out / "bullseye.png",
+                      title=f"Median myocardial {analysis.quantity} per AHA segment", units="ms")
+    write_report(out, provenance=provenance, results={
+        **inputs,
+        "kind": analysis.kind,
+        "labels": "labels.nii.gz: 2 LV myocardium, 3 LV blood pool (drawn from the fitted contours; the RV found by "
+                  "the network is used only for the RV insertion points and is not written)",
+        "outputs": ["labels.nii.gz", "stats.json", "contours.json", "bullseye.png", "report.json"],
+        "myocardium_median_ms": None if analysis.myocardium is None else analysis.myocardium.median,
+        "slice_warnings": {str(k): list(v) for k, v in analysis.slice_warnings.items()},
+    })
+
+
+def analyse_map_file(
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    kind: Literal["t1", "t2"],
+    models,
+    erosion_mm: float = 0.0,
+    levels: Sequence[str] | None = None,
+    series_uid: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+):
+    """``cardiacai map``: writes labels.nii.gz, stats.json, contours.json, bullseye.png and report.json.
+
+    ``labels.nii.gz`` holds 2 (LV myocardium) and 3 (LV blood pool) drawn from the fitted contours, on the map's
+    grid; ``stats.json`` the global, per-slice, per-segment (AHA), septal-ROI and LV blood-pool statistics in ms;
+    ``contours.json`` the endo- and epicardial points per slice in LPS mm (and pixels). See
+    :func:`cardiac_ai.mapping.analyse_map`. Bad input raises before anything is written (a new output folder is
+    removed again).
+    """
+    from .mapping.pipeline import analyse_map
+
+    provenance = provenance or Provenance(command="map")
+    provenance.parameters["input"] = str(input_path)
+    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+        with provenance.timed("read"):
+            volume = read_input(input_path, series_uid=series_uid)
+        analysis = analyse_map(volume, kind=kind, models=models, erosion_mm=erosion_mm, levels=levels,
+                               device=device, progress=subrange(progress, 0.0, 0.9), provenance=provenance)
+        _write_map_outputs(out, analysis, provenance, {
+            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
+                      "geometry": volume.geometry.to_dict()},
+        })
+    report(progress, 1.0, "Done")
+    return analysis
+
+
+def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
+    """(t, k, j, i) Volume of a DICOM mapping series (several frames per slice position) and per-slice times."""
+    import pydicom
+
+    from .io.dicom import _slice_geometry, list_dicom_series  # the one implementation of DICOM slice geometry
+    from .mapping.fitting import timings_from_dicom
+
+    infos = list_dicom_series(folder)
+    if not infos:
+        raise DataError(f"No DICOM image series in {folder}.")
+    if series_uid is None and len(infos) > 1:
+        listing = "\n".join(f"  - {info.describe()}" for info in infos)
+        raise InputError(f"{folder} holds {len(infos)} DICOM series:\n{listing}\nChoose one with --series-uid UID.")
+    info = next((i for i in infos if series_uid in (None, i.series_uid)), None)
+    if info is None:
+        raise InputError(f"Series {series_uid} is not in {folder}.")
+    try:
+        headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in info.files]
+    except Exception as e:  # pydicom raises many types for unreadable files
+        raise DataError(f"Cannot read the DICOM headers of {folder}: {e}") from e
+    try:
+        orientation = np.asarray([float(v) for v in headers[0].ImageOrientationPatient])
+        normal = np.cross(orientation[:3], orientation[3:])
+        distances = [float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers]
+    except (AttributeError, TypeError, ValueError) as e:
+        raise InputError(f"{folder}: files lack ImageOrientationPatient or ImagePositionPatient ({e}).") from e
+    groups: dict[float, list] = {}
+    for header, distance in zip(headers, distances):
+        groups.setdefault(round(distance, 2), []).append(header)
+    positions = [groups[key] for key in sorted(groups)]
+    counts = sorted({len(g) for g in positions})
+    if len(counts) > 1:
+        raise InputError(
+            f"{folder}: slice positions hold different numbers of frames {counts}; every slice needs one frame per "
+            "inversion (or T2-preparation) time. Check that all files were exported."
+        )
+    if counts[0] < 2:
+        raise InputError(
+            f"{folder} holds one image per slice position: this is a map or a single image, not a raw "
+            f"{'MOLLI' if kind == 'molli' else 'T2-prepared'} series (several frames per slice)."
+        )
+    for group in positions:  # acquisition order within a slice
+        group.sort(key=lambda h: (int(h.get("InstanceNumber", 0) or 0), str(h.filename)))
+    _, geometry = _slice_geometry(info, [g[0] for g in positions])
+    frames = []
+    for t in range(counts[0]):
+        slices = []
+        for group in positions:
+            dataset = pydicom.dcmread(group[t].filename)
+            slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+            slices.append(dataset.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+        frames.append(np.stack(slices))
+    times = [timings_from_dicom(group, kind=kind) for group in positions]
+    return Volume(np.stack(frames), geometry, "tkji"), times
+
+
+def read_mapping_series(
+    path: str | Path, *, kind: Literal["molli", "t2prep"], series_uid: str | None = None
+) -> tuple[Volume, list[list[float]] | None]:
+    """A raw MOLLI or T2-prepared series as a (t, k, j, i) Volume, with its times when the file holds them.
+
+    A 4D file (NIfTI, NRRD, MHA) is read with ``read_volume(allow_4d=True)``; it holds no times (None). A DICOM
+    folder is grouped by slice position (frames within a position in InstanceNumber order) and its times read from
+    the headers with :func:`~cardiac_ai.mapping.timings_from_dicom`, one list per slice position.
+
+    Raises
+    ------
+    InputError
+        A 3D image (a map, or one frame), a DICOM folder with one image per position, several series without
+        ``series_uid``, positions with different frame counts.
+    DataError
+        Unreadable files, or DICOM frames without timing.
+    """
+    source = Path(path)
+    if source.is_dir():
+        return _dicom_mapping_series(source, kind=kind, series_uid=series_uid)
+    volume = read_volume(source, allow_4d=True)
+    if volume.axes != "tkji":
+        raise InputError(
+            f"{source} is a 3D image {volume.array.shape}; fit-map needs the raw series with one frame per "
+            "inversion (or T2-preparation) time along the 4th axis (x, y, z, t). Is it already a map? Then use "
+            "`cardiacai map`."
+        )
+    return volume, None
+
+
+def _fit_device(device: str | None):
+    """None (NumPy) on the CPU, a torch device when CUDA is asked for or available."""
+    if device in (None, "cpu"):
+        return None
+    from .device import resolve_device
+
+    resolved = resolve_device(device)
+    return None if resolved.type == "cpu" else resolved
+
+
+def fit_map_file(
+    series_path: str | Path,
+    out_dir: str | Path,
+    *,
+    kind: Literal["molli", "t2prep"],
+    times_ms: Sequence[float] | None = None,
+    sidecar: str | Path | None = None,
+    t2_model: Literal["mono", "mono_offset"] = "mono",
+    series_uid: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+):
+    """``cardiacai fit-map``: fit a T1 (MOLLI) or T2 (T2-prepared) map pixel by pixel from the raw series.
+
+    Writes ``t1_map.nii.gz`` (Look-Locker corrected T1, ms) or ``t2_map.nii.gz`` (ms), ``r2_map.nii.gz``
+    (goodness of fit) and ``report.json``. Pixels not fitted (background: largest signal below
+    :data:`FIT_BACKGROUND_FRACTION` of its 99th percentile) and failed fits are 0 in the maps (the "not fitted"
+    value :func:`~cardiac_ai.mapping.analyse_map` expects) and counted in the report.
+
+    Times, in order of precedence: ``times_ms`` (in frame order), ``sidecar`` (JSON or CSV, see
+    :func:`~cardiac_ai.mapping.timings_from_sidecar`), the DICOM headers of a DICOM folder, or a JSON sidecar next
+    to a file (``series.nii.gz`` -> ``series.json``). Giving both ``times_ms`` and ``sidecar`` is an error.
+
+    Raises
+    ------
+    InputError
+        Unknown kind or model; a 3D image; missing timing information; a frame count that differs from the number
+        of times; the other errors of :func:`~cardiac_ai.mapping.fit_molli` / :func:`~cardiac_ai.mapping.fit_t2`.
+    DataError
+        Unreadable input or sidecar.
+    """
+    from .mapping.fitting import fit_molli, fit_t2, timings_from_sidecar
+
+    if kind not in ("molli", "t2prep"):
+        raise InputError(f"kind must be 'molli' or 't2prep', got {kind!r}.")
+    if t2_model not in ("mono", "mono_offset"):
+        raise InputError(f"t2_model must be 'mono' or 'mono_offset', got {t2_model!r}.")
+    if times_ms is not None and sidecar is not None:
+        raise InputError("Give the times either directly (--times) or in a sidecar file (--sidecar), not both.")
+    provenance = provenance or Provenance(command="fit-map")
+    source = Path(series_path)
+    inputs = [series_path] + ([sidecar] if sidecar is not None else [])
+    what = "inversion times" if kind == "molli" else "T2-preparation times"
+    with output_folder(out_dir, overwrite=overwrite, inputs=inputs) as out:
+        with provenance.timed("read"):
+            series, dicom_times = read_mapping_series(source, kind=kind, series_uid=series_uid)
+        n_frames, n_slices = series.array.shape[:2]
+        automatic = None
+        if not source.is_dir():
+            name = source.name
+            for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+                if name.lower().endswith(suffix):
+                    candidate = source.with_name(name[: -len(suffix)] + ".json")
+                    automatic = candidate if candidate.is_file() else None
+                    break
+        if times_ms is not None:
+            times, origin = [[float(t) for t in times_ms]] * n_slices, "--times"
+        elif sidecar is not None:
+            times, origin = [timings_from_sidecar(sidecar, kind=kind)] * n_slices, f"sidecar {sidecar}"
+        elif dicom_times is not None:
+            times, origin = dicom_times, "DICOM headers"
+        elif automatic is not None:
+            times, origin = [timings_from_sidecar(automatic, kind=kind)] * n_slices, f"sidecar {automatic}"
+        else:
+            raise InputError(
+                f"No timing information for {source}: a {n_frames}-frame series needs its {what} in ms. Pass "
+                f"--times T1 T2 ... (one per frame, in frame order) or --sidecar FILE (JSON with "
+                f"{'inversion_times_ms' if kind == 'molli' else 'echo_times_ms'}, or a one-column CSV)."
+            )
+        for slice_times in times:
+            if len(slice_times) != n_frames:
+                raise InputError(
+                    f"{source} has {n_frames} frames but {len(slice_times)} {what} were given ({origin}: "
+                    f"{slice_times}). Give one time in ms per frame, in frame order."
+                )
+        peak = series.array.max(axis=0)
+        threshold = FIT_BACKGROUND_FRACTION * float(np.percentile(peak, 99))
+        mask = peak >= threshold
+        fit_device = _fit_device(device)
+        provenance.device = "cpu (numpy)" if fit_device is None else str(fit_device)
+        provenance.parameters.update({
+            "input": str(series_path), "kind": kind, "times_source": origin, "background_fraction":
+            FIT_BACKGROUND_FRACTION, **({"t2_model": t2_model} if kind == "t2prep" else {}),
+        })
+        fits = []
+        with provenance.timed("fit"):
+            # one fit for all slices when they share their times, else slice by slice
+            groups = [list(range(n_slices))] if all(t == times[0] for t in times) else [[k] for k in range(n_slices)]
+            for number, ks in enumerate(groups):
+                part = Volume(series.array[:, ks], series.geometry, "tkji")
+                step = subrange(progress, 0.05 + 0.85 * number / len(groups), 0.05 + 0.85 * (number + 1) / len(groups))
+                if kind == "molli":
+                    fits.append((ks, fit_molli(part, times[ks[0]], mask=mask[ks], device=fit_device, progress=step)))
+                else:
+                    fits.append((ks, fit_t2(part, times[ks[0]], model=t2_model, mask=mask[ks], device=fit_device,
+                                            progress=step)))
+        quantity = "t1" if kind == "molli" else "t2"
+        value_map = np.zeros(series.array.shape[1:], np.float32)
+        r2_map = np.zeros(series.array.shape[1:], np.float32)
+        n_fitted = n_failed = 0
+        for ks, fit in fits:
+            values = fit.t1_ms if kind == "molli" else fit.t2_ms
+            value_map[ks] = np.nan_to_num(values, nan=0.0)
+            r2_map[ks] = np.nan_to_num(fit.r2, nan=0.0)
+            n_fitted += fit.n_fitted_pixels
+            n_failed += fit.n_failed_pixels
+            for message in fit.provenance.warnings:
+                provenance.warn(message, log)
+        geometry = series.geometry
+        with provenance.timed("write"):
+            write_volume(Volume(value_map, geometry), out / f"{quantity}_map.nii.gz")
+            write_volume(Volume(r2_map, geometry), out / "r2_map.nii.gz")
+        fitted = value_map[value_map > 0]
+        write_report(out, provenance=provenance, results={
+            "input": {"path": str(series_path), "shape_tkji": list(series.array.shape),
+                      "geometry": geometry.to_dict()},
+            "kind": kind,
+            "outputs": [f"{quantity}_map.nii.gz", "r2_map.nii.gz", "report.json"],
+            "units": "ms",
+            "times_ms": times[0] if len(groups) == 1 else times,
+            "times_source": origin,
+            "fit": [fit.provenance.parameters for _, fit in fits],
+            "n_background_pixels": int(mask.size - mask.sum()),
+            "n_fitted_pixels": int(n_fitted),
+            "n_failed_pixels": int(n_failed),
+            "not_fitted_value": "0 in every map: background (not fitted) and failed fits",
+            f"median_{quantity}_ms": float(np.median(fitted)) if fitted.size else None,
+        })
+    report(progress, 1.0, "Done")
+    return [fit for _, fit in fits]
+
+
+def ecv_files(
+    native_path: str | Path,
+    post_path: str | Path,
+    out_dir: str | Path,
+    *,
+    models,
+    haematocrit: float | None = None,
+    erosion_mm: float = 0.0,
+    series_uid: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """``cardiacai ecv``: extracellular volume from a native and a post-contrast T1 map.
+
+    The native map is segmented (:func:`~cardiac_ai.mapping.analyse_map`). When both maps share one grid (shape
+    and geometry: co-registered, as scanners write them) the native contours are used on both, and a pixelwise
+    ECV map is written (``ecv_map.nii.gz``, fraction, 0 outside the myocardium and where a T1 is missing). Otherwise
+    the post-contrast map is segmented on its own, only ROI values are given, and a warning says so. ECV
+    ``(1 - Hct) * dR1_myo / dR1_blood`` uses the median myocardial and LV blood-pool (eroded 2 mm) T1 of each map;
+    without ``haematocrit`` the synthetic haematocrit from native blood T1 (Treibel et al. 2016, 1.5 T).
+
+    Writes ``labels.nii.gz`` (native: 2 myocardium, 3 LV blood pool), ``ecv_map.nii.gz`` (same grid only) and
+    ``report.json`` (``ecv``: myocardium, septal ROI and AHA segments).
+
+    Raises
+    ------
+    InputError
+        Bad map values (see :func:`~cardiac_ai.mapping.check_map_values`), no myocardium or blood pool found, a
+        post-contrast blood T1 not shorter than native, a haematocrit that is not a fraction.
+    """
+    from .mapping.pipeline import analyse_map, check_map_values
+    from .mapping.statistics import (
+        extracellular_volume, lv_blood_pool_t1, myocardial_statistics, segment_statistics,
+    )
+
+    provenance = provenance or Provenance(command="ecv")
+    provenance.parameters.update({"native": str(native_path), "post": str(post_path), "haematocrit": haematocrit})
+    if haematocrit is not None and not (np.isfinite(haematocrit) and 0.0 < haematocrit < 1.0):
+        hint = f" It looks like a percentage: pass {haematocrit / 100:.2f}." if 1.0 < haematocrit <= 100.0 else ""
+        raise InputError(f"haematocrit must be a fraction between 0 and 1, got {haematocrit!r}.{hint}")
+    with output_folder(out_dir, overwrite=overwrite, inputs=[native_path, post_path]) as out:
+        with provenance.timed("read"):
+            native = read_input(native_path, series_uid=series_uid)
+            post = read_input(post_path, series_uid=series_uid)
+        post_clean, _, notes = check_map_values(post.array, kind="t1", post_contrast=True,
+                                                what="post-contrast T1 map")
+        native_analysis = analyse_map(native, kind="t1", models=models, erosion_mm=erosion_mm, device=device,
+                                      progress=subrange(progress, 0.0, 0.45), provenance=provenance)
+        for note in notes:
+            provenance.warn(note, log)
+        if native_analysis.myocardium is None or native_analysis.lv_blood_pool is None:
+            raise InputError(
+                f"No {'myocardium' if native_analysis.myocardium is None else 'LV blood pool'} was found in the "
+                f"native T1 map {native_path}; ECV cannot be computed. See the warnings: "
+                + "; ".join(native_analysis.provenance.warnings[-3:])
+            )
+        same_grid = post.array.shape == native.array.shape and post.geometry.is_close(native.geometry, atol_mm=1e-2)
+        spacing_ji = tuple(native.geometry.spacing_kji_mm[1:])
+        post_values = np.where(post_clean > 0, post_clean, np.nan).astype(np.float64)
+        native_values = np.where(native.array > 0, native.array, np.nan).astype(np.float64)
+        if same_grid:
+            roi_source = "native contours on both maps (one grid)"
+            labels = native_analysis.labels.array
+            post_myocardium = myocardial_statistics(post_values, labels == 2, erosion_mm=erosion_mm,
+                                                    spacing_ji_mm=spacing_ji)
+            post_blood = lv_blood_pool_t1(post_values, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
+        else:
+            roi_source = "each map segmented on its own (different grids)"
+            provenance.warn(
+                "The native and post-contrast maps are on different grids; each was segmented on its own and only "
+                "ROI values are given (no ECV map). Resample the post-contrast map onto the native one for a map.",
+                log,
+            )
+            post_analysis = analyse_map(post, kind="t1", models=models, erosion_mm=erosion_mm, post_contrast=True,
+                                        device=device, progress=subrange(progress, 0.45, 0.9),
+                                        provenance=provenance)
+            if post_analysis.myocardium is None or post_analysis.lv_blood_pool is None:
+                raise InputError(f"No myocardium or LV blood pool was found in the post-contrast map {post_path}.")
+            post_myocardium, post_blood = post_analysis.myocardium, post_analysis.lv_blood_pool
+        blood_native, blood_post = native_analysis.lv_blood_pool.median, post_blood.median
+        myocardium = extracellular_volume(native_analysis.myocardium.median, post_myocardium.median, blood_native,
+                                          blood_post, haematocrit=haematocrit)
+        for message in myocardium.warnings:
+            provenance.warn(message, log)
+
+        def roi_entry(native_stats, post_stats, **extra):
+            value = extracellular_volume(native_stats.median, post_stats.median, blood_native, blood_post,
+                                         haematocrit=myocardium.haematocrit)
+            return {**extra, "ecv_fraction": value.ecv_fraction, "native_t1_median_ms": native_stats.median,
+                    "post_t1_median_ms": post_stats.median, "n_pixels": post_stats.n_pixels}
+
+        septal, segments = [], {}
+        with provenance.timed("ecv"):
+            if same_grid:
+                for k, stats in sorted(native_analysis.septal.items()):
+                    post_stats = myocardial_statistics(
+                        post_values[k], _septal_mask(native_analysis, k), spacing_ji_mm=spacing_ji)
+                    if post_stats.n_pixels:
+                        septal.append(roi_entry(stats, post_stats, slice_index=k))
+                segment_map = native_analysis.segment_map.array
+                if segment_map.any():
+                    post_segments = segment_statistics(post_values, segment_map, erosion_mm=erosion_mm,
+                                                       spacing_ji_mm=spacing_ji)
+                    for segment, stats in native_analysis.segments.items():
+                        post_stats = post_segments.get(segment)
+                        if post_stats is not None and stats.n_pixels and post_stats.n_pixels:
+                            segments[str(segment)] = roi_entry(stats, post_stats)
+                ecv_map = extracellular_volume(native_values, post_values, blood_native, blood_post,
+                                               haematocrit=myocardium.haematocrit).ecv_fraction
+                ecv_map = np.where((labels == 2) & np.isfinite(ecv_map), ecv_map, 0.0).astype(np.float32)
+        outputs = ["labels.nii.gz", "report.json"]
+        with provenance.timed("write"):
+            write_volume(native_analysis.labels, out / "labels.nii.gz")
+            if same_grid:
+                write_volume(Volume(ecv_map, native.geometry), out / "ecv_map.nii.gz")
+                outputs.insert(1, "ecv_map.nii.gz")
+        results = {
+            "ecv": {
+                "myocardium": {
+                    **myocardium.to_dict(),
+                    "native_t1_myocardium_median_ms": native_analysis.myocardium.median,
+                    "post_t1_myocardium_median_ms": post_myocardium.median,
+                    "native_t1_blood_median_ms": blood_native,
+                    "post_t1_blood_median_ms": blood_post,
+                },
+                "septal_roi": septal,
+                "segments": segments,
+                "formula": "ECV = (1 - Hct) * (1/T1post_myo - 1/T1native_myo) / (1/T1post_blood - 1/T1native_blood), "
+                           "medians of each ROI; fraction (0.25 = 25 %)",
+                "roi_source": roi_source,
+            },
+            "native": native_analysis.stats_dict(),
+            "outputs": outputs,
+        }
+        write_report(out, provenance=provenance, results=results)
+    report(progress, 1.0, "Done")
+    return results
+
+
+def _septal_mask(analysis, k: int) -> np.ndarray:
+    from .mapping.statistics import septal_roi
+
+    return septal_roi(analysis.labels_with_rv.array[k], geometry=analysis.labels.geometry)

@@ -99,6 +99,15 @@ def check_finite(array: np.ndarray, what: str) -> None:
             )
 
 
+def _check_nifti_finite(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN voxels into 0, which would hide them; read the raw floats with nibabel."""
+    import nibabel
+
+    image = nibabel.load(str(path))
+    if np.issubdtype(image.get_data_dtype(), np.floating) or image.dataobj.slope not in (1.0, None):
+        check_finite(np.asanyarray(image.dataobj), str(path))
+
+
 def read_volume(
     path: str | os.PathLike,
     *,
@@ -160,6 +169,8 @@ def read_volume(
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
         volume = volume.frame(frame)
     check_finite(volume.array, str(source))
+    if _suffix(source) in (".nii", ".nii.gz"):
+        _check_nifti_finite(source)
     if volume.array.size == 0:
         raise InputError(f"{source} holds an empty image.")
     return volume
