@@ -45,6 +45,9 @@ REGIONS = {CardiacRegion.BASE: "base", CardiacRegion.MIDDLE: "middle", CardiacRe
 
 def _variants(args) -> dict[str, tuple[CineModels, str]]:
     registry = ModelRegistry(paths=[Path(args.models)])
+    if args.baseline_only:
+        full = CineModels.from_registry(registry, mode="baseline", device=args.device)
+        return {"baseline": (full, "baseline")}
     full = CineModels.from_registry(registry, mode="region-aware", device=args.device)
     variants = {
         "baseline": (CineModels(full.localiser, full.baseline), "baseline"),
@@ -76,6 +79,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="only the first N patients (quick check)")
     parser.add_argument("--report", help="also write the tables to this Markdown file")
+    parser.add_argument("--baseline-only", action="store_true", help="only the baseline U-Net (no classifier)")
     args = parser.parse_args()
 
     refs = refs_in_part(list_acdc(args.data), load_split(args.split), args.part)
@@ -84,6 +88,7 @@ def main() -> int:
     start = time.perf_counter()
     variants = _variants(args)
     load_seconds = time.perf_counter() - start
+    timed = "region-aware" if "region-aware" in variants else "baseline"
 
     rows: dict[str, list[dict]] = {name: [] for name in variants}
     pairs: dict[str, list] = {name: [] for name in variants}
@@ -99,16 +104,18 @@ def main() -> int:
             truths[ref.case_id] = (case, ref)
             regions = assign_slice_regions(truth).astype(np.int8)
             for name, (models, mode) in variants.items():
-                if name == "region-aware":  # timed like the CLI: file in, outputs written
+                if name == timed:  # timed like the CLI: file in, outputs written
                     t0 = time.perf_counter()
                     volume = read_volume(ref.image_paths[0])
-                    result = segment_cine(volume, models=models, mode="region-aware", device=args.device)
+                    result = segment_cine(volume, models=models, mode=mode, device=args.device,
+                                          base_first=None if mode == "region-aware" else True)
                     write_volume(result.labels, Path(scratch) / "labels.nii.gz")
                     write_seg_nrrd(result.labels, Path(scratch) / "segmentation.seg.nrrd")
                     seconds_per_volume.append(time.perf_counter() - t0)
-                    classifier_truth.extend(regions.tolist())
-                    classifier_argmax.extend(np.argmax(result.slice_region_probabilities, axis=1).tolist())
-                    classifier_decoded.extend(result.slice_regions.tolist())
+                    if result.slice_region_probabilities is not None:
+                        classifier_truth.extend(regions.tolist())
+                        classifier_argmax.extend(np.argmax(result.slice_region_probabilities, axis=1).tolist())
+                        classifier_decoded.extend(result.slice_regions.tolist())
                 elif mode == "region-aware-oracle":
                     result = segment_cine(case.image, models=models, mode="region-aware", slice_regions=regions,
                                           base_first=True, device=args.device)
@@ -156,39 +163,43 @@ def main() -> int:
             out.append(f"\n{name}:\n")
             out.append(format_region_comparison(compare_regions(pairs[name], tuple(STRUCTURES))))
 
-    out.append("\n### Table 2: region classifier, precision and recall per region\n")
-    truth_regions = np.array(classifier_truth)
-    table = []
-    for label, guesses in (("independent argmax", classifier_argmax), ("monotonic decoding", classifier_decoded)):
-        guesses = np.array(guesses)
-        entry = {"decoding": label, "accuracy": float(np.mean(guesses == truth_regions))}
-        for region in CardiacRegion:
-            predicted, actual = guesses == region, truth_regions == region
-            tp = np.count_nonzero(predicted & actual)
-            entry[f"{region.name.lower()} P"] = tp / max(np.count_nonzero(predicted), 1)
-            entry[f"{region.name.lower()} R"] = tp / max(np.count_nonzero(actual), 1)
-        table.append(entry)
-    out.append(format_markdown_table(table, digits=3))
+    if not classifier_truth:
+        out.append("\n(Region classifier not evaluated: --baseline-only.)")
+    if classifier_truth:
+        out.append("\n### Table 2: region classifier, precision and recall per region\n")
+        truth_regions = np.array(classifier_truth)
+        table = []
+        for label, guesses in (("independent argmax", classifier_argmax), ("monotonic decoding", classifier_decoded)):
+            guesses = np.array(guesses)
+            entry = {"decoding": label, "accuracy": float(np.mean(guesses == truth_regions))}
+            for region in CardiacRegion:
+                predicted, actual = guesses == region, truth_regions == region
+                tp = np.count_nonzero(predicted & actual)
+                entry[f"{region.name.lower()} P"] = tp / max(np.count_nonzero(predicted), 1)
+                entry[f"{region.name.lower()} R"] = tp / max(np.count_nonzero(actual), 1)
+            table.append(entry)
+        out.append(format_markdown_table(table, digits=3))
 
-    out.append("\n### Table 3: change against the baseline at base and apex, Dice percentage points: "
-               "mean (SD); positive = higher mean / lower SD; * p < 0.01 paired t-test over slices\n")
-    table = []
-    for name in variants:
-        if name == "baseline":
-            continue
-        entry = {"variant": name}
-        for region in (CardiacRegion.BASE, CardiacRegion.APEX):
-            for code, short in STRUCTURES.items():
-                base_values = np.array(slices["baseline"][(int(region), code)])
-                values = np.array(slices[name][(int(region), code)])
-                keep = np.isfinite(base_values) & np.isfinite(values)
-                delta_mean = 100 * (values[keep].mean() - base_values[keep].mean())
-                delta_sd = 100 * (base_values[keep].std(ddof=1) - values[keep].std(ddof=1))
-                test = paired_t_test(values[keep], base_values[keep])
-                star = "*" if test.p < 0.01 else ""
-                entry[f"{REGIONS[region]} {short}"] = f"{delta_mean:+.2f}{star} ({delta_sd:+.2f})"
-        table.append(entry)
-    out.append(format_markdown_table(table))
+    if len(variants) > 1:
+        out.append("\n### Table 3: change against the baseline at base and apex, Dice percentage points: "
+                   "mean (SD); positive = higher mean / lower SD; * p < 0.01 paired t-test over slices\n")
+        table = []
+        for name in variants:
+            if name == "baseline":
+                continue
+            entry = {"variant": name}
+            for region in (CardiacRegion.BASE, CardiacRegion.APEX):
+                for code, short in STRUCTURES.items():
+                    base_values = np.array(slices["baseline"][(int(region), code)])
+                    values = np.array(slices[name][(int(region), code)])
+                    keep = np.isfinite(base_values) & np.isfinite(values)
+                    delta_mean = 100 * (values[keep].mean() - base_values[keep].mean())
+                    delta_sd = 100 * (base_values[keep].std(ddof=1) - values[keep].std(ddof=1))
+                    test = paired_t_test(values[keep], base_values[keep])
+                    star = "*" if test.p < 0.01 else ""
+                    entry[f"{REGIONS[region]} {short}"] = f"{delta_mean:+.2f}{star} ({delta_sd:+.2f})"
+            table.append(entry)
+        out.append(format_markdown_table(table))
 
     out.append("\n### Clinical indices: mean absolute error against the ground truth (per patient)\n")
     table = []
@@ -212,7 +223,7 @@ def main() -> int:
     out.append(format_markdown_table(table, digits=2))
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.append("\n### Speed (region-aware, file to written outputs, models loaded once)\n")
+    out.append(f"\n### Speed ({timed}, file to written outputs, models loaded once)\n")
     out.append(format_markdown_table([{
         "model loading (s, all variants)": load_seconds,
         "per volume median (s)": float(np.median(seconds_per_volume)),
