@@ -122,6 +122,25 @@ The same computations run without Slicer with the <code>cardiacai</code> command
 Built on 3D Slicer's scripted module template (Jean-Christophe Fillion-Robin, Kitware Inc.; Andras Lasso, PerkLab;
 Steve Pieper, Isomics, Inc.) and on the patterns of the SlicerTotalSegmentator and SlicerMONAIAuto3DSeg extensions.
 """)
+        # Load the CardiacAI terminology once Slicer has loaded every module (the Terminologies module included), as
+        # SlicerTotalSegmentator does. Slicer emits startupCompleted() with and without the main window.
+        slicer.app.connect("startupCompleted()", self.loadTerminology)
+
+    def loadTerminology(self) -> None:
+        """Load ``Resources/CardiacAI.term.json`` (context "CardiacAI") into Slicer's terminologies.
+
+        It lists CardiacAI's segment categories and types with their SNOMED-CT codes, and the private code
+        (designator "CardiacAI") of microvascular obstruction, so that the terminology selector resolves every
+        CardiacAI segment. Reads a JSON file only; the backend is not imported.
+        """
+        terminologiesModule = getattr(slicer.modules, "terminologies", None)
+        if terminologiesModule is None:  # e.g. Slicer started with --disable-modules
+            logging.warning("CardiacAI: the Terminologies module is not loaded; CardiacAI terminology not loaded.")
+            return
+        path = os.path.join(os.path.dirname(self.parent.path), "Resources", "CardiacAI.term.json")
+        self.terminologyName = terminologiesModule.logic().LoadTerminologyFromFile(path)
+        if not self.terminologyName:
+            logging.warning(f"CardiacAI: Slicer could not load the terminology file {path}.")
 
 
 #
@@ -513,13 +532,22 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         :param subcommand: a ``cardiacai`` command, e.g. "demo" or "convert".
         :param positional: positional arguments (paths are converted to str).
-        :param options: ``{"out": path, "overwrite": True}`` becomes ``--out path --overwrite``.
+        :param options: ``{"out": path, "overwrite": True}`` becomes ``--out path --overwrite``. Without a
+            ``models_dir``, the models folder of the setting "CardiacAI/ModelsFolder" is passed when it exists.
         :param shouldCancel: polled about every 0.1 s; returning True stops the child and its children.
         :return: cardiac_ai.subprocess_runner.CompletedRun (returncode, output_lines, error_line).
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed; the message is its one-line error.
         :raises cardiac_ai.errors.Cancelled: shouldCancel returned True.
         """
         runner = importBackend("subprocess_runner")
+        options = dict(options or {})
+        if options.get("models_dir") is None:
+            # Models registered by the CardiacAITraining module (qt.QSettings "CardiacAI/ModelsFolder").
+            import qt
+
+            userModelsFolder = str(qt.QSettings().value("CardiacAI/ModelsFolder", "") or "")
+            if userModelsFolder and os.path.isdir(userModelsFolder):
+                options["models_dir"] = userModelsFolder
         command = runner.build_command(subcommand, positional, options, python_executable=self.pythonExecutable())
         self.log("Running: " + " ".join(command))
         return runner.run_with_progress(

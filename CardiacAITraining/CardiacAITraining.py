@@ -3,12 +3,28 @@
 Training runs ``cardiacai train ...`` in a separate process through the CardiacAI module's Logic (same bundled
 backend, same PythonSlicer launcher, same progress lines and Stop handling), so a long training never blocks or
 crashes Slicer. Nothing from ``cardiac_ai`` or PyTorch is imported when Slicer starts.
+
+While it runs, the loss and validation metrics of ``<output>/checkpoints/log.csv`` are plotted (a table, plot
+series and a plot chart node, refreshed whenever the file changes) and the process output goes to the log. When it
+finishes, the model is registered (``--register-to``) in the CardiacAI models folder, which CardiacAI passes to the
+backend as ``--models-dir``, so CardiacAI finds the new model by its name and version.
+
+From Slicer's Python console::
+
+    logic = CardiacAITraining.CardiacAITrainingLogic()
+    parameters = logic.getParameterNode()
+    parameters.dataFolder, parameters.outputFolder = pathlib.Path("ACDC/training"), pathlib.Path("run1")
+    parameters.epochs = 5
+    result = logic.train(parameters)  # blocks; result["series"]["train_loss"], result["registeredCard"]
 """
 
 import logging
 import os
 import pathlib
+import re
 from typing import Annotated, Callable, Optional
+
+import qt
 
 import slicer
 from slicer.i18n import tr as _
@@ -20,6 +36,33 @@ from slicer.util import VTKObservationMixin
 #: Networks that can be trained; names match the CardiacAI task names.
 TRAINING_TASKS = ("segmentation",)
 DEVICES = ("auto", "cpu", "cuda")
+#: ``cardiacai train --layout``: how the data folder is organised (auto: detected from its content).
+LAYOUTS = ("auto", "acdc", "emidec", "generic")
+#: qt.QSettings key of the folder where trained models are registered; CardiacAI passes it as --models-dir.
+MODELS_FOLDER_SETTING = "CardiacAI/ModelsFolder"
+#: Columns of log.csv that are not plotted (the x axis, the learning rate and the epoch duration).
+NOT_PLOTTED_COLUMNS = ("epoch", "lr", "seconds")
+#: Model names and versions the backend's model registry accepts (cardiac_ai/models/registry.py).
+MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9_]*"
+MODEL_VERSION_PATTERN = r"[0-9]+(\.[0-9]+){0,3}"
+#: Colours of the plotted series, in column order.
+PLOT_COLORS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.4, 0.74))
+
+
+def defaultModelsFolder() -> str:
+    """``<folder of Slicer's user settings file>/CardiacAI/Models``: kept across Slicer and extension updates."""
+    return os.path.join(os.path.dirname(slicer.app.slicerUserSettingsFilePath), "CardiacAI", "Models")
+
+
+def modelsFolder() -> str:
+    """The folder where trained models are registered: the "CardiacAI/ModelsFolder" setting, or the default."""
+    value = qt.QSettings().value(MODELS_FOLDER_SETTING, "")
+    return str(value) if value else defaultModelsFolder()
+
+
+def setModelsFolder(folder) -> None:
+    """Store the models folder in the "CardiacAI/ModelsFolder" setting (read by CardiacAI when it runs the backend)."""
+    qt.QSettings().setValue(MODELS_FOLDER_SETTING, str(folder))
 
 
 #
@@ -59,10 +102,13 @@ class CardiacAITrainingParameterNode:
     The parameters of the module, saved with the scene.
 
     dataFolder - folder with the training cases.
-    outputFolder - where weights, model card and log are written.
+    layout - how dataFolder is organised, one of LAYOUTS ("auto" detects it).
+    outputFolder - the run folder: checkpoints, log.csv, config and split are written there.
     task - which network to train, one of TRAINING_TASKS.
     epochs - passes over the training data.
     device - "auto" (CUDA when available), "cpu" or "cuda".
+    modelName, modelVersion - name and version under which the trained model is registered.
+    registerModel - register the trained model in the CardiacAI models folder, so CardiacAI can use it.
     """
 
     dataFolder: pathlib.Path
@@ -70,6 +116,10 @@ class CardiacAITrainingParameterNode:
     task: Annotated[str, Choice(TRAINING_TASKS)] = "segmentation"
     epochs: Annotated[int, WithinRange(1, 10000)] = 100
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    layout: Annotated[str, Choice(LAYOUTS)] = "auto"
+    modelName: str = "custom_unet2d"
+    modelVersion: str = "1.0"
+    registerModel: bool = True
 
 
 #
@@ -107,6 +157,8 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.ui.startButton.connect("clicked(bool)", self.onStartButton)
         self.ui.stopButton.connect("clicked(bool)", self.onStopButton)
+        self.ui.modelsFolderPathLineEdit.currentPath = modelsFolder()
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
         self.ui.stopButton.enabled = False
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.value = 0
@@ -161,6 +213,10 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _onLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
 
+    def onModelsFolderChanged(self, path: str) -> None:
+        if path:
+            setModelsFolder(path)
+
     def _shouldStop(self) -> bool:
         slicer.app.processEvents()  # keeps the GUI responsive and lets Stop be clicked while training runs
         return self._stopRequested
@@ -181,11 +237,17 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 from CardiacAI import importBackend
 
                 Cancelled = importBackend("errors").Cancelled
+                # The live loss plot: the Logic refills this chart's table whenever log.csv changes.
+                chartNode = self.logic.resetLossPlot(self._parameterNode.modelName)
+                slicer.modules.plots.logic().ShowChartInLayout(chartNode)
                 try:
-                    self.logic.train(
+                    result = self.logic.train(
                         self._parameterNode, progressCallback=self._onProgress, shouldCancel=self._shouldStop
                     )
-                    self.ui.statusLabel.text = _("Training finished.")
+                    if result["registeredCard"]:
+                        self.ui.statusLabel.text = _("Training finished; the model is registered for CardiacAI.")
+                    else:
+                        self.ui.statusLabel.text = _("Training finished.")
                 except Cancelled:
                     self.ui.statusLabel.text = _("Training stopped.")
         finally:
@@ -207,6 +269,11 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)  # noqa: F405
         self.logCallback: Optional[Callable[[str], None]] = None
+        #: The live loss plot: chart, its table (one row per epoch) and one series per plotted column.
+        self.lossChartNode = None
+        self.lossTableNode = None
+        self.lossSeriesNodes: dict = {}
+        self._logStamp = None  # (mtime, size) of log.csv when it was last plotted
 
     def getParameterNode(self) -> CardiacAITrainingParameterNode:
         return CardiacAITrainingParameterNode(super().getParameterNode())
@@ -216,10 +283,23 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if self.logCallback:
             self.logCallback(text)
 
-    def trainOptions(self, dataFolder, outputFolder, task: str, epochs: int, device: str) -> dict:
+    def trainOptions(
+        self,
+        dataFolder,
+        outputFolder,
+        task: str,
+        epochs: int,
+        device: str,
+        layout: str = "auto",
+        modelName: str = "custom_unet2d",
+        modelVersion: str = "1.0",
+        registerTo=None,
+    ) -> dict:
         """The ``cardiacai train`` options for these settings, after checking them.
 
-        :raises ValueError: if a folder is not chosen or missing, or task, epochs or device are invalid.
+        :param registerTo: folder to register the trained model in (``--register-to``); None: not registered.
+        :raises ValueError: if a folder is not chosen or missing, or task, epochs, device, layout, model name or
+            model version are invalid.
         """
         dataFolder = str(dataFolder or "")
         outputFolder = str(outputFolder or "")
@@ -237,43 +317,168 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise ValueError(f"Epochs must be between 1 and 10000, got {epochs}.")
         if device not in DEVICES:
             raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
-        return {"data": dataFolder, "out": outputFolder, "task": task, "epochs": int(epochs), "device": device}
+        if layout not in LAYOUTS:
+            raise ValueError(f"Unknown data layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
+        if not re.fullmatch(MODEL_NAME_PATTERN, modelName or ""):
+            raise ValueError(
+                f"Model name {modelName!r} is not valid: use lower-case letters, digits and '_', not starting with "
+                "'_' (for example custom_unet2d)."
+            )
+        if not re.fullmatch(MODEL_VERSION_PATTERN, modelVersion or ""):
+            raise ValueError(
+                f"Model version {modelVersion!r} is not valid: use one to four dotted numbers such as 1.0 or 2.1.3."
+            )
+        options = {"data": dataFolder, "layout": layout, "out": outputFolder, "task": task, "epochs": int(epochs),
+                   "device": device, "model_name": modelName, "model_version": modelVersion}
+        if registerTo:
+            if os.path.abspath(str(registerTo)) in (os.path.abspath(dataFolder), os.path.abspath(outputFolder)):
+                raise ValueError("The models folder must differ from the data and output folders.")
+            options["register_to"] = str(registerTo)
+        return options
 
     def buildTrainCommand(
-        self, dataFolder, outputFolder, task: str, epochs: int, device: str, pythonExecutable=None
+        self, dataFolder, outputFolder, task: str, epochs: int, device: str, pythonExecutable=None, **settings
     ) -> list:
-        """The full ``PythonSlicer -m cardiac_ai train ... --progress-lines`` argument list (for display and logs)."""
+        """The full ``PythonSlicer -m cardiac_ai train ... --progress-lines`` argument list (for display and logs).
+
+        :param settings: layout, modelName, modelVersion, registerTo, as for :meth:`trainOptions`.
+        """
         from CardiacAI import CardiacAILogic, importBackend
 
-        options = self.trainOptions(dataFolder, outputFolder, task, epochs, device)
+        options = self.trainOptions(dataFolder, outputFolder, task, epochs, device, **settings)
         python = pythonExecutable or CardiacAILogic.pythonExecutable()
         return importBackend("subprocess_runner").build_command("train", [], options, python_executable=python)
+
+    # -- live loss plot -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def trainingLogPath(outputFolder) -> str:
+        """``<outputFolder>/checkpoints/log.csv``, which ``cardiacai train`` rewrites after every epoch."""
+        return os.path.join(str(outputFolder), "checkpoints", "log.csv")
+
+    def resetLossPlot(self, name: str = "CardiacAI training"):
+        """Make the plot chart, table and series nodes of a new run (replacing the previous run's series).
+
+        :return: the vtkMRMLPlotChartNode; show it with ``slicer.modules.plots.logic().ShowChartInLayout(node)``.
+        """
+        for seriesNode in self.lossSeriesNodes.values():
+            if seriesNode.GetScene():
+                slicer.mrmlScene.RemoveNode(seriesNode)
+        self.lossSeriesNodes = {}
+        self._logStamp = None
+        if self.lossTableNode is None or self.lossTableNode.GetScene() is None:
+            self.lossTableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} training log")
+        else:
+            self.lossTableNode.RemoveAllColumns()
+        if self.lossChartNode is None or self.lossChartNode.GetScene() is None:
+            self.lossChartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} training")
+        self.lossChartNode.SetTitle(f"Training: {name}")
+        self.lossChartNode.SetXAxisTitle("Epoch")
+        self.lossChartNode.SetYAxisTitle("Loss / metric")
+        return self.lossChartNode
+
+    def updateLossPlot(self, logPath: str, force: bool = False) -> Optional[dict]:
+        """Refill the loss plot from ``logPath`` (a training log.csv) if the file changed since the last call.
+
+        Every column except NOT_PLOTTED_COLUMNS becomes a series over the epochs; a metric computed only in some
+        epochs (validation) has gaps (NaN).
+
+        :return: the series (``cardiac_ai.slicer_results.training_log_series``), or None when the file is missing,
+            unchanged, or cannot be read (then the plot keeps the previous values and the reason is logged).
+        """
+        try:
+            stat = os.stat(logPath)
+        except OSError:
+            return None  # no epoch finished yet
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._logStamp and not force:
+            return None
+        from CardiacAI import CardiacAILogic, importBackend
+
+        results = importBackend("slicer_results")
+        try:
+            with open(logPath, encoding="utf-8") as f:
+                series = results.training_log_series(f.read())
+        except (OSError, UnicodeDecodeError, importBackend("errors").DataError) as error:
+            self.log(f"Training log {logPath} not plotted: {error}")
+            return None
+        self._logStamp = stamp
+        if not series:
+            return series
+        if self.lossChartNode is None or self.lossChartNode.GetScene() is None:
+            self.resetLossPlot()
+        names = list(series)
+        rows = [{name: series[name][index] for name in names} for index in range(len(series["epoch"]))]
+        CardiacAILogic().fillTable(self.lossTableNode, rows, self.lossTableNode.GetName())
+        for column in names:
+            if column in NOT_PLOTTED_COLUMNS or column in self.lossSeriesNodes:
+                continue
+            seriesNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", column)
+            seriesNode.SetAndObserveTableNodeID(self.lossTableNode.GetID())
+            seriesNode.SetXColumnName("epoch")
+            seriesNode.SetYColumnName(column)
+            seriesNode.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            seriesNode.SetColor(*PLOT_COLORS[len(self.lossSeriesNodes) % len(PLOT_COLORS)])
+            self.lossChartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
+            self.lossSeriesNodes[column] = seriesNode
+        return series
 
     def train(
         self,
         parameterNode: CardiacAITrainingParameterNode,
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
-    ):
+    ) -> dict:
         """Run ``cardiacai train`` with the settings of ``parameterNode`` and wait for it to finish.
 
         PyTorch and the backend's packages are installed first if missing. Whether a task can be trained is decided
         by the backend: a version that cannot train it exits with a one-line error, raised here as CommandError.
+        The loss plot (:meth:`updateLossPlot`) is refreshed after each progress line of the backend. With
+        ``registerModel``, the model is registered in :func:`modelsFolder` (and that folder stored in the
+        "CardiacAI/ModelsFolder" setting), where CardiacAI looks for models.
 
+        :return: dict with "chartNode" (the loss plot), "series" (the last log.csv columns, or None), "logPath",
+            "registeredCard" (path of the registered model card, or None) and "run" (the CompletedRun).
         :raises ValueError: invalid settings (see trainOptions).
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed; the message is its one-line error.
         :raises cardiac_ai.errors.Cancelled: shouldCancel returned True; the training process tree is gone.
         """
         from CardiacAI import CardiacAILogic
 
+        registerTo = modelsFolder() if parameterNode.registerModel else None
         options = self.trainOptions(
             parameterNode.dataFolder, parameterNode.outputFolder, parameterNode.task, parameterNode.epochs,
-            parameterNode.device,
+            parameterNode.device, layout=parameterNode.layout, modelName=parameterNode.modelName,
+            modelVersion=parameterNode.modelVersion, registerTo=registerTo,
         )
+        logPath = self.trainingLogPath(options["out"])
+        if self.lossChartNode is None or self.lossChartNode.GetScene() is None:
+            self.resetLossPlot(parameterNode.modelName)
+        self._logStamp = None
+
+        def onProgress(fraction: float, message: str) -> None:
+            self.updateLossPlot(logPath)  # re-reads log.csv only when the file changed
+            if progressCallback:
+                progressCallback(fraction, message)
+
         runner = CardiacAILogic()
         runner.logCallback = self.logCallback
         runner.setupPythonRequirements(requireTorch=True)
-        return runner.runCommand("train", [], options, progressCallback=progressCallback, shouldCancel=shouldCancel)
+        if registerTo:
+            os.makedirs(registerTo, exist_ok=True)
+            setModelsFolder(registerTo)  # CardiacAI passes this folder to the backend as --models-dir
+        run = runner.runCommand("train", [], options, progressCallback=onProgress, shouldCancel=shouldCancel)
+        series = self.updateLossPlot(logPath, force=True)
+        registeredCard = next(
+            (line.split(" ", 1)[1].strip() for line in run.output_lines if line.startswith("Registered ")), None
+        )
+        if registeredCard:
+            self.log(
+                f"Registered {parameterNode.modelName} {parameterNode.modelVersion} in {registerTo}: CardiacAI finds "
+                "it there (it uses the highest version of each model name it needs)."
+            )
+        return {"chartNode": self.lossChartNode, "series": series, "logPath": logPath,
+                "registeredCard": registeredCard, "run": run}
 
 
 #
@@ -296,17 +501,48 @@ class CardiacAITrainingTest(ScriptedLoadableModuleTest):  # noqa: F405
         self.test_TrainCommandCarriesTheSettings()
         self.setUp()
         self.test_InvalidSettingsAreRejectedBeforeRunning()
+        self.setUp()
+        self.test_LossPlotFollowsTheTrainingLog()
 
     def test_TrainCommandCarriesTheSettings(self):
         logic = CardiacAITrainingLogic()
         dataFolder = slicer.util.tempDirectory()
         outputFolder = os.path.join(slicer.util.tempDirectory(), "model")
-        command = logic.buildTrainCommand(dataFolder, outputFolder, "segmentation", 3, "cpu", pythonExecutable="python")
+        modelsDir = os.path.join(slicer.util.tempDirectory(), "models")
+        command = logic.buildTrainCommand(
+            dataFolder, outputFolder, "segmentation", 3, "cpu", pythonExecutable="python", layout="acdc",
+            modelName="cine_baseline", modelVersion="2.0", registerTo=modelsDir,
+        )
         self.assertEqual(command[:4], ["python", "-m", "cardiac_ai", "train"])
         for flag, value in (("--data", dataFolder), ("--out", outputFolder), ("--task", "segmentation"),
-                            ("--epochs", "3"), ("--device", "cpu")):
+                            ("--epochs", "3"), ("--device", "cpu"), ("--layout", "acdc"),
+                            ("--model-name", "cine_baseline"), ("--model-version", "2.0"),
+                            ("--register-to", modelsDir)):
             self.assertEqual(command[command.index(flag) + 1], value)
         self.assertEqual(command[-1], "--progress-lines")
+        unregistered = logic.buildTrainCommand(dataFolder, outputFolder, "segmentation", 3, "cpu",
+                                               pythonExecutable="python")
+        self.assertNotIn("--register-to", unregistered)
+        self.delayDisplay("Test passed")
+
+    def test_LossPlotFollowsTheTrainingLog(self):
+        logic = CardiacAITrainingLogic()
+        chartNode = logic.resetLossPlot("test")
+        logPath = os.path.join(slicer.util.tempDirectory(), "log.csv")
+        self.assertIsNone(logic.updateLossPlot(logPath))  # no epoch finished yet: nothing to plot
+        with open(logPath, "w", encoding="utf-8") as f:
+            f.write("epoch,train_loss,val_dice,lr,seconds\n1,0.9,0.41,0.001,3.2\n2,0.7,,0.001,3.1\n")
+        series = logic.updateLossPlot(logPath)
+        self.assertEqual(series["train_loss"], [0.9, 0.7])
+        self.assertEqual(logic.lossTableNode.GetNumberOfRows(), 2)
+        self.assertEqual(sorted(logic.lossSeriesNodes), ["train_loss", "val_dice"])
+        self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
+        self.assertIsNone(logic.updateLossPlot(logPath))  # unchanged file: not read again
+        with open(logPath, "a", encoding="utf-8") as f:
+            f.write("3,0.5,0.62,0.001,3.0\n")
+        self.assertEqual(logic.updateLossPlot(logPath, force=True)["epoch"], [1.0, 2.0, 3.0])
+        self.assertEqual(logic.lossTableNode.GetNumberOfRows(), 3)
+        self.assertEqual(chartNode.GetNumberOfPlotSeriesNodes(), 2)
         self.delayDisplay("Test passed")
 
     def test_InvalidSettingsAreRejectedBeforeRunning(self):
@@ -318,4 +554,10 @@ class CardiacAITrainingTest(ScriptedLoadableModuleTest):  # noqa: F405
             logic.trainOptions(folder, folder, "segmentation", 10, "auto")
         with self.assertRaises(ValueError):
             logic.trainOptions(folder, os.path.join(folder, "out"), "no-such-task", 10, "auto")
+        with self.assertRaises(ValueError):
+            logic.trainOptions(folder, os.path.join(folder, "out"), "segmentation", 10, "auto", modelName="Bad-Name")
+        with self.assertRaises(ValueError):
+            logic.trainOptions(folder, os.path.join(folder, "out"), "segmentation", 10, "auto", modelVersion="v1")
+        with self.assertRaises(ValueError):
+            logic.trainOptions(folder, os.path.join(folder, "out"), "segmentation", 10, "auto", layout="mnms")
         self.delayDisplay("Test passed")

@@ -178,3 +178,17 @@ def test_batch_goes_on_after_a_failing_case_and_resumes(cine_models_dir, tmp_pat
     assert main(argv) == 5  # the broken case still fails; the others are not redone
     rerun = (tmp_path / "out" / "summary.csv").read_text()
     assert rerun.count("skipped") == 2
+
+
+@pytest.mark.slow
+def test_regions_from_segmentation_follow_the_20_60_20_rule(cine_models):
+    from cardiac_ai.metrics.regional import assign_slice_regions
+
+    case = make_cine_phantom(seed=45, n_slices=10)
+    result = segment_cine(case.image, models=cine_models, mode="region-aware", region_source="segmentation",
+                          base_first=True, device="cpu")
+    expected = assign_slice_regions(result.labels.array, base_first=True)
+    cardiac = expected != CardiacRegion.NON_CARDIAC
+    np.testing.assert_array_equal(result.slice_regions[cardiac], expected[cardiac])
+    with pytest.raises(InputError, match="region_source"):
+        segment_cine(case.image, models=cine_models, region_source="atlas", device="cpu")

@@ -52,6 +52,7 @@ def _variants(args) -> dict[str, tuple[CineModels, str]]:
     variants = {
         "baseline": (CineModels(full.localiser, full.baseline), "baseline"),
         "region-aware": (full, "region-aware"),
+        "region-aware, regions from segmentation": (full, "region-aware-segmentation"),
         "region-aware, true regions": (full, "region-aware-oracle"),
     }
     if args.sampler_models:
@@ -116,6 +117,9 @@ def main() -> int:
                         classifier_truth.extend(regions.tolist())
                         classifier_argmax.extend(np.argmax(result.slice_region_probabilities, axis=1).tolist())
                         classifier_decoded.extend(result.slice_regions.tolist())
+                elif mode == "region-aware-segmentation":
+                    result = segment_cine(case.image, models=models, mode="region-aware",
+                                          region_source="segmentation", device=args.device)
                 elif mode == "region-aware-oracle":
                     result = segment_cine(case.image, models=models, mode="region-aware", slice_regions=regions,
                                           base_first=True, device=args.device)

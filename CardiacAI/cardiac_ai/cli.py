@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="region-aware: slice-region classifier + base/middle/apex models (default)")
     group.add_argument("--base", choices=["auto", "first", "last"], default="auto",
                        help="where the base lies along the slice axis (auto: decided by the region classifier)")
+    group.add_argument("--regions", choices=["classifier", "segmentation"], default="classifier",
+                       help="region-aware mode: slice regions from the region classifier (default) or from the "
+                            "20/60/20 split of the slices the baseline segments")
     group.add_argument("--no-postprocess", action="store_true", help="keep the raw network labels")
 
     p = sub.add_parser("segment-cine", parents=[common, cine], help="segment a short-axis cine frame")
@@ -411,6 +414,7 @@ def _cine_options(args: argparse.Namespace):
     return CineOptions(
         mode=args.mode, base_first={"auto": None, "first": True, "last": False}[args.base],
         postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
+        region_source=args.regions,
     )
 
 

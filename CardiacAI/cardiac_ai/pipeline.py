@@ -48,6 +48,7 @@ class CineOptions:
     frame: int | None = None
     series_uid: str | None = None
     device: str = "auto"
+    region_source: Literal["classifier", "segmentation"] = "classifier"
 
 
 def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | None = None) -> Volume:
@@ -82,7 +83,7 @@ def _segment(path, models, options: CineOptions, provenance: Provenance, progres
         volume = read_input(path, frame=options.frame, series_uid=options.series_uid)
     result = segment_cine(
         volume, models=models, mode=options.mode, base_first=options.base_first, postprocess=options.postprocess,
-        device=options.device, progress=progress, provenance=provenance,
+        region_source=options.region_source, device=options.device, progress=progress, provenance=provenance,
     )
     return volume, result
 

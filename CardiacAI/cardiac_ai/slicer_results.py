@@ -18,6 +18,8 @@ Examples
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -36,6 +38,7 @@ __all__ = [
     "report_warnings",
     "table_columns",
     "models_from_info_output",
+    "training_log_series",
 ]
 
 #: Keys of :func:`cine_tables_from_report`'s result: structure volumes and LV mass; one row per slice.
@@ -326,3 +329,63 @@ def models_from_info_output(lines: Sequence[str]) -> list[str]:
         found = list(info) if isinstance(info, dict) else type(info).__name__
         raise DataError(f"`cardiacai info --json` gave no 'models' list (found: {found}).")
     return [str(m) for m in models]
+
+
+def training_log_series(csv_text: str) -> dict[str, list[float]]:
+    """The columns of a training ``log.csv`` as lists of numbers, for a live loss plot.
+
+    ``cardiacai train --out RUN`` rewrites ``RUN/checkpoints/log.csv`` after every epoch (atomically, so a reader
+    never sees half a file): a header ``epoch, train_loss, <validation metrics...>, lr, seconds`` and one row per
+    finished epoch.
+
+    Parameters
+    ----------
+    csv_text : str
+        The file's text. Empty or blank text (no epoch finished yet) gives ``{}``.
+
+    Returns
+    -------
+    dict of str to list of float
+        Column name -> one value per row, in file order; the dict keeps the column order of the header. An empty
+        cell (a metric that was not computed in that epoch) is NaN.
+
+    Raises
+    ------
+    DataError
+        If the header has no ``epoch`` column or a repeated or empty name, a row has more or fewer cells than the
+        header, or a cell is not a number; the message names the line and column.
+
+    Examples
+    --------
+    >>> series = training_log_series(Path("run/checkpoints/log.csv").read_text(encoding="utf-8"))
+    >>> series["epoch"], series["train_loss"], series["val_dice"]
+    ([0.0, 1.0], [0.9, 0.7], [0.41, nan])
+    """
+    if not isinstance(csv_text, str):
+        raise InputError(f"training_log_series takes the text of log.csv (str), got {type(csv_text).__name__}.")
+    rows = [(number, row) for number, row in enumerate(csv.reader(io.StringIO(csv_text)), start=1) if row]
+    if not rows:
+        return {}
+    _, header = rows[0]
+    names = [name.strip() for name in header]
+    if "epoch" not in names or "" in names or len(set(names)) != len(names):
+        raise DataError(
+            f"The training log's header {names} needs an 'epoch' column and unique, non-empty column names. Is it "
+            "the log.csv that `cardiacai train` writes into <run>/checkpoints?"
+        )
+    series: dict[str, list[float]] = {name: [] for name in names}
+    for number, row in rows[1:]:
+        if len(row) != len(names):
+            raise DataError(
+                f"Line {number} of the training log has {len(row)} cells, the header has {len(names)} ({names})."
+            )
+        for name, cell in zip(names, row):
+            cell = cell.strip()
+            try:
+                series[name].append(float(cell) if cell else math.nan)
+            except ValueError:
+                raise DataError(
+                    f"Line {number} of the training log has {cell!r} in column {name!r}; expected a number."
+                ) from None
+    return series
+

@@ -215,6 +215,15 @@ def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, 
     )
 
 
+def _regions_from_labels(labels: np.ndarray, base_first: bool, volume: Volume) -> np.ndarray:
+    """Regions by the 20/60/20 rule over the slices that hold a post-processed heart."""
+    from ..metrics.regional import assign_slice_regions
+    from ..regions.postprocess import postprocess_cine_labels
+
+    cleaned = postprocess_cine_labels(labels.astype(np.uint8), spacing_kji_mm=volume.geometry.spacing_kji_mm).labels
+    return assign_slice_regions(cleaned, base_first=base_first).astype(np.int8)
+
+
 def _decode_regions(model, image: Volume, center: np.ndarray, base_first: bool | None, *, device, provenance):
     """Classifier probabilities (k, 4), the most probable monotonic sequence, and the base side it implies."""
     from ..regions.sequence import decode_monotonic_regions
@@ -237,6 +246,7 @@ def segment_cine(
     base_first: bool | None = None,
     postprocess: bool = True,
     slice_regions: np.ndarray | None = None,
+    region_source: Literal["classifier", "segmentation"] = "classifier",
     device=None,
     progress: ProgressCallback | None = None,
     provenance: Provenance | None = None,
@@ -251,6 +261,9 @@ def segment_cine(
     base_first : True when the base is at low k (ACDC); None lets the region classifier decide (region-aware mode)
         or assumes True (baseline mode).
     postprocess : keep the largest component per structure, fill blood-pool holes, drop floating structures.
+    region_source : "classifier" (the paper: the region classifier's monotonic sequence) or "segmentation" (the
+        20/60/20 split of the slices the baseline segments, the definition the regions are trained on; the
+        classifier then only decides where the base lies when ``base_first`` is None).
     slice_regions : (k,) CardiacRegion codes to use instead of the classifier's (region-aware mode), e.g. regions
         known from a reader; the benchmark uses the ground truth's to measure a perfect classifier's upper bound.
 
@@ -267,9 +280,12 @@ def segment_cine(
     from ..regions.postprocess import postprocess_cine_labels
 
     provenance = provenance if provenance is not None else Provenance(command="segment-cine")
-    provenance.parameters.update({"mode": mode, "postprocess": postprocess, "base_first": base_first})
+    provenance.parameters.update({"mode": mode, "postprocess": postprocess, "base_first": base_first,
+                                  "region_source": region_source})
     if mode not in ("region-aware", "baseline"):
         raise InputError(f"mode must be 'region-aware' or 'baseline', got {mode!r}.")
+    if region_source not in ("classifier", "segmentation"):
+        raise InputError(f"region_source must be 'classifier' or 'segmentation', got {region_source!r}.")
     if mode == "region-aware" and (models.classifier is None or len(models.region_models) < 3):
         raise InputError("Region-aware mode needs the region classifier and the base, middle and apex models.")
     for message in check_short_axis_stack(volume):
@@ -307,6 +323,8 @@ def segment_cine(
                 )
             regions = decoded.regions
             provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
+            if region_source == "segmentation":
+                regions = _regions_from_labels(np.argmax(baseline, axis=0), base_first, volume)
         report(progress, 0.5, "Region-specific segmentation")
         probabilities = baseline.copy()
         with provenance.timed("segment_regions"):

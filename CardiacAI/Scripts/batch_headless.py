@@ -1,0 +1,342 @@
+"""Segment a cohort of short-axis cine volumes with CardiacAI inside 3D Slicer, without a window.
+
+Usage (the paths are examples; Slicer's own options go before ``--python-script``)::
+
+    Slicer --no-splash --no-main-window --python-script /path/to/CardiacAI/Scripts/batch_headless.py \\
+        --input-folder cases/ --output-folder results/ [--task segment-cine] [--device auto] \\
+        [--mode region-aware] [--models-dir DIR] [--overwrite]
+
+Every volume file directly in the input folder (``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``; not
+``.seg.nrrd``) is one case; its case id is the file name without the extension. For each case the script loads the
+volume into the scene, runs ``CardiacAILogic().segmentCine`` (the same code as the Apply button) and writes
+``<output>/<case id>/``:
+
+- ``segmentation.seg.nrrd``: the segmentation node, saved by Slicer (names, colours, terminology, geometry);
+- ``volumes.csv`` and ``slices.csv``: the two result tables of the module (structure volumes and LV mass; the
+  cardiac region and pixel counts of each slice);
+- ``report.json``: the backend's report with provenance (models, device, warnings), written last.
+
+A case that fails is recorded and the next one runs. A case whose folder already holds ``report.json`` is skipped
+(``--overwrite`` redoes it), so an interrupted run can be started again. ``<output>/summary.csv`` (one row per case:
+status, volumes, LV mass, warnings, error, seconds) is rewritten after every case. Slicer then exits with
+0 (every case done or skipped), 5 (some cases failed), 2 (bad arguments or no case found), 3 (CardiacAI or PyTorch
+not installed in this Slicer) or 1 (unexpected error).
+
+DICOM folders and CSV case lists are not read here: use ``cardiacai batch`` (plain Python, no Slicer), which reads
+both and writes the same summary columns.
+
+Everything above :func:`main` uses only the standard library, so it is tested without Slicer; ``slicer`` and the
+CardiacAI module are imported inside :func:`main` only.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_SETUP = 3
+EXIT_CASES_FAILED = 5  # the same status as `cardiacai batch` when some cases failed
+
+TASKS = ("segment-cine",)
+CINE_MODES = ("region-aware", "baseline")
+#: Volume file endings read as one case each, longest first so that ".nii.gz" wins over ".gz".
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Written last into a case folder; a case folder that holds it is finished.
+DONE_MARKER = "report.json"
+SUMMARY_NAME = "summary.csv"
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments or input folder; the message says what to change."""
+
+
+class HelpShown(Exception):
+    """``--help`` was given and the help was printed; nothing else is to be done."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse would call sys.exit, which inside Slicer ends the application without a summary or exit status.
+    def error(self, message):
+        raise UsageError(f"{message}\n{self.format_usage()}")
+
+    def exit(self, status=0, message=None):
+        if status:
+            raise UsageError(message or "invalid arguments")
+        raise HelpShown()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's argument parser (its ``error`` raises :class:`UsageError` instead of exiting)."""
+    parser = _Parser(
+        prog="Slicer --no-main-window --python-script batch_headless.py",
+        description="Segment every short-axis cine volume of a folder with CardiacAI, inside 3D Slicer.",
+    )
+    parser.add_argument("--input-folder", required=True, help="folder of volume files, one case each")
+    parser.add_argument("--output-folder", required=True, help="one subfolder per case and summary.csv")
+    parser.add_argument("--task", choices=TASKS, default="segment-cine")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--mode", choices=CINE_MODES, default="region-aware",
+                        help="region-aware networks per slice, or one baseline network")
+    parser.add_argument("--models-dir", help="extra folder of trained models (default: the CardiacAI setting)")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases that were finished earlier")
+    return parser
+
+
+def parse_arguments(argv):
+    """Parse and check the script's arguments (``sys.argv[1:]`` inside Slicer).
+
+    :return: argparse.Namespace with ``input_folder`` and ``output_folder`` as absolute ``Path`` objects, ``task``,
+        ``device``, ``mode``, ``models_dir`` (str or None) and ``overwrite``.
+    :raises UsageError: an option is missing or invalid, the input folder does not exist, the output folder is the
+        input folder or an existing file, or the models folder does not exist.
+    :raises HelpShown: ``--help`` was given (the help is printed on stdout).
+    """
+    args = build_parser().parse_args(list(argv))
+    args.input_folder = Path(args.input_folder).expanduser().resolve()
+    args.output_folder = Path(args.output_folder).expanduser().resolve()
+    if not args.input_folder.is_dir():
+        raise UsageError(f"--input-folder {args.input_folder} is not a folder; give the folder of case volumes.")
+    if args.output_folder == args.input_folder:
+        raise UsageError(
+            f"--output-folder is the input folder ({args.input_folder}); choose another folder so that the results "
+            "never mix with the input volumes."
+        )
+    if args.output_folder.exists() and not args.output_folder.is_dir():
+        raise UsageError(f"--output-folder {args.output_folder} is a file; give a folder (it is created if needed).")
+    if not _DEVICE_RE.match(args.device):
+        raise UsageError(f"--device {args.device!r} is not one of auto, cpu, cuda, cuda:N.")
+    if args.models_dir is not None and not Path(args.models_dir).is_dir():
+        raise UsageError(f"--models-dir {args.models_dir} is not a folder of trained models.")
+    return args
+
+
+def case_id_of(path) -> str:
+    """The case id of a volume file: its name without the volume extension (``p01.nii.gz`` -> ``p01``)."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_cases(input_folder):
+    """The cases of a folder: ``(case id, path)`` for each volume file in it, sorted by file name.
+
+    Sub-folders, hidden files, ``.seg.nrrd`` segmentations and other files are ignored.
+
+    :raises UsageError: no volume file in the folder, or two files give the same case id (``a.nii`` and ``a.nrrd``).
+    """
+    folder = Path(input_folder)
+    cases = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = path.name.lower()
+        if (not path.is_file() or name.startswith(".") or name.endswith(".seg.nrrd")
+                or not name.endswith(VOLUME_SUFFIXES)):
+            continue
+        cases.append((case_id_of(path), path))
+    if not cases:
+        raise UsageError(
+            f"No volume file ({', '.join(VOLUME_SUFFIXES)}) in {folder}. Convert DICOM series first, or use "
+            "`cardiacai batch`, which reads DICOM folders and CSV lists."
+        )
+    seen = {}
+    for case_id, path in cases:
+        if case_id in seen:
+            raise UsageError(
+                f"{seen[case_id].name} and {path.name} in {folder} both give the case id {case_id!r}; rename one."
+            )
+        seen[case_id] = path
+    return cases
+
+
+def case_is_done(case_folder) -> bool:
+    """Whether ``case_folder`` holds the results of a finished earlier run (its ``report.json``)."""
+    return (Path(case_folder) / DONE_MARKER).is_file()
+
+
+def summary_row(case_id, input_path, *, status, result=None, error=None, seconds=None) -> dict:
+    """One row of ``summary.csv``.
+
+    :param status: "ok", "failed" or "skipped (done earlier)".
+    :param result: for "ok": the dict of ``CardiacAILogic.segmentCine`` (``volumes_ml``, ``lv_mass_g``,
+        ``warnings``); only those keys are read. A missing heart is one of its warnings.
+    :param error: for "failed": the exception; the row holds "<type>: <message>".
+    :return: dict with case_id, inputs, status, then for "ok" ``<structure>_ml`` per structure, lv_mass_g and
+        warnings (joined with " | "), then error and seconds when given: the columns of ``cardiacai batch``'s
+        summary.csv.
+    """
+    row = {"case_id": case_id, "inputs": str(input_path), "status": status}
+    if result is not None:
+        for name, volume in result["volumes_ml"].items():
+            row[f"{name}_ml"] = _rounded(volume)
+        row["lv_mass_g"] = _rounded(result["lv_mass_g"])
+        row["warnings"] = " | ".join(str(w) for w in result.get("warnings") or [])
+    if error is not None:
+        row["error"] = f"{type(error).__name__}: {error}"
+    if seconds is not None:
+        row["seconds"] = round(float(seconds), 3)
+    return row
+
+
+def _rounded(value):
+    return None if value is None else round(float(value), 3)
+
+
+def write_rows_csv(path, rows) -> None:
+    """Write dict rows as CSV, atomically (a temporary file in the same folder, then renamed over ``path``).
+
+    The columns are every key of every row, in first-seen order; a missing value, None or NaN is an empty cell.
+    """
+    path = Path(path)
+    columns = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=columns, restval="")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: "" if _missing(value) else value for key, value in row.items()})
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def exit_status(rows) -> int:
+    """EXIT_CASES_FAILED if any row has status "failed", else EXIT_OK."""
+    return EXIT_CASES_FAILED if any(row["status"] == "failed" for row in rows) else EXIT_OK
+
+
+# -- inside Slicer ------------------------------------------------------------------------------------------------
+
+
+def _importCardiacAI():
+    """The CardiacAI module: loaded by Slicer, or from the folder above this script (build tree, source checkout)."""
+    try:
+        import CardiacAI
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        import CardiacAI
+    return CardiacAI
+
+
+def processCase(logic, results, caseId, inputPath, caseFolder, args) -> dict:
+    """Segment one case in the scene and write its files; returns the Logic's result. Nodes are removed after."""
+    import slicer
+
+    caseFolder.mkdir(parents=True, exist_ok=True)
+    (caseFolder / DONE_MARKER).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
+    nodes = []
+    try:
+        volumeNode = slicer.util.loadVolume(str(inputPath))  # raises RuntimeError if Slicer cannot read it
+        nodes.append(volumeNode)
+        result = logic.segmentCine(volumeNode, mode=args.mode, device=args.device, modelsDir=args.models_dir)
+        nodes += [result["segmentationNode"], result["volumesTableNode"], result["slicesTableNode"]]
+        segmentationPath = caseFolder / "segmentation.seg.nrrd"
+        if not slicer.util.saveNode(result["segmentationNode"], str(segmentationPath)):
+            raise RuntimeError(f"Slicer could not write {segmentationPath}.")
+        tables = results.cine_tables_from_report(result["report"])
+        write_rows_csv(caseFolder / "volumes.csv", tables["volumes"])
+        write_rows_csv(caseFolder / "slices.csv", tables["slices"])
+        (caseFolder / DONE_MARKER).write_text(json.dumps(result["report"], indent=2), encoding="utf-8")
+        return result
+    finally:
+        for node in nodes:
+            if node is not None and node.GetScene() is not None:
+                slicer.mrmlScene.RemoveNode(node)
+
+
+def main(argv) -> int:
+    """Run the batch and return the exit status (see the module docstring)."""
+    try:
+        args = parse_arguments(argv)
+        cases = list_cases(args.input_folder)
+    except HelpShown:
+        return EXIT_OK
+    except UsageError as error:
+        print(f"CardiacAI batch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    import importlib.util
+
+    try:
+        CardiacAI = _importCardiacAI()
+    except ImportError as error:
+        print(f"CardiacAI batch: the CardiacAI module cannot be imported ({error}). Install the CardiacAI extension "
+              "in this Slicer, or add its CardiacAI folder to the additional module paths.", file=sys.stderr)
+        return EXIT_SETUP
+    if importlib.util.find_spec("torch") is None:
+        # Installing PyTorch asks for confirmation in a dialog, which nobody answers in a headless run.
+        print("CardiacAI batch: PyTorch is not installed in this Slicer. Start Slicer with its window and install it "
+              "in the 'PyTorch Utils' module (or press Apply once in CardiacAI), then run the batch again.",
+              file=sys.stderr)
+        return EXIT_SETUP
+    logic = CardiacAI.CardiacAILogic()
+    try:
+        logic.setupPythonRequirements(requireTorch=True)  # PyTorch is present: only pip installs, no question
+        results = CardiacAI.importBackend("slicer_results")
+    except Exception as error:
+        print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
+        return EXIT_SETUP
+
+    args.output_folder.mkdir(parents=True, exist_ok=True)
+    summaryPath = args.output_folder / SUMMARY_NAME
+    rows = []
+    for number, (caseId, inputPath) in enumerate(cases, start=1):
+        caseFolder = args.output_folder / caseId
+        prefix = f"[{number}/{len(cases)}] {caseId}:"
+        if not args.overwrite and case_is_done(caseFolder):
+            rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)"))
+            print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
+            write_rows_csv(summaryPath, rows)
+            continue
+        start = time.perf_counter()
+        try:
+            result = processCase(logic, results, caseId, inputPath, caseFolder, args)
+        except Exception as error:  # one case never stops the others; the error goes into the summary
+            seconds = time.perf_counter() - start
+            rows.append(summary_row(caseId, inputPath, status="failed", error=error, seconds=seconds))
+            print(f"{prefix} FAILED after {seconds:.1f} s: {type(error).__name__}: {error}", flush=True)
+            traceback.print_exc()
+        else:
+            seconds = time.perf_counter() - start
+            rows.append(summary_row(caseId, inputPath, status="ok", result=result, seconds=seconds))
+            volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
+            print(f"{prefix} ok in {seconds:.1f} s ({volumes}; {len(result['warnings'])} warning(s))", flush=True)
+        write_rows_csv(summaryPath, rows)  # after every case, so that an interrupted run still has its summary
+
+    failed = [row["case_id"] for row in rows if row["status"] == "failed"]
+    done = sum(row["status"] == "ok" for row in rows)
+    print(f"CardiacAI batch: {done} done, {len(rows) - done - len(failed)} skipped, {len(failed)} failed; "
+          f"summary in {summaryPath}", flush=True)
+    return exit_status(rows)
+
+
+if __name__ == "__main__":  # Slicer runs --python-script files in its __main__ namespace
+    import slicer
+
+    try:
+        status = main(sys.argv[1:])
+    except Exception:
+        traceback.print_exc()
+        status = EXIT_UNEXPECTED
+    slicer.util.exit(status)
