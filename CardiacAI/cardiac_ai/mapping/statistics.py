@@ -55,6 +55,7 @@ from ..errors import InputError
 from ..geometry import Geometry
 from ..io.atomic import atomic_path
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
+from .contours import _check_spacing_ji  # one validation of in-plane spacing for the package
 
 __all__ = [
     "AHA_SEGMENT_NAMES",
@@ -243,16 +244,6 @@ def _check_labels2d(labels2d: object) -> np.ndarray:
         raise InputError(f"labels2d must be one 2D slice (j, i), got shape {labels2d.shape}. Pass labels[k].")
     check_label_values(labels2d, what="labels2d")
     return labels2d
-
-
-def _check_spacing_ji(spacing_ji_mm: object, name: str = "spacing_ji_mm") -> tuple[float, float]:
-    try:
-        values = tuple(float(v) for v in spacing_ji_mm)  # type: ignore[union-attr]
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{name} must be two numbers (row, column) in mm, got {spacing_ji_mm!r}.") from e
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{name} must be two positive finite numbers (row, column) in mm, got {spacing_ji_mm!r}.")
-    return values  # type: ignore[return-value]
 
 
 def _resolve_spacing(spacing_ji_mm: object | None, geometry: Geometry | None) -> tuple[float, float]:
