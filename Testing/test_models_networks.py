@@ -11,10 +11,11 @@ from cardiac_ai.provenance import Provenance
 
 SEGMENTATION = ["unet2d", "basic_unet2d", "flexible_unet", "tiny_unet2d"]
 CLASSIFICATION = ["densenet121_2d", "resnet18_2d", "resnet34_2d", "tiny_cnn2d"]
+GENERATIVE = ["qc_vae"]  # tested in test_qc_core.py
 
 
 def test_every_registered_network_is_covered_here():
-    assert set(network_names()) == set(SEGMENTATION) | set(CLASSIFICATION)
+    assert set(network_names()) == set(SEGMENTATION) | set(CLASSIFICATION) | set(GENERATIVE)
 
 
 @pytest.mark.parametrize("name", SEGMENTATION)

@@ -15,6 +15,7 @@ name               task            MONAI class (``spatial_dims=2``)
 ``resnet34_2d``    classification  ``monai.networks.nets.resnet34``
 ``tiny_unet2d``    segmentation    ``monai.networks.nets.UNet`` with 2 levels of 4 and 8 channels (tests)
 ``tiny_cnn2d``     classification  two convolutions, global pooling and a linear layer (tests)
+``qc_vae``         generative QC   ``cardiac_ai.qc.vae.SegmentationVAE`` (returns probabilities, see below)
 =================  ==============  ===================================================================
 """
 from __future__ import annotations
@@ -142,6 +143,24 @@ def _tiny_cnn2d(*, in_channels: int = 1, out_channels: int = 4, features: int = 
     )
 
 
+def _qc_vae(
+    *,
+    n_structures: int = 3,
+    latent_size: int = 8,
+    features: Sequence[int] = (32, 64, 128, 256),
+    input_size: int = 96,
+    n_image_channels: int = 1,
+) -> "nn.Module":
+    """The generative-QC VAE; unlike the others its ``forward`` returns ``(reconstruction, mu, logvar)`` with a
+    sigmoid reconstruction, not logits."""
+    from ..qc.vae import SegmentationVAE
+
+    return SegmentationVAE(
+        n_structures=n_structures, latent_size=latent_size, features=tuple(features), input_size=input_size,
+        n_image_channels=n_image_channels,
+    )
+
+
 NETWORK_BUILDERS: dict[str, Callable[..., "nn.Module"]] = {
     "unet2d": _unet2d,
     "basic_unet2d": _basic_unet2d,
@@ -151,6 +170,7 @@ NETWORK_BUILDERS: dict[str, Callable[..., "nn.Module"]] = {
     "resnet34_2d": _resnet_2d(34),
     "tiny_unet2d": _tiny_unet2d,
     "tiny_cnn2d": _tiny_cnn2d,
+    "qc_vae": _qc_vae,
 }
 """Network name -> builder taking keyword hyperparameters only. Add an entry here to make a network trainable."""
 

@@ -1,0 +1,38 @@
+"""Quality control of segmentations without ground truth (generative VAE + latent search) and rule checks."""
+from __future__ import annotations
+
+from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
+from .rules import RuleReport, check_rules
+from .search import (
+    QC_CROP_SIZE,
+    QC_SPACING_MM,
+    QC_STRUCTURES,
+    SearchResult,
+    encoder_only_dice,
+    latent_search,
+    predicted_dice,
+    qc_input,
+)
+from .vae import SegmentationVAE, reconstruction_loss, vae_loss
+
+__all__ = [
+    "SegmentationVAE",
+    "vae_loss",
+    "reconstruction_loss",
+    "SearchResult",
+    "latent_search",
+    "predicted_dice",
+    "encoder_only_dice",
+    "qc_input",
+    "QC_STRUCTURES",
+    "QC_SPACING_MM",
+    "QC_CROP_SIZE",
+    "RuleReport",
+    "check_rules",
+    "shift_labels",
+    "erode_labels",
+    "dilate_labels",
+    "punch_holes",
+    "drop_slices",
+    "add_noise_to_image",
+]
