@@ -77,8 +77,9 @@ class CineModels:
                        (CardiacRegion.BASE, CardiacRegion.MIDDLE, CardiacRegion.APEX)}
         except ModelError as e:
             raise ModelError(
-                f"{e} The cine models ship in Resources/Models; point --models-dir or CARDIACAI_MODELS at your own "
-                "trained ones, or use --mode baseline if only the baseline is available."
+                f"{e} Train the cine models with scripts/train_acdc_cine.py (see README) and point --models-dir or "
+                "CARDIACAI_MODELS at the folder it registers them in; use --mode baseline if only the localiser and "
+                "baseline are available."
             ) from e
         return cls(localiser, baseline, classifier, regions)
 
