@@ -40,6 +40,8 @@ from cardiac_ai.metrics.regional import CardiacRegion, assign_slice_regions
 from cardiac_ai.models import ModelRegistry
 from cardiac_ai.regions import CineModels, segment_cine
 
+from _output import emit_report  # benchmarks/_output.py, beside this script
+
 STRUCTURES = {1: "RV", 2: "MYO", 3: "LV"}
 REGIONS = {CardiacRegion.BASE: "base", CardiacRegion.MIDDLE: "middle", CardiacRegion.APEX: "apex"}
 
@@ -240,11 +242,7 @@ def main() -> int:
         "slices per volume (median)": float(np.median([truths[c][0].image.array.shape[0] for c in truths])),
         "peak memory (MB, whole benchmark)": peak_mb,
     }], digits=2))
-    text = "\n".join(out)
-    print(text)
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(text + "\n")
+    emit_report(out, args.report)
     return 0
 
 

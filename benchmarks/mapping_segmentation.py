@@ -50,6 +50,8 @@ from cardiac_ai.metrics import dice_per_slice, format_markdown_table
 from cardiac_ai.metrics.surface import hausdorff_mm, mean_surface_distance_mm
 from cardiac_ai.models import ModelRegistry
 
+from _output import emit_report  # benchmarks/_output.py, beside this script
+
 KINDS = ("t1", "t2")
 
 
@@ -235,11 +237,7 @@ def main() -> int:
     speed = _speed(models, files, args.speed_slices, args.device)
     out.append(f"\n### Speed: map slices from file to contours and statistics ({label})\n")
     out.append(format_markdown_table([speed], digits=3))
-    text = "\n".join(out)
-    print(text)
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(text + "\n")
+    emit_report(out, args.report)
     return 0
 
 

@@ -69,17 +69,12 @@ def read_report(folder: str | os.PathLike) -> dict[str, Any]:
     DataError
         If the file is missing (the command failed before writing it), is not valid JSON, or is not an object.
     """
+    from .io.report import read_json
+
     path = Path(folder) / "report.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise DataError(f"The backend wrote no report: {path} is missing; see the log for its output.") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Cannot read {path}: {e}") from e
-    try:
-        report = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
+    if not path.is_file():
+        raise DataError(f"The backend wrote no report: {path} is missing; see the log for its output.")
+    report = read_json(path)
     if not isinstance(report, dict):
         raise DataError(f"{path} holds a JSON {type(report).__name__}, expected an object.")
     return report
