@@ -1,0 +1,57 @@
+"""The weights that ship in Resources/Models: size budget, valid cards, and real accuracy on a held-out patient."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cardiac_ai.cli import main
+from cardiac_ai.io import read_volume
+from cardiac_ai.metrics.overlap import dice
+from cardiac_ai.models.registry import ModelRegistry
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+SIZE_BUDGET_BYTES = 80 * 1024 * 1024
+
+
+def bundled_cards() -> list[dict]:
+    return [card for card in (json.loads(p.read_text()) for p in sorted(MODELS_DIR.glob("*.json")))
+            if "model_card_schema" in card]
+
+
+def test_bundled_models_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in MODELS_DIR.rglob("*") if p.is_file())
+    assert total <= SIZE_BUDGET_BYTES, f"Resources/Models holds {total / 2**20:.1f} MiB, over the 80 MB budget"
+
+
+def test_every_bundled_model_loads_with_its_checksum_and_is_half_precision():
+    registry = ModelRegistry(extra_paths=[MODELS_DIR])
+    for card in bundled_cards():
+        assert card["precision"] == "float16", card["name"]
+        loaded = registry.load(card["name"], device="cpu")
+        assert loaded.card.version == card["version"]
+        assert sum(p.numel() for p in loaded.network.parameters()) > 0
+
+
+def test_bundled_models_never_saw_a_test_patient():
+    for card in bundled_cards():
+        split = card.get("split") or {}
+        if split.get("test"):
+            assert not set(split["test"]) & set(split.get("train", [])), card["name"]
+
+
+@pytest.mark.shared_data
+def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc_root, tmp_path):
+    if not (MODELS_DIR / "cine_baseline-1.0.safetensors").exists():
+        pytest.skip("the cine models are not bundled in this checkout")
+    patient = acdc_root / "patient003"  # a test patient of Resources/Splits/acdc_cine_split.json
+    image = patient / "patient003_frame01.nii.gz"
+    out = tmp_path / "out"
+    assert main(["segment-cine", str(image), "--out", str(out), "--device", "cpu"]) == 0
+    labels = read_volume(out / "labels.nii.gz")
+    truth = read_volume(patient / "patient003_frame01_gt.nii.gz")
+    assert labels.geometry.is_close(truth.geometry)
+    scores = [dice(labels.array == code, truth.array == code) for code in (1, 2, 3)]
+    assert np.mean(scores) > 0.85, scores
