@@ -164,7 +164,8 @@ def test_read_seg_nrrd_refuses_segment_it_cannot_map(tmp_path):
     for index in range(9):
         slicerio.add_segment(segmentation, mask if index == 8 else np.zeros_like(mask), {"name": f"organ {index}"})
     slicerio.write_segmentation(str(tmp_path / "liver.seg.nrrd"), segmentation)
-    with pytest.raises(InputError, match="organ 5.*label value 6"):
+    first_unknown = max(LABELS) + 1  # segment "organ N" has label value N + 1
+    with pytest.raises(InputError, match=f"organ {first_unknown - 1}.*label value {first_unknown}"):
         read_seg_nrrd(tmp_path / "liver.seg.nrrd")
 
 

@@ -128,16 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "20/60/20 split of the slices the baseline segments")
     group.add_argument("--no-postprocess", action="store_true", help="keep the raw network labels")
 
-    p = sub.add_parser("segment-cine", parents=[common, cine], help="segment a short-axis cine frame")
+    quality = _qc_parent()
+    p = sub.add_parser("segment-cine", parents=[common, cine, quality], help="segment a short-axis cine frame")
     p.add_argument("input", help="3D short-axis volume (NIfTI, NRRD, MHA, DICOM folder)")
     p.add_argument("--out", required=True, help="output folder: labels.nii.gz, segmentation.seg.nrrd, report.json")
 
-    p = sub.add_parser("function", parents=[common, cine], help="LV/RV volumes, EF and LV mass from ED and ES")
+    p = sub.add_parser("function", parents=[common, cine, quality],
+                       help="LV/RV volumes, EF and LV mass from ED and ES")
     p.add_argument("ed", help="end-diastolic short-axis volume")
     p.add_argument("es", help="end-systolic short-axis volume")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
 
-    p = sub.add_parser("batch", parents=[common, cine], help="run segment-cine or function over a cohort")
+    p = sub.add_parser("batch", parents=[common, cine, quality], help="run segment-cine or function over a cohort")
     p.add_argument("source", help="folder of volumes (one per case) or CSV: case_id,input (or case_id,ed,es)")
     p.add_argument("--task", choices=["segment-cine", "function"], default="segment-cine")
     p.add_argument("--out", required=True, help="output folder: one subfolder per case and summary.csv")
@@ -168,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", default="1.0")
     p.add_argument("--register-to", metavar="DIR", help="write the trained model here (a --models-dir folder)")
 
-    p = sub.add_parser("map", parents=[common], help="myocardial T1 or T2 from a map: contours, AHA segments, stats")
+    p = sub.add_parser("map", parents=[common, quality],
+                       help="myocardial T1 or T2 from a map: contours, AHA segments, stats")
     p.add_argument("input", help="T1 or T2 map in ms (NIfTI, NRRD, MHA, DICOM folder); 0 = not fitted")
     p.add_argument("--kind", required=True, choices=["t1", "t2"], help="what the map holds (checked against values)")
     p.add_argument("--out", required=True,
@@ -201,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erosion-mm", type=float, default=0.0, metavar="MM", help="myocardial erosion (mm)")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
 
+    p = sub.add_parser("qc", parents=[common], help="predict the Dice of a segmentation without ground truth")
+    p.add_argument("image", help="short-axis image (NIfTI, NRRD, MHA, DICOM folder; one 3D frame)")
+    p.add_argument("labels", help="its segmentation on the same grid: label map (1 RV, 2 myocardium, 3 LV) or .seg.nrrd")
+    p.add_argument("--out", required=True, help="output folder: report.json, qc_slices.csv (and the surrogate)")
+    p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
+                   help="flag slices whose predicted Dice is below DICE (default %(default)s)")
+    p.add_argument("--write-surrogate", action="store_true",
+                   help="also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd")
+
     for name, helptext in _PLANNED.items():
         p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
         p.add_argument("args", nargs="*")
@@ -212,8 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
 _PLANNED = {
     "fibrosis": "LGE scar segmentation",
     "cam": "class activation map and pseudo-label",
-    "qc": "predict the Dice of a segmentation without ground truth",
 }
+
+
+#: Default QC flag threshold: cardiac_ai.qc.DEFAULT_DICE_THRESHOLD (why 0.80: see there), repeated here so that
+#: building the parser does not import torch; a test checks that the two agree.
+_QC_THRESHOLD = 0.80
+
+
+def _qc_parent() -> argparse.ArgumentParser:
+    """``--no-qc`` and ``--qc-threshold`` of the commands that segment (QC runs when a qc_vae model is found)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("quality control (generative QC; runs when a qc_vae model is found)")
+    group.add_argument("--no-qc", action="store_true", help="do not quality-check the segmentation")
+    group.add_argument("--qc-threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
+                       help="flag slices whose predicted Dice is below DICE (default %(default)s)")
+    return parent
 
 
 # -- commands ----------------------------------------------------------------------------------------------------
@@ -435,11 +461,12 @@ def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
     provenance = Provenance(command="segment-cine")
     progress(0.0, "Loading models")
     models = _cine_models(args, provenance)
-    result = segment_cine_file(args.input, args.out, models=models, options=_cine_options(args), overwrite=True,
-                               provenance=provenance, progress=subrange(progress, 0.05, 1.0))
+    qc = _qc_options(args, provenance)
+    result = segment_cine_file(args.input, args.out, models=models, options=_cine_options(args), qc=qc,
+                               overwrite=True, provenance=provenance, progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
         volumes = ", ".join(f"{k} {v:.1f} ml" for k, v in result.volumes_ml.items())
-        print(f"Wrote {args.out}: {volumes}; LV mass {result.lv_mass_g:.1f} g")
+        print(f"Wrote {args.out}: {volumes}; LV mass {result.lv_mass_g:.1f} g{_qc_summary_line(args)}")
     return 0
 
 
@@ -455,7 +482,8 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
     progress(0.0, "Loading models")
     models = _cine_models(args, provenance)
     f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
-                               overwrite=True, provenance=provenance, progress=subrange(progress, 0.05, 1.0))
+                               qc=_qc_options(args, provenance), overwrite=True, provenance=provenance,
+                               progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
         print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
               f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "
@@ -475,7 +503,7 @@ def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     progress(0.0, f"Loading models for {len(cases)} cases")
     models = _cine_models(args, provenance)
     rows = run_batch(cases, args.out, task=args.task, models=models, options=_cine_options(args),
-                     resume=not args.overwrite, progress=progress)
+                     qc=_qc_options(args, provenance), resume=not args.overwrite, progress=progress)
     failed = [r["case_id"] for r in rows if r["status"] == "failed"]
     if not args.quiet:
         done = sum(r["status"] == "ok" for r in rows)
@@ -505,15 +533,15 @@ def _map(args: argparse.Namespace, progress: ProgressCallback) -> int:
         models = _mapping_models(args, provenance)
         analysis = analyse_map_file(
             args.input, args.out, kind=args.kind, models=models, erosion_mm=args.erosion_mm, levels=args.levels,
-            series_uid=args.series_uid, device=args.device, overwrite=True, provenance=provenance,
-            progress=subrange(progress, 0.05, 1.0),
+            series_uid=args.series_uid, device=args.device, qc=_qc_options(args, provenance), overwrite=True,
+            provenance=provenance, progress=subrange(progress, 0.05, 1.0),
         )
     if not args.quiet:
         stats = analysis.myocardium
         value = "no myocardium found" if stats is None else (
             f"myocardial {analysis.quantity} median {stats.median:.1f} ms (IQR {stats.iqr:.1f} ms, "
             f"{stats.n_pixels} pixels)")
-        print(f"Wrote {args.out}: {value}; {len(analysis.provenance.warnings)} warning(s)")
+        print(f"Wrote {args.out}: {value}; {len(analysis.provenance.warnings)} warning(s){_qc_summary_line(args)}")
     return 0
 
 
@@ -554,6 +582,52 @@ def _ecv(args: argparse.Namespace, progress: ProgressCallback) -> int:
         source = "synthetic" if ecv["synthetic_haematocrit"] else "given"
         print(f"Myocardial ECV {100 * ecv['ecv_fraction']:.1f} % (haematocrit {ecv['haematocrit']:.2f}, {source}); "
               f"report in {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _qc_options(args: argparse.Namespace, provenance):
+    """QC options of a segmenting command: None with --no-qc; else the qc_vae model when one is found."""
+    if args.no_qc:
+        return None
+    from .pipeline import qc_options
+    from .qc.assess import QCConfig
+
+    return qc_options(args.models_dir, device=args.device, config=QCConfig(dice_threshold=args.qc_threshold),
+                      provenance=provenance)
+
+
+def _qc_summary_line(args: argparse.Namespace) -> str:
+    """``"; QC: ..."`` from the report just written (empty with --no-qc)."""
+    if args.no_qc:
+        return ""
+    from .io.report import REPORT_NAME, read_json
+
+    entry = read_json(Path(args.out) / REPORT_NAME).get("qc")
+    if entry is None:
+        return "; QC skipped (see the warnings)"
+    minimum = entry["min_slice_dice"]
+    return (f"; QC: {entry['n_flagged_slices']} of {entry['n_assessed_slices']} slices flagged (predicted Dice < "
+            f"{entry['dice_threshold']:.2f}), min predicted Dice {'n/a' if minimum is None else f'{minimum:.3f}'}"
+            + (" (indicative)" if entry.get("indicative") else ""))
+
+
+@_command("qc")
+def _qc(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .pipeline import qc_file
+    from .qc.assess import QCConfig
+
+    result = qc_file(
+        args.image, args.labels, args.out, models_dirs=args.models_dir, device=args.device,
+        config=QCConfig(dice_threshold=args.threshold), write_surrogate=args.write_surrogate,
+        overwrite=args.overwrite, progress=progress,
+    )
+    if not args.quiet:
+        minimum = result.min_slice_dice
+        flagged = ", ".join(map(str, result.flagged_slices)) or "none"
+        rules = "passed" if result.rules.passed else "failed: " + "; ".join(result.rules.reasons[:3])
+        print(f"Wrote {args.out}: {result.n_flagged_slices} of {int(result.assessed.sum())} slices flagged "
+              f"(predicted Dice < {result.dice_threshold:.2f}; slices {flagged}); min predicted Dice "
+              f"{'n/a' if np.isnan(minimum) else f'{minimum:.3f}'}, mean {result.mean_dice:.3f}; rule checks {rules}")
     return 0
 
 

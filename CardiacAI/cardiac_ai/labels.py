@@ -21,6 +21,7 @@ __all__ = [
     "LV_BLOOD_POOL",
     "SCAR",
     "MVO",
+    "HEART",
     "tissue",
     "check_label_values",
     "segment_terminology_string",
@@ -67,6 +68,9 @@ LV_MYOCARDIUM = 2
 LV_BLOOD_POOL = 3
 SCAR = 4
 MVO = 5
+#: Whole heart (LV and RV blood pools and LV myocardium together): what weak models trained on image-level labels
+#: segment, when they cannot tell the structures apart.
+HEART = 6
 
 #: code -> Tissue. Background (0) is not a segment and has no row.
 LABELS: dict[int, Tissue] = {
@@ -90,6 +94,10 @@ LABELS: dict[int, Tissue] = {
         MVO, "microvascular_obstruction", "Microvascular obstruction (no-reflow)", (0.30, 0.65, 0.95),
         _MORPHOLOGY_CATEGORY, Terminology("CAI-MVO", "CardiacAI", "Microvascular obstruction"),
         anatomic_region=_HEART,
+    ),
+    HEART: Tissue(
+        HEART, "heart", "Heart (ventricles and myocardium)", (0.90, 0.45, 0.60),
+        _STRUCTURE_CATEGORY, _HEART,
     ),
 }
 

@@ -16,7 +16,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, CardiacAIError, DataError, InputError
+from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError
 from .geometry import Volume
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
@@ -94,25 +94,44 @@ def segment_cine_file(
     *,
     models,
     options: CineOptions = CineOptions(),
+    qc: QCOptions | None = None,
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
 ):
-    """``cardiacai segment-cine``: writes ``labels.nii.gz``, ``segmentation.seg.nrrd`` and ``report.json``."""
+    """``cardiacai segment-cine``: writes ``labels.nii.gz``, ``segmentation.seg.nrrd`` and ``report.json``.
+
+    With ``qc`` (the CLI's default) the labels are quality-checked (:func:`cardiac_ai.qc.run_qc`): ``report.json``
+    gets ``qc`` (per-slice predicted Dice, flags, threshold; null when QC could not run, the reason in the
+    provenance warnings) and ``qc_slices.csv`` is written. Without ``qc`` there is no ``qc`` key.
+    """
+    return _segment_cine_job(input_path, out_dir, models=models, options=options, qc=qc, overwrite=overwrite,
+                             provenance=provenance, progress=progress)[0]
+
+
+def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, provenance, progress):
+    """:func:`segment_cine_file`, returning ``(result, [QCResult or None])`` for the batch summary."""
     out = prepare_output_dir(out_dir, overwrite=overwrite, inputs=[input_path])
     provenance = provenance or Provenance(command="segment-cine")
     provenance.parameters["input"] = str(input_path)
-    volume, result = _segment(input_path, models, options, provenance, subrange(progress, 0.0, 0.95))
+    volume, result = _segment(input_path, models, options, provenance,
+                              subrange(progress, 0.0, 0.95 if qc is None else 0.8))
     with provenance.timed("write"):
         write_volume(result.labels, out / "labels.nii.gz")
         write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
+    checks = []
+    if qc is not None:
+        checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
+        if checks[0] is not None:
+            write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
     write_report(out, provenance=provenance, results={
         "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                   "geometry": volume.geometry.to_dict()},
         **result.to_report(),
+        **({"qc": _qc_entry(checks[0])} if qc is not None else {}),
     })
     report(progress, 1.0, "Done")
-    return result
+    return result, checks
 
 
 def cardiac_function_files(
@@ -122,23 +141,40 @@ def cardiac_function_files(
     *,
     models,
     options: CineOptions = CineOptions(),
+    qc: QCOptions | None = None,
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
 ):
-    """``cardiacai function``: segments ED and ES, writes their labels and ``report.json`` / ``function.csv``."""
+    """``cardiacai function``: segments ED and ES, writes their labels and ``report.json`` / ``function.csv``.
+
+    With ``qc`` both segmentations are quality-checked: ``report.json`` gets ``ed.qc`` and ``es.qc`` and
+    ``qc_slices_ed.csv`` / ``qc_slices_es.csv`` are written (see :func:`segment_cine_file`).
+    """
+    return _function_job(ed_path, es_path, out_dir, models=models, options=options, qc=qc, overwrite=overwrite,
+                         provenance=provenance, progress=progress)[0]
+
+
+def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, provenance, progress):
+    """:func:`cardiac_function_files`, returning ``(function, [QCResult or None] * 2)`` for the batch summary."""
     from .metrics import cardiac_function
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, inputs=[ed_path, es_path])
     provenance = provenance or Provenance(command="function")
     provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
     results = {}
+    checks: dict = {}
     for phase, path, (start, stop) in (("ed", ed_path, (0.0, 0.45)), ("es", es_path, (0.45, 0.9))):
-        volume, result = _segment(path, models, options, provenance, subrange(progress, start, stop))
+        middle = stop if qc is None else start + 0.8 * (stop - start)
+        volume, result = _segment(path, models, options, provenance, subrange(progress, start, middle))
         results[phase] = (volume, result)
         with provenance.timed("write"):
             write_volume(result.labels, out / f"labels_{phase}.nii.gz")
             write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
+        if qc is not None:
+            checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
+            if checks[phase] is not None:
+                write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
     (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
     function = cardiac_function(
         ed.labels.array, es.labels.array, ed_volume.geometry.spacing_kji_mm,
@@ -147,11 +183,13 @@ def cardiac_function_files(
     for message in function.warnings:
         provenance.warn(message, log)
     write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
+    qc_keys = {phase: ({"qc": _qc_entry(checks[phase])} if qc is not None else {}) for phase in ("ed", "es")}
     write_report(out, provenance=provenance, results={
-        "function": function.to_dict(), "ed": ed.to_report(), "es": es.to_report(),
+        "function": function.to_dict(), "ed": {**ed.to_report(), **qc_keys["ed"]},
+        "es": {**es.to_report(), **qc_keys["es"]},
     })
     report(progress, 1.0, "Done")
-    return function
+    return function, list(checks.values())
 
 
 # -- batch -------------------------------------------------------------------------------------------------------
@@ -212,6 +250,7 @@ def run_batch(
     task: Literal["segment-cine", "function"],
     models,
     options: CineOptions = CineOptions(),
+    qc: QCOptions | None = None,
     resume: bool = True,
     progress: ProgressCallback | None = None,
     job: Callable | None = None,
@@ -219,7 +258,10 @@ def run_batch(
     """Run ``task`` for every case into ``out_dir/<case_id>/`` and write ``out_dir/summary.csv``.
 
     A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run); a case
-    that fails is recorded with its error and the batch goes on. Returns the summary rows.
+    that fails is recorded with its error and the batch goes on. Returns the summary rows. With ``qc`` every
+    segmentation is quality-checked and the summary gets ``qc_min_dice`` (lowest predicted Dice of any slice and
+    structure; of ED and ES for ``function``), ``qc_flagged_slices`` (their number, ED and ES added) and
+    ``qc_needs_review`` for the cases where QC ran.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,15 +276,16 @@ def run_batch(
         start = time.perf_counter()
         try:
             step = subrange(progress, number / len(cases), (number + 1) / len(cases))
+            checks: list = []
             if job is not None:
                 result = job(case, case_dir)
             elif task == "segment-cine":
-                result = segment_cine_file(case.inputs[0], case_dir, models=models, options=options,
-                                           overwrite=True, progress=step)
+                result, checks = _segment_cine_job(case.inputs[0], case_dir, models=models, options=options, qc=qc,
+                                                   overwrite=True, provenance=None, progress=step)
             else:
-                result = cardiac_function_files(*case.inputs, case_dir, models=models, options=options,
-                                                overwrite=True, progress=step)
-            row.update({"status": "ok", **_summary_values(result)})
+                result, checks = _function_job(*case.inputs, case_dir, models=models, options=options, qc=qc,
+                                               overwrite=True, provenance=None, progress=step)
+            row.update({"status": "ok", **_summary_values(result), **_qc_summary_values(checks)})
         except Cancelled:
             raise
         except (CardiacAIError, OSError, ValueError, RuntimeError) as error:
@@ -309,9 +352,13 @@ def load_mapping_models(models_dirs: Sequence[str | Path], *, device: str, prove
                                            device=torch_device)
 
 
-def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict) -> None:
+def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict, *, qc: dict | None = None) -> None:
+    """``qc``: ``{"qc": entry}`` to add to the report (entry None when QC could not run), or None without QC."""
     from .io.report import write_json
     from .mapping.statistics import bullseye_plot
+
+    qc = qc or {}
+    qc_outputs = [QC_SLICES_NAME] if qc.get("qc") is not None else []
 
     with provenance.timed("write"):
         write_volume(analysis.labels, out / "labels.nii.gz")
@@ -324,9 +371,10 @@ def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict
         "kind": analysis.kind,
         "labels": "labels.nii.gz: 2 LV myocardium, 3 LV blood pool (drawn from the fitted contours; the RV found by "
                   "the network is used only for the RV insertion points and is not written)",
-        "outputs": ["labels.nii.gz", "stats.json", "contours.json", "bullseye.png", "report.json"],
+        "outputs": ["labels.nii.gz", "stats.json", "contours.json", "bullseye.png", *qc_outputs, "report.json"],
         "myocardium_median_ms": None if analysis.myocardium is None else analysis.myocardium.median,
         "slice_warnings": {str(k): list(v) for k, v in analysis.slice_warnings.items()},
+        **qc,
     })
 
 
@@ -340,6 +388,7 @@ def analyse_map_file(
     levels: Sequence[str] | None = None,
     series_uid: str | None = None,
     device: str = "auto",
+    qc: QCOptions | None = None,
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
@@ -351,6 +400,10 @@ def analyse_map_file(
     ``contours.json`` the endo- and epicardial points per slice in LPS mm (and pixels). See
     :func:`cardiac_ai.mapping.analyse_map`. Bad input raises before anything is written (a new output folder is
     removed again).
+
+    With ``qc`` the map's segmentation (the contour labels plus the network's RV, ``labels_with_rv``) is
+    quality-checked with the cine-trained QC model on the map itself; ``report.json`` gets ``qc`` marked
+    ``"indicative": true`` with a note (see :data:`MAP_QC_NOTE`) and ``qc_slices.csv`` is written.
     """
     from .mapping.pipeline import analyse_map
 
@@ -360,11 +413,18 @@ def analyse_map_file(
         with provenance.timed("read"):
             volume = read_input(input_path, series_uid=series_uid)
         analysis = analyse_map(volume, kind=kind, models=models, erosion_mm=erosion_mm, levels=levels,
-                               device=device, progress=subrange(progress, 0.0, 0.9), provenance=provenance)
+                               device=device, progress=subrange(progress, 0.0, 0.9 if qc is None else 0.8),
+                               provenance=provenance)
+        qc_keys = None
+        if qc is not None:
+            check = _file_qc(volume, analysis.labels_with_rv, qc, provenance, subrange(progress, 0.8, 0.9))
+            qc_keys = {"qc": _qc_entry(check, note=MAP_QC_NOTE)}
+            if check is not None:
+                write_csv(out / QC_SLICES_NAME, check.slice_table_rows())
         _write_map_outputs(out, analysis, provenance, {
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},
-        })
+        }, qc=qc_keys)
     report(progress, 1.0, "Done")
     return analysis
 
@@ -745,3 +805,229 @@ def _septal_mask(analysis, k: int) -> np.ndarray:
     from .mapping.statistics import septal_roi
 
     return septal_roi(analysis.labels_with_rv.array[k], geometry=analysis.labels.geometry)
+
+
+# -- quality control -------------------------------------------------------------------------------------------------
+__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "QCOptions", "load_qc_model", "qc_options", "qc_file"]
+
+#: Per-slice QC table written beside ``report.json`` when QC ran.
+QC_SLICES_NAME = "qc_slices.csv"
+
+#: Why QC scores of T1/T2 maps are indicative only (written into their report's ``qc.note``).
+MAP_QC_NOTE = (
+    "indicative only: the QC model was trained on cine image-segmentation pairs and is run here on a T1/T2 map. "
+    "Its shape prior (RV, myocardium, LV blood pool) holds on maps, but the image contrast differs, so the "
+    "predicted Dice is not calibrated for maps; use it to find grossly wrong slices, not as a Dice estimate. "
+    "The structures checked are the map's labels (myocardium, LV blood pool) plus the network's RV."
+)
+
+
+@dataclass(frozen=True)
+class QCOptions:
+    """Quality control of a file job's segmentation (the CLI runs it unless ``--no-qc``).
+
+    Attributes
+    ----------
+    model : LoadedModel or None
+        The ``qc_vae`` model; None when none was found or it could not be loaded (QC is then skipped with a
+        provenance warning in each job, and the report's ``qc`` is null).
+    config : QCConfig or None
+        Threshold and search options; None for the defaults (threshold 0.80).
+    searched : str
+        The folders the model was looked for in, named in the "QC skipped" warning.
+    problem : str or None
+        Why a ``qc_vae`` that exists could not be loaded (a corrupt file), reported instead of "not found".
+    """
+
+    model: object | None = None
+    config: object | None = None
+    searched: str = ""
+    problem: str | None = None
+
+
+def _find_qc_model(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance | None):
+    """(LoadedModel or None, folders searched); ModelError when a qc_vae exists but cannot be loaded."""
+    from .device import resolve_device
+    from .models.registry import ModelRegistry
+    from .qc.assess import QC_MODEL_NAME
+
+    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+    where = ", ".join(str(p) for p in registry.search_paths) or "(no models folder exists)"
+    if not any(card.name == QC_MODEL_NAME for card in registry.list()):
+        return None, where
+    with (provenance.timed("load_qc_model") if provenance is not None else contextlib.nullcontext()):
+        loaded = registry.load(QC_MODEL_NAME, device=resolve_device(device))
+    if loaded.card.network != QC_MODEL_NAME:
+        raise ModelError(
+            f"Model {loaded.card.stem} ({loaded.weights_path}) is a {loaded.card.network!r} network, not the "
+            f"'{QC_MODEL_NAME}' VAE that generative QC needs; retrain it with scripts/train_qc.py."
+        )
+    return loaded, where
+
+
+def load_qc_model(
+    models_dirs: Sequence[str | Path] = (), *, device: str = "auto", provenance: Provenance | None = None
+):
+    """The ``qc_vae`` model from the registry (``models_dirs`` searched first), for ``cardiacai qc``.
+
+    Raises
+    ------
+    ModelError
+        No ``qc_vae`` model in any folder (the message lists the folders and says how to train one), or one that
+        cannot be loaded.
+    InputError
+        A ``models_dirs`` folder that does not exist.
+    """
+    from .qc.assess import QC_MODEL_NAME
+
+    loaded, where = _find_qc_model(models_dirs, device=device, provenance=provenance)
+    if loaded is None:
+        raise ModelError(
+            f"No {QC_MODEL_NAME} model found in {where}; `cardiacai qc` needs the generative QC model. Train it with "
+            "scripts/train_qc.py (see README) and pass its folder with --models-dir DIR (or set CARDIACAI_MODELS)."
+        )
+    if provenance is not None:
+        provenance.device = str(loaded.device)
+    return loaded
+
+
+def qc_options(
+    models_dirs: Sequence[str | Path] = (),
+    *,
+    device: str = "auto",
+    config=None,
+    provenance: Provenance | None = None,
+) -> QCOptions:
+    """QC for segment-cine, function, batch and map: the ``qc_vae`` model when there is one, else options under
+    which each job skips QC with a warning. Never raises for a missing or broken QC model."""
+    try:
+        loaded, where = _find_qc_model(models_dirs, device=device, provenance=provenance)
+    except ModelError as error:
+        log.warning("QC model unusable: %s", error)
+        return QCOptions(config=config, problem=f"the qc_vae model could not be loaded: {error}")
+    return QCOptions(model=loaded, config=config, searched=where)
+
+
+def _file_qc(volume: Volume, labels: Volume, qc: QCOptions, provenance: Provenance, progress):
+    """Run QC for a file job: the QCResult, or None with a provenance warning (never raises for QC reasons)."""
+    from .qc.assess import QCConfig, run_qc
+
+    if qc.model is None and qc.problem:
+        provenance.warn(f"QC skipped: {qc.problem}", log)
+        return None
+    config = qc.config if qc.config is not None else QCConfig()
+    return run_qc(volume, labels, qc.model, config=config, provenance=provenance, progress=progress,
+                  searched=qc.searched)
+
+
+def _qc_entry(check, *, note: str | None = None) -> dict | None:
+    """The report's ``qc`` value: the result's dict (marked indicative with ``note``), None when QC did not run."""
+    if check is None:
+        return None
+    entry = check.to_dict()
+    if note:
+        entry = {"indicative": True, "note": note, **entry}
+    return entry
+
+
+def _qc_summary_values(checks: Sequence) -> dict:
+    """Batch summary columns from the QC results of one case (ED and ES combined); none when QC did not run."""
+    done = [c for c in checks if c is not None]
+    if not done:
+        return {}
+    values = [c.min_slice_dice for c in done if np.isfinite(c.min_slice_dice)]
+    return {
+        "qc_min_dice": round(min(values), 4) if values else None,
+        "qc_flagged_slices": sum(c.n_flagged_slices for c in done),
+        "qc_needs_review": any(c.needs_review for c in done),
+    }
+
+
+def _read_labels(path: str | Path) -> Volume:
+    """A label map from a volume file or a Slicer ``.seg.nrrd`` (segments mapped to CardiacAI codes)."""
+    if str(path).lower().endswith(".seg.nrrd"):
+        from .io.seg_nrrd import read_seg_nrrd
+
+        return read_seg_nrrd(path).labels
+    return read_volume(path)
+
+
+def qc_file(
+    image_path: str | Path,
+    labels_path: str | Path,
+    out_dir: str | Path,
+    *,
+    models_dirs: Sequence[str | Path] = (),
+    device: str = "auto",
+    config=None,
+    write_surrogate: bool = False,
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+):
+    """``cardiacai qc``: predict the Dice of a segmentation without ground truth and flag the slices to review.
+
+    Parameters
+    ----------
+    image_path : path
+        The short-axis image (NIfTI, NRRD, MHA or DICOM folder; one 3D frame).
+    labels_path : path
+        Its segmentation on the same grid: a label map file with CardiacAI codes, or a Slicer ``.seg.nrrd``.
+    out_dir : path
+        Output folder; gets ``report.json`` (provenance and ``qc``: per-slice and per-structure predicted Dice,
+        flags, threshold, rule checks) and ``qc_slices.csv``; with ``write_surrogate`` also ``surrogate.nii.gz``
+        and ``surrogate.seg.nrrd``, the surrogate segmentation on the image's grid.
+    models_dirs : paths
+        Folders searched first for the ``qc_vae`` model.
+    device : "auto", "cpu", "cuda" or "cuda:N"
+    config : QCConfig, optional
+        Threshold and search options (default threshold 0.80).
+    write_surrogate, overwrite, provenance, progress
+        As named.
+
+    Returns
+    -------
+    QCResult
+
+    Raises
+    ------
+    ModelError
+        No ``qc_vae`` model found (unlike the segmentation commands, here QC is the whole job).
+    InputError
+        Labels not on the image's grid (the message names the differing field), label values outside the
+        label table, a 4D image.
+    DataError
+        Unreadable files.
+    OutputError
+        A non-empty output folder without ``overwrite``, or an output that would replace an input.
+    """
+    from .qc.assess import QCConfig, assess_segmentation
+
+    config = config if config is not None else QCConfig()
+    provenance = provenance or Provenance(command="qc")
+    provenance.parameters.update({"image": str(image_path), "labels": str(labels_path), "qc": config.to_dict()})
+    with output_folder(out_dir, overwrite=overwrite, inputs=[image_path, labels_path]) as out:
+        report(progress, 0.0, "Loading the QC model")
+        model = load_qc_model(models_dirs, device=device, provenance=provenance)
+        provenance.models.append(model.model_use())
+        with provenance.timed("read"):
+            image = read_input(image_path)
+            labels = _read_labels(labels_path)
+        with provenance.timed("qc"):
+            result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
+                                         progress=subrange(progress, 0.05, 0.9))
+        outputs = ["report.json", QC_SLICES_NAME]
+        with provenance.timed("write"):
+            write_csv(out / QC_SLICES_NAME, result.slice_table_rows())
+            if write_surrogate:
+                write_volume(result.surrogate, out / "surrogate.nii.gz")
+                write_seg_nrrd(result.surrogate, out / "surrogate.seg.nrrd", reference=image)
+                outputs += ["surrogate.nii.gz", "surrogate.seg.nrrd"]
+        write_report(out, provenance=provenance, results={
+            "input": {"image": str(image_path), "labels": str(labels_path), "shape_kji": list(image.array.shape),
+                      "geometry": image.geometry.to_dict()},
+            "outputs": outputs,
+            "qc": result.to_dict(),
+        })
+    report(progress, 1.0, "Done")
+    return result

@@ -98,6 +98,9 @@ class ModelCard:
         Dtype of the floating tensors in the file; they are cast to float32 at load.
     description, license : str
         Free text shown to users.
+    inference : dict
+        Settings that inference must use as training chose them (e.g. a CAM method and pseudo-label parameters
+        picked on validation patients); empty for most models.
     schema : int
         Card schema version (``model_card_schema`` in JSON).
     """
@@ -118,6 +121,7 @@ class ModelCard:
     precision: Literal["float16", "float32"] = "float32"
     description: str = ""
     license: str = ""
+    inference: dict[str, Any] = field(default_factory=dict)
     schema: int = MODEL_CARD_SCHEMA
 
     def __post_init__(self) -> None:
@@ -142,7 +146,7 @@ class ModelCard:
                 f"card schema {self.schema} is newer than this cardiac_ai reads ({MODEL_CARD_SCHEMA}); "
                 "update the cardiac_ai package / extension"
             )
-        for name in ("network_kwargs", "input_spec", "split", "validation_metrics"):
+        for name in ("network_kwargs", "input_spec", "split", "validation_metrics", "inference"):
             if not isinstance(getattr(self, name), Mapping):
                 problems.append(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
         if problems:
@@ -337,6 +341,10 @@ class ModelRegistry:
         if (name, chosen) not in self._cards:
             raise ModelError(f"Model {name!r} has no version {version!r} in {where}; available versions: {versions}.")
         return self._cards[(name, chosen)]
+
+    def has(self, name: str) -> bool:
+        """Whether any version of ``name`` was found."""
+        return any(n == name for n, _ in self._cards)
 
     def card(self, name: str, version: str | None = None) -> ModelCard:
         """The card of ``name`` at ``version``, or of its highest version when ``version`` is None.

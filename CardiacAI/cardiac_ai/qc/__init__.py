@@ -1,6 +1,7 @@
 """Quality control of segmentations without ground truth (generative VAE + latent search) and rule checks."""
 from __future__ import annotations
 
+from .assess import DEFAULT_DICE_THRESHOLD, QC_MODEL_NAME, QCConfig, QCResult, assess_segmentation, run_qc
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
 from .rules import RuleReport, check_rules
 from .search import (
@@ -16,6 +17,12 @@ from .search import (
 from .vae import SegmentationVAE, reconstruction_loss, vae_loss
 
 __all__ = [
+    "QCConfig",
+    "QCResult",
+    "assess_segmentation",
+    "run_qc",
+    "QC_MODEL_NAME",
+    "DEFAULT_DICE_THRESHOLD",
     "SegmentationVAE",
     "vae_loss",
     "reconstruction_loss",

@@ -130,6 +130,7 @@ def export_best_model(
     license: str = "",
     checkpoint: str = "best.pt",
     half_precision: bool = True,
+    inference: Mapping[str, Any] | None = None,
 ) -> Path:
     """Turn a training run's ``best.pt`` into a registry model (``<name>-<version>.safetensors`` + card).
 
@@ -148,6 +149,8 @@ def export_best_model(
         File in ``run_dir`` to export (``best.pt`` or ``last.pt``).
     half_precision : bool
         Store weights as float16.
+    inference : mapping, optional
+        Settings inference must reuse (the card's ``inference`` field).
 
     Returns
     -------
@@ -172,6 +175,7 @@ def export_best_model(
         name=name, version=version, task=task, network=config.network, network_kwargs=dict(config.network_kwargs),
         input_spec=dict(config.input_spec), label_map=dict(label_map), training_data=training_data,
         split=dict(split or {}), date=datetime.date.today().isoformat(), description=description, license=license,
+        inference=dict(inference or {}),
     )
     network = card.build_network()
     state = load_checkpoint_weights(network, run_dir / checkpoint)

@@ -1,0 +1,637 @@
+"""Quality control of one segmentation without ground truth: the integration of the generative QC building blocks.
+
+:func:`assess_segmentation` runs Wang et al.'s Algorithm 1 on every slice of a short-axis stack (ROI with
+:func:`~cardiac_ai.qc.search.qc_input`, :func:`~cardiac_ai.qc.search.latent_search` from the encoder mean,
+:func:`~cardiac_ai.qc.search.predicted_dice` against the surrogate), adds the rule checks
+(:func:`~cardiac_ai.qc.rules.check_rules`), flags slices whose predicted Dice falls below a threshold and maps the
+surrogate segmentation back onto the image's grid. :func:`run_qc` is what the file pipelines call: it never makes a
+segmentation fail, and says so in the provenance when QC could not run (no model installed, unusable ROI).
+
+Typical use::
+
+    loaded = ModelRegistry().load("qc_vae")
+    result = assess_segmentation(image, labels, loaded, config=QCConfig(dice_threshold=0.8))
+    result.flagged_slices, result.volume_dice, result.surrogate   # surrogate: Volume on the image's grid
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError, ModelError
+from ..geometry import Volume
+from ..labels import LABELS, LV_MYOCARDIUM, check_label_values
+from ..preprocessing import restore_labels
+from ..progress import ProgressCallback, report
+from ..provenance import Provenance
+from .rules import RuleReport, check_rules
+from .search import QC_SPACING_MM, QC_STRUCTURES, SearchResult, latent_search, predicted_dice, qc_input
+from .vae import SegmentationVAE
+
+__all__ = [
+    "QC_MODEL_NAME",
+    "DEFAULT_DICE_THRESHOLD",
+    "QCConfig",
+    "QCResult",
+    "assess_segmentation",
+    "run_qc",
+]
+
+log = logging.getLogger(__name__)
+
+#: Registry name of the generative QC model (a ``qc_vae`` network), trained by ``scripts/train_qc.py``.
+QC_MODEL_NAME = "qc_vae"
+
+#: Default flag threshold on the predicted Dice of a slice. The generative QC paper (Wang et al. 2020) and the UK
+#: Biobank pipelines it follows (Robinson et al. 2019, Bai et al. 2018) send a segmentation for manual review when
+#: its (predicted) Dice falls below about 0.7-0.8; we take the stricter end, 0.80, so that a reviewer sees
+#: borderline slices too. It is a screening threshold, not a clinical one: set it with ``QCConfig(dice_threshold=)``
+#: or the CLI's ``--threshold`` / ``--qc-threshold``.
+DEFAULT_DICE_THRESHOLD = 0.80
+
+#: Tolerances (mm, direction cosines) within which labels count as lying on the image's grid, as ``preprocess``.
+_GRID_ATOL_MM = 1e-3
+_GRID_ATOL_DIRECTION = 1e-4
+#: A surrogate probability above this counts as the structure (also predicted_dice's default).
+_SURROGATE_THRESHOLD = 0.5
+
+_METHOD = (
+    "generative QC (Wang et al. 2020, Algorithm 1): a VAE of good image-segmentation pairs; gradient search in its "
+    "latent space for the closest good pair (surrogate); predicted Dice = Dice(surrogate, given segmentation)"
+)
+_VOLUME_DICE_DEFINITION = (
+    "per structure, 2|S n G| / (|S| + |G|) with the pixels of all assessed slices pooled (QC region of interest "
+    "grid); mean_dice is the mean of the per-structure values"
+)
+_NOT_ASSESSED = (
+    "slices outside the labelled range (first to last slice with any label) are not assessed (Dice null, never "
+    "flagged); on an assessed slice a structure absent from both the segmentation and the surrogate has no Dice "
+    "(null). An empty segmentation is assessed on every slice with Dice 0."
+)
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """How :func:`assess_segmentation` searches and flags.
+
+    Attributes
+    ----------
+    dice_threshold : float in [0, 1]
+        A slice is flagged when the predicted Dice of any structure on it is below this value (strictly);
+        default :data:`DEFAULT_DICE_THRESHOLD` (0.80, see there why). 0 flags nothing; 1 flags every assessed
+        slice whose prediction is not perfect.
+    steps : int >= 0
+        Largest number of gradient steps of the latent search (0: the encoder mean, no search).
+    lr : float > 0
+        Adam learning rate of the search.
+    tolerance : float >= 0
+        Relative change of the mean distance below which the search stops early.
+    structures : tuple of int or None
+        Label codes of the model's segmentation channels in channel order, ``(1, 2, 3)`` or ``(2,)``. None: the
+        model card's non-background label codes when they fit the network, else ``(1, 2, 3)`` for a
+        three-structure and ``(2,)`` for a one-structure model.
+    spacing_mm : float or None
+        In-plane spacing of the QC region of interest. None: the model card's ``input_spec`` spacing (the one
+        it was trained at), else :data:`~cardiac_ai.qc.search.QC_SPACING_MM` (1.8 mm, UK Biobank).
+    """
+
+    dice_threshold: float = DEFAULT_DICE_THRESHOLD
+    steps: int = 100
+    lr: float = 0.05
+    tolerance: float = 1e-4
+    structures: tuple[int, ...] | None = None
+    spacing_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        threshold = self.dice_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise InputError(f"dice_threshold must be a number in [0, 1] (a Dice value), got {threshold!r}.")
+        object.__setattr__(self, "dice_threshold", float(threshold))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise InputError(f"steps must be a non-negative integer, got {self.steps!r}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"lr must be a positive number, got {self.lr!r}.")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
+            raise InputError(f"tolerance must be >= 0, got {self.tolerance!r}.")
+        if self.structures is not None:
+            structures = tuple(int(s) for s in self.structures)
+            if not structures or len(set(structures)) != len(structures) or not set(structures) <= set(QC_STRUCTURES):
+                raise InputError(f"structures must be distinct codes from {QC_STRUCTURES}, got {self.structures!r}.")
+            object.__setattr__(self, "structures", structures)
+        if self.spacing_mm is not None and not (
+            isinstance(self.spacing_mm, (int, float)) and math.isfinite(self.spacing_mm) and self.spacing_mm > 0
+        ):
+            raise InputError(f"spacing_mm must be a positive number of mm or None, got {self.spacing_mm!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (for the provenance parameters)."""
+        return {
+            "dice_threshold": self.dice_threshold, "steps": self.steps, "lr": self.lr, "tolerance": self.tolerance,
+            "structures": None if self.structures is None else list(self.structures), "spacing_mm": self.spacing_mm,
+        }
+
+
+@dataclass(frozen=True)
+class QCResult:
+    """Outcome of :func:`assess_segmentation` for one (k, j, i) segmentation.
+
+    Attributes
+    ----------
+    slice_dice : (k, n_structures) float64 ndarray
+        Predicted Dice of each slice and structure, in [0, 1]; NaN on slices that were not assessed and where a
+        structure is absent from both the segmentation and the surrogate (see Notes).
+    structures : tuple of int
+        Label code of each column of ``slice_dice`` (``(1, 2, 3)``: RV blood pool, LV myocardium, LV blood pool).
+    volume_dice : (n_structures,) float64 ndarray
+        Predicted Dice of each structure over the stack: pixels of all assessed slices pooled; NaN when the
+        structure is absent from both everywhere.
+    assessed : (k,) bool ndarray
+        Slices within the labelled range (every slice of an empty segmentation).
+    slice_flags : (k,) bool ndarray
+        True where some structure's predicted Dice is below ``dice_threshold``.
+    dice_threshold : float
+        The threshold used.
+    rules : RuleReport
+        Rule checks of the segmentation (:func:`~cardiac_ai.qc.rules.check_rules`), independent of the model.
+    surrogate : Volume
+        (k, j, i) uint8 surrogate segmentation with the structures' codes, on exactly the image's grid and
+        geometry; 0 on slices that were not assessed.
+    roi_spacing_mm : float
+        In-plane spacing of the QC region of interest actually used.
+    resampled_to_fit : bool
+        True when ``roi_spacing_mm`` was raised above the configured one because the segmented heart did not fit
+        the ROI (a warning says so).
+    roi_size_px : int
+        Side of the square ROI (the model's input size).
+    empty_segmentation : bool
+        The segmentation had no labelled voxel; every slice is then flagged with Dice 0.
+    search : dict
+        ``steps``, ``lr``, ``tolerance``, ``iterations``, ``converged``, ``mean_initial_distance`` and
+        ``mean_final_distance`` (BCE + MSE per slice, averaged over the assessed slices).
+    warnings : tuple of str
+        Everything odd: ROI resampled to fit, empty segmentation, CPU fallback.
+
+    Notes
+    -----
+    Dice values are computed on the QC ROI grid (``roi_spacing_mm``, ``roi_size_px`` square), where the model
+    works, not on the image's own grid.
+    """
+
+    slice_dice: NDArray[np.float64]
+    structures: tuple[int, ...]
+    volume_dice: NDArray[np.float64]
+    assessed: NDArray[np.bool_]
+    slice_flags: NDArray[np.bool_]
+    dice_threshold: float
+    rules: RuleReport
+    surrogate: Volume
+    roi_spacing_mm: float
+    resampled_to_fit: bool
+    roi_size_px: int
+    empty_segmentation: bool
+    search: dict[str, Any]
+    warnings: tuple[str, ...]
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """Machine names of ``structures`` (``"rv_blood_pool"``, ...)."""
+        return tuple(LABELS[code].name for code in self.structures)
+
+    @property
+    def slice_min_dice(self) -> NDArray[np.float64]:
+        """(k,) lowest predicted Dice of each slice over its structures; NaN where it has none."""
+        values = np.where(np.isnan(self.slice_dice), np.inf, self.slice_dice).min(axis=1)
+        return np.where(np.isinf(values), np.nan, values)
+
+    @property
+    def min_slice_dice(self) -> float:
+        """Lowest predicted Dice of any assessed slice and structure; NaN when there is none."""
+        values = self.slice_dice[~np.isnan(self.slice_dice)]
+        return float(values.min()) if values.size else math.nan
+
+    @property
+    def mean_dice(self) -> float:
+        """Mean of ``volume_dice`` over the structures that have one; NaN when none has."""
+        values = self.volume_dice[~np.isnan(self.volume_dice)]
+        return float(values.mean()) if values.size else math.nan
+
+    @property
+    def flagged_slices(self) -> list[int]:
+        """Indices k of the flagged slices."""
+        return [int(k) for k in np.flatnonzero(self.slice_flags)]
+
+    @property
+    def n_flagged_slices(self) -> int:
+        return int(np.count_nonzero(self.slice_flags))
+
+    @property
+    def needs_review(self) -> bool:
+        """True when a slice is flagged or a rule check failed: someone should look at this segmentation."""
+        return bool(self.slice_flags.any()) or not self.rules.passed
+
+    def _named(self, row: NDArray[np.float64]) -> dict[str, float]:
+        return {name: _rounded(value) for name, value in zip(self.structure_names, row)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict for ``report.json`` (NaN becomes null when written with ``write_report``)."""
+        slice_min = self.slice_min_dice
+        slices = [
+            {
+                "slice": k,
+                "assessed": bool(self.assessed[k]),
+                "flagged": bool(self.slice_flags[k]),
+                "min_dice": _rounded(slice_min[k]),
+                "dice": self._named(self.slice_dice[k]),
+                "rule_reasons": list(self.rules.slice_reasons[k]),
+            }
+            for k in range(self.slice_dice.shape[0])
+        ]
+        return {
+            "method": _METHOD,
+            "dice_threshold": self.dice_threshold,
+            "flag_rule": "a slice is flagged when the predicted Dice of any structure on it is below dice_threshold",
+            "needs_review": self.needs_review,
+            "flagged_slices": self.flagged_slices,
+            "n_flagged_slices": self.n_flagged_slices,
+            "n_assessed_slices": int(np.count_nonzero(self.assessed)),
+            "min_slice_dice": _rounded(self.min_slice_dice),
+            "mean_dice": _rounded(self.mean_dice),
+            "volume_dice": self._named(self.volume_dice),
+            "volume_dice_definition": _VOLUME_DICE_DEFINITION,
+            "not_assessed": _NOT_ASSESSED,
+            "structures": {name: code for name, code in zip(self.structure_names, self.structures)},
+            "slices": slices,
+            "rules": {
+                "passed": self.rules.passed,
+                "volume_reasons": list(self.rules.volume_reasons),
+                "flagged_slices": [int(k) for k in np.flatnonzero(self.rules.slice_flags)],
+                "labelled_range": None if self.rules.labelled_range is None else list(self.rules.labelled_range),
+                "mid_slice": self.rules.mid_slice,
+            },
+            "roi": {"spacing_mm": self.roi_spacing_mm, "size_px": self.roi_size_px,
+                    "resampled_to_fit": self.resampled_to_fit},
+            "search": dict(self.search),
+            "empty_segmentation": self.empty_segmentation,
+            "warnings": list(self.warnings),
+        }
+
+    def slice_table_rows(self) -> list[dict[str, Any]]:
+        """One row per slice for ``qc_slices.csv``: slice, assessed, flagged, min_dice, dice_<structure>...,
+        rule_reasons (``"; "``-joined). Missing values (NaN) become empty cells."""
+        slice_min = self.slice_min_dice
+        rows = []
+        for k in range(self.slice_dice.shape[0]):
+            row: dict[str, Any] = {
+                "slice": k,
+                "assessed": bool(self.assessed[k]),
+                "flagged": bool(self.slice_flags[k]),
+                "min_dice": _rounded(slice_min[k]),
+            }
+            row.update({f"dice_{name}": value for name, value in self._named(self.slice_dice[k]).items()})
+            row["rule_reasons"] = "; ".join(self.rules.slice_reasons[k])
+            rows.append(row)
+        return rows
+
+    def summary_values(self) -> dict[str, Any]:
+        """The columns a batch summary gets: ``qc_min_dice``, ``qc_flagged_slices``, ``qc_needs_review``."""
+        return {
+            "qc_min_dice": _rounded(self.min_slice_dice),
+            "qc_flagged_slices": self.n_flagged_slices,
+            "qc_needs_review": self.needs_review,
+        }
+
+
+def _rounded(value: float) -> float:
+    return round(float(value), 4) if math.isfinite(value) else math.nan
+
+
+# -- validation ----------------------------------------------------------------------------------------------------
+
+
+def _unwrap_model(model: Any) -> tuple[SegmentationVAE, Any]:
+    """(network, card or None) from a SegmentationVAE or a registry ``LoadedModel`` holding one."""
+    if isinstance(model, SegmentationVAE):
+        return model, None
+    network = getattr(model, "network", None)
+    if isinstance(network, SegmentationVAE):
+        return network, getattr(model, "card", None)
+    name = getattr(getattr(model, "card", None), "network", None)
+    raise ModelError(
+        f"The QC model must be a SegmentationVAE (network '{QC_MODEL_NAME}') or a loaded model holding one; got "
+        f"{type(network if network is not None else model).__name__}"
+        + (f" (card network {name!r})" if name else "") + ". Check the qc_vae model card."
+    )
+
+
+def _check_grid(image: Volume, labels: Volume) -> None:
+    if not isinstance(image, Volume) or image.axes != "kji":
+        raise InputError(
+            "image must be one 3D (k, j, i) cardiac_ai Volume; pick a frame of a cine series first (volume.frame(t))."
+        )
+    if not isinstance(labels, Volume) or labels.axes != "kji":
+        raise InputError("labels must be one 3D (k, j, i) cardiac_ai Volume (a label map).")
+    if labels.spatial_shape != image.spatial_shape:
+        raise InputError(
+            f"The labels' shape (k, j, i) {labels.spatial_shape} differs from the image's {image.spatial_shape}. "
+            "QC needs the segmentation on the image's grid: export or resample it onto the image (in Slicer: export "
+            "the segmentation to a labelmap with the image as reference geometry)."
+        )
+    if labels.geometry.is_close(image.geometry, atol_mm=_GRID_ATOL_MM, atol_direction=_GRID_ATOL_DIRECTION):
+        return
+    differences = []
+    for name, atol in (("spacing_mm", _GRID_ATOL_MM), ("origin_lps_mm", _GRID_ATOL_MM),
+                       ("direction_lps", _GRID_ATOL_DIRECTION)):
+        found, expected = getattr(labels.geometry, name), getattr(image.geometry, name)
+        if not np.allclose(found, expected, atol=atol):
+            differences.append(
+                f"{name} {tuple(round(float(v), 4) for v in found)} vs the image's "
+                f"{tuple(round(float(v), 4) for v in expected)}"
+            )
+    raise InputError(
+        "The labels' geometry differs from the image's: " + "; ".join(differences) + ". QC needs the segmentation "
+        "on the image's grid: export or resample it onto the image (in Slicer: export the segmentation to a labelmap "
+        "with the image as reference geometry)."
+    )
+
+
+def _structures(config: QCConfig, network: SegmentationVAE, card: Any) -> tuple[int, ...]:
+    n = network.n_structures
+    if config.structures is not None:
+        if len(config.structures) != n:
+            raise InputError(
+                f"config.structures {config.structures} has {len(config.structures)} codes but the QC model has {n} "
+                "segmentation channels; give one code per channel, in channel order."
+            )
+        return config.structures
+    label_map = getattr(card, "label_map", None) or {}
+    from_card = tuple(sorted(int(code) for code in label_map if int(code) != 0))
+    if len(from_card) == n and set(from_card) <= set(QC_STRUCTURES):
+        return from_card
+    if n == len(QC_STRUCTURES):
+        return QC_STRUCTURES
+    if n == 1:
+        return (LV_MYOCARDIUM,)
+    raise ModelError(
+        f"The QC model has {n} segmentation channels and its card names no matching structures; pass "
+        "QCConfig(structures=...) with one label code per channel."
+    )
+
+
+def _roi_spacing(config: QCConfig, card: Any) -> float:
+    if config.spacing_mm is not None:
+        return float(config.spacing_mm)
+    spacing = (getattr(card, "input_spec", None) or {}).get("in_plane_spacing_mm")
+    if spacing:
+        values = [float(v) for v in (spacing if isinstance(spacing, (list, tuple)) else [spacing])]
+        if all(math.isfinite(v) and v > 0 for v in values):
+            return max(values)
+    return QC_SPACING_MM
+
+
+def _search(
+    network: SegmentationVAE, pairs: NDArray[np.float32], config: QCConfig, device: Any, warn
+) -> tuple[SearchResult, str]:
+    """Latent search on ``device``; a CUDA out-of-memory error reruns it on the CPU with a warning."""
+    import torch
+
+    from ..device import is_out_of_memory, resolve_device
+
+    if device is None:
+        parameter = next(network.parameters(), None)
+        run_device = parameter.device if parameter is not None else torch.device("cpu")
+    elif isinstance(device, torch.device):
+        run_device = device
+    else:
+        run_device = resolve_device(str(device))
+    options = {"steps": config.steps, "lr": config.lr, "tolerance": config.tolerance}
+    try:
+        return latent_search(network, pairs, device=run_device, **options), str(run_device)
+    except RuntimeError as error:
+        if run_device.type != "cuda" or not is_out_of_memory(error):
+            raise
+        torch.cuda.empty_cache()
+        warn(f"QC: CUDA out of memory in the latent search of {pairs.shape[0]} slices; it ran on the CPU instead.")
+        return latent_search(network, pairs, device="cpu", **options), "cpu"
+
+
+# -- the job ---------------------------------------------------------------------------------------------------------
+
+
+def assess_segmentation(
+    image: Volume,
+    labels: Volume,
+    model: Any,
+    *,
+    config: QCConfig = QCConfig(),
+    device: Any = None,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+) -> QCResult:
+    """Predict the Dice of every slice of a segmentation without ground truth, flag poor slices, check the rules.
+
+    Parameters
+    ----------
+    image : Volume with axes "kji"
+        The short-axis stack the segmentation belongs to (one frame; any intensity unit).
+    labels : Volume with axes "kji"
+        The segmentation to check, on exactly the image's grid (shape and geometry), CardiacAI codes
+        (1 RV blood pool, 2 LV myocardium, 3 LV blood pool; 4 scar and 5 MVO count as myocardium).
+    model : SegmentationVAE or LoadedModel
+        The trained QC VAE, or what ``ModelRegistry.load("qc_vae")`` returns (its card then gives the structures
+        and the ROI spacing, see :class:`QCConfig`). Its weights are not changed.
+    config : QCConfig
+        Threshold and search options.
+    device : str, torch.device or None
+        Where the search runs: None the model's device; ``"auto"``, ``"cpu"``, ``"cuda"`` as
+        :func:`~cardiac_ai.device.resolve_device`. CUDA out of memory falls back to the CPU with a warning.
+    provenance : Provenance, optional
+        Receives the warnings (they are in ``QCResult.warnings`` too).
+    progress : ProgressCallback, optional
+        Fraction 0..1 and a short message; may raise ``Cancelled``.
+
+    Returns
+    -------
+    QCResult
+        Per-slice and per-structure predicted Dice, flags, rule report and the surrogate on the image's grid.
+
+    Raises
+    ------
+    InputError
+        4D input; labels whose shape or geometry differs from the image's (the message names the differing
+        field: spacing_mm, origin_lps_mm or direction_lps); label values outside the label table; an image that
+        is constant inside the QC region of interest; structures that do not fit the model.
+    ModelError
+        ``model`` is not a SegmentationVAE.
+
+    Notes
+    -----
+    Only slices from the first to the last labelled slice are assessed: beyond the segmented extent there is no
+    given structure to compare, and the surrogate there would be the VAE's guess at a heart that may not be in the
+    image. Missing slices inside the extent are caught by the rule checks ("gap"). An empty segmentation is not an
+    error: every slice is assessed and gets Dice 0 (flagged), with a warning, and the surrogate still shows what
+    the model proposes. When the segmented heart is too large for the ROI at the configured spacing,
+    :func:`~cardiac_ai.qc.search.qc_input` raises the spacing until it fits; ``resampled_to_fit`` and a warning
+    report it.
+    """
+    network, card = _unwrap_model(model)
+    _check_grid(image, labels)
+    label_array = np.asarray(labels.array)
+    check_label_values(label_array, what="labels")
+    label_array = label_array.astype(np.uint8)
+    if network.n_image_channels != 1:
+        raise ModelError(f"The QC model expects {network.n_image_channels} image channels; QC supports 1.")
+    structures = _structures(config, network, card)
+    spacing = _roi_spacing(config, card)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if provenance is not None:
+            provenance.warn(message, log)
+        else:
+            log.warning(message)
+
+    report(progress, 0.0, "QC: region of interest")
+    roi_notes = Provenance()
+    pairs, transform = qc_input(
+        image, labels.with_array(label_array), spacing_mm=spacing, structures=structures,
+        crop_size=network.input_size, provenance=roi_notes,
+    )
+    for message in roi_notes.warnings:
+        warn(message)
+    roi_spacing = float(transform.spec.in_plane_spacing_mm[0])
+    resampled_to_fit = roi_spacing > spacing * (1.0 + 1e-9)
+
+    n_slices = pairs.shape[0]
+    labelled = np.flatnonzero(np.any(label_array != 0, axis=(1, 2)))
+    empty = labelled.size == 0
+    assessed = np.ones(n_slices, dtype=bool)
+    if not empty:
+        assessed[:] = False
+        assessed[labelled[0]: labelled[-1] + 1] = True
+    else:
+        warn(
+            "QC: the segmentation is empty; every slice is flagged with predicted Dice 0. Check that the "
+            "segmentation ran on this image (and found the heart)."
+        )
+
+    report(progress, 0.1, f"QC: latent search on {int(assessed.sum())} slices")
+    chosen = pairs[assessed]
+    search, used_device = _search(network, chosen, config, device, warn)
+    report(progress, 0.85, "QC: predicted Dice")
+    given = chosen[:, network.n_image_channels:] > 0.5
+    surrogate_masks = search.surrogate > _SURROGATE_THRESHOLD
+    dice = predicted_dice(search.surrogate, given.astype(np.float32), threshold=_SURROGATE_THRESHOLD)
+    intersection = np.count_nonzero(surrogate_masks & given, axis=(2, 3)).astype(np.float64)
+    total = (np.count_nonzero(surrogate_masks, axis=(2, 3)) + np.count_nonzero(given, axis=(2, 3))).astype(np.float64)
+    dice[total == 0] = np.nan  # absent from both: nothing to compare
+    slice_dice = np.full((n_slices, len(structures)), np.nan)
+    slice_dice[assessed] = dice
+    pooled_total = total.sum(axis=0)
+    volume_dice = np.where(pooled_total > 0, 2.0 * intersection.sum(axis=0) / np.maximum(pooled_total, 1.0), np.nan)
+    if empty:
+        slice_dice[:] = 0.0
+        volume_dice[:] = 0.0
+    slice_min = np.where(np.isnan(slice_dice), np.inf, slice_dice).min(axis=1)
+    flags = assessed & (slice_min < config.dice_threshold)
+
+    report(progress, 0.9, "QC: surrogate on the image grid")
+    size = network.input_size
+    probabilities = np.zeros((n_slices, len(structures), size, size), dtype=np.float32)
+    probabilities[assessed] = search.surrogate
+    roi_labels = np.where(
+        probabilities.max(axis=1) > _SURROGATE_THRESHOLD,
+        np.asarray(structures, dtype=np.uint8)[probabilities.argmax(axis=1)],
+        0,
+    ).astype(np.uint8)
+    surrogate = restore_labels(roi_labels, transform)
+    rules = check_rules(label_array, image.geometry.spacing_mm, structures=structures)
+
+    result = QCResult(
+        slice_dice=slice_dice,
+        structures=structures,
+        volume_dice=volume_dice,
+        assessed=assessed,
+        slice_flags=flags,
+        dice_threshold=config.dice_threshold,
+        rules=rules,
+        surrogate=surrogate,
+        roi_spacing_mm=roi_spacing,
+        resampled_to_fit=bool(resampled_to_fit),
+        roi_size_px=size,
+        empty_segmentation=bool(empty),
+        search={
+            "steps": config.steps, "lr": config.lr, "tolerance": config.tolerance,
+            "iterations": search.iterations, "converged": search.converged, "device": used_device,
+            "mean_initial_distance": float(np.mean(search.initial_loss)),
+            "mean_final_distance": float(np.mean(search.final_loss)),
+        },
+        warnings=tuple(warnings),
+    )
+    log.info(
+        "QC: %d of %d assessed slices flagged (predicted Dice < %.2f); min predicted Dice %.3f",
+        result.n_flagged_slices, int(assessed.sum()), config.dice_threshold, result.min_slice_dice,
+    )
+    report(progress, 1.0, "QC done")
+    return result
+
+
+def run_qc(
+    image: Volume,
+    labels: Volume,
+    model: Any | None,
+    *,
+    config: QCConfig = QCConfig(),
+    device: Any = None,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+    searched: str | Sequence[str] = "",
+) -> QCResult | None:
+    """QC as a step of a segmentation pipeline: :func:`assess_segmentation`, or None with a warning.
+
+    Parameters
+    ----------
+    image, labels, config, device, progress
+        As :func:`assess_segmentation`.
+    model : SegmentationVAE, LoadedModel or None
+        None when no ``qc_vae`` model is installed: QC is skipped.
+    provenance : Provenance, optional
+        Receives the warnings, the QC timing (``"qc"``), the QC model (when it is a ``LoadedModel``) and the
+        QC parameters (``parameters["qc"]``).
+    searched : str or sequence of str
+        Where the model was looked for, named in the "QC skipped" warning.
+
+    Returns
+    -------
+    QCResult or None
+        None when there is no model, or the input cannot be quality-checked (e.g. a constant image in the ROI);
+        the reason is a provenance warning starting "QC skipped" or "QC not done". A segmentation never fails
+        because of QC.
+    """
+    provenance = provenance if provenance is not None else Provenance(command="qc")
+    if model is None:
+        where = searched if isinstance(searched, str) else ", ".join(str(p) for p in searched)
+        provenance.warn(
+            f"QC skipped: no {QC_MODEL_NAME} model found in {where or 'the model folders'}; train one with "
+            "scripts/train_qc.py (see README) and pass its folder with --models-dir (or CARDIACAI_MODELS).",
+            log,
+        )
+        return None
+    try:
+        with provenance.timed("qc"):
+            result = assess_segmentation(image, labels, model, config=config, device=device,
+                                         provenance=provenance, progress=progress)
+    except (InputError, ModelError) as error:
+        provenance.warn(f"QC not done: {error}", log)
+        return None
+    if hasattr(model, "model_use"):
+        use = model.model_use()
+        if use not in provenance.models:
+            provenance.models.append(use)
+    provenance.parameters["qc"] = config.to_dict()
+    return result

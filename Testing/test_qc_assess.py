@@ -1,0 +1,174 @@
+"""Generative QC of one segmentation (qc/assess.py): per-slice predicted Dice, flags, surrogate, bad input, run_qc."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cardiac_ai.errors import InputError, ModelError
+from cardiac_ai.geometry import Geometry
+from cardiac_ai.io.report import to_jsonable
+from cardiac_ai.models import ModelCard, ModelRegistry, save_model
+from cardiac_ai.phantom import make_cine_phantom
+from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.provenance import Provenance
+from cardiac_ai.qc import DEFAULT_DICE_THRESHOLD, QCConfig, SegmentationVAE, assess_segmentation, run_qc
+
+TINY = {"latent_size": 2, "features": (4, 4, 8, 8)}
+FAST = QCConfig(steps=5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions run much faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_cine_phantom(n_slices=8, seed=3)  # heart on slices 1..6
+
+
+@pytest.fixture(scope="module")
+def vae():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return SegmentationVAE(**TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def result(phantom, vae):
+    return assess_segmentation(phantom.image, phantom.labels, vae, config=FAST)
+
+
+def test_slices_outside_the_labelled_range_are_not_assessed_and_have_no_dice(result):
+    assert result.slice_dice.shape == (8, 3) and result.structures == (1, 2, 3)
+    np.testing.assert_array_equal(result.assessed, [False, True, True, True, True, True, True, False])
+    assert np.isnan(result.slice_dice[[0, 7]]).all() and not result.slice_flags[[0, 7]].any()
+    finite = result.slice_dice[~np.isnan(result.slice_dice)]
+    assert finite.size > 0 and ((0 <= finite) & (finite <= 1)).all()
+
+
+def test_surrogate_is_a_label_map_on_exactly_the_image_grid(result, phantom):
+    surrogate = result.surrogate
+    assert surrogate.array.shape == phantom.image.array.shape and surrogate.array.dtype == np.uint8
+    assert surrogate.geometry.is_close(phantom.image.geometry, atol_mm=1e-9, atol_direction=1e-12)
+    assert set(np.unique(surrogate.array).tolist()) <= {0, 1, 2, 3}
+    assert not surrogate.array[[0, 7]].any()  # nothing proposed where nothing was assessed
+
+
+def test_volume_dice_pools_pixels_so_it_lies_within_the_slice_values(result):
+    for column in range(3):
+        values = result.slice_dice[:, column]
+        values = values[~np.isnan(values)]
+        if values.size:
+            assert values.min() - 1e-9 <= result.volume_dice[column] <= values.max() + 1e-9
+    assert result.mean_dice == pytest.approx(np.nanmean(result.volume_dice))
+
+
+def test_flags_follow_the_threshold(phantom, vae, result):
+    none = assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(steps=5, dice_threshold=0.0))
+    every = assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(steps=5, dice_threshold=1.0))
+    assert not none.slice_flags.any() and none.flagged_slices == []
+    np.testing.assert_array_equal(every.slice_flags, every.assessed)  # an untrained model is never perfect
+    np.testing.assert_array_equal(result.slice_flags, result.assessed & (result.slice_min_dice < 0.8))
+    assert result.dice_threshold == DEFAULT_DICE_THRESHOLD == 0.8
+
+
+def test_empty_segmentation_is_flagged_everywhere_not_an_error(phantom, vae):
+    empty = phantom.labels.with_array(np.zeros_like(phantom.labels.array))
+    provenance = Provenance()
+    result = assess_segmentation(phantom.image, empty, vae, config=FAST, provenance=provenance)
+    assert result.empty_segmentation and result.assessed.all() and result.slice_flags.all()
+    assert (result.slice_dice == 0).all() and result.min_slice_dice == 0.0 and result.needs_review
+    assert not result.rules.passed
+    assert any("empty" in w for w in result.warnings) and any("empty" in w for w in provenance.warnings)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("origin_lps_mm", lambda g: Geometry(g.spacing_mm, (5.0, 0.0, 0.0), g.direction_lps)),
+    ("spacing_mm", lambda g: Geometry((1.6, 1.5, 8.0), g.origin_lps_mm, g.direction_lps)),
+    ("direction_lps", lambda g: Geometry(g.spacing_mm, g.origin_lps_mm, (0, 1, 0, 1, 0, 0, 0, 0, 1))),
+])
+def test_labels_on_another_grid_are_refused_naming_the_field(phantom, vae, field, change):
+    moved = phantom.labels.__class__(phantom.labels.array, change(phantom.labels.geometry))
+    with pytest.raises(InputError, match=field):
+        assess_segmentation(phantom.image, moved, vae, config=FAST)
+
+
+def test_labels_of_another_shape_or_outside_the_table_are_refused(phantom, vae):
+    with pytest.raises(InputError, match="shape"):
+        assess_segmentation(phantom.image, phantom.labels.with_array(phantom.labels.array[:-1]), vae)
+    bad = phantom.labels.array.copy()
+    bad[3, 10, 10] = 9
+    with pytest.raises(InputError, match="label table"):
+        assess_segmentation(phantom.image, phantom.labels.with_array(bad), vae)
+
+
+def test_heart_too_large_for_the_roi_is_resampled_and_reported(vae):
+    big = make_cine_phantom(n_slices=6, seed=1, scale=2.2, shape=(160, 160))  # heart ~180 mm > 88 px x 1.8 mm
+    result = assess_segmentation(big.image, big.labels, vae, config=FAST)
+    assert result.resampled_to_fit and result.roi_spacing_mm > 1.8
+    assert any("resampled" in w for w in result.warnings)
+    assert result.to_dict()["roi"] == {"spacing_mm": result.roi_spacing_mm, "size_px": 96, "resampled_to_fit": True}
+    assert result.surrogate.geometry.is_close(big.image.geometry) and result.surrogate.array.shape == (6, 160, 160)
+
+
+def test_report_dict_is_strict_json_and_the_table_has_one_row_per_slice(result):
+    data = result.to_dict()
+    text = json.dumps(to_jsonable(data), allow_nan=False)
+    assert json.loads(text)["slices"][0]["dice"] == {"rv_blood_pool": None, "lv_myocardium": None,
+                                                     "lv_blood_pool": None}
+    assert data["dice_threshold"] == 0.8 and data["n_assessed_slices"] == 6
+    assert data["flagged_slices"] == result.flagged_slices and set(data["volume_dice"]) == set(result.structure_names)
+    rows = result.slice_table_rows()
+    assert len(rows) == 8 and list(rows[0]) == [
+        "slice", "assessed", "flagged", "min_dice", "dice_rv_blood_pool", "dice_lv_myocardium", "dice_lv_blood_pool",
+        "rule_reasons"]
+    assert [r["flagged"] for r in rows] == result.slice_flags.tolist()
+    assert set(result.summary_values()) == {"qc_min_dice", "qc_flagged_slices", "qc_needs_review"}
+
+
+def test_config_and_model_are_checked(phantom, vae):
+    with pytest.raises(InputError, match="dice_threshold"):
+        QCConfig(dice_threshold=1.5)
+    with pytest.raises(InputError, match="structures"):
+        QCConfig(structures=(4,))
+    with pytest.raises(InputError, match="3 segmentation channels"):
+        assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(structures=(2,)))
+    with pytest.raises(ModelError, match="SegmentationVAE"):
+        assess_segmentation(phantom.image, phantom.labels, torch.nn.Linear(2, 2))
+
+
+def test_a_registered_model_brings_its_structures_and_roi_spacing(phantom, tmp_path):
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
+                         network_kwargs={"n_structures": 1, **TINY}, label_map={2: "lv_myocardium"},
+                         input_spec=InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(96, 96)).to_dict())
+        save_model(card.build_network(), card, tmp_path)
+    loaded = ModelRegistry(paths=[tmp_path]).load("qc_vae", device="cpu")
+    provenance = Provenance()
+    result = run_qc(phantom.image, phantom.labels, loaded, config=FAST, provenance=provenance)
+    assert result.structures == (2,) and result.slice_dice.shape == (8, 1) and result.roi_spacing_mm == 2.0
+    assert [m.name for m in provenance.models] == ["qc_vae"] and "qc" in provenance.timings_s
+    assert provenance.parameters["qc"]["dice_threshold"] == 0.8
+
+
+def test_run_qc_without_a_model_skips_with_a_warning_naming_where_it_looked(phantom):
+    provenance = Provenance()
+    assert run_qc(phantom.image, phantom.labels, None, provenance=provenance, searched="/models/here") is None
+    assert len(provenance.warnings) == 1
+    assert provenance.warnings[0].startswith("QC skipped: no qc_vae model found in /models/here")
+    assert "train_qc.py" in provenance.warnings[0]
+
+
+def test_run_qc_turns_input_it_cannot_check_into_a_warning(phantom, vae):
+    provenance = Provenance()
+    constant = phantom.image.with_array(np.ones_like(phantom.image.array))
+    assert run_qc(constant, phantom.labels, vae, config=FAST, provenance=provenance) is None
+    assert provenance.warnings and provenance.warnings[-1].startswith("QC not done:")

@@ -1,0 +1,238 @@
+"""``cardiacai qc`` and the QC step of segment-cine, batch and map, as a user runs them: outputs, exit codes."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+from cardiac_ai.cli import build_parser, main
+from cardiac_ai.geometry import Geometry, Volume
+from cardiac_ai.io import write_volume
+from cardiac_ai.io.seg_nrrd import write_seg_nrrd
+from cardiac_ai.models import ModelCard, save_model
+from cardiac_ai.models import registry as registry_module
+from cardiac_ai.phantom import make_cine_phantom
+from cardiac_ai.progress import parse_progress_line
+from cardiac_ai.qc import DEFAULT_DICE_THRESHOLD
+
+BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+CINE_STEMS = ("cine_localiser-1.0", "cine_baseline-1.0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def only_the_given_model_folders(monkeypatch):
+    """No bundled folder and no CARDIACAI_MODELS: each test sees exactly the --models-dir folders it passes."""
+    monkeypatch.setattr(registry_module, "default_model_dirs", list)
+    monkeypatch.delenv("CARDIACAI_MODELS", raising=False)
+
+
+@pytest.fixture(scope="module")
+def qc_models(tmp_path_factory):
+    """A tmp registry folder holding a tiny, randomly initialised qc_vae."""
+    folder = tmp_path_factory.mktemp("qc_models")
+    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
+                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
+                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(card.build_network(), card, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cine_models(tmp_path_factory):
+    """The bundled cine localiser and baseline (links), without anything else from Resources/Models."""
+    if not all((BUNDLED / f"{stem}.json").is_file() for stem in CINE_STEMS):
+        pytest.skip(f"bundled cine models not found in {BUNDLED}")
+    folder = tmp_path_factory.mktemp("cine_models")
+    for stem in CINE_STEMS:
+        for suffix in (".json", ".safetensors"):
+            (folder / f"{stem}{suffix}").symlink_to(BUNDLED / f"{stem}{suffix}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qc_inputs")
+    case = make_cine_phantom(n_slices=8, seed=3)  # heart on slices 1..6
+    write_volume(case.image, folder / "image.nii.gz")
+    write_volume(case.labels, folder / "labels.nii.gz")
+    return {"dir": folder, "image": folder / "image.nii.gz", "labels": folder / "labels.nii.gz", "case": case}
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_qc_writes_report_table_and_surrogate_on_the_image_grid(files, qc_models, tmp_path, capsys):
+    out = tmp_path / "qc"
+    code, stdout, err = _run(capsys, "qc", files["image"], files["labels"], "--out", out, "--models", qc_models,
+                             "--write-surrogate", "--device", "cpu")
+    assert code == 0, err
+    assert "slices flagged" in stdout
+    report = _report(out)
+    qc = report["qc"]
+    assert qc["dice_threshold"] == 0.8 and len(qc["slices"]) == 8 and qc["n_assessed_slices"] == 6
+    assert report["provenance"]["command"] == "qc" and report["provenance"]["models"][0]["name"] == "qc_vae"
+    assert sorted(report["outputs"]) == ["qc_slices.csv", "report.json", "surrogate.nii.gz", "surrogate.seg.nrrd"]
+    with open(out / "qc_slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["slice"]) for r in rows] == list(range(8)) and rows[0]["dice_lv_myocardium"] == ""
+    assert [r["flagged"] == "True" for r in rows] == [s["flagged"] for s in qc["slices"]]
+
+    image = sitk.ReadImage(str(files["image"]))
+    surrogate = sitk.ReadImage(str(out / "surrogate.nii.gz"))
+    assert surrogate.GetSize() == image.GetSize()
+    np.testing.assert_allclose(surrogate.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(surrogate.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(surrogate.GetDirection(), image.GetDirection(), atol=1e-6)
+    segmentation = slicerio.read_segmentation(str(out / "surrogate.seg.nrrd"))
+    np.testing.assert_allclose(segmentation["ijkToLPS"], files["case"].image.geometry.ijk_to_lps_matrix(), atol=1e-4)
+
+
+def test_threshold_decides_the_flags_and_progress_lines_rise(files, qc_models, tmp_path, capsys):
+    assert build_parser().parse_args(["qc", "a", "b", "--out", "c"]).threshold == DEFAULT_DICE_THRESHOLD
+    code, stdout, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t0",
+                             "--models-dir", qc_models, "--threshold", "0", "--progress-lines")
+    assert code == 0, err
+    assert _report(tmp_path / "t0")["qc"]["flagged_slices"] == []
+    fractions = [parse_progress_line(line)[0] for line in stdout.splitlines() if line.startswith("PROGRESS")]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t1",
+                        "--models-dir", qc_models, "--threshold", "1")
+    assert code == 0, err
+    assert _report(tmp_path / "t1")["qc"]["flagged_slices"] == [1, 2, 3, 4, 5, 6]  # every assessed slice
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t2",
+                        "--models-dir", qc_models, "--threshold", "1.5")
+    assert code == 2 and "dice_threshold" in err
+
+
+def test_labels_on_another_grid_exit_2_naming_the_field_and_leave_no_folder(files, qc_models, tmp_path, capsys):
+    case = files["case"]
+    moved = Geometry(case.labels.geometry.spacing_mm, (0.0, 12.0, 0.0), case.labels.geometry.direction_lps)
+    write_volume(Volume(case.labels.array, moved), tmp_path / "moved.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "moved.nii.gz", "--out", tmp_path / "out",
+                        "--models-dir", qc_models)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("cardiacai: error:") and "origin_lps_mm" in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_slicer_segmentation_file_is_read_as_labels(files, qc_models, tmp_path, capsys):
+    write_seg_nrrd(files["case"].labels, tmp_path / "labels.seg.nrrd")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "labels.seg.nrrd", "--out", tmp_path / "out",
+                        "--models-dir", qc_models)
+    assert code == 0, err
+    assert _report(tmp_path / "out")["qc"]["n_assessed_slices"] == 6
+
+
+def test_labels_outside_the_table_exit_2(files, qc_models, tmp_path, capsys):
+    bad = files["case"].labels.array.copy()
+    bad[4, 5, 5] = 17
+    write_volume(files["case"].labels.with_array(bad), tmp_path / "bad.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "bad.nii.gz", "--out", tmp_path / "out",
+                        "--models-dir", qc_models)
+    assert code == 2 and "[17]" in err and "label table" in err
+
+
+def test_qc_without_a_model_exits_3_saying_how_to_get_one(files, tmp_path, capsys):
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "out",
+                        "--models-dir", tmp_path)
+    assert code == 3 and "No qc_vae model found" in err and "train_qc.py" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_segmentation_is_flagged_not_a_crash(files, qc_models, tmp_path, capsys):
+    write_volume(files["case"].labels.with_array(np.zeros_like(files["case"].labels.array)), tmp_path / "e.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "e.nii.gz", "--out", tmp_path / "out",
+                        "--models-dir", qc_models)
+    assert code == 0, err
+    qc = _report(tmp_path / "out")["qc"]
+    assert qc["empty_segmentation"] and qc["flagged_slices"] == list(range(8)) and qc["min_slice_dice"] == 0.0
+    assert any("empty" in w for w in qc["warnings"])
+
+
+def test_segment_cine_without_a_qc_model_still_succeeds_with_a_warning(files, cine_models, tmp_path, capsys):
+    out = tmp_path / "seg"
+    code, stdout, err = _run(capsys, "segment-cine", files["image"], "--out", out, "--models-dir", cine_models,
+                             "--mode", "baseline", "--base", "first", "--device", "cpu")
+    assert code == 0, err
+    report = _report(out)
+    assert report["qc"] is None and (out / "labels.nii.gz").exists() and not (out / "qc_slices.csv").exists()
+    assert any(w.startswith("QC skipped: no qc_vae model found") for w in report["provenance"]["warnings"])
+    assert "QC skipped" in stdout
+
+
+def test_segment_cine_reports_qc_and_no_qc_leaves_no_key(files, cine_models, qc_models, tmp_path, capsys):
+    common = ["--models-dir", cine_models, "--models-dir", qc_models, "--mode", "baseline", "--base", "first",
+              "--device", "cpu"]
+    code, _, err = _run(capsys, "segment-cine", files["image"], "--out", tmp_path / "qc", *common,
+                        "--qc-threshold", "0.5")
+    assert code == 0, err
+    report = _report(tmp_path / "qc")
+    qc = report["qc"]
+    assert qc["dice_threshold"] == 0.5 and len(qc["slices"]) == 8 and "flagged_slices" in qc
+    assert {m["name"] for m in report["provenance"]["models"]} == {"cine_localiser", "cine_baseline", "qc_vae"}
+    assert (tmp_path / "qc" / "qc_slices.csv").exists()
+
+    code, _, err = _run(capsys, "segment-cine", files["image"], "--out", tmp_path / "off", *common, "--no-qc")
+    assert code == 0, err
+    report = _report(tmp_path / "off")
+    assert "qc" not in report and not (tmp_path / "off" / "qc_slices.csv").exists()
+    assert not any("QC" in w for w in report["provenance"]["warnings"])
+
+
+def test_batch_summary_gets_the_qc_columns(files, cine_models, qc_models, tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for seed in (1, 2):
+        write_volume(make_cine_phantom(n_slices=6, seed=seed).image, cohort / f"case{seed}.nii.gz")
+    code, _, err = _run(capsys, "batch", cohort, "--out", tmp_path / "out", "--models-dir", cine_models,
+                        "--models-dir", qc_models, "--mode", "baseline", "--base", "first", "--device", "cpu")
+    assert code == 0, err
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case_id"] for r in rows] == ["case1", "case2"]
+    for row in rows:
+        assert 0.0 <= float(row["qc_min_dice"]) <= 1.0 and int(row["qc_flagged_slices"]) >= 0
+
+
+def test_map_qc_is_marked_indicative(qc_models, tmp_path, capsys):
+    from cardiac_ai.mapping import MAP_MODEL_NAME, make_mapping_case
+    from cardiac_ai.preprocessing import InputSpec
+
+    spec = InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(64, 64))
+    card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
+                     network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
+                     input_spec=spec.to_dict(), label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(card.build_network(), card, tmp_path / "map_models")  # untrained: tests the plumbing only
+    write_volume(make_mapping_case(make_cine_phantom(seed=3), seed=3, disease="none").t1_map_ms,
+                 tmp_path / "t1.nii.gz")
+    code, stdout, err = _run(capsys, "map", tmp_path / "t1.nii.gz", "--kind", "t1", "--out", tmp_path / "out",
+                             "--models-dir", tmp_path / "map_models", "--models-dir", qc_models, "--device", "cpu")
+    assert code == 0, err
+    report = _report(tmp_path / "out")
+    assert report["qc"]["indicative"] is True and "cine" in report["qc"]["note"]
+    assert "qc_slices.csv" in report["outputs"] and (tmp_path / "out" / "qc_slices.csv").exists()
+    assert "(indicative)" in stdout
