@@ -108,7 +108,7 @@ def test_evaluate_reports_one_voxel_shift_in_millimetres(tmp_path, capsys):
 
 
 def test_planned_command_says_it_is_not_available(capsys):
-    code, _, err = _run(capsys, "cam", "x.nii.gz", "--out", "y")
+    code, _, err = _run(capsys, "fibrosis", "x.nii.gz", "--out", "y")
     assert code != 0 and "not available" in err
 
 

@@ -213,6 +213,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-surrogate", action="store_true",
                    help="also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd")
 
+    p = sub.add_parser("cam", parents=[common],
+                       help="class activation map and whole-heart labels from diagnosis-label (weak) models")
+    p.add_argument("input", help="short-axis image (NIfTI, NRRD, MHA, DICOM folder; one 3D frame)")
+    p.add_argument("--out", required=True,
+                   help="output folder: cam.nii.gz, labels.nii.gz, segmentation.seg.nrrd, cam_slices.csv, report.json")
+    p.add_argument("--explain", metavar="CLASS",
+                   help="class whose evidence is mapped on every slice (e.g. DCM); default: each slice's prediction")
+    p.add_argument("--method", choices=["model", "gradcam", "gradcampp"],
+                   help="CAM method; default: the one chosen on validation patients (in the model card)")
+    p.add_argument("--pseudo-label", action="store_true",
+                   help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
+    p.add_argument("--frame", type=int, help="frame of a 4D input (0-based)")
+
+    p = sub.add_parser("fibrosis", parents=[common], help="LGE scar segmentation: myocardium, scar, MVO, transmurality")
+    p.add_argument("input", help="LGE short-axis stack: NIfTI/NRRD/MHA, DICOM folder, a PNG slice, or a folder of one "
+                                 "patient's <patient>_sliceNNN.png slices (EMIDEC)")
+    p.add_argument("--out", required=True, help="output folder: labels.nii.gz, segmentation.seg.nrrd, report.json, "
+                                                "fibrosis.csv, transmurality.csv")
+    p.add_argument("--model", choices=["weak", "weak_stack", "pixel"], default="weak",
+                   help="scar model: weak = trained on slice-level labels (default), weak_stack = on patient-level "
+                        "labels, pixel = on pixel labels (comparison)")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="pixel spacing for PNG input (i j [k]); without it numbers are in pixels")
+    p.add_argument("--levels", nargs="+", choices=["base", "mid", "apex"],
+                   help="level of each slice in slice order, for AHA segment numbers (default: unknown, 6 sectors)")
+    p.add_argument("--anchor-angle", type=float, metavar="DEG",
+                   help="screen angle (0 right, 90 up) of the anterior RV insertion point; default: standard view "
+                        "(approximate)")
+    p.add_argument("--no-classifier", action="store_true", help="skip the per-slice fibrosis probability")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
+
     for name, helptext in _PLANNED.items():
         p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
         p.add_argument("args", nargs="*")
@@ -221,10 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Sub-commands whose names and outputs are a public contract but whose capability is not built yet.
-_PLANNED = {
-    "fibrosis": "LGE scar segmentation",
-    "cam": "class activation map and pseudo-label",
-}
+_PLANNED: dict[str, str] = {}
 
 
 #: Default QC flag threshold: cardiac_ai.qc.DEFAULT_DICE_THRESHOLD (why 0.80: see there), repeated here so that
@@ -628,6 +656,47 @@ def _qc(args: argparse.Namespace, progress: ProgressCallback) -> int:
         print(f"Wrote {args.out}: {result.n_flagged_slices} of {int(result.assessed.sum())} slices flagged "
               f"(predicted Dice < {result.dice_threshold:.2f}; slices {flagged}); min predicted Dice "
               f"{'n/a' if np.isnan(minimum) else f'{minimum:.3f}'}, mean {result.mean_dice:.3f}; rule checks {rules}")
+    return 0
+
+
+@_command("cam")
+def _cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .pipeline import cam_file
+
+    result = cam_file(
+        args.input, args.out, models_dirs=args.models_dir, explain=args.explain, method=args.method,
+        use_segmenter=not args.pseudo_label, frame=args.frame, device=args.device, overwrite=args.overwrite,
+        progress=progress,
+    )
+    if not args.quiet:
+        summary = result.to_report()["volume_prediction"]
+        print(f"Wrote {args.out}: predicted {summary['class']} "
+              f"(p = {summary['probabilities'][summary['class']]:.2f}); labels from {result.label_source}")
+    return 0
+
+
+@_command("fibrosis")
+def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .fibrosis.pipeline import fibrosis_file, load_fibrosis_models
+    from .pipeline import output_folder
+    from .progress import subrange
+    from .provenance import Provenance
+
+    provenance = Provenance(command="fibrosis")
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+        progress(0.0, "Loading models")
+        models = load_fibrosis_models(args.models_dir, model=args.model, classifier=not args.no_classifier,
+                                      device=args.device, provenance=provenance)
+        result = fibrosis_file(
+            args.input, args.out, models=models, spacing_mm=args.spacing, series_uid=args.series_uid,
+            levels=args.levels, anchor_angle_deg=args.anchor_angle, device=args.device, overwrite=True,
+            provenance=provenance, progress=subrange(progress, 0.05, 1.0),
+        )
+    if not args.quiet:
+        m = result.measures
+        print(f"Wrote {args.out}: scar {m.scar_volume:.1f} {m.volume_unit} "
+              f"({m.scar_percent_of_myocardium:.1f} % of the myocardium), MVO {m.mvo_volume:.1f} {m.volume_unit}; "
+              f"{len(result.provenance.warnings)} warning(s)")
     return 0
 
 

@@ -1031,3 +1031,67 @@ def qc_file(
         })
     report(progress, 1.0, "Done")
     return result
+
+
+# -- class activation maps (weak-label models) ------------------------------------------------------------------
+def cam_file(
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    models_dirs: Sequence[str | Path] = (),
+    explain: str | None = None,
+    method: str | None = None,
+    use_segmenter: bool = True,
+    frame: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+):
+    """``cardiacai cam``: class activation map and whole-heart labels from models trained on diagnosis labels only.
+
+    Writes ``cam.nii.gz`` (float in [0, 1], the input's geometry), ``labels.nii.gz`` (6 = heart: the weak U-Net's
+    output, or the CAM pseudo-label when ``use_segmenter`` is False or no weak U-Net is installed),
+    ``segmentation.seg.nrrd``, ``cam_slices.csv`` (class probabilities per slice) and ``report.json``.
+
+    Raises
+    ------
+    ModelError
+        No ``weak_cam_classifier`` model found (the message says how to train one).
+    InputError, DataError, OutputError
+        As the other commands.
+    """
+    from .device import resolve_device
+    from .models.registry import ModelRegistry
+    from .weak.pipeline import WeakModels, explain_volume
+
+    provenance = provenance or Provenance(command="cam")
+    provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted"})
+    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+        torch_device = resolve_device(device)
+        provenance.device = str(torch_device)
+        with provenance.timed("load_models"):
+            models = WeakModels.from_registry(ModelRegistry(extra_paths=[Path(p) for p in models_dirs]),
+                                              device=torch_device)
+        with provenance.timed("read"):
+            volume = read_input(input_path, frame=frame)
+        with provenance.timed("cam"):
+            result = explain_volume(volume, models, explain=explain, method=method, use_segmenter=use_segmenter,
+                                    device=str(torch_device), provenance=provenance,
+                                    progress=subrange(progress, 0.05, 0.9))
+        rows = [{"k": s["k"], "explained_class": s["explained_class"], "heart_pixels": s["heart_pixels"],
+                 **{f"p_{name}": round(p, 4) for name, p in s["probabilities"].items()}}
+                for s in result.to_report()["slices"]]
+        with provenance.timed("write"):
+            write_volume(result.cam, out / "cam.nii.gz")
+            write_volume(result.labels, out / "labels.nii.gz")
+            write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd", reference=volume)
+            write_csv(out / "cam_slices.csv", rows)
+        write_report(out, provenance=provenance, results={
+            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
+                      "geometry": volume.geometry.to_dict()},
+            "outputs": ["cam.nii.gz", "labels.nii.gz", "segmentation.seg.nrrd", "cam_slices.csv", "report.json"],
+            "cam": result.to_report(),
+        })
+    report(progress, 1.0, "Done")
+    return result

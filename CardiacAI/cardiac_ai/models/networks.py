@@ -4,19 +4,24 @@ A model card stores ``network`` (a name below) and ``network_kwargs``; :func:`bu
 ``nn.Module``. Every network returns logits: no softmax, no argmax (segmentation ``(batch, classes, j, i)``,
 classification ``(batch, classes)``).
 
-=================  ==============  ===================================================================
-name               task            MONAI class (``spatial_dims=2``)
-=================  ==============  ===================================================================
-``unet2d``         segmentation    ``monai.networks.nets.UNet`` (residual units, instance norm)
-``basic_unet2d``   segmentation    ``monai.networks.nets.BasicUNet`` (``j``, ``i`` divisible by 16)
-``flexible_unet``  segmentation    ``monai.networks.nets.FlexibleUNet``, ResNet backbone, never pretrained
-``densenet121_2d`` classification  ``monai.networks.nets.DenseNet121``
-``resnet18_2d``    classification  ``monai.networks.nets.resnet18``
-``resnet34_2d``    classification  ``monai.networks.nets.resnet34``
-``tiny_unet2d``    segmentation    ``monai.networks.nets.UNet`` with 2 levels of 4 and 8 channels (tests)
-``tiny_cnn2d``     classification  two convolutions, global pooling and a linear layer (tests)
-``qc_vae``         generative QC   ``cardiac_ai.qc.vae.SegmentationVAE`` (returns probabilities, see below)
-=================  ==============  ===================================================================
+======================  ==============  ===================================================================
+name                    task            MONAI class (``spatial_dims=2``)
+======================  ==============  ===================================================================
+``unet2d``              segmentation    ``monai.networks.nets.UNet`` (residual units, instance norm)
+``basic_unet2d``        segmentation    ``monai.networks.nets.BasicUNet`` (``j``, ``i`` divisible by 16)
+``flexible_unet``       segmentation    ``monai.networks.nets.FlexibleUNet``, ResNet backbone, never pretrained
+``densenet121_2d``      classification  ``monai.networks.nets.DenseNet121``
+``resnet18_2d``         classification  ``monai.networks.nets.resnet18``
+``resnet34_2d``         classification  ``monai.networks.nets.resnet34``
+``tiny_unet2d``         segmentation    ``monai.networks.nets.UNet`` with 2 levels of 4 and 8 channels (tests)
+``tiny_cnn2d``          classification  two convolutions, global pooling and a linear layer (tests)
+``qc_vae``              generative QC   ``cardiac_ai.qc.vae.SegmentationVAE`` (returns probabilities, see below)
+``qc_dice_regressor``   QC regression   ``cardiac_ai.models.qc_regressor.QCDiceRegressor`` (Dice logits per structure)
+``fibrosis_cam_2d``     weak CAM        ``cardiac_ai.models.weak_networks.FibrosisCAMClassifier`` (slice level)
+``fibrosis_cam_stack``  weak CAM        the same with 3x3x1 kernels; input ``(batch, channels, j, i, k)``
+``cam_classifier_2d``   weak CAM        the same 2D network under a task-neutral name (e.g. the ACDC diagnosis
+                                        classifier: ``in_channels=1``, ``out_channels=5``, ``mask_channel=None``)
+======================  ==============  ===================================================================
 """
 from __future__ import annotations
 
@@ -161,6 +166,46 @@ def _qc_vae(
     )
 
 
+
+def _qc_dice_regressor(
+    *,
+    in_channels: int = 4,
+    n_outputs: int = 3,
+    features: Sequence[int] = (16, 32, 64, 128),
+    input_size: int = 96,
+    dropout: float = 0.2,
+) -> "nn.Module":
+    """The CNN Dice regressor of QC (Robinson et al. 2018); ``sigmoid`` of its ``(batch, n_outputs)`` logits is the
+    predicted Dice per structure."""
+    from .qc_regressor import QCDiceRegressor
+
+    return QCDiceRegressor(in_channels=in_channels, n_outputs=n_outputs, features=tuple(features),
+                           input_size=input_size, dropout=dropout)
+
+def _fibrosis_cam(spatial_dims: int) -> Callable[..., "nn.Module"]:
+    def build(
+        *,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        features: Sequence[int] = (24, 48, 96, 192),
+        blocks_per_stage: Sequence[int] = (1, 1, 2, 2),
+        mask_channel: int | None = 1,
+    ) -> "nn.Module":
+        from .weak_networks import FibrosisCAMClassifier
+
+        return FibrosisCAMClassifier(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features,
+            blocks_per_stage=blocks_per_stage, mask_channel=mask_channel,
+        )
+
+    level = "slice" if spatial_dims == 2 else "stack"
+    build.__doc__ = (
+        f"``FibrosisCAMClassifier`` ({level} level): image + myocardium-mask channels in, ``(batch, out_channels)`` "
+        "logits out; ``forward_with_cam`` also returns the CAM at 1/4 resolution."
+    )
+    return build
+
+
 NETWORK_BUILDERS: dict[str, Callable[..., "nn.Module"]] = {
     "unet2d": _unet2d,
     "basic_unet2d": _basic_unet2d,
@@ -171,6 +216,10 @@ NETWORK_BUILDERS: dict[str, Callable[..., "nn.Module"]] = {
     "tiny_unet2d": _tiny_unet2d,
     "tiny_cnn2d": _tiny_cnn2d,
     "qc_vae": _qc_vae,
+    "qc_dice_regressor": _qc_dice_regressor,
+    "fibrosis_cam_2d": _fibrosis_cam(2),
+    "fibrosis_cam_stack": _fibrosis_cam(3),
+    "cam_classifier_2d": _fibrosis_cam(2),
 }
 """Network name -> builder taking keyword hyperparameters only. Add an entry here to make a network trainable."""
 

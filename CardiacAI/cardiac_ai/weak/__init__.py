@@ -1,0 +1,21 @@
+"""Weak-label segmentation: class activation maps of image-level classifiers, and pseudo-labels made from them.
+
+Used for ACDC cine (diagnosis labels: :func:`class_activation_maps` of a registry classifier) and EMIDEC LGE
+fibrosis (slice or stack labels: :func:`model_cam` of ``fibrosis_cam_2d`` / ``fibrosis_cam_stack``, then
+:func:`pseudo_labels`, the recipe of the weakly-supervised fibrosis paper).
+"""
+from __future__ import annotations
+
+from .cam import AUGMENTATIONS, CAM_METHODS, cam_for_class, class_activation_maps, model_cam
+from .pseudo_labels import PseudoLabelConfig, cam_to_pseudo_label, pseudo_labels
+
+__all__ = [
+    "AUGMENTATIONS",
+    "CAM_METHODS",
+    "cam_for_class",
+    "class_activation_maps",
+    "model_cam",
+    "PseudoLabelConfig",
+    "cam_to_pseudo_label",
+    "pseudo_labels",
+]
