@@ -244,15 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-classifier", action="store_true", help="skip the per-slice fibrosis probability")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
 
-    for name, helptext in _PLANNED.items():
-        p = sub.add_parser(name, parents=[common], help=f"{helptext} (not in this version yet)")
-        p.add_argument("args", nargs="*")
-        p.add_argument("--out")
     return parser
-
-
-#: Sub-commands whose names and outputs are a public contract but whose capability is not built yet.
-_PLANNED: dict[str, str] = {}
 
 
 #: Default QC flag threshold: cardiac_ai.qc.DEFAULT_DICE_THRESHOLD (why 0.80: see there), repeated here so that
@@ -682,6 +674,8 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .progress import subrange
     from .provenance import Provenance
 
+    if not Path(args.input).exists():  # bad input fails before the models load
+        raise DataError(f"Input {args.input} does not exist; give an LGE NIfTI/NRRD file, DICOM folder or PNG slice(s).")
     provenance = Provenance(command="fibrosis")
     with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
         progress(0.0, "Loading models")
@@ -698,13 +692,6 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
               f"({m.scar_percent_of_myocardium:.1f} % of the myocardium), MVO {m.mvo_volume:.1f} {m.volume_unit}; "
               f"{len(result.provenance.warnings)} warning(s)")
     return 0
-
-
-def _planned(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    raise CardiacAIError(
-        f"'cardiacai {args.command}' is not available in cardiac_ai {__version__} yet "
-        "(its capability has not been built). See README for what this version does."
-    )
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
@@ -734,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    handler = _HANDLERS.get(args.command, _planned)
+    handler = _HANDLERS[args.command]
     printer = _ProgressPrinter(lines=args.progress_lines, quiet=args.quiet)
     start = time.perf_counter()
     try:

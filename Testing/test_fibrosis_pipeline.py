@@ -1,0 +1,272 @@
+"""LGE fibrosis pipeline end to end: known-output networks, tiny registered models, the CLI, and a tiny training run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from cardiac_ai.cli import main
+from cardiac_ai.errors import InputError
+from cardiac_ai.fibrosis import FibrosisModels, read_lge_input, segment_fibrosis
+from cardiac_ai.geometry import Geometry, Volume
+from cardiac_ai.io import write_png, write_volume
+from cardiac_ai.preprocessing import InputSpec
+
+torch = pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = 32
+SPEC = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(CROP, CROP))
+
+
+# -- networks with known outputs -------------------------------------------------------------------------------------
+class _RingNet(torch.nn.Module):
+    """Myocardium 'model': ring of radius 6-10 px around the crop centre (channel 2), blood pool inside (3)."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        rows, cols = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+        radius = torch.hypot(rows, cols)
+        logits = torch.zeros(n, 4, h, w)
+        logits[:, 0] = 5.0 * (radius >= 10).float()
+        logits[:, 2] = 5.0 * ((radius >= 6) & (radius < 10)).float()
+        logits[:, 3] = 5.0 * (radius < 6).float()
+        return logits
+
+
+class _RightHalfNet(torch.nn.Module):
+    """Scar 'model': scar (channel 1) on the right half of the crop, also far outside the ring."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        logits = torch.zeros(n, 2, h, w)
+        logits[:, 1, :, w // 2:] = 5.0
+        return logits
+
+
+class _ConstantClassifier(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 1), 2.0)
+
+
+def _loaded(network, name, label_map, in_channels=1):
+    from cardiac_ai.models.registry import LoadedModel, ModelCard
+
+    card = ModelCard(name=name, version="1.0", task="segmentation", network="tiny_unet2d",
+                     network_kwargs={"in_channels": in_channels}, input_spec=SPEC.to_dict(), label_map=label_map)
+    return LoadedModel(network=network, card=card, weights_path=Path("none"), device=torch.device("cpu"))
+
+
+def _known_models(classifier=True) -> FibrosisModels:
+    return FibrosisModels(
+        myocardium=_loaded(_RingNet(), "lge_myocardium", {0: "background", 2: "lv_myocardium", 3: "lv_blood_pool"}),
+        fibrosis=_loaded(_RightHalfNet(), "lge_fibrosis_weak", {0: "background", 1: "scar"}),
+        classifier=_loaded(_ConstantClassifier(), "lge_fibrosis_classifier", {0: "fibrosis"}, 2) if classifier
+        else None,
+    )
+
+
+def _stack(n_slices=3, size=48, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n_slices, size, size)).astype(np.float32)
+
+
+def test_scar_is_kept_only_inside_the_predicted_myocardium():
+    volume = Volume(_stack(), Geometry(spacing_mm=(1.0, 1.0, 1.0)))
+    result = segment_fibrosis(volume, _known_models(), spacing_known=False)
+    labels = result.labels.array
+    offset = (48 - CROP) // 2
+    rows, cols = np.indices((48, 48))
+    radius = np.hypot(rows - offset - (CROP - 1) / 2, cols - offset - (CROP - 1) / 2)
+    ring = (radius >= 6) & (radius < 10)
+    right = cols - offset >= CROP // 2
+    for k in range(3):
+        assert set(np.unique(labels[k][ring & right])) == {4}
+        assert set(np.unique(labels[k][ring & ~right])) == {2}
+        assert not np.any(labels[k][~ring] == 4)  # the scar net's output outside the ring is dropped
+        assert set(np.unique(labels[k][radius < 6])) == {3}
+    assert result.fibrosis_found
+    assert result.measures.scar_percent_of_myocardium == pytest.approx(50.0, abs=5.0)
+    assert result.measures.volume_unit == "voxels"
+    np.testing.assert_allclose(result.slice_probabilities, 1 / (1 + np.exp(-2.0)), rtol=1e-5)
+
+
+def test_known_spacing_is_resampled_back_onto_the_input_geometry_and_reported_in_ml():
+    geometry = Geometry(spacing_mm=(1.25, 1.25, 8.0), origin_lps_mm=(10.0, -5.0, 3.0),
+                        direction_lps=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    volume = Volume(_stack(n_slices=2, size=50), geometry)
+    result = segment_fibrosis(volume, _known_models(classifier=False), levels=["mid", "apex"])
+    assert result.labels.array.shape == volume.array.shape
+    assert result.labels.geometry == geometry
+    assert result.slice_probabilities is None
+    assert result.measures.volume_unit == "mL" and result.measures.area_unit == "mm2"
+    assert np.isin(result.labels.array, (4,)).any()
+    assert {s.aha_segment for s in result.measures.sectors} == set(range(7, 17))
+    report = result.to_report()
+    assert report["pixel_size"] == "mm" and report["slice_fibrosis_probability"] is None
+
+
+def test_a_4d_volume_is_refused():
+    volume = Volume(np.zeros((2, 2, 16, 16), np.float32), Geometry(spacing_mm=(1.0, 1.0, 1.0)), axes="tkji")
+    with pytest.raises(InputError, match="3D"):
+        segment_fibrosis(volume, _known_models())
+
+
+def test_levels_of_the_wrong_length_are_refused():
+    volume = Volume(_stack(), Geometry(spacing_mm=(1.0, 1.0, 1.0)))
+    with pytest.raises(InputError, match="one level per slice"):
+        segment_fibrosis(volume, _known_models(), levels=["mid"])
+
+
+# -- inputs -----------------------------------------------------------------------------------------------------------
+def _png_folder(folder: Path, patient="Case_P001", n=3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stack = _stack(n_slices=n).astype(np.uint8)
+    for k in (2, 0, 1)[:n] if n == 3 else range(n):
+        write_png(stack[k], folder / f"{patient}_slice{k:03d}.png")
+    return folder
+
+
+def test_png_folder_is_read_in_slice_order_with_unknown_spacing(tmp_path):
+    folder = _png_folder(tmp_path / "case")
+    lge = read_lge_input(folder)
+    assert lge.volume.array.shape == (3, 48, 48) and not lge.spacing_known
+    np.testing.assert_array_equal(lge.volume.array, _stack().astype(np.uint8).astype(np.float32))
+
+
+def test_png_folder_with_two_patients_is_refused(tmp_path):
+    folder = _png_folder(tmp_path / "case")
+    write_png(np.zeros((48, 48), np.uint8), folder / "Case_N002_slice000.png")
+    with pytest.raises(InputError, match="2 patients"):
+        read_lge_input(folder)
+
+
+# -- tiny registered models, file job and CLI -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    from cardiac_ai.models.registry import ModelCard, save_model
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    specs = [
+        ("lge_myocardium", "tiny_unet2d", {"in_channels": 1, "out_channels": 4},
+         {0: "background", 2: "lv_myocardium", 3: "lv_blood_pool"}),
+        ("lge_fibrosis_weak", "tiny_unet2d", {"in_channels": 1, "out_channels": 2}, {0: "background", 1: "scar"}),
+        ("lge_fibrosis_pixel", "tiny_unet2d", {"in_channels": 2, "out_channels": 3},
+         {0: "background", 1: "scar", 2: "microvascular_obstruction"}),
+        ("lge_fibrosis_classifier", "fibrosis_cam_2d",
+         {"features": [4, 4, 4, 4], "blocks_per_stage": [1, 1, 1, 1]}, {0: "fibrosis"}),
+    ]
+    for name, network, kwargs, label_map in specs:
+        card = ModelCard(name=name, version="1.0", task="segmentation", network=network, network_kwargs=kwargs,
+                         input_spec=SPEC.to_dict(), label_map=label_map)
+        save_model(card.build_network(), card, folder)
+    return folder
+
+
+def _nifti(tmp_path: Path) -> tuple[Path, Geometry]:
+    geometry = Geometry(spacing_mm=(1.4, 1.4, 8.0), origin_lps_mm=(-20.0, 7.0, 1.5))
+    path = tmp_path / "lge.nii.gz"
+    write_volume(Volume(_stack(n_slices=4, size=40), geometry), path)
+    return path, geometry
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_writes_every_output_on_the_input_grid(tmp_path, models_dir, capsys):
+    path, geometry = _nifti(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "fibrosis", str(path), "--out", str(out), "--models-dir", str(models_dir),
+                             "--device", "cpu", "--levels", "base", "mid", "mid", "apex")
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} >= {"labels.nii.gz", "segmentation.seg.nrrd", "report.json",
+                                               "fibrosis.csv", "transmurality.csv"}
+    labels = sitk.ReadImage(str(out / "labels.nii.gz"))
+    assert labels.GetSize() == (40, 40, 4)
+    np.testing.assert_allclose(labels.GetSpacing(), geometry.spacing_mm)
+    np.testing.assert_allclose(labels.GetOrigin(), geometry.origin_lps_mm)
+    assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 2, 3, 4}
+    report = json.loads((out / "report.json").read_text())
+    assert report["supervision"] == "weak" and len(report["slice_fibrosis_probability"]) == 4
+    assert report["clinical"]["volume_unit"] == "mL"
+    assert {m["name"] for m in report["provenance"]["models"]} == {
+        "lge_myocardium", "lge_fibrosis_weak", "lge_fibrosis_classifier"}
+    assert len((out / "fibrosis.csv").read_text().splitlines()) == 5
+    assert "Wrote" in stdout
+
+
+def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys):
+    folder = _png_folder(tmp_path / "case")
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "fibrosis", str(folder), "--out", str(out), "--models-dir", str(models_dir),
+                        "--device", "cpu", "--model", "pixel", "--no-classifier")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["clinical"]["area_unit"] == "pixels" and report["supervision"] == "pixel"
+    assert report["slice_fibrosis_probability"] is None
+    assert any("no pixel size" in w for w in report["provenance"]["warnings"])
+
+
+def test_cli_missing_model_exits_3_and_says_how_to_train(tmp_path, capsys):
+    path, _ = _nifti(tmp_path)
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    code, _, err = _run(capsys, "fibrosis", str(path), "--out", str(tmp_path / "out"), "--models-dir", str(empty),
+                        "--model", "weak_stack")
+    assert code == 3 and "train_emidec_fibrosis.py" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_input_exits_2(tmp_path, models_dir, capsys):
+    bad = tmp_path / "not_an_image.nii.gz"
+    bad.write_text("hello")
+    code, _, err = _run(capsys, "fibrosis", str(bad), "--out", str(tmp_path / "out"), "--models-dir",
+                        str(models_dir), "--device", "cpu")
+    assert code == 2 and "error" in err
+    code, _, _ = _run(capsys, "fibrosis", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "o2"),
+                      "--models-dir", str(models_dir))
+    assert code == 2
+
+
+def test_cli_refuses_a_full_output_folder_without_overwrite(tmp_path, models_dir, capsys):
+    path, _ = _nifti(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = _run(capsys, "fibrosis", str(path), "--out", str(out), "--models-dir", str(models_dir))
+    assert code == 4 and "overwrite" in err
+
+
+# -- the training script on real data ---------------------------------------------------------------------------------
+@pytest.mark.shared_data
+def test_training_script_runs_every_stage_on_a_few_emidec_patients(emidec_root, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import train_emidec_fibrosis as script
+    finally:
+        sys.path.pop(0)
+    work = tmp_path / "work"
+    code = script.main([
+        "--data", str(emidec_root), "--work", str(work), "--split-file", str(tmp_path / "split.json"),
+        "--max-patients", "1", "--tiny", "--crop-size", "64", "--epochs-myocardium", "1", "--epochs-classifier", "1",
+        "--epochs-stack", "1", "--epochs-unet", "1", "--batch-size", "8", "--device", "cpu",
+    ])
+    assert code == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    val_folder = {p.name.split("_slice")[0] for p in (emidec_root / "dataset" / "val").glob("*.png")}
+    assert val_folder <= set(split["test"]) and any(p.startswith("Case_P") for p in split["test"])
+    names = {p.stem for p in (work / "models").glob("*.json")}
+    assert names == {f"{n}-1.0" for n in ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier",
+                                          "lge_fibrosis_weak", "lge_fibrosis_weak_stack", "lge_fibrosis_pixel")}
+    # Honesty: the weak data file holds no pixel label map.
+    with np.load(work / "prepared" / "train_weak.npz") as weak:
+        assert set(weak.files) == {"images_uint8", "patient_ids", "slice_indices", "slice_labels", "stack_labels"}
+    with np.load(work / "prepared" / "train_myocardium.npz") as myocardium:
+        assert set(np.unique(myocardium["labels"])) <= {0, 2, 3}

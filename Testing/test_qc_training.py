@@ -1,0 +1,329 @@
+"""QC training data and training: ground-truth pairs, poor segmentations, the VAE and the CNN Dice regressor, the
+training script (and a tiny end-to-end run of it and of the QC benchmark on the real data when present)."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cardiac_ai.errors import InputError
+from cardiac_ai.metrics.overlap import dice
+from cardiac_ai.models import ModelRegistry, build_network
+from cardiac_ai.models.qc_regressor import QCDiceRegressor, regress_dice
+from cardiac_ai.phantom import make_cine_phantom
+from cardiac_ai.qc.training import (
+    CORRUPTION_KINDS,
+    QCPairDataset,
+    concatenate_qc_pairs,
+    corrupt_labels,
+    evaluate_dice_prediction,
+    load_qc_pairs,
+    make_poor_segmentations,
+    prepare_qc_pairs,
+    save_qc_pairs,
+    train_qc_regressor,
+    train_qc_vae,
+    vae_predicted_dice,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VAE = (4, 8, 8, 16)
+TINY_REGRESSOR = (4, 8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny convolutions run much faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [make_cine_phantom(n_slices=6, seed=seed, phase=phase) for seed in (1, 2) for phase in ("ED", "ES")]
+
+
+@pytest.fixture(scope="module")
+def gt_pairs(cases):
+    return prepare_qc_pairs(cases)
+
+
+@pytest.fixture(scope="module")
+def poor_pairs(cases):
+    return make_poor_segmentations(cases, n_variants=6, seed=0)
+
+
+# -- ground-truth pairs ----------------------------------------------------------------------------------------------
+
+
+def test_prepare_qc_pairs_keeps_labelled_slices_as_96_pixel_pairs_with_dice_one(cases, gt_pairs):
+    labelled = sum(int(np.any(c.labels.array > 0, axis=(1, 2)).sum()) for c in cases)
+    assert len(gt_pairs) == labelled == 16  # 6 slices, 1 without heart at each end, 4 cases
+    assert gt_pairs.images.shape == (16, 96, 96) and gt_pairs.images.dtype == np.uint8
+    assert gt_pairs.structures.shape == (16, 3, 96, 96) and gt_pairs.structures.dtype == np.bool_
+    x = gt_pairs.as_float()
+    assert x.shape == (16, 4, 96, 96) and x.dtype == np.float32
+    assert x[:, 0].min() == 0.0 and x[:, 0].max() == 1.0
+    assert set(np.unique(x[:, 1:])) == {0.0, 1.0}
+    assert np.all(x[:, 2].sum(axis=(1, 2)) > 0)  # every kept slice shows myocardium
+    finite = gt_pairs.dice[np.isfinite(gt_pairs.dice)]
+    assert finite.size > 0 and np.all(finite == 1.0)
+    assert set(gt_pairs.kinds) == {"ground_truth"}
+    assert set(gt_pairs.case_ids) == {c.case_id for c in cases}
+    assert np.all((gt_pairs.slice_indices >= 1) & (gt_pairs.slice_indices <= 4))
+    assert np.allclose(gt_pairs.roi_spacing_mm, 1.8)
+
+
+def test_prepare_qc_pairs_matches_qc_input_image(cases, gt_pairs):
+    from cardiac_ai.qc import qc_input
+
+    pairs, _ = qc_input(cases[0].image, cases[0].labels)
+    ours = gt_pairs.as_float(gt_pairs.case_ids == cases[0].case_id)
+    assert np.abs(ours[:, 0] - pairs[1:5, 0]).max() <= 0.5 / 255 + 1e-6
+    assert np.array_equal(ours[:, 1:], pairs[1:5, 1:])
+
+
+def test_prepare_qc_pairs_rejects_a_case_without_labels(cases):
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match="no ground-truth labels"):
+        prepare_qc_pairs([replace(cases[0], labels=None)])
+    with pytest.raises(InputError, match="no cases"):
+        prepare_qc_pairs([])
+
+
+def test_qc_pairs_save_load_round_trip(poor_pairs, tmp_path):
+    path = save_qc_pairs(poor_pairs, tmp_path / "poor.npz")
+    back = load_qc_pairs(path)
+    for name in ("images", "structures", "slice_indices", "levels", "roi_spacing_mm"):
+        assert np.array_equal(getattr(back, name), getattr(poor_pairs, name)), name
+    assert np.array_equal(back.dice, poor_pairs.dice, equal_nan=True)
+    assert list(back.case_ids) == list(poor_pairs.case_ids) and list(back.kinds) == list(poor_pairs.kinds)
+    assert back.structure_codes == poor_pairs.structure_codes
+    with pytest.raises(InputError, match=".npz"):
+        save_qc_pairs(poor_pairs, tmp_path / "poor.npy")
+
+
+def test_concatenate_refuses_pairs_of_other_structures(gt_pairs, cases):
+    myocardium_only = prepare_qc_pairs(cases[:1], structures=(2,))
+    assert myocardium_only.structures.shape[1] == 1
+    with pytest.raises(InputError, match="Cannot concatenate"):
+        concatenate_qc_pairs([gt_pairs, myocardium_only])
+
+
+# -- poor segmentations ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", CORRUPTION_KINDS)
+def test_corrupt_labels_is_graded_from_identity_to_poor(cases, kind):
+    truth = cases[0].labels
+    assert np.array_equal(corrupt_labels(truth, kind, 0.0).array, truth.array)
+    mild = dice(corrupt_labels(truth, kind, 0.3, seed=4).array > 0, truth.array > 0)
+    strong = dice(corrupt_labels(truth, kind, 1.0, seed=4).array > 0, truth.array > 0)
+    assert strong < 0.9 and strong <= mild + 1e-9
+    out = corrupt_labels(truth, kind, 1.0, seed=4)
+    assert out.array.dtype == truth.array.dtype and out.geometry == truth.geometry
+
+
+def test_corrupt_labels_rejects_unknown_kind_and_level(cases):
+    with pytest.raises(InputError, match="kind must be one of"):
+        corrupt_labels(cases[0].labels, "blur", 0.5)
+    with pytest.raises(InputError, match=r"level must be a number in \[0, 1\]"):
+        corrupt_labels(cases[0].labels, "shift", 1.5)
+
+
+def test_make_poor_segmentations_spreads_true_dice_over_zero_to_one(poor_pairs):
+    true = poor_pairs.dice[np.isfinite(poor_pairs.dice)]
+    assert true.min() < 0.3 and true.max() == 1.0
+    assert np.mean(true < 0.8) > 0.2 and np.mean(true > 0.9) > 0.2  # good and poor slices both well represented
+    assert np.std(true) > 0.2
+    kinds = set(poor_pairs.kinds)
+    assert "ground_truth" in kinds and len(kinds - {"ground_truth"}) >= 3
+    assert np.all(poor_pairs.dice[poor_pairs.kinds == "ground_truth"][np.isfinite(
+        poor_pairs.dice[poor_pairs.kinds == "ground_truth"])] == 1.0)
+    targets = poor_pairs.targets()
+    assert targets.dtype == np.float32 and np.all(np.isfinite(targets)) and targets.min() >= 0 and targets.max() <= 1
+
+
+def test_make_poor_segmentations_is_deterministic_with_a_seed(cases, poor_pairs):
+    again = make_poor_segmentations(cases, n_variants=6, seed=0)
+    other = make_poor_segmentations(cases, n_variants=6, seed=1)
+    assert np.array_equal(again.structures, poor_pairs.structures)
+    assert np.array_equal(again.dice, poor_pairs.dice, equal_nan=True)
+    assert list(again.kinds) == list(poor_pairs.kinds)
+    assert len(other) != len(poor_pairs) or not np.array_equal(other.structures, poor_pairs.structures)
+
+
+def test_make_poor_segmentations_rejects_bad_options(cases):
+    with pytest.raises(InputError, match="kinds must be"):
+        make_poor_segmentations(cases[:1], kinds=("blur",))
+    with pytest.raises(InputError, match="level_range"):
+        make_poor_segmentations(cases[:1], level_range=(0.5, 2.0))
+
+
+# -- VAE training ----------------------------------------------------------------------------------------------------
+
+
+def test_train_qc_vae_loss_decreases_on_a_toy_set(gt_pairs, tmp_path):
+    model, history = train_qc_vae(gt_pairs, gt_pairs, features=TINY_VAE, epochs=5, batch_size=4, lr=3e-3,
+                                  out_dir=tmp_path / "vae", seed=0)
+    losses = [h["train_loss"] for h in history]
+    assert len(history) == 5 and losses[-1] < 0.8 * losses[0]
+    assert {"val_loss", "val_bce", "val_mse", "val_kl"} <= set(history[0])
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert model.latent_size == 8 and model.features == TINY_VAE
+    assert (tmp_path / "vae" / "best.pt").is_file() and (tmp_path / "vae" / "vae_loss.json").is_file()
+
+
+def test_train_qc_vae_is_deterministic_with_a_seed(gt_pairs, tmp_path):
+    kwargs = dict(features=TINY_VAE, epochs=2, batch_size=8, lr=1e-3, seed=3)
+    first, history_a = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "a", **kwargs)
+    second, history_b = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "b", **kwargs)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["train_loss"] for h in history_a] == [h["train_loss"] for h in history_b]
+    other, _ = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "c", **{**kwargs, "seed": 4})
+    assert not torch.equal(other.state_dict()["to_latent.weight"], first.state_dict()["to_latent.weight"])
+
+
+def test_train_qc_vae_refuses_to_resume_with_another_beta(gt_pairs, tmp_path):
+    train_qc_vae(gt_pairs, gt_pairs, features=TINY_VAE, epochs=1, batch_size=8, beta=0.01, out_dir=tmp_path / "v")
+    with pytest.raises(InputError, match="beta=0.01"):
+        train_qc_vae(gt_pairs, gt_pairs, features=TINY_VAE, epochs=2, batch_size=8, beta=0.1,
+                     out_dir=tmp_path / "v", resume=True)
+
+
+def test_train_qc_vae_rejects_bad_inputs(gt_pairs, cases, tmp_path):
+    with pytest.raises(InputError, match="val_pairs must be a non-empty QCPairs"):
+        train_qc_vae(gt_pairs, None, out_dir=tmp_path / "x")
+    with pytest.raises(InputError, match="beta must be"):
+        train_qc_vae(gt_pairs, gt_pairs, beta=-1.0, out_dir=tmp_path / "x")
+    with pytest.raises(InputError, match="differ in structures"):
+        train_qc_vae(gt_pairs, prepare_qc_pairs(cases[:1], structures=(2,)), out_dir=tmp_path / "x")
+
+
+def test_vae_predicted_dice_in_chunks_equals_one_call(gt_pairs, tmp_path):
+    model, _ = train_qc_vae(gt_pairs, gt_pairs, features=TINY_VAE, epochs=1, batch_size=8, out_dir=tmp_path / "v")
+    whole = vae_predicted_dice(model, gt_pairs, steps=0, chunk_size=100)
+    chunked = vae_predicted_dice(model, gt_pairs, steps=0, chunk_size=3)
+    assert whole.shape == (len(gt_pairs), 3) and np.array_equal(whole, chunked)
+    assert np.all((whole >= 0) & (whole <= 1))
+
+
+# -- CNN Dice regressor ----------------------------------------------------------------------------------------------
+
+
+def test_regressor_outputs_one_dice_per_structure_in_zero_one():
+    torch.manual_seed(0)
+    network = build_network("qc_dice_regressor")
+    assert isinstance(network, QCDiceRegressor)
+    assert sum(p.numel() for p in network.parameters()) < 1_000_000  # fits the bundled-weights budget
+    with torch.no_grad():
+        logits = network.eval()(torch.rand(2, 4, 96, 96))
+    assert logits.shape == (2, 3)
+    pairs = np.random.default_rng(0).random((5, 4, 96, 96), dtype=np.float32)
+    predicted = regress_dice(network.train(), pairs, batch_size=2)
+    assert predicted.shape == (5, 3) and predicted.dtype == np.float64
+    assert np.all((predicted > 0) & (predicted < 1))
+    assert network.training  # mode restored
+
+
+def test_regressor_rejects_wrong_input_and_settings():
+    network = QCDiceRegressor(features=TINY_REGRESSOR)
+    with pytest.raises(InputError, match=r"expects input \(batch, 4, 96, 96\)"):
+        network(torch.rand(1, 3, 96, 96))
+    with pytest.raises(InputError, match="divisible"):
+        QCDiceRegressor(input_size=90)
+    with pytest.raises(InputError, match="pairs must be"):
+        regress_dice(network, np.zeros((4, 96, 96), np.float32))
+
+
+def test_train_qc_regressor_lowers_its_error(poor_pairs, tmp_path):
+    model, history = train_qc_regressor(poor_pairs, poor_pairs, features=TINY_REGRESSOR, epochs=4, batch_size=16,
+                                        lr=3e-3, out_dir=tmp_path / "reg", seed=0)
+    assert len(history) == 4 and {"val_loss", "val_mae"} <= set(history[0])
+    assert min(h["train_loss"] for h in history[1:]) < history[0]["train_loss"]
+    predicted = regress_dice(model, poor_pairs.as_float())
+    assert predicted.shape == (len(poor_pairs), 3)
+    dataset = QCPairDataset(poor_pairs)
+    item = dataset[0]
+    assert item["image"].shape == (4, 96, 96) and item["label"].shape == (3,)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_dice_prediction_reports_r_and_mae_over_finite_truth():
+    true = np.array([[0.2, np.nan], [0.5, 0.9], [0.8, 1.0]])
+    perfect = evaluate_dice_prediction(np.nan_to_num(true, nan=0.3), true)
+    assert perfect["n"] == 5 and perfect["mae"] == 0.0 and perfect["pearson_r"] == pytest.approx(1.0)
+    shifted = evaluate_dice_prediction(true + 0.1, true)
+    assert shifted["mae"] == pytest.approx(0.1) and shifted["pearson_r"] == pytest.approx(1.0)
+    assert np.isnan(evaluate_dice_prediction(np.full(3, 0.5), np.array([0.1, 0.5, 0.9]))["pearson_r"])
+    with pytest.raises(InputError, match="same shape"):
+        evaluate_dice_prediction(np.zeros(3), np.zeros(4))
+
+
+# -- the script ------------------------------------------------------------------------------------------------------
+
+
+def _load_script(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_help_lists_the_stages():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train_qc.py"), "--help"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for stage in ("prepare", "vae", "ablation", "regressor", "register"):
+        assert stage in done.stdout
+
+
+@pytest.mark.shared_data
+def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_path, monkeypatch):
+    work = tmp_path / "qc"
+    script = _load_script("train_qc_script", REPO / "scripts" / "train_qc.py")
+    started = time.perf_counter()
+    status = script.main([
+        "--data", str(acdc_root), "--work", str(work), "--limit", "2", "--phases", "ED", "--epochs", "1",
+        "--regressor-epochs", "1", "--no-attacks", "--search-steps", "2", "--ablation-val-slices", "10",
+        "--latent-sizes", "4", "--betas", "0.01", "--ablation-epochs", "1", "--ablation-search-steps", "2",
+        "--vae-features", "8", "16", "16", "32", "--regressor-features", "8", "16", "--variants", "2",
+    ])
+    elapsed = time.perf_counter() - started
+    assert status == 0
+    registry = ModelRegistry(paths=[work / "models"])
+    vae = registry.load("qc_vae", device="cpu")
+    regressor = registry.load("qc_dice_regressor", device="cpu")
+    assert vae.card.precision == "float16" and regressor.card.precision == "float16"
+    assert vae.card.task == "quality_control" and "val_dice_mae_search" in vae.card.validation_metrics
+    split = vae.card.split
+    assert len(split["train"]) == 2 and len(split["test"]) == 20
+    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))
+    trained_on = {c.split("_")[0] for c in load_qc_pairs(work / "pairs_train.npz").case_ids}
+    assert trained_on == set(split["train"])
+    assert (work / "ablation" / "results.json").is_file()
+    print(f"tiny end-to-end training run: {elapsed:.1f} s")
+
+    # the benchmark on these models: synthetic corruptions of one test patient (no cine models needed)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    benchmark = _load_script("qc_evaluation_script", REPO / "benchmarks" / "qc_evaluation.py")
+    report = tmp_path / "qc.md"
+    assert benchmark.main([
+        "--data", str(acdc_root), "--qc-models", str(work / "models"), "--cine-models", str(tmp_path / "none"),
+        "--limit", "1", "--search-steps", "2", "--levels", "0.5", "--kinds", "shift", "erode",
+        "--ablation", str(work / "ablation" / "results.json"), "--report", str(report),
+    ]) == 0
+    text = report.read_text()
+    assert "Table 1" in text and "(c) shift" in text and "rules acc" in text and "Table A1" in text
+    assert report.with_suffix(".png").is_file()
