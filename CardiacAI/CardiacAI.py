@@ -8,25 +8,32 @@ From Slicer's Python console::
 
     logic = slicer.modules.cardiacai.widgetRepresentation().self().logic  # or CardiacAI.CardiacAILogic()
     result = logic.segmentCine(getNode("cine"))  # a 3D short-axis frame
-    result["volumes_ml"], result["lv_mass_g"], result["warnings"]
+    result["volumes_ml"], result["lv_mass_g"], result["warnings"], result["qcTableNode"]
     function = logic.computeFunction(getNode("ED"), getNode("ES"))
     function["function"]["lv_ef_percent"]
+    logic.analyseMap(getNode("T1 map"), kind="T1")["summaryTableNode"]
+    logic.fitMapping(getNode("MOLLI"), kind="T1", timesMs=[100, 180, 260, 1100, 1180, 2100, 3100, 4100])
+    logic.computeEcv(getNode("T1 native"), getNode("T1 post"), haematocrit=0.42)["ecv"]
+    logic.quantifyFibrosis(getNode("LGE"))["summaryTableNode"]
+    logic.explainCam(getNode("cine"), explain="DCM")["camVolumeNode"]
+    logic.checkQuality(getNode("cine"), getNode("cine segmentation"))["flaggedSlices"]
 
 Nothing from ``cardiac_ai`` or PyTorch is imported when Slicer starts: the backend's own dependencies may not be
 installed yet, and importing them must not break the module list. They are checked and installed when the user
 presses Apply (PyTorch through the PyTorch extension, the rest with ``slicer.util.pip_install``).
 """
 
+import json
 import logging
 import os
 import shutil
 import sys
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Union
 
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLSequenceNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -34,24 +41,35 @@ from slicer.ScriptedLoadableModule import *  # noqa: F403 - the template's way t
 from slicer.util import VTKObservationMixin
 
 #: What Apply does. The keys match ``cardiacai`` command names where one exists.
-TASKS = ("import-labels", "segment-cine", "function", "map", "fibrosis", "cam", "qc")
+TASKS = ("import-labels", "segment-cine", "function", "map", "fit-map", "ecv", "fibrosis", "cam", "qc")
 TASK_TITLES = {
     "import-labels": "Label map import",
     "segment-cine": "Cine segmentation",
     "function": "Cardiac function (ED/ES)",
-    "map": "T1/T2 mapping",
+    "map": "T1/T2 map analysis",
+    "fit-map": "T1/T2 map fitting",
+    "ecv": "Extracellular volume (ECV)",
     "fibrosis": "LGE fibrosis",
     "cam": "CAM explanation",
     "qc": "Quality control",
 }
-#: Tasks this version can run; the others raise NotImplementedError naming the capability.
-AVAILABLE_TASKS = ("import-labels", "segment-cine", "function")
-#: Tasks whose backend runs a network, so PyTorch and MONAI must be installed first.
-TORCH_TASKS = ("segment-cine", "function", "map", "fibrosis", "cam", "qc")
+#: Tasks whose backend runs a network (or may use CUDA), so PyTorch and MONAI must be installed first.
+TORCH_TASKS = ("segment-cine", "function", "map", "fit-map", "ecv", "fibrosis", "cam", "qc")
 DEVICES = ("auto", "cpu", "cuda")
 #: ``cardiacai segment-cine --mode``: region-specific networks per slice, or one network for every slice.
 CINE_MODES = ("region-aware", "baseline")
+#: T1 (MOLLI; ``map --kind t1``, ``fit-map --kind molli``) or T2 (``t2``, ``t2prep``); cardiac_ai.slicer_results.MAP_KINDS.
 MAP_KINDS = ("T1", "T2")
+#: ``cardiacai fibrosis --model`` (cardiac_ai.slicer_results.FIBROSIS_MODELS).
+FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+#: ``cardiacai cam --explain``: "predicted" explains each slice's predicted class; the others are the ACDC diagnoses
+#: the bundled weak classifier was trained on (the console accepts any class name of the installed classifier).
+CAM_CLASSES = ("predicted", "NOR", "MINF", "DCM", "HCM", "RV")
+#: ``cardiacai cam --method``; "default" uses the method named in the model card (cardiac_ai.slicer_results.CAM_METHODS).
+CAM_METHODS = ("default", "model", "gradcam", "gradcampp")
+#: Colour of the CAM overlay (blue low, red high) and of the map contours (endocardium, epicardium).
+CAM_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+CONTOUR_COLORS = {"endocardium": (0.95, 0.85, 0.2), "epicardium": (0.2, 0.8, 0.95)}
 
 MINIMUM_TORCH_VERSION = "2.2"
 #: (import name, pip requirement) of the backend's dependencies that Slicer does not bundle. numpy, SimpleITK,
@@ -111,12 +129,19 @@ class CardiacAI(ScriptedLoadableModule):  # noqa: F405
         self.parent.helpText = _("""
 Cardiac MRI AI: cine segmentation, T1/T2 mapping, LGE fibrosis, class activation maps and segmentation quality
 control, computed by the <code>cardiac_ai</code> Python package in a separate process.
-This version segments short-axis cine volumes (RV blood pool, LV myocardium, LV blood pool) with volumes, LV mass
-and per-slice regions, computes ventricular function (EDV, ESV, SV, EF, LV mass) from an ED and an ES volume, and
-imports ACDC-style label maps (0 background, 1 RV blood pool, 2 LV myocardium, 3 LV blood pool, 4 scar,
-5 microvascular obstruction) as named, coloured segments with standard terminology; the other capabilities report
-that they are not available yet. Cine segmentation needs the trained cine models (bundled, or in a models folder).
-The same computations run without Slicer with the <code>cardiacai</code> command.
+<ul>
+<li>Cine segmentation (RV blood pool, LV myocardium, LV blood pool) with volumes, LV mass, per-slice regions and
+quality control; ventricular function (EDV, ESV, SV, EF, LV mass) from an ED and an ES volume.</li>
+<li>T1/T2 mapping: myocardial statistics, AHA segments and contours of a map; map fitting from a raw MOLLI or
+T2-prepared series; ECV from a native and a post-contrast T1 map.</li>
+<li>LGE fibrosis: myocardium, scar and microvascular obstruction with scar volume, percentage and transmurality.</li>
+<li>CAM explanation: where a diagnosis classifier looks, as a coloured overlay, with whole-heart labels.</li>
+<li>Quality control: predicted Dice per slice of any segmentation, without ground truth, flagging slices to
+review.</li>
+<li>Label map import (0 background, 1 RV blood pool, 2 LV myocardium, 3 LV blood pool, 4 scar, 5 MVO, 6 heart).</li>
+</ul>
+Each capability needs its trained models (bundled, or in the models folder). Research software, not for clinical
+use. The same computations run without Slicer with the <code>cardiacai</code> command.
 """)
         self.parent.acknowledgementText = _("""
 Built on 3D Slicer's scripted module template (Jean-Christophe Fillion-Robin, Kitware Inc.; Andras Lasso, PerkLab;
@@ -155,17 +180,28 @@ class CardiacAIParameterNode:
 
     task - what Apply does, one of TASKS; the panel section of the same name holds its options.
     device - "auto" (CUDA when available), "cpu" or "cuda"; passed to ``cardiacai --device``.
-    inputVolume - the image to process, or the label map for "import-labels".
+    inputVolume - the image to process (cine frame, T1/T2 map, native T1 map for ECV, LGE stack), or the label map
+        for "import-labels".
     outputSegmentation - receives the result; its segments are replaced. A new node is made when empty.
     cineMode - cine segmentation and function: "region-aware" or "baseline" (``cardiacai --mode``).
+    cineQualityControl - cine segmentation and function: quality-check the segmentation (needs the qc_vae model;
+        uses qcThreshold).
     edVolume, esVolume - cardiac function: the end-diastolic and end-systolic short-axis volumes.
     cineVolumesTable, cineSlicesTable - cine segmentation results (made on first run, then refilled).
     edSegmentation, esSegmentation, functionTable - cardiac function results (made on first run, then refilled).
     mapKind - T1/T2 mapping: "T1" (MOLLI) or "T2".
-    inversionTimesMs - T1/T2 mapping: inversion or echo times in ms, comma-separated; empty reads them from DICOM.
-    fibrosisSdThreshold - LGE fibrosis: scar is brighter than remote myocardium by this many standard deviations.
-    camTargetLabel - CAM explanation: label code whose evidence the map shows (2 = LV myocardium).
-    qcSegmentation - Quality control: the segmentation whose quality is predicted.
+    mapContours - T1/T2 map analysis: show the fitted endo- and epicardial contours as closed curves.
+    mappingSeries - T1/T2 map fitting: the raw series, a sequence (one volume per time) or a multi-frame volume.
+    inversionTimesMs - T1/T2 map fitting: inversion or T2-preparation times in ms, comma-separated, in frame order;
+        empty uses the sequence's index when it holds them.
+    postContrastVolume - ECV: the post-contrast T1 map (the native one is inputVolume).
+    haematocrit - ECV: measured haematocrit as a fraction; 0 uses the synthetic haematocrit.
+    fibrosisModel - LGE fibrosis: scar model, one of FIBROSIS_MODELS.
+    camExplain, camMethod, camPseudoLabel - CAM explanation: class to explain, CAM method, labels from the CAM
+        pseudo-label even when the weak U-Net is installed.
+    qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
+    qcThreshold - Quality control (and the cine QC): flag slices whose predicted Dice is below this.
+    qcWriteSurrogate - Quality control: also load the surrogate segmentation QC compared against.
     """
 
     task: Annotated[str, Choice(TASKS)] = "import-labels"
@@ -173,10 +209,19 @@ class CardiacAIParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     mapKind: Annotated[str, Choice(MAP_KINDS)] = "T1"
+    mapContours: bool = True
+    mappingSeries: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode]
     inversionTimesMs: str = ""
-    fibrosisSdThreshold: Annotated[float, WithinRange(1.0, 10.0)] = 5.0
-    camTargetLabel: Annotated[int, WithinRange(1, 5)] = 2
+    postContrastVolume: vtkMRMLScalarVolumeNode
+    haematocrit: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
+    fibrosisModel: Annotated[str, Choice(FIBROSIS_MODELS)] = "weak"
+    camExplain: Annotated[str, Choice(CAM_CLASSES)] = "predicted"
+    camMethod: Annotated[str, Choice(CAM_METHODS)] = "default"
+    camPseudoLabel: bool = False
     qcSegmentation: vtkMRMLSegmentationNode
+    qcThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
+    qcWriteSurrogate: bool = False
+    cineQualityControl: bool = True
     cineMode: Annotated[str, Choice(CINE_MODES)] = "region-aware"
     edVolume: vtkMRMLScalarVolumeNode
     esVolume: vtkMRMLScalarVolumeNode
@@ -230,9 +275,22 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
             "segment-cine": self.ui.cineCollapsibleButton,
             "function": self.ui.cineCollapsibleButton,
             "map": self.ui.mappingCollapsibleButton,
+            "fit-map": self.ui.mappingCollapsibleButton,
+            "ecv": self.ui.mappingCollapsibleButton,
             "fibrosis": self.ui.lgeCollapsibleButton,
             "cam": self.ui.camCollapsibleButton,
             "qc": self.ui.qcCollapsibleButton,
+        }
+        # Where each task's main result table is shown (the other tables are in the Tables module).
+        self._resultViews = {
+            "segment-cine": self.ui.cineResultsTableView,
+            "function": self.ui.cineResultsTableView,
+            "map": self.ui.mappingResultsTableView,
+            "fit-map": self.ui.mappingResultsTableView,
+            "ecv": self.ui.mappingResultsTableView,
+            "fibrosis": self.ui.lgeResultsTableView,
+            "cam": self.ui.camResultsTableView,
+            "qc": self.ui.qcResultsTableView,
         }
 
         # These connections ensure that we update parameter node when scene is closed
@@ -315,11 +373,9 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
             self.ui.outputSegmentationSelector.baseName = inputVolume.GetName() + " segmentation"
         if self._running:
             return
-        if task == "function" and not (self._parameterNode.edVolume and self._parameterNode.esVolume):
-            self.ui.applyButton.toolTip = _("Select the ED and ES volumes in the Cine segmentation section")
-            self.ui.applyButton.enabled = False
-        elif task != "function" and not inputVolume:
-            self.ui.applyButton.toolTip = _("Select an input volume")
+        missing = self.logic.missingInputs(self._parameterNode)
+        if missing:
+            self.ui.applyButton.toolTip = missing
             self.ui.applyButton.enabled = False
         else:
             self.ui.applyButton.toolTip = _("Run {task}").format(task=TASK_TITLES[task])
@@ -378,10 +434,22 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
             self._setRunning(False)
 
     def _showResult(self, result: dict) -> None:
-        """Show the result's table in the panel, and its warnings in a dialog (the Logic only returns them)."""
-        tableNode = result.get("functionTableNode") or result.get("volumesTableNode")
-        if tableNode:
-            self.ui.cineResultsTableView.setMRMLTableNode(tableNode)
+        """Show the result's table in its section, images in the slice views, and warnings in a dialog (the Logic
+        only returns them; flagged QC slices are among the warnings)."""
+        view = self._resultViews.get(self._parameterNode.task) if self._parameterNode else None
+        tableNode = result.get("mainTableNode")
+        if view is not None and tableNode is not None:
+            view.setMRMLTableNode(tableNode)
+        if result.get("camVolumeNode") is not None:  # the CAM as a coloured overlay on the image
+            slicer.util.setSliceViewerLayers(background=result["inputVolumeNode"],
+                                             foreground=result["camVolumeNode"], foregroundOpacity=0.4)
+        elif result.get("mapVolumeNode") is not None:
+            slicer.util.setSliceViewerLayers(background=result["mapVolumeNode"], foreground=None)
+        elif result.get("ecvVolumeNode") is not None:
+            slicer.util.setSliceViewerLayers(background=result["inputVolumeNode"],
+                                             foreground=result["ecvVolumeNode"], foregroundOpacity=0.5)
+        if result.get("contoursNote"):
+            logging.info(result["contoursNote"])
         warnings = result.get("warnings") or []
         if not warnings:
             self.ui.statusLabel.text = _("Done.")
@@ -643,10 +711,29 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
     def _placeNextTo(node, referenceNode) -> None:
         """Put ``node`` in the subject hierarchy folder (study) that holds ``referenceNode``."""
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        parentItem = shNode.GetItemParent(shNode.GetItemByDataNode(referenceNode))
-        shNode.SetItemParent(shNode.GetItemByDataNode(node), parentItem)
+        referenceItem = shNode.GetItemByDataNode(referenceNode)
+        if not referenceItem:  # not in the subject hierarchy (e.g. some sequence nodes): leave node where it is
+            return
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), shNode.GetItemParent(referenceItem))
 
     # -- tasks ----------------------------------------------------------------------------------------------------
+
+    def missingInputs(self, parameterNode: CardiacAIParameterNode) -> str:
+        """What the chosen task still needs before Apply can run ("" when nothing is missing)."""
+        task = parameterNode.task
+        if task == "function":
+            if not (parameterNode.edVolume and parameterNode.esVolume):
+                return _("Select the ED and ES volumes in the Cine segmentation section")
+            return ""
+        if task == "fit-map":
+            return "" if parameterNode.mappingSeries else _("Select the raw series in the T1/T2 mapping section")
+        if not parameterNode.inputVolume:
+            return _("Select an input volume")
+        if task == "ecv" and not parameterNode.postContrastVolume:
+            return _("Select the post-contrast T1 map in the T1/T2 mapping section")
+        if task == "qc" and not parameterNode.qcSegmentation:
+            return _("Select the segmentation to check in the Quality control section")
+        return ""
 
     def process(
         self,
@@ -656,70 +743,81 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
     ) -> dict:
         """Run ``parameterNode.task`` with the parameter node's inputs and store its output nodes there.
 
-        "import-labels" and "segment-cine" read ``inputVolume`` and fill ``outputSegmentation`` (created if empty);
-        "function" reads ``edVolume`` and ``esVolume``. Result tables and function segmentations are created on the
-        first run and refilled on the next ones.
+        "import-labels", "segment-cine", "map", "ecv", "fibrosis" and "cam" read ``inputVolume`` and fill
+        ``outputSegmentation`` (created if empty); "function" reads ``edVolume`` and ``esVolume``; "fit-map" reads
+        ``mappingSeries``; "qc" checks ``qcSegmentation`` on ``inputVolume``. Cine result tables and function
+        segmentations are created on the first run and refilled on the next ones; the other tasks make new tables.
 
-        :return: the dict of the task's Logic method (:meth:`importLabelmap` gives ``{"segmentationNode",
-            "warnings": []}``); the caller shows ``result["warnings"]``.
+        :return: the dict of the task's Logic method, with "mainTableNode" (the table the panel shows; None for
+            "import-labels") and "warnings" (the caller shows them).
         :raises ValueError: if an input is missing or the task is unknown.
-        :raises NotImplementedError: if the task is not available in this version.
         """
         task = parameterNode.task
         if task not in TASKS:
             raise ValueError(f"Unknown CardiacAI task {task!r}; choose one of {', '.join(TASKS)}.")
-        if task == "function":
-            if not parameterNode.edVolume or not parameterNode.esVolume:
-                raise ValueError(
-                    "Cardiac function needs an end-diastolic (ED) and an end-systolic (ES) volume; select both in the "
-                    "Cine segmentation section."
-                )
-        elif not parameterNode.inputVolume:
-            raise ValueError(f"{TASK_TITLES[task]} needs an input volume; select one in the Inputs section.")
-        if task not in AVAILABLE_TASKS:
-            self.raiseNotYetAvailable(task)
+        missing = self.missingInputs(parameterNode)
+        if missing:
+            raise ValueError(f"{TASK_TITLES[task]}: {missing}.")
         self.setupPythonRequirements(requireTorch=task in TORCH_TASKS)
+        common = {"device": parameterNode.device, "progressCallback": progressCallback, "shouldCancel": shouldCancel}
+        qc = {"qc": parameterNode.cineQualityControl, "qcThreshold": parameterNode.qcThreshold}
         if task == "function":
             result = self.computeFunction(
-                parameterNode.edVolume,
-                parameterNode.esVolume,
-                edSegmentationNode=parameterNode.edSegmentation,
-                esSegmentationNode=parameterNode.esSegmentation,
-                mode=parameterNode.cineMode,
-                device=parameterNode.device,
-                functionTableNode=parameterNode.functionTable,
-                progressCallback=progressCallback,
-                shouldCancel=shouldCancel,
+                parameterNode.edVolume, parameterNode.esVolume,
+                edSegmentationNode=parameterNode.edSegmentation, esSegmentationNode=parameterNode.esSegmentation,
+                mode=parameterNode.cineMode, functionTableNode=parameterNode.functionTable, **qc, **common,
             )
             parameterNode.edSegmentation = result["edSegmentationNode"]
             parameterNode.esSegmentation = result["esSegmentationNode"]
             parameterNode.functionTable = result["functionTableNode"]
-            return result
+            return {**result, "mainTableNode": result["functionTableNode"]}
+        if task == "fit-map":
+            result = self.fitMapping(
+                parameterNode.mappingSeries, kind=parameterNode.mapKind,
+                timesMs=importBackend("slicer_results").parse_times_ms(parameterNode.inversionTimesMs), **common,
+            )
+            return {**result, "mainTableNode": result["tableNode"]}
+        if task == "qc":
+            result = self.checkQuality(
+                parameterNode.inputVolume, parameterNode.qcSegmentation, threshold=parameterNode.qcThreshold,
+                writeSurrogate=parameterNode.qcWriteSurrogate, **common,
+            )
+            return {**result, "mainTableNode": result["qcTableNode"]}
         if not parameterNode.outputSegmentation:
             parameterNode.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", parameterNode.inputVolume.GetName() + " segmentation"
             )
+        volume, segmentation = parameterNode.inputVolume, parameterNode.outputSegmentation
         if task == "segment-cine":
             result = self.segmentCine(
-                parameterNode.inputVolume,
-                parameterNode.outputSegmentation,
-                mode=parameterNode.cineMode,
-                device=parameterNode.device,
-                volumesTableNode=parameterNode.cineVolumesTable,
-                slicesTableNode=parameterNode.cineSlicesTable,
-                progressCallback=progressCallback,
-                shouldCancel=shouldCancel,
+                volume, segmentation, mode=parameterNode.cineMode, volumesTableNode=parameterNode.cineVolumesTable,
+                slicesTableNode=parameterNode.cineSlicesTable, **qc, **common,
             )
             parameterNode.cineVolumesTable = result["volumesTableNode"]
             parameterNode.cineSlicesTable = result["slicesTableNode"]
-            return result
+            return {**result, "mainTableNode": result["volumesTableNode"]}
+        if task == "map":
+            result = self.analyseMap(volume, kind=parameterNode.mapKind, outputSegmentationNode=segmentation,
+                                     contours=parameterNode.mapContours, **common)
+            return {**result, "mainTableNode": result["summaryTableNode"]}
+        if task == "ecv":
+            result = self.computeEcv(volume, parameterNode.postContrastVolume,
+                                     haematocrit=parameterNode.haematocrit or None,
+                                     outputSegmentationNode=segmentation, **common)
+            return {**result, "mainTableNode": result["summaryTableNode"]}
+        if task == "fibrosis":
+            result = self.quantifyFibrosis(volume, model=parameterNode.fibrosisModel,
+                                           outputSegmentationNode=segmentation, **common)
+            return {**result, "mainTableNode": result["summaryTableNode"]}
+        if task == "cam":
+            result = self.explainCam(volume, explain=parameterNode.camExplain, method=parameterNode.camMethod,
+                                     pseudoLabel=parameterNode.camPseudoLabel, outputSegmentationNode=segmentation,
+                                     **common)
+            return {**result, "mainTableNode": result["slicesTableNode"]}
         segmentationNode = self.importLabelmap(
-            parameterNode.inputVolume,
-            parameterNode.outputSegmentation,
-            progressCallback=progressCallback,
-            shouldCancel=shouldCancel,
+            volume, segmentation, progressCallback=progressCallback, shouldCancel=shouldCancel,
         )
-        return {"segmentationNode": segmentationNode, "warnings": []}
+        return {"segmentationNode": segmentationNode, "warnings": [], "mainTableNode": None}
 
     def importLabelmap(self, labelmapVolumeNode, outputSegmentationNode=None, progressCallback=None, shouldCancel=None):
         """Turn a label map with the CardiacAI codes into named, coloured segments (``cardiacai convert``).
@@ -772,9 +870,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         volumesTableNode=None,
         slicesTableNode=None,
         modelsDir: Optional[str] = None,
+        qc: bool = True,
+        qcThreshold: float = 0.8,
     ) -> dict:
         """Segment RV blood pool, LV myocardium and LV blood pool in one short-axis cine frame (``cardiacai
         segment-cine``), and tabulate the volumes, LV mass and the cardiac region of each slice.
+
+        With ``qc`` (and the ``qc_vae`` model installed) the backend also predicts the Dice of every slice; the QC
+        table is made and flagged slices are among the warnings. Without the model QC is skipped with a warning.
 
         The volume is written to a temporary .nrrd, segmented by the backend in a child process, and the result
         loaded back; the temporary folder is removed afterwards (unless ``keepTemporaryFiles``). Works headless: it
@@ -792,11 +895,13 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         :param volumesTableNode, slicesTableNode: tables to refill; new ones are created (next to the input) if None.
         :param modelsDir: extra folder of trained models, searched before the bundled ones.
+        :param qc, qcThreshold: quality-check the segmentation; flag slices whose predicted Dice is below qcThreshold.
         :return: dict with "segmentationNode", "volumesTableNode" (Structure, Measurement, Value, Unit: volume in ml
             of each structure, then LV mass in g), "slicesTableNode" (Slice, Region, Region probability, pixels per
-            structure), "mode", "heart_found", "volumes_ml" (structure name -> ml), "lv_mass_g", "warnings" (list of
-            str: the backend's warnings, and "No heart was found ..." when the segmentation is empty) and "report"
-            (the whole report.json).
+            structure), "qcTableNode" (predicted Dice per slice, or None when QC did not run), "mode",
+            "heart_found", "volumes_ml" (structure name -> ml), "lv_mass_g", "warnings" (list of str: the backend's
+            warnings, "No heart was found ..." when the segmentation is empty, and the slices QC flagged) and
+            "report" (the whole report.json).
         :raises ValueError: if the mode is unknown or the node has no image data.
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed, e.g. the cine models are not
             installed or the volume is not a short-axis stack; the message says which.
@@ -811,12 +916,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             outputDir = os.path.join(tempDir, "output")
             self.runCommand(
                 "segment-cine", [inputPath],
-                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir},
+                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir, "no_qc": not qc,
+                 "qc_threshold": qcThreshold},
                 progressCallback=progressCallback, shouldCancel=shouldCancel,
             )
             report = results.read_report(outputDir)
             tables = results.cine_tables_from_report(report)  # a malformed report fails here, before any node is made
-            warnings = results.report_warnings(report)
+            qcRows = {phase: results.qc_slice_rows(entry) for phase, entry in results.qc_entries(report).items()}
+            warnings = results.report_warnings(report) + results.qc_warnings(report)
             if outputSegmentationNode is None:
                 outputSegmentationNode = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLSegmentationNode", inputVolumeNode.GetName() + " segmentation"
@@ -829,12 +936,16 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         name = inputVolumeNode.GetName()
         volumesTableNode = self.fillTable(volumesTableNode, tables["volumes"], f"{name} cine volumes", inputVolumeNode)
         slicesTableNode = self.fillTable(slicesTableNode, tables["slices"], f"{name} cine slices", inputVolumeNode)
+        qcTableNode = None
+        if qcRows:
+            qcTableNode = self.fillTable(None, qcRows[""], f"{name} cine QC", inputVolumeNode)
         for warning in warnings:
             logging.warning(warning)
         return {
             "segmentationNode": segmentationNode,
             "volumesTableNode": volumesTableNode,
             "slicesTableNode": slicesTableNode,
+            "qcTableNode": qcTableNode,
             "mode": report.get("mode", mode),
             "heart_found": report.get("heart_found"),
             "volumes_ml": report["volumes_ml"],
@@ -855,9 +966,12 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         shouldCancel: Optional[Callable[[], bool]] = None,
         functionTableNode=None,
         modelsDir: Optional[str] = None,
+        qc: bool = True,
+        qcThreshold: float = 0.8,
     ) -> dict:
         """Ventricular function from an end-diastolic and an end-systolic frame (``cardiacai function``): both are
-        segmented, then LV/RV EDV, ESV, SV (ml), EF (%) and LV mass at ED (g) are tabulated.
+        segmented, then LV/RV EDV, ESV, SV (ml), EF (%) and LV mass at ED (g) are tabulated. With ``qc`` both
+        segmentations are quality-checked (one QC table per phase).
 
         Example, in Slicer's Python console::
 
@@ -868,12 +982,12 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param edVolumeNode, esVolumeNode: 3D short-axis stacks of the same patient at ED and ES (two nodes; for a
             cine sequence, make a volume of each frame first).
         :param edSegmentationNode, esSegmentationNode: receive the segments (replaced); new nodes if None.
-        :param mode, device, modelsDir: as for :meth:`segmentCine`.
+        :param mode, device, modelsDir, qc, qcThreshold: as for :meth:`segmentCine`.
         :param functionTableNode: table to refill; a new one is created (next to the ED volume) if None.
         :return: dict with "edSegmentationNode", "esSegmentationNode", "functionTableNode" (Structure, Measurement,
             Value, Unit; an undefined ejection fraction is NaN), "function" (report.json's "function": lv_edv_ml,
-            lv_esv_ml, lv_sv_ml, lv_ef_percent, rv_..., lv_mass_g, warnings; null where undefined), "warnings" and
-            "report".
+            lv_esv_ml, lv_sv_ml, lv_ef_percent, rv_..., lv_mass_g, warnings; null where undefined), "qcTableNodes"
+            ({"ED": table, "ES": table} for the phases QC ran on), "warnings" and "report".
         :raises ValueError: if ED and ES are the same node, or the mode is unknown.
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed; the message says why.
         :raises cardiac_ai.errors.Cancelled: shouldCancel returned True.
@@ -893,12 +1007,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             outputDir = os.path.join(tempDir, "output")
             self.runCommand(
                 "function", [edPath, esPath],
-                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir},
+                {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir, "no_qc": not qc,
+                 "qc_threshold": qcThreshold},
                 progressCallback=progressCallback, shouldCancel=shouldCancel,
             )
             report = results.read_report(outputDir)
             rows = results.function_rows_from_report(report)
-            warnings = results.report_warnings(report)
+            qcRows = {phase: results.qc_slice_rows(entry) for phase, entry in results.qc_entries(report).items()}
+            warnings = results.report_warnings(report) + results.qc_warnings(report)
             segmentationNodes = {}
             for phase, volumeNode, segmentationNode in (
                 ("ed", edVolumeNode, edSegmentationNode),
@@ -916,12 +1032,17 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         functionTableNode = self.fillTable(
             functionTableNode, rows, f"{edVolumeNode.GetName()} cardiac function", edVolumeNode
         )
+        volumes = {"ED": edVolumeNode, "ES": esVolumeNode}
+        qcTableNodes = {phase: self.fillTable(None, phaseRows, f"{volumes[phase].GetName()} QC ({phase})",
+                                              volumes[phase])
+                        for phase, phaseRows in qcRows.items()}
         for warning in warnings:
             logging.warning(warning)
         return {
             "edSegmentationNode": segmentationNodes["ed"],
             "esSegmentationNode": segmentationNodes["es"],
             "functionTableNode": functionTableNode,
+            "qcTableNodes": qcTableNodes,
             "function": report["function"],
             "warnings": warnings,
             "report": report,
@@ -935,30 +1056,493 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         run = self.runCommand("info", [], {"json": True, "models_dir": modelsDir})
         return importBackend("slicer_results").models_from_info_output(run.output_lines)
 
-    def fitMapping(self, seriesVolumeNode, mapKind: str = "T1", inversionTimesMs=None):
-        """T1 (MOLLI) / T2 map fitting and myocardial statistics; not available in this version."""
-        self.raiseNotYetAvailable("map")
+    # -- shared steps of the capabilities -------------------------------------------------------------------------
 
-    def quantifyFibrosis(self, lgeVolumeNode, myocardiumSegmentationNode=None, sdThreshold: float = 5.0):
-        """LGE scar and microvascular obstruction segmentation; not available in this version."""
-        self.raiseNotYetAvailable("fibrosis")
+    def runBackendCall(self, call, progressCallback=None, shouldCancel=None):
+        """Run a ``cardiac_ai.slicer_results.BackendCall`` (built and checked by the backend's pure functions)."""
+        return self.runCommand(call.command, list(call.positional), call.options,
+                               progressCallback=progressCallback, shouldCancel=shouldCancel)
 
-    def explainCam(self, volumeNode, targetLabel: int = 2):
-        """Class activation map for one label; not available in this version."""
-        self.raiseNotYetAvailable("cam")
+    def labelsFileToSegmentation(self, labelsPath: str, referenceVolumeNode, outputSegmentationNode=None,
+                                 shouldCancel=None):
+        """Load a label map file with CardiacAI codes as named, coloured segments (``cardiacai convert`` to
+        ``.seg.nrrd``, then :meth:`loadSegmentation`); used for outputs the backend writes only as labels.nii.gz."""
+        if not os.path.isfile(labelsPath):
+            raise RuntimeError(f"The backend did not write {labelsPath}; see the log for its output.")
+        segPath = os.path.splitext(os.path.splitext(labelsPath)[0])[0] + ".seg.nrrd"
+        self.runCommand("convert", [labelsPath], {"out": segPath}, shouldCancel=shouldCancel)
+        return self.loadSegmentation(segPath, referenceVolumeNode, outputSegmentationNode)
 
-    def checkQuality(self, volumeNode, segmentationNode):
-        """Predicted Dice of a segmentation without ground truth; not available in this version."""
-        self.raiseNotYetAvailable("qc")
+    def loadResultVolume(self, path: str, name: str, referenceVolumeNode):
+        """Load a scalar volume the backend wrote (a map, a CAM) next to ``referenceVolumeNode``, not shown yet."""
+        if not os.path.isfile(path):
+            raise RuntimeError(f"The backend did not write {path}; see the log for its output.")
+        volumeNode = slicer.util.loadVolume(path, {"name": name, "show": False})
+        if hasattr(referenceVolumeNode, "GetTransformNodeID"):  # a sequence node is not transformable
+            volumeNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+        self._placeNextTo(volumeNode, referenceVolumeNode)
+        return volumeNode
+
+    def _newSegmentation(self, segmentationNode, volumeNode, suffix: str = "segmentation"):
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} {suffix}")
+        return segmentationNode
 
     @staticmethod
-    def raiseNotYetAvailable(task: str) -> None:
-        """Raise NotImplementedError naming the capability, so nothing pretends to have worked."""
-        available = ", ".join(TASK_TITLES[t] for t in AVAILABLE_TASKS)
-        raise NotImplementedError(
-            f"{TASK_TITLES[task]} is not yet available in this version of CardiacAI. "
-            f"Available now: {available}, and the phantom self-test."
-        )
+    def _logWarnings(warnings: list) -> list:
+        for warning in warnings:
+            logging.warning(warning)
+        return warnings
+
+    # -- T1/T2 mapping -------------------------------------------------------------------------------------------
+
+    def analyseMap(
+        self,
+        mapVolumeNode,
+        kind: str = "T1",
+        outputSegmentationNode=None,
+        contours: bool = True,
+        qc: bool = True,
+        qcThreshold: float = 0.8,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Myocardial T1 or T2 of a map (``cardiacai map``): segmentation, contours, statistics per slice and per
+        AHA segment, and (indicative) QC.
+
+        Example, in Slicer's Python console::
+
+            logic = CardiacAI.CardiacAILogic()
+            result = logic.analyseMap(getNode("T1 map"), kind="T1")
+            result["summaryTableNode"], result["segmentsTableNode"], result["curveNodes"]
+
+        :param mapVolumeNode: T1 or T2 map in ms (0 = not fitted), short-axis slices from base to apex.
+        :param kind: "T1" or "T2" (checked by the backend against the values).
+        :param outputSegmentationNode: receives LV myocardium and LV blood pool (replaced); new if None.
+        :param contours: also make a closed curve (markups) per fitted endo- and epicardial contour.
+        :return: dict with "segmentationNode", "summaryTableNode" (myocardium, LV blood pool and septal ROIs:
+            median, mean, SD, quartiles in ms, pixels), "slicesTableNode", "segmentsTableNode" (AHA segments),
+            "qcTableNode" (or None), "curveNodes" (list), "contoursNote" (why there are no curves, or ""),
+            "warnings" and "report".
+        :raises ValueError: unknown kind (before anything runs).
+        :raises cardiac_ai.subprocess_runner.CommandError: the backend failed (no mapping model, values that are
+            not a T1/T2 map, ...); the message says why.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            inputPath = self.volumeToFile(mapVolumeNode, os.path.join(tempDir, "map.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            call = results.map_call(inputPath, outputDir, kind=kind, device=device, models_dir=modelsDir, qc=qc,
+                                    qc_threshold=qcThreshold)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            with open(os.path.join(outputDir, "stats.json"), encoding="utf-8") as f:
+                tables = results.map_tables_from_stats(json.load(f))
+            with open(os.path.join(outputDir, "contours.json"), encoding="utf-8") as f:
+                curves = results.contour_curves(json.load(f)) if contours else []
+            qcRows = {phase: results.qc_slice_rows(entry) for phase, entry in results.qc_entries(report).items()}
+            warnings = results.report_warnings(report) + results.qc_warnings(report)
+            segmentationNode = self.labelsFileToSegmentation(
+                os.path.join(outputDir, "labels.nii.gz"), mapVolumeNode,
+                self._newSegmentation(outputSegmentationNode, mapVolumeNode), shouldCancel=shouldCancel)
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        name = f"{mapVolumeNode.GetName()} {kind.upper()}"
+        result = {
+            "segmentationNode": segmentationNode,
+            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} statistics", mapVolumeNode),
+            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} slices", mapVolumeNode),
+            "segmentsTableNode": self.fillTable(None, tables["segments"], f"{name} AHA segments", mapVolumeNode),
+            "qcTableNode": self.fillTable(None, qcRows[""], f"{name} QC (indicative)", mapVolumeNode)
+            if qcRows else None,
+            "curveNodes": self.addContourCurves(curves, mapVolumeNode),
+            "contoursNote": "" if curves or not contours else "The backend fitted no contour (see the warnings).",
+            "report": report,
+        }
+        result["warnings"] = self._logWarnings(warnings)
+        return result
+
+    def addContourCurves(self, curves, referenceVolumeNode) -> list:
+        """One locked, linear closed curve (markups) per contour of ``cardiac_ai.slicer_results.contour_curves``."""
+        import numpy as np
+
+        nodes = []
+        for curve in curves:
+            node = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLMarkupsClosedCurveNode", f"{referenceVolumeNode.GetName()} {curve['name']}")
+            node.SetCurveTypeToLinear()  # the points are already a smooth contour: draw them as they are
+            slicer.util.updateMarkupsControlPointsFromArray(node, np.asarray(curve["points_ras"], dtype=float))
+            node.SetLocked(True)
+            node.CreateDefaultDisplayNodes()
+            displayNode = node.GetDisplayNode()
+            displayNode.SetPointLabelsVisibility(False)
+            displayNode.SetPropertiesLabelVisibility(False)
+            displayNode.SetSelectedColor(*CONTOUR_COLORS[curve["wall"]])
+            node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+            self._placeNextTo(node, referenceVolumeNode)
+            nodes.append(node)
+        return nodes
+
+    def writeSeriesFile(self, seriesNode, path: str, kind: str = "T1") -> Optional[list]:
+        """Write a raw mapping series as one 4D file (x, y, z, t), for ``cardiacai fit-map``.
+
+        :param seriesNode: a vtkMRMLSequenceNode of scalar volumes (one per inversion or preparation time, all on
+            one grid), or a scalar volume with one voxel component per frame (a multi-frame volume).
+        :return: the times held by the sequence's index (:func:`cardiac_ai.slicer_results.times_from_sequence_index`)
+            or None.
+        :raises ValueError: fewer than 2 frames, frames on different grids, or a node that is neither.
+        """
+        import numpy as np
+        import SimpleITK as sitk
+
+        indexTimes = None
+        if seriesNode.IsA("vtkMRMLSequenceNode"):
+            frames = [seriesNode.GetNthDataNode(i) for i in range(seriesNode.GetNumberOfDataNodes())]
+            if not all(frame is not None and frame.IsA("vtkMRMLScalarVolumeNode") for frame in frames):
+                raise ValueError(f"Sequence {seriesNode.GetName()!r} does not hold scalar volumes.")
+            arrays = [np.array(slicer.util.arrayFromVolume(frame), dtype=np.float32) for frame in frames]
+            reference = frames[0] if frames else None
+            indexTimes = importBackend("slicer_results").times_from_sequence_index(
+                seriesNode.GetIndexName(), seriesNode.GetIndexUnit(),
+                [seriesNode.GetNthIndexValue(i) for i in range(seriesNode.GetNumberOfDataNodes())], kind=kind)
+        else:
+            array = slicer.util.arrayFromVolume(seriesNode)
+            if array.ndim != 4:
+                raise ValueError(
+                    f"Volume {seriesNode.GetName()!r} has one frame; choose the raw series (a sequence, or a volume "
+                    "with one frame per inversion/preparation time)."
+                )
+            arrays = [np.array(array[..., t], dtype=np.float32) for t in range(array.shape[3])]
+            reference = seriesNode
+        if len(arrays) < 2:
+            raise ValueError(f"{seriesNode.GetName()!r} has {len(arrays)} frame(s); map fitting needs several.")
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"The frames of {seriesNode.GetName()!r} have different sizes; resample them first.")
+        matrix = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASMatrix(matrix)
+        geometry = importBackend("geometry").Geometry.from_ijk_to_ras_matrix(
+            [[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+        image = sitk.GetImageFromArray(np.stack(arrays))  # (t, k, j, i) -> 4D image (x, y, z, t)
+        image.SetSpacing((*geometry.spacing_mm, 1.0))
+        image.SetOrigin((*geometry.origin_lps_mm, 0.0))
+        direction = np.eye(4)
+        direction[:3, :3] = np.reshape(geometry.direction_lps, (3, 3))
+        image.SetDirection(direction.ravel().tolist())
+        sitk.WriteImage(image, path, True)
+        return indexTimes
+
+    def fitMapping(
+        self,
+        seriesNode,
+        kind: str = "T1",
+        timesMs=None,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+    ) -> dict:
+        """Fit a T1 (MOLLI, Look-Locker corrected) or T2 (T2-prepared) map pixel by pixel (``cardiacai fit-map``).
+
+        Example, in Slicer's Python console::
+
+            result = CardiacAI.CardiacAILogic().fitMapping(getNode("MOLLI"), kind="T1",
+                                                           timesMs=[100, 180, 260, 1100, 1180, 2100, 3100, 4100])
+            result["mapVolumeNode"], result["r2VolumeNode"]
+
+        :param seriesNode: the raw series: a sequence node (one volume per time) or a multi-frame volume.
+        :param kind: "T1" (MOLLI) or "T2" (T2-prepared).
+        :param timesMs: inversion (T1) or preparation (T2) time of every frame in ms, in frame order; None uses the
+            sequence's index when it holds them (index name "InversionTime", ...).
+        :return: dict with "mapVolumeNode" (ms; 0 = not fitted), "r2VolumeNode" (goodness of fit), "tableNode"
+            (median, pixels fitted/failed, times), "warnings" and "report".
+        :raises ValueError: no times, or a series that cannot be written as one 4D file.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            seriesPath = os.path.join(tempDir, "series.nii.gz")
+            indexTimes = self.writeSeriesFile(seriesNode, seriesPath, kind=kind)
+            times = timesMs if timesMs is not None else indexTimes
+            outputDir = os.path.join(tempDir, "output")
+            call = results.fit_map_call(seriesPath, outputDir, kind=kind, times_ms=times, device=device)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            mapFile, r2File = results.fit_map_outputs(report)
+            rows = results.fit_map_rows(report)
+            warnings = results.report_warnings(report)
+            name = f"{seriesNode.GetName()} {kind.upper()}"
+            mapVolumeNode = self.loadResultVolume(os.path.join(outputDir, mapFile), f"{name} map", seriesNode)
+            r2VolumeNode = self.loadResultVolume(os.path.join(outputDir, r2File), f"{name} R2", seriesNode)
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        return {"mapVolumeNode": mapVolumeNode, "r2VolumeNode": r2VolumeNode,
+                "tableNode": self.fillTable(None, rows, f"{name} fit", seriesNode),
+                "warnings": self._logWarnings(warnings), "report": report}
+
+    def computeEcv(
+        self,
+        nativeT1VolumeNode,
+        postContrastT1VolumeNode,
+        haematocrit: Optional[float] = None,
+        outputSegmentationNode=None,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Extracellular volume from a native and a post-contrast T1 map (``cardiacai ecv``).
+
+        Example, in Slicer's Python console::
+
+            result = CardiacAI.CardiacAILogic().computeEcv(getNode("T1 native"), getNode("T1 post"), haematocrit=0.42)
+            result["ecv"]["myocardium"]["ecv_fraction"]
+
+        :param haematocrit: measured haematocrit as a fraction (0.42); None uses the synthetic haematocrit.
+        :return: dict with "segmentationNode" (native map: myocardium, LV blood pool), "ecvVolumeNode" (pixelwise
+            ECV fraction when both maps share one grid, else None), "summaryTableNode" (myocardial ECV in %,
+            haematocrit, median T1 values), "regionsTableNode" (septal ROIs, AHA segments), "ecv" (the report's
+            values), "inputVolumeNode", "warnings" and "report".
+        :raises ValueError: a haematocrit that is not a fraction.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            nativePath = self.volumeToFile(nativeT1VolumeNode, os.path.join(tempDir, "native.nrrd"))
+            postPath = self.volumeToFile(postContrastT1VolumeNode, os.path.join(tempDir, "post.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            call = results.ecv_call(nativePath, postPath, outputDir, haematocrit=haematocrit, device=device,
+                                    models_dir=modelsDir)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            tables = results.ecv_tables_from_report(report)
+            warnings = results.report_warnings(report)
+            name = nativeT1VolumeNode.GetName()
+            ecvPath = os.path.join(outputDir, "ecv_map.nii.gz")
+            ecvVolumeNode = None
+            if os.path.isfile(ecvPath):
+                ecvVolumeNode = self.loadResultVolume(ecvPath, f"{name} ECV", nativeT1VolumeNode)
+                displayNode = ecvVolumeNode.GetDisplayNode()
+                displayNode.SetAndObserveColorNodeID(CAM_COLOR_NODE_ID)
+                displayNode.AutoWindowLevelOff()
+                displayNode.SetWindowLevelMinMax(0.0, 0.6)  # ECV fraction: normal myocardium about 0.25
+            segmentationNode = self.labelsFileToSegmentation(
+                os.path.join(outputDir, "labels.nii.gz"), nativeT1VolumeNode,
+                self._newSegmentation(outputSegmentationNode, nativeT1VolumeNode), shouldCancel=shouldCancel)
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        return {
+            "segmentationNode": segmentationNode, "ecvVolumeNode": ecvVolumeNode,
+            "inputVolumeNode": nativeT1VolumeNode,
+            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} ECV", nativeT1VolumeNode),
+            "regionsTableNode": self.fillTable(None, tables["regions"], f"{name} ECV regions", nativeT1VolumeNode)
+            if tables["regions"] else None,
+            "ecv": report["ecv"], "warnings": self._logWarnings(warnings), "report": report,
+        }
+
+    # -- LGE fibrosis --------------------------------------------------------------------------------------------
+
+    def quantifyFibrosis(
+        self,
+        lgeVolumeNode,
+        model: str = "weak",
+        outputSegmentationNode=None,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """LV myocardium, blood pool, scar and microvascular obstruction of an LGE stack (``cardiacai fibrosis``).
+
+        Example, in Slicer's Python console::
+
+            result = CardiacAI.CardiacAILogic().quantifyFibrosis(getNode("LGE"))
+            result["clinical"]["scar_percent_of_myocardium"], result["summaryTableNode"]
+
+        :param model: "weak" (trained on slice labels), "weak_stack" (patient labels) or "pixel" (pixel labels).
+        :return: dict with "segmentationNode" (2 myocardium, 3 LV blood pool, 4 scar, 5 MVO), "summaryTableNode"
+            (scar, MVO and myocardial volume, scar %, MVO %), "slicesTableNode" (per slice: fibrosis probability,
+            areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "clinical" (the report's
+            values), "warnings" and "report".
+        :raises ValueError: unknown model.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            inputPath = self.volumeToFile(lgeVolumeNode, os.path.join(tempDir, "lge.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            tables = results.fibrosis_tables_from_report(report)
+            warnings = results.report_warnings(report)
+            segmentationNode = self.loadSegmentation(
+                os.path.join(outputDir, "segmentation.seg.nrrd"), lgeVolumeNode,
+                self._newSegmentation(outputSegmentationNode, lgeVolumeNode))
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        name = lgeVolumeNode.GetName()
+        return {
+            "segmentationNode": segmentationNode,
+            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} fibrosis", lgeVolumeNode),
+            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} fibrosis slices", lgeVolumeNode),
+            "segmentsTableNode": self.fillTable(None, tables["segments"], f"{name} transmurality", lgeVolumeNode)
+            if tables["segments"] else None,
+            "clinical": report["clinical"], "warnings": self._logWarnings(warnings), "report": report,
+        }
+
+    # -- class activation maps -----------------------------------------------------------------------------------
+
+    def explainCam(
+        self,
+        volumeNode,
+        explain: Optional[str] = None,
+        method: Optional[str] = None,
+        pseudoLabel: bool = False,
+        outputSegmentationNode=None,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Class activation map of the weak diagnosis classifier and whole-heart labels (``cardiacai cam``).
+
+        Example, in Slicer's Python console::
+
+            result = CardiacAI.CardiacAILogic().explainCam(getNode("cine"), explain="DCM")
+            slicer.util.setSliceViewerLayers(background=getNode("cine"), foreground=result["camVolumeNode"],
+                                             foregroundOpacity=0.4)
+
+        :param explain: class whose evidence is mapped on every slice (e.g. "DCM"); None or "predicted" maps each
+            slice's predicted class.
+        :param method: "model", "gradcam" or "gradcampp"; None or "default" uses the model card's method.
+        :param pseudoLabel: labels from the CAM pseudo-label even when the weak U-Net is installed.
+        :return: dict with "camVolumeNode" (float 0..1, ColdToHotRainbow colours, window 0..1: show it as the
+            foreground over the image), "segmentationNode" (the heart, label 6), "summaryTableNode" (predicted
+            class and probabilities), "slicesTableNode" (per slice), "inputVolumeNode", "warnings" and "report".
+        :raises ValueError: unknown method.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            inputPath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            call = results.cam_call(inputPath, outputDir, explain=explain, method=method, pseudo_label=pseudoLabel,
+                                    device=device, models_dir=modelsDir)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            tables = results.cam_tables_from_report(report)
+            warnings = results.report_warnings(report) + [str(w) for w in report["cam"].get("warnings", [])]
+            name = volumeNode.GetName()
+            camVolumeNode = self.loadResultVolume(os.path.join(outputDir, "cam.nii.gz"), f"{name} CAM", volumeNode)
+            displayNode = camVolumeNode.GetDisplayNode()
+            displayNode.SetAndObserveColorNodeID(CAM_COLOR_NODE_ID)
+            displayNode.AutoWindowLevelOff()
+            displayNode.SetWindowLevelMinMax(0.0, 1.0)
+            segmentationNode = self.loadSegmentation(
+                os.path.join(outputDir, "segmentation.seg.nrrd"), volumeNode,
+                self._newSegmentation(outputSegmentationNode, volumeNode, "heart"))
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        return {
+            "camVolumeNode": camVolumeNode, "segmentationNode": segmentationNode, "inputVolumeNode": volumeNode,
+            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} CAM prediction", volumeNode),
+            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} CAM slices", volumeNode),
+            "warnings": self._logWarnings(list(dict.fromkeys(warnings))), "report": report,
+        }
+
+    # -- quality control -----------------------------------------------------------------------------------------
+
+    def writeSegmentationAsLabelmap(self, segmentationNode, referenceVolumeNode, path: str) -> str:
+        """Write ``segmentationNode`` as a label map with CardiacAI codes, voxel for voxel on the reference volume's
+        grid (each segment through ``slicer.util.arrayFromSegmentBinaryLabelmap`` with that volume as reference).
+
+        Segment names give the codes (``cardiac_ai.slicer_results.segment_label_codes``); where segments overlap,
+        the higher code wins (scar over myocardium).
+
+        :raises ValueError: a segment whose name is not a CardiacAI structure, or no segment at all.
+        """
+        import numpy as np
+
+        segmentation = segmentationNode.GetSegmentation()
+        segmentIds = list(segmentation.GetSegmentIDs())
+        if not segmentIds:
+            raise ValueError(f"Segmentation {segmentationNode.GetName()!r} has no segment to check.")
+        names = {segmentId: segmentation.GetSegment(segmentId).GetName() for segmentId in segmentIds}
+        codes = importBackend("slicer_results").segment_label_codes(list(names.values()))
+        labels = np.zeros(slicer.util.arrayFromVolume(referenceVolumeNode).shape[:3], np.uint8)
+        for segmentId in sorted(segmentIds, key=lambda i: codes[names[i]]):
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)
+            labels[mask > 0] = codes[names[segmentId]]
+        labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "CardiacAI QC labels")
+        try:
+            labelmapNode.CopyOrientation(referenceVolumeNode)
+            slicer.util.updateVolumeFromArray(labelmapNode, labels)
+            if not slicer.util.saveNode(labelmapNode, path, {"useCompression": 1}):
+                raise RuntimeError(f"Slicer could not write the label map of {segmentationNode.GetName()!r} to {path}.")
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmapNode)
+        return path
+
+    def checkQuality(
+        self,
+        volumeNode,
+        segmentationNode,
+        threshold: float = 0.8,
+        writeSurrogate: bool = False,
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+    ) -> dict:
+        """Predict the Dice of every slice of a segmentation without ground truth (``cardiacai qc``) and flag the
+        slices below ``threshold``.
+
+        Example, in Slicer's Python console::
+
+            result = CardiacAI.CardiacAILogic().checkQuality(getNode("cine"), getNode("cine segmentation"))
+            result["flaggedSlices"], result["warnings"]  # e.g. [2, 5], ["Quality control flagged slices 2, 5 ..."]
+
+        :param volumeNode: the short-axis image the segmentation belongs to.
+        :param segmentationNode: segments named as CardiacAI structures (RV blood pool, LV myocardium, LV blood
+            pool; see :meth:`writeSegmentationAsLabelmap`).
+        :param writeSurrogate: also load the surrogate segmentation (the closest plausible one QC compared with).
+        :return: dict with "qcTableNode" (per slice: assessed, flagged, predicted Dice per structure, rule checks),
+            "flaggedSlices" (list of k), "needsReview", "surrogateSegmentationNode" (or None), "qc" (the report's
+            values), "warnings" (a clear message naming the flagged slices) and "report".
+        :raises ValueError: a threshold outside 0..1, or segments that are not CardiacAI structures.
+        :raises cardiac_ai.subprocess_runner.CommandError: e.g. no qc_vae model installed.
+        """
+        results = importBackend("slicer_results")
+        tempDir = slicer.util.tempDirectory()
+        try:
+            imagePath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
+            labelsPath = self.writeSegmentationAsLabelmap(segmentationNode, volumeNode,
+                                                          os.path.join(tempDir, "labels.nrrd"))
+            outputDir = os.path.join(tempDir, "output")
+            call = results.qc_call(imagePath, labelsPath, outputDir, threshold=threshold,
+                                   write_surrogate=writeSurrogate, device=device, models_dir=modelsDir)
+            self.runBackendCall(call, progressCallback, shouldCancel)
+            report = results.read_report(outputDir)
+            rows = results.qc_slice_rows(report["qc"])
+            warnings = results.report_warnings(report) + results.qc_warnings(report)
+            surrogateNode = None
+            if writeSurrogate:
+                surrogateNode = self.loadSegmentation(
+                    os.path.join(outputDir, "surrogate.seg.nrrd"), volumeNode,
+                    slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                       f"{segmentationNode.GetName()} QC surrogate"))
+        finally:
+            self._removeTemporaryDirectory(tempDir)
+        qc = report["qc"]
+        return {
+            "qcTableNode": self.fillTable(None, rows, f"{segmentationNode.GetName()} QC", volumeNode),
+            "flaggedSlices": list(qc.get("flagged_slices") or []), "needsReview": bool(qc.get("needs_review")),
+            "surrogateSegmentationNode": surrogateNode, "qc": qc,
+            "warnings": self._logWarnings(warnings), "report": report,
+        }
 
     def _removeTemporaryDirectory(self, path: str) -> None:
         if self.keepTemporaryFiles:
@@ -990,9 +1574,15 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.setUp()
         self.test_LabelmapImportMatchesBackendSegmentation()
         self.setUp()
-        self.test_UnavailableCapabilitiesSayNotYetAvailable()
+        self.test_MissingInputsAreRejectedBeforeRunning()
+        self.setUp()
+        self.test_SegmentationWrittenAsLabelmapMatchesThePhantomLabels()
         self.setUp()
         self.test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered()
+        self.setUp()
+        self.test_MappingFitAndAnalysisOnThePhantom()
+        self.setUp()
+        self.test_FibrosisCamAndQualityControlWhenModelsAreRegistered()
 
     def _phantom(self, logic):
         logic.setupPythonRequirements(requireTorch=False)
@@ -1055,20 +1645,114 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.assertEqual(voxelCounts(imported), voxelCounts(direct))
         self.delayDisplay("Test passed")
 
-    def test_UnavailableCapabilitiesSayNotYetAvailable(self):
+    def test_MissingInputsAreRejectedBeforeRunning(self):
         logic = CardiacAILogic()
-        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         parameterNode = logic.getParameterNode()
-        parameterNode.inputVolume = volumeNode
+        for attribute in ("inputVolume", "edVolume", "esVolume", "mappingSeries", "postContrastVolume",
+                          "qcSegmentation"):
+            setattr(parameterNode, attribute, None)
         for task in TASKS:
-            if task in AVAILABLE_TASKS:
-                continue
             parameterNode.task = task
-            with self.assertRaises(NotImplementedError) as caught:
+            self.assertTrue(logic.missingInputs(parameterNode), task)
+            with self.assertRaises(ValueError):
                 logic.process(parameterNode)
-            self.assertIn(TASK_TITLES[task], str(caught.exception))
-            self.assertIn("not yet available", str(caught.exception))
         self.delayDisplay("Test passed")
+
+    def test_SegmentationWrittenAsLabelmapMatchesThePhantomLabels(self):
+        """The QC input: a segmentation node written voxel for voxel on the image's grid, codes from segment names."""
+        logic = CardiacAILogic()
+        paths = self._phantom(logic)
+        imageNode = slicer.util.loadVolume(paths["image"])
+        segmentationNode = logic.loadSegmentation(paths["segmentation"], imageNode)
+        path = logic.writeSegmentationAsLabelmap(segmentationNode, imageNode,
+                                                 os.path.join(slicer.util.tempDirectory(), "labels.nrrd"))
+        written = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(path))
+        truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(paths["labels"]))
+        self.assertEqual(written.shape, truth.shape)
+        self.assertTrue((written == truth).all(), "label map differs from the phantom labels")
+        self.delayDisplay("Test passed")
+
+    def _registered(self, logic):
+        return {model.split()[0] for model in logic.registeredModels()}
+
+    def _volumeNode(self, name, array, geometry):
+        """A scalar volume node holding ``array`` (k, j, i) with a backend Geometry."""
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        slicer.util.updateVolumeFromArray(node, array)
+        matrix = vtk.vtkMatrix4x4()
+        for row, values in enumerate(geometry.ijk_to_ras_matrix()):
+            for column, value in enumerate(values):
+                matrix.SetElement(row, column, float(value))
+        node.SetIJKToRASMatrix(matrix)
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def test_MappingFitAndAnalysisOnThePhantom(self):
+        """Map fitting needs no model; map analysis and QC run where their models are installed."""
+        import numpy as np
+
+        logic = CardiacAILogic()
+        logic.setupPythonRequirements(requireTorch=True)
+        case = importBackend("mapping").make_mapping_case(
+            importBackend("phantom").make_cine_phantom(seed=3), seed=3, disease="none", noise=0.0,
+            misregistration_px=0.0)
+        sequenceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "phantom MOLLI")
+        sequenceNode.SetIndexName("InversionTime")
+        sequenceNode.SetIndexUnit("ms")
+        for frame, time in zip(case.molli.array, case.inversion_times_ms):
+            frameNode = self._volumeNode("frame", np.ascontiguousarray(frame), case.molli.geometry)
+            sequenceNode.SetDataNodeAtValue(frameNode, f"{time:g}")
+            slicer.mrmlScene.RemoveNode(frameNode)
+        self.delayDisplay("Fitting the phantom MOLLI series (times from the sequence index)")
+        fit = logic.fitMapping(sequenceNode, kind="T1")
+        fitted = slicer.util.arrayFromVolume(fit["mapVolumeNode"])
+        labels = case.labels.array
+        truth = float(np.median(case.t1_map_ms.array[labels == 2]))
+        self.assertAlmostEqual(float(np.median(fitted[labels == 2])) / truth, 1.0, delta=0.05)
+        self.assertEqual(fitted.shape, labels.shape)
+
+        if "map_myocardium" not in self._registered(logic):
+            self.delayDisplay("Skipped map analysis: the map_myocardium model is not registered.")
+            return
+        self.delayDisplay("Analysing the phantom T1 map")
+        mapNode = self._volumeNode("phantom T1", case.t1_map_ms.array, case.t1_map_ms.geometry)
+        result = logic.analyseMap(mapNode, kind="T1")
+        LABELS = importBackend("labels").LABELS
+        self.assertTrue({LABELS[2].display_name, LABELS[3].display_name} <= self._segmentNames(
+            result["segmentationNode"]))
+        table = result["summaryTableNode"].GetTable()
+        self.assertEqual(table.GetValueByName(0, "Region").ToString(), "Myocardium")
+        self.assertAlmostEqual(table.GetValueByName(0, "Median (ms)").ToDouble() / truth, 1.0, delta=0.1)
+        self.assertTrue(result["curveNodes"], result["contoursNote"])
+        self.delayDisplay("Test passed")
+
+    def test_FibrosisCamAndQualityControlWhenModelsAreRegistered(self):
+        logic = CardiacAILogic()
+        logic.setupPythonRequirements(requireTorch=True)
+        registered = self._registered(logic)
+        paths = self._phantom(logic)
+        imageNode = slicer.util.loadVolume(paths["image"])
+        dimensions = imageNode.GetImageData().GetDimensions()
+        if "qc_vae" in registered:
+            self.delayDisplay("Quality control of the phantom labels, threshold 1: every assessed slice flagged")
+            segmentationNode = logic.loadSegmentation(paths["segmentation"], imageNode)
+            result = logic.checkQuality(imageNode, segmentationNode, threshold=1.0, writeSurrogate=True)
+            self.assertEqual(result["qcTableNode"].GetNumberOfRows(), dimensions[2])
+            self.assertTrue(result["flaggedSlices"] and result["warnings"], result["warnings"])
+            self.assertIsNotNone(result["surrogateSegmentationNode"])
+        if "weak_cam_classifier" in registered:
+            self.delayDisplay("CAM of the phantom")
+            result = logic.explainCam(imageNode, explain="predicted")
+            cam = slicer.util.arrayFromVolume(result["camVolumeNode"])
+            self.assertEqual(cam.shape[::-1], dimensions)
+            self.assertTrue(0.0 <= float(cam.min()) and float(cam.max()) <= 1.0)
+            self.assertEqual(result["slicesTableNode"].GetNumberOfRows(), dimensions[2])
+        if {"lge_myocardium", "lge_fibrosis_weak"} <= registered:
+            self.delayDisplay("LGE fibrosis on the phantom image (no scar expected)")
+            result = logic.quantifyFibrosis(imageNode)
+            self.assertEqual(result["slicesTableNode"].GetNumberOfRows(), dimensions[2])
+            self.assertEqual(result["summaryTableNode"].GetTable().GetValueByName(0, "Unit").ToString(), "mL")
+        self.delayDisplay("Test passed (capabilities without registered models were skipped)")
 
     def test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered(self):
         """Runs only where the trained cine models are installed (bundled or in CARDIACAI_MODELS)."""

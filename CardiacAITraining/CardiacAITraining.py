@@ -1,7 +1,9 @@
 """CardiacAITraining: train CardiacAI's networks from 3D Slicer (Module, Widget, Logic and Test).
 
-Training runs ``cardiacai train ...`` in a separate process through the CardiacAI module's Logic (same bundled
-backend, same PythonSlicer launcher, same progress lines and Stop handling), so a long training never blocks or
+Each task trains one model family of the project (``cardiac_ai.slicer_results.TRAINING_TASKS``): a custom
+segmentation U-Net with ``cardiacai train``, and the cine, mapping, QC, weak (ACDC CAM) and EMIDEC fibrosis models
+with the ``scripts/train_*.py`` entry points of a source checkout. Training runs in a separate process (same bundled
+backend, same PythonSlicer launcher and Stop handling as the CardiacAI module), so a long training never blocks or
 crashes Slicer. Nothing from ``cardiac_ai`` or PyTorch is imported when Slicer starts.
 
 While it runs, the loss and validation metrics of ``<output>/checkpoints/log.csv`` are plotted (a table, plot
@@ -16,12 +18,16 @@ From Slicer's Python console::
     parameters.dataFolder, parameters.outputFolder = pathlib.Path("ACDC/training"), pathlib.Path("run1")
     parameters.epochs = 5
     result = logic.train(parameters)  # blocks; result["series"]["train_loss"], result["registeredCard"]
+    parameters.task = "qc"                # scripts/train_qc.py on an ACDC folder (source checkout only)
 """
 
+import glob
 import logging
 import os
 import pathlib
 import re
+import shutil
+import time
 from typing import Annotated, Callable, Optional
 
 import qt
@@ -33,8 +39,11 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import *  # noqa: F403 - the template's way to get the four base classes
 from slicer.util import VTKObservationMixin
 
-#: Networks that can be trained; names match the CardiacAI task names.
-TRAINING_TASKS = ("segmentation",)
+#: Model families that can be trained: the keys of cardiac_ai.slicer_results.TRAINING_TASKS. "segmentation" runs
+#: ``cardiacai train``; the others run scripts/train_*.py of a source checkout (see scriptsDirectory()).
+TRAINING_TASKS = ("segmentation", "cine", "mapping", "qc", "weak", "fibrosis")
+#: Seconds between two looks at the training scripts' log.csv files (they print no progress lines).
+LOG_POLL_S = 2.0
 DEVICES = ("auto", "cpu", "cuda")
 #: ``cardiacai train --layout``: how the data folder is organised (auto: detected from its content).
 LAYOUTS = ("auto", "acdc", "emidec", "generic")
@@ -63,6 +72,12 @@ def modelsFolder() -> str:
 def setModelsFolder(folder) -> None:
     """Store the models folder in the "CardiacAI/ModelsFolder" setting (read by CardiacAI when it runs the backend)."""
     qt.QSettings().setValue(MODELS_FOLDER_SETTING, str(folder))
+
+
+def scriptsDirectory() -> Optional[str]:
+    """``scripts/`` of the source checkout this module runs from, or None (an installed extension has none)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+    return folder if os.path.isdir(folder) else None
 
 
 #
@@ -104,10 +119,11 @@ class CardiacAITrainingParameterNode:
     dataFolder - folder with the training cases.
     layout - how dataFolder is organised, one of LAYOUTS ("auto" detects it).
     outputFolder - the run folder: checkpoints, log.csv, config and split are written there.
-    task - which network to train, one of TRAINING_TASKS.
+    task - which model family to train, one of TRAINING_TASKS.
     epochs - passes over the training data.
     device - "auto" (CUDA when available), "cpu" or "cuda".
-    modelName, modelVersion - name and version under which the trained model is registered.
+    modelName, modelVersion - name and version under which the trained model is registered (segmentation; the
+        other tasks register their models under their own names, version 1.0).
     registerModel - register the trained model in the CardiacAI models folder, so CardiacAI can use it.
     """
 
@@ -337,17 +353,29 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         return options
 
     def buildTrainCommand(
-        self, dataFolder, outputFolder, task: str, epochs: int, device: str, pythonExecutable=None, **settings
+        self, dataFolder, outputFolder, task: str, epochs: int, device: str, pythonExecutable=None,
+        scriptsDir=None, **settings
     ) -> list:
-        """The full ``PythonSlicer -m cardiac_ai train ... --progress-lines`` argument list (for display and logs).
+        """The full command line that trains ``task`` (for running, display and logs).
 
+        "segmentation": ``PythonSlicer -m cardiac_ai train ... --progress-lines``; the other tasks:
+        ``PythonSlicer <scripts>/train_*.py --data ... --work <output> --device ... --<epochs options> N``
+        (``cardiac_ai.slicer_results.training_command``).
+
+        :param scriptsDir: the checkout's scripts folder; default :func:`scriptsDirectory`.
         :param settings: layout, modelName, modelVersion, registerTo, as for :meth:`trainOptions`.
+        :raises ValueError: invalid settings, or a script task without the scripts folder.
         """
         from CardiacAI import CardiacAILogic, importBackend
 
         options = self.trainOptions(dataFolder, outputFolder, task, epochs, device, **settings)
         python = pythonExecutable or CardiacAILogic.pythonExecutable()
-        return importBackend("subprocess_runner").build_command("train", [], options, python_executable=python)
+        return importBackend("slicer_results").training_command(
+            task, python_executable=python, data=options["data"], out=options["out"], epochs=options["epochs"],
+            device=options["device"], layout=options["layout"], model_name=options["model_name"],
+            model_version=options["model_version"], register_to=options.get("register_to"),
+            scripts_dir=scriptsDir if scriptsDir is not None else scriptsDirectory(),
+        )
 
     # -- live loss plot -------------------------------------------------------------------------------------------
 
@@ -443,17 +471,20 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed; the message is its one-line error.
         :raises cardiac_ai.errors.Cancelled: shouldCancel returned True; the training process tree is gone.
         """
-        from CardiacAI import CardiacAILogic
+        from CardiacAI import CardiacAILogic, importBackend, moduleDirectory
 
         registerTo = modelsFolder() if parameterNode.registerModel else None
-        options = self.trainOptions(
-            parameterNode.dataFolder, parameterNode.outputFolder, parameterNode.task, parameterNode.epochs,
-            parameterNode.device, layout=parameterNode.layout, modelName=parameterNode.modelName,
-            modelVersion=parameterNode.modelVersion, registerTo=registerTo,
-        )
+        settings = {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
+                    "modelVersion": parameterNode.modelVersion, "registerTo": registerTo}
+        task = parameterNode.task
+        options = self.trainOptions(parameterNode.dataFolder, parameterNode.outputFolder, task, parameterNode.epochs,
+                                    parameterNode.device, **settings)
+        command = self.buildTrainCommand(parameterNode.dataFolder, parameterNode.outputFolder, task,
+                                         parameterNode.epochs, parameterNode.device, **settings)
+        results = importBackend("slicer_results")
         logPath = self.trainingLogPath(options["out"])
         if self.lossChartNode is None or self.lossChartNode.GetScene() is None:
-            self.resetLossPlot(parameterNode.modelName)
+            self.resetLossPlot(parameterNode.modelName if task == "segmentation" else task)
         self._logStamp = None
 
         def onProgress(fraction: float, message: str) -> None:
@@ -467,18 +498,63 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if registerTo:
             os.makedirs(registerTo, exist_ok=True)
             setModelsFolder(registerTo)  # CardiacAI passes this folder to the backend as --models-dir
-        run = runner.runCommand("train", [], options, progressCallback=onProgress, shouldCancel=shouldCancel)
-        series = self.updateLossPlot(logPath, force=True)
-        registeredCard = next(
-            (line.split(" ", 1)[1].strip() for line in run.output_lines if line.startswith("Registered ")), None
-        )
-        if registeredCard:
-            self.log(
-                f"Registered {parameterNode.modelName} {parameterNode.modelVersion} in {registerTo}: CardiacAI finds "
-                "it there (it uses the highest version of each model name it needs)."
+        if task == "segmentation":
+            run = runner.runCommand("train", [], options, progressCallback=onProgress, shouldCancel=shouldCancel)
+            series = self.updateLossPlot(logPath, force=True)
+            registeredCard = next(
+                (line.split(" ", 1)[1].strip() for line in run.output_lines if line.startswith("Registered ")), None
             )
+        else:
+            # A training script prints log lines, no progress lines: the plot follows the log.csv being written.
+            lastLook = [0.0]
+
+            def shouldStop() -> bool:
+                if time.monotonic() - lastLook[0] > LOG_POLL_S:
+                    lastLook[0] = time.monotonic()
+                    latest = results.latest_training_log(options["out"])
+                    if latest is not None:
+                        self.updateLossPlot(str(latest))
+                return bool(shouldCancel and shouldCancel())
+
+            self.log("Running: " + " ".join(command))
+            env = slicer.util.startupEnvironment()
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDirectory(), env.get("PYTHONPATH")) if p)
+            os.makedirs(options["out"], exist_ok=True)
+            run = importBackend("subprocess_runner").run_with_progress(
+                command, on_progress=progressCallback, on_output=self.log, should_cancel=shouldStop,
+                cwd=options["out"], env=env,
+            )
+            latest = results.latest_training_log(options["out"])
+            logPath = str(latest) if latest is not None else logPath
+            series = self.updateLossPlot(logPath, force=True)
+            registeredCard = self.registerScriptModels(task, options["out"], registerTo)
+        if registeredCard:
+            self.log(f"Registered {registeredCard} in {registerTo}: CardiacAI finds it there (it uses the highest "
+                     "version of each model name it needs).")
         return {"chartNode": self.lossChartNode, "series": series, "logPath": logPath,
                 "registeredCard": registeredCard, "run": run}
+
+    def registerScriptModels(self, task: str, outputFolder, registerTo) -> Optional[str]:
+        """Copy the models a training script registered in ``<output>/models`` into the CardiacAI models folder.
+
+        The fibrosis script writes straight into ``registerTo`` (``--models-dir``). A model card and its weights
+        are copied together; a model already in ``registerTo`` with the same name and version is replaced.
+
+        :return: the copied card files, comma-separated, or None when nothing was registered.
+        """
+        if not registerTo:
+            return None
+        if task == "fibrosis":
+            cards = sorted(glob.glob(os.path.join(str(registerTo), "lge_*.json")))
+            return ", ".join(os.path.basename(c) for c in cards) or None
+        source = os.path.join(str(outputFolder), "models")
+        copied = []
+        for card in sorted(glob.glob(os.path.join(source, "*.json"))):
+            stem = os.path.splitext(os.path.basename(card))[0]
+            for path in glob.glob(os.path.join(source, stem + ".*")):
+                shutil.copy2(path, os.path.join(str(registerTo), os.path.basename(path)))
+            copied.append(os.path.basename(card))
+        return ", ".join(copied) or None
 
 
 #
@@ -523,6 +599,13 @@ class CardiacAITrainingTest(ScriptedLoadableModuleTest):  # noqa: F405
         unregistered = logic.buildTrainCommand(dataFolder, outputFolder, "segmentation", 3, "cpu",
                                                pythonExecutable="python")
         self.assertNotIn("--register-to", unregistered)
+        if scriptsDirectory():  # a source checkout: the other tasks run its training scripts
+            qc = logic.buildTrainCommand(dataFolder, outputFolder, "qc", 3, "cpu", pythonExecutable="python")
+            self.assertTrue(qc[1].endswith("train_qc.py"))
+            self.assertEqual(qc[qc.index("--work") + 1], outputFolder)
+        else:
+            with self.assertRaises(ValueError):
+                logic.buildTrainCommand(dataFolder, outputFolder, "qc", 3, "cpu", pythonExecutable="python")
         self.delayDisplay("Test passed")
 
     def test_LossPlotFollowsTheTrainingLog(self):

@@ -160,6 +160,9 @@ def _widget_classes_for(annotation: str) -> set[str]:
     (Slicer/Slicer: Base/Python/slicer/parameterNodeWrapper/guiConnectors.py, canRepresent of each connector)."""
     if annotation.startswith("vtkMRML"):
         return {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"}
+    if annotation.startswith("Union[") and all(
+            part.strip().startswith("vtkMRML") for part in annotation[len("Union["):-1].split(",")):
+        return {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"}  # isNodeOrUnionOfNodes
     if "pathlib.Path" in annotation:
         return {"ctkPathLineEdit", "ctkDirectoryButton"}
     if "Choice(" in annotation:
@@ -201,7 +204,14 @@ def test_cardiacai_task_tables_agree():
                 pass
     tasks = values["TASKS"]
     assert set(values["TASK_TITLES"]) == set(tasks)
-    assert set(values["AVAILABLE_TASKS"]) <= set(tasks) and set(values["TORCH_TASKS"]) <= set(tasks)
+    assert set(values["TORCH_TASKS"]) == set(tasks) - {"import-labels"}
+    # the panel's choices are the backend's (the module cannot import the backend when Slicer starts)
+    from cardiac_ai import slicer_results
+
+    assert values["FIBROSIS_MODELS"] == slicer_results.FIBROSIS_MODELS
+    assert values["CAM_METHODS"] == ("default", *slicer_results.CAM_METHODS)
+    assert set(values["MAP_KINDS"]) == set(slicer_results.MAP_KINDS)
+    assert values["CAM_CLASSES"][0] == "predicted"
     assert "torch" in values["PROTECTED_PACKAGES"] and "SimpleITK" in values["PROTECTED_PACKAGES"]
     requirements = [r for _, r in values["BASE_REQUIREMENTS"] + values["TORCH_REQUIREMENTS"]]
     assert not [r for r in requirements if re.match(r"(torch|SimpleITK|requests)\b", r, re.I)]
@@ -276,6 +286,7 @@ def test_commands_the_logic_runs_are_accepted_by_the_cli_parser():
             positional = ["input.nrrd"] * len(node.args[1].elts)
             calls.append(build_command(subcommand, positional, options, python_executable="python"))
     assert {call[3] for call in calls} >= {"convert", "demo", "segment-cine", "function", "info"}
+    # the other capabilities' command lines are built by cardiac_ai.slicer_results (tested in test_slicer_results)
     for call in calls:
         parser.parse_args(call[3:])  # argparse exits (SystemExit) on an unknown option or a wrong number of inputs
 
@@ -417,3 +428,50 @@ def test_slicer_import_scan_sees_imports_inside_functions_and_import_module(tmp_
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import vtk\n    import importlib\n    importlib.import_module('slicer.util')\n")
     assert [root for _, root in _slicer_imports(sample)] == ["vtk", "slicer"]
+
+
+def _logic_methods(name: str) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in _logic_class(name).body if isinstance(n, ast.FunctionDef)}
+
+
+CAPABILITY_METHODS = {"segmentCine": None, "computeFunction": None, "analyseMap": "map_call",
+                      "fitMapping": "fit_map_call", "computeEcv": "ecv_call", "quantifyFibrosis": "fibrosis_call",
+                      "explainCam": "cam_call", "checkQuality": "qc_call"}
+
+
+@pytest.mark.parametrize("method", sorted(CAPABILITY_METHODS))
+def test_every_capability_has_a_logic_method_with_a_console_example(method):
+    methods = _logic_methods("CardiacAI")
+    assert method in methods, f"CardiacAILogic lacks {method}"
+    doc = ast.get_docstring(methods[method])
+    assert doc and "Example, in Slicer's Python console::" in doc and f"{method}(" in doc
+    assert ":return:" in doc
+    builder = CAPABILITY_METHODS[method]
+    if builder:  # the command line comes from the tested pure builder, not from literals in the module
+        assert ("slicer_results", builder) in _backend_uses("CardiacAI")
+        called = {getattr(n.func, "attr", None) for n in ast.walk(methods[method]) if isinstance(n, ast.Call)}
+        assert builder in called and "runBackendCall" in called
+
+
+def test_process_dispatches_every_task_and_checks_its_inputs_first():
+    process = _logic_methods("CardiacAI")["process"]
+    source = ast.unparse(process)
+    values = {n.targets[0].id: n.value for n in _tree(_module_file("CardiacAI")).body if isinstance(n, ast.Assign)
+              and isinstance(n.targets[0], ast.Name)}
+    for task in ast.literal_eval(values["TASKS"]):
+        if task != "import-labels":  # the fall-through
+            assert f"task == {task!r}" in source, task
+    assert source.index("missingInputs") < source.index("setupPythonRequirements")
+    missing = ast.unparse(_logic_methods("CardiacAI")["missingInputs"])
+    for field in ("edVolume", "esVolume", "mappingSeries", "inputVolume", "postContrastVolume", "qcSegmentation"):
+        assert f"parameterNode.{field}" in missing
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_ui_form_layout_cells_are_each_used_once(name):
+    root = ET.parse(_ui_file(name)).getroot()
+    for layout in root.iter("layout"):
+        if layout.get("class") != "QFormLayout":
+            continue
+        cells = [(item.get("row"), item.get("column")) for item in layout.findall("item")]
+        assert len(cells) == len(set(cells)), f"{layout.get('name')} puts two widgets in one cell: {cells}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,32 @@ from cardiac_ai.phantom import make_cine_phantom_pair
 from cardiac_ai.provenance import Provenance
 from cardiac_ai.regions.pipeline import CineSegmentation
 from cardiac_ai.slicer_results import (
+    CAM_METHODS,
+    FIBROSIS_MODELS,
+    MAP_KINDS,
+    QC_DEFAULT_THRESHOLD,
+    TRAINING_TASKS,
+    cam_call,
+    cam_tables_from_report,
+    contour_curves,
+    ecv_call,
+    ecv_tables_from_report,
+    fibrosis_call,
+    fibrosis_tables_from_report,
+    fit_map_call,
+    fit_map_outputs,
+    fit_map_rows,
+    latest_training_log,
+    map_call,
+    map_tables_from_stats,
+    parse_times_ms,
+    qc_call,
+    qc_entries,
+    qc_slice_rows,
+    qc_warnings,
+    segment_label_codes,
+    times_from_sequence_index,
+    training_command,
     CINE_TABLES,
     FUNCTION_MEASUREMENTS,
     cine_tables_from_report,
@@ -222,7 +249,8 @@ def test_function_report_warns_about_a_phase_without_heart(cli_reports):
     report["es"]["heart_found"] = False
     messages = report_warnings(report)
     assert "end-systolic (ES) volume" in messages[0] and "end-diastolic" not in messages[0]
-    assert messages[1:] == report["provenance"]["warnings"]  # the untrained models may give odd volumes
+    # the untrained models may give odd volumes; each warning is listed once even when ED and ES both gave it
+    assert messages[1:] == list(dict.fromkeys(report["provenance"]["warnings"]))
 
 
 def test_function_report_missing_a_measurement_is_a_data_error_naming_it(cli_reports):
@@ -278,3 +306,418 @@ def test_models_are_read_from_the_real_info_output_between_log_lines(tmp_path, c
     assert models_from_info_output(["{", '  "models": ["cine_baseline 1.0"]', "}"]) == ["cine_baseline 1.0"]
     with pytest.raises(DataError, match="no JSON object"):
         models_from_info_output(["Traceback (most recent call last):", "ImportError: torch"])
+
+
+# -- backend command lines: every call the Slicer module builds is accepted by the real parser ------------------------
+def _parsed(call):
+    from cardiac_ai.cli import build_parser
+    from cardiac_ai.subprocess_runner import build_command
+
+    command = build_command(call.command, call.positional, call.options, python_executable="python")
+    return build_parser().parse_args(command[3:])
+
+
+@pytest.mark.parametrize("kind", sorted(MAP_KINDS))
+def test_map_and_fit_map_calls_parse_with_the_kind_the_backend_expects(kind):
+    args = _parsed(map_call("map.nrrd", "out", kind=kind.lower(), device="cuda:1", models_dir="models",
+                            qc=False, qc_threshold=0.7))
+    assert (args.command, args.input, args.kind, args.device, args.models_dir) == (
+        "map", "map.nrrd", MAP_KINDS[kind][0], "cuda:1", ["models"])
+    assert args.no_qc and args.qc_threshold == 0.7 and args.progress_lines
+    args = _parsed(fit_map_call("series.nii.gz", "out", kind=kind, times_ms=[100, 180.5, 1100]))
+    assert (args.command, args.kind, args.times, args.models_dir) == ("fit-map", MAP_KINDS[kind][1],
+                                                                      [100.0, 180.5, 1100.0], [])
+
+
+def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
+    args = _parsed(ecv_call("native.nrrd", "post.nrrd", "out", haematocrit=0.42))
+    assert (args.native, args.post, args.haematocrit) == ("native.nrrd", "post.nrrd", 0.42)
+    assert _parsed(ecv_call("n.nrrd", "p.nrrd", "out", haematocrit=0.0)).haematocrit is None  # 0: synthetic
+    for model in FIBROSIS_MODELS:
+        assert _parsed(fibrosis_call("lge.nrrd", "out", model=model)).model == model
+    args = _parsed(cam_call("cine.nrrd", "out", explain="DCM", method="gradcampp", pseudo_label=True))
+    assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
+    args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))
+    assert (args.explain, args.method, args.pseudo_label) == (None, None, False)
+    args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
+    assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
+
+
+def test_choice_tables_match_the_cli_choices_and_the_qc_default():
+    from cardiac_ai.cli import build_parser
+    from cardiac_ai.qc import DEFAULT_DICE_THRESHOLD
+
+    commands = next(a for a in build_parser()._actions if a.choices and "cam" in a.choices).choices
+    assert tuple(commands["cam"]._option_string_actions["--method"].choices) == CAM_METHODS
+    assert set(commands["fibrosis"]._option_string_actions["--model"].choices) == set(FIBROSIS_MODELS)
+    assert {k for k, _ in MAP_KINDS.values()} == set(commands["map"]._option_string_actions["--kind"].choices)
+    assert {k for _, k in MAP_KINDS.values()} == set(commands["fit-map"]._option_string_actions["--kind"].choices)
+    assert QC_DEFAULT_THRESHOLD == DEFAULT_DICE_THRESHOLD
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: map_call("m.nrrd", "out", kind="T3"), "Unknown map kind 'T3'"),
+        (lambda: map_call("m.nrrd", "out", kind="T1", device="gpu"), "device must be"),
+        (lambda: map_call("m.nrrd", "", kind="T1"), "output folder"),
+        (lambda: map_call("m.nrrd", "out", kind="T1", qc_threshold=80), "between 0 and 1"),
+        (lambda: fit_map_call("s.nrrd", "out", kind="T1", times_ms=None), "inversion time of every frame"),
+        (lambda: fit_map_call("s.nrrd", "out", kind="T2", times_ms=[10, float("nan")]), "finite numbers"),
+        (lambda: ecv_call("n.nrrd", "p.nrrd", "out", haematocrit=42), "percentage: use 0.42"),
+        (lambda: fibrosis_call("l.nrrd", "out", model="strong"), "Unknown fibrosis model"),
+        (lambda: cam_call("c.nrrd", "out", method="lime"), "Unknown CAM method"),
+        (lambda: cam_call("c.nrrd", "out", explain="--overwrite"), "one class name"),
+        (lambda: qc_call("i.nrrd", None, "out"), "label map file is missing"),
+    ],
+    ids=["kind", "device", "no-out", "qc-threshold", "no-times", "nan-time", "haematocrit-percent", "fibrosis-model",
+         "cam-method", "cam-explain-flag", "qc-no-labels"],
+)
+def test_bad_panel_settings_are_input_errors_before_anything_runs(build, match):
+    with pytest.raises(InputError, match=match):
+        build()
+
+
+def test_times_typed_in_the_panel_are_read_in_order():
+    assert parse_times_ms("100, 180,260 ; 1100  1180") == [100.0, 180.0, 260.0, 1100.0, 1180.0]
+    assert parse_times_ms("") is None and parse_times_ms("  ") is None and parse_times_ms(None) is None
+    with pytest.raises(InputError, match="'1OO' in the times"):
+        parse_times_ms("1OO, 180")
+    with pytest.raises(InputError, match="-5"):
+        parse_times_ms("100, -5")
+
+
+def test_sequence_index_gives_times_only_when_it_holds_them():
+    assert times_from_sequence_index("InversionTime", "ms", ["100", "180.5"], kind="T1") == [100.0, 180.5]
+    assert times_from_sequence_index("inversion_time", "s", ["0.1", "0.2"], kind="T1") == [100.0, 200.0]
+    assert times_from_sequence_index("T2PrepTime", "ms", ["0", "25", "55"], kind="T2") == [0.0, 25.0, 55.0]
+    assert times_from_sequence_index("time", "s", ["0", "0.03"], kind="T1") is None  # a cine time axis
+    assert times_from_sequence_index("InversionTime", "ms", ["100"], kind="T2") is None
+    assert times_from_sequence_index("InversionTime", "ms", ["n/a"], kind="T1") is None
+    assert times_from_sequence_index("InversionTime", "mm", ["100"], kind="T1") is None
+
+
+# -- quality control: the real `cardiacai qc` and the QC that segment-cine / function run ------------------------------
+@pytest.fixture(scope="module")
+def qc_report(tmp_path_factory, cli_reports, phantom_pair):
+    """`cardiacai qc` with a tiny QC VAE and a threshold no slice reaches: every assessed slice is flagged.
+
+    segment-cine, function and map write the same ``qc`` object (``QCResult.to_dict``) into their reports."""
+    import torch
+
+    from cardiac_ai.cli import main
+    from cardiac_ai.models import ModelCard, save_model
+
+    root = tmp_path_factory.mktemp("qc_report")
+    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
+                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
+                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(card.build_network(), card, root / "models")
+    write_volume(phantom_pair[0].labels, root / "labels.nii.gz")
+    code = main(["qc", str(cli_reports / "ed.nii.gz"), str(root / "labels.nii.gz"), "--out", str(root / "qc"),
+                 "--threshold", "0.99", "--write-surrogate", "--models-dir", str(root / "models"),
+                 "--device", "cpu", "-q"])
+    assert code == 0
+    return root / "qc"
+
+
+def test_qc_rows_agree_with_the_qc_slices_csv_the_backend_writes(qc_report):
+    import csv
+
+    report = read_report(qc_report)
+    rows = qc_slice_rows(qc_entries(report)[""])
+    with open(qc_report / "qc_slices.csv", newline="", encoding="utf-8") as f:
+        written = list(csv.DictReader(f))
+    assert [r["Slice"] for r in rows] == [int(w["slice"]) for w in written]
+    assert list(rows[0]) == ["Slice", "Assessed", "Flagged", "Lowest predicted Dice", f"{RV} predicted Dice",
+                             f"{MYO} predicted Dice", f"{LV} predicted Dice", "Rule checks"]
+    for row, line in zip(rows, written):
+        assert row["Flagged"] == ("yes" if line["flagged"] == "True" else "no")
+        assert row["Assessed"] == ("yes" if line["assessed"] == "True" else "no")
+        for name, column in (("rv_blood_pool", RV), ("lv_myocardium", MYO), ("lv_blood_pool", LV)):
+            value = row[f"{column} predicted Dice"]
+            assert (value is None) == (line[f"dice_{name}"] == "")
+            if value is not None:
+                assert value == pytest.approx(float(line[f"dice_{name}"]))
+    assert {r["Flagged"] for r in rows if r["Assessed"] == "no"} <= {"no"}
+
+
+def test_flagged_slices_give_one_clear_warning_naming_them(qc_report):
+    report = read_report(qc_report)
+    qc = report["qc"]
+    assert qc["flagged_slices"], "threshold 0.99 should flag slices"
+    messages = qc_warnings(report)
+    assert len(messages) == 1
+    assert f"slices {', '.join(map(str, qc['flagged_slices']))}" in messages[0]
+    assert "below 0.99" in messages[0] and "Review the flagged slices" in messages[0]
+    report["qc"] = {**qc, "flagged_slices": [], "n_flagged_slices": 0, "needs_review": False,
+                    "rules": {**qc["rules"], "passed": True}}
+    assert qc_warnings(report) == []
+    report["qc"] = {**report["qc"], "rules": {"passed": False, "volume_reasons": ["RV missing on the mid slice"]},
+                    "needs_review": True, "indicative": True}
+    assert "rule checks of the segmentation failed: RV missing" in qc_warnings(report)[0]
+    assert "indicative only" in qc_warnings(report)[0]
+
+
+def test_qc_entries_are_found_by_phase_and_skipped_qc_gives_none(qc_report):
+    qc = read_report(qc_report)["qc"]
+    assert set(qc_entries({"qc": qc})) == {""}
+    # cardiacai function writes ed.qc and es.qc; a phase whose QC could not run has null
+    function = {"ed": {"qc": qc}, "es": {"qc": None}, "function": {}}
+    assert set(qc_entries(function)) == {"ED"}
+    assert "in the end-diastolic (ED) segmentation" in qc_warnings(function)[0]
+    assert qc_entries({"qc": None, "provenance": {"warnings": []}}) == {}  # QC could not run
+    assert qc_entries({"volumes_ml": {}}) == {}  # --no-qc
+    with pytest.raises(DataError, match="'qc' should be an object or null"):
+        qc_entries({"qc": [1, 2]})
+    with pytest.raises(DataError, match="lacks 'slices'"):
+        qc_slice_rows({"structures": {"lv_myocardium": 2}})
+
+
+def test_segment_names_map_to_label_codes_and_unknown_names_are_refused():
+    assert segment_label_codes([RV, "lv_myocardium", "LV"]) == {RV: 1, "lv_myocardium": 2, "LV": 3}
+    assert segment_label_codes(["Myo", "Scar", "MVO"]) == {"Myo": 2, "Scar": 4, "MVO": 5}
+    with pytest.raises(InputError, match="'Segment_1' is not a CardiacAI structure"):
+        segment_label_codes(["Segment_1"])
+    with pytest.raises(InputError, match="'LV' and 'Left ventricle blood pool' are the same structure"):
+        segment_label_codes(["LV", "Left ventricle blood pool"])
+
+
+# -- T1/T2 mapping and ECV: the real map and ecv commands, with the ground truth in place of the network ---------------
+@pytest.fixture(scope="module")
+def mapping_outputs(tmp_path_factory):
+    """`analyse_map_file` and `ecv_files` on a phantom mapping case, the network replaced by the true labels, and
+    `fit_map_file` on a small noiseless MOLLI series."""
+    import torch
+
+    from cardiac_ai.mapping import MAP_MODEL_NAME, MappingModels, make_mapping_case
+    from cardiac_ai.mapping import pipeline as mapping_pipeline
+    from cardiac_ai.models import ModelCard, ModelRegistry, save_model
+    from cardiac_ai.phantom import make_cine_phantom
+    from cardiac_ai.pipeline import analyse_map_file, ecv_files, fit_map_file
+
+    root = tmp_path_factory.mktemp("mapping_outputs")
+    case = make_mapping_case(make_cine_phantom(seed=5, shape=(80, 80), spacing_mm=(2.0, 2.0, 8.0)), seed=5,
+                             disease="none", noise=0.0, misregistration_px=0.0)
+    card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
+                     network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
+                     input_spec={"in_plane_spacing_mm": [2.0, 2.0], "crop_size": [64, 64]},
+                     label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
+    torch.manual_seed(0)
+    save_model(card.build_network(), card, root / "models")
+    models = MappingModels.from_registry(ModelRegistry(paths=[root / "models"]), device="cpu")
+    write_volume(case.t1_map_ms, root / "t1.nii.gz")
+    post = np.where(case.t1_map_ms.array > 0, 0.5 * case.t1_map_ms.array, 0).astype(np.float32)
+    write_volume(case.t1_map_ms.with_array(post), root / "post.nii.gz")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mapping_pipeline, "_segment", lambda *args, **kwargs: case.labels.array.copy())
+        analysis = analyse_map_file(root / "t1.nii.gz", root / "map", kind="t1", models=models, device="cpu")
+        ecv_files(root / "t1.nii.gz", root / "post.nii.gz", root / "ecv", models=models, haematocrit=0.4,
+                  device="cpu")
+    series = case.molli.with_array(case.molli.array[:, 1:2, 20:60, 20:60], axes="tkji")
+    from cardiac_ai.io import volume_to_sitk
+    import SimpleITK as sitk
+
+    sitk.WriteImage(volume_to_sitk(series), str(root / "molli.nii.gz"))
+    fit_map_file(root / "molli.nii.gz", root / "fit", kind="molli", times_ms=case.inversion_times_ms, device="cpu")
+    return {"root": root, "case": case, "analysis": analysis}
+
+
+def test_map_tables_hold_the_statistics_stats_json_holds(mapping_outputs):
+    out = mapping_outputs["root"] / "map"
+    stats = json.loads((out / "stats.json").read_text())
+    tables = map_tables_from_stats(stats)
+    summary = {r["Region"]: r for r in tables["summary"]}
+    assert summary["Myocardium"]["Median (ms)"] == pytest.approx(stats["myocardium"]["median"])
+    assert summary["Myocardium"]["Pixels"] == int((mapping_outputs["analysis"].labels.array == 2).sum())
+    assert summary["LV blood pool"]["Pixels"] == stats["lv_blood_pool"]["n_pixels"] > 0
+    assert [r["Slice"] for r in tables["slices"]] == [0, 1, 2]
+    assert [r["Level"] for r in tables["slices"]] == ["base", "mid", "apex"]
+    segments = tables["segments"]
+    assert segments and [r["AHA segment"] for r in segments] == sorted(int(k) for k in stats["segments"])
+    assert all(1 <= r["AHA segment"] <= 16 and r["Name"] for r in segments)
+    columns = dict((name, kind) for name, kind, _ in table_columns(tables["slices"]))
+    assert columns["Median (ms)"] == "float" and columns["Pixels"] == "int" and columns["Level"] == "str"
+
+
+def test_contour_curves_are_the_contours_in_ras_around_the_myocardium(mapping_outputs):
+    out = mapping_outputs["root"] / "map"
+    contours = json.loads((out / "contours.json").read_text())
+    curves = contour_curves(contours)
+    assert [c["name"] for c in curves[:2]] == ["Slice 0 endocardium", "Slice 0 epicardium"]
+    geometry = mapping_outputs["case"].labels.geometry
+    for curve in curves:
+        points = np.asarray(curve["points_ras"])
+        lps = points * [-1, -1, 1]
+        kji = np.linalg.solve(geometry.ijk_to_lps_matrix(), np.c_[lps, np.ones(len(lps))].T)[:3].T[:, ::-1]
+        assert np.allclose(kji[:, 0], curve["slice"], atol=1e-3)  # on its own slice
+        myocardium = np.argwhere(mapping_outputs["analysis"].labels.array[curve["slice"]] == 2)
+        centre = np.argwhere(mapping_outputs["analysis"].labels.array[curve["slice"]] > 0).mean(axis=0)
+        assert np.linalg.norm(kji[:, 1:].mean(axis=0) - centre) < 2.0  # around the LV, in the map's own pixels
+        nearest = np.min(np.linalg.norm(kji[:, None, 1:] - myocardium[None], axis=2), axis=1)
+        assert nearest.max() < 1.5  # every point on the myocardium's border
+    endo, epi = (np.asarray(c["points_ras"]) for c in curves[:2])
+    assert np.ptp(epi[:, 0]) > np.ptp(endo[:, 0])  # the epicardium encloses the endocardium
+    with pytest.raises(DataError, match="not \\(x, y, z\\)"):
+        contour_curves({"slices": [{"endocardium": {"points_lps_mm": [[1, 2]]}}]})
+
+
+def test_fit_map_rows_and_outputs_follow_the_real_fit(mapping_outputs):
+    report = read_report(mapping_outputs["root"] / "fit")
+    assert fit_map_outputs(report) == ("t1_map.nii.gz", "r2_map.nii.gz")
+    assert all((mapping_outputs["root"] / "fit" / name).is_file() for name in fit_map_outputs(report))
+    rows = {r["Measurement"]: r["Value"] for r in fit_map_rows(report)}
+    assert rows["Median T1 of fitted pixels"] == pytest.approx(report["median_t1_ms"])
+    assert rows["Pixels fitted"] == report["n_fitted_pixels"] > 0
+    assert rows["Inversion times"] == ", ".join(f"{t:g}" for t in mapping_outputs["case"].inversion_times_ms)
+    with pytest.raises(DataError, match="kind 'ir'"):
+        fit_map_outputs({"kind": "ir"})
+
+
+def test_ecv_tables_give_the_myocardial_ecv_in_percent(mapping_outputs):
+    report = read_report(mapping_outputs["root"] / "ecv")
+    tables = ecv_tables_from_report(report)
+    summary = {r["Measurement"]: r for r in tables["summary"]}
+    assert summary["Myocardial ECV"]["Value"] == pytest.approx(100 * report["ecv"]["myocardium"]["ecv_fraction"])
+    assert summary["Myocardial ECV"]["Unit"] == "%" and summary["Haematocrit (given)"]["Value"] == 0.4
+    assert summary["Native T1, LV blood pool"]["Unit"] == "ms"
+    regions = tables["regions"]
+    assert len(regions) == len(report["ecv"]["septal_roi"]) + len(report["ecv"]["segments"])
+    assert all(r["Pixels"] > 0 for r in regions)
+    with pytest.raises(DataError, match="lacks 'ecv'"):
+        ecv_tables_from_report({"native": {}})
+
+
+# -- fibrosis and CAM: the real report writers with results built by hand ---------------------------------------------
+def test_fibrosis_tables_from_a_written_fibrosis_report(tmp_path, phantom_pair):
+    from cardiac_ai.fibrosis.clinical import scar_measures
+    from cardiac_ai.fibrosis.pipeline import FibrosisResult
+
+    labels = phantom_pair[0].labels.array.copy()
+    labels[labels == 1] = 0
+    k, j, i = np.argwhere(labels == 2)[len(np.argwhere(labels == 2)) // 2]
+    labels[k, j - 2:j + 3, i - 2:i + 3][labels[k, j - 2:j + 3, i - 2:i + 3] == 2] = 4  # a little scar
+    spacing = phantom_pair[0].labels.geometry.spacing_kji_mm
+    measures = scar_measures(labels, pixel_spacing_ji_mm=spacing[1:], slice_spacing_mm=spacing[0],
+                             levels=["base", "base", "mid", "mid", "apex"])
+    probabilities = np.linspace(0.1, 0.9, labels.shape[0]).astype(np.float32)
+    result = FibrosisResult(phantom_pair[0].labels.with_array(labels), probabilities, measures, "weak", True,
+                            Provenance(command="fibrosis"))
+    write_report(tmp_path, provenance=result.provenance, results=result.to_report())
+    tables = fibrosis_tables_from_report(read_report(tmp_path))
+    summary = {r["Measurement"]: r for r in tables["summary"]}
+    assert summary["Scar volume (scar + MVO)"]["Value"] == pytest.approx(measures.scar_volume)
+    assert summary["Scar volume (scar + MVO)"]["Unit"] == "mL"
+    assert summary["Scar of the myocardium"]["Value"] == pytest.approx(measures.scar_percent_of_myocardium)
+    assert summary["MVO of the scar"]["Value"] == pytest.approx(0.0)
+    rows = tables["slices"]
+    assert [r["Slice"] for r in rows] == list(range(labels.shape[0]))
+    assert [r["Fibrosis probability"] for r in rows] == pytest.approx(probabilities.tolist())
+    assert rows[k]["Scar (%)"] > 0 and all(r["Scar (%)"] in (0.0, None) or r["Slice"] == k for r in rows)
+    assert tables["segments"] and max(r["Max transmurality (%)"] for r in tables["segments"]) > 0
+
+
+def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
+    from cardiac_ai.weak.pipeline import CamResult
+
+    image = phantom_pair[0].image
+    n = image.array.shape[0]
+    probabilities = np.tile([[0.1, 0.2, 0.5, 0.1, 0.1]], (n, 1)).astype(np.float32)
+    heart = (phantom_pair[0].labels.array > 0).astype(np.uint8) * 6
+    result = CamResult(image.with_array(np.zeros(image.array.shape, np.float32)), image.with_array(heart),
+                       "weak_heart_unet", ("NOR", "MINF", "DCM", "HCM", "RV"), probabilities,
+                       np.full(n, 2), [])
+    write_report(tmp_path, provenance=Provenance(command="cam"), results={"cam": result.to_report()})
+    tables = cam_tables_from_report(read_report(tmp_path))
+    summary = {r["Measurement"]: r["Value"] for r in tables["summary"]}
+    assert summary["Predicted class (volume)"] == "DCM" and summary["Mean probability of DCM"] == "0.500"
+    assert summary["Labels from"] == "weak_heart_unet"
+    rows = tables["slices"]
+    assert list(rows[0]) == ["Slice", "Explained class", "Heart pixels", "P(NOR)", "P(MINF)", "P(DCM)", "P(HCM)",
+                             "P(RV)"]
+    assert [r["Heart pixels"] for r in rows] == [int((heart[k] > 0).sum()) for k in range(n)]
+    assert {r["Explained class"] for r in rows} == {"DCM"}
+    with pytest.raises(DataError, match="lacks 'classes'"):
+        cam_tables_from_report({"cam": {"slices": []}})
+
+
+# -- training: every task has a well-formed command --------------------------------------------------------------------
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.mark.parametrize("task", sorted(TRAINING_TASKS))
+def test_every_training_task_builds_a_command_its_parser_accepts(task, tmp_path):
+    import argparse
+    import importlib.util
+    import sys
+    from unittest import mock
+
+    spec = TRAINING_TASKS[task]
+    layout = spec.layouts[0]
+    command = training_command(task, python_executable="python", data=tmp_path / "data", out=tmp_path / "run",
+                               epochs=3, device="cpu", layout=layout, register_to=tmp_path / "models",
+                               scripts_dir=SCRIPTS)
+    if spec.script is None:
+        from cardiac_ai.cli import build_parser
+
+        assert command[:4] == ["python", "-m", "cardiac_ai", "train"]
+        args = build_parser().parse_args(command[3:])
+        assert (args.epochs, args.device, args.register_to, args.layout) == (3, "cpu", str(tmp_path / "models"),
+                                                                             layout)
+        return
+    assert command[:2] == ["python", str(SCRIPTS / spec.script)]
+    module_spec = importlib.util.spec_from_file_location(f"train_script_{task}", SCRIPTS / spec.script)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # imports only; main() is not run
+    captured = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_only(self, args=None, namespace=None):
+        captured["args"] = original(self, args, namespace)  # exits (SystemExit 2) on an unknown option
+        raise SystemExit(0)  # stop the script before it trains
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_only), \
+            mock.patch.object(sys, "argv", command[1:]), pytest.raises(SystemExit) as stopped:
+        module.main()  # the script's own main parses sys.argv
+    assert stopped.value.code == 0
+    args = captured["args"]
+    assert (args.data, args.work, args.device) == (str(tmp_path / "data"), str(tmp_path / "run"), "cpu")
+    for option in spec.epoch_options:
+        assert getattr(args, option) == 3
+    if task == "fibrosis":
+        assert args.models_dir == str(tmp_path / "models")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task": "nnunet"}, "Unknown training task 'nnunet'"),
+        ({"task": "cine", "epochs": 0}, "positive integer"),
+        ({"task": "fibrosis", "layout": "acdc"}, "reads emidec data"),
+        ({"task": "qc", "scripts_dir": None}, "source checkout"),
+        ({"task": "qc", "scripts_dir": "/nonexistent"}, "does not exist"),
+    ],
+    ids=["task", "epochs", "layout", "no-scripts", "missing-script"],
+)
+def test_training_command_refuses_what_cannot_run(kwargs, match, tmp_path):
+    settings = {"python_executable": "python", "data": tmp_path, "out": tmp_path / "run", "epochs": 2,
+                "scripts_dir": SCRIPTS, **kwargs}
+    task = settings.pop("task")
+    with pytest.raises(InputError, match=match):
+        training_command(task, **settings)
+
+
+def test_latest_training_log_follows_the_run_being_written(tmp_path):
+    import os
+
+    assert latest_training_log(tmp_path / "missing") is None and latest_training_log(tmp_path) is None
+    first = tmp_path / "run_classifier" / "log.csv"
+    second = tmp_path / "runs" / "weak_unet" / "log.csv"
+    for path, stamp in ((first, 1_000), (second, 2_000)):
+        path.parent.mkdir(parents=True)
+        path.write_text("epoch,train_loss\n")
+        os.utime(path, ns=(stamp * 10**9, stamp * 10**9))
+    assert latest_training_log(tmp_path) == second

@@ -193,6 +193,11 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
     args = batch.parse_arguments(["--input-folder", str(tmp_path), "--output-folder", str(tmp_path / "o"),
                                   "--device", "cuda:1", "--mode", "baseline", "--overwrite"])
     assert (args.device, args.mode, args.overwrite) == ("cuda:1", "baseline", True)
+    assert (args.kind, args.fibrosis_model, args.explain, args.no_qc, args.qc_threshold) == (
+        None, "weak", None, False, 0.8)
+    args = batch.parse_arguments(["--input-folder", str(tmp_path), "--output-folder", str(tmp_path / "o"),
+                                  "--task", "map", "--kind", "T2", "--no-qc"])
+    assert (args.task, args.kind, args.no_qc) == ("map", "T2", True)
 
 
 @pytest.mark.parametrize(
@@ -202,11 +207,14 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
         (["--input-folder", "{tmp}/missing", "--output-folder", "{tmp}/out"], "is not a folder"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}"], "is the input folder"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--device", "gpu"], "--device 'gpu'"),
-        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "fibrosis"], "invalid choice"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "function"], "invalid choice"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "map"], "needs --kind"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--qc-threshold", "80"], "between 0 and 1"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--models-dir", "{tmp}/none"], "--models-dir"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--frobnicate"], "unrecognized"),
     ],
-    ids=["missing", "no-input", "same-folder", "device", "task", "models-dir", "unknown-option"],
+    ids=["missing", "no-input", "same-folder", "device", "task", "map-kind", "qc-threshold", "models-dir",
+         "unknown-option"],
 )
 def test_batch_rejects_bad_arguments_without_exiting_slicer(batch, tmp_path, extra, match):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
@@ -415,3 +423,76 @@ def test_training_plots_the_log_file_that_cardiacai_train_writes():
     assert 'out_dir=out / "checkpoints"' in cli
     not_plotted = _assigned_constant(TRAINING_MODULE, "NOT_PLOTTED_COLUMNS")
     assert set(training_log_series(ENGINE_LOG)) - set(not_plotted) == {"train_loss", "val_dice", "val_loss"}
+
+
+def test_training_tasks_are_the_tasks_the_backend_can_build_commands_for():
+    from cardiac_ai.slicer_results import TRAINING_TASKS
+
+    assert _assigned_constant(TRAINING_MODULE, "TRAINING_TASKS") == tuple(TRAINING_TASKS)
+    assert _assigned_constant(TRAINING_MODULE, "TRAINING_TASKS")[0] == "segmentation"  # the parameter default
+    train = next(a for a in build_parser()._actions if a.choices and "train" in a.choices).choices["train"]
+    assert tuple(train._option_string_actions["--task"].choices) == ("segmentation",)  # the rest are scripts
+    for task in TRAINING_TASKS.values():
+        if task.script:
+            assert (ROOT / "scripts" / task.script).is_file(), task.script
+
+
+# -- headless batch: the other tasks ------------------------------------------------------------------------------
+def test_batch_tasks_are_the_logic_methods_it_calls_and_their_tables_exist(batch):
+    assert batch.TASKS == ("segment-cine", "map", "fibrosis", "cam") and set(batch.TASK_TABLES) == set(batch.TASKS)
+    logic = _class(CARDIACAI_MODULE, "CardiacAILogic")
+    methods = {n.name: n for n in logic.body if isinstance(n, ast.FunctionDef)}
+    run_task = ast.unparse(next(n for n in ast.parse(BATCH_SCRIPT.read_text(encoding="utf-8")).body
+                                if isinstance(n, ast.FunctionDef) and n.name == "runTask"))
+    for method in ("segmentCine", "analyseMap", "quantifyFibrosis", "explainCam"):
+        assert f"logic.{method}(" in run_task and method in methods
+        returned = ast.unparse(methods[method])
+        task = {"segmentCine": "segment-cine", "analyseMap": "map", "quantifyFibrosis": "fibrosis",
+                "explainCam": "cam"}[method]
+        for key in batch.TASK_TABLES[task]:
+            assert f"'{key}'" in returned or f'"{key}"' in returned, (method, key)
+    assert _assigned_constant(BATCH_SCRIPT, "FIBROSIS_MODELS") == _assigned_constant(CARDIACAI_MODULE,
+                                                                                      "FIBROSIS_MODELS")
+
+
+def test_batch_summary_values_of_each_task(batch, tmp_path):
+    qc = {"min_slice_dice": 0.61234, "n_flagged_slices": 2, "needs_review": True}
+    cine = batch.summary_values("segment-cine", {"volumes_ml": {"rv_blood_pool": 1.0}, "lv_mass_g": 2.0,
+                                                 "warnings": ["w"], "report": {"qc": qc}})
+    assert list(cine) == ["rv_blood_pool_ml", "lv_mass_g", "warnings", "qc_min_dice", "qc_flagged_slices",
+                          "qc_needs_review"]
+    assert (cine["qc_min_dice"], cine["qc_flagged_slices"], cine["qc_needs_review"]) == (0.612, 2, True)
+    mapped = batch.summary_values("map", {"warnings": [], "report": {"kind": "t1", "myocardium_median_ms": 1001.23456,
+                                                                     "qc": None}})
+    assert mapped == {"myocardium_t1_median_ms": 1001.235, "warnings": ""}
+    fibrosis = batch.summary_values("fibrosis", {"warnings": [], "report": {}, "clinical": {
+        "scar_volume": 5.5, "mvo_volume": 0.0, "myocardium_volume": 110.0, "volume_unit": "mL",
+        "scar_percent_of_myocardium": 5.0}})
+    assert fibrosis == {"scar_volume_mL": 5.5, "mvo_volume_mL": 0.0, "myocardium_volume_mL": 110.0,
+                        "scar_percent_of_myocardium": 5.0, "warnings": ""}
+    cam = batch.summary_values("cam", {"warnings": [], "report": {"cam": {"volume_prediction": {
+        "class": "DCM", "probabilities": {"DCM": 0.71234, "NOR": 0.2}}}}})
+    assert cam == {"predicted_class": "DCM", "predicted_probability": 0.712, "warnings": ""}
+    rows = [batch.summary_row("p1", tmp_path / "p1.nii.gz", status="ok", task="fibrosis", seconds=1.0,
+                              result={"warnings": [], "report": {}, "clinical": {
+                                  "scar_volume": float("nan"), "mvo_volume": 0.0, "myocardium_volume": 0.0,
+                                  "volume_unit": "mL", "scar_percent_of_myocardium": float("nan")}})]
+    batch.write_rows_csv(tmp_path / "summary.csv", rows)
+    back = _read_csv(tmp_path / "summary.csv")
+    assert back[0]["scar_volume_mL"] == "" and back[0]["scar_percent_of_myocardium"] == ""
+
+
+def test_batch_qc_columns_are_those_of_cardiacai_batch(batch, tmp_path):
+    """`cardiacai batch` adds qc_min_dice, qc_flagged_slices, qc_needs_review when QC ran; so does the script."""
+    import numpy as np
+
+    check = SimpleNamespace(min_slice_dice=0.5, n_flagged_slices=1, needs_review=True)
+    from cardiac_ai import pipeline
+
+    plain = pipeline._qc_summary_values([check])
+    ours = batch.summary_values("segment-cine", {"volumes_ml": {}, "lv_mass_g": 0.0, "warnings": [],
+                                                 "report": {"qc": {"min_slice_dice": 0.5, "n_flagged_slices": 1,
+                                                                   "needs_review": True}}})
+    assert [k for k in ours if k.startswith("qc_")] == list(plain)
+    assert {k: ours[k] for k in plain} == {k: (float(v) if isinstance(v, np.floating) else v)
+                                           for k, v in plain.items()}

@@ -1,29 +1,32 @@
-"""Segment a cohort of short-axis cine volumes with CardiacAI inside 3D Slicer, without a window.
+"""Process a cohort with CardiacAI inside 3D Slicer, without a window: cine segmentation, T1/T2 map analysis, LGE
+fibrosis or CAM explanation, one volume file per case.
 
 Usage (the paths are examples; Slicer's own options go before ``--python-script``)::
 
     Slicer --no-splash --no-main-window --python-script /path/to/CardiacAI/Scripts/batch_headless.py \\
-        --input-folder cases/ --output-folder results/ [--task segment-cine] [--device auto] \\
-        [--mode region-aware] [--models-dir DIR] [--overwrite]
+        --input-folder cases/ --output-folder results/ [--task segment-cine|map|fibrosis|cam] [--device auto] \\
+        [--mode region-aware] [--kind T1|T2] [--fibrosis-model weak] [--explain CLASS] [--no-qc] \\
+        [--qc-threshold 0.8] [--models-dir DIR] [--overwrite]
 
 Every volume file directly in the input folder (``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``; not
 ``.seg.nrrd``) is one case; its case id is the file name without the extension. For each case the script loads the
-volume into the scene, runs ``CardiacAILogic().segmentCine`` (the same code as the Apply button) and writes
-``<output>/<case id>/``:
+volume into the scene, runs the task's ``CardiacAILogic`` method (the same code as the Apply button:
+``segmentCine``, ``analyseMap``, ``quantifyFibrosis`` or ``explainCam``) and writes ``<output>/<case id>/``:
 
 - ``segmentation.seg.nrrd``: the segmentation node, saved by Slicer (names, colours, terminology, geometry);
-- ``volumes.csv`` and ``slices.csv``: the two result tables of the module (structure volumes and LV mass; the
-  cardiac region and pixel counts of each slice);
+- the task's tables as CSV (:data:`TASK_TABLES`: e.g. ``volumes.csv``, ``slices.csv`` and ``qc.csv`` for cine);
+  ``cam.nrrd`` (the CAM) for cam;
 - ``report.json``: the backend's report with provenance (models, device, warnings), written last.
 
 A case that fails is recorded and the next one runs. A case whose folder already holds ``report.json`` is skipped
 (``--overwrite`` redoes it), so an interrupted run can be started again. ``<output>/summary.csv`` (one row per case:
-status, volumes, LV mass, warnings, error, seconds) is rewritten after every case. Slicer then exits with
+status, the task's key numbers, QC, warnings, error, seconds) is rewritten after every case. Slicer then exits with
 0 (every case done or skipped), 5 (some cases failed), 2 (bad arguments or no case found), 3 (CardiacAI or PyTorch
 not installed in this Slicer) or 1 (unexpected error).
 
-DICOM folders and CSV case lists are not read here: use ``cardiacai batch`` (plain Python, no Slicer), which reads
-both and writes the same summary columns.
+Cardiac function (ED and ES of each case), DICOM folders and CSV case lists are not read here: use ``cardiacai
+batch`` (plain Python, no Slicer), which reads both and writes the same summary columns for segment-cine. (The plain
+``cardiacai batch`` runs segment-cine and function only.)
 
 Everything above :func:`main` uses only the standard library, so it is tested without Slicer; ``slicer`` and the
 CardiacAI module are imported inside :func:`main` only.
@@ -47,8 +50,19 @@ EXIT_USAGE = 2
 EXIT_SETUP = 3
 EXIT_CASES_FAILED = 5  # the same status as `cardiacai batch` when some cases failed
 
-TASKS = ("segment-cine",)
+TASKS = ("segment-cine", "map", "fibrosis", "cam")
 CINE_MODES = ("region-aware", "baseline")
+MAP_KINDS = ("T1", "T2")
+FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+#: Result table (key of the Logic's result) -> CSV file written into each case folder, per task.
+TASK_TABLES = {
+    "segment-cine": {"volumesTableNode": "volumes.csv", "slicesTableNode": "slices.csv", "qcTableNode": "qc.csv"},
+    "map": {"summaryTableNode": "statistics.csv", "slicesTableNode": "slices.csv",
+            "segmentsTableNode": "segments.csv", "qcTableNode": "qc.csv"},
+    "fibrosis": {"summaryTableNode": "fibrosis.csv", "slicesTableNode": "slices.csv",
+                 "segmentsTableNode": "transmurality.csv"},
+    "cam": {"summaryTableNode": "prediction.csv", "slicesTableNode": "slices.csv"},
+}
 #: Volume file endings read as one case each, longest first so that ".nii.gz" wins over ".gz".
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Written last into a case folder; a case folder that holds it is finished.
@@ -81,14 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The script's argument parser (its ``error`` raises :class:`UsageError` instead of exiting)."""
     parser = _Parser(
         prog="Slicer --no-main-window --python-script batch_headless.py",
-        description="Segment every short-axis cine volume of a folder with CardiacAI, inside 3D Slicer.",
+        description="Run a CardiacAI task on every volume of a folder, inside 3D Slicer.",
     )
     parser.add_argument("--input-folder", required=True, help="folder of volume files, one case each")
     parser.add_argument("--output-folder", required=True, help="one subfolder per case and summary.csv")
-    parser.add_argument("--task", choices=TASKS, default="segment-cine")
+    parser.add_argument("--task", choices=TASKS, default="segment-cine",
+                        help="segment-cine (cine frames), map (T1/T2 maps, needs --kind), fibrosis (LGE stacks), cam")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--mode", choices=CINE_MODES, default="region-aware",
-                        help="region-aware networks per slice, or one baseline network")
+                        help="segment-cine: region-aware networks per slice, or one baseline network")
+    parser.add_argument("--kind", choices=MAP_KINDS, help="map: what the maps hold (T1 or T2)")
+    parser.add_argument("--fibrosis-model", choices=FIBROSIS_MODELS, default="weak", help="fibrosis: scar model")
+    parser.add_argument("--explain", help="cam: class to explain on every slice (default: each slice's prediction)")
+    parser.add_argument("--no-qc", action="store_true", help="segment-cine, map: no quality control")
+    parser.add_argument("--qc-threshold", type=float, default=0.8,
+                        help="segment-cine, map: flag slices whose predicted Dice is below this (default 0.8)")
     parser.add_argument("--models-dir", help="extra folder of trained models (default: the CardiacAI setting)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that were finished earlier")
     return parser
@@ -119,6 +140,10 @@ def parse_arguments(argv):
         raise UsageError(f"--device {args.device!r} is not one of auto, cpu, cuda, cuda:N.")
     if args.models_dir is not None and not Path(args.models_dir).is_dir():
         raise UsageError(f"--models-dir {args.models_dir} is not a folder of trained models.")
+    if args.task == "map" and args.kind is None:
+        raise UsageError("--task map needs --kind T1 or --kind T2 (what the maps hold).")
+    if not 0.0 <= args.qc_threshold <= 1.0:
+        raise UsageError(f"--qc-threshold {args.qc_threshold} is not a Dice value between 0 and 1.")
     return args
 
 
@@ -166,23 +191,56 @@ def case_is_done(case_folder) -> bool:
     return (Path(case_folder) / DONE_MARKER).is_file()
 
 
-def summary_row(case_id, input_path, *, status, result=None, error=None, seconds=None) -> dict:
+def summary_values(task, result) -> dict:
+    """The key numbers of one finished case, for ``summary.csv``.
+
+    :param task: one of TASKS.
+    :param result: the dict of the task's Logic method; read: segment-cine ``volumes_ml``, ``lv_mass_g``; map
+        ``report["myocardium_median_ms"]`` and ``report["kind"]``; fibrosis ``clinical``; cam
+        ``report["cam"]["volume_prediction"]``; every task ``warnings`` and, where QC ran, ``report["qc"]``.
+    :return: dict, in column order: the task's numbers, warnings (joined with " | "), then qc_min_dice,
+        qc_flagged_slices and qc_needs_review when the report has QC (the columns of ``cardiacai batch``).
+    """
+    values = {}
+    report = result.get("report") or {}
+    if task == "segment-cine":
+        for name, volume in result["volumes_ml"].items():
+            values[f"{name}_ml"] = _rounded(volume)
+        values["lv_mass_g"] = _rounded(result["lv_mass_g"])
+    elif task == "map":
+        values[f"myocardium_{report.get('kind', 'map')}_median_ms"] = _rounded(report.get("myocardium_median_ms"))
+    elif task == "fibrosis":
+        clinical = result["clinical"]
+        unit = str(clinical["volume_unit"])
+        for key in ("scar_volume", "mvo_volume", "myocardium_volume"):
+            values[f"{key}_{unit}"] = _rounded(clinical[key])
+        values["scar_percent_of_myocardium"] = _rounded(clinical["scar_percent_of_myocardium"])
+    elif task == "cam":
+        prediction = report["cam"]["volume_prediction"]
+        values["predicted_class"] = prediction["class"]
+        values["predicted_probability"] = _rounded(prediction["probabilities"][prediction["class"]])
+    values["warnings"] = " | ".join(str(w) for w in result.get("warnings") or [])
+    qc = report.get("qc")
+    if isinstance(qc, dict):
+        values["qc_min_dice"] = _rounded(qc.get("min_slice_dice"))
+        values["qc_flagged_slices"] = int(qc.get("n_flagged_slices") or 0)
+        values["qc_needs_review"] = bool(qc.get("needs_review"))
+    return values
+
+
+def summary_row(case_id, input_path, *, status, result=None, error=None, seconds=None, task="segment-cine") -> dict:
     """One row of ``summary.csv``.
 
     :param status: "ok", "failed" or "skipped (done earlier)".
-    :param result: for "ok": the dict of ``CardiacAILogic.segmentCine`` (``volumes_ml``, ``lv_mass_g``,
-        ``warnings``); only those keys are read. A missing heart is one of its warnings.
+    :param result: for "ok": the dict of the task's Logic method (see :func:`summary_values`). A missing heart is
+        one of its warnings.
     :param error: for "failed": the exception; the row holds "<type>: <message>".
-    :return: dict with case_id, inputs, status, then for "ok" ``<structure>_ml`` per structure, lv_mass_g and
-        warnings (joined with " | "), then error and seconds when given: the columns of ``cardiacai batch``'s
-        summary.csv.
+    :return: dict with case_id, inputs, status, then for "ok" :func:`summary_values`, then error and seconds when
+        given: for segment-cine the columns of ``cardiacai batch``'s summary.csv.
     """
     row = {"case_id": case_id, "inputs": str(input_path), "status": status}
     if result is not None:
-        for name, volume in result["volumes_ml"].items():
-            row[f"{name}_ml"] = _rounded(volume)
-        row["lv_mass_g"] = _rounded(result["lv_mass_g"])
-        row["warnings"] = " | ".join(str(w) for w in result.get("warnings") or [])
+        row.update(summary_values(task, result))
     if error is not None:
         row["error"] = f"{type(error).__name__}: {error}"
     if seconds is not None:
@@ -191,7 +249,9 @@ def summary_row(case_id, input_path, *, status, result=None, error=None, seconds
 
 
 def _rounded(value):
-    return None if value is None else round(float(value), 3)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), 3)
 
 
 def write_rows_csv(path, rows) -> None:
@@ -239,8 +299,41 @@ def _importCardiacAI():
     return CardiacAI
 
 
+def runTask(logic, volumeNode, args) -> dict:
+    """Run ``args.task`` on one loaded volume with the module's Logic; returns the Logic's result dict."""
+    common = {"device": args.device, "modelsDir": args.models_dir}
+    qc = {"qc": not args.no_qc, "qcThreshold": args.qc_threshold}
+    if args.task == "map":
+        return logic.analyseMap(volumeNode, kind=args.kind, **qc, **common)
+    if args.task == "fibrosis":
+        return logic.quantifyFibrosis(volumeNode, model=args.fibrosis_model, **common)
+    if args.task == "cam":
+        return logic.explainCam(volumeNode, explain=args.explain, **common)
+    return logic.segmentCine(volumeNode, mode=args.mode, **qc, **common)
+
+
+def tableRows(tableNode) -> list:
+    """The rows of a table node as dicts (column title -> text), for :func:`write_rows_csv`."""
+    table = tableNode.GetTable()
+    names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    return [{name: table.GetValue(r, c).ToString() for c, name in enumerate(names)}
+            for r in range(table.GetNumberOfRows())]
+
+
+def _resultNodes(result) -> list:
+    import slicer
+
+    nodes = []
+    for value in result.values():
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(item, slicer.vtkMRMLNode):
+                nodes.append(item)
+    return nodes
+
+
 def processCase(logic, results, caseId, inputPath, caseFolder, args) -> dict:
-    """Segment one case in the scene and write its files; returns the Logic's result. Nodes are removed after."""
+    """Run the task on one case in the scene and write its files; returns the Logic's result. Nodes are removed
+    after."""
     import slicer
 
     caseFolder.mkdir(parents=True, exist_ok=True)
@@ -249,14 +342,17 @@ def processCase(logic, results, caseId, inputPath, caseFolder, args) -> dict:
     try:
         volumeNode = slicer.util.loadVolume(str(inputPath))  # raises RuntimeError if Slicer cannot read it
         nodes.append(volumeNode)
-        result = logic.segmentCine(volumeNode, mode=args.mode, device=args.device, modelsDir=args.models_dir)
-        nodes += [result["segmentationNode"], result["volumesTableNode"], result["slicesTableNode"]]
+        result = runTask(logic, volumeNode, args)
+        nodes += _resultNodes(result)
         segmentationPath = caseFolder / "segmentation.seg.nrrd"
         if not slicer.util.saveNode(result["segmentationNode"], str(segmentationPath)):
             raise RuntimeError(f"Slicer could not write {segmentationPath}.")
-        tables = results.cine_tables_from_report(result["report"])
-        write_rows_csv(caseFolder / "volumes.csv", tables["volumes"])
-        write_rows_csv(caseFolder / "slices.csv", tables["slices"])
+        if result.get("camVolumeNode") is not None and not slicer.util.saveNode(result["camVolumeNode"],
+                                                                              str(caseFolder / "cam.nrrd")):
+            raise RuntimeError(f"Slicer could not write {caseFolder / 'cam.nrrd'}.")
+        for key, fileName in TASK_TABLES[args.task].items():
+            if result.get(key) is not None:
+                write_rows_csv(caseFolder / fileName, tableRows(result[key]))
         (caseFolder / DONE_MARKER).write_text(json.dumps(result["report"], indent=2), encoding="utf-8")
         return result
     finally:
@@ -319,9 +415,8 @@ def main(argv) -> int:
             traceback.print_exc()
         else:
             seconds = time.perf_counter() - start
-            rows.append(summary_row(caseId, inputPath, status="ok", result=result, seconds=seconds))
-            volumes = ", ".join(f"{name} {ml:.1f} ml" for name, ml in result["volumes_ml"].items())
-            print(f"{prefix} ok in {seconds:.1f} s ({volumes}; {len(result['warnings'])} warning(s))", flush=True)
+            rows.append(summary_row(caseId, inputPath, status="ok", result=result, seconds=seconds, task=args.task))
+            print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
         write_rows_csv(summaryPath, rows)  # after every case, so that an interrupted run still has its summary
 
     failed = [row["case_id"] for row in rows if row["status"] == "failed"]

@@ -1,7 +1,9 @@
-"""Turn the ``report.json`` of ``cardiacai segment-cine`` and ``cardiacai function`` into table rows and warnings.
+"""Turn what ``cardiacai`` writes into table rows, warnings and curves, and build the command lines the Slicer
+modules run.
 
 The Slicer module runs the backend in a child process and reads its report back; everything it shows (the volume,
-slice and function tables, the warnings) comes from the pure functions here, so they are tested without Slicer.
+slice, function, mapping, ECV, fibrosis, CAM and QC tables, the contour curves, the warnings) comes from the pure
+functions here, and every command line it starts is built here, so all of it is tested without Slicer.
 This module runs inside Slicer's own process: it imports only the standard library and the light core modules
 (``errors``, ``labels``), never the I/O package, SimpleITK or PyTorch.
 
@@ -24,10 +26,11 @@ import json
 import math
 import os
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError, InputError
-from .labels import LABELS, LV_MYOCARDIUM
+from .labels import HEART, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR
 
 __all__ = [
     "CINE_TABLES",
@@ -39,6 +42,38 @@ __all__ = [
     "table_columns",
     "models_from_info_output",
     "training_log_series",
+    # backend command lines
+    "BackendCall",
+    "MAP_KINDS",
+    "FIBROSIS_MODELS",
+    "CAM_METHODS",
+    "QC_DEFAULT_THRESHOLD",
+    "parse_times_ms",
+    "times_from_sequence_index",
+    "map_call",
+    "fit_map_call",
+    "ecv_call",
+    "fibrosis_call",
+    "cam_call",
+    "qc_call",
+    # quality control
+    "qc_entries",
+    "qc_slice_rows",
+    "qc_warnings",
+    "segment_label_codes",
+    # mapping, ECV, fibrosis, CAM
+    "map_tables_from_stats",
+    "contour_curves",
+    "fit_map_rows",
+    "fit_map_outputs",
+    "ecv_tables_from_report",
+    "fibrosis_tables_from_report",
+    "cam_tables_from_report",
+    # training
+    "TrainingTask",
+    "TRAINING_TASKS",
+    "training_command",
+    "latest_training_log",
 ]
 
 #: Keys of :func:`cine_tables_from_report`'s result: structure volumes and LV mass; one row per slice.
@@ -384,3 +419,808 @@ def training_log_series(csv_text: str) -> dict[str, list[float]]:
                 ) from None
     return series
 
+
+
+# -- backend command lines ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackendCall:
+    """One ``cardiacai`` command, ready for :func:`cardiac_ai.subprocess_runner.build_command`.
+
+    Attributes
+    ----------
+    command : str
+        The ``cardiacai`` command, e.g. ``"map"``.
+    positional : tuple of str
+        Its positional arguments (input files), in order.
+    options : dict
+        Option name -> value, as ``build_command`` takes them (``{"out": path, "kind": "t1"}``).
+    """
+
+    command: str
+    positional: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+#: Panel choice -> (``cardiacai map --kind``, ``cardiacai fit-map --kind``).
+MAP_KINDS: dict[str, tuple[str, str]] = {"T1": ("t1", "molli"), "T2": ("t2", "t2prep")}
+#: ``cardiacai fibrosis --model``: scar model trained on slice labels, on patient labels, or on pixel labels.
+FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+#: ``cardiacai cam --method``; None uses the method the model card names (chosen on validation patients).
+CAM_METHODS = ("model", "gradcam", "gradcampp")
+#: Default QC flag threshold (predicted Dice), the default of ``cardiacai qc --threshold`` and ``--qc-threshold``.
+QC_DEFAULT_THRESHOLD = 0.80
+
+_DEVICE_PREFIXES = ("auto", "cpu", "cuda")
+
+
+def _common_options(out_dir: Any, device: str, models_dir: Any) -> dict[str, Any]:
+    if not out_dir or not str(out_dir).strip():
+        raise InputError("The backend needs an output folder (--out); got an empty path.")
+    if not isinstance(device, str) or not (device in _DEVICE_PREFIXES or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    return {"out": os.fspath(out_dir), "device": device,
+            "models_dir": None if models_dir is None else os.fspath(models_dir)}
+
+
+def _path(value: Any, what: str) -> str:
+    if value is None or not str(value).strip():
+        raise InputError(f"{what} is missing: give the path of the file the Slicer node was written to.")
+    return os.fspath(value)
+
+
+def _map_kind(kind: str, index: int) -> str:
+    key = str(kind).upper()
+    if key not in MAP_KINDS:
+        raise InputError(f"Unknown map kind {kind!r}; choose one of {', '.join(MAP_KINDS)}.")
+    return MAP_KINDS[key][index]
+
+
+def _threshold(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise InputError(f"{what} must be a predicted Dice between 0 and 1, got {value!r}.")
+    return float(value)
+
+
+def parse_times_ms(text: str | None) -> list[float] | None:
+    """Inversion or T2-preparation times typed in the panel: ``"100, 180, 260"`` -> ``[100.0, 180.0, 260.0]``.
+
+    Commas, semicolons and spaces separate the numbers. Empty text gives None (times then come from elsewhere).
+
+    Raises
+    ------
+    InputError
+        If an item is not a number, or a time is negative or not finite; the message names the item.
+    """
+    if text is None or not str(text).strip():
+        return None
+    items = [item for item in str(text).replace(";", ",").replace(" ", ",").split(",") if item.strip()]
+    times = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise InputError(
+                f"{item.strip()!r} in the times {text!r} is not a number; type times in ms separated by commas, "
+                "e.g. 100, 180, 260."
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"Time {item.strip()} ms in {text!r} must be a finite number >= 0.")
+        times.append(value)
+    return times
+
+
+def times_from_sequence_index(index_name: str, index_unit: str, values: Sequence[str], *,
+                              kind: str) -> list[float] | None:
+    """The times of a mapping series stored as a Slicer sequence whose index holds them.
+
+    A sequence built from a MOLLI series with the index "InversionTime" (or a T2-prepared one with "EchoTime" or a
+    name containing "prep") holds each frame's time as its index value. Only such an index is trusted: a time or
+    frame-number index says nothing about the inversion times.
+
+    Parameters
+    ----------
+    index_name, index_unit : str
+        ``vtkMRMLSequenceNode.GetIndexName()`` and ``GetIndexUnit()``; the unit "s" multiplies by 1000, "ms" or ""
+        keeps the values.
+    values : sequence of str
+        ``GetNthIndexValue(i)`` of every frame, in frame order.
+    kind : "T1" or "T2"
+
+    Returns
+    -------
+    list of float or None
+        Times in ms, or None when the index does not hold inversion (T1) or preparation/echo (T2) times or a value
+        is not a number.
+    """
+    fit_kind = _map_kind(kind, 1)
+    name = str(index_name or "").lower().replace(" ", "").replace("_", "")
+    wanted = ("inversion",) if fit_kind == "molli" else ("echo", "prep")
+    if not any(word in name for word in wanted):
+        return None
+    unit = str(index_unit or "").strip().lower()
+    scale = {"": 1.0, "ms": 1.0, "s": 1000.0, "sec": 1000.0}.get(unit)
+    if scale is None:
+        return None
+    try:
+        return [float(value) * scale for value in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def map_call(map_path: Any, out_dir: Any, *, kind: str, device: str = "auto", models_dir: Any = None,
+             qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD) -> BackendCall:
+    """``cardiacai map MAP --kind t1|t2 --out DIR``: contours, AHA segments and statistics of a T1 or T2 map.
+
+    ``kind`` is "T1" or "T2" (any case). Without ``qc`` the map's segmentation is not quality-checked (``--no-qc``).
+
+    Raises
+    ------
+    InputError
+        Unknown kind or device, an empty path, a threshold outside [0, 1].
+    """
+    options = {**_common_options(out_dir, device, models_dir), "kind": _map_kind(kind, 0)}
+    options.update({"no_qc": not qc, "qc_threshold": _threshold(qc_threshold, "qc_threshold")})
+    return BackendCall("map", (_path(map_path, "The map file"),), options)
+
+
+def fit_map_call(series_path: Any, out_dir: Any, *, kind: str, times_ms: Sequence[float], device: str = "auto",
+                 models_dir: Any = None) -> BackendCall:
+    """``cardiacai fit-map SERIES --kind molli|t2prep --times ... --out DIR``: a T1 (MOLLI) or T2 map from the raw
+    series (a 4D file, frames along the 4th axis).
+
+    ``kind`` "T1" fits MOLLI (Look-Locker corrected), "T2" a T2-prepared series. The times are required: a file
+    written from a Slicer node keeps no DICOM header to read them from.
+
+    Raises
+    ------
+    InputError
+        Unknown kind, fewer than 2 times or a time that is not a finite number >= 0.
+    """
+    if times_ms is None or len(times_ms) < 2:
+        raise InputError(
+            f"Fitting a {str(kind).upper()} map needs the {'inversion' if _map_kind(kind, 1) == 'molli' else 'T2-preparation'}"
+            f" time of every frame in ms (got {times_ms!r}); type them in the T1/T2 mapping section, in frame order."
+        )
+    times = []
+    for value in times_ms:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InputError(f"Times must be finite numbers of ms >= 0, got {value!r} in {list(times_ms)}.")
+        times.append(float(value))
+    options = {**_common_options(out_dir, device, models_dir), "kind": _map_kind(kind, 1), "times": times}
+    return BackendCall("fit-map", (_path(series_path, "The series file"),), options)
+
+
+def ecv_call(native_path: Any, post_path: Any, out_dir: Any, *, haematocrit: float | None = None,
+             device: str = "auto", models_dir: Any = None) -> BackendCall:
+    """``cardiacai ecv NATIVE POST --out DIR [--haematocrit H]``: extracellular volume from two T1 maps.
+
+    ``haematocrit`` is a fraction (0.42); None or 0 uses the synthetic haematocrit from native blood T1.
+
+    Raises
+    ------
+    InputError
+        A haematocrit that is not a fraction in (0, 1) (a percentage is named as such).
+    """
+    options = _common_options(out_dir, device, models_dir)
+    if haematocrit not in (None, 0, 0.0):
+        if isinstance(haematocrit, bool) or not isinstance(haematocrit, (int, float)) or not 0 < haematocrit < 1:
+            hint = (f" It looks like a percentage: use {haematocrit / 100:.2f}."
+                    if isinstance(haematocrit, (int, float)) and 1 < haematocrit <= 100 else "")
+            raise InputError(f"haematocrit must be a fraction between 0 and 1, got {haematocrit!r}.{hint}")
+        options["haematocrit"] = float(haematocrit)
+    return BackendCall("ecv", (_path(native_path, "The native T1 map"), _path(post_path, "The post-contrast T1 map")),
+                       options)
+
+
+def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: str = "auto",
+                  models_dir: Any = None) -> BackendCall:
+    """``cardiacai fibrosis LGE --out DIR --model weak|weak_stack|pixel``: myocardium, scar and MVO of an LGE stack.
+
+    Raises
+    ------
+    InputError
+        Unknown model.
+    """
+    if model not in FIBROSIS_MODELS:
+        raise InputError(f"Unknown fibrosis model {model!r}; choose one of {', '.join(FIBROSIS_MODELS)}.")
+    return BackendCall("fibrosis", (_path(lge_path, "The LGE file"),),
+                       {**_common_options(out_dir, device, models_dir), "model": model})
+
+
+def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,
+             pseudo_label: bool = False, device: str = "auto", models_dir: Any = None) -> BackendCall:
+    """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label]``.
+
+    ``explain`` None, "" or "predicted" explains each slice's predicted class; ``method`` None, "" or "default"
+    uses the model card's method.
+
+    Raises
+    ------
+    InputError
+        Unknown method, or a class name with spaces or a leading "-".
+    """
+    options = _common_options(out_dir, device, models_dir)
+    if explain not in (None, "", "predicted"):
+        if not isinstance(explain, str) or explain.startswith("-") or not explain.strip() or " " in explain.strip():
+            raise InputError(f"The class to explain must be one class name such as DCM, got {explain!r}.")
+        options["explain"] = explain.strip()
+    if method not in (None, "", "default"):
+        if method not in CAM_METHODS:
+            raise InputError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)} or 'default'.")
+        options["method"] = method
+    options["pseudo_label"] = bool(pseudo_label)
+    return BackendCall("cam", (_path(image_path, "The image file"),), options)
+
+
+def qc_call(image_path: Any, labels_path: Any, out_dir: Any, *, threshold: float = QC_DEFAULT_THRESHOLD,
+            write_surrogate: bool = False, device: str = "auto", models_dir: Any = None) -> BackendCall:
+    """``cardiacai qc IMAGE LABELS --out DIR --threshold T [--write-surrogate]``: predicted Dice per slice.
+
+    Raises
+    ------
+    InputError
+        A threshold outside [0, 1].
+    """
+    options = {**_common_options(out_dir, device, models_dir), "threshold": _threshold(threshold, "threshold"),
+               "write_surrogate": bool(write_surrogate)}
+    return BackendCall("qc", (_path(image_path, "The image file"), _path(labels_path, "The label map file")),
+                       options)
+
+
+# -- quality control ----------------------------------------------------------------------------------------------
+_QC_PHASES = (("ed", "ED", "the end-diastolic (ED) segmentation"), ("es", "ES", "the end-systolic (ES) segmentation"))
+
+
+def qc_entries(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The QC results of a report, by phase: ``{"": qc}`` (segment-cine, map, qc) or ``{"ED": qc, "ES": qc}``
+    (function). A ``qc`` that is null (QC could not run; the reason is a provenance warning) or absent (``--no-qc``,
+    or a command without QC) is left out.
+
+    Raises
+    ------
+    DataError
+        If a ``qc`` value is neither an object nor null.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    candidates = [("", report.get("qc") if isinstance(report, Mapping) else None, "qc")]
+    for key, phase, _ in _QC_PHASES:
+        part = report.get(key) if isinstance(report, Mapping) else None
+        if isinstance(part, Mapping):
+            candidates.append((phase, part.get("qc"), f"{key}.qc"))
+    for phase, entry, where in candidates:
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping):
+            raise DataError(f"The report's {where!r} should be an object or null, got {type(entry).__name__}.")
+        found[phase] = dict(entry)
+    return found
+
+
+def _yes_no(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def qc_slice_rows(qc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One table row per slice from a report's ``qc`` (see :func:`qc_entries`).
+
+    Returns
+    -------
+    list of dict
+        Rows {"Slice", "Assessed", "Flagged" ("yes"/"no"), "Lowest predicted Dice", "<structure display name>
+        predicted Dice"... (in label-code order), "Rule checks"} sorted by slice; a Dice that was not computed (slice
+        not assessed, structure absent) is None.
+
+    Raises
+    ------
+    DataError
+        If ``structures`` or ``slices`` is missing or malformed; the message names the key.
+    """
+    command = "`cardiacai qc` (or a segmenting command with QC)"
+    _require(qc, ("structures", "slices"), "The report's 'qc'", command)
+    structures = qc["structures"]
+    if not isinstance(structures, Mapping) or not structures:
+        raise DataError(f"The report's qc.structures should map structure names to codes, got {structures!r}.")
+    names = _structure_order(list(structures), "The report's qc.structures")
+    slices = qc["slices"]
+    if not isinstance(slices, list):
+        raise DataError(f"The report's qc.slices should be a list of rows, got {type(slices).__name__}.")
+    rows = []
+    for index, entry in enumerate(slices):
+        where = f"Row {index} of the report's qc.slices"
+        _require(entry, ("slice", "assessed", "flagged", "min_dice", "dice"), where, command)
+        if isinstance(entry["slice"], bool) or not isinstance(entry["slice"], int):
+            raise DataError(f"{where} has slice {entry['slice']!r}; expected a 0-based integer index.")
+        dice = entry["dice"]
+        if not isinstance(dice, Mapping):
+            raise DataError(f"{where} has dice {dice!r}; expected structure name -> predicted Dice.")
+        row = {
+            "Slice": entry["slice"],
+            "Assessed": _yes_no(entry["assessed"]),
+            "Flagged": _yes_no(entry["flagged"]),
+            "Lowest predicted Dice": _number(entry["min_dice"], f"qc.slices[{index}].min_dice"),
+        }
+        for name in names:
+            row[f"{LABELS[_CODE_BY_NAME[name]].display_name} predicted Dice"] = _number(
+                dice.get(name), f"qc.slices[{index}].dice[{name!r}]")
+        row["Rule checks"] = "; ".join(str(r) for r in entry.get("rule_reasons") or []) or "passed"
+        rows.append(row)
+    rows.sort(key=lambda r: r["Slice"])
+    return rows
+
+
+def qc_warnings(report: Mapping[str, Any]) -> list[str]:
+    """A clear warning for each QC result of ``report`` that needs review (flagged slices or failed rule checks).
+
+    Returns
+    -------
+    list of str
+        E.g. "Quality control flagged slices 2, 5 of 10 in the segmentation (predicted Dice below 0.80; lowest
+        0.61): review them before using the numbers." Maps' QC is marked indicative. Empty when nothing is flagged or
+        QC did not run.
+    """
+    messages = []
+    names = {"": "the segmentation", **{phase: where for _, phase, where in _QC_PHASES}}
+    for phase, qc in qc_entries(report).items():
+        flagged = [int(k) for k in qc.get("flagged_slices") or []]
+        rules = qc.get("rules") if isinstance(qc.get("rules"), Mapping) else {}
+        rules_failed = rules.get("passed") is False
+        if not flagged and not rules_failed and not qc.get("needs_review"):
+            continue
+        parts = []
+        if flagged:
+            threshold = _number(qc.get("dice_threshold"), "qc.dice_threshold")
+            lowest = _number(qc.get("min_slice_dice"), "qc.min_slice_dice")
+            assessed = qc.get("n_assessed_slices")
+            parts.append(
+                f"Quality control flagged slice{'s' if len(flagged) > 1 else ''} {', '.join(map(str, flagged))}"
+                + (f" of {assessed} assessed" if isinstance(assessed, int) else "") + f" in {names[phase]}"
+                + (f" (predicted Dice below {threshold:.2f}" if threshold is not None else " (")
+                + (f"; lowest {lowest:.2f})" if lowest is not None else ")")
+            )
+        if rules_failed:
+            reasons = [str(r) for r in rules.get("volume_reasons") or []]
+            parts.append(f"{'T' if not parts else 't'}he rule checks of {names[phase]} failed"
+                         + (f": {'; '.join(reasons[:3])}" if reasons else ""))
+        if not parts:
+            parts.append(f"Quality control says {names[phase]} needs review")
+        message = "; ".join(parts) + ". Review the flagged slices before using the numbers (see the QC table)."
+        if qc.get("indicative"):
+            message += " These QC scores are indicative only on T1/T2 maps."
+        messages.append(message)
+    return messages
+
+
+_SEGMENT_ALIASES = {
+    "rv": RV_BLOOD_POOL, "right ventricle": RV_BLOOD_POOL, "rv blood pool": RV_BLOOD_POOL,
+    "myo": LV_MYOCARDIUM, "myocardium": LV_MYOCARDIUM, "lv myocardium": LV_MYOCARDIUM,
+    "lv": LV_BLOOD_POOL, "left ventricle": LV_BLOOD_POOL, "lv blood pool": LV_BLOOD_POOL,
+    "scar": SCAR, "fibrosis": SCAR, "mvo": MVO, "heart": HEART,
+}
+
+
+def segment_label_codes(names: Sequence[str]) -> dict[str, int]:
+    """The CardiacAI label code of each segment name, to write a segmentation node as a label map.
+
+    A name matches a tissue's display name ("Left ventricle myocardium") or machine name ("lv_myocardium"), case
+    and ``_``/space aside, or a short alias (RV, Myo, LV, Scar, MVO, Heart).
+
+    Raises
+    ------
+    InputError
+        If a name matches no tissue or two segments give the same code; the message lists the names accepted.
+    """
+    lookup = dict(_SEGMENT_ALIASES)
+    for code, tissue in LABELS.items():
+        lookup[tissue.display_name.lower()] = code
+        lookup[tissue.name.replace("_", " ")] = code
+    codes: dict[str, int] = {}
+    for name in names:
+        key = " ".join(str(name).replace("_", " ").lower().split())
+        if key not in lookup:
+            raise InputError(
+                f"Segment {name!r} is not a CardiacAI structure. Name the segments "
+                f"{', '.join(repr(LABELS[c].display_name) for c in sorted(LABELS))} (or RV, Myo, LV), or import the "
+                "label map with the Label map import task."
+            )
+        if lookup[key] in codes.values():
+            other = next(n for n, c in codes.items() if c == lookup[key])
+            raise InputError(f"Segments {other!r} and {name!r} are the same structure; keep one of them.")
+        codes[str(name)] = lookup[key]
+    return codes
+
+
+# -- T1/T2 mapping and ECV ----------------------------------------------------------------------------------------
+_STAT_COLUMNS = (("median", "Median (ms)"), ("mean", "Mean (ms)"), ("sd", "SD (ms)"), ("q1", "Q1 (ms)"),
+                 ("q3", "Q3 (ms)"), ("iqr", "IQR (ms)"))
+
+
+def _stat_values(stats: Any, where: str) -> dict[str, Any]:
+    if stats is None:
+        return {**{title: None for _, title in _STAT_COLUMNS}, "Pixels": 0}
+    _require(stats, [key for key, _ in _STAT_COLUMNS] + ["n_pixels"], where, "`cardiacai map`")
+    values = {title: _number(stats[key], f"{where}.{key}") for key, title in _STAT_COLUMNS}
+    values["Pixels"] = int(stats["n_pixels"])
+    return values
+
+
+def map_tables_from_stats(stats: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The three mapping tables from the ``stats.json`` of ``cardiacai map``.
+
+    Returns
+    -------
+    dict with keys "summary", "slices", "segments"
+        ``summary``: {"Region", "Median (ms)", "Mean (ms)", "SD (ms)", "Q1 (ms)", "Q3 (ms)", "IQR (ms)", "Pixels"}
+        for the myocardium, the LV blood pool and the septal ROI of each mid slice. ``slices``: {"Slice", "Level",
+        the same statistics, "Warnings"}. ``segments``: {"AHA segment", "Name", the same statistics}, segments 1-16
+        whose RV insertion points were found. A region without pixels has None statistics and 0 pixels.
+
+    Raises
+    ------
+    DataError
+        If a key is missing or a value has the wrong type.
+    """
+    _require(stats, ("myocardium", "slices", "segments", "septal_roi", "lv_blood_pool"), "stats.json",
+             "`cardiacai map`")
+    summary = [{"Region": "Myocardium", **_stat_values(stats["myocardium"], "stats.json myocardium")},
+               {"Region": "LV blood pool", **_stat_values(stats["lv_blood_pool"], "stats.json lv_blood_pool")}]
+    for index, roi in enumerate(stats["septal_roi"] or []):
+        _require(roi, ("slice_index",), f"stats.json septal_roi[{index}]", "`cardiacai map`")
+        summary.append({"Region": f"Septal ROI (slice {roi['slice_index']})",
+                        **_stat_values(roi, f"stats.json septal_roi[{index}]")})
+    slices = []
+    for index, entry in enumerate(stats["slices"]):
+        _require(entry, ("slice_index", "level", "myocardium"), f"stats.json slices[{index}]", "`cardiacai map`")
+        slices.append({"Slice": int(entry["slice_index"]), "Level": str(entry["level"]),
+                       **_stat_values(entry["myocardium"], f"stats.json slices[{index}].myocardium"),
+                       "Warnings": "; ".join(str(w) for w in entry.get("warnings") or [])})
+    segments = stats["segments"]
+    if not isinstance(segments, Mapping):
+        raise DataError(f"stats.json segments should map AHA segment numbers to statistics, got {segments!r}.")
+    segment_rows = []
+    for key in sorted(segments, key=int):
+        entry = segments[key]
+        segment_rows.append({"AHA segment": int(key), "Name": str(entry.get("name", "")),
+                             **_stat_values(entry, f"stats.json segments[{key}]")})
+    return {"summary": summary, "slices": sorted(slices, key=lambda r: r["Slice"]), "segments": segment_rows}
+
+
+def contour_curves(contours: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Closed curves (RAS points) from the ``contours.json`` of ``cardiacai map``, for Slicer markups.
+
+    Returns
+    -------
+    list of dict
+        One entry per contour found, slices in order, endocardium before epicardium: {"name": "Slice 3
+        endocardium", "slice": 3, "wall": "endocardium" | "epicardium", "points_ras": [[r, a, s], ...]}; RAS is
+        the file's LPS with x and y negated. Slices where a contour is missing give no entry for it.
+
+    Raises
+    ------
+    DataError
+        If ``slices`` is missing or a point is not three numbers.
+    """
+    _require(contours, ("slices",), "contours.json", "`cardiacai map`")
+    curves = []
+    for index, entry in enumerate(contours["slices"]):
+        k = entry.get("slice_index")
+        k = index if k is None else int(k)
+        for wall in ("endocardium", "epicardium"):
+            points = (entry.get(wall) or {}).get("points_lps_mm")
+            if not points:
+                continue
+            ras = []
+            for point in points:
+                if not isinstance(point, (list, tuple)) or len(point) != 3:
+                    raise DataError(f"contours.json slice {k} {wall}: point {point!r} is not (x, y, z) in LPS mm.")
+                x, y, z = (float(v) for v in point)
+                ras.append([-x, -y, z])
+            curves.append({"name": f"Slice {k} {wall}", "slice": k, "wall": wall, "points_ras": ras})
+    return curves
+
+
+def fit_map_outputs(report: Mapping[str, Any]) -> tuple[str, str]:
+    """(map file, R^2 file) that ``cardiacai fit-map`` wrote, e.g. ("t1_map.nii.gz", "r2_map.nii.gz")."""
+    _require(report, ("kind",), "The fit-map report", "`cardiacai fit-map`")
+    quantity = {"molli": "t1", "t2prep": "t2"}.get(report["kind"])
+    if quantity is None:
+        raise DataError(f"The fit-map report has kind {report['kind']!r}; expected 'molli' or 't2prep'.")
+    return f"{quantity}_map.nii.gz", "r2_map.nii.gz"
+
+
+def fit_map_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows {"Measurement", "Value", "Unit"} of a fit: median T1/T2 of the fitted pixels, pixels fitted, failed and
+    background, and the times used (one row, comma-separated)."""
+    _require(report, ("kind", "n_fitted_pixels", "n_failed_pixels", "n_background_pixels", "times_ms"),
+             "The fit-map report", "`cardiacai fit-map`")
+    quantity = fit_map_outputs(report)[0].split("_")[0].upper()
+    times = report["times_ms"]
+    flat = times if times and not isinstance(times[0], list) else (times[0] if times else [])
+    return [
+        {"Measurement": f"Median {quantity} of fitted pixels",
+         "Value": _number(report.get(f"median_{quantity.lower()}_ms"), "median"), "Unit": "ms"},
+        {"Measurement": "Pixels fitted", "Value": float(report["n_fitted_pixels"]), "Unit": "pixels"},
+        {"Measurement": "Pixels failed (0 in the map)", "Value": float(report["n_failed_pixels"]), "Unit": "pixels"},
+        {"Measurement": "Background pixels (not fitted)", "Value": float(report["n_background_pixels"]),
+         "Unit": "pixels"},
+        {"Measurement": ("Inversion" if report["kind"] == "molli" else "T2-preparation") + " times",
+         "Value": ", ".join(f"{float(t):g}" for t in flat), "Unit": "ms"},
+    ]
+
+
+def ecv_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The ECV tables from the ``report.json`` of ``cardiacai ecv``.
+
+    Returns
+    -------
+    dict with keys "summary", "regions"
+        ``summary``: {"Measurement", "Value", "Unit"}: myocardial ECV (%), haematocrit (and whether synthetic), the
+        four median T1 values (ms). ``regions``: {"Region", "ECV (%)", "Native T1 (ms)", "Post-contrast T1 (ms)",
+        "Pixels"} for each septal ROI and AHA segment (same-grid maps only).
+
+    Raises
+    ------
+    DataError
+        If ``ecv`` or its ``myocardium`` values are missing.
+    """
+    _require(report, ("ecv",), "The ECV report", "`cardiacai ecv`")
+    ecv = report["ecv"]
+    _require(ecv, ("myocardium",), "The ECV report's 'ecv'", "`cardiacai ecv`")
+    myo = ecv["myocardium"]
+    _require(myo, ("ecv_fraction", "haematocrit", "synthetic_haematocrit"), "ecv.myocardium", "`cardiacai ecv`")
+
+    def percent(value: Any, what: str) -> float | None:
+        number = _number(value, what)
+        return None if number is None else 100.0 * number
+
+    summary = [
+        {"Measurement": "Myocardial ECV", "Value": percent(myo["ecv_fraction"], "ecv_fraction"), "Unit": "%"},
+        {"Measurement": "Haematocrit (synthetic)" if myo["synthetic_haematocrit"] else "Haematocrit (given)",
+         "Value": _number(myo["haematocrit"], "haematocrit"), "Unit": "fraction"},
+    ]
+    for key, title in (("native_t1_myocardium_median_ms", "Native T1, myocardium"),
+                       ("post_t1_myocardium_median_ms", "Post-contrast T1, myocardium"),
+                       ("native_t1_blood_median_ms", "Native T1, LV blood pool"),
+                       ("post_t1_blood_median_ms", "Post-contrast T1, LV blood pool")):
+        if key in myo:
+            summary.append({"Measurement": title, "Value": _number(myo[key], key), "Unit": "ms"})
+    regions = []
+
+    def region(name: str, entry: Any, where: str) -> dict[str, Any]:
+        _require(entry, ("ecv_fraction", "native_t1_median_ms", "post_t1_median_ms", "n_pixels"), where,
+                 "`cardiacai ecv`")
+        return {"Region": name, "ECV (%)": percent(entry["ecv_fraction"], f"{where}.ecv_fraction"),
+                "Native T1 (ms)": _number(entry["native_t1_median_ms"], where),
+                "Post-contrast T1 (ms)": _number(entry["post_t1_median_ms"], where), "Pixels": int(entry["n_pixels"])}
+
+    for index, entry in enumerate(ecv.get("septal_roi") or []):
+        regions.append(region(f"Septal ROI (slice {entry.get('slice_index', index)})", entry,
+                              f"ecv.septal_roi[{index}]"))
+    segments = ecv.get("segments") or {}
+    for key in sorted(segments, key=int):
+        regions.append(region(f"AHA segment {int(key)}", segments[key], f"ecv.segments[{key}]"))
+    return {"summary": summary, "regions": regions}
+
+
+# -- LGE fibrosis ---------------------------------------------------------------------------------------------------
+def fibrosis_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The fibrosis tables from the ``report.json`` of ``cardiacai fibrosis``.
+
+    Returns
+    -------
+    dict with keys "summary", "slices", "segments"
+        ``summary``: {"Measurement", "Value", "Unit"}: scar, MVO and myocardial volume (mL, or voxels when the
+        pixel size is unknown), scar % of the myocardium, MVO % of the scar. ``slices``: {"Slice", "Level", "Fibrosis
+        probability", "Myocardium area", "Scar area", "MVO area", "Area unit", "Scar (%)"}. ``segments``: {"AHA
+        segment", "Mean transmurality (%)", "Max transmurality (%)", "Slices"} for slices of known level.
+
+    Raises
+    ------
+    DataError
+        If ``clinical`` or one of its values is missing.
+    """
+    command = "`cardiacai fibrosis`"
+    _require(report, ("clinical",), "The fibrosis report", command)
+    clinical = report["clinical"]
+    _require(clinical, ("scar_volume", "mvo_volume", "myocardium_volume", "volume_unit",
+                        "scar_percent_of_myocardium", "mvo_percent_of_scar", "slices"), "The report's 'clinical'",
+             command)
+    unit = str(clinical["volume_unit"])
+    summary = [
+        {"Measurement": "Scar volume (scar + MVO)", "Value": _number(clinical["scar_volume"], "scar_volume"),
+         "Unit": unit},
+        {"Measurement": "MVO volume", "Value": _number(clinical["mvo_volume"], "mvo_volume"), "Unit": unit},
+        {"Measurement": "Myocardial volume", "Value": _number(clinical["myocardium_volume"], "myocardium_volume"),
+         "Unit": unit},
+        {"Measurement": "Scar of the myocardium",
+         "Value": _number(clinical["scar_percent_of_myocardium"], "scar_percent_of_myocardium"), "Unit": "%"},
+        {"Measurement": "MVO of the scar", "Value": _number(clinical["mvo_percent_of_scar"], "mvo_percent_of_scar"),
+         "Unit": "%"},
+    ]
+    probabilities = report.get("slice_fibrosis_probability")
+    slices = []
+    for index, entry in enumerate(clinical["slices"]):
+        where = f"clinical.slices[{index}]"
+        _require(entry, ("slice_index", "myocardium_area", "scar_area", "mvo_area", "area_unit", "scar_percent"),
+                 where, command)
+        k = int(entry["slice_index"])
+        probability = probabilities[k] if isinstance(probabilities, list) and k < len(probabilities) else None
+        slices.append({
+            "Slice": k, "Level": "" if entry.get("level") is None else str(entry["level"]),
+            "Fibrosis probability": _number(probability, f"slice_fibrosis_probability[{k}]"),
+            "Myocardium area": _number(entry["myocardium_area"], where), "Scar area": _number(entry["scar_area"], where),
+            "MVO area": _number(entry["mvo_area"], where), "Area unit": str(entry["area_unit"]),
+            "Scar (%)": _number(entry["scar_percent"], f"{where}.scar_percent"),
+        })
+    segments = []
+    aha = clinical.get("aha_segments") or {}
+    for key in sorted(aha, key=int):
+        entry = aha[key]
+        mean, peak = (_number(entry.get(k), f"aha_segments[{key}].{k}")
+                      for k in ("mean_transmurality", "max_transmurality"))
+        segments.append({"AHA segment": int(key), "Mean transmurality (%)": None if mean is None else 100.0 * mean,
+                         "Max transmurality (%)": None if peak is None else 100.0 * peak,
+                         "Slices": int(entry.get("n_slices", 0))})
+    return {"summary": summary, "slices": sorted(slices, key=lambda r: r["Slice"]), "segments": segments}
+
+
+# -- class activation maps ------------------------------------------------------------------------------------------
+def cam_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The CAM tables from the ``report.json`` of ``cardiacai cam``.
+
+    Returns
+    -------
+    dict with keys "summary", "slices"
+        ``summary``: {"Measurement", "Value"}: the predicted class of the volume, the mean probability of each
+        class, where the labels came from. ``slices``: {"Slice", "Explained class", "Heart pixels", "P(<class>)"...}
+        in the classifier's class order.
+
+    Raises
+    ------
+    DataError
+        If ``cam`` or one of its keys is missing.
+    """
+    command = "`cardiacai cam`"
+    _require(report, ("cam",), "The CAM report", command)
+    cam = report["cam"]
+    _require(cam, ("classes", "volume_prediction", "slices", "label_source"), "The report's 'cam'", command)
+    classes = [str(c) for c in cam["classes"]]
+    prediction = cam["volume_prediction"]
+    _require(prediction, ("class", "probabilities"), "cam.volume_prediction", command)
+    summary = [{"Measurement": "Predicted class (volume)", "Value": str(prediction["class"])}]
+    for name in classes:
+        p = _number(prediction["probabilities"].get(name), f"volume_prediction.probabilities[{name!r}]")
+        summary.append({"Measurement": f"Mean probability of {name}", "Value": "" if p is None else f"{p:.3f}"})
+    summary.append({"Measurement": "Labels from", "Value": str(cam["label_source"])})
+    slices = []
+    for index, entry in enumerate(cam["slices"]):
+        where = f"cam.slices[{index}]"
+        _require(entry, ("k", "explained_class", "probabilities", "heart_pixels"), where, command)
+        row = {"Slice": int(entry["k"]), "Explained class": str(entry["explained_class"]),
+               "Heart pixels": int(entry["heart_pixels"])}
+        for name in classes:
+            row[f"P({name})"] = _number(entry["probabilities"].get(name), f"{where}.probabilities[{name!r}]")
+        slices.append(row)
+    return {"summary": summary, "slices": sorted(slices, key=lambda r: r["Slice"])}
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingTask:
+    """A model (family) this project trains, and the command that trains it.
+
+    Attributes
+    ----------
+    name : str
+        Key of :data:`TRAINING_TASKS`.
+    title : str
+        What the task trains, for the panel.
+    script : str or None
+        ``scripts/<script>`` of a source checkout that trains it, or None for ``cardiacai train``.
+    epoch_options : tuple of str
+        The script options that take the epoch count (every stage gets the same number).
+    models : tuple of str
+        Registry names of the models it registers (in ``<work>/models`` for scripts).
+    layouts : tuple of str
+        Data layouts it reads.
+    """
+
+    name: str
+    title: str
+    script: str | None
+    epoch_options: tuple[str, ...]
+    models: tuple[str, ...]
+    layouts: tuple[str, ...]
+
+
+TRAINING_TASKS: dict[str, TrainingTask] = {task.name: task for task in (
+    TrainingTask("segmentation", "Custom segmentation U-Net (cardiacai train)", None, ("epochs",),
+                 ("<model name>",), ("auto", "acdc", "emidec", "generic")),
+    TrainingTask("cine", "Cine models: localiser, baseline, region classifier, base/middle/apex U-Nets (ACDC)",
+                 "train_acdc_cine.py", ("epochs",),
+                 ("cine_localiser", "cine_baseline", "cine_region_classifier", "cine_base", "cine_middle",
+                  "cine_apex"), ("acdc",)),
+    TrainingTask("mapping", "T1/T2 map myocardium network (semi-synthetic maps from ACDC)", "train_mapping.py",
+                 ("epochs",), ("map_myocardium",), ("acdc",)),
+    TrainingTask("qc", "Segmentation quality control VAE and Dice regressor (ACDC)", "train_qc.py",
+                 ("epochs", "regressor_epochs"), ("qc_vae", "qc_dice_regressor"), ("acdc",)),
+    TrainingTask("weak", "Weakly supervised CAM classifier and whole-heart U-Net (ACDC diagnoses)",
+                 "train_weak_acdc.py", ("epochs", "seg_epochs"), ("weak_cam_classifier", "weak_heart_unet"),
+                 ("acdc",)),
+    TrainingTask("fibrosis", "LGE myocardium, fibrosis classifiers and weak/pixel scar U-Nets (EMIDEC)",
+                 "train_emidec_fibrosis.py",
+                 ("epochs_myocardium", "epochs_classifier", "epochs_stack", "epochs_unet"),
+                 ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier", "lge_fibrosis_weak",
+                  "lge_fibrosis_weak_stack", "lge_fibrosis_pixel"), ("emidec",)),
+)}
+
+
+def training_command(
+    task: str,
+    *,
+    python_executable: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    epochs: int,
+    device: str = "auto",
+    layout: str = "auto",
+    model_name: str = "custom_unet2d",
+    model_version: str = "1.0",
+    register_to: str | os.PathLike | None = None,
+    scripts_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """The command line that trains ``task`` (a key of :data:`TRAINING_TASKS`).
+
+    ``segmentation`` runs ``<python> -m cardiac_ai train ... --progress-lines`` (registered with ``--register-to``);
+    the other tasks run ``<python> <scripts_dir>/<script> --data DATA --work OUT --device D`` with ``epochs`` for
+    every stage (their models are registered into ``OUT/models``; the fibrosis script writes them straight into
+    ``register_to`` with ``--models-dir``). ``model_name``, ``model_version`` and ``layout`` apply to segmentation
+    only.
+
+    Raises
+    ------
+    InputError
+        Unknown task, epochs not a positive integer, a layout the task cannot read, no ``scripts_dir`` for a script
+        task, or the script missing there (the training scripts come with a source checkout, not with the installed
+        extension).
+    """
+    if task not in TRAINING_TASKS:
+        raise InputError(f"Unknown training task {task!r}; choose one of {', '.join(TRAINING_TASKS)}.")
+    spec = TRAINING_TASKS[task]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise InputError(f"epochs must be a positive integer, got {epochs!r}.")
+    if layout not in spec.layouts and not (spec.script and layout == "auto"):
+        raise InputError(f"The {task} task reads {', '.join(spec.layouts)} data, not the {layout!r} layout.")
+    _common_options(out, device, None)
+    python = os.fspath(python_executable)
+    if spec.script is None:
+        from .subprocess_runner import build_command
+
+        options = {"task": "segmentation", "data": os.fspath(data), "layout": layout, "out": os.fspath(out),
+                   "epochs": epochs, "device": device, "model_name": model_name, "model_version": model_version,
+                   "register_to": None if register_to is None else os.fspath(register_to)}
+        return build_command("train", [], options, python_executable=python)
+    if scripts_dir is None:
+        raise InputError(
+            f"Training {task} runs scripts/{spec.script} of a CardiacAI source checkout, which the installed "
+            "extension does not include; add the checkout's CardiacAI folder to Slicer's module paths."
+        )
+    script = Path(scripts_dir) / spec.script
+    if not script.is_file():
+        raise InputError(f"{script} does not exist; training {task} needs the scripts/ folder of a source checkout.")
+    command = [python, os.fspath(script), "--data", os.fspath(data), "--work", os.fspath(out), "--device", device]
+    for option in spec.epoch_options:
+        command += ["--" + option.replace("_", "-"), str(epochs)]
+    if task == "fibrosis" and register_to is not None:
+        command += ["--models-dir", os.fspath(register_to)]
+    return command
+
+
+def latest_training_log(folder: str | os.PathLike) -> Path | None:
+    """The most recently written ``log.csv`` under ``folder`` (any depth), or None: a script trains several runs in
+    turn, each with its own log, and the live plot follows the one being written."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    logs = [p for p in root.rglob("log.csv") if p.is_file()]
+    return max(logs, key=lambda p: p.stat().st_mtime_ns) if logs else None
