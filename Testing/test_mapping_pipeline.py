@@ -328,3 +328,27 @@ def test_cli_fit_map_reads_inversion_times_from_dicom_headers(noiseless, tmp_pat
     myocardium = noiseless.labels.array == 2
     truth = noiseless.t1_map_ms.array[myocardium]
     assert np.median(np.abs(fitted.array[myocardium] - truth) / truth) < 0.02  # pixels rounded to integers
+
+
+def test_a_bright_organ_far_from_the_heart_does_not_replace_a_small_apical_lv(models, unseen, monkeypatch):
+    """At the apex the LV is small; a larger false LV far away (the liver on a T1 map) must not be chosen."""
+    from cardiac_ai.mapping import pipeline as mapping_pipeline
+
+    truth = unseen.labels.array
+    real_segment = mapping_pipeline._segment
+
+    def with_false_lv(map_ms, volume, model, *, device, provenance):
+        labels = real_segment(map_ms, volume, model, device=device, provenance=provenance)
+        apex = labels[-1]
+        far = np.zeros_like(apex, dtype=bool)
+        far[-30:-2, -30:-2] = True  # a corner blob larger than the apical LV, > 40 mm from the heart
+        assert far.sum() > np.isin(truth[-1], (2, 3)).sum()
+        apex[far] = 3
+        apex[-31, -31:-1] = 2
+        return labels
+
+    monkeypatch.setattr(mapping_pipeline, "_segment", with_false_lv)
+    result = analyse_map(unseen.t1_map_ms, kind="t1", models=models, device="cpu")
+    apex = result.labels.array[-1]
+    assert not np.isin(apex[-30:-2, -30:-2], (2, 3)).any()
+    assert dice_per_label(apex[None], truth[-1][None], labels=(2,))[2] > 0.6

@@ -421,9 +421,40 @@ def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return components == (int(np.argmax(sizes)) + 1)
 
 
-def _clean_slice(labels2d: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Keep the largest LV (myocardium + blood pool) component and the largest RV component of one slice."""
-    lv = _largest_component(np.isin(labels2d, (LV_MYOCARDIUM, LV_BLOOD_POOL)))
+#: An LV component whose centre lies further than this from the stack's LV centre is not the LV (mm, in-plane).
+MAX_LV_OFFSET_MM = 40.0
+
+
+def _lv_centre_mm(labels: NDArray[np.uint8], spacing_ji_mm: tuple[float, float]) -> NDArray[np.float64] | None:
+    """In-plane centre (mm) of the largest LV component over the whole stack: where the heart is."""
+    best, centre = 0, None
+    for labels2d in labels:
+        lv = _largest_component(np.isin(labels2d, (LV_MYOCARDIUM, LV_BLOOD_POOL)))
+        size = int(lv.sum())
+        if size > best:
+            best, centre = size, np.argwhere(lv).mean(axis=0) * np.asarray(spacing_ji_mm)
+    return centre
+
+
+def _lv_component(labels2d: NDArray[np.uint8], centre_mm, spacing_ji_mm) -> NDArray[np.bool_]:
+    """The largest LV component of a slice whose centre lies within MAX_LV_OFFSET_MM of the stack's LV centre
+    (small apical slices can otherwise lose to a bright abdominal organ); empty when none does."""
+    lv = np.isin(labels2d, (LV_MYOCARDIUM, LV_BLOOD_POOL))
+    if centre_mm is None:
+        return _largest_component(lv)
+    components, count = ndimage.label(lv)
+    best, chosen = 0, np.zeros_like(lv)
+    for index in range(1, count + 1):
+        piece = components == index
+        offset = np.linalg.norm(np.argwhere(piece).mean(axis=0) * np.asarray(spacing_ji_mm) - centre_mm)
+        if offset <= MAX_LV_OFFSET_MM and piece.sum() > best:
+            best, chosen = int(piece.sum()), piece
+    return chosen
+
+
+def _clean_slice(labels2d: NDArray[np.uint8], centre_mm=None, spacing_ji_mm=(1.0, 1.0)) -> NDArray[np.uint8]:
+    """Keep the LV (myocardium + blood pool) component near the stack's LV centre and the largest RV component."""
+    lv = _lv_component(labels2d, centre_mm, spacing_ji_mm)
     rv = _largest_component(labels2d == RV_BLOOD_POOL)
     out = np.zeros_like(labels2d)
     out[rv] = RV_BLOOD_POOL
@@ -444,7 +475,8 @@ def segment_map(
     """The network's labels of a T1 or T2 map, before contour fitting.
 
     The map is checked (:func:`check_map_values`), segmented over its whole field of view, and per slice only the
-    largest LV (myocardium + blood pool) and RV components are kept.
+    largest LV (myocardium + blood pool) component within 40 mm of the stack's LV centre (the centre of the largest
+    LV component of any slice) and the largest RV component are kept.
 
     Returns
     -------
@@ -462,7 +494,10 @@ def segment_map(
     for note in notes:
         provenance.warn(note, log)
     labels = _segment(clean, map_volume, models.segmenter, device=device, provenance=provenance)
-    return Volume(np.stack([_clean_slice(labels[k]) for k in range(labels.shape[0])]), map_volume.geometry)
+    spacing_ji = tuple(map_volume.geometry.spacing_kji_mm[1:])
+    centre = _lv_centre_mm(labels, spacing_ji)
+    return Volume(np.stack([_clean_slice(labels[k], centre, spacing_ji) for k in range(labels.shape[0])]),
+                  map_volume.geometry)
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------
@@ -557,9 +592,10 @@ def analyse_map(
     labels = np.zeros(map_volume.array.shape, np.uint8)
     labels_with_rv = np.zeros(map_volume.array.shape, np.uint8)
     contours: list[SliceContours] = []
+    lv_centre = _lv_centre_mm(network_labels, spacing_ji)
     with provenance.timed("contours"):
         for k in range(n_slices):
-            cleaned = _clean_slice(network_labels[k])
+            cleaned = _clean_slice(network_labels[k], lv_centre, spacing_ji)
             fitted = fit_myocardial_contours(cleaned, geometry=geometry, slice_index=k)
             contours.append(fitted)
             if fitted.epicardium_px is None:
