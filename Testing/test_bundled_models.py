@@ -55,3 +55,18 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
     assert labels.geometry.is_close(truth.geometry)
     scores = [dice(labels.array == code, truth.array == code) for code in (1, 2, 3)]
     assert np.mean(scores) > 0.85, scores
+
+
+@pytest.mark.shared_data
+def test_bundled_map_model_finds_the_myocardium_of_a_validation_patient(acdc_root):
+    if not (MODELS_DIR / "map_myocardium-1.0.safetensors").exists():
+        pytest.skip("the mapping model is not bundled in this checkout")
+    from cardiac_ai.datasets import list_acdc, load_case
+    from cardiac_ai.mapping import MappingModels, analyse_map, make_mapping_case
+
+    ref = next(r for r in list_acdc(acdc_root, phases=("ED",)) if r.patient_id == "patient023")  # validation
+    case = make_mapping_case(load_case(ref), seed=0)
+    models = MappingModels.from_registry(ModelRegistry(extra_paths=[MODELS_DIR]), device="cpu")
+    result = analyse_map(case.t1_map_ms, kind="t1", models=models, device="cpu")
+    scores = [dice(result.labels.array[k] == 2, case.labels.array[k] == 2) for k in range(3)]
+    assert min(scores) > 0.8, scores
