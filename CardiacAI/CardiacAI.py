@@ -23,6 +23,7 @@ installed yet, and importing them must not break the module list. They are check
 presses Apply (PyTorch through the PyTorch extension, the rest with ``slicer.util.pip_install``).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -830,8 +831,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :return: the segmentation node.
         :raises cardiac_ai.subprocess_runner.CommandError: e.g. the volume holds values that are not label codes.
         """
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(labelmapVolumeNode, os.path.join(tempDir, "labels.nrrd"))
             outputPath = os.path.join(tempDir, "segmentation.seg.nrrd")
             self.runCommand(
@@ -839,8 +839,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 progressCallback=progressCallback, shouldCancel=shouldCancel,
             )
             return self.loadSegmentation(outputPath, labelmapVolumeNode, outputSegmentationNode)
-        finally:
-            self._removeTemporaryDirectory(tempDir)
 
     def writePhantom(self, outputFolder: str, seed: int = 0, progressCallback=None, shouldCancel=None) -> dict:
         """Write the backend's synthetic phantom with ``cardiacai demo --out outputFolder``.
@@ -910,8 +908,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if mode not in CINE_MODES:
             raise ValueError(f"Unknown cine segmentation mode {mode!r}; choose one of {', '.join(CINE_MODES)}.")
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(inputVolumeNode, os.path.join(tempDir, "cine.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             self.runCommand(
@@ -931,8 +928,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             segmentationNode = self.loadSegmentation(
                 os.path.join(outputDir, "segmentation.seg.nrrd"), inputVolumeNode, outputSegmentationNode
             )
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         name = inputVolumeNode.GetName()
         volumesTableNode = self.fillTable(volumesTableNode, tables["volumes"], f"{name} cine volumes", inputVolumeNode)
         slicesTableNode = self.fillTable(slicesTableNode, tables["slices"], f"{name} cine slices", inputVolumeNode)
@@ -1000,8 +995,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 "the end-systolic frames."
             )
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             edPath = self.volumeToFile(edVolumeNode, os.path.join(tempDir, "ed.nrrd"))
             esPath = self.volumeToFile(esVolumeNode, os.path.join(tempDir, "es.nrrd"))
             outputDir = os.path.join(tempDir, "output")
@@ -1027,8 +1021,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 segmentationNodes[phase] = self.loadSegmentation(
                     os.path.join(outputDir, f"segmentation_{phase}.seg.nrrd"), volumeNode, segmentationNode
                 )
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         functionTableNode = self.fillTable(
             functionTableNode, rows, f"{edVolumeNode.GetName()} cardiac function", edVolumeNode
         )
@@ -1062,6 +1054,21 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """Run a ``cardiac_ai.slicer_results.BackendCall`` (built and checked by the backend's pure functions)."""
         return self.runCommand(call.command, list(call.positional), call.options,
                                progressCallback=progressCallback, shouldCancel=shouldCancel)
+
+    def _newTableNodes(self, tables: dict, titles: dict, referenceNode, optional: tuple = ()) -> dict:
+        """``{"<key>TableNode": node}``: a new table named ``title`` holding ``tables[key]`` for each ``key: title`` of
+        ``titles``, placed next to ``referenceNode``; a key in ``optional`` whose table has no rows gives None."""
+        return {f"{key}TableNode": None if key in optional and not tables[key]
+                else self.fillTable(None, tables[key], title, referenceNode)
+                for key, title in titles.items()}
+
+    @staticmethod
+    def _showAsColourScale(volumeNode, maximum: float) -> None:
+        """Display a result volume (CAM, ECV) with the CAM colour table from 0 to ``maximum``."""
+        displayNode = volumeNode.GetDisplayNode()
+        displayNode.SetAndObserveColorNodeID(CAM_COLOR_NODE_ID)
+        displayNode.AutoWindowLevelOff()
+        displayNode.SetWindowLevelMinMax(0.0, maximum)
 
     def labelsFileToSegmentation(self, labelsPath: str, referenceVolumeNode, outputSegmentationNode=None,
                                  shouldCancel=None):
@@ -1132,8 +1139,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             not a T1/T2 map, ...); the message says why.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(mapVolumeNode, os.path.join(tempDir, "map.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.map_call(inputPath, outputDir, kind=kind, device=device, models_dir=modelsDir, qc=qc,
@@ -1149,14 +1155,11 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             segmentationNode = self.labelsFileToSegmentation(
                 os.path.join(outputDir, "labels.nii.gz"), mapVolumeNode,
                 self._newSegmentation(outputSegmentationNode, mapVolumeNode), shouldCancel=shouldCancel)
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         name = f"{mapVolumeNode.GetName()} {kind.upper()}"
         result = {
             "segmentationNode": segmentationNode,
-            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} statistics", mapVolumeNode),
-            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} slices", mapVolumeNode),
-            "segmentsTableNode": self.fillTable(None, tables["segments"], f"{name} AHA segments", mapVolumeNode),
+            **self._newTableNodes(tables, {"summary": f"{name} statistics", "slices": f"{name} slices",
+                                           "segments": f"{name} AHA segments"}, mapVolumeNode),
             "qcTableNode": self.fillTable(None, qcRows[""], f"{name} QC (indicative)", mapVolumeNode)
             if qcRows else None,
             "curveNodes": self.addContourCurves(curves, mapVolumeNode),
@@ -1261,8 +1264,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises ValueError: no times, or a series that cannot be written as one 4D file.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             seriesPath = os.path.join(tempDir, "series.nii.gz")
             indexTimes = self.writeSeriesFile(seriesNode, seriesPath, kind=kind)
             times = timesMs if timesMs is not None else indexTimes
@@ -1276,8 +1278,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             name = f"{seriesNode.GetName()} {kind.upper()}"
             mapVolumeNode = self.loadResultVolume(os.path.join(outputDir, mapFile), f"{name} map", seriesNode)
             r2VolumeNode = self.loadResultVolume(os.path.join(outputDir, r2File), f"{name} R2", seriesNode)
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         return {"mapVolumeNode": mapVolumeNode, "r2VolumeNode": r2VolumeNode,
                 "tableNode": self.fillTable(None, rows, f"{name} fit", seriesNode),
                 "warnings": self._logWarnings(warnings), "report": report}
@@ -1308,8 +1308,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises ValueError: a haematocrit that is not a fraction.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             nativePath = self.volumeToFile(nativeT1VolumeNode, os.path.join(tempDir, "native.nrrd"))
             postPath = self.volumeToFile(postContrastT1VolumeNode, os.path.join(tempDir, "post.nrrd"))
             outputDir = os.path.join(tempDir, "output")
@@ -1324,21 +1323,15 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             ecvVolumeNode = None
             if os.path.isfile(ecvPath):
                 ecvVolumeNode = self.loadResultVolume(ecvPath, f"{name} ECV", nativeT1VolumeNode)
-                displayNode = ecvVolumeNode.GetDisplayNode()
-                displayNode.SetAndObserveColorNodeID(CAM_COLOR_NODE_ID)
-                displayNode.AutoWindowLevelOff()
-                displayNode.SetWindowLevelMinMax(0.0, 0.6)  # ECV fraction: normal myocardium about 0.25
+                self._showAsColourScale(ecvVolumeNode, 0.6)  # ECV fraction: normal myocardium about 0.25
             segmentationNode = self.labelsFileToSegmentation(
                 os.path.join(outputDir, "labels.nii.gz"), nativeT1VolumeNode,
                 self._newSegmentation(outputSegmentationNode, nativeT1VolumeNode), shouldCancel=shouldCancel)
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         return {
             "segmentationNode": segmentationNode, "ecvVolumeNode": ecvVolumeNode,
             "inputVolumeNode": nativeT1VolumeNode,
-            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} ECV", nativeT1VolumeNode),
-            "regionsTableNode": self.fillTable(None, tables["regions"], f"{name} ECV regions", nativeT1VolumeNode)
-            if tables["regions"] else None,
+            **self._newTableNodes(tables, {"summary": f"{name} ECV", "regions": f"{name} ECV regions"},
+                                  nativeT1VolumeNode, optional=("regions",)),
             "ecv": report["ecv"], "warnings": self._logWarnings(warnings), "report": report,
         }
 
@@ -1369,8 +1362,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises ValueError: unknown model.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(lgeVolumeNode, os.path.join(tempDir, "lge.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir)
@@ -1381,15 +1373,12 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             segmentationNode = self.loadSegmentation(
                 os.path.join(outputDir, "segmentation.seg.nrrd"), lgeVolumeNode,
                 self._newSegmentation(outputSegmentationNode, lgeVolumeNode))
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         name = lgeVolumeNode.GetName()
         return {
             "segmentationNode": segmentationNode,
-            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} fibrosis", lgeVolumeNode),
-            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} fibrosis slices", lgeVolumeNode),
-            "segmentsTableNode": self.fillTable(None, tables["segments"], f"{name} transmurality", lgeVolumeNode)
-            if tables["segments"] else None,
+            **self._newTableNodes(tables, {"summary": f"{name} fibrosis", "slices": f"{name} fibrosis slices",
+                                           "segments": f"{name} transmurality"}, lgeVolumeNode,
+                                  optional=("segments",)),
             "clinical": report["clinical"], "warnings": self._logWarnings(warnings), "report": report,
         }
 
@@ -1425,8 +1414,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises ValueError: unknown method.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.cam_call(inputPath, outputDir, explain=explain, method=method, pseudo_label=pseudoLabel,
@@ -1437,19 +1425,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             warnings = results.report_warnings(report) + [str(w) for w in report["cam"].get("warnings", [])]
             name = volumeNode.GetName()
             camVolumeNode = self.loadResultVolume(os.path.join(outputDir, "cam.nii.gz"), f"{name} CAM", volumeNode)
-            displayNode = camVolumeNode.GetDisplayNode()
-            displayNode.SetAndObserveColorNodeID(CAM_COLOR_NODE_ID)
-            displayNode.AutoWindowLevelOff()
-            displayNode.SetWindowLevelMinMax(0.0, 1.0)
+            self._showAsColourScale(camVolumeNode, 1.0)
             segmentationNode = self.loadSegmentation(
                 os.path.join(outputDir, "segmentation.seg.nrrd"), volumeNode,
                 self._newSegmentation(outputSegmentationNode, volumeNode, "heart"))
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         return {
             "camVolumeNode": camVolumeNode, "segmentationNode": segmentationNode, "inputVolumeNode": volumeNode,
-            "summaryTableNode": self.fillTable(None, tables["summary"], f"{name} CAM prediction", volumeNode),
-            "slicesTableNode": self.fillTable(None, tables["slices"], f"{name} CAM slices", volumeNode),
+            **self._newTableNodes(tables, {"summary": f"{name} CAM prediction", "slices": f"{name} CAM slices"},
+                                  volumeNode),
             "warnings": self._logWarnings(list(dict.fromkeys(warnings))), "report": report,
         }
 
@@ -1516,8 +1499,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises cardiac_ai.subprocess_runner.CommandError: e.g. no qc_vae model installed.
         """
         results = importBackend("slicer_results")
-        tempDir = slicer.util.tempDirectory()
-        try:
+        with self._temporaryDirectory() as tempDir:
             imagePath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
             labelsPath = self.writeSegmentationAsLabelmap(segmentationNode, volumeNode,
                                                           os.path.join(tempDir, "labels.nrrd"))
@@ -1534,8 +1516,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                     os.path.join(outputDir, "surrogate.seg.nrrd"), volumeNode,
                     slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                        f"{segmentationNode.GetName()} QC surrogate"))
-        finally:
-            self._removeTemporaryDirectory(tempDir)
         qc = report["qc"]
         return {
             "qcTableNode": self.fillTable(None, rows, f"{segmentationNode.GetName()} QC", volumeNode),
@@ -1543,6 +1523,15 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             "surrogateSegmentationNode": surrogateNode, "qc": qc,
             "warnings": self._logWarnings(warnings), "report": report,
         }
+
+    @contextlib.contextmanager
+    def _temporaryDirectory(self):
+        """A new temporary folder for one backend run, removed afterwards (kept with ``keepTemporaryFiles``)."""
+        tempDir = slicer.util.tempDirectory()
+        try:
+            yield tempDir
+        finally:
+            self._removeTemporaryDirectory(tempDir)
 
     def _removeTemporaryDirectory(self, path: str) -> None:
         if self.keepTemporaryFiles:

@@ -37,3 +37,39 @@ def emidec_root(shared_data_dir: Path) -> Path:
     if not root.is_dir():
         pytest.skip(f"EMIDEC data not available at {root}")
     return root
+
+
+# -- QC tests: one torch thread, the 8-slice cine phantom, a tiny registered qc_vae -----------------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny convolutions run much faster on one thread than on two busy cores (QC test modules use it autouse)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cine_phantom():
+    """The 8-slice cine phantom with seed 3: heart on slices 1..6, none on slices 0 and 7."""
+    from cardiac_ai.phantom import make_cine_phantom
+
+    return make_cine_phantom(n_slices=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_qc_models(tmp_path_factory):
+    """A tmp registry folder holding a tiny, randomly initialised (seed 0) qc_vae for the three cine structures."""
+    import torch
+    from cardiac_ai.models import ModelCard, save_model
+
+    folder = tmp_path_factory.mktemp("qc_models")
+    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
+                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
+                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(card.build_network(), card, folder)
+    return folder

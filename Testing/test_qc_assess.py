@@ -19,18 +19,7 @@ TINY = {"latent_size": 2, "features": (4, 4, 8, 8)}
 FAST = QCConfig(steps=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convolutions run much faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    return make_cine_phantom(n_slices=8, seed=3)  # heart on slices 1..6
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +30,8 @@ def vae():
 
 
 @pytest.fixture(scope="module")
-def result(phantom, vae):
-    return assess_segmentation(phantom.image, phantom.labels, vae, config=FAST)
+def result(cine_phantom, vae):
+    return assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST)
 
 
 def test_slices_outside_the_labelled_range_are_not_assessed_and_have_no_dice(result):
@@ -53,10 +42,10 @@ def test_slices_outside_the_labelled_range_are_not_assessed_and_have_no_dice(res
     assert finite.size > 0 and ((0 <= finite) & (finite <= 1)).all()
 
 
-def test_surrogate_is_a_label_map_on_exactly_the_image_grid(result, phantom):
+def test_surrogate_is_a_label_map_on_exactly_the_image_grid(result, cine_phantom):
     surrogate = result.surrogate
-    assert surrogate.array.shape == phantom.image.array.shape and surrogate.array.dtype == np.uint8
-    assert surrogate.geometry.is_close(phantom.image.geometry, atol_mm=1e-9, atol_direction=1e-12)
+    assert surrogate.array.shape == cine_phantom.image.array.shape and surrogate.array.dtype == np.uint8
+    assert surrogate.geometry.is_close(cine_phantom.image.geometry, atol_mm=1e-9, atol_direction=1e-12)
     assert set(np.unique(surrogate.array).tolist()) <= {0, 1, 2, 3}
     assert not surrogate.array[[0, 7]].any()  # nothing proposed where nothing was assessed
 
@@ -70,19 +59,20 @@ def test_volume_dice_pools_pixels_so_it_lies_within_the_slice_values(result):
     assert result.mean_dice == pytest.approx(np.nanmean(result.volume_dice))
 
 
-def test_flags_follow_the_threshold(phantom, vae, result):
-    none = assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(steps=5, dice_threshold=0.0))
-    every = assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(steps=5, dice_threshold=1.0))
+def test_flags_follow_the_threshold(cine_phantom, vae, result):
+    image, labels = cine_phantom.image, cine_phantom.labels
+    none = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, dice_threshold=0.0))
+    every = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, dice_threshold=1.0))
     assert not none.slice_flags.any() and none.flagged_slices == []
     np.testing.assert_array_equal(every.slice_flags, every.assessed)  # an untrained model is never perfect
     np.testing.assert_array_equal(result.slice_flags, result.assessed & (result.slice_min_dice < 0.8))
     assert result.dice_threshold == DEFAULT_DICE_THRESHOLD == 0.8
 
 
-def test_empty_segmentation_is_flagged_everywhere_not_an_error(phantom, vae):
-    empty = phantom.labels.with_array(np.zeros_like(phantom.labels.array))
+def test_empty_segmentation_is_flagged_everywhere_not_an_error(cine_phantom, vae):
+    empty = cine_phantom.labels.with_array(np.zeros_like(cine_phantom.labels.array))
     provenance = Provenance()
-    result = assess_segmentation(phantom.image, empty, vae, config=FAST, provenance=provenance)
+    result = assess_segmentation(cine_phantom.image, empty, vae, config=FAST, provenance=provenance)
     assert result.empty_segmentation and result.assessed.all() and result.slice_flags.all()
     assert (result.slice_dice == 0).all() and result.min_slice_dice == 0.0 and result.needs_review
     assert not result.rules.passed
@@ -94,19 +84,19 @@ def test_empty_segmentation_is_flagged_everywhere_not_an_error(phantom, vae):
     ("spacing_mm", lambda g: Geometry((1.6, 1.5, 8.0), g.origin_lps_mm, g.direction_lps)),
     ("direction_lps", lambda g: Geometry(g.spacing_mm, g.origin_lps_mm, (0, 1, 0, 1, 0, 0, 0, 0, 1))),
 ])
-def test_labels_on_another_grid_are_refused_naming_the_field(phantom, vae, field, change):
-    moved = phantom.labels.__class__(phantom.labels.array, change(phantom.labels.geometry))
+def test_labels_on_another_grid_are_refused_naming_the_field(cine_phantom, vae, field, change):
+    moved = cine_phantom.labels.__class__(cine_phantom.labels.array, change(cine_phantom.labels.geometry))
     with pytest.raises(InputError, match=field):
-        assess_segmentation(phantom.image, moved, vae, config=FAST)
+        assess_segmentation(cine_phantom.image, moved, vae, config=FAST)
 
 
-def test_labels_of_another_shape_or_outside_the_table_are_refused(phantom, vae):
+def test_labels_of_another_shape_or_outside_the_table_are_refused(cine_phantom, vae):
     with pytest.raises(InputError, match="shape"):
-        assess_segmentation(phantom.image, phantom.labels.with_array(phantom.labels.array[:-1]), vae)
-    bad = phantom.labels.array.copy()
+        assess_segmentation(cine_phantom.image, cine_phantom.labels.with_array(cine_phantom.labels.array[:-1]), vae)
+    bad = cine_phantom.labels.array.copy()
     bad[3, 10, 10] = 9
     with pytest.raises(InputError, match="label table"):
-        assess_segmentation(phantom.image, phantom.labels.with_array(bad), vae)
+        assess_segmentation(cine_phantom.image, cine_phantom.labels.with_array(bad), vae)
 
 
 def test_heart_too_large_for_the_roi_is_resampled_and_reported(vae):
@@ -133,18 +123,18 @@ def test_report_dict_is_strict_json_and_the_table_has_one_row_per_slice(result):
     assert set(result.summary_values()) == {"qc_min_dice", "qc_flagged_slices", "qc_needs_review"}
 
 
-def test_config_and_model_are_checked(phantom, vae):
+def test_config_and_model_are_checked(cine_phantom, vae):
     with pytest.raises(InputError, match="dice_threshold"):
         QCConfig(dice_threshold=1.5)
     with pytest.raises(InputError, match="structures"):
         QCConfig(structures=(4,))
     with pytest.raises(InputError, match="3 segmentation channels"):
-        assess_segmentation(phantom.image, phantom.labels, vae, config=QCConfig(structures=(2,)))
+        assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=QCConfig(structures=(2,)))
     with pytest.raises(ModelError, match="SegmentationVAE"):
-        assess_segmentation(phantom.image, phantom.labels, torch.nn.Linear(2, 2))
+        assess_segmentation(cine_phantom.image, cine_phantom.labels, torch.nn.Linear(2, 2))
 
 
-def test_a_registered_model_brings_its_structures_and_roi_spacing(phantom, tmp_path):
+def test_a_registered_model_brings_its_structures_and_roi_spacing(cine_phantom, tmp_path):
     with torch.random.fork_rng():
         torch.manual_seed(1)
         card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
@@ -153,22 +143,22 @@ def test_a_registered_model_brings_its_structures_and_roi_spacing(phantom, tmp_p
         save_model(card.build_network(), card, tmp_path)
     loaded = ModelRegistry(paths=[tmp_path]).load("qc_vae", device="cpu")
     provenance = Provenance()
-    result = run_qc(phantom.image, phantom.labels, loaded, config=FAST, provenance=provenance)
+    result = run_qc(cine_phantom.image, cine_phantom.labels, loaded, config=FAST, provenance=provenance)
     assert result.structures == (2,) and result.slice_dice.shape == (8, 1) and result.roi_spacing_mm == 2.0
     assert [m.name for m in provenance.models] == ["qc_vae"] and "qc" in provenance.timings_s
     assert provenance.parameters["qc"]["dice_threshold"] == 0.8
 
 
-def test_run_qc_without_a_model_skips_with_a_warning_naming_where_it_looked(phantom):
+def test_run_qc_without_a_model_skips_with_a_warning_naming_where_it_looked(cine_phantom):
     provenance = Provenance()
-    assert run_qc(phantom.image, phantom.labels, None, provenance=provenance, searched="/models/here") is None
+    assert run_qc(cine_phantom.image, cine_phantom.labels, None, provenance=provenance, searched="/models/here") is None
     assert len(provenance.warnings) == 1
     assert provenance.warnings[0].startswith("QC skipped: no qc_vae model found in /models/here")
     assert "train_qc.py" in provenance.warnings[0]
 
 
-def test_run_qc_turns_input_it_cannot_check_into_a_warning(phantom, vae):
+def test_run_qc_turns_input_it_cannot_check_into_a_warning(cine_phantom, vae):
     provenance = Provenance()
-    constant = phantom.image.with_array(np.ones_like(phantom.image.array))
-    assert run_qc(constant, phantom.labels, vae, config=FAST, provenance=provenance) is None
+    constant = cine_phantom.image.with_array(np.ones_like(cine_phantom.image.array))
+    assert run_qc(constant, cine_phantom.labels, vae, config=FAST, provenance=provenance) is None
     assert provenance.warnings and provenance.warnings[-1].startswith("QC not done:")

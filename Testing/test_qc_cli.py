@@ -24,12 +24,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 CINE_STEMS = ("cine_localiser-1.0", "cine_baseline-1.0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -37,19 +32,6 @@ def only_the_given_model_folders(monkeypatch):
     """No bundled folder and no CARDIACAI_MODELS: each test sees exactly the --models-dir folders it passes."""
     monkeypatch.setattr(registry_module, "default_model_dirs", list)
     monkeypatch.delenv("CARDIACAI_MODELS", raising=False)
-
-
-@pytest.fixture(scope="module")
-def qc_models(tmp_path_factory):
-    """A tmp registry folder holding a tiny, randomly initialised qc_vae."""
-    folder = tmp_path_factory.mktemp("qc_models")
-    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
-                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
-                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_model(card.build_network(), card, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +47,9 @@ def cine_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, cine_phantom):
     folder = tmp_path_factory.mktemp("qc_inputs")
-    case = make_cine_phantom(n_slices=8, seed=3)  # heart on slices 1..6
+    case = cine_phantom  # heart on slices 1..6
     write_volume(case.image, folder / "image.nii.gz")
     write_volume(case.labels, folder / "labels.nii.gz")
     return {"dir": folder, "image": folder / "image.nii.gz", "labels": folder / "labels.nii.gz", "case": case}
@@ -83,9 +65,9 @@ def _report(folder: Path) -> dict:
     return json.loads((folder / "report.json").read_text())
 
 
-def test_qc_writes_report_table_and_surrogate_on_the_image_grid(files, qc_models, tmp_path, capsys):
+def test_qc_writes_report_table_and_surrogate_on_the_image_grid(files, tiny_qc_models, tmp_path, capsys):
     out = tmp_path / "qc"
-    code, stdout, err = _run(capsys, "qc", files["image"], files["labels"], "--out", out, "--models", qc_models,
+    code, stdout, err = _run(capsys, "qc", files["image"], files["labels"], "--out", out, "--models", tiny_qc_models,
                              "--write-surrogate", "--device", "cpu")
     assert code == 0, err
     assert "slices flagged" in stdout
@@ -109,48 +91,48 @@ def test_qc_writes_report_table_and_surrogate_on_the_image_grid(files, qc_models
     np.testing.assert_allclose(segmentation["ijkToLPS"], files["case"].image.geometry.ijk_to_lps_matrix(), atol=1e-4)
 
 
-def test_threshold_decides_the_flags_and_progress_lines_rise(files, qc_models, tmp_path, capsys):
+def test_threshold_decides_the_flags_and_progress_lines_rise(files, tiny_qc_models, tmp_path, capsys):
     assert build_parser().parse_args(["qc", "a", "b", "--out", "c"]).threshold == DEFAULT_DICE_THRESHOLD
     code, stdout, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t0",
-                             "--models-dir", qc_models, "--threshold", "0", "--progress-lines")
+                             "--models-dir", tiny_qc_models, "--threshold", "0", "--progress-lines")
     assert code == 0, err
     assert _report(tmp_path / "t0")["qc"]["flagged_slices"] == []
     fractions = [parse_progress_line(line)[0] for line in stdout.splitlines() if line.startswith("PROGRESS")]
     assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0
     code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t1",
-                        "--models-dir", qc_models, "--threshold", "1")
+                        "--models-dir", tiny_qc_models, "--threshold", "1")
     assert code == 0, err
     assert _report(tmp_path / "t1")["qc"]["flagged_slices"] == [1, 2, 3, 4, 5, 6]  # every assessed slice
     code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "t2",
-                        "--models-dir", qc_models, "--threshold", "1.5")
+                        "--models-dir", tiny_qc_models, "--threshold", "1.5")
     assert code == 2 and "dice_threshold" in err
 
 
-def test_labels_on_another_grid_exit_2_naming_the_field_and_leave_no_folder(files, qc_models, tmp_path, capsys):
+def test_labels_on_another_grid_exit_2_naming_the_field_and_leave_no_folder(files, tiny_qc_models, tmp_path, capsys):
     case = files["case"]
     moved = Geometry(case.labels.geometry.spacing_mm, (0.0, 12.0, 0.0), case.labels.geometry.direction_lps)
     write_volume(Volume(case.labels.array, moved), tmp_path / "moved.nii.gz")
     code, _, err = _run(capsys, "qc", files["image"], tmp_path / "moved.nii.gz", "--out", tmp_path / "out",
-                        "--models-dir", qc_models)
+                        "--models-dir", tiny_qc_models)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("cardiacai: error:") and "origin_lps_mm" in last
     assert not (tmp_path / "out").exists()
 
 
-def test_a_slicer_segmentation_file_is_read_as_labels(files, qc_models, tmp_path, capsys):
+def test_a_slicer_segmentation_file_is_read_as_labels(files, tiny_qc_models, tmp_path, capsys):
     write_seg_nrrd(files["case"].labels, tmp_path / "labels.seg.nrrd")
     code, _, err = _run(capsys, "qc", files["image"], tmp_path / "labels.seg.nrrd", "--out", tmp_path / "out",
-                        "--models-dir", qc_models)
+                        "--models-dir", tiny_qc_models)
     assert code == 0, err
     assert _report(tmp_path / "out")["qc"]["n_assessed_slices"] == 6
 
 
-def test_labels_outside_the_table_exit_2(files, qc_models, tmp_path, capsys):
+def test_labels_outside_the_table_exit_2(files, tiny_qc_models, tmp_path, capsys):
     bad = files["case"].labels.array.copy()
     bad[4, 5, 5] = 17
     write_volume(files["case"].labels.with_array(bad), tmp_path / "bad.nii.gz")
     code, _, err = _run(capsys, "qc", files["image"], tmp_path / "bad.nii.gz", "--out", tmp_path / "out",
-                        "--models-dir", qc_models)
+                        "--models-dir", tiny_qc_models)
     assert code == 2 and "[17]" in err and "label table" in err
 
 
@@ -161,10 +143,10 @@ def test_qc_without_a_model_exits_3_saying_how_to_get_one(files, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_segmentation_is_flagged_not_a_crash(files, qc_models, tmp_path, capsys):
+def test_empty_segmentation_is_flagged_not_a_crash(files, tiny_qc_models, tmp_path, capsys):
     write_volume(files["case"].labels.with_array(np.zeros_like(files["case"].labels.array)), tmp_path / "e.nii.gz")
     code, _, err = _run(capsys, "qc", files["image"], tmp_path / "e.nii.gz", "--out", tmp_path / "out",
-                        "--models-dir", qc_models)
+                        "--models-dir", tiny_qc_models)
     assert code == 0, err
     qc = _report(tmp_path / "out")["qc"]
     assert qc["empty_segmentation"] and qc["flagged_slices"] == list(range(8)) and qc["min_slice_dice"] == 0.0
@@ -182,8 +164,8 @@ def test_segment_cine_without_a_qc_model_still_succeeds_with_a_warning(files, ci
     assert "QC skipped" in stdout
 
 
-def test_segment_cine_reports_qc_and_no_qc_leaves_no_key(files, cine_models, qc_models, tmp_path, capsys):
-    common = ["--models-dir", cine_models, "--models-dir", qc_models, "--mode", "baseline", "--base", "first",
+def test_segment_cine_reports_qc_and_no_qc_leaves_no_key(files, cine_models, tiny_qc_models, tmp_path, capsys):
+    common = ["--models-dir", cine_models, "--models-dir", tiny_qc_models, "--mode", "baseline", "--base", "first",
               "--device", "cpu"]
     code, _, err = _run(capsys, "segment-cine", files["image"], "--out", tmp_path / "qc", *common,
                         "--qc-threshold", "0.5")
@@ -201,13 +183,13 @@ def test_segment_cine_reports_qc_and_no_qc_leaves_no_key(files, cine_models, qc_
     assert not any("QC" in w for w in report["provenance"]["warnings"])
 
 
-def test_batch_summary_gets_the_qc_columns(files, cine_models, qc_models, tmp_path, capsys):
+def test_batch_summary_gets_the_qc_columns(files, cine_models, tiny_qc_models, tmp_path, capsys):
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     for seed in (1, 2):
         write_volume(make_cine_phantom(n_slices=6, seed=seed).image, cohort / f"case{seed}.nii.gz")
     code, _, err = _run(capsys, "batch", cohort, "--out", tmp_path / "out", "--models-dir", cine_models,
-                        "--models-dir", qc_models, "--mode", "baseline", "--base", "first", "--device", "cpu")
+                        "--models-dir", tiny_qc_models, "--mode", "baseline", "--base", "first", "--device", "cpu")
     assert code == 0, err
     with open(tmp_path / "out" / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -216,7 +198,7 @@ def test_batch_summary_gets_the_qc_columns(files, cine_models, qc_models, tmp_pa
         assert 0.0 <= float(row["qc_min_dice"]) <= 1.0 and int(row["qc_flagged_slices"]) >= 0
 
 
-def test_map_qc_is_marked_indicative(qc_models, tmp_path, capsys):
+def test_map_qc_is_marked_indicative(tiny_qc_models, tmp_path, capsys):
     from cardiac_ai.mapping import MAP_MODEL_NAME, make_mapping_case
     from cardiac_ai.preprocessing import InputSpec
 
@@ -230,7 +212,7 @@ def test_map_qc_is_marked_indicative(qc_models, tmp_path, capsys):
     write_volume(make_mapping_case(make_cine_phantom(seed=3), seed=3, disease="none").t1_map_ms,
                  tmp_path / "t1.nii.gz")
     code, stdout, err = _run(capsys, "map", tmp_path / "t1.nii.gz", "--kind", "t1", "--out", tmp_path / "out",
-                             "--models-dir", tmp_path / "map_models", "--models-dir", qc_models, "--device", "cpu")
+                             "--models-dir", tmp_path / "map_models", "--models-dir", tiny_qc_models, "--device", "cpu")
     assert code == 0, err
     report = _report(tmp_path / "out")
     assert report["qc"]["indicative"] is True and "cine" in report["qc"]["note"]

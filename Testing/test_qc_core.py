@@ -31,23 +31,12 @@ from cardiac_ai.qc import (
 TINY = (4, 8, 8, 16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny convolutions run ~50x faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return make_cine_phantom(n_slices=8, seed=3)
-
-
-@pytest.fixture(scope="module")
-def pairs(phantom):
-    pairs, _ = qc_input(phantom.image, phantom.labels)
+def pairs(cine_phantom):
+    pairs, _ = qc_input(cine_phantom.image, cine_phantom.labels)
     return pairs[1:7]  # the six slices with heart
 
 
@@ -183,8 +172,8 @@ def _mean_dice(corrupted, truth):
     ],
     ids=["shift", "erode", "dilate", "holes", "drop"],
 )
-def test_corruptions_lower_true_dice_monotonically(phantom, corrupt, severities):
-    truth = phantom.labels.array
+def test_corruptions_lower_true_dice_monotonically(cine_phantom, corrupt, severities):
+    truth = cine_phantom.labels.array
     before = truth.copy()
     scores = [_mean_dice(corrupt(truth, s), truth) for s in severities]
     np.testing.assert_array_equal(truth, before)  # input untouched
@@ -193,14 +182,14 @@ def test_corruptions_lower_true_dice_monotonically(phantom, corrupt, severities)
     assert corrupt(truth, severities[-1]).dtype == truth.dtype
 
 
-def test_random_corruptions_are_reproducible_by_seed(phantom):
-    truth = phantom.labels.array
+def test_random_corruptions_are_reproducible_by_seed(cine_phantom):
+    truth = cine_phantom.labels.array
     np.testing.assert_array_equal(punch_holes(truth, 10, seed=4), punch_holes(truth, 10, seed=4))
     assert not np.array_equal(punch_holes(truth, 10, seed=4), punch_holes(truth, 10, seed=5))
 
 
-def test_image_noise_grows_with_variance_and_is_seeded(phantom):
-    image = phantom.image.array
+def test_image_noise_grows_with_variance_and_is_seeded(cine_phantom):
+    image = cine_phantom.image.array
     errors = [np.std(add_noise_to_image(image, v, seed=2) - image) for v in (0.0, 0.01, 0.04)]
     assert errors[0] == 0.0 and errors[1] < errors[2]
     assert errors[2] == pytest.approx(2 * errors[1], rel=1e-3)
@@ -208,41 +197,41 @@ def test_image_noise_grows_with_variance_and_is_seeded(phantom):
         add_noise_to_image(image, -1.0)
 
 
-def test_drop_slices_refuses_more_than_labelled(phantom):
+def test_drop_slices_refuses_more_than_labelled(cine_phantom):
     with pytest.raises(InputError, match="only 6 slices"):
-        drop_slices(phantom.labels.array, 7)
+        drop_slices(cine_phantom.labels.array, 7)
 
 
 # -- rules ----------------------------------------------------------------------------------------------------------
 
 
-def test_rules_pass_the_phantom_ground_truth(phantom):
-    report = check_rules(phantom.labels.array, phantom.labels.geometry.spacing_mm)
+def test_rules_pass_the_phantom_ground_truth(cine_phantom):
+    report = check_rules(cine_phantom.labels.array, cine_phantom.labels.geometry.spacing_mm)
     assert report.passed, report.reasons
     assert report.labelled_range == (1, 6) and report.mid_slice == 3
 
 
-def test_rules_flag_missing_lv_on_mid_slice(phantom):
-    labels = phantom.labels.array.copy()
+def test_rules_flag_missing_lv_on_mid_slice(cine_phantom):
+    labels = cine_phantom.labels.array.copy()
     labels[3][labels[3] == 3] = 0
-    report = check_rules(labels, phantom.labels.geometry.spacing_mm)
+    report = check_rules(labels, cine_phantom.labels.geometry.spacing_mm)
     assert not report.passed and report.slice_flags[3]
     assert report.slice_reasons[3] == (report.slice_reasons[3][0],)
     assert "mid slice lacks" in report.slice_reasons[3][0]
 
 
-def test_rules_flag_a_gap_between_labelled_slices(phantom):
-    labels = phantom.labels.array.copy()
+def test_rules_flag_a_gap_between_labelled_slices(cine_phantom):
+    labels = cine_phantom.labels.array.copy()
     labels[4] = 0
-    report = check_rules(labels, phantom.labels.geometry.spacing_mm)
+    report = check_rules(labels, cine_phantom.labels.geometry.spacing_mm)
     assert report.slice_flags.tolist() == [k == 4 for k in range(8)]
     assert "gap" in report.slice_reasons[4][0]
 
 
-def test_rules_flag_open_myocardium_and_empty_segmentation(phantom):
-    labels = phantom.labels.array.copy()
+def test_rules_flag_open_myocardium_and_empty_segmentation(cine_phantom):
+    labels = cine_phantom.labels.array.copy()
     labels[3, :48][labels[3, :48] == 2] = 0  # remove the upper half of the ring
-    report = check_rules(labels, phantom.labels.geometry.spacing_mm)
+    report = check_rules(labels, cine_phantom.labels.geometry.spacing_mm)
     assert report.slice_flags[3] and report.lv_surround_fraction[3] < 0.8
     empty = check_rules(np.zeros_like(labels), (1.5, 1.5, 8.0))
     assert not empty.passed and "no labels" in empty.volume_reasons[0]
@@ -256,13 +245,13 @@ def test_rules_reject_unknown_codes():
 # -- ROI input ------------------------------------------------------------------------------------------------------
 
 
-def test_qc_input_stacks_normalised_image_and_structures(phantom):
-    pairs, transform = qc_input(phantom.image, phantom.labels)
+def test_qc_input_stacks_normalised_image_and_structures(cine_phantom):
+    pairs, transform = qc_input(cine_phantom.image, cine_phantom.labels)
     assert pairs.shape == (8, 4, 96, 96) and pairs.dtype == np.float32
     assert pairs[:, 0].min() == 0.0 and pairs[:, 0].max() == 1.0
     assert set(np.unique(pairs[:, 1:])) <= {0.0, 1.0}
     assert transform.spec.in_plane_spacing_mm == (1.8, 1.8)
-    myo_only, _ = qc_input(phantom.image, phantom.labels, structures=(2,))
+    myo_only, _ = qc_input(cine_phantom.image, cine_phantom.labels, structures=(2,))
     np.testing.assert_array_equal(myo_only[:, 1], pairs[:, 2])
 
 
@@ -280,18 +269,18 @@ def test_qc_input_resamples_a_too_large_heart_with_a_warning(caplog):
     assert not edge.any()  # the heart lies inside the ROI
 
 
-def test_qc_input_rejects_labels_off_the_image_grid(phantom):
+def test_qc_input_rejects_labels_off_the_image_grid(cine_phantom):
     with pytest.raises(InputError, match="image's grid"):
-        qc_input(phantom.image, Volume(phantom.labels.array[:, :90], phantom.labels.geometry))
+        qc_input(cine_phantom.image, Volume(cine_phantom.labels.array[:, :90], cine_phantom.labels.geometry))
 
 
-def test_qc_input_accepts_an_empty_segmentation_and_scores_it_low(phantom, caplog):
-    empty = phantom.labels.with_array(np.zeros_like(phantom.labels.array))
+def test_qc_input_accepts_an_empty_segmentation_and_scores_it_low(cine_phantom, caplog):
+    empty = cine_phantom.labels.with_array(np.zeros_like(cine_phantom.labels.array))
     with caplog.at_level(logging.WARNING):
-        pairs, _ = qc_input(phantom.image, empty)
+        pairs, _ = qc_input(cine_phantom.image, empty)
     assert "segmentation is empty" in caplog.text
     assert pairs.shape == (8, 4, 96, 96) and not pairs[:, 1:].any()
-    truth, _ = qc_input(phantom.image, phantom.labels)
+    truth, _ = qc_input(cine_phantom.image, cine_phantom.labels)
     scores = predicted_dice(truth[:, 1:], pairs[:, 1:])  # a surrogate that shows the heart
     assert not np.isnan(scores).any()
     np.testing.assert_array_equal(scores[truth[:, 1:].any(axis=(2, 3))], 0.0)

@@ -400,25 +400,16 @@ def test_sequence_index_gives_times_only_when_it_holds_them():
 
 # -- quality control: the real `cardiacai qc` and the QC that segment-cine / function run ------------------------------
 @pytest.fixture(scope="module")
-def qc_report(tmp_path_factory, cli_reports, phantom_pair):
+def qc_report(tmp_path_factory, cli_reports, phantom_pair, tiny_qc_models):
     """`cardiacai qc` with a tiny QC VAE and a threshold no slice reaches: every assessed slice is flagged.
 
     segment-cine, function and map write the same ``qc`` object (``QCResult.to_dict``) into their reports."""
-    import torch
-
     from cardiac_ai.cli import main
-    from cardiac_ai.models import ModelCard, save_model
 
     root = tmp_path_factory.mktemp("qc_report")
-    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
-                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
-                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_model(card.build_network(), card, root / "models")
     write_volume(phantom_pair[0].labels, root / "labels.nii.gz")
     code = main(["qc", str(cli_reports / "ed.nii.gz"), str(root / "labels.nii.gz"), "--out", str(root / "qc"),
-                 "--threshold", "0.99", "--write-surrogate", "--models-dir", str(root / "models"),
+                 "--threshold", "0.99", "--write-surrogate", "--models-dir", str(tiny_qc_models),
                  "--device", "cpu", "-q"])
     assert code == 0
     return root / "qc"

@@ -551,6 +551,11 @@ def train_stack_classifier(
                 metric_fn=_classifier_metric(pos_weight), device=device, progress=progress)
 
 
+def _classifier_inputs(images: NDArray[np.float32], myocardium: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """The slice classifier's input (N, 2, j, i): image and myocardium mask as float32 channels."""
+    return np.stack([images, myocardium.astype(np.float32)], axis=1).astype(np.float32)
+
+
 def classifier_probabilities(
     network: "nn.Module",
     images: NDArray[np.float32],
@@ -562,7 +567,7 @@ def classifier_probabilities(
     """Fibrosis probability of each slice (N,) from the slice classifier (sigmoid of its logit)."""
     from ..models.inference import predict_slices
 
-    inputs = np.stack([images, myocardium.astype(np.float32)], axis=1).astype(np.float32)
+    inputs = _classifier_inputs(images, myocardium)
     return predict_slices(network, inputs, device=device, batch_size=batch_size, activation="sigmoid")[:, 0]
 
 
@@ -578,7 +583,7 @@ def slice_cams(
     """Raw CAMs (N, j, i) of the slice classifier, bilinearly resized to the image grid."""
     from ..weak import model_cam
 
-    inputs = np.stack([images, myocardium.astype(np.float32)], axis=1).astype(np.float32)
+    inputs = _classifier_inputs(images, myocardium)
     return model_cam(network, inputs, class_index=0, device=device, batch_size=batch_size)
 
 
