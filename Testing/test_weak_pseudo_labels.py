@@ -221,3 +221,31 @@ def test_min_fraction_drops_pixels_below_that_fraction_of_the_peak():
         PseudoLabelConfig(min_fraction=1.0)
     with pytest.raises(InputError, match="otsu_source"):
         PseudoLabelConfig(otsu_source="labels")
+
+
+def test_motion_prior_is_high_where_the_slices_differ_and_zero_for_a_still_slice():
+    from cardiac_ai.weak import motion_prior
+
+    rng = np.random.default_rng(0)
+    still = rng.random((1, SIZE, SIZE)).astype(np.float32)
+    ed, es = still.repeat(2, axis=0), still.repeat(2, axis=0)
+    es[0, 20:40, 20:40] += 0.5  # the "heart" of slice 0 contracts
+    prior = motion_prior(ed, es, sigma_px=2.0)
+    assert prior.shape == ed.shape and prior.dtype == np.float32
+    assert prior[0, 30, 30] == pytest.approx(prior[0].max(), rel=0.2) and prior[0, 5, 5] < 0.05
+    assert not prior[1].any()
+    with pytest.raises(InputError, match="one shape"):
+        motion_prior(ed, es[:1])
+
+
+def test_compact_shape_keeps_one_filled_convex_piece():
+    cam = np.zeros((SIZE, SIZE), np.float32)
+    cam[10:40, 10:40] = 1.0
+    cam[20:30, 20:30] = 0.0  # a hole
+    cam[50:54, 50:54] = 1.0  # a speck elsewhere
+    image = np.ones_like(cam)
+    free = cam_to_pseudo_label(cam, image, config=PseudoLabelConfig(otsu_classes=None, use_crf=False))
+    compact = cam_to_pseudo_label(cam, image,
+                                  config=PseudoLabelConfig(otsu_classes=None, use_crf=False, shape="compact"))
+    assert free[25, 25] == 0 and free[52, 52] == 1
+    assert compact[25, 25] == 1 and compact[52, 52] == 0 and compact[10:40, 10:40].all()

@@ -117,6 +117,8 @@ def main() -> None:
     inference = models.classifier.card.inference
     method, layer = inference.get("cam_method", "model"), inference.get("cam_target_layer", "attention")
     pseudo_config = PseudoLabelConfig(**inference.get("pseudo_label_config", {}))
+    stored = json.loads((work / "pseudo_choice.json").read_text())
+    chosen = stored["chosen"]
     unets = {mode: recipe.load_network(work / f"run_weak_{mode}", *recipe.UNET)
              for mode in ("pseudo_label", "cam_prior") if (work / f"run_weak_{mode}" / "best.pt").exists()}
 
@@ -147,7 +149,12 @@ def main() -> None:
         has_heart = truth.reshape(len(truth), -1).any(axis=1)
         cam_j = np.array([jaccard(c >= 0.5, t > 0) if h else np.nan for c, t, h in zip(cams, truth, has_heart)])
         pseudo_j = np.array([jaccard(p > 0, t > 0) if h else np.nan for p, t, h in zip(pseudo, truth, has_heart)])
-        rows = {"CAM mask (>= half max)": cam_j, "DenseCRF pseudo-label": pseudo_j}
+        rows = {"CAM mask (>= half max)": cam_j, "CAM DenseCRF pseudo-label": pseudo_j}
+        if chosen.get("prior") == "motion":
+            motion_masks = pseudo_labels(recipe.motion_of(weak), weak.slices.images, np.ones(len(weak), bool),
+                                         config=PseudoLabelConfig(**stored["config"]))
+            rows["ED-ES motion pseudo-label (trains the U-Net)"] = np.array(
+                [jaccard(p > 0, t > 0) if h else np.nan for p, t, h in zip(motion_masks, truth, has_heart)])
         for mode, network in unets.items():
             heart = recipe.predict_heart(network, weak.slices.images, "cpu")
             rows[f"weak U-Net ({mode})"] = np.array(

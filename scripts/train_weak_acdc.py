@@ -15,8 +15,10 @@ What each step sees (the honesty rule of the issue):
                 five diagnosis classes; cross-entropy; best epoch by validation balanced accuracy (diagnosis labels).
 ``pseudo``      CAMs of each slice for its own diagnosis (training and validation) with each method (the
                 network's own CAM head, MONAI Grad-CAM and Grad-CAM++ on the attention block), turned into
-                pseudo-labels; the method and the pseudo-label settings are chosen by the Jaccard against the heart
-                masks of the VALIDATION patients only (allowed: hyper-parameters on validation patients).
+                pseudo-labels; and, as a second label-free prior, the ED-ES motion of each slice
+                (:func:`cardiac_ai.weak.motion_prior`: the heart beats, the chest barely moves). The prior, the CAM
+                method and the pseudo-label settings are chosen by the Jaccard against the heart masks of the
+                VALIDATION patients only (allowed: hyper-parameters on validation patients).
 ``weak_pseudo`` U-Net (2 classes) trained with Dice + cross-entropy on the training pseudo-labels; best epoch by the
                 loss on the validation pseudo-labels (no ground truth).
 ``weak_prior``  the same U-Net trained against the soft CAM prior (:func:`cardiac_ai.weak.training.cam_prior_loss`).
@@ -43,7 +45,7 @@ from cardiac_ai.preprocessing import InputSpec
 from cardiac_ai.training import TrainingConfig
 from cardiac_ai.training.augmentation import AugmentationConfig
 from cardiac_ai.training.slices import PreparedSlices
-from cardiac_ai.weak.pseudo_labels import PseudoLabelConfig, pseudo_labels
+from cardiac_ai.weak.pseudo_labels import PseudoLabelConfig, motion_prior, pseudo_labels
 from cardiac_ai.weak.training import (
     WeakSlices,
     prepare_weak_slices,
@@ -145,36 +147,71 @@ def pseudo_grid() -> dict[str, PseudoLabelConfig]:
     }
 
 
+def motion_grid() -> dict[str, PseudoLabelConfig]:
+    """Pseudo-label settings for the ED-ES motion prior (see :func:`cardiac_ai.weak.motion_prior`)."""
+    return {
+        "motion, 2-class Otsu + CRF, compact": PseudoLabelConfig(otsu_source="cam", otsu_classes=2, shape="compact"),
+        "motion, 3-class Otsu + CRF, compact": PseudoLabelConfig(otsu_source="cam", otsu_classes=3, shape="compact"),
+        "motion, 3-class Otsu + CRF": PseudoLabelConfig(otsu_source="cam", otsu_classes=3),
+    }
+
+
+def other_phase(weak: WeakSlices) -> np.ndarray:
+    """Index of the same slice at the other phase (ED <-> ES) of the same patient, for every slice."""
+    where = {(c, int(k)): i for i, (c, k) in enumerate(zip(weak.slices.case_ids, weak.slices.slice_indices))}
+    swap = {"ED": "ES", "ES": "ED"}
+    pairs = [where.get((c[:-2] + swap[c[-2:]], int(k)), -1)
+             for c, k in zip(weak.slices.case_ids, weak.slices.slice_indices)]
+    if min(pairs) < 0:
+        raise SystemExit("Every slice needs its other phase (prepare ED and ES frames of every patient).")
+    return np.asarray(pairs)
+
+
+def motion_of(weak: WeakSlices) -> np.ndarray:
+    return motion_prior(weak.slices.images, weak.slices.images[other_phase(weak)], sigma_px=3.0)
+
+
 def pseudo(args, work: Path) -> None:
+    """CAM and motion pseudo-labels; settings chosen by the Jaccard on the VALIDATION patients' heart masks."""
     if (work / "pseudo_choice.json").exists():
         return
     classifier = load_network(work / "run_classifier", *CLASSIFIER)
     val = load_weak(work / "weak_validation.npz")
     val_truth = np.load(work / "truth_validation.npz")["heart"]
-    results = []
-    val_cams = {}
+    everything = np.ones(len(val), bool)
+    results, val_cams = [], {}
     for method, layer in CAM_METHODS.items():
-        cams = slice_cams(classifier, val.slices.images, method=method, target_layer=layer,
-                          class_index=val.targets.tolist(), device=args.device)
-        val_cams[method] = cams
+        val_cams[method] = slice_cams(classifier, val.slices.images, method=method, target_layer=layer,
+                                      class_index=val.targets.tolist(), device=args.device)
         for name, config in pseudo_grid().items():
-            masks = pseudo_labels(cams, val.slices.images, np.ones(len(cams), bool), config=config)
-            results.append({"method": method, "pseudo_label": name, "val_jaccard": mean_jaccard(masks, val_truth)})
-            stamp(f"{method:10s} {name:40s} validation Jaccard {results[-1]['val_jaccard']:.3f}")
+            masks = pseudo_labels(val_cams[method], val.slices.images, everything, config=config)
+            results.append({"prior": "cam", "method": method, "pseudo_label": name,
+                            "val_jaccard": mean_jaccard(masks, val_truth)})
+            stamp(f"{method:10s} {name:60s} validation Jaccard {results[-1]['val_jaccard']:.3f}")
+    val_motion = motion_of(val)
+    for name, config in motion_grid().items():
+        masks = pseudo_labels(val_motion, val.slices.images, everything, config=config)
+        results.append({"prior": "motion", "method": "ED-ES motion", "pseudo_label": name,
+                        "val_jaccard": mean_jaccard(masks, val_truth)})
+        stamp(f"{'motion':10s} {name:60s} validation Jaccard {results[-1]['val_jaccard']:.3f}")
+    best_cam = max((r for r in results if r["prior"] == "cam"), key=lambda r: r["val_jaccard"])
     best = max(results, key=lambda r: r["val_jaccard"])
-    stamp(f"chosen: {best}")
-    config = pseudo_grid()[best["pseudo_label"]]
-    layer = CAM_METHODS[best["method"]]
+    stamp(f"best CAM pseudo-labels: {best_cam}; used for training: {best}")
+    cam_config = pseudo_grid()[best_cam["pseudo_label"]]
+    config = cam_config if best["prior"] == "cam" else motion_grid()[best["pseudo_label"]]
+    layer = CAM_METHODS[best_cam["method"]]
     for part in ("train", "validation"):
         weak = load_weak(work / f"weak_{part}.npz")
-        cams = val_cams[best["method"]] if part == "validation" else slice_cams(
-            classifier, weak.slices.images, method=best["method"], target_layer=layer,
+        cams = val_cams[best_cam["method"]] if part == "validation" else slice_cams(
+            classifier, weak.slices.images, method=best_cam["method"], target_layer=layer,
             class_index=weak.targets.tolist(), device=args.device)
-        masks = pseudo_labels(cams, weak.slices.images, np.ones(len(cams), bool), config=config)
+        prior = cams if best["prior"] == "cam" else motion_of(weak)
+        masks = pseudo_labels(prior, weak.slices.images, np.ones(len(weak), bool), config=config)
         np.savez_compressed(work / f"pseudo_{part}.npz", cams=scale_cams(cams).astype(np.float16),
                             masks=np.asarray(masks, np.uint8))
-    (work / "pseudo_choice.json").write_text(json.dumps({"chosen": best, "grid": results,
-                                                          "config": dataclasses.asdict(config)}, indent=2))
+    (work / "pseudo_choice.json").write_text(json.dumps(
+        {"chosen": best, "chosen_cam": best_cam, "grid": results, "config": dataclasses.asdict(config),
+         "cam_config": dataclasses.asdict(cam_config)}, indent=2))
 
 
 def weak_unet(args, work: Path, mode: str) -> None:
@@ -223,9 +260,10 @@ def register(args, work: Path) -> None:
     stamp(f"validation whole-heart Dice per weak U-Net: {scores}")
     best_mode = max(scores, key=scores.get)
     stored = json.loads((work / "pseudo_choice.json").read_text())
-    choice = stored["chosen"]
-    inference = {"cam_method": choice["method"], "cam_target_layer": CAM_METHODS[choice["method"]] or "attention",
-                 "pseudo_label_config": stored["config"]}
+    choice, cam_choice = stored["chosen"], stored["chosen_cam"]
+    inference = {"cam_method": cam_choice["method"],
+                 "cam_target_layer": CAM_METHODS[cam_choice["method"]] or "attention",
+                 "pseudo_label_config": stored["cam_config"]}
     data = ("ACDC training set, ED and ES slices of the 70 training patients of the split, with the patient's "
             "diagnosis (Info.cfg Group) as the only label; crops centred on the field of view")
     export_best_model(
@@ -233,7 +271,8 @@ def register(args, work: Path) -> None:
         label_map={i: g for i, g in enumerate(ACDC_GROUPS)}, training_data=data, split=split_summary,
         description=("Diagnosis classifier (NOR, MINF, DCM, HCM, RV) per short-axis slice with a CAM head "
                      "(dilated residual network, non-local block); its class activation maps localise the heart. "
-                     f"CAM method chosen on validation: {choice['method']}, pseudo-labels: {choice['pseudo_label']}."),
+                     f"CAM method chosen on validation: {cam_choice['method']}, pseudo-labels: "
+                     f"{cam_choice['pseudo_label']}."),
         license="CC BY-NC-SA 4.0 (ACDC data terms)", inference=inference,
     )
     export_best_model(
@@ -241,7 +280,8 @@ def register(args, work: Path) -> None:
         label_map={0: "background", 1: "heart"}, training_data=data + "; targets: CAM pseudo-labels, no pixel label",
         split=split_summary,
         description=(f"Whole-heart U-Net trained without pixel labels (mode {best_mode}: "
-                     + ("DenseCRF pseudo-labels" if best_mode == "pseudo_label" else "soft CAM prior")
+                     + (f"DenseCRF pseudo-labels from the {choice['prior']} prior ({choice['pseudo_label']})"
+                        if best_mode == "pseudo_label" else "soft CAM prior")
                      + f"); validation whole-heart Dice {scores[best_mode]:.3f}."),
         license="CC BY-NC-SA 4.0 (ACDC data terms)",
     )

@@ -7,7 +7,7 @@ fibrosis (slice or stack labels: :func:`model_cam` of ``fibrosis_cam_2d`` / ``fi
 from __future__ import annotations
 
 from .cam import AUGMENTATIONS, CAM_METHODS, cam_for_class, class_activation_maps, model_cam
-from .pseudo_labels import PseudoLabelConfig, cam_to_pseudo_label, pseudo_labels
+from .pseudo_labels import PseudoLabelConfig, cam_to_pseudo_label, motion_prior, pseudo_labels
 
 __all__ = [
     "AUGMENTATIONS",
@@ -18,4 +18,5 @@ __all__ = [
     "PseudoLabelConfig",
     "cam_to_pseudo_label",
     "pseudo_labels",
+    "motion_prior",
 ]
