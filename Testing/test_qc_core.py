@@ -89,7 +89,8 @@ def test_vae_loss_parts_weight_kl_by_beta():
     mu, logvar = torch.ones(2, 8), torch.zeros(2, 8)
     total, parts = vae_loss(recon, x, mu, logvar, beta=0.5)
     assert float(parts["kl"]) == pytest.approx(4.0)  # 0.5 * sum(mu^2) over 8 dims
-    assert float(total) == pytest.approx(float(parts["bce"] + parts["mse"]) + 2.0)
+    # per-sample sums: 3 segmentation channels and 1 image channel of 16 x 16 pixels
+    assert float(total) == pytest.approx(float(parts["bce"]) * 768 + float(parts["mse"]) * 256 + 2.0, rel=1e-5)
     with pytest.raises(InputError, match="beta"):
         vae_loss(recon, x, mu, logvar, beta=-1)
 

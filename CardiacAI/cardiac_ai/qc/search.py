@@ -109,6 +109,7 @@ def latent_search(
     steps: int = 100,
     lr: float = 0.05,
     tolerance: float = 1e-4,
+    image_weight: float = 10.0,
     device: str | torch.device | None = None,
 ) -> SearchResult:
     """Project image-segmentation pairs onto the VAE's good-quality manifold (Algorithm 1), all slices at once.
@@ -125,6 +126,12 @@ def latent_search(
         Adam learning rate on z.
     tolerance : float
         Stop when ``|L_prev - L| / L_prev`` of the mean distance over slices is below this.
+    image_weight : float
+        Weight of the image term (MSE) against the segmentation term (BCE) in the distance: larger values make
+        the image, not the segmentation under test, decide where the search goes. Default 10, chosen on 150
+        validation pairs of known quality (ACDC, CPU-trained VAE): Pearson r of the predicted Dice 0.18 with
+        weight 1, 0.48 with 10, 0.52 with 100 (MAE 0.29, 0.22, 0.22); 100 also lowers the score of good
+        segmentations more.
     device : str or torch.device, optional
         Where to run; None means the device of the model's parameters.
 
@@ -166,7 +173,7 @@ def latent_search(
         with torch.no_grad():
             mu, _ = model.encode(x)
             bce, mse = reconstruction_loss(model.decode(mu), x, n_image_channels=k)
-        initial = (bce + mse).double()
+        initial = (bce + image_weight * mse).double()
         best_loss = initial.clone()
         best_z = mu.clone()
         z = mu.clone().requires_grad_(True)
@@ -176,7 +183,7 @@ def latent_search(
         for _ in range(steps):
             optimizer.zero_grad()
             bce, mse = reconstruction_loss(model.decode(z), x, n_image_channels=k)
-            per_slice = bce + mse
+            per_slice = bce + image_weight * mse
             # the loss at the z *before* this step: keep it when it is the best seen
             with torch.no_grad():
                 current = per_slice.double()
@@ -194,7 +201,7 @@ def latent_search(
         with torch.no_grad():
             if iterations:  # evaluate the final z too
                 bce, mse = reconstruction_loss(model.decode(z.detach()), x, n_image_channels=k)
-                current = (bce + mse).double()
+                current = (bce + image_weight * mse).double()
                 better = current < best_loss
                 best_loss = torch.where(better, current, best_loss)
                 best_z[better] = z.detach()[better]
