@@ -217,3 +217,14 @@ def test_card_input_spec_accepts_an_object_with_to_dict():
 
     card = dataclasses.replace(make_card(), input_spec=Spec())
     assert card.input_spec == {"crop_size": [8, 8]}
+
+
+def test_a_model_in_an_earlier_folder_wins_even_with_a_lower_version(tmp_path):
+    bundled, mine = tmp_path / "bundled", tmp_path / "mine"
+    for folder, version, description in ((bundled, "2.0", "bundled"), (mine, "0.1", "mine")):
+        card = ModelCard(name="toy_seg", version=version, task="segmentation", network="tiny_unet2d",
+                         network_kwargs={"out_channels": 2}, description=description)
+        save_model(build_network("tiny_unet2d", out_channels=2), card, folder)
+    registry = ModelRegistry(paths=[mine, bundled])
+    assert registry.card("toy_seg").description == "mine"
+    assert registry.card("toy_seg", "2.0").description == "bundled"  # an explicit version is still found

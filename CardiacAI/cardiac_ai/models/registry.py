@@ -326,8 +326,19 @@ class ModelRegistry:
         keys = sorted(self._cards, key=lambda k: (k[0], _version_key(k[1])))
         return [self._cards[key][0] for key in keys]
 
+    def _first_folder_versions(self, name: str) -> list[str]:
+        """Versions of ``name`` in the first search folder that holds it: a model in a folder searched earlier
+        (``--models-dir``, ``CARDIACAI_MODELS``) replaces the bundled one even when its version is lower."""
+        for folder in self.search_paths:
+            found = [v for (n, v), (_, path) in self._cards.items() if n == name and folder in path.parents]
+            if found:
+                return sorted(found, key=_version_key)
+        return []
+
     def _find(self, name: str, version: str | None) -> tuple[ModelCard, Path]:
         versions = sorted((v for n, v in self._cards if n == name), key=_version_key)
+        if version is None:
+            versions = self._first_folder_versions(name) or versions
         where = ", ".join(str(p) for p in self.search_paths) or "(no models folder exists)"
         if not versions:
             known = sorted({n for n, _ in self._cards})
