@@ -150,7 +150,7 @@ def explain_volume(
         with torch.no_grad():
             out = segmenter.network(torch.from_numpy(images[:, None]).to(segmenter.device)).float()
         heart = torch.argmax(out, dim=1).cpu().numpy().astype(np.uint8)
-        source = f"{SEGMENTER_NAME} (U-Net trained on CAM pseudo-labels)"
+        source = f"{SEGMENTER_NAME} (U-Net trained on pseudo-labels, no pixel label)"
     else:
         report(progress, 0.6, "Pseudo-labels (DenseCRF)")
         heart = np.asarray(pseudo_labels(cams, images, np.ones(len(images), bool), config=pseudo_config), np.uint8)
