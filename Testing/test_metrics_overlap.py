@@ -124,3 +124,12 @@ def test_non_integer_label_values_are_rejected():
     pred, true = _label_maps()
     with pytest.raises(InputError, match="whole-number"):
         dice_per_label(pred.astype(float) + 0.5, true)
+
+
+def test_auroc_and_weighted_f1_match_hand_computed_values():
+    from cardiac_ai.metrics import auroc, weighted_f1
+
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    # class 0: P=R=1 (2 samples); class 1: tp 1, fp 0, fn 1 -> F1 2/3 (2 samples); class 2: tp 1, fp 1 -> 2/3 (1)
+    assert weighted_f1([0, 0, 1, 1, 2], [0, 0, 1, 2, 2], 3) == pytest.approx((2 * 1 + 2 * 2 / 3 + 1 * 2 / 3) / 5)

@@ -35,7 +35,7 @@ from _output import emit_report  # noqa: E402
 
 from cardiac_ai.datasets import list_acdc, load_case, load_split, refs_in_part  # noqa: E402
 from cardiac_ai.datasets.acdc import ACDC_GROUPS  # noqa: E402
-from cardiac_ai.metrics import format_markdown_table  # noqa: E402
+from cardiac_ai.metrics import auroc, format_markdown_table, weighted_f1  # noqa: E402
 from cardiac_ai.metrics.overlap import dice, jaccard  # noqa: E402
 from cardiac_ai.models import ModelRegistry  # noqa: E402
 from cardiac_ai.weak.pipeline import WeakModels, explain_volume  # noqa: E402
@@ -49,37 +49,6 @@ PARTS = ("train", "validation", "test")
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
     return format_markdown_table([dict(zip(columns, row)) for row in rows], columns=columns)
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve by the rank (Mann-Whitney) formula; NaN without both classes."""
-    positive = positive.astype(bool)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):  # average ranks over ties
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def weighted_f1(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
-    scores, weights = [], []
-    for c in range(n_classes):
-        tp = np.sum((predicted == c) & (truth == c))
-        fp = np.sum((predicted == c) & (truth != c))
-        fn = np.sum((predicted != c) & (truth == c))
-        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
-        scores.append(f1)
-        weights.append(np.sum(truth == c))
-    return float(np.average(scores, weights=weights)) if sum(weights) else float("nan")
 
 
 def predict_probabilities(network, images: np.ndarray) -> np.ndarray:
@@ -130,7 +99,7 @@ def main() -> None:
         truth = np.load(work / f"truth_{part}.npz")["heart"]
         probabilities = predict_probabilities(classifier, weak.slices.images)
         predicted = probabilities.argmax(axis=1)
-        aucs = [roc_auc(probabilities[:, c], weak.targets == c) for c in range(len(ACDC_GROUPS))]
+        aucs = [auroc(probabilities[:, c], (weak.targets == c).astype(int)) for c in range(len(ACDC_GROUPS))]
         patients = np.array([cid.split("_")[0] for cid in weak.slices.case_ids])
         patient_hits = []
         for patient in np.unique(patients):

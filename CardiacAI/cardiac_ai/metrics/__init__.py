@@ -12,6 +12,7 @@ Pure numpy/scipy functions over (k, j, i) label maps or masks plus the voxel spa
 """
 from __future__ import annotations
 
+from .classification import auroc, weighted_f1
 from .clinical import MYOCARDIAL_DENSITY_G_PER_ML, CardiacFunction, cardiac_function, structure_volume_ml
 from .overlap import dice, dice_per_label, dice_per_slice, jaccard, jaccard_per_label, jaccard_per_slice
 from .regional import (
@@ -29,6 +30,8 @@ from .surface import hausdorff_mm, hd95_mm, mean_surface_distance_mm
 from .tables import CASE_COLUMNS, evaluate_cases, format_markdown_table, summarize_rows
 
 __all__ = [
+    "auroc",
+    "weighted_f1",
     "CASE_COLUMNS",
     "MYOCARDIAL_DENSITY_G_PER_ML",
     "CardiacFunction",
