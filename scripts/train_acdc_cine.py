@@ -67,9 +67,10 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--work", default="work_data/cine")
     parser.add_argument("--stage", default="all",
-                        choices=["prepare", "localiser", "baseline", "sampler", "classifier", "regions", "register", "all"])
+                        choices=["prepare", "import-gpu", "localiser", "baseline", "sampler", "classifier", "regions", "register", "all"])
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the baseline and the sampler variant")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stage import-gpu)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
@@ -88,8 +89,16 @@ def main() -> None:
     loc_val = prepared(work, "localiser_val", val_cases, LOCALISER_SPEC, "image_center")
     cine_train = prepared(work, "cine_train", train_cases, CINE_SPEC, "labels")
     cine_val = prepared(work, "cine_val", val_cases, CINE_SPEC, "labels")
-    print({n: len(s) for n, s in zip(names, [loc_train, loc_val, cine_train, cine_val])}, flush=True)
+    cls_train = prepared(work, "classifier_train", train_cases, CLASSIFIER_SPEC, "labels")
+    cls_val = prepared(work, "classifier_val", val_cases, CLASSIFIER_SPEC, "labels")
+    print({n: len(s) for n, s in zip(names, [loc_train, loc_val, cine_train, cine_val, cls_train, cls_val])},
+          flush=True)
     if args.stage == "prepare":
+        write_sampling_weights(work, cine_train)
+        return
+    if args.stage == "import-gpu":
+        import_gpu_results(Path(args.gpu_results), work)
+        register(work, split)
         return
 
     def progress(fraction, message):
@@ -137,8 +146,6 @@ def main() -> None:
     if args.stage in ("classifier", "all"):
         from cardiac_ai.training.classification import train_classifier_prepared
 
-        cls_train = prepared(work, "classifier_train", train_cases, CLASSIFIER_SPEC, "labels")
-        cls_val = prepared(work, "classifier_val", val_cases, CLASSIFIER_SPEC, "labels")
         config = TrainingConfig(
             network="densenet121_2d", network_kwargs={"in_channels": 1, "out_channels": 4},
             input_spec=CLASSIFIER_SPEC.to_dict(), epochs=40, batch_size=32, learning_rate=5e-4, loss="ce",
@@ -181,6 +188,50 @@ RUNS = {  # run folder -> (model name, task, description)
 }
 
 
+def write_sampling_weights(work: Path, cine_train) -> Path:
+    """Quadratic batch-sampling weights (ratios 4 and 20) of the training slices, for train_cine_gpu.py."""
+    from cardiac_ai.training import quadratic_position_weights
+
+    path = work / "sampling_weights.npz"
+    np.savez(path, **{f"ratio{r}": quadratic_position_weights(cine_train.positions, ratio=float(r)) for r in (4, 20)})
+    return path
+
+
+GPU_RUNS = {  # model key in train_cine_gpu.py's results -> run folder here
+    "cine_baseline": "run_baseline", "cine_base": "run_region_base", "cine_middle": "run_region_middle",
+    "cine_apex": "run_region_apex", "cine_localiser": "run_localiser", "cine_region_classifier": "run_classifier",
+    "cine_baseline_sampler4": "run_sampler4", "cine_baseline_sampler20": "run_sampler20",
+}
+
+
+def import_gpu_results(results: Path, work: Path) -> None:
+    """Turn train_cine_gpu.py's results into run folders (config.json, best.pt, history.json) that register reads."""
+    import json
+
+    import torch
+
+    from cardiac_ai.training.checkpoint import save_checkpoint
+
+    for path in sorted(results.glob("*.pt")):
+        for key, result in torch.load(path, map_location="cpu", weights_only=True).items():
+            run = work / GPU_RUNS[key]
+            run.mkdir(parents=True, exist_ok=True)
+            classification = result["task"] == "classification"
+            TrainingConfig(
+                network=result["network"], network_kwargs=result["network_kwargs"], input_spec=result["input_spec"],
+                epochs=result["epochs"], batch_size=result["batch_size"], learning_rate=result["learning_rate"],
+                loss="ce" if classification else "dice_ce", amp=True, seed=result["seed"],
+                metric_name=result["metric_name"], metric_mode="max",
+            ).save(run / "config.json")
+            save_checkpoint(run / "best.pt", {"model": result["state"], "epoch": result["best_epoch"],
+                                              "metric_name": result["metric_name"], "metric": result["metric"]})
+            summary = {k: v for k, v in result.items() if k != "state"}
+            (run / "history.json").write_text(json.dumps(summary, indent=1))
+            print(f"{key}: {result['metric_name']} {result['metric']:.4f} at epoch {result['best_epoch']} of "
+                  f"{result['epochs_done']}/{result['epochs']} ({result['seconds']} s, {result['slices_per_second']} "
+                  f"slices/s on {result['device']}{', stopped early' if result['stopped_early'] else ''})")
+
+
 def register(work: Path, split) -> None:
     """Export every finished run's best checkpoint as a registry model (weights in float16 plus a model card)."""
     from cardiac_ai.training.checkpoint import export_best_model
@@ -197,13 +248,14 @@ def register(work: Path, split) -> None:
                 training_data="ACDC training set (ED and ES frames), 70 training patients of the split",
                 split=split_summary, description=description, license="CC BY-NC-SA 4.0 (ACDC data terms)",
             )
-    if (work / "run_sampler" / "best.pt").exists():
-        export_best_model(
-            work / "run_sampler", work / "models_sampler", name="cine_baseline", version="1.0", task="segmentation",
-            label_map=segmentation_labels, training_data="ACDC, as cine_baseline, quadratic batch sampling ratio 20",
-            split=split_summary, description="Baseline U-Net trained with quadratic non-uniform batch sampling.",
-        )
-
+    for run, ratio in (("run_sampler", 20), ("run_sampler4", 4), ("run_sampler20", 20)):
+        if (work / run / "best.pt").exists():
+            export_best_model(
+                work / run, work / f"models_{run.removeprefix('run_')}", name="cine_baseline", version="1.0",
+                task="segmentation", label_map=segmentation_labels,
+                training_data=f"ACDC, as cine_baseline, quadratic batch sampling ratio {ratio}", split=split_summary,
+                description=f"Baseline U-Net trained with quadratic non-uniform batch sampling (ratio {ratio}).",
+            )
 
 if __name__ == "__main__":
     main()

@@ -109,7 +109,7 @@ def _config(args, network: str, kwargs: dict, *, channels: int, epochs: int, met
     return TrainingConfig(
         network=network, network_kwargs=kwargs, input_spec=_spec(args, channels), epochs=epochs,
         batch_size=batch_size or args.batch_size, learning_rate=learning_rate, loss=loss, metric_name=metric,
-        metric_mode="max", seed=args.seed,
+        metric_mode="max", seed=args.seed, num_workers=args.num_workers,
     )
 
 
@@ -337,6 +337,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs-stack", type=int, default=15)
     parser.add_argument("--epochs-unet", type=int, default=40, help="epochs of each weak U-Net and the pixel U-Net")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loader processes (augmentation on the CPU)")
     parser.add_argument("--crop-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", default="1.0", help="version of the registered models")

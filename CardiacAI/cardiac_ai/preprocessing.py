@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, Union
 
 import numpy as np
-import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from .errors import InputError
@@ -320,11 +319,11 @@ def preprocess(
     else:
         source_spacing = volume.geometry.spacing_mm[:2]
         target_spacing = resampled_geometry.spacing_mm[:2]
-        resampled = _resample_slices(image, source_spacing, target_spacing, size_ji, offset_mm, sitk.sitkLinear)
+        resampled = _resample_slices(image, source_spacing, target_spacing, size_ji, offset_mm, "linear")
         resampled_labels = None
         if label_array is not None:
             resampled_labels = _resample_slices(
-                label_array, source_spacing, target_spacing, size_ji, offset_mm, sitk.sitkNearestNeighbor
+                label_array, source_spacing, target_spacing, size_ji, offset_mm, "nearest"
             )
         log.debug("Resampled %s -> %s (spacing %s mm)", volume.spatial_shape, resampled_shape, target_spacing)
 
@@ -555,7 +554,7 @@ def _resample_slices(
     new_spacing_ij: Sequence[float],
     new_size_ji: Sequence[int],
     new_origin_ij: Sequence[float],
-    interpolator: int,
+    interpolator: str,
     *,
     origin_ij: Sequence[float] = (0.0, 0.0),
 ) -> np.ndarray:
@@ -563,8 +562,10 @@ def _resample_slices(
 
     Positions are mm along the slice's i and j axes. The source grid has spacing ``spacing_ij`` and its first pixel
     at ``origin_ij``; the target has ``new_spacing_ij`` and its first pixel at ``new_origin_ij``. k stays as is.
-    Points beyond the source's outer pixel centres take the nearest value.
+    Points beyond the source's outer pixel centres take the nearest value. ``interpolator``: "linear" or "nearest".
     """
+    import SimpleITK as sitk  # here, not at module level: InputSpec alone must not need the imaging stack
+
     is_vector = array.ndim == 4
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector)
     image.SetSpacing((float(spacing_ij[0]), float(spacing_ij[1]), 1.0))
@@ -574,7 +575,7 @@ def _resample_slices(
     resampler.SetOutputSpacing((float(new_spacing_ij[0]), float(new_spacing_ij[1]), 1.0))
     resampler.SetOutputOrigin((float(new_origin_ij[0]), float(new_origin_ij[1]), 0.0))
     resampler.SetOutputDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    resampler.SetInterpolator(interpolator)
+    resampler.SetInterpolator({"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolator])
     resampler.SetDefaultPixelValue(0.0)
     resampler.SetUseNearestNeighborExtrapolator(True)
     resampler.SetOutputPixelType(image.GetPixelID())
@@ -623,7 +624,7 @@ def _restore_channels(array: np.ndarray, transform: PreprocessTransform, fills: 
         )
         n_j, n_i = transform.native_shape[1:]
         source = _resample_slices(
-            uncropped, resampled.spacing_mm[:2], native.spacing_mm[:2], (n_j, n_i), (0.0, 0.0), sitk.sitkLinear,
+            uncropped, resampled.spacing_mm[:2], native.spacing_mm[:2], (n_j, n_i), (0.0, 0.0), "linear",
             origin_ij=(shift[0], shift[1]),
         )
     else:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, InputError
-from ..io import VOLUME_SUFFIXES
+from ..io.formats import VOLUME_SUFFIXES
 from .case import Case, CaseRef, ImageLabelValue, _read_image, _read_label_map
 
 __all__ = ["GENERIC_SUFFIXES", "list_generic", "load_generic_case"]

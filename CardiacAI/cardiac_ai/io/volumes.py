@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
 from .atomic import atomic_path
+from .formats import VOLUME_SUFFIXES
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -26,7 +27,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _suffix(path: Path) -> str:
