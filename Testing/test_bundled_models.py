@@ -44,7 +44,7 @@ def test_bundled_models_never_saw_a_test_patient():
 
 @pytest.mark.shared_data
 def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc_root, tmp_path):
-    if not (MODELS_DIR / "cine_baseline-1.0.safetensors").exists():
+    if not list(MODELS_DIR.glob("cine_baseline-*.safetensors")):
         pytest.skip("the cine models are not bundled in this checkout")
     patient = acdc_root / "patient003"  # a test patient of Resources/Splits/acdc_cine_split.json
     image = patient / "patient003_frame01.nii.gz"
@@ -54,7 +54,7 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
     truth = read_volume(patient / "patient003_frame01_gt.nii.gz")
     assert labels.geometry.is_close(truth.geometry)
     scores = [dice(labels.array == code, truth.array == code) for code in (1, 2, 3)]
-    assert np.mean(scores) > 0.85, scores
+    assert np.mean(scores) > 0.90, scores
 
 
 @pytest.mark.shared_data

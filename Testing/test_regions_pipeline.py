@@ -192,3 +192,34 @@ def test_regions_from_segmentation_follow_the_20_60_20_rule(cine_models):
     np.testing.assert_array_equal(result.slice_regions[cardiac], expected[cardiac])
     with pytest.raises(InputError, match="region_source"):
         segment_cine(case.image, models=cine_models, region_source="atlas", device="cpu")
+
+
+class _Undecided(__import__("torch").nn.Module):
+    """A segmentation network with no opinion: equal logits for every class."""
+
+    def forward(self, x):
+        import torch
+
+        return torch.zeros(x.shape[0], 4, *x.shape[2:], dtype=x.dtype, device=x.device)
+
+
+@pytest.mark.slow
+def test_region_models_replace_or_are_averaged_with_the_baseline(cine_models):
+    from dataclasses import replace
+
+    undecided = {region: replace(model, network=_Undecided()) for region, model in cine_models.region_models.items()}
+    models = replace(cine_models, region_models=undecided)
+    case = make_cine_phantom(seed=46, n_slices=8)
+    regions = np.full(case.image.array.shape[0], int(CardiacRegion.MIDDLE), np.int8)
+    common = dict(models=models, mode="region-aware", slice_regions=regions, base_first=True, postprocess=False,
+                  device="cpu")
+    baseline = segment_cine(case.image, models=cine_models, mode="baseline", base_first=True, postprocess=False,
+                            device="cpu").labels.array
+    assert baseline.any()
+    replaced = segment_cine(case.image, region_combination="replace", **common)
+    averaged = segment_cine(case.image, region_combination="average", **common)
+    assert not replaced.labels.array.any()  # the undecided model alone labels nothing
+    np.testing.assert_array_equal(averaged.labels.array, baseline)  # averaged, the baseline decides
+    assert averaged.provenance.parameters["region_combination"] == "average"
+    with pytest.raises(InputError, match="region_combination"):
+        segment_cine(case.image, region_combination="vote", **common)

@@ -1,11 +1,12 @@
 """Accuracy and speed of cine segmentation on held-out ACDC patients; prints Markdown tables.
 
     python benchmarks/cine_segmentation.py --data ../shared/data/acdc/training --models Resources/Models \
-        [--part test] [--sampler-models DIR] [--report docs/results/cine.md]
+        [--part test] [--sampler-models DIR [DIR ...]] [--report docs/results/cine.md]
 
-Variants: the baseline U-Net; the baseline trained with quadratic batch sampling (ratio 20, when a model named
-``cine_baseline`` is found in --sampler-models); the region-aware pipeline (region classifier + base/middle/apex
-models); and the region-aware pipeline with the ground-truth regions (a perfect classifier: the upper bound).
+Variants: the baseline U-Net; the baseline trained with quadratic batch sampling (one per --sampler-models folder,
+ratio from its card); the region-aware pipeline (region classifier + base/middle/apex models, each averaged with
+the baseline: the default); the same with the region model alone (the paper's replacement); regions from the
+baseline's segmentation; and the ground-truth regions (a perfect classifier: the upper bound).
 Tables follow the paper (region-aware-basal-apical-segmentation.txt): Table 1 (Dice per region and label for the
 baseline, Welch tests against the middle), Table 2 (classifier precision and recall per region), Table 3 (change of
 mean and SD Dice at base and apex against the baseline, paired t-tests over slices).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import warnings
 import resource
 import sys
@@ -55,12 +57,15 @@ def _variants(args) -> dict[str, tuple[CineModels, str]]:
     variants = {
         "baseline": (CineModels(full.localiser, full.baseline), "baseline"),
         "region-aware": (full, "region-aware"),
+        "region-aware, region model alone (paper)": (full, "region-aware-replace"),
         "region-aware, regions from segmentation": (full, "region-aware-segmentation"),
         "region-aware, true regions": (full, "region-aware-oracle"),
     }
-    if args.sampler_models:
-        sampler = ModelRegistry(paths=[Path(args.sampler_models)]).load("cine_baseline", device=args.device)
-        variants["batch sampling (ratio 20)"] = (CineModels(full.localiser, sampler), "baseline")
+    for folder in args.sampler_models or []:
+        sampler = ModelRegistry(paths=[Path(folder)]).load("cine_baseline", device=args.device)
+        ratio = re.search(r"ratio (\d+)", sampler.card.training_data)
+        label = f"batch sampling (ratio {ratio.group(1)})" if ratio else f"batch sampling ({Path(folder).name})"
+        variants[label] = (CineModels(full.localiser, sampler), "baseline")
     return variants
 
 
@@ -77,7 +82,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--models", default="Resources/Models")
-    parser.add_argument("--sampler-models", help="folder with the batch-sampling baseline (named cine_baseline)")
+    parser.add_argument("--sampler-models", nargs="+",
+                        help="folders, each with a batch-sampling baseline (named cine_baseline; the ratio is read "
+                             "from its card's training_data)")
     parser.add_argument("--split", default="Resources/Splits/acdc_cine_split.json")
     parser.add_argument("--part", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--device", default="cpu")
@@ -121,6 +128,9 @@ def main() -> int:
                         classifier_truth.extend(regions.tolist())
                         classifier_argmax.extend(np.argmax(result.slice_region_probabilities, axis=1).tolist())
                         classifier_decoded.extend(result.slice_regions.tolist())
+                elif mode == "region-aware-replace":
+                    result = segment_cine(case.image, models=models, mode="region-aware",
+                                          region_combination="replace", device=args.device)
                 elif mode == "region-aware-segmentation":
                     result = segment_cine(case.image, models=models, mode="region-aware",
                                           region_source="segmentation", device=args.device)

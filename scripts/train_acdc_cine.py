@@ -70,6 +70,7 @@ def main() -> None:
                         choices=["prepare", "import-gpu", "localiser", "baseline", "sampler", "classifier", "regions", "register", "all"])
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the baseline and the sampler variant")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--version", default="1.0", help="version of the registered models (stages register, import-gpu)")
     parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stage import-gpu)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -98,7 +99,7 @@ def main() -> None:
         return
     if args.stage == "import-gpu":
         import_gpu_results(Path(args.gpu_results), work)
-        register(work, split)
+        register(work, split, args.version)
         return
 
     def progress(fraction, message):
@@ -172,7 +173,7 @@ def main() -> None:
             print(f"region {name}", metrics, flush=True)
 
     if args.stage in ("register", "all"):
-        register(work, split)
+        register(work, split, args.version)
 
 
 RUNS = {  # run folder -> (model name, task, description)
@@ -225,6 +226,7 @@ def import_gpu_results(results: Path, work: Path) -> None:
             ).save(run / "config.json")
             save_checkpoint(run / "best.pt", {"model": result["state"], "epoch": result["best_epoch"],
                                               "metric_name": result["metric_name"], "metric": result["metric"]})
+            save_checkpoint(run / "last.pt", {"epoch": result["epochs_done"]})  # epochs done; cannot resume
             summary = {k: v for k, v in result.items() if k != "state"}
             (run / "history.json").write_text(json.dumps(summary, indent=1))
             print(f"{key}: {result['metric_name']} {result['metric']:.4f} at epoch {result['best_epoch']} of "
@@ -232,7 +234,22 @@ def import_gpu_results(results: Path, work: Path) -> None:
                   f"slices/s on {result['device']}{', stopped early' if result['stopped_early'] else ''})")
 
 
-def register(work: Path, split) -> None:
+def _training_note(run: Path) -> str:
+    """Where and how a run was trained, for its model card (train_cine_gpu.py runs leave a history.json)."""
+    import json
+
+    history = run / "history.json"
+    if not history.exists():
+        return ""
+    h = json.loads(history.read_text())
+    stopped = f", stopped by its time budget after {h['epochs_done']}" if h["stopped_early"] else ""
+    return (f" Trained on one {h['device']} by scripts/train_cine_gpu.py: {h['epochs']} epochs planned{stopped}, "
+            f"batch {h['batch_size']}, AdamW lr {h['learning_rate']} cosine, bf16, GPU augmentation (affine, "
+            f"elastic, gamma, bias field, noise), {h['sampling']} sampling; best validation {h['metric_name']} "
+            f"{h['metric']:.4f} at epoch {h['best_epoch']}; {h['seconds']:.0f} s.")
+
+
+def register(work: Path, split, version: str = "1.0") -> None:
     """Export every finished run's best checkpoint as a registry model (weights in float16 plus a model card)."""
     from cardiac_ai.training.checkpoint import export_best_model
 
@@ -241,20 +258,22 @@ def register(work: Path, split) -> None:
     split_summary = {"file": "Resources/Splits/acdc_cine_split.json", "train": list(split.train),
                      "validation": list(split.validation), "test": list(split.test)}
     for run, (name, task, description) in RUNS.items():
+        description = description + _training_note(work / run)
         if (work / run / "best.pt").exists():
             export_best_model(
-                work / run, work / "models", name=name, version="1.0", task=task,
+                work / run, work / "models", name=name, version=version, task=task,
                 label_map=region_labels if task == "classification" else segmentation_labels,
                 training_data="ACDC training set (ED and ES frames), 70 training patients of the split",
                 split=split_summary, description=description, license="CC BY-NC-SA 4.0 (ACDC data terms)",
             )
     for run, ratio in (("run_sampler", 20), ("run_sampler4", 4), ("run_sampler20", 20)):
         if (work / run / "best.pt").exists():
+            note = _training_note(work / run)
             export_best_model(
-                work / run, work / f"models_{run.removeprefix('run_')}", name="cine_baseline", version="1.0",
+                work / run, work / f"models_{run.removeprefix('run_')}", name="cine_baseline", version=version,
                 task="segmentation", label_map=segmentation_labels,
                 training_data=f"ACDC, as cine_baseline, quadratic batch sampling ratio {ratio}", split=split_summary,
-                description=f"Baseline U-Net trained with quadratic non-uniform batch sampling (ratio {ratio}).",
+                description=f"Baseline U-Net trained with quadratic non-uniform batch sampling (ratio {ratio}).{note}",
             )
 
 if __name__ == "__main__":

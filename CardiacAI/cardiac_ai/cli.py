@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--regions", choices=["classifier", "segmentation"], default="classifier",
                        help="region-aware mode: slice regions from the region classifier (default) or from the "
                             "20/60/20 split of the slices the baseline segments")
+    group.add_argument("--region-combination", choices=["average", "replace"], default="average",
+                       help="region-aware mode: average each region model with the baseline (default, chosen on "
+                            "the validation patients) or let the region model alone decide (the paper)")
     group.add_argument("--no-postprocess", action="store_true", help="keep the raw network labels")
 
     quality = _qc_parent()
@@ -460,7 +463,7 @@ def _cine_options(args: argparse.Namespace):
     return CineOptions(
         mode=args.mode, base_first={"auto": None, "first": True, "last": False}[args.base],
         postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
-        region_source=args.regions,
+        region_source=args.regions, region_combination=args.region_combination,
     )
 
 

@@ -49,6 +49,7 @@ class CineOptions:
     series_uid: str | None = None
     device: str = "auto"
     region_source: Literal["classifier", "segmentation"] = "classifier"
+    region_combination: Literal["average", "replace"] = "average"
 
 
 def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | None = None) -> Volume:
@@ -83,7 +84,8 @@ def _segment(path, models, options: CineOptions, provenance: Provenance, progres
         volume = read_input(path, frame=options.frame, series_uid=options.series_uid)
     result = segment_cine(
         volume, models=models, mode=options.mode, base_first=options.base_first, postprocess=options.postprocess,
-        region_source=options.region_source, device=options.device, progress=progress, provenance=provenance,
+        region_source=options.region_source, region_combination=options.region_combination, device=options.device,
+        progress=progress, provenance=provenance,
     )
     return volume, result
 

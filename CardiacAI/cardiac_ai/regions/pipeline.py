@@ -248,6 +248,7 @@ def segment_cine(
     postprocess: bool = True,
     slice_regions: np.ndarray | None = None,
     region_source: Literal["classifier", "segmentation"] = "classifier",
+    region_combination: Literal["average", "replace"] = "average",
     device=None,
     progress: ProgressCallback | None = None,
     provenance: Provenance | None = None,
@@ -265,6 +266,9 @@ def segment_cine(
     region_source : "classifier" (the paper: the region classifier's monotonic sequence) or "segmentation" (the
         20/60/20 split of the slices the baseline segments, the definition the regions are trained on; the
         classifier then only decides where the base lies when ``base_first`` is None).
+    region_combination : "average" (the mean of the region model's and the baseline's probabilities, a two-model
+        ensemble; chosen on the validation patients, docs/benchmarks.md) or "replace" (the paper: a slice's region
+        model alone decides; faster).
     slice_regions : (k,) CardiacRegion codes to use instead of the classifier's (region-aware mode), e.g. regions
         known from a reader; the benchmark uses the ground truth's to measure a perfect classifier's upper bound.
 
@@ -282,11 +286,13 @@ def segment_cine(
 
     provenance = provenance if provenance is not None else Provenance(command="segment-cine")
     provenance.parameters.update({"mode": mode, "postprocess": postprocess, "base_first": base_first,
-                                  "region_source": region_source})
+                                  "region_source": region_source, "region_combination": region_combination})
     if mode not in ("region-aware", "baseline"):
         raise InputError(f"mode must be 'region-aware' or 'baseline', got {mode!r}.")
     if region_source not in ("classifier", "segmentation"):
         raise InputError(f"region_source must be 'classifier' or 'segmentation', got {region_source!r}.")
+    if region_combination not in ("replace", "average"):
+        raise InputError(f"region_combination must be 'replace' or 'average', got {region_combination!r}.")
     if mode == "region-aware" and (models.classifier is None or len(models.region_models) < 3):
         raise InputError("Region-aware mode needs the region classifier and the base, middle and apex models.")
     for message in check_short_axis_stack(volume):
@@ -334,7 +340,10 @@ def segment_cine(
                 if chosen.size == 0:
                     continue
                 region_probs = _run_model(model, image, _center_detector(center), device=device, provenance=provenance)
-                probabilities[:, chosen] = region_probs[:, chosen]
+                if region_combination == "average":
+                    probabilities[:, chosen] = 0.5 * (baseline[:, chosen] + region_probs[:, chosen])
+                else:
+                    probabilities[:, chosen] = region_probs[:, chosen]
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     if postprocess:
         report(progress, 0.85, "Post-processing")
