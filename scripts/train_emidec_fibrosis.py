@@ -67,6 +67,7 @@ from cardiac_ai.fibrosis.training import (
 )
 from cardiac_ai.labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
 from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.progress import PROGRESS_LINES_HELP, StageProgress
 from cardiac_ai.training import TrainingConfig
 from cardiac_ai.training.augmentation import AugmentationConfig
 
@@ -171,15 +172,18 @@ def stage_split(args, work: Path):
     return split
 
 
-def stage_prepare(args, work: Path, split) -> None:
+def stage_prepare(args, work: Path, split, stage_progress: StageProgress) -> None:
     folder = _paths(work)["prepared"]
     spec = InputSpec.from_dict(_spec(args, 1))
-    for part in PARTS:
+    for number, part in enumerate(PARTS):
         names = [folder / f"{part}_{kind}.npz" for kind in ("weak", "myocardium", "fibrosis_truth")]
         ids = list(getattr(split, part))
         if all(n.exists() for n in names) or not ids:
             continue
-        weak, truth = prepare_emidec_stacks(args.data, ids, spec=spec)
+        weak, truth = prepare_emidec_stacks(
+            args.data, ids, spec=spec,
+            progress=stage_progress.stage("prepare", part=(number / len(PARTS), (number + 1) / len(PARTS))),
+        )
         save_arrays(names[0], weak.to_arrays())
         save_arrays(names[1], {"labels": myocardium_targets(truth)})
         save_arrays(names[2], {"labels": fibrosis_targets(truth)})
@@ -191,7 +195,7 @@ def _parts_present(work: Path) -> list[str]:
     return [p for p in PARTS if (work / "prepared" / f"{p}_weak.npz").exists()]
 
 
-def stage_myocardium(args, work: Path) -> None:
+def stage_myocardium(args, work: Path, stage_progress: StageProgress) -> None:
     prepared, runs = work / "prepared", work / "runs" / "myocardium"
     train, val = _weak(work, "train"), _weak(work, "validation")
     config = _config(args, "unet2d", _unet_kwargs(args, 1, 4), channels=1, epochs=args.epochs_myocardium,
@@ -200,6 +204,7 @@ def stage_myocardium(args, work: Path) -> None:
         train.images, load_arrays(prepared / "train_myocardium.npz")["labels"],
         val.images, load_arrays(prepared / "validation_myocardium.npz")["labels"],
         config=config, out_dir=runs, augmentation=AugmentationConfig(), device=args.device,
+        progress=stage_progress.stage("myocardium", part=(0.0, 0.95)),
     )
     for part in _parts_present(work):
         target = work / "predicted" / f"{part}_myocardium.npz"
@@ -208,29 +213,32 @@ def stage_myocardium(args, work: Path) -> None:
                                                                   device=args.device)})
 
 
-def stage_classifier_slice(args, work: Path) -> None:
+def stage_classifier_slice(args, work: Path, stage_progress: StageProgress) -> None:
     config = _config(args, "fibrosis_cam_2d", _classifier_kwargs(args), channels=2, epochs=args.epochs_classifier,
                      metric="val_score", loss="bce")
     train_slice_classifier(
         _weak(work, "train"), _predicted_myocardium(work, "train"), _weak(work, "validation"),
         _predicted_myocardium(work, "validation"), config=config, out_dir=work / "runs" / "classifier_slice",
-        augmentation=AugmentationConfig(), device=args.device,
+        augmentation=AugmentationConfig(), device=args.device, progress=stage_progress.stage("classifier_slice"),
     )
 
 
-def stage_classifier_stack(args, work: Path) -> None:
+def stage_classifier_stack(args, work: Path, stage_progress: StageProgress) -> None:
     config = _config(args, "fibrosis_cam_stack", _classifier_kwargs(args), channels=2, epochs=args.epochs_stack,
                      metric="val_score", loss="bce", batch_size=1, learning_rate=3e-4)
     train_stack_classifier(
         _weak(work, "train"), _predicted_myocardium(work, "train"), _weak(work, "validation"),
         _predicted_myocardium(work, "validation"), config=config, out_dir=work / "runs" / "classifier_stack",
         initial_2d=_load_run(work / "runs" / "classifier_slice"), augmentation=AugmentationConfig(),
-        device=args.device,
+        device=args.device, progress=stage_progress.stage("classifier_stack"),
     )
 
 
-def stage_pseudo(args, work: Path) -> None:
-    for level in LEVELS:
+def stage_pseudo(args, work: Path, stage_progress: StageProgress) -> None:
+    for number, level in enumerate(LEVELS):
+        report = stage_progress.stage("pseudo", part=(number / len(LEVELS), (number + 1) / len(LEVELS)))
+        if report is not None:
+            report(0.0, f"CAM pseudo-labels from the {level} classifier")
         run = work / "runs" / f"classifier_{level}"
         network = None
         for part in ("train", "validation"):
@@ -251,8 +259,8 @@ def stage_pseudo(args, work: Path) -> None:
                      int(np.asarray(positives).sum()), int(pseudo.any(axis=(1, 2)).sum()))
 
 
-def stage_weak_unet(args, work: Path) -> None:
-    for level in LEVELS:
+def stage_weak_unet(args, work: Path, stage_progress: StageProgress) -> None:
+    for number, level in enumerate(LEVELS):
         train, val = _weak(work, "train"), _weak(work, "validation")
         config = _config(args, "unet2d", _unet_kwargs(args, 1, 2), channels=1, epochs=args.epochs_unet,
                          metric="val_dice")
@@ -261,10 +269,11 @@ def stage_weak_unet(args, work: Path) -> None:
             val.images, load_arrays(work / "pseudo" / f"{level}_validation.npz")["pseudo"],
             config=config, out_dir=work / "runs" / f"weak_unet_{level}", augmentation=AugmentationConfig(),
             device=args.device,
+            progress=stage_progress.stage("weak_unet", part=(number / len(LEVELS), (number + 1) / len(LEVELS))),
         )
 
 
-def stage_pixel_unet(args, work: Path) -> None:
+def stage_pixel_unet(args, work: Path, stage_progress: StageProgress) -> None:
     prepared = work / "prepared"
     train, val = _weak(work, "train"), _weak(work, "validation")
     config = _config(args, "unet2d", _unet_kwargs(args, 2, 3), channels=2, epochs=args.epochs_unet,
@@ -274,7 +283,7 @@ def stage_pixel_unet(args, work: Path) -> None:
         val.images, load_arrays(prepared / "validation_fibrosis_truth.npz")["labels"],
         config=config, out_dir=work / "runs" / "pixel_unet", train_myocardium=_predicted_myocardium(work, "train"),
         val_myocardium=_predicted_myocardium(work, "validation"), augmentation=AugmentationConfig(),
-        device=args.device,
+        device=args.device, progress=stage_progress.stage("pixel_unet"),
     )
 
 
@@ -343,6 +352,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0", help="version of the registered models")
     parser.add_argument("--max-patients", type=int, default=0, help="patients per part (smoke runs; 0 = all)")
     parser.add_argument("--tiny", action="store_true", help="tiny networks (smoke runs and tests)")
+    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     return parser.parse_args(argv)
 
 
@@ -353,6 +363,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     stages = STAGES if "all" in args.stage else tuple(s for s in STAGES if s in args.stage)
+    stage_progress = StageProgress(stage_weights(args, stages), enabled=args.progress_lines)
+    stage_progress.stage("split")
     split = stage_split(args, work)
     timings = {}
     for stage in stages:
@@ -360,16 +372,30 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         log.info("Stage %s", stage)
+        stage_progress.stage(stage)
         if stage == "prepare":
-            stage_prepare(args, work, split)
+            stage_prepare(args, work, split, stage_progress)
         elif stage == "register":
             stage_register(args, work, split)
         else:
-            globals()[f"stage_{stage}"](args, work)
+            globals()[f"stage_{stage}"](args, work, stage_progress)
         timings[stage] = round(time.perf_counter() - started, 1)
         log.info("Stage %s done in %.1f s", stage, timings[stage])
     (work / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    stage_progress.finish()
     return 0
+
+
+def stage_weights(args, stages) -> dict[str, float]:
+    """Rough cost of each stage that runs, in minutes on a 2-core CPU (the module docstring), for the progress
+    lines: the split first (always read or made), then ``stages`` in order."""
+    minutes = {
+        "split": 0.1, "prepare": 1.0, "myocardium": 0.5 * args.epochs_myocardium,
+        "classifier_slice": 1.5 * args.epochs_classifier, "classifier_stack": 1.5 * args.epochs_stack,
+        "pseudo": 2.0, "weak_unet": 2 * 0.5 * args.epochs_unet, "pixel_unet": 0.5 * args.epochs_unet,
+        "register": 0.1,
+    }
+    return {"split": minutes["split"], **{stage: minutes[stage] for stage in stages if stage != "split"}}
 
 
 if __name__ == "__main__":
