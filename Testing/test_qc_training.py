@@ -19,6 +19,7 @@ from cardiac_ai.phantom import make_cine_phantom
 from cardiac_ai.qc.training import (
     CORRUPTION_KINDS,
     QCPairDataset,
+    augment_qc_pairs,
     concatenate_qc_pairs,
     corrupt_labels,
     evaluate_dice_prediction,
@@ -185,6 +186,35 @@ def test_train_qc_vae_is_deterministic_with_a_seed(gt_pairs, tmp_path):
     assert [h["train_loss"] for h in history_a] == [h["train_loss"] for h in history_b]
     other, _ = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "c", **{**kwargs, "seed": 4})
     assert not torch.equal(other.state_dict()["to_latent.weight"], first.state_dict()["to_latent.weight"])
+
+
+def test_augment_qc_pairs_moves_image_and_masks_together_and_keeps_masks_binary(gt_pairs):
+    x = torch.from_numpy(np.stack([gt_pairs.as_float(i)[0] for i in range(4)]))
+    moved = augment_qc_pairs(x, torch.Generator().manual_seed(0), rotate_deg=30.0, translate_px=6.0)
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    masks = moved[:, 1:]
+    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
+    assert float(moved[:, :1].min()) >= 0.0 and float(moved[:, :1].max()) <= 1.0
+    # the masks follow the image: the same transform without gamma maps the image as the masks are mapped
+    no_gamma = augment_qc_pairs(x, torch.Generator().manual_seed(0), rotate_deg=30.0, translate_px=6.0, gamma=1.0)
+    twice = augment_qc_pairs(x, torch.Generator().manual_seed(0), rotate_deg=30.0, translate_px=6.0, gamma=1.0)
+    assert torch.equal(no_gamma, twice)
+    blood_pool = x[:, 3] > 0.5  # LV blood pool: brighter than the image average in cine
+    moved_pool = no_gamma[:, 3] > 0.5
+    assert x[:, 0][blood_pool].mean() > x[:, 0].mean()
+    assert no_gamma[:, 0][moved_pool].mean() > no_gamma[:, 0].mean()
+    identity = augment_qc_pairs(x, torch.Generator().manual_seed(0), rotate_deg=0.0, scale=0.0, translate_px=0.0,
+                                gamma=1.0)
+    assert torch.allclose(identity[:, :1], x[:, :1], atol=1e-5) and torch.equal(identity[:, 1:], x[:, 1:])
+
+
+def test_train_qc_vae_with_augmentation_is_deterministic(gt_pairs, tmp_path):
+    kwargs = dict(features=TINY_VAE, epochs=2, batch_size=8, lr=1e-3, seed=3, augment=True)
+    first, history_a = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "a", **kwargs)
+    second, history_b = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "b", **kwargs)
+    plain, history_c = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "c", **{**kwargs, "augment": False})
+    assert [h["train_loss"] for h in history_a] == [h["train_loss"] for h in history_b]
+    assert [h["train_loss"] for h in history_a] != [h["train_loss"] for h in history_c]
 
 
 def test_train_qc_vae_refuses_to_resume_with_another_beta(gt_pairs, tmp_path):

@@ -45,6 +45,7 @@ import numpy as np
 from cardiac_ai.datasets import list_acdc, load_case, load_split, refs_in_part
 from cardiac_ai.device import resolve_device
 from cardiac_ai.io.atomic import write_text_atomic
+from cardiac_ai.progress import PROGRESS_LINES_HELP, StageProgress
 from cardiac_ai.qc.training import (
     ATTACK_NOISE_VARIANCES,
     QCPairs,
@@ -77,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     vae = parser.add_argument_group("VAE")
     vae.add_argument("--epochs", type=int, default=100, help="VAE epochs (the paper: 100, early stopping)")
     vae.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs); 0: none")
@@ -85,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     vae.add_argument("--latent-size", type=int, default=8)
     vae.add_argument("--beta", type=float, default=0.01)
     vae.add_argument("--vae-features", type=int, nargs=4, default=[32, 64, 128, 256])
+    vae.add_argument("--augment", action="store_true",
+                     help="random rotation, scale, shift and gamma of the training pairs (against over-fitting)")
     vae.add_argument("--search-steps", type=int, default=100, help="latent search steps of the validation check")
     ablation = parser.add_argument_group("ablation (Table A1)")
     ablation.add_argument("--latent-sizes", type=int, nargs="+", default=[4, 8, 16])
@@ -172,7 +176,12 @@ def ground_truth_pairs(args, data: Data, work: Path, part: str) -> QCPairs:
     return cached_pairs(work / f"pairs_{name}.npz", lambda: prepare_qc_pairs(data.cases(part)))
 
 
-def poor_pairs(args, data: Data, work: Path, part: str, models_holder: dict) -> QCPairs:
+def say_poor(fraction: float, message: str) -> None:
+    if message.startswith("Poor"):
+        say(f"{fraction:.2f} {message}")
+
+
+def poor_pairs(args, data: Data, work: Path, part: str, models_holder: dict, progress=say_poor) -> QCPairs:
     name = "train" if part == "train" else "val"
 
     def make() -> QCPairs:
@@ -181,7 +190,7 @@ def poor_pairs(args, data: Data, work: Path, part: str, models_holder: dict) -> 
         return make_poor_segmentations(
             data.cases(part), n_variants=args.variants, cine_models=models_holder["models"],
             noise_variances=ATTACK_NOISE_VARIANCES, cine_mode=args.cine_mode, seed=args.seed, device=args.device,
-            progress=lambda f, m: say(f"{f:.2f} {m}") if m.startswith("Poor") else None,
+            progress=progress,
         )
 
     return cached_pairs(work / f"poor_{name}.npz", make)
@@ -201,12 +210,13 @@ def validation_subset(pairs: QCPairs, n: int, seed: int) -> QCPairs:
     return pairs.subset(chosen)
 
 
-def vae_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCPairs) -> None:
+def vae_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCPairs,
+              progress=epoch_progress) -> None:
     run = work / "run_vae"
     model, history = train_qc_vae(
         train, val, latent_size=args.latent_size, beta=args.beta, features=args.vae_features, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.patience or None, seed=args.seed,
-        out_dir=run, device=args.device, progress=epoch_progress, resume=(run / "last.pt").exists(),
+        out_dir=run, device=args.device, progress=progress, resume=(run / "last.pt").exists(), augment=args.augment,
     )
     say(f"VAE: {len(history)} epochs, best val_loss {min(h.get('val_loss', np.inf) for h in history):.4f}")
     check = run / "val_qc.json"
@@ -221,22 +231,27 @@ def vae_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCPairs)
     say(f"VAE validation QC: {json.loads(check.read_text())}")
 
 
-def ablation_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCPairs) -> None:
+def ablation_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCPairs,
+                   stage_progress: StageProgress) -> None:
     folder = work / "ablation"
     results_path = folder / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["latent_size"], r["beta"]) for r in results}
     subset = validation_subset(poor_val, args.ablation_val_slices, args.seed)
-    for latent_size in args.latent_sizes:
-        for beta in args.betas:
+    n_configurations = len(args.latent_sizes) * len(args.betas)
+    for row, latent_size in enumerate(args.latent_sizes):
+        for column, beta in enumerate(args.betas):
             if (latent_size, beta) in done:
                 continue
+            number = row * len(args.betas) + column
             run = folder / f"m{latent_size}_beta{beta:g}"
             started = time.perf_counter()
             model, history = train_qc_vae(
                 train, val, latent_size=latent_size, beta=beta, features=args.vae_features,
                 epochs=args.ablation_epochs, batch_size=args.batch_size, lr=args.lr, early_stopping_patience=None,
-                seed=args.seed, out_dir=run, device=args.device, progress=epoch_progress,
+                seed=args.seed, out_dir=run, device=args.device,
+                progress=stage_progress.stage("ablation", then=epoch_progress,
+                                              part=(number / n_configurations, (number + 1) / n_configurations)),
                 resume=(run / "last.pt").exists(),
             )
             predicted = vae_predicted_dice(model, subset, steps=args.ablation_search_steps, device=args.device)
@@ -251,12 +266,12 @@ def ablation_stage(args, work: Path, train: QCPairs, val: QCPairs, poor_val: QCP
             say(f"ablation m={latent_size} beta={beta:g}: MAE {metrics['mae']:.3f}, r {metrics['pearson_r']:.3f}")
 
 
-def regressor_stage(args, work: Path, poor_train: QCPairs, poor_val: QCPairs) -> None:
+def regressor_stage(args, work: Path, poor_train: QCPairs, poor_val: QCPairs, progress=epoch_progress) -> None:
     run = work / "run_regressor"
     _, history = train_qc_regressor(
         poor_train, poor_val, features=args.regressor_features, epochs=args.regressor_epochs,
         batch_size=args.regressor_batch_size, lr=args.regressor_lr, seed=args.seed, out_dir=run, device=args.device,
-        progress=epoch_progress, resume=(run / "last.pt").exists(),
+        progress=progress, resume=(run / "last.pt").exists(),
     )
     best = min(history, key=lambda h: h.get("val_loss", np.inf))
     say(f"regressor: {len(history)} epochs, best val MSE {best['val_loss']:.4f}, val MAE {best['val_mae']:.4f}")
@@ -327,24 +342,46 @@ def main(argv=None) -> int:
 
     needs_pairs = args.stages & {"prepare", "vae", "ablation"}
     needs_poor = args.stages & {"prepare", "vae", "ablation", "regressor"}
+    stage_progress = StageProgress(stage_weights(args, prepares=bool(needs_poor)), enabled=args.progress_lines)
     if needs_pairs:
+        stage_progress.stage("prepare")
         train, val = ground_truth_pairs(args, data, work, "train"), ground_truth_pairs(args, data, work, "validation")
         summarise("ground-truth pairs train", train)
         summarise("ground-truth pairs validation", val)
     if needs_poor:
-        poor_train = poor_pairs(args, data, work, "train", holder)
-        poor_val = poor_pairs(args, data, work, "validation", holder)
+        poor_train = poor_pairs(args, data, work, "train", holder,
+                                stage_progress.stage("prepare", then=say_poor, part=(0.1, 0.9)))
+        poor_val = poor_pairs(args, data, work, "validation", holder,
+                              stage_progress.stage("prepare", then=say_poor, part=(0.9, 1.0)))
         summarise("pairs of known quality train", poor_train)
         summarise("pairs of known quality validation", poor_val)
     if "vae" in args.stages:
-        vae_stage(args, work, train, val, poor_val)
+        vae_stage(args, work, train, val, poor_val,
+                  stage_progress.stage("vae", then=epoch_progress, part=(0.0, 0.9)))  # then the validation search
     if "ablation" in args.stages:
-        ablation_stage(args, work, train, val, poor_val)
+        stage_progress.stage("ablation")
+        ablation_stage(args, work, train, val, poor_val, stage_progress)
     if "regressor" in args.stages:
-        regressor_stage(args, work, poor_train, poor_val)
+        regressor_stage(args, work, poor_train, poor_val, stage_progress.stage("regressor", then=epoch_progress))
     if "register" in args.stages:
+        stage_progress.stage("register")
         register_stage(args, work, data)
+    stage_progress.finish()
     return 0
+
+
+def stage_weights(args: argparse.Namespace, *, prepares: bool) -> dict[str, float]:
+    """Rough cost of each stage that runs, in minutes on a 2-core CPU (the module docstring), for --progress-lines.
+    ``prepares``: the pairs are read or made (every stage but register needs them)."""
+    minutes = {
+        "prepare": 18.0,
+        "vae": 1.0 * args.epochs,
+        "ablation": 1.0 * args.ablation_epochs * len(args.latent_sizes) * len(args.betas),
+        "regressor": 7.0 * args.regressor_epochs,
+        "register": 0.1,
+    }
+    running = [stage for stage in STAGES if stage in args.stages or (stage == "prepare" and prepares)]
+    return {stage: minutes[stage] for stage in running}
 
 
 if __name__ == "__main__":
