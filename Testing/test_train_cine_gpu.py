@@ -1,0 +1,97 @@
+"""scripts/train_cine_gpu.py (the lent-GPU trainer) on the CPU: augmentation, one job end to end, import + register."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cardiac_ai.phantom import make_phantom_cohort
+from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.training.slices import prepare_slices, save_prepared
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu_script():
+    return _load("train_cine_gpu")
+
+
+@pytest.fixture(scope="module")
+def prepared_folder(tmp_path_factory):
+    """Phantom crops in the layout train_acdc_cine.py --stage prepare writes (small crops keep the test fast)."""
+    folder = tmp_path_factory.mktemp("cine_prepared")
+    cohort = make_phantom_cohort(3, seed=11, phases=("ED", "ES"))
+    spec = InputSpec(in_plane_spacing_mm=(3.0, 3.0), crop_size=(32, 32))
+    for part, cases in (("train", cohort[:4]), ("val", cohort[4:])):
+        slices = prepare_slices(cases, spec)
+        for name in ("cine", "localiser", "classifier"):
+            save_prepared(slices, folder / f"{name}_{part}.npz")
+    return folder
+
+
+def test_augmentation_moves_images_and_labels_together(gpu_script, prepared_folder):
+    part = gpu_script.load_part(prepared_folder / "cine_train.npz", torch.device("cpu"))
+    images, labels = gpu_script.as_float(part["images"]), part["labels"]
+    first = gpu_script.augment(images, labels, torch.Generator().manual_seed(0),
+                               **gpu_script.SEGMENTATION_AUGMENTATION)
+    again = gpu_script.augment(images, labels, torch.Generator().manual_seed(0),
+                               **gpu_script.SEGMENTATION_AUGMENTATION)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], labels)
+    moved_images, moved_labels = first
+    for image, label in ((images, labels), (moved_images, moved_labels)):
+        lv, background = image[:, 0][label == 3], image[:, 0][label == 0]
+        assert lv.mean() > background.mean() + 0.1  # the bright blood pool stays under its label
+    assert set(torch.unique(moved_labels).tolist()) <= {0, 1, 2, 3}
+
+
+def test_one_job_trains_saves_and_is_registered_with_its_history(gpu_script, prepared_folder, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--data", str(prepared_folder), "--out", str(out), "--epochs", "2", "--fine-tune-scale", "0.01",
+            "--batch-size", "4", "--budget", "120", "--device", "cpu", "--job", "main"]
+    gpu_script.SEGMENTATION_KWARGS.update(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    assert gpu_script.main(argv) == 0
+    results = {**torch.load(out / "main_a.pt", weights_only=True), **torch.load(out / "main_b.pt", weights_only=True)}
+    assert set(results) == {"cine_baseline", "cine_base", "cine_middle", "cine_apex"}
+    baseline = results["cine_baseline"]
+    assert baseline["epochs_done"] == 2 and not baseline["stopped_early"] and baseline["best_epoch"] in (1, 2)
+    assert all(v.dtype == torch.float16 for v in baseline["state"].values())
+    assert 0.0 <= baseline["metric"] <= 1.0 and baseline["history"][-1]["epoch"] == 2
+
+    cine = _load("train_acdc_cine")
+    work = tmp_path / "work"
+    cine.import_gpu_results(out, work)
+    config = json.loads((work / "run_baseline" / "config.json").read_text())
+    assert config["network_kwargs"]["channels"] == [4, 8, 16]
+    split = type("Split", (), {"train": ("a",), "validation": ("b",), "test": ("c",)})()
+    cine.register(work, split, version="9.9")
+    card = json.loads((work / "models" / "cine_baseline-9.9.json").read_text())
+    assert card["epochs"] == 2 and "train_cine_gpu.py" in card["description"]
+    assert card["validation_metrics"]["val_dice"] == pytest.approx(baseline["metric"])
+
+
+def test_a_job_past_its_deadline_stops_and_says_so(gpu_script, prepared_folder, tmp_path):
+    argv = ["--data", str(prepared_folder), "--out", str(tmp_path), "--epochs", "50", "--batch-size", "4",
+            "--budget", "0", "--fine-tune-grace", "0", "--device", "cpu", "--job", "sampler4"]
+    weights = np.ones(len(np.load(prepared_folder / "cine_train.npz")["regions"]))
+    np.savez(prepared_folder / "sampling_weights.npz", ratio4=weights, ratio20=weights)
+    gpu_script.SEGMENTATION_KWARGS.update(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    assert gpu_script.main(argv) == 0
+    result = torch.load(tmp_path / "sampler4.pt", weights_only=True)["cine_baseline_sampler4"]
+    assert result["stopped_early"] and result["epochs_done"] == 1 and result["sampling"] == "quadratic"
