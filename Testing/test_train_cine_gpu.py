@@ -95,3 +95,25 @@ def test_a_job_past_its_deadline_stops_and_says_so(gpu_script, prepared_folder, 
     assert gpu_script.main(argv) == 0
     result = torch.load(tmp_path / "sampler4.pt", weights_only=True)["cine_baseline_sampler4"]
     assert result["stopped_early"] and result["epochs_done"] == 1 and result["sampling"] == "quadratic"
+
+
+def test_training_code_imports_without_the_imaging_stack():
+    """The lent GPU machine has torch and MONAI but no SimpleITK, nibabel or slicerio: training must not need them."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "for name in ('SimpleITK', 'nibabel', 'slicerio', 'pydicom', 'highdicom', 'pydensecrf'):\n"
+        "    sys.modules[name] = None\n"
+        "import cardiac_ai.models.networks, cardiac_ai.io.atomic, cardiac_ai.training, cardiac_ai.fibrosis.training\n"
+        "from cardiac_ai.models import build_network\n"
+        "build_network('unet2d')\n"
+        "import cardiac_ai.io as io\n"
+        "try:\n"
+        "    io.read_volume\n"
+        "except ImportError:\n"
+        "    print('read_volume needs SimpleITK, as it should')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "read_volume needs SimpleITK" in done.stdout

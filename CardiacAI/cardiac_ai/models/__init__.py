@@ -5,9 +5,7 @@ torch and MONAI: a bare GPU training machine can build every network without Sim
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_attributes
 from .networks import NETWORK_BUILDERS, build_network, network_names
 
 _LAZY = {
@@ -27,14 +25,4 @@ _LAZY = {
 __all__ = ["NETWORK_BUILDERS", "build_network", "network_names", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
