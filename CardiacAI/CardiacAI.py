@@ -11,7 +11,9 @@ From Slicer's Python console::
     result["volumes_ml"], result["lv_mass_g"], result["warnings"], result["qcTableNode"]
     function = logic.computeFunction(getNode("ED"), getNode("ES"))
     function["function"]["lv_ef_percent"]
-    logic.analyseMap(getNode("T1 map"), kind="T1")["summaryTableNode"]
+    cine = logic.analyseCineSequence(getNode("cine sequence"))  # ED/ES from the LV volume curve of every frame
+    cine["edFrame"], cine["esFrame"], cine["curveTableNode"], cine["function"]["lv_ef_percent"]
+    logic.analyseMap(getNode("T1 map"), kind="T1")["bullseyeVolumeNode"]
     logic.fitMapping(getNode("MOLLI"), kind="T1", timesMs=[100, 180, 260, 1100, 1180, 2100, 3100, 4100])
     logic.computeEcv(getNode("T1 native"), getNode("T1 post"), haematocrit=0.42)["ecv"]
     logic.quantifyFibrosis(getNode("LGE"))["summaryTableNode"]
@@ -187,7 +189,13 @@ class CardiacAIParameterNode:
     cineMode - cine segmentation and function: "region-aware" or "baseline" (``cardiacai --mode``).
     cineQualityControl - cine segmentation and function: quality-check the segmentation (needs the qc_vae model;
         uses qcThreshold).
-    edVolume, esVolume - cardiac function: the end-diastolic and end-systolic short-axis volumes.
+    edVolume, esVolume - cardiac function: the end-diastolic and end-systolic short-axis volumes (set to the chosen
+        frames after a run on a cine sequence).
+    cineSequence - cardiac function: a cine sequence (one 3D short-axis frame per phase); when set, every frame is
+        segmented and ED and ES are chosen from the LV volume curve instead of using edVolume and esVolume.
+    cineEdFrame, cineEsFrame - cardiac function on a cine sequence: the 0-based ED and ES frames; -1 chooses them
+        (ED: largest, ES: smallest LV blood-pool volume).
+    cineCurveTable - cardiac function on a cine sequence: the volume curve (made on first run, then refilled).
     cineVolumesTable, cineSlicesTable - cine segmentation results (made on first run, then refilled).
     edSegmentation, esSegmentation, functionTable - cardiac function results (made on first run, then refilled).
     mapKind - T1/T2 mapping: "T1" (MOLLI) or "T2".
@@ -226,6 +234,10 @@ class CardiacAIParameterNode:
     cineMode: Annotated[str, Choice(CINE_MODES)] = "region-aware"
     edVolume: vtkMRMLScalarVolumeNode
     esVolume: vtkMRMLScalarVolumeNode
+    cineSequence: vtkMRMLSequenceNode
+    cineEdFrame: Annotated[int, WithinRange(-1, 9999)] = -1
+    cineEsFrame: Annotated[int, WithinRange(-1, 9999)] = -1
+    cineCurveTable: vtkMRMLTableNode
     cineVolumesTable: vtkMRMLTableNode
     cineSlicesTable: vtkMRMLTableNode
     edSegmentation: vtkMRMLSegmentationNode
@@ -304,6 +316,7 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.value = 0
+        self.ui.mappingBullseyeLabel.visible = False  # until a map analysis draws one
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -372,6 +385,12 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         inputVolume = self._parameterNode.inputVolume
         if inputVolume:
             self.ui.outputSegmentationSelector.baseName = inputVolume.GetName() + " segmentation"
+        # Cardiac function reads either the cine sequence (with its optional ED/ES frames) or the two volumes.
+        fromSequence = bool(self._parameterNode.cineSequence)
+        self.ui.edVolumeSelector.enabled = not fromSequence
+        self.ui.esVolumeSelector.enabled = not fromSequence
+        self.ui.cineEdFrameSpinBox.enabled = fromSequence
+        self.ui.cineEsFrameSpinBox.enabled = fromSequence
         if self._running:
             return
         missing = self.logic.missingInputs(self._parameterNode)
@@ -434,6 +453,19 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         finally:
             self._setRunning(False)
 
+    def _showBullseye(self, path: Optional[str]) -> None:
+        """Show the AHA bullseye PNG of a map analysis under the mapping results; hide the label without one."""
+        import qt
+
+        label = self.ui.mappingBullseyeLabel
+        pixmap = qt.QPixmap(path) if path else None
+        if pixmap is None or pixmap.isNull():
+            label.clear()
+            label.visible = False
+            return
+        label.setPixmap(pixmap.scaledToWidth(min(pixmap.width(), 320), qt.Qt.SmoothTransformation))
+        label.visible = True
+
     def _showResult(self, result: dict) -> None:
         """Show the result's table in its section, images in the slice views, and warnings in a dialog (the Logic
         only returns them; flagged QC slices are among the warnings)."""
@@ -451,6 +483,8 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
                                              foreground=result["ecvVolumeNode"], foregroundOpacity=0.5)
         if result.get("contoursNote"):
             logging.info(result["contoursNote"])
+        if "bullseyePath" in result:  # a map analysis: show its bullseye (or hide the previous one)
+            self._showBullseye(result["bullseyePath"])
         warnings = result.get("warnings") or []
         if not warnings:
             self.ui.statusLabel.text = _("Done.")
@@ -723,8 +757,10 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """What the chosen task still needs before Apply can run ("" when nothing is missing)."""
         task = parameterNode.task
         if task == "function":
+            if parameterNode.cineSequence:
+                return ""
             if not (parameterNode.edVolume and parameterNode.esVolume):
-                return _("Select the ED and ES volumes in the Cine segmentation section")
+                return _("Select the ED and ES volumes, or a cine sequence, in the Cine segmentation section")
             return ""
         if task == "fit-map":
             return "" if parameterNode.mappingSeries else _("Select the raw series in the T1/T2 mapping section")
@@ -745,7 +781,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """Run ``parameterNode.task`` with the parameter node's inputs and store its output nodes there.
 
         "import-labels", "segment-cine", "map", "ecv", "fibrosis" and "cam" read ``inputVolume`` and fill
-        ``outputSegmentation`` (created if empty); "function" reads ``edVolume`` and ``esVolume``; "fit-map" reads
+        ``outputSegmentation`` (created if empty); "function" reads ``cineSequence`` when set (ED and ES chosen from
+        its volume curve, or ``cineEdFrame`` / ``cineEsFrame``), else ``edVolume`` and ``esVolume``; "fit-map" reads
         ``mappingSeries``; "qc" checks ``qcSegmentation`` on ``inputVolume``. Cine result tables and function
         segmentations are created on the first run and refilled on the next ones; the other tasks make new tables.
 
@@ -763,11 +800,23 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         common = {"device": parameterNode.device, "progressCallback": progressCallback, "shouldCancel": shouldCancel}
         qc = {"qc": parameterNode.cineQualityControl, "qcThreshold": parameterNode.qcThreshold}
         if task == "function":
-            result = self.computeFunction(
-                parameterNode.edVolume, parameterNode.esVolume,
-                edSegmentationNode=parameterNode.edSegmentation, esSegmentationNode=parameterNode.esSegmentation,
-                mode=parameterNode.cineMode, functionTableNode=parameterNode.functionTable, **qc, **common,
-            )
+            phaseOutputs = {"edSegmentationNode": parameterNode.edSegmentation,
+                            "esSegmentationNode": parameterNode.esSegmentation,
+                            "functionTableNode": parameterNode.functionTable}
+            if parameterNode.cineSequence:
+                result = self.analyseCineSequence(
+                    parameterNode.cineSequence,
+                    edFrame=parameterNode.cineEdFrame if parameterNode.cineEdFrame >= 0 else None,
+                    esFrame=parameterNode.cineEsFrame if parameterNode.cineEsFrame >= 0 else None,
+                    mode=parameterNode.cineMode, curveTableNode=parameterNode.cineCurveTable, **phaseOutputs, **qc,
+                    **common,
+                )
+                parameterNode.cineCurveTable = result["curveTableNode"]
+                parameterNode.edVolume = result["edVolumeNode"]  # the panel shows which frames were used
+                parameterNode.esVolume = result["esVolumeNode"]
+            else:
+                result = self.computeFunction(parameterNode.edVolume, parameterNode.esVolume,
+                                              mode=parameterNode.cineMode, **phaseOutputs, **qc, **common)
             parameterNode.edSegmentation = result["edSegmentationNode"]
             parameterNode.esSegmentation = result["esSegmentationNode"]
             parameterNode.functionTable = result["functionTableNode"]
@@ -1040,6 +1089,198 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             "report": report,
         }
 
+    # -- cine sequences ------------------------------------------------------------------------------------------
+
+    def cineSequenceFrames(self, sequenceNode) -> list:
+        """The frames of a cine sequence, in sequence order: its data nodes, each a 3D scalar volume with voxels.
+
+        The nodes live in the sequence's own scene (not in ``slicer.mrmlScene``); read them, do not select them.
+
+        :raises ValueError: not a sequence node, fewer than 2 frames, or a frame that is not a one-component scalar
+            volume (a label map, a colour or vector volume, a transform, a segmentation...).
+        """
+        if sequenceNode is None or not sequenceNode.IsA("vtkMRMLSequenceNode"):
+            raise ValueError(
+                f"{sequenceNode.GetName() if sequenceNode else None!r} is not a sequence node; choose a cine sequence "
+                "(one 3D short-axis volume per frame)."
+            )
+        name = sequenceNode.GetName()
+        frames = [sequenceNode.GetNthDataNode(k) for k in range(sequenceNode.GetNumberOfDataNodes())]
+        if len(frames) < 2:
+            raise ValueError(f"Sequence {name!r} has {len(frames)} frame(s); ED and ES need at least 2.")
+        for frame, frameNode in enumerate(frames):
+            kind = frameNode.GetClassName() if frameNode is not None else "missing node"
+            isScalar = (frameNode is not None and frameNode.IsA("vtkMRMLScalarVolumeNode")
+                        and not frameNode.IsA("vtkMRMLLabelMapVolumeNode"))
+            imageData = frameNode.GetImageData() if isScalar else None
+            if not isScalar or imageData is None or imageData.GetNumberOfScalarComponents() != 1:
+                raise ValueError(
+                    f"Frame {frame} of sequence {name!r} is a {kind}"
+                    f"{'' if not isScalar else ' without one-component image data'}; a cine sequence holds scalar "
+                    "volumes (one 3D short-axis stack per frame)."
+                )
+        return frames
+
+    def volumeNodeFromFrame(self, frameNode, name: str, referenceNode=None):
+        """A new scalar volume node in the scene holding a copy of a sequence frame's voxels and geometry (the
+        sequence keeps its own), placed next to ``referenceNode`` in the subject hierarchy, not shown."""
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        volumeNode.CopyOrientation(frameNode)  # origin, spacing and directions: the IJK-to-RAS matrix
+        imageData = vtk.vtkImageData()
+        imageData.DeepCopy(frameNode.GetImageData())
+        volumeNode.SetAndObserveImageData(imageData)
+        volumeNode.CreateDefaultDisplayNodes()
+        if referenceNode is not None:
+            self._placeNextTo(volumeNode, referenceNode)
+        return volumeNode
+
+    def writeFrameFiles(self, frameNodes, folder: str) -> list:
+        """Write each frame to ``folder/frame_0000.nrrd``, ... (``cardiac_ai.cine_sequence.frame_case_id``) with
+        :meth:`volumeToFile`, through one scratch node in the scene that shares the frame's voxels (a frame node
+        belongs to the sequence's scene, which Slicer's writers do not see). Returns the paths in frame order."""
+        cine = importBackend("cine_sequence")
+        os.makedirs(folder, exist_ok=True)
+        scratchNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CardiacAI cine frame")
+        paths = []
+        try:
+            for frame, frameNode in enumerate(frameNodes):
+                scratchNode.CopyOrientation(frameNode)
+                scratchNode.SetAndObserveImageData(frameNode.GetImageData())  # shared, not copied: only written
+                path = os.path.join(folder, cine.frame_case_id(frame) + cine.FRAME_SUFFIX)
+                paths.append(self.volumeToFile(scratchNode, path))
+        finally:
+            storageNode = scratchNode.GetStorageNode()
+            if storageNode is not None:
+                slicer.mrmlScene.RemoveNode(storageNode)
+            slicer.mrmlScene.RemoveNode(scratchNode)
+        return paths
+
+    @staticmethod
+    def _progressRange(progressCallback, start: float, stop: float):
+        """``progressCallback`` for one step of a longer run: the step's 0..1 becomes start..stop."""
+        if progressCallback is None:
+            return None
+        return lambda fraction, message: progressCallback(start + (stop - start) * fraction, message)
+
+    def analyseCineSequence(
+        self,
+        sequenceNode,
+        edFrame: Optional[int] = None,
+        esFrame: Optional[int] = None,
+        mode: str = "region-aware",
+        device: str = "auto",
+        progressCallback: Optional[Callable[[float, str], None]] = None,
+        shouldCancel: Optional[Callable[[], bool]] = None,
+        modelsDir: Optional[str] = None,
+        qc: bool = True,
+        qcThreshold: float = 0.8,
+        curveTableNode=None,
+        edSegmentationNode=None,
+        esSegmentationNode=None,
+        functionTableNode=None,
+    ) -> dict:
+        """Ventricular function of a cine sequence: every frame is segmented, ED and ES are chosen from the LV
+        volume curve, then :meth:`computeFunction` runs on those two frames.
+
+        All frames are written to a temporary folder and segmented by one ``cardiacai batch --task segment-cine``
+        process (the models load once; no QC on this pass). Its ``summary.csv`` gives the curve table; ED is the
+        frame with the largest LV blood-pool volume and ES the one with the smallest, the first frame on a tie,
+        skipping frames that failed or where no heart was found
+        (``cardiac_ai.cine_sequence.choose_ed_es_frames``). ``edFrame`` / ``esFrame`` override the choice. The two
+        frames become scalar volume nodes "<sequence> ED (frame k)" and "<sequence> ES (frame k)", which
+        :meth:`computeFunction` segments again (with QC) into the usual function table, segmentations and QC
+        tables. Works headless: it never shows a dialog; show ``result["warnings"]`` yourself.
+
+        Example, in Slicer's Python console::
+
+            logic = slicer.modules.cardiacai.widgetRepresentation().self().logic  # or CardiacAI.CardiacAILogic()
+            result = logic.analyseCineSequence(getNode("cine sequence"))
+            result["edFrame"], result["esFrame"], result["function"]["lv_ef_percent"], result["warnings"]
+            result = logic.analyseCineSequence(getNode("cine sequence"), edFrame=0, esFrame=9)  # frames you chose
+
+        :param sequenceNode: vtkMRMLSequenceNode of 3D short-axis scalar volumes, one per frame of the cycle.
+        :param edFrame, esFrame: 0-based frame numbers (``GetNthDataNode``) to use as ED / ES; None chooses.
+        :param mode, device, modelsDir, qc, qcThreshold: as for :meth:`segmentCine` (QC runs on ED and ES only).
+        :param curveTableNode: table to refill with the curve; a new one "<sequence> volume curve" if None.
+        :param edSegmentationNode, esSegmentationNode, functionTableNode: as for :meth:`computeFunction`.
+        :return: dict with what :meth:`computeFunction` returns ("edSegmentationNode", "esSegmentationNode",
+            "functionTableNode", "qcTableNodes", "function", "report") and "curveTableNode" (Frame, the sequence's
+            index value, LV blood pool, RV blood pool and LV myocardium in ml, Phase "ED"/"ES", Note for failed or
+            heartless frames), "edFrame", "esFrame" (0-based), "edVolumeNode", "esVolumeNode" (the new frame
+            volumes), "framesChosen" ({"ED": bool, "ES": bool}: chosen from the curve rather than given),
+            "lvBloodPoolMl" (list per frame, None where not segmented), "warnings" (failed frames, frames without
+            heart, then the function's warnings).
+        :raises ValueError: not a sequence of scalar volumes, fewer than 2 frames, an unknown mode, ED/ES frames
+            out of range or equal (before anything runs), or fewer than 2 frames with an LV volume to choose from
+            (after the batch; the curve table is made first so that you can look at it).
+        :raises cardiac_ai.subprocess_runner.CommandError: the batch could not run at all (e.g. no cine models);
+            frames that fail one by one are only warnings.
+        :raises cardiac_ai.errors.Cancelled: shouldCancel returned True.
+        """
+        if mode not in CINE_MODES:
+            raise ValueError(f"Unknown cine segmentation mode {mode!r}; choose one of {', '.join(CINE_MODES)}.")
+        frameNodes = self.cineSequenceFrames(sequenceNode)
+        cine = importBackend("cine_sequence")
+        cine.check_frame_numbers(len(frameNodes), edFrame, esFrame)  # an InputError is a ValueError
+        CommandError = importBackend("subprocess_runner").CommandError
+        name = sequenceNode.GetName()
+        batchShare = len(frameNodes) / (len(frameNodes) + 2.0)  # the function step segments two more frames
+        with self._temporaryDirectory() as tempDir:
+            framesDir = os.path.join(tempDir, "frames")
+            self.writeFrameFiles(frameNodes, framesDir)
+            outputDir = os.path.join(tempDir, "output")
+            try:
+                self.runCommand(
+                    "batch", [framesDir],
+                    {"task": cine.BATCH_TASK, "out": outputDir, "mode": mode, "device": device,
+                     "models_dir": modelsDir, "no_qc": True},
+                    progressCallback=self._progressRange(progressCallback, 0.0, batchShare), shouldCancel=shouldCancel,
+                )
+            except CommandError as error:
+                if error.returncode != cine.BATCH_FAILURES_EXIT_CODE:
+                    raise
+                # Some frames failed: summary.csv holds the others and each failure's error (warned below).
+            frames = cine.read_cine_batch(outputDir, len(frameNodes))
+        warnings = cine.frame_warnings(frames)
+        indexValues = [sequenceNode.GetNthIndexValue(k) for k in range(len(frameNodes))]
+        indexTitle = cine.sequence_index_title(sequenceNode.GetIndexName(), sequenceNode.GetIndexUnit())
+        lvBloodPoolMl = [frame.lv_blood_pool_ml for frame in frames]
+        try:
+            choice = cine.choose_ed_es_frames(lvBloodPoolMl, heart_found=[frame.heart_found for frame in frames],
+                                              ed_frame=edFrame, es_frame=esFrame)
+        except ValueError as error:
+            self.fillTable(curveTableNode, cine.volume_curve_rows(frames, indexValues, index_title=indexTitle),
+                           f"{name} volume curve", sequenceNode)
+            raise ValueError(f"{error} The volume curve is in the table '{name} volume curve'.") from error
+        curveTableNode = self.fillTable(
+            curveTableNode, cine.volume_curve_rows(frames, indexValues, index_title=indexTitle, choice=choice),
+            f"{name} volume curve", sequenceNode)
+        warnings += list(choice.warnings)
+        self._logWarnings(warnings)
+        edVolumeNode = self.volumeNodeFromFrame(frameNodes[choice.ed_frame], f"{name} ED (frame {choice.ed_frame})",
+                                                sequenceNode)
+        esVolumeNode = self.volumeNodeFromFrame(frameNodes[choice.es_frame], f"{name} ES (frame {choice.es_frame})",
+                                                sequenceNode)
+        self.log(f"{name}: ED is frame {choice.ed_frame}, ES is frame {choice.es_frame} "
+                 f"({'chosen from the LV volume curve' if choice.ed_chosen or choice.es_chosen else 'as given'}).")
+        function = self.computeFunction(
+            edVolumeNode, esVolumeNode, edSegmentationNode=edSegmentationNode, esSegmentationNode=esSegmentationNode,
+            mode=mode, device=device, progressCallback=self._progressRange(progressCallback, batchShare, 1.0),
+            shouldCancel=shouldCancel, functionTableNode=functionTableNode, modelsDir=modelsDir, qc=qc,
+            qcThreshold=qcThreshold,
+        )
+        return {
+            **function,
+            "curveTableNode": curveTableNode,
+            "edFrame": choice.ed_frame,
+            "esFrame": choice.es_frame,
+            "edVolumeNode": edVolumeNode,
+            "esVolumeNode": esVolumeNode,
+            "framesChosen": {"ED": choice.ed_chosen, "ES": choice.es_chosen},
+            "lvBloodPoolMl": lvBloodPoolMl,
+            "warnings": warnings + function["warnings"],
+        }
+
     def registeredModels(self, modelsDir: Optional[str] = None) -> list:
         """The trained models the backend finds ("name version" strings), from ``cardiacai info --json``.
 
@@ -1125,6 +1366,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             logic = CardiacAI.CardiacAILogic()
             result = logic.analyseMap(getNode("T1 map"), kind="T1")
             result["summaryTableNode"], result["segmentsTableNode"], result["curveNodes"]
+            result["bullseyeVolumeNode"]  # the AHA bullseye of segment medians, a colour image
 
         :param mapVolumeNode: T1 or T2 map in ms (0 = not fitted), short-axis slices from base to apex.
         :param kind: "T1" or "T2" (checked by the backend against the values).
@@ -1133,7 +1375,10 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :return: dict with "segmentationNode", "summaryTableNode" (myocardium, LV blood pool and septal ROIs:
             median, mean, SD, quartiles in ms, pixels), "slicesTableNode", "segmentsTableNode" (AHA segments),
             "qcTableNode" (or None), "curveNodes" (list), "contoursNote" (why there are no curves, or ""),
-            "warnings" and "report".
+            "bullseyeVolumeNode" (the backend's bullseye.png of the median per AHA segment, loaded as a colour
+            volume "<map> bullseye", not shown; None with a warning when the backend drew none), "bullseyePath"
+            (the PNG, copied out of the run's temporary folder into one that is kept; or None), "warnings" and
+            "report".
         :raises ValueError: unknown kind (before anything runs).
         :raises cardiac_ai.subprocess_runner.CommandError: the backend failed (no mapping model, values that are
             not a T1/T2 map, ...); the message says why.
@@ -1155,9 +1400,16 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             segmentationNode = self.labelsFileToSegmentation(
                 os.path.join(outputDir, "labels.nii.gz"), mapVolumeNode,
                 self._newSegmentation(outputSegmentationNode, mapVolumeNode), shouldCancel=shouldCancel)
+            bullseyeVolumeNode, bullseyePath = self.loadBullseye(
+                os.path.join(outputDir, "bullseye.png"), f"{mapVolumeNode.GetName()} bullseye", mapVolumeNode)
+            if bullseyeVolumeNode is None:
+                warnings.append("The backend drew no AHA bullseye (bullseye.png); the AHA segments table has the "
+                                "same values.")
         name = f"{mapVolumeNode.GetName()} {kind.upper()}"
         result = {
             "segmentationNode": segmentationNode,
+            "bullseyeVolumeNode": bullseyeVolumeNode,
+            "bullseyePath": bullseyePath,
             **self._newTableNodes(tables, {"summary": f"{name} statistics", "slices": f"{name} slices",
                                            "segments": f"{name} AHA segments"}, mapVolumeNode),
             "qcTableNode": self.fillTable(None, qcRows[""], f"{name} QC (indicative)", mapVolumeNode)
@@ -1168,6 +1420,24 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         }
         result["warnings"] = self._logWarnings(warnings)
         return result
+
+    def loadBullseye(self, pngPath: str, name: str, referenceVolumeNode):
+        """Keep a bullseye PNG the backend drew and load it as a colour volume node named ``name``, not shown.
+
+        The run's temporary folder is deleted when the run ends, so the PNG is first copied into a new folder of
+        Slicer's temporary path that the Logic does not delete (the node's file stays readable, the panel can show
+        the picture, and saving the scene finds it). ``singleFile`` stops Slicer from reading other numbered PNGs
+        of the folder as slices of one volume.
+
+        :return: (volume node, path of the kept PNG), or (None, None) when ``pngPath`` does not exist.
+        """
+        if not os.path.isfile(pngPath):
+            return None, None
+        keptPath = os.path.join(slicer.util.tempDirectory(key="CardiacAI-bullseye-"), os.path.basename(pngPath))
+        shutil.copyfile(pngPath, keptPath)
+        volumeNode = slicer.util.loadVolume(keptPath, {"name": name, "singleFile": True, "show": False})
+        self._placeNextTo(volumeNode, referenceVolumeNode)
+        return volumeNode, keptPath
 
     def addContourCurves(self, curves, referenceVolumeNode) -> list:
         """One locked, linear closed curve (markups) per contour of ``cardiac_ai.slicer_results.contour_curves``."""
@@ -1569,6 +1839,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.setUp()
         self.test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered()
         self.setUp()
+        self.test_CineSequenceChoosesEdAndEsFromTheVolumeCurveWhenModelsAreRegistered()
+        self.setUp()
         self.test_MappingFitAndAnalysisOnThePhantom()
         self.setUp()
         self.test_FibrosisCamAndQualityControlWhenModelsAreRegistered()
@@ -1637,8 +1909,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
     def test_MissingInputsAreRejectedBeforeRunning(self):
         logic = CardiacAILogic()
         parameterNode = logic.getParameterNode()
-        for attribute in ("inputVolume", "edVolume", "esVolume", "mappingSeries", "postContrastVolume",
-                          "qcSegmentation"):
+        for attribute in ("inputVolume", "edVolume", "esVolume", "cineSequence", "mappingSeries",
+                          "postContrastVolume", "qcSegmentation"):
             setattr(parameterNode, attribute, None)
         for task in TASKS:
             parameterNode.task = task
@@ -1713,6 +1985,10 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.assertEqual(table.GetValueByName(0, "Region").ToString(), "Myocardium")
         self.assertAlmostEqual(table.GetValueByName(0, "Median (ms)").ToDouble() / truth, 1.0, delta=0.1)
         self.assertTrue(result["curveNodes"], result["contoursNote"])
+        # the bullseye outlives the run's temporary folder, as a file and as a colour volume
+        self.assertTrue(os.path.isfile(result["bullseyePath"]), result["bullseyePath"])
+        self.assertEqual(result["bullseyeVolumeNode"].GetName(), "phantom T1 bullseye")
+        self.assertGreater(result["bullseyeVolumeNode"].GetImageData().GetNumberOfScalarComponents(), 1)
         self.delayDisplay("Test passed")
 
     def test_FibrosisCamAndQualityControlWhenModelsAreRegistered(self):
@@ -1787,4 +2063,68 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.assertAlmostEqual(function["function"]["lv_edv_ml"], result["volumes_ml"]["lv_blood_pool"], places=3)
         self.assertEqual(function["functionTableNode"].GetNumberOfRows(), 9)
         self.assertIsNot(function["edSegmentationNode"], function["esSegmentationNode"])
+        self.delayDisplay("Test passed")
+
+    def test_CineSequenceChoosesEdAndEsFromTheVolumeCurveWhenModelsAreRegistered(self):
+        """A three-frame phantom cine (ED, ES, and the ED heart shrunk by 10 %) through analyseCineSequence: ED is
+        the fullest frame, ES the emptiest. Runs where the localiser and baseline cine models are installed."""
+        logic = CardiacAILogic()
+        logic.setupPythonRequirements(requireTorch=False)
+        names = importBackend("regions.pipeline").CINE_MODEL_NAMES
+        required = {names["localiser"], names["baseline"]}
+        registered = self._registered(logic)
+        if not required <= registered:
+            self.delayDisplay(f"Skipped cine sequence test: models {sorted(required - registered)} are not registered.")
+            return
+        logic.setupPythonRequirements(requireTorch=True)
+        phantom = importBackend("phantom")
+        cases = [phantom.make_cine_phantom(seed=5, phase="ED"), phantom.make_cine_phantom(seed=5, phase="ES"),
+                 phantom.make_cine_phantom(seed=5, phase="ED", scale=0.9)]
+        sequenceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "phantom cine")
+        sequenceNode.SetIndexName("time")
+        sequenceNode.SetIndexUnit("ms")
+        for case, time in zip(cases, (0, 150, 300)):
+            frameNode = self._volumeNode("frame", case.image.array, case.image.geometry)
+            sequenceNode.SetDataNodeAtValue(frameNode, str(time))
+            slicer.mrmlScene.RemoveNode(frameNode)
+
+        self.delayDisplay("Frames that are not scalar volumes, and equal ED/ES frames, are refused before running")
+        with self.assertRaises(ValueError):
+            logic.analyseCineSequence(sequenceNode, edFrame=1, esFrame=1)
+        with self.assertRaises(ValueError):
+            logic.analyseCineSequence(sequenceNode, edFrame=3)
+        labelSequenceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "label sequence")
+        for time in (0, 1):
+            labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+            slicer.util.updateVolumeFromArray(labelNode, cases[0].labels.array)
+            labelSequenceNode.SetDataNodeAtValue(labelNode, str(time))
+            slicer.mrmlScene.RemoveNode(labelNode)
+        with self.assertRaises(ValueError):
+            logic.analyseCineSequence(labelSequenceNode)
+
+        self.delayDisplay("Segmenting every frame with one cardiacai batch, then the function of ED and ES")
+        progress = []
+        result = logic.analyseCineSequence(sequenceNode, mode="baseline", qc=False,
+                                           progressCallback=lambda fraction, message: progress.append(fraction))
+        self.assertEqual((result["edFrame"], result["esFrame"]), (0, 1), result["lvBloodPoolMl"])
+        self.assertEqual(result["framesChosen"], {"ED": True, "ES": True})
+        table = result["curveTableNode"].GetTable()
+        self.assertEqual(result["curveTableNode"].GetNumberOfRows(), 3)
+        self.assertEqual([table.GetValueByName(k, "time (ms)").ToDouble() for k in range(3)], [0.0, 150.0, 300.0])
+        self.assertEqual([table.GetValueByName(k, "Phase").ToString() for k in range(3)], ["ED", "ES", ""])
+        curve = [table.GetValueByName(k, "LV blood pool (ml)").ToDouble() for k in range(3)]
+        self.assertTrue(curve[0] > curve[2] > curve[1], curve)
+        self.assertEqual(result["edVolumeNode"].GetName(), "phantom cine ED (frame 0)")
+        self.assertEqual(result["esVolumeNode"].GetName(), "phantom cine ES (frame 1)")
+        self.assertTrue((slicer.util.arrayFromVolume(result["esVolumeNode"]) == cases[1].image.array).all())
+        # ED and ES are segmented again by computeFunction with the same model: the same volumes as on the curve
+        self.assertAlmostEqual(result["function"]["lv_edv_ml"], curve[0], places=2)
+        self.assertAlmostEqual(result["function"]["lv_esv_ml"], curve[1], places=2)
+        self.assertEqual(result["functionTableNode"].GetNumberOfRows(), 9)
+        self.assertTrue(progress and progress[-1] == 1.0, f"progress went {progress}")
+
+        self.delayDisplay("Given frames win over the curve")
+        given = logic.analyseCineSequence(sequenceNode, edFrame=2, mode="baseline", qc=False)
+        self.assertEqual((given["edFrame"], given["esFrame"]), (2, 1))
+        self.assertEqual(given["framesChosen"], {"ED": False, "ES": True})
         self.delayDisplay("Test passed")

@@ -6,10 +6,12 @@ with the ``scripts/train_*.py`` entry points of a source checkout. Training runs
 backend, same PythonSlicer launcher and Stop handling as the CardiacAI module), so a long training never blocks or
 crashes Slicer. Nothing from ``cardiac_ai`` or PyTorch is imported when Slicer starts.
 
-While it runs, the loss and validation metrics of ``<output>/checkpoints/log.csv`` are plotted (a table, plot
-series and a plot chart node, refreshed whenever the file changes) and the process output goes to the log. When it
-finishes, the model is registered (``--register-to``) in the CardiacAI models folder, which CardiacAI passes to the
-backend as ``--models-dir``, so CardiacAI finds the new model by its name and version.
+While it runs, the progress bar follows the ``PROGRESS`` lines of the process (``--progress-lines``: a training
+script reports each stage's share of the run and the epochs inside it), the loss and validation metrics of
+``<output>/checkpoints/log.csv`` are plotted (a table, plot series and a plot chart node, refreshed whenever the
+file changes) and the other process output goes to the log. When it finishes, the model is registered
+(``--register-to``) in the CardiacAI models folder, which CardiacAI passes to the backend as ``--models-dir``, so
+CardiacAI finds the new model by its name and version.
 
 From Slicer's Python console::
 
@@ -41,8 +43,8 @@ from slicer.util import VTKObservationMixin
 
 #: Model families that can be trained: the keys of cardiac_ai.slicer_results.TRAINING_TASKS. "segmentation" runs
 #: ``cardiacai train``; the others run scripts/train_*.py of a source checkout (see scriptsDirectory()).
-TRAINING_TASKS = ("segmentation", "cine", "mapping", "qc", "weak", "fibrosis")
-#: Seconds between two looks at the training scripts' log.csv files (they print no progress lines).
+TRAINING_TASKS = ("segmentation", "cine", "mapping", "qc", "weak", "fibrosis", "weak-cam")
+#: Seconds between two looks at the training scripts' log.csv files (each stage of a script writes its own).
 LOG_POLL_S = 2.0
 DEVICES = ("auto", "cpu", "cuda")
 #: ``cardiacai train --layout``: how the data folder is organised (auto: detected from its content).
@@ -125,6 +127,7 @@ class CardiacAITrainingParameterNode:
     modelName, modelVersion - name and version under which the trained model is registered (segmentation; the
         other tasks register their models under their own names, version 1.0).
     registerModel - register the trained model in the CardiacAI models folder, so CardiacAI can use it.
+    labelColumn - weak-cam: the labels.csv column holding the image-level labels (ACDC: ignored, its diagnoses).
     """
 
     dataFolder: pathlib.Path
@@ -136,6 +139,7 @@ class CardiacAITrainingParameterNode:
     modelName: str = "custom_unet2d"
     modelVersion: str = "1.0"
     registerModel: bool = True
+    labelColumn: str = "diagnosis"
 
 
 #
@@ -310,6 +314,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelName: str = "custom_unet2d",
         modelVersion: str = "1.0",
         registerTo=None,
+        labelColumn: str = "diagnosis",
     ) -> dict:
         """The ``cardiacai train`` options for these settings, after checking them.
 
@@ -346,6 +351,13 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             )
         options = {"data": dataFolder, "layout": layout, "out": outputFolder, "task": task, "epochs": int(epochs),
                    "device": device, "model_name": modelName, "model_version": modelVersion}
+        if task == "weak-cam":
+            if layout != "acdc" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ -]*", labelColumn or ""):
+                raise ValueError(
+                    f"Label column {labelColumn!r} is not valid: give the labels.csv column that holds the image-level "
+                    "labels (for example diagnosis)."
+                )
+            options["label_column"] = labelColumn
         if registerTo:
             if os.path.abspath(str(registerTo)) in (os.path.abspath(dataFolder), os.path.abspath(outputFolder)):
                 raise ValueError("The models folder must differ from the data and output folders.")
@@ -359,11 +371,11 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """The full command line that trains ``task`` (for running, display and logs).
 
         "segmentation": ``PythonSlicer -m cardiac_ai train ... --progress-lines``; the other tasks:
-        ``PythonSlicer <scripts>/train_*.py --data ... --work <output> --device ... --<epochs options> N``
-        (``cardiac_ai.slicer_results.training_command``).
+        ``PythonSlicer <scripts>/train_*.py --data ... --work <output> --device ... --<epochs options> N
+        --progress-lines`` (``cardiac_ai.slicer_results.training_command``).
 
         :param scriptsDir: the checkout's scripts folder; default :func:`scriptsDirectory`.
-        :param settings: layout, modelName, modelVersion, registerTo, as for :meth:`trainOptions`.
+        :param settings: layout, modelName, modelVersion, registerTo, labelColumn, as for :meth:`trainOptions`.
         :raises ValueError: invalid settings, or a script task without the scripts folder.
         """
         from CardiacAI import CardiacAILogic, importBackend
@@ -375,6 +387,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             device=options["device"], layout=options["layout"], model_name=options["model_name"],
             model_version=options["model_version"], register_to=options.get("register_to"),
             scripts_dir=scriptsDir if scriptsDir is not None else scriptsDirectory(),
+            label_column=options.get("label_column"),
         )
 
     # -- live loss plot -------------------------------------------------------------------------------------------
@@ -461,7 +474,9 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         PyTorch and the backend's packages are installed first if missing. Whether a task can be trained is decided
         by the backend: a version that cannot train it exits with a one-line error, raised here as CommandError.
-        The loss plot (:meth:`updateLossPlot`) is refreshed after each progress line of the backend. With
+        ``progressCallback`` gets the (fraction, message) of every ``PROGRESS`` line of the backend or training
+        script. The loss plot (:meth:`updateLossPlot`) is refreshed after each progress line of ``cardiacai train``
+        and every few seconds from the log.csv a training script is writing. With
         ``registerModel``, the model is registered in :func:`modelsFolder` (and that folder stored in the
         "CardiacAI/ModelsFolder" setting), where CardiacAI looks for models.
 
@@ -475,7 +490,8 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         registerTo = modelsFolder() if parameterNode.registerModel else None
         settings = {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
-                    "modelVersion": parameterNode.modelVersion, "registerTo": registerTo}
+                    "modelVersion": parameterNode.modelVersion, "registerTo": registerTo,
+                    "labelColumn": parameterNode.labelColumn}
         task = parameterNode.task
         options = self.trainOptions(parameterNode.dataFolder, parameterNode.outputFolder, task, parameterNode.epochs,
                                     parameterNode.device, **settings)
@@ -505,7 +521,8 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 (line.split(" ", 1)[1].strip() for line in run.output_lines if line.startswith("Registered ")), None
             )
         else:
-            # A training script prints log lines, no progress lines: the plot follows the log.csv being written.
+            # The script's PROGRESS lines (--progress-lines, in the command) drive progressCallback; its stages write
+            # one log.csv each, so the plot follows the newest log.csv under the output folder.
             lastLook = [0.0]
 
             def shouldStop() -> bool:
@@ -544,8 +561,9 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """
         if not registerTo:
             return None
-        if task == "fibrosis":
-            cards = sorted(glob.glob(os.path.join(str(registerTo), "lge_*.json")))
+        if task in ("fibrosis", "weak-cam"):  # these write straight into registerTo
+            pattern = "lge_*.json" if task == "fibrosis" else "weak_*.json"
+            cards = sorted(glob.glob(os.path.join(str(registerTo), pattern)))
             return ", ".join(os.path.basename(c) for c in cards) or None
         source = os.path.join(str(outputFolder), "models")
         copied = []
@@ -603,6 +621,7 @@ class CardiacAITrainingTest(ScriptedLoadableModuleTest):  # noqa: F405
             qc = logic.buildTrainCommand(dataFolder, outputFolder, "qc", 3, "cpu", pythonExecutable="python")
             self.assertTrue(qc[1].endswith("train_qc.py"))
             self.assertEqual(qc[qc.index("--work") + 1], outputFolder)
+            self.assertEqual(qc[-1], "--progress-lines")  # the script reports its stages and epochs
         else:
             with self.assertRaises(ValueError):
                 logic.buildTrainCommand(dataFolder, outputFolder, "qc", 3, "cpu", pythonExecutable="python")

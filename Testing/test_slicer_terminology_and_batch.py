@@ -431,10 +431,25 @@ def test_training_tasks_are_the_tasks_the_backend_can_build_commands_for():
     assert _assigned_constant(TRAINING_MODULE, "TRAINING_TASKS") == tuple(TRAINING_TASKS)
     assert _assigned_constant(TRAINING_MODULE, "TRAINING_TASKS")[0] == "segmentation"  # the parameter default
     train = next(a for a in build_parser()._actions if a.choices and "train" in a.choices).choices["train"]
-    assert tuple(train._option_string_actions["--task"].choices) == ("segmentation",)  # the rest are scripts
+    cli_tasks = tuple(name for name, task in TRAINING_TASKS.items() if task.script is None)
+    assert tuple(train._option_string_actions["--task"].choices) == cli_tasks == ("segmentation", "weak-cam")
     for task in TRAINING_TASKS.values():
         if task.script:
             assert (ROOT / "scripts" / task.script).is_file(), task.script
+
+
+def test_weak_cam_training_command_is_cardiacai_train_with_the_label_column(tmp_path):
+    from cardiac_ai.slicer_results import training_command
+
+    command = training_command("weak-cam", python_executable="python", data=tmp_path / "data", out=tmp_path / "run",
+                               epochs=7, layout="generic", register_to=tmp_path / "models", label_column="diagnosis")
+    assert command[:4] == ["python", "-m", "cardiac_ai", "train"] and command[-1] == "--progress-lines"
+    for flag, value in (("--task", "weak-cam"), ("--epochs", "7"), ("--seg-epochs", "7"),
+                        ("--label-column", "diagnosis"), ("--register-to", str(tmp_path / "models"))):
+        assert command[command.index(flag) + 1] == value
+    assert "--model-name" not in command
+    parsed = build_parser().parse_args(command[3:])  # the CLI accepts what it is given
+    assert parsed.task == "weak-cam" and parsed.label_column == "diagnosis"
 
 
 # -- headless batch: the other tasks ------------------------------------------------------------------------------

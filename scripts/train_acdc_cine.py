@@ -16,6 +16,7 @@ from cardiac_ai.datasets import (
     groups_from_refs, list_acdc, load_case, load_split, make_patient_split, refs_in_part, save_split,
 )
 from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.progress import PROGRESS_LINES_HELP, StageProgress
 from cardiac_ai.training import TrainingConfig
 from cardiac_ai.training.augmentation import AugmentationConfig
 from cardiac_ai.training.segmentation import train_segmentation_prepared
@@ -72,10 +73,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--version", default="1.0", help="version of the registered models (stages register, import-gpu)")
     parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stage import-gpu)")
+    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    stage_progress = StageProgress(stage_weights(args), enabled=args.progress_lines)
+    stage_progress.stage("prepare")
 
     refs = list_acdc(args.data)
     split = acdc_cine_split(refs)
@@ -96,10 +100,13 @@ def main() -> None:
           flush=True)
     if args.stage == "prepare":
         write_sampling_weights(work, cine_train)
+        stage_progress.finish()
         return
     if args.stage == "import-gpu":
+        stage_progress.stage("import-gpu")
         import_gpu_results(Path(args.gpu_results), work)
         register(work, split, args.version)
+        stage_progress.finish()
         return
 
     def progress(fraction, message):
@@ -116,7 +123,8 @@ def main() -> None:
         )
         result, _, metrics = train_segmentation_prepared(
             loc_train, loc_val, config=config, out_dir=work / "run_localiser", device=args.device,
-            augmentation=AugmentationConfig(translate_prob=0.5, translate_range_px=10.0), progress=progress,
+            augmentation=AugmentationConfig(translate_prob=0.5, translate_range_px=10.0),
+            progress=stage_progress.stage("localiser", then=progress),
             resume=(work / "run_localiser" / "last.pt").exists(),
         )
         print("localiser", metrics, flush=True)
@@ -124,7 +132,8 @@ def main() -> None:
     if args.stage in ("baseline", "all"):
         result, _, metrics = train_segmentation_prepared(
             cine_train, cine_val, config=baseline_config(args.epochs), out_dir=work / "run_baseline",
-            device=args.device, augmentation=CINE_AUGMENTATION, progress=progress,
+            device=args.device, augmentation=CINE_AUGMENTATION,
+            progress=stage_progress.stage("baseline", then=progress),
             resume=(work / "run_baseline" / "last.pt").exists(),
         )
         print("baseline", metrics, flush=True)
@@ -139,7 +148,8 @@ def main() -> None:
         )
         result, _, metrics = train_segmentation_prepared(
             cine_train, cine_val, config=config, out_dir=work / "run_sampler", device=args.device,
-            augmentation=CINE_AUGMENTATION, progress=progress, batch_sampler=sampler,
+            augmentation=CINE_AUGMENTATION, progress=stage_progress.stage("sampler", then=progress),
+            batch_sampler=sampler,
             resume=(work / "run_sampler" / "last.pt").exists(),
         )
         print("sampler", metrics, flush=True)
@@ -155,7 +165,8 @@ def main() -> None:
         result, _, metrics = train_classifier_prepared(
             cls_train, cls_val, train_targets=cls_train.regions, val_targets=cls_val.regions, n_classes=4,
             config=config, out_dir=work / "run_classifier", device=args.device,
-            augmentation=AugmentationConfig(translate_prob=0.5, translate_range_px=6.0), progress=progress,
+            augmentation=AugmentationConfig(translate_prob=0.5, translate_range_px=6.0),
+            progress=stage_progress.stage("classifier", then=progress),
             resume=(work / "run_classifier" / "last.pt").exists(),
         )
         print("classifier", metrics, flush=True)
@@ -166,14 +177,34 @@ def main() -> None:
             result, _, metrics = train_segmentation_prepared(
                 cine_train.subset(cine_train.regions == region), cine_val.subset(cine_val.regions == region),
                 config=config, out_dir=work / f"run_region_{name}", device=args.device,
-                augmentation=CINE_AUGMENTATION, progress=progress,
+                augmentation=CINE_AUGMENTATION,
+                progress=stage_progress.stage("regions", then=progress, part=REGION_PARTS[name]),
                 initial_weights=work / "run_baseline" / "best.pt",
                 resume=(work / f"run_region_{name}" / "last.pt").exists(),
             )
             print(f"region {name}", metrics, flush=True)
 
     if args.stage in ("register", "all"):
+        stage_progress.stage("register")
         register(work, split, args.version)
+    stage_progress.finish()
+
+
+#: Stages after "prepare" and their rough cost in baseline epochs (the regions train on subsets: base 40 epochs on
+#: about a quarter of the slices, middle 15 on a half, apex 40 on a quarter), for --progress-lines.
+TRAINING_STAGE_COSTS = {"localiser": 15.0, "baseline": None, "sampler": None, "classifier": 20.0, "regions": 27.5,
+                        "register": 0.5}
+REGION_PARTS = {"base": (0.0, 10 / 27.5), "middle": (10 / 27.5, 17.5 / 27.5), "apex": (17.5 / 27.5, 1.0)}
+
+
+def stage_weights(args) -> dict[str, float]:
+    """The stages this run does, in order, with their rough cost in baseline epochs ("prepare" always runs)."""
+    costs = {stage: float(args.epochs) if cost is None else cost for stage, cost in TRAINING_STAGE_COSTS.items()}
+    if args.stage == "prepare":
+        return {"prepare": 5.0}
+    if args.stage == "import-gpu":
+        return {"prepare": 5.0, "import-gpu": 1.0}
+    return {"prepare": 5.0, **{stage: cost for stage, cost in costs.items() if args.stage in (stage, "all")}}
 
 
 RUNS = {  # run folder -> (model name, task, description)

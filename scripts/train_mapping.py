@@ -42,6 +42,7 @@ from cardiac_ai.datasets.case import Case
 from cardiac_ai.io import read_json
 from cardiac_ai.mapping import build_mapping_dataset, load_mapping_case, make_mapping_case, save_mapping_case
 from cardiac_ai.preprocessing import InputSpec
+from cardiac_ai.progress import PROGRESS_LINES_HELP, StageProgress
 from cardiac_ai.training import TrainingConfig
 from cardiac_ai.training.augmentation import AugmentationConfig
 from cardiac_ai.training.segmentation import train_segmentation_prepared
@@ -139,16 +140,21 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet10", choices=["resnet10", "resnet18", "resnet34"])
     parser.add_argument("--limit", type=int, help="only the first N training and validation patients (a check)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     prefix = "" if args.limit is None else f"first{args.limit}_"
+    stage_progress = StageProgress(stage_weights(args), enabled=args.progress_lines)
 
+    stage_progress.stage("dataset")
     folder = dataset(args, work)
     print(f"mapping data set: {folder}", flush=True)
     if args.stage == "dataset":
+        stage_progress.finish()
         return
+    stage_progress.stage("prepare")
     names = ["maps_train", "maps_val", "raw_train"]
     if all((work / f"{prefix}{n}.npz").exists() for n in names):
         train_cases = val_cases = []
@@ -161,6 +167,7 @@ def main() -> None:
                          shifted_centre)
     print({"maps_train": len(maps_train), "maps_val": len(maps_val), "raw_train": len(raw_train)}, flush=True)
     if args.stage == "prepare":
+        stage_progress.finish()
         return
 
     def progress(fraction, message):
@@ -171,6 +178,7 @@ def main() -> None:
         if args.stage not in (stage, "all"):
             continue
         network, kwargs = NETWORKS[stage][0], NETWORKS[stage][1](args.backbone)
+        raw_share = RAW_EPOCH_COST * args.raw_epochs / max(training_cost(args), 1e-9)  # phase 1's part of the stage
         initial = None
         if args.raw_epochs > 0:
             run = work / f"{prefix}run_{stage}_raw"
@@ -185,7 +193,8 @@ def main() -> None:
             )
             _, _, metrics = train_segmentation_prepared(
                 both, maps_val, config=config(network, kwargs, args.raw_epochs, 1e-3), out_dir=run,
-                augmentation=AUGMENTATION, device=args.device, progress=progress,
+                augmentation=AUGMENTATION, device=args.device,
+                progress=stage_progress.stage(stage, then=progress, part=(0.0, raw_share)),
                 resume=(run / "last.pt").exists(),
             )
             print(f"{stage} phase 1 (raw frames + maps)", metrics, flush=True)
@@ -193,13 +202,35 @@ def main() -> None:
         run = work / f"{prefix}run_{stage}"
         _, _, metrics = train_segmentation_prepared(
             maps_train, maps_val, config=config(network, kwargs, args.epochs, 5e-4 if initial else 1e-3),
-            out_dir=run, augmentation=AUGMENTATION, device=args.device, progress=progress,
+            out_dir=run, augmentation=AUGMENTATION, device=args.device,
+            progress=stage_progress.stage(stage, then=progress, part=(raw_share, 1.0)),
             initial_weights=None if (run / "last.pt").exists() else initial, resume=(run / "last.pt").exists(),
         )
         print(f"{stage} phase 2 (maps)", metrics, flush=True)
 
     if args.stage in ("register", "all"):
+        stage_progress.stage("register")
         register(work, prefix, args)
+    stage_progress.finish()
+
+
+#: Cost of one phase-1 epoch (raw MOLLI and T2-prepared frames + maps) in phase-2 epochs (maps only): a mapping case
+#: holds about 12 raw frames for its 2 maps.
+RAW_EPOCH_COST = 7.0
+
+
+def training_cost(args) -> float:
+    """Cost of one network's training (phase 1 and phase 2) in phase-2 epochs."""
+    return RAW_EPOCH_COST * args.raw_epochs + args.epochs
+
+
+def stage_weights(args) -> dict[str, float]:
+    """Rough cost of each stage that runs, in phase-2 epochs, for the progress lines (--progress-lines)."""
+    costs = {"dataset": 5.0, "prepare": 5.0, "flexible": training_cost(args), "unet": training_cost(args),
+             "register": 0.1}
+    running = {"dataset": ["dataset"], "prepare": ["dataset", "prepare"],
+               "all": list(costs)}.get(args.stage, ["dataset", "prepare", args.stage])
+    return {stage: costs[stage] for stage in running}
 
 
 def register(work: Path, prefix: str, args) -> None:

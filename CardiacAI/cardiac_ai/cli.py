@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 from . import __version__
 from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError, OutputError
-from .progress import ProgressCallback, format_progress_line
+from .progress import PROGRESS_LINES_HELP, ProgressCallback, format_progress_line
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +33,13 @@ EXIT_BATCH_FAILURES = 5
 EXIT_CANCELLED = 130
 
 Handler = Callable[[argparse.Namespace, ProgressCallback], int]
+
+# Choices shared by the single-case commands and ``batch``; repeated from the backend (cardiac_ai.pipeline.BATCH_TASKS,
+# cardiac_ai.fibrosis, cardiac_ai.weak) so that building the parser does not import torch.
+BATCH_TASK_CHOICES = ("segment-cine", "function", "map", "fibrosis", "cam")
+MAP_KINDS = ("t1", "t2")
+FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+CAM_METHODS = ("model", "gradcam", "gradcampp")
 _HANDLERS: dict[str, Handler] = {}
 
 
@@ -70,9 +77,7 @@ def _common_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("common options")
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     group.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
-    group.add_argument(
-        "--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout"
-    )
+    group.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     group.add_argument(
         "--models-dir", action="append", default=[], metavar="DIR",
         help="extra folder of trained models (searched before the bundled ones; also CARDIACAI_MODELS)",
@@ -142,10 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("es", help="end-systolic short-axis volume")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
 
-    p = sub.add_parser("batch", parents=[common, cine, quality], help="run segment-cine or function over a cohort")
-    p.add_argument("source", help="folder of volumes (one per case) or CSV: case_id,input (or case_id,ed,es)")
-    p.add_argument("--task", choices=["segment-cine", "function"], default="segment-cine")
+    p = sub.add_parser(
+        "batch", parents=[common, cine, quality],
+        help="run segment-cine, function, map, fibrosis or cam over a cohort (resumable; summary.csv)",
+        description="Run one task over every case of a cohort, with the models loaded once. Each case gets the "
+                    "output folder of the single-case command (OUT/<case_id>/); OUT/summary.csv holds one row per "
+                    "case (status, the task's main numbers, warnings, QC, error, seconds). A case whose folder "
+                    "holds report.json is skipped (--overwrite redoes it); a failing case never stops the batch, "
+                    "and the exit status is then 5. The cine options apply to segment-cine and function (--frame "
+                    "also to cam), quality control to segment-cine, function and map.",
+    )
+    p.add_argument("source", help="folder of inputs (a volume file, DICOM folder or, for fibrosis, PNG-slice folder "
+                                  "per case) or CSV: case_id,input (function: case_id,ed,es)")
+    p.add_argument("--task", choices=BATCH_TASK_CHOICES, default="segment-cine",
+                   help="what to run on every case, as the command of that name (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder: one subfolder per case and summary.csv")
+    group = p.add_argument_group("map, fibrosis and cam tasks (the options of those commands)")
+    group.add_argument("--kind", type=str.lower, choices=MAP_KINDS, help="map: what the maps hold (required)")
+    group.add_argument("--erosion-mm", type=float, metavar="MM", help="map: myocardial erosion in mm (default 0)")
+    group.add_argument("--model", choices=FIBROSIS_MODELS,
+                       help="fibrosis: scar model (default weak; see `cardiacai fibrosis --help`)")
+    group.add_argument("--no-classifier", action="store_true", help="fibrosis: skip the per-slice probability")
+    group.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                       help="fibrosis: pixel spacing of PNG inputs (i j [k]); without it numbers are in pixels")
+    group.add_argument("--explain", metavar="CLASS", help="cam: class mapped on every slice (default: predicted)")
+    group.add_argument("--method", choices=CAM_METHODS, help="cam: CAM method (default: the model card's)")
+    group.add_argument("--pseudo-label", action="store_true",
+                       help="cam: labels from the CAM pseudo-label even when the weak U-Net is installed")
 
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps")
@@ -153,30 +181,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.csv and summary.csv (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
 
-    p = sub.add_parser("train", parents=[common], help="train a model on ACDC, EMIDEC or your own data")
-    p.add_argument("--task", choices=["segmentation"], default="segmentation",
-                   help="what to train (more tasks arrive with their capabilities)")
+    p = sub.add_parser(
+        "train", parents=[common], help="train a model on ACDC, EMIDEC or your own data",
+        description="segmentation: a U-Net from pixel label maps. weak-cam: from an image-level label only (a "
+                    "labels.csv column such as diagnosis, or the ACDC diagnosis of Info.cfg): a CAM classifier, its "
+                    "class activation maps turned into pseudo-labels, and a whole-heart U-Net trained on them. "
+                    "weak-cam never reads a pixel label map, even when the folder has labels/. It uses the ED-ES "
+                    "motion prior when every case has its other phase (case ids <patient>_ED and <patient>_ES), "
+                    "else the CAMs. With --register-to DIR, `cardiacai cam INPUT --models-dir DIR` uses the models.",
+    )
+    p.add_argument("--task", choices=["segmentation", "weak-cam"], default="segmentation",
+                   help="segmentation (needs label maps) or weak-cam (image-level labels only; label maps are NOT "
+                        "read)")
     p.add_argument("--data", required=True, help="data folder")
     p.add_argument("--layout", choices=["auto", "acdc", "emidec", "generic"], default="auto",
                    help="how the folder is laid out (auto: recognised from its contents)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, config.json, log.csv, split.json")
+    p.add_argument("--out", required=True, help="run folder: split.json and checkpoints/ (weak-cam: prepared slices, "
+                                                "run_classifier/, pseudo-labels, run_weak_*/)")
     p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
-    p.add_argument("--network", default="unet2d", help="network name (see `cardiacai info`)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--crop-size", type=int, default=128, help="square crop in pixels")
-    p.add_argument("--spacing", type=float, default=1.25, help="in-plane spacing in mm the model works at")
+    p.add_argument("--network", default="unet2d", help="segmentation: network name (see `cardiacai info`)")
+    p.add_argument("--epochs", type=int, help="default 100 (weak-cam: 30, of the classifier)")
+    p.add_argument("--batch-size", type=int, help="default 16 (weak-cam: 32)")
+    p.add_argument("--learning-rate", type=float, help="default 1e-3 (weak-cam: 1e-3 classifier, 2e-3 U-Net)")
+    p.add_argument("--crop-size", type=int,
+                   help="square crop in pixels (default 128; weak-cam: 96, a multiple of 16, around the image centre)")
+    p.add_argument("--spacing", type=float, help="in-plane spacing in mm the model works at (default 1.25; weak-cam 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--model-name", default="custom_unet2d", help="name of the registered model")
+    p.add_argument("--model-name", default="custom_unet2d",
+                   help="segmentation: name of the registered model (weak-cam registers weak_cam_classifier and "
+                        "weak_heart_unet)")
     p.add_argument("--model-version", default="1.0")
-    p.add_argument("--register-to", metavar="DIR", help="write the trained model here (a --models-dir folder)")
+    p.add_argument("--register-to", metavar="DIR", help="write the trained model(s) here (a --models-dir folder)")
+    group = p.add_argument_group("weak-cam (image-level labels only; pixel label maps are never read)")
+    group.add_argument("--label-column", metavar="NAME",
+                       help="the image-level label to learn: a labels.csv column (generic layout, required, e.g. "
+                            "diagnosis); ACDC: group, the Info.cfg diagnosis (the default)")
+    group.add_argument("--seg-epochs", type=int, help="weak U-Net epochs (default: --epochs)")
+    group.add_argument("--prior", choices=["auto", "cam", "motion"],
+                       help="where the pseudo-labels come from: auto (default: ED-ES motion when every case has both "
+                            "phases, else CAM), cam, or motion")
+    group.add_argument("--weak-mode", choices=["pseudo_label", "cam_prior"],
+                       help="U-Net target: pseudo_label (default; DenseCRF pseudo-labels) or cam_prior (soft CAM)")
+    group.add_argument("--width", type=int,
+                       help="channels of the first level of both networks, doubled per level (default 16)")
 
     p = sub.add_parser("map", parents=[common, quality],
                        help="myocardial T1 or T2 from a map: contours, AHA segments, stats")
     p.add_argument("input", help="T1 or T2 map in ms (NIfTI, NRRD, MHA, DICOM folder); 0 = not fitted")
-    p.add_argument("--kind", required=True, choices=["t1", "t2"], help="what the map holds (checked against values)")
+    p.add_argument("--kind", required=True, type=str.lower, choices=MAP_KINDS,
+                   help="what the map holds (checked against values)")
     p.add_argument("--out", required=True,
                    help="output folder: labels.nii.gz, stats.json, contours.json, bullseye.png, report.json")
     p.add_argument("--erosion-mm", type=float, default=0.0, metavar="MM",
@@ -223,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder: cam.nii.gz, labels.nii.gz, segmentation.seg.nrrd, cam_slices.csv, report.json")
     p.add_argument("--explain", metavar="CLASS",
                    help="class whose evidence is mapped on every slice (e.g. DCM); default: each slice's prediction")
-    p.add_argument("--method", choices=["model", "gradcam", "gradcampp"],
+    p.add_argument("--method", choices=CAM_METHODS,
                    help="CAM method; default: the one chosen on validation patients (in the model card)")
     p.add_argument("--pseudo-label", action="store_true",
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
@@ -234,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "patient's <patient>_sliceNNN.png slices (EMIDEC)")
     p.add_argument("--out", required=True, help="output folder: labels.nii.gz, segmentation.seg.nrrd, report.json, "
                                                 "fibrosis.csv, transmurality.csv")
-    p.add_argument("--model", choices=["weak", "weak_stack", "pixel"], default="weak",
+    p.add_argument("--model", choices=FIBROSIS_MODELS, default="weak",
                    help="scar model: weak = trained on slice-level labels (default), weak_stack = on patient-level "
                         "labels, pixel = on pixel labels (comparison)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
@@ -405,6 +459,15 @@ def _detect_layout(folder: Path) -> str:
     )
 
 
+#: Defaults of the train options that differ between tasks (None in the parser).
+_TRAIN_DEFAULTS = {
+    "segmentation": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-3, "crop_size": 128, "spacing": 1.25},
+    "weak-cam": {"epochs": 30, "batch_size": 32, "crop_size": 96, "spacing": 2.0, "prior": "auto",
+                 "weak_mode": "pseudo_label", "width": 16},
+}
+_WEAK_CAM_OPTIONS = ("label_column", "seg_epochs", "prior", "weak_mode", "width")
+
+
 @_command("train")
 def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .datasets import (
@@ -416,6 +479,14 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .training import TrainingConfig
     from .training.segmentation import train_segmentation
 
+    for name, value in _TRAIN_DEFAULTS[args.task].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.task == "weak-cam":
+        return _train_weak_cam(args, progress)
+    given = [f"--{name.replace('_', '-')}" for name in _WEAK_CAM_OPTIONS if getattr(args, name) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} apply to --task weak-cam, not segmentation.")
     layout = _detect_layout(Path(args.data)) if args.layout == "auto" else args.layout
     listing = {"acdc": list_acdc, "emidec": list_emidec, "generic": list_generic}[layout]
     refs = [ref for ref in listing(args.data) if ref.has_labels]
@@ -454,6 +525,54 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
           f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
     if result.card_path:
         print(f"Registered {result.card_path}")
+    return 0
+
+
+def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    """``train --task weak-cam``: :func:`cardiac_ai.weak.recipe.train_weak_cam_models`, label-free (no label map is
+    opened: the recipe drops the label paths before reading any case)."""
+    from .datasets import default_acdc_split, list_acdc, list_generic, load_split
+    from .preprocessing import InputSpec
+    from .weak.recipe import WeakRecipe, train_weak_cam_models
+
+    layout = _detect_layout(Path(args.data)) if args.layout == "auto" else args.layout
+    if layout not in ("acdc", "generic"):
+        raise InputError(f"--task weak-cam reads the acdc and generic layouts, not {layout}; for EMIDEC's weak "
+                         "fibrosis labels use scripts/train_emidec_fibrosis.py.")
+    label = args.label_column or ("group" if layout == "acdc" else None)
+    if label is None:
+        raise InputError("--task weak-cam needs --label-column NAME: the labels.csv column to learn, e.g. diagnosis.")
+    out = Path(args.out)
+    if not args.resume and out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue that run or choose an "
+                          "empty folder (--overwrite does not restart a weak-cam run).")
+    refs = list_acdc(args.data) if layout == "acdc" else list_generic(args.data)
+    if args.split:
+        split = load_split(args.split)
+    else:  # ACDC: the project's ACDC split; else 80/20 stratified by the label (in the recipe)
+        split = default_acdc_split(refs) if layout == "acdc" else None
+    rates = {} if args.learning_rate is None else {"classifier_learning_rate": args.learning_rate,
+                                                   "unet_learning_rate": args.learning_rate}
+    recipe = WeakRecipe(
+        spec=InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size)),
+        width=args.width, epochs=args.epochs, seg_epochs=args.seg_epochs or args.epochs, batch_size=args.batch_size,
+        seed=args.seed, **rates,
+    )
+    result = train_weak_cam_models(
+        refs, label, work_dir=out, split=split, recipe=recipe, prior=args.prior, modes=(args.weak_mode,),
+        register_to=args.register_to, model_version=args.model_version, resume=args.resume, device=args.device,
+        training_data=(f"{layout}:{args.data}, image-level label {label!r} only (no pixel label map read); crops "
+                       "centred on the field of view"),
+        progress=progress,
+    )
+    if not args.quiet:
+        accuracy = result.classifier_metrics.get("val_balanced_accuracy", float("nan"))
+        prior = (result.choice or {}).get("chosen", {}).get("prior", "?")
+        print(f"Classes {', '.join(result.classes)} ({label!r}); classifier validation balanced accuracy "
+              f"{accuracy:.3f}; weak U-Net ({args.weak_mode}) from the {prior} prior; run folder {out}")
+        if result.card_paths:
+            print(f"Registered weak_cam_classifier and weak_heart_unet in {args.register_to}; use them with "
+                  f"`cardiacai cam INPUT --models-dir {args.register_to}`")
     return 0
 
 
@@ -514,19 +633,65 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
+#: Batch options that apply to some tasks only (dest -> tasks); given with another task they are an error.
+_BATCH_TASK_OPTIONS = {
+    "kind": ("map",), "erosion_mm": ("map",), "model": ("fibrosis",), "no_classifier": ("fibrosis",),
+    "spacing": ("fibrosis",), "explain": ("cam",), "method": ("cam",), "pseudo_label": ("cam",),
+    "frame": ("segment-cine", "function", "cam"), "series_uid": ("segment-cine", "function", "map", "fibrosis"),
+}
+
+
+def _batch_options(args: argparse.Namespace):
+    """The task's options for :func:`~cardiac_ai.pipeline.run_batch`; InputError for options of another task."""
+    from .pipeline import CamOptions, FibrosisOptions, MapOptions
+
+    for dest, tasks in _BATCH_TASK_OPTIONS.items():
+        if getattr(args, dest) not in (None, False) and args.task not in tasks:
+            raise InputError(f"--{dest.replace('_', '-')} applies to --task {' or '.join(tasks)}, not {args.task}.")
+    if args.task == "map":
+        if args.kind is None:
+            raise InputError("--task map needs --kind t1 or --kind t2 (what the maps hold).")
+        return MapOptions(kind=args.kind, erosion_mm=0.0 if args.erosion_mm is None else args.erosion_mm,
+                          series_uid=args.series_uid, device=args.device)
+    if args.task == "fibrosis":
+        return FibrosisOptions(spacing_mm=tuple(args.spacing) if args.spacing else None, series_uid=args.series_uid,
+                               device=args.device)
+    if args.task == "cam":
+        return CamOptions(explain=args.explain, method=args.method, use_segmenter=not args.pseudo_label,
+                          frame=args.frame, device=args.device)
+    return _cine_options(args)
+
+
+def _batch_models(args: argparse.Namespace, provenance):
+    """(models, QC options) of the batch's task, loaded once; fibrosis and cam run no QC."""
+    if args.task == "map":
+        return _mapping_models(args, provenance), _qc_options(args, provenance)
+    if args.task == "fibrosis":
+        from .fibrosis.pipeline import load_fibrosis_models
+
+        return load_fibrosis_models(args.models_dir, model=args.model or "weak", classifier=not args.no_classifier,
+                                    device=args.device, provenance=provenance), None
+    if args.task == "cam":
+        from .pipeline import load_weak_models
+
+        return load_weak_models(args.models_dir, device=args.device, provenance=provenance), None
+    return _cine_models(args, provenance), _qc_options(args, provenance)
+
+
 @_command("batch")
 def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input
     from .pipeline import list_batch_cases, run_batch
     from .provenance import Provenance
 
+    options = _batch_options(args)  # bad options fail before the cases are listed and the models load
     cases = list_batch_cases(args.source, task=args.task)
     ensure_not_input(args.out, [args.source])
     provenance = Provenance(command="batch")
     progress(0.0, f"Loading models for {len(cases)} cases")
-    models = _cine_models(args, provenance)
-    rows = run_batch(cases, args.out, task=args.task, models=models, options=_cine_options(args),
-                     qc=_qc_options(args, provenance), resume=not args.overwrite, progress=progress)
+    models, qc = _batch_models(args, provenance)
+    rows = run_batch(cases, args.out, task=args.task, models=models, options=options, qc=qc,
+                     resume=not args.overwrite, progress=progress)
     failed = [r["case_id"] for r in rows if r["status"] == "failed"]
     if not args.quiet:
         done = sum(r["status"] == "ok" for r in rows)

@@ -30,7 +30,11 @@ __all__ = [
     "load_cine_models",
     "segment_cine_file",
     "cardiac_function_files",
+    "BATCH_TASKS",
     "BatchCase",
+    "MapOptions",
+    "FibrosisOptions",
+    "CamOptions",
     "list_batch_cases",
     "run_batch",
 ]
@@ -195,10 +199,50 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
 
 
 # -- batch -------------------------------------------------------------------------------------------------------
+#: What ``cardiacai batch --task`` runs over a cohort: the single-case command of the same name for every case.
+BATCH_TASKS = ("segment-cine", "function", "map", "fibrosis", "cam")
+BatchTask = Literal["segment-cine", "function", "map", "fibrosis", "cam"]
+
+
 @dataclass(frozen=True)
 class BatchCase:
     case_id: str
-    inputs: tuple[Path, ...]  # one file (segment-cine) or ED and ES (function)
+    inputs: tuple[Path, ...]  # one file or folder, or ED and ES (function)
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """The ``cardiacai map`` options that hold for every case of a batch (``--levels`` is per case: not here)."""
+
+    kind: Literal["t1", "t2"]
+    erosion_mm: float = 0.0
+    series_uid: str | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class FibrosisOptions:
+    """The ``cardiacai fibrosis`` options that hold for every case of a batch; the scar model and the classifier
+    are chosen when the models are loaded (:func:`~cardiac_ai.fibrosis.load_fibrosis_models`)."""
+
+    spacing_mm: tuple[float, ...] | None = None
+    series_uid: str | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class CamOptions:
+    """The ``cardiacai cam`` options that hold for every case of a batch."""
+
+    explain: str | None = None
+    method: str | None = None
+    use_segmenter: bool = True
+    frame: int | None = None
+    device: str = "auto"
+
+
+_OPTIONS_OF_TASK = {"segment-cine": CineOptions, "function": CineOptions, "map": MapOptions,
+                    "fibrosis": FibrosisOptions, "cam": CamOptions}
 
 
 def _is_volume_input(path: Path) -> bool:
@@ -213,21 +257,24 @@ def _case_id(path: Path) -> str:
     return name
 
 
-def list_batch_cases(source: str | Path, *, task: Literal["segment-cine", "function"]) -> list[BatchCase]:
-    """Cases from a folder (one volume file or DICOM folder per case; segment-cine only) or a CSV list.
+def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
+    """Cases from a folder (one volume file or folder per case: a DICOM series, or for fibrosis a folder of one
+    patient's PNG slices; every task but function) or a CSV list.
 
-    The CSV has a ``case_id`` column and ``input`` (segment-cine) or ``ed`` and ``es`` (function); relative paths
-    are read from the CSV's folder.
+    The CSV has a ``case_id`` column and ``input`` (every task but function) or ``ed`` and ``es`` (function);
+    relative paths are read from the CSV's folder.
     """
+    if task not in BATCH_TASKS:
+        raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
     source = Path(source)
     if not source.exists():
         raise DataError(f"Batch input {source} does not exist.")
     if source.is_dir():
-        if task != "segment-cine":
+        if task == "function":
             raise InputError("A batch of 'function' needs a CSV with case_id, ed and es columns.")
         cases = [BatchCase(_case_id(p), (p,)) for p in sorted(source.iterdir()) if _is_volume_input(p)]
     else:
-        columns = ("input",) if task == "segment-cine" else ("ed", "es")
+        columns = ("ed", "es") if task == "function" else ("input",)
         with open(source, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in ("case_id", *columns) if c not in (reader.fieldnames or [])]
@@ -238,7 +285,7 @@ def list_batch_cases(source: str | Path, *, task: Literal["segment-cine", "funct
                 for row in reader
             ]
     if not cases:
-        raise DataError(f"No case found in {source}.")
+        raise DataError(f"No case found in {source} (volume files, or folders, one per case).")
     duplicates = sorted({c.case_id for c in cases if [d.case_id for d in cases].count(c.case_id) > 1})
     if duplicates:
         raise DataError(f"Case ids must be unique in a batch; repeated: {duplicates}.")
@@ -249,9 +296,9 @@ def run_batch(
     cases: Sequence[BatchCase],
     out_dir: str | Path,
     *,
-    task: Literal["segment-cine", "function"],
+    task: BatchTask,
     models,
-    options: CineOptions = CineOptions(),
+    options: CineOptions | MapOptions | FibrosisOptions | CamOptions | None = None,
     qc: QCOptions | None = None,
     resume: bool = True,
     progress: ProgressCallback | None = None,
@@ -259,12 +306,44 @@ def run_batch(
 ) -> list[dict]:
     """Run ``task`` for every case into ``out_dir/<case_id>/`` and write ``out_dir/summary.csv``.
 
-    A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run); a case
-    that fails is recorded with its error and the batch goes on. Returns the summary rows. With ``qc`` every
-    segmentation is quality-checked and the summary gets ``qc_min_dice`` (lowest predicted Dice of any slice and
-    structure; of ED and ES for ``function``), ``qc_flagged_slices`` (their number, ED and ES added) and
-    ``qc_needs_review`` for the cases where QC ran.
+    Each case folder is what the single-case command writes (:func:`segment_cine_file`,
+    :func:`cardiac_function_files`, :func:`analyse_map_file`, :func:`~cardiac_ai.fibrosis.fibrosis_file`,
+    :func:`cam_file`), with the models loaded once for the whole batch.
+
+    Parameters
+    ----------
+    models : the task's loaded models: :func:`load_cine_models` (segment-cine, function),
+        :func:`load_mapping_models` (map), :func:`~cardiac_ai.fibrosis.load_fibrosis_models` (fibrosis),
+        :func:`load_weak_models` (cam).
+    options : the task's options: :class:`CineOptions` (segment-cine, function; the default), :class:`MapOptions`
+        (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions` (their defaults when None).
+    qc : QC of segment-cine, function and map (see :func:`segment_cine_file`); fibrosis and cam have none.
+    job : ``job(case, case_dir) -> result`` run instead of the task (tests, other front ends).
+
+    A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run; the
+    report is written last); otherwise a stale ``report.json`` is removed before the case runs, so that a redone
+    case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
+    Returns the summary rows: ``case_id``, ``inputs``, ``status``, the task's main numbers (segment-cine: volumes
+    and LV mass; function: volumes, EF, LV mass; map: myocardial median, IQR, mean and SD in ms; fibrosis: scar,
+    MVO and myocardial volume, scar % of the myocardium; cam: predicted class and its probability), ``warnings``,
+    then with QC ``qc_min_dice`` (lowest predicted Dice of any slice and structure; of ED and ES for
+    ``function``), ``qc_flagged_slices`` (their number, ED and ES added) and ``qc_needs_review``, then ``seconds``
+    and, for a failed case, ``error``.
+
+    Raises
+    ------
+    InputError
+        An unknown task, or ``options`` of another task (map without :class:`MapOptions`).
     """
+    if task not in BATCH_TASKS:
+        raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
+    wanted = _OPTIONS_OF_TASK[task]
+    if options is None:
+        if wanted is MapOptions and job is None:
+            raise InputError("A batch of 'map' needs MapOptions(kind='t1' or 't2'): what the maps hold.")
+        options = None if wanted is MapOptions else wanted()
+    elif not isinstance(options, wanted):
+        raise InputError(f"A batch of {task!r} takes {wanted.__name__}, got {type(options).__name__}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -277,17 +356,13 @@ def run_batch(
             continue
         start = time.perf_counter()
         try:
+            (case_dir / REPORT_NAME).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
             step = subrange(progress, number / len(cases), (number + 1) / len(cases))
-            checks: list = []
             if job is not None:
-                result = job(case, case_dir)
-            elif task == "segment-cine":
-                result, checks = _segment_cine_job(case.inputs[0], case_dir, models=models, options=options, qc=qc,
-                                                   overwrite=True, provenance=None, progress=step)
+                values = _summary_values(job(case, case_dir))
             else:
-                result, checks = _function_job(*case.inputs, case_dir, models=models, options=options, qc=qc,
-                                               overwrite=True, provenance=None, progress=step)
-            row.update({"status": "ok", **_summary_values(result), **_qc_summary_values(checks)})
+                values = _run_batch_case(task, case, case_dir, models=models, options=options, qc=qc, progress=step)
+            row.update({"status": "ok", **values})
         except Cancelled:
             raise
         except (CardiacAIError, OSError, ValueError, RuntimeError) as error:
@@ -302,6 +377,44 @@ def run_batch(
     return rows
 
 
+def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, options, qc, progress) -> dict:
+    """Run the single-case job of ``task`` on one case into ``case_dir``; its summary columns."""
+    if task == "segment-cine":
+        result, checks = _segment_cine_job(case.inputs[0], case_dir, models=models, options=options, qc=qc,
+                                           overwrite=True, provenance=None, progress=progress)
+        return {**_summary_values(result), **_qc_summary_values(checks)}
+    if task == "function":
+        result, checks = _function_job(*case.inputs, case_dir, models=models, options=options, qc=qc,
+                                       overwrite=True, provenance=None, progress=progress)
+        return {**_summary_values(result), **_qc_summary_values(checks)}
+    if task == "map":
+        analysis, checks = _analyse_map_job(
+            case.inputs[0], case_dir, kind=options.kind, models=models, erosion_mm=options.erosion_mm, levels=None,
+            series_uid=options.series_uid, device=options.device, qc=qc, overwrite=True, provenance=None,
+            progress=progress,
+        )
+        return {**_map_summary_values(analysis), **_qc_summary_values(checks)}
+    if task == "fibrosis":
+        from .fibrosis.pipeline import fibrosis_file
+
+        result = fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
+                               series_uid=options.series_uid, device=options.device, overwrite=True,
+                               progress=progress)
+        return _fibrosis_summary_values(result)
+    result = cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
+                      use_segmenter=options.use_segmenter, frame=options.frame, device=options.device,
+                      overwrite=True, progress=progress)
+    return _cam_summary_values(result)
+
+
+def _rounded(value) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def _warnings(provenance: Provenance) -> dict:
+    return {"warnings": " | ".join(provenance.warnings)}
+
+
 def _summary_values(result) -> dict:
     if hasattr(result, "volumes_ml"):
         return {**{f"{k}_ml": round(v, 3) for k, v in result.volumes_ml.items()}, "lv_mass_g": round(result.lv_mass_g, 3),
@@ -309,6 +422,44 @@ def _summary_values(result) -> dict:
     if hasattr(result, "to_dict"):
         return {k: v for k, v in result.to_dict().items() if k != "warnings"}
     return {}
+
+
+def _map_summary_values(analysis) -> dict:
+    """``myocardium_<kind>_median_ms`` (the column of the Slicer batch), IQR, mean, SD and pixels over the whole
+    myocardium; the LV blood-pool median; slices without myocardium. Empty cells when no myocardium was found."""
+    kind, myocardium = analysis.kind, analysis.myocardium
+    values: dict = {}
+    for statistic in ("median", "iqr", "mean", "sd"):
+        values[f"myocardium_{kind}_{statistic}_ms"] = None if myocardium is None else \
+            _rounded(getattr(myocardium, statistic))
+    values["myocardium_pixels"] = 0 if myocardium is None else myocardium.n_pixels
+    blood = analysis.lv_blood_pool
+    values[f"lv_blood_pool_{kind}_median_ms"] = None if blood is None else _rounded(blood.median)
+    values["slices_without_myocardium"] = sum(stats is None for stats in analysis.slices)
+    return {**values, **_warnings(analysis.provenance)}
+
+
+def _fibrosis_summary_values(result) -> dict:
+    """Scar, MVO and myocardial volume (``_mL``, or ``_voxels`` when the pixel size is unknown), scar % of the
+    myocardium, MVO % of the scar (the Slicer batch's columns and more), and the largest slice probability."""
+    m = result.measures
+    values = {f"{name}_{m.volume_unit}": _rounded(getattr(m, name))
+              for name in ("scar_volume", "mvo_volume", "myocardium_volume")}
+    values.update({"scar_percent_of_myocardium": _rounded(m.scar_percent_of_myocardium),
+                   "mvo_percent_of_scar": _rounded(m.mvo_percent_of_scar), "fibrosis_found": result.fibrosis_found})
+    if result.slice_probabilities is not None and len(result.slice_probabilities):
+        values["max_slice_fibrosis_probability"] = _rounded(np.max(result.slice_probabilities))
+    return {**values, **_warnings(result.provenance)}
+
+
+def _cam_summary_values(result) -> dict:
+    """The volume's predicted class, its probability (the Slicer batch's columns) and every class's mean
+    probability over the slices (``p_<class>``)."""
+    prediction = result.to_report()["volume_prediction"]
+    probabilities = prediction["probabilities"]
+    predicted = prediction["class"]
+    return {"predicted_class": predicted, "predicted_probability": _rounded(probabilities[predicted]),
+            **{f"p_{name}": _rounded(p) for name, p in probabilities.items()}, "warnings": " | ".join(result.warnings)}
 
 
 # -- T1 / T2 mapping -----------------------------------------------------------------------------------------------
@@ -407,10 +558,19 @@ def analyse_map_file(
     quality-checked with the cine-trained QC model on the map itself; ``report.json`` gets ``qc`` marked
     ``"indicative": true`` with a note (see :data:`MAP_QC_NOTE`) and ``qc_slices.csv`` is written.
     """
+    return _analyse_map_job(input_path, out_dir, kind=kind, models=models, erosion_mm=erosion_mm, levels=levels,
+                            series_uid=series_uid, device=device, qc=qc, overwrite=overwrite, provenance=provenance,
+                            progress=progress)[0]
+
+
+def _analyse_map_job(input_path, out_dir, *, kind, models, erosion_mm, levels, series_uid, device, qc, overwrite,
+                     provenance, progress):
+    """:func:`analyse_map_file`, returning ``(analysis, [QCResult or None])`` for the batch summary."""
     from .mapping.pipeline import analyse_map
 
     provenance = provenance or Provenance(command="map")
     provenance.parameters["input"] = str(input_path)
+    checks = []
     with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
         with provenance.timed("read"):
             volume = read_input(input_path, series_uid=series_uid)
@@ -419,16 +579,16 @@ def analyse_map_file(
                                provenance=provenance)
         qc_keys = None
         if qc is not None:
-            check = _file_qc(volume, analysis.labels_with_rv, qc, provenance, subrange(progress, 0.8, 0.9))
-            qc_keys = {"qc": _qc_entry(check, note=MAP_QC_NOTE)}
-            if check is not None:
-                write_csv(out / QC_SLICES_NAME, check.slice_table_rows())
+            checks.append(_file_qc(volume, analysis.labels_with_rv, qc, provenance, subrange(progress, 0.8, 0.9)))
+            qc_keys = {"qc": _qc_entry(checks[0], note=MAP_QC_NOTE)}
+            if checks[0] is not None:
+                write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
         _write_map_outputs(out, analysis, provenance, {
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},
         }, qc=qc_keys)
     report(progress, 1.0, "Done")
-    return analysis
+    return analysis, checks
 
 
 def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
@@ -1036,11 +1196,37 @@ def qc_file(
 
 
 # -- class activation maps (weak-label models) ------------------------------------------------------------------
+__all__ += ["load_weak_models", "cam_file"]
+
+
+def load_weak_models(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance | None = None):
+    """The weak-label models of ``cardiacai cam`` from the registry (``models_dirs`` searched first): the
+    ``weak_cam_classifier`` and, when installed, the ``weak_heart_unet``; records device and loading time.
+
+    Raises
+    ------
+    ModelError
+        No ``weak_cam_classifier`` model found (the message says how to train one).
+    """
+    from .device import resolve_device
+    from .models.registry import ModelRegistry
+    from .weak.pipeline import WeakModels
+
+    torch_device = resolve_device(device)
+    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+    if provenance is None:
+        return WeakModels.from_registry(registry, device=torch_device)
+    provenance.device = str(torch_device)
+    with provenance.timed("load_models"):
+        return WeakModels.from_registry(registry, device=torch_device)
+
+
 def cam_file(
     input_path: str | Path,
     out_dir: str | Path,
     *,
     models_dirs: Sequence[str | Path] = (),
+    models=None,
     explain: str | None = None,
     method: str | None = None,
     use_segmenter: bool = True,
@@ -1056,6 +1242,9 @@ def cam_file(
     output, or the CAM pseudo-label when ``use_segmenter`` is False or no weak U-Net is installed),
     ``segmentation.seg.nrrd``, ``cam_slices.csv`` (class probabilities per slice) and ``report.json``.
 
+    ``models``: :class:`~cardiac_ai.weak.pipeline.WeakModels` already loaded (:func:`load_weak_models`; a batch
+    loads them once); None loads them from ``models_dirs`` and the bundled models onto ``device``.
+
     Raises
     ------
     ModelError
@@ -1063,23 +1252,20 @@ def cam_file(
     InputError, DataError, OutputError
         As the other commands.
     """
-    from .device import resolve_device
-    from .models.registry import ModelRegistry
-    from .weak.pipeline import WeakModels, explain_volume
+    from .weak.pipeline import explain_volume
 
     provenance = provenance or Provenance(command="cam")
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted"})
     with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
-        torch_device = resolve_device(device)
-        provenance.device = str(torch_device)
-        with provenance.timed("load_models"):
-            models = WeakModels.from_registry(ModelRegistry(extra_paths=[Path(p) for p in models_dirs]),
-                                              device=torch_device)
+        if models is None:
+            models = load_weak_models(models_dirs, device=device, provenance=provenance)
+        else:
+            provenance.device = str(models.classifier.device)
         with provenance.timed("read"):
             volume = read_input(input_path, frame=frame)
         with provenance.timed("cam"):
             result = explain_volume(volume, models, explain=explain, method=method, use_segmenter=use_segmenter,
-                                    device=str(torch_device), provenance=provenance,
+                                    device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
         rows = [{"k": s["k"], "explained_class": s["explained_class"], "heart_pixels": s["heart_pixels"],
                  **{f"p_{name}": round(p, 4) for name, p in s["probabilities"].items()}}

@@ -1152,6 +1152,9 @@ TRAINING_TASKS: dict[str, TrainingTask] = {task.name: task for task in (
                  ("epochs_myocardium", "epochs_classifier", "epochs_stack", "epochs_unet"),
                  ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier", "lge_fibrosis_weak",
                   "lge_fibrosis_weak_stack", "lge_fibrosis_pixel"), ("emidec",)),
+    TrainingTask("weak-cam", "CAM classifier and whole-heart U-Net from image-level labels of your data "
+                 "(cardiacai train --task weak-cam; label maps are never read)", None, ("epochs", "seg_epochs"),
+                 ("weak_cam_classifier", "weak_heart_unet"), ("auto", "acdc", "generic")),
 )}
 
 
@@ -1168,14 +1171,19 @@ def training_command(
     model_version: str = "1.0",
     register_to: str | os.PathLike | None = None,
     scripts_dir: str | os.PathLike | None = None,
+    label_column: str | None = None,
 ) -> list[str]:
     """The command line that trains ``task`` (a key of :data:`TRAINING_TASKS`).
 
     ``segmentation`` runs ``<python> -m cardiac_ai train ... --progress-lines`` (registered with ``--register-to``);
-    the other tasks run ``<python> <scripts_dir>/<script> --data DATA --work OUT --device D`` with ``epochs`` for
-    every stage (their models are registered into ``OUT/models``; the fibrosis script writes them straight into
-    ``register_to`` with ``--models-dir``). ``model_name``, ``model_version`` and ``layout`` apply to segmentation
-    only.
+    the other tasks run ``<python> <scripts_dir>/<script> --data DATA --work OUT --device D ... --progress-lines``
+    with ``epochs`` for every stage (their models are registered into ``OUT/models``; the fibrosis script writes
+    them straight into ``register_to`` with ``--models-dir``). Every command ends with ``--progress-lines``: the
+    child prints ``PROGRESS <fraction> <message>`` lines (each script stage its share of the run, the trainer's
+    epochs inside it), which :func:`cardiac_ai.subprocess_runner.run_with_progress` reads. ``model_name`` and
+    ``model_version`` apply to segmentation only. ``weak-cam`` runs ``cardiacai train --task weak-cam`` with
+    ``--label-column label_column`` (the labels.csv column of image-level labels; ACDC uses its diagnoses when it is
+    None) and ``epochs`` for the classifier and the U-Net alike; it registers its two models with ``--register-to``.
 
     Raises
     ------
@@ -1196,9 +1204,13 @@ def training_command(
     if spec.script is None:
         from .subprocess_runner import build_command
 
-        options = {"task": "segmentation", "data": os.fspath(data), "layout": layout, "out": os.fspath(out),
-                   "epochs": epochs, "device": device, "model_name": model_name, "model_version": model_version,
+        options = {"task": task, "data": os.fspath(data), "layout": layout, "out": os.fspath(out),
+                   "epochs": epochs, "device": device,
                    "register_to": None if register_to is None else os.fspath(register_to)}
+        if task == "weak-cam":
+            options.update(seg_epochs=epochs, label_column=label_column or None)
+        else:
+            options.update(model_name=model_name, model_version=model_version)
         return build_command("train", [], options, python_executable=python)
     if scripts_dir is None:
         raise InputError(
@@ -1213,7 +1225,7 @@ def training_command(
         command += ["--" + option.replace("_", "-"), str(epochs)]
     if task == "fibrosis" and register_to is not None:
         command += ["--models-dir", os.fspath(register_to)]
-    return command
+    return command + ["--progress-lines"]
 
 
 def latest_training_log(folder: str | os.PathLike) -> Path | None:

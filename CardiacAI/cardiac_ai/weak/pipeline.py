@@ -43,8 +43,10 @@ class WeakModels:
         if not registry.has(CLASSIFIER_NAME):
             raise ModelError(
                 f"No {CLASSIFIER_NAME!r} model found in {', '.join(str(p) for p in registry.search_paths)}. "
-                "Train it with: python scripts/train_weak_acdc.py --data ACDC_FOLDER --work work_data/weak, "
-                "then pass --models-dir work_data/weak/models."
+                "Train it on your data with: cardiacai train --task weak-cam --data FOLDER --label-column COLUMN "
+                "--out RUN --register-to MODELS, then pass --models-dir MODELS (on ACDC, also: python "
+                "scripts/train_weak_acdc.py --data ACDC_FOLDER --work work_data/weak, then --models-dir "
+                "work_data/weak/models)."
             )
         segmenter = registry.load(SEGMENTER_NAME, device=device) if registry.has(SEGMENTER_NAME) else None
         return cls(registry.load(CLASSIFIER_NAME, device=device), segmenter)
