@@ -59,7 +59,7 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
 
 @pytest.mark.shared_data
 def test_bundled_map_model_finds_the_myocardium_of_a_validation_patient(acdc_root):
-    if not (MODELS_DIR / "map_myocardium-1.0.safetensors").exists():
+    if not list(MODELS_DIR.glob("map_myocardium-*.safetensors")):
         pytest.skip("the mapping model is not bundled in this checkout")
     from cardiac_ai.datasets import list_acdc, load_case
     from cardiac_ai.mapping import MappingModels, analyse_map, make_mapping_case

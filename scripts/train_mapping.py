@@ -123,6 +123,17 @@ def prepared(work: Path, name: str, cases, crop_center):
     return load_prepared(path)  # train on exactly what a GPU run would read
 
 
+def _initial_checkpoint(models_folder: str, target: Path) -> Path:
+    """The map_myocardium weights of a registry folder as a trainer checkpoint (``initial_weights`` reads those)."""
+    from cardiac_ai.models import ModelRegistry
+    from cardiac_ai.training.checkpoint import save_checkpoint
+
+    loaded = ModelRegistry(paths=[Path(models_folder)]).load("map_myocardium", device="cpu")
+    state = {k: v.float() for k, v in loaded.network.state_dict().items()}
+    print(f"phase 2 starts from {loaded.card.name} {loaded.card.version} ({loaded.weights_path})", flush=True)
+    return save_checkpoint(target, {"model": state, "epoch": 0})
+
+
 def config(network: str, kwargs: dict, epochs: int, learning_rate: float) -> TrainingConfig:
     return TrainingConfig(network=network, network_kwargs=kwargs, input_spec=MAP_SPEC.to_dict(), epochs=epochs,
                           batch_size=16, learning_rate=learning_rate, loss="jaccard", metric_name="val_dice",
@@ -141,6 +152,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N training and validation patients (a check)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
+    parser.add_argument("--init-from", metavar="FOLDER",
+                        help="start phase 2 from the map_myocardium model in this registry folder (e.g. "
+                             "Resources/Models: fine-tune the bundled model) instead of phase 1 or random weights")
+    parser.add_argument("--learning-rate", type=float, help="phase 2 learning rate (default 5e-4 after phase 1 or "
+                                                            "--init-from, else 1e-3)")
+    parser.add_argument("--version", default="1.0", help="version of the registered models")
+    parser.add_argument("--augmentation", choices=["translate", "full"], default="translate",
+                        help="translate: shifts only (the 1.0 model); full: also rotation, zoom, elastic, gamma, "
+                             "bias field, noise, blur (cardiac_ai.training.augmentation defaults)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
@@ -179,8 +199,10 @@ def main() -> None:
             continue
         network, kwargs = NETWORKS[stage][0], NETWORKS[stage][1](args.backbone)
         raw_share = RAW_EPOCH_COST * args.raw_epochs / max(training_cost(args), 1e-9)  # phase 1's part of the stage
-        initial = None
-        if args.raw_epochs > 0:
+        initial = _initial_checkpoint(args.init_from, work / f"{prefix}init_{stage}.pt") if args.init_from else None
+        augmentation = AUGMENTATION if args.augmentation == "translate" else AugmentationConfig(
+            translate_prob=0.5, translate_range_px=8.0)
+        if args.raw_epochs > 0 and initial is None:
             run = work / f"{prefix}run_{stage}_raw"
             both = PreparedSlices(
                 np.concatenate([raw_train.images, maps_train.images]),
@@ -201,8 +223,9 @@ def main() -> None:
             initial = run / "best.pt"
         run = work / f"{prefix}run_{stage}"
         _, _, metrics = train_segmentation_prepared(
-            maps_train, maps_val, config=config(network, kwargs, args.epochs, 5e-4 if initial else 1e-3),
-            out_dir=run, augmentation=AUGMENTATION, device=args.device,
+            maps_train, maps_val,
+            config=config(network, kwargs, args.epochs, args.learning_rate or (5e-4 if initial else 1e-3)),
+            out_dir=run, augmentation=augmentation, device=args.device,
             progress=stage_progress.stage(stage, then=progress, part=(raw_share, 1.0)),
             initial_weights=None if (run / "last.pt").exists() else initial, resume=(run / "last.pt").exists(),
         )
@@ -249,9 +272,12 @@ def register(work: Path, prefix: str, args) -> None:
     ):
         run = work / f"{prefix}run_{stage}"
         if (run / "best.pt").exists():
+            if stage == "flexible" and args.init_from:
+                description += (f" Phase 2 continued from the map_myocardium model of {args.init_from} for "
+                                f"{args.epochs} epochs (lr {args.learning_rate}, {args.augmentation} augmentation).")
             card = export_best_model(
-                run, work / folder, name="map_myocardium", version="1.0", task="segmentation", label_map=LABEL_MAP,
-                training_data=data, split=split_summary, description=description,
+                run, work / folder, name="map_myocardium", version=args.version, task="segmentation",
+                label_map=LABEL_MAP, training_data=data, split=split_summary, description=description,
                 license="CC BY-NC-SA 4.0 (ACDC data terms)",
             )
             print(f"registered {card}", flush=True)
