@@ -117,3 +117,35 @@ def test_training_code_imports_without_the_imaging_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "read_volume needs SimpleITK" in done.stdout
+
+
+def test_pack_runs_brings_back_what_export_needs_in_half_the_size(tmp_path):
+    import tarfile
+
+    from cardiac_ai.models import build_network
+    from cardiac_ai.training import TrainingConfig
+    from cardiac_ai.training.checkpoint import export_best_model, load_checkpoint, save_checkpoint
+
+    pack_runs = _load("pack_runs")
+    kwargs = {"out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0}
+    network = build_network("unet2d", **kwargs)
+    run = tmp_path / "work" / "runs" / "tiny"
+    run.mkdir(parents=True)
+    TrainingConfig(network="unet2d", network_kwargs=kwargs, input_spec=InputSpec().to_dict(), epochs=3).save(
+        run / "config.json")
+    state = network.state_dict()
+    save_checkpoint(run / "best.pt", {"model": state, "epoch": 2, "metric_name": "val_dice", "metric": 0.5})
+    save_checkpoint(run / "last.pt", {"model": state, "optimizer": {"state": {}}, "epoch": 3})
+    (run / "log.csv").write_text("epoch,train_loss\n1,0.9\n")
+    archive = pack_runs.pack(tmp_path / "work", tmp_path / "runs.tar.gz", [])
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "back")
+    back = tmp_path / "back" / "runs" / "tiny"
+    assert set(p.name for p in back.iterdir()) == {"config.json", "log.csv", "best.pt", "last.pt"}
+    last = load_checkpoint(back / "last.pt")
+    assert last["epoch"] == 3 and "model" not in last and "optimizer" not in last
+    assert all(v.dtype == torch.float16 for v in load_checkpoint(back / "best.pt")["model"].values()
+               if v.is_floating_point())
+    card = json.loads(export_best_model(back, tmp_path / "models", name="tiny", version="1.0",
+                                        task="segmentation", label_map={0: "background", 1: "x"}).read_text())
+    assert card["epochs"] == 3 and card["validation_metrics"] == {"val_dice": 0.5}

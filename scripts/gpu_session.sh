@@ -41,3 +41,8 @@ python3 scripts/train_cine_gpu.py --data work_data/cine --out "$OUT" $CINE_ARGS 
 wait $FIB_PID
 tail -n 25 work_data/fibrosis/train.log
 ls -la "$OUT"
+# the tool brings back at most 8 files and 64 MB in all: say so here rather than lose a file silently
+total_kb=$(du -sk "$OUT" | cut -f1)
+[ "$total_kb" -gt 62000 ] && echo "WARNING: $OUT holds ${total_kb} kB; over 64 MB some files will not come back"
+[ "$(ls "$OUT" | wc -l)" -gt 8 ] && echo "WARNING: more than 8 files in $OUT"
+true
