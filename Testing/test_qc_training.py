@@ -217,6 +217,24 @@ def test_train_qc_vae_with_augmentation_is_deterministic(gt_pairs, tmp_path):
     assert [h["train_loss"] for h in history_a] != [h["train_loss"] for h in history_c]
 
 
+def test_augmented_vae_training_resumes_as_if_never_stopped(gt_pairs, tmp_path):
+    from cardiac_ai.errors import Cancelled
+
+    kwargs = dict(features=TINY_VAE, epochs=2, batch_size=8, lr=1e-3, seed=3, augment=True)
+    uninterrupted, _ = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "full", **kwargs)
+
+    def stop_in_the_second_epoch(fraction, message):
+        if fraction > 0.5:
+            raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "cut", progress=stop_in_the_second_epoch, **kwargs)
+    resumed, history = train_qc_vae(gt_pairs, gt_pairs, out_dir=tmp_path / "cut", resume=True, **kwargs)
+    assert len(history) == 2
+    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_train_qc_vae_refuses_to_resume_with_another_beta(gt_pairs, tmp_path):
     train_qc_vae(gt_pairs, gt_pairs, features=TINY_VAE, epochs=1, batch_size=8, beta=0.01, out_dir=tmp_path / "v")
     with pytest.raises(InputError, match="beta=0.01"):

@@ -763,9 +763,6 @@ class _VAETrainer(Trainer):
         self.augment = bool(augment)
         self._augmentation_generator = torch.Generator()
 
-    def on_train_epoch_start(self, epoch: int) -> None:
-        # seeded by (seed, epoch), so a resumed run draws the same augmentations as an uninterrupted one
-        self._augmentation_generator.manual_seed(int(self.config.seed) * 100_003 + int(epoch))
 
     def train_step(self, batch: Mapping[str, Any]) -> "torch.Tensor":
         import torch
@@ -794,10 +791,12 @@ class _VAETrainer(Trainer):
         return {"val_loss": float(total), **{f"val_{k}": float(v) for k, v in parts.items()}}
 
     def on_train_epoch_start(self, epoch: int) -> None:
-        """Record beta beside config.json (the config has no field for it), so a resume can check it."""
+        """Record beta beside config.json (the config has no field for it), so a resume can check it; seed the
+        augmentation by (seed, epoch), so a resumed run draws the same augmentations as an uninterrupted one."""
         sidecar = self.out_dir / _VAE_SIDECAR
         if self.dist.is_main and not sidecar.exists():
             write_text_atomic(sidecar, json.dumps({"beta": self.beta}) + "\n")
+        self._augmentation_generator.manual_seed(int(self.config.seed) * 100_003 + int(epoch))
 
 
 def train_qc_vae(
