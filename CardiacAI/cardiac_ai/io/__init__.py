@@ -35,7 +35,33 @@ _LAZY = {
     "write_volume": ".volumes",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "DicomSeriesInfo",
+    "REPORT_NAME",
+    "SegmentInfo",
+    "SegmentationFile",
+    "VOLUME_SUFFIXES",
+    "atomic_path",
+    "check_finite",
+    "ensure_not_input",
+    "list_dicom_series",
+    "prepare_output_dir",
+    "read_dicom_series",
+    "read_json",
+    "read_png",
+    "read_seg_nrrd",
+    "read_volume",
+    "to_jsonable",
+    "volume_from_sitk",
+    "volume_to_sitk",
+    "write_csv",
+    "write_json",
+    "write_png",
+    "write_report",
+    "write_seg_nrrd",
+    "write_text_atomic",
+    "write_volume",
+]
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

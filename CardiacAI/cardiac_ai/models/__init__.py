@@ -22,7 +22,22 @@ _LAZY = {
     "save_model": ".registry",
 }
 
-__all__ = ["NETWORK_BUILDERS", "build_network", "network_names", *_LAZY]
+__all__ = [
+    "NETWORK_BUILDERS",
+    "build_network",
+    "network_names",
+    "predict_slices",
+    "MODEL_CARD_SCHEMA",
+    "MODELS_ENV_VAR",
+    "LoadedModel",
+    "ModelCard",
+    "ModelRegistry",
+    "default_model_dirs",
+    "file_sha256",
+    "load_weights",
+    "read_card",
+    "save_model",
+]
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
