@@ -73,3 +73,27 @@ def tiny_qc_models(tmp_path_factory):
         torch.manual_seed(0)
         save_model(card.build_network(), card, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def save_untrained_map_model():
+    """``save(folder)`` writes an untrained two-level ``map_myocardium`` (64 px at 2 mm, seeded weights) into
+    ``folder`` and returns the folder: for tests of the mapping plumbing, whose labels do not come from it."""
+
+    def save(folder: Path) -> Path:
+        import torch
+
+        from cardiac_ai.mapping import MAP_MODEL_NAME
+        from cardiac_ai.models import ModelCard, save_model
+        from cardiac_ai.preprocessing import InputSpec
+
+        spec = InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(64, 64))
+        card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
+                         network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
+                         input_spec=spec.to_dict(), label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            save_model(card.build_network(), card, folder)
+        return folder
+
+    return save

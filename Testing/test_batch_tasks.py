@@ -54,20 +54,8 @@ def map_cases():
 
 
 @pytest.fixture(scope="module")
-def map_models_dir(tmp_path_factory):
-    from cardiac_ai.mapping import MAP_MODEL_NAME
-    from cardiac_ai.models import ModelCard, save_model
-    from cardiac_ai.preprocessing import InputSpec
-
-    folder = tmp_path_factory.mktemp("map_models")
-    spec = InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(64, 64))
-    card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
-                     network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
-                     input_spec=spec.to_dict(), label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_model(card.build_network(), card, folder)  # untrained: the labels come from the truth below
-    return folder
+def map_models_dir(tmp_path_factory, save_untrained_map_model):
+    return save_untrained_map_model(tmp_path_factory.mktemp("map_models"))  # the labels come from the truth below
 
 
 def _map_setup(map_cases, map_models_dir, tmp_path, monkeypatch) -> BatchSetup:

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-import torch
 from cardiac_ai.cli import build_parser, main
 from cardiac_ai.geometry import Geometry, Volume
 from cardiac_ai.io import write_volume
 from cardiac_ai.io.seg_nrrd import write_seg_nrrd
-from cardiac_ai.models import ModelCard, save_model
 from cardiac_ai.models import registry as registry_module
 from cardiac_ai.phantom import make_cine_phantom
 from cardiac_ai.progress import parse_progress_line
@@ -199,17 +197,10 @@ def test_batch_summary_gets_the_qc_columns(files, cine_models, tiny_qc_models, t
         assert 0.0 <= float(row["qc_min_dice"]) <= 1.0 and int(row["qc_flagged_slices"]) >= 0
 
 
-def test_map_qc_is_marked_indicative(tiny_qc_models, tmp_path, capsys):
-    from cardiac_ai.mapping import MAP_MODEL_NAME, make_mapping_case
-    from cardiac_ai.preprocessing import InputSpec
+def test_map_qc_is_marked_indicative(tiny_qc_models, save_untrained_map_model, tmp_path, capsys):
+    from cardiac_ai.mapping import make_mapping_case
 
-    spec = InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(64, 64))
-    card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
-                     network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
-                     input_spec=spec.to_dict(), label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_model(card.build_network(), card, tmp_path / "map_models")  # untrained: tests the plumbing only
+    save_untrained_map_model(tmp_path / "map_models")  # untrained: tests the plumbing only
     write_volume(make_mapping_case(make_cine_phantom(seed=3), seed=3, disease="none").t1_map_ms,
                  tmp_path / "t1.nii.gz")
     code, stdout, err = _run(capsys, "map", tmp_path / "t1.nii.gz", "--kind", "t1", "--out", tmp_path / "out",

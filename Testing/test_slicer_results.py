@@ -479,26 +479,20 @@ def test_segment_names_map_to_label_codes_and_unknown_names_are_refused():
 
 # -- T1/T2 mapping and ECV: the real map and ecv commands, with the ground truth in place of the network ---------------
 @pytest.fixture(scope="module")
-def mapping_outputs(tmp_path_factory):
+def mapping_outputs(tmp_path_factory, save_untrained_map_model):
     """`analyse_map_file` and `ecv_files` on a phantom mapping case, the network replaced by the true labels, and
     `fit_map_file` on a small noiseless MOLLI series."""
-    import torch
 
-    from cardiac_ai.mapping import MAP_MODEL_NAME, MappingModels, make_mapping_case
+    from cardiac_ai.mapping import MappingModels, make_mapping_case
     from cardiac_ai.mapping import pipeline as mapping_pipeline
-    from cardiac_ai.models import ModelCard, ModelRegistry, save_model
+    from cardiac_ai.models import ModelRegistry
     from cardiac_ai.phantom import make_cine_phantom
     from cardiac_ai.pipeline import analyse_map_file, ecv_files, fit_map_file
 
     root = tmp_path_factory.mktemp("mapping_outputs")
     case = make_mapping_case(make_cine_phantom(seed=5, shape=(80, 80), spacing_mm=(2.0, 2.0, 8.0)), seed=5,
                              disease="none", noise=0.0, misregistration_px=0.0)
-    card = ModelCard(name=MAP_MODEL_NAME, version="0.1", task="segmentation", network="unet2d",
-                     network_kwargs={"out_channels": 4, "channels": (4, 8), "strides": (2,), "num_res_units": 0},
-                     input_spec={"in_plane_spacing_mm": [2.0, 2.0], "crop_size": [64, 64]},
-                     label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
-    torch.manual_seed(0)
-    save_model(card.build_network(), card, root / "models")
+    save_untrained_map_model(root / "models")
     models = MappingModels.from_registry(ModelRegistry(paths=[root / "models"]), device="cpu")
     write_volume(case.t1_map_ms, root / "t1.nii.gz")
     post = np.where(case.t1_map_ms.array > 0, 0.5 * case.t1_map_ms.array, 0).astype(np.float32)
