@@ -37,6 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+BACKEND = str(Path(__file__).resolve().parents[1] / "CardiacAI")
+if BACKEND not in sys.path:  # a bare GPU machine has the checkout, not an installed cardiac_ai
+    sys.path.insert(0, BACKEND)
+
 SEGMENTATION_KWARGS = {"out_channels": 4, "channels": [24, 48, 96, 192, 384], "strides": [2, 2, 2, 2],
                        "num_res_units": 2}
 LOCALISER_KWARGS = {"out_channels": 4, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
@@ -46,7 +50,6 @@ JOBS = ("main", "sampler4", "sampler20", "aux")
 
 
 def build(name: str, kwargs: dict) -> torch.nn.Module:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "CardiacAI"))
     from cardiac_ai.models.networks import build_network  # torch + MONAI only
 
     return build_network(name, **kwargs)
@@ -75,34 +78,23 @@ def as_float(images_uint8: torch.Tensor) -> torch.Tensor:
 def augment(images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator, *,
             rotate_deg: float, scale: float, translate_px: float, elastic_px: float, intensity: bool):
     """Same random spatial transform for images (bilinear) and label maps (nearest); intensity on images only."""
+    from cardiac_ai.training.batch_augmentation import random_gamma, random_sampling_grid
+
     n, _, h, w = images.shape
     device = images.device
 
     def uniform(low, high, *shape):
         return low + (high - low) * torch.rand(*shape, generator=generator, device=device)
 
-    angle = uniform(-1, 1, n) * math.radians(rotate_deg)
-    zoom = torch.exp(uniform(-1, 1, n) * math.log(1 + scale))
-    stretch = torch.exp(uniform(-1, 1, n) * math.log(1 + scale / 2))
-    shift = uniform(-1, 1, n, 2) * (2 * translate_px / torch.tensor([w, h], device=device))
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 1] = cos / (zoom * stretch), -sin / zoom
-    theta[:, 1, 0], theta[:, 1, 1] = sin / (zoom * stretch), cos / zoom
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
-    if elastic_px > 0:
-        coarse = torch.randn(n, 2, 6, 6, generator=generator, device=device) * (2 * elastic_px / max(h, w))
-        coarse = coarse * (torch.rand(n, 1, 1, 1, generator=generator, device=device) < 0.5)
-        grid = grid + F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    grid = random_sampling_grid(n, (h, w), generator, rotate_deg=rotate_deg, scale=scale, anisotropy=scale / 2,
+                                translate_px=translate_px, elastic_px=elastic_px, device=device)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out_labels = None
     if labels is not None:
         out_labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                    align_corners=False)[:, 0].long()
     if intensity:
-        gamma = torch.exp(uniform(-1, 1, n, 1, 1, 1) * math.log(1.5))
-        out = out.clamp(0, 1) ** gamma
+        out = random_gamma(out, generator, 1.5)
         bias = F.interpolate(torch.randn(n, 1, 3, 3, generator=generator, device=device) * 0.15, size=(h, w),
                              mode="bicubic", align_corners=False)
         out = out * torch.exp(bias) * uniform(0.8, 1.2, n, 1, 1, 1)

@@ -719,21 +719,12 @@ def augment_qc_pairs(
     import torch
     import torch.nn.functional as F
 
-    n, _, h, w = x.shape
-    device = x.device
+    from ..training.batch_augmentation import random_gamma, random_sampling_grid
 
-    def uniform(*shape):
-        return 2 * torch.rand(*shape, generator=generator).to(device) - 1
-
-    angle = uniform(n) * math.radians(rotate_deg)
-    zoom = 1 + uniform(n) * scale
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 1] = torch.cos(angle) / zoom, -torch.sin(angle) / zoom
-    theta[:, 1, 0], theta[:, 1, 1] = torch.sin(angle) / zoom, torch.cos(angle) / zoom
-    theta[:, :, 2] = uniform(n, 2) * (2 * translate_px / max(h, w))
-    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    grid = random_sampling_grid(x.shape[0], tuple(x.shape[2:]), generator, rotate_deg=rotate_deg, scale=scale,
+                                translate_px=translate_px, device=x.device)
     moved = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    image = moved[:, :n_image_channels].clamp(0, 1) ** torch.exp(uniform(n, 1, 1, 1) * math.log(gamma))
+    image = random_gamma(moved[:, :n_image_channels], generator, gamma)
     masks = (moved[:, n_image_channels:] > 0.5).to(moved.dtype)
     return torch.cat([image, masks], dim=1)
 
