@@ -62,11 +62,27 @@ def test_bspline_output_is_closed_periodic_smooth_and_counter_clockwise():
 
 
 def test_teh_chin_alone_gives_dominant_points_only():
-    contours = fit_myocardial_contours(_ring(), spacing_ji_mm=(1.0, 1.0), steps=("teh_chin",))
+    contours = fit_myocardial_contours(_ring(), spacing_ji_mm=(1.0, 1.0), steps=("teh_chin",), upsample=1)
     n_border = int(np.count_nonzero(_ring() == 3)) ** 0.5 * 4  # far fewer points than border pixels
     assert 8 <= len(contours.endocardium_px) < n_border
     assert not contours.endocardium_steps.bspline_applied
     assert np.allclose(contours.endocardium_px, np.round(contours.endocardium_px))  # pixel centres
+
+
+def test_subpixel_tracing_follows_the_boundary_between_pixel_centres():
+    """A disc of the pixels whose centres lie within r: the sub-pixel trace runs between inside and outside centres,
+    about r from the centre, where the staircase tracing runs through the border pixels' centres (about r - 0.5)."""
+    radius = 10.0
+    labels = _ring(r_in=radius)
+    staircase = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), steps=(), upsample=1)  # every border point
+    subpixel = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), steps=(), upsample=4)
+    distance = {name: np.hypot(*(c.endocardium_px - np.asarray(CENTRE)).T).mean()
+                for name, c in (("staircase", staircase), ("subpixel", subpixel))}
+    assert distance["staircase"] == pytest.approx(radius - 0.4, abs=0.15)
+    assert distance["subpixel"] == pytest.approx(radius, abs=0.15)
+    assert not np.allclose(subpixel.endocardium_px, np.round(subpixel.endocardium_px))
+    with pytest.raises(InputError, match="upsample"):
+        fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), upsample=0)
 
 
 def test_convex_hull_closes_c_shaped_endocardium():
