@@ -187,8 +187,8 @@ class CardiacAIParameterNode:
         for "import-labels".
     outputSegmentation - receives the result; its segments are replaced. A new node is made when empty.
     cineMode - cine segmentation and function: "region-aware" or "baseline" (``cardiacai --mode``).
-    cineQualityControl - cine segmentation and function: quality-check the segmentation (needs the qc_vae model;
-        uses qcThreshold).
+    cineQualityControl - cine segmentation and function: quality-check the segmentation (needs the QC models,
+        bundled: qc_vae and qc_dice_regressor; uses qcThreshold).
     edVolume, esVolume - cardiac function: the end-diastolic and end-systolic short-axis volumes (set to the chosen
         frames after a run on a cine sequence).
     cineSequence - cardiac function: a cine sequence (one 3D short-axis frame per phase); when set, every frame is

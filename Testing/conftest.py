@@ -75,6 +75,23 @@ def tiny_qc_models(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_qc_regressor_models(tmp_path_factory):
+    """A tmp registry folder holding a tiny, randomly initialised (seed 0) qc_dice_regressor (to pass beside
+    ``tiny_qc_models``)."""
+    import torch
+    from cardiac_ai.models import ModelCard, save_model
+
+    folder = tmp_path_factory.mktemp("qc_regressor_models")
+    card = ModelCard(name="qc_dice_regressor", version="0.1", task="regression", network="qc_dice_regressor",
+                     network_kwargs={"in_channels": 4, "n_outputs": 3, "features": [4, 8], "input_size": 96},
+                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_model(card.build_network(), card, folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def save_untrained_map_model():
     """``save(folder)`` writes an untrained two-level ``map_myocardium`` (64 px at 2 mm, seeded weights) into

@@ -55,6 +55,31 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
     assert labels.geometry.is_close(truth.geometry)
     scores = [dice(labels.array == code, truth.array == code) for code in (1, 2, 3)]
     assert np.mean(scores) > 0.90, scores
+    if list(MODELS_DIR.glob("qc_dice_regressor-*.safetensors")):  # QC ran by default, with the bundled models
+        qc = json.loads((out / "report.json").read_text())["qc"]
+        assert qc["predictor"] == "regressor" and qc["mean_dice"] > 0.8, qc["volume_dice"]
+
+
+@pytest.mark.shared_data
+def test_bundled_qc_scores_a_shifted_segmentation_lower_than_the_truth(acdc_root, tmp_path):
+    if not list(MODELS_DIR.glob("qc_dice_regressor-*.safetensors")):
+        pytest.skip("the QC models are not bundled in this checkout")
+    from cardiac_ai.io import write_volume
+    from cardiac_ai.qc import shift_labels
+
+    patient = acdc_root / "patient005"  # a test patient of Resources/Splits/acdc_cine_split.json
+    image, truth_path = patient / "patient005_frame01.nii.gz", patient / "patient005_frame01_gt.nii.gz"
+    truth = read_volume(truth_path)
+    write_volume(truth.with_array(shift_labels(truth.array, 6.0, seed=0)), tmp_path / "shifted.nii.gz")
+    mean_dice = {}
+    for name, labels in (("truth", truth_path), ("shifted", tmp_path / "shifted.nii.gz")):
+        assert main(["qc", str(image), str(labels), "--out", str(tmp_path / name), "--device", "cpu"]) == 0
+        qc = json.loads((tmp_path / name / "report.json").read_text())["qc"]
+        assert qc["predictor"] == "regressor"
+        mean_dice[name] = qc["mean_dice"]
+    true_shifted = np.mean([dice(read_volume(tmp_path / "shifted.nii.gz").array == c, truth.array == c)
+                            for c in (1, 2, 3)])
+    assert mean_dice["truth"] > 0.8 and mean_dice["shifted"] < mean_dice["truth"] - 0.15, (mean_dice, true_shifted)
 
 
 @pytest.mark.shared_data

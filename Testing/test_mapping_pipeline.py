@@ -148,8 +148,9 @@ def test_cli_map_writes_the_contract(models_dir, unseen, tmp_path, capsys):
     code = main(["map", str(tmp_path / "t1.nii.gz"), "--kind", "t1", "--out", str(out), "--device", "cpu",
                  "--models-dir", str(models_dir), "--erosion-mm", "2"])
     assert code == 0, capsys.readouterr().err
-    assert {p.name for p in out.iterdir()} == {"labels.nii.gz", "stats.json", "contours.json", "bullseye.png",
-                                               "report.json"}
+    written = {p.name for p in out.iterdir()}
+    assert written - {"qc_slices.csv"} == {"labels.nii.gz", "stats.json", "contours.json", "bullseye.png",
+                                           "report.json"}
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert np.allclose(labels.GetSpacing(), unseen.t1_map_ms.geometry.spacing_mm, atol=1e-4)
     assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 2, 3}
@@ -162,6 +163,9 @@ def test_cli_map_writes_the_contract(models_dir, unseen, tmp_path, capsys):
     assert (out / "bullseye.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
     assert report["provenance"]["models"][0]["name"] == MAP_MODEL_NAME
+    # QC runs by default when QC models are installed (bundled), and is then marked indicative on maps
+    assert ("qc_slices.csv" in written) == (report.get("qc") is not None)
+    assert report.get("qc") is None or report["qc"]["indicative"]
 
 
 def test_cli_map_refuses_a_contradicting_kind_without_partial_outputs(models_dir, unseen, tmp_path, capsys):

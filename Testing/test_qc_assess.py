@@ -162,3 +162,86 @@ def test_run_qc_turns_input_it_cannot_check_into_a_warning(cine_phantom, vae):
     constant = cine_phantom.image.with_array(np.ones_like(cine_phantom.image.array))
     assert run_qc(constant, cine_phantom.labels, vae, config=FAST, provenance=provenance) is None
     assert provenance.warnings and provenance.warnings[-1].startswith("QC not done:")
+
+
+# -- the CNN Dice regressor as predictor ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def regressor():
+    from cardiac_ai.models.qc_regressor import QCDiceRegressor
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return QCDiceRegressor(features=(4, 8)).eval()
+
+
+def test_regressor_gives_the_dice_and_the_search_becomes_a_second_opinion(cine_phantom, vae, regressor, result):
+    from cardiac_ai.models.qc_regressor import regress_dice
+    from cardiac_ai.qc import qc_input
+
+    both = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=regressor)
+    assert both.predictor == "regressor" and result.predictor == "search" and result.search_dice is None
+    np.testing.assert_array_equal(both.search_dice, result.slice_dice)  # the search itself is unchanged
+    np.testing.assert_array_equal(both.surrogate.array, result.surrogate.array)
+    pairs, _ = qc_input(cine_phantom.image, cine_phantom.labels)
+    expected = regress_dice(regressor, pairs[both.assessed])
+    given = pairs[both.assessed][:, 1:] > 0.5
+    absent_and_judged_right = ~given.any(axis=(2, 3)) & (expected >= 0.5)
+    expected[absent_and_judged_right] = np.nan
+    np.testing.assert_allclose(both.slice_dice[both.assessed], expected, rtol=1e-6)
+    assert np.isnan(both.slice_dice[~both.assessed]).all()
+    areas = given.sum(axis=(2, 3)) * ~np.isnan(expected)
+    np.testing.assert_allclose(both.volume_dice, np.nansum(expected * areas, axis=0) / areas.sum(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(both.slice_flags, both.assessed & (both.slice_min_dice < 0.8))
+    data = both.to_dict()
+    assert data["predictor"] == "regressor" and "Robinson" in data["method"]
+    assert set(data["slices"][3]["search_dice"]) == {"rv_blood_pool", "lv_myocardium", "lv_blood_pool"}
+    assert "search_dice" not in result.to_dict()["slices"][3]
+
+
+def test_predictor_choice_is_honoured_and_checked(cine_phantom, vae, regressor):
+    image, labels = cine_phantom.image, cine_phantom.labels
+    searched = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="search"),
+                                   regressor=regressor)
+    assert searched.predictor == "search" and searched.search_dice is None
+    with pytest.raises(ModelError, match="qc_dice_regressor"):
+        assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="regressor"))
+    with pytest.raises(InputError, match="predictor"):
+        QCConfig(predictor="cnn")
+    from cardiac_ai.models.qc_regressor import QCDiceRegressor
+
+    with pytest.raises(ModelError, match="channels"):
+        assess_segmentation(image, labels, vae, config=FAST, regressor=QCDiceRegressor(in_channels=2, n_outputs=1,
+                                                                                      features=(4, 8)))
+    with pytest.raises(ModelError, match="QCDiceRegressor"):
+        assess_segmentation(image, labels, vae, config=FAST, regressor=vae)
+
+
+def test_empty_segmentation_stays_flagged_with_the_regressor(cine_phantom, vae, regressor):
+    empty = cine_phantom.labels.with_array(np.zeros_like(cine_phantom.labels.array))
+    result = assess_segmentation(cine_phantom.image, empty, vae, config=FAST, regressor=regressor)
+    assert result.predictor == "regressor" and (result.slice_dice == 0).all() and result.slice_flags.all()
+
+
+def test_run_qc_names_the_regressor_it_used(cine_phantom, tiny_qc_models, tiny_qc_regressor_models):
+    registry = ModelRegistry(paths=[tiny_qc_models, tiny_qc_regressor_models])
+    vae_loaded, regressor_loaded = registry.load("qc_vae"), registry.load("qc_dice_regressor")
+    provenance = Provenance()
+    result = run_qc(cine_phantom.image, cine_phantom.labels, vae_loaded, config=FAST, provenance=provenance,
+                    regressor=regressor_loaded)
+    assert result.predictor == "regressor"
+    assert [m.name for m in provenance.models] == ["qc_vae", "qc_dice_regressor"]
+    assert provenance.parameters["qc"]["predictor"] == "auto"
+
+
+def test_without_a_wanted_surrogate_the_regressor_skips_the_search(cine_phantom, vae, regressor):
+    image, labels = cine_phantom.image, cine_phantom.labels
+    full = assess_segmentation(image, labels, vae, config=FAST, regressor=regressor)
+    quick = assess_segmentation(image, labels, vae, config=FAST, regressor=regressor, surrogate_wanted=False)
+    assert full.search["ran"] and full.surrogate is not None and full.search_dice is not None
+    assert quick.search == {"ran": False} and quick.surrogate is None and quick.search_dice is None
+    np.testing.assert_array_equal(quick.slice_dice, full.slice_dice)
+    np.testing.assert_array_equal(quick.slice_flags, full.slice_flags)
+    assert "search_dice" not in quick.to_dict()["slices"][3]
+    searched = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="search"),
+                                   regressor=regressor, surrogate_wanted=False)
+    assert searched.search["ran"] and searched.surrogate is not None  # the search is then the predictor

@@ -210,3 +210,38 @@ def test_map_qc_is_marked_indicative(tiny_qc_models, save_untrained_map_model, t
     assert report["qc"]["indicative"] is True and "cine" in report["qc"]["note"]
     assert "qc_slices.csv" in report["outputs"] and (tmp_path / "out" / "qc_slices.csv").exists()
     assert "(indicative)" in stdout
+
+
+def test_qc_uses_an_installed_regressor_unless_told_to_search(files, tiny_qc_models, tiny_qc_regressor_models,
+                                                              tmp_path, capsys):
+    from cardiac_ai import cli
+    from cardiac_ai.qc import QC_PREDICTORS
+
+    assert cli._QC_PREDICTORS == QC_PREDICTORS
+    both = ["--models-dir", tiny_qc_models, "--models-dir", tiny_qc_regressor_models, "--device", "cpu"]
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "auto", *both)
+    assert code == 0, err
+    report = _report(tmp_path / "auto")
+    assert report["qc"]["predictor"] == "regressor" and "search_dice" in report["qc"]["slices"][3]
+    assert report["qc"]["search"]["ran"]  # `cardiacai qc` keeps the search's second opinion
+    assert [m["name"] for m in report["provenance"]["models"]] == ["qc_vae", "qc_dice_regressor"]
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "search", *both,
+                        "--predictor", "search")
+    assert code == 0, err
+    report = _report(tmp_path / "search")
+    assert report["qc"]["predictor"] == "search" and [m["name"] for m in report["provenance"]["models"]] == ["qc_vae"]
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "none",
+                        "--models-dir", tiny_qc_models, "--predictor", "regressor")
+    assert code == 3 and "qc_dice_regressor" in err and not (tmp_path / "none").exists()
+
+
+def test_segment_cine_qc_uses_the_regressor(files, cine_models, tiny_qc_models, tiny_qc_regressor_models, tmp_path,
+                                            capsys):
+    code, _, err = _run(capsys, "segment-cine", files["image"], "--out", tmp_path / "seg", "--models-dir", cine_models,
+                        "--models-dir", tiny_qc_models, "--models-dir", tiny_qc_regressor_models, "--mode",
+                        "baseline", "--base", "first", "--device", "cpu")
+    assert code == 0, err
+    report = _report(tmp_path / "seg")
+    assert report["qc"]["predictor"] == "regressor" and report["provenance"]["parameters"]["qc"]["predictor"] == "auto"
+    assert report["qc"]["search"] == {"ran": False}  # no surrogate is written, so the search is skipped
+    assert {m["name"] for m in report["provenance"]["models"]} >= {"qc_vae", "qc_dice_regressor"}

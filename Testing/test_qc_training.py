@@ -20,6 +20,7 @@ from cardiac_ai.qc.training import (
     CORRUPTION_KINDS,
     QCPairDataset,
     augment_qc_pairs,
+    augment_regressor_pairs,
     concatenate_qc_pairs,
     corrupt_labels,
     evaluate_dice_prediction,
@@ -297,6 +298,31 @@ def test_train_qc_regressor_lowers_its_error(poor_pairs, tmp_path):
     dataset = QCPairDataset(poor_pairs)
     item = dataset[0]
     assert item["image"].shape == (4, 96, 96) and item["label"].shape == (3,)
+
+
+def test_regressor_augmentation_adds_noise_to_the_image_only(gt_pairs):
+    x = torch.from_numpy(np.stack([gt_pairs.as_float(i)[0] for i in range(4)]))
+    plain = augment_qc_pairs(x, torch.Generator().manual_seed(1), gamma=2.0)
+    quiet = augment_regressor_pairs(x, torch.Generator().manual_seed(1), noise_probability=0.0)
+    noisy = augment_regressor_pairs(x, torch.Generator().manual_seed(1), noise_probability=1.0, noise_sd=0.2)
+    assert torch.equal(quiet, plain)  # the geometric part and gamma are augment_qc_pairs's
+    assert torch.equal(noisy[:, 1:], plain[:, 1:]) and set(torch.unique(noisy[:, 1:]).tolist()) <= {0.0, 1.0}
+    assert not torch.equal(noisy[:, :1], plain[:, :1])
+    assert float(noisy[:, :1].min()) >= 0.0 and float(noisy[:, :1].max()) <= 1.0
+    again = augment_regressor_pairs(x, torch.Generator().manual_seed(1), noise_probability=1.0, noise_sd=0.2)
+    assert torch.equal(noisy, again)
+
+
+def test_train_qc_regressor_with_augmentation_is_deterministic_and_differs(poor_pairs, tmp_path):
+    kwargs = dict(features=TINY_REGRESSOR, epochs=2, batch_size=16, lr=3e-3, seed=0, augment=True)
+    first, history_a = train_qc_regressor(poor_pairs, poor_pairs, out_dir=tmp_path / "a", **kwargs)
+    second, history_b = train_qc_regressor(poor_pairs, poor_pairs, out_dir=tmp_path / "b", **kwargs)
+    plain, history_c = train_qc_regressor(poor_pairs, poor_pairs, out_dir=tmp_path / "c",
+                                          **{**kwargs, "augment": False})
+    assert [h["train_loss"] for h in history_a] == [h["train_loss"] for h in history_b]
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    assert [h["train_loss"] for h in history_a] != [h["train_loss"] for h in history_c]
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ from cardiac_ai.qc.training import (
 from _output import emit_report  # benchmarks/_output.py, beside this script
 
 STRUCTURES = {1: "RV", 2: "MYO", 3: "LV"}
-METHODS = {"vae": "VAE search", "encoder": "VAE encoder only", "cnn": "CNN regression"}
+METHODS = {"vae": "VAE search", "encoder": "VAE encoder only", "cnn": "CNN regression",
+           "mean": "mean of CNN and VAE search"}
 GROUPS = {"noise_attack": "a", "t1_map": "b", "t2_map": "b", "gamma": "b", "inverted": "b",
           **{kind: "c" for kind in CORRUPTION_KINDS}}
 GROUP_NAMES = {"a": "(a) noise attack", "b": "(b) other domain", "c": "(c) synthetic"}
@@ -186,6 +187,7 @@ def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[d
                 "case": item.case_id, "group": GROUPS.get(item.kind, "?"), "kind": item.kind, "level": item.level,
                 "slice": int(k), "structure": short, "true": float(true[k, n]), "vae": float(searched[k, n]),
                 "encoder": float(encoded[k, n]), "cnn": float(regressed[k, n]) if regressed is not None else np.nan,
+                "mean": 0.5 * (float(regressed[k, n]) + float(searched[k, n])) if regressed is not None else np.nan,
                 "rules_flag": bool(rule_flags[k]),
             })
     myo = list(STRUCTURES).index(LV_MYOCARDIUM)
@@ -199,6 +201,7 @@ def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[d
         "cnn": np.nan if regressed is None else float(np.average(regressed[:, myo], weights=area + 1e-6)),
         "rules_flag": not rules.passed, "n_slices": int(labels.shape[0]), "iterations": search.iterations,
     }
+    volume["mean"] = 0.5 * (volume["cnn"] + volume["vae"])
     return rows, volume, times
 
 
@@ -332,7 +335,7 @@ def main(argv=None) -> int:
                                                device=device)
     else:
         print(f"no cine models at {args.cine_models}: kinds (a) and (b) skipped", file=sys.stderr)
-    methods = {m: t for m, t in METHODS.items() if m != "cnn" or regressor is not None}
+    methods = {m: t for m, t in METHODS.items() if m not in ("cnn", "mean") or regressor is not None}
 
     rows: list[dict] = []
     volumes: list[dict] = []

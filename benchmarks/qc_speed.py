@@ -1,8 +1,9 @@
-"""Speed of generative QC (VAE latent search) on held-out ACDC volumes; prints a Markdown table.
+"""Speed of QC (VAE latent search, and the CNN Dice regressor when installed) on held-out ACDC volumes.
 
-    python benchmarks/qc_speed.py --qc-models work_data/qc_aug/models [--threads 2] [--limit 6]
+    python benchmarks/qc_speed.py --qc-models Resources/Models [--threads 2] [--limit 6] [--predictor search]
 
-Times :func:`cardiac_ai.qc.assess_segmentation` (ROI, batched latent search, predicted Dice, rules) on the ground
+Prints a Markdown table. Times :func:`cardiac_ai.qc.assess_segmentation` as the commands run it (ROI, batched latent
+search, predicted Dice from the regressor when the folder holds one and ``--predictor`` allows it, rules) on the ground
 truth of the split's test patients (ED), once per volume after one warm-up call on the same volume, and scales each
 time to 10 slices. Model loading is not included. Target (issue 8): 1 s per 10-slice volume on CPU-2.
 """
@@ -18,26 +19,33 @@ import torch
 from cardiac_ai.datasets import list_acdc, load_case, load_split, refs_in_part
 from cardiac_ai.metrics import format_markdown_table
 from cardiac_ai.models import ModelRegistry
-from cardiac_ai.qc.assess import assess_segmentation
+from cardiac_ai.qc.assess import QC_PREDICTORS, QC_REGRESSOR_NAME, QCConfig, assess_segmentation
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--split", default="Resources/Splits/acdc_cine_split.json")
-    parser.add_argument("--qc-models", default="work_data/qc/models", help="folder with a qc_vae model")
+    parser.add_argument("--qc-models", default="Resources/Models",
+                        help="folder with a qc_vae model (and optionally a qc_dice_regressor)")
+    parser.add_argument("--predictor", default="auto", choices=QC_PREDICTORS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=6, help="test patients timed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     refs = list_acdc(args.data, phases=("ED",))
-    model = ModelRegistry(paths=[args.qc_models]).load("qc_vae", device="cpu")
+    registry = ModelRegistry(paths=[args.qc_models])
+    model = registry.load("qc_vae", device="cpu")
+    has_regressor = any(card.name == QC_REGRESSOR_NAME for card in registry.list())
+    regressor = registry.load(QC_REGRESSOR_NAME, device="cpu") if has_regressor else None
+    config = QCConfig(predictor=args.predictor)
     rows = []
     for ref in refs_in_part(refs, load_split(args.split), "test")[: args.limit]:
         case = load_case(ref)
-        assess_segmentation(case.image, case.labels, model, device="cpu")
+        assess_segmentation(case.image, case.labels, model, device="cpu", config=config, regressor=regressor)
         started = time.perf_counter()
-        assess_segmentation(case.image, case.labels, model, device="cpu")
+        result = assess_segmentation(case.image, case.labels, model, device="cpu", config=config,
+                                     regressor=regressor)
         seconds = time.perf_counter() - started
         n_slices = case.image.array.shape[0]
         rows.append({"volume": ref.case_id, "slices": n_slices, "seconds": seconds,
@@ -45,7 +53,8 @@ def main() -> int:
     per10 = [r["seconds per 10 slices"] for r in rows]
     rows.append({"volume": "median", "slices": statistics.median(r["slices"] for r in rows),
                  "seconds": statistics.median(r["seconds"] for r in rows), "seconds per 10 slices": statistics.median(per10)})
-    print(f"QC speed: qc_vae from {args.qc_models}, {args.threads} torch threads, {platform.machine()}, "
+    print(f"QC speed: qc_vae{' and ' + QC_REGRESSOR_NAME if has_regressor else ''} from {args.qc_models}, "
+          f"predictor {result.predictor}, {args.threads} torch threads, {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d')}\n")
     print(format_markdown_table(rows, digits=3))
     return 0

@@ -23,7 +23,8 @@ what is already on disk, so a run can be resumed; ``--stage`` takes several):
                known quality; ``ablation/results.json`` (one entry per configuration, written as each finishes;
                configurations already in it are skipped: delete the folder to redo the grid with other settings).
 ``regressor``  the CNN Dice regressor (Robinson et al. 2018) on the training pairs of known quality.
-``register``   exports ``qc_vae`` 1.0 and ``qc_dice_regressor`` 1.0 (float16 weights + model cards) into WORK/models.
+``register``   exports ``qc_vae`` and ``qc_dice_regressor`` (``--version``, default 1.0; float16 weights + model
+               cards) into WORK/models.
 
 Rough times on a 2-core CPU with the defaults (a GPU is many times faster): prepare 15-20 min (most of it the noise
 attacks), vae about 1 min per epoch (up to 100 epochs: under 2 h), ablation about 2 h, regressor about 7 min per
@@ -79,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
+    parser.add_argument("--version", default="1.0", help="model version the register stage writes")
     vae = parser.add_argument_group("VAE")
     vae.add_argument("--epochs", type=int, default=100, help="VAE epochs (the paper: 100, early stopping)")
     vae.add_argument("--patience", type=int, default=15, help="early stopping patience (epochs); 0: none")
@@ -106,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     poor.add_argument("--regressor-batch-size", type=int, default=32)
     poor.add_argument("--regressor-lr", type=float, default=1e-3)
     poor.add_argument("--regressor-features", type=int, nargs="+", default=[16, 32, 64, 128])
+    poor.add_argument("--regressor-augment", action="store_true",
+                      help="augment the regressor's training pairs (rotation, scale, shift; gamma and noise on the "
+                           "image), so it judges the segmentation rather than the image's look")
     args = parser.parse_args(argv)
     args.stages = set(STAGES) if "all" in args.stage else set(args.stage)
     return args
@@ -271,7 +276,7 @@ def regressor_stage(args, work: Path, poor_train: QCPairs, poor_val: QCPairs, pr
     _, history = train_qc_regressor(
         poor_train, poor_val, features=args.regressor_features, epochs=args.regressor_epochs,
         batch_size=args.regressor_batch_size, lr=args.regressor_lr, seed=args.seed, out_dir=run, device=args.device,
-        progress=progress, resume=(run / "last.pt").exists(),
+        progress=progress, resume=(run / "last.pt").exists(), augment=args.regressor_augment,
     )
     best = min(history, key=lambda h: h.get("val_loss", np.inf))
     say(f"regressor: {len(history)} epochs, best val MSE {best['val_loss']:.4f}, val MAE {best['val_mae']:.4f}")
@@ -287,7 +292,7 @@ def register_stage(args, work: Path, data: Data) -> None:
     exported = []
     if (work / "run_vae" / "best.pt").exists():
         card_path = export_best_model(
-            work / "run_vae", models, name="qc_vae", version="1.0", task="quality_control", label_map=VAE_LABELS,
+            work / "run_vae", models, name="qc_vae", version=args.version, task="quality_control", label_map=VAE_LABELS,
             training_data=f"ACDC training set, ground-truth segmentations of the {frames} frames of the split's "
                           f"{len(split['train'])} training patients (96 x 96 ROI at 1.8 mm around the heart)",
             split=split, license=LICENSE,
@@ -308,13 +313,15 @@ def register_stage(args, work: Path, data: Data) -> None:
         exported.append(card_path)
     if (work / "run_regressor" / "best.pt").exists():
         exported.append(export_best_model(
-            work / "run_regressor", models, name="qc_dice_regressor", version="1.0", task="regression",
+            work / "run_regressor", models, name="qc_dice_regressor", version=args.version, task="regression",
             label_map=REGRESSOR_LABELS, split=split, license=LICENSE,
             training_data=f"ACDC training set, {frames} frames of the split's {len(split['train'])} training patients: "
                           "ground truth, synthetic corruptions (shift, erosion, dilation, holes, missing slices) and "
                           + ("no noise attacks" if args.no_attacks else
                              f"cine model ({args.cine_mode}) segmentations of noise-attacked images") +
-                          ", with their true Dice per slice and structure",
+                          ", with their true Dice per slice and structure"
+                          + ("; augmented per batch (rotation, scale, shift; gamma and noise on the image)"
+                             if args.regressor_augment else ""),
             description="CNN regression of segmentation quality (Robinson et al. 2018, the baseline of Wang et al.): "
                         "image + RV/MYO/LV masks (96 x 96 at 1.8 mm) in, per-structure Dice logits out; "
                         "sigmoid gives the predicted Dice (cardiac_ai.models.qc_regressor.regress_dice).",

@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: report.json, qc_slices.csv (and the surrogate)")
     p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
                    help="flag slices whose predicted Dice is below DICE (default %(default)s)")
+    p.add_argument("--predictor", choices=_QC_PREDICTORS, default="auto", help=_QC_PREDICTOR_HELP)
     p.add_argument("--write-surrogate", action="store_true",
                    help="also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd")
 
@@ -307,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 #: Default QC flag threshold: cardiac_ai.qc.DEFAULT_DICE_THRESHOLD (why 0.80: see there), repeated here so that
 #: building the parser does not import torch; a test checks that the two agree.
 _QC_THRESHOLD = 0.80
+#: cardiac_ai.qc.QC_PREDICTORS, repeated for the same reason (a test checks that they agree).
+_QC_PREDICTORS = ("auto", "search", "regressor")
+_QC_PREDICTOR_HELP = ("where the predicted Dice comes from: the CNN Dice regressor (regressor), the VAE's latent "
+                      "search (search), or auto (default): the regressor when installed, else the search")
 
 
 def _qc_parent() -> argparse.ArgumentParser:
@@ -316,6 +321,7 @@ def _qc_parent() -> argparse.ArgumentParser:
     group.add_argument("--no-qc", action="store_true", help="do not quality-check the segmentation")
     group.add_argument("--qc-threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
                        help="flag slices whose predicted Dice is below DICE (default %(default)s)")
+    group.add_argument("--qc-predictor", choices=_QC_PREDICTORS, default="auto", help=_QC_PREDICTOR_HELP)
     return parent
 
 
@@ -780,7 +786,8 @@ def _qc_options(args: argparse.Namespace, provenance):
     from .pipeline import qc_options
     from .qc.assess import QCConfig
 
-    return qc_options(args.models_dir, device=args.device, config=QCConfig(dice_threshold=args.qc_threshold),
+    return qc_options(args.models_dir, device=args.device,
+                      config=QCConfig(dice_threshold=args.qc_threshold, predictor=args.qc_predictor),
                       provenance=provenance)
 
 
@@ -806,7 +813,7 @@ def _qc(args: argparse.Namespace, progress: ProgressCallback) -> int:
 
     result = qc_file(
         args.image, args.labels, args.out, models_dirs=args.models_dir, device=args.device,
-        config=QCConfig(dice_threshold=args.threshold), write_surrogate=args.write_surrogate,
+        config=QCConfig(dice_threshold=args.threshold, predictor=args.predictor), write_surrogate=args.write_surrogate,
         overwrite=args.overwrite, progress=progress,
     )
     if not args.quiet:

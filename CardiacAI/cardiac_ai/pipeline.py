@@ -970,7 +970,8 @@ def _septal_mask(analysis, k: int) -> np.ndarray:
 
 
 # -- quality control -------------------------------------------------------------------------------------------------
-__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "QCOptions", "load_qc_model", "qc_options", "qc_file"]
+__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "QCOptions", "load_qc_model", "load_qc_regressor", "qc_options",
+            "qc_file"]
 
 #: Per-slice QC table written beside ``report.json`` when QC ran.
 QC_SLICES_NAME = "qc_slices.csv"
@@ -999,32 +1000,68 @@ class QCOptions:
         The folders the model was looked for in, named in the "QC skipped" warning.
     problem : str or None
         Why a ``qc_vae`` that exists could not be loaded (a corrupt file), reported instead of "not found".
+    regressor : LoadedModel or None
+        The ``qc_dice_regressor`` when installed: with the default ``QCConfig.predictor`` ("auto") it gives the
+        predicted Dice (see :class:`~cardiac_ai.qc.assess.QCConfig`).
     """
 
     model: object | None = None
     config: object | None = None
     searched: str = ""
     problem: str | None = None
+    regressor: object | None = None
+
+
+def _find_qc_network(name: str, what: str, models_dirs: Sequence[str | Path], *, device: str,
+                     provenance: Provenance | None, timing: str):
+    """(LoadedModel of the QC network ``name`` or None when none is installed, folders searched); ModelError when
+    one exists but cannot be loaded or is another network. ``what`` names it in that error; ``timing`` is the
+    provenance timing key of the loading."""
+    from .device import resolve_device
+    from .models.registry import ModelRegistry
+
+    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+    where = ", ".join(str(p) for p in registry.search_paths) or "(no models folder exists)"
+    if not any(card.name == name for card in registry.list()):
+        return None, where
+    with (provenance.timed(timing) if provenance is not None else contextlib.nullcontext()):
+        loaded = registry.load(name, device=resolve_device(device))
+    if loaded.card.network != name:
+        raise ModelError(
+            f"Model {loaded.card.stem} ({loaded.weights_path}) is a {loaded.card.network!r} network, not the "
+            f"'{name}' {what}; retrain it with scripts/train_qc.py."
+        )
+    return loaded, where
 
 
 def _find_qc_model(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance | None):
     """(LoadedModel or None, folders searched); ModelError when a qc_vae exists but cannot be loaded."""
-    from .device import resolve_device
-    from .models.registry import ModelRegistry
     from .qc.assess import QC_MODEL_NAME
 
-    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
-    where = ", ".join(str(p) for p in registry.search_paths) or "(no models folder exists)"
-    if not any(card.name == QC_MODEL_NAME for card in registry.list()):
-        return None, where
-    with (provenance.timed("load_qc_model") if provenance is not None else contextlib.nullcontext()):
-        loaded = registry.load(QC_MODEL_NAME, device=resolve_device(device))
-    if loaded.card.network != QC_MODEL_NAME:
-        raise ModelError(
-            f"Model {loaded.card.stem} ({loaded.weights_path}) is a {loaded.card.network!r} network, not the "
-            f"'{QC_MODEL_NAME}' VAE that generative QC needs; retrain it with scripts/train_qc.py."
-        )
-    return loaded, where
+    return _find_qc_network(QC_MODEL_NAME, "VAE that generative QC needs", models_dirs, device=device,
+                            provenance=provenance, timing="load_qc_model")
+
+
+def _find_qc_regressor(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance | None):
+    """The ``qc_dice_regressor`` LoadedModel, or None when none is installed; ModelError when it cannot be loaded."""
+    from .qc.assess import QC_REGRESSOR_NAME
+
+    return _find_qc_network(QC_REGRESSOR_NAME, "CNN that QC's Dice regression needs", models_dirs, device=device,
+                            provenance=provenance, timing="load_qc_regressor")[0]
+
+
+def load_qc_regressor(
+    models_dirs: Sequence[str | Path] = (), *, device: str = "auto", provenance: Provenance | None = None
+):
+    """The ``qc_dice_regressor`` model from the registry (``models_dirs`` searched first), or None when none is
+    installed (QC then predicts Dice by the latent search alone).
+
+    Raises
+    ------
+    ModelError
+        One exists but cannot be loaded.
+    """
+    return _find_qc_regressor(models_dirs, device=device, provenance=provenance)
 
 
 def load_qc_model(
@@ -1067,7 +1104,15 @@ def qc_options(
     except ModelError as error:
         log.warning("QC model unusable: %s", error)
         return QCOptions(config=config, problem=f"the qc_vae model could not be loaded: {error}")
-    return QCOptions(model=loaded, config=config, searched=where)
+    regressor = None
+    if loaded is not None and getattr(config, "predictor", "auto") != "search":
+        try:
+            regressor = _find_qc_regressor(models_dirs, device=device, provenance=provenance)
+        except ModelError as error:
+            log.warning("QC regressor unusable: %s", error)
+            if provenance is not None:
+                provenance.warn(f"QC: the {error}; the latent search predicts the Dice instead.", log)
+    return QCOptions(model=loaded, config=config, searched=where, regressor=regressor)
 
 
 def _file_qc(volume: Volume, labels: Volume, qc: QCOptions, provenance: Provenance, progress):
@@ -1079,7 +1124,7 @@ def _file_qc(volume: Volume, labels: Volume, qc: QCOptions, provenance: Provenan
         return None
     config = qc.config if qc.config is not None else QCConfig()
     return run_qc(volume, labels, qc.model, config=config, provenance=provenance, progress=progress,
-                  searched=qc.searched)
+                  searched=qc.searched, regressor=qc.regressor)
 
 
 def _qc_entry(check, *, note: str | None = None) -> dict | None:
@@ -1140,10 +1185,10 @@ def qc_file(
         flags, threshold, rule checks) and ``qc_slices.csv``; with ``write_surrogate`` also ``surrogate.nii.gz``
         and ``surrogate.seg.nrrd``, the surrogate segmentation on the image's grid.
     models_dirs : paths
-        Folders searched first for the ``qc_vae`` model.
+        Folders searched first for the ``qc_vae`` model (and the ``qc_dice_regressor``, used when installed).
     device : "auto", "cpu", "cuda" or "cuda:N"
     config : QCConfig, optional
-        Threshold and search options (default threshold 0.80).
+        Threshold, predictor and search options (default threshold 0.80, predictor "auto").
     write_surrogate, overwrite, provenance, progress
         As named.
 
@@ -1172,12 +1217,17 @@ def qc_file(
         report(progress, 0.0, "Loading the QC model")
         model = load_qc_model(models_dirs, device=device, provenance=provenance)
         provenance.models.append(model.model_use())
+        regressor = None
+        if config.predictor != "search":
+            regressor = load_qc_regressor(models_dirs, device=device, provenance=provenance)
         with provenance.timed("read"):
             image = read_input(image_path)
             labels = _read_labels(labels_path)
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
-                                         progress=subrange(progress, 0.05, 0.9))
+                                         progress=subrange(progress, 0.05, 0.9), regressor=regressor)
+        if result.predictor == "regressor":
+            provenance.models.append(regressor.model_use())
         outputs = ["report.json", QC_SLICES_NAME]
         with provenance.timed("write"):
             write_csv(out / QC_SLICES_NAME, result.slice_table_rows())

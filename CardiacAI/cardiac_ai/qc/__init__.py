@@ -1,7 +1,17 @@
-"""Quality control of segmentations without ground truth (generative VAE + latent search) and rule checks."""
+"""Quality control of segmentations without ground truth (generative VAE + latent search, CNN Dice regression) and
+rule checks."""
 from __future__ import annotations
 
-from .assess import DEFAULT_DICE_THRESHOLD, QC_MODEL_NAME, QCConfig, QCResult, assess_segmentation, run_qc
+from .assess import (
+    DEFAULT_DICE_THRESHOLD,
+    QC_MODEL_NAME,
+    QC_PREDICTORS,
+    QC_REGRESSOR_NAME,
+    QCConfig,
+    QCResult,
+    assess_segmentation,
+    run_qc,
+)
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
 from .rules import RuleReport, check_rules
 from .search import (
@@ -22,6 +32,8 @@ __all__ = [
     "assess_segmentation",
     "run_qc",
     "QC_MODEL_NAME",
+    "QC_REGRESSOR_NAME",
+    "QC_PREDICTORS",
     "DEFAULT_DICE_THRESHOLD",
     "SegmentationVAE",
     "vae_loss",

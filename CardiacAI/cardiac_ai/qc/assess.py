@@ -1,16 +1,19 @@
-"""Quality control of one segmentation without ground truth: the integration of the generative QC building blocks.
+"""Quality control of one segmentation without ground truth: the integration of the QC building blocks.
 
-:func:`assess_segmentation` runs Wang et al.'s Algorithm 1 on every slice of a short-axis stack (ROI with
+:func:`assess_segmentation` predicts the Dice of every slice and structure of a short-axis stack, with the CNN Dice
+regressor (Robinson et al. 2018) when one is given, or by Wang et al.'s Algorithm 1 (ROI with
 :func:`~cardiac_ai.qc.search.qc_input`, :func:`~cardiac_ai.qc.search.latent_search` from the encoder mean,
-:func:`~cardiac_ai.qc.search.predicted_dice` against the surrogate), adds the rule checks
-(:func:`~cardiac_ai.qc.rules.check_rules`), flags slices whose predicted Dice falls below a threshold and maps the
-surrogate segmentation back onto the image's grid. :func:`run_qc` is what the file pipelines call: it never makes a
-segmentation fail, and says so in the provenance when QC could not run (no model installed, unusable ROI).
+:func:`~cardiac_ai.qc.search.predicted_dice` against the surrogate); the search also gives the surrogate
+segmentation, mapped back onto the image's grid as a suggested correction. It adds the rule checks
+(:func:`~cardiac_ai.qc.rules.check_rules`) and flags slices whose predicted Dice falls below a threshold.
+:func:`run_qc` is what the file pipelines call: it never makes a segmentation fail, and says so in the provenance
+when QC could not run (no model installed, unusable ROI).
 
 Typical use::
 
-    loaded = ModelRegistry().load("qc_vae")
-    result = assess_segmentation(image, labels, loaded, config=QCConfig(dice_threshold=0.8))
+    registry = ModelRegistry()
+    vae, regressor = registry.load("qc_vae"), registry.load("qc_dice_regressor")
+    result = assess_segmentation(image, labels, vae, regressor=regressor, config=QCConfig(dice_threshold=0.8))
     result.flagged_slices, result.volume_dice, result.surrogate   # surrogate: Volume on the image's grid
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ from .vae import SegmentationVAE
 
 __all__ = [
     "QC_MODEL_NAME",
+    "QC_REGRESSOR_NAME",
+    "QC_PREDICTORS",
     "DEFAULT_DICE_THRESHOLD",
     "QCConfig",
     "QCResult",
@@ -60,18 +65,37 @@ _GRID_ATOL_DIRECTION = 1e-4
 #: A surrogate probability above this counts as the structure (also predicted_dice's default).
 _SURROGATE_THRESHOLD = 0.5
 
-_METHOD = (
-    "generative QC (Wang et al. 2020, Algorithm 1): a VAE of good image-segmentation pairs; gradient search in its "
-    "latent space for the closest good pair (surrogate); predicted Dice = Dice(surrogate, given segmentation)"
-)
-_VOLUME_DICE_DEFINITION = (
-    "per structure, 2|S n G| / (|S| + |G|) with the pixels of all assessed slices pooled (QC region of interest "
-    "grid); mean_dice is the mean of the per-structure values"
-)
+#: Registry name of the CNN Dice regressor (Robinson et al. 2018), used for the predicted Dice when installed.
+QC_REGRESSOR_NAME = "qc_dice_regressor"
+#: What :attr:`QCConfig.predictor` may be.
+QC_PREDICTORS = ("auto", "search", "regressor")
+
+_METHODS = {
+    "search": (
+        "generative QC (Wang et al. 2020, Algorithm 1): a VAE of good image-segmentation pairs; gradient search in "
+        "its latent space for the closest good pair (surrogate); predicted Dice = Dice(surrogate, given segmentation)"
+    ),
+    "regressor": (
+        "CNN Dice regression (Robinson et al. 2018): a network trained on segmentations of known quality predicts "
+        "each structure's Dice from the image-segmentation pair; the generative VAE's latent search (Wang et al. "
+        "2020) gives the surrogate segmentation (suggested correction) and a second opinion (search_dice)"
+    ),
+}
+_VOLUME_DICE_DEFINITIONS = {
+    "search": (
+        "per structure, 2|S n G| / (|S| + |G|) with the pixels of all assessed slices pooled (QC region of interest "
+        "grid); mean_dice is the mean of the per-structure values"
+    ),
+    "regressor": (
+        "per structure, the mean of the slices' predicted Dice weighted by the structure's segmented area on each "
+        "slice (QC region of interest grid); mean_dice is the mean of the per-structure values"
+    ),
+}
 _NOT_ASSESSED = (
     "slices outside the labelled range (first to last slice with any label) are not assessed (Dice null, never "
-    "flagged); on an assessed slice a structure absent from both the segmentation and the surrogate has no Dice "
-    "(null). An empty segmentation is assessed on every slice with Dice 0."
+    "flagged); on an assessed slice a structure absent from both the segmentation and the surrogate (search) has no "
+    "Dice (null), and so has one absent from the segmentation whose regressed Dice is at least 0.5 (the regressor "
+    "judges the absence right). An empty segmentation is assessed on every slice with Dice 0."
 )
 
 
@@ -98,6 +122,12 @@ class QCConfig:
     spacing_mm : float or None
         In-plane spacing of the QC region of interest. None: the model card's ``input_spec`` spacing (the one
         it was trained at), else :data:`~cardiac_ai.qc.search.QC_SPACING_MM` (1.8 mm, UK Biobank).
+    predictor : {"auto", "search", "regressor"}
+        Where the predicted Dice comes from: ``"search"`` the VAE's latent search (Wang et al.), ``"regressor"``
+        the CNN Dice regressor (an error when none is given), ``"auto"`` (default) the regressor when one is given,
+        else the search. The regressor is the default because it predicted Dice better on held-out ACDC patients
+        (``docs/benchmarks.md``, generative QC); the search then runs only for the surrogate segmentation
+        (see ``surrogate_wanted`` of :func:`assess_segmentation`).
     """
 
     dice_threshold: float = DEFAULT_DICE_THRESHOLD
@@ -106,6 +136,7 @@ class QCConfig:
     tolerance: float = 1e-4
     structures: tuple[int, ...] | None = None
     spacing_mm: float | None = None
+    predictor: str = "auto"
 
     def __post_init__(self) -> None:
         threshold = self.dice_threshold
@@ -127,12 +158,15 @@ class QCConfig:
             isinstance(self.spacing_mm, (int, float)) and math.isfinite(self.spacing_mm) and self.spacing_mm > 0
         ):
             raise InputError(f"spacing_mm must be a positive number of mm or None, got {self.spacing_mm!r}.")
+        if self.predictor not in QC_PREDICTORS:
+            raise InputError(f"predictor must be one of {', '.join(QC_PREDICTORS)}, got {self.predictor!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for the provenance parameters)."""
         return {
             "dice_threshold": self.dice_threshold, "steps": self.steps, "lr": self.lr, "tolerance": self.tolerance,
             "structures": None if self.structures is None else list(self.structures), "spacing_mm": self.spacing_mm,
+            "predictor": self.predictor,
         }
 
 
@@ -158,9 +192,10 @@ class QCResult:
         The threshold used.
     rules : RuleReport
         Rule checks of the segmentation (:func:`~cardiac_ai.qc.rules.check_rules`), independent of the model.
-    surrogate : Volume
+    surrogate : Volume or None
         (k, j, i) uint8 surrogate segmentation with the structures' codes, on exactly the image's grid and
-        geometry; 0 on slices that were not assessed.
+        geometry; 0 on slices that were not assessed. None when the search was skipped (``surrogate_wanted=False``
+        with the regressor as predictor).
     roi_spacing_mm : float
         In-plane spacing of the QC region of interest actually used.
     resampled_to_fit : bool
@@ -171,10 +206,15 @@ class QCResult:
     empty_segmentation : bool
         The segmentation had no labelled voxel; every slice is then flagged with Dice 0.
     search : dict
-        ``steps``, ``lr``, ``tolerance``, ``iterations``, ``converged``, ``mean_initial_distance`` and
-        ``mean_final_distance`` (BCE + MSE per slice, averaged over the assessed slices).
+        ``ran`` (False when the search was skipped: nothing else then), ``steps``, ``lr``, ``tolerance``,
+        ``iterations``, ``converged``, ``device``, ``mean_initial_distance`` and ``mean_final_distance`` (BCE + MSE
+        per slice, averaged over the assessed slices).
     warnings : tuple of str
         Everything odd: ROI resampled to fit, empty segmentation, CPU fallback.
+    predictor : {"search", "regressor"}
+        Where ``slice_dice`` and ``volume_dice`` come from (see :class:`QCConfig`).
+    search_dice : (k, n_structures) float64 ndarray or None
+        With the regressor as predictor: the latent search's predicted Dice, as a second opinion; else None.
 
     Notes
     -----
@@ -189,13 +229,15 @@ class QCResult:
     slice_flags: NDArray[np.bool_]
     dice_threshold: float
     rules: RuleReport
-    surrogate: Volume
+    surrogate: Volume | None
     roi_spacing_mm: float
     resampled_to_fit: bool
     roi_size_px: int
     empty_segmentation: bool
     search: dict[str, Any]
     warnings: tuple[str, ...]
+    predictor: str = "search"
+    search_dice: NDArray[np.float64] | None = None
 
     @property
     def structure_names(self) -> tuple[str, ...]:
@@ -247,12 +289,14 @@ class QCResult:
                 "flagged": bool(self.slice_flags[k]),
                 "min_dice": _rounded(slice_min[k]),
                 "dice": self._named(self.slice_dice[k]),
+                **({} if self.search_dice is None else {"search_dice": self._named(self.search_dice[k])}),
                 "rule_reasons": list(self.rules.slice_reasons[k]),
             }
             for k in range(self.slice_dice.shape[0])
         ]
         return {
-            "method": _METHOD,
+            "method": _METHODS[self.predictor],
+            "predictor": self.predictor,
             "dice_threshold": self.dice_threshold,
             "flag_rule": "a slice is flagged when the predicted Dice of any structure on it is below dice_threshold",
             "needs_review": self.needs_review,
@@ -262,7 +306,7 @@ class QCResult:
             "min_slice_dice": _rounded(self.min_slice_dice),
             "mean_dice": _rounded(self.mean_dice),
             "volume_dice": self._named(self.volume_dice),
-            "volume_dice_definition": _VOLUME_DICE_DEFINITION,
+            "volume_dice_definition": _VOLUME_DICE_DEFINITIONS[self.predictor],
             "not_assessed": _NOT_ASSESSED,
             "structures": {name: code for name, code in zip(self.structure_names, self.structures)},
             "slices": slices,
@@ -326,6 +370,71 @@ def _unwrap_model(model: Any) -> tuple[SegmentationVAE, Any]:
         f"{type(network if network is not None else model).__name__}"
         + (f" (card network {name!r})" if name else "") + ". Check the qc_vae model card."
     )
+
+
+def _unwrap_regressor(regressor: Any, n_structures: int, input_size: int) -> Any:
+    """The regressor network from a QCDiceRegressor or a registry ``LoadedModel``, checked against the VAE's input."""
+    from ..models.qc_regressor import QCDiceRegressor
+
+    network = regressor if isinstance(regressor, QCDiceRegressor) else getattr(regressor, "network", None)
+    if not isinstance(network, QCDiceRegressor):
+        raise ModelError(
+            f"The QC regressor must be a QCDiceRegressor (network '{QC_REGRESSOR_NAME}') or a loaded model holding "
+            f"one; got {type(network if network is not None else regressor).__name__}."
+        )
+    if (network.in_channels, network.n_outputs, network.input_size) != (1 + n_structures, n_structures, input_size):
+        raise ModelError(
+            f"The QC regressor takes {network.in_channels} channels of {network.input_size} px and predicts "
+            f"{network.n_outputs} structures, but the QC VAE works on 1 + {n_structures} channels of {input_size} px; "
+            "use models trained together (scripts/train_qc.py)."
+        )
+    return network
+
+
+def _regressed_dice(
+    network: Any, pairs: NDArray[np.float32], given: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(slice Dice (n, S), volume Dice (S,)) from the regressor; see :data:`_NOT_ASSESSED` for the nulls."""
+    from ..models.qc_regressor import regress_dice
+
+    dice = regress_dice(network, pairs)
+    areas = np.count_nonzero(given, axis=(2, 3)).astype(np.float64)
+    dice[(areas == 0) & (dice >= 0.5)] = np.nan
+    weights = np.where(np.isnan(dice), 0.0, areas)
+    totals = weights.sum(axis=0)
+    volume = np.where(totals > 0, np.nansum(dice * weights, axis=0) / np.maximum(totals, 1.0), np.nan)
+    return dice, volume
+
+
+def _searched_dice(
+    surrogate_probabilities: NDArray[np.float32], given: NDArray[np.bool_], n_slices: int, assessed: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(slice Dice (k, S) on the whole stack, volume Dice (S,)) of the given masks against the search's surrogate."""
+    surrogate_masks = surrogate_probabilities > _SURROGATE_THRESHOLD
+    dice = predicted_dice(surrogate_probabilities, given.astype(np.float32), threshold=_SURROGATE_THRESHOLD)
+    intersection = np.count_nonzero(surrogate_masks & given, axis=(2, 3)).astype(np.float64)
+    total = (np.count_nonzero(surrogate_masks, axis=(2, 3)) + np.count_nonzero(given, axis=(2, 3))).astype(np.float64)
+    dice[total == 0] = np.nan  # absent from both: nothing to compare
+    slice_dice = np.full((n_slices, given.shape[1]), np.nan)
+    slice_dice[assessed] = dice
+    pooled_total = total.sum(axis=0)
+    volume_dice = np.where(pooled_total > 0, 2.0 * intersection.sum(axis=0) / np.maximum(pooled_total, 1.0), np.nan)
+    return slice_dice, volume_dice
+
+
+def _surrogate_on_image_grid(
+    surrogate_probabilities: NDArray[np.float32], assessed: NDArray[np.bool_], structures: tuple[int, ...],
+    size: int, transform: Any,
+) -> Volume:
+    """The surrogate as a label map on the image's grid (0 on slices that were not assessed)."""
+    probabilities = np.zeros((assessed.size, len(structures), size, size), dtype=np.float32)
+    probabilities[assessed] = surrogate_probabilities
+    roi_labels = np.where(
+        probabilities.max(axis=1) > _SURROGATE_THRESHOLD,
+        np.asarray(structures, dtype=np.uint8)[probabilities.argmax(axis=1)],
+        0,
+    ).astype(np.uint8)
+    return restore_labels(roi_labels, transform)
 
 
 def _check_grid(image: Volume, labels: Volume) -> None:
@@ -431,6 +540,8 @@ def assess_segmentation(
     device: Any = None,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    regressor: Any = None,
+    surrogate_wanted: bool = True,
 ) -> QCResult:
     """Predict the Dice of every slice of a segmentation without ground truth, flag poor slices, check the rules.
 
@@ -453,6 +564,13 @@ def assess_segmentation(
         Receives the warnings (they are in ``QCResult.warnings`` too).
     progress : ProgressCallback, optional
         Fraction 0..1 and a short message; may raise ``Cancelled``.
+    regressor : QCDiceRegressor or LoadedModel, optional
+        The CNN Dice regressor (``ModelRegistry.load("qc_dice_regressor")``); with ``config.predictor`` "auto"
+        (default) or "regressor" it gives the predicted Dice, and the search's Dice becomes ``search_dice``.
+    surrogate_wanted : bool
+        Run the latent search for the surrogate segmentation even when the regressor predicts the Dice (default).
+        False skips the search in that case (about 1 s per volume on a CPU): ``surrogate`` and ``search_dice`` are
+        then None and ``search["ran"]`` is False. The search always runs when it is the predictor.
 
     Returns
     -------
@@ -466,7 +584,8 @@ def assess_segmentation(
         field: spacing_mm, origin_lps_mm or direction_lps); label values outside the label table; an image that
         is constant inside the QC region of interest; structures that do not fit the model.
     ModelError
-        ``model`` is not a SegmentationVAE.
+        ``model`` is not a SegmentationVAE; ``regressor`` is not a QCDiceRegressor or does not fit the VAE's input;
+        ``config.predictor`` is "regressor" and no regressor is given.
 
     Notes
     -----
@@ -487,6 +606,15 @@ def assess_segmentation(
         raise ModelError(f"The QC model expects {network.n_image_channels} image channels; QC supports 1.")
     structures = _structures(config, network, card)
     spacing = _roi_spacing(config, card)
+    predictor = config.predictor if config.predictor != "auto" else ("regressor" if regressor is not None else "search")
+    regressor_network = None
+    if predictor == "regressor":
+        if regressor is None:
+            raise ModelError(
+                f"QC predictor 'regressor' needs the {QC_REGRESSOR_NAME} model, and none was given; install it next "
+                "to the qc_vae model (scripts/train_qc.py --stage regressor register) or use predictor 'search'."
+            )
+        regressor_network = _unwrap_regressor(regressor, len(structures), network.input_size)
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -520,36 +648,36 @@ def assess_segmentation(
             "segmentation ran on this image (and found the heart)."
         )
 
-    report(progress, 0.1, f"QC: latent search on {int(assessed.sum())} slices")
     chosen = pairs[assessed]
-    search, used_device = _search(network, chosen, config, device, warn)
-    report(progress, 0.85, "QC: predicted Dice")
     given = chosen[:, network.n_image_channels:] > 0.5
-    surrogate_masks = search.surrogate > _SURROGATE_THRESHOLD
-    dice = predicted_dice(search.surrogate, given.astype(np.float32), threshold=_SURROGATE_THRESHOLD)
-    intersection = np.count_nonzero(surrogate_masks & given, axis=(2, 3)).astype(np.float64)
-    total = (np.count_nonzero(surrogate_masks, axis=(2, 3)) + np.count_nonzero(given, axis=(2, 3))).astype(np.float64)
-    dice[total == 0] = np.nan  # absent from both: nothing to compare
-    slice_dice = np.full((n_slices, len(structures)), np.nan)
-    slice_dice[assessed] = dice
-    pooled_total = total.sum(axis=0)
-    volume_dice = np.where(pooled_total > 0, 2.0 * intersection.sum(axis=0) / np.maximum(pooled_total, 1.0), np.nan)
+    search_dice = surrogate = None
+    search_record: dict[str, Any] = {"ran": False}
+    if predictor == "search" or surrogate_wanted:
+        report(progress, 0.1, f"QC: latent search on {int(assessed.sum())} slices")
+        search, used_device = _search(network, chosen, config, device, warn)
+        report(progress, 0.85, "QC: predicted Dice")
+        searched, searched_volume = _searched_dice(search.surrogate, given, n_slices, assessed)
+        search_record = {
+            "ran": True, "steps": config.steps, "lr": config.lr, "tolerance": config.tolerance,
+            "iterations": search.iterations, "converged": search.converged, "device": used_device,
+            "mean_initial_distance": float(np.mean(search.initial_loss)),
+            "mean_final_distance": float(np.mean(search.final_loss)),
+        }
+        report(progress, 0.9, "QC: surrogate on the image grid")
+        surrogate = _surrogate_on_image_grid(search.surrogate, assessed, structures, network.input_size, transform)
+    if predictor == "regressor":
+        report(progress, 0.95, "QC: regressed Dice")
+        search_dice = None if surrogate is None else searched
+        slice_dice = np.full((n_slices, len(structures)), np.nan)
+        slice_dice[assessed], volume_dice = _regressed_dice(regressor_network, chosen, given)
+    else:
+        slice_dice, volume_dice = searched, searched_volume
     if empty:
         slice_dice[:] = 0.0
         volume_dice[:] = 0.0
     slice_min = np.where(np.isnan(slice_dice), np.inf, slice_dice).min(axis=1)
     flags = assessed & (slice_min < config.dice_threshold)
 
-    report(progress, 0.9, "QC: surrogate on the image grid")
-    size = network.input_size
-    probabilities = np.zeros((n_slices, len(structures), size, size), dtype=np.float32)
-    probabilities[assessed] = search.surrogate
-    roi_labels = np.where(
-        probabilities.max(axis=1) > _SURROGATE_THRESHOLD,
-        np.asarray(structures, dtype=np.uint8)[probabilities.argmax(axis=1)],
-        0,
-    ).astype(np.uint8)
-    surrogate = restore_labels(roi_labels, transform)
     rules = check_rules(label_array, image.geometry.spacing_mm, structures=structures)
 
     result = QCResult(
@@ -563,15 +691,12 @@ def assess_segmentation(
         surrogate=surrogate,
         roi_spacing_mm=roi_spacing,
         resampled_to_fit=bool(resampled_to_fit),
-        roi_size_px=size,
+        roi_size_px=network.input_size,
         empty_segmentation=bool(empty),
-        search={
-            "steps": config.steps, "lr": config.lr, "tolerance": config.tolerance,
-            "iterations": search.iterations, "converged": search.converged, "device": used_device,
-            "mean_initial_distance": float(np.mean(search.initial_loss)),
-            "mean_final_distance": float(np.mean(search.final_loss)),
-        },
+        search=search_record,
         warnings=tuple(warnings),
+        predictor=predictor,
+        search_dice=search_dice,
     )
     log.info(
         "QC: %d of %d assessed slices flagged (predicted Dice < %.2f); min predicted Dice %.3f",
@@ -591,6 +716,8 @@ def run_qc(
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
     searched: str | Sequence[str] = "",
+    regressor: Any = None,
+    surrogate_wanted: bool = False,
 ) -> QCResult | None:
     """QC as a step of a segmentation pipeline: :func:`assess_segmentation`, or None with a warning.
 
@@ -605,6 +732,11 @@ def run_qc(
         QC parameters (``parameters["qc"]``).
     searched : str or sequence of str
         Where the model was looked for, named in the "QC skipped" warning.
+    regressor : QCDiceRegressor, LoadedModel or None
+        The CNN Dice regressor when installed (see :func:`assess_segmentation`).
+    surrogate_wanted : bool
+        As :func:`assess_segmentation`, but False by default: a segmentation pipeline writes no surrogate, so with
+        the regressor as predictor the latent search is skipped.
 
     Returns
     -------
@@ -625,13 +757,15 @@ def run_qc(
     try:
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, device=device,
-                                         provenance=provenance, progress=progress)
+                                         provenance=provenance, progress=progress, regressor=regressor,
+                                         surrogate_wanted=surrogate_wanted)
     except (InputError, ModelError) as error:
         provenance.warn(f"QC not done: {error}", log)
         return None
-    if hasattr(model, "model_use"):
-        use = model.model_use()
-        if use not in provenance.models:
-            provenance.models.append(use)
+    for used in (model, regressor if result.predictor == "regressor" else None):
+        if hasattr(used, "model_use"):
+            use = used.model_use()
+            if use not in provenance.models:
+                provenance.models.append(use)
     provenance.parameters["qc"] = config.to_dict()
     return result

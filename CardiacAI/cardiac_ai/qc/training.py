@@ -69,6 +69,8 @@ __all__ = [
     "dice_regression_loss",
     "train_qc_vae",
     "train_qc_regressor",
+    "augment_qc_pairs",
+    "augment_regressor_pairs",
     "vae_predicted_dice",
     "evaluate_dice_prediction",
 ]
@@ -729,6 +731,49 @@ def augment_qc_pairs(
     return torch.cat([image, masks], dim=1)
 
 
+def augment_regressor_pairs(
+    x: "torch.Tensor", generator: "torch.Generator", *, n_image_channels: int = 1, gamma: float = 2.0,
+    noise_sd: float = 0.08, noise_probability: float = 0.5,
+) -> "torch.Tensor":
+    """:func:`augment_qc_pairs` with a wider gamma and, on some pairs, white noise on the image only.
+
+    The regressor must judge the segmentation, not the look of the image: a good segmentation of a noisy or
+    differently contrasted image keeps its Dice, so these changes leave the target as it is. Noise of standard
+    deviation up to ``noise_sd`` (uniform per pair) is added to a ``noise_probability`` share of the pairs, then the
+    image is clipped to [0, 1] as :func:`~cardiac_ai.qc.search.qc_input` keeps it.
+    """
+    import torch
+
+    moved = augment_qc_pairs(x, generator, n_image_channels=n_image_channels, gamma=gamma)
+    image = moved[:, :n_image_channels]
+    batch = x.shape[0]
+    chosen = (torch.rand(batch, generator=generator) < noise_probability).to(torch.float32)
+    sd = (torch.rand(batch, generator=generator) * noise_sd * chosen).to(image.device).view(batch, 1, 1, 1)
+    noise = torch.randn(image.shape, generator=generator).to(image.device)
+    image = (image + sd * noise).clamp(0, 1)
+    return torch.cat([image, moved[:, n_image_channels:]], dim=1)
+
+
+class _RegressorTrainer(Trainer):
+    """The shared loop with the regressor's inputs augmented (:func:`augment_regressor_pairs`), seeded per epoch."""
+
+    def __init__(self, *args: Any, augment: bool = False, **kwargs: Any) -> None:
+        import torch
+
+        super().__init__(*args, **kwargs)
+        self.augment = bool(augment)
+        self._augmentation_generator = torch.Generator()
+
+    def train_step(self, batch: Mapping[str, Any]) -> "torch.Tensor":
+        if self.augment:
+            batch = {**batch, "image": augment_regressor_pairs(batch["image"], self._augmentation_generator)}
+        return super().train_step(batch)
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Seed the augmentation by (seed, epoch): a resumed run draws what an uninterrupted one would."""
+        self._augmentation_generator.manual_seed(int(self.config.seed) * 100_003 + int(epoch))
+
+
 class _VAETrainer(Trainer):
     """The shared loop with the VAE's step: loss = BCE + MSE + beta KL (:func:`~cardiac_ai.qc.vae.vae_loss`)."""
 
@@ -917,6 +962,7 @@ def train_qc_regressor(
     progress: ProgressCallback | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    augment: bool = False,
 ) -> tuple["nn.Module", list[dict[str, float]]]:
     """Train the CNN Dice regressor (Robinson et al. 2018) on pairs of known quality.
 
@@ -930,6 +976,9 @@ def train_qc_regressor(
     epochs, batch_size, lr, weight_decay : AdamW with a cosine schedule.
     early_stopping_patience, seed, out_dir, device, progress, resume, overwrite
         As :func:`train_qc_vae`; ``best.pt`` is selected on the validation MSE (``val_loss``).
+    augment : bool
+        Augment each training batch with :func:`augment_regressor_pairs` (rotation, scale, shift of image and masks
+        together; gamma and noise on the image), seeded by (seed, epoch). Validation pairs are never augmented.
 
     Returns
     -------
@@ -956,9 +1005,9 @@ def train_qc_regressor(
         metric_name="val_loss", metric_mode="min",
     )
     network = _build_seeded(config.network, config.network_kwargs, seed)
-    trainer = Trainer(
+    trainer = _RegressorTrainer(
         config, network, QCPairDataset(train_pairs), QCPairDataset(val_pairs), loss_fn=dice_regression_loss,
-        metric_fn=_regression_metric_fn, out_dir=out_dir, device=device, progress=progress,
+        metric_fn=_regression_metric_fn, out_dir=out_dir, device=device, progress=progress, augment=augment,
     )
     result = trainer.fit(resume=resume, overwrite=overwrite)
     if result.best_checkpoint is None:
