@@ -2053,6 +2053,9 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         slicesTable = result["slicesTableNode"]
         self.assertEqual(slicesTable.GetNumberOfRows(), imageNode.GetImageData().GetDimensions()[2])
         self.assertTrue(progress and progress[-1] == 1.0, f"progress went {progress}")
+        if {"qc_vae", "qc_dice_regressor"} <= registered:  # QC runs by default with the bundled QC models
+            self.assertIsNotNone(result["qcTableNode"], f"no QC table; warnings: {result['warnings']}")
+            self.assertEqual(result["qcTableNode"].GetNumberOfRows(), imageNode.GetImageData().GetDimensions()[2])
 
         self.delayDisplay("Same frame as ED and ES: cardiac function with stroke volume 0")
         with self.assertRaises(ValueError):

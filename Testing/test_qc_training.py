@@ -395,3 +395,29 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
     text = report.read_text()
     assert "Table 1" in text and "(c) shift" in text and "rules acc" in text and "Table A1" in text
     assert report.with_suffix(".png").is_file()
+
+
+def test_random_intensity_curve_keeps_the_range_and_the_order_when_monotone():
+    from cardiac_ai.training.batch_augmentation import random_intensity_curve
+
+    ramp = torch.linspace(0, 1, 64).repeat(6, 1, 1, 1)  # (6, 1, 1, 64): every sample a ramp
+    monotone = random_intensity_curve(ramp, torch.Generator().manual_seed(0), monotone_probability=1.0)
+    assert monotone.shape == ramp.shape
+    for sample in monotone:
+        assert float(sample.min()) == pytest.approx(0.0) and float(sample.max()) == pytest.approx(1.0)
+        assert bool((sample.flatten().diff() >= -1e-6).all())  # the order of intensities is kept
+    free = random_intensity_curve(ramp, torch.Generator().manual_seed(0), monotone_probability=0.0)
+    assert any(bool((sample.flatten().diff() < -1e-3).any()) for sample in free)  # some tissue order changes
+    again = random_intensity_curve(ramp, torch.Generator().manual_seed(0), monotone_probability=0.0)
+    assert torch.equal(free, again)
+
+
+def test_regressor_curve_augmentation_changes_the_image_only_and_is_checked(gt_pairs, poor_pairs, tmp_path):
+    x = torch.from_numpy(np.stack([gt_pairs.as_float(i)[0] for i in range(4)]))
+    plain = augment_regressor_pairs(x, torch.Generator().manual_seed(2), noise_probability=0.0)
+    curved = augment_regressor_pairs(x, torch.Generator().manual_seed(2), noise_probability=0.0, curve_probability=1.0)
+    assert torch.equal(curved[:, 1:], plain[:, 1:]) and not torch.equal(curved[:, :1], plain[:, :1])
+    assert float(curved[:, :1].min()) >= 0.0 and float(curved[:, :1].max()) <= 1.0
+    with pytest.raises(InputError, match="curve_probability"):
+        train_qc_regressor(poor_pairs, poor_pairs, features=TINY_REGRESSOR, epochs=1, out_dir=tmp_path / "r",
+                           augment=True, curve_probability=1.5)

@@ -111,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     poor.add_argument("--regressor-augment", action="store_true",
                       help="augment the regressor's training pairs (rotation, scale, shift; gamma and noise on the "
                            "image), so it judges the segmentation rather than the image's look")
+    poor.add_argument("--regressor-curve-probability", type=float, default=0.0, metavar="P",
+                      help="with --regressor-augment: share of the images also mapped through a random intensity "
+                           "curve (another contrast; default 0)")
     args = parser.parse_args(argv)
     args.stages = set(STAGES) if "all" in args.stage else set(args.stage)
     return args
@@ -277,6 +280,7 @@ def regressor_stage(args, work: Path, poor_train: QCPairs, poor_val: QCPairs, pr
         poor_train, poor_val, features=args.regressor_features, epochs=args.regressor_epochs,
         batch_size=args.regressor_batch_size, lr=args.regressor_lr, seed=args.seed, out_dir=run, device=args.device,
         progress=progress, resume=(run / "last.pt").exists(), augment=args.regressor_augment,
+        curve_probability=args.regressor_curve_probability,
     )
     best = min(history, key=lambda h: h.get("val_loss", np.inf))
     say(f"regressor: {len(history)} epochs, best val MSE {best['val_loss']:.4f}, val MAE {best['val_mae']:.4f}")
@@ -320,7 +324,9 @@ def register_stage(args, work: Path, data: Data) -> None:
                           + ("no noise attacks" if args.no_attacks else
                              f"cine model ({args.cine_mode}) segmentations of noise-attacked images") +
                           ", with their true Dice per slice and structure"
-                          + ("; augmented per batch (rotation, scale, shift; gamma and noise on the image)"
+                          + ("; augmented per batch (rotation, scale, shift; gamma and noise on the image"
+                             + (f"; random intensity curves on {args.regressor_curve_probability:g} of the images"
+                                if args.regressor_curve_probability > 0 else "") + ")"
                              if args.regressor_augment else ""),
             description="CNN regression of segmentation quality (Robinson et al. 2018, the baseline of Wang et al.): "
                         "image + RV/MYO/LV masks (96 x 96 at 1.8 mm) in, per-structure Dice logits out; "

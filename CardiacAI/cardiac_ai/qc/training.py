@@ -733,20 +733,28 @@ def augment_qc_pairs(
 
 def augment_regressor_pairs(
     x: "torch.Tensor", generator: "torch.Generator", *, n_image_channels: int = 1, gamma: float = 2.0,
-    noise_sd: float = 0.08, noise_probability: float = 0.5,
+    noise_sd: float = 0.08, noise_probability: float = 0.5, curve_probability: float = 0.0,
 ) -> "torch.Tensor":
     """:func:`augment_qc_pairs` with a wider gamma and, on some pairs, white noise on the image only.
 
     The regressor must judge the segmentation, not the look of the image: a good segmentation of a noisy or
     differently contrasted image keeps its Dice, so these changes leave the target as it is. Noise of standard
     deviation up to ``noise_sd`` (uniform per pair) is added to a ``noise_probability`` share of the pairs, then the
-    image is clipped to [0, 1] as :func:`~cardiac_ai.qc.search.qc_input` keeps it.
+    image is clipped to [0, 1] as :func:`~cardiac_ai.qc.search.qc_input` keeps it. With ``curve_probability`` > 0
+    that share of the images first goes through a random intensity curve
+    (:func:`~cardiac_ai.training.batch_augmentation.random_intensity_curve`: another contrast, tissues possibly
+    reordered); 0 (default) draws nothing for it, so runs without it are unchanged.
     """
     import torch
+
+    from ..training.batch_augmentation import random_intensity_curve
 
     moved = augment_qc_pairs(x, generator, n_image_channels=n_image_channels, gamma=gamma)
     image = moved[:, :n_image_channels]
     batch = x.shape[0]
+    if curve_probability > 0:
+        curved = (torch.rand(batch, generator=generator) < curve_probability).to(image.device).view(batch, 1, 1, 1)
+        image = torch.where(curved, random_intensity_curve(image, generator), image)
     chosen = (torch.rand(batch, generator=generator) < noise_probability).to(torch.float32)
     sd = (torch.rand(batch, generator=generator) * noise_sd * chosen).to(image.device).view(batch, 1, 1, 1)
     noise = torch.randn(image.shape, generator=generator).to(image.device)
@@ -757,16 +765,18 @@ def augment_regressor_pairs(
 class _RegressorTrainer(Trainer):
     """The shared loop with the regressor's inputs augmented (:func:`augment_regressor_pairs`), seeded per epoch."""
 
-    def __init__(self, *args: Any, augment: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, augment: bool = False, curve_probability: float = 0.0, **kwargs: Any) -> None:
         import torch
 
         super().__init__(*args, **kwargs)
         self.augment = bool(augment)
+        self.curve_probability = float(curve_probability)
         self._augmentation_generator = torch.Generator()
 
     def train_step(self, batch: Mapping[str, Any]) -> "torch.Tensor":
         if self.augment:
-            batch = {**batch, "image": augment_regressor_pairs(batch["image"], self._augmentation_generator)}
+            batch = {**batch, "image": augment_regressor_pairs(batch["image"], self._augmentation_generator,
+                                                               curve_probability=self.curve_probability)}
         return super().train_step(batch)
 
     def on_train_epoch_start(self, epoch: int) -> None:
@@ -963,6 +973,7 @@ def train_qc_regressor(
     resume: bool = False,
     overwrite: bool = False,
     augment: bool = False,
+    curve_probability: float = 0.0,
 ) -> tuple["nn.Module", list[dict[str, float]]]:
     """Train the CNN Dice regressor (Robinson et al. 2018) on pairs of known quality.
 
@@ -979,6 +990,8 @@ def train_qc_regressor(
     augment : bool
         Augment each training batch with :func:`augment_regressor_pairs` (rotation, scale, shift of image and masks
         together; gamma and noise on the image), seeded by (seed, epoch). Validation pairs are never augmented.
+    curve_probability : float in [0, 1]
+        With ``augment``: share of the images also mapped through a random intensity curve (see there).
 
     Returns
     -------
@@ -994,6 +1007,8 @@ def train_qc_regressor(
         Empty or mismatched pairs or bad options.
     """
     _check_training_inputs(train_pairs, val_pairs, epochs, batch_size, lr)
+    if not (isinstance(curve_probability, (int, float)) and 0.0 <= curve_probability <= 1.0):
+        raise InputError(f"curve_probability must be in [0, 1], got {curve_probability!r}.")
     config = TrainingConfig(
         network="qc_dice_regressor",
         network_kwargs={"in_channels": 1 + train_pairs.n_structures, "n_outputs": train_pairs.n_structures,
@@ -1008,6 +1023,7 @@ def train_qc_regressor(
     trainer = _RegressorTrainer(
         config, network, QCPairDataset(train_pairs), QCPairDataset(val_pairs), loss_fn=dice_regression_loss,
         metric_fn=_regression_metric_fn, out_dir=out_dir, device=device, progress=progress, augment=augment,
+        curve_probability=curve_probability,
     )
     result = trainer.fit(resume=resume, overwrite=overwrite)
     if result.best_checkpoint is None:

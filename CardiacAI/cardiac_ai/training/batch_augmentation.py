@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_sampling_grid", "random_gamma"]
+__all__ = ["random_sampling_grid", "random_gamma", "random_intensity_curve"]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float, *shape: int) -> torch.Tensor:
@@ -68,3 +68,29 @@ def random_gamma(images: torch.Tensor, generator: torch.Generator, max_gamma: fl
     """``clamp(images, 0, 1) ** g``, g log-uniform within 1/max_gamma .. max_gamma per sample (1: unchanged)."""
     gamma = torch.exp(_uniform(generator, -1, 1, images.shape[0], 1, 1, 1).to(images.device) * math.log(max_gamma))
     return images.clamp(0, 1) ** gamma
+
+
+def random_intensity_curve(
+    images: torch.Tensor, generator: torch.Generator, *, n_points: int = 5, monotone_probability: float = 0.5
+) -> torch.Tensor:
+    """Map intensities in [0, 1] through a random piecewise-linear curve per sample, then min-max rescale to [0, 1].
+
+    The curve passes through ``n_points`` equally spaced knots with uniform random heights; on a
+    ``monotone_probability`` share of the samples the heights are sorted, so the mapping keeps the order of
+    intensities (a contrast change), on the others it may reorder tissues, as another MR contrast does (fat is bright
+    in cine and dark in a native T1 map). The rescaling keeps the [0, 1] range QC inputs have.
+    """
+    n = images.shape[0]
+    heights = _uniform(generator, 0, 1, n, n_points)
+    monotone = _uniform(generator, 0, 1, n, 1) < monotone_probability
+    heights = torch.where(monotone, heights.sort(dim=1).values, heights).to(images.device)
+    position = images.clamp(0, 1) * (n_points - 1)
+    left = position.floor().clamp(max=n_points - 2).long()
+    weight = position - left
+    flat_left = left.reshape(n, -1)
+    low = torch.gather(heights, 1, flat_left).reshape(images.shape)
+    high = torch.gather(heights, 1, flat_left + 1).reshape(images.shape)
+    mapped = low + weight * (high - low)
+    minimum = mapped.reshape(n, -1).min(dim=1).values.view(n, *([1] * (images.ndim - 1)))
+    maximum = mapped.reshape(n, -1).max(dim=1).values.view(n, *([1] * (images.ndim - 1)))
+    return (mapped - minimum) / (maximum - minimum).clamp_min(1e-6)
