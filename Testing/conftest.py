@@ -59,37 +59,35 @@ def cine_phantom():
     return make_cine_phantom(n_slices=8, seed=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_qc_models(tmp_path_factory):
-    """A tmp registry folder holding a tiny, randomly initialised (seed 0) qc_vae for the three cine structures."""
+_CINE_STRUCTURES = {1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
+
+
+def _save_seeded_untrained(folder: Path, name: str, task: str, network_kwargs: dict) -> Path:
+    """Write an untrained ``name`` network (weights drawn with seed 0) with its card into ``folder``."""
     import torch
     from cardiac_ai.models import ModelCard, save_model
 
-    folder = tmp_path_factory.mktemp("qc_models")
-    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae",
-                     network_kwargs={"latent_size": 2, "features": [4, 4, 8, 8]},
-                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
+    card = ModelCard(name=name, version="0.1", task=task, network=name, network_kwargs=network_kwargs,
+                     label_map=_CINE_STRUCTURES, training_data="none")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         save_model(card.build_network(), card, folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_qc_models(tmp_path_factory):
+    """A tmp registry folder holding a tiny, randomly initialised (seed 0) qc_vae for the three cine structures."""
+    return _save_seeded_untrained(tmp_path_factory.mktemp("qc_models"), "qc_vae", "qc",
+                                  {"latent_size": 2, "features": [4, 4, 8, 8]})
 
 
 @pytest.fixture(scope="module")
 def tiny_qc_regressor_models(tmp_path_factory):
     """A tmp registry folder holding a tiny, randomly initialised (seed 0) qc_dice_regressor (to pass beside
     ``tiny_qc_models``)."""
-    import torch
-    from cardiac_ai.models import ModelCard, save_model
-
-    folder = tmp_path_factory.mktemp("qc_regressor_models")
-    card = ModelCard(name="qc_dice_regressor", version="0.1", task="regression", network="qc_dice_regressor",
-                     network_kwargs={"in_channels": 4, "n_outputs": 3, "features": [4, 8], "input_size": 96},
-                     label_map={1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}, training_data="none")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        save_model(card.build_network(), card, folder)
-    return folder
+    return _save_seeded_untrained(tmp_path_factory.mktemp("qc_regressor_models"), "qc_dice_regressor", "regression",
+                                  {"in_channels": 4, "n_outputs": 3, "features": [4, 8], "input_size": 96})
 
 
 @pytest.fixture(scope="session")
