@@ -77,8 +77,9 @@ _METHODS = {
     ),
     "regressor": (
         "CNN Dice regression (Robinson et al. 2018): a network trained on segmentations of known quality predicts "
-        "each structure's Dice from the image-segmentation pair; the generative VAE's latent search (Wang et al. "
-        "2020) gives the surrogate segmentation (suggested correction) and a second opinion (search_dice)"
+        "each structure's Dice from the image-segmentation pair; where a surrogate is wanted (cardiacai qc), the "
+        "generative VAE's latent search (Wang et al. 2020) gives it (suggested correction) and a second opinion "
+        "(search_dice); see search.ran"
     ),
 }
 _VOLUME_DICE_DEFINITIONS = {
@@ -125,9 +126,10 @@ class QCConfig:
     predictor : {"auto", "search", "regressor"}
         Where the predicted Dice comes from: ``"search"`` the VAE's latent search (Wang et al.), ``"regressor"``
         the CNN Dice regressor (an error when none is given), ``"auto"`` (default) the regressor when one is given,
-        else the search. The regressor is the default because it predicted Dice better on held-out ACDC patients
-        (``docs/benchmarks.md``, generative QC); the search then runs only for the surrogate segmentation
-        (see ``surrogate_wanted`` of :func:`assess_segmentation`).
+        else the search. The regressor is the default because it predicted Dice better on the validation patients
+        (``docs/benchmarks.md``, generative QC: it is the more specific, the search the more sensitive flagger on
+        the cine models' own output); the search then runs only for the surrogate segmentation (see
+        ``surrogate_wanted`` of :func:`assess_segmentation`).
     """
 
     dice_threshold: float = DEFAULT_DICE_THRESHOLD
