@@ -120,6 +120,14 @@ def test_not_short_axis_like_input_is_refused(cine_models, array, spacing, match
         segment_cine(Volume(array.astype(np.float32), Geometry(spacing)), models=cine_models, device="cpu")
 
 
+def test_a_label_map_given_as_the_image_is_refused_but_a_real_image_is_not(cine_models):
+    phantom = make_cine_phantom(n_slices=6, seed=2)
+    with pytest.raises(InputError, match="looks like a label map"):
+        segment_cine(phantom.labels.with_array(phantom.labels.array.astype(np.float32)), models=cine_models,
+                     device="cpu")
+    assert segment_cine(phantom.image, models=cine_models, mode="baseline", device="cpu").labels.array.any()
+
+
 def test_missing_model_names_the_model(tmp_path):
     with pytest.raises(ModelError, match="cine_localiser"):
         CineModels.from_registry(ModelRegistry(paths=[tmp_path]), device="cpu")

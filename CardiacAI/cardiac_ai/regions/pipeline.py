@@ -142,6 +142,11 @@ class CineSegmentation:
         }
 
 
+#: An input with 2 to this many distinct values, all integers from 0 to _MAX_LABEL_CODE, is a label map, not an image.
+_MAX_LABEL_VALUES = 8
+_MAX_LABEL_CODE = 10
+
+
 def check_short_axis_stack(volume: Volume) -> list[str]:
     """Refuse what cannot be a short-axis cine stack; return warnings for what is odd but usable."""
     if volume.axes != "kji":
@@ -167,6 +172,12 @@ def check_short_axis_stack(volume: Volume) -> list[str]:
         raise InputError(
             f"Slice spacing {spacing_k:.3g} mm is outside {low}-{high} mm expected of a short-axis stack; "
             "this does not look like a short-axis cine volume (a 3D isotropic scan, or a wrong header)."
+        )
+    values = np.unique(np.asarray(volume.array))
+    if 2 <= values.size <= _MAX_LABEL_VALUES and values.max() <= _MAX_LABEL_CODE and np.all(values == np.round(values)):
+        raise InputError(
+            f"The image holds only the values {[int(v) for v in values]}: it looks like a label map (a segmentation), "
+            "not an MR image. Pass the cine image itself (for ACDC, patientNNN_frameNN.nii.gz, not ..._gt.nii.gz)."
         )
     warnings = []
     if volume.array.shape[1] < 64 or volume.array.shape[2] < 64:
