@@ -265,6 +265,11 @@ def test_training_script_runs_every_stage_on_a_few_emidec_patients(emidec_root, 
     names = {p.stem for p in (work / "models").glob("*.json")}
     assert names == {f"{n}-1.0" for n in ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier",
                                           "lge_fibrosis_weak", "lge_fibrosis_weak_stack", "lge_fibrosis_pixel")}
+    # The classifiers' cards carry the input settings they were trained with (the script's defaults).
+    for name in ("lge_fibrosis_classifier", "lge_fibrosis_stack_classifier"):
+        card = json.loads((work / "models" / f"{name}-1.0.json").read_text())
+        assert card["inference"]["classifier_input"] == {
+            "intensity": "myocardium_relative", "mask_dilation_px": 6, "heart_crop": 96}
     # Honesty: the weak data file holds no pixel label map.
     with np.load(work / "prepared" / "train_weak.npz") as weak:
         assert set(weak.files) == {"images_uint8", "patient_ids", "slice_indices", "slice_labels", "stack_labels"}

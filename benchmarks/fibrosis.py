@@ -52,12 +52,14 @@ def _load(registry: ModelRegistry, key: str, device) -> LoadedModel | None:
 def _stack_probability(stack_model: LoadedModel, myocardium: LoadedModel, image: Volume, device) -> float:
     """P(fibrosis) of a whole stack from the stack classifier, on the pipeline's grid and predicted myocardium."""
     import torch
+    from cardiac_ai.fibrosis import ClassifierInputSettings, classifier_inputs
     from cardiac_ai.fibrosis.training import predict_myocardium
 
     spec = InputSpec.from_dict(dict(stack_model.card.input_spec))
     prepared = preprocess(with_nominal_pixels(image), spec, crop_center="image_center")
-    mask = predict_myocardium(myocardium.network, prepared.image, device=device).astype(np.float32)
-    x = np.moveaxis(np.stack([prepared.image, mask]), 1, -1)[np.newaxis].astype(np.float32)
+    mask = predict_myocardium(myocardium.network, prepared.image, device=device)
+    settings = ClassifierInputSettings.from_card_inference(stack_model.card.inference)
+    x = classifier_inputs(prepared.image, mask, settings).stack()
     with torch.inference_mode():
         logit = stack_model.network(torch.from_numpy(x).to(stack_model.device))
     return float(torch.sigmoid(logit.float()).cpu().reshape(-1)[0])
@@ -65,6 +67,7 @@ def _stack_probability(stack_model: LoadedModel, myocardium: LoadedModel, image:
 
 def _pseudo_label(classifier: LoadedModel, myocardium: LoadedModel, image: Volume, k: int, device) -> np.ndarray:
     """Section 3.3 pseudo-label of slice k (weak label positive) on the native grid, for the figure only."""
+    from cardiac_ai.fibrosis import ClassifierInputSettings
     from cardiac_ai.fibrosis.training import (
         make_pseudo_labels,
         predict_myocardium,
@@ -75,7 +78,8 @@ def _pseudo_label(classifier: LoadedModel, myocardium: LoadedModel, image: Volum
     spec = InputSpec.from_dict(dict(classifier.card.input_spec))
     prepared = preprocess(with_nominal_pixels(image), spec, crop_center="image_center")
     mask = predict_myocardium(myocardium.network, prepared.image[k:k + 1], device=device)
-    cam = slice_cams(classifier.network, prepared.image[k:k + 1], mask, device=device)
+    cam = slice_cams(classifier.network, prepared.image[k:k + 1], mask, device=device,
+                     input_settings=ClassifierInputSettings.from_card_inference(classifier.card.inference))
     pseudo = make_pseudo_labels(cam, prepared.image[k:k + 1], np.ones(1, bool), mask)
     full = np.zeros(prepared.image.shape, np.uint8)
     full[k] = pseudo[0]

@@ -17,8 +17,10 @@ prepare            WORK/prepared/<part>_{weak,myocardium,fibrosis_truth}.npz: 12
                    labels, read only by ``pixel_unet`` and the benchmark
 myocardium         U-Net (16, 32, 64, 128), Dice loss -> WORK/runs/myocardium; its predictions of every part
                    -> WORK/predicted/<part>_myocardium.npz
-classifier_slice   fibrosis_cam_2d on (image, predicted myocardium), BCE on slice labels -> runs/classifier_slice
-classifier_stack   its 3x3x1 inflation, weighted BCE on patient N/P labels, one stack per batch
+classifier_slice   fibrosis_cam_2d on (image, predicted myocardium), BCE on slice labels -> runs/classifier_slice;
+                   inputs by ``classifier_inputs``: intensity relative to the slice's predicted myocardium, image
+                   zeroed beyond --classifier-mask-dilation px of it, heart crop resampled to --classifier-crop px
+classifier_stack   its 3x3x1 inflation, weighted BCE on patient N/P labels, one stack per batch, same inputs
 pseudo             CAM -> pseudo-labels (section 3.3, PseudoLabelConfig defaults: w1 0, w2 1, theta_gamma 3, 5
                    iterations), restricted to the predicted myocardium; negatives empty -> WORK/pseudo/
 weak_unet          U-Net on the pseudo-labels from the LGE image alone, slice- and stack-level -> runs/weak_unet_*
@@ -31,10 +33,10 @@ register           export float16 models with cards into --models-dir (default W
 Honesty: the classifiers, pseudo-labels and weak U-Nets read only ``<part>_weak.npz`` (images, slice and patient
 labels) and the myocardium model's *predictions*; pixel fibrosis labels reach only ``pixel_unet`` and evaluation.
 
-Time on a 2-core CPU with the default epochs (about 340 training slices of 128 x 128, 43 training patients; rough,
-measured per batch while the CPU was shared): myocardium 40 epochs x ~30 s = ~20 min; classifier_slice 30 x ~90 s =
-~45 min; classifier_stack 15 x ~90 s = ~25 min; pseudo ~2 min; weak_unet 2 x 40 x ~30 s = ~40 min; pixel_unet
-40 x ~30 s = ~20 min; about 2.5 h in all. A GPU (``--device cuda``) takes a few minutes per stage.
+Time on CPU-2 (2 cores; 308 training slices of 128 x 128, 43 training patients), measured 2026-11-27: classifier_slice
+30 epochs x ~3 s (8-64 channels on 96 px heart crops) = 1.6 min; classifier_stack 15 epochs = 1 min; pseudo 7 s;
+weak_unet 2 x 40 epochs x ~2.8 s = 4 min; pixel_unet 120 x 2.8 s = 6 min; the myocardium U-Net is the pixel U-Net's size.
+A GPU (``--device cuda``) takes well under a minute per stage.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from cardiac_ai.datasets import load_split, save_split
+from cardiac_ai.fibrosis.classifier_input import ClassifierInputSettings
 from cardiac_ai.fibrosis.inputs import EMIDEC_NOMINAL_PIXEL_MM
 from cardiac_ai.fibrosis.training import (
     FibrosisSlices,
@@ -93,11 +96,17 @@ def _unet_kwargs(args, in_channels: int, out_channels: int) -> dict:
 
 
 def _classifier_kwargs(args) -> dict:
-    if args.tiny:
-        return {"in_channels": 2, "out_channels": 1, "features": [4, 8, 8, 8], "blocks_per_stage": [1, 1, 1, 1],
-                "mask_channel": 1}
-    return {"in_channels": 2, "out_channels": 1, "features": [16, 32, 64, 128], "blocks_per_stage": [1, 1, 2, 2],
-            "mask_channel": 1}
+    features = [4, 8, 8, 8] if args.tiny else args.classifier_features
+    blocks = [1, 1, 1, 1] if args.tiny else [1, 1, 2, 2]
+    return {"in_channels": 2, "out_channels": 1, "features": features, "blocks_per_stage": blocks, "mask_channel": 1}
+
+
+def _classifier_settings(args) -> ClassifierInputSettings:
+    return ClassifierInputSettings(
+        intensity=args.classifier_intensity,
+        mask_dilation_px=None if args.classifier_mask_dilation < 0 else args.classifier_mask_dilation,
+        heart_crop=args.classifier_crop or None,
+    )
 
 
 def _spec(args, channels: int) -> dict:
@@ -106,11 +115,11 @@ def _spec(args, channels: int) -> dict:
 
 
 def _config(args, network: str, kwargs: dict, *, channels: int, epochs: int, metric: str, loss: str = "dice",
-            batch_size: int | None = None, learning_rate: float = 1e-3) -> TrainingConfig:
+            batch_size: int | None = None, learning_rate: float = 1e-3, weight_decay: float = 1e-5) -> TrainingConfig:
     return TrainingConfig(
         network=network, network_kwargs=kwargs, input_spec=_spec(args, channels), epochs=epochs,
-        batch_size=batch_size or args.batch_size, learning_rate=learning_rate, loss=loss, metric_name=metric,
-        metric_mode="max", seed=args.seed, num_workers=args.num_workers,
+        batch_size=batch_size or args.batch_size, learning_rate=learning_rate, weight_decay=weight_decay, loss=loss,
+        metric_name=metric, metric_mode="max", seed=args.seed, num_workers=args.num_workers,
     )
 
 
@@ -215,22 +224,26 @@ def stage_myocardium(args, work: Path, stage_progress: StageProgress) -> None:
 
 def stage_classifier_slice(args, work: Path, stage_progress: StageProgress) -> None:
     config = _config(args, "fibrosis_cam_2d", _classifier_kwargs(args), channels=2, epochs=args.epochs_classifier,
-                     metric="val_score", loss="bce")
+                     metric="val_score", loss="bce", weight_decay=args.classifier_weight_decay)
     train_slice_classifier(
         _weak(work, "train"), _predicted_myocardium(work, "train"), _weak(work, "validation"),
         _predicted_myocardium(work, "validation"), config=config, out_dir=work / "runs" / "classifier_slice",
-        augmentation=AugmentationConfig(), device=args.device, progress=stage_progress.stage("classifier_slice"),
+        augmentation=AugmentationConfig(), input_settings=_classifier_settings(args), device=args.device,
+        progress=stage_progress.stage("classifier_slice"),
     )
 
 
 def stage_classifier_stack(args, work: Path, stage_progress: StageProgress) -> None:
     config = _config(args, "fibrosis_cam_stack", _classifier_kwargs(args), channels=2, epochs=args.epochs_stack,
-                     metric="val_score", loss="bce", batch_size=1, learning_rate=3e-4)
+                     metric="val_score", loss="bce", batch_size=1, learning_rate=3e-4,
+                     weight_decay=args.classifier_weight_decay)
+    slice_run = work / "runs" / "classifier_slice"
     train_stack_classifier(
         _weak(work, "train"), _predicted_myocardium(work, "train"), _weak(work, "validation"),
         _predicted_myocardium(work, "validation"), config=config, out_dir=work / "runs" / "classifier_stack",
-        initial_2d=_load_run(work / "runs" / "classifier_slice"), augmentation=AugmentationConfig(),
-        device=args.device, progress=stage_progress.stage("classifier_stack"),
+        initial_2d=_load_run(slice_run), augmentation=AugmentationConfig(),
+        input_settings=ClassifierInputSettings.load(slice_run), device=args.device,
+        progress=stage_progress.stage("classifier_stack"),
     )
 
 
@@ -246,12 +259,13 @@ def stage_pseudo(args, work: Path, stage_progress: StageProgress) -> None:
             if target.exists() and target.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
                 continue
             network = network or _load_run(run)
+            settings = ClassifierInputSettings.load(run)
             data, myocardium = _weak(work, part), _predicted_myocardium(work, part)
             if level == "slice":
-                cams = slice_cams(network, data.images, myocardium, device=args.device)
+                cams = slice_cams(network, data.images, myocardium, input_settings=settings, device=args.device)
                 positives = data.slice_labels
             else:
-                cams = stack_cams(network, data, myocardium, device=args.device)
+                cams = stack_cams(network, data, myocardium, input_settings=settings, device=args.device)
                 positives = data.stack_labels
             pseudo = make_pseudo_labels(cams, data.images, positives, myocardium)
             save_arrays(target, {"cams": cams.astype(np.float16), "pseudo": pseudo})
@@ -301,7 +315,8 @@ def stage_register(args, work: Path, split) -> list[Path]:
          "2D U-Net (Dice loss) on EMIDEC pixel myocardium labels; scar and MVO count as myocardium."),
         ("classifier_slice", "lge_fibrosis_classifier", "classification", {0: "fibrosis"},
          "Slice-level fibrosis classifier (fibrosis_cam_2d: dilated residual net, non-local block, CAM head, "
-         "myocardium-restricted pooling) on (LGE, predicted myocardium); BCE on slice labels only."),
+         "myocardium-restricted pooling) on (LGE, predicted myocardium), made as the card's "
+         "inference.classifier_input says (cardiac_ai.fibrosis.classifier_input); BCE on slice labels only."),
         ("classifier_stack", "lge_fibrosis_stack_classifier", "classification", {0: "fibrosis"},
          "Stack-level (patient) fibrosis classifier: the slice model inflated to 3x3x1 kernels, weighted BCE on "
          "patient N/P labels only. Input (batch, 2, j, i, k), slice axis last."),
@@ -323,9 +338,11 @@ def stage_register(args, work: Path, split) -> list[Path]:
         if card.exists() and card.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
             written.append(card)
             continue
+        inference = ({"classifier_input": ClassifierInputSettings.load(run).to_dict()}
+                     if run_name.startswith("classifier_") else None)
         written.append(export_best_model(
             run, models_dir, name=name, version=args.version, task=task, label_map=label_map,
-            training_data=TRAINING_DATA, split=split_info, license=LICENSE,
+            training_data=TRAINING_DATA, split=split_info, license=LICENSE, inference=inference,
             description=description + f" Pixel grid: EMIDEC PNG pixels (nominal {EMIDEC_NOMINAL_PIXEL_MM} mm), "
                                       f"{args.crop_size} x {args.crop_size} crop at the image centre.",
         ))
@@ -345,6 +362,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs-classifier", type=int, default=30)
     parser.add_argument("--epochs-stack", type=int, default=15)
     parser.add_argument("--epochs-unet", type=int, default=40, help="epochs of each weak U-Net and the pixel U-Net")
+    parser.add_argument("--classifier-intensity", default="myocardium_relative",
+                        choices=["myocardium_relative", "image"],
+                        help="classifier intensity channel (cardiac_ai.fibrosis.classifier_input)")
+    parser.add_argument("--classifier-mask-dilation", type=int, default=6,
+                        help="zero the classifier image beyond this many pixels of the predicted myocardium (-1: off)")
+    parser.add_argument("--classifier-crop", type=int, default=96,
+                        help="heart-centred classifier input of this many pixels (0: the whole 128 px grid)")
+    parser.add_argument("--classifier-features", type=int, nargs=4, default=[8, 16, 32, 64],
+                        help="channels of the classifier's four residual stages")
+    parser.add_argument("--classifier-weight-decay", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader processes (augmentation on the CPU)")
     parser.add_argument("--crop-size", type=int, default=128)
@@ -390,9 +417,9 @@ def stage_weights(args, stages) -> dict[str, float]:
     """Rough cost of each stage that runs, in minutes on a 2-core CPU (the module docstring), for the progress
     lines: the split first (always read or made), then ``stages`` in order."""
     minutes = {
-        "split": 0.1, "prepare": 1.0, "myocardium": 0.5 * args.epochs_myocardium,
-        "classifier_slice": 1.5 * args.epochs_classifier, "classifier_stack": 1.5 * args.epochs_stack,
-        "pseudo": 2.0, "weak_unet": 2 * 0.5 * args.epochs_unet, "pixel_unet": 0.5 * args.epochs_unet,
+        "split": 0.1, "prepare": 1.0, "myocardium": 0.05 * args.epochs_myocardium,
+        "classifier_slice": 0.05 * args.epochs_classifier, "classifier_stack": 0.07 * args.epochs_stack,
+        "pseudo": 0.2, "weak_unet": 2 * 0.05 * args.epochs_unet, "pixel_unet": 0.05 * args.epochs_unet,
         "register": 0.1,
     }
     return {"split": minutes["split"], **{stage: minutes[stage] for stage in stages if stage != "split"}}

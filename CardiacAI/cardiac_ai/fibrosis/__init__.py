@@ -1,6 +1,7 @@
 """LGE fibrosis (scar) segmentation from weak labels (Klein et al.) and its clinical numbers.
 
 * :mod:`.clinical`: scar size, percentage of myocardium, MVO and transmurality per sector (pure numpy).
+* :mod:`.classifier_input`: what the fibrosis classifiers see (myocardium-relative intensity, heart crop).
 * :mod:`.inputs`: reading LGE stacks (NIfTI, DICOM, EMIDEC PNG slices) and the models' pixel grid.
 * :mod:`.pipeline`: :func:`segment_fibrosis` (array in, :class:`FibrosisResult` out) and :func:`fibrosis_file`
   (``cardiacai fibrosis``).
@@ -9,6 +10,7 @@
 """
 from __future__ import annotations
 
+from .classifier_input import ClassifierInputSettings, classifier_inputs
 from .clinical import (
     DEFAULT_ANCHOR_ANGLE_DEG,
     ScarMeasures,
@@ -35,6 +37,7 @@ from .pipeline import (
 )
 
 __all__ = [
+    "ClassifierInputSettings",
     "DEFAULT_ANCHOR_ANGLE_DEG",
     "EMIDEC_NOMINAL_PIXEL_MM",
     "FIBROSIS_MODEL_NAMES",
@@ -47,6 +50,7 @@ __all__ = [
     "SliceScar",
     "auroc",
     "binary_dice",
+    "classifier_inputs",
     "fibrosis_file",
     "load_fibrosis_models",
     "read_lge_input",

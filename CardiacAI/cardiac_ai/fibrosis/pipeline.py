@@ -28,6 +28,7 @@ from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
 from ..progress import ProgressCallback, report, subrange
 from ..provenance import Provenance
+from .classifier_input import ClassifierInputSettings, classifier_inputs
 from .clinical import ScarMeasures, scar_measures
 from .inputs import read_lge_input, with_nominal_pixels
 
@@ -311,8 +312,9 @@ def segment_fibrosis(
         with provenance.timed("classify"):
             prepared_c = _prepared(model_volume, models.classifier, cache)
             _check_same_grid(prepared_c, prepared, models.classifier, models.myocardium)
-            inputs = np.stack([prepared_c.image, (myo_crop == LV_MYOCARDIUM).astype(np.float32)], axis=1)
-            slice_probabilities = predict_slices(models.classifier.network, inputs.astype(np.float32), device=device,
+            inputs = classifier_inputs(prepared_c.image, myo_crop == LV_MYOCARDIUM,
+                                       ClassifierInputSettings.from_card_inference(models.classifier.card.inference))
+            slice_probabilities = predict_slices(models.classifier.network, inputs.array, device=device,
                                                  activation="sigmoid", provenance=provenance)[:, 0]
 
     report(progress, 0.55, "Segmenting scar")

@@ -4,7 +4,8 @@
    so this label map carries no fibrosis information).
 2. :func:`train_slice_classifier` / :func:`train_stack_classifier`: ``fibrosis_cam_2d`` (BCE on slice labels) and
    its 3x3x1 inflation ``fibrosis_cam_stack`` (weighted BCE on patient N/P labels); input = LGE image + the
-   *predicted* myocardium (:func:`predict_myocardium`), never the true one.
+   *predicted* myocardium (:func:`predict_myocardium`), never the true one, made by
+   :func:`~cardiac_ai.fibrosis.classifier_input.classifier_inputs` (myocardium-relative intensity, heart crop).
 3. :func:`slice_cams`, :func:`stack_cams`, then :func:`cardiac_ai.weak.pseudo_labels` (section 3.3, paper defaults),
    restricted to the predicted myocardium; images with a negative weak label get an empty pseudo-label.
 4. :func:`train_fibrosis_unet`: 2D U-Net, Dice loss, on pseudo-labels from the LGE image alone (weak), or on pixel
@@ -33,6 +34,7 @@ from ..geometry import Volume
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
 from ..preprocessing import InputSpec, preprocess
 from ..progress import ProgressCallback, report
+from .classifier_input import ClassifierInputSettings, classifier_inputs
 from .evaluation import auroc
 from .inputs import FIBROSIS_SPEC, with_nominal_pixels
 
@@ -479,6 +481,20 @@ def predict_myocardium(
 
 
 # -- step 2: classifiers ---------------------------------------------------------------------------------------------
+def _relative_safe(augmentation: "AugmentationConfig | None", settings: ClassifierInputSettings):
+    """No gamma on myocardium-relative inputs: a gamma changes the very intensity ratios the classifier reads."""
+    import dataclasses
+
+    if augmentation is None or settings.intensity != "myocardium_relative" or augmentation.gamma_prob == 0:
+        return augmentation
+    return dataclasses.replace(augmentation, gamma_prob=0.0)
+
+
+def _input_channels(images, myocardium, settings: ClassifierInputSettings) -> tuple[np.ndarray, np.ndarray]:
+    inputs = classifier_inputs(images, myocardium, settings).array
+    return inputs[:, 0], inputs[:, 1]
+
+
 def train_slice_classifier(
     train: FibrosisSlices,
     train_myocardium: NDArray[np.uint8],
@@ -488,23 +504,32 @@ def train_slice_classifier(
     config: "TrainingConfig",
     out_dir: str | os.PathLike,
     augmentation: "AugmentationConfig | None" = None,
+    input_settings: ClassifierInputSettings | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple["TrainingResult", "nn.Module"]:
     """Train ``fibrosis_cam_2d`` on (image, predicted myocardium) with the slice-level labels and plain BCE.
 
+    ``input_settings`` (:mod:`cardiac_ai.fibrosis.classifier_input`) say how the two input channels are made; they
+    are recorded in ``out_dir`` for inference. With myocardium-relative intensity the augmentation's gamma is off.
     The best epoch has the highest validation AUROC (``val_score``; minus the BCE if validation has one class).
     """
     from ..models.networks import build_network
 
+    settings = input_settings or ClassifierInputSettings()
     _check_same_length(train=train.images, train_myocardium=train_myocardium)
     _check_same_length(val=val.images, val_myocardium=val_myocardium)
-    train_set = _ChannelDataset(train.images, [(n, t) for n, t in enumerate(train.slice_labels)],
-                                masks=train_myocardium, augmentation=augmentation, seed=config.seed)
-    val_set = _ChannelDataset(val.images, [(n, t) for n, t in enumerate(val.slice_labels)], masks=val_myocardium)
+    train_images, train_masks = _input_channels(train.images, train_myocardium, settings)
+    val_images, val_masks = _input_channels(val.images, val_myocardium, settings)
+    train_set = _ChannelDataset(train_images, [(n, t) for n, t in enumerate(train.slice_labels)],
+                                masks=train_masks, augmentation=_relative_safe(augmentation, settings),
+                                seed=config.seed)
+    val_set = _ChannelDataset(val_images, [(n, t) for n, t in enumerate(val.slice_labels)], masks=val_masks)
     network = build_network(config.network, **config.network_kwargs)
-    return _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(1.0),
-                metric_fn=_classifier_metric(), device=device, progress=progress)
+    fitted = _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(1.0),
+                  metric_fn=_classifier_metric(), device=device, progress=progress)
+    settings.save(out_dir)
+    return fitted
 
 
 def _stack_items(data: FibrosisSlices) -> list[tuple[NDArray[np.int64], int]]:
@@ -521,14 +546,16 @@ def train_stack_classifier(
     out_dir: str | os.PathLike,
     initial_2d: "nn.Module | None" = None,
     augmentation: "AugmentationConfig | None" = None,
+    input_settings: ClassifierInputSettings | None = None,
     device: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple["TrainingResult", "nn.Module"]:
     """Train ``fibrosis_cam_stack`` (3x3x1 kernels) on whole patient stacks with the N/P label and weighted BCE.
 
     ``pos_weight`` = negatives / positives among the training patients (class imbalance). ``initial_2d``: a trained
-    slice model whose weights are inflated into the stack model (:func:`inflate_2d_to_stack`). One stack per batch
-    (stacks differ in slice count): ``config.batch_size`` must be 1.
+    slice model whose weights are inflated into the stack model (:func:`inflate_2d_to_stack`); train it with the
+    same ``input_settings`` (each slice of a stack gets its own heart crop: the 3x3x1 kernels never mix slices). One
+    stack per batch (stacks differ in slice count): ``config.batch_size`` must be 1.
     """
     from ..models.networks import build_network
     from ..models.weak_networks import inflate_2d_to_stack
@@ -540,20 +567,20 @@ def train_stack_classifier(
     n_negative = len(train_items) - n_positive
     pos_weight = n_negative / n_positive if n_positive and n_negative else 1.0
     log.info("Stack classifier: %d P and %d N training stacks, pos_weight %.3f", n_positive, n_negative, pos_weight)
-    train_set = _ChannelDataset(train.images, train_items, masks=train_myocardium, augmentation=augmentation,
-                                seed=config.seed, stack=True)
-    val_set = _ChannelDataset(val.images, val_items, masks=val_myocardium, stack=True)
+    settings = input_settings or ClassifierInputSettings()
+    train_images, train_masks = _input_channels(train.images, train_myocardium, settings)
+    val_images, val_masks = _input_channels(val.images, val_myocardium, settings)
+    train_set = _ChannelDataset(train_images, train_items, masks=train_masks,
+                                augmentation=_relative_safe(augmentation, settings), seed=config.seed, stack=True)
+    val_set = _ChannelDataset(val_images, val_items, masks=val_masks, stack=True)
     if initial_2d is not None:
         network = inflate_2d_to_stack(initial_2d).float().train()
     else:
         network = build_network(config.network, **config.network_kwargs)
-    return _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(pos_weight),
-                metric_fn=_classifier_metric(pos_weight), device=device, progress=progress)
-
-
-def _classifier_inputs(images: NDArray[np.float32], myocardium: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """The slice classifier's input (N, 2, j, i): image and myocardium mask as float32 channels."""
-    return np.stack([images, myocardium.astype(np.float32)], axis=1).astype(np.float32)
+    fitted = _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(pos_weight),
+                  metric_fn=_classifier_metric(pos_weight), device=device, progress=progress)
+    settings.save(out_dir)
+    return fitted
 
 
 def classifier_probabilities(
@@ -561,13 +588,14 @@ def classifier_probabilities(
     images: NDArray[np.float32],
     myocardium: NDArray[np.uint8],
     *,
+    input_settings: ClassifierInputSettings | None = None,
     device: str | None = None,
     batch_size: int = 16,
 ) -> NDArray[np.float32]:
     """Fibrosis probability of each slice (N,) from the slice classifier (sigmoid of its logit)."""
     from ..models.inference import predict_slices
 
-    inputs = _classifier_inputs(images, myocardium)
+    inputs = classifier_inputs(images, myocardium, input_settings).array
     return predict_slices(network, inputs, device=device, batch_size=batch_size, activation="sigmoid")[:, 0]
 
 
@@ -577,14 +605,15 @@ def slice_cams(
     images: NDArray[np.float32],
     myocardium: NDArray[np.uint8],
     *,
+    input_settings: ClassifierInputSettings | None = None,
     device: str | None = None,
     batch_size: int = 16,
 ) -> NDArray[np.float32]:
-    """Raw CAMs (N, j, i) of the slice classifier, bilinearly resized to the image grid."""
+    """Raw CAMs (N, j, i) of the slice classifier, bilinearly resized to the image grid (0 outside a heart crop)."""
     from ..weak import model_cam
 
-    inputs = _classifier_inputs(images, myocardium)
-    return model_cam(network, inputs, class_index=0, device=device, batch_size=batch_size)
+    inputs = classifier_inputs(images, myocardium, input_settings)
+    return inputs.to_grid(model_cam(network, inputs.array, class_index=0, device=device, batch_size=batch_size))
 
 
 def stack_cams(
@@ -592,6 +621,7 @@ def stack_cams(
     data: FibrosisSlices,
     myocardium: NDArray[np.uint8],
     *,
+    input_settings: ClassifierInputSettings | None = None,
     device: str | None = None,
 ) -> NDArray[np.float32]:
     """Raw CAMs (N, j, i) of the stack classifier, one patient stack at a time, rows in ``data`` order."""
@@ -599,10 +629,9 @@ def stack_cams(
 
     cams = np.zeros(data.images.shape, np.float32)
     for rows in data.stacks():
-        stack = np.stack([data.images[rows], myocardium[rows].astype(np.float32)], axis=0)  # (2, k, j, i)
-        stack = np.moveaxis(stack, 1, -1)[np.newaxis].astype(np.float32)  # (1, 2, j, i, k)
-        cam = model_cam(network, stack, class_index=0, device=device, batch_size=1)[0]  # (j, i, k)
-        cams[rows] = np.moveaxis(cam, -1, 0)
+        inputs = classifier_inputs(data.images[rows], myocardium[rows], input_settings)
+        cam = model_cam(network, inputs.stack(), class_index=0, device=device, batch_size=1)[0]  # (s, s, k)
+        cams[rows] = inputs.to_grid(np.moveaxis(cam, -1, 0))
     return cams
 
 
