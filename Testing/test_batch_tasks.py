@@ -1,7 +1,7 @@
 """``cardiacai batch --task map|fibrosis|cam``: every case as the single-case command, models loaded once, resumable.
 
 Tiny models and inputs come from the tests of each task: an untrained ``map_myocardium`` whose labels are replaced
-by the phantom's truth (the map tests' monkeypatch of ``_segment``), the random tiny fibrosis models of
+by the phantom's truth (the map tests' monkeypatch of ``_segment_probabilities``), the random tiny fibrosis models of
 ``test_fibrosis_pipeline`` and the weak models trained in a second by ``test_weak_training_and_cam``.
 """
 from __future__ import annotations
@@ -62,15 +62,15 @@ def _map_setup(map_cases, map_models_dir, tmp_path, monkeypatch) -> BatchSetup:
     from cardiac_ai.mapping import MappingModels
     from cardiac_ai.mapping import pipeline as mapping_pipeline
 
-    real_segment = mapping_pipeline._segment
+    real_segment = mapping_pipeline._segment_probabilities
 
     def truth_of_the_case(map_ms, volume, model, *, device, provenance):
         real_segment(map_ms, volume, model, device=device, provenance=provenance)  # the network still runs
         same_grid = [c for c in map_cases if c.t1_map_ms.array.shape == volume.array.shape]
         case = min(same_grid, key=lambda c: float(np.abs(c.t1_map_ms.array - volume.array).sum()))
-        return case.labels.array.astype(np.uint8)
+        return np.moveaxis(np.eye(4, dtype=np.float32)[case.labels.array], -1, 0)  # one-hot probabilities
 
-    monkeypatch.setattr(mapping_pipeline, "_segment", truth_of_the_case)
+    monkeypatch.setattr(mapping_pipeline, "_segment_probabilities", truth_of_the_case)
     inputs = []
     for number, case in enumerate(map_cases, start=1):
         inputs.append(tmp_path / "inputs" / f"case{number}.nii.gz")

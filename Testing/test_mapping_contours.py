@@ -85,6 +85,42 @@ def test_subpixel_tracing_follows_the_boundary_between_pixel_centres():
         fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), upsample=0)
 
 
+def _ramp(radius: float, shape=(80, 80), centre=CENTRE) -> np.ndarray:
+    """A probability that falls linearly from 1 to 0 over two pixels and crosses 0.5 exactly at ``radius``."""
+    rows, cols = np.indices(shape)
+    return np.clip(0.5 + (radius - np.hypot(rows - centre[0], cols - centre[1])) / 2, 0.0, 1.0)
+
+
+def test_probabilities_move_the_subpixel_boundary_to_their_half_level():
+    """The labels alone put the boundary halfway between inside and outside pixel centres, a staircase around the
+    circle; the probabilities put it where they cross 0.5 (here circles of 10.4 and 16.45 px), and no pixel changes
+    side. Both traces lie about half a fine pixel (0.5 / upsample = 0.125 px) inside, where findContours runs."""
+    true_endo, true_epi = 10.4, 16.45
+    labels = _ring(r_in=true_endo, r_out=true_epi)
+    probabilities = np.stack([_ramp(true_endo), _ramp(true_epi)])
+    plain = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), steps=())
+    soft = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), steps=(), probabilities=probabilities)
+    for attribute, radius in (("endocardium_px", true_endo), ("epicardium_px", true_epi)):
+        radii = {name: np.hypot(*(getattr(c, attribute) - np.asarray(CENTRE)).T)
+                 for name, c in (("plain", plain), ("soft", soft))}
+        assert abs(radii["soft"].mean() - radius) < 0.15
+        assert radii["soft"].std() < radii["plain"].std() / 2  # on the circle, not on the staircase
+    assert np.array_equal(contours_to_mask(soft.endocardium_px, labels.shape), labels == 3)
+
+
+def test_probabilities_equal_to_the_labels_change_nothing_and_bad_ones_are_refused():
+    labels = _ring()
+    as_labels = np.stack([labels == 3, labels >= 2]).astype(np.float32)
+    plain = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0))
+    same = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), probabilities=as_labels)
+    np.testing.assert_allclose(same.epicardium_px, plain.epicardium_px)
+    with pytest.raises(InputError, match="probabilities must be"):
+        fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), probabilities=as_labels[0])
+    as_labels[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0), probabilities=as_labels)
+
+
 def test_convex_hull_closes_c_shaped_endocardium():
     labels = _ring(gap_deg=60.0)
     full = fit_myocardial_contours(labels, spacing_ji_mm=(1.0, 1.0))

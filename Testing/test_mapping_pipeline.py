@@ -339,19 +339,19 @@ def test_a_bright_organ_far_from_the_heart_does_not_replace_a_small_apical_lv(mo
     from cardiac_ai.mapping import pipeline as mapping_pipeline
 
     truth = unseen.labels.array
-    real_segment = mapping_pipeline._segment
+    real_segment = mapping_pipeline._segment_probabilities
 
     def with_false_lv(map_ms, volume, model, *, device, provenance):
-        labels = real_segment(map_ms, volume, model, device=device, provenance=provenance)
+        labels = np.argmax(real_segment(map_ms, volume, model, device=device, provenance=provenance), axis=0)
         apex = labels[-1]
         far = np.zeros_like(apex, dtype=bool)
         far[-30:-2, -30:-2] = True  # a corner blob larger than the apical LV, > 40 mm from the heart
         assert far.sum() > np.isin(truth[-1], (2, 3)).sum()
         apex[far] = 3
         apex[-31, -31:-1] = 2
-        return labels
+        return np.moveaxis(np.eye(4, dtype=np.float32)[labels], -1, 0)  # one-hot probabilities
 
-    monkeypatch.setattr(mapping_pipeline, "_segment", with_false_lv)
+    monkeypatch.setattr(mapping_pipeline, "_segment_probabilities", with_false_lv)
     result = analyse_map(unseen.t1_map_ms, kind="t1", models=models, device="cpu")
     apex = result.labels.array[-1]
     assert not np.isin(apex[-30:-2, -30:-2], (2, 3)).any()

@@ -498,7 +498,8 @@ def mapping_outputs(tmp_path_factory, save_untrained_map_model):
     post = np.where(case.t1_map_ms.array > 0, 0.5 * case.t1_map_ms.array, 0).astype(np.float32)
     write_volume(case.t1_map_ms.with_array(post), root / "post.nii.gz")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mapping_pipeline, "_segment", lambda *args, **kwargs: case.labels.array.copy())
+        patch.setattr(mapping_pipeline, "_segment_probabilities",
+                      lambda *args, **kwargs: np.moveaxis(np.eye(4, dtype=np.float32)[case.labels.array], -1, 0))
         analysis = analyse_map_file(root / "t1.nii.gz", root / "map", kind="t1", models=models, device="cpu")
         ecv_files(root / "t1.nii.gz", root / "post.nii.gz", root / "ecv", models=models, haematocrit=0.4,
                   device="cpu")

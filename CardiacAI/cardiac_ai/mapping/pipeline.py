@@ -395,6 +395,13 @@ def _whole_view_spec(spec: Any, volume: Volume) -> Any:
 def _segment(map_ms: NDArray[np.float32], volume: Volume, model: Any, *, device: Any,
              provenance: Provenance) -> NDArray[np.uint8]:
     """Network labels (k, j, i) uint8 0-3 on the map's grid."""
+    return np.argmax(_segment_probabilities(map_ms, volume, model, device=device, provenance=provenance),
+                     axis=0).astype(np.uint8)
+
+
+def _segment_probabilities(map_ms: NDArray[np.float32], volume: Volume, model: Any, *, device: Any,
+                           provenance: Provenance) -> NDArray[np.float32]:
+    """Network class probabilities (4, k, j, i) on the map's grid (background, RV, myocardium, LV blood pool)."""
     from ..models.inference import predict_slices
     from ..preprocessing import InputSpec, preprocess, restore_probabilities
 
@@ -409,8 +416,7 @@ def _segment(map_ms: NDArray[np.float32], volume: Volume, model: Any, *, device:
     probabilities = predict_slices(
         model.network, prepared.image[:, np.newaxis], device=device, activation="softmax", provenance=provenance
     )
-    native = restore_probabilities(np.moveaxis(probabilities, 1, 0), prepared.transform)
-    return np.argmax(native, axis=0).astype(np.uint8)
+    return restore_probabilities(np.moveaxis(probabilities, 1, 0), prepared.transform)
 
 
 def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -579,7 +585,13 @@ def analyse_map(
 
     report(progress, 0.0, f"Segmenting the {kind.upper()} map")
     with provenance.timed("segment"):
-        network_labels = _segment(clean, map_volume, models.segmenter, device=device, provenance=provenance)
+        probabilities = _segment_probabilities(clean, map_volume, models.segmenter, device=device,
+                                               provenance=provenance)
+        network_labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+        # The contours' sub-pixel boundary follows the network's probability of blood pool, and of blood pool +
+        # myocardium, where they cross 0.5.
+        soft_masks = np.stack([probabilities[LV_BLOOD_POOL],
+                               probabilities[LV_BLOOD_POOL] + probabilities[LV_MYOCARDIUM]])
     report(progress, 0.6, "Fitting contours")
     slice_warnings: dict[int, list[str]] = {}
 
@@ -596,7 +608,8 @@ def analyse_map(
     with provenance.timed("contours"):
         for k in range(n_slices):
             cleaned = _clean_slice(network_labels[k], lv_centre, spacing_ji)
-            fitted = fit_myocardial_contours(cleaned, geometry=geometry, slice_index=k)
+            fitted = fit_myocardial_contours(cleaned, geometry=geometry, slice_index=k,
+                                             probabilities=soft_masks[:, k])
             contours.append(fitted)
             if fitted.epicardium_px is None:
                 warn(k, f"no myocardium found ({fitted.reason or 'no LV in the slice'}); no values are reported "
