@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 from cardiac_ai.datasets import load_split, save_split
-from cardiac_ai.fibrosis.classifier_input import ClassifierInputSettings
+from cardiac_ai.fibrosis.classifier_input import TRAINING_DEFAULTS, ClassifierInputSettings
 from cardiac_ai.fibrosis.inputs import EMIDEC_NOMINAL_PIXEL_MM
 from cardiac_ai.fibrosis.training import (
     FibrosisSlices,
@@ -362,12 +362,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs-classifier", type=int, default=30)
     parser.add_argument("--epochs-stack", type=int, default=15)
     parser.add_argument("--epochs-unet", type=int, default=40, help="epochs of each weak U-Net and the pixel U-Net")
-    parser.add_argument("--classifier-intensity", default="myocardium_relative",
+    parser.add_argument("--classifier-intensity", default=TRAINING_DEFAULTS.intensity,
                         choices=["myocardium_relative", "image"],
                         help="classifier intensity channel (cardiac_ai.fibrosis.classifier_input)")
-    parser.add_argument("--classifier-mask-dilation", type=int, default=6,
+    parser.add_argument("--classifier-mask-dilation", type=int, default=TRAINING_DEFAULTS.mask_dilation_px,
                         help="zero the classifier image beyond this many pixels of the predicted myocardium (-1: off)")
-    parser.add_argument("--classifier-crop", type=int, default=96,
+    parser.add_argument("--classifier-crop", type=int, default=TRAINING_DEFAULTS.heart_crop,
                         help="heart-centred classifier input of this many pixels (0: the whole 128 px grid)")
     parser.add_argument("--classifier-features", type=int, nargs=4, default=[8, 16, 32, 64],
                         help="channels of the classifier's four residual stages")

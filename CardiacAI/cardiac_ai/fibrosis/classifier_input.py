@@ -14,8 +14,9 @@ given exactly that, and less of what lets it recognise a patient instead:
   resampled bilinearly to ``heart_crop`` x ``heart_crop``: every heart at one scale, and the thin myocardium over more
   CAM cells. :meth:`ClassifierInputs.to_grid` maps a CAM back onto the slice grid (zero outside the square).
 
-The default settings (``intensity="image"``, no mask, no crop) are the inputs of classifiers trained before these
-settings existed: image and myocardium channels on the whole grid. A classifier's settings are stored on its model
+:data:`TRAINING_DEFAULTS` are what training uses unless told otherwise. The dataclass defaults (``intensity="image"``,
+no mask, no crop) are the inputs of classifiers trained before these settings existed: image and myocardium channels
+on the whole grid, what a card without settings means. A classifier's settings are stored on its model
 card (``inference["classifier_input"]``) and in its training run (:data:`SETTINGS_FILE`), so inference always
 builds the inputs the network was trained on.
 """
@@ -35,6 +36,7 @@ from ..errors import InputError
 __all__ = [
     "MIN_MYOCARDIUM_PIXELS",
     "SETTINGS_FILE",
+    "TRAINING_DEFAULTS",
     "ClassifierInputSettings",
     "ClassifierInputs",
     "classifier_inputs",
@@ -104,6 +106,10 @@ class ClassifierInputSettings:
         """The settings a training run recorded; defaults for runs made before settings were recorded."""
         path = Path(run_dir) / SETTINGS_FILE
         return cls.from_dict(json.loads(path.read_text())) if path.is_file() else cls()
+
+
+#: The settings new classifiers are trained with (chosen on EMIDEC; ``docs/benchmarks.md``, LGE fibrosis run 4).
+TRAINING_DEFAULTS = ClassifierInputSettings(intensity="myocardium_relative", mask_dilation_px=6, heart_crop=96)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ..geometry import Volume
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
 from ..preprocessing import InputSpec, preprocess
 from ..progress import ProgressCallback, report
-from .classifier_input import ClassifierInputSettings, classifier_inputs
+from .classifier_input import TRAINING_DEFAULTS, ClassifierInputSettings, classifier_inputs
 from .evaluation import auroc
 from .inputs import FIBROSIS_SPEC, with_nominal_pixels
 
@@ -510,13 +510,13 @@ def train_slice_classifier(
 ) -> tuple["TrainingResult", "nn.Module"]:
     """Train ``fibrosis_cam_2d`` on (image, predicted myocardium) with the slice-level labels and plain BCE.
 
-    ``input_settings`` (:mod:`cardiac_ai.fibrosis.classifier_input`) say how the two input channels are made; they
-    are recorded in ``out_dir`` for inference. With myocardium-relative intensity the augmentation's gamma is off.
+    ``input_settings`` (:mod:`cardiac_ai.fibrosis.classifier_input`; default ``TRAINING_DEFAULTS``) say how the two
+    input channels are made; they are recorded in ``out_dir`` for inference. With myocardium-relative intensity the augmentation's gamma is off.
     The best epoch has the highest validation AUROC (``val_score``; minus the BCE if validation has one class).
     """
     from ..models.networks import build_network
 
-    settings = input_settings or ClassifierInputSettings()
+    settings = input_settings or TRAINING_DEFAULTS
     _check_same_length(train=train.images, train_myocardium=train_myocardium)
     _check_same_length(val=val.images, val_myocardium=val_myocardium)
     train_images, train_masks = _input_channels(train.images, train_myocardium, settings)
@@ -567,7 +567,7 @@ def train_stack_classifier(
     n_negative = len(train_items) - n_positive
     pos_weight = n_negative / n_positive if n_positive and n_negative else 1.0
     log.info("Stack classifier: %d P and %d N training stacks, pos_weight %.3f", n_positive, n_negative, pos_weight)
-    settings = input_settings or ClassifierInputSettings()
+    settings = input_settings or TRAINING_DEFAULTS
     train_images, train_masks = _input_channels(train.images, train_myocardium, settings)
     val_images, val_masks = _input_channels(val.images, val_myocardium, settings)
     train_set = _ChannelDataset(train_images, train_items, masks=train_masks,

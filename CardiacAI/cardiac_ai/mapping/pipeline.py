@@ -7,8 +7,8 @@ T1 map (0-2000 ms) and a T2 map (0-150 ms) both arrive in [0, 1] without a kind-
 once over the whole field of view (padded to a multiple of 32 pixels), so no heart localiser is needed; per slice
 the largest LV component (myocardium + blood pool) and the largest RV component are kept.
 
-The labels then go through :func:`~cardiac_ai.mapping.contours.fit_myocardial_contours` (the paper's Figure 4), and
-the myocardium and LV blood pool are redrawn from the fitted contours: every statistic is measured inside the
+The labels then go through :func:`~cardiac_ai.mapping.contours.fit_myocardial_contours` (the paper's Figure 4; its
+sub-pixel boundary follows the network's probabilities between pixel centres), and the myocardium and LV blood pool are redrawn from the fitted contours: every statistic is measured inside the
 contours that are reported, not inside the raw network output. The RV blood pool is kept only to find the RV
 insertion points (AHA segments, septal ROI); it is not part of the written label map.
 
