@@ -8,8 +8,9 @@ once over the whole field of view (padded to a multiple of 32 pixels), so no hea
 the largest LV component (myocardium + blood pool) and the largest RV component are kept.
 
 The labels then go through :func:`~cardiac_ai.mapping.contours.fit_myocardial_contours` (the paper's Figure 4; its
-sub-pixel boundary follows the network's probabilities between pixel centres), and the myocardium and LV blood pool are redrawn from the fitted contours: every statistic is measured inside the
-contours that are reported, not inside the raw network output. The RV blood pool is kept only to find the RV
+sub-pixel boundary follows the network's probabilities between pixel centres), and the myocardium and LV blood pool
+are redrawn from the fitted contours: every statistic is measured inside the contours that are reported, not inside
+the raw network output. The RV blood pool is kept only to find the RV
 insertion points (AHA segments, septal ROI); it is not part of the written label map.
 
 Map values and what they mean
