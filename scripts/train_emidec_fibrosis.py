@@ -35,7 +35,8 @@ labels) and the myocardium model's *predictions*; pixel fibrosis labels reach on
 
 Time on CPU-2 (2 cores; 308 training slices of 128 x 128, 43 training patients), measured 2026-11-27: classifier_slice
 30 epochs x ~3 s (8-64 channels on 96 px heart crops) = 1.6 min; classifier_stack 15 epochs = 1 min; pseudo 7 s;
-weak_unet 2 x 40 epochs x ~2.8 s = 4 min; pixel_unet 120 x 2.8 s = 6 min; the myocardium U-Net is the pixel U-Net's size.
+weak_unet 2 x 40 epochs x ~2.8 s = 4 min; pixel_unet 120 x 2.8 s = 6 min; the myocardium U-Net is the pixel
+U-Net's size.
 A GPU (``--device cuda``) takes well under a minute per stage.
 """
 from __future__ import annotations

@@ -511,7 +511,8 @@ def train_slice_classifier(
     """Train ``fibrosis_cam_2d`` on (image, predicted myocardium) with the slice-level labels and plain BCE.
 
     ``input_settings`` (:mod:`cardiac_ai.fibrosis.classifier_input`; default ``TRAINING_DEFAULTS``) say how the two
-    input channels are made; they are recorded in ``out_dir`` for inference. With myocardium-relative intensity the augmentation's gamma is off.
+    input channels are made; they are recorded in ``out_dir`` for inference. With myocardium-relative intensity the
+    augmentation's gamma is off.
     The best epoch has the highest validation AUROC (``val_score``; minus the BCE if validation has one class).
     """
     from ..models.networks import build_network
