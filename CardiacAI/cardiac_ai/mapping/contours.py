@@ -41,8 +41,8 @@ instead of halfway, while every pixel centre keeps the side the labels give it: 
 (T2) on the same maps, Hausdorff 3.3 mm.
 
 Coordinates are (row, column) = (j, i) in pixel units, pixel centres at integers, as OpenCV and scikit-image give
-them. Every contour is closed (the last point is not repeated) and runs counter-clockwise as the array is displayed with row 0
-at the top. With a geometry and the slice index, points are also given in LPS millimetres.
+them. Every contour is closed (the last point is not repeated) and runs counter-clockwise as the array is displayed
+with row 0 at the top. With a geometry and the slice index, points are also given in LPS millimetres.
 """
 
 from __future__ import annotations
