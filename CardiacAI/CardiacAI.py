@@ -1616,6 +1616,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
         modelsDir: Optional[str] = None,
+        qc: bool = True,
+        qcThreshold: float = 0.8,
     ) -> dict:
         """LV myocardium, blood pool, scar and microvascular obstruction of an LGE stack (``cardiacai fibrosis``).
 
@@ -1625,21 +1627,25 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             result["clinical"]["scar_percent_of_myocardium"], result["summaryTableNode"]
 
         :param model: "weak" (trained on slice labels), "weak_stack" (patient labels) or "pixel" (pixel labels).
+        :param qc, qcThreshold: quality-check the myocardium and blood pool (indicative on LGE: the QC models were
+            trained on cine); flag slices whose predicted Dice is below qcThreshold.
         :return: dict with "segmentationNode" (2 myocardium, 3 LV blood pool, 4 scar, 5 MVO), "summaryTableNode"
             (scar, MVO and myocardial volume, scar %, MVO %), "slicesTableNode" (per slice: fibrosis probability,
-            areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "clinical" (the report's
-            values), "warnings" and "report".
+            areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "qcTableNode" (or None),
+            "clinical" (the report's values), "warnings" and "report".
         :raises ValueError: unknown model.
         """
         results = importBackend("slicer_results")
         with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(lgeVolumeNode, os.path.join(tempDir, "lge.nrrd"))
             outputDir = os.path.join(tempDir, "output")
-            call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir)
+            call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir,
+                                         qc=qc, qc_threshold=qcThreshold)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.fibrosis_tables_from_report(report)
-            warnings = results.report_warnings(report)
+            qcRows = {phase: results.qc_slice_rows(entry) for phase, entry in results.qc_entries(report).items()}
+            warnings = results.report_warnings(report) + results.qc_warnings(report)
             segmentationNode = self.loadSegmentation(
                 os.path.join(outputDir, "segmentation.seg.nrrd"), lgeVolumeNode,
                 self._newSegmentation(outputSegmentationNode, lgeVolumeNode))
@@ -1649,6 +1655,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             **self._newTableNodes(tables, {"summary": f"{name} fibrosis", "slices": f"{name} fibrosis slices",
                                            "segments": f"{name} transmurality"}, lgeVolumeNode,
                                   optional=("segments",)),
+            "qcTableNode": self.fillTable(None, qcRows[""], f"{name} QC (indicative)", lgeVolumeNode)
+            if qcRows else None,
             "clinical": report["clinical"], "warnings": self._logWarnings(warnings), "report": report,
         }
 

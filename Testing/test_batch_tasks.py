@@ -109,6 +109,9 @@ def _fibrosis_setup(models_dir, tmp_path) -> BatchSetup:
             assert float(row["scar_percent_of_myocardium"]) == pytest.approx(percent, abs=1e-3)
         assert float(row["max_slice_fibrosis_probability"]) == pytest.approx(
             max(report["slice_fibrosis_probability"]), abs=1e-3)
+        qc = report["qc"]  # the bundled QC models check the myocardium and blood pool, as the single command does
+        assert qc["indicative"] and row["qc_needs_review"] == str(qc["needs_review"])
+        assert int(row["qc_flagged_slices"]) == qc["n_flagged_slices"]
 
     options = ["--model", "pixel", "--models-dir", str(models_dir)]
     return BatchSetup("fibrosis", inputs, options, FibrosisModels, check_row)

@@ -196,20 +196,24 @@ def test_cli_writes_every_output_on_the_input_grid(tmp_path, models_dir, capsys)
     report = json.loads((out / "report.json").read_text())
     assert report["supervision"] == "weak" and len(report["slice_fibrosis_probability"]) == 4
     assert report["clinical"]["volume_unit"] == "mL"
+    # QC runs by default with the bundled QC models, marked indicative (they were trained on cine).
     assert {m["name"] for m in report["provenance"]["models"]} == {
-        "lge_myocardium", "lge_fibrosis_weak", "lge_fibrosis_classifier"}
+        "lge_myocardium", "lge_fibrosis_weak", "lge_fibrosis_classifier", "qc_vae", "qc_dice_regressor"}
+    assert report["qc"]["indicative"] and "LGE" in report["qc"]["note"]
+    assert len(report["qc"]["slices"]) == 4 and (out / "qc_slices.csv").is_file()
     assert len((out / "fibrosis.csv").read_text().splitlines()) == 5
-    assert "Wrote" in stdout
+    assert "Wrote" in stdout and "QC" in stdout
 
 
 def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys):
     folder = _png_folder(tmp_path / "case")
     out = tmp_path / "out"
     code, _, err = _run(capsys, "fibrosis", str(folder), "--out", str(out), "--models-dir", str(models_dir),
-                        "--device", "cpu", "--model", "pixel", "--no-classifier")
+                        "--device", "cpu", "--model", "pixel", "--no-classifier", "--no-qc")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["clinical"]["area_unit"] == "pixels" and report["supervision"] == "pixel"
+    assert "qc" not in report and not (out / "qc_slices.csv").exists()
     assert report["slice_fibrosis_probability"] is None
     assert any("no pixel size" in w for w in report["provenance"]["warnings"])
 

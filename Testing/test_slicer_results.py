@@ -335,6 +335,8 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     assert _parsed(ecv_call("n.nrrd", "p.nrrd", "out", haematocrit=0.0)).haematocrit is None  # 0: synthetic
     for model in FIBROSIS_MODELS:
         assert _parsed(fibrosis_call("lge.nrrd", "out", model=model)).model == model
+    args = _parsed(fibrosis_call("lge.nrrd", "out", qc=False, qc_threshold=0.6))
+    assert args.no_qc and args.qc_threshold == 0.6 and not _parsed(fibrosis_call("lge.nrrd", "out")).no_qc
     args = _parsed(cam_call("cine.nrrd", "out", explain="DCM", method="gradcampp", pseudo_label=True))
     assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))

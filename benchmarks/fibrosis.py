@@ -32,6 +32,7 @@ from cardiac_ai.io import write_volume
 from cardiac_ai.labels import MVO, SCAR
 from cardiac_ai.models import ModelRegistry
 from cardiac_ai.models.registry import LoadedModel
+from cardiac_ai.pipeline import qc_options
 from cardiac_ai.preprocessing import InputSpec, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,37 @@ def _pseudo_label(classifier: LoadedModel, myocardium: LoadedModel, image: Volum
     full = np.zeros(prepared.image.shape, np.uint8)
     full[k] = pseudo[0]
     return restore_labels(full, prepared.transform).array[k]
+
+
+def _qc_case(qc, image: Volume, labels: np.ndarray, truth: np.ndarray, pairs: list, slices: list, device) -> None:
+    """The fibrosis command's QC of one stack against the true Dice of its myocardium (scar and MVO included) and
+    LV blood pool, per assessed slice."""
+    from cardiac_ai.qc.assess import QCConfig, run_qc
+
+    volume = with_nominal_pixels(image)
+    cine_like = np.where(np.isin(labels, MYOCARDIUM), 2, labels).astype(np.uint8)
+    config = qc.config or QCConfig()
+    result = run_qc(volume, Volume(cine_like, volume.geometry), qc.model, config=config, regressor=qc.regressor,
+                    device=device)
+    if result is None:
+        return
+    masks = {2: (np.isin(labels, MYOCARDIUM), np.isin(truth, MYOCARDIUM)), 3: (labels == 3, truth == 3)}
+    for k in np.flatnonzero(result.assessed):
+        true_values = []
+        for column, code in enumerate(result.structures):
+            if code not in masks or not np.isfinite(result.slice_dice[k, column]):
+                continue
+            predicted_mask, true_mask = (m[k] for m in masks[code])
+            if not predicted_mask.any() and not true_mask.any():
+                continue
+            true_values.append(binary_dice(predicted_mask, true_mask))
+            pairs.append((float(result.slice_dice[k, column]), true_values[-1]))
+        if true_values:
+            slices.append((bool(result.slice_flags[k]), min(true_values) < config.dice_threshold))
+
+
+def _share(selected: np.ndarray, among: np.ndarray) -> float:
+    return float(selected[among].mean()) if among.any() else float("nan")
 
 
 def _figure(rows: list[dict], path: Path) -> None:
@@ -147,6 +179,8 @@ def main() -> None:
     parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "fibrosis_examples.png"))
     parser.add_argument("--report", help="also write the Markdown tables to this file")
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--qc-models", default=str(REPO / "Resources" / "Models"),
+                        help="folder with qc_vae and qc_dice_regressor (the indicative QC of `cardiacai fibrosis`)")
     args = parser.parse_args()
 
     split = load_split(args.split)
@@ -160,6 +194,9 @@ def main() -> None:
     if not fibrosis:
         raise SystemExit(f"No fibrosis model in {args.models}; train with scripts/train_emidec_fibrosis.py.")
 
+    qc = qc_options([args.qc_models], device=args.device)
+    qc_pairs: list[tuple[float, float]] = []  # (predicted, true) Dice per slice and structure (myocardium, LV)
+    qc_slices: list[tuple[bool, bool]] = []  # (flagged, lowest true Dice < threshold) per assessed slice
     slice_scores, slice_truth, stack_scores, stack_truth = [], [], [], []
     myo_dice: list[float] = []
     fib_dice: dict[str, list[float]] = {v: [] for v in fibrosis}
@@ -180,6 +217,8 @@ def main() -> None:
             predictions[variant] = np.isin(labels, (SCAR, MVO))
             if variant == next(iter(fibrosis)):
                 myo_dice.append(binary_dice(np.isin(labels, MYOCARDIUM), np.isin(truth, MYOCARDIUM)))
+                if qc.model is not None:
+                    _qc_case(qc, case.image, labels, truth, qc_pairs, qc_slices, args.device)
             if result.slice_probabilities is not None:
                 slice_scores.extend(result.slice_probabilities.tolist())
                 slice_truth.extend(np.isin(truth, (SCAR, MVO)).any(axis=(1, 2)).astype(int).tolist())
@@ -221,6 +260,16 @@ def main() -> None:
         paper = PAPER_DICE[variant]
         lines.append(f"| Fibrosis | {VARIANTS[variant]} | {mean:.3f} ± {sd:.3f} | {n} | {paper[0]:.2f} ± "
                      f"{paper[1]:.2f} | {false_positive[variant]}/{n_negative} |")
+
+    if qc_pairs:
+        predicted, true = np.array(qc_pairs).T
+        flagged, poor = np.array(qc_slices).T
+        lines += ["", f"## Indicative QC of the myocardium and LV blood pool (`cardiacai fibrosis` default; QC models "
+                      f"from `{args.qc_models}`, trained on cine)", "",
+                  "| slice-structure values | Pearson r | MAE | slices | poor (true Dice < 0.8) | sensitivity | "
+                  "specificity |", "|---|---|---|---|---|---|---|",
+                  f"| {len(true)} | {np.corrcoef(predicted, true)[0, 1]:.3f} | {np.abs(predicted - true).mean():.3f} | "
+                  f"{len(poor)} | {int(poor.sum())} | {_share(flagged, poor):.2f} | {_share(~flagged, ~poor):.2f} |"]
 
     if examples and classifier is not None:
         chosen = sorted(examples, key=lambda e: -e["size"])[:4]

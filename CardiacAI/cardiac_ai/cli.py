@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
     p.add_argument("--frame", type=int, help="frame of a 4D input (0-based)")
 
-    p = sub.add_parser("fibrosis", parents=[common], help="LGE scar segmentation: myocardium, scar, MVO, transmurality")
+    p = sub.add_parser("fibrosis", parents=[common, quality],
+                       help="LGE scar segmentation: myocardium, scar, MVO, transmurality")
     p.add_argument("input", help="LGE short-axis stack: NIfTI/NRRD/MHA, DICOM folder, a PNG slice, or a folder of one "
                                  "patient's <patient>_sliceNNN.png slices (EMIDEC)")
     p.add_argument("--out", required=True, help="output folder: labels.nii.gz, segmentation.seg.nrrd, report.json, "
@@ -669,14 +670,14 @@ def _batch_options(args: argparse.Namespace):
 
 
 def _batch_models(args: argparse.Namespace, provenance):
-    """(models, QC options) of the batch's task, loaded once; fibrosis and cam run no QC."""
+    """(models, QC options) of the batch's task, loaded once; cam runs no QC."""
     if args.task == "map":
         return _mapping_models(args, provenance), _qc_options(args, provenance)
     if args.task == "fibrosis":
         from .fibrosis.pipeline import load_fibrosis_models
 
-        return load_fibrosis_models(args.models_dir, model=args.model or "weak", classifier=not args.no_classifier,
-                                    device=args.device, provenance=provenance), None
+        return (load_fibrosis_models(args.models_dir, model=args.model or "weak", classifier=not args.no_classifier,
+                                     device=args.device, provenance=provenance), _qc_options(args, provenance))
     if args.task == "cam":
         from .pipeline import load_weak_models
 
@@ -859,13 +860,13 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
         result = fibrosis_file(
             args.input, args.out, models=models, spacing_mm=args.spacing, series_uid=args.series_uid,
             levels=args.levels, anchor_angle_deg=args.anchor_angle, device=args.device, overwrite=True,
-            provenance=provenance, progress=subrange(progress, 0.05, 1.0),
+            provenance=provenance, progress=subrange(progress, 0.05, 1.0), qc=_qc_options(args, provenance),
         )
     if not args.quiet:
         m = result.measures
         print(f"Wrote {args.out}: scar {m.scar_volume:.1f} {m.volume_unit} "
               f"({m.scar_percent_of_myocardium:.1f} % of the myocardium), MVO {m.mvo_volume:.1f} {m.volume_unit}; "
-              f"{len(result.provenance.warnings)} warning(s)")
+              f"{len(result.provenance.warnings)} warning(s){_qc_summary_line(args)}")
     return 0
 
 

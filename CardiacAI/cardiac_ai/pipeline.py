@@ -317,7 +317,7 @@ def run_batch(
         :func:`load_weak_models` (cam).
     options : the task's options: :class:`CineOptions` (segment-cine, function; the default), :class:`MapOptions`
         (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions` (their defaults when None).
-    qc : QC of segment-cine, function and map (see :func:`segment_cine_file`); fibrosis and cam have none.
+    qc : QC of segment-cine, function, map and fibrosis (see :func:`segment_cine_file`); cam has none.
     job : ``job(case, case_dir) -> result`` run instead of the task (tests, other front ends).
 
     A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run; the
@@ -399,8 +399,8 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
 
         result = fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
                                series_uid=options.series_uid, device=options.device, overwrite=True,
-                               progress=progress)
-        return _fibrosis_summary_values(result)
+                               progress=progress, qc=qc)
+        return {**_fibrosis_summary_values(result), **_qc_summary_values([result.qc])}
     result = cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
                       use_segmenter=options.use_segmenter, frame=options.frame, device=options.device,
                       overwrite=True, progress=progress)
@@ -970,13 +970,20 @@ def _septal_mask(analysis, k: int) -> np.ndarray:
 
 
 # -- quality control -------------------------------------------------------------------------------------------------
-__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "QCOptions", "load_qc_model", "load_qc_regressor", "qc_options",
+__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "FIBROSIS_QC_NOTE", "QCOptions", "load_qc_model", "load_qc_regressor", "qc_options",
             "qc_file"]
 
 #: Per-slice QC table written beside ``report.json`` when QC ran.
 QC_SLICES_NAME = "qc_slices.csv"
 
 #: Why QC scores of T1/T2 maps are indicative only (written into their report's ``qc.note``).
+FIBROSIS_QC_NOTE = (
+    "indicative only: the QC models were trained on cine image-segmentation pairs and are run here on an LGE stack "
+    "(myocardium with scar and MVO folded in, LV blood pool; no RV). The shape prior holds, the image contrast does "
+    "not, so the predicted Dice is not calibrated for LGE; use it to find grossly wrong slices, not as a Dice "
+    "estimate (EMIDEC test patients: docs/benchmarks.md, LGE fibrosis)."
+)
+
 MAP_QC_NOTE = (
     "indicative only: the QC model was trained on cine image-segmentation pairs and is run here on a T1/T2 map. "
     "Its shape prior (RV, myocardium, LV blood pool) holds on maps, but the image contrast differs, so the "
@@ -1097,7 +1104,7 @@ def qc_options(
     config=None,
     provenance: Provenance | None = None,
 ) -> QCOptions:
-    """QC for segment-cine, function, batch and map: the ``qc_vae`` model when there is one, else options under
+    """QC for segment-cine, function, batch, map and fibrosis: the ``qc_vae`` model when there is one, else options under
     which each job skips QC with a warning. Never raises for a missing or broken QC model."""
     try:
         loaded, where = _find_qc_model(models_dirs, device=device, provenance=provenance)

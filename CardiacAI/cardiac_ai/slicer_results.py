@@ -614,18 +614,22 @@ def ecv_call(native_path: Any, post_path: Any, out_dir: Any, *, haematocrit: flo
 
 
 def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: str = "auto",
-                  models_dir: Any = None) -> BackendCall:
+                  models_dir: Any = None, qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD) -> BackendCall:
     """``cardiacai fibrosis LGE --out DIR --model weak|weak_stack|pixel``: myocardium, scar and MVO of an LGE stack.
+
+    Without ``qc`` the myocardium and blood pool are not quality-checked (``--no-qc``; the check is indicative on
+    LGE, see ``cardiac_ai.pipeline.FIBROSIS_QC_NOTE``).
 
     Raises
     ------
     InputError
-        Unknown model.
+        Unknown model, a threshold outside [0, 1].
     """
     if model not in FIBROSIS_MODELS:
         raise InputError(f"Unknown fibrosis model {model!r}; choose one of {', '.join(FIBROSIS_MODELS)}.")
     return BackendCall("fibrosis", (_path(lge_path, "The LGE file"),),
-                       {**_common_options(out_dir, device, models_dir), "model": model})
+                       {**_common_options(out_dir, device, models_dir), "model": model, "no_qc": not qc,
+                        "qc_threshold": _threshold(qc_threshold, "qc_threshold")})
 
 
 def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,

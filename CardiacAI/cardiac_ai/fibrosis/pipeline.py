@@ -15,11 +15,12 @@ pixel grid (EMIDEC pixels, image-centre crop) and :mod:`cardiac_ai.fibrosis.clin
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
@@ -138,6 +139,7 @@ class FibrosisResult:
     supervision : which fibrosis model made the scar ("weak", "weak_stack", "pixel").
     spacing_known : whether lengths are in mm (False: pixels, e.g. EMIDEC PNG).
     provenance : models, device, timings, warnings.
+    qc : the quality check of the myocardium and blood pool (a ``QCResult``) when :func:`fibrosis_file` ran one.
     """
 
     labels: Volume
@@ -146,6 +148,7 @@ class FibrosisResult:
     supervision: str
     spacing_known: bool
     provenance: Provenance
+    qc: Any = None
 
     @property
     def fibrosis_found(self) -> bool:
@@ -385,12 +388,16 @@ def fibrosis_file(
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    qc: Any = None,
 ) -> FibrosisResult:
     """``cardiacai fibrosis``: read an LGE stack, segment and measure the scar, write the output folder.
 
     Writes ``labels.nii.gz`` (codes 2, 3, 4, 5 on the input's grid), ``segmentation.seg.nrrd`` (Slicer segments with
     names, colours and terminology), ``report.json`` (input, clinical numbers, slice probabilities, provenance),
-    ``fibrosis.csv`` (one row per slice) and ``transmurality.csv`` (one row per sector).
+    ``fibrosis.csv`` (one row per slice) and ``transmurality.csv`` (one row per sector). With ``qc``
+    (:func:`cardiac_ai.pipeline.qc_options`, the CLI's default) the myocardium (scar and MVO included) and LV blood
+    pool are quality-checked like a cine segmentation: ``report.json["qc"]`` (marked indicative, see
+    :data:`cardiac_ai.pipeline.FIBROSIS_QC_NOTE`), ``qc_slices.csv`` and :attr:`FibrosisResult.qc`.
 
     Parameters
     ----------
@@ -423,8 +430,20 @@ def fibrosis_file(
         levels=levels, anchor_angle_deg=anchor_angle_deg, device=device, provenance=provenance,
         progress=subrange(progress, 0.05, 0.9),
     )
-    report(progress, 0.9, "Writing outputs")
+    qc_report = {}
+    if qc is not None:
+        from ..pipeline import FIBROSIS_QC_NOTE, QC_SLICES_NAME, _file_qc, _qc_entry
+
+        qc_image = lge.volume if lge.spacing_known else with_nominal_pixels(lge.volume)
+        cine_like = np.where(np.isin(result.labels.array, (SCAR, MVO)), LV_MYOCARDIUM, result.labels.array)
+        check = _file_qc(qc_image, Volume(cine_like.astype(np.uint8), qc_image.geometry), qc, provenance,
+                         subrange(progress, 0.9, 0.95))
+        result = dataclasses.replace(result, qc=check)
+        qc_report = {"qc": _qc_entry(check, note=FIBROSIS_QC_NOTE)}
+    report(progress, 0.95, "Writing outputs")
     with provenance.timed("write"):
+        if result.qc is not None:
+            write_csv(out / QC_SLICES_NAME, result.qc.slice_table_rows())
         write_volume(result.labels, out / "labels.nii.gz")
         write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
         write_csv(out / FIBROSIS_CSV, result.slice_rows())
@@ -435,6 +454,7 @@ def fibrosis_file(
             "input": {"path": str(input_path), "source": lge.source, "shape_kji": list(lge.volume.array.shape),
                       "geometry": lge.volume.geometry.to_dict(), "spacing_known": lge.spacing_known},
             **result.to_report(),
+            **qc_report,
         })
     report(progress, 1.0, "Done")
     return result
