@@ -63,6 +63,8 @@ DEVICES = ("auto", "cpu", "cuda")
 CINE_MODES = ("region-aware", "baseline")
 #: T1 (MOLLI; ``map --kind t1``, ``fit-map --kind molli``) or T2 (``t2``, ``t2prep``); cardiac_ai.slicer_results.MAP_KINDS.
 MAP_KINDS = ("T1", "T2")
+#: Where QC's predicted Dice comes from; cardiac_ai.slicer_results.QC_PREDICTORS.
+QC_PREDICTORS = ("auto", "search", "regressor")
 #: ``cardiacai fibrosis --model`` (cardiac_ai.slicer_results.FIBROSIS_MODELS).
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 #: ``cardiacai cam --explain``: "predicted" explains each slice's predicted class; the others are the ACDC diagnoses
@@ -210,6 +212,8 @@ class CardiacAIParameterNode:
         pseudo-label even when the weak U-Net is installed.
     qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
     qcThreshold - Quality control (and the cine QC): flag slices whose predicted Dice is below this.
+    qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed), "search" (the VAE's
+        latent search) or "regressor".
     qcWriteSurrogate - Quality control: also load the surrogate segmentation QC compared against.
     """
 
@@ -229,6 +233,7 @@ class CardiacAIParameterNode:
     camPseudoLabel: bool = False
     qcSegmentation: vtkMRMLSegmentationNode
     qcThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
+    qcPredictor: Annotated[str, Choice(QC_PREDICTORS)] = "auto"
     qcWriteSurrogate: bool = False
     cineQualityControl: bool = True
     cineMode: Annotated[str, Choice(CINE_MODES)] = "region-aware"
@@ -798,7 +803,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise ValueError(f"{TASK_TITLES[task]}: {missing}.")
         self.setupPythonRequirements(requireTorch=task in TORCH_TASKS)
         common = {"device": parameterNode.device, "progressCallback": progressCallback, "shouldCancel": shouldCancel}
-        qc = {"qc": parameterNode.cineQualityControl, "qcThreshold": parameterNode.qcThreshold}
+        qcSettings = {"qcThreshold": parameterNode.qcThreshold, "qcPredictor": parameterNode.qcPredictor}
+        qc = {"qc": parameterNode.cineQualityControl, **qcSettings}
         if task == "function":
             phaseOutputs = {"edSegmentationNode": parameterNode.edSegmentation,
                             "esSegmentationNode": parameterNode.esSegmentation,
@@ -830,7 +836,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if task == "qc":
             result = self.checkQuality(
                 parameterNode.inputVolume, parameterNode.qcSegmentation, threshold=parameterNode.qcThreshold,
-                writeSurrogate=parameterNode.qcWriteSurrogate, **common,
+                writeSurrogate=parameterNode.qcWriteSurrogate, predictor=parameterNode.qcPredictor, **common,
             )
             return {**result, "mainTableNode": result["qcTableNode"]}
         if not parameterNode.outputSegmentation:
@@ -848,7 +854,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return {**result, "mainTableNode": result["volumesTableNode"]}
         if task == "map":
             result = self.analyseMap(volume, kind=parameterNode.mapKind, outputSegmentationNode=segmentation,
-                                     contours=parameterNode.mapContours, **common)
+                                     contours=parameterNode.mapContours, **qcSettings, **common)
             return {**result, "mainTableNode": result["summaryTableNode"]}
         if task == "ecv":
             result = self.computeEcv(volume, parameterNode.postContrastVolume,
@@ -857,7 +863,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return {**result, "mainTableNode": result["summaryTableNode"]}
         if task == "fibrosis":
             result = self.quantifyFibrosis(volume, model=parameterNode.fibrosisModel,
-                                           outputSegmentationNode=segmentation, **common)
+                                           outputSegmentationNode=segmentation, **qcSettings, **common)
             return {**result, "mainTableNode": result["summaryTableNode"]}
         if task == "cam":
             result = self.explainCam(volume, explain=parameterNode.camExplain, method=parameterNode.camMethod,
@@ -919,6 +925,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelsDir: Optional[str] = None,
         qc: bool = True,
         qcThreshold: float = 0.8,
+        qcPredictor: str = "auto",
     ) -> dict:
         """Segment RV blood pool, LV myocardium and LV blood pool in one short-axis cine frame (``cardiacai
         segment-cine``), and tabulate the volumes, LV mass and the cardiac region of each slice.
@@ -943,6 +950,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param volumesTableNode, slicesTableNode: tables to refill; new ones are created (next to the input) if None.
         :param modelsDir: extra folder of trained models, searched before the bundled ones.
         :param qc, qcThreshold: quality-check the segmentation; flag slices whose predicted Dice is below qcThreshold.
+        :param qcPredictor: where the predicted Dice comes from: "auto" (the CNN regressor when installed),
+            "search" (the VAE's latent search: flags more of the poor slices, and more good ones) or "regressor".
         :return: dict with "segmentationNode", "volumesTableNode" (Structure, Measurement, Value, Unit: volume in ml
             of each structure, then LV mass in g), "slicesTableNode" (Slice, Region, Region probability, pixels per
             structure), "qcTableNode" (predicted Dice per slice, or None when QC did not run), "mode",
@@ -963,7 +972,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             self.runCommand(
                 "segment-cine", [inputPath],
                 {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir, "no_qc": not qc,
-                 "qc_threshold": qcThreshold},
+                 "qc_threshold": qcThreshold, "qc_predictor": qcPredictor},
                 progressCallback=progressCallback, shouldCancel=shouldCancel,
             )
             report = results.read_report(outputDir)
@@ -1012,6 +1021,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelsDir: Optional[str] = None,
         qc: bool = True,
         qcThreshold: float = 0.8,
+        qcPredictor: str = "auto",
     ) -> dict:
         """Ventricular function from an end-diastolic and an end-systolic frame (``cardiacai function``): both are
         segmented, then LV/RV EDV, ESV, SV (ml), EF (%) and LV mass at ED (g) are tabulated. With ``qc`` both
@@ -1026,7 +1036,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param edVolumeNode, esVolumeNode: 3D short-axis stacks of the same patient at ED and ES (two nodes; for a
             cine sequence, make a volume of each frame first).
         :param edSegmentationNode, esSegmentationNode: receive the segments (replaced); new nodes if None.
-        :param mode, device, modelsDir, qc, qcThreshold: as for :meth:`segmentCine`.
+        :param mode, device, modelsDir, qc, qcThreshold, qcPredictor: as for :meth:`segmentCine`.
         :param functionTableNode: table to refill; a new one is created (next to the ED volume) if None.
         :return: dict with "edSegmentationNode", "esSegmentationNode", "functionTableNode" (Structure, Measurement,
             Value, Unit; an undefined ejection fraction is NaN), "function" (report.json's "function": lv_edv_ml,
@@ -1051,7 +1061,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             self.runCommand(
                 "function", [edPath, esPath],
                 {"out": outputDir, "mode": mode, "device": device, "models_dir": modelsDir, "no_qc": not qc,
-                 "qc_threshold": qcThreshold},
+                 "qc_threshold": qcThreshold, "qc_predictor": qcPredictor},
                 progressCallback=progressCallback, shouldCancel=shouldCancel,
             )
             report = results.read_report(outputDir)
@@ -1174,6 +1184,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelsDir: Optional[str] = None,
         qc: bool = True,
         qcThreshold: float = 0.8,
+        qcPredictor: str = "auto",
         curveTableNode=None,
         edSegmentationNode=None,
         esSegmentationNode=None,
@@ -1200,7 +1211,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         :param sequenceNode: vtkMRMLSequenceNode of 3D short-axis scalar volumes, one per frame of the cycle.
         :param edFrame, esFrame: 0-based frame numbers (``GetNthDataNode``) to use as ED / ES; None chooses.
-        :param mode, device, modelsDir, qc, qcThreshold: as for :meth:`segmentCine` (QC runs on ED and ES only).
+        :param mode, device, modelsDir, qc, qcThreshold, qcPredictor: as for :meth:`segmentCine` (QC runs on ED
+            and ES only).
         :param curveTableNode: table to refill with the curve; a new one "<sequence> volume curve" if None.
         :param edSegmentationNode, esSegmentationNode, functionTableNode: as for :meth:`computeFunction`.
         :return: dict with what :meth:`computeFunction` returns ("edSegmentationNode", "esSegmentationNode",
@@ -1267,7 +1279,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             edVolumeNode, esVolumeNode, edSegmentationNode=edSegmentationNode, esSegmentationNode=esSegmentationNode,
             mode=mode, device=device, progressCallback=self._progressRange(progressCallback, batchShare, 1.0),
             shouldCancel=shouldCancel, functionTableNode=functionTableNode, modelsDir=modelsDir, qc=qc,
-            qcThreshold=qcThreshold,
+            qcThreshold=qcThreshold, qcPredictor=qcPredictor,
         )
         return {
             **function,
@@ -1353,6 +1365,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         contours: bool = True,
         qc: bool = True,
         qcThreshold: float = 0.8,
+        qcPredictor: str = "auto",
         device: str = "auto",
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
@@ -1370,6 +1383,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         :param mapVolumeNode: T1 or T2 map in ms (0 = not fitted), short-axis slices from base to apex.
         :param kind: "T1" or "T2" (checked by the backend against the values).
+        :param qc, qcThreshold, qcPredictor: the (indicative) quality check, as for :meth:`segmentCine`.
         :param outputSegmentationNode: receives LV myocardium and LV blood pool (replaced); new if None.
         :param contours: also make a closed curve (markups) per fitted endo- and epicardial contour.
         :return: dict with "segmentationNode", "summaryTableNode" (myocardium, LV blood pool and septal ROIs:
@@ -1388,7 +1402,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             inputPath = self.volumeToFile(mapVolumeNode, os.path.join(tempDir, "map.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.map_call(inputPath, outputDir, kind=kind, device=device, models_dir=modelsDir, qc=qc,
-                                    qc_threshold=qcThreshold)
+                                    qc_threshold=qcThreshold, qc_predictor=qcPredictor)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             with open(os.path.join(outputDir, "stats.json"), encoding="utf-8") as f:
@@ -1618,6 +1632,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelsDir: Optional[str] = None,
         qc: bool = True,
         qcThreshold: float = 0.8,
+        qcPredictor: str = "auto",
     ) -> dict:
         """LV myocardium, blood pool, scar and microvascular obstruction of an LGE stack (``cardiacai fibrosis``).
 
@@ -1627,8 +1642,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             result["clinical"]["scar_percent_of_myocardium"], result["summaryTableNode"]
 
         :param model: "weak" (trained on slice labels), "weak_stack" (patient labels) or "pixel" (pixel labels).
-        :param qc, qcThreshold: quality-check the myocardium and blood pool (indicative on LGE: the QC models were
-            trained on cine); flag slices whose predicted Dice is below qcThreshold.
+        :param qc, qcThreshold, qcPredictor: quality-check the myocardium and blood pool (indicative on LGE: the QC
+            models were trained on cine), as for :meth:`segmentCine`.
         :return: dict with "segmentationNode" (2 myocardium, 3 LV blood pool, 4 scar, 5 MVO), "summaryTableNode"
             (scar, MVO and myocardial volume, scar %, MVO %), "slicesTableNode" (per slice: fibrosis probability,
             areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "qcTableNode" (or None),
@@ -1640,7 +1655,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             inputPath = self.volumeToFile(lgeVolumeNode, os.path.join(tempDir, "lge.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir,
-                                         qc=qc, qc_threshold=qcThreshold)
+                                         qc=qc, qc_threshold=qcThreshold, qc_predictor=qcPredictor)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.fibrosis_tables_from_report(report)
@@ -1757,6 +1772,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
         modelsDir: Optional[str] = None,
+        predictor: str = "auto",
     ) -> dict:
         """Predict the Dice of every slice of a segmentation without ground truth (``cardiacai qc``) and flag the
         slices below ``threshold``.
@@ -1770,6 +1786,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param segmentationNode: segments named as CardiacAI structures (RV blood pool, LV myocardium, LV blood
             pool; see :meth:`writeSegmentationAsLabelmap`).
         :param writeSurrogate: also load the surrogate segmentation (the closest plausible one QC compared with).
+        :param predictor: as ``qcPredictor`` of :meth:`segmentCine`.
         :return: dict with "qcTableNode" (per slice: assessed, flagged, predicted Dice per structure, rule checks),
             "flaggedSlices" (list of k), "needsReview", "surrogateSegmentationNode" (or None), "qc" (the report's
             values), "warnings" (a clear message naming the flagged slices) and "report".
@@ -1783,7 +1800,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                                                           os.path.join(tempDir, "labels.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.qc_call(imagePath, labelsPath, outputDir, threshold=threshold,
-                                   write_surrogate=writeSurrogate, device=device, models_dir=modelsDir)
+                                   write_surrogate=writeSurrogate, device=device, models_dir=modelsDir,
+                                   predictor=predictor)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             rows = results.qc_slice_rows(report["qc"])

@@ -28,6 +28,7 @@ from cardiac_ai.slicer_results import (
     FIBROSIS_MODELS,
     MAP_KINDS,
     QC_DEFAULT_THRESHOLD,
+    QC_PREDICTORS,
     TRAINING_TASKS,
     cam_call,
     cam_tables_from_report,
@@ -335,8 +336,10 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     assert _parsed(ecv_call("n.nrrd", "p.nrrd", "out", haematocrit=0.0)).haematocrit is None  # 0: synthetic
     for model in FIBROSIS_MODELS:
         assert _parsed(fibrosis_call("lge.nrrd", "out", model=model)).model == model
-    args = _parsed(fibrosis_call("lge.nrrd", "out", qc=False, qc_threshold=0.6))
-    assert args.no_qc and args.qc_threshold == 0.6 and not _parsed(fibrosis_call("lge.nrrd", "out")).no_qc
+    args = _parsed(fibrosis_call("lge.nrrd", "out", qc=False, qc_threshold=0.6, qc_predictor="search"))
+    assert args.no_qc and args.qc_threshold == 0.6 and args.qc_predictor == "search"
+    default = _parsed(fibrosis_call("lge.nrrd", "out"))
+    assert not default.no_qc and default.qc_predictor == "auto"
     args = _parsed(cam_call("cine.nrrd", "out", explain="DCM", method="gradcampp", pseudo_label=True))
     assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))
@@ -344,11 +347,14 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
     assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out", predictor="regressor")).predictor == "regressor"
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).predictor == "auto"
 
 
 def test_choice_tables_match_the_cli_choices_and_the_qc_default():
     from cardiac_ai.cli import build_parser
     from cardiac_ai.qc import DEFAULT_DICE_THRESHOLD
+    from cardiac_ai.qc import QC_PREDICTORS as BACKEND_QC_PREDICTORS
 
     commands = next(a for a in build_parser()._actions if a.choices and "cam" in a.choices).choices
     assert tuple(commands["cam"]._option_string_actions["--method"].choices) == CAM_METHODS
@@ -356,6 +362,9 @@ def test_choice_tables_match_the_cli_choices_and_the_qc_default():
     assert {k for k, _ in MAP_KINDS.values()} == set(commands["map"]._option_string_actions["--kind"].choices)
     assert {k for _, k in MAP_KINDS.values()} == set(commands["fit-map"]._option_string_actions["--kind"].choices)
     assert QC_DEFAULT_THRESHOLD == DEFAULT_DICE_THRESHOLD
+    assert QC_PREDICTORS == BACKEND_QC_PREDICTORS
+    assert tuple(commands["qc"]._option_string_actions["--predictor"].choices) == QC_PREDICTORS
+    assert tuple(commands["map"]._option_string_actions["--qc-predictor"].choices) == QC_PREDICTORS
 
 
 @pytest.mark.parametrize(
@@ -372,9 +381,11 @@ def test_choice_tables_match_the_cli_choices_and_the_qc_default():
         (lambda: cam_call("c.nrrd", "out", method="lime"), "Unknown CAM method"),
         (lambda: cam_call("c.nrrd", "out", explain="--overwrite"), "one class name"),
         (lambda: qc_call("i.nrrd", None, "out"), "label map file is missing"),
+        (lambda: map_call("m.nrrd", "out", kind="T1", qc_predictor="vae"), "Unknown QC predictor 'vae'"),
+        (lambda: qc_call("i.nrrd", "l.nrrd", "out", predictor=None), "Unknown QC predictor"),
     ],
     ids=["kind", "device", "no-out", "qc-threshold", "no-times", "nan-time", "haematocrit-percent", "fibrosis-model",
-         "cam-method", "cam-explain-flag", "qc-no-labels"],
+         "cam-method", "cam-explain-flag", "qc-no-labels", "qc-predictor", "qc-predictor-none"],
 )
 def test_bad_panel_settings_are_input_errors_before_anything_runs(build, match):
     with pytest.raises(InputError, match=match):

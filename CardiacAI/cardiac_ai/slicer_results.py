@@ -48,6 +48,7 @@ __all__ = [
     "FIBROSIS_MODELS",
     "CAM_METHODS",
     "QC_DEFAULT_THRESHOLD",
+    "QC_PREDICTORS",
     "parse_times_ms",
     "times_from_sequence_index",
     "map_call",
@@ -56,6 +57,7 @@ __all__ = [
     "fibrosis_call",
     "cam_call",
     "qc_call",
+    "qc_options",
     # quality control
     "qc_entries",
     "qc_slice_rows",
@@ -449,6 +451,9 @@ FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 CAM_METHODS = ("model", "gradcam", "gradcampp")
 #: Default QC flag threshold (predicted Dice), the default of ``cardiacai qc --threshold`` and ``--qc-threshold``.
 QC_DEFAULT_THRESHOLD = 0.80
+#: Where QC's predicted Dice comes from (``cardiacai qc --predictor``, ``--qc-predictor``; cardiac_ai.qc.QC_PREDICTORS):
+#: the CNN regressor when installed ("auto"), the VAE's latent search, or the regressor.
+QC_PREDICTORS = ("auto", "search", "regressor")
 
 _DEVICE_PREFIXES = ("auto", "cpu", "cuda")
 
@@ -474,6 +479,24 @@ def _map_kind(kind: str, index: int) -> str:
     if key not in MAP_KINDS:
         raise InputError(f"Unknown map kind {kind!r}; choose one of {', '.join(MAP_KINDS)}.")
     return MAP_KINDS[key][index]
+
+
+def _predictor(value: Any) -> str:
+    if value not in QC_PREDICTORS:
+        raise InputError(f"Unknown QC predictor {value!r}; choose one of {', '.join(QC_PREDICTORS)}.")
+    return str(value)
+
+
+def qc_options(qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD, qc_predictor: str = "auto") -> dict:
+    """The QC options of a segmenting command (``--no-qc``, ``--qc-threshold``, ``--qc-predictor``), checked.
+
+    Raises
+    ------
+    InputError
+        A threshold outside [0, 1] or an unknown predictor.
+    """
+    return {"no_qc": not qc, "qc_threshold": _threshold(qc_threshold, "qc_threshold"),
+            "qc_predictor": _predictor(qc_predictor)}
 
 
 def _threshold(value: Any, what: str) -> float:
@@ -549,7 +572,7 @@ def times_from_sequence_index(index_name: str, index_unit: str, values: Sequence
 
 
 def map_call(map_path: Any, out_dir: Any, *, kind: str, device: str = "auto", models_dir: Any = None,
-             qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD) -> BackendCall:
+             qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD, qc_predictor: str = "auto") -> BackendCall:
     """``cardiacai map MAP --kind t1|t2 --out DIR``: contours, AHA segments and statistics of a T1 or T2 map.
 
     ``kind`` is "T1" or "T2" (any case). Without ``qc`` the map's segmentation is not quality-checked (``--no-qc``).
@@ -557,10 +580,10 @@ def map_call(map_path: Any, out_dir: Any, *, kind: str, device: str = "auto", mo
     Raises
     ------
     InputError
-        Unknown kind or device, an empty path, a threshold outside [0, 1].
+        Unknown kind, device or QC predictor, an empty path, a threshold outside [0, 1].
     """
     options = {**_common_options(out_dir, device, models_dir), "kind": _map_kind(kind, 0)}
-    options.update({"no_qc": not qc, "qc_threshold": _threshold(qc_threshold, "qc_threshold")})
+    options.update(qc_options(qc, qc_threshold, qc_predictor))
     return BackendCall("map", (_path(map_path, "The map file"),), options)
 
 
@@ -614,7 +637,8 @@ def ecv_call(native_path: Any, post_path: Any, out_dir: Any, *, haematocrit: flo
 
 
 def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: str = "auto",
-                  models_dir: Any = None, qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD) -> BackendCall:
+                  models_dir: Any = None, qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD,
+                  qc_predictor: str = "auto") -> BackendCall:
     """``cardiacai fibrosis LGE --out DIR --model weak|weak_stack|pixel``: myocardium, scar and MVO of an LGE stack.
 
     Without ``qc`` the myocardium and blood pool are not quality-checked (``--no-qc``; the check is indicative on
@@ -623,13 +647,13 @@ def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: s
     Raises
     ------
     InputError
-        Unknown model, a threshold outside [0, 1].
+        Unknown model or QC predictor, a threshold outside [0, 1].
     """
     if model not in FIBROSIS_MODELS:
         raise InputError(f"Unknown fibrosis model {model!r}; choose one of {', '.join(FIBROSIS_MODELS)}.")
     return BackendCall("fibrosis", (_path(lge_path, "The LGE file"),),
-                       {**_common_options(out_dir, device, models_dir), "model": model, "no_qc": not qc,
-                        "qc_threshold": _threshold(qc_threshold, "qc_threshold")})
+                       {**_common_options(out_dir, device, models_dir), "model": model,
+                        **qc_options(qc, qc_threshold, qc_predictor)})
 
 
 def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,
@@ -658,16 +682,18 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
 
 
 def qc_call(image_path: Any, labels_path: Any, out_dir: Any, *, threshold: float = QC_DEFAULT_THRESHOLD,
-            write_surrogate: bool = False, device: str = "auto", models_dir: Any = None) -> BackendCall:
-    """``cardiacai qc IMAGE LABELS --out DIR --threshold T [--write-surrogate]``: predicted Dice per slice.
+            write_surrogate: bool = False, device: str = "auto", models_dir: Any = None,
+            predictor: str = "auto") -> BackendCall:
+    """``cardiacai qc IMAGE LABELS --out DIR --threshold T --predictor P [--write-surrogate]``: predicted Dice per
+    slice.
 
     Raises
     ------
     InputError
-        A threshold outside [0, 1].
+        A threshold outside [0, 1], an unknown predictor.
     """
     options = {**_common_options(out_dir, device, models_dir), "threshold": _threshold(threshold, "threshold"),
-               "write_surrogate": bool(write_surrogate)}
+               "write_surrogate": bool(write_surrogate), "predictor": _predictor(predictor)}
     return BackendCall("qc", (_path(image_path, "The image file"), _path(labels_path, "The label map file")),
                        options)
 
