@@ -367,12 +367,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["myocardium_relative", "image"],
                         help="classifier intensity channel (cardiac_ai.fibrosis.classifier_input)")
     parser.add_argument("--classifier-mask-dilation", type=int, default=TRAINING_DEFAULTS.mask_dilation_px,
+                        metavar="PX",
                         help="zero the classifier image beyond this many pixels of the predicted myocardium (-1: off)")
-    parser.add_argument("--classifier-crop", type=int, default=TRAINING_DEFAULTS.heart_crop,
+    parser.add_argument("--classifier-crop", type=int, default=TRAINING_DEFAULTS.heart_crop, metavar="PX",
                         help="heart-centred classifier input of this many pixels (0: the whole 128 px grid)")
-    parser.add_argument("--classifier-features", type=int, nargs=4, default=[8, 16, 32, 64],
+    parser.add_argument("--classifier-features", type=int, nargs=4, default=[8, 16, 32, 64], metavar="C",
                         help="channels of the classifier's four residual stages")
-    parser.add_argument("--classifier-weight-decay", type=float, default=1e-3)
+    parser.add_argument("--classifier-weight-decay", type=float, default=1e-3, metavar="WD")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader processes (augmentation on the CPU)")
     parser.add_argument("--crop-size", type=int, default=128)
