@@ -90,12 +90,11 @@ def _pseudo_label(classifier: LoadedModel, myocardium: LoadedModel, image: Volum
 def _qc_case(qc, image: Volume, labels: np.ndarray, truth: np.ndarray, pairs: list, slices: list, device) -> None:
     """The fibrosis command's QC of one stack against the true Dice of its myocardium (scar and MVO included) and
     LV blood pool, per assessed slice."""
+    from cardiac_ai.fibrosis.pipeline import qc_inputs
     from cardiac_ai.qc.assess import QCConfig, run_qc
 
-    volume = with_nominal_pixels(image)
-    cine_like = np.where(np.isin(labels, MYOCARDIUM), 2, labels).astype(np.uint8)
     config = qc.config or QCConfig()
-    result = run_qc(volume, Volume(cine_like, volume.geometry), qc.model, config=config, regressor=qc.regressor,
+    result = run_qc(*qc_inputs(image, labels, spacing_known=False), qc.model, config=config, regressor=qc.regressor,
                     device=device)
     if result is None:
         return

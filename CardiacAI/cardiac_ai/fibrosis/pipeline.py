@@ -44,6 +44,7 @@ __all__ = [
     "segment_fibrosis",
     "load_fibrosis_models",
     "fibrosis_file",
+    "qc_inputs",
     "FIBROSIS_CSV",
     "TRANSMURALITY_CSV",
 ]
@@ -375,6 +376,14 @@ def load_fibrosis_models(
         return FibrosisModels.from_registry(registry, model=model, classifier=classifier, device=torch_device)
 
 
+def qc_inputs(image: Volume, labels: np.ndarray, *, spacing_known: bool) -> tuple[Volume, Volume]:
+    """What the (cine-trained) QC checks of an LGE result: the image, on EMIDEC's nominal pixels when its pixel size
+    is unknown, and the labels with scar and MVO folded into the myocardium (2 myocardium, 3 LV blood pool)."""
+    volume = image if spacing_known else with_nominal_pixels(image)
+    cine_like = np.where(np.isin(labels, (SCAR, MVO)), LV_MYOCARDIUM, labels).astype(np.uint8)
+    return volume, Volume(cine_like, volume.geometry)
+
+
 def fibrosis_file(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -434,10 +443,8 @@ def fibrosis_file(
     if qc is not None:
         from ..pipeline import FIBROSIS_QC_NOTE, QC_SLICES_NAME, _file_qc, _qc_entry
 
-        qc_image = lge.volume if lge.spacing_known else with_nominal_pixels(lge.volume)
-        cine_like = np.where(np.isin(result.labels.array, (SCAR, MVO)), LV_MYOCARDIUM, result.labels.array)
-        check = _file_qc(qc_image, Volume(cine_like.astype(np.uint8), qc_image.geometry), qc, provenance,
-                         subrange(progress, 0.9, 0.95))
+        check = _file_qc(*qc_inputs(lge.volume, result.labels.array, spacing_known=lge.spacing_known), qc,
+                         provenance, subrange(progress, 0.9, 0.95))
         result = dataclasses.replace(result, qc=check)
         qc_report = {"qc": _qc_entry(check, note=FIBROSIS_QC_NOTE)}
     report(progress, 0.95, "Writing outputs")
