@@ -51,7 +51,8 @@ def test_weak_cam_training_writes_the_run_folder(trained):
     assert trained["code"] == 0
     run = trained["root"] / "run"
     for name in ("split.json", "weak_train.npz", "weak_validation.npz", "pseudo_train.npz", "pseudo_choice.json",
-                 "run_classifier/best.pt", "run_weak_pseudo_label/best.pt"):
+                 "run_classifier/best.pt", "run_weak_pseudo_label/best.pt", "self_choice.json",
+                 "run_weak_self_training/best.pt"):
         assert (run / name).exists(), name
     assert not list(run.glob("truth_*.npz"))  # label-free: no ground truth prepared at all
     choice = json.loads((run / "pseudo_choice.json").read_text())
@@ -67,6 +68,7 @@ def test_weak_cam_training_registers_both_models_with_the_inference_settings(tra
     assert classifier["inference"]["cam_target_layer"] == "attention"
     assert classifier["inference"]["pseudo_label_config"]["min_fraction"] == 0.3
     assert unet["label_map"] == {"0": "background", "1": "heart"} and unet["task"] == "segmentation"
+    assert "mode self_training" in unet["description"]  # the default --weak-mode
     assert "no pixel label" in unet["training_data"]
 
 

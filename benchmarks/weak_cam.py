@@ -10,12 +10,15 @@ registered models in WORK/models). For training, validation and test patients:
   patient-level accuracy of the mean slice probabilities.
 * **Table 1**: mean per-slice Jaccard against the ground-truth heart (RV + myocardium + LV blood pool) per diagnosis
   class, over the slices whose ground truth holds heart, for the CAM mask (CAM >= half its maximum), the DenseCRF
-  pseudo-label (settings chosen on validation) and both weak U-Nets (pseudo-label and CAM-prior training). CAMs are
+  pseudo-label (settings chosen on validation), the self-training labels and every weak U-Net (pseudo-label,
+  CAM-prior and self-training). CAMs are
   of the patient's own class for training and validation (as used for training) and of the PREDICTED class for test
   patients (no label at inference).
 * **Whole-heart Dice per volume** of ``cardiacai cam`` (the registered models through
   :func:`cardiac_ai.weak.pipeline.explain_volume`) on the native grid of the test volumes, against the ground truth:
   target 0.80. Everything here uses the registered models; the ground truth only scores.
+* **Figure**: the two best and two worst test slices by CAM Jaccard: image, CAM, ground truth, and the registered
+  weak U-Net's heart with the ground-truth outline (red).
 * **Speed**: CAM plus pseudo-label for one volume (about 10 slices), models loaded once; target 3 s on this CPU.
 """
 from __future__ import annotations
@@ -39,7 +42,8 @@ from cardiac_ai.metrics import auroc, format_markdown_table, weighted_f1  # noqa
 from cardiac_ai.metrics.overlap import dice, jaccard  # noqa: E402
 from cardiac_ai.models import ModelRegistry  # noqa: E402
 from cardiac_ai.weak.pipeline import WeakModels, explain_volume  # noqa: E402
-from cardiac_ai.weak.pseudo_labels import PseudoLabelConfig, pseudo_labels  # noqa: E402
+from cardiac_ai.weak.pseudo_labels import PseudoLabelConfig, pseudo_labels, self_training_labels  # noqa: E402
+from cardiac_ai.weak.recipe import WEAK_MODES  # noqa: E402
 from cardiac_ai.weak.training import scale_cams, slice_cams  # noqa: E402
 
 import train_weak_acdc as recipe  # noqa: E402
@@ -89,7 +93,8 @@ def main() -> None:
     stored = json.loads((work / "pseudo_choice.json").read_text())
     chosen = stored["chosen"]
     unets = {mode: recipe.load_network(work / f"run_weak_{mode}", *recipe.UNET)
-             for mode in ("pseudo_label", "cam_prior") if (work / f"run_weak_{mode}" / "best.pt").exists()}
+             for mode in WEAK_MODES if (work / f"run_weak_{mode}" / "best.pt").exists()}
+    self_choice = json.loads((work / "self_choice.json").read_text())["chosen"] if "self_training" in unets else None
 
     lines = [f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; CPU only; date "
              f"{time.strftime('%Y-%m-%d')}. CAM method {method} (layer {layer}); pseudo-labels {pseudo_config}.", ""]
@@ -124,6 +129,12 @@ def main() -> None:
                                          config=PseudoLabelConfig(**stored["config"]))
             rows["ED-ES motion pseudo-label (trains the U-Net)"] = np.array(
                 [jaccard(p > 0, t > 0) if h else np.nan for p, t, h in zip(motion_masks, truth, has_heart)])
+        if self_choice is not None:  # the labels the self-trained U-Net learnt from (test: for comparison)
+            teacher = recipe.predict_heart_probabilities(unets["pseudo_label"], weak.slices.images, "cpu")
+            self_labels = self_training_labels(teacher, threshold=self_choice["threshold"],
+                                               erosion_px=self_choice["erosion_px"])
+            rows["self-training labels (pseudo-label U-Net, thresholded, eroded)"] = np.array(
+                [jaccard(p > 0, t > 0) if h else np.nan for p, t, h in zip(self_labels, truth, has_heart)])
         for mode, network in unets.items():
             heart = recipe.predict_heart(network, weak.slices.images, "cpu")
             rows[f"weak U-Net ({mode})"] = np.array(
@@ -135,7 +146,9 @@ def main() -> None:
             order = np.argsort(np.where(has_heart, cam_j, np.nan))
             valid = [i for i in order if has_heart[i] and np.isfinite(cam_j[i])]
             examples = [(i, cam_j[i]) for i in valid[-2:][::-1] + valid[:2]]
-            test_data = (weak, truth, cams)
+            segmented = (None if models.segmenter is None else
+                         recipe.predict_heart(models.segmenter.network, weak.slices.images, "cpu"))
+            test_data = (weak, truth, cams, segmented)
 
     lines += ["### Diagnosis classification (slices; patient = mean of its ED and ES slice probabilities)", ""]
     lines.append(table(
@@ -179,8 +192,9 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        weak, truth, cams = test_data
-        fig, axes = plt.subplots(len(examples), 3, figsize=(7.5, 2.5 * len(examples)))
+        weak, truth, cams, segmented = test_data
+        columns = 3 if segmented is None else 4
+        fig, axes = plt.subplots(len(examples), columns, figsize=(2.5 * columns, 2.5 * len(examples)))
         for row, (index, score) in enumerate(examples):
             image = weak.slices.images[index]
             axes[row, 0].imshow(image, cmap="gray")
@@ -190,6 +204,12 @@ def main() -> None:
             axes[row, 2].imshow(image, cmap="gray")
             axes[row, 2].imshow(np.ma.masked_equal(truth[index], 0), cmap="autumn", alpha=0.5)
             axes[row, 2].set_title("ground truth heart", fontsize=8)
+            if segmented is not None:
+                axes[row, 3].imshow(image, cmap="gray")
+                axes[row, 3].imshow(np.ma.masked_equal(segmented[index], 0), cmap="winter", alpha=0.5)
+                axes[row, 3].contour(truth[index] > 0, [0.5], colors="r", linewidths=0.8)
+                axes[row, 3].set_title(f"weak U-Net, Jaccard {jaccard(segmented[index] > 0, truth[index] > 0):.2f}",
+                                       fontsize=8)
             axes[row, 0].set_title(f"{'best' if row < 2 else 'worst'}: {weak.slices.case_ids[index]} "
                                    f"k={weak.slices.slice_indices[index]}", fontsize=8)
             for ax in axes[row]:

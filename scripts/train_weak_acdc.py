@@ -22,7 +22,10 @@ What each step sees (the honesty rule of the issue):
 ``weak_pseudo`` U-Net (2 classes) trained with Dice + cross-entropy on the training pseudo-labels; best epoch by the
                 loss on the validation pseudo-labels (no ground truth).
 ``weak_prior``  the same U-Net trained against the soft CAM prior (:func:`cardiac_ai.weak.training.cam_prior_loss`).
-``register``    exports ``weak_cam_classifier`` and ``weak_heart_unet`` (the better weak U-Net on validation Dice)
+``weak_self``   self-training: the ``weak_pseudo`` U-Net's own predictions on the training and validation slices,
+                thresholded, eroded, largest piece with holes filled (threshold and erosion chosen by the
+                whole-heart Dice of the VALIDATION patients), train a second U-Net the same way.
+``register``    exports ``weak_cam_classifier`` and ``weak_heart_unet`` (the best weak U-Net on validation Dice)
                 with model cards.
 
 The splits are the cine models' (``Resources/Splits/acdc_cine_split.json``): 70 training, 10 validation, 20 test.
@@ -52,6 +55,7 @@ from cardiac_ai.weak.recipe import (
     motion_pseudo_label_grid,
     other_phase,
     predict_heart,
+    predict_heart_probabilities,
     train_weak_cam_models,
 )
 
@@ -65,10 +69,12 @@ DATA = ("ACDC training set, ED and ES slices of the 70 training patients of the 
         "diagnosis (Info.cfg Group) as the only label; crops centred on the field of view")
 log = logging.getLogger("train_weak_acdc")
 
-# The benchmark (benchmarks/weak_cam.py) reads SPEC, UNET, load_weak, load_network, motion_of and predict_heart
+# The benchmark (benchmarks/weak_cam.py) reads SPEC, UNET, load_weak, load_network, motion_of, predict_heart and
+# predict_heart_probabilities
 # from this script; the recipe itself is cardiac_ai.weak.recipe.
 pseudo_grid, motion_grid = cam_pseudo_label_grid, motion_pseudo_label_grid
-__all__ = ["CLASSIFIER", "SPEC", "UNET", "load_network", "load_weak", "motion_of", "other_phase", "predict_heart"]
+__all__ = ["CLASSIFIER", "SPEC", "UNET", "load_network", "load_weak", "motion_of", "other_phase", "predict_heart",
+           "predict_heart_probabilities"]
 
 
 def stamp(message: str) -> None:
@@ -109,7 +115,9 @@ def main() -> None:
     parser.add_argument("--stage", default="all", choices=[*WEAK_STAGES, "all"])
     parser.add_argument("--epochs", type=int, default=30, help="classifier epochs")
     parser.add_argument("--seg-epochs", type=int, default=30, help="weak U-Net epochs")
+    parser.add_argument("--self-epochs", type=int, help="epochs of the self-trained U-Net (default: --seg-epochs)")
     parser.add_argument("--limit", type=int, help="only the first N patients of each part (a check)")
+    parser.add_argument("--model-version", default="1.0", help="version written into the model cards")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     args = parser.parse_args()
@@ -120,10 +128,11 @@ def main() -> None:
     refs, split = acdc_refs(args.data, args.limit)
     split_summary = {"file": "Resources/Splits/acdc_cine_split.json", "train": list(split.train),
                      "validation": list(split.validation), "test": list(split.test)}
-    recipe = WeakRecipe(epochs=args.epochs, seg_epochs=args.seg_epochs)
+    recipe = WeakRecipe(epochs=args.epochs, seg_epochs=args.seg_epochs, self_training_epochs=args.self_epochs)
     stages = [args.stage] if args.stage != "all" else list(WEAK_STAGES)
     costs = {"prepare": 3.0, "classifier": float(args.epochs), "pseudo": 3.0, "weak_pseudo": float(args.seg_epochs),
-             "weak_prior": float(args.seg_epochs), "register": 0.5}  # rough, in epochs, for --progress-lines
+             "weak_prior": float(args.seg_epochs), "weak_self": float(args.self_epochs or args.seg_epochs) + 1.0,
+             "register": 0.5}  # rough, in epochs, for --progress-lines
     stage_progress = StageProgress({stage: costs[stage] for stage in stages}, enabled=args.progress_lines)
     for stage in stages:
         stamp(f"stage {stage}")
@@ -132,14 +141,15 @@ def main() -> None:
         result = train_weak_cam_models(
             refs, "group", work_dir=work, split=split, classes=ACDC_GROUPS, allow_missing_classes=bool(args.limit),
             recipe=recipe,
-            modes=("pseudo_label", "cam_prior"), selection="validation_truth", stages=[stage],
-            register_to=work / "models", label_title="Diagnosis", training_data=DATA, split_summary=split_summary,
-            license="CC BY-NC-SA 4.0 (ACDC data terms)", resume=True, device=args.device,
+            modes=("pseudo_label", "cam_prior", "self_training"), selection="validation_truth", stages=[stage],
+            register_to=work / "models", model_version=args.model_version, label_title="Diagnosis",
+            training_data=DATA, split_summary=split_summary, license="CC BY-NC-SA 4.0 (ACDC data terms)",
+            resume=True, device=args.device,
             progress=stage_progress.stage(stage, then=progress),
         )
         if stage == "classifier":
             stamp(f"classifier {result.classifier_metrics}")
-        elif stage in ("weak_pseudo", "weak_prior"):
+        elif stage in ("weak_pseudo", "weak_prior", "weak_self"):
             stamp(f"weak U-Net {result.unet_metrics}")
         elif stage == "register":
             stamp(f"registered {result.registered_mode} into {work / 'models'}")

@@ -221,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--prior", choices=["auto", "cam", "motion"],
                        help="where the pseudo-labels come from: auto (default: ED-ES motion when every case has both "
                             "phases, else CAM), cam, or motion")
-    group.add_argument("--weak-mode", choices=["pseudo_label", "cam_prior"],
-                       help="U-Net target: pseudo_label (default; DenseCRF pseudo-labels) or cam_prior (soft CAM)")
+    group.add_argument("--weak-mode", choices=["self_training", "pseudo_label", "cam_prior"],
+                       help="U-Net target: self_training (default: a U-Net on the pseudo-labels, then a second one "
+                            "on the first one's own predictions, thresholded and eroded; about twice the U-Net "
+                            "time), pseudo_label (DenseCRF pseudo-labels only) or cam_prior (soft CAM)")
     group.add_argument("--width", type=int,
                        help="channels of the first level of both networks, doubled per level (default 16)")
 
@@ -470,7 +472,7 @@ def _detect_layout(folder: Path) -> str:
 _TRAIN_DEFAULTS = {
     "segmentation": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-3, "crop_size": 128, "spacing": 1.25},
     "weak-cam": {"epochs": 30, "batch_size": 32, "crop_size": 96, "spacing": 2.0, "prior": "auto",
-                 "weak_mode": "pseudo_label", "width": 16},
+                 "weak_mode": "self_training", "width": 16},
 }
 _WEAK_CAM_OPTIONS = ("label_column", "seg_epochs", "prior", "weak_mode", "width")
 

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 
-__all__ = ["PseudoLabelConfig", "cam_to_pseudo_label", "pseudo_labels", "motion_prior"]
+__all__ = ["PseudoLabelConfig", "cam_to_pseudo_label", "pseudo_labels", "motion_prior", "self_training_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,14 @@ def _pseudo_label(
 
 def _compact(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """Largest connected piece, holes filled, convex hull."""
-    from scipy import ndimage
     from skimage.morphology import convex_hull_image
+
+    mask = _largest_piece_filled(mask)
+    return convex_hull_image(mask) if mask.any() else mask
+
+
+def _largest_piece_filled(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    from scipy import ndimage
 
     pieces, count = ndimage.label(mask)
     if count == 0:
@@ -248,7 +254,50 @@ def _compact(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     if count > 1:
         sizes = ndimage.sum_labels(mask, pieces, index=np.arange(1, count + 1))
         mask = pieces == int(np.argmax(sizes)) + 1
-    return convex_hull_image(ndimage.binary_fill_holes(mask))
+    return ndimage.binary_fill_holes(mask)
+
+
+def self_training_labels(
+    probabilities: NDArray[np.floating],
+    *,
+    threshold: float = 0.5,
+    erosion_px: int = 0,
+) -> NDArray[np.uint8]:
+    """Labels for the next round of self-training from a weak U-Net's own foreground probabilities.
+
+    Per slice: ``probabilities > threshold``, eroded ``erosion_px`` times (3 x 3 cross), the largest connected piece
+    with its holes filled. A U-Net trained on pseudo-labels inherits their systematic error (the motion prior's
+    blur makes the ED-ES pseudo-labels about 1.7 times the heart's area); the erosion takes that bias back out, and
+    the student trained on these labels learns the teacher's shapes without it.
+
+    Parameters
+    ----------
+    probabilities : (n, j, i) float in [0, 1]
+    threshold : float in [0, 1)
+    erosion_px : int >= 0
+
+    Returns
+    -------
+    (n, j, i) uint8 0/1.
+    """
+    from scipy import ndimage
+
+    p = np.asarray(probabilities)
+    if p.ndim != 3 or not np.issubdtype(p.dtype, np.floating):
+        raise InputError(f"self_training_labels needs (n, j, i) float probabilities, got shape {p.shape}, "
+                         f"dtype {p.dtype}.")
+    if not np.isfinite(p).all() or p.min(initial=0.0) < 0 or p.max(initial=0.0) > 1:
+        raise InputError("self_training_labels: probabilities must be finite and lie in [0, 1].")
+    if not 0.0 <= threshold < 1.0:
+        raise InputError(f"threshold must lie in [0, 1), got {threshold}.")
+    if isinstance(erosion_px, bool) or int(erosion_px) != erosion_px or erosion_px < 0:
+        raise InputError(f"erosion_px must be an integer >= 0, got {erosion_px!r}.")
+    labels = np.zeros(p.shape, np.uint8)
+    for index, mask in enumerate(p > threshold):
+        if erosion_px:
+            mask = ndimage.binary_erosion(mask, iterations=int(erosion_px))
+        labels[index] = _largest_piece_filled(mask)
+    return labels
 
 
 def motion_prior(

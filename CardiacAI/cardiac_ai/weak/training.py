@@ -11,7 +11,9 @@ The three steps, each usable from ``cardiacai train``, ``scripts/train_weak_acdc
    ``"pseudo_label"`` (a U-Net trained with Dice + cross-entropy on the DenseCRF pseudo-labels) or ``"cam_prior"``
    (the U-Net's foreground probability is pulled towards the soft CAM prior itself: soft Dice plus binary
    cross-entropy against the prior, so it is penalised where it departs from the prior). Checkpoints are chosen
-   by the loss on the validation slices' pseudo-labels or priors: no ground truth anywhere.
+   by the loss on the validation slices' pseudo-labels or priors: no ground truth anywhere. Self-training
+   (:func:`~cardiac_ai.weak.pseudo_labels.self_training_labels`) trains a second ``"pseudo_label"`` U-Net on the
+   first one's own predictions.
 """
 from __future__ import annotations
 
@@ -242,10 +244,10 @@ def _with_labels(slices: PreparedSlices, labels: np.ndarray) -> PreparedSlices:
 
 def train_weak_segmentation(
     train: WeakSlices,
-    train_cams: np.ndarray,
+    train_cams: np.ndarray | None,
     train_masks: np.ndarray,
     val: WeakSlices,
-    val_cams: np.ndarray,
+    val_cams: np.ndarray | None,
     val_masks: np.ndarray,
     *,
     mode: Literal["pseudo_label", "cam_prior"],
@@ -259,7 +261,8 @@ def train_weak_segmentation(
     """Train a two-class (background, heart) U-Net from pseudo-labels or from the CAM prior; no pixel label.
 
     Returns (result, network with the best weights, metrics); the best epoch is the lowest loss on the validation
-    slices' own pseudo-labels (mode ``pseudo_label``) or priors (``cam_prior``).
+    slices' own pseudo-labels (mode ``pseudo_label``) or priors (``cam_prior``). Mode ``pseudo_label`` reads only the
+    masks (the CAMs may be None); ``cam_prior`` reads only the CAMs.
     """
     from ..models.networks import build_network
     from ..training.augmentation import build_augmentation
@@ -269,8 +272,11 @@ def train_weak_segmentation(
 
     if mode not in ("pseudo_label", "cam_prior"):
         raise InputError(f"mode must be 'pseudo_label' or 'cam_prior', got {mode!r}.")
-    for name, array, weak in (("train_cams", train_cams, train), ("train_masks", train_masks, train),
-                              ("val_cams", val_cams, val), ("val_masks", val_masks, val)):
+    used = (("train_masks", train_masks, train), ("val_masks", val_masks, val)) if mode == "pseudo_label" else (
+        ("train_cams", train_cams, train), ("val_cams", val_cams, val))
+    for name, array, weak in used:
+        if array is None:
+            raise InputError(f"Mode {mode!r} needs {name}.")
         if np.shape(array) != weak.slices.images.shape:
             raise InputError(f"{name} has shape {np.shape(array)}; expected {weak.slices.images.shape}.")
     if mode == "pseudo_label":
