@@ -7,6 +7,7 @@ import torch
 
 from cardiac_ai.errors import InputError, ModelError
 from cardiac_ai.models import ModelCard, build_network, network_names, predict_slices
+from cardiac_ai.models.networks import build_seeded_network
 from cardiac_ai.provenance import Provenance
 
 SEGMENTATION = ["unet2d", "basic_unet2d", "flexible_unet", "tiny_unet2d"]
@@ -116,3 +117,42 @@ def test_predict_slices_refuses_unusable_input(images, message):
 def test_predict_slices_refuses_unknown_activation():
     with pytest.raises(InputError, match="activation must be one of"):
         predict_slices(tiny_net(), np.zeros((1, 1, 8, 8), np.float32), device="cpu", activation="argmax")
+
+
+def test_seeded_networks_depend_on_the_seed_alone_and_leave_the_global_generator_alone():
+    torch.manual_seed(123)
+    first = build_seeded_network("tiny_unet2d", 7, out_channels=2).state_dict()
+    after_first = torch.rand(3)
+    torch.manual_seed(123)
+    torch.rand(1000)  # an earlier stage drew random numbers
+    second = build_seeded_network("tiny_unet2d", 7, out_channels=2).state_dict()
+    other_seed = build_seeded_network("tiny_unet2d", 8, out_channels=2).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other_seed[k]) for k in first)
+    torch.manual_seed(123)
+    build_seeded_network("tiny_unet2d", 7, out_channels=2)
+    assert torch.equal(torch.rand(3), after_first)
+
+
+def test_a_training_run_starts_from_the_same_weights_whatever_ran_before(tmp_path):
+    """The weak U-Net entry point: two runs with one seed end equal although the process drew random numbers
+    between them (the recipe's stages run one after another in one process)."""
+    from cardiac_ai.phantom.cine import make_phantom_cohort
+    from cardiac_ai.preprocessing import InputSpec
+    from cardiac_ai.training import TrainingConfig
+    from cardiac_ai.weak.training import prepare_weak_slices, train_weak_segmentation
+
+    spec = InputSpec(in_plane_spacing_mm=(3.0, 3.0), crop_size=(32, 32))
+    cohort = make_phantom_cohort(2, groups=("NOR", "DCM"), phases=("ED",), n_slices=5, shape=(48, 48),
+                                 spacing_mm=(3.0, 3.0, 8.0))
+    weak, truth = prepare_weak_slices(cohort, label_name="group", spec=spec)
+    masks = (truth > 0).astype(np.uint8)
+    config = TrainingConfig(network="tiny_unet2d", network_kwargs={"out_channels": 2}, input_spec=spec.to_dict(),
+                            epochs=1, batch_size=8, loss="dice_ce", seed=3)
+    weights = []
+    for run in range(2):
+        torch.rand(100 * (run + 1))
+        _, network, _ = train_weak_segmentation(weak, None, masks, weak, None, masks, mode="pseudo_label",
+                                                config=config, out_dir=tmp_path / f"run{run}", device="cpu")
+        weights.append(network.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -451,14 +451,14 @@ def train_myocardium(
 
     ``train_labels`` / ``val_labels``: (N, j, i) from :func:`myocardium_targets`.
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
 
     _check_same_length(train_images=train_images, train_labels=train_labels)
     _check_same_length(val_images=val_images, val_labels=val_labels)
     train_set = _ChannelDataset(train_images, [(n, None) for n in range(len(train_images))], label_maps=train_labels,
                                 augmentation=augmentation, seed=config.seed)
     val_set = _ChannelDataset(val_images, [(n, None) for n in range(len(val_images))], label_maps=val_labels)
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     return _fit(config, network, train_set, val_set, out_dir=out_dir,
                 metric_fn=_segmentation_dice_metric((LV_MYOCARDIUM, LV_BLOOD_POOL), union=False), device=device,
                 progress=progress)
@@ -515,7 +515,7 @@ def train_slice_classifier(
     augmentation's gamma is off.
     The best epoch has the highest validation AUROC (``val_score``; minus the BCE if validation has one class).
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
 
     settings = input_settings or TRAINING_DEFAULTS
     _check_same_length(train=train.images, train_myocardium=train_myocardium)
@@ -526,7 +526,7 @@ def train_slice_classifier(
                                 masks=train_masks, augmentation=_relative_safe(augmentation, settings),
                                 seed=config.seed)
     val_set = _ChannelDataset(val_images, [(n, t) for n, t in enumerate(val.slice_labels)], masks=val_masks)
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     fitted = _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(1.0),
                   metric_fn=_classifier_metric(), device=device, progress=progress)
     settings.save(out_dir)
@@ -558,7 +558,7 @@ def train_stack_classifier(
     same ``input_settings`` (each slice of a stack gets its own heart crop: the 3x3x1 kernels never mix slices). One
     stack per batch (stacks differ in slice count): ``config.batch_size`` must be 1.
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
     from ..models.weak_networks import inflate_2d_to_stack
 
     if config.batch_size != 1:
@@ -577,7 +577,7 @@ def train_stack_classifier(
     if initial_2d is not None:
         network = inflate_2d_to_stack(initial_2d).float().train()
     else:
-        network = build_network(config.network, **config.network_kwargs)
+        network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     fitted = _fit(config, network, train_set, val_set, out_dir=out_dir, loss_fn=_weighted_bce(pos_weight),
                   metric_fn=_classifier_metric(pos_weight), device=device, progress=progress)
     settings.save(out_dir)
@@ -673,7 +673,7 @@ def train_fibrosis_unet(
     The best epoch has the highest validation Dice of the foreground (scar and MVO together) against the *validation
     labels given*: pseudo-labels for the weak model (no ground truth), true labels for the pixel model.
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
 
     _check_same_length(train_images=train_images, train_labels=train_labels, train_myocardium=train_myocardium)
     _check_same_length(val_images=val_images, val_labels=val_labels, val_myocardium=val_myocardium)
@@ -684,6 +684,6 @@ def train_fibrosis_unet(
                                 label_maps=train_labels, augmentation=augmentation, seed=config.seed)
     val_set = _ChannelDataset(val_images, [(n, None) for n in range(len(val_images))], masks=val_myocardium,
                               label_maps=val_labels)
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     return _fit(config, network, train_set, val_set, out_dir=out_dir,
                 metric_fn=_segmentation_dice_metric(codes, union=True), device=device, progress=progress)

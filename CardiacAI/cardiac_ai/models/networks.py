@@ -34,7 +34,7 @@ from ..errors import ModelError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["NETWORK_BUILDERS", "network_names", "build_network"]
+__all__ = ["NETWORK_BUILDERS", "network_names", "build_network", "build_seeded_network"]
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,8 @@ def build_network(name: str, **kwargs: Any) -> "nn.Module":
     Returns
     -------
     torch.nn.Module
-        A freshly initialised network (weights from torch's global generator) whose ``forward`` returns logits.
+        A freshly initialised network (weights from torch's global generator; training uses
+        :func:`build_seeded_network`) whose ``forward`` returns logits.
 
     Raises
     ------
@@ -269,3 +270,16 @@ def build_network(name: str, **kwargs: Any) -> "nn.Module":
         raise
     except (TypeError, ValueError, AssertionError) as error:
         raise ModelError(f"Network {name!r} cannot be built with {kwargs}: {error}") from error
+
+
+def build_seeded_network(name: str, seed: int, **kwargs: Any) -> "nn.Module":
+    """:func:`build_network` with its initial weights drawn from ``seed``, the global generator left untouched.
+
+    Training runs build their networks with this, so that a run's initial weights depend on its seed alone and not
+    on whatever drew random numbers earlier in the same process (another stage, an inference pass).
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build_network(name, **kwargs)

@@ -37,6 +37,7 @@ from ..geometry import Volume
 from ..io.atomic import atomic_path, write_text_atomic
 from ..labels import LV_MYOCARDIUM, MVO, SCAR
 from ..metrics.overlap import dice_per_slice
+from ..models.networks import build_seeded_network
 from ..preprocessing import InputSpec
 from ..progress import ProgressCallback, report
 from ..training.checkpoint import load_checkpoint_weights
@@ -698,17 +699,6 @@ def _check_training_inputs(train_pairs: QCPairs, val_pairs: QCPairs, epochs: int
         raise InputError(f"lr must be a positive number, got {lr!r}.")
 
 
-def _build_seeded(name: str, kwargs: Mapping[str, Any], seed: int) -> "nn.Module":
-    """Build a network with weights drawn from ``seed`` without touching the global generator."""
-    import torch
-
-    from ..models.networks import build_network
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_network(name, **dict(kwargs))
-
-
 def augment_qc_pairs(
     x: "torch.Tensor", generator: "torch.Generator", *, n_image_channels: int = 1, rotate_deg: float = 15.0,
     scale: float = 0.1, translate_px: float = 4.0, gamma: float = 1.3,
@@ -929,7 +919,7 @@ def train_qc_vae(
         if saved != beta:
             raise InputError(f"Cannot resume {out}: it was trained with beta={saved}, now beta={beta}. "
                              "Resume with the same beta, or start a new out_dir.")
-    network = _build_seeded(config.network, config.network_kwargs, seed)
+    network = build_seeded_network(config.network, seed, **config.network_kwargs)
     trainer = _VAETrainer(config, network, QCPairDataset(train_pairs), QCPairDataset(val_pairs), beta=beta,
                           out_dir=out, device=device, progress=progress, augment=augment)
     result = trainer.fit(resume=resume, overwrite=overwrite)
@@ -1019,7 +1009,7 @@ def train_qc_regressor(
         scheduler="cosine", loss="bce", amp=False, seed=seed, early_stopping_patience=early_stopping_patience,
         metric_name="val_loss", metric_mode="min",
     )
-    network = _build_seeded(config.network, config.network_kwargs, seed)
+    network = build_seeded_network(config.network, seed, **config.network_kwargs)
     trainer = _RegressorTrainer(
         config, network, QCPairDataset(train_pairs), QCPairDataset(val_pairs), loss_fn=dice_regression_loss,
         metric_fn=_regression_metric_fn, out_dir=out_dir, device=device, progress=progress, augment=augment,

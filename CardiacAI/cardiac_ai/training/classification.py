@@ -54,7 +54,7 @@ def train_classifier_prepared(
     resume: bool = False,
 ) -> tuple[TrainingResult, Any, dict[str, float]]:
     """Train ``config.network`` to predict one class per slice; returns (result, best network, its metrics)."""
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
     from .checkpoint import load_checkpoint_weights
 
     train_targets = np.asarray(train_targets, dtype=np.int64)
@@ -64,7 +64,7 @@ def train_classifier_prepared(
     if train_targets.min() < 0 or train_targets.max() >= n_classes:
         raise InputError(f"Targets must lie in 0..{n_classes - 1}, got {train_targets.min()}..{train_targets.max()}.")
     augmentation = AugmentationConfig() if augmentation is None else augmentation
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     train_set = SliceDataset(
         train_slices, augmentation=build_augmentation(augmentation, seed=config.seed),
         target_fn=lambda i: train_targets[i],

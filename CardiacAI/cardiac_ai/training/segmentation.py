@@ -89,11 +89,11 @@ def train_segmentation_prepared(
 
     ``initial_weights``: a checkpoint (``best.pt``) of the same network to start from (fine-tuning).
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
     from .checkpoint import load_checkpoint_weights
 
     augmentation = AugmentationConfig() if augmentation is None else augmentation
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     if initial_weights is not None:
         load_checkpoint_weights(network, initial_weights)
     train_set = SliceDataset(train_slices, augmentation=build_augmentation(augmentation, seed=config.seed))

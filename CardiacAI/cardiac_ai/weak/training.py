@@ -264,7 +264,7 @@ def train_weak_segmentation(
     slices' own pseudo-labels (mode ``pseudo_label``) or priors (``cam_prior``). Mode ``pseudo_label`` reads only the
     masks (the CAMs may be None); ``cam_prior`` reads only the CAMs.
     """
-    from ..models.networks import build_network
+    from ..models.networks import build_seeded_network
     from ..training.augmentation import build_augmentation
     from ..training.checkpoint import load_checkpoint_weights
     from ..training.engine import Trainer, build_loss
@@ -287,7 +287,7 @@ def train_weak_segmentation(
         train_labels, val_labels = to_levels(train_cams), to_levels(val_cams)
         loss_fn = cam_prior_loss
     augmentation = AugmentationConfig() if augmentation is None else augmentation
-    network = build_network(config.network, **config.network_kwargs)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
     train_set = SliceDataset(_with_labels(train.slices, train_labels),
                              augmentation=build_augmentation(augmentation, seed=config.seed))
     val_set = SliceDataset(_with_labels(val.slices, val_labels))
