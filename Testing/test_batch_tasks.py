@@ -132,6 +132,7 @@ def _cam_setup(cases, models, tmp_path) -> BatchSetup:
         assert float(row["predicted_probability"]) == pytest.approx(
             prediction["probabilities"][prediction["class"]], abs=1e-3)
         assert float(row["p_DCM"]) + float(row["p_NOR"]) == pytest.approx(1.0, abs=2e-3)
+        assert float(row["heart_volume_ml"]) == pytest.approx(report["cam"]["heart_volume_ml"], abs=1e-3)
         assert {s["explained_class"] for s in report["cam"]["slices"]} == {"NOR"}
 
     options = ["--explain", "NOR", "--models-dir", str(models)]

@@ -634,6 +634,8 @@ def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
     summary = {r["Measurement"]: r["Value"] for r in tables["summary"]}
     assert summary["Predicted class (volume)"] == "DCM" and summary["Mean probability of DCM"] == "0.500"
     assert summary["Labels from"] == "weak_heart_unet"
+    voxel_ml = np.prod(image.geometry.spacing_mm) / 1000.0
+    assert float(summary["Heart volume (ml)"]) == pytest.approx(np.count_nonzero(heart) * voxel_ml, abs=0.05)
     rows = tables["slices"]
     assert list(rows[0]) == ["Slice", "Explained class", "Heart pixels", "P(NOR)", "P(MINF)", "P(DCM)", "P(HCM)",
                              "P(RV)"]

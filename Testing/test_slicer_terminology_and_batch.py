@@ -486,8 +486,9 @@ def test_batch_summary_values_of_each_task(batch, tmp_path):
     assert fibrosis == {"scar_volume_mL": 5.5, "mvo_volume_mL": 0.0, "myocardium_volume_mL": 110.0,
                         "scar_percent_of_myocardium": 5.0, "warnings": ""}
     cam = batch.summary_values("cam", {"warnings": [], "report": {"cam": {"volume_prediction": {
-        "class": "DCM", "probabilities": {"DCM": 0.71234, "NOR": 0.2}}}}})
-    assert cam == {"predicted_class": "DCM", "predicted_probability": 0.712, "warnings": ""}
+        "class": "DCM", "probabilities": {"DCM": 0.71234, "NOR": 0.2}}, "heart_volume_ml": 301.23456}}})
+    assert cam == {"predicted_class": "DCM", "predicted_probability": 0.712, "heart_volume_ml": 301.235,
+                   "warnings": ""}
     rows = [batch.summary_row("p1", tmp_path / "p1.nii.gz", status="ok", task="fibrosis", seconds=1.0,
                               result={"warnings": [], "report": {}, "clinical": {
                                   "scar_volume": float("nan"), "mvo_volume": 0.0, "myocardium_volume": 0.0,

@@ -131,6 +131,8 @@ def test_cam_command_writes_cam_and_heart_labels_in_the_input_geometry(trained_w
     report = json.loads((out / "report.json").read_text())
     assert report["cam"]["classes"] == ["DCM", "NOR"]
     assert len(report["cam"]["slices"]) == cohort[2].image.array.shape[0]
+    voxel_ml = np.prod(cohort[2].image.geometry.spacing_mm) / 1000.0  # 3 x 3 x 8 mm: not 1 mm voxels
+    assert report["cam"]["heart_volume_ml"] == pytest.approx(np.count_nonzero(labels.array) * voxel_ml)
     assert (out / "cam_slices.csv").read_text().startswith("k,explained_class")
 
 

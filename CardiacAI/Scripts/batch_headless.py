@@ -197,7 +197,7 @@ def summary_values(task, result) -> dict:
     :param task: one of TASKS.
     :param result: the dict of the task's Logic method; read: segment-cine ``volumes_ml``, ``lv_mass_g``; map
         ``report["myocardium_median_ms"]`` and ``report["kind"]``; fibrosis ``clinical``; cam
-        ``report["cam"]["volume_prediction"]``; every task ``warnings`` and, where QC ran, ``report["qc"]``.
+        ``report["cam"]["volume_prediction"]`` and ``["heart_volume_ml"]``; every task ``warnings`` and, where QC ran, ``report["qc"]``.
     :return: dict, in column order: the task's numbers, warnings (joined with " | "), then qc_min_dice,
         qc_flagged_slices and qc_needs_review when the report has QC (the columns of ``cardiacai batch``).
     """
@@ -219,6 +219,7 @@ def summary_values(task, result) -> dict:
         prediction = report["cam"]["volume_prediction"]
         values["predicted_class"] = prediction["class"]
         values["predicted_probability"] = _rounded(prediction["probabilities"][prediction["class"]])
+        values["heart_volume_ml"] = _rounded(report["cam"].get("heart_volume_ml"))
     values["warnings"] = " | ".join(str(w) for w in result.get("warnings") or [])
     qc = report.get("qc")
     if isinstance(qc, dict):

@@ -325,7 +325,7 @@ def run_batch(
     case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the task's main numbers (segment-cine: volumes
     and LV mass; function: volumes, EF, LV mass; map: myocardial median, IQR, mean and SD in ms; fibrosis: scar,
-    MVO and myocardial volume, scar % of the myocardium; cam: predicted class and its probability), ``warnings``,
+    MVO and myocardial volume, scar % of the myocardium; cam: predicted class and its probability, heart volume in ml), ``warnings``,
     then with QC ``qc_min_dice`` (lowest predicted Dice of any slice and structure; of ED and ES for
     ``function``), ``qc_flagged_slices`` (their number, ED and ES added) and ``qc_needs_review``, then ``seconds``
     and, for a failed case, ``error``.
@@ -453,13 +453,14 @@ def _fibrosis_summary_values(result) -> dict:
 
 
 def _cam_summary_values(result) -> dict:
-    """The volume's predicted class, its probability (the Slicer batch's columns) and every class's mean
-    probability over the slices (``p_<class>``)."""
+    """The volume's predicted class, its probability (the Slicer batch's columns), every class's mean
+    probability over the slices (``p_<class>``) and the labelled heart's volume in ml."""
     prediction = result.to_report()["volume_prediction"]
     probabilities = prediction["probabilities"]
     predicted = prediction["class"]
     return {"predicted_class": predicted, "predicted_probability": _rounded(probabilities[predicted]),
-            **{f"p_{name}": _rounded(p) for name, p in probabilities.items()}, "warnings": " | ".join(result.warnings)}
+            **{f"p_{name}": _rounded(p) for name, p in probabilities.items()},
+            "heart_volume_ml": _rounded(result.to_report()["heart_volume_ml"]), "warnings": " | ".join(result.warnings)}
 
 
 # -- T1 / T2 mapping -----------------------------------------------------------------------------------------------

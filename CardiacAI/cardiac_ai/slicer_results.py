@@ -1102,7 +1102,7 @@ def cam_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str
     -------
     dict with keys "summary", "slices"
         ``summary``: {"Measurement", "Value"}: the predicted class of the volume, the mean probability of each
-        class, where the labels came from. ``slices``: {"Slice", "Explained class", "Heart pixels", "P(<class>)"...}
+        class, the labelled heart's volume in ml, where the labels came from. ``slices``: {"Slice", "Explained class", "Heart pixels", "P(<class>)"...}
         in the classifier's class order.
 
     Raises
@@ -1121,6 +1121,9 @@ def cam_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str
     for name in classes:
         p = _number(prediction["probabilities"].get(name), f"volume_prediction.probabilities[{name!r}]")
         summary.append({"Measurement": f"Mean probability of {name}", "Value": "" if p is None else f"{p:.3f}"})
+    heart_ml = _number(cam.get("heart_volume_ml"), "cam.heart_volume_ml")  # absent in reports before 2026-11-27
+    if heart_ml is not None:
+        summary.append({"Measurement": "Heart volume (ml)", "Value": f"{heart_ml:.1f}"})
     summary.append({"Measurement": "Labels from", "Value": str(cam["label_source"])})
     slices = []
     for index, entry in enumerate(cam["slices"]):

@@ -68,9 +68,13 @@ class CamResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_report(self) -> dict:
+        from ..metrics.clinical import structure_volume_ml
+
         mean = self.slice_probabilities.mean(axis=0)
         return {
             "classes": list(self.classes),
+            "heart_volume_ml": structure_volume_ml(self.labels.array, HEART,
+                                                   self.labels.geometry.spacing_kji_mm),
             "volume_prediction": {"class": self.classes[int(np.argmax(mean))],
                                   "probabilities": {c: float(p) for c, p in zip(self.classes, mean)}},
             "slices": [
