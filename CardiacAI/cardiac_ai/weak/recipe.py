@@ -159,8 +159,8 @@ class WeakRecipe:
     epochs, seg_epochs : int
         Epochs of the classifier and of each U-Net.
     self_training_epochs : int or None
-        Epochs of the self-trained U-Net; None: ``seg_epochs``. (ACDC: 50 against 25 gave validation Dice 0.715
-        against 0.702 per volume; it learns from cleaner labels than the first U-Net and keeps improving.)
+        Epochs of the self-trained U-Net; None: ``seg_epochs``. (ACDC, validation Dice per volume: 0.702 after 25,
+        0.713 after 50, 0.730 after 100; it learns from cleaner labels than the first U-Net and keeps improving.)
     batch_size : int
     classifier_learning_rate, unet_learning_rate : float
     seed : int
