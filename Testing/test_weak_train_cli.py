@@ -147,6 +147,20 @@ def test_weak_cam_training_refuses_bad_labels_with_a_clear_message(tmp_path, cap
 def test_weak_cam_options_are_refused_for_segmentation(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--label-column", "diagnosis"])
     assert code == 2 and "--label-column apply to --task weak-cam" in capsys.readouterr().err
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--self-epochs", "3"])
+    assert code == 2 and "--self-epochs apply to --task weak-cam" in capsys.readouterr().err
+
+
+def test_the_self_trained_u_net_trains_for_self_epochs(tmp_path):
+    _write_folder(tmp_path / "data", phases=("ED",), n_patients=4, label_maps=False)
+    code = main(["train", "--task", "weak-cam", "--data", str(tmp_path / "data"), "--label-column", "diagnosis",
+                 "--out", str(tmp_path / "run"), "--quiet", *TINY, "--self-epochs", "2"])
+    assert code == 0
+    def epochs(run):  # rows of the run's log.csv after its header
+        return len((tmp_path / "run" / run / "log.csv").read_text().strip().splitlines()) - 1
+
+    assert epochs("run_weak_pseudo_label") == 1  # --seg-epochs 1
+    assert epochs("run_weak_self_training") == 2
 
 
 def test_weak_cam_recipe_checks_labels_before_reading_anything():
