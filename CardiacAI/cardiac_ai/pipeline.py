@@ -455,12 +455,12 @@ def _fibrosis_summary_values(result) -> dict:
 def _cam_summary_values(result) -> dict:
     """The volume's predicted class, its probability (the Slicer batch's columns), every class's mean
     probability over the slices (``p_<class>``) and the labelled heart's volume in ml."""
-    prediction = result.to_report()["volume_prediction"]
-    probabilities = prediction["probabilities"]
-    predicted = prediction["class"]
+    cam_report = result.to_report()
+    probabilities = cam_report["volume_prediction"]["probabilities"]
+    predicted = cam_report["volume_prediction"]["class"]
     return {"predicted_class": predicted, "predicted_probability": _rounded(probabilities[predicted]),
             **{f"p_{name}": _rounded(p) for name, p in probabilities.items()},
-            "heart_volume_ml": _rounded(result.to_report()["heart_volume_ml"]), "warnings": " | ".join(result.warnings)}
+            "heart_volume_ml": _rounded(cam_report["heart_volume_ml"]), "warnings": " | ".join(result.warnings)}
 
 
 # -- T1 / T2 mapping -----------------------------------------------------------------------------------------------

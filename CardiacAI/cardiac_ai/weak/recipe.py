@@ -581,16 +581,16 @@ def _self_training_labels(work, *, recipe, selection, device, progress) -> dict[
     teacher = load_trained_network(teacher_run)
     spacing = float(min(recipe.spec.in_plane_spacing_mm))
     in_px = lambda setting: int(round(setting["erosion_mm"] / spacing))  # noqa: E731
-    probabilities = {}
+    probabilities, slices = {}, {}
     for number, part in enumerate(("train", "validation")):
         report(progress, 0.4 * number, f"Pseudo-label U-Net on the {part} slices")
-        probabilities[part] = predict_heart_probabilities(
-            teacher, load_weak_slices(work / f"weak_{part}.npz", recipe.spec).slices.images, device)
+        slices[part] = load_weak_slices(work / f"weak_{part}.npz", recipe.spec).slices
+        probabilities[part] = predict_heart_probabilities(teacher, slices[part].images, device)
     grid: list[dict[str, Any]] = []
     if selection == "validation_truth":
         report(progress, 0.8, "Choosing threshold and erosion on the validation patients")
         truth = np.load(work / "truth_validation.npz")["heart"]
-        case_ids = load_weak_slices(work / "weak_validation.npz", recipe.spec).slices.case_ids
+        case_ids = slices["validation"].case_ids
         for setting in self_training_grid():
             masks = self_training_labels(probabilities["validation"], threshold=setting["threshold"],
                                          erosion_px=in_px(setting))
