@@ -212,10 +212,19 @@ class _Undecided(__import__("torch").nn.Module):
 
 
 @pytest.mark.slow
-def test_region_models_replace_or_are_averaged_with_the_baseline(cine_models):
+@pytest.mark.parametrize("region_input", ["baseline's crop", "own crop"])
+def test_region_models_replace_or_are_averaged_with_the_baseline(cine_models, region_input):
+    """Region models that take the baseline's input run on its crop (one restore); others on their own crop,
+    combined on the native grid: both routes replace or average the same way."""
     from dataclasses import replace
 
-    undecided = {region: replace(model, network=_Undecided()) for region, model in cine_models.region_models.items()}
+    def card_of(model):
+        if region_input == "baseline's crop":
+            return model.card
+        return replace(model.card, input_spec=InputSpec(in_plane_spacing_mm=(2.5, 2.5), crop_size=(40, 40)).to_dict())
+
+    undecided = {region: replace(model, network=_Undecided(), card=card_of(model))
+                 for region, model in cine_models.region_models.items()}
     models = replace(cine_models, region_models=undecided)
     case = make_cine_phantom(seed=46, n_slices=8)
     regions = np.full(case.image.array.shape[0], int(CardiacRegion.MIDDLE), np.int8)

@@ -149,3 +149,58 @@ def test_pack_runs_brings_back_what_export_needs_in_half_the_size(tmp_path):
     card = json.loads(export_best_model(back, tmp_path / "models", name="tiny", version="1.0",
                                         task="segmentation", label_map={0: "background", 1: "x"}).read_text())
     assert card["epochs"] == 3 and card["validation_metrics"] == {"val_dice": 0.5}
+
+
+def _tiny_job(gpu_script, prepared_folder, **overrides):
+    part = gpu_script.load_part(prepared_folder / "cine_train.npz", torch.device("cpu"))
+    val = gpu_script.load_part(prepared_folder / "cine_val.npz", torch.device("cpu"))
+    settings = dict(network="unet2d", kwargs={"out_channels": 4, "channels": [4, 8], "strides": [2],
+                                              "num_res_units": 0},
+                    train=part, val=val, task="segmentation", epochs=3, batch_size=4, learning_rate=1e-3, seed=0,
+                    deadline=float("inf"), augmentation=gpu_script.SEGMENTATION_AUGMENTATION, log=lambda _: None,
+                    tag="test")
+    settings.update(overrides)
+    return gpu_script.train_model(**settings)
+
+
+def test_fit_to_deadline_plans_the_epochs_that_fit_so_the_schedule_can_end(gpu_script, prepared_folder):
+    import time
+
+    result = _tiny_job(gpu_script, prepared_folder, epochs=10_000, deadline=time.time() + 3.0, fit_to_deadline=True)
+    assert result["epochs_requested"] == 10_000
+    assert 4 <= result["epochs"] < 10_000  # planned down after the third epoch
+    assert result["epochs_done"] <= result["epochs"]
+    unplanned = _tiny_job(gpu_script, prepared_folder, epochs=3)
+    assert unplanned["epochs"] == unplanned["epochs_requested"] == unplanned["epochs_done"] == 3
+
+
+def test_the_mapping_papers_jaccard_loss_is_an_option_and_is_recorded(gpu_script, prepared_folder):
+    result = _tiny_job(gpu_script, prepared_folder, epochs=1, loss_name="jaccard")
+    assert result["loss"] == "jaccard" and 0.0 <= result["metric"] <= 1.0
+    with pytest.raises(ValueError, match="loss_name"):
+        _tiny_job(gpu_script, prepared_folder, epochs=1, loss_name="focal")
+
+
+def test_mapping_gpu_candidates_train_in_two_phases_and_register_with_their_history(prepared_folder, tmp_path):
+    """scripts/train_mapping_gpu.py (phase 1 raw + maps, phase 2 maps) -> train_mapping.py --stage import-gpu."""
+    data = tmp_path / "mapping"
+    data.mkdir()
+    for source, target in (("cine_train", "maps_train"), ("cine_val", "maps_val"), ("cine_train", "raw_train")):
+        (data / f"{target}.npz").write_bytes((prepared_folder / f"{source}.npz").read_bytes())
+    mapping_gpu = _load("train_mapping_gpu")
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--raw-epochs", "1", "--epochs", "2", "--batch-size", "4",
+            "--budget", "600", "--device", "cpu", "--job", "resnet10"]
+    assert mapping_gpu.main(argv) == 0
+    result = torch.load(out / "map_resnet10.pt", weights_only=True)["map_myocardium_resnet10"]
+    assert result["loss"] == "jaccard" and result["network"] == "flexible_unet"
+    assert result["network_kwargs"]["backbone"] == "resnet10" and result["phase1"]["epochs_done"] == 1
+    assert "state" not in result["phase1"] and result["epochs_done"] == 2
+
+    mapping = _load("train_mapping")
+    work = tmp_path / "work"
+    mapping.import_gpu_candidates(out, work, "9.9")
+    card = json.loads((work / "models_gpu_resnet10" / "map_myocardium-9.9.json").read_text())
+    assert "train_mapping_gpu.py" in card["description"] and "phase 1" in card["description"]
+    assert json.loads((work / "run_gpu_resnet10" / "config.json").read_text())["loss"] == "jaccard"
+    assert card["validation_metrics"]["val_dice"] == pytest.approx(result["metric"])

@@ -172,6 +172,14 @@ def _speed(models: MappingModels, files, n_slices: int, device: str) -> dict:
     return {"slices": total, "files": len(paths), "seconds": seconds, "ms per slice": 1000 * seconds / total}
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="work_data/mapping/dataset")
@@ -181,6 +189,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="only the first N cases (quick check)")
     parser.add_argument("--speed-slices", type=int, default=100)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the speed row (e.g. on a lent GPU, with a few cases of the part carried there)")
     parser.add_argument("--report", help="also write the tables to this Markdown file")
     parser.add_argument("--erosion-mm", type=float, default=2.0,
                         help="erosion of the conservative-ROI median column (cardiacai map --erosion-mm)")
@@ -198,6 +208,14 @@ def main() -> int:
         models = MappingModels.from_registry(ModelRegistry(paths=[folder]), device=args.device)
         label = f"{models.segmenter.card.network} ({folder})"
         loaded[label] = models
+    if args.speed_only:
+        label, models = next(iter(loaded.items()))
+        speed = _speed(models, files, args.speed_slices, args.device)
+        out = [f"Speed on device {args.device} ({_device_name(args.device)}), {len(files)} case files of "
+               f"{args.dataset} reused until {args.speed_slices} slices; {label}; date {time.strftime('%Y-%m-%d')}.\n",
+               format_markdown_table([speed], digits=3)]
+        emit_report(out, args.report)
+        return 0
     rows, ablation = [], []
     for label, models in loaded.items():
         model_rows, model_ablation = _evaluate_models(label, models, files, args.device, args.erosion_mm)

@@ -236,23 +236,29 @@ GPU_RUNS = {  # model key in train_cine_gpu.py's results -> run folder here
 }
 
 
-def import_gpu_results(results: Path, work: Path) -> None:
-    """Turn train_cine_gpu.py's results into run folders (config.json, best.pt, history.json) that register reads."""
+def import_gpu_results(results: Path, work: Path, runs: dict[str, str] | None = None) -> None:
+    """Turn train_cine_gpu.py's results into run folders (config.json, best.pt, history.json) that register reads.
+
+    ``runs`` maps a result's model key to its run folder (default: the cine models' ``GPU_RUNS``)."""
     import json
 
     import torch
 
     from cardiac_ai.training.checkpoint import save_checkpoint
 
+    runs = GPU_RUNS if runs is None else runs
     for path in sorted(results.glob("*.pt")):
         for key, result in torch.load(path, map_location="cpu", weights_only=True).items():
-            run = work / GPU_RUNS[key]
+            if key not in runs:
+                print(f"{path.name}: {key} skipped (no run folder for it)")
+                continue
+            run = work / runs[key]
             run.mkdir(parents=True, exist_ok=True)
             classification = result["task"] == "classification"
             TrainingConfig(
                 network=result["network"], network_kwargs=result["network_kwargs"], input_spec=result["input_spec"],
                 epochs=result["epochs"], batch_size=result["batch_size"], learning_rate=result["learning_rate"],
-                loss="ce" if classification else "dice_ce", amp=True, seed=result["seed"],
+                loss="ce" if classification else result.get("loss", "dice_ce"), amp=True, seed=result["seed"],
                 metric_name=result["metric_name"], metric_mode="max",
             ).save(run / "config.json")
             save_checkpoint(run / "best.pt", {"model": result["state"], "epoch": result["best_epoch"],

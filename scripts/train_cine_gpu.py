@@ -141,8 +141,13 @@ def autocast(device: torch.device):
 def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str, epochs: int, batch_size: int,
                 learning_rate: float, seed: int, deadline: float, augmentation: dict, log, tag: str,
                 sampling_weights: np.ndarray | None = None, initial_state: dict | None = None,
-                val_every: int = 5) -> dict:
-    """One model: AdamW + cosine over the planned steps, best validated weights kept (float16 on the CPU)."""
+                val_every: int = 5, loss_name: str = "dice_ce", fit_to_deadline: bool = False) -> dict:
+    """One model: AdamW + cosine over the planned steps, best validated weights kept (float16 on the CPU).
+
+    ``loss_name`` (segmentation): ``"dice_ce"`` (MONAI DiceCELoss) or ``"jaccard"`` (DiceLoss(jaccard=True), the
+    mapping paper's loss). ``fit_to_deadline``: after the third epoch, fewer epochs are planned when the measured
+    pace cannot finish them before ``deadline``, so that the cosine schedule still ends at zero (a deadline that cuts
+    a schedule short leaves the learning rate high)."""
     device = train["images"].device
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -152,13 +157,17 @@ def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str
     n = train["images"].shape[0]
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    total_steps = epochs * steps_per_epoch
+    epochs_requested = epochs
+    plan = {"total_steps": epochs * steps_per_epoch}
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, plan["total_steps"]) / plan["total_steps"])))
     if task == "segmentation":
-        from monai.losses import DiceCELoss
+        from monai.losses import DiceCELoss, DiceLoss
 
-        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        if loss_name not in ("dice_ce", "jaccard"):
+            raise ValueError(f"loss_name must be 'dice_ce' or 'jaccard', got {loss_name!r}")
+        loss_fn = (DiceCELoss(to_onehot_y=True, softmax=True) if loss_name == "dice_ce"
+                   else DiceLoss(to_onehot_y=True, softmax=True, jaccard=True))
         targets_all = train["labels"]
     else:
         targets_all = train["regions"]
@@ -173,7 +182,10 @@ def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str
     seen = 0
     stopped_early = False
     epochs_done = 0
-    for epoch in range(1, epochs + 1):
+    epoch_ends = []
+    epoch = 0
+    while epoch < epochs:
+        epoch += 1
         if weights is None:
             order = torch.randperm(n, generator=generator, device=device)
         else:
@@ -192,6 +204,14 @@ def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str
             schedule.step()
             seen += index.numel()
         epochs_done = epoch
+        epoch_ends.append(time.time())
+        if fit_to_deadline and epoch == 3 and epochs > 3:
+            pace = (epoch_ends[2] - epoch_ends[0]) / 2 * (1 + 0.5 / val_every)  # the first epoch warms up
+            affordable = 3 + int(0.95 * (deadline - time.time()) / max(pace, 1e-6))
+            if affordable < epochs:
+                log(f"{tag}: {pace:.2f} s per epoch; {affordable} of {epochs} epochs fit before the deadline")
+                epochs = max(4, affordable)
+                plan["total_steps"] = epochs * steps_per_epoch
         if epoch % val_every == 0 or epoch == epochs or time.time() > deadline:
             if task == "segmentation":
                 metric, parts = mean_foreground_dice(model, val["images"], val["labels"])
@@ -211,13 +231,15 @@ def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str
     seconds = time.time() - started
     return {
         "network": network, "network_kwargs": kwargs, "input_spec": train["spec"], "task": task,
-        "epochs": epochs, "epochs_done": epochs_done, "stopped_early": stopped_early, "batch_size": batch_size,
+        "epochs": epochs, "epochs_requested": epochs_requested, "epochs_done": epochs_done,
+        "stopped_early": stopped_early, "batch_size": batch_size,
         "learning_rate": learning_rate, "seed": seed, "augmentation": augmentation,
         "metric_name": "val_dice" if task == "segmentation" else "val_balanced_accuracy",
         "metric": best["metric"], "best_epoch": best["epoch"], "state": best["state"], "history": history,
         "seconds": round(seconds, 1), "slices_per_second": round(seen / max(seconds, 1e-9), 1),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "sampling": "uniform" if sampling_weights is None else "quadratic",
+        "loss": loss_name if task == "segmentation" else "ce",
     }
 
 

@@ -26,11 +26,15 @@ Stages (each skips what is already on disk, so a run can be resumed):
 ``register``  exports the best checkpoints: ``map_myocardium`` 1.0 (FlexibleUNet) into ``WORK/models`` and the
               U-Net under the same name into ``WORK/models_unet`` (compare them with
               ``benchmarks/mapping_segmentation.py --models ... --compare-models ...``).
+``import-gpu`` the results of ``train_mapping_gpu.py`` (``--gpu-results OUT``): each candidate becomes a run folder
+              ``WORK/run_gpu_<job>`` and a registry folder ``WORK/models_gpu_<job>`` (``map_myocardium``,
+              ``--version``), to be compared on the validation patients with ``benchmarks/mapping_segmentation.py``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -48,14 +52,16 @@ from cardiac_ai.training.augmentation import AugmentationConfig
 from cardiac_ai.training.segmentation import train_segmentation_prepared
 from cardiac_ai.training.slices import PreparedSlices, load_prepared, prepare_slices, save_prepared
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the GPU trainer beside this script, also when imported
+from train_mapping_gpu import flexible_kwargs
+
 SPLIT_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Splits" / "acdc_cine_split.json"
 MAP_SPEC = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(128, 128))
 MAX_SHIFT_PX = 20
 AUGMENTATION = AugmentationConfig(translate_prob=0.5, translate_range_px=8.0)
 LABEL_MAP = {0: "background", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
 NETWORKS = {
-    "flexible": ("flexible_unet", lambda backbone: {"out_channels": 4, "backbone": backbone,
-                                                    "decoder_channels": (128, 64, 32, 16, 16)}),
+    "flexible": ("flexible_unet", flexible_kwargs),
     "unet": ("unet2d", lambda backbone: {"out_channels": 4, "channels": (16, 32, 64, 128, 256),
                                          "strides": (2, 2, 2, 2), "num_res_units": 2}),
 }
@@ -145,7 +151,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--work", default="work_data/mapping")
     parser.add_argument("--stage", default="all",
-                        choices=["dataset", "prepare", "flexible", "unet", "register", "all"])
+                        choices=["dataset", "prepare", "flexible", "unet", "register", "import-gpu", "all"])
     parser.add_argument("--epochs", type=int, default=50, help="phase 2: epochs on the maps only")
     parser.add_argument("--raw-epochs", type=int, default=6, help="phase 1: epochs on raw frames + maps (0: skip)")
     parser.add_argument("--backbone", default="resnet10", choices=["resnet10", "resnet18", "resnet34"])
@@ -158,6 +164,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="phase 2 learning rate (default 5e-4 after phase 1 or "
                                                             "--init-from, else 1e-3)")
     parser.add_argument("--version", default="1.0", help="version of the registered models")
+    parser.add_argument("--gpu-results", help="folder of train_mapping_gpu.py's .pt files (stage import-gpu)")
     parser.add_argument("--augmentation", choices=["translate", "full"], default="translate",
                         help="translate: shifts only (the 1.0 model); full: also rotation, zoom, elastic, gamma, "
                              "bias field, noise, blur (cardiac_ai.training.augmentation defaults)")
@@ -166,6 +173,11 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     prefix = "" if args.limit is None else f"first{args.limit}_"
+    if args.stage == "import-gpu":
+        if not args.gpu_results:
+            parser.error("--stage import-gpu needs --gpu-results")
+        import_gpu_candidates(Path(args.gpu_results), work, args.version)
+        return
     stage_progress = StageProgress(stage_weights(args), enabled=args.progress_lines)
 
     stage_progress.stage("dataset")
@@ -256,15 +268,54 @@ def stage_weights(args) -> dict[str, float]:
     return {stage: costs[stage] for stage in running}
 
 
+def import_gpu_candidates(results: Path, work: Path, version: str) -> None:
+    """Register every candidate of train_mapping_gpu.py as ``WORK/models_gpu_<job>/map_myocardium``."""
+    import json
+
+    from cardiac_ai.training.checkpoint import export_best_model
+    from train_acdc_cine import import_gpu_results
+
+    jobs = sorted(p.stem.removeprefix("map_") for p in results.glob("map_*.pt"))
+    if not jobs:
+        raise SystemExit(f"No map_*.pt in {results}.")
+    import_gpu_results(results, work, runs={f"map_myocardium_{job}": f"run_gpu_{job}" for job in jobs})
+    for job in jobs:
+        run = work / f"run_gpu_{job}"
+        h = json.loads((run / "history.json").read_text())
+        phase1 = h.get("phase1")
+        first = (f"phase 1 (raw MOLLI and T2-prepared frames + maps) {phase1['epochs_done']} epochs, best validation "
+                 f"Dice {phase1['metric']:.4f} at epoch {phase1['best_epoch']}; then " if phase1 else "")
+        description = (
+            f"FlexibleUNet ({h['network_kwargs']['backbone']} encoder, random initialisation: no ImageNet weights "
+            f"available), Jaccard loss: LV myocardium, LV and RV blood pool on T1 and T2 maps. Trained on one "
+            f"{h['device']} by scripts/train_mapping_gpu.py (seed {h['seed']}, batch {h['batch_size']}, AdamW, cosine, "
+            f"bf16, GPU augmentation: affine, elastic, gamma, bias field, contrast, noise): {first}phase 2 (maps) "
+            f"{h['epochs_done']} of {h['epochs_requested']} epochs requested, lr {h['learning_rate']}, best validation "
+            f"Dice {h['metric']:.4f} at epoch {h['best_epoch']}; {h['seconds'] + (phase1 or {}).get('seconds', 0):.0f} s.")
+        card = export_best_model(
+            run, work / f"models_gpu_{job}", name="map_myocardium", version=version, task="segmentation",
+            label_map=LABEL_MAP, training_data=TRAINING_DATA, split=_split_summary(), description=description,
+            license="CC BY-NC-SA 4.0 (ACDC data terms)",
+        )
+        print(f"registered {card}", flush=True)
+
+
+TRAINING_DATA = ("Semi-synthetic T1 and T2 maps (cardiac_ai.mapping.build_mapping_dataset, seed 0) on the ED anatomy of "
+                 "the ACDC training patients of the split; phase 1 also on the raw MOLLI and T2-prepared frames")
+
+
+def _split_summary() -> dict:
+    split = load_split(SPLIT_FILE)
+    return {"file": "Resources/Splits/acdc_cine_split.json", "train": list(split.train),
+            "validation": list(split.validation), "test": list(split.test)}
+
+
 def register(work: Path, prefix: str, args) -> None:
     """Export the best checkpoints as registry models (float16 weights and a model card)."""
     from cardiac_ai.training.checkpoint import export_best_model
 
-    split = load_split(SPLIT_FILE)
-    split_summary = {"file": "Resources/Splits/acdc_cine_split.json", "train": list(split.train),
-                     "validation": list(split.validation), "test": list(split.test)}
-    data = ("Semi-synthetic T1 and T2 maps (cardiac_ai.mapping.build_mapping_dataset, seed 0) on the ED anatomy of "
-            "the ACDC training patients of the split; phase 1 also on the raw MOLLI and T2-prepared frames")
+    split_summary = _split_summary()
+    data = TRAINING_DATA
     for stage, folder, description in (
         ("flexible", "models", f"FlexibleUNet ({args.backbone} encoder, random initialisation: no ImageNet weights "
                                "available), Jaccard loss: LV myocardium, LV and RV blood pool on T1 and T2 maps."),

@@ -185,11 +185,11 @@ def latent_search(
             bce, mse = reconstruction_loss(model.decode(z), x, n_image_channels=k)
             per_slice = bce + image_weight * mse
             # the loss at the z *before* this step: keep it when it is the best seen
-            with torch.no_grad():
+            with torch.no_grad():  # torch.where, not boolean indexing: no wait for the GPU within a step
                 current = per_slice.double()
                 better = current < best_loss
                 best_loss = torch.where(better, current, best_loss)
-                best_z[better] = z.detach()[better]
+                best_z = torch.where(better[:, None], z.detach(), best_z)
             per_slice.sum().backward()
             optimizer.step()
             iterations += 1
@@ -204,7 +204,7 @@ def latent_search(
                 current = (bce + image_weight * mse).double()
                 better = current < best_loss
                 best_loss = torch.where(better, current, best_loss)
-                best_z[better] = z.detach()[better]
+                best_z = torch.where(better[:, None], z.detach(), best_z)
             decoded = model.decode(best_z)
     finally:
         for parameter in model.parameters():

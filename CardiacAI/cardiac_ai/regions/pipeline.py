@@ -21,6 +21,7 @@ from ..errors import InputError, ModelError
 from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..metrics.clinical import structure_volume_ml
+from ..preprocessing import restore_probabilities
 from ..metrics.regional import CardiacRegion
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
@@ -203,6 +204,21 @@ def _run_model(model, volume: Volume, crop_center, *, device, provenance: Proven
     return segment_stack(model, volume, crop_center=crop_center, device=device, provenance=provenance).probabilities
 
 
+def _prepare_for(model, volume: Volume, center_lps: np.ndarray):
+    """``preprocess`` of the volume as the model's card says, cropped around the heart centre."""
+    from ..preprocessing import InputSpec, preprocess
+
+    return preprocess(volume, InputSpec.from_dict(model.card.input_spec), crop_center=_center_detector(center_lps))
+
+
+def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance) -> np.ndarray:
+    """Softmax probabilities (k, classes, cj, ci) of a segmentation model on preprocessed slices (k, cj, ci)."""
+    from ..models.inference import predict_slices
+
+    return predict_slices(model.network, images[:, np.newaxis], device=device, activation="softmax",
+                          provenance=provenance)
+
+
 def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.ndarray | None:
     """LPS centre of the largest 3D heart component the localiser finds, or None."""
     probabilities = _run_model(model, volume, "image_center", device=device, provenance=provenance)
@@ -326,8 +342,9 @@ def segment_cine(
     region_probabilities = None
     report(progress, 0.2, "Segmenting slices")
     with provenance.timed("segment"):
-        baseline = _run_model(models.baseline, image, _center_detector(center), device=device, provenance=provenance)
-    probabilities = baseline
+        prepared = _prepare_for(models.baseline, image, center)
+        baseline_crop = _predict_crop(models.baseline, prepared.image, device=device, provenance=provenance)
+    crop_probabilities, probabilities = baseline_crop, None
     if mode == "region-aware":
         if slice_regions is not None:
             regions = np.asarray(slice_regions, dtype=np.int8)
@@ -342,19 +359,35 @@ def segment_cine(
             regions = decoded.regions
             provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
             if region_source == "segmentation":
+                baseline = restore_probabilities(np.moveaxis(baseline_crop, 1, 0), prepared.transform)
                 regions = _regions_from_labels(np.argmax(baseline, axis=0), base_first, volume)
         report(progress, 0.5, "Region-specific segmentation")
-        probabilities = baseline.copy()
+        # When every region model takes the baseline's input (the bundled ones do), each runs on its own slices of
+        # the baseline's crop and one restore serves all: restoring is linear and per slice, so it commutes with
+        # the average. A region model with another input spec is combined on the native grid instead.
+        same_input = all(m.card.input_spec == models.baseline.card.input_spec for m in models.region_models.values())
+        combined = baseline_crop.copy() if same_input else restore_probabilities(
+            np.moveaxis(baseline_crop, 1, 0), prepared.transform)
         with provenance.timed("segment_regions"):
             for region, model in models.region_models.items():
                 chosen = np.flatnonzero(regions == region)
                 if chosen.size == 0:
                     continue
-                region_probs = _run_model(model, image, _center_detector(center), device=device, provenance=provenance)
-                if region_combination == "average":
-                    probabilities[:, chosen] = 0.5 * (baseline[:, chosen] + region_probs[:, chosen])
+                if same_input:
+                    region_probs = _predict_crop(model, prepared.image[chosen], device=device, provenance=provenance)
+                    reference = baseline_crop[chosen]
+                    target = (chosen,)
                 else:
-                    probabilities[:, chosen] = region_probs[:, chosen]
+                    region_probs = _run_model(model, image, _center_detector(center), device=device,
+                                              provenance=provenance)[:, chosen]
+                    reference = combined[:, chosen]
+                    target = (slice(None), chosen)
+                combined[target] = 0.5 * (reference + region_probs) if region_combination == "average" else region_probs
+        crop_probabilities = combined if same_input else None
+        probabilities = None if same_input else combined
+    if crop_probabilities is not None:
+        with provenance.timed("restore"):
+            probabilities = restore_probabilities(np.moveaxis(crop_probabilities, 1, 0), prepared.transform)
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     if postprocess:
         report(progress, 0.85, "Post-processing")

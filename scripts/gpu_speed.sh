@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Inference speed of the segmenting commands on a lent GPU, file to written outputs (model loading apart):
+# TASKS="map qc" or TASKS="cine" (or all three), each the benchmark that times it on the CPU, with --device cuda.
+#
+# Why two calls: one device call carries at most 64 MiB, and SimpleITK (the I/O of every command) is a 53 MB wheel;
+# the cine models alone are 44 MB. So the first call installs SimpleITK (carried xz-compressed, 28 MB) into /tmp/site
+# with the map and QC models, and the second, on the same warm machine, carries the cine models and reuses /tmp/site.
+#
+# Staged here first (ignored folders; scripts/stage_gpu_speed.py): .whl/ (MONAI), .whl_io/ (SimpleITK as a tar.xz
+# of its installed package, nibabel, slicerio, pynrrd wheels), work_data/gpu/speed/ (three ACDC test patients, three
+# mapping validation cases), work_data/gpu/models_mq/ (map_myocardium + QC) and work_data/gpu/models_cine/
+# (cine + QC). The tracked weights must be out of the working tree during the calls (the tree alone would be 65 MB).
+# Results: $OUT/speed_<task>.md.
+set -uo pipefail
+OUT=${OUT:?set OUT to the results folder}
+TASKS=${TASKS:-"map qc"}
+MODELS=${MODELS:?set MODELS to the registry folder of the models}
+DEVICE=${DEVICE:-cuda}
+SPEED=${SPEED:-work_data/gpu/speed}
+export PYTHONUNBUFFERED=1 CARDIACAI_MODELS="$MODELS"
+if ! python3 -c "import SimpleITK, monai, nibabel, slicerio" 2>/dev/null; then
+  if [ -d /tmp/site/SimpleITK ]; then
+    export PYTHONPATH=/tmp/site
+  elif [ -f .whl_io/simpleitk.tar.xz ]; then
+    mkdir -p /tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+      .whl_io/*.whl || exit 1
+    tar xJf .whl_io/simpleitk.tar.xz -C /tmp/site || exit 1
+    export PYTHONPATH=/tmp/site
+  else
+    echo "SimpleITK is neither installed nor carried (.whl_io/): the machine is a fresh one; see the header"; exit 3
+  fi
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/CardiacAI"
+python3 -c "import torch, monai, SimpleITK, numpy, cv2, skimage, scipy; print('torch', torch.__version__, 'monai',
+monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString(), 'numpy', numpy.__version__, 'cuda',
+torch.cuda.is_available() and torch.cuda.get_device_name(0))" || exit 1
+nproc; grep -m1 "model name" /proc/cpuinfo
+for task in $TASKS; do
+  case $task in
+    cine) python3 benchmarks/cine_speed.py --data "$SPEED/acdc" --models "$MODELS" --device "$DEVICE" --limit 3 \
+            --repeats 5 --threads 4 ;;
+    map) python3 benchmarks/mapping_segmentation.py --dataset "$SPEED/mapping" --models "$MODELS" --device "$DEVICE" \
+           --speed-only --speed-slices 100 ;;
+    qc) python3 benchmarks/qc_speed.py --data "$SPEED/acdc" --qc-models "$MODELS" --device "$DEVICE" --limit 3 \
+          --threads 4 ;;
+    *) echo "unknown task $task"; continue ;;
+  esac > "$OUT/speed_$task.md" 2> "$OUT/speed_$task.log"
+  echo "== $task (exit $?)"; cat "$OUT/speed_$task.md"; tail -n 3 "$OUT/speed_$task.log"
+done
+true
