@@ -24,12 +24,16 @@ import time
 from pathlib import Path
 
 import torch
-
 from cardiac_ai.datasets import list_acdc, load_split, refs_in_part
 from cardiac_ai.io import read_volume, write_volume
 from cardiac_ai.io.seg_nrrd import write_seg_nrrd
 from cardiac_ai.metrics import format_markdown_table
-from cardiac_ai.pipeline import CineOptions, load_cine_models, qc_options, segment_cine_file
+from cardiac_ai.pipeline import (
+    CineOptions,
+    load_cine_models,
+    qc_options,
+    segment_cine_file,
+)
 from cardiac_ai.provenance import Provenance
 from cardiac_ai.regions import segment_cine
 
@@ -88,14 +92,16 @@ def main() -> int:
         for ref in refs:
             path = Path(ref.image_paths[0])
             row = {"frame": ref.case_id, "slices": read_volume(path).array.shape[0]}
-            for name, once in (("segment", lambda: segment_once(path, scratch)),
-                               ("command", lambda: command_once(path, scratch, run))):
+            for name in ("segment", "command"):
                 seconds = []
                 for attempt in range(args.repeats + 1):  # the first run warms up
                     run += 1
                     _synchronised(args.device)
                     t0 = time.perf_counter()
-                    once()
+                    if name == "segment":
+                        segment_once(path, scratch)
+                    else:
+                        command_once(path, scratch, run)
                     _synchronised(args.device)
                     if attempt:
                         seconds.append(time.perf_counter() - t0)

@@ -21,8 +21,8 @@ from ..errors import InputError, ModelError
 from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..metrics.clinical import structure_volume_ml
-from ..preprocessing import restore_probabilities
 from ..metrics.regional import CardiacRegion
+from ..preprocessing import restore_probabilities
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
 
