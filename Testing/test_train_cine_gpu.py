@@ -204,3 +204,17 @@ def test_mapping_gpu_candidates_train_in_two_phases_and_register_with_their_hist
     assert "train_mapping_gpu.py" in card["description"] and "phase 1" in card["description"]
     assert json.loads((work / "run_gpu_resnet10" / "config.json").read_text())["loss"] == "jaccard"
     assert card["validation_metrics"]["val_dice"] == pytest.approx(result["metric"])
+
+
+def test_results_over_the_device_tools_file_limit_travel_as_shards_and_join_again(gpu_script, tmp_path):
+    """The device tool returns files of at most 16 MB; a 24 MB result was once lost that way."""
+    state = {f"layer{n}.weight": torch.randn(1000, dtype=torch.float32).half() for n in range(10)}  # 2 kB each
+    results = {"model_a": {"state": state, "metric": 0.9}, "model_b": {"state": {"w": torch.ones(3)}, "metric": 0.5}}
+    files = gpu_script.save_results(results, tmp_path / "out.pt", max_bytes=5_000)
+    assert len(files) == 1 + 5 and all(f.stat().st_size < 5_000 + 2_000 for f in files[1:])
+    assert results["model_a"]["state"] is state  # the caller's results are left as they were
+    back = gpu_script.load_results(tmp_path / "out.pt")
+    assert set(back["model_a"]["state"]) == set(state) and "state_shards" not in back["model_a"]
+    assert all(torch.equal(back["model_a"]["state"][k], state[k]) for k in state)
+    assert torch.equal(back["model_b"]["state"]["w"], torch.ones(3)) and back["model_b"]["metric"] == 0.5
+    assert list(tmp_path.glob("*.pt")) == [tmp_path / "out.pt"]  # shards are not taken for results files

@@ -45,4 +45,5 @@ ls -la "$OUT"
 total_kb=$(du -sk "$OUT" | cut -f1)
 [ "$total_kb" -gt 62000 ] && echo "WARNING: $OUT holds ${total_kb} kB; over 64 MB some files will not come back"
 [ "$(ls "$OUT" | wc -l)" -gt 8 ] && echo "WARNING: more than 8 files in $OUT"
+find "$OUT" -type f -size +16M -exec echo "WARNING: {} is over the 16 MB a returned file may have" \;
 true

@@ -241,14 +241,16 @@ def import_gpu_results(results: Path, work: Path, runs: dict[str, str] | None = 
 
     ``runs`` maps a result's model key to its run folder (default: the cine models' ``GPU_RUNS``)."""
     import json
-
-    import torch
+    import sys
 
     from cardiac_ai.training.checkpoint import save_checkpoint
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the GPU trainer beside this script
+    from train_cine_gpu import load_results
+
     runs = GPU_RUNS if runs is None else runs
     for path in sorted(results.glob("*.pt")):
-        for key, result in torch.load(path, map_location="cpu", weights_only=True).items():
+        for key, result in load_results(path).items():
             if key not in runs:
                 print(f"{path.name}: {key} skipped (no run folder for it)")
                 continue

@@ -243,6 +243,51 @@ def train_model(*, network: str, kwargs: dict, train: dict, val: dict, task: str
     }
 
 
+#: The device tool brings back files of at most 16 MB: larger weights travel as shards beside their results file.
+MAX_FILE_BYTES = 15_000_000
+
+
+def save_results(models: dict, target: Path, max_bytes: int = MAX_FILE_BYTES) -> list[Path]:
+    """Write ``{model key: result}`` to ``target`` atomically; a state dict over ``max_bytes`` goes to shard files
+    ``<target>.shard<N>`` (each under ``max_bytes``, named in the result's ``state_shards``). Returns every file."""
+    models = {key: dict(result) for key, result in models.items()}
+    written = []
+    for key, result in models.items():
+        state = result.get("state")
+        if not state or sum(v.numel() * v.element_size() for v in state.values()) <= max_bytes:
+            continue
+        shards, current, size = [], {}, 0
+        for name, tensor in state.items():
+            if current and size + tensor.numel() * tensor.element_size() > max_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[name] = tensor
+            size += tensor.numel() * tensor.element_size()
+        shards.append(current)
+        result["state"], result["state_shards"] = None, []
+        for shard in shards:
+            shard_path = target.with_name(f"{target.name}.shard{len(written) + 1}")
+            torch.save({key: shard}, str(shard_path) + ".part")
+            os.replace(str(shard_path) + ".part", shard_path)
+            written.append(shard_path)
+            result["state_shards"].append(shard_path.name)
+    torch.save(models, str(target) + ".part")
+    os.replace(str(target) + ".part", target)
+    return [target, *written]
+
+
+def load_results(path: Path) -> dict:
+    """The results :func:`save_results` wrote, with sharded state dicts joined again."""
+    models = torch.load(path, map_location="cpu", weights_only=True)
+    for key, result in models.items():
+        if result.get("state_shards"):
+            state = {}
+            for shard in result.pop("state_shards"):
+                state.update(torch.load(path.with_name(shard), map_location="cpu", weights_only=True)[key])
+            result["state"] = state
+    return models
+
+
 def subset(part: dict, mask: torch.Tensor) -> dict:
     return {k: (v[mask] if isinstance(v, torch.Tensor) else v) for k, v in part.items()}
 
@@ -262,10 +307,8 @@ def run_job(job: str, args) -> None:
         print(f"{time.time() - args.started:7.1f}s [{job}] {message}", flush=True)
 
     def save(name: str, models: dict) -> None:
-        target = out / name
-        torch.save(models, str(target) + ".part")
-        os.replace(str(target) + ".part", target)
-        log(f"wrote {target.name} ({target.stat().st_size / 1e6:.1f} MB)")
+        for path in save_results(models, out / name):
+            log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
 
     if job in ("main", "sampler4", "sampler20"):
         train = load_part(data / "cine_train.npz", device, args.limit)

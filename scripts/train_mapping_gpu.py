@@ -17,7 +17,6 @@ measured pace cannot finish them in time, so each cosine schedule still ends. Th
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_cine_gpu import SEGMENTATION_AUGMENTATION, load_part, train_model
+from train_cine_gpu import SEGMENTATION_AUGMENTATION, load_part, save_results, train_model
 
 #: job -> (encoder, seed)
 JOBS = {"resnet10": ("resnet10", 0), "resnet10_seed1": ("resnet10", 1), "resnet18": ("resnet18", 0)}
@@ -67,11 +66,9 @@ def run_job(job: str, args) -> None:
                          deadline=args.started + args.budget, initial_state=initial_state, tag=f"{job} phase 2",
                          **common)
     phase2["phase1"] = phase1
-    target = out / f"map_{job}.pt"
-    torch.save({f"map_myocardium_{job}": phase2}, str(target) + ".part")
-    os.replace(str(target) + ".part", target)
-    log(f"wrote {target.name} ({target.stat().st_size / 1e6:.1f} MB); best val Dice {phase2['metric']:.4f} at "
-        f"epoch {phase2['best_epoch']} of {phase2['epochs_done']}")
+    for path in save_results({f"map_myocardium_{job}": phase2}, out / f"map_{job}.pt"):
+        log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+    log(f"best val Dice {phase2['metric']:.4f} at epoch {phase2['best_epoch']} of {phase2['epochs_done']}")
 
 
 def main(argv=None) -> int:
