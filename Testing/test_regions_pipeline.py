@@ -240,3 +240,45 @@ def test_region_models_replace_or_are_averaged_with_the_baseline(cine_models, re
     assert averaged.provenance.parameters["region_combination"] == "average"
     with pytest.raises(InputError, match="region_combination"):
         segment_cine(case.image, region_combination="vote", **common)
+
+
+@pytest.mark.slow
+def test_batch_workers_give_the_same_cases_and_summary_as_one_process(cine_models_dir, tmp_path):
+    """`cardiacai batch --workers 2`: each worker process loads the models; rows keep the cases' order; a broken
+    case fails alone; a rerun skips what is done."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for seed in (1, 2, 3):
+        write_volume(make_cine_phantom(seed=seed).image, cohort / f"case{seed}.nii.gz")
+    (cohort / "broken.nii.gz").write_bytes(b"not an image")
+    common = [str(cohort), "--device", "cpu", "--mode", "baseline", "--models-dir", str(cine_models_dir), "--no-qc"]
+    assert main(["batch", *common, "--out", str(tmp_path / "one")]) == 5
+    assert main(["batch", *common, "--out", str(tmp_path / "two"), "--workers", "2"]) == 5
+
+    def rows(folder):
+        import csv
+
+        with open(folder / "summary.csv", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert [r["case_id"] for r in two] == [r["case_id"] for r in one] == ["broken", "case1", "case2", "case3"]
+    assert two[0]["status"] == "failed" and "broken" in two[0]["inputs"]
+    for a, b in zip(one[1:], two[1:]):
+        assert b["status"] == "ok" and float(b["seconds"]) > 0
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    for case in ("case1", "case2", "case3"):
+        np.testing.assert_array_equal(read_volume(tmp_path / "one" / case / "labels.nii.gz").array,
+                                      read_volume(tmp_path / "two" / case / "labels.nii.gz").array)
+    assert main(["batch", *common, "--out", str(tmp_path / "two"), "--workers", "2"]) == 5
+    assert [r["status"] for r in rows(tmp_path / "two")] == ["failed"] + ["skipped (done earlier)"] * 3
+    assert main(["batch", *common, "--out", str(tmp_path / "three"), "--workers", "0"]) == 2  # EXIT_INPUT
+
+
+def test_run_batch_refuses_workers_it_cannot_start(tmp_path):
+    from cardiac_ai.pipeline import run_batch
+
+    with pytest.raises(InputError, match="workers"):
+        run_batch([], tmp_path, task="segment-cine", models=None, workers=0)
+    with pytest.raises(InputError, match="load_models"):
+        run_batch([], tmp_path, task="segment-cine", models=None, workers=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -174,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--method", choices=CAM_METHODS, help="cam: CAM method (default: the model card's)")
     group.add_argument("--pseudo-label", action="store_true",
                        help="cam: labels from the CAM pseudo-label even when the weak U-Net is installed")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="cases processed at once, each in its own process with its own copy of the models "
+                        "(default 1). Most per-case work is CPU-bound, so on a many-core machine (with or without "
+                        "a GPU) N up to the number of cores / 2 multiplies the throughput; memory grows with N")
 
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps")
@@ -691,6 +696,13 @@ def _batch_models(args: argparse.Namespace, provenance):
     return _cine_models(args, provenance), _qc_options(args, provenance)
 
 
+def _batch_models_in_worker(args: argparse.Namespace) -> tuple:
+    """The batch's models and QC options, loaded again in a worker process (``cardiacai batch --workers``)."""
+    from .provenance import Provenance
+
+    return _batch_models(args, Provenance(command="batch"))
+
+
 @_command("batch")
 def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input
@@ -701,10 +713,16 @@ def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     cases = list_batch_cases(args.source, task=args.task)
     ensure_not_input(args.out, [args.source])
     provenance = Provenance(command="batch")
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}.")
     progress(0.0, f"Loading models for {len(cases)} cases")
-    models, qc = _batch_models(args, provenance)
+    models, qc = _batch_models(args, provenance)  # also with workers: a missing model fails here, clearly
+    load_models = None
+    if args.workers > 1:
+        models = qc = None
+        load_models = functools.partial(_batch_models_in_worker, args)
     rows = run_batch(cases, args.out, task=args.task, models=models, options=options, qc=qc,
-                     resume=not args.overwrite, progress=progress)
+                     resume=not args.overwrite, progress=progress, workers=args.workers, load_models=load_models)
     failed = [r["case_id"] for r in rows if r["status"] == "failed"]
     if not args.quiet:
         done = sum(r["status"] == "ok" for r in rows)

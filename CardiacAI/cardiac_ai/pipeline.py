@@ -303,6 +303,8 @@ def run_batch(
     resume: bool = True,
     progress: ProgressCallback | None = None,
     job: Callable | None = None,
+    workers: int = 1,
+    load_models: Callable[[], tuple] | None = None,
 ) -> list[dict]:
     """Run ``task`` for every case into ``out_dir/<case_id>/`` and write ``out_dir/summary.csv``.
 
@@ -319,6 +321,13 @@ def run_batch(
         (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions` (their defaults when None).
     qc : QC of segment-cine, function, map and fibrosis (see :func:`segment_cine_file`); cam has none.
     job : ``job(case, case_dir) -> result`` run instead of the task (tests, other front ends).
+    workers : cases run at once, each in its own process (``spawn``: safe with CUDA) that loads the models once
+        through ``load_models`` and gets ``cpu_count // workers`` torch threads. 1 (the default) runs the cases here,
+        one after the other, with ``models`` and ``qc``. The per-case work is mostly CPU-bound (resampling,
+        post-processing, contours, statistics), so on a many-core machine several workers multiply the
+        throughput, also beside a GPU.
+    load_models : picklable ``() -> (models, qc)``, needed when ``workers > 1`` (e.g. ``functools.partial`` of a
+        module-level function); a worker whose models do not load fails every case it is given.
 
     A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run; the
     report is written last); otherwise a stale ``report.json`` is removed before the case runs, so that a redone
@@ -337,6 +346,10 @@ def run_batch(
     """
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a whole number >= 1, got {workers!r}.")
+    if workers > 1 and (load_models is None or job is not None):
+        raise InputError("Parallel batch workers load their own models: pass load_models (and no job).")
     wanted = _OPTIONS_OF_TASK[task]
     if options is None:
         if wanted is MapOptions and job is None:
@@ -346,6 +359,9 @@ def run_batch(
         raise InputError(f"A batch of {task!r} takes {wanted.__name__}, got {type(options).__name__}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if workers > 1:
+        return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
+                                     workers=workers, load_models=load_models)
     rows: list[dict] = []
     for number, case in enumerate(cases):
         case_dir = out / case.case_id
@@ -365,7 +381,7 @@ def run_batch(
             row.update({"status": "ok", **values})
         except Cancelled:
             raise
-        except (CardiacAIError, OSError, ValueError, RuntimeError) as error:
+        except _CASE_ERRORS as error:
             log.error("Case %s failed: %s", case.case_id, error)
             log.debug("%s", traceback.format_exc())
             row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
@@ -375,6 +391,80 @@ def run_batch(
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases done")
     write_csv(out / "summary.csv", rows)
     return rows
+
+
+#: Errors a batch records for its case before going on with the next.
+_CASE_ERRORS = (CardiacAIError, OSError, ValueError, RuntimeError)
+_worker_state: dict = {}
+
+
+def _start_batch_worker(load_models: Callable[[], tuple], threads: int) -> None:
+    """Initialiser of a batch worker process: its share of the CPU threads and its own models."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        _worker_state["models"], _worker_state["qc"] = load_models()
+    except Exception as error:  # noqa: BLE001 - reported with every case this worker is given
+        _worker_state["error"] = f"{type(error).__name__}: {error}"
+
+
+def _batch_case_in_worker(task: str, case: BatchCase, case_dir: Path, options) -> tuple[dict, float]:
+    """One case in a worker process: its summary columns and seconds (errors travel back to the parent)."""
+    if "error" in _worker_state:
+        raise ModelError(f"The models did not load in this batch worker: {_worker_state['error']}")
+    start = time.perf_counter()
+    (case_dir / REPORT_NAME).unlink(missing_ok=True)
+    values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
+                             qc=_worker_state["qc"], progress=None)
+    return values, time.perf_counter() - start
+
+
+def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, workers, load_models) -> list[dict]:
+    """:func:`run_batch` with ``workers`` processes; rows and summary.csv keep the order of ``cases``."""
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    rows: dict[int, dict] = {}
+    pending = {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def write_summary() -> None:
+        write_csv(out / "summary.csv", [rows[n] for n in sorted(rows)])
+
+    report(progress, 0.0, f"Starting {workers} workers for {len(cases)} cases")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_batch_worker, initargs=(load_models, threads)) as pool:
+        try:
+            for number, case in enumerate(cases):
+                row = {"case_id": case.case_id, "inputs": ";".join(str(p) for p in case.inputs)}
+                if resume and (out / case.case_id / REPORT_NAME).exists():
+                    rows[number] = {**row, "status": "skipped (done earlier)"}
+                    continue
+                pending[pool.submit(_batch_case_in_worker, task, case, out / case.case_id, options)] = (number, row)
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    number, row = pending.pop(future)
+                    try:
+                        values, seconds = future.result()
+                        row.update({"status": "ok", **values, "seconds": round(seconds, 3)})
+                    except (*_CASE_ERRORS, BrokenProcessPool) as error:
+                        log.error("Case %s failed: %s", row["case_id"], error)
+                        row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
+                    rows[number] = row
+                    write_summary()  # after every case, so an interrupted batch still has its summary
+                    report(progress, len(rows) / len(cases),
+                           f"{row['case_id']} {row['status']} ({len(rows)}/{len(cases)})")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    ordered = [rows[n] for n in sorted(rows)]
+    report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in ordered)} of {len(ordered)} cases done")
+    write_summary()
+    return ordered
 
 
 def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, options, qc, progress) -> dict:
