@@ -358,22 +358,9 @@ def run_job(job: str, args) -> None:
         raise SystemExit(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="work_data/cine", help="folder of the prepared .npz crops")
-    parser.add_argument("--out", required=True, help="folder for the .pt results")
-    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
-    parser.add_argument("--job", help=argparse.SUPPRESS)
-    parser.add_argument("--epochs", type=int, default=250, help="baseline epochs (localiser, classifier: half)")
-    parser.add_argument("--fine-tune-scale", type=float, default=1.0, help="scales the region models' epochs")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds until every job stops")
-    parser.add_argument("--fine-tune-grace", type=float, default=60.0,
-                        help="extra seconds the region models and the classifier may use after --budget")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, default=None, help="about this many slices per part (smoke runs)")
-    parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def run_parallel_jobs(script: str, argv, args, jobs, run_job) -> int:
+    """With ``--job``, run that job here; otherwise start ``script`` once per job of ``args.jobs``, all sharing
+    one clock (``--started``) for their deadlines, and wait. Exit status 1 when a job failed."""
     args.started = args.started or time.time()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.job:
@@ -381,12 +368,36 @@ def main(argv=None) -> int:
         return 0
     print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}", flush=True)
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--jobs" and a not in JOBS]
-    processes = {job: subprocess.Popen([sys.executable, __file__, *forwarded, "--job", job,
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--jobs" and a not in jobs]
+    processes = {job: subprocess.Popen([sys.executable, script, *forwarded, "--job", job,
                                         "--started", str(args.started)]) for job in args.jobs}
     failed = [job for job, process in processes.items() if process.wait() != 0]
     print(f"done in {time.time() - args.started:.0f} s; failed jobs: {failed or 'none'}", flush=True)
     return 1 if failed else 0
+
+
+def job_parser(doc: str, *, data: str, jobs, budget: float) -> argparse.ArgumentParser:
+    """The options every GPU trainer of scripts/ shares (its own are added by the caller)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data", default=data, help="folder of the prepared .npz crops")
+    parser.add_argument("--out", required=True, help="folder for the .pt results")
+    parser.add_argument("--jobs", nargs="+", default=list(jobs), choices=list(jobs))
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--budget", type=float, default=budget, help="seconds until every job stops")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--limit", type=int, default=None, help="about this many slices per part (smoke runs)")
+    parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = job_parser(__doc__, data="work_data/cine", jobs=JOBS, budget=420.0)
+    parser.add_argument("--epochs", type=int, default=250, help="baseline epochs (localiser, classifier: half)")
+    parser.add_argument("--fine-tune-scale", type=float, default=1.0, help="scales the region models' epochs")
+    parser.add_argument("--fine-tune-grace", type=float, default=60.0,
+                        help="extra seconds the region models and the classifier may use after --budget")
+    return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)
 
 
 if __name__ == "__main__":

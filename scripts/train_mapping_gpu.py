@@ -16,8 +16,6 @@ measured pace cannot finish them in time, so each cosine schedule still ends. Th
 """
 from __future__ import annotations
 
-import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_cine_gpu import SEGMENTATION_AUGMENTATION, load_part, save_results, train_model
+from train_cine_gpu import (
+    SEGMENTATION_AUGMENTATION,
+    job_parser,
+    load_part,
+    run_parallel_jobs,
+    save_results,
+    train_model,
+)
 
 #: job -> (encoder, seed)
 JOBS = {"resnet10": ("resnet10", 0), "resnet10_seed1": ("resnet10", 1), "resnet18": ("resnet18", 0)}
@@ -72,33 +77,11 @@ def run_job(job: str, args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="work_data/mapping", help="folder of maps_*.npz and raw_train.npz")
-    parser.add_argument("--out", required=True, help="folder for the .pt results")
-    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
-    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser = job_parser(__doc__, data="work_data/mapping", jobs=JOBS, budget=330.0)
     parser.add_argument("--raw-epochs", type=int, default=30, help="phase 1 epochs (raw frames + maps); 0: none")
     parser.add_argument("--epochs", type=int, default=600, help="phase 2 epochs (maps only)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds until every job stops")
     parser.add_argument("--phase1-share", type=float, default=0.35, help="part of the budget phase 1 may use")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, default=None, help="about this many slices per part (smoke runs)")
-    parser.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.started = args.started or time.time()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    if args.job:
-        run_job(args.job, args)
-        return 0
-    print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}", flush=True)
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--jobs" and a not in JOBS]
-    processes = {job: subprocess.Popen([sys.executable, __file__, *forwarded, "--job", job,
-                                        "--started", str(args.started)]) for job in args.jobs}
-    failed = [job for job, process in processes.items() if process.wait() != 0]
-    print(f"done in {time.time() - args.started:.0f} s; failed jobs: {failed or 'none'}", flush=True)
-    return 1 if failed else 0
+    return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)
 
 
 if __name__ == "__main__":
