@@ -563,7 +563,28 @@ def _resample_slices(
     Positions are mm along the slice's i and j axes. The source grid has spacing ``spacing_ij`` and its first pixel
     at ``origin_ij``; the target has ``new_spacing_ij`` and its first pixel at ``new_origin_ij``. k stays as is.
     Points beyond the source's outer pixel centres take the nearest value. ``interpolator``: "linear" or "nearest".
+
+    Linear resampling of such an axis-aligned grid is separable: two small matrix products per slice (what ITK's
+    linear interpolator computes, at a fraction of its cost for the many-channel probability maps); nearest
+    neighbour (label maps) goes through SimpleITK.
     """
+    if interpolator == "linear":
+        index_j = _source_index(new_size_ji[0], new_origin_ij[1], new_spacing_ij[1], origin_ij[1], spacing_ij[1])
+        index_i = _source_index(new_size_ji[1], new_origin_ij[0], new_spacing_ij[0], origin_ij[0], spacing_ij[0])
+        values = array.astype(np.float64 if array.dtype == np.float64 else np.float32, copy=False)
+        channels_first = np.moveaxis(values, -1, 1) if array.ndim == 4 else values  # j and i last
+        result = _interpolate_axis(_interpolate_axis(channels_first, index_j, axis=-2), index_i, axis=-1)
+        # beyond the source's outer pixel edges ITK extrapolates with the nearest pixel in both axes
+        outside_j = (index_j < -0.5) | (index_j > array.shape[1] - 0.5)
+        outside_i = (index_i < -0.5) | (index_i > array.shape[2] - 0.5)
+        if outside_j.any() or outside_i.any():
+            nearest_j = np.clip(np.floor(index_j + 0.5), 0, array.shape[1] - 1).astype(np.int64)
+            nearest_i = np.clip(np.floor(index_i + 0.5), 0, array.shape[2] - 1).astype(np.int64)
+            rows, columns = np.nonzero(outside_j[:, None] | outside_i[None, :])
+            result[..., rows, columns] = channels_first[..., nearest_j[rows], nearest_i[columns]]
+        if array.ndim == 4:
+            result = np.moveaxis(result, 1, -1)
+        return np.ascontiguousarray(result).astype(array.dtype, copy=False)
     import SimpleITK as sitk  # here, not at module level: InputSpec alone must not need the imaging stack
 
     is_vector = array.ndim == 4
@@ -583,6 +604,26 @@ def _resample_slices(
     if is_vector and result.ndim == 3:  # a one-component vector image comes back without its channel axis
         result = result[..., np.newaxis]
     return result.astype(array.dtype, copy=False)
+
+
+def _source_index(n_out: int, out_first_mm: float, out_spacing: float, in_first_mm: float,
+                  in_spacing: float) -> np.ndarray:
+    """Continuous source index of each of ``n_out`` target positions along one axis."""
+    return (float(out_first_mm) + np.arange(int(n_out)) * float(out_spacing) - float(in_first_mm)) / float(in_spacing)
+
+
+def _interpolate_axis(values: np.ndarray, index: np.ndarray, *, axis: int) -> np.ndarray:
+    """Linear interpolation of ``values`` along ``axis`` at continuous indices, clamped to the outer pixel centres
+    (as ITK's linear interpolator within the image)."""
+    n_in = values.shape[axis]
+    position = np.clip(index, 0.0, n_in - 1.0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, n_in - 1)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    fraction = (position - low).astype(values.dtype).reshape(shape)
+    below, above = np.take(values, low, axis=axis), np.take(values, high, axis=axis)
+    return below + fraction * (above - below)
 
 
 def _crop_or_pad(array: np.ndarray, offset_ji: Sequence[int], size_ji: Sequence[int], *, fill: float) -> np.ndarray:
