@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Inference speed of the segmenting commands on a lent GPU, file to written outputs (model loading apart):
-# TASKS="map qc" or TASKS="cine" (or all three), each the benchmark that times it on the CPU, with --device cuda.
+# TASKS="map qc" or TASKS="cine" (or all three), each the benchmark that times it on the CPU, with --device cuda;
+# TASKS="map-batch" times `cardiacai batch --task map --workers N` (N in $WORKERS) over 34 map files of 3 slices.
 #
 # Why two calls: one device call carries at most 64 MiB, and SimpleITK (the I/O of every command) is a 53 MB wheel;
 # the cine models alone are 44 MB. So the first call installs SimpleITK (carried xz-compressed, 28 MB) into /tmp/site
@@ -10,7 +11,7 @@
 # of its installed package, nibabel, slicerio, pynrrd wheels), work_data/gpu/speed/ (three ACDC test patients, three
 # mapping validation cases), work_data/gpu/models_mq/ (map_myocardium + QC) and work_data/gpu/models_cine/
 # (cine + QC). The tracked weights must be out of the working tree during the calls (the tree alone would be 65 MB).
-# Results: $OUT/speed_<task>.md.
+# Results: $OUT/speed_<task>.md. The runbook, with the order of the calls and their carry lists: docs/gpu_sessions.md.
 set -uo pipefail
 OUT=${OUT:?set OUT to the results folder}
 TASKS=${TASKS:-"map qc"}
@@ -44,6 +45,15 @@ for task in $TASKS; do
            --speed-only --speed-slices 100 ;;
     qc) python3 benchmarks/qc_speed.py --data "$SPEED/acdc" --qc-models "$MODELS" --device "$DEVICE" --limit 3 \
           --threads 4 ;;
+    map-batch) python3 -c "import sys; sys.path.insert(0, 'scripts'); from pathlib import Path; \
+from stage_gpu_speed import write_map_batch; write_map_batch(Path('$SPEED/mapping/validation'), Path('/tmp/map_batch'))"
+               for workers in ${WORKERS:-1 4 8}; do  # 34 files x 3 slices = 102 map slices, whole command + QC
+                 rm -rf /tmp/map_batch_out; start=$(date +%s.%N)
+                 python3 -m cardiac_ai batch /tmp/map_batch --task map --kind t1 --out /tmp/map_batch_out \
+                   --workers "$workers" --device "$DEVICE" --models-dir "$MODELS" -q
+                 echo "| $workers | $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.2f", b-a}') s |" \
+                      "$(grep -c ',ok,' /tmp/map_batch_out/summary.csv) cases ok |"
+               done ;;
     *) echo "unknown task $task"; continue ;;
   esac > "$OUT/speed_$task.md" 2> "$OUT/speed_$task.log"
   echo "== $task (exit $?)"; cat "$OUT/speed_$task.md"; tail -n 3 "$OUT/speed_$task.log"

@@ -31,9 +31,23 @@ def _size_mb(path: Path) -> float:
 
 def _copy_models(source: Path, target: Path, prefixes: tuple[str, ...]) -> None:
     target.mkdir(parents=True, exist_ok=True)
+    for stale in [*target.glob("*.json"), *target.glob("*.safetensors")]:  # an earlier staging's versions
+        stale.unlink()
     for path in sorted(source.glob("*")):
         if path.suffix in (".json", ".safetensors") and path.name.startswith(prefixes):
             shutil.copy2(path, target / path.name)
+
+
+def write_map_batch(source: Path, target: Path, *, n_files: int = 34) -> None:
+    """``n_files`` T1 map NIfTI files of 3 slices (the maps of the mapping cases in ``source``, repeated) for
+    ``cardiacai batch --task map`` (gpu_speed.sh writes them on the device: they need not travel)."""
+    from cardiac_ai.io import write_volume
+    from cardiac_ai.mapping import load_mapping_case
+
+    target.mkdir(parents=True, exist_ok=True)
+    maps = [load_mapping_case(path).t1_map_ms for path in sorted(source.glob("*.npz"))]
+    for n in range(n_files):
+        write_volume(maps[n % len(maps)], target / f"map{n:02d}.nii.gz")
 
 
 def _io_wheels(target: Path) -> None:
