@@ -220,16 +220,21 @@ def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance) 
 
 
 def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.ndarray | None:
-    """LPS centre of the largest 3D heart component the localiser finds, or None."""
-    probabilities = _run_model(model, volume, "image_center", device=device, provenance=provenance)
-    heart = np.argmax(probabilities, axis=0) > 0
+    """LPS centre of the largest 3D heart component the localiser finds, or None.
+
+    Found on the localiser's own coarse grid (no restore to the native grid: only a centre is needed)."""
+    from ..preprocessing import InputSpec, preprocess
+
+    prepared = preprocess(volume, InputSpec.from_dict(model.card.input_spec), crop_center="image_center")
+    probabilities = _predict_crop(model, prepared.image, device=device, provenance=provenance)
+    heart = np.argmax(probabilities, axis=1) > 0
     components, count = ndimage.label(heart)
     if count == 0:
         return None
     sizes = ndimage.sum_labels(heart, components, index=np.arange(1, count + 1))
     largest = components == (int(np.argmax(sizes)) + 1)
     center_kji = np.array(ndimage.center_of_mass(largest))
-    return volume.geometry.index_to_lps(center_kji[np.newaxis])[0]
+    return prepared.transform.cropped_geometry.index_to_lps(center_kji[np.newaxis])[0]
 
 
 def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, provenance) -> np.ndarray:
