@@ -282,3 +282,23 @@ def test_run_batch_refuses_workers_it_cannot_start(tmp_path):
         run_batch([], tmp_path, task="segment-cine", models=None, workers=0)
     with pytest.raises(InputError, match="load_models"):
         run_batch([], tmp_path, task="segment-cine", models=None, workers=2)
+
+
+def test_the_localiser_centre_from_its_own_grid_is_where_the_native_grid_puts_it(cine_models):
+    """The heart centre is taken on the localiser's coarse grid (no restore to the native grid); it must land
+    within a coarse pixel of the centre of the restored labels, in LPS millimetres."""
+    from scipy import ndimage
+
+    from cardiac_ai.regions import pipeline as regions_pipeline
+
+    case = make_cine_phantom(seed=47)
+    image = case.image.with_array(case.image.array.astype(np.float32))
+    centre = regions_pipeline._localise(cine_models.localiser, image, device="cpu", provenance=None)
+    native = regions_pipeline._run_model(cine_models.localiser, image, "image_center", device="cpu", provenance=None)
+    heart = np.argmax(native, axis=0) > 0
+    components, count = ndimage.label(heart)
+    largest = components == 1 + int(np.argmax(ndimage.sum_labels(heart, components, range(1, count + 1))))
+    expected = image.geometry.index_to_lps(np.array(ndimage.center_of_mass(largest))[np.newaxis])[0]
+    assert np.linalg.norm(centre - expected) < LOCALISER.in_plane_spacing_mm[0]
+    true_centre = image.geometry.index_to_lps(np.array(ndimage.center_of_mass(case.labels.array > 0))[np.newaxis])[0]
+    assert np.linalg.norm(centre[:2] - true_centre[:2]) < 10.0  # in-plane, on the phantom's heart
