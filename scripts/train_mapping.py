@@ -60,6 +60,8 @@ MAP_SPEC = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(128, 128))
 MAX_SHIFT_PX = 20
 AUGMENTATION = AugmentationConfig(translate_prob=0.5, translate_range_px=8.0)
 LABEL_MAP = {0: "background", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
+TRAINING_DATA = ("Semi-synthetic T1 and T2 maps (cardiac_ai.mapping.build_mapping_dataset, seed 0) on the ED anatomy of "
+                 "the ACDC training patients of the split; phase 1 also on the raw MOLLI and T2-prepared frames")
 NETWORKS = {
     "flexible": ("flexible_unet", flexible_kwargs),
     "unet": ("unet2d", lambda backbone: {"out_channels": 4, "channels": (16, 32, 64, 128, 256),
@@ -298,10 +300,6 @@ def import_gpu_candidates(results: Path, work: Path, version: str) -> None:
             license="CC BY-NC-SA 4.0 (ACDC data terms)",
         )
         print(f"registered {card}", flush=True)
-
-
-TRAINING_DATA = ("Semi-synthetic T1 and T2 maps (cardiac_ai.mapping.build_mapping_dataset, seed 0) on the ED anatomy of "
-                 "the ACDC training patients of the split; phase 1 also on the raw MOLLI and T2-prepared frames")
 
 
 def _split_summary() -> dict:
