@@ -271,3 +271,45 @@ def test_emidec_mask_png_reads_as_uint8_codes_with_unknown_pixel_size(shared_dat
     assert volume.array.shape == (1, 256, 256) and volume.array.dtype == np.uint8
     assert set(np.unique(volume.array)) <= {0, 1, 2, 3, 4}
     assert "no pixel size" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7, 9), (4, 3, 7, 9), (1, 7, 9), (7, 9)])
+def test_float_nifti_reads_as_simpleitk_reads_it(tmp_path, monkeypatch, shape, dtype):
+    """Float NIfTI voxels come from nibabel (one decompression, NaN kept for the check) and the geometry from ITK's
+    header: array, dtype and geometry must be what sitk.ReadImage gives, for 2D, single-slice, 3D and 4D files."""
+    array = np.random.default_rng(len(shape)).normal(100, 30, shape).astype(dtype)
+    image = sitk.GetImageFromArray(array, isVector=False)
+    dimension = image.GetDimension()
+    image.SetSpacing(tuple([1.25, 0.75, 8.0, 30.0][:dimension]))
+    image.SetOrigin(tuple([-103.5, 42.25, 17.0, 0.0][:dimension]))
+    direction = np.eye(dimension)
+    direction[:min(dimension, 3), :min(dimension, 3)] = _rotation((1, 2, 3), 25)[:min(dimension, 3), :min(dimension, 3)] \
+        if dimension >= 3 else _rotation((0, 0, 1), 25)[:2, :2]
+    image.SetDirection(tuple(direction.ravel()))
+    path = tmp_path / "float.nii.gz"
+    sitk.WriteImage(image, str(path))
+
+    expected = sitk.ReadImage(str(path))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: pytest.fail("float NIfTI decompressed twice"))
+    volume = read_volume(path, allow_4d=True)
+    reference = sitk.GetArrayFromImage(expected)
+    assert volume.array.dtype == reference.dtype
+    np.testing.assert_array_equal(volume.array.reshape(reference.shape), reference)
+    spacing = expected.GetSpacing()
+    np.testing.assert_allclose(volume.geometry.spacing_mm[: min(dimension, 3)], spacing[:3], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(volume.geometry.origin_lps_mm[: min(dimension, 3)], expected.GetOrigin()[:3], atol=1e-9)
+    n = min(dimension, 3)
+    np.testing.assert_allclose(volume.geometry.direction_matrix[:n, :n],
+                               np.asarray(expected.GetDirection()).reshape(dimension, dimension)[:n, :n], atol=1e-9)
+
+
+def test_scaled_integer_nifti_still_goes_through_itk_with_its_scaling(tmp_path):
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    image = nib.Nifti1Image(data, np.diag([1.5, 1.5, 8.0, 1.0]))
+    image.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(image, str(path))
+    volume = read_volume(path)
+    np.testing.assert_allclose(volume.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    assert float(volume.array.max()) == pytest.approx(59 * 0.5 + 10.0)

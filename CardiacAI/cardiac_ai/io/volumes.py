@@ -108,6 +108,44 @@ def _check_nifti_finite(path: Path) -> None:
         check_finite(np.asanyarray(image.dataobj), str(path))
 
 
+def _read_float_nifti(path: Path) -> sitk.Image | None:
+    """A float NIfTI without intensity scaling, decompressed once: the voxels from nibabel (which keeps NaN, so
+    they can be refused) and the geometry from ITK's reading of the header (what ``sitk.ReadImage`` would give).
+    None for any other NIfTI (integer, scaled, multi-component, or a layout the two readers see differently): those
+    go through ``sitk.ReadImage``."""
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        dtype = image.get_data_dtype()
+    except Exception:  # noqa: BLE001 - a file nibabel cannot open gets ITK's reader and its error message
+        return None
+    if dtype not in (np.float32, np.float64) or image.dataobj.slope not in (1.0, None) \
+            or image.dataobj.inter not in (0.0, None):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        data = np.asanyarray(image.dataobj)
+    except Exception:  # noqa: BLE001 - as above: ITK's reader says what is wrong
+        return None
+    size = reader.GetSize()
+    if reader.GetNumberOfComponents() != 1 or not 2 <= len(size) <= 4:
+        return None
+    if data.dtype != dtype or int(np.prod(data.shape)) != int(np.prod(size)) \
+            or tuple(n for n in data.shape if n != 1) != tuple(n for n in size if n != 1):
+        return None
+    check_finite(data, str(path))
+    # NIfTI stores x fastest, as ITK's buffer: the array in ITK's (..., y, x) index order is the file's, reversed.
+    array = np.ascontiguousarray(data.reshape(size, order="F").transpose())
+    result = sitk.GetImageFromArray(array, isVector=False)
+    result.SetSpacing(reader.GetSpacing())
+    result.SetOrigin(reader.GetOrigin())
+    result.SetDirection(reader.GetDirection())
+    return result
+
+
 def read_volume(
     path: str | os.PathLike,
     *,
@@ -134,6 +172,8 @@ def read_volume(
     source = Path(path)
     if not source.exists():
         raise DataError(f"Input not found: {source}")
+    nifti = _suffix(source) in (".nii", ".nii.gz")
+    read_by_nibabel = False
     if source.is_dir():
         from .dicom import read_dicom_series
 
@@ -147,7 +187,10 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image = sitk.ReadImage(str(source))
+            image = _read_float_nifti(source) if nifti else None
+            read_by_nibabel = image is not None
+            if image is None:
+                image = sitk.ReadImage(str(source))
         except RuntimeError as e:
             message = str(e).lower()
             if "zero-valued spacing" in message or ("spacing" in message and "invalid" in message):
@@ -169,7 +212,7 @@ def read_volume(
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
         volume = volume.frame(frame)
     check_finite(volume.array, str(source))
-    if _suffix(source) in (".nii", ".nii.gz"):
+    if nifti and not read_by_nibabel:
         _check_nifti_finite(source)
     if volume.array.size == 0:
         raise InputError(f"{source} holds an empty image.")
