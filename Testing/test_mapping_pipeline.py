@@ -356,3 +356,29 @@ def test_a_bright_organ_far_from_the_heart_does_not_replace_a_small_apical_lv(mo
     apex = result.labels.array[-1]
     assert not np.isin(apex[-30:-2, -30:-2], (2, 3)).any()
     assert dice_per_label(apex[None], truth[-1][None], labels=(2,))[2] > 0.6
+
+
+def test_a_heart_far_from_the_centre_of_a_large_view_is_found_then_segmented_in_a_crop(models, unseen, monkeypatch):
+    """A view much larger than the model's crop is first searched at twice the model's spacing; the network then
+    runs on a crop of its own input size around the LV it found, wherever the heart lies in the view."""
+    from cardiac_ai.models import inference
+
+    pad = ((0, 0), (0, 160), (0, 160))  # the heart ends up in the top-left part of a view about twice as large
+    big = Volume(np.pad(unseen.t1_map_ms.array, pad), unseen.t1_map_ms.geometry)
+    truth = np.pad(unseen.labels.array, pad)
+    shapes = []
+    real_predict = inference.predict_slices
+
+    def recording(network, images, **kwargs):
+        shapes.append(images.shape[-2:])
+        return real_predict(network, images, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_slices", recording)
+    result = analyse_map(big, kind="t1", models=models, device="cpu")
+
+    spacing = big.geometry.spacing_mm[0]
+    coarse_side = 2 * SPEC.in_plane_spacing_mm[0]
+    assert shapes[0][0] * coarse_side >= big.array.shape[1] * spacing  # the whole view, at twice the spacing
+    assert shapes[-1] == SPEC.crop_size  # then the model's own crop
+    dice = dice_per_label(result.labels.array, truth, labels=(2,))[2]
+    assert dice > 0.8, dice

@@ -3,9 +3,12 @@
 One network (registry name ``map_myocardium``) segments native T1 and T2 maps alike into RV blood pool (1), LV
 myocardium (2) and LV blood pool (3). Its input is the map resampled to the model's spacing and normalised by the
 map's own 1st and 99th percentiles (the model card's ``input_spec``): percentile normalisation is scale-free, so a
-T1 map (0-2000 ms) and a T2 map (0-150 ms) both arrive in [0, 1] without a kind-specific scale. The network is run
-once over the whole field of view (padded to a multiple of 32 pixels), so no heart localiser is needed; per slice
-the largest LV component (myocardium + blood pool) and the largest RV component are kept.
+T1 map (0-2000 ms) and a T2 map (0-150 ms) both arrive in [0, 1] without a kind-specific scale. No separate heart localiser is needed:
+when the field of view is larger than the model's crop, the same network first runs over the whole view at twice
+its spacing (:data:`LOCATE_SPACING_FACTOR`), the centre of the largest LV component of any slice places a crop of
+the model's input size, and the network segments that crop at full resolution (a view no larger than the crop, or
+one where the coarse pass finds no LV, is segmented whole, padded to a multiple of 32 pixels). Per slice the
+largest LV component (myocardium + blood pool) and the largest RV component are kept.
 
 The labels then go through :func:`~cardiac_ai.mapping.contours.fit_myocardial_contours` (the paper's Figure 4; its
 sub-pixel boundary follows the network's probabilities between pixel centres), and the myocardium and LV blood pool
@@ -58,6 +61,7 @@ from .statistics import (
     AHA_SEGMENT_NAMES,
     MapStatistics,
     aha_segments,
+    find_rv_insertion,
     lv_blood_pool_t1,
     myocardial_statistics,
     segment_statistics,
@@ -412,12 +416,61 @@ def _segment_probabilities(map_ms: NDArray[np.float32], volume: Volume, model: A
             f"{model.card.name} {model.card.version} expects {spec.channels} input channels; the mapping pipeline "
             "feeds one (the map)."
         )
+    image = volume.with_array(map_ms)
     whole = _whole_view_spec(spec, volume)
-    prepared = preprocess(volume.with_array(map_ms), whole, crop_center="image_center")
+    if whole.crop_size[0] * whole.crop_size[1] <= spec.crop_size[0] * spec.crop_size[1]:
+        prepared = preprocess(image, whole, crop_center="image_center")
+    else:
+        heart_lps = _locate_heart(image, spec, model, device=device, provenance=provenance)
+        if heart_lps is None:  # nothing like an LV at the coarse scale: the whole view at full resolution
+            prepared = preprocess(image, whole, crop_center="image_center")
+        else:
+            prepared = preprocess(image, spec, crop_center=lambda resampled: _index_ji(resampled.geometry, heart_lps))
     probabilities = predict_slices(
         model.network, prepared.image[:, np.newaxis], device=device, activation="softmax", provenance=provenance
     )
     return restore_probabilities(np.moveaxis(probabilities, 1, 0), prepared.transform)
+
+
+#: The heart is first found on the whole field of view at this multiple of the model's spacing, then segmented in
+#: a crop of the model's input size around it at the model's spacing: a 1.0 mm model over a whole 350 mm view would
+#: cost 2.5 times the pixels of its 192 mm crop, and the coarse pass costs a quarter of the whole view.
+LOCATE_SPACING_FACTOR = 2.0
+
+
+def _locate_heart(image: Volume, spec: Any, model: Any, *, device: Any, provenance: Provenance):
+    """LPS point (mm) of the centre of the largest LV (myocardium + blood pool) component, segmented over the whole
+    field of view at :data:`LOCATE_SPACING_FACTOR` times the model's spacing: in the middle slice, or in any slice
+    when the middle one has none (the crop is wide enough for the heart's drift from base to apex); None when no
+    slice has one."""
+    from ..models.inference import predict_slices
+    from ..preprocessing import preprocess
+
+    coarse_mm = tuple(LOCATE_SPACING_FACTOR * s for s in spec.in_plane_spacing_mm)
+    coarse = _whole_view_spec(dataclasses.replace(spec, in_plane_spacing_mm=coarse_mm), image)
+    prepared = preprocess(image, coarse, crop_center="image_center")
+    middle = image.array.shape[0] // 2
+    for slices in ([middle], [k for k in range(image.array.shape[0]) if k != middle]):
+        if not slices:
+            break
+        probabilities = predict_slices(model.network, prepared.image[slices, np.newaxis], device=device,
+                                       activation="softmax", provenance=provenance)
+        best, centre_kji = 0, None
+        for k, labels2d in zip(slices, np.argmax(probabilities, axis=1)):
+            lv = _largest_component(np.isin(labels2d, (LV_MYOCARDIUM, LV_BLOOD_POOL)))
+            if int(lv.sum()) > best:
+                best = int(lv.sum())
+                centre_kji = (k, *(np.argwhere(lv).mean(axis=0) + prepared.transform.crop_offset_ji))
+        if centre_kji is not None:
+            return prepared.transform.resampled_geometry.index_to_lps(np.asarray(centre_kji))[0]
+    return None
+
+
+def _index_ji(geometry: Any, point_lps: NDArray[np.float64]) -> tuple[float, float]:
+    """(j, i) fractional indices of an LPS point on a slice grid (its projection onto the slices' plane)."""
+    ijk = np.linalg.solve(geometry.direction_matrix @ np.diag(geometry.spacing_mm),
+                          np.asarray(point_lps, float) - np.asarray(geometry.origin_lps_mm))
+    return float(ijk[1]), float(ijk[0])
 
 
 def _largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -481,9 +534,9 @@ def segment_map(
 ) -> Volume:
     """The network's labels of a T1 or T2 map, before contour fitting.
 
-    The map is checked (:func:`check_map_values`), segmented over its whole field of view, and per slice only the
-    largest LV (myocardium + blood pool) component within 40 mm of the stack's LV centre (the centre of the largest
-    LV component of any slice) and the largest RV component are kept.
+    The map is checked (:func:`check_map_values`) and segmented (the heart found on the whole field of view, then a
+    crop around it), and per slice only the largest LV (myocardium + blood pool) component within 40 mm of the
+    stack's LV centre (the centre of the largest LV component of any slice) and the largest RV component are kept.
 
     Returns
     -------
@@ -665,24 +718,34 @@ def analyse_map(
                                               spacing_ji_mm=spacing_ji),
                 lambda message: warn(k, message),
             ))
+            # The RV insertion points, found once for the AHA segments and the septal ROI.
+            insertion_error: list[str] = []
+            insertion = _guarded(lambda: find_rv_insertion(labels_with_rv[k], geometry=geometry),
+                                 insertion_error.append)
+            mid = chosen_levels[k] == "mid"
+            if insertion is None:
+                warn(k, f"no AHA segments: {insertion_error[0]}")
+                if mid:
+                    warn(k, f"no septal ROI: {insertion_error[0]}")
+                continue
             segments = _guarded(
-                lambda: aha_segments(labels_with_rv[k], level=chosen_levels[k], geometry=geometry),
+                lambda: aha_segments(labels_with_rv[k], level=chosen_levels[k], rv_insertion=insertion,
+                                     geometry=geometry),
                 lambda message: warn(k, f"no AHA segments: {message}"),
             )
             if segments is not None:
                 segment_map[k] = segments
-            if chosen_levels[k] == "mid":
-                roi = _guarded(
-                    lambda: septal_roi(labels_with_rv[k], geometry=geometry),
-                    lambda message: warn(k, f"no septal ROI: {message}"),
+            roi = None
+            if mid:
+                roi = _guarded(lambda: septal_roi(labels_with_rv[k], insertion, geometry=geometry),
+                               lambda message: warn(k, f"no septal ROI: {message}"))
+            if roi is not None:
+                stats = _guarded(
+                    lambda: myocardial_statistics(values[k], roi, spacing_ji_mm=spacing_ji),
+                    lambda message: warn(k, f"septal ROI: {message}"),
                 )
-                if roi is not None:
-                    stats = _guarded(
-                        lambda: myocardial_statistics(values[k], roi, spacing_ji_mm=spacing_ji),
-                        lambda message: warn(k, f"septal ROI: {message}"),
-                    )
-                    if stats is not None:
-                        septal[k] = stats
+                if stats is not None:
+                    septal[k] = stats
         segment_stats: dict[int, MapStatistics] = {}
         if segment_map.any():
             segment_stats = _guarded(
