@@ -57,7 +57,7 @@ from train_mapping_gpu import flexible_kwargs
 
 SPLIT_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Splits" / "acdc_cine_split.json"
 MAP_SPEC = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(128, 128))
-MAX_SHIFT_PX = 20
+MAX_SHIFT_MM = 30.0
 AUGMENTATION = AugmentationConfig(translate_prob=0.5, translate_range_px=8.0)
 LABEL_MAP = {0: "background", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
 TRAINING_DATA = ("Semi-synthetic T1 and T2 maps (cardiac_ai.mapping.build_mapping_dataset, seed 0) on the ED anatomy of "
@@ -106,8 +106,14 @@ def as_cases(mapping_case, *, raw: bool) -> list[Case]:
     return cases
 
 
+def use_map_spec(spacing_mm: float, crop_px: int) -> None:
+    """Prepare and train at another in-plane spacing and crop (``--spacing-mm``, ``--crop-px``) than 1.5 mm / 128."""
+    global MAP_SPEC
+    MAP_SPEC = InputSpec(in_plane_spacing_mm=(spacing_mm, spacing_mm), crop_size=(crop_px, crop_px))
+
+
 def shifted_centre(case: Case):
-    """Labels' bounding-box centre plus a random shift of up to MAX_SHIFT_PX (fixed per case id), as (j, i) indices
+    """Labels' bounding-box centre plus a random shift of up to MAX_SHIFT_MM (fixed per case id), as (j, i) indices
     of the resampled grid (which keeps the centre of the field of view, as ``preprocess`` does)."""
     rng = np.random.default_rng(zlib.crc32(case.case_id.encode()))
     labels = case.labels.array
@@ -120,7 +126,8 @@ def shifted_centre(case: Case):
         m = max(1, int(round(n * old / new)))
         first_mm = ((n - 1) * old - (m - 1) * new) / 2.0
         centre.append(((index[0] + index[-1]) / 2.0 * old - first_mm) / new)
-    shift = rng.uniform(-MAX_SHIFT_PX, MAX_SHIFT_PX, 2)
+    max_shift_px = MAX_SHIFT_MM / MAP_SPEC.in_plane_spacing_mm[0]
+    shift = rng.uniform(-max_shift_px, max_shift_px, 2)
     return (centre[0] + shift[0], centre[1] + shift[1])
 
 
@@ -137,7 +144,7 @@ def _initial_checkpoint(models_folder: str, target: Path) -> Path:
     from cardiac_ai.training.checkpoint import save_checkpoint
 
     loaded = ModelRegistry(paths=[Path(models_folder)]).load("map_myocardium", device="cpu")
-    state = {k: v.float() for k, v in loaded.network.state_dict().items()}
+    state = {k: v.half() if v.is_floating_point() else v for k, v in loaded.network.state_dict().items()}
     print(f"phase 2 starts from {loaded.card.name} {loaded.card.version} ({loaded.weights_path})", flush=True)
     return save_checkpoint(target, {"model": state, "epoch": 0})
 
@@ -167,6 +174,11 @@ def main() -> None:
                                                             "--init-from, else 1e-3)")
     parser.add_argument("--version", default="1.0", help="version of the registered models")
     parser.add_argument("--gpu-results", help="folder of train_mapping_gpu.py's .pt files (stage import-gpu)")
+    parser.add_argument("--spacing-mm", type=float, default=1.5, help="in-plane spacing of the crops (prepare)")
+    parser.add_argument("--crop-px", type=int, default=128, help="crop size in pixels (prepare)")
+    parser.add_argument("--maps-only", action="store_true",
+                        help="prepare the maps only, not the raw frames of phase 1 (a model fine-tuned from "
+                             "--init-from needs no phase 1)")
     parser.add_argument("--augmentation", choices=["translate", "full"], default="translate",
                         help="translate: shifts only (the 1.0 model); full: also rotation, zoom, elastic, gamma, "
                              "bias field, noise, blur (cardiac_ai.training.augmentation defaults)")
@@ -174,11 +186,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    use_map_spec(args.spacing_mm, args.crop_px)
+    if args.maps_only and args.raw_epochs > 0 and not args.init_from and args.stage in ("flexible", "unet", "all"):
+        parser.error("--maps-only leaves out phase 1's raw frames: pass --raw-epochs 0 or --init-from")
     prefix = "" if args.limit is None else f"first{args.limit}_"
     if args.stage == "import-gpu":
         if not args.gpu_results:
             parser.error("--stage import-gpu needs --gpu-results")
-        import_gpu_candidates(Path(args.gpu_results), work, args.version)
+        import_gpu_candidates(Path(args.gpu_results), work, args.version, init_from=args.init_from)
         return
     stage_progress = StageProgress(stage_weights(args), enabled=args.progress_lines)
 
@@ -189,7 +204,7 @@ def main() -> None:
         stage_progress.finish()
         return
     stage_progress.stage("prepare")
-    names = ["maps_train", "maps_val", "raw_train"]
+    names = ["maps_train", "maps_val"] + ([] if args.maps_only else ["raw_train"])
     if all((work / f"{prefix}{n}.npz").exists() for n in names):
         train_cases = val_cases = []
     else:
@@ -197,10 +212,13 @@ def main() -> None:
     maps_train = prepared(work, f"{prefix}maps_train", [c for m in train_cases for c in as_cases(m, raw=False)],
                           shifted_centre)
     maps_val = prepared(work, f"{prefix}maps_val", [c for m in val_cases for c in as_cases(m, raw=False)], "labels")
-    raw_train = prepared(work, f"{prefix}raw_train", [c for m in train_cases for c in as_cases(m, raw=True)],
-                         shifted_centre)
-    print({"maps_train": len(maps_train), "maps_val": len(maps_val), "raw_train": len(raw_train)}, flush=True)
+    raw_train = None if args.maps_only else prepared(
+        work, f"{prefix}raw_train", [c for m in train_cases for c in as_cases(m, raw=True)], shifted_centre)
+    print({"maps_train": len(maps_train), "maps_val": len(maps_val),
+           "raw_train": 0 if raw_train is None else len(raw_train)}, flush=True)
     if args.stage == "prepare":
+        if args.init_from:  # the start of a GPU fine-tune (train_mapping_gpu.py --init-weights)
+            _initial_checkpoint(args.init_from, work / f"{prefix}init.pt")
         stage_progress.finish()
         return
 
@@ -270,8 +288,9 @@ def stage_weights(args) -> dict[str, float]:
     return {stage: costs[stage] for stage in running}
 
 
-def import_gpu_candidates(results: Path, work: Path, version: str) -> None:
-    """Register every candidate of train_mapping_gpu.py as ``WORK/models_gpu_<job>/map_myocardium``."""
+def import_gpu_candidates(results: Path, work: Path, version: str, *, init_from: str | None = None) -> None:
+    """Register every candidate of train_mapping_gpu.py as ``WORK/models_gpu_<job>/map_myocardium``; ``init_from``:
+    the registry folder whose map_myocardium the candidates were fine-tuned from (``--init-weights``)."""
     import json
 
     from cardiac_ai.training.checkpoint import export_best_model
@@ -287,6 +306,10 @@ def import_gpu_candidates(results: Path, work: Path, version: str) -> None:
         phase1 = h.get("phase1")
         first = (f"phase 1 (raw MOLLI and T2-prepared frames + maps) {phase1['epochs_done']} epochs, best validation "
                  f"Dice {phase1['metric']:.4f} at epoch {phase1['best_epoch']}; then " if phase1 else "")
+        if init_from:
+            spec = InputSpec.from_dict(h["input_spec"])
+            first = (f"no phase 1: initialised from map_myocardium {_model_version(init_from)} ({init_from}) and "
+                     f"fine-tuned at {spec.in_plane_spacing_mm[0]:g} mm, {spec.crop_size[0]} px crops; ")
         description = (
             f"FlexibleUNet ({h['network_kwargs']['backbone']} encoder, random initialisation: no ImageNet weights "
             f"available), Jaccard loss: LV myocardium, LV and RV blood pool on T1 and T2 maps. Trained on one "
@@ -300,6 +323,13 @@ def import_gpu_candidates(results: Path, work: Path, version: str) -> None:
             license="CC BY-NC-SA 4.0 (ACDC data terms)",
         )
         print(f"registered {card}", flush=True)
+
+
+def _model_version(models_folder: str) -> str:
+    """Version of the map_myocardium model that ModelRegistry would load from a folder (the highest)."""
+    from cardiac_ai.models import ModelRegistry
+
+    return ModelRegistry(paths=[Path(models_folder)]).load("map_myocardium", device="cpu").card.version
 
 
 def _split_summary() -> dict:

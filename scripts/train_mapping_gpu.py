@@ -62,12 +62,15 @@ def run_job(job: str, args) -> None:
               "task": "segmentation", "batch_size": args.batch_size, "seed": seed,
               "augmentation": SEGMENTATION_AUGMENTATION, "log": log, "loss_name": "jaccard", "fit_to_deadline": True}
     initial_state, phase1 = None, None
-    if args.raw_epochs > 0:
+    if args.init_weights:  # fine-tune a trained model (train_mapping.py --stage prepare --init-from): no phase 1
+        initial_state = torch.load(args.init_weights, map_location=device)["model"]
+    elif args.raw_epochs > 0:
         both = concatenate(load_part(data / "raw_train.npz", device, args.limit), maps_train)
         phase1 = train_model(train=both, epochs=args.raw_epochs, learning_rate=1e-3,
                              deadline=args.started + args.phase1_share * args.budget, tag=f"{job} phase 1", **common)
         initial_state = phase1.pop("state")
-    phase2 = train_model(train=maps_train, epochs=args.epochs, learning_rate=5e-4 if initial_state else 1e-3,
+    learning_rate = args.learning_rate or (5e-4 if initial_state else 1e-3)
+    phase2 = train_model(train=maps_train, epochs=args.epochs, learning_rate=learning_rate,
                          deadline=args.started + args.budget, initial_state=initial_state, tag=f"{job} phase 2",
                          **common)
     phase2["phase1"] = phase1
@@ -81,6 +84,10 @@ def main(argv=None) -> int:
     parser.add_argument("--raw-epochs", type=int, default=30, help="phase 1 epochs (raw frames + maps); 0: none")
     parser.add_argument("--epochs", type=int, default=600, help="phase 2 epochs (maps only)")
     parser.add_argument("--phase1-share", type=float, default=0.35, help="part of the budget phase 1 may use")
+    parser.add_argument("--init-weights", help="trainer checkpoint (.pt, 'model' state dict) to fine-tune on the maps "
+                                               "instead of phase 1 (train_mapping.py --stage prepare --init-from)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="phase 2 learning rate (default 5e-4 after phase 1 or --init-weights, else 1e-3)")
     return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)
 
 
