@@ -21,7 +21,10 @@ case per ACDC patient, base / mid / apex slices). For each case of ``--part`` an
   each contour step (Teh-Chin, + B-spline, + filtering, + convex hull) against the full pipeline on the truth
   (:func:`cardiac_ai.mapping.contour_step_hausdorff`).
 * **Speed**: ``--speed-slices`` map slices (default 100) from NIfTI file to contours and statistics
-  (``read_volume`` + ``analyse_map``), models loaded once. Target: 5 s on the CPU, 0.5 s on a GPU.
+  (``read_volume`` + ``analyse_map``), models loaded once, with the seconds of each stage summed over the files.
+  Target: 5 s on the CPU, 0.5 s on a GPU. ``--speed-workers N ...`` adds a row per N: the same files shared out
+  among N warm worker processes (each loads its models and analyses one file before the clock starts; their
+  start-up is given apart), the throughput ``cardiacai batch --workers N`` gives a cohort.
 
 ``--compare-models``: a second model folder (e.g. the plain U-Net) for the paper's Table 6 comparison.
 """
@@ -148,28 +151,94 @@ def _fit_rows(files) -> list[dict]:
     return rows
 
 
+def _speed_files(files, n_slices: int, scratch: Path) -> list[tuple[Path, str]]:
+    """NIfTI files of the cases' T1 and T2 maps (alternating), reused until ``n_slices`` slices."""
+    paths, total = [], 0
+    while total < n_slices:
+        for path in files:
+            if total >= n_slices:
+                break
+            case = load_mapping_case(path)
+            volume = case.t1_map_ms if len(paths) % 2 == 0 else case.t2_map_ms
+            keep = min(volume.array.shape[0], n_slices - total)
+            target = scratch / f"map{len(paths):03d}.nii.gz"
+            write_volume(volume.with_array(volume.array[:keep]), target)
+            paths.append((target, "t1" if len(paths) % 2 == 0 else "t2"))
+            total += keep
+    return paths
+
+
+def _analyse_file(target: Path, kind: str, models: MappingModels, device: str) -> dict[str, float]:
+    """``cardiacai map``'s work on one file, file to contours and statistics; seconds per stage."""
+    start = time.perf_counter()
+    volume = read_volume(target)
+    read = time.perf_counter() - start
+    levels = ("base", "mid", "apex")[: volume.array.shape[0]] if volume.array.shape[0] <= 3 else None
+    result = analyse_map(volume, kind=kind, models=models, device=device, levels=levels)
+    return {"read": read, **result.provenance.timings_s}
+
+
 def _speed(models: MappingModels, files, n_slices: int, device: str) -> dict:
+    """One process: the files one after the other, models loaded once (apart)."""
     with tempfile.TemporaryDirectory() as scratch:
-        paths, total = [], 0
-        while total < n_slices:
-            for path in files:
-                if total >= n_slices:
-                    break
-                case = load_mapping_case(path)
-                volume = case.t1_map_ms if len(paths) % 2 == 0 else case.t2_map_ms
-                keep = min(volume.array.shape[0], n_slices - total)
-                target = Path(scratch) / f"map{len(paths):03d}.nii.gz"
-                write_volume(volume.with_array(volume.array[:keep]), target)
-                paths.append((target, "t1" if len(paths) % 2 == 0 else "t2"))
-                total += keep
-        analyse_map(read_volume(paths[0][0]), kind=paths[0][1], models=models, device=device)  # warm-up
+        paths = _speed_files(files, n_slices, Path(scratch))
+        _analyse_file(*paths[0], models, device)  # warm-up
         start = time.perf_counter()
-        for target, kind in paths:
-            volume = read_volume(target)
-            levels = ("base", "mid", "apex")[: volume.array.shape[0]] if volume.array.shape[0] <= 3 else None
-            analyse_map(volume, kind=kind, models=models, device=device, levels=levels)
+        stages = [_analyse_file(target, kind, models, device) for target, kind in paths]
         seconds = time.perf_counter() - start
-    return {"slices": total, "files": len(paths), "seconds": seconds, "ms per slice": 1000 * seconds / total}
+    return _speed_summary(len(paths), n_slices, seconds, stages, workers=1)
+
+
+def _speed_summary(n_files: int, n_slices: int, seconds: float, stages, *, workers: int) -> dict:
+    row = {"workers": workers, "slices": n_slices, "files": n_files, "seconds": seconds,
+           "ms per slice": 1000 * seconds / n_slices}
+    for stage in ("read", "segment", "contours", "statistics"):
+        row[f"{stage} (s, all files)"] = sum(s.get(stage, 0.0) for s in stages)
+    row["worker start-up (s, apart)"] = None
+    return row
+
+
+_worker_models: dict = {}
+
+
+def _start_speed_worker(models_dir: str, device: str, threads: int, warm_up: tuple, ready) -> None:
+    """Pool initialiser: models loaded, one warm-up analysis, then wait until every worker is as far."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker_models["models"] = MappingModels.from_registry(ModelRegistry(paths=[Path(models_dir)]), device=device)
+    _worker_models["device"] = device
+    _analyse_file(*warm_up, _worker_models["models"], device)
+    ready.wait(timeout=600)
+
+
+def _analyse_in_worker(target: Path, kind: str) -> dict[str, float]:
+    return _analyse_file(target, kind, _worker_models["models"], _worker_models["device"])
+
+
+def _speed_workers(models_dir: Path, files, n_slices: int, device: str, workers: int) -> dict:
+    """``workers`` warm processes (each with its own models, started and warmed up before the clock starts, as
+    model loading is apart), the files shared out among them: the throughput of ``cardiacai batch --workers``."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = _speed_files(files, n_slices, Path(scratch))
+        ready = context.Barrier(workers)
+        started = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_speed_worker,
+                                 initargs=(str(models_dir), device, threads, paths[0], ready)) as pool:
+            wait([pool.submit(time.sleep, 0.0) for _ in range(workers)])  # one each: every worker started
+            start_up = time.perf_counter() - started
+            start = time.perf_counter()
+            stages = [future.result() for future in [pool.submit(_analyse_in_worker, *p) for p in paths]]
+            seconds = time.perf_counter() - start
+    row = _speed_summary(len(paths), n_slices, seconds, stages, workers=workers)
+    row["worker start-up (s, apart)"] = start_up
+    return row
 
 
 def _device_name(device: str) -> str:
@@ -189,6 +258,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, help="only the first N cases (quick check)")
     parser.add_argument("--speed-slices", type=int, default=100)
+    parser.add_argument("--speed-workers", type=int, nargs="*", default=[], metavar="N",
+                        help="also time the speed files shared out among N warm worker processes (one row per N)")
     parser.add_argument("--speed-only", action="store_true",
                         help="only the speed row (e.g. on a lent GPU, with a few cases of the part carried there)")
     parser.add_argument("--report", help="also write the tables to this Markdown file")
@@ -210,10 +281,12 @@ def main() -> int:
         loaded[label] = models
     if args.speed_only:
         label, models = next(iter(loaded.items()))
-        speed = _speed(models, files, args.speed_slices, args.device)
+        speed = [_speed(models, files, args.speed_slices, args.device)]
+        speed += [_speed_workers(variants["main"], files, args.speed_slices, args.device, n)
+                  for n in args.speed_workers]
         out = [f"Speed on device {args.device} ({_device_name(args.device)}), {len(files)} case files of "
                f"{args.dataset} reused until {args.speed_slices} slices; {label}; date {time.strftime('%Y-%m-%d')}.\n",
-               format_markdown_table([speed], digits=3)]
+               format_markdown_table(speed, digits=3)]
         emit_report(out, args.report)
         return 0
     rows, ablation = [], []

@@ -42,7 +42,7 @@ for task in $TASKS; do
     cine) python3 benchmarks/cine_speed.py --data "$SPEED/acdc" --models "$MODELS" --device "$DEVICE" --limit 3 \
             --repeats 5 --threads 4 ;;
     map) python3 benchmarks/mapping_segmentation.py --dataset "$SPEED/mapping" --models "$MODELS" --device "$DEVICE" \
-           --speed-only --speed-slices 100 ;;
+           --speed-only --speed-slices 100 --speed-workers ${SPEED_WORKERS:-4 8 12} ;;
     qc) python3 benchmarks/qc_speed.py --data "$SPEED/acdc" --qc-models "$MODELS" --device "$DEVICE" --limit 3 \
           --threads 4 ;;
     map-batch) python3 -c "import sys; sys.path.insert(0, 'scripts'); from pathlib import Path; \
