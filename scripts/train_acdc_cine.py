@@ -74,7 +74,16 @@ def main() -> None:
     parser.add_argument("--version", default="1.0", help="version of the registered models (stages register, import-gpu)")
     parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stage import-gpu)")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
+    parser.add_argument("--spacing-mm", type=float, default=1.5,
+                        help="in-plane spacing of the segmentation crops (prepare; the localiser and classifier "
+                             "crops keep theirs)")
+    parser.add_argument("--crop-px", type=int, default=128, help="segmentation crop size in pixels (prepare)")
+    parser.add_argument("--init-from", metavar="FOLDER",
+                        help="prepare: also write WORK/init.pt, the cine_baseline of this registry folder as the "
+                             "start of train_cine_gpu.py --init-weights (a fine-tune, e.g. at another spacing)")
     args = parser.parse_args()
+    global CINE_SPEC
+    CINE_SPEC = InputSpec(in_plane_spacing_mm=(args.spacing_mm, args.spacing_mm), crop_size=(args.crop_px,) * 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -100,6 +109,8 @@ def main() -> None:
           flush=True)
     if args.stage == "prepare":
         write_sampling_weights(work, cine_train)
+        if args.init_from:
+            write_initial_weights(Path(args.init_from), work / "init.pt")
         stage_progress.finish()
         return
     if args.stage == "import-gpu":
@@ -188,6 +199,17 @@ def main() -> None:
         stage_progress.stage("register")
         register(work, split, args.version)
     stage_progress.finish()
+
+
+def write_initial_weights(models_folder: Path, target: Path) -> None:
+    """The cine_baseline of a registry folder as a trainer checkpoint ({"model": float16 state dict})."""
+    from cardiac_ai.models import ModelRegistry
+    from cardiac_ai.training.checkpoint import save_checkpoint
+
+    loaded = ModelRegistry(paths=[models_folder]).load("cine_baseline", device="cpu")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in loaded.network.state_dict().items()}
+    save_checkpoint(target, {"model": state, "epoch": 0, "from": f"cine_baseline {loaded.card.version}"})
+    print(f"start weights: cine_baseline {loaded.card.version} ({loaded.weights_path}) -> {target}", flush=True)
 
 
 #: Stages after "prepare" and their rough cost in baseline epochs (the regions train on subsets: base 40 epochs on

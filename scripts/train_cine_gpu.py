@@ -321,8 +321,10 @@ def run_job(job: str, args) -> None:
                 sampling = sampling[::max(1, len(sampling) // args.limit)]
         common = dict(network="unet2d", kwargs=SEGMENTATION_KWARGS, task="segmentation", batch_size=args.batch_size,
                       augmentation=SEGMENTATION_AUGMENTATION, log=log)
-        baseline = train_model(train=train, val=val, epochs=epochs, learning_rate=2e-3, seed=0, deadline=deadline,
-                               sampling_weights=sampling, tag="baseline" if job == "main" else job, **common)
+        initial = torch.load(args.init_weights, map_location=device)["model"] if args.init_weights else None
+        baseline = train_model(train=train, val=val, epochs=epochs, learning_rate=args.learning_rate or 2e-3, seed=0,
+                               deadline=deadline, sampling_weights=sampling, tag="baseline" if job == "main" else job,
+                               initial_state=initial, fit_to_deadline=args.fit_to_deadline, **common)
         if job != "main":
             save(f"{job}.pt", {f"cine_baseline_{job}": baseline})
             return
@@ -395,6 +397,11 @@ def main(argv=None) -> int:
     parser = job_parser(__doc__, data="work_data/cine", jobs=JOBS, budget=420.0)
     parser.add_argument("--epochs", type=int, default=250, help="baseline epochs (localiser, classifier: half)")
     parser.add_argument("--fine-tune-scale", type=float, default=1.0, help="scales the region models' epochs")
+    parser.add_argument("--init-weights", help="checkpoint ({'model': state dict}) the baselines start from instead of "
+                                               "random weights (train_acdc_cine.py --stage prepare --init-from)")
+    parser.add_argument("--learning-rate", type=float, help="baseline learning rate (default 2e-3)")
+    parser.add_argument("--fit-to-deadline", action="store_true",
+                        help="plan fewer baseline epochs when the measured pace cannot finish them by --budget")
     parser.add_argument("--fine-tune-grace", type=float, default=60.0,
                         help="extra seconds the region models and the classifier may use after --budget")
     return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)
