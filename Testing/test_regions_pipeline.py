@@ -264,6 +264,7 @@ def test_batch_workers_give_the_same_cases_and_summary_as_one_process(cine_model
     one, two = rows(tmp_path / "one"), rows(tmp_path / "two")
     assert [r["case_id"] for r in two] == [r["case_id"] for r in one] == ["broken", "case1", "case2", "case3"]
     assert two[0]["status"] == "failed" and "broken" in two[0]["inputs"]
+    assert two[0]["error"] == one[0]["error"] and float(two[0]["seconds"]) >= 0  # a failed case is timed too
     for a, b in zip(one[1:], two[1:]):
         assert b["status"] == "ok" and float(b["seconds"]) > 0
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}

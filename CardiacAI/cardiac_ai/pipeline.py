@@ -410,13 +410,19 @@ def _start_batch_worker(load_models: Callable[[], tuple], threads: int) -> None:
 
 
 def _batch_case_in_worker(task: str, case: BatchCase, case_dir: Path, options) -> tuple[dict, float]:
-    """One case in a worker process: its summary columns and seconds (errors travel back to the parent)."""
-    if "error" in _worker_state:
-        raise ModelError(f"The models did not load in this batch worker: {_worker_state['error']}")
+    """One case in a worker process: its summary columns, or ``{"error": ...}`` for a case that failed as
+    :func:`run_batch` records it, and its seconds either way."""
     start = time.perf_counter()
-    (case_dir / REPORT_NAME).unlink(missing_ok=True)
-    values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
-                             qc=_worker_state["qc"], progress=None)
+    try:
+        if "error" in _worker_state:
+            raise ModelError(f"The models did not load in this batch worker: {_worker_state['error']}")
+        (case_dir / REPORT_NAME).unlink(missing_ok=True)
+        values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
+                                 qc=_worker_state["qc"], progress=None)
+    except _CASE_ERRORS as error:
+        log.error("Case %s failed: %s", case.case_id, error)
+        log.debug("%s", traceback.format_exc())
+        return {"error": f"{type(error).__name__}: {error}"}, time.perf_counter() - start
     return values, time.perf_counter() - start
 
 
@@ -450,8 +456,11 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
                     number, row = pending.pop(future)
                     try:
                         values, seconds = future.result()
-                        row.update({"status": "ok", **values, "seconds": round(seconds, 3)})
-                    except (*_CASE_ERRORS, BrokenProcessPool) as error:
+                        if "error" in values:
+                            row.update({"status": "failed", "error": values["error"], "seconds": round(seconds, 3)})
+                        else:
+                            row.update({"status": "ok", **values, "seconds": round(seconds, 3)})
+                    except (*_CASE_ERRORS, BrokenProcessPool) as error:  # the worker itself broke: no seconds
                         log.error("Case %s failed: %s", row["case_id"], error)
                         row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
                     rows[number] = row
