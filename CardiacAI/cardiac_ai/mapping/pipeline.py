@@ -3,12 +3,13 @@
 One network (registry name ``map_myocardium``) segments native T1 and T2 maps alike into RV blood pool (1), LV
 myocardium (2) and LV blood pool (3). Its input is the map resampled to the model's spacing and normalised by the
 map's own 1st and 99th percentiles (the model card's ``input_spec``): percentile normalisation is scale-free, so a
-T1 map (0-2000 ms) and a T2 map (0-150 ms) both arrive in [0, 1] without a kind-specific scale. No separate heart localiser is needed:
-when the field of view is larger than the model's crop, the same network first runs over the whole view at twice
-its spacing (:data:`LOCATE_SPACING_FACTOR`), the centre of the largest LV component of any slice places a crop of
-the model's input size, and the network segments that crop at full resolution (a view no larger than the crop, or
-one where the coarse pass finds no LV, is segmented whole, padded to a multiple of 32 pixels). Per slice the
-largest LV component (myocardium + blood pool) and the largest RV component are kept.
+T1 map (0-2000 ms) and a T2 map (0-150 ms) both arrive in [0, 1] without a kind-specific scale. No separate heart
+localiser is needed: when the field of view is larger than the model's crop, the same network first runs over the
+whole view at twice its spacing (:data:`LOCATE_SPACING_FACTOR`; the middle slice, every slice when that one shows no
+LV), the centre of the largest LV component it finds places a crop of the model's input size, and the network
+segments that crop at full resolution (a view no larger than the crop, or one where the coarse pass finds no LV, is
+segmented whole, padded to a multiple of 32 pixels). Per slice the largest LV component (myocardium + blood pool)
+and the largest RV component are kept.
 
 The labels then go through :func:`~cardiac_ai.mapping.contours.fit_myocardial_contours` (the paper's Figure 4; its
 sub-pixel boundary follows the network's probabilities between pixel centres), and the myocardium and LV blood pool
@@ -434,7 +435,7 @@ def _segment_probabilities(map_ms: NDArray[np.float32], volume: Volume, model: A
 
 #: The heart is first found on the whole field of view at this multiple of the model's spacing, then segmented in
 #: a crop of the model's input size around it at the model's spacing: a 1.0 mm model over a whole 350 mm view would
-#: cost 2.5 times the pixels of its 192 mm crop, and the coarse pass costs a quarter of the whole view.
+#: cost 3.4 times the pixels of its 192 mm crop, and the coarse pass costs a quarter of the whole view per slice.
 LOCATE_SPACING_FACTOR = 2.0
 
 
@@ -455,13 +456,9 @@ def _locate_heart(image: Volume, spec: Any, model: Any, *, device: Any, provenan
             break
         probabilities = predict_slices(model.network, prepared.image[slices, np.newaxis], device=device,
                                        activation="softmax", provenance=provenance)
-        best, centre_kji = 0, None
-        for k, labels2d in zip(slices, np.argmax(probabilities, axis=1)):
-            lv = _largest_component(np.isin(labels2d, (LV_MYOCARDIUM, LV_BLOOD_POOL)))
-            if int(lv.sum()) > best:
-                best = int(lv.sum())
-                centre_kji = (k, *(np.argwhere(lv).mean(axis=0) + prepared.transform.crop_offset_ji))
-        if centre_kji is not None:
+        centre_ji = _lv_centre_mm(np.argmax(probabilities, axis=1).astype(np.uint8), (1.0, 1.0))  # coarse pixels
+        if centre_ji is not None:  # any slice's k: the point is projected onto the slices' plane
+            centre_kji = (middle, *(centre_ji + np.asarray(prepared.transform.crop_offset_ji)))
             return prepared.transform.resampled_geometry.index_to_lps(np.asarray(centre_kji))[0]
     return None
 
