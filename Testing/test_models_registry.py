@@ -228,3 +228,24 @@ def test_a_model_in_an_earlier_folder_wins_even_with_a_lower_version(tmp_path):
     registry = ModelRegistry(paths=[mine, bundled])
     assert registry.card("toy_seg").description == "mine"
     assert registry.card("toy_seg", "2.0").description == "bundled"  # an explicit version is still found
+
+
+def test_a_registry_model_becomes_the_start_checkpoint_of_a_fine_tune(tmp_path):
+    """The highest version of a bundled model, written as a trainer checkpoint, loads into a fresh network of its
+    kind and gives the model's outputs; the checkpoint says which model it came from; a missing one is refused."""
+    from cardiac_ai.training.checkpoint import load_checkpoint_weights, registry_model_checkpoint
+
+    saved_model(tmp_path, make_card(version="1.0"), seed=0)
+    saved_model(tmp_path, make_card(version="2.0"), seed=1)
+    path = registry_model_checkpoint(tmp_path, "toy_seg", tmp_path / "start" / "init.pt")
+
+    fresh = make_card().build_network()
+    checkpoint = load_checkpoint_weights(fresh, path)
+    assert checkpoint["from"] == "toy_seg 2.0" and checkpoint["epoch"] == 0
+    expected = registry_on(tmp_path).load("toy_seg", device="cpu").network
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(sample()), expected(sample()), atol=1e-3, rtol=1e-3)
+    with pytest.raises(ModelError, match="other_model"):
+        registry_model_checkpoint(tmp_path, "other_model", tmp_path / "none.pt")
+    assert not (tmp_path / "none.pt").exists()

@@ -110,7 +110,9 @@ def main() -> None:
     if args.stage == "prepare":
         write_sampling_weights(work, cine_train)
         if args.init_from:
-            write_initial_weights(Path(args.init_from), work / "init.pt")
+            from cardiac_ai.training.checkpoint import registry_model_checkpoint
+
+            registry_model_checkpoint(args.init_from, "cine_baseline", work / "init.pt")
         stage_progress.finish()
         return
     if args.stage == "import-gpu":
@@ -199,17 +201,6 @@ def main() -> None:
         stage_progress.stage("register")
         register(work, split, args.version)
     stage_progress.finish()
-
-
-def write_initial_weights(models_folder: Path, target: Path) -> None:
-    """The cine_baseline of a registry folder as a trainer checkpoint ({"model": float16 state dict})."""
-    from cardiac_ai.models import ModelRegistry
-    from cardiac_ai.training.checkpoint import save_checkpoint
-
-    loaded = ModelRegistry(paths=[models_folder]).load("cine_baseline", device="cpu")
-    state = {k: v.half() if v.is_floating_point() else v for k, v in loaded.network.state_dict().items()}
-    save_checkpoint(target, {"model": state, "epoch": 0, "from": f"cine_baseline {loaded.card.version}"})
-    print(f"start weights: cine_baseline {loaded.card.version} ({loaded.weights_path}) -> {target}", flush=True)
 
 
 #: Stages after "prepare" and their rough cost in baseline epochs (the regions train on subsets: base 40 epochs on

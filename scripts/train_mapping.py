@@ -140,13 +140,10 @@ def prepared(work: Path, name: str, cases, crop_center):
 
 def _initial_checkpoint(models_folder: str, target: Path) -> Path:
     """The map_myocardium weights of a registry folder as a trainer checkpoint (``initial_weights`` reads those)."""
-    from cardiac_ai.models import ModelRegistry
-    from cardiac_ai.training.checkpoint import save_checkpoint
+    from cardiac_ai.training.checkpoint import registry_model_checkpoint
 
-    loaded = ModelRegistry(paths=[Path(models_folder)]).load("map_myocardium", device="cpu")
-    state = {k: v.half() if v.is_floating_point() else v for k, v in loaded.network.state_dict().items()}
-    print(f"phase 2 starts from {loaded.card.name} {loaded.card.version} ({loaded.weights_path})", flush=True)
-    return save_checkpoint(target, {"model": state, "epoch": 0})
+    print(f"phase 2 starts from the map_myocardium of {models_folder}", flush=True)
+    return registry_model_checkpoint(models_folder, "map_myocardium", target)
 
 
 def config(network: str, kwargs: dict, epochs: int, learning_rate: float) -> TrainingConfig:

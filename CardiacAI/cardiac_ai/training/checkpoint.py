@@ -86,6 +86,24 @@ def load_checkpoint_weights(network: "nn.Module", path: str | Path) -> dict[str,
     return checkpoint
 
 
+def registry_model_checkpoint(models_folder: str | Path, name: str, path: str | Path) -> Path:
+    """Write the registry model ``name`` of ``models_folder`` (its highest version) as a trainer checkpoint: a
+    float16 ``model`` state dict, the start of a fine-tune (``initial_weights``; the GPU trainers'
+    ``--init-weights``). The checkpoint's ``from`` says which model and version it holds.
+
+    Raises
+    ------
+    ModelError
+        If the folder holds no such model or its weights do not load.
+    """
+    from ..models import ModelRegistry
+
+    loaded = ModelRegistry(paths=[Path(models_folder)]).load(name, device="cpu")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in loaded.network.state_dict().items()}
+    log.info("Start checkpoint %s from %s %s (%s)", path, name, loaded.card.version, loaded.weights_path)
+    return save_checkpoint(path, {"model": state, "epoch": 0, "from": f"{name} {loaded.card.version}"})
+
+
 def capture_rng_state(device: "torch.device | None" = None) -> dict[str, Any]:
     """Global torch (and CUDA ``device``), numpy and Python generator states, as checkpoint-safe values."""
     import torch
