@@ -284,8 +284,8 @@ def test_float_nifti_reads_as_simpleitk_reads_it(tmp_path, monkeypatch, shape, d
     image.SetSpacing(tuple([1.25, 0.75, 8.0, 30.0][:dimension]))
     image.SetOrigin(tuple([-103.5, 42.25, 17.0, 0.0][:dimension]))
     direction = np.eye(dimension)
-    direction[:min(dimension, 3), :min(dimension, 3)] = _rotation((1, 2, 3), 25)[:min(dimension, 3), :min(dimension, 3)] \
-        if dimension >= 3 else _rotation((0, 0, 1), 25)[:2, :2]
+    rotation = _rotation((1, 2, 3), 25) if dimension >= 3 else _rotation((0, 0, 1), 25)
+    direction[:min(dimension, 3), :min(dimension, 3)] = rotation[:min(dimension, 3), :min(dimension, 3)]
     image.SetDirection(tuple(direction.ravel()))
     path = tmp_path / "float.nii.gz"
     sitk.WriteImage(image, str(path))
