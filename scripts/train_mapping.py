@@ -326,7 +326,7 @@ def _model_version(models_folder: str) -> str:
     """Version of the map_myocardium model that ModelRegistry would load from a folder (the highest)."""
     from cardiac_ai.models import ModelRegistry
 
-    return ModelRegistry(paths=[Path(models_folder)]).load("map_myocardium", device="cpu").card.version
+    return ModelRegistry(paths=[Path(models_folder)]).card("map_myocardium").version
 
 
 def _split_summary() -> dict:
