@@ -322,27 +322,70 @@ def test_restore_with_wrong_shapes_raises():
         restore_probabilities(sample.image[np.newaxis], sample.transform, background_channel=3)
 
 
+def _itk_linear(array, spacing, new_spacing, new_size_ji, new_origin, origin):
+    """ITK's linear interpolator with nearest-neighbour extrapolation, slice by slice: the reference."""
+    is_vector = array.ndim == 4
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector)
+    image.SetSpacing((*map(float, spacing), 1.0))
+    image.SetOrigin((*map(float, origin), 0.0))
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize((int(new_size_ji[1]), int(new_size_ji[0]), int(array.shape[0])))
+    resampler.SetOutputSpacing((*map(float, new_spacing), 1.0))
+    resampler.SetOutputOrigin((*map(float, new_origin), 0.0))
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetUseNearestNeighborExtrapolator(True)
+    out = sitk.GetArrayFromImage(resampler.Execute(image))
+    return out[..., np.newaxis] if is_vector and out.ndim == 3 else out
+
+
+def test_restore_interpolates_only_near_the_crop_yet_equals_restoring_the_whole_uncropped_grid():
+    """Restoring reads the crop window only; the reference pads the crop to the whole resampled grid with each
+    channel's fill and lets ITK interpolate all of it. Crops inside, across and beyond the image edges, oblique
+    directions; restore_argmax equals the argmax of the restored probabilities."""
+    from cardiac_ai.preprocessing import _crop_or_pad, restore_argmax
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for trial in range(40):
+        shape = (int(rng.integers(1, 4)), int(rng.integers(12, 70)), int(rng.integers(12, 70)))
+        spacing = (float(rng.uniform(0.6, 2.5)), float(rng.uniform(0.6, 2.5)), 8.0)
+        direction = OBLIQUE if trial % 2 else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        geometry = Geometry(spacing, tuple(rng.uniform(-50, 50, 3)), direction)
+        image = Volume(rng.random(shape).astype(np.float32), geometry)
+        crop = int(rng.integers(6, 60))
+        spec = InputSpec(in_plane_spacing_mm=(float(rng.uniform(0.7, 3.0)),) * 2, crop_size=(crop, crop))
+        center = (float(rng.uniform(-10, shape[1] + 10)), float(rng.uniform(-10, shape[2] + 10)))
+        try:
+            sample = preprocess(image, spec, crop_center=lambda resampled, c=center: c)
+        except InputError:  # a crop entirely outside the image is refused
+            continue
+        transform = sample.transform
+        probabilities = rng.random((4, *transform.cropped_shape)).astype(np.float32)
+        probabilities /= probabilities.sum(axis=0)
+
+        restored = restore_probabilities(probabilities, transform)
+
+        size = transform.resampled_shape[1:]
+        uncropped = np.stack([
+            _crop_or_pad(probabilities[c], (-transform.crop_offset_ji[0], -transform.crop_offset_ji[1]), size,
+                         fill=1.0 if c == 0 else 0.0) for c in range(4)], axis=-1)
+        native, resampled = transform.native_geometry, transform.resampled_geometry
+        shift = np.linalg.solve(native.direction_matrix,
+                                np.asarray(resampled.origin_lps_mm) - np.asarray(native.origin_lps_mm))
+        reference = _itk_linear(uncropped, resampled.spacing_mm[:2], native.spacing_mm[:2], shape[1:], (0.0, 0.0),
+                                shift[:2])
+        np.testing.assert_allclose(restored, np.moveaxis(reference, -1, 0), atol=1e-5)
+        np.testing.assert_array_equal(restore_argmax(probabilities, transform), np.argmax(restored, axis=0))
+        checked += transform.was_resampled
+    assert checked >= 20
+
+
 def test_separable_linear_resampling_matches_itks_interpolator_inside_and_outside_the_image():
     """_resample_slices interpolates in NumPy (separable); ITK's linear interpolator with nearest-neighbour
     extrapolation is the reference it replaced, for images and many-channel probability maps alike."""
-    import SimpleITK as sitk
-
     from cardiac_ai.preprocessing import _resample_slices
 
-    def itk(array, spacing, new_spacing, new_size_ji, new_origin, origin):
-        is_vector = array.ndim == 4
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=is_vector)
-        image.SetSpacing((*map(float, spacing), 1.0))
-        image.SetOrigin((*map(float, origin), 0.0))
-        resampler = sitk.ResampleImageFilter()
-        resampler.SetSize((int(new_size_ji[1]), int(new_size_ji[0]), int(array.shape[0])))
-        resampler.SetOutputSpacing((*map(float, new_spacing), 1.0))
-        resampler.SetOutputOrigin((*map(float, new_origin), 0.0))
-        resampler.SetInterpolator(sitk.sitkLinear)
-        resampler.SetUseNearestNeighborExtrapolator(True)
-        out = sitk.GetArrayFromImage(resampler.Execute(image))
-        return out[..., np.newaxis] if is_vector and out.ndim == 3 else out
-
+    itk = _itk_linear
     rng = np.random.default_rng(3)
     for _ in range(60):
         channels = int(rng.integers(0, 5))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cardiac_ai import InputError
-from cardiac_ai.device import resolve_device, run_batched_with_fallback
+from cardiac_ai.device import place_for_inference, resolve_device, run_batched_with_fallback
 from cardiac_ai.progress import format_progress_line, parse_progress_line, subrange
 from cardiac_ai.provenance import Provenance
 
@@ -64,3 +64,20 @@ def test_other_errors_are_not_swallowed():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_batched_with_fallback([1], run_batch, device=torch.device("cpu"), batch_size=1)
+
+
+def test_place_for_inference_sets_eval_and_leaves_a_placed_network_untouched(monkeypatch):
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Dropout(0.5), torch.nn.ReLU())
+    network.eval()
+    network[1].train()  # one layer left in training mode is enough to need eval()
+
+    assert place_for_inference(network, "cpu") is network
+    assert not any(module.training for module in network.modules())
+
+    def walked(*args, **kwargs):
+        raise AssertionError("an eval-mode network already on its device must not be walked again")
+
+    monkeypatch.setattr(network, "to", walked)
+    monkeypatch.setattr(network, "eval", walked)
+    place_for_inference(network, torch.device("cpu"))
+    place_for_inference(torch.nn.ReLU(), "cpu")  # no parameters or buffers: nothing to move

@@ -11,7 +11,7 @@ from typing import Callable, Sequence, TypeVar
 from .errors import InputError
 from .provenance import Provenance
 
-__all__ = ["DEVICE_CHOICES", "resolve_device", "is_out_of_memory", "run_batched_with_fallback"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "is_out_of_memory", "place_for_inference", "run_batched_with_fallback"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,38 @@ def resolve_device(choice: str | None = "auto") -> "torch.device":  # noqa: F821
             )
         return torch.device(choice)
     raise InputError(f"Unknown device {choice!r}; choose one of {DEVICE_CHOICES} (or cuda:N).")
+
+
+def _is_on(module: "torch.nn.Module", device: "torch.device") -> bool:  # noqa: F821
+    import torch
+
+    tensor = next(module.parameters(), None)
+    if tensor is None:
+        tensor = next(module.buffers(), None)
+    if tensor is None:
+        return True
+    device = torch.device(device)
+    if tensor.device.type != device.type:
+        return False
+    if device.type == "cuda":
+        wanted = device.index if device.index is not None else torch.cuda.current_device()
+        return tensor.device.index == wanted
+    return True
+
+
+def place_for_inference(module: "torch.nn.Module", device: "torch.device | str") -> "torch.nn.Module":  # noqa: F821
+    """Put ``module`` in eval mode on ``device``, walking its layers only when something has to change.
+
+    ``module.eval()`` and ``module.to()`` visit every submodule, parameter and buffer even when nothing changes:
+    for the six networks of a region-aware cine segmentation that walk cost about 20 ms per volume on CPU-2 (more on
+    a GPU host's slower cores) against a few ms of GPU work per network. Only the first parameter's device is
+    checked: a network split across devices is not something CardiacAI builds.
+    """
+    if any(submodule.training for submodule in module.modules()):
+        module.eval()
+    if not _is_on(module, device):
+        module.to(device)
+    return module
 
 
 def is_out_of_memory(error: BaseException) -> bool:

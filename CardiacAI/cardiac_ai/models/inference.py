@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from ..device import resolve_device, run_batched_with_fallback
+from ..device import place_for_inference, resolve_device, run_batched_with_fallback
 from ..errors import InputError
 from ..geometry import Volume
 from ..provenance import Provenance
@@ -92,11 +92,10 @@ def predict_slices(
         raise InputError(f"overlap must be in [0, 1), got {overlap}.")
 
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    network.eval()
     stack = images.astype(np.float32, copy=False)
 
     def run_batch(indices: Sequence[int], run_device: "torch.device") -> list[np.ndarray]:
-        network.to(run_device)
+        place_for_inference(network, run_device)
         batch = torch.from_numpy(np.ascontiguousarray(stack[list(indices)])).to(run_device)
         with torch.inference_mode():
             if roi_size is None:

@@ -19,6 +19,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ..device import place_for_inference
 from ..errors import InputError
 
 __all__ = ["QCDiceRegressor", "regress_dice", "DEFAULT_REGRESSOR_FEATURES"]
@@ -150,8 +151,7 @@ def regress_dice(
         parameter.device if parameter is not None else torch.device("cpu"))
     original_device = parameter.device if parameter is not None else torch.device("cpu")
     was_training = model.training
-    model.eval()
-    model.to(run_device)
+    place_for_inference(model, run_device)
     outputs = []
     try:
         with torch.no_grad():
@@ -159,6 +159,8 @@ def regress_dice(
                 batch = torch.from_numpy(array[start:start + batch_size]).to(run_device)
                 outputs.append(torch.sigmoid(model(batch).float()).cpu().numpy())
     finally:
-        model.to(original_device)
-        model.train(was_training)
+        if original_device != run_device:
+            model.to(original_device)
+        if was_training:
+            model.train()
     return np.concatenate(outputs).astype(np.float64)

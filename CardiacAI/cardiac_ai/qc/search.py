@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ..device import place_for_inference
 from ..errors import InputError
 from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
@@ -163,8 +164,7 @@ def latent_search(
     run_device = _model_device(model, device)
     was_training = model.training
     original_device = _model_device(model, None)
-    model.eval()
-    model.to(run_device)
+    place_for_inference(model, run_device)
     k = model.n_image_channels
     try:
         for parameter in model.parameters():
@@ -209,8 +209,10 @@ def latent_search(
     finally:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-        model.to(original_device)
-        model.train(was_training)
+        if original_device != run_device:
+            model.to(original_device)
+        if was_training:
+            model.train()
     log.debug("latent search: %d slices, %d steps, mean distance %.4g -> %.4g",
               x.shape[0], iterations, float(initial.mean()), float(best_loss.mean()))
     return SearchResult(

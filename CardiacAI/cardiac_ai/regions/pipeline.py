@@ -22,7 +22,7 @@ from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..metrics.clinical import structure_volume_ml
 from ..metrics.regional import CardiacRegion
-from ..preprocessing import restore_probabilities
+from ..preprocessing import restore_argmax, restore_probabilities
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
 
@@ -174,7 +174,9 @@ def check_short_axis_stack(volume: Volume) -> list[str]:
             f"Slice spacing {spacing_k:.3g} mm is outside {low}-{high} mm expected of a short-axis stack; "
             "this does not look like a short-axis cine volume (a 3D isotropic scan, or a wrong header)."
         )
-    values = np.unique(np.asarray(volume.array))
+    array = np.asarray(volume.array)
+    # np.unique sorts or hashes every voxel; an MR image's maximum alone rules out a label map almost always
+    values = np.unique(array) if array.max() <= _MAX_LABEL_CODE else np.empty(0)
     if 2 <= values.size <= _MAX_LABEL_VALUES and values.max() <= _MAX_LABEL_CODE and np.all(values == np.round(values)):
         raise InputError(
             f"The image holds only the values {[int(v) for v in values]}: it looks like a label map (a segmentation), "
@@ -364,8 +366,8 @@ def segment_cine(
             regions = decoded.regions
             provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
             if region_source == "segmentation":
-                baseline = restore_probabilities(np.moveaxis(baseline_crop, 1, 0), prepared.transform)
-                regions = _regions_from_labels(np.argmax(baseline, axis=0), base_first, volume)
+                baseline = restore_argmax(np.moveaxis(baseline_crop, 1, 0), prepared.transform)
+                regions = _regions_from_labels(baseline, base_first, volume)
         report(progress, 0.5, "Region-specific segmentation")
         # When every region model takes the baseline's input (the bundled ones do), each runs on its own slices of
         # the baseline's crop and one restore serves all: restoring is linear and per slice, so it commutes with
@@ -390,10 +392,11 @@ def segment_cine(
                 combined[target] = 0.5 * (reference + region_probs) if region_combination == "average" else region_probs
         crop_probabilities = combined if same_input else None
         probabilities = None if same_input else combined
-    if crop_probabilities is not None:
-        with provenance.timed("restore"):
-            probabilities = restore_probabilities(np.moveaxis(crop_probabilities, 1, 0), prepared.transform)
-    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+    with provenance.timed("restore"):
+        if crop_probabilities is not None:
+            labels = restore_argmax(np.moveaxis(crop_probabilities, 1, 0), prepared.transform)
+        else:
+            labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     if postprocess:
         report(progress, 0.85, "Post-processing")
         with provenance.timed("postprocess"):
