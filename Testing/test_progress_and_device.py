@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cardiac_ai import InputError
-from cardiac_ai.device import place_for_inference, resolve_device, run_batched_with_fallback
+from cardiac_ai.device import lent_for_inference, place_for_inference, resolve_device, run_batched_with_fallback
 from cardiac_ai.progress import format_progress_line, parse_progress_line, subrange
 from cardiac_ai.provenance import Provenance
 
@@ -81,3 +81,17 @@ def test_place_for_inference_sets_eval_and_leaves_a_placed_network_untouched(mon
     monkeypatch.setattr(network, "eval", walked)
     place_for_inference(network, torch.device("cpu"))
     place_for_inference(torch.nn.ReLU(), "cpu")  # no parameters or buffers: nothing to move
+
+
+def test_lent_for_inference_hands_a_training_network_back_in_training_mode():
+    network = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    network.train()
+
+    with lent_for_inference(network, "cpu") as lent:
+        assert lent is network and not any(module.training for module in network.modules())
+
+    assert all(module.training for module in network.modules())
+    network.eval()
+    with lent_for_inference(network, "cpu"):
+        pass
+    assert not network.training  # an eval-mode network stays in eval mode

@@ -6,12 +6,14 @@ on a machine without CUDA is an error, not a silent CPU run.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from .errors import InputError
 from .provenance import Provenance
 
-__all__ = ["DEVICE_CHOICES", "resolve_device", "is_out_of_memory", "place_for_inference", "run_batched_with_fallback"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "is_out_of_memory", "place_for_inference",
+           "lent_for_inference", "run_batched_with_fallback"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,30 @@ def place_for_inference(module: "torch.nn.Module", device: "torch.device | str")
     if not _is_on(module, device):
         module.to(device)
     return module
+
+
+@contextmanager
+def lent_for_inference(
+    module: "torch.nn.Module", device: "torch.device | str"  # noqa: F821
+) -> Iterator["torch.nn.Module"]:  # noqa: F821
+    """:func:`place_for_inference` for the ``with`` block, then the module's device and training mode as they were.
+
+    For functions that take a caller's network (a VAE being trained, a regressor on another device) and must hand
+    it back unchanged; like :func:`place_for_inference` it walks the module only where something differs.
+    """
+    import torch
+
+    tensor = next(module.parameters(), None)
+    original_device = tensor.device if tensor is not None else torch.device("cpu")
+    was_training = module.training
+    place_for_inference(module, device)
+    try:
+        yield module
+    finally:
+        if not _is_on(module, original_device):
+            module.to(original_device)
+        if was_training:
+            module.train()
 
 
 def is_out_of_memory(error: BaseException) -> bool:

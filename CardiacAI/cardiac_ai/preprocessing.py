@@ -646,12 +646,24 @@ def _source_index(n_out: int, out_first_mm: float, out_spacing: float, in_first_
     return (float(out_first_mm) + np.arange(int(n_out)) * float(out_spacing) - float(in_first_mm)) / float(in_spacing)
 
 
+def _neighbours(index: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per target position: the two source pixels linear interpolation reads (clamped to the outer pixel centres)
+    and its fraction between them."""
+    position = np.clip(index, 0.0, n_in - 1.0)
+    low = np.floor(position).astype(np.int64)
+    return low, np.minimum(low + 1, n_in - 1), position - low
+
+
+def _beyond_edges(index: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which target positions lie beyond the source's outer pixel edges, and the nearest source pixel of each
+    (ITK's nearest-neighbour extrapolation)."""
+    return (index < -0.5) | (index > n_in - 0.5), np.clip(np.floor(index + 0.5), 0, n_in - 1).astype(np.int64)
+
+
 def _source_reach(index: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     """The lowest and highest source pixel each target position reads, as :func:`_resample_linear_at` reads them."""
-    low = np.floor(np.clip(index, 0.0, n_in - 1.0)).astype(np.int64)
-    high = np.minimum(low + 1, n_in - 1)
-    beyond = (index < -0.5) | (index > n_in - 0.5)
-    nearest = np.clip(np.floor(index + 0.5), 0, n_in - 1).astype(np.int64)
+    low, high, _ = _neighbours(index, n_in)
+    beyond, nearest = _beyond_edges(index, n_in)
     return np.where(beyond, nearest, low), np.where(beyond, nearest, high)
 
 
@@ -678,13 +690,11 @@ def _resample_linear_at(
         _interpolate_axis(channels_first, index_j, axis=-2, n_grid=n_j, start=j0),
         index_i, axis=-1, n_grid=n_i, start=i0,
     )
-    outside_j = (index_j < -0.5) | (index_j > n_j - 0.5)
-    outside_i = (index_i < -0.5) | (index_i > n_i - 0.5)
+    outside_j, nearest_j = _beyond_edges(index_j, n_j)
+    outside_i, nearest_i = _beyond_edges(index_i, n_i)
     if outside_j.any() or outside_i.any():
-        nearest_j = np.clip(np.floor(index_j + 0.5), 0, n_j - 1).astype(np.int64) - j0
-        nearest_i = np.clip(np.floor(index_i + 0.5), 0, n_i - 1).astype(np.int64) - i0
         rows, columns = np.nonzero(outside_j[:, None] | outside_i[None, :])
-        result[..., rows, columns] = channels_first[..., nearest_j[rows], nearest_i[columns]]
+        result[..., rows, columns] = channels_first[..., nearest_j[rows] - j0, nearest_i[columns] - i0]
     if array.ndim == 4:
         result = np.moveaxis(result, 1, -1)
     return np.ascontiguousarray(result).astype(array.dtype, copy=False)
@@ -695,13 +705,10 @@ def _interpolate_axis(values: np.ndarray, index: np.ndarray, *, axis: int, n_gri
     """Linear interpolation of ``values`` along ``axis`` at continuous indices, clamped to the outer pixel centres
     (as ITK's linear interpolator within the image). ``values`` may hold only the part of a grid of ``n_grid``
     pixels that starts at pixel ``start``; the indices are the whole grid's."""
-    n_in = values.shape[axis] if n_grid is None else n_grid
-    position = np.clip(index, 0.0, n_in - 1.0)
-    low = np.floor(position).astype(np.int64)
-    high = np.minimum(low + 1, n_in - 1)
+    low, high, fraction = _neighbours(index, values.shape[axis] if n_grid is None else n_grid)
     shape = [1] * values.ndim
     shape[axis] = -1
-    fraction = (position - low).astype(values.dtype).reshape(shape)
+    fraction = fraction.astype(values.dtype).reshape(shape)
     below, above = np.take(values, low - start, axis=axis), np.take(values, high - start, axis=axis)
     return below + fraction * (above - below)
 

@@ -19,7 +19,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from ..device import place_for_inference
+from ..device import lent_for_inference
 from ..errors import InputError
 
 __all__ = ["QCDiceRegressor", "regress_dice", "DEFAULT_REGRESSOR_FEATURES"]
@@ -149,18 +149,9 @@ def regress_dice(
     parameter = next(model.parameters(), None)
     run_device = torch.device(device) if device is not None else (
         parameter.device if parameter is not None else torch.device("cpu"))
-    original_device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = model.training
-    place_for_inference(model, run_device)
     outputs = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(array), batch_size):
-                batch = torch.from_numpy(array[start:start + batch_size]).to(run_device)
-                outputs.append(torch.sigmoid(model(batch).float()).cpu().numpy())
-    finally:
-        if original_device != run_device:
-            model.to(original_device)
-        if was_training:
-            model.train()
+    with lent_for_inference(model, run_device), torch.no_grad():
+        for start in range(0, len(array), batch_size):
+            batch = torch.from_numpy(array[start:start + batch_size]).to(run_device)
+            outputs.append(torch.sigmoid(model(batch).float()).cpu().numpy())
     return np.concatenate(outputs).astype(np.float64)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ..device import place_for_inference
+from ..device import lent_for_inference
 from ..errors import InputError
 from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
@@ -162,57 +162,51 @@ def latent_search(
         raise InputError(f"tolerance must be >= 0, got {tolerance!r}.")
     x = _as_pairs(pairs, model)
     run_device = _model_device(model, device)
-    was_training = model.training
-    original_device = _model_device(model, None)
-    place_for_inference(model, run_device)
     k = model.n_image_channels
-    try:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        x = x.to(run_device)
-        with torch.no_grad():
-            mu, _ = model.encode(x)
-            bce, mse = reconstruction_loss(model.decode(mu), x, n_image_channels=k)
-        initial = (bce + image_weight * mse).double()
-        best_loss = initial.clone()
-        best_z = mu.clone()
-        z = mu.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=lr)
-        previous = float(initial.mean())
-        iterations, converged = 0, False
-        for _ in range(steps):
-            optimizer.zero_grad()
-            bce, mse = reconstruction_loss(model.decode(z), x, n_image_channels=k)
-            per_slice = bce + image_weight * mse
-            # the loss at the z *before* this step: keep it when it is the best seen
-            with torch.no_grad():  # torch.where, not boolean indexing: no wait for the GPU within a step
-                current = per_slice.double()
-                better = current < best_loss
-                best_loss = torch.where(better, current, best_loss)
-                best_z = torch.where(better[:, None], z.detach(), best_z)
-            per_slice.sum().backward()
-            optimizer.step()
-            iterations += 1
-            mean_loss = float(current.mean())
-            if iterations > 1 and abs(previous - mean_loss) <= tolerance * max(abs(previous), 1e-12):
-                converged = True
-                break
-            previous = mean_loss
-        with torch.no_grad():
-            if iterations:  # evaluate the final z too
-                bce, mse = reconstruction_loss(model.decode(z.detach()), x, n_image_channels=k)
-                current = (bce + image_weight * mse).double()
-                better = current < best_loss
-                best_loss = torch.where(better, current, best_loss)
-                best_z = torch.where(better[:, None], z.detach(), best_z)
-            decoded = model.decode(best_z)
-    finally:
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        if original_device != run_device:
-            model.to(original_device)
-        if was_training:
-            model.train()
+    with lent_for_inference(model, run_device):
+        try:
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            x = x.to(run_device)
+            with torch.no_grad():
+                mu, _ = model.encode(x)
+                bce, mse = reconstruction_loss(model.decode(mu), x, n_image_channels=k)
+            initial = (bce + image_weight * mse).double()
+            best_loss = initial.clone()
+            best_z = mu.clone()
+            z = mu.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=lr)
+            previous = float(initial.mean())
+            iterations, converged = 0, False
+            for _ in range(steps):
+                optimizer.zero_grad()
+                bce, mse = reconstruction_loss(model.decode(z), x, n_image_channels=k)
+                per_slice = bce + image_weight * mse
+                # the loss at the z *before* this step: keep it when it is the best seen
+                with torch.no_grad():  # torch.where, not boolean indexing: no wait for the GPU within a step
+                    current = per_slice.double()
+                    better = current < best_loss
+                    best_loss = torch.where(better, current, best_loss)
+                    best_z = torch.where(better[:, None], z.detach(), best_z)
+                per_slice.sum().backward()
+                optimizer.step()
+                iterations += 1
+                mean_loss = float(current.mean())
+                if iterations > 1 and abs(previous - mean_loss) <= tolerance * max(abs(previous), 1e-12):
+                    converged = True
+                    break
+                previous = mean_loss
+            with torch.no_grad():
+                if iterations:  # evaluate the final z too
+                    bce, mse = reconstruction_loss(model.decode(z.detach()), x, n_image_channels=k)
+                    current = (bce + image_weight * mse).double()
+                    better = current < best_loss
+                    best_loss = torch.where(better, current, best_loss)
+                    best_z = torch.where(better[:, None], z.detach(), best_z)
+                decoded = model.decode(best_z)
+        finally:
+            for parameter in model.parameters():
+                parameter.requires_grad_(True)
     log.debug("latent search: %d slices, %d steps, mean distance %.4g -> %.4g",
               x.shape[0], iterations, float(initial.mean()), float(best_loss.mean()))
     return SearchResult(
