@@ -242,6 +242,46 @@ def test_region_models_replace_or_are_averaged_with_the_baseline(cine_models, re
         segment_cine(case.image, region_combination="vote", **common)
 
 
+def _with_neighbour_weights(cine_models):
+    """The cine models with a 2.5D baseline and region models: the phantom baseline widened to see the slices on
+    each side, with weights on the neighbour towards the base only, so that the order of the neighbours shows."""
+    from dataclasses import replace
+
+    import torch
+
+    from cardiac_ai.models.networks import build_network
+    from cardiac_ai.training.checkpoint import widen_input_channels
+
+    card = cine_models.baseline.card
+    kwargs = dict(card.network_kwargs, in_channels=3)
+    spec = replace(InputSpec.from_dict(card.input_spec), channels=3, slice_context=1)
+    single = cine_models.baseline.network.state_dict()
+    wide = build_network(card.network, **kwargs).eval()
+    state = widen_input_channels(single, wide.state_dict(), keep_channel=1)
+    for key, tensor in state.items():
+        if tensor.shape != single[key].shape:
+            tensor[:, 0] = -2.0 * tensor[:, 1]
+    wide.load_state_dict(state)
+    two_five_d = replace(cine_models.baseline, network=wide,
+                         card=replace(card, network_kwargs=kwargs, input_spec=spec.to_dict()))
+    return replace(cine_models, baseline=two_five_d, region_models={r: two_five_d for r in cine_models.region_models})
+
+
+@pytest.mark.slow
+def test_a_2_5d_model_sees_its_neighbours_base_side_first_whichever_way_the_stack_runs(cine_models):
+    models = _with_neighbour_weights(cine_models)
+    case = make_cine_phantom(seed=48, n_slices=8)
+    regions = np.array([0, 1, 1, 2, 2, 2, 3, 3], np.int8)
+    common = dict(mode="region-aware", postprocess=False, device="cpu")
+    forward = segment_cine(case.image, models=models, slice_regions=regions, base_first=True, **common)
+    single = segment_cine(case.image, models=cine_models, slice_regions=regions, base_first=True, **common)
+    assert forward.provenance.parameters["base_first"] is True
+    assert not np.array_equal(forward.labels.array, single.labels.array)  # the neighbours count
+    reversed_image = case.image.with_array(np.ascontiguousarray(case.image.array[::-1]))
+    backward = segment_cine(reversed_image, models=models, slice_regions=regions[::-1], base_first=False, **common)
+    np.testing.assert_array_equal(backward.labels.array[::-1], forward.labels.array)
+
+
 @pytest.mark.slow
 def test_batch_workers_give_the_same_cases_and_summary_as_one_process(cine_models_dir, tmp_path):
     """`cardiacai batch --workers 2`: each worker process loads the models; rows keep the cases' order; a broken

@@ -86,6 +86,34 @@ def test_one_job_trains_saves_and_is_registered_with_its_history(gpu_script, pre
     assert card["validation_metrics"]["val_dice"] == pytest.approx(baseline["metric"])
 
 
+def test_a_2_5d_job_starts_from_a_single_slice_model_and_its_card_says_what_it_sees(gpu_script, prepared_folder,
+                                                                                     tmp_path):
+    from cardiac_ai.models.networks import build_network
+
+    gpu_script.SEGMENTATION_KWARGS.update(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    start = tmp_path / "init.pt"
+    torch.save({"model": build_network("unet2d", **gpu_script.SEGMENTATION_KWARGS).state_dict(),
+                "from": "cine_baseline 0.1"}, start)
+    out = tmp_path / "out"
+    argv = ["--data", str(prepared_folder), "--out", str(out), "--epochs", "1", "--fine-tune-scale", "0.01",
+            "--batch-size", "4", "--budget", "120", "--device", "cpu", "--job", "main", "--slice-context", "1",
+            "--init-weights", str(start)]
+    assert gpu_script.main(argv) == 0
+    baseline = torch.load(out / "main_a.pt", weights_only=True)["cine_baseline"]
+    assert baseline["network_kwargs"]["in_channels"] == 3 and baseline["started_from"] == "cine_baseline 0.1"
+    assert baseline["input_spec"]["slice_context"] == 1 and baseline["input_spec"]["channels"] == 3
+    part = gpu_script.load_part(prepared_folder / "cine_val.npz", torch.device("cpu"), slice_context=1)
+    assert part["images"].shape[1] == 3 and part["images"].dtype == torch.uint8
+
+    cine = _load("train_acdc_cine")
+    work = tmp_path / "work"
+    cine.import_gpu_results(out, work)
+    cine.register(work, type("Split", (), {"train": ("a",), "validation": ("b",), "test": ("c",)})(), version="9.9")
+    card = json.loads((work / "models" / "cine_base-9.9.json").read_text())
+    assert card["input_spec"]["slice_context"] == 1 and card["network_kwargs"]["in_channels"] == 3
+    assert "neighbouring slice" in card["description"] and "on the CPU" in card["description"]
+
+
 def test_a_job_past_its_deadline_stops_and_says_so(gpu_script, prepared_folder, tmp_path):
     argv = ["--data", str(prepared_folder), "--out", str(tmp_path), "--epochs", "50", "--batch-size", "4",
             "--budget", "0", "--fine-tune-grace", "0", "--device", "cpu", "--job", "sampler4"]

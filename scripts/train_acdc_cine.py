@@ -44,12 +44,13 @@ def acdc_cine_split(refs):
     return split
 
 
-def baseline_config(epochs: int, learning_rate: float = 2e-3) -> TrainingConfig:
+def baseline_config(epochs: int, learning_rate: float = 2e-3, spec: InputSpec | None = None) -> TrainingConfig:
+    spec = spec or CINE_SPEC
     return TrainingConfig(
         network="unet2d",
-        network_kwargs={"out_channels": 4, "channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2),
-                        "num_res_units": 2},
-        input_spec=CINE_SPEC.to_dict(), epochs=epochs, batch_size=16, learning_rate=learning_rate,
+        network_kwargs={"in_channels": spec.channels, "out_channels": 4, "channels": (16, 32, 64, 128, 256),
+                        "strides": (2, 2, 2, 2), "num_res_units": 2},
+        input_spec=spec.to_dict(), epochs=epochs, batch_size=16, learning_rate=learning_rate,
         metric_name="val_dice", metric_mode="max", seed=0,
     )
 
@@ -78,6 +79,9 @@ def main() -> None:
                         help="in-plane spacing of the segmentation crops (prepare; the localiser and classifier "
                              "crops keep theirs)")
     parser.add_argument("--crop-px", type=int, default=128, help="segmentation crop size in pixels (prepare)")
+    parser.add_argument("--slice-context", type=int, default=0,
+                        help="baseline, sampler and region models see this many neighbouring slices on each side "
+                             "as extra channels (2.5D)")
     parser.add_argument("--init-from", metavar="FOLDER",
                         help="prepare: also write WORK/init.pt, the cine_baseline of this registry folder as the "
                              "start of train_cine_gpu.py --init-weights (a fine-tune, e.g. at another spacing)")
@@ -122,6 +126,9 @@ def main() -> None:
         stage_progress.finish()
         return
 
+    if args.slice_context:  # before any subset: a region's edge slices keep their neighbours
+        cine_train, cine_val = (part.with_slice_context(args.slice_context) for part in (cine_train, cine_val))
+
     def progress(fraction, message):
         now = time.strftime("%H:%M:%S")
         if message.startswith("Epoch") or "finished" in message:
@@ -144,7 +151,8 @@ def main() -> None:
 
     if args.stage in ("baseline", "all"):
         result, _, metrics = train_segmentation_prepared(
-            cine_train, cine_val, config=baseline_config(args.epochs), out_dir=work / "run_baseline",
+            cine_train, cine_val, config=baseline_config(args.epochs, spec=cine_train.spec),
+            out_dir=work / "run_baseline",
             device=args.device, augmentation=CINE_AUGMENTATION,
             progress=stage_progress.stage("baseline", then=progress),
             resume=(work / "run_baseline" / "last.pt").exists(),
@@ -154,7 +162,7 @@ def main() -> None:
     if args.stage in ("sampler", "all"):
         from cardiac_ai.training import QuadraticPositionSampler
 
-        config = baseline_config(args.epochs)
+        config = baseline_config(args.epochs, spec=cine_train.spec)
         sampler = QuadraticPositionSampler(
             cine_train.positions, batch_size=config.batch_size,
             num_batches=int(np.ceil(len(cine_train) / config.batch_size)), ratio=20.0, seed=config.seed,
@@ -186,7 +194,7 @@ def main() -> None:
 
     if args.stage in ("regions", "all"):
         for region, name, epochs in ((1, "base", 40), (2, "middle", 15), (3, "apex", 40)):
-            config = baseline_config(epochs, learning_rate=5e-4)
+            config = baseline_config(epochs, learning_rate=5e-4, spec=cine_train.spec)
             result, _, metrics = train_segmentation_prepared(
                 cine_train.subset(cine_train.regions == region), cine_val.subset(cine_val.regions == region),
                 config=config, out_dir=work / f"run_region_{name}", device=args.device,
@@ -295,8 +303,12 @@ def _training_note(run: Path) -> str:
         return ""
     h = json.loads(history.read_text())
     stopped = f", stopped by its time budget after {h['epochs_done']}" if h["stopped_early"] else ""
-    return (f" Trained on one {h['device']} by scripts/train_cine_gpu.py: {h['epochs']} epochs planned{stopped}, "
-            f"batch {h['batch_size']}, AdamW lr {h['learning_rate']} cosine, bf16, GPU augmentation (affine, "
+    where = "the CPU (float32)" if h["device"] == "cpu" else f"one {h['device']} (bf16)"
+    start = f", starting from {h['started_from']}" if h.get("started_from") else ""
+    context = h["input_spec"].get("slice_context", 0)
+    sees = f" Input: the slice and {context} neighbouring slice(s) on each side (2.5D)." if context else ""
+    return (f"{sees} Trained on {where} by scripts/train_cine_gpu.py{start}: {h['epochs']} epochs planned{stopped}, "
+            f"batch {h['batch_size']}, AdamW lr {h['learning_rate']} cosine, batch augmentation (affine, "
             f"elastic, gamma, bias field, noise), {h['sampling']} sampling; best validation {h['metric_name']} "
             f"{h['metric']:.4f} at epoch {h['best_epoch']}; {h['seconds']:.0f} s.")
 

@@ -25,6 +25,7 @@ the best validation metric, its epoch, the validation history, seconds and slice
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -56,16 +57,25 @@ def build(name: str, kwargs: dict) -> torch.nn.Module:
 
 
 # -- data -------------------------------------------------------------------------------------------------------------
-def load_part(path: Path, device: torch.device, limit: int | None = None) -> dict:
-    """A prepared part on the device; ``limit`` keeps every k-th slice so that about that many remain (smoke runs)."""
+def load_part(path: Path, device: torch.device, limit: int | None = None, slice_context: int = 0) -> dict:
+    """A prepared part on the device; ``limit`` keeps every k-th slice so that about that many remain (smoke runs).
+    ``slice_context`` > 0 gives each slice its neighbours in its stack as channels (a 2.5D model's input)."""
+    from cardiac_ai.preprocessing import InputSpec
+    from cardiac_ai.training.slices import slice_context_images
+
     with np.load(path, allow_pickle=False) as data:
+        spec = InputSpec.from_dict(json.loads(str(data["spec_json"])))
+        images = data["images_uint8"][:, np.newaxis]  # uint8 (N, 1, H, W)
+        if slice_context:
+            spec = dataclasses.replace(spec, channels=1 + 2 * slice_context, slice_context=slice_context)
+            images = slice_context_images(data["images_uint8"], data["case_ids"], data["slice_indices"], spec)
         keep = slice(None) if not limit else slice(None, None, max(1, len(data["regions"]) // limit))
         part = {
-            "images": torch.from_numpy(data["images_uint8"][keep]).to(device).unsqueeze(1),  # uint8 (N, 1, H, W)
+            "images": torch.from_numpy(images[keep]).to(device),
             "labels": (torch.from_numpy(data["labels"][keep].astype(np.int64)).to(device) if "labels" in data
                        else None),
             "regions": torch.from_numpy(data["regions"][keep].astype(np.int64)).to(device),
-            "spec": json.loads(str(data["spec_json"])),
+            "spec": spec.to_dict(),
         }
     return part
 
@@ -311,20 +321,29 @@ def run_job(job: str, args) -> None:
             log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
 
     if job in ("main", "sampler4", "sampler20"):
-        train = load_part(data / "cine_train.npz", device, args.limit)
-        val = load_part(data / "cine_val.npz", device, args.limit)
+        train = load_part(data / "cine_train.npz", device, args.limit, args.slice_context)
+        val = load_part(data / "cine_val.npz", device, args.limit, args.slice_context)
         sampling = None
         if job != "main":
             with np.load(data / "sampling_weights.npz") as w:
                 sampling = w[f"ratio{job.removeprefix('sampler')}"]
             if args.limit:
                 sampling = sampling[::max(1, len(sampling) // args.limit)]
-        common = dict(network="unet2d", kwargs=SEGMENTATION_KWARGS, task="segmentation", batch_size=args.batch_size,
+        kwargs = dict(SEGMENTATION_KWARGS, in_channels=1 + 2 * args.slice_context)
+        common = dict(network="unet2d", kwargs=kwargs, task="segmentation", batch_size=args.batch_size,
                       augmentation=SEGMENTATION_AUGMENTATION, log=log)
-        initial = torch.load(args.init_weights, map_location=device)["model"] if args.init_weights else None
+        start = torch.load(args.init_weights, map_location=device) if args.init_weights else {}
+        initial = start.get("model")
+        if initial is not None and args.slice_context:
+            from cardiac_ai.training.checkpoint import widen_input_channels
+
+            initial = widen_input_channels(initial, build("unet2d", kwargs).state_dict(),
+                                           keep_channel=args.slice_context)
         baseline = train_model(train=train, val=val, epochs=epochs, learning_rate=args.learning_rate or 2e-3, seed=0,
                                deadline=deadline, sampling_weights=sampling, tag="baseline" if job == "main" else job,
                                initial_state=initial, fit_to_deadline=args.fit_to_deadline, **common)
+        if args.init_weights:
+            baseline["started_from"] = start.get("from", Path(args.init_weights).name)
         if job != "main":
             save(f"{job}.pt", {f"cine_baseline_{job}": baseline})
             return
@@ -402,6 +421,10 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, help="baseline learning rate (default 2e-3)")
     parser.add_argument("--fit-to-deadline", action="store_true",
                         help="plan fewer baseline epochs when the measured pace cannot finish them by --budget")
+    parser.add_argument("--slice-context", type=int, default=0,
+                        help="segmentation models (main, samplers) see this many neighbouring slices on each side "
+                             "as extra channels (2.5D); with --init-weights a single-slice start is widened, the "
+                             "new channels starting at zero")
     parser.add_argument("--fine-tune-grace", type=float, default=60.0,
                         help="extra seconds the region models and the classifier may use after --budget")
     return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)

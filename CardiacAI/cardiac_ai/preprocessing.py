@@ -16,6 +16,7 @@ Typical use (``image`` and ``labels`` are :class:`~cardiac_ai.geometry.Volume` o
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_RESAMPLED_SIZE",
     "MIN_RESAMPLED_SIZE",
     "preprocess",
+    "network_input",
     "restore_argmax",
     "restore_labels",
     "restore_probabilities",
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Largest crop side (pixels) an :class:`InputSpec` accepts.
 MAX_CROP_SIZE = 1024
+#: Neighbours on each side a 2.5D network may see; cine stacks hold 6 to 21 slices.
+MAX_SLICE_CONTEXT = 3
 #: Largest and smallest in-plane side (pixels) of a resampled slice (the smallest only where the input had at
 #: least as many); outside them the spacing is probably in the wrong unit.
 MAX_RESAMPLED_SIZE = 4096
@@ -79,8 +83,12 @@ class InputSpec:
     percentiles : (2,) floats
         Low and high percentile (0..100) for ``"percentile"``; ignored by ``"zscore"``.
     channels : int
-        Input channels of the network. :func:`preprocess` makes one channel per slice; stacking more
-        (neighbouring slices, frames) is the caller's job.
+        Input channels of the network. :func:`preprocess` makes one channel per slice; :func:`network_input`
+        stacks the neighbouring slices when ``slice_context`` asks for them; other stacks (frames, maps) are the
+        caller's job.
+    slice_context : int
+        Neighbouring slices on each side that the network sees beside the slice it segments (2.5D): 0 (default) for
+        one slice, 1 for the slices above and below. ``channels`` is then ``1 + 2 * slice_context``.
     """
 
     in_plane_spacing_mm: tuple[float, float] = (1.25, 1.25)
@@ -88,6 +96,7 @@ class InputSpec:
     normalization: Normalization = "percentile"
     percentiles: tuple[float, float] = (1.0, 99.0)
     channels: int = 1
+    slice_context: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -121,10 +130,18 @@ class InputSpec:
             raise InputError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {self.percentiles!r}.")
         if isinstance(self.channels, bool) or not isinstance(self.channels, (int, np.integer)) or self.channels < 1:
             raise InputError(f"channels must be a positive integer, got {self.channels!r}.")
+        if isinstance(self.slice_context, bool) or not isinstance(self.slice_context, (int, np.integer)) \
+                or not 0 <= self.slice_context <= MAX_SLICE_CONTEXT:
+            raise InputError(
+                f"slice_context must be an integer from 0 to {MAX_SLICE_CONTEXT}, got {self.slice_context!r}.")
+        if self.slice_context and self.channels != 1 + 2 * self.slice_context:
+            raise InputError(f"slice_context {self.slice_context} gives the network {1 + 2 * self.slice_context} "
+                             f"channels (the slice and its neighbours on each side), but channels is {self.channels}.")
         object.__setattr__(self, "in_plane_spacing_mm", spacing)
         object.__setattr__(self, "crop_size", crop)
         object.__setattr__(self, "percentiles", percentiles)
         object.__setattr__(self, "channels", int(self.channels))
+        object.__setattr__(self, "slice_context", int(self.slice_context))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (lists for tuples)."""
@@ -134,14 +151,21 @@ class InputSpec:
             "normalization": self.normalization,
             "percentiles": list(self.percentiles),
             "channels": self.channels,
+            # Written only when used, so the cards of single-slice models stay readable by older versions.
+            **({"slice_context": self.slice_context} if self.slice_context else {}),
         }
+
+    def same_preprocessing(self, other: "InputSpec") -> bool:
+        """True when :func:`preprocess` makes the same slices for both specs (they may stack them differently)."""
+        single = {"channels": 1, "slice_context": 0}
+        return dataclasses.replace(self, **single) == dataclasses.replace(other, **single)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
         """Inverse of :meth:`to_dict`; missing keys take the defaults, unknown keys raise InputError."""
         if not isinstance(data, dict):
             raise InputError(f"InputSpec.from_dict needs a dict, got {type(data).__name__}.")
-        known = {"in_plane_spacing_mm", "crop_size", "normalization", "percentiles", "channels"}
+        known = {"in_plane_spacing_mm", "crop_size", "normalization", "percentiles", "channels", "slice_context"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"Unknown input spec keys {unknown}; expected some of {sorted(known)}.")
@@ -361,6 +385,28 @@ def preprocess(
         intensity_stats=stats,
     )
     return Preprocessed(image=normalised, labels=label_crop, transform=transform)
+
+
+def network_input(images: np.ndarray, spec: InputSpec, *, base_first: bool = True) -> np.ndarray:
+    """The network's input ``(k, channels, cj, ci)`` from preprocessed slices ``(k, cj, ci)`` of one stack, in their
+    dtype (float for inference, the uint8 of prepared training crops).
+
+    With ``spec.slice_context`` = n, slice k's channels are slices k - n .. k + n ordered from the base side to the
+    apex side (``base_first``: the base is at low k, as in ACDC), so a 2.5D network reads "towards the base" in the
+    same channel whichever way the stack runs; a neighbour beyond the stack is all zeros (no image there, which a
+    2.5D model needs to tell the top of a stack from a mid slice). Without context, a channel axis is added.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise InputError(f"network_input needs preprocessed slices (k, cj, ci), got shape {images.shape}.")
+    context = spec.slice_context
+    if not context:
+        return images[:, np.newaxis]
+    ordered = images if base_first else images[::-1]
+    beyond = np.zeros((context, *images.shape[1:]), images.dtype)
+    padded = np.concatenate([beyond, ordered, beyond])
+    stacked = np.stack([padded[offset:offset + len(images)] for offset in range(2 * context + 1)], axis=1)
+    return stacked if base_first else np.ascontiguousarray(stacked[::-1])
 
 
 def restore_probabilities(

@@ -137,17 +137,19 @@ def segment_stack(
     device: "str | torch.device | None" = None,
     batch_size: int = 16,
     provenance: Provenance | None = None,
+    base_first: bool = True,
 ) -> StackSegmentation:
     """Preprocess ``volume`` as the model card says, segment every slice, and map the result back to the input grid.
 
     The same :func:`~cardiac_ai.preprocessing.preprocess` as in training; the inverse is exact in geometry.
+    ``base_first`` (the base at low k) orders the neighbouring slices a 2.5D model sees (``slice_context``).
     """
-    from ..preprocessing import InputSpec, preprocess, restore_probabilities
+    from ..preprocessing import InputSpec, network_input, preprocess, restore_probabilities
 
     spec = InputSpec.from_dict(model.card.input_spec)
     prepared = preprocess(volume, spec, crop_center=crop_center)
     probabilities = predict_slices(
-        model.network, prepared.image[:, np.newaxis], device=device, batch_size=batch_size,
+        model.network, network_input(prepared.image, spec, base_first=base_first), device=device, batch_size=batch_size,
         activation="softmax", provenance=provenance,
     )  # (k, classes, cj, ci)
     native = restore_probabilities(np.moveaxis(probabilities, 1, 0), prepared.transform)

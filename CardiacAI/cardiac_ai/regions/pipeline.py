@@ -22,7 +22,7 @@ from ..geometry import Volume
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..metrics.clinical import structure_volume_ml
 from ..metrics.regional import CardiacRegion
-from ..preprocessing import restore_argmax, restore_probabilities
+from ..preprocessing import InputSpec, network_input, preprocess, restore_argmax, restore_probabilities
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
 
@@ -199,34 +199,34 @@ def _center_detector(center_lps: np.ndarray):
     return detect
 
 
-def _run_model(model, volume: Volume, crop_center, *, device, provenance: Provenance) -> np.ndarray:
+def _run_model(model, volume: Volume, crop_center, *, device, provenance: Provenance,
+               base_first: bool = True) -> np.ndarray:
     """Softmax probabilities (classes, k, j, i) of a segmentation model on the input grid."""
     from ..models.inference import segment_stack
 
-    return segment_stack(model, volume, crop_center=crop_center, device=device, provenance=provenance).probabilities
+    return segment_stack(model, volume, crop_center=crop_center, device=device, provenance=provenance,
+                         base_first=base_first).probabilities
 
 
 def _prepare_for(model, volume: Volume, center_lps: np.ndarray):
     """``preprocess`` of the volume as the model's card says, cropped around the heart centre."""
-    from ..preprocessing import InputSpec, preprocess
-
     return preprocess(volume, InputSpec.from_dict(model.card.input_spec), crop_center=_center_detector(center_lps))
 
 
-def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance) -> np.ndarray:
-    """Softmax probabilities (k, classes, cj, ci) of a segmentation model on preprocessed slices (k, cj, ci)."""
+def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance, base_first: bool = True,
+                  chosen: np.ndarray | None = None) -> np.ndarray:
+    """Softmax probabilities (k, classes, cj, ci) of a segmentation model on preprocessed slices (k, cj, ci) of one
+    stack, or on its ``chosen`` slices only (a 2.5D model still sees their neighbours)."""
     from ..models.inference import predict_slices
-
-    return predict_slices(model.network, images[:, np.newaxis], device=device, activation="softmax",
-                          provenance=provenance)
+    inputs = network_input(images, InputSpec.from_dict(model.card.input_spec), base_first=base_first)
+    return predict_slices(model.network, inputs if chosen is None else inputs[chosen], device=device,
+                          activation="softmax", provenance=provenance)
 
 
 def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.ndarray | None:
     """LPS centre of the largest 3D heart component the localiser finds, or None.
 
     Found on the localiser's own coarse grid (no restore to the native grid: only a centre is needed)."""
-    from ..preprocessing import InputSpec, preprocess
-
     prepared = preprocess(volume, InputSpec.from_dict(model.card.input_spec), crop_center="image_center")
     probabilities = _predict_crop(model, prepared.image, device=device, provenance=provenance)
     heart = np.argmax(probabilities, axis=1) > 0
@@ -241,8 +241,6 @@ def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.nd
 
 def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, provenance) -> np.ndarray:
     from ..models.inference import predict_slices
-    from ..preprocessing import InputSpec, preprocess
-
     spec = InputSpec.from_dict(model.card.input_spec)
     prepared = preprocess(volume, spec, crop_center=_center_detector(center_lps))
     return predict_slices(
@@ -347,24 +345,29 @@ def segment_cine(
         )
 
     region_probabilities = None
-    report(progress, 0.2, "Segmenting slices")
-    with provenance.timed("segment"):
-        prepared = _prepare_for(models.baseline, image, center)
-        baseline_crop = _predict_crop(models.baseline, prepared.image, device=device, provenance=provenance)
-    crop_probabilities, probabilities = baseline_crop, None
     if mode == "region-aware":
+        # Classified first: the side of the base it finds orders a 2.5D model's neighbouring slices.
         if slice_regions is not None:
             regions = np.asarray(slice_regions, dtype=np.int8)
             if regions.shape != (n_slices,) or not np.isin(regions, [int(r) for r in CardiacRegion]).all():
                 raise InputError(f"slice_regions must hold {n_slices} CardiacRegion codes (0-3), got {regions!r}.")
         else:
-            report(progress, 0.4, "Classifying slice regions")
+            report(progress, 0.2, "Classifying slice regions")
             with provenance.timed("classify"):
                 region_probabilities, decoded, base_first = _decode_regions(
                     models.classifier, image, center, base_first, device=device, provenance=provenance
                 )
             regions = decoded.regions
             provenance.parameters["slices_changed_by_monotonic_decoding"] = int(np.count_nonzero(decoded.changed))
+    stack_base_first = base_first is not False
+    report(progress, 0.4, "Segmenting slices")
+    with provenance.timed("segment"):
+        prepared = _prepare_for(models.baseline, image, center)
+        baseline_crop = _predict_crop(models.baseline, prepared.image, device=device, provenance=provenance,
+                                      base_first=stack_base_first)
+    crop_probabilities, probabilities = baseline_crop, None
+    if mode == "region-aware":
+        if slice_regions is None:
             if region_source == "segmentation":
                 baseline = restore_argmax(np.moveaxis(baseline_crop, 1, 0), prepared.transform)
                 regions = _regions_from_labels(baseline, base_first, volume)
@@ -372,7 +375,9 @@ def segment_cine(
         # When every region model takes the baseline's input (the bundled ones do), each runs on its own slices of
         # the baseline's crop and one restore serves all: restoring is linear and per slice, so it commutes with
         # the average. A region model with another input spec is combined on the native grid instead.
-        same_input = all(m.card.input_spec == models.baseline.card.input_spec for m in models.region_models.values())
+        baseline_spec = InputSpec.from_dict(models.baseline.card.input_spec)
+        same_input = all(baseline_spec.same_preprocessing(InputSpec.from_dict(m.card.input_spec))
+                         for m in models.region_models.values())
         combined = baseline_crop.copy() if same_input else restore_probabilities(
             np.moveaxis(baseline_crop, 1, 0), prepared.transform)
         with provenance.timed("segment_regions"):
@@ -381,12 +386,13 @@ def segment_cine(
                 if chosen.size == 0:
                     continue
                 if same_input:
-                    region_probs = _predict_crop(model, prepared.image[chosen], device=device, provenance=provenance)
+                    region_probs = _predict_crop(model, prepared.image, device=device, provenance=provenance,
+                                                 base_first=stack_base_first, chosen=chosen)
                     reference = baseline_crop[chosen]
                     target = (chosen,)
                 else:
                     region_probs = _run_model(model, image, _center_detector(center), device=device,
-                                              provenance=provenance)[:, chosen]
+                                              provenance=provenance, base_first=stack_base_first)[:, chosen]
                     reference = combined[:, chosen]
                     target = (slice(None), chosen)
                 combined[target] = 0.5 * (reference + region_probs) if region_combination == "average" else region_probs

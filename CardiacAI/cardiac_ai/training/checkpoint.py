@@ -86,6 +86,33 @@ def load_checkpoint_weights(network: "nn.Module", path: str | Path) -> dict[str,
     return checkpoint
 
 
+def widen_input_channels(state: Mapping[str, "torch.Tensor"], target: Mapping[str, "torch.Tensor"], *,
+                         keep_channel: int) -> dict[str, "torch.Tensor"]:
+    """A single-channel network's weights ``state`` fitted to ``target`` (the state dict of the same network with
+    more input channels): every tensor that reads the input gets zeros for the new channels and its trained weights
+    on ``keep_channel``, so the widened network starts out computing exactly what the old one did (the start of a
+    2.5D fine-tune, where ``keep_channel`` is the slice itself).
+
+    Raises
+    ------
+    ModelError
+        If a tensor differs in anything but a single input channel (another network, not a narrower input).
+    """
+    widened = dict(state)
+    for key, old in state.items():
+        new = target.get(key)
+        if new is None or tuple(old.shape) == tuple(new.shape):
+            continue
+        if old.ndim < 2 or old.shape[1] != 1 or old.shape[0] != new.shape[0] or old.shape[2:] != new.shape[2:] \
+                or not 0 <= keep_channel < new.shape[1]:
+            raise ModelError(f"{key}: cannot widen weights of shape {tuple(old.shape)} to {tuple(new.shape)} "
+                             f"(only a single input channel can be widened, keeping channel {keep_channel}).")
+        tensor = old.new_zeros(new.shape)
+        tensor[:, keep_channel] = old[:, 0]
+        widened[key] = tensor
+    return widened
+
+
 def registry_model_checkpoint(models_folder: str | Path, name: str, path: str | Path) -> Path:
     """Write the registry model ``name`` of ``models_folder`` (its highest version) as a trainer checkpoint: a
     float16 ``model`` state dict, the start of a fine-tune (``initial_weights``; the GPU trainers'

@@ -6,6 +6,7 @@ quantised to uint8 over the normalised [0, 1] range) for training on another mac
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ import numpy as np
 from ..datasets.case import Case
 from ..errors import DataError, InputError
 from ..metrics.regional import assign_slice_regions
-from ..preprocessing import CropCenter, InputSpec, preprocess
+from ..preprocessing import CropCenter, InputSpec, network_input, preprocess
 from ..progress import ProgressCallback, report
 from ..regions.sequence import region_positions
 
-__all__ = ["PreparedSlices", "prepare_slices", "save_prepared", "load_prepared", "SliceDataset"]
+__all__ = ["PreparedSlices", "prepare_slices", "save_prepared", "load_prepared", "SliceDataset", "slice_context_images"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ class PreparedSlices:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def with_slice_context(self, context: int, *, base_first: bool = True) -> "PreparedSlices":
+        """The same slices with ``context`` neighbours on each side as channels (images (N, 1 + 2 context, cj, ci)),
+        for a 2.5D model. Call it before :meth:`subset`: a slice at a region's edge keeps its neighbours."""
+        if self.images.ndim != 3:
+            raise InputError("with_slice_context needs single-slice images (N, cj, ci); these already have channels.")
+        spec = dataclasses.replace(self.spec, channels=1 + 2 * context, slice_context=context)
+        images = slice_context_images(self.images, self.case_ids, self.slice_indices, spec, base_first=base_first)
+        return dataclasses.replace(self, images=images, spec=spec)
 
     def subset(self, mask: np.ndarray) -> "PreparedSlices":
         """The slices where ``mask`` (N,) is True (e.g. one region, or labelled slices only)."""
@@ -122,6 +132,28 @@ def prepare_slices(
         np.concatenate(regions),
         spec,
     )
+
+
+def slice_context_images(images: np.ndarray, case_ids: np.ndarray, slice_indices: np.ndarray, spec: InputSpec, *,
+                         base_first: bool = True) -> np.ndarray:
+    """Each prepared slice ``images`` (N, cj, ci) with its neighbours in its own stack as channels
+    (N, 1 + 2 * spec.slice_context, cj, ci), as :func:`~cardiac_ai.preprocessing.network_input` gives them at
+    inference; a neighbour missing from the stack is zeros. Keeps the dtype (uint8 crops stay uint8)."""
+    images = np.asarray(images)
+    case_ids, slice_indices = np.asarray(case_ids), np.asarray(slice_indices, dtype=np.int64)
+    if images.ndim != 3 or case_ids.shape != (len(images),) or slice_indices.shape != (len(images),):
+        raise InputError(f"slice_context_images needs (N, cj, ci) images with N case ids and slice indices; got "
+                         f"{images.shape}, {case_ids.shape}, {slice_indices.shape}.")
+    out = np.zeros((len(images), spec.channels, *images.shape[1:]), images.dtype)
+    for case_id in np.unique(case_ids):
+        rows = np.flatnonzero(case_ids == case_id)
+        k = slice_indices[rows]
+        if len(np.unique(k)) != len(k) or k.min() < 0:
+            raise InputError(f"Case {case_id} has repeated or negative slice indices; cannot find its neighbours.")
+        stack = np.zeros((int(k.max()) + 1, *images.shape[1:]), images.dtype)
+        stack[k] = images[rows]
+        out[rows] = network_input(stack, spec, base_first=base_first)[k]
+    return out
 
 
 def save_prepared(prepared: PreparedSlices, path: str | os.PathLike) -> Path:
@@ -206,7 +238,8 @@ class SliceDataset:
     def __getitem__(self, index: int) -> dict:
         import torch
 
-        sample: dict = {"image": self.prepared.images[index][np.newaxis].astype(np.float32)}
+        image = self.prepared.images[index]
+        sample: dict = {"image": (image if image.ndim == 3 else image[np.newaxis]).astype(np.float32)}
         if self.prepared.labels is not None and self.target_fn is None:
             label = self.prepared.labels[index]
             if self.label_fn is not None:
