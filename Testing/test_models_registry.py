@@ -249,3 +249,12 @@ def test_a_registry_model_becomes_the_start_checkpoint_of_a_fine_tune(tmp_path):
     with pytest.raises(ModelError, match="other_model"):
         registry_model_checkpoint(tmp_path, "other_model", tmp_path / "none.pt")
     assert not (tmp_path / "none.pt").exists()
+
+
+def test_a_2_5d_card_whose_network_takes_one_channel_is_refused_before_inference(tmp_path):
+    spec = {"in_plane_spacing_mm": [1.25, 1.25], "crop_size": [16, 16], "channels": 3, "slice_context": 1}
+    saved_model(tmp_path, make_card(input_spec=spec, network_kwargs={"in_channels": 3, "out_channels": 3}))
+    assert registry_on(tmp_path).load("toy_seg", device="cpu").network(torch.rand(1, 3, 16, 16)).shape[1] == 3
+    saved_model(tmp_path, make_card(version="2.0", input_spec=spec))  # in_channels 1: a card for other weights
+    with pytest.raises(ModelError, match="neighbouring slice"):
+        registry_on(tmp_path).load("toy_seg", device="cpu")

@@ -434,6 +434,13 @@ def load_weights(
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ModelError(f"{label}: cannot read {weights_path} as safetensors: {error}") from error
 
+    context = card.input_spec.get("slice_context", 0)
+    if context and card.network_kwargs.get("in_channels", 1) != card.input_spec.get("channels"):
+        raise ModelError(
+            f"{label}: the card's input spec gives the network {card.input_spec.get('channels')} channels (the slice "
+            f"and {context} neighbouring slice(s) on each side), but its network takes "
+            f"{card.network_kwargs.get('in_channels', 1)}: the card does not belong to these weights."
+        )
     network = card.build_network()
     expected = network.state_dict()
     missing = [key for key in expected if key not in state]
