@@ -282,6 +282,23 @@ def test_a_2_5d_model_sees_its_neighbours_base_side_first_whichever_way_the_stac
     np.testing.assert_array_equal(backward.labels.array[::-1], forward.labels.array)
 
 
+def test_a_region_classifier_that_sees_neighbouring_slices_is_refused(cine_models_dir, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from cardiac_ai.models import build_network
+
+    for path in cine_models_dir.glob("*-0.1.*"):
+        shutil.copy(path, tmp_path / path.name)
+    card = ModelRegistry(paths=[tmp_path]).card(CINE_MODEL_NAMES["classifier"])
+    kwargs = dict(card.network_kwargs, in_channels=3)
+    spec = replace(InputSpec.from_dict(card.input_spec), channels=3, slice_context=1)
+    save_model(build_network(card.network, **kwargs),
+               replace(card, version="0.2", network_kwargs=kwargs, input_spec=spec.to_dict(), sha256=None), tmp_path)
+    with pytest.raises(ModelError, match="one slice at a time"):
+        CineModels.from_registry(ModelRegistry(paths=[tmp_path]), device="cpu")
+
+
 @pytest.mark.slow
 def test_batch_workers_give_the_same_cases_and_summary_as_one_process(cine_models_dir, tmp_path):
     """`cardiacai batch --workers 2`: each worker process loads the models; rows keep the cases' order; a broken

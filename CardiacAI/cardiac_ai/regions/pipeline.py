@@ -82,6 +82,9 @@ class CineModels:
                 "CARDIACAI_MODELS at the folder it registers them in; use --mode baseline if only the localiser and "
                 "baseline are available."
             ) from e
+        if classifier.card.input_spec.get("slice_context"):
+            raise ModelError(f"{names['classifier']} {classifier.card.version} sees neighbouring slices; the region "
+                             "classifier must see one slice at a time (it decides which way the stack runs).")
         return cls(localiser, baseline, classifier, regions)
 
     def uses(self) -> list:
@@ -218,6 +221,7 @@ def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance, 
     """Softmax probabilities (k, classes, cj, ci) of a segmentation model on preprocessed slices (k, cj, ci) of one
     stack, or on its ``chosen`` slices only (a 2.5D model still sees their neighbours)."""
     from ..models.inference import predict_slices
+
     inputs = network_input(images, InputSpec.from_dict(model.card.input_spec), base_first=base_first)
     return predict_slices(model.network, inputs if chosen is None else inputs[chosen], device=device,
                           activation="softmax", provenance=provenance)
@@ -241,6 +245,7 @@ def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.nd
 
 def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, provenance) -> np.ndarray:
     from ..models.inference import predict_slices
+
     spec = InputSpec.from_dict(model.card.input_spec)
     prepared = preprocess(volume, spec, crop_center=_center_detector(center_lps))
     return predict_slices(
