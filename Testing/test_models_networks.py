@@ -156,3 +156,22 @@ def test_a_training_run_starts_from_the_same_weights_whatever_ran_before(tmp_pat
                                                 config=config, out_dir=tmp_path / f"run{run}", device="cpu")
         weights.append(network.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_qc_vae_keeps_its_channels_last_layout_through_saving_and_loading(tmp_path):
+    """The latent search is faster with channels-last decoder weights; loading must not undo the layout, and the
+    layout must not change what the network computes."""
+    from cardiac_ai.models import ModelRegistry, save_model
+
+    card = ModelCard(name="qc_vae", version="0.1", task="qc", network="qc_vae", network_kwargs={"input_size": 32},
+                     input_spec={}, label_map={}, training_data="none")
+    torch.manual_seed(0)
+    network = build_network("qc_vae", input_size=32).eval()
+    save_model(network, card, tmp_path, half_precision=False)
+    loaded = ModelRegistry(paths=[tmp_path]).load("qc_vae", device="cpu").network
+    weights = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        reference = network.to(memory_format=torch.contiguous_format).decode(z)
+        torch.testing.assert_close(loaded.decode(z), reference)

@@ -158,12 +158,18 @@ def _qc_vae(
 ) -> "nn.Module":
     """The generative-QC VAE; unlike the others its ``forward`` returns ``(reconstruction, mu, logvar)`` with a
     sigmoid reconstruction, not logits."""
+    import torch
+
     from ..qc.vae import SegmentationVAE
 
-    return SegmentationVAE(
+    network = SegmentationVAE(
         n_structures=n_structures, latent_size=latent_size, features=tuple(features), input_size=input_size,
         n_image_channels=n_image_channels,
     )
+    # The latent search runs the decoder's transposed convolutions forward and backward ~80 times per volume; with
+    # channels-last weights they take 10-12 instead of 16 ms per step on CPU-2, same values. Loading weights into
+    # the network (copy_) keeps the layout.
+    return network.to(memory_format=torch.channels_last)
 
 
 
