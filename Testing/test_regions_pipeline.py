@@ -254,7 +254,7 @@ def _with_neighbour_weights(cine_models):
 
     card = cine_models.baseline.card
     kwargs = dict(card.network_kwargs, in_channels=3)
-    spec = replace(InputSpec.from_dict(card.input_spec), channels=3, slice_context=1)
+    spec = InputSpec.from_dict(card.input_spec).with_slice_context(1)
     single = cine_models.baseline.network.state_dict()
     wide = build_network(card.network, **kwargs).eval()
     state = widen_input_channels(single, wide.state_dict(), keep_channel=1)
@@ -292,7 +292,7 @@ def test_a_region_classifier_that_sees_neighbouring_slices_is_refused(cine_model
         shutil.copy(path, tmp_path / path.name)
     card = ModelRegistry(paths=[tmp_path]).card(CINE_MODEL_NAMES["classifier"])
     kwargs = dict(card.network_kwargs, in_channels=3)
-    spec = replace(InputSpec.from_dict(card.input_spec), channels=3, slice_context=1)
+    spec = InputSpec.from_dict(card.input_spec).with_slice_context(1)
     save_model(build_network(card.network, **kwargs),
                replace(card, version="0.2", network_kwargs=kwargs, input_spec=spec.to_dict(), sha256=None), tmp_path)
     with pytest.raises(ModelError, match="one slice at a time"):

@@ -50,6 +50,7 @@ def test_input_spec_checks_context_against_channels_and_round_trips():
     assert InputSpec.from_dict(CONTEXT_1.to_dict()) == CONTEXT_1
     assert "slice_context" not in InputSpec().to_dict()  # single-slice cards stay as older versions wrote them
     assert CONTEXT_1.same_preprocessing(InputSpec())
+    assert InputSpec().with_slice_context(1) == CONTEXT_1 and CONTEXT_1.with_slice_context(0) == InputSpec()
     assert not CONTEXT_1.same_preprocessing(InputSpec(crop_size=(64, 64)))
 
 

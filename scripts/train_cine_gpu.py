@@ -25,7 +25,6 @@ the best validation metric, its epoch, the validation history, seconds and slice
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -67,7 +66,7 @@ def load_part(path: Path, device: torch.device, limit: int | None = None, slice_
         spec = InputSpec.from_dict(json.loads(str(data["spec_json"])))
         images = data["images_uint8"][:, np.newaxis]  # uint8 (N, 1, H, W)
         if slice_context:
-            spec = dataclasses.replace(spec, channels=1 + 2 * slice_context, slice_context=slice_context)
+            spec = spec.with_slice_context(slice_context)
             images = slice_context_images(data["images_uint8"], data["case_ids"], data["slice_indices"], spec)
         keep = slice(None) if not limit else slice(None, None, max(1, len(data["regions"]) // limit))
         part = {
@@ -329,7 +328,7 @@ def run_job(job: str, args) -> None:
                 sampling = w[f"ratio{job.removeprefix('sampler')}"]
             if args.limit:
                 sampling = sampling[::max(1, len(sampling) // args.limit)]
-        kwargs = dict(SEGMENTATION_KWARGS, in_channels=1 + 2 * args.slice_context)
+        kwargs = dict(SEGMENTATION_KWARGS, in_channels=train["spec"]["channels"])
         common = dict(network="unet2d", kwargs=kwargs, task="segmentation", batch_size=args.batch_size,
                       augmentation=SEGMENTATION_AUGMENTATION, log=log)
         start = torch.load(args.init_weights, map_location=device) if args.init_weights else {}

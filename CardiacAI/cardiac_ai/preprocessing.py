@@ -155,10 +155,13 @@ class InputSpec:
             **({"slice_context": self.slice_context} if self.slice_context else {}),
         }
 
+    def with_slice_context(self, context: int) -> "InputSpec":
+        """The same spec for a network that also sees ``context`` neighbouring slices on each side (0: none)."""
+        return dataclasses.replace(self, channels=1 + 2 * context, slice_context=context)
+
     def same_preprocessing(self, other: "InputSpec") -> bool:
         """True when :func:`preprocess` makes the same slices for both specs (they may stack them differently)."""
-        single = {"channels": 1, "slice_context": 0}
-        return dataclasses.replace(self, **single) == dataclasses.replace(other, **single)
+        return self.with_slice_context(0) == other.with_slice_context(0)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":

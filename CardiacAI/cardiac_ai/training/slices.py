@@ -58,7 +58,7 @@ class PreparedSlices:
         for a 2.5D model. Call it before :meth:`subset`: a slice at a region's edge keeps its neighbours."""
         if self.images.ndim != 3:
             raise InputError("with_slice_context needs single-slice images (N, cj, ci); these already have channels.")
-        spec = dataclasses.replace(self.spec, channels=1 + 2 * context, slice_context=context)
+        spec = self.spec.with_slice_context(context)
         images = slice_context_images(self.images, self.case_ids, self.slice_indices, spec, base_first=base_first)
         return dataclasses.replace(self, images=images, spec=spec)
 
