@@ -91,6 +91,42 @@ def test_empty_mask_falls_back_to_plain_average_pooling():
     assert pooled[0].item() != pytest.approx(cam[0].mean().item())
 
 
+def test_top_fraction_pooling_is_the_mean_of_the_highest_mask_values():
+    model = FibrosisCAMClassifier(top_fraction=0.25, **TINY)
+    cam = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8).flip(-1)  # highest values outside the mask too
+    x = torch.zeros(1, 2, 32, 32)
+    x[0, 1, 8:24, 4:12] = 1.0  # CAM rows 2..5, columns 1..2: 8 pixels, so k = 2
+    inside = cam[0, 0, 2:6, 1:3].flatten().sort(descending=True).values
+    assert model.pool(cam, x).item() == pytest.approx(inside[:2].mean().item())
+    assert cam.max() > inside.max()  # the value outside the mask was there to be (wrongly) picked
+    assert FibrosisCAMClassifier(**TINY).pool(cam, x).item() == pytest.approx(inside.mean().item())
+
+
+def test_top_fraction_pooling_reads_a_small_bright_patch_the_mean_dilutes():
+    cam = torch.zeros(2, 1, 8, 8)
+    cam[0, 0, 2, 1] = 8.0  # one "scar" pixel of the 16-pixel myocardium
+    x = torch.zeros(2, 2, 32, 32)
+    x[:, 1, 8:24, 4:20] = 1.0
+    mean_pooled = FibrosisCAMClassifier(**TINY).pool(cam, x)
+    top_pooled = FibrosisCAMClassifier(top_fraction=1 / 16, **TINY).pool(cam, x)
+    assert mean_pooled[0].item() == pytest.approx(0.5) and top_pooled[0].item() == pytest.approx(8.0)
+    assert top_pooled[1].item() == 0.0
+
+
+def test_top_fraction_pooling_falls_back_to_every_pixel_and_survives_inflation():
+    model2d = _randomise(FibrosisCAMClassifier(top_fraction=0.5, **TINY))
+    cam = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8)
+    assert model2d.pool(cam, torch.zeros(1, 2, 32, 32)).item() == pytest.approx(cam.flatten()[32:].mean().item())
+    model3d = inflate_2d_to_stack(model2d)
+    assert model3d.top_fraction == 0.5
+    x = _inputs(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model3d(x[..., None]), model2d(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="top_fraction"):
+        FibrosisCAMClassifier(top_fraction=0.0)
+    assert "top_fraction" not in FibrosisCAMClassifier(**TINY).hyperparameters  # mean-pooling cards unchanged
+
+
 def test_inflated_stack_model_matches_2d_model_on_one_slice_and_identical_slices():
     model2d = _randomise(FibrosisCAMClassifier(**TINY))
     model3d = inflate_2d_to_stack(model2d)

@@ -99,7 +99,10 @@ def _unet_kwargs(args, in_channels: int, out_channels: int) -> dict:
 def _classifier_kwargs(args) -> dict:
     features = [4, 8, 8, 8] if args.tiny else args.classifier_features
     blocks = [1, 1, 1, 1] if args.tiny else [1, 1, 2, 2]
-    return {"in_channels": 2, "out_channels": 1, "features": features, "blocks_per_stage": blocks, "mask_channel": 1}
+    kwargs = {"in_channels": 2, "out_channels": 1, "features": features, "blocks_per_stage": blocks, "mask_channel": 1}
+    if args.classifier_top_fraction is not None:
+        kwargs["top_fraction"] = args.classifier_top_fraction
+    return kwargs
 
 
 def _classifier_settings(args) -> ClassifierInputSettings:
@@ -374,6 +377,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--classifier-features", type=int, nargs=4, default=[8, 16, 32, 64], metavar="C",
                         help="channels of the classifier's four residual stages")
     parser.add_argument("--classifier-weight-decay", type=float, default=1e-3, metavar="WD")
+    parser.add_argument("--classifier-top-fraction", type=float, default=None, metavar="F",
+                        help="pool the CAM as the mean of its highest F of the myocardium (top-k pooling) instead of "
+                             "the paper's mean over the whole myocardium (default: the mean)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader processes (augmentation on the CPU)")
     parser.add_argument("--crop-size", type=int, default=128)

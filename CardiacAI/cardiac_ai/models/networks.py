@@ -196,12 +196,13 @@ def _fibrosis_cam(spatial_dims: int) -> Callable[..., "nn.Module"]:
         features: Sequence[int] = (24, 48, 96, 192),
         blocks_per_stage: Sequence[int] = (1, 1, 2, 2),
         mask_channel: int | None = 1,
+        top_fraction: float | None = None,
     ) -> "nn.Module":
         from .weak_networks import FibrosisCAMClassifier
 
         return FibrosisCAMClassifier(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features,
-            blocks_per_stage=blocks_per_stage, mask_channel=mask_channel,
+            blocks_per_stage=blocks_per_stage, mask_channel=mask_channel, top_fraction=top_fraction,
         )
 
     level = "slice" if spatial_dims == 2 else "stack"

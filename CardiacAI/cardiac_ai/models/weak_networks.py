@@ -145,6 +145,12 @@ class FibrosisCAMClassifier(nn.Module):
         area-averaged to the CAM grid; each CAM pixel is weighted by the fraction of myocardium it covers, so CAM
         pixels without myocardium do not count in the pooled logit. A sample (slice, or whole stack for the 3D model)
         whose mask is empty falls back to plain global average pooling. None: plain pooling always.
+    top_fraction : float or None
+        None (the paper): the pooled logit is the (myocardium-weighted) *mean* of the CAM. A fraction in (0, 1]:
+        the mean of the highest ``top_fraction`` of the CAM values over the myocardium (top-k pooling; k = the
+        fraction of the myocardium's area on the CAM grid, at least one pixel). A scar covers a part of the
+        myocardium, so the mean dilutes its evidence by the healthy rest; top-k pooling lets the logit read the
+        brightest part, as the clinical rule of a high percentile over the median does.
 
     Notes
     -----
@@ -167,6 +173,7 @@ class FibrosisCAMClassifier(nn.Module):
         features: Sequence[int] = (24, 48, 96, 192),
         blocks_per_stage: Sequence[int] = (1, 1, 2, 2),
         mask_channel: int | None = 1,
+        top_fraction: float | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -184,6 +191,11 @@ class FibrosisCAMClassifier(nn.Module):
                 f"mask_channel={mask_channel} is not one of the {in_channels} input channels; pass the index of the "
                 "myocardium-mask channel, or None for plain global average pooling."
             )
+        if top_fraction is not None and not 0.0 < float(top_fraction) <= 1.0:
+            raise InputError(
+                f"top_fraction must be in (0, 1] (the share of the myocardium whose highest CAM values make the "
+                f"logit), or None for mean pooling; got {top_fraction}."
+            )
         self.hyperparameters: dict[str, Any] = {
             "in_channels": in_channels,
             "out_channels": out_channels,
@@ -191,6 +203,9 @@ class FibrosisCAMClassifier(nn.Module):
             "blocks_per_stage": blocks_per_stage,
             "mask_channel": mask_channel,
         }
+        if top_fraction is not None:  # absent for mean pooling, so the cards of mean-pooling models stay as they were
+            self.hyperparameters["top_fraction"] = float(top_fraction)
+        self.top_fraction = None if top_fraction is None else float(top_fraction)
         self.spatial_dims = spatial_dims
         self.mask_channel = mask_channel
         self.stem = nn.Sequential(
@@ -221,17 +236,33 @@ class FibrosisCAMClassifier(nn.Module):
             )
 
     def pool(self, cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Myocardium-restricted global average of ``cam`` (batch, classes, ...) -> logits (batch, classes)."""
+        """Myocardium-restricted pooling of ``cam`` (batch, classes, ...) -> logits (batch, classes).
+
+        The mean over the myocardium, or the mean of its top ``top_fraction`` (see the class docstring); plain pooling
+        over every CAM pixel without a mask channel or for a sample whose mask is empty.
+        """
         spatial = tuple(range(2, cam.ndim))
-        plain = cam.mean(dim=spatial)
         if self.mask_channel is None:
-            return plain
-        mask = x[:, self.mask_channel : self.mask_channel + 1].clamp(0.0, 1.0)
-        pool = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
-        weights = pool(mask, cam.shape[2:]).to(cam.dtype)
-        total = weights.sum(dim=spatial)  # (batch, 1)
-        restricted = (cam * weights).sum(dim=spatial) / total.clamp_min(torch.finfo(cam.dtype).tiny)
-        return torch.where(total > 0, restricted, plain)
+            weights = torch.ones_like(cam[:, :1])
+        else:
+            mask = x[:, self.mask_channel : self.mask_channel + 1].clamp(0.0, 1.0)
+            pool = F.adaptive_avg_pool2d if self.spatial_dims == 2 else F.adaptive_avg_pool3d
+            weights = pool(mask, cam.shape[2:]).to(cam.dtype)
+            empty = weights.sum(dim=spatial, keepdim=True) <= 0
+            weights = torch.where(empty, torch.ones_like(weights), weights)
+        if self.top_fraction is None:
+            total = weights.sum(dim=spatial)  # (batch, 1), > 0 after the fallback above
+            return (cam * weights).sum(dim=spatial) / total
+        return self._top_fraction_mean(cam.flatten(2), weights.flatten(2))
+
+    def _top_fraction_mean(self, cam: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mean of the ``top_fraction`` highest values of ``cam`` (batch, classes, n) among pixels with weight > 0."""
+        members = weights > 0  # (batch, 1, n)
+        k = (self.top_fraction * weights.sum(dim=-1, keepdim=True)).ceil().clamp_min(1.0)  # (batch, 1, 1)
+        k = torch.minimum(k, members.sum(dim=-1, keepdim=True).to(k.dtype))
+        ranked = cam.masked_fill(~members, float("-inf")).sort(dim=-1, descending=True).values
+        taken = torch.arange(cam.shape[-1], device=cam.device).to(k.dtype) < k  # (batch, 1, n)
+        return torch.where(taken, ranked, torch.zeros_like(ranked)).sum(dim=-1) / k[..., 0]
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(batch, out_channels)`` and the CAM ``(batch, out_channels, ceil(j/4), ceil(i/4)[, k])``."""
