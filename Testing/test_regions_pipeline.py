@@ -247,7 +247,6 @@ def _with_neighbour_weights(cine_models):
     each side, with weights on the neighbour towards the base only, so that the order of the neighbours shows."""
     from dataclasses import replace
 
-    import torch
 
     from cardiac_ai.models.networks import build_network
     from cardiac_ai.training.checkpoint import widen_input_channels

@@ -14,12 +14,13 @@ import json
 import math
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from cardiac_ai.batch_summary import summary_values
 from cardiac_ai.cli import build_parser
 from cardiac_ai.errors import DataError, InputError, ModelError
+from cardiac_ai.io.report import write_csv
 from cardiac_ai.labels import LABELS, MVO, segment_terminology_string
 from cardiac_ai.models.registry import ModelCard
 from cardiac_ai.pipeline import BatchCase, run_batch
@@ -266,15 +267,20 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _cine_report(volumes: dict, warnings: list) -> dict:
+    return {"provenance": {"command": "segment-cine", "warnings": warnings}, "heart_found": True,
+            "volumes_ml": volumes, "lv_mass_g": 102.9}
+
+
 def test_batch_summary_rows_read_back_with_volumes_errors_and_empty_cells(batch, tmp_path):
-    result = {"volumes_ml": {"rv_blood_pool": 151.23456, "lv_myocardium": 98.0, "lv_blood_pool": 120.4},
-              "lv_mass_g": 102.9, "heart_found": True, "warnings": ["slice 3 flagged", "resampled"]}
+    report = _cine_report({"rv_blood_pool": 151.23456, "lv_myocardium": 98.0, "lv_blood_pool": 120.4},
+                          ["slice 3 flagged", "resampled"])
     rows = [
-        batch.summary_row("p01", tmp_path / "p01.nii.gz", status="ok", result=result, seconds=12.34567),
+        batch.summary_row("p01", tmp_path / "p01.nii.gz", status="ok", values=summary_values(report), seconds=12.34567),
         batch.summary_row("p02", tmp_path / "p02.nii.gz", status="failed", error=RuntimeError("bad file"), seconds=1),
         batch.summary_row("p03", tmp_path / "p03.nii.gz", status="skipped (done earlier)"),
     ]
-    batch.write_rows_csv(tmp_path / "summary.csv", rows)
+    write_csv(tmp_path / "summary.csv", rows)  # what the script writes them with, inside Slicer
     back = _read_csv(tmp_path / "summary.csv")
     assert [r["status"] for r in back] == ["ok", "failed", "skipped (done earlier)"]
     assert back[0]["rv_blood_pool_ml"] == "151.235" and back[0]["lv_mass_g"] == "102.9"
@@ -287,26 +293,38 @@ def test_batch_summary_rows_read_back_with_volumes_errors_and_empty_cells(batch,
 
 
 def test_batch_summary_has_the_columns_of_cardiacai_batch(batch, tmp_path):
-    volumes = {"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}
+    """The same report gives the same row, whichever front end ran the case (seconds aside)."""
+    report = _cine_report({"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}, ["w"])
+    report["qc"] = {"min_slice_dice": 0.61234, "n_flagged_slices": 2, "needs_review": True}
 
     def job(case, case_dir):
         if case.case_id == "bad":
             raise InputError("not a short-axis stack")
-        return SimpleNamespace(volumes_ml=volumes, lv_mass_g=102.9, provenance=SimpleNamespace(warnings=["w"]))
+        return report
 
     cases = [BatchCase("good", (tmp_path / "good.nii.gz",)), BatchCase("bad", (tmp_path / "bad.nii.gz",))]
     run_batch(cases, tmp_path / "plain", task="segment-cine", models=None, job=job)
     plain = _read_csv(tmp_path / "plain" / "summary.csv")
 
     rows = [batch.summary_row("good", tmp_path / "good.nii.gz", status="ok", seconds=1.0,
-                              result={"volumes_ml": volumes, "lv_mass_g": 102.9, "warnings": ["w"]}),
+                              values=summary_values(report)),
             batch.summary_row("bad", tmp_path / "bad.nii.gz", status="failed", seconds=1.0,
                               error=InputError("not a short-axis stack"))]
-    batch.write_rows_csv(tmp_path / "slicer.csv", rows)
+    write_csv(tmp_path / "slicer.csv", rows)
     slicer = _read_csv(tmp_path / "slicer.csv")
     assert list(slicer[0]) == list(plain[0])
+    assert plain[0]["qc_min_dice"] == "0.6123" and plain[0]["qc_needs_review"] == "True"
     for ours, theirs in zip(slicer, plain):
         assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
+
+
+def test_batch_script_summarises_through_the_backend_and_writes_atomically():
+    """The script computes no summary column itself: it calls the backend's summary_values on the Logic's report,
+    and writes tables, summary and report with the backend's atomic writers."""
+    source = BATCH_SCRIPT.read_text(encoding="utf-8")
+    assert 'importBackend("batch_summary").summary_values' in source and 'summaryValues(result["report"])' in source
+    assert "reportIO.write_json(caseFolder / DONE_MARKER" in source
+    assert "write_text(" not in source and "csv.DictWriter" not in source
 
 
 # -- training: live loss plot, registration ----------------------------------------------------------------------------
@@ -470,47 +488,3 @@ def test_batch_tasks_are_the_logic_methods_it_calls_and_their_tables_exist(batch
             assert f"'{key}'" in returned or f'"{key}"' in returned, (method, key)
     assert _assigned_constant(BATCH_SCRIPT, "FIBROSIS_MODELS") == _assigned_constant(CARDIACAI_MODULE,
                                                                                       "FIBROSIS_MODELS")
-
-
-def test_batch_summary_values_of_each_task(batch, tmp_path):
-    qc = {"min_slice_dice": 0.61234, "n_flagged_slices": 2, "needs_review": True}
-    cine = batch.summary_values("segment-cine", {"volumes_ml": {"rv_blood_pool": 1.0}, "lv_mass_g": 2.0,
-                                                 "warnings": ["w"], "report": {"qc": qc}})
-    assert list(cine) == ["rv_blood_pool_ml", "lv_mass_g", "warnings", "qc_min_dice", "qc_flagged_slices",
-                          "qc_needs_review"]
-    assert (cine["qc_min_dice"], cine["qc_flagged_slices"], cine["qc_needs_review"]) == (0.612, 2, True)
-    mapped = batch.summary_values("map", {"warnings": [], "report": {"kind": "t1", "myocardium_median_ms": 1001.23456,
-                                                                     "qc": None}})
-    assert mapped == {"myocardium_t1_median_ms": 1001.235, "warnings": ""}
-    fibrosis = batch.summary_values("fibrosis", {"warnings": [], "report": {}, "clinical": {
-        "scar_volume": 5.5, "mvo_volume": 0.0, "myocardium_volume": 110.0, "volume_unit": "mL",
-        "scar_percent_of_myocardium": 5.0}})
-    assert fibrosis == {"scar_volume_mL": 5.5, "mvo_volume_mL": 0.0, "myocardium_volume_mL": 110.0,
-                        "scar_percent_of_myocardium": 5.0, "warnings": ""}
-    cam = batch.summary_values("cam", {"warnings": [], "report": {"cam": {"volume_prediction": {
-        "class": "DCM", "probabilities": {"DCM": 0.71234, "NOR": 0.2}}, "heart_volume_ml": 301.23456}}})
-    assert cam == {"predicted_class": "DCM", "predicted_probability": 0.712, "heart_volume_ml": 301.235,
-                   "warnings": ""}
-    rows = [batch.summary_row("p1", tmp_path / "p1.nii.gz", status="ok", task="fibrosis", seconds=1.0,
-                              result={"warnings": [], "report": {}, "clinical": {
-                                  "scar_volume": float("nan"), "mvo_volume": 0.0, "myocardium_volume": 0.0,
-                                  "volume_unit": "mL", "scar_percent_of_myocardium": float("nan")}})]
-    batch.write_rows_csv(tmp_path / "summary.csv", rows)
-    back = _read_csv(tmp_path / "summary.csv")
-    assert back[0]["scar_volume_mL"] == "" and back[0]["scar_percent_of_myocardium"] == ""
-
-
-def test_batch_qc_columns_are_those_of_cardiacai_batch(batch, tmp_path):
-    """`cardiacai batch` adds qc_min_dice, qc_flagged_slices, qc_needs_review when QC ran; so does the script."""
-    import numpy as np
-
-    check = SimpleNamespace(min_slice_dice=0.5, n_flagged_slices=1, needs_review=True)
-    from cardiac_ai import pipeline
-
-    plain = pipeline._qc_summary_values([check])
-    ours = batch.summary_values("segment-cine", {"volumes_ml": {}, "lv_mass_g": 0.0, "warnings": [],
-                                                 "report": {"qc": {"min_slice_dice": 0.5, "n_flagged_slices": 1,
-                                                                   "needs_review": True}}})
-    assert [k for k in ours if k.startswith("qc_")] == list(plain)
-    assert {k: ours[k] for k in plain} == {k: (float(v) if isinstance(v, np.floating) else v)
-                                           for k, v in plain.items()}

@@ -25,21 +25,16 @@ status, the task's key numbers, QC, warnings, error, seconds) is rewritten after
 not installed in this Slicer) or 1 (unexpected error).
 
 Cardiac function (ED and ES of each case), DICOM folders and CSV case lists are not read here: use ``cardiacai
-batch`` (plain Python, no Slicer), which reads both and writes the same summary columns for segment-cine. (The plain
-``cardiacai batch`` runs segment-cine and function only.)
+batch`` (plain Python, no Slicer), which reads both. Both write the same summary columns: the backend's
+``cardiac_ai.batch_summary.summary_values`` reads them from each case's report.
 
 Everything above :func:`main` uses only the standard library, so it is tested without Slicer; ``slicer`` and the
 CardiacAI module are imported inside :func:`main` only.
 """
 
 import argparse
-import csv
-import json
-import math
-import os
 import re
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -191,95 +186,24 @@ def case_is_done(case_folder) -> bool:
     return (Path(case_folder) / DONE_MARKER).is_file()
 
 
-def summary_values(task, result) -> dict:
-    """The key numbers of one finished case, for ``summary.csv``.
-
-    :param task: one of TASKS.
-    :param result: the dict of the task's Logic method; read: segment-cine ``volumes_ml``, ``lv_mass_g``; map
-        ``report["myocardium_median_ms"]`` and ``report["kind"]``; fibrosis ``clinical``; cam
-        ``report["cam"]["volume_prediction"]`` and ``["heart_volume_ml"]``; every task ``warnings`` and, where QC ran, ``report["qc"]``.
-    :return: dict, in column order: the task's numbers, warnings (joined with " | "), then qc_min_dice,
-        qc_flagged_slices and qc_needs_review when the report has QC (the columns of ``cardiacai batch``).
-    """
-    values = {}
-    report = result.get("report") or {}
-    if task == "segment-cine":
-        for name, volume in result["volumes_ml"].items():
-            values[f"{name}_ml"] = _rounded(volume)
-        values["lv_mass_g"] = _rounded(result["lv_mass_g"])
-    elif task == "map":
-        values[f"myocardium_{report.get('kind', 'map')}_median_ms"] = _rounded(report.get("myocardium_median_ms"))
-    elif task == "fibrosis":
-        clinical = result["clinical"]
-        unit = str(clinical["volume_unit"])
-        for key in ("scar_volume", "mvo_volume", "myocardium_volume"):
-            values[f"{key}_{unit}"] = _rounded(clinical[key])
-        values["scar_percent_of_myocardium"] = _rounded(clinical["scar_percent_of_myocardium"])
-    elif task == "cam":
-        prediction = report["cam"]["volume_prediction"]
-        values["predicted_class"] = prediction["class"]
-        values["predicted_probability"] = _rounded(prediction["probabilities"][prediction["class"]])
-        values["heart_volume_ml"] = _rounded(report["cam"].get("heart_volume_ml"))
-    values["warnings"] = " | ".join(str(w) for w in result.get("warnings") or [])
-    qc = report.get("qc")
-    if isinstance(qc, dict):
-        values["qc_min_dice"] = _rounded(qc.get("min_slice_dice"))
-        values["qc_flagged_slices"] = int(qc.get("n_flagged_slices") or 0)
-        values["qc_needs_review"] = bool(qc.get("needs_review"))
-    return values
-
-
-def summary_row(case_id, input_path, *, status, result=None, error=None, seconds=None, task="segment-cine") -> dict:
+def summary_row(case_id, input_path, *, status, values=None, error=None, seconds=None) -> dict:
     """One row of ``summary.csv``.
 
     :param status: "ok", "failed" or "skipped (done earlier)".
-    :param result: for "ok": the dict of the task's Logic method (see :func:`summary_values`). A missing heart is
-        one of its warnings.
+    :param values: for "ok": the case's summary columns, which the backend reads from the report the task's Logic
+        method returns (``cardiac_ai.batch_summary.summary_values(result["report"])``, as ``cardiacai batch`` does).
     :param error: for "failed": the exception; the row holds "<type>: <message>".
-    :return: dict with case_id, inputs, status, then for "ok" :func:`summary_values`, then error and seconds when
-        given: for segment-cine the columns of ``cardiacai batch``'s summary.csv.
+    :return: dict with case_id, inputs, status, then ``values``, then error and seconds when given: the columns of
+        ``cardiacai batch``'s summary.csv.
     """
     row = {"case_id": case_id, "inputs": str(input_path), "status": status}
-    if result is not None:
-        row.update(summary_values(task, result))
+    if values is not None:
+        row.update(values)
     if error is not None:
         row["error"] = f"{type(error).__name__}: {error}"
     if seconds is not None:
         row["seconds"] = round(float(seconds), 3)
     return row
-
-
-def _rounded(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return round(float(value), 3)
-
-
-def write_rows_csv(path, rows) -> None:
-    """Write dict rows as CSV, atomically (a temporary file in the same folder, then renamed over ``path``).
-
-    The columns are every key of every row, in first-seen order; a missing value, None or NaN is an empty cell.
-    """
-    path = Path(path)
-    columns = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=columns, restval="")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({key: "" if _missing(value) else value for key, value in row.items()})
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def exit_status(rows) -> int:
@@ -332,9 +256,9 @@ def _resultNodes(result) -> list:
     return nodes
 
 
-def processCase(logic, results, caseId, inputPath, caseFolder, args) -> dict:
-    """Run the task on one case in the scene and write its files; returns the Logic's result. Nodes are removed
-    after."""
+def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
+    """Run the task on one case in the scene and write its files (tables and report through the backend's
+    ``cardiac_ai.io.report``, ``reportIO``: atomic writes); returns the Logic's result. Nodes are removed after."""
     import slicer
 
     caseFolder.mkdir(parents=True, exist_ok=True)
@@ -353,8 +277,8 @@ def processCase(logic, results, caseId, inputPath, caseFolder, args) -> dict:
             raise RuntimeError(f"Slicer could not write {caseFolder / 'cam.nrrd'}.")
         for key, fileName in TASK_TABLES[args.task].items():
             if result.get(key) is not None:
-                write_rows_csv(caseFolder / fileName, tableRows(result[key]))
-        (caseFolder / DONE_MARKER).write_text(json.dumps(result["report"], indent=2), encoding="utf-8")
+                reportIO.write_csv(caseFolder / fileName, tableRows(result[key]))
+        reportIO.write_json(caseFolder / DONE_MARKER, result["report"])
         return result
     finally:
         for node in nodes:
@@ -390,7 +314,8 @@ def main(argv) -> int:
     logic = CardiacAI.CardiacAILogic()
     try:
         logic.setupPythonRequirements(requireTorch=True)  # PyTorch is present: only pip installs, no question
-        results = CardiacAI.importBackend("slicer_results")
+        summaryValues = CardiacAI.importBackend("batch_summary").summary_values
+        reportIO = CardiacAI.importBackend("io.report")
     except Exception as error:
         print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
         return EXIT_SETUP
@@ -404,11 +329,11 @@ def main(argv) -> int:
         if not args.overwrite and case_is_done(caseFolder):
             rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)"))
             print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
-            write_rows_csv(summaryPath, rows)
+            reportIO.write_csv(summaryPath, rows)
             continue
         start = time.perf_counter()
         try:
-            result = processCase(logic, results, caseId, inputPath, caseFolder, args)
+            result = processCase(logic, reportIO, caseId, inputPath, caseFolder, args)
         except Exception as error:  # one case never stops the others; the error goes into the summary
             seconds = time.perf_counter() - start
             rows.append(summary_row(caseId, inputPath, status="failed", error=error, seconds=seconds))
@@ -416,9 +341,10 @@ def main(argv) -> int:
             traceback.print_exc()
         else:
             seconds = time.perf_counter() - start
-            rows.append(summary_row(caseId, inputPath, status="ok", result=result, seconds=seconds, task=args.task))
+            rows.append(summary_row(caseId, inputPath, status="ok", values=summaryValues(result["report"]),
+                                    seconds=seconds))
             print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
-        write_rows_csv(summaryPath, rows)  # after every case, so that an interrupted run still has its summary
+        reportIO.write_csv(summaryPath, rows)  # after every case, so that an interrupted run still has its summary
 
     failed = [row["case_id"] for row in rows if row["status"] == "failed"]
     done = sum(row["status"] == "ok" for row in rows)

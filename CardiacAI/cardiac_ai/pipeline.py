@@ -320,7 +320,8 @@ def run_batch(
     options : the task's options: :class:`CineOptions` (segment-cine, function; the default), :class:`MapOptions`
         (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions` (their defaults when None).
     qc : QC of segment-cine, function, map and fibrosis (see :func:`segment_cine_file`); cam has none.
-    job : ``job(case, case_dir) -> result`` run instead of the task (tests, other front ends).
+    job : ``job(case, case_dir) -> report`` run instead of the task (tests, other front ends): the case's report,
+        as ``report.json`` holds it, whose summary columns the row gets.
     workers : cases run at once, each in its own process (``spawn``: safe with CUDA) that loads the models once
         through ``load_models`` and gets ``cpu_count // workers`` torch threads. 1 (the default) runs the cases here,
         one after the other, with ``models`` and ``qc``. The per-case work is mostly CPU-bound (resampling,
@@ -332,12 +333,10 @@ def run_batch(
     A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run; the
     report is written last); otherwise a stale ``report.json`` is removed before the case runs, so that a redone
     case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
-    Returns the summary rows: ``case_id``, ``inputs``, ``status``, the task's main numbers (segment-cine: volumes
-    and LV mass; function: volumes, EF, LV mass; map: myocardial median, IQR, mean and SD in ms; fibrosis: scar,
-    MVO and myocardial volume, scar % of the myocardium; cam: predicted class and its probability, heart volume in ml), ``warnings``,
-    then with QC ``qc_min_dice`` (lowest predicted Dice of any slice and structure; of ED and ES for
-    ``function``), ``qc_flagged_slices`` (their number, ED and ES added) and ``qc_needs_review``, then ``seconds``
-    and, for a failed case, ``error``.
+    Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
+    :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
+    ``qc_min_dice``, ``qc_flagged_slices`` and ``qc_needs_review``), read from the ``report.json`` each case wrote, then
+    ``seconds`` and, for a failed case, ``error``.
 
     Raises
     ------
@@ -375,7 +374,9 @@ def run_batch(
             (case_dir / REPORT_NAME).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
             step = subrange(progress, number / len(cases), (number + 1) / len(cases))
             if job is not None:
-                values = _summary_values(job(case, case_dir))
+                from .batch_summary import summary_values
+
+                values = summary_values(job(case, case_dir))
             else:
                 values = _run_batch_case(task, case, case_dir, models=models, options=options, qc=qc, progress=step)
             row.update({"status": "ok", **values})
@@ -477,89 +478,33 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
 
 
 def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, options, qc, progress) -> dict:
-    """Run the single-case job of ``task`` on one case into ``case_dir``; its summary columns."""
+    """Run the single-case job of ``task`` on one case into ``case_dir``; its summary columns, read from the
+    ``report.json`` it wrote (:func:`~cardiac_ai.batch_summary.summary_values`, as the Slicer batch reads them)."""
+    from .batch_summary import summary_values
+    from .slicer_results import read_report
+
     if task == "segment-cine":
-        result, checks = _segment_cine_job(case.inputs[0], case_dir, models=models, options=options, qc=qc,
-                                           overwrite=True, provenance=None, progress=progress)
-        return {**_summary_values(result), **_qc_summary_values(checks)}
-    if task == "function":
-        result, checks = _function_job(*case.inputs, case_dir, models=models, options=options, qc=qc,
-                                       overwrite=True, provenance=None, progress=progress)
-        return {**_summary_values(result), **_qc_summary_values(checks)}
-    if task == "map":
-        analysis, checks = _analyse_map_job(
+        _segment_cine_job(case.inputs[0], case_dir, models=models, options=options, qc=qc, overwrite=True,
+                          provenance=None, progress=progress)
+    elif task == "function":
+        _function_job(*case.inputs, case_dir, models=models, options=options, qc=qc, overwrite=True,
+                      provenance=None, progress=progress)
+    elif task == "map":
+        _analyse_map_job(
             case.inputs[0], case_dir, kind=options.kind, models=models, erosion_mm=options.erosion_mm, levels=None,
             series_uid=options.series_uid, device=options.device, qc=qc, overwrite=True, provenance=None,
             progress=progress,
         )
-        return {**_map_summary_values(analysis), **_qc_summary_values(checks)}
-    if task == "fibrosis":
+    elif task == "fibrosis":
         from .fibrosis.pipeline import fibrosis_file
 
-        result = fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
-                               series_uid=options.series_uid, device=options.device, overwrite=True,
-                               progress=progress, qc=qc)
-        return {**_fibrosis_summary_values(result), **_qc_summary_values([result.qc])}
-    result = cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
-                      use_segmenter=options.use_segmenter, frame=options.frame, device=options.device,
-                      overwrite=True, progress=progress)
-    return _cam_summary_values(result)
-
-
-def _rounded(value) -> float | None:
-    return None if value is None else round(float(value), 3)
-
-
-def _warnings(provenance: Provenance) -> dict:
-    return {"warnings": " | ".join(provenance.warnings)}
-
-
-def _summary_values(result) -> dict:
-    if hasattr(result, "volumes_ml"):
-        return {**{f"{k}_ml": round(v, 3) for k, v in result.volumes_ml.items()}, "lv_mass_g": round(result.lv_mass_g, 3),
-                "warnings": " | ".join(result.provenance.warnings)}
-    if hasattr(result, "to_dict"):
-        return {k: v for k, v in result.to_dict().items() if k != "warnings"}
-    return {}
-
-
-def _map_summary_values(analysis) -> dict:
-    """``myocardium_<kind>_median_ms`` (the column of the Slicer batch), IQR, mean, SD and pixels over the whole
-    myocardium; the LV blood-pool median; slices without myocardium. Empty cells when no myocardium was found."""
-    kind, myocardium = analysis.kind, analysis.myocardium
-    values: dict = {}
-    for statistic in ("median", "iqr", "mean", "sd"):
-        values[f"myocardium_{kind}_{statistic}_ms"] = None if myocardium is None else \
-            _rounded(getattr(myocardium, statistic))
-    values["myocardium_pixels"] = 0 if myocardium is None else myocardium.n_pixels
-    blood = analysis.lv_blood_pool
-    values[f"lv_blood_pool_{kind}_median_ms"] = None if blood is None else _rounded(blood.median)
-    values["slices_without_myocardium"] = sum(stats is None for stats in analysis.slices)
-    return {**values, **_warnings(analysis.provenance)}
-
-
-def _fibrosis_summary_values(result) -> dict:
-    """Scar, MVO and myocardial volume (``_mL``, or ``_voxels`` when the pixel size is unknown), scar % of the
-    myocardium, MVO % of the scar (the Slicer batch's columns and more), and the largest slice probability."""
-    m = result.measures
-    values = {f"{name}_{m.volume_unit}": _rounded(getattr(m, name))
-              for name in ("scar_volume", "mvo_volume", "myocardium_volume")}
-    values.update({"scar_percent_of_myocardium": _rounded(m.scar_percent_of_myocardium),
-                   "mvo_percent_of_scar": _rounded(m.mvo_percent_of_scar), "fibrosis_found": result.fibrosis_found})
-    if result.slice_probabilities is not None and len(result.slice_probabilities):
-        values["max_slice_fibrosis_probability"] = _rounded(np.max(result.slice_probabilities))
-    return {**values, **_warnings(result.provenance)}
-
-
-def _cam_summary_values(result) -> dict:
-    """The volume's predicted class, its probability (the Slicer batch's columns), every class's mean
-    probability over the slices (``p_<class>``) and the labelled heart's volume in ml."""
-    cam_report = result.to_report()
-    probabilities = cam_report["volume_prediction"]["probabilities"]
-    predicted = cam_report["volume_prediction"]["class"]
-    return {"predicted_class": predicted, "predicted_probability": _rounded(probabilities[predicted]),
-            **{f"p_{name}": _rounded(p) for name, p in probabilities.items()},
-            "heart_volume_ml": _rounded(cam_report["heart_volume_ml"]), "warnings": " | ".join(result.warnings)}
+        fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
+                      series_uid=options.series_uid, device=options.device, overwrite=True, progress=progress, qc=qc)
+    else:
+        cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
+                 use_segmenter=options.use_segmenter, frame=options.frame, device=options.device, overwrite=True,
+                 progress=progress)
+    return summary_values(read_report(case_dir))
 
 
 # -- T1 / T2 mapping -----------------------------------------------------------------------------------------------
@@ -626,6 +571,9 @@ def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict
                   "the network is used only for the RV insertion points and is not written)",
         "outputs": ["labels.nii.gz", "stats.json", "contours.json", "bullseye.png", *qc_outputs, "report.json"],
         "myocardium_median_ms": None if analysis.myocardium is None else analysis.myocardium.median,
+        "myocardium_statistics_ms": None if analysis.myocardium is None else analysis.myocardium.to_dict(),
+        "lv_blood_pool_median_ms": None if analysis.lv_blood_pool is None else analysis.lv_blood_pool.median,
+        "slices_without_myocardium": sum(stats is None for stats in analysis.slices),
         "slice_warnings": {str(k): list(v) for k, v in analysis.slice_warnings.items()},
         **qc,
     })
@@ -1242,19 +1190,6 @@ def _qc_entry(check, *, note: str | None = None) -> dict | None:
     if note:
         entry = {"indicative": True, "note": note, **entry}
     return entry
-
-
-def _qc_summary_values(checks: Sequence) -> dict:
-    """Batch summary columns from the QC results of one case (ED and ES combined); none when QC did not run."""
-    done = [c for c in checks if c is not None]
-    if not done:
-        return {}
-    values = [c.min_slice_dice for c in done if np.isfinite(c.min_slice_dice)]
-    return {
-        "qc_min_dice": round(min(values), 4) if values else None,
-        "qc_flagged_slices": sum(c.n_flagged_slices for c in done),
-        "qc_needs_review": any(c.needs_review for c in done),
-    }
 
 
 def _read_labels(path: str | Path) -> Volume:

@@ -343,14 +343,6 @@ class QCResult:
             rows.append(row)
         return rows
 
-    def summary_values(self) -> dict[str, Any]:
-        """The columns a batch summary gets: ``qc_min_dice``, ``qc_flagged_slices``, ``qc_needs_review``."""
-        return {
-            "qc_min_dice": _rounded(self.min_slice_dice),
-            "qc_flagged_slices": self.n_flagged_slices,
-            "qc_needs_review": self.needs_review,
-        }
-
 
 def _rounded(value: float) -> float:
     return round(float(value), 4) if math.isfinite(value) else math.nan
