@@ -114,6 +114,21 @@ def test_concatenate_refuses_pairs_of_other_structures(gt_pairs, cases):
         concatenate_qc_pairs([gt_pairs, myocardium_only])
 
 
+def test_with_structures_equals_pairs_prepared_for_those_structures(poor_pairs, cases):
+    full = prepare_qc_pairs(cases[:1])
+    myocardium_only = prepare_qc_pairs(cases[:1], structures=(2,))
+    subset = full.with_structures((2,))
+    assert subset.structure_codes == (2,) and np.array_equal(subset.images, myocardium_only.images)
+    assert np.array_equal(subset.structures, myocardium_only.structures)
+    assert np.array_equal(subset.dice, myocardium_only.dice, equal_nan=True)
+    swapped = poor_pairs.with_structures((3, 1))
+    assert np.array_equal(swapped.structures[:, 0], poor_pairs.structures[:, 2])
+    assert np.array_equal(swapped.dice[:, 1], poor_pairs.dice[:, 0], equal_nan=True)
+    for codes in ((), (4,), (2, 2)):
+        with pytest.raises(InputError, match="with_structures"):
+            poor_pairs.with_structures(codes)
+
+
 # -- poor segmentations ----------------------------------------------------------------------------------------------
 
 

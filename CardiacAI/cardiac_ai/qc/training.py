@@ -19,6 +19,7 @@ of 96 x 96 slices fit in memory and in one ``.npz``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -187,6 +188,19 @@ class QCPairs:
             self.slice_indices[index], self.kinds[index], self.levels[index], self.roi_spacing_mm[index],
             self.structure_codes,
         )
+
+    def with_structures(self, codes: Sequence[int]) -> "QCPairs":
+        """The same pairs with only the structures ``codes`` (in that order), e.g. ``(2,)`` for a myocardium-only
+        VAE as in the paper; the image and the true Dice of the kept structures are unchanged."""
+        codes = tuple(int(c) for c in codes)
+        missing = [c for c in codes if c not in self.structure_codes]
+        if not codes or missing or len(set(codes)) != len(codes):
+            raise InputError(
+                f"with_structures needs distinct label codes among the pairs' {self.structure_codes}, got {codes}."
+            )
+        index = [self.structure_codes.index(c) for c in codes]
+        return dataclasses.replace(self, structures=self.structures[:, index], dice=self.dice[:, index],
+                                   structure_codes=codes)
 
 
 @dataclass(frozen=True)
