@@ -184,17 +184,37 @@ def test_regressor_gives_the_dice_and_the_search_becomes_a_second_opinion(cine_p
     pairs, _ = qc_input(cine_phantom.image, cine_phantom.labels)
     expected = regress_dice(regressor, pairs[both.assessed])
     given = pairs[both.assessed][:, 1:] > 0.5
-    absent_and_judged_right = ~given.any(axis=(2, 3)) & (expected >= 0.5)
-    expected[absent_and_judged_right] = np.nan
+    empty = ~given.any(axis=(2, 3))
+    expected[empty & (expected >= 0.5)] = np.nan  # absent, and judged right
+    expected[empty & (expected < 0.5)] = 0.0  # missing: no overlap
     np.testing.assert_allclose(both.slice_dice[both.assessed], expected, rtol=1e-6)
     assert np.isnan(both.slice_dice[~both.assessed]).all()
-    areas = given.sum(axis=(2, 3)) * ~np.isnan(expected)
-    np.testing.assert_allclose(both.volume_dice, np.nansum(expected * areas, axis=0) / areas.sum(axis=0), rtol=1e-6)
     np.testing.assert_array_equal(both.slice_flags, both.assessed & (both.slice_min_dice < 0.8))
     data = both.to_dict()
     assert data["predictor"] == "regressor" and "Robinson" in data["method"]
     assert set(data["slices"][3]["search_dice"]) == {"rv_blood_pool", "lv_myocardium", "lv_blood_pool"}
     assert "search_dice" not in result.to_dict()["slices"][3]
+
+
+def test_regressed_volume_dice_counts_missed_slices_and_not_absent_ones(monkeypatch):
+    from cardiac_ai.models import qc_regressor
+    from cardiac_ai.qc.assess import regressed_dice
+
+    given = np.zeros((4, 2, 8, 8), bool)
+    given[0, 0, :4] = True  # structure 0: 32 pixels on slice 0, 16 on slice 1, missing on slices 2 and 3
+    given[1, 0, :2] = True
+    given[0, 1, :1] = True  # structure 1: 8 pixels on slice 0 only
+    regressed = np.array([[0.9, 0.8], [0.6, 0.7], [0.2, 0.9], [0.7, 0.1]])
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, device=None: regressed.copy())
+    pairs = np.concatenate([np.zeros((4, 1, 8, 8), np.float32), given.astype(np.float32)], axis=1)
+    dice, volume = regressed_dice(None, pairs)
+    # slice 2 of structure 0 judged missing (0.2 < 0.5): Dice 0; slice 3 judged absent (0.7): no Dice
+    np.testing.assert_array_equal(dice[:, 0], [0.9, 0.6, 0.0, np.nan])
+    np.testing.assert_array_equal(dice[:, 1], [0.8, np.nan, np.nan, 0.0])
+    typical = np.median([32, 16])  # the missed slice weighs as much as a typical segmented slice of the structure
+    assert volume[0] == pytest.approx((0.9 * 32 + 0.6 * 16 + 0.0 * typical) / (32 + 16 + typical))
+    assert volume[0] < (0.9 * 32 + 0.6 * 16) / (32 + 16)  # what segmented-area weights alone gave
+    assert volume[1] == pytest.approx(0.8 * 8 / (8 + 8))
 
 
 def test_predictor_choice_is_honoured_and_checked(cine_phantom, vae, regressor):

@@ -54,8 +54,7 @@ from cardiac_ai.labels import LV_MYOCARDIUM
 from cardiac_ai.metrics import format_markdown_table
 from cardiac_ai.metrics.overlap import dice, dice_per_slice
 from cardiac_ai.models import ModelRegistry
-from cardiac_ai.models.qc_regressor import regress_dice
-from cardiac_ai.qc import check_rules, latent_search, predicted_dice, qc_input
+from cardiac_ai.qc import check_rules, latent_search, predicted_dice, qc_input, regressed_dice
 from cardiac_ai.qc.training import (
     CORRUPTION_KINDS,
     PoorSegmentation,
@@ -166,10 +165,18 @@ def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[d
     encoder = latent_search(vae, pairs, steps=0, device=device)
     encoded = predicted_dice(encoder.surrogate, pairs[:, 1:])
     times["encoder"] = time.perf_counter() - started
-    regressed = None
+    regressed = regressed_volume = None
     if regressor is not None:
+        # as QC reports it (cardiac_ai.qc.regressed_dice): on the slices from the first to the last labelled one
         started = time.perf_counter()
-        regressed = regress_dice(regressor, pairs, device=device)
+        labelled = np.flatnonzero(np.any(np.asarray(item.labels.array) != 0, axis=(1, 2)))
+        assessed = np.zeros(len(pairs), bool)
+        if labelled.size:
+            assessed[labelled[0]: labelled[-1] + 1] = True
+        regressed = np.full((len(pairs), len(STRUCTURES)), np.nan)
+        regressed_volume = np.full(len(STRUCTURES), np.nan)
+        if assessed.any():
+            regressed[assessed], regressed_volume = regressed_dice(regressor, pairs[assessed], device=device)
         times["cnn"] = time.perf_counter() - started
     started = time.perf_counter()
     labels, truth = np.asarray(item.labels.array), np.asarray(item.truth.array)
@@ -192,13 +199,12 @@ def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[d
             })
     myo = list(STRUCTURES).index(LV_MYOCARDIUM)
     given_myo = pairs[:, 1 + myo] > 0.5
-    area = given_myo.sum(axis=(1, 2)).astype(float)
     volume = {
         "case": item.case_id, "group": GROUPS.get(item.kind, "?"), "kind": item.kind, "level": item.level,
         "true": dice(labels == LV_MYOCARDIUM, truth == LV_MYOCARDIUM, empty_value=1.0),
         "vae": volume_dice(search.surrogate[:, myo] > 0.5, given_myo),
         "encoder": volume_dice(encoder.surrogate[:, myo] > 0.5, given_myo),
-        "cnn": np.nan if regressed is None else float(np.average(regressed[:, myo], weights=area + 1e-6)),
+        "cnn": np.nan if regressed is None else float(regressed_volume[myo]),
         "rules_flag": not rules.passed, "n_slices": int(labels.shape[0]), "iterations": search.iterations,
     }
     volume["mean"] = 0.5 * (volume["cnn"] + volume["vae"])
@@ -224,7 +230,7 @@ def accuracy_table(rows: list[dict], threshold: float, methods: dict) -> list[di
         poor = np.array([min(e["true"]) < threshold for e in chosen])
         row = {"kind": "all" if group is None else GROUP_NAMES[group], "slices": len(chosen),
                "truly poor": float(poor.mean())}
-        flags = {title: np.array([min(e[m]) < threshold for e in chosen]) for m, title in methods.items()}
+        flags = {title: np.array([_flagged(e[m], threshold) for e in chosen]) for m, title in methods.items()}
         flags["rules"] = np.array([e["rules"] for e in chosen])
         for title, flagged in flags.items():
             row[f"{title} acc"] = float(np.mean(flagged == poor))
@@ -232,6 +238,13 @@ def accuracy_table(rows: list[dict], threshold: float, methods: dict) -> list[di
             row[f"{title} spec"] = float(np.mean(~flagged[~poor])) if (~poor).any() else np.nan
         table.append(row)
     return table
+
+
+def _flagged(predicted: list[float], threshold: float) -> bool:
+    """A slice is flagged when its lowest predicted Dice is below the threshold; no prediction at all (a structure
+    judged absent, a slice QC does not assess) flags nothing."""
+    values = np.asarray(predicted, dtype=float)
+    return bool(np.isfinite(values).any() and np.nanmin(values) < threshold)
 
 
 def metric_row(name: str, chosen: list[dict], methods: dict) -> dict:
@@ -379,8 +392,9 @@ def main(argv=None) -> int:
         [metric_row(s, [r for r in rows if r["structure"] == s], methods) for s in STRUCTURES.values()], digits=3))
 
     out.append("\n### Per volume, myocardium (the paper's unit): Pearson r, MAE (SD)\n")
-    out.append("VAE: Dice of surrogate and segmentation over the whole ROI stack; CNN: per-slice predictions "
-               "averaged with the segmented myocardium area as weights.\n")
+    out.append("VAE: Dice of surrogate and segmentation over the whole ROI stack; CNN: the volume value QC reports "
+               "(cardiac_ai.qc.regressed_dice: slice predictions weighted by the segmented myocardium area, a slice "
+               "where the myocardium is judged missing by its median area).\n")
     out.append(format_markdown_table(metric_table(volumes, methods, by_kind=False), digits=3))
 
     out.append(f"\n### Flagging poor slices (lowest true Dice of a shown structure < {args.flag_threshold:g}): "

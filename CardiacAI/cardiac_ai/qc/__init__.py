@@ -10,6 +10,7 @@ from .assess import (
     QCConfig,
     QCResult,
     assess_segmentation,
+    regressed_dice,
     run_qc,
 )
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
@@ -31,6 +32,7 @@ __all__ = [
     "QCResult",
     "assess_segmentation",
     "run_qc",
+    "regressed_dice",
     "QC_MODEL_NAME",
     "QC_REGRESSOR_NAME",
     "QC_PREDICTORS",

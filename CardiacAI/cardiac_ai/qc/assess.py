@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_DICE_THRESHOLD",
     "QCConfig",
     "QCResult",
+    "regressed_dice",
     "assess_segmentation",
     "run_qc",
 ]
@@ -89,14 +90,16 @@ _VOLUME_DICE_DEFINITIONS = {
     ),
     "regressor": (
         "per structure, the mean of the slices' predicted Dice weighted by the structure's segmented area on each "
-        "slice (QC region of interest grid); mean_dice is the mean of the per-structure values"
+        "slice, and a slice where the structure is judged missing (Dice 0) by its median segmented area on the other "
+        "slices (QC region of interest grid); mean_dice is the mean of the per-structure values"
     ),
 }
 _NOT_ASSESSED = (
     "slices outside the labelled range (first to last slice with any label) are not assessed (Dice null, never "
     "flagged); on an assessed slice a structure absent from both the segmentation and the surrogate (search) has no "
     "Dice (null), and so has one absent from the segmentation whose regressed Dice is at least 0.5 (the regressor "
-    "judges the absence right). An empty segmentation is assessed on every slice with Dice 0."
+    "judges the absence right); below 0.5 the structure is judged missing and its Dice is 0. An empty "
+    "segmentation is assessed on every slice with Dice 0."
 )
 
 
@@ -385,18 +388,36 @@ def _unwrap_regressor(regressor: Any, n_structures: int, input_size: int) -> Any
     return network
 
 
-def _regressed_dice(
-    network: Any, pairs: NDArray[np.float32], given: NDArray[np.bool_]
+def regressed_dice(
+    network: Any, pairs: NDArray[np.float32], *, device: Any = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(slice Dice (n, S), volume Dice (S,)) from the regressor; see :data:`_NOT_ASSESSED` for the nulls."""
+    """Predicted Dice from the CNN regressor as QC reports it: per slice and structure (n, S), and per volume (S,).
+
+    ``pairs`` (n, 1 + S, size, size) are the QC input of one stack's assessed slices (:func:`~cardiac_ai.qc.qc_input`),
+    the last S channels the segmentation's masks; see :data:`_NOT_ASSESSED` for the nulls.
+
+    A structure the segmentation leaves out of a slice has no overlap to regress: the regressor only says whether it
+    belongs there. Judged absent (>= 0.5): no Dice. Judged missing (< 0.5): Dice 0, which is what any non-empty truth
+    gives. The volume value weights each slice by the structure's segmented area, and a missed slice by the median
+    segmented area of the structure on the stack's other slices, so that missing slices lower it as they lower the
+    true volume Dice (with segmented-area weights alone they counted for nothing).
+    """
     from ..models.qc_regressor import regress_dice
 
-    dice = regress_dice(network, pairs)
+    dice = regress_dice(network, pairs, device=device)
+    given = pairs[:, pairs.shape[1] - dice.shape[1]:] > 0.5
     areas = np.count_nonzero(given, axis=(2, 3)).astype(np.float64)
-    dice[(areas == 0) & (dice >= 0.5)] = np.nan
-    weights = np.where(np.isnan(dice), 0.0, areas)
+    empty = areas == 0
+    dice[empty & (dice >= 0.5)] = np.nan
+    missed = empty & (dice < 0.5)
+    dice[missed] = 0.0
+    segmented = np.where(empty, np.nan, areas)
+    typical = np.zeros(areas.shape[1])
+    present = ~np.isnan(segmented).all(axis=0)
+    typical[present] = np.nanmedian(segmented[:, present], axis=0)
+    weights = np.where(np.isnan(dice), 0.0, np.where(missed, typical[np.newaxis, :], areas))
     totals = weights.sum(axis=0)
-    volume = np.where(totals > 0, np.nansum(dice * weights, axis=0) / np.maximum(totals, 1.0), np.nan)
+    volume = np.where(totals > 0, np.nansum(dice * weights, axis=0) / np.maximum(totals, 1e-12), np.nan)
     return dice, volume
 
 
@@ -663,7 +684,7 @@ def assess_segmentation(
         report(progress, 0.95, "QC: regressed Dice")
         search_dice = None if surrogate is None else searched
         slice_dice = np.full((n_slices, len(structures)), np.nan)
-        slice_dice[assessed], volume_dice = _regressed_dice(regressor_network, chosen, given)
+        slice_dice[assessed], volume_dice = regressed_dice(regressor_network, chosen)
     else:
         slice_dice, volume_dice = searched, searched_volume
     if empty:
