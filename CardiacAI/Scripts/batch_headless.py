@@ -238,7 +238,7 @@ def runTask(logic, volumeNode, args) -> dict:
 
 
 def tableRows(tableNode) -> list:
-    """The rows of a table node as dicts (column title -> text), for :func:`write_rows_csv`."""
+    """The rows of a table node as dicts (column title -> text), for the backend's ``write_csv``."""
     table = tableNode.GetTable()
     names = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
     return [{name: table.GetValue(r, c).ToString() for c, name in enumerate(names)}
