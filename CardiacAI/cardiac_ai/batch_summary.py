@@ -55,8 +55,8 @@ def summary_values(report: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(report, Mapping):
         raise DataError(f"A report must be a JSON object (dict), got {type(report).__name__}.")
-    command = (report.get("provenance") or {}).get("command") if isinstance(report.get("provenance"), Mapping) \
-        else None
+    provenance = report.get("provenance")
+    command = provenance.get("command") if isinstance(provenance, Mapping) else None
     if command not in SUMMARY_COMMANDS:
         raise DataError(
             f"No batch summary for a report of {command!r}; summaries exist for {', '.join(SUMMARY_COMMANDS)} "
