@@ -264,3 +264,43 @@ def test_without_a_wanted_surrogate_the_regressor_skips_the_search(cine_phantom,
     searched = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="search"),
                                    regressor=regressor, surrogate_wanted=False)
     assert searched.search["ran"] and searched.surrogate is not None  # the search is then the predictor
+
+
+def test_the_regressor_assesses_the_margin_its_card_gives_and_the_search_stays_in_the_labelled_range(
+    cine_phantom, vae, regressor, result
+):
+    from types import SimpleNamespace
+
+    image, labels = cine_phantom.image, cine_phantom.labels  # labelled slices 1..6 of 8
+    trained_with_margin = SimpleNamespace(network=regressor, card=SimpleNamespace(
+        inference={"assess_margin_slices": 1}))
+    widened = assess_segmentation(image, labels, vae, config=FAST, regressor=trained_with_margin)
+    assert widened.margin_slices == 1 and widened.assessed.all()
+    assert widened.to_dict()["margin_slices"] == 1 and widened.to_dict()["n_assessed_slices"] == 8
+    # the search, its surrogate and its second opinion keep to the labelled range
+    np.testing.assert_array_equal(widened.search_dice, result.slice_dice)
+    np.testing.assert_array_equal(widened.surrogate.array, result.surrogate.array)
+    # on a margin slice the segmentation is empty: the structure is judged absent (no Dice) or missing (Dice 0)
+    margin_values = widened.slice_dice[[0, 7]]
+    assert np.all(np.isnan(margin_values) | (margin_values == 0.0))
+    plain = assess_segmentation(image, labels, vae, config=FAST, regressor=regressor)
+    assert plain.margin_slices == 0 and not plain.assessed[[0, 7]].any()
+    np.testing.assert_array_equal(widened.slice_dice[1:7], plain.slice_dice[1:7])
+    overridden = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, margin_slices=0),
+                                     regressor=trained_with_margin)
+    np.testing.assert_array_equal(overridden.assessed, plain.assessed)
+    searched = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="search", margin_slices=1),
+                                   regressor=trained_with_margin)
+    assert searched.margin_slices == 0 and not searched.assessed[[0, 7]].any()
+
+
+def test_a_bad_margin_is_refused(cine_phantom, vae, regressor):
+    from types import SimpleNamespace
+
+    with pytest.raises(InputError, match="margin_slices"):
+        QCConfig(margin_slices=-1)
+    with pytest.raises(InputError, match="margin_slices"):
+        QCConfig(margin_slices=True)
+    odd_card = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"assess_margin_slices": "one"}))
+    with pytest.raises(ModelError, match="assess_margin_slices"):
+        assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=odd_card)

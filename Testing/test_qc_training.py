@@ -172,6 +172,41 @@ def test_make_poor_segmentations_is_deterministic_with_a_seed(cases, poor_pairs)
     assert len(other) != len(poor_pairs) or not np.array_equal(other.structures, poor_pairs.structures)
 
 
+def test_margin_slices_add_the_slices_beyond_the_heart_as_correctly_empty(cases, poor_pairs):
+    truth_only = make_poor_segmentations(cases, n_variants=0, seed=0, margin_slices=1)
+    assert set(truth_only.kinds) == {"ground_truth"}
+    assert len(truth_only) == 4 * 6  # the 4 labelled slices of each case and the one beyond each end
+    beyond = np.isin(truth_only.slice_indices, (0, 5))
+    assert beyond.sum() == 8 and not truth_only.structures[beyond].any()
+    assert np.isnan(truth_only.dice[beyond]).all()  # nothing to overlap: the regressor's target is 1 (right)
+    np.testing.assert_array_equal(truth_only.targets()[beyond], 1.0)
+    widened = make_poor_segmentations(cases, n_variants=6, seed=0, margin_slices=2)
+    empty_in_both = ~widened.structures.any(axis=(1, 2, 3)) & np.isnan(widened.dice).all(axis=1)
+    assert empty_in_both.any()
+    unwidened = widened.subset(~empty_in_both)  # the pairs without a margin, in order; only empty ones were added
+    np.testing.assert_array_equal(unwidened.structures, poor_pairs.structures)
+    np.testing.assert_array_equal(unwidened.dice, poor_pairs.dice)
+    with pytest.raises(InputError, match="margin_slices"):
+        make_poor_segmentations(cases[:1], margin_slices=-1)
+
+
+def test_noise_attacks_can_use_each_cases_own_models(cases, monkeypatch):
+    """A callable gives each case its models (a cross-validation fold that never saw the patient)."""
+    from cardiac_ai.qc import training
+
+    used = {}
+
+    def attacked(case, variances, *, cine_models, **options):
+        used[case.case_id] = cine_models
+        return []
+
+    monkeypatch.setattr(training, "attacked_segmentations", attacked)
+    make_poor_segmentations(cases, n_variants=1, cine_models=lambda case: f"models for {case.case_id}")
+    assert used == {c.case_id: f"models for {c.case_id}" for c in cases}
+    make_poor_segmentations(cases[:1], n_variants=1, cine_models="shared models")
+    assert used[cases[0].case_id] == "shared models"
+
+
 def test_make_poor_segmentations_rejects_bad_options(cases):
     with pytest.raises(InputError, match="kinds must be"):
         make_poor_segmentations(cases[:1], kinds=("blur",))
@@ -382,6 +417,7 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
         "--regressor-epochs", "1", "--no-attacks", "--search-steps", "2", "--ablation-val-slices", "10",
         "--latent-sizes", "4", "--betas", "0.01", "--ablation-epochs", "1", "--ablation-search-steps", "2",
         "--vae-features", "8", "16", "16", "32", "--regressor-features", "8", "16", "--variants", "2",
+        "--margin-slices", "1",
     ])
     elapsed = time.perf_counter() - started
     assert status == 0
@@ -390,6 +426,7 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
     regressor = registry.load("qc_dice_regressor", device="cpu")
     assert vae.card.precision == "float16" and regressor.card.precision == "float16"
     assert vae.card.task == "quality_control" and "val_dice_mae_search" in vae.card.validation_metrics
+    assert regressor.card.inference == {"assess_margin_slices": 1} and "beyond each end" in regressor.card.training_data
     split = vae.card.split
     assert len(split["train"]) == 2 and len(split["test"]) == 20
     assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))

@@ -246,3 +246,52 @@ def test_results_over_the_device_tools_file_limit_travel_as_shards_and_join_agai
     assert all(torch.equal(back["model_a"]["state"][k], state[k]) for k in state)
     assert torch.equal(back["model_b"]["state"]["w"], torch.ones(3)) and back["model_b"]["metric"] == 0.5
     assert list(tmp_path.glob("*.pt")) == [tmp_path / "out.pt"]  # shards are not taken for results files
+
+
+def test_cross_validation_folds_leave_patients_out_and_register_for_qc(gpu_script, prepared_folder, tmp_path):
+    """Fold jobs train the baseline without every fifth training patient; import-folds registers each with the
+    patients it never saw, which train_qc.py --cine-fold-models reads to pick a case's model."""
+    import argparse
+
+    from cardiac_ai.errors import InputError
+    from cardiac_ai.models import ModelRegistry
+
+    patients = np.array([f"patient{n:03d}" for n in (3, 1, 2, 1, 7, 5, 4, 6, 8, 9, 10, 11)])
+    folds = [gpu_script.held_out_patients(patients, k) for k in range(gpu_script.N_FOLDS)]
+    assert folds[0] == ["patient001", "patient006", "patient011"] and folds[4] == ["patient005", "patient010"]
+    assert sorted(sum(folds, [])) == sorted(set(patients))  # every patient left out exactly once
+
+    out = tmp_path / "out"
+    gpu_script.SEGMENTATION_KWARGS.update(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    for fold in ("fold0", "fold1"):  # two phantom training patients: one held out by each of the first two folds
+        assert gpu_script.main(["--data", str(prepared_folder), "--out", str(out), "--epochs", "1", "--batch-size",
+                                "4", "--budget", "120", "--device", "cpu", "--job", fold]) == 0
+    result = torch.load(out / "fold1.pt", weights_only=True)["cine_baseline"]
+    assert result["held_out_patients"] == ["phantom001"] and result["epochs_done"] == 1
+    with pytest.raises(SystemExit, match="fewer than 5 folds"):
+        gpu_script.main(["--data", str(prepared_folder), "--out", str(out), "--epochs", "1", "--device", "cpu",
+                         "--job", "fold2"])
+
+    cine = _load("train_acdc_cine")
+    split = type("Split", (), {"train": ("phantom000", "phantom001"), "validation": ("phantom002",), "test": ()})()
+    folders = cine.import_fold_results(out, tmp_path / "work", split, version="9.9")
+    assert [f.parent.name for f in folders] == ["fold0", "fold1"]
+    card = ModelRegistry(paths=[folders[1]]).load("cine_baseline", device="cpu").card
+    assert card.split["held_out"] == ["phantom001"] and card.split["train"] == ["phantom000"]
+    assert "without phantom001" in card.training_data
+
+    qc_script = _load("train_qc")
+    from cardiac_ai.regions import CineModels
+
+    bundled = CineModels(localiser="bundled localiser", baseline="bundled baseline")
+    args = argparse.Namespace(cine_mode="baseline", cine_fold_models=[str(f) for f in folders], device="cpu")
+    for_case = qc_script.fold_models_by_patient(args, bundled, ["phantom000", "phantom001"])
+    case = type("Case", (), {"case_id": "phantom001_ES"})()
+    chosen = for_case(case)
+    assert chosen.localiser == "bundled localiser" and chosen.baseline.card.split["held_out"] == ["phantom001"]
+    assert for_case(type("Case", (), {"case_id": "phantom002_ED"})()) is bundled  # a validation patient
+    with pytest.raises(InputError, match="phantom009"):
+        qc_script.fold_models_by_patient(args, bundled, ["phantom000", "phantom001", "phantom009"])
+    with pytest.raises(InputError, match="cine-mode baseline"):
+        qc_script.fold_models_by_patient(argparse.Namespace(**{**vars(args), "cine_mode": "region-aware"}), bundled,
+                                         ["phantom000"])

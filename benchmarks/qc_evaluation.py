@@ -54,7 +54,7 @@ from cardiac_ai.labels import LV_MYOCARDIUM
 from cardiac_ai.metrics import format_markdown_table
 from cardiac_ai.metrics.overlap import dice, dice_per_slice
 from cardiac_ai.models import ModelRegistry
-from cardiac_ai.qc import check_rules, latent_search, predicted_dice, qc_input, regressed_dice
+from cardiac_ai.qc import assess_segmentation, check_rules, latent_search, predicted_dice, qc_input
 from cardiac_ai.qc.training import (
     CORRUPTION_KINDS,
     PoorSegmentation,
@@ -154,7 +154,8 @@ def volume_dice(surrogate: np.ndarray, given: np.ndarray) -> float:
 
 
 def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[dict], dict, dict]:
-    """Slice rows, one volume row and timings of every QC method on one segmentation."""
+    """Slice rows, one volume row and timings of every QC method on one segmentation (``regressor``: the loaded
+    model, whose card gives the slices it assesses, or None)."""
     times = {}
     started = time.perf_counter()
     pairs, _ = qc_input(item.image, item.labels)
@@ -167,16 +168,11 @@ def qc_one(item: PoorSegmentation, vae, regressor, args, device) -> tuple[list[d
     times["encoder"] = time.perf_counter() - started
     regressed = regressed_volume = None
     if regressor is not None:
-        # as QC reports it (cardiac_ai.qc.regressed_dice): on the slices from the first to the last labelled one
+        # what QC reports (the product's own call; the search is the column above)
         started = time.perf_counter()
-        labelled = np.flatnonzero(np.any(np.asarray(item.labels.array) != 0, axis=(1, 2)))
-        assessed = np.zeros(len(pairs), bool)
-        if labelled.size:
-            assessed[labelled[0]: labelled[-1] + 1] = True
-        regressed = np.full((len(pairs), len(STRUCTURES)), np.nan)
-        regressed_volume = np.full(len(STRUCTURES), np.nan)
-        if assessed.any():
-            regressed[assessed], regressed_volume = regressed_dice(regressor, pairs[assessed], device=device)
+        reported = assess_segmentation(item.image, item.labels, vae, regressor=regressor, surrogate_wanted=False,
+                                       device=device)
+        regressed, regressed_volume = reported.slice_dice, reported.volume_dice
         times["cnn"] = time.perf_counter() - started
     started = time.perf_counter()
     labels, truth = np.asarray(item.labels.array), np.asarray(item.truth.array)
@@ -358,8 +354,7 @@ def main(argv=None) -> int:
         case = load_case(ref)
         for item in poor_cases(case, args, cine_models, device):
             try:
-                slice_rows, volume, times = qc_one(item, vae.network, regressor.network if regressor else None,
-                                                   args, device)
+                slice_rows, volume, times = qc_one(item, vae.network, regressor, args, device)
             except InputError as error:
                 skipped.append(f"{item.case_id} {item.kind} {item.level:g}: {error}")
                 continue

@@ -69,11 +69,13 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/acdc/training")
     parser.add_argument("--work", default="work_data/cine")
     parser.add_argument("--stage", default="all",
-                        choices=["prepare", "import-gpu", "localiser", "baseline", "sampler", "classifier", "regions", "register", "all"])
+                        choices=["prepare", "import-gpu", "import-folds", "localiser", "baseline", "sampler",
+                                 "classifier", "regions", "register", "all"])
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the baseline and the sampler variant")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--version", default="1.0", help="version of the registered models (stages register, import-gpu)")
-    parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stage import-gpu)")
+    parser.add_argument("--gpu-results", help="folder of train_cine_gpu.py's .pt files (stages import-gpu, "
+                                              "import-folds)")
     parser.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     parser.add_argument("--spacing-mm", type=float, default=1.5,
                         help="in-plane spacing of the segmentation crops (prepare; the localiser and classifier "
@@ -123,6 +125,11 @@ def main() -> None:
         stage_progress.stage("import-gpu")
         import_gpu_results(Path(args.gpu_results), work)
         register(work, split, args.version)
+        stage_progress.finish()
+        return
+    if args.stage == "import-folds":
+        stage_progress.stage("import-gpu")
+        import_fold_results(Path(args.gpu_results), work, split, args.version)
         stage_progress.finish()
         return
 
@@ -223,7 +230,7 @@ def stage_weights(args) -> dict[str, float]:
     costs = {stage: float(args.epochs) if cost is None else cost for stage, cost in TRAINING_STAGE_COSTS.items()}
     if args.stage == "prepare":
         return {"prepare": 5.0}
-    if args.stage == "import-gpu":
+    if args.stage in ("import-gpu", "import-folds"):
         return {"prepare": 5.0, "import-gpu": 1.0}
     return {"prepare": 5.0, **{stage: cost for stage, cost in costs.items() if args.stage in (stage, "all")}}
 
@@ -257,10 +264,11 @@ GPU_RUNS = {  # model key in train_cine_gpu.py's results -> run folder here
 }
 
 
-def import_gpu_results(results: Path, work: Path, runs: dict[str, str] | None = None) -> None:
+def import_gpu_results(results: Path, work: Path, runs: dict[str, str] | None = None, pattern: str = "*.pt") -> None:
     """Turn train_cine_gpu.py's results into run folders (config.json, best.pt, history.json) that register reads.
 
-    ``runs`` maps a result's model key to its run folder (default: the cine models' ``GPU_RUNS``)."""
+    ``runs`` maps a result's model key to its run folder (default: the cine models' ``GPU_RUNS``); ``pattern``
+    chooses the result files."""
     import json
     import sys
 
@@ -270,7 +278,7 @@ def import_gpu_results(results: Path, work: Path, runs: dict[str, str] | None = 
     from train_cine_gpu import load_results
 
     runs = GPU_RUNS if runs is None else runs
-    for path in sorted(results.glob("*.pt")):
+    for path in sorted(results.glob(pattern)):
         for key, result in load_results(path).items():
             if key not in runs:
                 print(f"{path.name}: {key} skipped (no run folder for it)")
@@ -339,6 +347,41 @@ def register(work: Path, split, version: str = "1.0") -> None:
                 training_data=f"ACDC, as cine_baseline, quadratic batch sampling ratio {ratio}", split=split_summary,
                 description=f"Baseline U-Net trained with quadratic non-uniform batch sampling (ratio {ratio}).{note}",
             )
+
+def import_fold_results(results: Path, work: Path, split, version: str = "1.0") -> list[Path]:
+    """Register each cross-validation baseline of train_cine_gpu.py (``fold<k>.pt``) as ``cine_baseline`` in its own
+    registry folder ``WORK/folds/fold<k>/models``, its card's split naming the training patients it never saw
+    (``split["held_out"]``): what ``train_qc.py --cine-fold-models`` reads. Returns the folders."""
+    import json
+
+    from cardiac_ai.training.checkpoint import export_best_model
+
+    folders = []
+    for path in sorted(results.glob("fold*.pt")):
+        fold_work = work / "folds" / path.stem
+        import_gpu_results(results, fold_work, runs={"cine_baseline": "run_baseline"}, pattern=path.name)
+        held_out = json.loads((fold_work / "run_baseline" / "history.json").read_text())["held_out_patients"]
+        trained_on = [p for p in split.train if p not in held_out]
+        export_best_model(
+            fold_work / "run_baseline", fold_work / "models", name="cine_baseline", version=version,
+            task="segmentation",
+            label_map={0: "background", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"},
+            training_data=f"ACDC training set (ED and ES frames), {len(trained_on)} of the split's "
+                          f"{len(split.train)} training patients: cross-validation {path.stem}, without "
+                          f"{', '.join(held_out)}",
+            split={"file": "Resources/Splits/acdc_cine_split.json", "train": trained_on, "held_out": held_out,
+                   "validation": list(split.validation), "test": list(split.test)},
+            description="Cross-validation baseline U-Net (as cine_baseline) that never saw the held-out training "
+                        "patients: their segmentations by it are realistic QC training pairs, not shipped."
+                        + _training_note(fold_work / "run_baseline"),
+            license="CC BY-NC-SA 4.0 (ACDC data terms)",
+        )
+        folders.append(fold_work / "models")
+        print(f"{path.stem}: cine_baseline {version} in {fold_work / 'models'} (held out: {', '.join(held_out)})")
+    if not folders:
+        raise SystemExit(f"no fold*.pt in {results}: run train_cine_gpu.py --jobs fold0 ... fold4 first")
+    return folders
+
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,10 @@ Four jobs run as parallel processes on the one GPU (small 2D networks leave most
 ``sampler4``   the baseline trained with quadratic non-uniform batch sampling, ratio 4   -> sampler4.pt
 ``sampler20``  the same with ratio 20                                                     -> sampler20.pt
 ``aux``        localiser U-Net (3.5 mm, whole field of view) and DenseNet121 region classifier -> aux.pt
+``fold0``..    cross-validation baselines (not run by default): the baseline trained without one fifth of the
+``fold4``      training patients (every fifth in sorted order, from the k-th), so that each training patient has a
+               model that never saw it; their segmentations are the QC regressor's realistic training pairs
+               (``train_qc.py --cine-fold-models``)                                        -> fold<k>.pt
 =============  ===================================================================================================
 
 Augmentation runs on the GPU, per batch: random affine (rotation, isotropic and anisotropic scale, translation),
@@ -47,6 +51,8 @@ LOCALISER_KWARGS = {"out_channels": 4, "channels": [16, 32, 64, 128], "strides":
 CLASSIFIER_KWARGS = {"in_channels": 1, "out_channels": 4}
 REGION_FINE_TUNE = (("base", 1, 150), ("middle", 2, 50), ("apex", 3, 150))  # name, region code, epochs
 JOBS = ("main", "sampler4", "sampler20", "aux")
+N_FOLDS = 5
+FOLD_JOBS = tuple(f"fold{k}" for k in range(N_FOLDS))
 
 
 def build(name: str, kwargs: dict) -> torch.nn.Module:
@@ -74,9 +80,16 @@ def load_part(path: Path, device: torch.device, limit: int | None = None, slice_
             "labels": (torch.from_numpy(data["labels"][keep].astype(np.int64)).to(device) if "labels" in data
                        else None),
             "regions": torch.from_numpy(data["regions"][keep].astype(np.int64)).to(device),
+            "patients": np.array([str(c).split("_")[0] for c in data["case_ids"][keep]]),
             "spec": spec.to_dict(),
         }
     return part
+
+
+def held_out_patients(patients: np.ndarray, fold: int, n_folds: int = N_FOLDS) -> list[str]:
+    """The training patients cross-validation fold ``fold`` leaves out: every ``n_folds``-th of the sorted patients,
+    from the ``fold``-th."""
+    return sorted(set(patients.tolist()))[fold::n_folds]
 
 
 def as_float(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -298,7 +311,9 @@ def load_results(path: Path) -> dict:
 
 
 def subset(part: dict, mask: torch.Tensor) -> dict:
-    return {k: (v[mask] if isinstance(v, torch.Tensor) else v) for k, v in part.items()}
+    chosen = mask.cpu().numpy()
+    return {k: (v[mask] if isinstance(v, torch.Tensor) else v[chosen] if isinstance(v, np.ndarray) else v)
+            for k, v in part.items()}
 
 
 SEGMENTATION_AUGMENTATION = {"rotate_deg": 25.0, "scale": 0.15, "translate_px": 16.0, "elastic_px": 3.0,
@@ -356,6 +371,22 @@ def run_job(job: str, args) -> None:
                 initial_state=baseline["state"], tag=name, **common)
         save("main_a.pt", {"cine_baseline": baseline, "cine_base": regional["cine_base"]})
         save("main_b.pt", {"cine_middle": regional["cine_middle"], "cine_apex": regional["cine_apex"]})
+    elif job in FOLD_JOBS:
+        train = load_part(data / "cine_train.npz", device, args.limit, args.slice_context)
+        val = load_part(data / "cine_val.npz", device, args.limit, args.slice_context)
+        held_out = held_out_patients(train["patients"], FOLD_JOBS.index(job))
+        if not held_out:
+            raise SystemExit(f"{job}: {len(set(train['patients']))} training patients are fewer than {N_FOLDS} folds")
+        kept = torch.from_numpy(~np.isin(train["patients"], held_out)).to(device)
+        log(f"leaving out {len(held_out)} training patients: {', '.join(held_out)}")
+        kwargs = dict(SEGMENTATION_KWARGS, in_channels=train["spec"]["channels"])
+        baseline = train_model(network="unet2d", kwargs=kwargs, train=subset(train, kept), val=val,
+                               task="segmentation", epochs=epochs, batch_size=args.batch_size,
+                               learning_rate=args.learning_rate or 2e-3, seed=0, deadline=deadline,
+                               augmentation=SEGMENTATION_AUGMENTATION, log=log, tag=job,
+                               fit_to_deadline=args.fit_to_deadline)
+        baseline["held_out_patients"] = held_out
+        save(f"{job}.pt", {"cine_baseline": baseline})
     elif job == "aux":
         loc_train = load_part(data / "localiser_train.npz", device, args.limit)
         loc_val = load_part(data / "localiser_val.npz", device, args.limit)
@@ -375,7 +406,7 @@ def run_job(job: str, args) -> None:
                           "intensity": True}, log=log, tag="classifier")
         save("aux.pt", {"cine_localiser": localiser, "cine_region_classifier": classifier})
     else:
-        raise SystemExit(f"unknown job {job!r}; jobs: {', '.join(JOBS)}")
+        raise SystemExit(f"unknown job {job!r}; jobs: {', '.join((*JOBS, *FOLD_JOBS))}")
 
 
 def run_parallel_jobs(script: str, argv, args, jobs, run_job) -> int:
@@ -396,12 +427,13 @@ def run_parallel_jobs(script: str, argv, args, jobs, run_job) -> int:
     return 1 if failed else 0
 
 
-def job_parser(doc: str, *, data: str, jobs, budget: float) -> argparse.ArgumentParser:
-    """The options every GPU trainer of scripts/ shares (its own are added by the caller)."""
+def job_parser(doc: str, *, data: str, jobs, budget: float, optional_jobs=()) -> argparse.ArgumentParser:
+    """The options every GPU trainer of scripts/ shares (its own are added by the caller); ``optional_jobs`` run only
+    when named in ``--jobs``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", default=data, help="folder of the prepared .npz crops")
     parser.add_argument("--out", required=True, help="folder for the .pt results")
-    parser.add_argument("--jobs", nargs="+", default=list(jobs), choices=list(jobs))
+    parser.add_argument("--jobs", nargs="+", default=list(jobs), choices=[*jobs, *optional_jobs])
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--budget", type=float, default=budget, help="seconds until every job stops")
@@ -412,7 +444,7 @@ def job_parser(doc: str, *, data: str, jobs, budget: float) -> argparse.Argument
 
 
 def main(argv=None) -> int:
-    parser = job_parser(__doc__, data="work_data/cine", jobs=JOBS, budget=420.0)
+    parser = job_parser(__doc__, data="work_data/cine", jobs=JOBS, budget=420.0, optional_jobs=FOLD_JOBS)
     parser.add_argument("--epochs", type=int, default=250, help="baseline epochs (localiser, classifier: half)")
     parser.add_argument("--fine-tune-scale", type=float, default=1.0, help="scales the region models' epochs")
     parser.add_argument("--init-weights", help="checkpoint ({'model': state dict}) the baselines start from instead of "
@@ -426,7 +458,7 @@ def main(argv=None) -> int:
                              "new channels starting at zero")
     parser.add_argument("--fine-tune-grace", type=float, default=60.0,
                         help="extra seconds the region models and the classifier may use after --budget")
-    return run_parallel_jobs(__file__, argv, parser.parse_args(argv), JOBS, run_job)
+    return run_parallel_jobs(__file__, argv, parser.parse_args(argv), (*JOBS, *FOLD_JOBS), run_job)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ what is already on disk, so a run can be resumed; ``--stage`` takes several):
                ``--variants`` synthetic corruptions per frame (shift, erosion, dilation, holes, missing slices at
                random strength) and, unless ``--no-attacks`` or the cine models are missing, the cine models'
                segmentations of images attacked with white noise of 6 variances (``--cine-mode``, baseline by
-               default: several times faster on a CPU than region-aware).
+               default: several times faster on a CPU than region-aware). ``--cine-fold-models`` segments each
+               training patient with a cross-validation baseline that never saw it (realistic errors; the
+               bundled models segment their own training patients too well); ``--margin-slices`` adds slices beyond
+               the heart (the regressor's card then lets QC assess that many slices beyond a segmentation's end).
 ``vae``        the VAE on the ground-truth training pairs (Adam, lr 1e-4, batch 16, up to ``--epochs`` epochs with
                early stopping on the validation loss, m = ``--latent-size``, beta = ``--beta``), then its Dice
                prediction error on the validation pairs of known quality (``run_vae/val_qc.json``).
@@ -104,6 +107,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     poor.add_argument("--cine-models", default="work_data/cine/models", help="ModelRegistry folder of the cine models")
     poor.add_argument("--cine-mode", default="baseline", choices=["baseline", "region-aware"])
     poor.add_argument("--no-attacks", action="store_true", help="no noise attacks on the cine models")
+    poor.add_argument("--cine-fold-models", nargs="+", metavar="FOLDER",
+                      help="registry folders of cross-validation cine baselines (train_acdc_cine.py --stage "
+                           "import-folds: WORK/folds/fold*/models); each training patient's noise attacks are then "
+                           "segmented by the baseline that never saw it (its card's split held_out), with the "
+                           "--cine-models localiser; validation patients by --cine-models. Needs --cine-mode baseline")
+    poor.add_argument("--margin-slices", type=int, default=0, metavar="N",
+                      help="also N slices beyond each end of the labelled extent (heart in neither segmentation nor "
+                           "truth), so that QC can assess N slices beyond a segmentation's end; the regressor's card "
+                           "records it (default 0)")
     poor.add_argument("--regressor-epochs", type=int, default=10)
     poor.add_argument("--regressor-batch-size", type=int, default=32)
     poor.add_argument("--regressor-lr", type=float, default=1e-3)
@@ -164,8 +176,9 @@ def cached_pairs(path: Path, make) -> QCPairs:
     return load_qc_pairs(path)  # train on exactly what another machine would read
 
 
-def cine_models(args: argparse.Namespace):
-    """The cine models for the noise attacks, or None (with the reason printed)."""
+def cine_models(args: argparse.Namespace, data: "Data"):
+    """The cine models for the noise attacks (with --cine-fold-models a case -> models function), or None (with the
+    reason printed)."""
     if args.no_attacks:
         return None
     folder = Path(args.cine_models)
@@ -176,7 +189,39 @@ def cine_models(args: argparse.Namespace):
     from cardiac_ai.models import ModelRegistry
     from cardiac_ai.regions import CineModels
 
-    return CineModels.from_registry(ModelRegistry(paths=[folder]), mode=args.cine_mode, device=args.device)
+    models = CineModels.from_registry(ModelRegistry(paths=[folder]), mode=args.cine_mode, device=args.device)
+    return fold_models_by_patient(args, models, data.patients("train")) if args.cine_fold_models else models
+
+
+def fold_models_by_patient(args: argparse.Namespace, models, training_patients):
+    """A case -> CineModels function: the cross-validation baseline that never saw the case's patient (training
+    patients), else ``models`` (validation patients, whom no cine model saw)."""
+    import dataclasses
+
+    from cardiac_ai.errors import InputError
+    from cardiac_ai.models import ModelRegistry
+
+    if args.cine_mode != "baseline":
+        raise InputError("--cine-fold-models holds baselines only: use --cine-mode baseline.")
+    by_patient = {}
+    for folder in args.cine_fold_models:
+        baseline = ModelRegistry(paths=[Path(folder)]).load("cine_baseline", device=args.device)
+        held_out = baseline.card.split.get("held_out")
+        if not held_out:
+            raise InputError(f"The cine_baseline in {folder} names no held-out patients (card split 'held_out'): "
+                             "register cross-validation baselines with train_acdc_cine.py --stage import-folds.")
+        fold = dataclasses.replace(models, baseline=baseline)
+        by_patient |= {patient: fold for patient in held_out}
+    say(f"cross-validation cine baselines: {len(args.cine_fold_models)} folds, {len(by_patient)} held-out patients")
+    seen_by_all = set(training_patients) - set(by_patient)
+    if seen_by_all:
+        raise InputError(f"No cross-validation baseline leaves out training patient(s) {sorted(seen_by_all)}; every "
+                         "training patient needs the fold that never saw it.")
+
+    def for_case(case):
+        return by_patient.get(case.case_id.split("_")[0], models)
+
+    return for_case
 
 
 def ground_truth_pairs(args, data: Data, work: Path, part: str) -> QCPairs:
@@ -194,11 +239,11 @@ def poor_pairs(args, data: Data, work: Path, part: str, models_holder: dict, pro
 
     def make() -> QCPairs:
         if "models" not in models_holder:
-            models_holder["models"] = cine_models(args)
+            models_holder["models"] = cine_models(args, data)
         return make_poor_segmentations(
             data.cases(part), n_variants=args.variants, cine_models=models_holder["models"],
-            noise_variances=ATTACK_NOISE_VARIANCES, cine_mode=args.cine_mode, seed=args.seed, device=args.device,
-            progress=progress,
+            noise_variances=ATTACK_NOISE_VARIANCES, cine_mode=args.cine_mode, margin_slices=args.margin_slices,
+            seed=args.seed, device=args.device, progress=progress,
         )
 
     return cached_pairs(work / f"poor_{name}.npz", make)
@@ -322,8 +367,13 @@ def register_stage(args, work: Path, data: Data) -> None:
             training_data=f"ACDC training set, {frames} frames of the split's {len(split['train'])} training patients: "
                           "ground truth, synthetic corruptions (shift, erosion, dilation, holes, missing slices) and "
                           + ("no noise attacks" if args.no_attacks else
+                             "segmentations of noise-attacked images by cine baselines that never saw the patient "
+                             f"({len(args.cine_fold_models)}-fold cross-validation; validation patients: the "
+                             "bundled baseline)" if args.cine_fold_models else
                              f"cine model ({args.cine_mode}) segmentations of noise-attacked images") +
                           ", with their true Dice per slice and structure"
+                          + (f", and up to {args.margin_slices} slices beyond each end of the labelled extent"
+                             if args.margin_slices else "")
                           + ("; augmented per batch (rotation, scale, shift; gamma and noise on the image"
                              + (f"; random intensity curves on {args.regressor_curve_probability:g} of the images"
                                 if args.regressor_curve_probability > 0 else "") + ")"
@@ -331,6 +381,7 @@ def register_stage(args, work: Path, data: Data) -> None:
             description="CNN regression of segmentation quality (Robinson et al. 2018, the baseline of Wang et al.): "
                         "image + RV/MYO/LV masks (96 x 96 at 1.8 mm) in, per-structure Dice logits out; "
                         "sigmoid gives the predicted Dice (cardiac_ai.models.qc_regressor.regress_dice).",
+            inference={"assess_margin_slices": args.margin_slices} if args.margin_slices else None,
         ))
     for path in exported:
         say(f"registered {path}")

@@ -95,11 +95,11 @@ _VOLUME_DICE_DEFINITIONS = {
     ),
 }
 _NOT_ASSESSED = (
-    "slices outside the labelled range (first to last slice with any label) are not assessed (Dice null, never "
-    "flagged); on an assessed slice a structure absent from both the segmentation and the surrogate (search) has no "
-    "Dice (null), and so has one absent from the segmentation whose regressed Dice is at least 0.5 (the regressor "
-    "judges the absence right); below 0.5 the structure is judged missing and its Dice is 0. An empty "
-    "segmentation is assessed on every slice with Dice 0."
+    "slices outside the labelled range (first to last slice with any label), widened by margin_slices on each side "
+    "when the regressor predicts, are not assessed (Dice null, never flagged); on an assessed slice a structure "
+    "absent from both the segmentation and the surrogate (search) has no Dice (null), and so has one absent from "
+    "the segmentation whose regressed Dice is at least 0.5 (the regressor judges the absence right); below 0.5 the "
+    "structure is judged missing and its Dice is 0. An empty segmentation is assessed on every slice with Dice 0."
 )
 
 
@@ -133,6 +133,11 @@ class QCConfig:
         (``docs/benchmarks.md``, generative QC: it is the more specific, the search the more sensitive flagger on
         the cine models' own output); the search then runs only for the surrogate segmentation (see
         ``surrogate_wanted`` of :func:`assess_segmentation`).
+    margin_slices : int >= 0 or None
+        Slices beyond each end of the segmentation's labelled range that the regressor also assesses: a structure
+        it expects there is a segmentation that stopped early. None (default): the regressor's model card
+        (``inference["assess_margin_slices"]``, the margin its training pairs had; 0 for a regressor without it,
+        which has never seen a slice beyond the heart). The search never assesses beyond the labelled range.
     """
 
     dice_threshold: float = DEFAULT_DICE_THRESHOLD
@@ -142,6 +147,7 @@ class QCConfig:
     structures: tuple[int, ...] | None = None
     spacing_mm: float | None = None
     predictor: str = "auto"
+    margin_slices: int | None = None
 
     def __post_init__(self) -> None:
         threshold = self.dice_threshold
@@ -165,13 +171,16 @@ class QCConfig:
             raise InputError(f"spacing_mm must be a positive number of mm or None, got {self.spacing_mm!r}.")
         if self.predictor not in QC_PREDICTORS:
             raise InputError(f"predictor must be one of {', '.join(QC_PREDICTORS)}, got {self.predictor!r}.")
+        margin = self.margin_slices
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
+            raise InputError(f"margin_slices must be a non-negative integer or None, got {margin!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for the provenance parameters)."""
         return {
             "dice_threshold": self.dice_threshold, "steps": self.steps, "lr": self.lr, "tolerance": self.tolerance,
             "structures": None if self.structures is None else list(self.structures), "spacing_mm": self.spacing_mm,
-            "predictor": self.predictor,
+            "predictor": self.predictor, "margin_slices": self.margin_slices,
         }
 
 
@@ -190,7 +199,10 @@ class QCResult:
         Predicted Dice of each structure over the stack: pixels of all assessed slices pooled; NaN when the
         structure is absent from both everywhere.
     assessed : (k,) bool ndarray
-        Slices within the labelled range (every slice of an empty segmentation).
+        Slices within the labelled range, widened by ``margin_slices`` (every slice of an empty segmentation).
+    margin_slices : int
+        Slices beyond each end of the labelled range that the regressor assessed (:class:`QCConfig`); 0 with the
+        search as predictor.
     slice_flags : (k,) bool ndarray
         True where some structure's predicted Dice is below ``dice_threshold``.
     dice_threshold : float
@@ -243,6 +255,7 @@ class QCResult:
     warnings: tuple[str, ...]
     predictor: str = "search"
     search_dice: NDArray[np.float64] | None = None
+    margin_slices: int = 0
 
     @property
     def structure_names(self) -> tuple[str, ...]:
@@ -308,6 +321,7 @@ class QCResult:
             "flagged_slices": self.flagged_slices,
             "n_flagged_slices": self.n_flagged_slices,
             "n_assessed_slices": int(np.count_nonzero(self.assessed)),
+            "margin_slices": self.margin_slices,
             "min_slice_dice": _rounded(self.min_slice_dice),
             "mean_dice": _rounded(self.mean_dice),
             "volume_dice": self._named(self.volume_dice),
@@ -506,6 +520,29 @@ def _structures(config: QCConfig, network: SegmentationVAE, card: Any) -> tuple[
     )
 
 
+def _regressor_margin_slices(regressor: Any) -> int:
+    """Slices beyond a segmentation's labelled range that a Dice regressor can assess: its model card's
+    ``inference["assess_margin_slices"]`` (the margin of its training pairs), 0 without one (a bare network)."""
+    margin = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get("assess_margin_slices", 0)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ModelError(
+            f"The QC regressor's card gives inference.assess_margin_slices {margin!r}; it must be a non-negative "
+            "integer (the margin of its training pairs, scripts/train_qc.py --margin-slices)."
+        )
+    return margin
+
+
+def _assessed_slices(label_array: NDArray[np.integer], margin_slices: int = 0) -> NDArray[np.bool_]:
+    """(k,) slices QC assesses in a (k, j, i) label map: first to last labelled slice, widened by ``margin_slices``
+    on each side; every slice of an empty segmentation."""
+    labelled = np.flatnonzero(np.any(np.asarray(label_array) != 0, axis=(1, 2)))
+    if labelled.size == 0:
+        return np.ones(len(label_array), dtype=bool)
+    assessed = np.zeros(len(label_array), dtype=bool)
+    assessed[max(labelled[0] - margin_slices, 0): labelled[-1] + margin_slices + 1] = True
+    return assessed
+
+
 def _roi_spacing(config: QCConfig, card: Any) -> float:
     if config.spacing_mm is not None:
         return float(config.spacing_mm)
@@ -606,7 +643,9 @@ def assess_segmentation(
     -----
     Only slices from the first to the last labelled slice are assessed: beyond the segmented extent there is no
     given structure to compare, and the surrogate there would be the VAE's guess at a heart that may not be in the
-    image. Missing slices inside the extent are caught by the rule checks ("gap"). An empty segmentation is not an
+    image. A regressor trained with slices beyond the heart (``QCConfig.margin_slices``) also assesses that many
+    slices beyond each end, where a structure it expects is a segmentation that stopped early (Dice 0). Missing
+    slices inside the extent are caught by the rule checks ("gap"). An empty segmentation is not an
     error: every slice is assessed and gets Dice 0 (flagged), with a warning, and the surrogate still shows what
     the model proposes. When the segmented heart is too large for the ROI at the configured spacing,
     :func:`~cardiac_ai.qc.search.qc_input` raises the spacing until it fits; ``resampled_to_fit`` and a warning
@@ -651,27 +690,27 @@ def assess_segmentation(
     resampled_to_fit = roi_spacing > spacing * (1.0 + 1e-9)
 
     n_slices = pairs.shape[0]
-    labelled = np.flatnonzero(np.any(label_array != 0, axis=(1, 2)))
-    empty = labelled.size == 0
-    assessed = np.ones(n_slices, dtype=bool)
-    if not empty:
-        assessed[:] = False
-        assessed[labelled[0]: labelled[-1] + 1] = True
-    else:
+    empty = not label_array.any()
+    if empty:
         warn(
             "QC: the segmentation is empty; every slice is flagged with predicted Dice 0. Check that the "
             "segmentation ran on this image (and found the heart)."
         )
+    searched_range = _assessed_slices(label_array)
+    margin = 0
+    if regressor_network is not None and not empty:
+        margin = config.margin_slices if config.margin_slices is not None else _regressor_margin_slices(regressor)
+    assessed = _assessed_slices(label_array, margin)
 
-    chosen = pairs[assessed]
+    chosen = pairs[searched_range]
     given = chosen[:, network.n_image_channels:] > 0.5
     search_dice = surrogate = None
     search_record: dict[str, Any] = {"ran": False}
     if predictor == "search" or surrogate_wanted:
-        report(progress, 0.1, f"QC: latent search on {int(assessed.sum())} slices")
+        report(progress, 0.1, f"QC: latent search on {int(searched_range.sum())} slices")
         search, used_device = _search(network, chosen, config, device, warn)
         report(progress, 0.85, "QC: predicted Dice")
-        searched, searched_volume = _searched_dice(search.surrogate, given, n_slices, assessed)
+        searched, searched_volume = _searched_dice(search.surrogate, given, n_slices, searched_range)
         search_record = {
             "ran": True, "steps": config.steps, "lr": config.lr, "tolerance": config.tolerance,
             "iterations": search.iterations, "converged": search.converged, "device": used_device,
@@ -679,12 +718,13 @@ def assess_segmentation(
             "mean_final_distance": float(np.mean(search.final_loss)),
         }
         report(progress, 0.9, "QC: surrogate on the image grid")
-        surrogate = _surrogate_on_image_grid(search.surrogate, assessed, structures, network.input_size, transform)
+        surrogate = _surrogate_on_image_grid(search.surrogate, searched_range, structures, network.input_size,
+                                             transform)
     if predictor == "regressor":
         report(progress, 0.95, "QC: regressed Dice")
         search_dice = None if surrogate is None else searched
         slice_dice = np.full((n_slices, len(structures)), np.nan)
-        slice_dice[assessed], volume_dice = regressed_dice(regressor_network, chosen)
+        slice_dice[assessed], volume_dice = regressed_dice(regressor_network, pairs[assessed])
     else:
         slice_dice, volume_dice = searched, searched_volume
     if empty:
@@ -712,6 +752,7 @@ def assess_segmentation(
         warnings=tuple(warnings),
         predictor=predictor,
         search_dice=search_dice,
+        margin_slices=margin,
     )
     log.info(
         "QC: %d of %d assessed slices flagged (predicted Dice < %.2f); min predicted Dice %.3f",

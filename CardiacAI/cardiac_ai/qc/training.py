@@ -404,6 +404,7 @@ def pairs_from_segmentations(
     spacing_mm: float = QC_SPACING_MM,
     crop_size: int = QC_CROP_SIZE,
     labelled_only: bool = True,
+    margin_slices: int = 0,
 ) -> QCPairs:
     """QC input pairs of each segmentation (:func:`~cardiac_ai.qc.search.qc_input`) with their true Dice per slice.
 
@@ -414,7 +415,12 @@ def pairs_from_segmentations(
         As :func:`~cardiac_ai.qc.search.qc_input`.
     labelled_only : bool
         Keep only slices where the segmentation or the ground truth holds one of ``structures`` (slices beyond
-        the heart in both say nothing about quality).
+        the heart in both say nothing about the overlap).
+    margin_slices : int >= 0
+        With ``labelled_only``, also keep up to this many slices beyond each end of the labelled extent (first to
+        last slice where the segmentation or the truth holds a structure), where both are empty: they teach a Dice
+        regressor that no heart there is right, so QC can assess slices beyond a segmentation's end
+        (``inference["assess_margin_slices"]`` of the regressor's model card).
 
     Returns
     -------
@@ -427,6 +433,8 @@ def pairs_from_segmentations(
         If no item gives any pair.
     """
     structures = tuple(int(s) for s in structures)
+    if isinstance(margin_slices, bool) or not isinstance(margin_slices, int) or margin_slices < 0:
+        raise InputError(f"margin_slices must be a non-negative integer, got {margin_slices!r}.")
     parts: list[QCPairs] = []
     for item in items:
         try:
@@ -440,6 +448,9 @@ def pairs_from_segmentations(
         keep = np.ones(len(pairs), dtype=bool)
         if labelled_only:
             keep = np.any(np.isin(checked, structures), axis=(1, 2)) | np.any(np.isin(truth, structures), axis=(1, 2))
+            labelled = np.flatnonzero(keep)
+            if margin_slices and labelled.size:
+                keep[max(labelled[0] - margin_slices, 0): labelled[-1] + margin_slices + 1] = True
         if not keep.any():
             continue
         n = int(keep.sum())
@@ -514,6 +525,7 @@ def make_poor_segmentations(
     cine_mode: Literal["baseline", "region-aware"] = "baseline",
     include_ground_truth: bool = True,
     structures: Sequence[int] = QC_STRUCTURES,
+    margin_slices: int = 0,
     seed: int = 0,
     device: Any = None,
     progress: ProgressCallback | None = None,
@@ -527,9 +539,11 @@ def make_poor_segmentations(
         Synthetic corruptions per case (:func:`synthetic_poor_segmentations`).
     kinds, level_range
         Corruption kinds to draw from and the range of their level.
-    cine_models : cardiac_ai.regions.CineModels, optional
+    cine_models : cardiac_ai.regions.CineModels or callable, optional
         When given, also the models' segmentations of each image attacked with every noise variance
-        (:func:`attacked_segmentations`).
+        (:func:`attacked_segmentations`). A callable takes the case and returns the models for it, e.g. those of
+        the cross-validation fold that never saw the patient: models segment the patients they were trained on
+        better than new ones, and a regressor trained on that flatters unseen patients' segmentations.
     noise_variances : sequence of float
         Variances of the attacks.
     cine_mode : {"baseline", "region-aware"}
@@ -538,6 +552,8 @@ def make_poor_segmentations(
         Also the ground truth itself (true Dice 1), so the regressor sees good segmentations.
     structures : sequence of int
         Structure channels, as :func:`~cardiac_ai.qc.search.qc_input`.
+    margin_slices : int >= 0
+        Also this many slices beyond each end of the labelled extent (:func:`pairs_from_segmentations`).
     seed : int
         Seeds corruption kinds, levels and noise (per case, with its id).
     device, progress
@@ -546,7 +562,7 @@ def make_poor_segmentations(
     Returns
     -------
     QCPairs
-        Only slices where the segmentation or the ground truth holds a structure.
+        Slices where the segmentation or the ground truth holds a structure, and the margin slices.
 
     Raises
     ------
@@ -566,10 +582,11 @@ def make_poor_segmentations(
         items += synthetic_poor_segmentations(case, n_variants=n_variants, kinds=kinds, level_range=level_range,
                                               seed=seed)
         if cine_models is not None and len(noise_variances):
-            items += attacked_segmentations(case, noise_variances, cine_models=cine_models, mode=cine_mode,
+            models = cine_models(case) if callable(cine_models) else cine_models
+            items += attacked_segmentations(case, noise_variances, cine_models=models, mode=cine_mode,
                                             seed=seed, device=device)
         if items:
-            parts.append(pairs_from_segmentations(items, structures=structures))
+            parts.append(pairs_from_segmentations(items, structures=structures, margin_slices=margin_slices))
     pairs = concatenate_qc_pairs(parts)
     report(progress, 1.0, f"{len(pairs)} QC pairs of known quality from {len(case_list)} cases")
     return pairs
