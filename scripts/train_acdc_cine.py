@@ -348,6 +348,7 @@ def register(work: Path, split, version: str = "1.0") -> None:
                 description=f"Baseline U-Net trained with quadratic non-uniform batch sampling (ratio {ratio}).{note}",
             )
 
+
 def import_fold_results(results: Path, work: Path, split, version: str = "1.0") -> list[Path]:
     """Register each cross-validation baseline of train_cine_gpu.py (``fold<k>.pt``) as ``cine_baseline`` in its own
     registry folder ``WORK/folds/fold<k>/models``, its card's split naming the training patients it never saw
