@@ -64,7 +64,7 @@ CINE_MODES = ("region-aware", "baseline")
 #: T1 (MOLLI; ``map --kind t1``, ``fit-map --kind molli``) or T2 (``t2``, ``t2prep``); cardiac_ai.slicer_results.MAP_KINDS.
 MAP_KINDS = ("T1", "T2")
 #: Where QC's predicted Dice comes from; cardiac_ai.slicer_results.QC_PREDICTORS.
-QC_PREDICTORS = ("auto", "search", "regressor")
+QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 #: ``cardiacai fibrosis --model`` (cardiac_ai.slicer_results.FIBROSIS_MODELS).
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 #: ``cardiacai cam --explain``: "predicted" explains each slice's predicted class; the others are the ACDC diagnoses
@@ -212,8 +212,8 @@ class CardiacAIParameterNode:
         pseudo-label even when the weak U-Net is installed.
     qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
     qcThreshold - Quality control (and the cine QC): flag slices whose predicted Dice is below this.
-    qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed), "search" (the VAE's
-        latent search) or "regressor".
+    qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed, combined with the
+        VAE's latent search where that runs anyway), "search" (the VAE's latent search), "regressor" or "combined".
     qcWriteSurrogate - Quality control: also load the surrogate segmentation QC compared against.
     """
 

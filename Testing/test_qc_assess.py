@@ -304,3 +304,56 @@ def test_a_bad_margin_is_refused(cine_phantom, vae, regressor):
     odd_card = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"assess_margin_slices": "one"}))
     with pytest.raises(ModelError, match="assess_margin_slices"):
         assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=odd_card)
+
+
+def test_combined_predictor_weighs_regressor_and_search_as_the_card_says(cine_phantom, vae, regressor, monkeypatch):
+    from types import SimpleNamespace
+
+    from cardiac_ai.models import qc_regressor
+    from cardiac_ai.qc.assess import regressed_dice
+
+    image, labels = cine_phantom.image, cine_phantom.labels
+    weights = [[0.5, 0.3, 0.1, 0.05], [0.6, 0.2, 0.0, 0.1], [0.4, 0.4, 0.2, 0.0]]
+    combining = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"combination": {
+        "terms": ["regressor", "search", "regressor*search", "1"], "coefficients": weights}}))
+    combined = assess_segmentation(image, labels, vae, config=FAST, regressor=combining)
+    alone = assess_segmentation(image, labels, vae, config=FAST, regressor=regressor)
+    assert combined.predictor == "combined" and alone.predictor == "regressor"
+    assert "combined" in combined.to_dict()["method"]
+    a, b = alone.slice_dice, combined.search_dice
+    w = np.asarray(weights)
+    expected = np.clip(w[:, 0] * a + w[:, 1] * b + w[:, 2] * a * b + w[:, 3], 0, 1)
+    shown = np.stack([(labels.array == code).any(axis=(1, 2)) for code in (1, 2, 3)], axis=1)
+    use = shown & np.isfinite(b) & combined.assessed[:, None]
+    assert use.any()
+    np.testing.assert_allclose(combined.slice_dice[use], expected[use], rtol=1e-6)
+    # where the segmentation leaves a structure out, the absent / missing rule of the regressor holds
+    np.testing.assert_array_equal(np.isnan(combined.slice_dice[~shown]), np.isnan(alone.slice_dice[~shown]))
+    # the segmenting commands skip the search for speed: then the regressor alone
+    quick = assess_segmentation(image, labels, vae, config=FAST, regressor=combining, surrogate_wanted=False)
+    assert quick.predictor == "regressor" and quick.search_dice is None
+    np.testing.assert_array_equal(quick.slice_dice, alone.slice_dice)
+    forced = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="combined"),
+                                 regressor=combining, surrogate_wanted=False)
+    np.testing.assert_array_equal(forced.slice_dice, combined.slice_dice)  # combined runs the search itself
+    # a structure the search has no value for keeps the regressor's
+    given = np.zeros((2, 1, 8, 8), bool)
+    given[:, 0, :3] = True
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, device=None: np.array([[0.9], [0.7]]))
+    pairs = np.concatenate([np.zeros((2, 1, 8, 8), np.float32), given.astype(np.float32)], axis=1)
+    dice, _ = regressed_dice(None, pairs, searched=np.array([[0.5], [np.nan]]),
+                             combination=np.array([[0.5, 0.5, 0, 0]]))
+    np.testing.assert_allclose(dice[:, 0], [0.7, 0.7])
+
+
+def test_a_missing_or_bad_combination_is_refused(cine_phantom, vae, regressor):
+    from types import SimpleNamespace
+
+    image, labels = cine_phantom.image, cine_phantom.labels
+    with pytest.raises(ModelError, match="inference.combination"):
+        assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="combined"), regressor=regressor)
+    for combination in ({"coefficients": [[1, 0, 0, 0]]}, {"coefficients": [[1, 0, 0, 0]] * 3, "terms": ["a"]},
+                        {"coefficients": [[np.nan, 0, 0, 0]] * 3}, {"weights": 1}):
+        odd = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"combination": combination}))
+        with pytest.raises(ModelError, match="combination"):
+            assess_segmentation(image, labels, vae, config=FAST, regressor=odd)

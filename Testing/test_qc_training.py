@@ -378,6 +378,28 @@ def test_train_qc_regressor_with_augmentation_is_deterministic_and_differs(poor_
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 
+def test_fit_dice_combination_recovers_the_weights_behind_the_true_dice(poor_pairs, monkeypatch):
+    from cardiac_ai.models import qc_regressor
+    from cardiac_ai.qc import training
+    from cardiac_ai.qc.training import fit_dice_combination
+
+    rng = np.random.default_rng(0)
+    regressed = rng.uniform(0, 1, poor_pairs.dice.shape)
+    searched = rng.uniform(0, 1, poor_pairs.dice.shape)
+    weights = np.array([[0.6, 0.2, 0.1, 0.05], [0.7, 0.1, 0.0, 0.1], [0.5, 0.3, 0.2, 0.0]])
+    truth = weights[:, 0] * regressed + weights[:, 1] * searched + weights[:, 2] * regressed * searched + weights[:, 3]
+    pairs = poor_pairs.subset(np.arange(len(poor_pairs)))
+    object.__setattr__(pairs, "dice", np.where(np.isnan(poor_pairs.dice), np.nan, truth))
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, x, device=None: regressed[:len(x)].copy())
+    monkeypatch.setattr(training, "vae_predicted_dice", lambda vae, p, **options: searched[:len(p)].copy())
+    coefficients, summary = fit_dice_combination(None, None, pairs)
+    np.testing.assert_allclose(coefficients, weights, atol=1e-9)
+    assert all(c["mae"] < 1e-9 for c in summary["combined"]) and len(summary["n_values"]) == 3
+    few = pairs.subset(np.arange(5))
+    with pytest.raises(InputError, match="at least 10"):
+        fit_dice_combination(None, None, few)
+
+
 def test_evaluate_dice_prediction_reports_r_and_mae_over_finite_truth():
     true = np.array([[0.2, np.nan], [0.5, 0.9], [0.8, 1.0]])
     perfect = evaluate_dice_prediction(np.nan_to_num(true, nan=0.3), true)
@@ -426,7 +448,9 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
     regressor = registry.load("qc_dice_regressor", device="cpu")
     assert vae.card.precision == "float16" and regressor.card.precision == "float16"
     assert vae.card.task == "quality_control" and "val_dice_mae_search" in vae.card.validation_metrics
-    assert regressor.card.inference == {"assess_margin_slices": 1} and "beyond each end" in regressor.card.training_data
+    assert regressor.card.inference["assess_margin_slices"] == 1 and "beyond each end" in regressor.card.training_data
+    combination = regressor.card.inference["combination"]  # stage combine, fitted on the validation pairs
+    assert np.asarray(combination["coefficients"]).shape == (3, 4) and "validation pairs" in combination["fitted_on"]
     split = vae.card.split
     assert len(split["train"]) == 2 and len(split["test"]) == 20
     assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))

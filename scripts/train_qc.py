@@ -28,6 +28,10 @@ what is already on disk, so a run can be resumed; ``--stage`` takes several):
 ``regressor``  the CNN Dice regressor (Robinson et al. 2018) on the training pairs of known quality.
 ``register``   exports ``qc_vae`` and ``qc_dice_regressor`` (``--version``, default 1.0; float16 weights + model
                cards) into WORK/models.
+``combine``    fits how QC weighs the regressor's and the search's Dice (per structure: regressor, search, their
+               product, constant) on the validation pairs of known quality, with the qc_vae and qc_dice_regressor of
+               ``--combine-models`` (default WORK/models), and writes that regressor again as ``--version`` with the
+               weights on its card (``inference.combination``: QC's "combined" predictor).
 
 Rough times on a 2-core CPU with the defaults (a GPU is many times faster): prepare 15-20 min (most of it the noise
 attacks), vae about 1 min per epoch (up to 100 epochs: under 2 h), ablation about 2 h, regressor about 7 min per
@@ -54,6 +58,7 @@ from cardiac_ai.qc.training import (
     ATTACK_NOISE_VARIANCES,
     QCPairs,
     evaluate_dice_prediction,
+    fit_dice_combination,
     load_qc_pairs,
     make_poor_segmentations,
     prepare_qc_pairs,
@@ -65,7 +70,7 @@ from cardiac_ai.qc.training import (
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_FILE = REPO / "Resources" / "Splits" / "acdc_cine_split.json"
-STAGES = ("prepare", "vae", "ablation", "regressor", "register")
+STAGES = ("prepare", "vae", "ablation", "regressor", "register", "combine")
 VAE_LABELS = {0: "image", 1: "rv_blood_pool", 2: "lv_myocardium", 3: "lv_blood_pool"}
 REGRESSOR_LABELS = {0: "dice_rv_blood_pool", 1: "dice_lv_myocardium", 2: "dice_lv_blood_pool"}
 LICENSE = "CC BY-NC-SA 4.0 (ACDC data terms)"
@@ -116,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="also N slices beyond each end of the labelled extent (heart in neither segmentation nor "
                            "truth), so that QC can assess N slices beyond a segmentation's end; the regressor's card "
                            "records it (default 0)")
+    poor.add_argument("--combine-models", metavar="FOLDER",
+                      help="stage combine: registry folder of the qc_vae and qc_dice_regressor to combine "
+                           "(default WORK/models)")
     poor.add_argument("--regressor-epochs", type=int, default=10)
     poor.add_argument("--regressor-batch-size", type=int, default=32)
     poor.add_argument("--regressor-lr", type=float, default=1e-3)
@@ -389,6 +397,37 @@ def register_stage(args, work: Path, data: Data) -> None:
         say("nothing to register: run the vae and regressor stages first")
 
 
+def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
+    from cardiac_ai.models import ModelRegistry, save_model
+    from cardiac_ai.qc import COMBINATION_TERMS
+
+    folder = Path(args.combine_models) if args.combine_models else work / "models"
+    registry = ModelRegistry(paths=[folder])
+    vae = registry.load("qc_vae", device=args.device)
+    regressor = registry.load("qc_dice_regressor", device=args.device)
+    coefficients, summary = fit_dice_combination(regressor.network, vae.network, poor_val, steps=args.search_steps,
+                                                 device=args.device)
+    names = [REGRESSOR_LABELS[s].removeprefix("dice_") for s in range(len(coefficients))]
+    for name, n, alone, combined in zip(names, summary["n_values"], summary["regressor"], summary["combined"]):
+        say(f"combination, {name} ({n} validation values): regressor r {alone['pearson_r']:.3f} MAE {alone['mae']:.3f}"
+            f" -> combined r {combined['pearson_r']:.3f} MAE {combined['mae']:.3f}")
+    card = regressor.card
+    combination = {
+        "terms": list(COMBINATION_TERMS), "coefficients": np.round(coefficients, 6).tolist(), "structures": names,
+        "fitted_on": f"{len(poor_val)} validation pairs of known quality ({', '.join(sorted(set(poor_val.kinds)))}), "
+                     f"qc_vae {vae.card.version}, latent search {args.search_steps} steps",
+    }
+    card = dataclasses.replace(
+        card, version=args.version, inference={**card.inference, "combination": combination},
+        description=card.description.split(" Combined with the search")[0]
+        + f" Combined with the search ({', '.join(COMBINATION_TERMS)} per structure) by scripts/train_qc.py --stage "
+          f"combine from version {card.version}: same weights.",
+    )
+    path = save_model(regressor.network, card, work / "models")
+    say(f"registered {path}")
+    return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.device = str(resolve_device(args.device))
@@ -405,7 +444,7 @@ def main(argv=None) -> int:
         f"(test patients held out); stages {sorted(args.stages)}")
 
     needs_pairs = args.stages & {"prepare", "vae", "ablation"}
-    needs_poor = args.stages & {"prepare", "vae", "ablation", "regressor"}
+    needs_poor = args.stages & {"prepare", "vae", "ablation", "regressor", "combine"}
     stage_progress = StageProgress(stage_weights(args, prepares=bool(needs_poor)), enabled=args.progress_lines)
     if needs_pairs:
         stage_progress.stage("prepare")
@@ -430,6 +469,9 @@ def main(argv=None) -> int:
     if "register" in args.stages:
         stage_progress.stage("register")
         register_stage(args, work, data)
+    if "combine" in args.stages:
+        stage_progress.stage("combine")
+        combine_stage(args, work, poor_val)
     stage_progress.finish()
     return 0
 
@@ -443,6 +485,7 @@ def stage_weights(args: argparse.Namespace, *, prepares: bool) -> dict[str, floa
         "ablation": 1.0 * args.ablation_epochs * len(args.latent_sizes) * len(args.betas),
         "regressor": 7.0 * args.regressor_epochs,
         "register": 0.1,
+        "combine": 4.0,
     }
     running = [stage for stage in STAGES if stage in args.stages or (stage == "prepare" and prepares)]
     return {stage: minutes[stage] for stage in running}

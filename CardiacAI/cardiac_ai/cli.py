@@ -320,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
 #: building the parser does not import torch; a test checks that the two agree.
 _QC_THRESHOLD = 0.80
 #: cardiac_ai.qc.QC_PREDICTORS, repeated for the same reason (a test checks that they agree).
-_QC_PREDICTORS = ("auto", "search", "regressor")
+_QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 _QC_PREDICTOR_HELP = ("where the predicted Dice comes from: the CNN Dice regressor (regressor), the VAE's latent "
-                      "search (search), or auto (default): the regressor when installed, else the search")
+                      "search (search), both weighed as the regressor's card says (combined), or auto (default): "
+                      "combined where the search runs anyway (cardiacai qc) and the card allows, else the regressor "
+                      "when installed, else the search")
 
 
 def _qc_parent() -> argparse.ArgumentParser:

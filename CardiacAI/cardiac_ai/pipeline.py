@@ -1268,7 +1268,7 @@ def qc_file(
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
                                          progress=subrange(progress, 0.05, 0.9), regressor=regressor)
-        if result.predictor == "regressor":
+        if result.predictor in ("regressor", "combined"):
             provenance.models.append(regressor.model_use())
         outputs = ["report.json", QC_SLICES_NAME]
         with provenance.timed("write"):

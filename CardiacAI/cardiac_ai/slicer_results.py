@@ -453,7 +453,7 @@ CAM_METHODS = ("model", "gradcam", "gradcampp")
 QC_DEFAULT_THRESHOLD = 0.80
 #: Where QC's predicted Dice comes from (``cardiacai qc --predictor``, ``--qc-predictor``; cardiac_ai.qc.QC_PREDICTORS):
 #: the CNN regressor when installed ("auto"), the VAE's latent search, or the regressor.
-QC_PREDICTORS = ("auto", "search", "regressor")
+QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 
 _DEVICE_PREFIXES = ("auto", "cpu", "cuda")
 

@@ -3,6 +3,7 @@ rule checks."""
 from __future__ import annotations
 
 from .assess import (
+    COMBINATION_TERMS,
     DEFAULT_DICE_THRESHOLD,
     QC_MODEL_NAME,
     QC_PREDICTORS,
@@ -11,6 +12,7 @@ from .assess import (
     QCResult,
     assess_segmentation,
     regressed_dice,
+    regressor_combination,
     run_qc,
 )
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
@@ -33,6 +35,8 @@ __all__ = [
     "assess_segmentation",
     "run_qc",
     "regressed_dice",
+    "regressor_combination",
+    "COMBINATION_TERMS",
     "QC_MODEL_NAME",
     "QC_REGRESSOR_NAME",
     "QC_PREDICTORS",

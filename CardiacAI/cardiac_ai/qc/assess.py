@@ -40,10 +40,12 @@ __all__ = [
     "QC_MODEL_NAME",
     "QC_REGRESSOR_NAME",
     "QC_PREDICTORS",
+    "COMBINATION_TERMS",
     "DEFAULT_DICE_THRESHOLD",
     "QCConfig",
     "QCResult",
     "regressed_dice",
+    "regressor_combination",
     "assess_segmentation",
     "run_qc",
 ]
@@ -69,7 +71,9 @@ _SURROGATE_THRESHOLD = 0.5
 #: Registry name of the CNN Dice regressor (Robinson et al. 2018), used for the predicted Dice when installed.
 QC_REGRESSOR_NAME = "qc_dice_regressor"
 #: What :attr:`QCConfig.predictor` may be.
-QC_PREDICTORS = ("auto", "search", "regressor")
+QC_PREDICTORS = ("auto", "search", "regressor", "combined")
+#: The terms a regressor card's ``inference["combination"]`` weighs, per structure, in this order.
+COMBINATION_TERMS = ("regressor", "search", "regressor*search", "1")
 
 _METHODS = {
     "search": (
@@ -81,6 +85,12 @@ _METHODS = {
         "each structure's Dice from the image-segmentation pair; where a surrogate is wanted (cardiacai qc), the "
         "generative VAE's latent search (Wang et al. 2020) gives it (suggested correction) and a second opinion "
         "(search_dice); see search.ran"
+    ),
+    "combined": (
+        "CNN Dice regression (Robinson et al. 2018) and the generative VAE's latent search (Wang et al. 2020) "
+        "combined: per structure, a linear function of the regressed Dice, the searched Dice and their product, "
+        "fitted on validation patients' segmentations of known quality (the regressor's model card, "
+        "inference.combination); the search also gives the surrogate (suggested correction) and search_dice"
     ),
 }
 _VOLUME_DICE_DEFINITIONS = {
@@ -94,6 +104,7 @@ _VOLUME_DICE_DEFINITIONS = {
         "slices (QC region of interest grid); mean_dice is the mean of the per-structure values"
     ),
 }
+_VOLUME_DICE_DEFINITIONS["combined"] = _VOLUME_DICE_DEFINITIONS["regressor"]
 _NOT_ASSESSED = (
     "slices outside the labelled range (first to last slice with any label), widened by margin_slices on each side "
     "when the regressor predicts, are not assessed (Dice null, never flagged); on an assessed slice a structure "
@@ -126,13 +137,15 @@ class QCConfig:
     spacing_mm : float or None
         In-plane spacing of the QC region of interest. None: the model card's ``input_spec`` spacing (the one
         it was trained at), else :data:`~cardiac_ai.qc.search.QC_SPACING_MM` (1.8 mm, UK Biobank).
-    predictor : {"auto", "search", "regressor"}
+    predictor : {"auto", "search", "regressor", "combined"}
         Where the predicted Dice comes from: ``"search"`` the VAE's latent search (Wang et al.), ``"regressor"``
-        the CNN Dice regressor (an error when none is given), ``"auto"`` (default) the regressor when one is given,
-        else the search. The regressor is the default because it predicted Dice better on the validation patients
-        (``docs/benchmarks.md``, generative QC: it is the more specific, the search the more sensitive flagger on
-        the cine models' own output); the search then runs only for the surrogate segmentation (see
-        ``surrogate_wanted`` of :func:`assess_segmentation`).
+        the CNN Dice regressor (an error when none is given), ``"combined"`` both, weighed as the regressor's card
+        says (``inference["combination"]``; the search then always runs), ``"auto"`` (default) the combination
+        when the search runs anyway (a surrogate is wanted) and the regressor's card has one, else the regressor
+        when one is given, else the search. On the validation patients the regressor predicted Dice better than
+        the search, and the combination better than either (``docs/benchmarks.md``, generative QC); without a
+        wanted surrogate (``surrogate_wanted`` of :func:`assess_segmentation`: the segmenting commands) the search
+        is skipped for speed and the regressor predicts alone.
     margin_slices : int >= 0 or None
         Slices beyond each end of the segmentation's labelled range that the regressor also assesses: a structure
         it expects there is a segmentation that stopped early. None (default): the regressor's model card
@@ -228,10 +241,11 @@ class QCResult:
         per slice, averaged over the assessed slices).
     warnings : tuple of str
         Everything odd: ROI resampled to fit, empty segmentation, CPU fallback.
-    predictor : {"search", "regressor"}
+    predictor : {"search", "regressor", "combined"}
         Where ``slice_dice`` and ``volume_dice`` come from (see :class:`QCConfig`).
     search_dice : (k, n_structures) float64 ndarray or None
-        With the regressor as predictor: the latent search's predicted Dice, as a second opinion; else None.
+        With the regressor or the combination as predictor and the search run: the latent search's predicted Dice,
+        as a second opinion; else None.
 
     Notes
     -----
@@ -403,12 +417,16 @@ def _unwrap_regressor(regressor: Any, n_structures: int, input_size: int) -> Any
 
 
 def regressed_dice(
-    network: Any, pairs: NDArray[np.float32], *, device: Any = None
+    network: Any, pairs: NDArray[np.float32], *, device: Any = None,
+    searched: NDArray[np.float64] | None = None, combination: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Predicted Dice from the CNN regressor as QC reports it: per slice and structure (n, S), and per volume (S,).
 
     ``pairs`` (n, 1 + S, size, size) are the QC input of one stack's assessed slices (:func:`~cardiac_ai.qc.qc_input`),
-    the last S channels the segmentation's masks; see :data:`_NOT_ASSESSED` for the nulls.
+    the last S channels the segmentation's masks; see :data:`_NOT_ASSESSED` for the nulls. With ``searched`` (n, S),
+    the latent search's Dice of the same slices, and ``combination`` (S, 4), the weights of
+    :data:`COMBINATION_TERMS` per structure, a structure the segmentation shows gets the combined value (clipped to
+    [0, 1]; the regressor's alone where the search has none).
 
     A structure the segmentation leaves out of a slice has no overlap to regress: the regressor only says whether it
     belongs there. Judged absent (>= 0.5): no Dice. Judged missing (< 0.5): Dice 0, which is what any non-empty truth
@@ -422,6 +440,11 @@ def regressed_dice(
     given = pairs[:, pairs.shape[1] - dice.shape[1]:] > 0.5
     areas = np.count_nonzero(given, axis=(2, 3)).astype(np.float64)
     empty = areas == 0
+    if combination is not None:
+        weights = np.asarray(combination, dtype=np.float64)
+        combined = np.clip(weights[:, 0] * dice + weights[:, 1] * searched + weights[:, 2] * dice * searched
+                           + weights[:, 3], 0.0, 1.0)
+        dice = np.where(~empty & np.isfinite(searched), combined, dice)
     dice[empty & (dice >= 0.5)] = np.nan
     missed = empty & (dice < 0.5)
     dice[missed] = 0.0
@@ -530,6 +553,28 @@ def _regressor_margin_slices(regressor: Any) -> int:
             "integer (the margin of its training pairs, scripts/train_qc.py --margin-slices)."
         )
     return margin
+
+
+def regressor_combination(regressor: Any, n_structures: int) -> NDArray[np.float64] | None:
+    """(S, 4) weights of :data:`COMBINATION_TERMS` per structure from a regressor's model card
+    (``inference["combination"]["coefficients"]``, fitted by ``scripts/train_qc.py --stage combine``); None when the
+    card has none."""
+    combination = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get("combination")
+    if combination is None:
+        return None
+    try:
+        weights = np.asarray(combination["coefficients"], dtype=np.float64)
+        terms = tuple(combination.get("terms", COMBINATION_TERMS))
+    except (TypeError, KeyError, ValueError) as error:
+        raise ModelError(f"The QC regressor's card has an unreadable inference.combination ({error}).") from None
+    if terms != COMBINATION_TERMS or weights.shape != (n_structures, len(COMBINATION_TERMS)) or not np.isfinite(
+            weights).all():
+        raise ModelError(
+            f"The QC regressor's card gives inference.combination with terms {list(terms)} and coefficients of shape "
+            f"{weights.shape}; QC needs terms {list(COMBINATION_TERMS)} and finite coefficients of shape "
+            f"({n_structures}, {len(COMBINATION_TERMS)})."
+        )
+    return weights
 
 
 def _assessed_slices(label_array: NDArray[np.integer], margin_slices: int = 0) -> NDArray[np.bool_]:
@@ -660,13 +705,22 @@ def assess_segmentation(
         raise ModelError(f"The QC model expects {network.n_image_channels} image channels; QC supports 1.")
     structures = _structures(config, network, card)
     spacing = _roi_spacing(config, card)
-    predictor = config.predictor if config.predictor != "auto" else ("regressor" if regressor is not None else "search")
+    combination = None if regressor is None else regressor_combination(regressor, len(structures))
+    predictor = config.predictor
+    if predictor == "auto":
+        predictor = ("search" if regressor is None else
+                     "combined" if combination is not None and surrogate_wanted else "regressor")
     regressor_network = None
-    if predictor == "regressor":
+    if predictor in ("regressor", "combined"):
         if regressor is None:
             raise ModelError(
-                f"QC predictor 'regressor' needs the {QC_REGRESSOR_NAME} model, and none was given; install it next "
-                "to the qc_vae model (scripts/train_qc.py --stage regressor register) or use predictor 'search'."
+                f"QC predictor {predictor!r} needs the {QC_REGRESSOR_NAME} model, and none was given; install it "
+                "next to the qc_vae model (scripts/train_qc.py --stage regressor register) or use predictor 'search'."
+            )
+        if predictor == "combined" and combination is None:
+            raise ModelError(
+                "QC predictor 'combined' needs a regressor whose card gives inference.combination (scripts/train_qc.py "
+                "--stage combine); this one has none: use predictor 'regressor'."
             )
         regressor_network = _unwrap_regressor(regressor, len(structures), network.input_size)
     warnings: list[str] = []
@@ -706,7 +760,7 @@ def assess_segmentation(
     given = chosen[:, network.n_image_channels:] > 0.5
     search_dice = surrogate = None
     search_record: dict[str, Any] = {"ran": False}
-    if predictor == "search" or surrogate_wanted:
+    if predictor in ("search", "combined") or surrogate_wanted:
         report(progress, 0.1, f"QC: latent search on {int(searched_range.sum())} slices")
         search, used_device = _search(network, chosen, config, device, warn)
         report(progress, 0.85, "QC: predicted Dice")
@@ -720,11 +774,13 @@ def assess_segmentation(
         report(progress, 0.9, "QC: surrogate on the image grid")
         surrogate = _surrogate_on_image_grid(search.surrogate, searched_range, structures, network.input_size,
                                              transform)
-    if predictor == "regressor":
+    if predictor in ("regressor", "combined"):
         report(progress, 0.95, "QC: regressed Dice")
         search_dice = None if surrogate is None else searched
         slice_dice = np.full((n_slices, len(structures)), np.nan)
-        slice_dice[assessed], volume_dice = regressed_dice(regressor_network, pairs[assessed])
+        slice_dice[assessed], volume_dice = regressed_dice(
+            regressor_network, pairs[assessed], searched=None if search_dice is None else search_dice[assessed],
+            combination=combination if predictor == "combined" else None)
     else:
         slice_dice, volume_dice = searched, searched_volume
     if empty:
@@ -818,7 +874,7 @@ def run_qc(
     except (InputError, ModelError) as error:
         provenance.warn(f"QC not done: {error}", log)
         return None
-    for used in (model, regressor if result.predictor == "regressor" else None):
+    for used in (model, regressor if result.predictor in ("regressor", "combined") else None):
         if hasattr(used, "model_use"):
             use = used.model_use()
             if use not in provenance.models:

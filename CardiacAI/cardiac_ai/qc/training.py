@@ -74,6 +74,7 @@ __all__ = [
     "augment_qc_pairs",
     "augment_regressor_pairs",
     "vae_predicted_dice",
+    "fit_dice_combination",
     "evaluate_dice_prediction",
 ]
 
@@ -1085,6 +1086,53 @@ def vae_predicted_dice(
         out[start:start + len(chunk)] = predicted_dice(result.surrogate, chunk[:, model.n_image_channels:])
     report(progress, 1.0, "latent search done")
     return out
+
+
+def fit_dice_combination(
+    regressor: "nn.Module",
+    vae: SegmentationVAE,
+    pairs: QCPairs,
+    *,
+    steps: int = 100,
+    device: Any = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[NDArray[np.float64], dict[str, Any]]:
+    """Least-squares weights of :data:`~cardiac_ai.qc.assess.COMBINATION_TERMS` per structure, predicting the true
+    Dice of pairs of known quality from the regressor's and the latent search's Dice.
+
+    Fit on validation pairs (patients neither network trained on), on the slices where the segmentation shows the
+    structure (elsewhere QC's absent / missing rule applies, not the combination).
+
+    Returns
+    -------
+    coefficients : (n_structures, 4) float64 ndarray
+    summary : dict
+        ``n_values`` per structure, and r / MAE of the regressor alone and of the combination on the fitted values.
+
+    Raises
+    ------
+    InputError
+        Fewer than 10 usable values for a structure.
+    """
+    from ..models.qc_regressor import regress_dice
+
+    regressed = regress_dice(regressor, pairs.as_float(), device=device)
+    searched = vae_predicted_dice(vae, pairs, steps=steps, device=device, progress=progress)
+    shown = pairs.structures.any(axis=(2, 3))
+    coefficients = np.zeros((pairs.n_structures, 4))
+    summary: dict[str, Any] = {"n_values": [], "regressor": [], "combined": []}
+    for s in range(pairs.n_structures):
+        use = shown[:, s] & np.isfinite(pairs.dice[:, s]) & np.isfinite(searched[:, s])
+        if use.sum() < 10:
+            raise InputError(f"Only {int(use.sum())} pairs show structure {pairs.structure_codes[s]} with a known "
+                             "Dice; the combination needs at least 10.")
+        a, b = regressed[use, s], searched[use, s]
+        terms = np.stack([a, b, a * b, np.ones_like(a)], axis=1)
+        coefficients[s] = np.linalg.lstsq(terms, pairs.dice[use, s], rcond=None)[0]
+        summary["n_values"].append(int(use.sum()))
+        summary["regressor"].append(evaluate_dice_prediction(a, pairs.dice[use, s]))
+        summary["combined"].append(evaluate_dice_prediction(np.clip(terms @ coefficients[s], 0, 1), pairs.dice[use, s]))
+    return coefficients, summary
 
 
 def evaluate_dice_prediction(predicted: NDArray[np.floating], true: NDArray[np.floating]) -> dict[str, float]:
