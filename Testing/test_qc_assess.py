@@ -357,3 +357,11 @@ def test_a_missing_or_bad_combination_is_refused(cine_phantom, vae, regressor):
         odd = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"combination": combination}))
         with pytest.raises(ModelError, match="combination"):
             assess_segmentation(image, labels, vae, config=FAST, regressor=odd)
+    # a predictor that does not combine does not read the combination
+    for predictor in ("search", "regressor"):
+        result = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor=predictor), regressor=odd)
+        assert result.predictor == predictor
+    from cardiac_ai.qc.assess import regressed_dice
+
+    with pytest.raises(InputError, match="searched"):
+        regressed_dice(regressor, np.zeros((1, 4, 96, 96), np.float32), combination=np.zeros((3, 4)))

@@ -441,6 +441,8 @@ def regressed_dice(
     areas = np.count_nonzero(given, axis=(2, 3)).astype(np.float64)
     empty = areas == 0
     if combination is not None:
+        if searched is None:
+            raise InputError("regressed_dice: a combination needs the searched Dice of the same slices.")
         weights = np.asarray(combination, dtype=np.float64)
         combined = np.clip(weights[:, 0] * dice + weights[:, 1] * searched + weights[:, 2] * dice * searched
                            + weights[:, 3], 0.0, 1.0)
@@ -705,7 +707,8 @@ def assess_segmentation(
         raise ModelError(f"The QC model expects {network.n_image_channels} image channels; QC supports 1.")
     structures = _structures(config, network, card)
     spacing = _roi_spacing(config, card)
-    combination = None if regressor is None else regressor_combination(regressor, len(structures))
+    combines = regressor is not None and config.predictor in ("auto", "combined")
+    combination = regressor_combination(regressor, len(structures)) if combines else None
     predictor = config.predictor
     if predictor == "auto":
         predictor = ("search" if regressor is None else
