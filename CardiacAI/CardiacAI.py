@@ -212,8 +212,9 @@ class CardiacAIParameterNode:
         pseudo-label even when the weak U-Net is installed.
     qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
     qcThreshold - Quality control (and the cine QC): flag slices whose predicted Dice is below this.
-    qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed, combined with the
-        VAE's latent search where that runs anyway), "search" (the VAE's latent search), "regressor" or "combined".
+    qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed, weighed with the
+        VAE's latent search where that runs anyway, else with the VAE encoder's Dice), "search" (the VAE's latent
+        search), "regressor" or "combined".
     qcWriteSurrogate - Quality control: also load the surrogate segmentation QC compared against.
     """
 

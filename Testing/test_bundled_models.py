@@ -57,7 +57,8 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
     assert np.mean(scores) > 0.90, scores
     if list(MODELS_DIR.glob("qc_dice_regressor-*.safetensors")):  # QC ran by default, with the bundled models
         qc = json.loads((out / "report.json").read_text())["qc"]
-        assert qc["predictor"] == "regressor" and qc["mean_dice"] > 0.8, qc["volume_dice"]
+        assert qc["predictor"] == "combined" and qc["search"]["encoder_only"], qc["search"]  # no search: the encoder
+        assert qc["mean_dice"] > 0.8, qc["volume_dice"]
 
 
 @pytest.mark.shared_data

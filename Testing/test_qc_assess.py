@@ -365,3 +365,32 @@ def test_a_missing_or_bad_combination_is_refused(cine_phantom, vae, regressor):
 
     with pytest.raises(InputError, match="searched"):
         regressed_dice(regressor, np.zeros((1, 4, 96, 96), np.float32), combination=np.zeros((3, 4)))
+
+
+def test_without_a_search_the_encoders_dice_is_combined_as_the_card_says(cine_phantom, vae, regressor):
+    from types import SimpleNamespace
+
+    from cardiac_ai.qc import qc_input
+    from cardiac_ai.qc.assess import regressed_dice
+
+    image, labels = cine_phantom.image, cine_phantom.labels
+    weights = np.array([[0.5, 0.3, 0.1, 0.05], [0.6, 0.2, 0.0, 0.1], [0.4, 0.4, 0.2, 0.0]])
+    terms = ["regressor", "search", "regressor*search", "1"]
+    combining = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={
+        "combination_encoder": {"terms": terms, "coefficients": weights.tolist()}}))
+    quick = assess_segmentation(image, labels, vae, config=FAST, regressor=combining, surrogate_wanted=False)
+    assert quick.predictor == "combined" and quick.search == {"ran": True, "steps": 0, "encoder_only": True}
+    assert quick.surrogate is None and quick.search_dice is None
+    encoder = assess_segmentation(image, labels, vae, config=QCConfig(steps=0, predictor="search")).slice_dice
+    pairs, _ = qc_input(image, labels)
+    expected, _ = regressed_dice(regressor, pairs[quick.assessed], searched=encoder[quick.assessed],
+                                 combination=weights)
+    np.testing.assert_allclose(quick.slice_dice[quick.assessed], expected, rtol=1e-6)
+    # with the search wanted and no weights for it, the regressor predicts alone
+    full = assess_segmentation(image, labels, vae, config=FAST, regressor=combining)
+    alone = assess_segmentation(image, labels, vae, config=FAST, regressor=regressor)
+    assert full.predictor == "regressor"
+    np.testing.assert_array_equal(full.slice_dice, alone.slice_dice)
+    forced = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="regressor"),
+                                 regressor=combining, surrogate_wanted=False)
+    assert forced.predictor == "regressor" and forced.search == {"ran": False}

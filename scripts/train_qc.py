@@ -405,20 +405,23 @@ def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
     registry = ModelRegistry(paths=[folder])
     vae = registry.load("qc_vae", device=args.device)
     regressor = registry.load("qc_dice_regressor", device=args.device)
-    coefficients, summary = fit_dice_combination(regressor.network, vae.network, poor_val, steps=args.search_steps,
-                                                 device=args.device)
-    names = [REGRESSOR_LABELS[s].removeprefix("dice_") for s in range(len(coefficients))]
-    for name, n, alone, combined in zip(names, summary["n_values"], summary["regressor"], summary["combined"]):
-        say(f"combination, {name} ({n} validation values): regressor r {alone['pearson_r']:.3f} MAE {alone['mae']:.3f}"
-            f" -> combined r {combined['pearson_r']:.3f} MAE {combined['mae']:.3f}")
+    names = [REGRESSOR_LABELS[s].removeprefix("dice_") for s in range(poor_val.n_structures)]
+    combinations = {}
+    for key, steps in (("combination", args.search_steps), ("combination_encoder", 0)):
+        coefficients, summary = fit_dice_combination(regressor.network, vae.network, poor_val, steps=steps,
+                                                     device=args.device)
+        for name, n, alone, combined in zip(names, summary["n_values"], summary["regressor"], summary["combined"]):
+            say(f"{key}, {name} ({n} validation values): regressor r {alone['pearson_r']:.3f} MAE "
+                f"{alone['mae']:.3f} -> combined r {combined['pearson_r']:.3f} MAE {combined['mae']:.3f}")
+        combinations[key] = {
+            "terms": list(COMBINATION_TERMS), "coefficients": np.round(coefficients, 6).tolist(), "structures": names,
+            "fitted_on": f"{len(poor_val)} validation pairs of known quality "
+                         f"({', '.join(sorted(set(poor_val.kinds)))}), qc_vae {vae.card.version}, "
+                         + (f"latent search {steps} steps" if steps else "encoder only (no search steps)"),
+        }
     card = regressor.card
-    combination = {
-        "terms": list(COMBINATION_TERMS), "coefficients": np.round(coefficients, 6).tolist(), "structures": names,
-        "fitted_on": f"{len(poor_val)} validation pairs of known quality ({', '.join(sorted(set(poor_val.kinds)))}), "
-                     f"qc_vae {vae.card.version}, latent search {args.search_steps} steps",
-    }
     card = dataclasses.replace(
-        card, version=args.version, inference={**card.inference, "combination": combination},
+        card, version=args.version, inference={**card.inference, **combinations},
         description=card.description.split(" Combined with the search")[0]
         + f" Combined with the search ({', '.join(COMBINATION_TERMS)} per structure) by scripts/train_qc.py --stage "
           f"combine from version {card.version}: same weights.",

@@ -323,8 +323,9 @@ _QC_THRESHOLD = 0.80
 _QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 _QC_PREDICTOR_HELP = ("where the predicted Dice comes from: the CNN Dice regressor (regressor), the VAE's latent "
                       "search (search), both weighed as the regressor's card says (combined), or auto (default): "
-                      "combined where the search runs anyway (cardiacai qc) and the card allows, else the regressor "
-                      "when installed, else the search")
+                      "the regressor weighed with the search where that runs anyway (cardiacai qc) or with the VAE "
+                      "encoder's Dice (the segmenting commands) when its card says how, else the regressor when "
+                      "installed, else the search")
 
 
 def _qc_parent() -> argparse.ArgumentParser:

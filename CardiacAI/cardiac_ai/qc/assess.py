@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -90,7 +90,9 @@ _METHODS = {
         "CNN Dice regression (Robinson et al. 2018) and the generative VAE's latent search (Wang et al. 2020) "
         "combined: per structure, a linear function of the regressed Dice, the searched Dice and their product, "
         "fitted on validation patients' segmentations of known quality (the regressor's model card, "
-        "inference.combination); the search also gives the surrogate (suggested correction) and search_dice"
+        "inference.combination); where no search runs (search.encoder_only), the VAE encoder's Dice without search "
+        "steps takes the searched Dice's place, with its own fitted weights (inference.combination_encoder); a "
+        "search gives the surrogate (suggested correction) and search_dice"
     ),
 }
 _VOLUME_DICE_DEFINITIONS = {
@@ -141,11 +143,11 @@ class QCConfig:
         Where the predicted Dice comes from: ``"search"`` the VAE's latent search (Wang et al.), ``"regressor"``
         the CNN Dice regressor (an error when none is given), ``"combined"`` both, weighed as the regressor's card
         says (``inference["combination"]``; the search then always runs), ``"auto"`` (default) the combination
-        when the search runs anyway (a surrogate is wanted) and the regressor's card has one, else the regressor
-        when one is given, else the search. On the validation patients the regressor predicted Dice better than
-        the search, and the combination better than either (``docs/benchmarks.md``, generative QC); without a
-        wanted surrogate (``surrogate_wanted`` of :func:`assess_segmentation`: the segmenting commands) the search
-        is skipped for speed and the regressor predicts alone.
+        when the regressor's card has one: with the search when that runs anyway (a surrogate is wanted), else with
+        the VAE encoder's Dice (no search steps, milliseconds; ``inference["combination_encoder"]``); else the
+        regressor when one is given, else the search. On the validation patients the regressor predicted Dice
+        better than the search, and either combination better than the regressor (``docs/benchmarks.md``,
+        generative QC).
     margin_slices : int >= 0 or None
         Slices beyond each end of the segmentation's labelled range that the regressor also assesses: a structure
         it expects there is a segmentation that stopped early. None (default): the regressor's model card
@@ -557,22 +559,26 @@ def _regressor_margin_slices(regressor: Any) -> int:
     return margin
 
 
-def regressor_combination(regressor: Any, n_structures: int) -> NDArray[np.float64] | None:
+def regressor_combination(
+    regressor: Any, n_structures: int, *, encoder_only: bool = False
+) -> NDArray[np.float64] | None:
     """(S, 4) weights of :data:`COMBINATION_TERMS` per structure from a regressor's model card
-    (``inference["combination"]["coefficients"]``, fitted by ``scripts/train_qc.py --stage combine``); None when the
-    card has none."""
-    combination = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get("combination")
+    (``inference["combination"]["coefficients"]``, with the full latent search; ``inference["combination_encoder"]``
+    with ``encoder_only``, the encoder's Dice without search steps; fitted by ``scripts/train_qc.py --stage
+    combine``); None when the card has none."""
+    key = "combination_encoder" if encoder_only else "combination"
+    combination = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get(key)
     if combination is None:
         return None
     try:
         weights = np.asarray(combination["coefficients"], dtype=np.float64)
         terms = tuple(combination.get("terms", COMBINATION_TERMS))
     except (TypeError, KeyError, ValueError) as error:
-        raise ModelError(f"The QC regressor's card has an unreadable inference.combination ({error}).") from None
+        raise ModelError(f"The QC regressor's card has an unreadable inference.{key} ({error}).") from None
     if terms != COMBINATION_TERMS or weights.shape != (n_structures, len(COMBINATION_TERMS)) or not np.isfinite(
             weights).all():
         raise ModelError(
-            f"The QC regressor's card gives inference.combination with terms {list(terms)} and coefficients of shape "
+            f"The QC regressor's card gives inference.{key} with terms {list(terms)} and coefficients of shape "
             f"{weights.shape}; QC needs terms {list(COMBINATION_TERMS)} and finite coefficients of shape "
             f"({n_structures}, {len(COMBINATION_TERMS)})."
         )
@@ -709,10 +715,15 @@ def assess_segmentation(
     spacing = _roi_spacing(config, card)
     combines = regressor is not None and config.predictor in ("auto", "combined")
     combination = regressor_combination(regressor, len(structures)) if combines else None
+    encoder_combination = None
     predictor = config.predictor
+    if predictor == "auto" and regressor is not None and not surrogate_wanted:
+        # no search wanted: the encoder's Dice (no search steps, a few ms) is weighed in where the card says how
+        encoder_combination = regressor_combination(regressor, len(structures), encoder_only=True)
     if predictor == "auto":
         predictor = ("search" if regressor is None else
-                     "combined" if combination is not None and surrogate_wanted else "regressor")
+                     "combined" if (combination is not None and surrogate_wanted) or encoder_combination is not None
+                     else "regressor")
     regressor_network = None
     if predictor in ("regressor", "combined"):
         if regressor is None:
@@ -720,7 +731,7 @@ def assess_segmentation(
                 f"QC predictor {predictor!r} needs the {QC_REGRESSOR_NAME} model, and none was given; install it "
                 "next to the qc_vae model (scripts/train_qc.py --stage regressor register) or use predictor 'search'."
             )
-        if predictor == "combined" and combination is None:
+        if predictor == "combined" and combination is None and encoder_combination is None:
             raise ModelError(
                 "QC predictor 'combined' needs a regressor whose card gives inference.combination (scripts/train_qc.py "
                 "--stage combine); this one has none: use predictor 'regressor'."
@@ -763,7 +774,7 @@ def assess_segmentation(
     given = chosen[:, network.n_image_channels:] > 0.5
     search_dice = surrogate = None
     search_record: dict[str, Any] = {"ran": False}
-    if predictor in ("search", "combined") or surrogate_wanted:
+    if predictor == "search" or surrogate_wanted or (predictor == "combined" and encoder_combination is None):
         report(progress, 0.1, f"QC: latent search on {int(searched_range.sum())} slices")
         search, used_device = _search(network, chosen, config, device, warn)
         report(progress, 0.85, "QC: predicted Dice")
@@ -777,12 +788,18 @@ def assess_segmentation(
         report(progress, 0.9, "QC: surrogate on the image grid")
         surrogate = _surrogate_on_image_grid(search.surrogate, searched_range, structures, network.input_size,
                                              transform)
+    if encoder_combination is not None:
+        report(progress, 0.5, "QC: encoder Dice")
+        encoded, _ = _search(network, chosen, replace(config, steps=0), device, warn)
+        searched, _ = _searched_dice(encoded.surrogate, given, n_slices, searched_range)
+        search_record = {"ran": True, "steps": 0, "encoder_only": True}
+        combination = encoder_combination
     if predictor in ("regressor", "combined"):
         report(progress, 0.95, "QC: regressed Dice")
         search_dice = None if surrogate is None else searched
         slice_dice = np.full((n_slices, len(structures)), np.nan)
         slice_dice[assessed], volume_dice = regressed_dice(
-            regressor_network, pairs[assessed], searched=None if search_dice is None else search_dice[assessed],
+            regressor_network, pairs[assessed], searched=None if predictor != "combined" else searched[assessed],
             combination=combination if predictor == "combined" else None)
     else:
         slice_dice, volume_dice = searched, searched_volume

@@ -1098,7 +1098,7 @@ def fit_dice_combination(
     progress: ProgressCallback | None = None,
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     """Least-squares weights of :data:`~cardiac_ai.qc.assess.COMBINATION_TERMS` per structure, predicting the true
-    Dice of pairs of known quality from the regressor's and the latent search's Dice.
+    Dice of pairs of known quality from the regressor's and the latent search's Dice (``steps=0``: the encoder's).
 
     Fit on validation pairs (patients neither network trained on), on the slices where the segmentation shows the
     structure (elsewhere QC's absent / missing rule applies, not the combination).
