@@ -43,6 +43,16 @@ def _synchronised(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def qc_predictor(qc) -> str:
+    """What the segmenting command's QC predicts with (its "auto" choice without a search)."""
+    from cardiac_ai.qc import regressor_combination
+
+    if qc.regressor is None:
+        return "latent search" if qc.model is not None else "none"
+    combined = regressor_combination(qc.regressor, 3, encoder_only=True) is not None
+    return "regressor weighed with the VAE encoder" if combined else "regressor"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/acdc/training", help="ACDC layout (patientNNN folders)")
@@ -114,7 +124,7 @@ def main() -> int:
         platform.processor() or platform.machine())
     print(f"segment-cine speed ({args.mode}), device {args.device} ({device_name}), {args.threads} torch threads, "
           f"{time.strftime('%Y-%m-%d')}; model loading: cine {cine_loading:.2f} s, QC {qc_loading:.2f} s "
-          f"(QC: {'regressor' if qc.regressor is not None else 'latent search' if qc.model is not None else 'none'}); "
+          f"(QC: {qc_predictor(qc)}); "
           f"median of {args.repeats} runs after one warm-up\n")
     print(format_markdown_table(rows, digits=3))
     print("\nWhere the command's time goes (median over every run, warm-ups included; seconds):\n")
