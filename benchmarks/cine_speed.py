@@ -16,6 +16,7 @@ slices in at most 2 s on CPU-2 and 0.2 s on an H100-class GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -41,16 +42,6 @@ from cardiac_ai.regions import segment_cine
 def _synchronised(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def qc_predictor(qc) -> str:
-    """What the segmenting command's QC predicts with (its "auto" choice without a search)."""
-    from cardiac_ai.qc import regressor_combination
-
-    if qc.regressor is None:
-        return "latent search" if qc.model is not None else "none"
-    combined = regressor_combination(qc.regressor, 3, encoder_only=True) is not None
-    return "regressor weighed with the VAE encoder" if combined else "regressor"
 
 
 def main() -> int:
@@ -89,11 +80,17 @@ def main() -> int:
 
     stage_seconds: dict[str, list[float]] = {}
 
+    qc_used: dict = {}
+
     def command_once(path: Path, scratch: Path, run: int) -> None:
         provenance = Provenance(command="segment-cine")
         segment_cine_file(path, scratch / f"run{run}", models=models, options=options, qc=qc, provenance=provenance)
         for stage, seconds in provenance.timings_s.items():
             stage_seconds.setdefault(stage, []).append(seconds)
+        if not qc_used:  # what the command's QC predicted with, from its own report
+            entry = json.loads((scratch / f"run{run}" / "report.json").read_text()).get("qc")
+            qc_used["predictor"] = "none" if not entry else entry["predictor"] + (
+                " (with the VAE encoder)" if entry["search"].get("encoder_only") else "")
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -124,7 +121,7 @@ def main() -> int:
         platform.processor() or platform.machine())
     print(f"segment-cine speed ({args.mode}), device {args.device} ({device_name}), {args.threads} torch threads, "
           f"{time.strftime('%Y-%m-%d')}; model loading: cine {cine_loading:.2f} s, QC {qc_loading:.2f} s "
-          f"(QC: {qc_predictor(qc)}); "
+          f"(QC: {qc_used.get('predictor', 'not run')}); "
           f"median of {args.repeats} runs after one warm-up\n")
     print(format_markdown_table(rows, digits=3))
     print("\nWhere the command's time goes (median over every run, warm-ups included; seconds):\n")

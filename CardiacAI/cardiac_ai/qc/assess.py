@@ -46,6 +46,7 @@ __all__ = [
     "QCResult",
     "regressed_dice",
     "regressor_combination",
+    "combination_terms",
     "assess_segmentation",
     "run_qc",
 ]
@@ -445,9 +446,7 @@ def regressed_dice(
     if combination is not None:
         if searched is None:
             raise InputError("regressed_dice: a combination needs the searched Dice of the same slices.")
-        weights = np.asarray(combination, dtype=np.float64)
-        combined = np.clip(weights[:, 0] * dice + weights[:, 1] * searched + weights[:, 2] * dice * searched
-                           + weights[:, 3], 0.0, 1.0)
+        combined = np.clip((combination_terms(dice, searched) * np.asarray(combination)).sum(axis=-1), 0.0, 1.0)
         dice = np.where(~empty & np.isfinite(searched), combined, dice)
     dice[empty & (dice >= 0.5)] = np.nan
     missed = empty & (dice < 0.5)
@@ -550,13 +549,24 @@ def _structures(config: QCConfig, network: SegmentationVAE, card: Any) -> tuple[
 def _regressor_margin_slices(regressor: Any) -> int:
     """Slices beyond a segmentation's labelled range that a Dice regressor can assess: its model card's
     ``inference["assess_margin_slices"]`` (the margin of its training pairs), 0 without one (a bare network)."""
-    margin = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get("assess_margin_slices", 0)
+    margin = _card_inference(regressor).get("assess_margin_slices", 0)
     if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
         raise ModelError(
             f"The QC regressor's card gives inference.assess_margin_slices {margin!r}; it must be a non-negative "
             "integer (the margin of its training pairs, scripts/train_qc.py --margin-slices)."
         )
     return margin
+
+
+def combination_terms(regressed: NDArray[np.floating], searched: NDArray[np.floating]) -> NDArray[np.float64]:
+    """The :data:`COMBINATION_TERMS` of each value, stacked on a new last axis (... , 4)."""
+    regressed, searched = np.asarray(regressed, dtype=np.float64), np.asarray(searched, dtype=np.float64)
+    return np.stack([regressed, searched, regressed * searched, np.ones_like(regressed)], axis=-1)
+
+
+def _card_inference(model: Any) -> dict:
+    """The ``inference`` settings of a loaded model's card; empty for a bare network."""
+    return getattr(getattr(model, "card", None), "inference", None) or {}
 
 
 def regressor_combination(
@@ -567,7 +577,7 @@ def regressor_combination(
     with ``encoder_only``, the encoder's Dice without search steps; fitted by ``scripts/train_qc.py --stage
     combine``); None when the card has none."""
     key = "combination_encoder" if encoder_only else "combination"
-    combination = (getattr(getattr(regressor, "card", None), "inference", None) or {}).get(key)
+    combination = _card_inference(regressor).get(key)
     if combination is None:
         return None
     try:

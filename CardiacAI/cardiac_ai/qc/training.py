@@ -45,6 +45,7 @@ from ..training.checkpoint import load_checkpoint_weights
 from ..training.config import TrainingConfig
 from ..training.engine import Trainer
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
+from .assess import combination_terms
 from .search import QC_CROP_SIZE, QC_SPACING_MM, QC_STRUCTURES, latent_search, predicted_dice, qc_input
 from .vae import DEFAULT_FEATURES, SegmentationVAE, vae_loss
 
@@ -1126,11 +1127,10 @@ def fit_dice_combination(
         if use.sum() < 10:
             raise InputError(f"Only {int(use.sum())} pairs show structure {pairs.structure_codes[s]} with a known "
                              "Dice; the combination needs at least 10.")
-        a, b = regressed[use, s], searched[use, s]
-        terms = np.stack([a, b, a * b, np.ones_like(a)], axis=1)
+        terms = combination_terms(regressed[use, s], searched[use, s])
         coefficients[s] = np.linalg.lstsq(terms, pairs.dice[use, s], rcond=None)[0]
         summary["n_values"].append(int(use.sum()))
-        summary["regressor"].append(evaluate_dice_prediction(a, pairs.dice[use, s]))
+        summary["regressor"].append(evaluate_dice_prediction(regressed[use, s], pairs.dice[use, s]))
         summary["combined"].append(evaluate_dice_prediction(np.clip(terms @ coefficients[s], 0, 1), pairs.dice[use, s]))
     return coefficients, summary
 
