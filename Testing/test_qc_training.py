@@ -3,6 +3,7 @@ training script (and a tiny end-to-end run of it and of the QC benchmark on the 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import time
@@ -458,6 +459,25 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
     assert trained_on == set(split["train"])
     assert (work / "ablation" / "results.json").is_file()
     print(f"tiny end-to-end training run: {elapsed:.1f} s")
+
+    # combine a regressor registered in its own folder with the VAE of another; the source card stays as it was
+    regressor_only, combined = tmp_path / "regressor_only", tmp_path / "combined"
+    regressor_only.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy2(work / "models" / f"qc_dice_regressor-1.0{suffix}", regressor_only)
+    source_text = (regressor_only / "qc_dice_regressor-1.0.json").read_text()
+    common = ["--data", str(acdc_root), "--work", str(work), "--limit", "2", "--phases", "ED", "--no-attacks",
+              "--search-steps", "2", "--variants", "2", "--margin-slices", "1", "--stage", "combine"]
+    assert script.main([*common, "--combine-models", str(regressor_only), str(work / "models"),
+                        "--combine-out", str(combined), "--version", "1.1"]) == 0
+    again = ModelRegistry(paths=[combined]).load("qc_dice_regressor", device="cpu")
+    assert again.card.version == "1.1" and "combination_encoder" in again.card.inference
+    assert (regressor_only / "qc_dice_regressor-1.0.json").read_text() == source_text
+    assert not (combined / "qc_vae-1.0.json").exists()
+    with pytest.raises(SystemExit, match="would replace the regressor it combines"):
+        script.main([*common, "--combine-models", str(regressor_only), str(work / "models"),
+                     "--combine-out", str(regressor_only), "--version", "1.0"])
+    assert (regressor_only / "qc_dice_regressor-1.0.json").read_text() == source_text
 
     # the benchmark on these models: synthetic corruptions of one test patient (no cine models needed)
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))

@@ -29,9 +29,11 @@ what is already on disk, so a run can be resumed; ``--stage`` takes several):
 ``register``   exports ``qc_vae`` and ``qc_dice_regressor`` (``--version``, default 1.0; float16 weights + model
                cards) into WORK/models.
 ``combine``    fits how QC weighs the regressor's and the search's Dice (per structure: regressor, search, their
-               product, constant) on the validation pairs of known quality, with the qc_vae and qc_dice_regressor of
-               ``--combine-models`` (default WORK/models), and writes that regressor again as ``--version`` with the
-               weights on its card (``inference.combination``: QC's "combined" predictor).
+               product, constant) on the validation pairs of known quality, with the qc_vae and qc_dice_regressor
+               found in ``--combine-models`` (one or more folders, the first holding a model wins; default
+               WORK/models), and writes that regressor again as ``--version`` with the weights on its card
+               (``inference.combination``: QC's "combined" predictor) into ``--combine-out`` (default WORK/models);
+               it refuses to replace the card it combines, unless the register stage of the same run wrote it.
 
 Rough times on a 2-core CPU with the defaults (a GPU is many times faster): prepare 15-20 min (most of it the noise
 attacks), vae about 1 min per epoch (up to 100 epochs: under 2 h), ablation about 2 h, regressor about 7 min per
@@ -121,9 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="also N slices beyond each end of the labelled extent (heart in neither segmentation nor "
                            "truth), so that QC can assess N slices beyond a segmentation's end; the regressor's card "
                            "records it (default 0)")
-    poor.add_argument("--combine-models", metavar="FOLDER",
-                      help="stage combine: registry folder of the qc_vae and qc_dice_regressor to combine "
-                           "(default WORK/models)")
+    poor.add_argument("--combine-models", nargs="+", metavar="FOLDER",
+                      help="stage combine: registry folders holding the qc_vae and the qc_dice_regressor to combine, "
+                           "searched in order (e.g. a freshly registered regressor's folder, then Resources/Models "
+                           "for the bundled VAE; default WORK/models)")
+    poor.add_argument("--combine-out", metavar="FOLDER",
+                      help="stage combine: where the combined regressor is written (default WORK/models)")
     poor.add_argument("--regressor-epochs", type=int, default=10)
     poor.add_argument("--regressor-batch-size", type=int, default=32)
     poor.add_argument("--regressor-lr", type=float, default=1e-3)
@@ -401,10 +406,20 @@ def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
     from cardiac_ai.models import ModelRegistry, save_model
     from cardiac_ai.qc import COMBINATION_TERMS
 
-    folder = Path(args.combine_models) if args.combine_models else work / "models"
-    registry = ModelRegistry(paths=[folder])
+    folders = [Path(f) for f in args.combine_models] if args.combine_models else [work / "models"]
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--combine-models: {folder} is not a folder")
+    registry = ModelRegistry(paths=folders)
     vae = registry.load("qc_vae", device=args.device)
     regressor = registry.load("qc_dice_regressor", device=args.device)
+    out = Path(args.combine_out) if args.combine_out else work / "models"
+    source_card = registry.card_path("qc_dice_regressor", regressor.card.version)
+    registered_now = "register" in args.stages and source_card.parent.resolve() == (work / "models").resolve()
+    if (out / f"qc_dice_regressor-{args.version}.json").resolve() == source_card.resolve() and not registered_now:
+        raise SystemExit(f"stage combine would replace the regressor it combines ({source_card}): give another "
+                         f"--version or --combine-out")
+    say(f"combining {source_card} with {registry.card_path('qc_vae', vae.card.version)}")
     names = [REGRESSOR_LABELS[s].removeprefix("dice_") for s in range(poor_val.n_structures)]
     combinations = {}
     for key, steps in (("combination", args.search_steps), ("combination_encoder", 0)):
@@ -426,7 +441,7 @@ def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
         + f" Combined with the search ({', '.join(COMBINATION_TERMS)} per structure) by scripts/train_qc.py --stage "
           f"combine from version {card.version}: same weights.",
     )
-    path = save_model(regressor.network, card, work / "models")
+    path = save_model(regressor.network, card, out)
     say(f"registered {path}")
     return path
 
