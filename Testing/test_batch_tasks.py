@@ -193,9 +193,13 @@ def test_batch_skips_finished_cases_when_run_again(setup, model_loads, tmp_path)
     out = tmp_path / "out"
     assert _batch(setup, tmp_path / "inputs", out) == 0
     first = {case_id: (out / case_id / "report.json").stat().st_mtime_ns for case_id in _read_summary(out)}
+    first_rows = _read_summary(out)
     assert _batch(setup, tmp_path / "inputs", out) == 0
     rows = _read_summary(out)
     assert {row["status"] for row in rows.values()} == {"skipped (done earlier)"}
+    for case_id, row in rows.items():  # the resumed summary keeps every number of the finished cases
+        kept = {k: v for k, v in first_rows[case_id].items() if k not in ("status", "seconds")}
+        assert {k: row[k] for k in kept} == kept
     assert {case_id: (out / case_id / "report.json").stat().st_mtime_ns for case_id in rows} == first
     assert _batch(setup, tmp_path / "inputs", out, "--overwrite") == 0  # --overwrite redoes every case
     assert {row["status"] for row in _read_summary(out).values()} == {"ok"}

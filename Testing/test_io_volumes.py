@@ -1,6 +1,7 @@
 """Volume and PNG reading/writing: geometry survives round trips, bad inputs give clear errors, writes are atomic."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -273,12 +274,13 @@ def test_emidec_mask_png_reads_as_uint8_codes_with_unknown_pixel_size(shared_dat
     assert "no pixel size" in caplog.text
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.int32])
 @pytest.mark.parametrize("shape", [(5, 7, 9), (4, 3, 7, 9), (1, 7, 9), (7, 9)])
-def test_float_nifti_reads_as_simpleitk_reads_it(tmp_path, monkeypatch, shape, dtype):
-    """Float NIfTI voxels come from nibabel (one decompression, NaN kept for the check) and the geometry from ITK's
-    header: array, dtype and geometry must be what sitk.ReadImage gives, for 2D, single-slice, 3D and 4D files."""
-    array = np.random.default_rng(len(shape)).normal(100, 30, shape).astype(dtype)
+def test_nifti_reads_as_simpleitk_reads_it(tmp_path, monkeypatch, shape, dtype):
+    """Unscaled NIfTI voxels come from nibabel (one decompression, NaN kept for the check, truncation noticed) and
+    the geometry from ITK's header: array, dtype and geometry must be what sitk.ReadImage gives, for 2D,
+    single-slice, 3D and 4D files, float and integer."""
+    array = np.random.default_rng(len(shape)).normal(100, 30, shape).clip(0, 255).astype(dtype)
     image = sitk.GetImageFromArray(array, isVector=False)
     dimension = image.GetDimension()
     image.SetSpacing(tuple([1.25, 0.75, 8.0, 30.0][:dimension]))
@@ -291,7 +293,7 @@ def test_float_nifti_reads_as_simpleitk_reads_it(tmp_path, monkeypatch, shape, d
     sitk.WriteImage(image, str(path))
 
     expected = sitk.ReadImage(str(path))
-    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: pytest.fail("float NIfTI decompressed twice"))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: pytest.fail("NIfTI decompressed twice"))
     volume = read_volume(path, allow_4d=True)
     reference = sitk.GetArrayFromImage(expected)
     assert volume.array.dtype == reference.dtype
@@ -313,3 +315,63 @@ def test_scaled_integer_nifti_still_goes_through_itk_with_its_scaling(tmp_path):
     volume = read_volume(path)
     np.testing.assert_allclose(volume.array, sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
     assert float(volume.array.max()) == pytest.approx(59 * 0.5 + 10.0)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_integer_nifti_is_refused_not_filled(tmp_path, suffix):
+    """ITK fills the voxels a truncated NIfTI lacks and reads it without complaint; CardiacAI must refuse it."""
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 900, (6, 32, 32)).astype(np.int16))
+    image.SetSpacing((1.5, 1.5, 8.0))
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(image, str(whole))
+    cut = tmp_path / f"cut{suffix}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_volume(cut)
+    assert read_volume(whole).array.shape == (6, 32, 32)
+
+
+def test_truncated_metaimage_says_so_rather_than_file_not_found(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((6, 32, 32), np.int16))
+    whole = tmp_path / "whole.mha"
+    sitk.WriteImage(image, str(whole))
+    cut = tmp_path / "cut.mha"
+    cut.write_bytes(whole.read_bytes()[:-3000])
+    with pytest.raises(DataError, match="truncated") as caught:
+        read_volume(cut)
+    assert "No such file" not in str(caught.value)
+
+
+def test_written_files_get_the_usual_file_mode_not_a_private_temporary_ones(tmp_path):
+    from cardiac_ai.io.atomic import _UMASK, write_text_atomic
+
+    written = write_text_atomic(tmp_path / "report.json", "{}")
+    assert written.stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    written.chmod(0o640)
+    write_text_atomic(written, "{}")  # a replaced file keeps its mode
+    assert written.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_rerun_with_overwrite_clears_the_earlier_runs_outputs_it_no_longer_makes(tmp_path):
+    from cardiac_ai.io.atomic import write_text_atomic
+    from cardiac_ai.io.report import write_report
+    from cardiac_ai.pipeline import output_folder
+    from cardiac_ai.provenance import Provenance
+
+    out = tmp_path / "out"
+    with output_folder(out) as folder:
+        write_text_atomic(folder / "labels.csv", "1")
+        write_text_atomic(folder / "qc_slices.csv", "2")
+        write_report(folder, provenance=Provenance(command="x"), results={})
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(RuntimeError):  # a rerun that fails removes nothing
+        with output_folder(out, overwrite=True) as folder:
+            write_text_atomic(folder / "labels.csv", "3")
+            raise RuntimeError("failed before its report")
+    assert {p.name for p in out.iterdir()} == {"labels.csv", "qc_slices.csv", "report.json", "notes.txt"}
+    with output_folder(out, overwrite=True) as folder:  # a rerun that makes no QC table
+        write_text_atomic(folder / "labels.csv", "4")
+        write_report(folder, provenance=Provenance(command="x"), results={})
+    assert {p.name for p in out.iterdir()} == {"labels.csv", "report.json", "notes.txt"}
+    assert json.loads((out / "report.json").read_text())["provenance"]["outputs"] == ["labels.csv", "report.json"]

@@ -235,6 +235,17 @@ def test_predictor_choice_is_honoured_and_checked(cine_phantom, vae, regressor):
         assess_segmentation(image, labels, vae, config=FAST, regressor=vae)
 
 
+def test_labels_filling_whole_slices_get_predicted_dice_zero_and_break_a_rule(cine_phantom, vae, regressor):
+    """A label map that is LV everywhere: whatever the models make of the crop, such slices are no heart."""
+    filled = cine_phantom.labels.with_array(np.full_like(cine_phantom.labels.array, 3))
+    for model_regressor in (None, regressor):
+        result = assess_segmentation(cine_phantom.image, filled, vae, config=FAST, regressor=model_regressor)
+        assert result.slice_flags.all() and result.mean_dice == 0.0 and result.needs_review
+        assert np.nanmax(result.slice_dice) == 0.0
+        assert any("labels every pixel" in w for w in result.warnings)
+        assert all("no background" in " ".join(r) for r in result.rules.slice_reasons)
+
+
 def test_empty_segmentation_stays_flagged_with_the_regressor(cine_phantom, vae, regressor):
     empty = cine_phantom.labels.with_array(np.zeros_like(cine_phantom.labels.array))
     result = assess_segmentation(cine_phantom.image, empty, vae, config=FAST, regressor=regressor)

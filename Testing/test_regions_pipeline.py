@@ -157,6 +157,31 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
 
 
+def test_function_refuses_one_file_for_both_phases_and_warns_about_pairs_that_cannot_be_one_series(
+        cine_models_dir, tmp_path, capsys):
+    ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    common = ["--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc"]
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "ed.nii.gz"), "--out",
+                 str(tmp_path / "same"), *common]) == 2
+    assert "ED and ES are the same file" in capsys.readouterr().err and not (tmp_path / "same").exists()
+
+    write_volume(ed.image, tmp_path / "ed_copy.nii.gz")  # the same frame under another name
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "ed_copy.nii.gz"), "--out",
+                 str(tmp_path / "twice"), *common]) == 0
+    warnings = json.loads((tmp_path / "twice" / "report.json").read_text())["provenance"]["warnings"]
+    assert any("identical voxel for voxel" in w for w in warnings)
+
+    other = Geometry((es.image.geometry.spacing_mm[0] * 1.2, *es.image.geometry.spacing_mm[1:]),
+                     es.image.geometry.origin_lps_mm, es.image.geometry.direction_lps)
+    write_volume(Volume(es.image.array, other), tmp_path / "es_other.nii.gz")
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es_other.nii.gz"), "--out",
+                 str(tmp_path / "grids"), *common, "--quiet"]) == 0
+    assert capsys.readouterr().err.count("RuntimeWarning") == 0  # notes go to the report and the log, not raw
+    report = json.loads((tmp_path / "grids" / "report.json").read_text())
+    assert any("different grids" in w and "spacing" in w for w in report["provenance"]["warnings"])
+
+
 @pytest.mark.slow
 def test_known_slice_regions_override_the_classifier(cine_models):
     case = make_cine_phantom(seed=44)

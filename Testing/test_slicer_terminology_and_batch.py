@@ -253,13 +253,19 @@ def test_batch_refuses_two_files_of_one_case(batch, tmp_path):
         batch.list_cases(tmp_path)
 
 
-def test_batch_case_is_done_only_when_its_report_was_written(batch, tmp_path):
-    assert not batch.case_is_done(tmp_path / "p01")
-    (tmp_path / "p01").mkdir()
-    (tmp_path / "p01" / "segmentation.seg.nrrd").write_bytes(b"")
-    assert not batch.case_is_done(tmp_path / "p01")
-    (tmp_path / "p01" / "report.json").write_text("{}")
-    assert batch.case_is_done(tmp_path / "p01")
+def test_a_case_counts_as_done_only_with_a_usable_report_whose_numbers_the_resumed_summary_keeps(tmp_path, caplog):
+    from cardiac_ai.batch_summary import earlier_summary_values
+
+    case = tmp_path / "p01"
+    assert earlier_summary_values(case) is None
+    case.mkdir()
+    (case / "segmentation.seg.nrrd").write_bytes(b"")
+    assert earlier_summary_values(case) is None  # outputs without the report, written last: unfinished
+    (case / "report.json").write_text("{not json")
+    assert earlier_summary_values(case) is None and "running it again" in caplog.text
+    report = _cine_report({"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}, [])
+    (case / "report.json").write_text(json.dumps(report))
+    assert earlier_summary_values(case) == summary_values(report)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -324,6 +330,7 @@ def test_batch_script_summarises_through_the_backend_and_writes_atomically():
     source = BATCH_SCRIPT.read_text(encoding="utf-8")
     assert 'importBackend("batch_summary").summary_values' in source and 'summaryValues(result["report"])' in source
     assert "reportIO.write_json(caseFolder / DONE_MARKER" in source
+    assert 'importBackend("batch_summary").earlier_summary_values' in source  # resumed cases keep their numbers
     assert "write_text(" not in source and "csv.DictWriter" not in source
 
 

@@ -181,11 +181,6 @@ def list_cases(input_folder):
     return cases
 
 
-def case_is_done(case_folder) -> bool:
-    """Whether ``case_folder`` holds the results of a finished earlier run (its ``report.json``)."""
-    return (Path(case_folder) / DONE_MARKER).is_file()
-
-
 def summary_row(case_id, input_path, *, status, values=None, error=None, seconds=None) -> dict:
     """One row of ``summary.csv``.
 
@@ -315,6 +310,7 @@ def main(argv) -> int:
     try:
         logic.setupPythonRequirements(requireTorch=True)  # PyTorch is present: only pip installs, no question
         summaryValues = CardiacAI.importBackend("batch_summary").summary_values
+        earlierSummaryValues = CardiacAI.importBackend("batch_summary").earlier_summary_values
         reportIO = CardiacAI.importBackend("io.report")
     except Exception as error:
         print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
@@ -326,8 +322,9 @@ def main(argv) -> int:
     for number, (caseId, inputPath) in enumerate(cases, start=1):
         caseFolder = args.output_folder / caseId
         prefix = f"[{number}/{len(cases)}] {caseId}:"
-        if not args.overwrite and case_is_done(caseFolder):
-            rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)"))
+        earlier = None if args.overwrite else earlierSummaryValues(caseFolder)
+        if earlier is not None:  # a finished case keeps its numbers in the new summary
+            rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)", values=earlier))
             print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
             reportIO.write_csv(summaryPath, rows)
             continue

@@ -7,13 +7,18 @@ can also be rebuilt later from the case folders.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import DataError
-from .slicer_results import qc_entries, report_warnings
+from .errors import CardiacAIError, DataError
+from .slicer_results import qc_entries, read_report, report_warnings
 
-__all__ = ["summary_values", "SUMMARY_COMMANDS"]
+__all__ = ["summary_values", "earlier_summary_values", "SUMMARY_COMMANDS"]
+
+log = logging.getLogger(__name__)
 
 SUMMARY_COMMANDS = ("segment-cine", "function", "map", "fibrosis", "cam")
 """The commands whose reports :func:`summary_values` reads (``provenance.command``)."""
@@ -144,3 +149,17 @@ def _qc_values(report: Mapping[str, Any]) -> dict[str, Any]:
 
 _COMMAND_VALUES = {"segment-cine": _cine_values, "function": _function_values, "map": _map_values,
                    "fibrosis": _fibrosis_values, "cam": _cam_values}
+
+
+def earlier_summary_values(case_folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The summary columns of a case an earlier batch run finished (its ``report.json``, which every command writes
+    last), so that a resumed batch's ``summary.csv`` keeps them; None when there is no readable report: the case is
+    not finished and runs again."""
+    folder = Path(case_folder)
+    if not (folder / "report.json").is_file():
+        return None
+    try:
+        return summary_values(read_report(folder))
+    except (CardiacAIError, OSError, ValueError) as error:
+        log.warning("Case %s: its earlier report.json is unusable (%s); running it again.", folder.name, error)
+        return None

@@ -615,18 +615,17 @@ def _cine_models(args: argparse.Namespace, provenance):
 
 @_command("segment-cine")
 def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    from .io import prepare_output_dir
-    from .pipeline import segment_cine_file
+    from .pipeline import output_folder, segment_cine_file
     from .progress import subrange
     from .provenance import Provenance
 
-    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.input])  # refuse before loading models
     provenance = Provenance(command="segment-cine")
-    progress(0.0, "Loading models")
-    models = _cine_models(args, provenance)
-    qc = _qc_options(args, provenance)
-    result = segment_cine_file(args.input, args.out, models=models, options=_cine_options(args), qc=qc,
-                               overwrite=True, provenance=provenance, progress=subrange(progress, 0.05, 1.0))
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+        progress(0.0, "Loading models")
+        models = _cine_models(args, provenance)
+        qc = _qc_options(args, provenance)
+        result = segment_cine_file(args.input, args.out, models=models, options=_cine_options(args), qc=qc,
+                                   overwrite=True, provenance=provenance, progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
         volumes = ", ".join(f"{k} {v:.1f} ml" for k, v in result.volumes_ml.items())
         print(f"Wrote {args.out}: {volumes}; LV mass {result.lv_mass_g:.1f} g{_qc_summary_line(args)}")
@@ -635,18 +634,18 @@ def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
 
 @_command("function")
 def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    from .io import prepare_output_dir
-    from .pipeline import cardiac_function_files
+    from .pipeline import cardiac_function_files, check_phase_paths, output_folder
     from .progress import subrange
     from .provenance import Provenance
 
-    prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es])
+    check_phase_paths(args.ed, args.es)
     provenance = Provenance(command="function")
-    progress(0.0, "Loading models")
-    models = _cine_models(args, provenance)
-    f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
-                               qc=_qc_options(args, provenance), overwrite=True, provenance=provenance,
-                               progress=subrange(progress, 0.05, 1.0))
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es]):  # refuse before loading
+        progress(0.0, "Loading models")
+        models = _cine_models(args, provenance)
+        f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
+                                   qc=_qc_options(args, provenance), overwrite=True, provenance=provenance,
+                                   progress=subrange(progress, 0.05, 1.0))
     if not args.quiet:
         print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
               f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "

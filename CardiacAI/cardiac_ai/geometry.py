@@ -34,6 +34,10 @@ def _as_float_tuple(values: Sequence[float], length: int, name: str) -> tuple[fl
     return result
 
 
+def _rounded(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in values)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a (k, j, i) voxel array lies in patient space.
@@ -114,11 +118,19 @@ class Geometry:
 
     def is_close(self, other: "Geometry", *, atol_mm: float = 1e-4, atol_direction: float = 1e-5) -> bool:
         """True when both geometries place every voxel at the same point (within tolerances)."""
-        return (
-            np.allclose(self.spacing_mm, other.spacing_mm, atol=atol_mm)
-            and np.allclose(self.origin_lps_mm, other.origin_lps_mm, atol=atol_mm)
-            and np.allclose(self.direction_lps, other.direction_lps, atol=atol_direction)
-        )
+        return not self.differences(other, atol_mm=atol_mm, atol_direction=atol_direction)
+
+    def differences(self, other: "Geometry", *, atol_mm: float = 1e-4, atol_direction: float = 1e-5) -> list[str]:
+        """What differs between the two geometries beyond the tolerances, in words for an error message (spacing,
+        origin, direction with both values); empty when :meth:`is_close`."""
+        found = []
+        if not np.allclose(self.spacing_mm, other.spacing_mm, atol=atol_mm):
+            found.append(f"spacing {_rounded(self.spacing_mm)} vs {_rounded(other.spacing_mm)} mm")
+        if not np.allclose(self.origin_lps_mm, other.origin_lps_mm, atol=atol_mm):
+            found.append(f"origin {_rounded(self.origin_lps_mm)} vs {_rounded(other.origin_lps_mm)} mm (LPS)")
+        if not np.allclose(self.direction_lps, other.direction_lps, atol=atol_direction):
+            found.append(f"direction {_rounded(self.direction_lps)} vs {_rounded(other.direction_lps)}")
+        return found
 
     def to_dict(self) -> dict:
         return {
@@ -181,6 +193,6 @@ class Volume:
         if self.axes != "tkji":
             raise InputError("frame() needs a (t, k, j, i) series; this volume is already 3D.")
         n_frames = self.array.shape[0]
-        if not -n_frames <= index < n_frames:
+        if not 0 <= index < n_frames:  # no negative indices: a frame number is what the user reads off the scanner
             raise InputError(f"Frame {index} does not exist; the series has {n_frames} frames (0..{n_frames - 1}).")
         return Volume(self.array[index], self.geometry, "kji")

@@ -126,7 +126,8 @@ def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, w
     if unknown:
         raise InputError(
             f"{what} holds label values {unknown} that are not in the label table {sorted(allowed_codes)}. "
-            "Map your codes to CardiacAI's (1 RV blood pool, 2 LV myocardium, 3 LV blood pool, 4 scar, 5 MVO)."
+            "Map your codes to CardiacAI's: "
+            + ", ".join(f"{code} {LABELS[code].display_name}" for code in sorted(allowed_codes - {BACKGROUND})) + "."
         )
 
 

@@ -10,6 +10,7 @@ import csv
 import logging
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -30,6 +31,8 @@ __all__ = [
     "load_cine_models",
     "segment_cine_file",
     "cardiac_function_files",
+    "check_phase_paths",
+    "phase_pair_warnings",
     "BATCH_TASKS",
     "BatchCase",
     "MapOptions",
@@ -86,6 +89,8 @@ def _segment(path, models, options: CineOptions, provenance: Provenance, progres
 
     with provenance.timed("read"):
         volume = read_input(path, frame=options.frame, series_uid=options.series_uid)
+    if options.frame is not None:
+        provenance.parameters["frame"] = options.frame
     result = segment_cine(
         volume, models=models, mode=options.mode, base_first=options.base_first, postprocess=options.postprocess,
         region_source=options.region_source, region_combination=options.region_combination, device=options.device,
@@ -117,27 +122,27 @@ def segment_cine_file(
 
 def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, provenance, progress):
     """:func:`segment_cine_file`, returning ``(result, [QCResult or None])`` for the batch summary."""
-    out = prepare_output_dir(out_dir, overwrite=overwrite, inputs=[input_path])
-    provenance = provenance or Provenance(command="segment-cine")
-    provenance.parameters["input"] = str(input_path)
-    volume, result = _segment(input_path, models, options, provenance,
-                              subrange(progress, 0.0, 0.95 if qc is None else 0.8))
-    with provenance.timed("write"):
-        write_volume(result.labels, out / "labels.nii.gz")
-        write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
-    checks = []
-    if qc is not None:
-        checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
-        if checks[0] is not None:
-            write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
-    write_report(out, provenance=provenance, results={
-        "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
-                  "geometry": volume.geometry.to_dict()},
-        **result.to_report(),
-        **({"qc": _qc_entry(checks[0])} if qc is not None else {}),
-    })
-    report(progress, 1.0, "Done")
-    return result, checks
+    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+        provenance = provenance or Provenance(command="segment-cine")
+        provenance.parameters["input"] = str(input_path)
+        volume, result = _segment(input_path, models, options, provenance,
+                                  subrange(progress, 0.0, 0.95 if qc is None else 0.8))
+        with provenance.timed("write"):
+            write_volume(result.labels, out / "labels.nii.gz")
+            write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
+        checks = []
+        if qc is not None:
+            checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
+            if checks[0] is not None:
+                write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
+        write_report(out, provenance=provenance, results={
+            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
+                      "geometry": volume.geometry.to_dict()},
+            **result.to_report(),
+            **({"qc": _qc_entry(checks[0])} if qc is not None else {}),
+        })
+        report(progress, 1.0, "Done")
+        return result, checks
 
 
 def cardiac_function_files(
@@ -161,41 +166,75 @@ def cardiac_function_files(
                          provenance=provenance, progress=progress)[0]
 
 
+def check_phase_paths(ed_path: str | Path, es_path: str | Path) -> None:
+    """Refuse ED and ES given as one file (without a frame each, a 4D file cannot be both phases).
+
+    Raises
+    ------
+    InputError
+        If both paths name the same file or folder.
+    """
+    if Path(ed_path).resolve() == Path(es_path).resolve():
+        raise InputError(f"ED and ES are the same file ({ed_path}): give the end-diastolic and the end-systolic "
+                         "frame of one cine series (for a 4D file, export the two frames first).")
+
+
+def phase_pair_warnings(ed: Volume, es: Volume) -> list[str]:
+    """What makes an ED and an ES image unlikely to be two frames of one cine series (the function indices assume
+    they are): different grids, or identical voxels."""
+    found = []
+    differences = ed.geometry.differences(es.geometry, atol_mm=0.01, atol_direction=1e-3)
+    if ed.array.shape != es.array.shape:
+        differences.insert(0, f"size {ed.array.shape} vs {es.array.shape} voxels (k, j, i)")
+    if differences:
+        found.append("ED and ES lie on different grids (" + "; ".join(differences) + "): frames of one cine series "
+                     "share one grid, so check that both are the same patient's and the same series'.")
+    elif np.array_equal(ed.array, es.array):
+        found.append("ED and ES images are identical voxel for voxel: the same frame was given twice, so stroke "
+                     "volumes and ejection fractions are 0.")
+    return found
+
+
 def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, provenance, progress):
     """:func:`cardiac_function_files`, returning ``(function, [QCResult or None] * 2)`` for the batch summary."""
     from .metrics import cardiac_function
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite, inputs=[ed_path, es_path])
-    provenance = provenance or Provenance(command="function")
-    provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
-    results = {}
-    checks: dict = {}
-    for phase, path, (start, stop) in (("ed", ed_path, (0.0, 0.45)), ("es", es_path, (0.45, 0.9))):
-        middle = stop if qc is None else start + 0.8 * (stop - start)
-        volume, result = _segment(path, models, options, provenance, subrange(progress, start, middle))
-        results[phase] = (volume, result)
-        with provenance.timed("write"):
-            write_volume(result.labels, out / f"labels_{phase}.nii.gz")
-            write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
-        if qc is not None:
-            checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
-            if checks[phase] is not None:
-                write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
-    (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
-    function = cardiac_function(
-        ed.labels.array, es.labels.array, ed_volume.geometry.spacing_kji_mm,
-        es_spacing_kji_mm=es_volume.geometry.spacing_kji_mm,
-    )
-    for message in function.warnings:
-        provenance.warn(message, log)
-    write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
-    qc_keys = {phase: ({"qc": _qc_entry(checks[phase])} if qc is not None else {}) for phase in ("ed", "es")}
-    write_report(out, provenance=provenance, results={
-        "function": function.to_dict(), "ed": {**ed.to_report(), **qc_keys["ed"]},
-        "es": {**es.to_report(), **qc_keys["es"]},
-    })
-    report(progress, 1.0, "Done")
-    return function, list(checks.values())
+    check_phase_paths(ed_path, es_path)
+    with output_folder(out_dir, overwrite=overwrite, inputs=[ed_path, es_path]) as out:
+        provenance = provenance or Provenance(command="function")
+        provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
+        results = {}
+        checks: dict = {}
+        for phase, path, (start, stop) in (("ed", ed_path, (0.0, 0.45)), ("es", es_path, (0.45, 0.9))):
+            middle = stop if qc is None else start + 0.8 * (stop - start)
+            volume, result = _segment(path, models, options, provenance, subrange(progress, start, middle))
+            results[phase] = (volume, result)
+            with provenance.timed("write"):
+                write_volume(result.labels, out / f"labels_{phase}.nii.gz")
+                write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
+            if qc is not None:
+                checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
+                if checks[phase] is not None:
+                    write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
+        (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
+        for message in phase_pair_warnings(ed_volume, es_volume):
+            provenance.warn(message, log)
+        with warnings.catch_warnings():  # its notes come back in function.warnings and go to the report below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            function = cardiac_function(
+                ed.labels.array, es.labels.array, ed_volume.geometry.spacing_kji_mm,
+                es_spacing_kji_mm=es_volume.geometry.spacing_kji_mm,
+            )
+        for message in function.warnings:
+            provenance.warn(message, log)
+        write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
+        qc_keys = {phase: ({"qc": _qc_entry(checks[phase])} if qc is not None else {}) for phase in ("ed", "es")}
+        write_report(out, provenance=provenance, results={
+            "function": function.to_dict(), "ed": {**ed.to_report(), **qc_keys["ed"]},
+            "es": {**es.to_report(), **qc_keys["es"]},
+        })
+        report(progress, 1.0, "Done")
+        return function, list(checks.values())
 
 
 # -- batch -------------------------------------------------------------------------------------------------------
@@ -330,8 +369,8 @@ def run_batch(
     load_models : picklable ``() -> (models, qc)``, needed when ``workers > 1`` (e.g. ``functools.partial`` of a
         module-level function); a worker whose models do not load fails every case it is given.
 
-    A case whose folder already holds a ``report.json`` is skipped when ``resume`` (a finished earlier run; the
-    report is written last); otherwise a stale ``report.json`` is removed before the case runs, so that a redone
+    A case whose folder already holds a readable ``report.json`` is skipped when ``resume`` (a finished earlier run;
+    the report is written last), its summary columns read from that report; otherwise a stale ``report.json`` is removed before the case runs, so that a redone
     case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
     :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
@@ -343,6 +382,8 @@ def run_batch(
     InputError
         An unknown task, or ``options`` of another task (map without :class:`MapOptions`).
     """
+    from .batch_summary import earlier_summary_values
+
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -366,8 +407,9 @@ def run_batch(
         case_dir = out / case.case_id
         row: dict = {"case_id": case.case_id, "inputs": ";".join(str(p) for p in case.inputs)}
         report(progress, number / len(cases), f"{case.case_id} ({number + 1}/{len(cases)})")
-        if resume and (case_dir / REPORT_NAME).exists():
-            rows.append({**row, "status": "skipped (done earlier)"})
+        earlier = earlier_summary_values(case_dir) if resume else None
+        if earlier is not None:
+            rows.append({**row, "status": "skipped (done earlier)", **earlier})
             continue
         start = time.perf_counter()
         try:
@@ -434,6 +476,8 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from .batch_summary import earlier_summary_values
+
     rows: dict[int, dict] = {}
     pending = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -447,8 +491,9 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
         try:
             for number, case in enumerate(cases):
                 row = {"case_id": case.case_id, "inputs": ";".join(str(p) for p in case.inputs)}
-                if resume and (out / case.case_id / REPORT_NAME).exists():
-                    rows[number] = {**row, "status": "skipped (done earlier)"}
+                earlier = earlier_summary_values(out / case.case_id) if resume else None
+                if earlier is not None:
+                    rows[number] = {**row, "status": "skipped (done earlier)", **earlier}
                     continue
                 pending[pool.submit(_batch_case_in_worker, task, case, out / case.case_id, options)] = (number, row)
             while pending:
@@ -525,16 +570,40 @@ FIT_BACKGROUND_FRACTION = 0.05
 @contextlib.contextmanager
 def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
     """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again if it was created here and the job
-    failed before writing anything into it: bad input leaves no partial output behind."""
+    failed before writing anything into it: bad input leaves no partial output behind.
+
+    The files written into the folder are recorded (``report.json`` lists them under ``provenance.outputs``). A job
+    that succeeds in a folder an earlier run wrote (``--overwrite``) removes that run's outputs it did not write
+    again (a QC table after a rerun with ``--no-qc``), so the folder never mixes two runs; other files stay."""
+    from .io.atomic import recording_outputs
+
     out = Path(out_dir)
     existed = out.exists()
     folder = prepare_output_dir(out, overwrite=overwrite, inputs=inputs)
+    earlier = _earlier_outputs(folder)
     try:
-        yield folder
+        with recording_outputs(folder) as written:
+            yield folder
     except BaseException:
         if not existed and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         raise
+    if written and REPORT_NAME in written:  # the job finished (its report is written last)
+        for name in sorted(earlier - written):
+            (folder / name).unlink(missing_ok=True)
+            log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name, folder)
+
+
+def _earlier_outputs(folder: Path) -> set[str]:
+    """The files the run that wrote ``folder/report.json`` made there (its ``provenance.outputs``); empty for a
+    report without the list (versions before it) or none."""
+    import json
+
+    try:
+        listed = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))["provenance"]["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and Path(name).name == name}
 
 
 def load_mapping_models(models_dirs: Sequence[str | Path], *, device: str, provenance: Provenance):
@@ -1347,7 +1416,8 @@ def cam_file(
     from .weak.pipeline import explain_volume
 
     provenance = provenance or Provenance(command="cam")
-    provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted"})
+    provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
+                                  **({"frame": frame} if frame is not None else {})})
     with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
         if models is None:
             models = load_weak_models(models_dirs, device=device, provenance=provenance)

@@ -4,18 +4,32 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import OutputError
 
-__all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "ensure_not_input"]
+__all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "ensure_not_input", "recording_outputs",
+           "recorded_outputs"]
+
+#: (folder, names written into it so far) while a command writes its outputs (:func:`recording_outputs`).
+_RECORDING: ContextVar[tuple[Path, set[str]] | None] = ContextVar("cardiac_ai_output_recording", default=None)
 
 
 def _full_suffix(path: Path) -> str:
     """``.nii.gz`` for ``labels.nii.gz``; writers such as SimpleITK pick the format by suffix."""
     suffixes = path.suffixes
     return "".join(suffixes[-2:]) if len(suffixes) >= 2 and suffixes[-1] in {".gz", ".bz2"} else path.suffix
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; set it straight back (once, at import: not per write,
+    os.umask(mask)      # where another thread could create a file in between)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -33,7 +47,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        # mkstemp makes the file private (0600); a result gets the mode any new file would get (umask), or keeps
+        # the mode of the file it replaces
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK
+        os.chmod(temporary_path, mode)
         os.replace(temporary_path, target)
+        recording = _RECORDING.get()
+        if recording is not None and target.resolve().parent == recording[0]:
+            recording[1].add(target.name)
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
@@ -83,3 +104,28 @@ def prepare_output_dir(
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextmanager
+def recording_outputs(folder: str | os.PathLike) -> Iterator[set[str]]:
+    """Record the names of the files written into ``folder`` (through :func:`atomic_path`) while the block runs, so
+    that the report can list the command's outputs; a block inside another one for the same folder shares its
+    record."""
+    resolved = Path(folder).resolve()
+    current = _RECORDING.get()
+    if current is not None and current[0] == resolved:
+        yield current[1]
+        return
+    token = _RECORDING.set((resolved, set()))
+    try:
+        yield _RECORDING.get()[1]
+    finally:
+        _RECORDING.reset(token)
+
+
+def recorded_outputs(folder: str | os.PathLike) -> list[str] | None:
+    """The names written into ``folder`` so far by the enclosing :func:`recording_outputs`, or None outside one."""
+    current = _RECORDING.get()
+    if current is None or current[0] != Path(folder).resolve():
+        return None
+    return sorted(current[1])

@@ -115,7 +115,12 @@ def write_report(out_dir: str | os.PathLike, *, provenance: Provenance, results:
         raise InputError(f"results must not use the reserved keys {sorted(reserved)}; rename them.")
     if not isinstance(provenance, Provenance):
         raise InputError(f"provenance must be a Provenance, got {type(provenance).__name__}.")
+    from .atomic import recorded_outputs
+
     report = {"cardiac_ai": __version__, "provenance": provenance.to_dict(), **results}
+    outputs = recorded_outputs(out_dir)
+    if outputs is not None:  # what this run wrote, so that a rerun with --overwrite can clear what it no longer makes
+        report["provenance"]["outputs"] = sorted({*outputs, REPORT_NAME})
     return write_json(Path(out_dir) / REPORT_NAME, report)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -99,20 +100,41 @@ def check_finite(array: np.ndarray, what: str) -> None:
             )
 
 
+_NIFTI_VOXEL_TYPES = tuple(np.dtype(t) for t in (
+    np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64))
+
+
+def _nifti_voxels(image, path: Path) -> np.ndarray:
+    """The voxels nibabel reads, or DataError: ITK's NIfTI reader fills a truncated file's missing voxels silently."""
+    try:
+        return np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise DataError(
+            f"{path} is truncated or corrupt: its header promises more voxel data than the file holds "
+            f"({str(error).strip().splitlines()[0]}). Copy or export the image again."
+        ) from error
+
+
 def _check_nifti_finite(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN voxels into 0, which would hide them; read the raw floats with nibabel."""
+    """The voxels of a NIfTI that ITK read (a scaled one): complete, and no NaN (ITK's reader turns NaN into 0)."""
     import nibabel
 
-    image = nibabel.load(str(path))
-    if np.issubdtype(image.get_data_dtype(), np.floating) or image.dataobj.slope not in (1.0, None):
-        check_finite(np.asanyarray(image.dataobj), str(path))
+    voxels = _nifti_voxels(nibabel.load(str(path)), path)
+    if voxels.dtype.kind == "f":
+        check_finite(voxels, str(path))
 
 
-def _read_float_nifti(path: Path) -> sitk.Image | None:
-    """A float NIfTI without intensity scaling, decompressed once: the voxels from nibabel (which keeps NaN, so
-    they can be refused) and the geometry from ITK's reading of the header (what ``sitk.ReadImage`` would give).
-    None for any other NIfTI (integer, scaled, multi-component, or a layout the two readers see differently): those
-    go through ``sitk.ReadImage``."""
+def _read_nifti(path: Path) -> sitk.Image | None:
+    """A scalar NIfTI without intensity scaling, decompressed once: the voxels from nibabel (which keeps NaN, so
+    they can be refused, and notices a truncated file, which ITK fills) and the geometry from ITK's reading of the
+    header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled, multi-component, or a layout
+    the two readers see differently): those go through ``sitk.ReadImage``.
+
+    Raises
+    ------
+    DataError
+        The header reads but the voxel data is incomplete.
+    """
     import nibabel
 
     try:
@@ -120,23 +142,24 @@ def _read_float_nifti(path: Path) -> sitk.Image | None:
         dtype = image.get_data_dtype()
     except Exception:  # noqa: BLE001 - a file nibabel cannot open gets ITK's reader and its error message
         return None
-    if dtype not in (np.float32, np.float64) or image.dataobj.slope not in (1.0, None) \
+    if dtype not in _NIFTI_VOXEL_TYPES or image.dataobj.slope not in (1.0, None) \
             or image.dataobj.inter not in (0.0, None):
         return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        data = np.asanyarray(image.dataobj)
     except Exception:  # noqa: BLE001 - as above: ITK's reader says what is wrong
         return None
+    data = _nifti_voxels(image, path)
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1 or not 2 <= len(size) <= 4:
         return None
     if data.dtype != dtype or int(np.prod(data.shape)) != int(np.prod(size)) \
             or tuple(n for n in data.shape if n != 1) != tuple(n for n in size if n != 1):
         return None
-    check_finite(data, str(path))
+    if dtype.kind == "f":
+        check_finite(data, str(path))
     # NIfTI stores x fastest, as ITK's buffer: the array in ITK's (..., y, x) index order is the file's, reversed.
     array = np.ascontiguousarray(data.reshape(size, order="F").transpose())
     result = sitk.GetImageFromArray(array, isVector=False)
@@ -187,7 +210,7 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image = _read_float_nifti(source) if nifti else None
+            image = _read_nifti(source) if nifti else None
             read_by_nibabel = image is not None
             if image is None:
                 image = sitk.ReadImage(str(source))
@@ -198,7 +221,10 @@ def read_volume(
                     f"{source} has zero or invalid voxel spacing in its header; ITK cannot place its voxels. "
                     "Fix the header or resave the image with its real voxel size."
                 ) from e
-            raise DataError(f"Cannot read {source} as an image: {str(e).strip().splitlines()[-1]}") from e
+            reason = str(e).strip().splitlines()[-1]
+            if "no such file or directory" in reason.lower():  # MetaIO's words for data it could not read
+                reason = "the voxel data is truncated, corrupt or (for .mhd) its data file is missing"
+            raise DataError(f"Cannot read {source} as an image: {reason}") from e
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
         if any(s <= 0 for s in image.GetSpacing()):

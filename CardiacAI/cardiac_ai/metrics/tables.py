@@ -53,10 +53,10 @@ def _check_case(case_id: object, pred: object, true: object) -> tuple[np.ndarray
             f"Case {case_id!r}: prediction has shape {pred.array.shape} but reference has {true.array.shape}; "
             "resample the prediction onto the reference grid first."
         )
-    if not pred.geometry.is_close(true.geometry):
+    differences = pred.geometry.differences(true.geometry)
+    if differences:
         raise InputError(
-            f"Case {case_id!r}: prediction and reference geometries differ (spacing {pred.geometry.spacing_mm} vs "
-            f"{true.geometry.spacing_mm} mm, origin {pred.geometry.origin_lps_mm} vs {true.geometry.origin_lps_mm}); "
+            f"Case {case_id!r}: prediction and reference geometries differ ({'; '.join(differences)}); "
             "resample the prediction onto the reference grid first."
         )
     pred_array = _as_labels(pred.array, f"case {case_id!r} prediction")

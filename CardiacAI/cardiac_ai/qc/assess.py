@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError, ModelError
 from ..geometry import Volume
-from ..labels import LABELS, LV_MYOCARDIUM, check_label_values
+from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
 from ..preprocessing import restore_labels
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
@@ -756,6 +756,11 @@ def assess_segmentation(
         else:
             log.warning(message)
 
+    judged = {0, RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL, SCAR, MVO}
+    unjudged = sorted(set(np.unique(label_array).tolist()) - judged)
+    if unjudged:
+        warn(f"QC: label code(s) {unjudged} ({', '.join(LABELS[c].display_name for c in unjudged)}) are not judged "
+             "and count as background; QC judges the RV and LV blood pools and the myocardium (scar and MVO included).")
     report(progress, 0.0, "QC: region of interest")
     roi_notes = Provenance()
     pairs, transform = qc_input(
@@ -815,6 +820,12 @@ def assess_segmentation(
         slice_dice, volume_dice = searched, searched_volume
     if empty:
         slice_dice[:] = 0.0
+        volume_dice[:] = 0.0
+    filled = ~np.any(label_array == 0, axis=(1, 2))
+    if filled.any():  # no heart segmentation labels every pixel of a slice, whatever a model makes of the crop
+        warn(f"QC: the segmentation labels every pixel of slice(s) {np.flatnonzero(filled).tolist()} (no "
+             "background): it is not a segmentation of the heart; predicted Dice 0 there and for the volume.")
+        slice_dice[filled] = 0.0
         volume_dice[:] = 0.0
     slice_min = np.where(np.isnan(slice_dice), np.inf, slice_dice).min(axis=1)
     flags = assessed & (slice_min < config.dice_threshold)

@@ -107,7 +107,8 @@ def check_rules(
     (2) slices without labels between the first and last labelled slice are flagged ("gap"); (3) the mid slice
     ``(first + last) // 2`` must hold the LV and RV blood pools with at least ``min_area_mm2`` each; (4) on every
     slice with LV blood pool, at least ``min_surround_fraction`` of the pixels just outside it (4-neighbours) must
-    be myocardium. A stack without any label fails with the volume reason "no labels".
+    be myocardium; (5) every slice keeps some background (labels filling a slice are no heart). A stack without any
+    label fails with the volume reason "no labels".
     """
     array = np.asarray(labels)
     if array.ndim != 3:
@@ -171,6 +172,10 @@ def check_rules(
                     f"myocardium surrounds only {100 * surround[k]:.0f} % of the LV blood pool "
                     f"(< {100 * min_surround_fraction:.0f} %)"
                 )
+
+        # (5) background left on every slice
+        for k in np.flatnonzero(~np.any(array == 0, axis=(1, 2))):
+            reasons[k].append("no background: the labels fill the whole slice")
 
     slice_reasons = tuple(tuple(r) for r in reasons)
     flags = np.array([bool(r) for r in slice_reasons], dtype=bool)
