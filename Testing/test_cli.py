@@ -85,6 +85,25 @@ def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
     assert read_volume(source).array.sum() == 32
 
 
+def test_convert_refuses_a_folder_as_output_and_spacing_for_a_format_with_a_header(tmp_path, capsys):
+    source = tmp_path / "image.nii.gz"
+    write_volume(Volume(np.ones((2, 4, 4), np.float32), Geometry((1.5, 1.5, 8.0))), source)
+    (tmp_path / "out.nii.gz").mkdir()
+    code, _, err = _run(capsys, "convert", str(source), "--out", str(tmp_path / "out.nii.gz"), "--overwrite")
+    assert code == 4 and "is a folder" in err and (tmp_path / "out.nii.gz").is_dir()
+    code, _, err = _run(capsys, "convert", str(source), "--out", str(tmp_path / "o.nrrd"), "--spacing", "3", "3")
+    assert code == 2 and "PNG input only" in err and not (tmp_path / "o.nrrd").exists()
+
+
+def test_negative_seed_or_frame_is_an_argument_error(tmp_path, capsys):
+    for argv in (["demo", "--out", str(tmp_path / "d"), "--seed", "-5"],
+                 ["convert", "x.nii.gz", "--out", str(tmp_path / "o.nii.gz"), "--frame", "-1"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_missing_input_is_a_one_line_error(tmp_path, capsys):
     code, _, err = _run(capsys, "convert", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "o.nii.gz"))
     assert code == 2 and "not found" in err and len(err.strip().splitlines()) == 1

@@ -229,7 +229,7 @@ def test_colour_png_raises_input_error(tmp_path):
 
 def test_png_zero_spacing_and_corrupt_file_are_refused(tmp_path):
     write_png(np.zeros((4, 4), np.uint8), tmp_path / "ok.png")
-    with pytest.raises(InputError, match="positive"):
+    with pytest.raises(InputError, match="spacing given for ok.png .* positive"):
         read_png(tmp_path / "ok.png", spacing_mm=(0.0, 1.0))
     (tmp_path / "junk.png").write_bytes(b"not a png at all")
     with pytest.raises(DataError, match="junk.png"):

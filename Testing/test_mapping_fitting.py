@@ -163,6 +163,7 @@ def test_fit_molli_torch_cpu_matches_numpy_and_reports_progress():
         (np.ones((8, 1, 4, 4)), [0.0] + MOLLI_TIS_MS[1:], "finite and positive"),
         (np.ones((8, 1, 4, 4)), [float("nan")] + MOLLI_TIS_MS[1:], "finite and positive"),
         (np.ones((8, 1, 4, 4)), [100.0, 100.0, 200.0, 200.0] * 2, "only 2 distinct"),
+        (np.ones((8, 1, 4, 4)), [t / 1000 for t in MOLLI_TIS_MS], "in seconds"),
         (np.full((8, 1, 4, 4), np.nan), MOLLI_TIS_MS, "NaN or Inf"),
         (-np.ones((8, 1, 4, 4)), MOLLI_TIS_MS, "signed=True"),
     ],
@@ -239,6 +240,7 @@ def test_fit_t2_constant_signal_is_nonphysical_and_masked_pixels_are_nan():
         (3, T2PREP_TES_MS, "mono_offset", "at least 4 frames"),
         (3, [0.0, 25.0], "mono", "3 frames but 2 echo times"),
         (3, [-5.0, 25.0, 55.0], "mono", "finite and non-negative"),
+        (3, [0.0, 0.025, 0.055], "mono", "in seconds"),
         (3, T2PREP_TES_MS, "biexponential", "model must be"),
     ],
 )

@@ -277,6 +277,37 @@ def test_cli_ecv_with_haematocrit_matches_the_hand_computed_value(models_dir, un
     assert np.median(ecv_map[labels == 2]) == pytest.approx(0.25, abs=0.03) and np.all(ecv_map[labels != 2] == 0)
 
 
+def test_cli_ecv_resamples_a_post_contrast_map_with_another_field_of_view_onto_the_native_grid(
+        models_dir, unseen, tmp_path, capsys):
+    from cardiac_ai.geometry import Geometry, Volume
+
+    native = unseen.t1_map_ms
+    write_volume(native, tmp_path / "native.nii.gz")
+    post = _post_contrast(unseen, ecv=0.25, haematocrit=0.42)
+    rows, columns = post.shape[1:]
+    j0, i0 = rows // 8, columns // 8  # a smaller field of view, shifted: the same slices in scanner coordinates
+    geometry = native.geometry
+    origin = geometry.index_to_lps(np.array([[0.0, j0, i0]]))[0]
+    cropped = Volume(post[:, j0:rows - j0 // 2, i0:columns - i0 // 2].copy(),
+                     Geometry(geometry.spacing_mm, tuple(origin), geometry.direction_lps))
+    write_volume(cropped, tmp_path / "post_crop.nii.gz")
+    common = ["--haematocrit", "0.42", "--device", "cpu", "--models-dir", str(models_dir)]
+    assert main(["ecv", str(tmp_path / "native.nii.gz"), str(tmp_path / "post_crop.nii.gz"), "--out",
+                 str(tmp_path / "e"), *common]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["ecv"]["myocardium"]["ecv_fraction"] == pytest.approx(0.25, abs=0.03)
+    assert "resampled onto the native grid" in report["ecv"]["roi_source"]
+    assert any("resampled" in w for w in report["provenance"]["warnings"])
+    assert read_volume(tmp_path / "e" / "ecv_map.nii.gz").geometry.is_close(native.geometry)
+
+    far = Geometry(geometry.spacing_mm, tuple(np.asarray(geometry.origin_lps_mm) + [0.0, 0.0, 500.0]),
+                   geometry.direction_lps)  # other slices altogether
+    write_volume(Volume(post, far), tmp_path / "post_far.nii.gz")
+    assert main(["ecv", str(tmp_path / "native.nii.gz"), str(tmp_path / "post_far.nii.gz"), "--out",
+                 str(tmp_path / "f"), *common]) == 2
+    assert "covers only 0 % of the myocardium" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
 def test_cli_ecv_refuses_a_percentage_haematocrit(models_dir, unseen, tmp_path, capsys):
     write_volume(unseen.t1_map_ms, tmp_path / "native.nii.gz")
     write_volume(unseen.t1_map_ms.with_array(_post_contrast(unseen, ecv=0.25, haematocrit=0.42)),
@@ -332,6 +363,29 @@ def test_cli_fit_map_reads_inversion_times_from_dicom_headers(noiseless, tmp_pat
     myocardium = noiseless.labels.array == 2
     truth = noiseless.t1_map_ms.array[myocardium]
     assert np.median(np.abs(fitted.array[myocardium] - truth) / truth) < 0.02  # pixels rounded to integers
+
+
+def test_cli_fit_map_refuses_dicom_frames_off_the_first_frames_grid_and_names_a_corrupt_file(noiseless, tmp_path,
+                                                                                               capsys):
+    import pydicom
+
+    _write_dicom_molli(noiseless, tmp_path / "shifted")
+    for path in sorted((tmp_path / "shifted").iterdir()):  # every slice of frame 3 moved by 4 mm
+        ds = pydicom.dcmread(str(path))
+        if ds.InstanceNumber == 3:
+            ds.ImagePositionPatient = [float(v) + 4.0 * (i == 0) for i, v in enumerate(ds.ImagePositionPatient)]
+            ds.save_as(str(path))
+    assert main(["fit-map", str(tmp_path / "shifted"), "--kind", "molli", "--out", str(tmp_path / "a"),
+                 "--device", "cpu"]) == 2
+    assert "frame 2 lies on another grid than frame 0 (origin" in capsys.readouterr().err
+
+    _write_dicom_molli(noiseless, tmp_path / "cut")
+    victim = sorted((tmp_path / "cut").iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:-500])
+    assert main(["fit-map", str(tmp_path / "cut"), "--kind", "molli", "--out", str(tmp_path / "b"),
+                 "--device", "cpu"]) == 2
+    assert f"Cannot read the pixel data of {victim}" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_bright_organ_far_from_the_heart_does_not_replace_a_small_apical_lv(models, unseen, monkeypatch):

@@ -150,6 +150,20 @@ def test_cam_command_explains_a_chosen_class_and_can_use_the_pseudo_label(traine
     assert code == 2 and not (tmp_path / "bad").exists()
 
 
+def test_cam_refuses_an_image_smaller_than_a_heart_and_notes_a_single_slice(trained_weak_models, cohort, tmp_path,
+                                                                             capsys):
+    image = cohort[0].image
+    small = image.with_array(image.array[:, :8, :8].copy())  # 24 x 24 mm
+    write_volume(small, tmp_path / "small.nii.gz")
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    assert main(["cam", str(tmp_path / "small.nii.gz"), "--out", str(tmp_path / "s"), *common]) == 2
+    assert "less than a short-axis view" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    write_volume(image.with_array(image.array[2:3].copy()), tmp_path / "one.nii.gz")
+    assert main(["cam", str(tmp_path / "one.nii.gz"), "--out", str(tmp_path / "one"), *common]) == 0
+    report = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert any(w.startswith("One slice") for w in report["cam"]["warnings"])
+
+
 def test_cam_command_without_a_weak_model_says_how_to_train_one(tmp_path, cohort, capsys, monkeypatch):
     image_path = tmp_path / "image.nii.gz"
     write_volume(cohort[0].image, image_path)

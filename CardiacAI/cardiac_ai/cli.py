@@ -97,6 +97,17 @@ def _command(name: str):
     return register
 
 
+def _whole_number_at_least_0(text: str) -> int:
+    """argparse type of seeds and frame numbers: a whole number >= 0 (a negative one is an argument error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
@@ -113,17 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", parents=[common], help="convert an image (NIfTI, NRRD, MHA, DICOM folder, PNG)")
     p.add_argument("input", help="input file or DICOM folder")
     p.add_argument("--out", required=True, help="output file: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd for labels")
-    p.add_argument("--frame", type=int, help="0-based frame of a 4D series")
+    p.add_argument("--frame", type=_whole_number_at_least_0, help="0-based frame of a 4D series")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing for PNG input (i j [k])")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read when the folder holds several series")
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on the bundled synthetic phantom")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole_number_at_least_0, default=0)
 
     cine = argparse.ArgumentParser(add_help=False)
     group = cine.add_argument_group("cine segmentation")
-    group.add_argument("--frame", type=int, help="0-based frame of a 4D cine file")
+    group.add_argument("--frame", type=_whole_number_at_least_0, help="0-based frame of a 4D cine file")
     group.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
     group.add_argument("--mode", choices=["region-aware", "baseline"], default="region-aware",
                        help="region-aware: slice-region classifier + base/middle/apex models (default)")
@@ -211,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int,
                    help="square crop in pixels (default 128; weak-cam: 96, a multiple of 16, around the image centre)")
     p.add_argument("--spacing", type=float, help="in-plane spacing in mm the model works at (default 1.25; weak-cam 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole_number_at_least_0, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--model-name", default="custom_unet2d",
                    help="segmentation: name of the registered model (weak-cam registers weak_cam_classifier and "
@@ -292,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CAM method; default: the one chosen on validation patients (in the model card)")
     p.add_argument("--pseudo-label", action="store_true",
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
-    p.add_argument("--frame", type=int, help="frame of a 4D input (0-based)")
+    p.add_argument("--frame", type=_whole_number_at_least_0, help="frame of a 4D input (0-based)")
 
     p = sub.add_parser("fibrosis", parents=[common, quality],
                        help="LGE scar segmentation: myocardium, scar, MVO, transmurality")
@@ -401,6 +412,16 @@ def _list_models(args: argparse.Namespace) -> list[str]:
 def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input, read_volume, write_volume
 
+    out = Path(args.out)
+    ensure_not_input(out, [args.input])
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; convert writes one file: give a file path such as "
+                          f"{out / 'image.nii.gz'}.")
+    if out.exists() and not args.overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it.")
+    if args.spacing and (args.series_uid or not str(args.input).lower().endswith(".png")):
+        raise InputError("--spacing applies to PNG input only (a PNG stores no pixel size); other formats keep the "
+                         "spacing of their header.")
     progress(0.0, "Reading")
     kwargs = {}
     if args.series_uid:
@@ -413,10 +434,6 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
         if args.spacing:
             kwargs["spacing_mm"] = tuple(args.spacing)
         volume = read_volume(args.input, frame=args.frame, **kwargs)
-    out = Path(args.out)
-    ensure_not_input(out, [args.input])
-    if out.exists() and not args.overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it.")
     progress(0.5, "Writing")
     if out.name.lower().endswith(".seg.nrrd"):
         import numpy as np

@@ -370,8 +370,8 @@ def run_batch(
         module-level function); a worker whose models do not load fails every case it is given.
 
     A case whose folder already holds a readable ``report.json`` is skipped when ``resume`` (a finished earlier run;
-    the report is written last), its summary columns read from that report; otherwise a stale ``report.json`` is removed before the case runs, so that a redone
-    case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
+    the report is written last), its summary columns read from that report; otherwise a stale ``report.json`` is
+    removed before the case runs, so that a redone case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
     :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
     ``qc_min_dice``, ``qc_flagged_slices`` and ``qc_needs_review``), read from the ``report.json`` each case wrote, then
@@ -712,7 +712,7 @@ def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
     """(t, k, j, i) Volume of a DICOM mapping series (several frames per slice position) and per-slice times."""
     import pydicom
 
-    from .io.dicom import _slice_geometry, list_dicom_series  # the one implementation of DICOM slice geometry
+    from .io.dicom import _read_pixels, _slice_geometry, list_dicom_series  # one DICOM slice reader
     from .mapping.fitting import timings_from_dicom
 
     infos = list_dicom_series(folder)
@@ -754,12 +754,17 @@ def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
     _, geometry = _slice_geometry(info, [g[0] for g in positions])
     frames = []
     for t in range(counts[0]):
-        slices = []
-        for group in positions:
-            dataset = pydicom.dcmread(group[t].filename)
-            slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-            slices.append(dataset.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept))
+        # every frame must lie on the first one's grid (size, spacing, orientation, position), not only frame 0
+        _, frame_geometry = _slice_geometry(info, [g[t] for g in positions])
+        differences = geometry.differences(frame_geometry, atol_mm=0.01, atol_direction=1e-3)
+        if differences:
+            raise InputError(f"{folder}: frame {t} lies on another grid than frame 0 ({'; '.join(differences)}); "
+                             "a mapping series needs every frame on one grid.")
+        slices = [_read_pixels(group[t].filename) for group in positions]
+        shapes = {pixels.shape for pixels in slices} | ({frames[0].shape[1:]} if frames else set())
+        if len(shapes) > 1:
+            raise InputError(f"{folder}: frame {t} holds images of another size than frame 0; a mapping series "
+                             "needs one image size.")
         frames.append(np.stack(slices))
     times = [timings_from_dicom(group, kind=kind) for group in positions]
     return Volume(np.stack(frames), geometry, "tkji"), times
@@ -955,14 +960,15 @@ def ecv_files(
 ) -> dict:
     """``cardiacai ecv``: extracellular volume from a native and a post-contrast T1 map.
 
-    The native map is segmented (:func:`~cardiac_ai.mapping.analyse_map`). When both maps share one grid (shape
-    and geometry: co-registered, as scanners write them) the native contours are used on both, and a pixelwise
-    ECV map is written (``ecv_map.nii.gz``, fraction, 0 outside the myocardium and where a T1 is missing). Otherwise
-    the post-contrast map is segmented on its own, only ROI values are given, and a warning says so. ECV
+    The native map is segmented (:func:`~cardiac_ai.mapping.analyse_map`) and its contours are used on both maps;
+    a pixelwise ECV map is written (``ecv_map.nii.gz``, fraction, 0 outside the myocardium and where a T1 is
+    missing). A post-contrast map on another grid (another field of view) is first resampled onto the native grid
+    in scanner coordinates (linear, no registration), with a warning; one that covers less than half of the native
+    myocardium is refused. ECV
     ``(1 - Hct) * dR1_myo / dR1_blood`` uses the median myocardial and LV blood-pool (eroded 2 mm) T1 of each map;
     without ``haematocrit`` the synthetic haematocrit from native blood T1 (Treibel et al. 2016, 1.5 T).
 
-    Writes ``labels.nii.gz`` (native: 2 myocardium, 3 LV blood pool), ``ecv_map.nii.gz`` (same grid only) and
+    Writes ``labels.nii.gz`` (native: 2 myocardium, 3 LV blood pool), ``ecv_map.nii.gz`` (native grid) and
     ``report.json`` (``ecv``: myocardium, septal ROI and AHA segments).
 
     Raises
@@ -979,8 +985,12 @@ def ecv_files(
     provenance = provenance or Provenance(command="ecv")
     provenance.parameters.update({"native": str(native_path), "post": str(post_path), "haematocrit": haematocrit})
     if haematocrit is not None and not (np.isfinite(haematocrit) and 0.0 < haematocrit < 1.0):
-        hint = f" It looks like a percentage: pass {haematocrit / 100:.2f}." if 1.0 < haematocrit <= 100.0 else ""
+        hint = (f" It looks like a percentage: pass {haematocrit / 100:.2f}." if 10.0 <= haematocrit <= 100.0
+                else "")
         raise InputError(f"haematocrit must be a fraction between 0 and 1, got {haematocrit!r}.{hint}")
+    if haematocrit is not None and not 0.15 <= haematocrit <= 0.65:
+        provenance.warn(f"A haematocrit of {haematocrit:g} is outside the range seen in patients (0.15-0.65); "
+                        "check the value (a fraction: 0.42 for 42 %).", log)
     with output_folder(out_dir, overwrite=overwrite, inputs=[native_path, post_path]) as out:
         with provenance.timed("read"):
             native = read_input(native_path, series_uid=series_uid)
@@ -1001,25 +1011,30 @@ def ecv_files(
         spacing_ji = tuple(native.geometry.spacing_kji_mm[1:])
         post_values = np.where(post_clean > 0, post_clean, np.nan).astype(np.float64)
         native_values = np.where(native.array > 0, native.array, np.nan).astype(np.float64)
+        labels = native_analysis.labels.array
         if same_grid:
             roi_source = "native contours on both maps (one grid)"
-            labels = native_analysis.labels.array
-            post_myocardium = myocardial_statistics(post_values, labels == 2, erosion_mm=erosion_mm,
-                                                    spacing_ji_mm=spacing_ji)
-            post_blood = lv_blood_pool_t1(post_values, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
         else:
-            roi_source = "each map segmented on its own (different grids)"
+            # the post-contrast map segments badly on its own (its contrast is not the native one the model
+            # learnt); the native contours apply once both maps are on one grid in scanner coordinates
+            from .preprocessing import resample_onto
+
+            post_values = resample_onto(post.with_array(post_values), native).array
+            covered = float(np.mean(np.isfinite(post_values[labels == 2])))
+            if covered < 0.5:
+                raise InputError(
+                    f"The post-contrast map {post_path} covers only {100 * covered:.0f} % of the myocardium found in "
+                    f"the native map {native_path} (different slice positions or fields of view); ECV needs both "
+                    "maps of the same slices."
+                )
+            roi_source = "native contours on both maps (post-contrast map resampled onto the native grid)"
             provenance.warn(
-                "The native and post-contrast maps are on different grids; each was segmented on its own and only "
-                "ROI values are given (no ECV map). Resample the post-contrast map onto the native one for a map.",
-                log,
-            )
-            post_analysis = analyse_map(post, kind="t1", models=models, erosion_mm=erosion_mm, post_contrast=True,
-                                        device=device, progress=subrange(progress, 0.45, 0.9),
-                                        provenance=provenance)
-            if post_analysis.myocardium is None or post_analysis.lv_blood_pool is None:
-                raise InputError(f"No myocardium or LV blood pool was found in the post-contrast map {post_path}.")
-            post_myocardium, post_blood = post_analysis.myocardium, post_analysis.lv_blood_pool
+                "The native and post-contrast maps are on different grids: the post-contrast map was resampled "
+                f"(linear, scanner coordinates, no registration) onto the native grid, which it covers for "
+                f"{100 * covered:.0f} % of the myocardium, and the native contours were used on both.", log)
+        post_myocardium = myocardial_statistics(post_values, labels == 2, erosion_mm=erosion_mm,
+                                                spacing_ji_mm=spacing_ji)
+        post_blood = lv_blood_pool_t1(post_values, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
         blood_native, blood_post = native_analysis.lv_blood_pool.median, post_blood.median
         myocardium = extracellular_volume(native_analysis.myocardium.median, post_myocardium.median, blood_native,
                                           blood_post, haematocrit=haematocrit)
@@ -1034,29 +1049,26 @@ def ecv_files(
 
         septal, segments = [], {}
         with provenance.timed("ecv"):
-            if same_grid:
-                for k, stats in sorted(native_analysis.septal.items()):
-                    post_stats = myocardial_statistics(
-                        post_values[k], _septal_mask(native_analysis, k), spacing_ji_mm=spacing_ji)
-                    if post_stats.n_pixels:
-                        septal.append(roi_entry(stats, post_stats, slice_index=k))
-                segment_map = native_analysis.segment_map.array
-                if segment_map.any():
-                    post_segments = segment_statistics(post_values, segment_map, erosion_mm=erosion_mm,
-                                                       spacing_ji_mm=spacing_ji)
-                    for segment, stats in native_analysis.segments.items():
-                        post_stats = post_segments.get(segment)
-                        if post_stats is not None and stats.n_pixels and post_stats.n_pixels:
-                            segments[str(segment)] = roi_entry(stats, post_stats)
-                ecv_map = extracellular_volume(native_values, post_values, blood_native, blood_post,
-                                               haematocrit=myocardium.haematocrit).ecv_fraction
-                ecv_map = np.where((labels == 2) & np.isfinite(ecv_map), ecv_map, 0.0).astype(np.float32)
-        outputs = ["labels.nii.gz", "report.json"]
+            for k, stats in sorted(native_analysis.septal.items()):
+                post_stats = myocardial_statistics(
+                    post_values[k], _septal_mask(native_analysis, k), spacing_ji_mm=spacing_ji)
+                if post_stats.n_pixels:
+                    septal.append(roi_entry(stats, post_stats, slice_index=k))
+            segment_map = native_analysis.segment_map.array
+            if segment_map.any():
+                post_segments = segment_statistics(post_values, segment_map, erosion_mm=erosion_mm,
+                                                   spacing_ji_mm=spacing_ji)
+                for segment, stats in native_analysis.segments.items():
+                    post_stats = post_segments.get(segment)
+                    if post_stats is not None and stats.n_pixels and post_stats.n_pixels:
+                        segments[str(segment)] = roi_entry(stats, post_stats)
+            ecv_map = extracellular_volume(native_values, post_values, blood_native, blood_post,
+                                           haematocrit=myocardium.haematocrit).ecv_fraction
+            ecv_map = np.where((labels == 2) & np.isfinite(ecv_map), ecv_map, 0.0).astype(np.float32)
+        outputs = ["labels.nii.gz", "ecv_map.nii.gz", "report.json"]
         with provenance.timed("write"):
             write_volume(native_analysis.labels, out / "labels.nii.gz")
-            if same_grid:
-                write_volume(Volume(ecv_map, native.geometry), out / "ecv_map.nii.gz")
-                outputs.insert(1, "ecv_map.nii.gz")
+            write_volume(Volume(ecv_map, native.geometry), out / "ecv_map.nii.gz")
         results = {
             "ecv": {
                 "myocardium": {

@@ -29,6 +29,7 @@ from .errors import InputError
 from .geometry import Geometry, Volume
 
 __all__ = [
+    "resample_onto",
     "InputSpec",
     "PreprocessTransform",
     "Preprocessed",
@@ -914,3 +915,19 @@ def _normalise(image: np.ndarray, spec: InputSpec, stats: tuple[float, float]) -
     if spec.normalization == "percentile":
         return np.clip((image - a) / (b - a), 0.0, 1.0).astype(np.float32)
     return ((image - a) / b).astype(np.float32)
+
+
+def resample_onto(volume: Volume, reference: Volume, *, default: float = math.nan) -> Volume:
+    """``volume`` resampled (linear, in patient coordinates) onto the grid of the 3D ``reference``: e.g. a
+    post-contrast map onto the native map of the same slices with another field of view. Points outside
+    ``volume`` get ``default``; NaN voxels spread to the points they touch (a missing value stays missing)."""
+    import SimpleITK as sitk
+
+    from .io.volumes import volume_from_sitk, volume_to_sitk
+
+    if volume.axes != "kji" or reference.axes != "kji":
+        raise InputError("resample_onto takes 3D (k, j, i) volumes.")
+    moving = volume_to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float64)))
+    grid = volume_to_sitk(reference.with_array(np.zeros(reference.array.shape, np.float32)))
+    resampled = sitk.Resample(moving, grid, sitk.Transform(), sitk.sitkLinear, float(default), sitk.sitkFloat64)
+    return volume_from_sitk(resampled)

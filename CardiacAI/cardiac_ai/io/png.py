@@ -6,6 +6,7 @@ every distance computed from such a volume is in pixels.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +35,10 @@ def _spacing_ijk(spacing_mm: Sequence[float] | None, source: Path) -> tuple[floa
         values = (*values, 1.0)
     if len(values) != 3:
         raise InputError(f"spacing_mm must be (i, j) or (i, j, k) in mm, got {spacing_mm!r}.")
-    return values  # Geometry checks that every value is finite and positive
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"The pixel spacing given for {source.name} (--spacing) must be positive mm, got "
+                         f"{list(spacing_mm)}.")
+    return values
 
 
 def read_png(

@@ -287,6 +287,11 @@ def _check_series(images: Volume, name: str, what: str) -> None:
         )
 
 
+#: A series whose longest time is below this (ms) was given in seconds: MOLLI inversion times reach well over a
+#: second, T2-prepared echo times tens of ms.
+SECONDS_IF_LONGEST_BELOW_MS = {"inversion times": 50.0, "echo times": 5.0}
+
+
 def _check_times(times: Sequence[float], n_frames: int, *, name: str, what: str, minimum: int, fn: str,
                  allow_zero: bool) -> np.ndarray:
     try:
@@ -306,6 +311,12 @@ def _check_times(times: Sequence[float], n_frames: int, *, name: str, what: str,
         raise InputError(
             f"{fn}: {name} must be finite and {rule} (ms), got {values.tolist()} (bad at positions "
             f"{np.flatnonzero(bad).tolist()}). Check the units (ms, not s) and the DICOM or sidecar timing source."
+        )
+    longest = float(values.max())
+    if longest < SECONDS_IF_LONGEST_BELOW_MS[what]:
+        raise InputError(
+            f"{fn}: the longest of the {what} is {longest:g} ms, too short for a real series: are {name} in seconds? "
+            f"Pass them in ms (multiply by 1000): {[round(v * 1000, 3) for v in values.tolist()]}."
         )
     n_distinct = np.unique(values).size
     if n_distinct < 3:

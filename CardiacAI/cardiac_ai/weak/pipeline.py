@@ -96,6 +96,10 @@ def _class_index(explain: str | None, classes: Sequence[str]) -> int | None:
     return list(classes).index(explain)
 
 
+#: Smallest in-plane extent (mm) of an image that can show a short-axis view of the heart.
+MIN_FIELD_OF_VIEW_MM = 80.0
+
+
 def explain_volume(
     volume: Volume,
     models: WeakModels,
@@ -125,6 +129,13 @@ def explain_volume(
 
     if volume.axes != "kji":
         raise InputError(f"cam needs a 3D (k, j, i) volume, got axes {volume.axes!r}; choose a frame of 4D data.")
+    field_of_view = np.asarray(volume.array.shape[1:]) * np.asarray(volume.geometry.spacing_kji_mm[1:])
+    if field_of_view.min() < MIN_FIELD_OF_VIEW_MM:
+        raise InputError(
+            f"The image covers {field_of_view[1]:.0f} x {field_of_view[0]:.0f} mm, less than a short-axis view of "
+            f"the heart ({MIN_FIELD_OF_VIEW_MM:.0f} mm at least); cam needs a short-axis cine image (check the "
+            "pixel size in the header)."
+        )
     provenance = provenance or Provenance(command="cam")
     card = models.classifier.card
     classes = tuple(card.label_map[i] for i in sorted(card.label_map))
@@ -150,6 +161,9 @@ def explain_volume(
                       device=str(target_device))
     scaled = scale_cams(cams)
     warnings: list[str] = []
+    if volume.array.shape[0] == 1:
+        warnings.append(f"One slice: heart_volume_ml is its heart area times the slice thickness of the header "
+                        f"({volume.geometry.spacing_kji_mm[0]:g} mm; a 2D file has none and gets 1 mm).")
     if models.segmenter is not None and use_segmenter:
         report(progress, 0.6, "Weak U-Net")
         segmenter = models.segmenter
