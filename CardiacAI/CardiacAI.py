@@ -1587,7 +1587,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         :param haematocrit: measured haematocrit as a fraction (0.42); None uses the synthetic haematocrit.
         :return: dict with "segmentationNode" (native map: myocardium, LV blood pool), "ecvVolumeNode" (pixelwise
-            ECV fraction when both maps share one grid, else None), "summaryTableNode" (myocardial ECV in %,
+            ECV fraction on the native grid; None only from an older backend), "summaryTableNode" (myocardial ECV in %,
             haematocrit, median T1 values), "regionsTableNode" (septal ROIs, AHA segments), "ecv" (the report's
             values), "inputVolumeNode", "warnings" and "report".
         :raises ValueError: a haematocrit that is not a fraction.
