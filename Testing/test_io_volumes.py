@@ -374,4 +374,4 @@ def test_a_rerun_with_overwrite_clears_the_earlier_runs_outputs_it_no_longer_mak
         write_text_atomic(folder / "labels.csv", "4")
         write_report(folder, provenance=Provenance(command="x"), results={})
     assert {p.name for p in out.iterdir()} == {"labels.csv", "report.json", "notes.txt"}
-    assert json.loads((out / "report.json").read_text())["provenance"]["outputs"] == ["labels.csv", "report.json"]
+    assert json.loads((out / "report.json").read_text())["outputs"] == ["labels.csv", "report.json"]

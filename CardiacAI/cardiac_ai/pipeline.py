@@ -572,7 +572,7 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again if it was created here and the job
     failed before writing anything into it: bad input leaves no partial output behind.
 
-    The files written into the folder are recorded (``report.json`` lists them under ``provenance.outputs``). A job
+    The files written into the folder are recorded (``report.json`` lists them under ``outputs``). A job
     that succeeds in a folder an earlier run wrote (``--overwrite``) removes that run's outputs it did not write
     again (a QC table after a rerun with ``--no-qc``), so the folder never mixes two runs; other files stay."""
     from .io.atomic import recording_outputs
@@ -595,12 +595,12 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
 
 
 def _earlier_outputs(folder: Path) -> set[str]:
-    """The files the run that wrote ``folder/report.json`` made there (its ``provenance.outputs``); empty for a
-    report without the list (versions before it) or none."""
+    """The files the run that wrote ``folder/report.json`` made there (its ``outputs``); empty for a report without
+    the list (the segmentation reports of versions before it) or none."""
     import json
 
     try:
-        listed = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))["provenance"]["outputs"]
+        listed = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))["outputs"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     return {name for name in listed if isinstance(name, str) and Path(name).name == name}
@@ -625,7 +625,6 @@ def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict
     from .mapping.statistics import bullseye_plot
 
     qc = qc or {}
-    qc_outputs = [QC_SLICES_NAME] if qc.get("qc") is not None else []
 
     with provenance.timed("write"):
         write_volume(analysis.labels, out / "labels.nii.gz")
@@ -638,7 +637,6 @@ def _write_map_outputs(out: Path, analysis, provenance: Provenance, inputs: dict
         "kind": analysis.kind,
         "labels": "labels.nii.gz: 2 LV myocardium, 3 LV blood pool (drawn from the fitted contours; the RV found by "
                   "the network is used only for the RV insertion points and is not written)",
-        "outputs": ["labels.nii.gz", "stats.json", "contours.json", "bullseye.png", *qc_outputs, "report.json"],
         "myocardium_median_ms": None if analysis.myocardium is None else analysis.myocardium.median,
         "myocardium_statistics_ms": None if analysis.myocardium is None else analysis.myocardium.to_dict(),
         "lv_blood_pool_median_ms": None if analysis.lv_blood_pool is None else analysis.lv_blood_pool.median,
@@ -929,7 +927,6 @@ def fit_map_file(
             "input": {"path": str(series_path), "shape_tkji": list(series.array.shape),
                       "geometry": geometry.to_dict()},
             "kind": kind,
-            "outputs": [f"{quantity}_map.nii.gz", "r2_map.nii.gz", "report.json"],
             "units": "ms",
             "times_ms": times[0] if len(groups) == 1 else times,
             "times_source": origin,
@@ -1065,7 +1062,6 @@ def ecv_files(
             ecv_map = extracellular_volume(native_values, post_values, blood_native, blood_post,
                                            haematocrit=myocardium.haematocrit).ecv_fraction
             ecv_map = np.where((labels == 2) & np.isfinite(ecv_map), ecv_map, 0.0).astype(np.float32)
-        outputs = ["labels.nii.gz", "ecv_map.nii.gz", "report.json"]
         with provenance.timed("write"):
             write_volume(native_analysis.labels, out / "labels.nii.gz")
             write_volume(Volume(ecv_map, native.geometry), out / "ecv_map.nii.gz")
@@ -1085,7 +1081,6 @@ def ecv_files(
                 "roi_source": roi_source,
             },
             "native": native_analysis.stats_dict(),
-            "outputs": outputs,
         }
         write_report(out, provenance=provenance, results=results)
     report(progress, 1.0, "Done")
@@ -1351,17 +1346,14 @@ def qc_file(
                                          progress=subrange(progress, 0.05, 0.9), regressor=regressor)
         if result.predictor in ("regressor", "combined"):
             provenance.models.append(regressor.model_use())
-        outputs = ["report.json", QC_SLICES_NAME]
         with provenance.timed("write"):
             write_csv(out / QC_SLICES_NAME, result.slice_table_rows())
             if write_surrogate:
                 write_volume(result.surrogate, out / "surrogate.nii.gz")
                 write_seg_nrrd(result.surrogate, out / "surrogate.seg.nrrd", reference=image)
-                outputs += ["surrogate.nii.gz", "surrogate.seg.nrrd"]
         write_report(out, provenance=provenance, results={
             "input": {"image": str(image_path), "labels": str(labels_path), "shape_kji": list(image.array.shape),
                       "geometry": image.geometry.to_dict()},
-            "outputs": outputs,
             "qc": result.to_dict(),
         })
     report(progress, 1.0, "Done")
@@ -1452,7 +1444,6 @@ def cam_file(
         write_report(out, provenance=provenance, results={
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},
-            "outputs": ["cam.nii.gz", "labels.nii.gz", "segmentation.seg.nrrd", "cam_slices.csv", "report.json"],
             "cam": result.to_report(),
         })
     report(progress, 1.0, "Done")

@@ -94,7 +94,9 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_report(out_dir: str | os.PathLike, *, provenance: Provenance, results: Mapping[str, Any]) -> Path:
-    """Write ``out_dir/report.json``: ``{"cardiac_ai": version, "provenance": {...}, **results}``.
+    """Write ``out_dir/report.json``: ``{"cardiac_ai": version, "provenance": {...}, **results}``, and ``outputs``,
+    the files the command wrote into ``out_dir`` (when it writes them inside
+    :func:`~cardiac_ai.io.atomic.recording_outputs`, as every command does), this report included.
 
     Parameters
     ----------
@@ -120,7 +122,7 @@ def write_report(out_dir: str | os.PathLike, *, provenance: Provenance, results:
     report = {"cardiac_ai": __version__, "provenance": provenance.to_dict(), **results}
     outputs = recorded_outputs(out_dir)
     if outputs is not None:  # what this run wrote, so that a rerun with --overwrite can clear what it no longer makes
-        report["provenance"]["outputs"] = sorted({*outputs, REPORT_NAME})
+        report["outputs"] = sorted({*outputs, REPORT_NAME})
     return write_json(Path(out_dir) / REPORT_NAME, report)
 
 
