@@ -28,6 +28,13 @@ def test_info_json_reports_versions_and_device(capsys):
     assert code == 0
     assert info["device"] == "cpu" and info["cardiac_ai"] and info["torch"]
     assert isinstance(info["models"], list)
+    assert "unet2d" in info["networks"]  # what `train --network` takes
+
+
+def test_info_names_a_model_card_it_cannot_use(tmp_path, capsys):
+    (tmp_path / "lge_myocardium-1.0.json").write_text("{not json")
+    code, out, _ = _run(capsys, "info", "--json", "--models-dir", str(tmp_path))
+    assert code == 0 and any("lge_myocardium-1.0.json" in c for c in json.loads(out)["unusable_model_cards"])
 
 
 def test_demo_writes_outputs_that_slicerio_reads_and_refuses_to_overwrite(tmp_path, capsys):

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from cardiac_ai.batch_summary import summary_values
+from cardiac_ai.batch_summary import summary_columns, summary_values
 from cardiac_ai.cli import build_parser
 from cardiac_ai.errors import DataError, InputError, ModelError
-from cardiac_ai.io.report import write_csv
+from cardiac_ai.io.atomic import write_text_atomic
+from cardiac_ai.io.report import write_csv, write_report
 from cardiac_ai.labels import LABELS, MVO, segment_terminology_string
 from cardiac_ai.models.registry import ModelCard
-from cardiac_ai.pipeline import BatchCase, run_batch
+from cardiac_ai.pipeline import BatchCase, output_folder, run_batch
+from cardiac_ai.provenance import Provenance
 from cardiac_ai.slicer_results import training_log_series
 from cardiac_ai.subprocess_runner import build_command
 from cardiac_ai.training.engine import LOG_FILE
@@ -286,7 +288,7 @@ def test_batch_summary_rows_read_back_with_volumes_errors_and_empty_cells(batch,
         batch.summary_row("p02", tmp_path / "p02.nii.gz", status="failed", error=RuntimeError("bad file"), seconds=1),
         batch.summary_row("p03", tmp_path / "p03.nii.gz", status="skipped (done earlier)"),
     ]
-    write_csv(tmp_path / "summary.csv", rows)  # what the script writes them with, inside Slicer
+    write_csv(tmp_path / "summary.csv", rows, columns=summary_columns(rows))  # as the script, in Slicer
     back = _read_csv(tmp_path / "summary.csv")
     assert [r["status"] for r in back] == ["ok", "failed", "skipped (done earlier)"]
     assert back[0]["rv_blood_pool_ml"] == "151.235" and back[0]["lv_mass_g"] == "102.9"
@@ -316,12 +318,54 @@ def test_batch_summary_has_the_columns_of_cardiacai_batch(batch, tmp_path):
                               values=summary_values(report)),
             batch.summary_row("bad", tmp_path / "bad.nii.gz", status="failed", seconds=1.0,
                               error=InputError("not a short-axis stack"))]
-    write_csv(tmp_path / "slicer.csv", rows)
+    write_csv(tmp_path / "slicer.csv", rows, columns=summary_columns(rows))  # as the script
     slicer = _read_csv(tmp_path / "slicer.csv")
     assert list(slicer[0]) == list(plain[0])
     assert plain[0]["qc_min_dice"] == "0.6123" and plain[0]["qc_needs_review"] == "True"
     for ours, theirs in zip(slicer, plain):
         assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
+
+
+def _writing_job(report: dict, settings: dict):
+    """A batch job that writes like a command: labels, a QC table when settings["qc"], then its report."""
+    def job(case, case_dir):
+        if case.case_id.startswith("bad"):
+            raise InputError("not a short-axis stack")
+        with output_folder(case_dir, overwrite=True) as folder:
+            write_text_atomic(folder / "labels.csv", "1")
+            if settings["qc"]:
+                write_text_atomic(folder / "qc_slices.csv", "2")
+            results = {k: v for k, v in report.items() if k != "provenance"}
+            write_report(folder, provenance=Provenance(command="segment-cine"), results=results)
+        return report
+    return job
+
+
+def test_batch_summary_header_is_the_same_whether_cases_fail_run_or_are_skipped(tmp_path):
+    report = _cine_report({"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}, [])
+    job = _writing_job(report, {"qc": True})
+    cases = [BatchCase("bad", (tmp_path / "a.nii.gz",)), BatchCase("good", (tmp_path / "g.nii.gz",))]
+    run_batch(cases, tmp_path / "out", task="segment-cine", models=None, job=job)
+    first = _read_csv(tmp_path / "out" / "summary.csv")
+    run_batch(cases[1:], tmp_path / "out", task="segment-cine", models=None, job=job)  # skipped: no seconds
+    again = _read_csv(tmp_path / "out" / "summary.csv")
+    columns = list(first[0])
+    assert columns[:3] == ["case_id", "inputs", "status"] and columns[-2:] == ["error", "seconds"]
+    assert list(again[0]) == columns and again[0]["status"] == "skipped (done earlier)"
+    assert again[0]["rv_blood_pool_ml"] == first[1]["rv_blood_pool_ml"] == "151.2"
+
+
+def test_a_redone_batch_case_keeps_nothing_of_its_earlier_run_but_the_users_files(tmp_path):
+    report = _cine_report({"rv_blood_pool": 151.2, "lv_myocardium": 98.0, "lv_blood_pool": 120.4}, [])
+    settings = {"qc": True}
+    cases = [BatchCase("good", (tmp_path / "g.nii.gz",))]
+    run_batch(cases, tmp_path / "out", task="segment-cine", models=None, job=_writing_job(report, settings))
+    case = tmp_path / "out" / "good"
+    (case / "notes.txt").write_text("mine")
+    settings["qc"] = False
+    run_batch(cases, tmp_path / "out", task="segment-cine", models=None, job=_writing_job(report, settings),
+              resume=False)
+    assert {p.name for p in case.iterdir()} == {"labels.csv", "report.json", "notes.txt"}
 
 
 def test_batch_script_summarises_through_the_backend_and_writes_atomically():
@@ -331,6 +375,7 @@ def test_batch_script_summarises_through_the_backend_and_writes_atomically():
     assert 'importBackend("batch_summary").summary_values' in source and 'summaryValues(result["report"])' in source
     assert "reportIO.write_json(caseFolder / DONE_MARKER" in source
     assert 'importBackend("batch_summary").earlier_summary_values' in source  # resumed cases keep their numbers
+    assert source.count("columns=summaryColumns(rows)") == 2  # one header whatever the rows hold
     assert "write_text(" not in source and "csv.DictWriter" not in source
 
 

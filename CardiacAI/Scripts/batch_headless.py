@@ -311,6 +311,7 @@ def main(argv) -> int:
         logic.setupPythonRequirements(requireTorch=True)  # PyTorch is present: only pip installs, no question
         summaryValues = CardiacAI.importBackend("batch_summary").summary_values
         earlierSummaryValues = CardiacAI.importBackend("batch_summary").earlier_summary_values
+        summaryColumns = CardiacAI.importBackend("batch_summary").summary_columns
         reportIO = CardiacAI.importBackend("io.report")
     except Exception as error:
         print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
@@ -326,7 +327,7 @@ def main(argv) -> int:
         if earlier is not None:  # a finished case keeps its numbers in the new summary
             rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)", values=earlier))
             print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
-            reportIO.write_csv(summaryPath, rows)
+            reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
             continue
         start = time.perf_counter()
         try:
@@ -341,7 +342,8 @@ def main(argv) -> int:
             rows.append(summary_row(caseId, inputPath, status="ok", values=summaryValues(result["report"]),
                                     seconds=seconds))
             print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
-        reportIO.write_csv(summaryPath, rows)  # after every case, so that an interrupted run still has its summary
+        # after every case, so that an interrupted run still has its summary
+        reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
 
     failed = [row["case_id"] for row in rows if row["status"] == "failed"]
     done = sum(row["status"] == "ok" for row in rows)

@@ -11,12 +11,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import CardiacAIError, DataError
 from .slicer_results import qc_entries, read_report, report_warnings
 
-__all__ = ["summary_values", "earlier_summary_values", "SUMMARY_COMMANDS"]
+__all__ = ["summary_values", "earlier_summary_values", "summary_columns", "SUMMARY_COMMANDS"]
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +163,20 @@ def earlier_summary_values(case_folder: str | os.PathLike) -> dict[str, Any] | N
     except (CardiacAIError, OSError, ValueError) as error:
         log.warning("Case %s: its earlier report.json is unusable (%s); running it again.", folder.name, error)
         return None
+
+
+#: The columns every batch summary has, before and after the task's numbers.
+SUMMARY_LEADING_COLUMNS = ("case_id", "inputs", "status")
+SUMMARY_TRAILING_COLUMNS = ("error", "seconds")
+
+
+def summary_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The header of a batch ``summary.csv``: case_id, inputs, status, the numbers' columns in the order the rows
+    first give them, then error and seconds, whether or not a case failed or ran (a skipped case has no seconds)."""
+    fixed = {*SUMMARY_LEADING_COLUMNS, *SUMMARY_TRAILING_COLUMNS}
+    values: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key not in fixed:
+                values.setdefault(str(key), None)
+    return [*SUMMARY_LEADING_COLUMNS, *values, *SUMMARY_TRAILING_COLUMNS]

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "case (status, the task's main numbers, warnings, QC, error, seconds). A case whose folder "
                     "holds report.json is skipped (--overwrite redoes it); a failing case never stops the batch, "
                     "and the exit status is then 5. The cine options apply to segment-cine and function (--frame "
-                    "also to cam), quality control to segment-cine, function and map.",
+                    "also to cam), quality control to segment-cine, function, map and fibrosis.",
     )
     p.add_argument("source", help="folder of inputs (a volume file, DICOM folder or, for fibrosis, PNG-slice folder "
                                   "per case) or CSV: case_id,input (function: case_id,ed,es)")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps")
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
-    p.add_argument("--out", help="folder for metrics.csv and summary.csv (optional)")
+    p.add_argument("--out", help="folder for metrics.csv, summary.csv and regional.csv (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
 
     p = sub.add_parser(
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: split.json and checkpoints/ (weak-cam: prepared slices, "
                                                 "run_classifier/, pseudo-labels, run_weak_*/)")
     p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
-    p.add_argument("--network", default="unet2d", help="segmentation: network name (see `cardiacai info`)")
+    p.add_argument("--network", default="unet2d", help="segmentation: network name (`cardiacai info` lists them)")
     p.add_argument("--epochs", type=int, help="default 100 (weak-cam: 30, of the classifier)")
     p.add_argument("--batch-size", type=int, help="default 16 (weak-cam: 32)")
     p.add_argument("--learning-rate", type=float, help="default 1e-3 (weak-cam: 1e-3 classifier, 2e-3 U-Net)")
@@ -384,28 +384,39 @@ def _info(args: argparse.Namespace, progress: ProgressCallback) -> int:
         info["monai"] = monai.__version__
     except ImportError:
         info["monai"] = None
-    info["models"] = _list_models(args)
+    info["models"], info["unusable_model_cards"] = _list_models(args)
+    try:
+        from .models.networks import network_names
+
+        info["networks"] = list(network_names())  # what `cardiacai train --network` takes
+    except ImportError:
+        info["networks"] = []
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
-            if key == "models":
-                print(f"{key:<{width}}  {len(value)} found")
+            if key in ("models", "unusable_model_cards"):
+                if key == "models" or value:
+                    print(f"{key:<{width}}  {len(value)} found")
                 for model in value:
                     print(f"{'':<{width}}  - {model}")
+            elif key == "networks":
+                print(f"{key:<{width}}  {', '.join(value)}")
             else:
                 print(f"{key:<{width}}  {value}")
     return 0
 
 
-def _list_models(args: argparse.Namespace) -> list[str]:
+def _list_models(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The models found ("name version") and the cards that were found but cannot be used ("path: why")."""
     try:
         from .models.registry import ModelRegistry
     except ImportError:
-        return []
+        return [], []
     registry = ModelRegistry(extra_paths=[Path(p) for p in args.models_dir])
-    return [f"{card.name} {card.version}" for card in registry.list()]
+    return ([f"{card.name} {card.version}" for card in registry.list()],
+            [f"{path}: {why}" for path, why in registry.problems.items()])
 
 
 @_command("convert")

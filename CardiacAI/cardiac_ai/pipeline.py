@@ -370,8 +370,9 @@ def run_batch(
         module-level function); a worker whose models do not load fails every case it is given.
 
     A case whose folder already holds a readable ``report.json`` is skipped when ``resume`` (a finished earlier run;
-    the report is written last), its summary columns read from that report; otherwise a stale ``report.json`` is
-    removed before the case runs, so that a redone case that fails is not taken as finished. A case that fails is recorded with its error and the batch goes on.
+    the report is written last), its summary columns read from that report; otherwise the earlier run's outputs
+    (its report's ``outputs``, the report itself included) are removed before the case runs, so that a redone case
+    that fails is not taken as finished and one that succeeds holds nothing of the earlier run. A case that fails is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
     :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
     ``qc_min_dice``, ``qc_flagged_slices`` and ``qc_needs_review``), read from the ``report.json`` each case wrote, then
@@ -382,7 +383,7 @@ def run_batch(
     InputError
         An unknown task, or ``options`` of another task (map without :class:`MapOptions`).
     """
-    from .batch_summary import earlier_summary_values
+    from .batch_summary import earlier_summary_values, summary_columns
 
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
@@ -413,7 +414,7 @@ def run_batch(
             continue
         start = time.perf_counter()
         try:
-            (case_dir / REPORT_NAME).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
+            _clear_earlier_run(case_dir)  # a redone case is unfinished until its report is back
             step = subrange(progress, number / len(cases), (number + 1) / len(cases))
             if job is not None:
                 from .batch_summary import summary_values
@@ -430,9 +431,10 @@ def run_batch(
             row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
-        write_csv(out / "summary.csv", rows)  # after every case, so an interrupted batch still has its summary
+        # after every case, so an interrupted batch still has its summary
+        write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases done")
-    write_csv(out / "summary.csv", rows)
+    write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
     return rows
 
 
@@ -459,7 +461,7 @@ def _batch_case_in_worker(task: str, case: BatchCase, case_dir: Path, options) -
     try:
         if "error" in _worker_state:
             raise ModelError(f"The models did not load in this batch worker: {_worker_state['error']}")
-        (case_dir / REPORT_NAME).unlink(missing_ok=True)
+        _clear_earlier_run(case_dir)
         values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
                                  qc=_worker_state["qc"], progress=None)
     except _CASE_ERRORS as error:
@@ -476,14 +478,15 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from .batch_summary import earlier_summary_values
+    from .batch_summary import earlier_summary_values, summary_columns
 
     rows: dict[int, dict] = {}
     pending = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
 
     def write_summary() -> None:
-        write_csv(out / "summary.csv", [rows[n] for n in sorted(rows)])
+        ordered = [rows[n] for n in sorted(rows)]
+        write_csv(out / "summary.csv", ordered, columns=summary_columns(ordered))
 
     report(progress, 0.0, f"Starting {workers} workers for {len(cases)} cases")
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -592,6 +595,13 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
         for name in sorted(earlier - written):
             (folder / name).unlink(missing_ok=True)
             log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name, folder)
+
+
+def _clear_earlier_run(folder: Path) -> None:
+    """Remove what the run that wrote ``folder/report.json`` made there (its ``outputs``, the report last): a batch
+    case that is redone holds nothing of its earlier run, finished or not, and other files stay."""
+    for name in sorted(_earlier_outputs(folder) - {REPORT_NAME}) + [REPORT_NAME]:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _earlier_outputs(folder: Path) -> set[str]:
