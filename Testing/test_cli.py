@@ -158,6 +158,37 @@ def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys
     code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"))
     assert code == 4 and "--resume" in err
 
+    common = ["train", "--data", str(data), "--layout", "generic", "--epochs", "2", "--crop-size", "32", "--spacing",
+              "3"]
+    split_before = (tmp_path / "run" / "split.json").read_text()
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run"), "--resume", "--seed", "7", "--epochs", "3")
+    assert code == 2 and "different config" in err  # refused: the run's split is untouched
+    assert (tmp_path / "run" / "split.json").read_text() == split_before
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run2"), "--register-to", str(tmp_path / "models"),
+                        "--model-name", "my_unet")
+    assert code == 4 and "already registered" in err and not (tmp_path / "run2").exists()
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run"), "--overwrite", "--seed", "3")
+    assert code == 0, err  # --overwrite starts the run again
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "odd"), "--crop-size", "40")
+    assert code == 2 and "divisible by 16" in err and not (tmp_path / "odd").exists()
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "fresh"), "--resume")
+    assert code == 0, err  # nothing to resume: a new run
+
+
+def test_train_refuses_label_maps_without_any_label_before_writing(tmp_path, capsys):
+    from cardiac_ai.phantom import make_phantom_cohort
+
+    data = tmp_path / "cohort"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for case in make_phantom_cohort(4, seed=2, phases=("ED",)):
+        write_volume(case.image, data / "images" / f"{case.case_id}.nii.gz")
+        empty = case.labels.with_array(np.zeros_like(case.labels.array))
+        write_volume(empty, data / "labels" / f"{case.case_id}.nii.gz")
+    code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"),
+                        "--epochs", "1", "--crop-size", "32", "--spacing", "3")
+    assert code == 2 and "holds a label" in err and not (tmp_path / "run").exists()
+
 
 def test_evaluate_writes_the_regional_table_for_stacks(tmp_path, capsys):
     truth = make_cine_phantom_labels()

@@ -183,3 +183,20 @@ def test_weak_cam_run_folder_is_refused_again_but_resumes(trained, capsys):
     assert main(command) == 4 and "--resume" in capsys.readouterr().err
     assert main([*command, "--resume", "--register-to", str(root / "again"), "--quiet"]) == 0
     assert (root / "again" / "weak_heart_unet-1.0.json").exists()
+
+
+def test_weak_cam_resume_refuses_other_data_and_registering_over_a_model(trained, tmp_path, capsys):
+    root = trained["root"]
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    (swapped / "images").symlink_to(root / "data" / "images")
+    lines = (root / "data" / "labels.csv").read_text().splitlines()
+    flip = {"DCM": "NOR", "NOR": "DCM"}
+    (swapped / "labels.csv").write_text("\n".join([lines[0]] + [",".join(line.split(",")[:2] + [
+        flip[line.split(",")[2]]]) for line in lines[1:]]) + "\n")
+    command = ["train", "--task", "weak-cam", "--label-column", "diagnosis", "--out", str(root / "run"), *TINY]
+    assert main([*command, "--data", str(swapped), "--resume", "--quiet"]) == 2
+    assert "started on other data" in capsys.readouterr().err
+    assert main([*command, "--data", str(root / "data"), "--resume", "--register-to", str(root / "models"),
+                 "--quiet"]) == 4
+    assert "already registered" in capsys.readouterr().err

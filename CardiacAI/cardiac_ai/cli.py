@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--model-name", default="custom_unet2d",
                    help="segmentation: name of the registered model (weak-cam registers weak_cam_classifier and "
-                        "weak_heart_unet)")
+                        "weak_heart_unet). Named cine_baseline, `cardiacai segment-cine --models-dir DIR --mode "
+                        "baseline` segments with it in place of the bundled baseline (the bundled localiser still "
+                        "finds the heart)")
     p.add_argument("--model-version", default="1.0")
     p.add_argument("--register-to", metavar="DIR", help="write the trained model(s) here (a --models-dir folder)")
     group = p.add_argument_group("weak-cam (image-level labels only; pixel label maps are never read)")
@@ -519,13 +521,13 @@ _WEAK_CAM_OPTIONS = ("label_column", "seg_epochs", "self_epochs", "prior", "weak
 @_command("train")
 def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .datasets import (
-        default_acdc_split, groups_from_refs, list_acdc, list_emidec, list_generic, load_case, load_split,
-        make_patient_split, refs_in_part, save_split,
+        default_acdc_split, groups_from_refs, keep_run_split, list_acdc, list_emidec, list_generic, load_case,
+        load_split, make_patient_split, refs_in_part,
     )
     from .labels import LABELS
     from .preprocessing import InputSpec
     from .training import TrainingConfig
-    from .training.segmentation import train_segmentation
+    from .training.segmentation import check_network_takes_crop, train_segmentation
 
     for name, value in _TRAIN_DEFAULTS[args.task].items():
         if getattr(args, name) is None:
@@ -540,40 +542,69 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     refs = [ref for ref in listing(args.data) if ref.has_labels]
     if not refs:
         raise InputError(f"No case with a label map in {args.data} ({layout} layout); segmentation needs them.")
+    # everything is checked before the run folder is touched: a refused or failed start writes nothing
     out = Path(args.out)
+    started = out.is_dir() and any(out.iterdir())
+    if started and not (args.resume or args.overwrite):
+        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue or --overwrite to start "
+                          "again.")
+    resume = args.resume and (out / "checkpoints" / "last.pt").is_file()
+    if args.resume and not resume:
+        log.warning("%s holds no checkpoint to resume from: starting a new run there.", out)
+    _check_register_target(args.register_to, [args.model_name], args.model_version, overwrite=args.overwrite)
     if args.split:
         split = load_split(args.split)
+    elif resume and (out / "split.json").is_file():
+        split = load_split(out / "split.json")  # the run's own split, whatever the seed would draw now
     elif layout == "acdc":
         split = default_acdc_split(refs)
     else:
         groups = groups_from_refs(refs) if all("group" in r.image_labels for r in refs) else None
         split = make_patient_split(sorted({r.patient_id for r in refs}), groups=groups, seed=args.seed)
-    if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
-        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue or --overwrite.")
-    out.mkdir(parents=True, exist_ok=True)
-    save_split(split, out / "split.json")
     train_refs, val_refs = refs_in_part(refs, split, "train"), refs_in_part(refs, split, "validation")
     if not val_refs:
         raise InputError("The split has no validation patients; training needs some to pick the best epoch.")
     progress(0.0, f"Loading {len(train_refs) + len(val_refs)} cases")
     train_cases, val_cases = [load_case(r) for r in train_refs], [load_case(r) for r in val_refs]
     codes = sorted({int(c) for case in train_cases for c in np.unique(case.labels.array) if c in LABELS})
+    if not codes:
+        raise InputError(f"No training case of {args.data} holds a label (codes 1-6) in its label map: nothing to "
+                         "learn. Check the labels/ folder.")
+    only_validation = sorted({int(c) for case in val_cases for c in np.unique(case.labels.array)
+                              if c in LABELS} - set(codes))
+    if only_validation:
+        log.warning("Label code(s) %s occur in validation cases only; the model does not learn them.",
+                    only_validation)
     spec = InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size))
     config = TrainingConfig(
         network=args.network, network_kwargs={"out_channels": max(codes) + 1}, input_spec=spec.to_dict(),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
         metric_name="val_dice", metric_mode="max",
     )
+    check_network_takes_crop(config, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_run_split(split, out / "split.json", resume=resume)
     result = train_segmentation(
         train_cases, val_cases, config=config, out_dir=out / "checkpoints", model_name=args.model_name,
         model_version=args.model_version, models_dir=args.register_to, label_codes=codes,
-        training_data=f"{layout}:{args.data}", device=args.device, progress=progress, resume=args.resume,
+        training_data=f"{layout}:{args.data}", device=args.device, progress=progress, resume=resume,
+        overwrite=started and not resume,
     )
     print(f"Best validation Dice {result.validation_metrics.get('val_dice', float('nan')):.4f} "
           f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
     if result.card_path:
         print(f"Registered {result.card_path}")
     return 0
+
+
+def _check_register_target(folder, names: Sequence[str], version: str, *, overwrite: bool) -> None:
+    """Refuse, before training, to replace a model already registered under the same name and version."""
+    if folder is None:
+        return
+    taken = [name for name in names if (Path(folder) / f"{name}-{version}.json").exists()]
+    if taken and not overwrite:
+        raise OutputError(f"{', '.join(f'{n} {version}' for n in taken)} already registered in {folder}; give "
+                          "another --model-version, another --register-to folder, or --overwrite to replace it.")
 
 
 def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
@@ -594,6 +625,8 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
     if not args.resume and out.is_dir() and any(out.iterdir()):
         raise OutputError(f"Run folder {out} already holds files; pass --resume to continue that run or choose an "
                           "empty folder (--overwrite does not restart a weak-cam run).")
+    _check_register_target(args.register_to, ["weak_cam_classifier", "weak_heart_unet"], args.model_version,
+                           overwrite=args.overwrite)
     refs = list_acdc(args.data) if layout == "acdc" else list_generic(args.data)
     if args.split:
         split = load_split(args.split)
@@ -603,7 +636,7 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
                                                    "unet_learning_rate": args.learning_rate}
     recipe = WeakRecipe(
         spec=InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size)),
-        width=args.width, epochs=args.epochs, seg_epochs=args.seg_epochs or args.epochs,
+        width=args.width, epochs=args.epochs, seg_epochs=args.epochs if args.seg_epochs is None else args.seg_epochs,
         self_training_epochs=args.self_epochs, batch_size=args.batch_size,
         seed=args.seed, **rates,
     )

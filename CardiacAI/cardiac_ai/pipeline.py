@@ -79,9 +79,37 @@ def load_cine_models(models_dirs: Sequence[str | Path], *, mode: str, device: st
     torch_device = resolve_device(device)
     provenance.device = str(torch_device)
     with provenance.timed("load_models"):
-        return CineModels.from_registry(
-            ModelRegistry(extra_paths=[Path(p) for p in models_dirs]), mode=mode, device=torch_device
-        )
+        registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+        models = CineModels.from_registry(registry, mode=mode, device=torch_device)
+    for message in _models_dir_use_warnings(models_dirs, models.loaded(), registry, mode=mode):
+        provenance.warn(message, log)
+    return models
+
+
+def _models_dir_use_warnings(models_dirs: Sequence[str | Path], loaded, registry, *, mode: str) -> list[str]:
+    """Say when ``--models-dir`` folders hold models the command does not use, or supply only some of what it
+    uses (the rest bundled), so that a user's trained model is never ignored or mixed in silently."""
+    folders = [Path(p).resolve() for p in models_dirs]
+    if not folders:
+        return []
+    from_folders = [m for m in loaded if any(f in m.weights_path.resolve().parents for f in folders)]
+    if len(from_folders) == len(loaded):
+        return []
+    used = {(m.card.name, m.card.version) for m in loaded}
+    unused = sorted(f"{card.name} {card.version}" for card in registry.list()
+                    if (card.name, card.version) not in used
+                    and any(f in registry.card_path(card.name, card.version).resolve().parents for f in folders))
+    names = ", ".join(sorted({m.card.name for m in loaded}))
+    if not from_folders:
+        return [f"--models-dir {', '.join(map(str, models_dirs))}: none of the models used ({names}) comes from "
+                f"there" + (f"; its {', '.join(unused)} are not models this command uses (a model trained with "
+                            "`cardiacai train` is used as the cine baseline when registered with --model-name "
+                            "cine_baseline; then run with --mode baseline)" if unused else "") + "."]
+    mine = ", ".join(sorted(f"{m.card.name} {m.card.version}" for m in from_folders))
+    others = ", ".join(sorted(f"{m.card.name} {m.card.version}" for m in loaded if m not in from_folders))
+    return [f"Models mixed: {mine} from --models-dir, {others} from the other model folders"
+            + ("; to segment with your baseline (and the localiser) only, use --mode baseline."
+               if mode == "region-aware" else ".")]
 
 
 def _segment(path, models, options: CineOptions, provenance: Provenance, progress):
@@ -372,7 +400,8 @@ def run_batch(
     A case whose folder already holds a readable ``report.json`` is skipped when ``resume`` (a finished earlier run;
     the report is written last), its summary columns read from that report; otherwise the earlier run's outputs
     (its report's ``outputs``, the report itself included) are removed before the case runs, so that a redone case
-    that fails is not taken as finished and one that succeeds holds nothing of the earlier run. A case that fails is recorded with its error and the batch goes on.
+    that fails is not taken as finished and one that succeeds holds nothing of the earlier run. A case that fails
+    is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
     :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
     ``qc_min_dice``, ``qc_flagged_slices`` and ``qc_needs_review``), read from the ``report.json`` each case wrote, then

@@ -30,6 +30,7 @@ __all__ = [
     "refs_in_part",
     "save_split",
     "load_split",
+    "keep_run_split",
 ]
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,25 @@ def default_acdc_split(root_or_refs: str | os.PathLike | Sequence[CaseRef]) -> S
 def save_split(split: Split, path: str | os.PathLike) -> Path:
     """Write ``split`` as JSON (atomically: a crash leaves any old file intact). Returns the path."""
     return write_text_atomic(path, json.dumps(split.to_dict(), indent=2) + "\n")
+
+
+def keep_run_split(split: Split, path: str | os.PathLike, *, resume: bool) -> Split:
+    """The split of a training run folder: written at ``path`` when the run starts; when it resumes, the one
+    written then, which ``split`` must equal (the same patients in each part).
+
+    Raises
+    ------
+    InputError
+        Resuming with another split than the run started with (another ``--seed`` or ``--split``).
+    """
+    if resume and Path(path).is_file():
+        saved = load_split(path)
+        if (saved.train, saved.validation, saved.test) != (split.train, split.validation, split.test):
+            raise InputError(f"Cannot resume the run of {Path(path).parent}: it was started with another split of "
+                             f"the patients ({path}); resume with the seed and --split it was started with.")
+        return saved
+    save_split(split, path)
+    return split
 
 
 def load_split(path: str | os.PathLike) -> Split:

@@ -87,9 +87,13 @@ class CineModels:
                              "classifier must see one slice at a time (it decides which way the stack runs).")
         return cls(localiser, baseline, classifier, regions)
 
-    def uses(self) -> list:
+    def loaded(self) -> list:
+        """The LoadedModels in use (localiser, baseline, then classifier and region models when region-aware)."""
         models = [self.localiser, self.baseline, self.classifier, *self.region_models.values()]
-        return [m.model_use() for m in models if m is not None]
+        return [m for m in models if m is not None]
+
+    def uses(self) -> list:
+        return [m.model_use() for m in self.loaded()]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from .config import TrainingConfig
 from .engine import Trainer, TrainingResult
 from .slices import PreparedSlices, SliceDataset, prepare_slices
 
-__all__ = ["SegmentationTrainingResult", "train_segmentation", "dice_metric_fn", "train_segmentation_prepared"]
+__all__ = ["SegmentationTrainingResult", "train_segmentation", "dice_metric_fn", "train_segmentation_prepared",
+           "check_network_takes_crop"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,25 @@ def dice_metric_fn(label_codes: Sequence[int]) -> Callable[[Any, Any, Any], dict
     return compute
 
 
+def check_network_takes_crop(config: TrainingConfig, spec: InputSpec) -> None:
+    """One forward pass of the configured network on an empty crop: a crop it cannot take (a U-Net that pools four
+    times needs a side divisible by 16) is an InputError here, not an error deep in torch after preparation."""
+    import torch
+
+    from ..models.networks import build_network
+
+    network = build_network(config.network, **config.network_kwargs)
+    try:
+        with torch.no_grad():
+            network.eval()(torch.zeros(1, spec.channels, *spec.crop_size))
+    except RuntimeError as error:
+        raise InputError(
+            f"The network {config.network!r} cannot take a {spec.crop_size[0]} x {spec.crop_size[1]} px crop "
+            f"({str(error).splitlines()[0][:120]}); use a crop size divisible by 16, e.g. "
+            f"{16 * max(1, round(spec.crop_size[0] / 16))}."
+        ) from error
+
+
 def train_segmentation_prepared(
     train_slices: PreparedSlices,
     val_slices: PreparedSlices,
@@ -84,10 +104,12 @@ def train_segmentation_prepared(
     progress: ProgressCallback | None = None,
     resume: bool = False,
     initial_weights: str | Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[TrainingResult, Any, dict[str, float]]:
     """Train on already prepared slices; returns (result, network with the best weights, its validation metrics).
 
     ``initial_weights``: a checkpoint (``best.pt``) of the same network to start from (fine-tuning).
+    ``overwrite``: start a new run in an ``out_dir`` that holds an earlier one.
     """
     from ..models.networks import build_seeded_network
     from .checkpoint import load_checkpoint_weights
@@ -102,7 +124,7 @@ def train_segmentation_prepared(
         config, network, train_set, val_set, metric_fn=dice_metric_fn(label_codes), out_dir=out_dir,
         device=device, progress=progress, batch_sampler=batch_sampler,
     )
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, overwrite=overwrite)
     if result.best_checkpoint is None:
         raise InputError("Training gave no finite validation Dice; nothing to keep. Check labels and learning rate.")
     load_checkpoint_weights(network, result.best_checkpoint)
@@ -127,11 +149,19 @@ def train_segmentation(
     device: str | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> SegmentationTrainingResult:
     """Preprocess the cases, train with the shared :class:`Trainer`, and register the best model.
 
     The network outputs ``max(label_codes) + 1`` channels (channel = label code); ``config.network_kwargs`` must say
     so through ``out_channels``. The model card records the input spec, split, epochs and validation Dice.
+    ``overwrite`` starts a new run in an ``out_dir`` that holds an earlier one.
+
+    Raises
+    ------
+    InputError
+        No training or validation case, an output channel count that does not fit the codes, or a crop the
+        network cannot take (checked with one forward pass before anything is prepared or written).
     """
     if not train_cases or not val_cases:
         raise InputError("train_segmentation needs at least one training and one validation case.")
@@ -142,12 +172,14 @@ def train_segmentation(
             f"{max(label_codes) + 1} output channels (one per code, background included)."
         )
     spec = InputSpec.from_dict(config.input_spec) if config.input_spec else InputSpec()
+    check_network_takes_crop(config, spec)
     train_slices = prepare_slices(train_cases, spec, crop_center=crop_center, progress=subrange(progress, 0, 0.05))
     val_slices = prepare_slices(val_cases, spec, crop_center=crop_center, progress=subrange(progress, 0.05, 0.1))
     log.info("Training on %d slices, validating on %d", len(train_slices), len(val_slices))
     result, network, metrics = train_segmentation_prepared(
         train_slices, val_slices, config=config, out_dir=out_dir, augmentation=augmentation,
         label_codes=label_codes, device=device, progress=subrange(progress, 0.1, 1.0), resume=resume,
+        overwrite=overwrite,
     )
     card_path = None
     if models_dir is not None:
