@@ -436,3 +436,12 @@ def test_a_heart_far_from_the_centre_of_a_large_view_is_found_then_segmented_in_
     assert shapes[-1] == SPEC.crop_size  # then the model's own crop
     dice = dice_per_label(result.labels.array, truth, labels=(2,))[2]
     assert dice > 0.8, dice
+
+
+def test_cli_fit_map_where_every_pixel_fails_is_an_error_not_an_empty_map(tmp_path, capsys):
+    flat = np.full((8, 2, 16, 16), 500.0, np.float32)  # no inversion recovery anywhere
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(frame) for frame in flat]), str(tmp_path / "flat.nii.gz"))
+    code = main(["fit-map", str(tmp_path / "flat.nii.gz"), "--kind", "molli", "--times", "100", "180", "260", "1000",
+                 "1080", "1800", "1880", "2600", "--out", str(tmp_path / "fit"), "--device", "cpu"])
+    assert code == 2 and "Every one of the 512 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "fit").exists()

@@ -820,7 +820,7 @@ def _map(args: argparse.Namespace, progress: ProgressCallback) -> int:
         )
     if not args.quiet:
         stats = analysis.myocardium
-        value = "no myocardium found" if stats is None else (
+        value = "no myocardial statistics (see the warnings in report.json)" if stats is None else (
             f"myocardial {analysis.quantity} median {stats.median:.1f} ms (IQR {stats.iqr:.1f} ms, "
             f"{stats.n_pixels} pixels)")
         print(f"Wrote {args.out}: {value}; {len(analysis.provenance.warnings)} warning(s){_qc_summary_line(args)}")

@@ -955,8 +955,13 @@ def fit_map_file(
             r2_map[ks] = np.nan_to_num(fit.r2, nan=0.0)
             n_fitted += fit.n_fitted_pixels
             n_failed += fit.n_failed_pixels
-            for message in fit.provenance.warnings:
-                provenance.warn(message, log)
+            provenance.warnings.extend(fit.provenance.warnings)  # the fit logged them already
+        if n_fitted and n_failed == n_fitted:
+            raise InputError(
+                f"Every one of the {n_fitted} pixels fitted failed (no finite value with R^2 at least the minimum): "
+                f"check the {'inversion' if kind == 'molli' else 'echo'} times (ms, one per frame, in frame order) "
+                "and that the frames are a raw series, not a map."
+            )
         geometry = series.geometry
         with provenance.timed("write"):
             write_volume(Volume(value_map, geometry), out / f"{quantity}_map.nii.gz")

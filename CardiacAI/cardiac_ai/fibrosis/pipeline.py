@@ -111,6 +111,12 @@ class FibrosisModels:
         """
         if model not in ("weak", "weak_stack", "pixel"):
             raise InputError(f"model must be 'weak', 'weak_stack' or 'pixel', got {model!r}.")
+        missing = [FIBROSIS_MODEL_NAMES[key] for key in ("myocardium", model)
+                   if not registry.has(FIBROSIS_MODEL_NAMES[key])]
+        if missing:  # not bundled (they miss their accuracy targets): reinstalling would not help
+            where = ", ".join(str(p) for p in registry.search_paths) or "no models folder"
+            raise ModelError(f"No {' or '.join(missing)} model in {where}: the LGE fibrosis models are not bundled "
+                             f"with CardiacAI yet. {TRAINING_HINT}")
         try:
             myocardium = registry.load(FIBROSIS_MODEL_NAMES["myocardium"], device=device)
             fibrosis = registry.load(FIBROSIS_MODEL_NAMES[model], device=device)
