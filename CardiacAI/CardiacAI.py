@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from typing import Annotated, Callable, Optional, Union
 
 import vtk
@@ -97,7 +98,7 @@ TORCH_REQUIREMENTS = (
     ("safetensors", "safetensors>=0.4"),
 )
 #: Packages that Slicer or its extensions own; every pip install is constrained to their installed versions.
-PROTECTED_PACKAGES = ("torch", "SimpleITK", "requests")
+PROTECTED_PACKAGES = ("torch", "SimpleITK", "requests", "numpy")
 
 
 def moduleDirectory() -> str:
@@ -113,6 +114,32 @@ def importBackend(name: str):
     if directory not in sys.path:
         sys.path.insert(0, directory)
     return importlib.import_module(f"cardiac_ai.{name}")
+
+
+def writeVolumeCopy(volumeNode, path: str) -> str:
+    """Write ``volumeNode`` to ``path`` through a storage node of its own (as TotalSegmentator does): the node keeps
+    its own file and its "modified" state, so saving the scene still saves it (``slicer.util.saveNode`` would point
+    it at ``path``, a temporary file deleted after the run).
+
+    :raises RuntimeError: if Slicer cannot write the file.
+    """
+    storageNode = slicer.mrmlScene.CreateNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    try:
+        storageNode.SetFileName(path)
+        storageNode.UseCompressionOn()
+        if not storageNode.WriteData(volumeNode):
+            raise RuntimeError(f"Slicer could not write {volumeNode.GetName()!r} to {path}.")
+    finally:
+        storageNode.UnRegister(None)
+    return path
+
+
+def forgetTemporaryFile(node) -> None:
+    """Detach a node loaded from a run's temporary folder from that file (deleted after the run): without a storage
+    node it counts as modified, so saving the scene writes it instead of pointing at a file that is gone."""
+    storageNode = node.GetStorageNode()
+    if storageNode is not None:
+        slicer.mrmlScene.RemoveNode(storageNode)
 
 
 #
@@ -423,7 +450,7 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         slicer.app.processEvents()
 
     def _onLog(self, text: str) -> None:
-        logging.info(text)
+        self.ui.statusLabel.text = text.splitlines()[0] if text else ""  # the Logic has logged it already
 
     def _shouldCancel(self) -> bool:
         # Called by the Logic every ~0.1 s while the backend runs: keeps the GUI responsive, lets Cancel be clicked.
@@ -680,8 +707,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """
         if not volumeNode or not volumeNode.GetImageData():
             raise ValueError(f"Volume node {volumeNode.GetName() if volumeNode else None!r} has no image data to save.")
-        if not slicer.util.saveNode(volumeNode, path, {"useCompression": 1}):
-            raise RuntimeError(f"Slicer could not write {volumeNode.GetName()!r} to {path}.")
+        writeVolumeCopy(volumeNode, path)
         return path
 
     def loadSegmentation(self, segNrrdPath: str, referenceVolumeNode=None, outputSegmentationNode=None):
@@ -701,11 +727,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise RuntimeError(f"Slicer could not load {segNrrdPath} as a segmentation.")
         segmentationNode = loadedNode
         if outputSegmentationNode is not None and outputSegmentationNode is not loadedNode:
-            target = outputSegmentationNode.GetSegmentation()
-            target.RemoveAllSegments()
-            source = loadedNode.GetSegmentation()
-            for segmentId in source.GetSegmentIDs():
-                target.CopySegmentFromSegmentation(source, segmentId)
+            # one deep copy keeps the segments' shared label layer (a copy per segment would duplicate it)
+            outputSegmentationNode.GetSegmentation().DeepCopy(loadedNode.GetSegmentation())
             slicer.mrmlScene.RemoveNode(loadedNode)
             segmentationNode = outputSegmentationNode
         segmentationNode.CreateDefaultDisplayNodes()
@@ -1339,6 +1362,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if not os.path.isfile(path):
             raise RuntimeError(f"The backend did not write {path}; see the log for its output.")
         volumeNode = slicer.util.loadVolume(path, {"name": name, "show": False})
+        forgetTemporaryFile(volumeNode)
         if hasattr(referenceVolumeNode, "GetTransformNodeID"):  # a sequence node is not transformable
             volumeNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
         self._placeNextTo(volumeNode, referenceVolumeNode)
@@ -1512,6 +1536,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise ValueError(f"The frames of {seriesNode.GetName()!r} have different sizes; resample them first.")
         matrix = vtk.vtkMatrix4x4()
         reference.GetIJKToRASMatrix(matrix)
+        if seriesNode.IsA("vtkMRMLSequenceNode"):
+            for number, frame in enumerate(frames[1:], start=1):
+                frameMatrix = vtk.vtkMatrix4x4()
+                frame.GetIJKToRASMatrix(frameMatrix)
+                if max(abs(frameMatrix.GetElement(r, c) - matrix.GetElement(r, c))
+                       for r in range(3) for c in range(4)) > 1e-3:
+                    raise ValueError(f"Frame {number} of {seriesNode.GetName()!r} lies on another grid (position or "
+                                     "orientation) than frame 0; a mapping series needs every frame on one grid.")
         geometry = importBackend("geometry").Geometry.from_ijk_to_ras_matrix(
             [[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
         image = sitk.GetImageFromArray(np.stack(arrays))  # (t, k, j, i) -> 4D image (x, y, z, t)
@@ -1757,8 +1789,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         try:
             labelmapNode.CopyOrientation(referenceVolumeNode)
             slicer.util.updateVolumeFromArray(labelmapNode, labels)
-            if not slicer.util.saveNode(labelmapNode, path, {"useCompression": 1}):
-                raise RuntimeError(f"Slicer could not write the label map of {segmentationNode.GetName()!r} to {path}.")
+            writeVolumeCopy(labelmapNode, path)
         finally:
             slicer.mrmlScene.RemoveNode(labelmapNode)
         return path
@@ -1824,7 +1855,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
     @contextlib.contextmanager
     def _temporaryDirectory(self):
         """A new temporary folder for one backend run, removed afterwards (kept with ``keepTemporaryFiles``)."""
-        tempDir = slicer.util.tempDirectory()
+        tempDir = tempfile.mkdtemp(prefix="CardiacAI-", dir=slicer.app.temporaryPath)  # unique, unlike a timestamp
         try:
             yield tempDir
         finally:
@@ -1871,6 +1902,17 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         self.test_MappingFitAndAnalysisOnThePhantom()
         self.setUp()
         self.test_FibrosisCamAndQualityControlWhenModelsAreRegistered()
+
+    def _torchOrSkip(self, logic, test: str) -> bool:
+        """Set up the Python requirements when PyTorch is there; otherwise skip (a test must not install PyTorch or
+        wait for an answer to the installation question)."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay(f"Skipped {test}: PyTorch is not installed (install the PyTorch extension and torch).")
+            return False
+        logic.setupPythonRequirements(requireTorch=True)
+        return True
 
     def _phantom(self, logic):
         logic.setupPythonRequirements(requireTorch=False)
@@ -1980,7 +2022,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         import numpy as np
 
         logic = CardiacAILogic()
-        logic.setupPythonRequirements(requireTorch=True)
+        if not self._torchOrSkip(logic, "test_MappingFitAndAnalysisOnThePhantom"):
+            return
         case = importBackend("mapping").make_mapping_case(
             importBackend("phantom").make_cine_phantom(seed=3), seed=3, disease="none", noise=0.0,
             misregistration_px=0.0)
@@ -2020,7 +2063,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
 
     def test_FibrosisCamAndQualityControlWhenModelsAreRegistered(self):
         logic = CardiacAILogic()
-        logic.setupPythonRequirements(requireTorch=True)
+        if not self._torchOrSkip(logic, "test_FibrosisCamAndQualityControlWhenModelsAreRegistered"):
+            return
         registered = self._registered(logic)
         paths = self._phantom(logic)
         imageNode = slicer.util.loadVolume(paths["image"])
@@ -2058,7 +2102,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
                 "(install PyTorch and the trained cine models, or set CARDIACAI_MODELS)."
             )
             return
-        logic.setupPythonRequirements(requireTorch=True)
+        if not self._torchOrSkip(logic, "test_CineSegmentationAndFunctionOnPhantomWhenModelsAreRegistered"):
+            return
         paths = self._phantom(logic)
         imageNode = slicer.util.loadVolume(paths["image"])
 
@@ -2106,7 +2151,8 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
         if not required <= registered:
             self.delayDisplay(f"Skipped cine sequence test: models {sorted(required - registered)} are not registered.")
             return
-        logic.setupPythonRequirements(requireTorch=True)
+        if not self._torchOrSkip(logic, "test_CineSequenceChoosesEdAndEsFromTheVolumeCurveWhenModelsAreRegistered"):
+            return
         phantom = importBackend("phantom")
         cases = [phantom.make_cine_phantom(seed=5, phase="ED"), phantom.make_cine_phantom(seed=5, phase="ES"),
                  phantom.make_cine_phantom(seed=5, phase="ED", scale=0.9)]

@@ -304,6 +304,27 @@ def test_logic_shows_no_dialogs_so_it_runs_headless(name):
     assert calls == [], f"{name}Logic shows dialogs {calls}; return warnings and raise errors, the Widget shows them"
 
 
+def test_logic_never_repoints_a_node_at_a_temporary_file():
+    """saveNode would point the user's node at the run's temporary file (deleted after the run) and mark it saved;
+    inputs go through writeVolumeCopy (a storage node of its own), and loaded results are detached from the file."""
+    calls = {(node.lineno, node.func.attr) for node in ast.walk(_logic_class("CardiacAI"))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "saveNode"}
+    assert calls == set(), f"CardiacAILogic calls saveNode at {sorted(calls)}; use writeVolumeCopy"
+    load = next(n for n in ast.walk(_logic_class("CardiacAI"))
+                if isinstance(n, ast.FunctionDef) and n.name == "loadResultVolume")
+    assert "forgetTemporaryFile" in ast.unparse(load)
+
+
+def test_self_tests_skip_rather_than_install_pytorch():
+    test_class = next(n for n in _tree(_module_file("CardiacAI")).body
+                      if isinstance(n, ast.ClassDef) and n.name == "CardiacAITest")
+    direct = [n.lineno for method in test_class.body if isinstance(method, ast.FunctionDef)
+              and method.name.startswith("test_") for n in ast.walk(method)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+              and n.func.attr == "setupPythonRequirements" and "requireTorch=True" in ast.unparse(n)]
+    assert direct == [], f"self-tests set up PyTorch themselves at lines {direct}; use _torchOrSkip"
+
+
 def test_cardiacai_widget_has_a_panel_section_for_every_task():
     tree = _tree(_module_file("CardiacAI"))
     sections = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)

@@ -33,7 +33,9 @@ CardiacAI module are imported inside :func:`main` only.
 """
 
 import argparse
+import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -273,12 +275,20 @@ def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
         for key, fileName in TASK_TABLES[args.task].items():
             if result.get(key) is not None:
                 reportIO.write_csv(caseFolder / fileName, tableRows(result[key]))
+        if result.get("bullseyePath"):  # the Logic keeps the PNG in a folder of its own: move it into the case
+            kept = Path(result["bullseyePath"])
+            partial = caseFolder / ".bullseye.png.partial"
+            shutil.copyfile(kept, partial)
+            os.replace(partial, caseFolder / "bullseye.png")
+            shutil.rmtree(kept.parent, ignore_errors=True)
         reportIO.write_json(caseFolder / DONE_MARKER, result["report"])
         return result
     finally:
         for node in nodes:
             if node is not None and node.GetScene() is not None:
                 slicer.mrmlScene.RemoveNode(node)
+        # the batch owns the scene: whatever a case made (also one that failed half-way) goes with it
+        slicer.mrmlScene.Clear(0)
 
 
 def main(argv) -> int:
