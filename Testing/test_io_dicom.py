@@ -38,6 +38,7 @@ def _slice_dataset(
     ds.Modality = "MR"
     ds.PatientName = "Phantom^Test"
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesDescription = description
     ds.SeriesNumber = series_number
@@ -230,3 +231,54 @@ def test_written_files_are_valid_dicom(two_series):
     images = [p for p in folder.iterdir() if p.name != "README.txt"]
     assert len(images) == 10
     assert all(pydicom.dcmread(p).pixel_array.shape == (ROWS, COLUMNS) for p in images)
+
+
+def _blocks(volume):
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[1:4, 1:5, 1:5] = 2  # the images are 6 x 8
+    labels[1:4, 2:4, 2:4] = 3
+    labels[2, 1:4, 6:8] = 1
+    return volume.with_array(labels)
+
+
+def test_dicom_seg_of_an_oblique_series_refers_to_its_images_slice_by_slice(two_series, tmp_path):
+    import highdicom as hd
+
+    from cardiac_ai.io.dicom import series_headers
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    labels = _blocks(read_dicom_series(folder, series_uid=uid))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    path = write_dicom_seg(labels, folder, tmp_path / "seg.dcm", series_uid=uid)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the source files are untouched
+
+    seg = hd.seg.segread(str(path))
+    names = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert names == ["Right ventricle blood pool", "Left ventricle myocardium", "Left ventricle blood pool"]
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "74281007"  # myocardium, SCT
+    assert seg.SeriesInstanceUID != uid and seg.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.1"
+    order = [h.SOPInstanceUID for h in series_headers(folder, series_uid=uid)[1]]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=order, combine_segments=True)
+    codes = np.array([0, 1, 2, 3])  # segment numbers 1..3 are the codes 1..3 here, all present
+    np.testing.assert_array_equal(codes[pixels], labels.array)
+
+
+def test_dicom_seg_refuses_labels_off_the_series_grid_and_skips_an_empty_one(two_series, tmp_path):
+    from cardiac_ai.geometry import Geometry
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    labels = _blocks(read_dicom_series(folder, series_uid=uid))
+    moved = type(labels)(labels.array, Geometry(labels.geometry.spacing_mm,
+                                                tuple(np.asarray(labels.geometry.origin_lps_mm) + 5.0),
+                                                labels.geometry.direction_lps))
+    with pytest.raises(InputError, match="grid"):
+        write_dicom_seg(moved, folder, tmp_path / "a.dcm", series_uid=uid)
+    with pytest.raises(InputError, match="grid"):
+        write_dicom_seg(labels.with_array(labels.array[1:]), folder, tmp_path / "b.dcm", series_uid=uid)
+    assert write_dicom_seg(labels.with_array(np.zeros_like(labels.array)), folder, tmp_path / "c.dcm",
+                           series_uid=uid) is None
+    assert not any(tmp_path.glob("*.dcm"))

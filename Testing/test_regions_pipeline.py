@@ -157,6 +157,60 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
 
 
+def _write_dicom_series(volume, folder):
+    """One MR image file per slice of ``volume`` (its geometry in the headers), as a scanner exports a series."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    direction = volume.geometry.direction_matrix
+    for k, pixels in enumerate(np.asarray(volume.array)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+        ds.PatientName, ds.PatientID = "Phantom^Cine", "P1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImageOrientationPatient = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
+        ds.ImagePositionPatient = [float(v) for v in volume.geometry.index_to_lps(np.array([[k, 0.0, 0.0]]))[0]]
+        ds.PixelSpacing = [volume.geometry.spacing_mm[1], volume.geometry.spacing_mm[0]]
+        ds.SliceThickness = volume.geometry.spacing_mm[2]
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.PixelData = np.clip(np.round(pixels), 0, 65535).astype(np.uint16).tobytes()
+        ds.save_as(str(folder / f"IM{k:03d}.dcm"), enforce_file_format=True)
+
+
+def test_segment_cine_of_a_dicom_series_also_writes_a_dicom_seg_of_it(cine_models_dir, tmp_path):
+    import highdicom as hd
+
+    from cardiac_ai.io.dicom import series_headers
+
+    ed = make_cine_phantom(seed=7, phase="ED")
+    image = ed.image.with_array(np.clip(ed.image.array, 0, None) * 1000.0)
+    _write_dicom_series(image, tmp_path / "dicom")
+    assert main(["segment-cine", str(tmp_path / "dicom"), "--out", str(tmp_path / "seg"), "--device", "cpu",
+                 "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc", "--quiet"]) == 0
+    labels = read_volume(tmp_path / "seg" / "labels.nii.gz").array
+    seg = hd.seg.segread(str(tmp_path / "seg" / "segmentation.dcm"))
+    numbers = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    order = [h.SOPInstanceUID for h in series_headers(tmp_path / "dicom")[1]]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=order, combine_segments=True)
+    codes = {name: code for code, name in ((1, "Right ventricle blood pool"), (2, "Left ventricle myocardium"),
+                                            (3, "Left ventricle blood pool"))}
+    restored = np.zeros_like(labels)
+    for number, name in numbers.items():
+        restored[pixels == number] = codes[name]
+    np.testing.assert_array_equal(restored, labels)
+    report = json.loads((tmp_path / "seg" / "report.json").read_text())
+    assert "segmentation.dcm" in report["outputs"]
+
+
 def test_function_refuses_one_file_for_both_phases_and_warns_about_pairs_that_cannot_be_one_series(
         cine_models_dir, tmp_path, capsys):
     ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")

@@ -158,6 +158,7 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
         with provenance.timed("write"):
             write_volume(result.labels, out / "labels.nii.gz")
             write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
+            _dicom_seg_of_dicom_input(result.labels, input_path, out / "segmentation.dcm", options, provenance)
         checks = []
         if qc is not None:
             checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
@@ -171,6 +172,20 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
         })
         report(progress, 1.0, "Done")
         return result, checks
+
+
+def _dicom_seg_of_dicom_input(labels: Volume, input_path, path: Path, options: CineOptions,
+                              provenance: Provenance) -> None:
+    """For an input read from a DICOM series, also write the labels as a DICOM SEG referring to its images (for a
+    PACS); a series a SEG cannot refer to gives a warning, never a failed segmentation."""
+    if not Path(input_path).is_dir():
+        return
+    from .io.dicom_seg import write_dicom_seg
+
+    try:
+        write_dicom_seg(labels, input_path, path, series_uid=options.series_uid)
+    except (DataError, InputError) as error:
+        provenance.warn(f"No DICOM SEG written: {error}", log)
 
 
 def cardiac_function_files(
@@ -240,6 +255,7 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
             with provenance.timed("write"):
                 write_volume(result.labels, out / f"labels_{phase}.nii.gz")
                 write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
+                _dicom_seg_of_dicom_input(result.labels, path, out / f"segmentation_{phase}.dcm", options, provenance)
             if qc is not None:
                 checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
                 if checks[phase] is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
 
-__all__ = ["DicomSeriesInfo", "list_dicom_series", "read_dicom_series"]
+__all__ = ["DicomSeriesInfo", "list_dicom_series", "read_dicom_series", "series_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,41 @@ def _read_pixels(path: str) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
+def series_headers(
+    folder: str | os.PathLike, *, series_uid: str | None = None
+) -> tuple[DicomSeriesInfo, list, Geometry]:
+    """The headers (no pixel data) of one image series in slice order (k, as :func:`read_dicom_series` stacks
+    them), with the series' description and geometry; what a DICOM SEG of a volume read from it refers to.
+
+    Raises
+    ------
+    DataError, InputError
+        As :func:`read_dicom_series`, before any pixel is read.
+    """
+    source = Path(folder)
+    series = _scan(source)
+    infos = sorted(
+        (info for info, _ in series.values()),
+        key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid),
+    )
+    if series_uid is None:
+        if len(series) > 1:
+            raise InputError(
+                f"{source} holds {len(series)} DICOM series:\n{_series_listing(infos)}\n"
+                "Choose one with series_uid=... (on the command line: --series-uid UID), "
+                "or put each series in its own folder."
+            )
+        series_uid = infos[0].series_uid
+    if series_uid not in series:
+        raise InputError(
+            f"Series {series_uid} is not in {source}; it holds:\n{_series_listing(infos)}\n"
+            "Pass one of these SeriesInstanceUIDs."
+        )
+    info, datasets = series[series_uid]
+    sorted_datasets, geometry = _slice_geometry(info, datasets)
+    return info, sorted_datasets, geometry
+
+
 def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
     """Read one DICOM image series as a (k, j, i) float32 volume with LPS geometry.
 
@@ -309,27 +344,7 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         Several series and no ``series_uid``, an unknown ``series_uid``, mixed orientations, sizes or pixel
         spacings within the series, repeated slice positions, uneven slice gaps (> 10 %), missing geometry.
     """
-    source = Path(folder)
-    series = _scan(source)
-    infos = sorted(
-        (info for info, _ in series.values()),
-        key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid),
-    )
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(
-                f"{source} holds {len(series)} DICOM series:\n{_series_listing(infos)}\n"
-                "Choose one with series_uid=... (on the command line: --series-uid UID), "
-                "or put each series in its own folder."
-            )
-        series_uid = infos[0].series_uid
-    if series_uid not in series:
-        raise InputError(
-            f"Series {series_uid} is not in {source}; it holds:\n{_series_listing(infos)}\n"
-            "Pass one of these SeriesInstanceUIDs."
-        )
-    info, datasets = series[series_uid]
-    sorted_datasets, geometry = _slice_geometry(info, datasets)
+    info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid)
     array = np.stack([_read_pixels(d.filename) for d in sorted_datasets])
     log.info(
         "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",
