@@ -21,6 +21,7 @@ from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError
 from .geometry import Volume
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
+from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
 from .io.seg_nrrd import write_seg_nrrd
 from .progress import ProgressCallback, report, subrange
 from .provenance import Provenance
@@ -158,7 +159,8 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
         with provenance.timed("write"):
             write_volume(result.labels, out / "labels.nii.gz")
             write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
-            _dicom_seg_of_dicom_input(result.labels, input_path, out / "segmentation.dcm", options, provenance)
+            dicom_seg_of_dicom_input(result.labels, input_path, out / DICOM_SEG_NAME, series_uid=options.series_uid,
+                                     provenance=provenance)
         checks = []
         if qc is not None:
             checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
@@ -172,20 +174,6 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
         })
         report(progress, 1.0, "Done")
         return result, checks
-
-
-def _dicom_seg_of_dicom_input(labels: Volume, input_path, path: Path, options: CineOptions,
-                              provenance: Provenance) -> None:
-    """For an input read from a DICOM series, also write the labels as a DICOM SEG referring to its images (for a
-    PACS); a series a SEG cannot refer to gives a warning, never a failed segmentation."""
-    if not Path(input_path).is_dir():
-        return
-    from .io.dicom_seg import write_dicom_seg
-
-    try:
-        write_dicom_seg(labels, input_path, path, series_uid=options.series_uid)
-    except (DataError, InputError) as error:
-        provenance.warn(f"No DICOM SEG written: {error}", log)
 
 
 def cardiac_function_files(
@@ -255,7 +243,8 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
             with provenance.timed("write"):
                 write_volume(result.labels, out / f"labels_{phase}.nii.gz")
                 write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
-                _dicom_seg_of_dicom_input(result.labels, path, out / f"segmentation_{phase}.dcm", options, provenance)
+                dicom_seg_of_dicom_input(result.labels, path, out / f"segmentation_{phase}.dcm",
+                                         series_uid=options.series_uid, provenance=provenance)
             if qc is not None:
                 checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
                 if checks[phase] is not None:
@@ -753,6 +742,8 @@ def _analyse_map_job(input_path, out_dir, *, kind, models, erosion_mm, levels, s
             qc_keys = {"qc": _qc_entry(checks[0], note=MAP_QC_NOTE)}
             if checks[0] is not None:
                 write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
+        dicom_seg_of_dicom_input(analysis.labels, input_path, out / DICOM_SEG_NAME, series_uid=series_uid,
+                                 provenance=provenance)
         _write_map_outputs(out, analysis, provenance, {
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},

@@ -57,12 +57,14 @@ class LGEInput:
     spacing_known : in-plane pixel size known; False for PNG input without ``spacing_mm`` (lengths in pixels).
     slice_spacing_known : slice spacing known (volumes in mL); False for PNG input without a third spacing value.
     source : what was read (file, folder, or number of PNG slices).
+    from_png : read from PNG slices (no DICOM series for a DICOM SEG to refer to).
     """
 
     volume: Volume
     spacing_known: bool
     slice_spacing_known: bool
     source: str
+    from_png: bool = False
 
 
 def with_nominal_pixels(volume: Volume) -> Volume:
@@ -152,7 +154,7 @@ def read_lge_input(
         if pngs:
             volume = _png_stack(pngs, spacing_mm)
             return LGEInput(volume, spacing_mm is not None, _has_slice_spacing(spacing_mm),
-                            f"{len(pngs)} PNG slices in {source}")
+                            f"{len(pngs)} PNG slices in {source}", from_png=True)
         if spacing_mm is not None:
             raise InputError("spacing_mm applies to PNG input only; DICOM folders carry their spacing.")
         if series_uid:
@@ -164,7 +166,7 @@ def read_lge_input(
         return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, True, str(source))
     if source.suffix.lower() == ".png":
         volume = _png_stack([source], spacing_mm)
-        return LGEInput(volume, spacing_mm is not None, _has_slice_spacing(spacing_mm), str(source))
+        return LGEInput(volume, spacing_mm is not None, _has_slice_spacing(spacing_mm), str(source), from_png=True)
     if spacing_mm is not None:
         raise InputError("spacing_mm applies to PNG input only; NIfTI, NRRD and MHA files carry their spacing.")
     volume = read_volume(source)

@@ -429,6 +429,7 @@ def fibrosis_file(
     """
     from ..io import prepare_output_dir, write_volume
     from ..io.report import write_csv, write_report
+    from ..io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
     from ..io.seg_nrrd import write_seg_nrrd
 
     out = prepare_output_dir(out_dir, overwrite=overwrite, inputs=[input_path])
@@ -459,6 +460,9 @@ def fibrosis_file(
             write_csv(out / QC_SLICES_NAME, result.qc.slice_table_rows())
         write_volume(result.labels, out / "labels.nii.gz")
         write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
+        if not lge.from_png:
+            dicom_seg_of_dicom_input(result.labels, input_path, out / DICOM_SEG_NAME, series_uid=series_uid,
+                                     provenance=provenance)
         write_csv(out / FIBROSIS_CSV, result.slice_rows())
         write_csv(out / TRANSMURALITY_CSV, result.sector_rows(),
                   columns=["slice_index", "level", "sector", "aha_segment", "mean_transmurality",

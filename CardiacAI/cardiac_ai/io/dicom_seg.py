@@ -22,7 +22,7 @@ from ..labels import LABELS, Terminology
 from .atomic import atomic_path
 from .dicom import series_headers
 
-__all__ = ["write_dicom_seg", "DICOM_SEG_NAME"]
+__all__ = ["write_dicom_seg", "dicom_seg_of_dicom_input", "DICOM_SEG_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,17 @@ def write_dicom_seg(
     with atomic_path(target) as temporary:
         segmentation.save_as(str(temporary))
     return target
+
+
+def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path: str | os.PathLike, *,
+                             series_uid: str | None, provenance) -> Path | None:
+    """What the segmenting commands do: for an input read from a DICOM series (a folder), also write the labels as
+    a DICOM SEG of it; a series a SEG cannot refer to gives a provenance warning, never a failed segmentation.
+    Returns the file, or None (not a DICOM input, nothing to write, or the warning)."""
+    if not Path(input_path).is_dir():
+        return None
+    try:
+        return write_dicom_seg(labels, input_path, path, series_uid=series_uid)
+    except (DataError, InputError) as error:
+        provenance.warn(f"No DICOM SEG written: {error}", log)
+        return None
