@@ -138,15 +138,21 @@ def test_python_dash_m_entry_point_runs():
     assert done.returncode == 0 and "cardiac_ai" in done.stdout
 
 
-def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys):
+def _generic_cohort(data, *, empty_labels: bool = False):
+    """Four phantom cases in the generic layout (images/, labels/); label maps all background when asked."""
     from cardiac_ai.phantom import make_phantom_cohort
 
-    data = tmp_path / "cohort"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
     for case in make_phantom_cohort(4, seed=2, phases=("ED",)):
         write_volume(case.image, data / "images" / f"{case.case_id}.nii.gz")
-        write_volume(case.labels, data / "labels" / f"{case.case_id}.nii.gz")
+        labels = case.labels.with_array(np.zeros_like(case.labels.array)) if empty_labels else case.labels
+        write_volume(labels, data / "labels" / f"{case.case_id}.nii.gz")
+    return data
+
+
+def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys):
+    data = _generic_cohort(tmp_path / "cohort")
     code, out, err = _run(
         capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"), "--epochs", "2",
         "--crop-size", "32", "--spacing", "3", "--register-to", str(tmp_path / "models"), "--model-name", "my_unet",
@@ -176,15 +182,7 @@ def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys
 
 
 def test_train_refuses_label_maps_without_any_label_before_writing(tmp_path, capsys):
-    from cardiac_ai.phantom import make_phantom_cohort
-
-    data = tmp_path / "cohort"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    for case in make_phantom_cohort(4, seed=2, phases=("ED",)):
-        write_volume(case.image, data / "images" / f"{case.case_id}.nii.gz")
-        empty = case.labels.with_array(np.zeros_like(case.labels.array))
-        write_volume(empty, data / "labels" / f"{case.case_id}.nii.gz")
+    data = _generic_cohort(tmp_path / "cohort", empty_labels=True)
     code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"),
                         "--epochs", "1", "--crop-size", "32", "--spacing", "3")
     assert code == 2 and "holds a label" in err and not (tmp_path / "run").exists()
