@@ -170,6 +170,10 @@ def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys
     code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run"), "--resume", "--seed", "7", "--epochs", "3")
     assert code == 2 and "different config" in err  # refused: the run's split is untouched
     assert (tmp_path / "run" / "split.json").read_text() == split_before
+    other = _generic_cohort(tmp_path / "other", empty_labels=True)
+    code, _, err = _run(capsys, "train", "--data", str(other), "--layout", "generic", "--epochs", "2", "--crop-size",
+                        "32", "--spacing", "3", "--out", str(tmp_path / "run"), "--resume")
+    assert code == 2 and "started on other data" in err
     code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run2"), "--register-to", str(tmp_path / "models"),
                         "--model-name", "my_unet")
     assert code == 4 and "already registered" in err and not (tmp_path / "run2").exists()

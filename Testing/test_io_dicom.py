@@ -282,3 +282,26 @@ def test_dicom_seg_refuses_labels_off_the_series_grid_and_skips_an_empty_one(two
     assert write_dicom_seg(labels.with_array(np.zeros_like(labels.array)), folder, tmp_path / "c.dcm",
                            series_uid=uid) is None
     assert not any(tmp_path.glob("*.dcm"))
+
+
+def test_a_dicom_seg_beside_its_series_is_not_read_as_a_second_series(two_series, tmp_path):
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    write_dicom_seg(_blocks(image), folder, folder / "seg.dcm", series_uid=uid)
+    assert [i.series_uid for i in list_dicom_series(folder)] == [series["axial"][0], uid]  # not three series
+    np.testing.assert_array_equal(read_dicom_series(folder, series_uid=uid).array, image.array)
+
+
+def test_one_dicom_file_as_input_gets_a_warning_instead_of_a_seg(two_series, tmp_path):
+    from cardiac_ai.io.dicom_seg import dicom_seg_of_dicom_input
+    from cardiac_ai.provenance import Provenance
+
+    folder, _ = two_series
+    one = tmp_path / "one.dcm"
+    one.write_bytes(next(p for p in folder.iterdir() if p.name.startswith("b")).read_bytes())
+    provenance = Provenance()
+    assert dicom_seg_of_dicom_input(None, one, tmp_path / "seg.dcm", series_uid=None, provenance=provenance) is None
+    assert any("one DICOM file" in w for w in provenance.warnings) and not (tmp_path / "seg.dcm").exists()

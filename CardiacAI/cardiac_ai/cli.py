@@ -521,9 +521,10 @@ _WEAK_CAM_OPTIONS = ("label_column", "seg_epochs", "self_epochs", "prior", "weak
 @_command("train")
 def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .datasets import (
-        default_acdc_split, groups_from_refs, keep_run_split, list_acdc, list_emidec, list_generic, load_case,
-        load_split, make_patient_split, refs_in_part,
+        check_run_data, default_acdc_split, groups_from_refs, keep_run_data, keep_run_split, list_acdc, list_emidec,
+        list_generic, load_case, load_split, make_patient_split, refs_in_part,
     )
+    from .datasets.splits import RUN_DATA_FILE
     from .labels import LABELS
     from .preprocessing import InputSpec
     from .training import TrainingConfig
@@ -552,6 +553,7 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if args.resume and not resume:
         log.warning("%s holds no checkpoint to resume from: starting a new run there.", out)
     _check_register_target(args.register_to, [args.model_name], args.model_version, overwrite=args.overwrite)
+    check_run_data(refs, out, resume=resume)
     if args.split:
         split = load_split(args.split)
     elif resume and (out / "split.json").is_file():
@@ -583,6 +585,9 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     )
     check_network_takes_crop(config, spec)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out / RUN_DATA_FILE).unlink(missing_ok=True)  # a new run (--overwrite) records its own data
+    keep_run_data(refs, out)
     keep_run_split(split, out / "split.json", resume=resume)
     result = train_segmentation(
         train_cases, val_cases, config=config, out_dir=out / "checkpoints", model_name=args.model_name,

@@ -31,6 +31,8 @@ __all__ = [
     "save_split",
     "load_split",
     "keep_run_split",
+    "check_run_data",
+    "keep_run_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -335,6 +337,53 @@ def keep_run_split(split: Split, path: str | os.PathLike, *, resume: bool) -> Sp
         return saved
     save_split(split, path)
     return split
+
+
+#: What a training run was started on, in its run folder, checked when it resumes.
+RUN_DATA_FILE = "data.json"
+
+
+def _run_data(refs, label_column: str | None) -> dict:
+    """Case ids, image and label-map file names and sizes, and the image-level label a run learns."""
+    def files(paths):
+        return [[p.name, p.stat().st_size if p.exists() else None] for p in paths]
+
+    return {"label_column": label_column, "cases": {
+        r.case_id: {"images": files(r.image_paths), "label_maps": files(r.label_paths),
+                    "label": None if label_column is None else str(r.image_labels.get(label_column))}
+        for r in sorted(refs, key=lambda r: r.case_id)}}
+
+
+def check_run_data(refs, folder: str | os.PathLike, *, resume: bool, label_column: str | None = None) -> None:
+    """Refuse to resume the run of ``folder`` on other data than it started with (cached preparations and the
+    split would silently belong to the old data); a run from before the record passes.
+
+    Raises
+    ------
+    InputError
+        Other cases, files or labels than the run's ``data.json`` records.
+    """
+    path = Path(folder) / RUN_DATA_FILE
+    if not resume or not path.is_file():
+        return
+    earlier, data = json.loads(path.read_text(encoding="utf-8")), _run_data(refs, label_column)
+    if earlier == data:
+        return
+    if earlier.get("label_column") != data["label_column"]:
+        why = f"label column {earlier.get('label_column')!r} -> {data['label_column']!r}"
+    else:
+        old, new = earlier.get("cases", {}), data["cases"]
+        changed = sorted(set(old) ^ set(new)) + sorted(c for c in set(old) & set(new) if old[c] != new[c])
+        why = f"{len(changed)} case(s) differ in their images, label maps or labels, e.g. {changed[0]}"
+    raise InputError(f"Cannot resume {Path(folder)}: it was started on other data ({why}). Resume with the data it "
+                     "was started on, or start a new run in an empty folder.")
+
+
+def keep_run_data(refs, folder: str | os.PathLike, *, label_column: str | None = None) -> None:
+    """Record what the run of ``folder`` trains on (once: a resumed run keeps its record)."""
+    path = Path(folder) / RUN_DATA_FILE
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(_run_data(refs, label_column), indent=1) + "\n")
 
 
 def load_split(path: str | os.PathLike) -> Split:

@@ -26,6 +26,10 @@ __all__ = ["DicomSeriesInfo", "list_dicom_series", "read_dicom_series", "series_
 
 log = logging.getLogger(__name__)
 
+#: Modalities of objects stored beside images that are not images to read (segmentations, reports, presentation
+#: states, structure sets): a folder holding CardiacAI's own DICOM SEG beside its series still reads as one series.
+_NOT_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "RTSTRUCT", "KO", "REG"})
+
 #: Largest allowed difference between two slices' ImageOrientationPatient values (direction cosines).
 _ORIENTATION_TOLERANCE = 1e-4
 #: Largest allowed deviation of one slice gap from the median gap, as a fraction of the median gap.
@@ -104,6 +108,10 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
             continue
         if "Rows" not in dataset or "Columns" not in dataset:
             log.warning("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
+            continue
+        if str(dataset.get("Modality", "")) in _NOT_IMAGE_MODALITIES:
+            log.info("Skipping %s: a %s object, not an image (e.g. an earlier segmentation).", path,
+                     dataset.get("Modality"))
             continue
         dataset.filename = str(path)
         groups.setdefault(str(uid), []).append(dataset)

@@ -136,7 +136,11 @@ def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path
     """What the segmenting commands do: for an input read from a DICOM series (a folder), also write the labels as
     a DICOM SEG of it; a series a SEG cannot refer to gives a provenance warning, never a failed segmentation.
     Returns the file, or None (not a DICOM input, nothing to write, or the warning)."""
-    if not Path(input_path).is_dir():
+    source = Path(input_path)
+    if not source.is_dir():
+        if source.suffix.lower() == ".dcm":
+            provenance.warn("No DICOM SEG written: the input is one DICOM file; give the folder of its series for a "
+                            "DICOM SEG that refers to every slice.", log)
         return None
     try:
         return write_dicom_seg(labels, input_path, path, series_uid=series_uid)

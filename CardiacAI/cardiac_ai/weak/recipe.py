@@ -49,14 +49,15 @@ import numpy as np
 from ..datasets.case import CaseRef, load_case
 from ..datasets.splits import (
     Split,
+    check_run_data,
     groups_from_refs,
+    keep_run_data,
     keep_run_split,
     make_patient_split,
     refs_in_part,
 )
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_path, write_text_atomic
-from ..io.report import write_json
 from ..preprocessing import InputSpec
 from ..progress import ProgressCallback, report, subrange
 from ..training.augmentation import AugmentationConfig
@@ -709,34 +710,6 @@ def _titled(progress: ProgressCallback | None, title: str) -> ProgressCallback |
     return lambda fraction, message: progress(fraction, f"{title}: {message}")
 
 
-#: What a run was trained from (case ids, image file names and sizes, the weak label), checked on resume.
-_DATA_FILE = "data.json"
-
-
-def _data_fingerprint(refs, label_column: str) -> dict:
-    return {"label_column": label_column, "cases": {
-        r.case_id: {"images": [[p.name, p.stat().st_size if p.exists() else None] for p in r.image_paths],
-                    "label": str(r.image_labels.get(label_column))} for r in sorted(refs, key=lambda r: r.case_id)}}
-
-
-def _check_same_data(work: Path, data: dict) -> None:
-    """Refuse to resume a run on other data than it started with (a cached preparation would be reused)."""
-    path = work / _DATA_FILE
-    if not path.is_file():
-        return  # a run from before the fingerprint
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    if earlier == data:
-        return
-    if earlier.get("label_column") != data["label_column"]:
-        why = f"label column {earlier.get('label_column')!r} -> {data['label_column']!r}"
-    else:
-        old, new = earlier.get("cases", {}), data["cases"]
-        changed = sorted(set(old) ^ set(new)) + sorted(c for c in set(old) & set(new) if old[c] != new[c])
-        why = f"{len(changed)} case(s) differ in their images or labels, e.g. {changed[0]}"
-    raise InputError(f"Cannot resume {work}: it was started on other data ({why}). Resume with the data it was "
-                     "started on, or start a new run in an empty folder.")
-
-
 def train_weak_cam_models(
     refs: Sequence[CaseRef],
     label_column: str,
@@ -835,12 +808,9 @@ def train_weak_cam_models(
     if not resume and work.is_dir() and any(work.iterdir()):
         raise OutputError(f"{work} already holds files; continue that run with resume (--resume) or use an empty "
                           "folder.")
-    data = _data_fingerprint(refs, label_column)
-    if resume:
-        _check_same_data(work, data)
+    check_run_data(refs, work, resume=resume, label_column=label_column)
     work.mkdir(parents=True, exist_ok=True)
-    if not (work / _DATA_FILE).is_file():
-        write_json(work / _DATA_FILE, data)
+    keep_run_data(refs, work, label_column=label_column)
     split = keep_run_split(split, work / "split.json", resume=resume)
     split_summary = dict(split_summary) if split_summary is not None else {
         "train": list(split.train), "validation": list(split.validation), "test": list(split.test)}
