@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import CardiacAIError, DataError
+from .io.report import REPORT_NAME
 from .slicer_results import qc_entries, read_report, report_warnings
 
 __all__ = ["summary_values", "earlier_summary_values", "summary_columns", "SUMMARY_COMMANDS"]
@@ -156,7 +157,7 @@ def earlier_summary_values(case_folder: str | os.PathLike) -> dict[str, Any] | N
     last), so that a resumed batch's ``summary.csv`` keeps them; None when there is no readable report: the case is
     not finished and runs again."""
     folder = Path(case_folder)
-    if not (folder / "report.json").is_file():
+    if not (folder / REPORT_NAME).is_file():
         return None
     try:
         return summary_values(read_report(folder))

@@ -641,11 +641,13 @@ def _clear_earlier_run(folder: Path) -> None:
 def _earlier_outputs(folder: Path) -> set[str]:
     """The files the run that wrote ``folder/report.json`` made there (its ``outputs``); empty for a report without
     the list (the segmentation reports of versions before it) or none."""
-    import json
+    from .io.report import read_json
 
+    if not (folder / REPORT_NAME).is_file():
+        return set()
     try:
-        listed = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))["outputs"]
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = read_json(folder / REPORT_NAME).get("outputs") or []
+    except (DataError, AttributeError):  # unreadable, or not a report object
         return set()
     return {name for name in listed if isinstance(name, str) and Path(name).name == name}
 
