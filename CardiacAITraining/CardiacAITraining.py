@@ -128,6 +128,8 @@ class CardiacAITrainingParameterNode:
         other tasks register their models under their own names, version 1.0).
     registerModel - register the trained model in the CardiacAI models folder, so CardiacAI can use it.
     labelColumn - weak-cam: the labels.csv column holding the image-level labels (ACDC: ignored, its diagnoses).
+    samplingRatio - segmentation: region-aware batch sampling, basal and apical slices this many times as likely as
+        mid-ventricular ones (the paper used 4 and 20); 1 draws every slice equally (the default).
     """
 
     dataFolder: pathlib.Path
@@ -140,6 +142,7 @@ class CardiacAITrainingParameterNode:
     modelVersion: str = "1.0"
     registerModel: bool = True
     labelColumn: str = "diagnosis"
+    samplingRatio: Annotated[float, WithinRange(1.0, 100.0)] = 1.0
 
 
 #
@@ -315,6 +318,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         modelVersion: str = "1.0",
         registerTo=None,
         labelColumn: str = "diagnosis",
+        samplingRatio: float = 1.0,
     ) -> dict:
         """The ``cardiacai train`` options for these settings, after checking them.
 
@@ -358,6 +362,13 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                     "labels (for example diagnosis)."
                 )
             options["label_column"] = labelColumn
+        if not 1.0 <= float(samplingRatio) <= 100.0:
+            raise ValueError(f"The batch sampling ratio must be between 1 (uniform) and 100, got {samplingRatio}.")
+        if float(samplingRatio) > 1.0:
+            if task != "segmentation":
+                raise ValueError("Region-aware batch sampling applies to the segmentation task only; set the ratio "
+                                 "to 1 for the other tasks.")
+            options["sampling_ratio"] = float(samplingRatio)
         if registerTo:
             if os.path.abspath(str(registerTo)) in (os.path.abspath(dataFolder), os.path.abspath(outputFolder)):
                 raise ValueError("The models folder must differ from the data and output folders.")
@@ -375,7 +386,8 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         --progress-lines`` (``cardiac_ai.slicer_results.training_command``).
 
         :param scriptsDir: the checkout's scripts folder; default :func:`scriptsDirectory`.
-        :param settings: layout, modelName, modelVersion, registerTo, labelColumn, as for :meth:`trainOptions`.
+        :param settings: layout, modelName, modelVersion, registerTo, labelColumn, samplingRatio, as for
+            :meth:`trainOptions`.
         :raises ValueError: invalid settings, or a script task without the scripts folder.
         """
         from CardiacAI import CardiacAILogic, importBackend
@@ -387,7 +399,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             device=options["device"], layout=options["layout"], model_name=options["model_name"],
             model_version=options["model_version"], register_to=options.get("register_to"),
             scripts_dir=scriptsDir if scriptsDir is not None else scriptsDirectory(),
-            label_column=options.get("label_column"),
+            label_column=options.get("label_column"), sampling_ratio=options.get("sampling_ratio"),
         )
 
     # -- live loss plot -------------------------------------------------------------------------------------------
@@ -491,7 +503,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         registerTo = modelsFolder() if parameterNode.registerModel else None
         settings = {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
                     "modelVersion": parameterNode.modelVersion, "registerTo": registerTo,
-                    "labelColumn": parameterNode.labelColumn}
+                    "labelColumn": parameterNode.labelColumn, "samplingRatio": parameterNode.samplingRatio}
         task = parameterNode.task
         options = self.trainOptions(parameterNode.dataFolder, parameterNode.outputFolder, task, parameterNode.epochs,
                                     parameterNode.device, **settings)
@@ -605,18 +617,22 @@ class CardiacAITrainingTest(ScriptedLoadableModuleTest):  # noqa: F405
         modelsDir = os.path.join(slicer.util.tempDirectory(), "models")
         command = logic.buildTrainCommand(
             dataFolder, outputFolder, "segmentation", 3, "cpu", pythonExecutable="python", layout="acdc",
-            modelName="cine_baseline", modelVersion="2.0", registerTo=modelsDir,
+            modelName="cine_baseline", modelVersion="2.0", registerTo=modelsDir, samplingRatio=20.0,
         )
         self.assertEqual(command[:4], ["python", "-m", "cardiac_ai", "train"])
         for flag, value in (("--data", dataFolder), ("--out", outputFolder), ("--task", "segmentation"),
                             ("--epochs", "3"), ("--device", "cpu"), ("--layout", "acdc"),
                             ("--model-name", "cine_baseline"), ("--model-version", "2.0"),
-                            ("--register-to", modelsDir)):
+                            ("--register-to", modelsDir), ("--sampling-ratio", "20.0")):
             self.assertEqual(command[command.index(flag) + 1], value)
         self.assertEqual(command[-1], "--progress-lines")
         unregistered = logic.buildTrainCommand(dataFolder, outputFolder, "segmentation", 3, "cpu",
                                                pythonExecutable="python")
         self.assertNotIn("--register-to", unregistered)
+        self.assertNotIn("--sampling-ratio", unregistered)  # ratio 1: every slice drawn equally
+        with self.assertRaises(ValueError):  # a segmentation-only option
+            logic.buildTrainCommand(dataFolder, outputFolder, "weak-cam", 3, "cpu", pythonExecutable="python",
+                                    samplingRatio=4.0)
         if scriptsDirectory():  # a source checkout: the other tasks run its training scripts
             qc = logic.buildTrainCommand(dataFolder, outputFolder, "qc", 3, "cpu", pythonExecutable="python")
             self.assertTrue(qc[1].endswith("train_qc.py"))

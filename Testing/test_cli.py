@@ -185,6 +185,26 @@ def test_train_generic_layout_registers_a_model_that_info_lists(tmp_path, capsys
     assert code == 0, err  # nothing to resume: a new run
 
 
+def test_train_with_region_aware_batch_sampling_records_it_on_the_run_and_the_card(tmp_path, capsys):
+    data = _generic_cohort(tmp_path / "cohort")
+    common = ["train", "--data", str(data), "--layout", "generic", "--epochs", "1", "--crop-size", "32", "--spacing",
+              "3"]
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "run"), "--sampling-ratio", "4",
+                        "--register-to", str(tmp_path / "models"), "--model-name", "sampled_unet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "checkpoints" / "config.json").read_text())["position_sampling_ratio"] == 4
+    card = json.loads((tmp_path / "models" / "sampled_unet-1.0.json").read_text())
+    assert "region-aware batch sampling" in card["description"] and "4 times" in card["description"]
+    for bad in ("0.5", "inf", "four"):
+        with pytest.raises(SystemExit) as exit_info:
+            _run(capsys, *common, "--out", str(tmp_path / "bad"), "--sampling-ratio", bad)
+        assert exit_info.value.code == 2 and "--sampling-ratio" in capsys.readouterr().err
+    code, _, err = _run(capsys, "train", "--task", "weak-cam", "--data", str(data), "--out", str(tmp_path / "weak"),
+                        "--label-column", "group", "--sampling-ratio", "4")
+    assert code == 2 and "--task segmentation" in err and not (tmp_path / "weak").exists()
+    assert not (tmp_path / "bad").exists()
+
+
 def test_train_refuses_label_maps_without_any_label_before_writing(tmp_path, capsys):
     data = _generic_cohort(tmp_path / "cohort", empty_labels=True)
     code, _, err = _run(capsys, "train", "--data", str(data), "--layout", "generic", "--out", str(tmp_path / "run"),

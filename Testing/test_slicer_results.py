@@ -700,8 +700,10 @@ def test_every_training_task_builds_a_command_its_parser_accepts(task, tmp_path)
         ({"task": "fibrosis", "layout": "acdc"}, "reads emidec data"),
         ({"task": "qc", "scripts_dir": None}, "source checkout"),
         ({"task": "qc", "scripts_dir": "/nonexistent"}, "does not exist"),
+        ({"task": "segmentation", "sampling_ratio": 0.5}, "1 \\(uniform\\) or more"),
+        ({"task": "weak-cam", "sampling_ratio": 4.0}, "option of the segmentation task"),
     ],
-    ids=["task", "epochs", "layout", "no-scripts", "missing-script"],
+    ids=["task", "epochs", "layout", "no-scripts", "missing-script", "sampling-below-1", "sampling-weak"],
 )
 def test_training_command_refuses_what_cannot_run(kwargs, match, tmp_path):
     settings = {"python_executable": "python", "data": tmp_path, "out": tmp_path / "run", "epochs": 2,
@@ -709,6 +711,17 @@ def test_training_command_refuses_what_cannot_run(kwargs, match, tmp_path):
     task = settings.pop("task")
     with pytest.raises(InputError, match=match):
         training_command(task, **settings)
+
+
+def test_segmentation_training_command_carries_the_batch_sampling_ratio(tmp_path):
+    from cardiac_ai.cli import build_parser
+
+    def command(ratio):
+        return training_command("segmentation", python_executable="python", data=tmp_path, out=tmp_path / "run",
+                                epochs=2, sampling_ratio=ratio)
+
+    assert build_parser().parse_args(command(20.0)[3:]).sampling_ratio == 20.0
+    assert "--sampling-ratio" not in command(1.0) and "--sampling-ratio" not in command(None)  # 1: uniform
 
 
 def test_latest_training_log_follows_the_run_being_written(tmp_path):

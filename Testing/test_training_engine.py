@@ -222,6 +222,62 @@ def test_custom_batch_sampler_decides_the_batches(tmp_path):
     assert trainer.batch_sizes == [3, 3, 3, 3, 3]
 
 
+class PositionedSlices(ThresholdSlices):
+    """ThresholdSlices with a base-to-apex position per slice, as SliceDataset has; each item says its index."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n, seed)
+        self.positions = np.linspace(0, 1, n)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {**super().__getitem__(index), "index": torch.tensor(index)}
+
+
+def test_position_sampling_ratio_draws_basal_and_apical_slices_more_often(tmp_path):
+    def drawn(trainer, epochs):
+        return [i for epoch in range(epochs) for batch in trainer.train_loader(epoch) for i in batch["index"].tolist()]
+
+    config = make_config(epochs=1, batch_size=5, position_sampling_ratio=20.0)
+    trainer = Trainer(config, make_network(config), PositionedSlices(11, 0), ThresholdSlices(4, 1),
+                      out_dir=tmp_path / "run", device="cpu")
+    indices = drawn(trainer, 20)
+    assert len(indices) == 20 * 3 * 5  # ceil(11 / 5) batches of 5 per epoch, as uniform shuffling takes
+    counts = np.bincount(indices, minlength=11)
+    assert counts[[0, 10]].mean() > 5 * counts[4:7].mean()  # weights: 20 at the very ends, ~15 against slices 4-6
+    assert drawn(trainer, 3) == indices[:45]  # the draw depends on seed and epoch only (resume takes the same)
+    trainer.fit()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["position_sampling_ratio"] == 20.0
+
+    uniform = make_config(epochs=1, batch_size=5)
+    trainer = Trainer(uniform, make_network(uniform), PositionedSlices(11, 0), ThresholdSlices(4, 1),
+                      out_dir=tmp_path / "uniform", device="cpu")
+    assert sorted(drawn(trainer, 2)) == sorted(list(range(11)) * 2)  # without it: every slice once per epoch
+
+
+def test_position_sampling_is_refused_where_it_cannot_work(tmp_path):
+    config = make_config(position_sampling_ratio=4.0)
+    with pytest.raises(InputError, match="slice positions"):
+        Trainer(config, make_network(config), ThresholdSlices(8, 0), ThresholdSlices(4, 1), out_dir=tmp_path,
+                device="cpu")
+    sampler = QuadraticPositionSampler(np.linspace(0, 1, 8), batch_size=3, num_batches=2)
+    with pytest.raises(InputError, match="pass no batch_sampler"):
+        Trainer(config, make_network(config), PositionedSlices(8, 0), ThresholdSlices(4, 1), out_dir=tmp_path,
+                device="cpu", batch_sampler=sampler)
+    for bad in (0.5, float("nan"), float("inf"), True):
+        with pytest.raises(InputError, match="position_sampling_ratio"):
+            make_config(position_sampling_ratio=bad)
+
+
+def test_resume_refuses_another_position_sampling_ratio(tmp_path):
+    config = make_config(epochs=2, position_sampling_ratio=4.0)
+    Trainer(config, make_network(config), PositionedSlices(8, 0), ThresholdSlices(4, 1), out_dir=tmp_path,
+            device="cpu").fit()
+    changed = make_config(epochs=2, position_sampling_ratio=20.0)
+    with pytest.raises(InputError, match="position_sampling_ratio"):
+        Trainer(changed, make_network(changed), PositionedSlices(8, 0), ThresholdSlices(4, 1), out_dir=tmp_path,
+                device="cpu").fit(resume=True)
+
+
 def test_export_best_model_loads_through_the_registry(tmp_path):
     config = make_config(epochs=1, input_spec={"in_plane_spacing_mm": [1.5, 1.5], "crop_size": [16, 16]})
     trainer = Trainer(config, make_network(config), ThresholdSlices(8, 0), ThresholdSlices(4, 1),

@@ -6,6 +6,7 @@ Runs on the CPU or a GPU (the same script); writes prepared .npz crops, run fold
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -167,17 +168,10 @@ def main() -> None:
         print("baseline", metrics, flush=True)
 
     if args.stage in ("sampler", "all"):
-        from cardiac_ai.training import QuadraticPositionSampler
-
-        config = baseline_config(args.epochs, spec=cine_train.spec)
-        sampler = QuadraticPositionSampler(
-            cine_train.positions, batch_size=config.batch_size,
-            num_batches=int(np.ceil(len(cine_train) / config.batch_size)), ratio=20.0, seed=config.seed,
-        )
+        config = dataclasses.replace(baseline_config(args.epochs, spec=cine_train.spec), position_sampling_ratio=20.0)
         result, _, metrics = train_segmentation_prepared(
             cine_train, cine_val, config=config, out_dir=work / "run_sampler", device=args.device,
             augmentation=CINE_AUGMENTATION, progress=stage_progress.stage("sampler", then=progress),
-            batch_sampler=sampler,
             resume=(work / "run_sampler" / "last.pt").exists(),
         )
         print("sampler", metrics, flush=True)

@@ -1205,6 +1205,7 @@ def training_command(
     register_to: str | os.PathLike | None = None,
     scripts_dir: str | os.PathLike | None = None,
     label_column: str | None = None,
+    sampling_ratio: float | None = None,
 ) -> list[str]:
     """The command line that trains ``task`` (a key of :data:`TRAINING_TASKS`).
 
@@ -1217,11 +1218,14 @@ def training_command(
     ``model_version`` apply to segmentation only. ``weak-cam`` runs ``cardiacai train --task weak-cam`` with
     ``--label-column label_column`` (the labels.csv column of image-level labels; ACDC uses its diagnoses when it is
     None) and ``epochs`` for the classifier and the U-Net alike; it registers its two models with ``--register-to``.
+    ``sampling_ratio`` (segmentation only; None or 1: uniform) adds ``--sampling-ratio``, region-aware batch
+    sampling.
 
     Raises
     ------
     InputError
-        Unknown task, epochs not a positive integer, a layout the task cannot read, no ``scripts_dir`` for a script
+        Unknown task, epochs not a positive integer, a layout the task cannot read, a sampling ratio below 1 or for
+        another task than segmentation, no ``scripts_dir`` for a script
         task, or the script missing there (the training scripts come with a source checkout, not with the installed
         extension).
     """
@@ -1233,6 +1237,11 @@ def training_command(
     if layout not in spec.layouts and not (spec.script and layout == "auto"):
         raise InputError(f"The {task} task reads {', '.join(spec.layouts)} data, not the {layout!r} layout.")
     _common_options(out, device, None)
+    if sampling_ratio is not None and not sampling_ratio >= 1:
+        raise InputError(f"The batch sampling ratio must be 1 (uniform) or more, got {sampling_ratio}.")
+    sampled = sampling_ratio is not None and sampling_ratio > 1
+    if sampled and task != "segmentation":
+        raise InputError(f"Region-aware batch sampling is an option of the segmentation task, not of {task}.")
     python = os.fspath(python_executable)
     if spec.script is None:
         from .subprocess_runner import build_command
@@ -1243,7 +1252,8 @@ def training_command(
         if task == "weak-cam":
             options.update(seg_epochs=epochs, label_column=label_column or None)
         else:
-            options.update(model_name=model_name, model_version=model_version)
+            options.update(model_name=model_name, model_version=model_version,
+                           sampling_ratio=sampling_ratio if sampled else None)
         return build_command("train", [], options, python_executable=python)
     if scripts_dir is None:
         raise InputError(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,11 @@ class TrainingConfig:
         Clip the gradient norm to this value (nnU-Net uses 12); None: no clipping.
     deterministic : bool
         Ask torch for deterministic algorithms during training (warns where none exists).
+    position_sampling_ratio : float or None
+        Region-aware non-uniform batch sampling (the region-aware paper's approach 1): batches are drawn with
+        replacement, basal and apical slices up to this many times as often as mid-ventricular ones, through
+        :class:`~cardiac_ai.training.samplers.QuadraticPositionSampler` over the training set's slice
+        ``positions``; the paper used 4 and 20. None (the default): every slice once per epoch, shuffled.
     """
 
     network: str
@@ -83,6 +89,7 @@ class TrainingConfig:
     num_workers: int = 0
     grad_clip_norm: float | None = None
     deterministic: bool = True
+    position_sampling_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if hasattr(self.input_spec, "to_dict"):
@@ -117,6 +124,14 @@ class TrainingConfig:
         ):
             problems.append(
                 f"early_stopping_patience must be None or an integer >= 1, got {self.early_stopping_patience!r}"
+            )
+        ratio = self.position_sampling_ratio
+        if ratio is not None and not (
+            isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and math.isfinite(ratio) and ratio >= 1
+        ):
+            problems.append(
+                f"position_sampling_ratio must be None or a number >= 1 (the paper used 4 and 20), got "
+                f"{self.position_sampling_ratio!r}"
             )
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             problems.append(f"grad_clip_norm must be None or > 0, got {self.grad_clip_norm!r}")

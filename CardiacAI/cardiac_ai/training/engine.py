@@ -44,6 +44,7 @@ from .distributed import (
     setup_distributed,
     wrap_model,
 )
+from .samplers import QuadraticPositionSampler
 
 if TYPE_CHECKING:
     import torch
@@ -248,7 +249,8 @@ class Trainer:
     batch_sampler : iterable of index lists, optional
         Replaces shuffling (e.g. :class:`~cardiac_ai.training.samplers.QuadraticPositionSampler`); its
         ``set_epoch(epoch)`` is called each epoch when it exists. Under DDP it must have ``num_replicas`` equal to
-        the world size and yield this rank's share.
+        the world size and yield this rank's share. ``config.position_sampling_ratio`` builds the quadratic one
+        from the training set's ``positions`` instead (then pass none here).
     hooks : sequence of TrainerHook
         Called after the trainer's own hook methods.
 
@@ -302,11 +304,15 @@ class Trainer:
         self.metric_fn = metric_fn
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.batch_sampler = batch_sampler
         self.hooks = tuple(hooks)
         self.requested_device = device if isinstance(device, torch.device) else resolve_device(device)
         self.device = self.requested_device
         self.dist = DistributedContext()
+        self.batch_sampler = batch_sampler
+        if config.position_sampling_ratio is not None:
+            if batch_sampler is not None:
+                raise InputError("config.position_sampling_ratio builds the batch sampler; pass no batch_sampler.")
+            self.batch_sampler = self._position_sampler()
         self.model: nn.Module = network
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -537,6 +543,25 @@ class Trainer:
         if self.best_metric is None:
             return True
         return metric > self.best_metric if self.config.metric_mode == "max" else metric < self.best_metric
+
+    def _position_sampler(self) -> QuadraticPositionSampler:
+        """The quadratic base/apex batch sampler ``config.position_sampling_ratio`` asks for, over the training
+        set's ``positions`` (one batch per ``batch_size`` slices per epoch, as uniform shuffling)."""
+        positions = getattr(self.train_dataset, "positions", None)
+        if positions is None:
+            raise InputError(
+                "config.position_sampling_ratio needs a training set with slice positions (a SliceDataset of "
+                f"prepared slices); {type(self.train_dataset).__name__} has none."
+            )
+        positions = np.asarray(positions, dtype=np.float64)
+        if not np.isfinite(positions).any():
+            log.warning("Position sampling: no training slice has a base-to-apex position (no labelled heart), so "
+                        "every slice is drawn equally often.")
+        return QuadraticPositionSampler(
+            positions, batch_size=self.config.batch_size,
+            num_batches=math.ceil(len(positions) / self.config.batch_size), ratio=float(self.config.position_sampling_ratio), seed=self.config.seed,
+            num_replicas=self.dist.world_size, rank=self.dist.rank,
+        )
 
     def _check_sampler(self) -> None:
         if self.batch_sampler is None or not self.dist.is_distributed:

@@ -201,6 +201,14 @@ def train_segmentation(
             epochs=len(result.history),
             validation_metrics=metrics,
             date=datetime.date.today().isoformat(),
+            description=_sampling_description(config),
         )
         card_path = save_model(network, card, models_dir)
     return SegmentationTrainingResult(result, card_path, metrics)
+
+
+def _sampling_description(config: TrainingConfig) -> str:
+    if config.position_sampling_ratio is None:
+        return ""
+    return (f"Trained with region-aware batch sampling: quadratic over the slice position from base to apex, basal "
+            f"and apical slices {config.position_sampling_ratio:g} times as likely as mid-ventricular ones.")

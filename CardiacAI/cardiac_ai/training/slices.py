@@ -232,7 +232,10 @@ class SliceDataset:
     def __len__(self) -> int:
         return len(self.prepared)
 
+    @property
     def positions(self) -> np.ndarray:
+        """Each slice's base (0) to apex (1) position, NaN outside the labelled heart (what position sampling
+        reads)."""
         return self.prepared.positions
 
     def __getitem__(self, index: int) -> dict:
