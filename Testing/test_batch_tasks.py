@@ -231,3 +231,14 @@ def test_options_of_another_task_are_refused_before_anything_runs(extra, message
     assert main(["batch", str(tmp_path), "--out", str(tmp_path / "out"), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_flat_folder_of_png_slices_says_how_to_make_cases(tmp_path):
+    from cardiac_ai.errors import DataError
+    from cardiac_ai.io import write_png
+    from cardiac_ai.pipeline import list_batch_cases
+
+    for k in range(2):
+        write_png(_stack(n_slices=1, size=16)[0].astype(np.uint8), tmp_path / f"Case_P001_slice{k:03d}.png")
+    with pytest.raises(DataError, match="in a folder of their own"):
+        list_batch_cases(tmp_path, task="fibrosis")

@@ -92,6 +92,30 @@ def test_scar_is_kept_only_inside_the_predicted_myocardium():
     assert result.measures.scar_percent_of_myocardium == pytest.approx(50.0, abs=5.0)
     assert result.measures.volume_unit == "voxels"
     np.testing.assert_allclose(result.slice_probabilities, 1 / (1 + np.exp(-2.0)), rtol=1e-5)
+    # the weak model has no MVO class: MVO is "not assessed", never a measured zero
+    clinical = result.to_report()["clinical"]
+    assert clinical["mvo_assessed"] is False and np.isnan(clinical["mvo_volume"])
+    assert np.isnan(clinical["mvo_percent_of_scar"]) and all(s["mvo_pixels"] is None for s in clinical["slices"])
+    assert any("MVO not assessed" in note for note in clinical["notes"])
+    assert not result.provenance.warnings  # the heart lies well inside the crop
+
+
+class _EdgeRingNet(_RingNet):
+    """Myocardium 'model' whose ring reaches the crop's edge on every slice (an off-centre or very large heart)."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        logits[:, 2, :, -1] = 50.0
+        return logits
+
+
+def test_myocardium_at_the_edge_of_the_models_view_is_reported():
+    models = _known_models()
+    models.myocardium = _loaded(_EdgeRingNet(), "lge_myocardium",
+                                {0: "background", 2: "lv_myocardium", 3: "lv_blood_pool"})
+    result = segment_fibrosis(Volume(_stack(), Geometry(spacing_mm=(1.0, 1.0, 1.0))), models, spacing_known=False)
+    [warning] = result.provenance.warnings
+    assert "edge of the 48 x 48 mm square" in warning and "[0, 1, 2]" in warning
 
 
 def test_known_spacing_is_resampled_back_onto_the_input_geometry_and_reported_in_ml():
@@ -203,6 +227,7 @@ def test_cli_writes_every_output_on_the_input_grid(tmp_path, models_dir, capsys)
     assert len(report["qc"]["slices"]) == 4 and (out / "qc_slices.csv").is_file()
     assert len((out / "fibrosis.csv").read_text().splitlines()) == 5
     assert "Wrote" in stdout and "QC" in stdout
+    assert report["clinical"]["mvo_volume"] is None and "MVO not assessed" in stdout
 
 
 def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys):
@@ -216,6 +241,25 @@ def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys)
     assert "qc" not in report and not (out / "qc_slices.csv").exists()
     assert report["slice_fibrosis_probability"] is None
     assert any("no pixel size" in w for w in report["provenance"]["warnings"])
+    assert report["clinical"]["mvo_assessed"] is True  # the pixel model has an MVO class
+    assert not any("classifier" in w for w in report["provenance"]["warnings"])  # skipped on purpose
+
+
+def test_cli_says_when_no_classifier_gives_slice_probabilities(tmp_path, models_dir, capsys):
+    import shutil
+
+    partial = tmp_path / "models"
+    partial.mkdir()
+    for name in ("lge_myocardium", "lge_fibrosis_weak"):
+        for path in models_dir.glob(f"{name}-*"):
+            shutil.copy(path, partial)
+    path, _ = _nifti(tmp_path)
+    code, _, err = _run(capsys, "fibrosis", str(path), "--out", str(tmp_path / "out"), "--models-dir", str(partial),
+                        "--device", "cpu", "--no-qc")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["slice_fibrosis_probability"] is None
+    assert any("No fibrosis classifier" in w and "--no-classifier" in w for w in report["provenance"]["warnings"])
 
 
 def test_cli_missing_model_exits_3_and_says_how_to_train(tmp_path, capsys):

@@ -618,6 +618,17 @@ def test_fibrosis_tables_from_a_written_fibrosis_report(tmp_path, phantom_pair):
     assert rows[k]["Scar (%)"] > 0 and all(r["Scar (%)"] in (0.0, None) or r["Slice"] == k for r in rows)
     assert tables["segments"] and max(r["Max transmurality (%)"] for r in tables["segments"]) > 0
 
+    unassessed = scar_measures(labels, pixel_spacing_ji_mm=spacing[1:], slice_spacing_mm=spacing[0],
+                               mvo_assessed=False)
+    result = FibrosisResult(phantom_pair[0].labels.with_array(labels), None, unassessed, "weak", True,
+                            Provenance(command="fibrosis"))
+    write_report(tmp_path / "unassessed", provenance=result.provenance, results=result.to_report())
+    tables = fibrosis_tables_from_report(read_report(tmp_path / "unassessed"))
+    summary = {r["Measurement"]: r["Value"] for r in tables["summary"]}
+    assert summary["MVO (not assessed by this model) volume"] is None  # a blank cell, not a measured 0
+    assert summary["MVO (not assessed by this model) of the scar"] is None
+    assert all(r["MVO area"] is None for r in tables["slices"])
+
 
 def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
     from cardiac_ai.weak.pipeline import CamResult

@@ -273,8 +273,13 @@ def stage_pseudo(args, work: Path, stage_progress: StageProgress) -> None:
                 positives = data.stack_labels
             pseudo = make_pseudo_labels(cams, data.images, positives, myocardium)
             save_arrays(target, {"cams": cams.astype(np.float16), "pseudo": pseudo})
+            n_positive, n_marked = int(np.asarray(positives).sum()), int(pseudo.any(axis=(1, 2)).sum())
             log.info("Pseudo-labels %s/%s: %d slices, %d positive, %d non-empty", level, part, len(pseudo),
-                     int(np.asarray(positives).sum()), int(pseudo.any(axis=(1, 2)).sum()))
+                     n_positive, n_marked)
+            if part == "train" and n_positive and not n_marked:
+                log.warning("No %s-level pseudo-label marks any scar although %d training slices are positive: the "
+                            "weak U-Net would learn to draw nothing. Check the %s classifier's CAMs (more epochs, "
+                            "or the classifier input options) before training it.", level, n_positive, level)
 
 
 def stage_weak_unet(args, work: Path, stage_progress: StageProgress) -> None:
@@ -310,7 +315,9 @@ def stage_register(args, work: Path, split) -> list[Path]:
 
     models_dir = Path(args.models_dir) if args.models_dir else work / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    split_info = {"file": "Resources/Splits/emidec_split.json", "train": list(split.train),
+    split_file = Path(args.split_file).resolve()
+    split_info = {"file": str(split_file.relative_to(REPO) if split_file.is_relative_to(REPO) else split_file),
+                  "train": list(split.train),
                   "validation": list(split.validation), "test": list(split.test)}
     myo, scar, mvo = LABELS[LV_MYOCARDIUM].name, LABELS[SCAR].name, LABELS[MVO].name
     exports = [

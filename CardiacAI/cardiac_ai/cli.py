@@ -976,8 +976,9 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
         )
     if not args.quiet:
         m = result.measures
+        mvo = f"MVO {m.mvo_volume:.1f} {m.volume_unit}" if m.mvo_assessed else "MVO not assessed by this model"
         print(f"Wrote {args.out}: scar {m.scar_volume:.1f} {m.volume_unit} "
-              f"({m.scar_percent_of_myocardium:.1f} % of the myocardium), MVO {m.mvo_volume:.1f} {m.volume_unit}; "
+              f"({m.scar_percent_of_myocardium:.1f} % of the myocardium), {mvo}; "
               f"{len(result.provenance.warnings)} warning(s){_qc_summary_line(args)}")
     return 0
 

@@ -357,7 +357,11 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
                 for row in reader
             ]
     if not cases:
-        raise DataError(f"No case found in {source} (volume files, or folders, one per case).")
+        hint = ""
+        if source.is_dir() and any(p.suffix.lower() == ".png" for p in source.iterdir()):
+            hint = (" It holds PNG slices: put each patient's slices in a folder of their own (e.g. Case_P001/ with "
+                    "its Case_P001_slice*.png) and pass the folder of those folders.")
+        raise DataError(f"No case found in {source} (volume files, or folders, one per case).{hint}")
     duplicates = sorted({c.case_id for c in cases if [d.case_id for d in cases].count(c.case_id) > 1})
     if duplicates:
         raise DataError(f"Case ids must be unique in a batch; repeated: {duplicates}.")

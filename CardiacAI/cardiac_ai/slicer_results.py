@@ -1056,16 +1056,17 @@ def fibrosis_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dic
                         "scar_percent_of_myocardium", "mvo_percent_of_scar", "slices"), "The report's 'clinical'",
              command)
     unit = str(clinical["volume_unit"])
+    mvo = "MVO" if clinical.get("mvo_assessed", True) else "MVO (not assessed by this model)"
     summary = [
         {"Measurement": "Scar volume (scar + MVO)", "Value": _number(clinical["scar_volume"], "scar_volume"),
          "Unit": unit},
-        {"Measurement": "MVO volume", "Value": _number(clinical["mvo_volume"], "mvo_volume"), "Unit": unit},
+        {"Measurement": f"{mvo} volume", "Value": _number(clinical["mvo_volume"], "mvo_volume"), "Unit": unit},
         {"Measurement": "Myocardial volume", "Value": _number(clinical["myocardium_volume"], "myocardium_volume"),
          "Unit": unit},
         {"Measurement": "Scar of the myocardium",
          "Value": _number(clinical["scar_percent_of_myocardium"], "scar_percent_of_myocardium"), "Unit": "%"},
-        {"Measurement": "MVO of the scar", "Value": _number(clinical["mvo_percent_of_scar"], "mvo_percent_of_scar"),
-         "Unit": "%"},
+        {"Measurement": f"{mvo} of the scar",
+         "Value": _number(clinical["mvo_percent_of_scar"], "mvo_percent_of_scar"), "Unit": "%"},
     ]
     probabilities = report.get("slice_fibrosis_probability")
     slices = []

@@ -82,8 +82,9 @@ class SliceScar:
     ----------
     slice_index : k of the slice.
     level : "base", "mid", "apex" or None (unknown).
-    myocardium_pixels, scar_pixels, mvo_pixels : pixel counts (scar includes MVO).
-    myocardium_area, scar_area, mvo_area : in ``area_unit``.
+    myocardium_pixels, scar_pixels, mvo_pixels : pixel counts (scar includes MVO; ``mvo_pixels`` None when MVO
+        was not assessed).
+    myocardium_area, scar_area, mvo_area : in ``area_unit`` (``mvo_area`` NaN when MVO was not assessed).
     area_unit : "mm2" or "pixels".
     scar_percent : scar / myocardium x 100 (NaN without myocardium).
     """
@@ -92,7 +93,7 @@ class SliceScar:
     level: str | None
     myocardium_pixels: int
     scar_pixels: int
-    mvo_pixels: int
+    mvo_pixels: int | None
     myocardium_area: float
     scar_area: float
     mvo_area: float
@@ -142,6 +143,8 @@ class ScarMeasures:
     area_unit : "mm2" or "pixels" (per-slice areas).
     scar_percent_of_myocardium : scar / myocardium x 100 over the stack (NaN without myocardium).
     mvo_percent_of_scar : MVO / scar x 100 (NaN without scar).
+    mvo_assessed : False when the labels come from a model that cannot mark MVO (weak supervision): the MVO
+        numbers are then NaN (null in the report), not zero, and a note says so.
     slices : one :class:`SliceScar` per slice.
     sectors : :class:`SectorTransmurality` of every slice with myocardium.
     anchor : how the sectors were anchored (``"assumed"`` standard view, or ``"given"``) and the angle used.
@@ -159,6 +162,7 @@ class ScarMeasures:
     sectors: tuple[SectorTransmurality, ...]
     anchor: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    mvo_assessed: bool = True
 
     def segment_transmurality(self) -> dict[int, dict[str, float]]:
         """AHA segment -> mean and max transmurality over its sectors (slices of known level only)."""
@@ -185,6 +189,7 @@ class ScarMeasures:
             "area_unit": self.area_unit,
             "scar_percent_of_myocardium": self.scar_percent_of_myocardium,
             "mvo_percent_of_scar": self.mvo_percent_of_scar,
+            "mvo_assessed": self.mvo_assessed,
             "anchor": dict(self.anchor),
             "notes": list(self.notes),
             "slices": [s.to_dict() for s in self.slices],
@@ -353,6 +358,7 @@ def scar_measures(
     levels: Sequence[Level | None] | None = None,
     anchor_angle_deg: float | None = None,
     septum_counter_clockwise: bool = True,
+    mvo_assessed: bool = True,
 ) -> ScarMeasures:
     """Scar volume (or voxel count), percentage of the myocardium, MVO, and transmurality per sector of a stack.
 
@@ -368,6 +374,9 @@ def scar_measures(
         Level of each slice (None: unknown); decides 6 or 4 sectors and the AHA segment numbers.
     anchor_angle_deg, septum_counter_clockwise
         Sector anchor, as :func:`sector_transmurality`; the same for every slice.
+    mvo_assessed : bool
+        False when ``labels`` come from a model without an MVO class: MVO numbers become NaN / None and a note
+        says that any MVO is counted as scar.
 
     Returns
     -------
@@ -413,14 +422,18 @@ def scar_measures(
         anchor = {"source": "given", "anchor_angle_deg": float(anchor_angle_deg),
                   "septum_counter_clockwise": septum_counter_clockwise}
 
+    if not mvo_assessed:
+        notes.append("MVO not assessed: the fibrosis model has no MVO class, so microvascular obstruction is counted "
+                     "as scar and the MVO numbers are left empty.")
     myocardium = np.isin(labels, MYOCARDIUM_CODES)
     scar = np.isin(labels, SCAR_CODES)
     mvo = labels == MVO
     slices, sectors = [], []
     for k in range(n_slices):
         n_myo, n_scar, n_mvo = (int(np.count_nonzero(m[k])) for m in (myocardium, scar, mvo))
-        slices.append(SliceScar(k, levels[k], n_myo, n_scar, n_mvo, n_myo * pixel_area, n_scar * pixel_area,
-                                n_mvo * pixel_area, area_unit, _percent(n_scar, n_myo)))
+        slices.append(SliceScar(k, levels[k], n_myo, n_scar, n_mvo if mvo_assessed else None, n_myo * pixel_area,
+                                n_scar * pixel_area, n_mvo * pixel_area if mvo_assessed else math.nan, area_unit,
+                                _percent(n_scar, n_myo)))
         sectors.extend(sector_transmurality(
             labels[k], level=levels[k], pixel_spacing_ji_mm=spacing, anchor_angle_deg=anchor_angle_deg,
             septum_counter_clockwise=septum_counter_clockwise, slice_index=k,
@@ -428,14 +441,15 @@ def scar_measures(
     n_myo, n_scar, n_mvo = (int(np.count_nonzero(m)) for m in (myocardium, scar, mvo))
     return ScarMeasures(
         scar_volume=n_scar * voxel_volume,
-        mvo_volume=n_mvo * voxel_volume,
+        mvo_volume=n_mvo * voxel_volume if mvo_assessed else math.nan,
         myocardium_volume=n_myo * voxel_volume,
         volume_unit=volume_unit,
         area_unit=area_unit,
         scar_percent_of_myocardium=_percent(n_scar, n_myo),
-        mvo_percent_of_scar=_percent(n_mvo, n_scar),
+        mvo_percent_of_scar=_percent(n_mvo, n_scar) if mvo_assessed else math.nan,
         slices=tuple(slices),
         sectors=tuple(sectors),
         anchor=anchor,
         notes=tuple(notes),
+        mvo_assessed=mvo_assessed,
     )

@@ -98,6 +98,7 @@ class FibrosisModels:
         model: Supervision = "weak",
         classifier: bool = True,
         device=None,
+        provenance: Provenance | None = None,
     ) -> "FibrosisModels":
         """Load the myocardium model, the fibrosis model ``model`` and (when available and asked) the classifier.
 
@@ -107,7 +108,8 @@ class FibrosisModels:
             For an unknown ``model``.
         ModelError
             When the myocardium or fibrosis model is missing; the message says how to train them. A missing
-            classifier only logs: the pipeline then reports no slice probabilities.
+            classifier is a warning (in ``provenance`` when given): the pipeline then reports no slice
+            probabilities.
         """
         if model not in ("weak", "weak_stack", "pixel"):
             raise InputError(f"model must be 'weak', 'weak_stack' or 'pixel', got {model!r}.")
@@ -127,7 +129,12 @@ class FibrosisModels:
             try:
                 loaded_classifier = registry.load(FIBROSIS_MODEL_NAMES["classifier"], device=device)
             except ModelError as e:
-                log.info("No fibrosis classifier (%s); slice probabilities are not reported.", e)
+                message = (f"No fibrosis classifier ({e}): slice fibrosis probabilities are not reported "
+                           "(--no-classifier skips it without this warning).")
+                if provenance is not None:
+                    provenance.warn(message, log)
+                else:
+                    log.warning(message)
         return cls(myocardium, fibrosis, loaded_classifier, model)
 
     def uses(self) -> list:
@@ -230,6 +237,23 @@ def _native_codes(probabilities: np.ndarray, prepared, codes: dict[int, int]) ->
     return crop, lookup[np.argmax(native, axis=0)]
 
 
+def _warn_if_myocardium_meets_the_crop_edge(myo_crop: np.ndarray, model: "LoadedModel", provenance: Provenance,
+                                            margin_px: int = 2) -> None:
+    """The models see a fixed square around the image centre; myocardium predicted at its edge means the heart
+    is off-centre or larger than that square, and what lies beyond is neither segmented nor measured."""
+    myocardium = myo_crop == LV_MYOCARDIUM
+    border = np.ones(myocardium.shape[1:], bool)
+    border[margin_px:-margin_px, margin_px:-margin_px] = False
+    touching = [int(k) for k in np.flatnonzero((myocardium & border).any(axis=(1, 2)))]
+    if touching:
+        spec = model.card.input_spec_object()
+        size = " x ".join(f"{n * d:g}" for n, d in zip(spec.crop_size, spec.in_plane_spacing_mm))
+        provenance.warn(
+            f"The predicted myocardium reaches the edge of the {size} mm square the models see around the image "
+            f"centre on slice(s) {touching}: the heart may be off-centre or larger than that square, and scar beyond "
+            "it is not measured. Crop the image around the heart and run again.", log)
+
+
 def _check_same_grid(prepared_model, prepared_myocardium, model: "LoadedModel", myocardium: "LoadedModel") -> None:
     if prepared_model is not prepared_myocardium:
         raise ModelError(
@@ -315,6 +339,7 @@ def segment_fibrosis(
         probabilities = predict_slices(models.myocardium.network, prepared.image[:, np.newaxis], device=device,
                                        activation="softmax", provenance=provenance)
         myo_crop, myo_native = _native_codes(probabilities, prepared, _channel_codes(models.myocardium))
+    _warn_if_myocardium_meets_the_crop_edge(myo_crop, models.myocardium, provenance)
 
     slice_probabilities = None
     if models.classifier is not None:
@@ -337,7 +362,8 @@ def segment_fibrosis(
             channels.append((myo_crop == LV_MYOCARDIUM).astype(np.float32))
         fib_probabilities = predict_slices(models.fibrosis.network, np.stack(channels, axis=1).astype(np.float32),
                                            device=device, activation="softmax", provenance=provenance)
-        _, fib_native = _native_codes(fib_probabilities, prepared_f, _channel_codes(models.fibrosis))
+        fib_codes = _channel_codes(models.fibrosis)
+        _, fib_native = _native_codes(fib_probabilities, prepared_f, fib_codes)
 
     labels = myo_native.copy()
     inside = myo_native == LV_MYOCARDIUM
@@ -352,7 +378,7 @@ def segment_fibrosis(
         measures = scar_measures(
             labels, pixel_spacing_ji_mm=spacing[1:] if spacing_known else None,
             slice_spacing_mm=spacing[0] if (spacing_known and slice_spacing_known) else None,
-            levels=levels, anchor_angle_deg=anchor_angle_deg,
+            levels=levels, anchor_angle_deg=anchor_angle_deg, mvo_assessed=MVO in fib_codes.values(),
         )
     report(progress, 1.0, "Done")
     return FibrosisResult(Volume(labels, volume.geometry), slice_probabilities, measures, models.supervision,
@@ -379,7 +405,8 @@ def load_fibrosis_models(
     if provenance is None:
         return FibrosisModels.from_registry(registry, model=model, classifier=classifier, device=torch_device)
     with provenance.timed("load_models"):
-        return FibrosisModels.from_registry(registry, model=model, classifier=classifier, device=torch_device)
+        return FibrosisModels.from_registry(registry, model=model, classifier=classifier, device=torch_device,
+                                            provenance=provenance)
 
 
 def qc_inputs(image: Volume, labels: np.ndarray, *, spacing_known: bool) -> tuple[Volume, Volume]:
