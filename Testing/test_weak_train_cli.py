@@ -200,3 +200,35 @@ def test_weak_cam_resume_refuses_other_data_and_registering_over_a_model(trained
     assert main([*command, "--data", str(root / "data"), "--resume", "--register-to", str(root / "models"),
                  "--quiet"]) == 4
     assert "already registered" in capsys.readouterr().err
+
+
+def test_weak_cam_training_refuses_a_network_it_would_not_train(tmp_path, capsys):
+    code = main(["train", "--task", "weak-cam", "--data", str(tmp_path / "data"), "--label-column", "diagnosis",
+                 "--out", str(tmp_path / "run"), "--network", "unet2d", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "--network unet2d applies to --task segmentation" in err
+    assert "weak-cam trains its own networks" in err and "--width" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_weak_cam_training_over_a_4d_image_names_the_file_and_says_how_to_export_its_phases(tmp_path, capsys):
+    cases = _write_folder(tmp_path / "data", phases=("ED",), n_patients=4, label_maps=False)
+    image = cases[0].image
+    series = Volume(np.stack([image.array, image.array]), image.geometry, axes="tkji")
+    four_d = tmp_path / "data" / "images" / f"{cases[0].case_id}.nii.gz"
+    write_volume(series, four_d)
+    code = main(["train", "--task", "weak-cam", "--data", str(tmp_path / "data"), "--label-column", "diagnosis",
+                 "--out", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{four_d} is a 4D series (2 frames)" in err
+    assert "<patient>_ED and <patient>_ES" in err and "motion prior" in err
+    assert not (tmp_path / "run" / "run_classifier").exists()
+
+
+def test_a_4d_input_of_a_single_command_still_asks_for_a_frame(tmp_path):
+    from cardiac_ai.io import read_volume
+
+    frames = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+    write_volume(Volume(frames, Geometry((2.0, 2.0, 8.0)), axes="tkji"), tmp_path / "cine.nii.gz")
+    with pytest.raises(InputError, match="Pick one frame: --frame N"):
+        read_volume(tmp_path / "cine.nii.gz")

@@ -1,6 +1,7 @@
 """Weak-label training (no pixel label may reach it) and the ``cardiacai cam`` job, on tiny phantom cohorts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -170,3 +171,186 @@ def test_cam_command_without_a_weak_model_says_how_to_train_one(tmp_path, cohort
     monkeypatch.setattr(ModelRegistry, "has", lambda self, name: False)
     code = main(["cam", str(image_path), "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 3 and "train_weak_acdc.py" in capsys.readouterr().err
+
+
+# -- cam options: CAM averaging, pseudo-label settings, models of different runs ------------------------------------
+def _write_image(cohort, tmp_path):
+    image_path = tmp_path / "image.nii.gz"
+    write_volume(cohort[0].image, image_path)
+    return image_path
+
+
+def test_cli_cam_views_are_those_of_the_cam_module():
+    from cardiac_ai import cli
+    from cardiac_ai.weak.cam import AUGMENTATIONS
+
+    assert cli.CAM_AUGMENTATIONS == AUGMENTATIONS  # repeated in the CLI so that its parser does not import torch
+
+
+def test_cam_averages_over_the_views_given_on_the_command_line_and_records_them(trained_weak_models, cohort,
+                                                                                tmp_path, monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+
+    views = []
+    real_slice_cams = weak_pipeline.slice_cams
+
+    def recording(*args, **kwargs):
+        views.append(tuple(kwargs.get("augment", ())))
+        return real_slice_cams(*args, **kwargs)
+
+    monkeypatch.setattr(weak_pipeline, "slice_cams", recording)
+    image_path = _write_image(cohort, tmp_path)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "plain"), *common]) == 0
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "views"), "--cam-augment", "hflip", "shift",
+                 *common]) == 0
+    assert views == [(), ("hflip", "shift")]
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    averaged = json.loads((tmp_path / "views" / "report.json").read_text())
+    assert plain["cam"]["cam_augment"] == [] and averaged["cam"]["cam_augment"] == ["hflip", "shift"]
+    assert averaged["provenance"]["parameters"]["cam_augment"] == ["hflip", "shift"]
+    assert not np.allclose(read_volume(tmp_path / "plain" / "cam.nii.gz").array,
+                           read_volume(tmp_path / "views" / "cam.nii.gz").array)
+
+
+def test_cam_pseudo_label_settings_override_the_model_card_and_are_recorded(trained_weak_models, cohort, tmp_path,
+                                                                            monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+
+    configs = []
+    real_pseudo_labels = weak_pipeline.pseudo_labels
+
+    def recording(*args, **kwargs):
+        configs.append(kwargs["config"])
+        return real_pseudo_labels(*args, **kwargs)
+
+    monkeypatch.setattr(weak_pipeline, "pseudo_labels", recording)
+    image_path = _write_image(cohort, tmp_path)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--pseudo-label"]
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "card"), *common]) == 0
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "tuned"), *common, "--crf-iterations", "2",
+                 "--crf-smoothness", "0.5", "4", "--crf-appearance", "2", "40", "9", "--otsu-classes", "0",
+                 "--scale-range", "0.4", "0.9", "--min-fraction", "0.2"]) == 0
+    card_settings = json.loads((tmp_path / "card" / "report.json").read_text())["cam"]["pseudo_label"]
+    assert configs[0] == PseudoLabelConfig(otsu_source="cam")  # the card's settings (see trained_weak_models)
+    assert card_settings == {"settings": json.loads(json.dumps(dataclasses.asdict(configs[0]))),
+                             "defaults_from": "model card", "overridden": []}
+    tuned = json.loads((tmp_path / "tuned" / "report.json").read_text())["cam"]["pseudo_label"]
+    expected = PseudoLabelConfig(otsu_source="cam", crf_iterations=2, crf_w2=0.5, crf_theta_gamma=4.0, crf_w1=2.0,
+                                 crf_theta_alpha=40.0, crf_theta_beta=9.0, otsu_classes=None,
+                                 scale_range=(0.4, 0.9), min_fraction=0.2)
+    assert configs[1] == expected  # what made the labels
+    assert tuned["settings"] == json.loads(json.dumps(dataclasses.asdict(expected)))
+    assert tuned["defaults_from"] == "model card" and tuned["overridden"] == sorted(
+        ["crf_iterations", "crf_w2", "crf_theta_gamma", "crf_w1", "crf_theta_alpha", "crf_theta_beta", "otsu_classes",
+         "scale_range", "min_fraction"])
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "unet"), *common[:-1]]) == 0
+    assert json.loads((tmp_path / "unet" / "report.json").read_text())["cam"]["pseudo_label"] is None  # U-Net labels
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--crf-iterations", "2"], "--crf-iterations set the CAM pseudo-label; add --pseudo-label"),
+        (["--pseudo-label", "--scale-range", "0.9", "0.5"], "scale_range must be (low, high)"),
+        (["--pseudo-label", "--crf-smoothness", "-1", "3"], "CRF kernel weights must be finite and >= 0"),
+        (["--pseudo-label", "--min-fraction", "1.5"], "min_fraction must lie in [0, 1)"),
+    ],
+    ids=["without-pseudo-label", "scale-range-reversed", "negative-weight", "min-fraction-above-1"],
+)
+def test_cam_refuses_pseudo_label_settings_it_cannot_use_before_writing(tmp_path, cohort, capsys, monkeypatch,
+                                                                        options, message):
+    from cardiac_ai.weak.pipeline import WeakModels
+
+    def never(*args, **kwargs):
+        raise AssertionError("the models were loaded before the settings were checked")
+
+    monkeypatch.setattr(WeakModels, "from_registry", never)
+    image_path = _write_image(cohort, tmp_path)
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "out"), "--device", "cpu", *options]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_explain_volume_refuses_pseudo_label_settings_when_the_u_net_makes_the_labels(trained_weak_models, cohort):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume
+
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    with pytest.raises(InputError, match="labels come from the weak U-Net"):
+        explain_volume(cohort[0].image, models, pseudo_label_overrides={"crf_iterations": 2})
+    with pytest.raises(InputError, match="Unknown pseudo-label setting"):
+        explain_volume(cohort[0].image, models, use_segmenter=False, pseudo_label_overrides={"crf_steps": 2})
+    with pytest.raises(InputError, match="augment must list distinct views"):
+        explain_volume(cohort[0].image, models, augment=("rotate",))
+
+
+def test_batch_forwards_the_cam_settings_to_every_case(trained_weak_models, cohort, tmp_path, capsys):
+    (tmp_path / "inputs").mkdir()
+    for number in (1, 2):
+        write_volume(cohort[number].image, tmp_path / "inputs" / f"cine{number}.nii.gz")
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "out"), "--models-dir",
+                 str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--cam-augment", "vflip",
+                 "--pseudo-label", "--crf-iterations", "3"]) == 0
+    for number in (1, 2):
+        report = json.loads((tmp_path / "out" / f"cine{number}" / "report.json").read_text())["cam"]
+        assert report["cam_augment"] == ["vflip"]
+        assert report["pseudo_label"]["settings"]["crf_iterations"] == 3
+        assert report["pseudo_label"]["overridden"] == ["crf_iterations"]
+    for option in (["--cam-augment", "hflip"], ["--otsu-classes", "0"]):  # 0 is given, not absent
+        assert main(["batch", str(tmp_path / "inputs"), "--task", "map", "--kind", "t1", "--out",
+                     str(tmp_path / "map"), *option]) == 2
+        assert "applies to --task cam, not map" in capsys.readouterr().err
+
+
+def _models_of_two_runs(trained_weak_models, tmp_path, *, unet_spec=None):
+    """The classifier in one folder, the U-Net in another (its card naming ``unet_spec`` when given)."""
+    import shutil
+
+    classifier_dir, unet_dir = tmp_path / "classifier_run", tmp_path / "unet_run"
+    for folder, name in ((classifier_dir, "weak_cam_classifier"), (unet_dir, "weak_heart_unet")):
+        folder.mkdir()
+        for path in trained_weak_models["models"].glob(f"{name}-*"):
+            shutil.copy(path, folder / path.name)
+    if unet_spec is not None:
+        card_path = unet_dir / "weak_heart_unet-1.0.json"
+        card = json.loads(card_path.read_text())
+        card["input_spec"] = unet_spec.to_dict()
+        card_path.write_text(json.dumps(card))
+    return classifier_dir, unet_dir
+
+
+def _u_net_input_sizes(models) -> list:
+    sizes = []
+    models.segmenter.network.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape)))
+    return sizes
+
+
+def test_cam_gives_a_u_net_of_another_grid_its_own_crop_and_warns(trained_weak_models, cohort, tmp_path):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume
+
+    other_grid = InputSpec(in_plane_spacing_mm=(2.0, 2.0), crop_size=(48, 48))
+    models = load_weak_models(_models_of_two_runs(trained_weak_models, tmp_path, unet_spec=other_grid), device="cpu")
+    sizes = _u_net_input_sizes(models)
+    result = explain_volume(cohort[0].image, models, device="cpu")
+    assert sizes and all(size[-2:] == (48, 48) for size in sizes)  # not the classifier's 32 x 32 crop
+    assert result.labels.array.shape == cohort[0].image.array.shape
+    assert result.labels.geometry.is_close(cohort[0].image.geometry)
+    warning = next(w for w in result.warnings if w.startswith("The weak models work on different grids"))
+    assert "3 x 3 mm, 32 x 32 pixels" in warning and "2 x 2 mm, 48 x 48 pixels" in warning
+    assert "classifier_run" in warning and "unet_run" in warning
+
+
+def test_cam_warns_about_weak_models_from_different_folders_only(trained_weak_models, cohort, tmp_path):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume
+
+    together = load_weak_models([trained_weak_models["models"]], device="cpu")
+    sizes = _u_net_input_sizes(together)
+    assert not [w for w in explain_volume(cohort[0].image, together, device="cpu").warnings if "weak models" in w]
+    assert sizes and all(size[-2:] == (32, 32) for size in sizes)  # the classifier's crops, as before
+    apart = load_weak_models(_models_of_two_runs(trained_weak_models, tmp_path), device="cpu")
+    warnings = explain_volume(cohort[0].image, apart, device="cpu").warnings
+    assert any(w.startswith("The weak models come from different folders") for w in warnings)
+    assert not [w for w in explain_volume(cohort[0].image, apart, use_segmenter=False, device="cpu").warnings
+                if "weak models" in w]  # the U-Net is not used: nothing to pair

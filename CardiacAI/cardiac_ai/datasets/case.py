@@ -148,10 +148,20 @@ class Case:
 
 
 def _read_image(path: Path) -> Volume:
-    """Read one image file (or DICOM folder) as a float32 (k, j, i) volume."""
+    """Read one image file (or DICOM folder) as a float32 (k, j, i) volume; DataError naming a 4D file."""
     from ..io import read_volume
 
-    volume = read_volume(path)
+    # A 4D file is read whole so that the message can name it and count its frames: read_volume's own 4D error
+    # speaks of --frame, which the commands have but training (one 3D image per file and case) does not.
+    volume = read_volume(path, allow_4d=True)
+    if volume.axes == "tkji":
+        raise DataError(
+            f"{path} is a 4D series ({volume.array.shape[0]} frames); training reads one 3D frame per image file. "
+            f"Export the frames to train on as separate files, e.g. `cardiacai convert {path} --frame N --out "
+            "images/<patient>_ED.nii.gz`. For --task weak-cam export each patient's ED and ES frames as "
+            "<patient>_ED and <patient>_ES (with a patient_id column in labels.csv): its ED-ES motion prior needs "
+            "both."
+        )
     return volume.with_array(volume.array.astype(np.float32, copy=False))
 
 

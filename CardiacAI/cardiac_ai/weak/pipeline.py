@@ -7,9 +7,11 @@ crop around the centre of the field of view that the models were trained on, the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from ..geometry import Volume
 from ..labels import HEART
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
+from .cam import AUGMENTATIONS
 from .pseudo_labels import PseudoLabelConfig, pseudo_labels
 from .training import scale_cams, slice_cams
 
@@ -66,6 +69,8 @@ class CamResult:
     slice_probabilities: np.ndarray  # (k, n_classes)
     explained_classes: np.ndarray  # (k,) class index whose CAM was computed
     warnings: list[str] = field(default_factory=list)
+    augment: tuple[str, ...] = ()  # views whose CAMs were averaged with the plain one
+    pseudo_label: dict | None = None  # settings of the CAM pseudo-label when it made the labels, else None
 
     def to_report(self) -> dict:
         from ..metrics.clinical import structure_volume_ml
@@ -84,6 +89,8 @@ class CamResult:
                 for k, (c, probs) in enumerate(zip(self.explained_classes, self.slice_probabilities))
             ],
             "label_source": self.label_source,
+            "cam_augment": list(self.augment),
+            "pseudo_label": self.pseudo_label,
             "warnings": list(self.warnings),
         }
 
@@ -96,6 +103,61 @@ def _class_index(explain: str | None, classes: Sequence[str]) -> int | None:
     return list(classes).index(explain)
 
 
+def _check_augment(augment: Sequence[str]) -> tuple[str, ...]:
+    augment = (augment,) if isinstance(augment, str) else tuple(augment)
+    unknown = sorted(set(augment) - set(AUGMENTATIONS))
+    if unknown or len(set(augment)) != len(augment):
+        raise InputError(f"augment must list distinct views of {AUGMENTATIONS}, got {list(augment)}.")
+    return augment
+
+
+def _pseudo_label_settings(
+    pseudo_config: PseudoLabelConfig | None, card_inference: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> tuple[PseudoLabelConfig, dict]:
+    """The pseudo-label settings to use and their report entry: ``overrides`` (PseudoLabelConfig field names) over
+    ``pseudo_config``, else over the classifier card's settings, else over the paper's."""
+    if pseudo_config is not None:
+        base, origin = pseudo_config, "caller"
+    elif "pseudo_label_config" in card_inference:
+        base, origin = PseudoLabelConfig(**card_inference["pseudo_label_config"]), "model card"
+    else:
+        base, origin = PseudoLabelConfig(), "PseudoLabelConfig defaults (the model card stores none)"
+    known = [f.name for f in dataclasses.fields(PseudoLabelConfig)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise InputError(f"Unknown pseudo-label setting(s) {unknown}; PseudoLabelConfig has {known}.")
+    config = dataclasses.replace(base, **overrides)  # validated again by PseudoLabelConfig
+    settings = {**dataclasses.asdict(config), "scale_range": list(config.scale_range)}
+    return config, {"settings": settings, "defaults_from": origin, "overridden": sorted(overrides)}
+
+
+def _grid(model: Any) -> str:
+    spec = model.card.input_spec_object()
+    spacing = " x ".join(f"{s:g}" for s in spec.in_plane_spacing_mm)
+    crop = " x ".join(str(c) for c in spec.crop_size)
+    return (f"{model.card.name} {model.card.version} ({Path(model.weights_path).parent}): {spacing} mm, {crop} "
+            f"pixels, {spec.normalization} normalisation")
+
+
+def _pairing_warning(models: WeakModels) -> str | None:
+    """Why the U-Net's labels may not match the classifier's CAM: the two models come from different folders, or
+    work on different grids (the U-Net then gets its own crop of the image, see :func:`explain_volume`)."""
+    classifier, segmenter = models.classifier, models.segmenter
+    same_grid = classifier.card.input_spec_object() == segmenter.card.input_spec_object()
+    same_folder = Path(classifier.weights_path).parent == Path(segmenter.weights_path).parent
+    if same_grid and same_folder:
+        return None
+    advice = ("To use the models of one training run, put both in one --models-dir folder (`cardiacai train --task "
+              "weak-cam --register-to DIR` registers both) or take the labels from the CAM (--pseudo-label).")
+    if same_grid:
+        return (f"The weak models come from different folders ({_grid(classifier)}; {_grid(segmenter)}), so "
+                f"probably from different training runs: the heart labels need not match the classifier's CAM. "
+                f"{advice}")
+    return (f"The weak models work on different grids ({_grid(classifier)}; {_grid(segmenter)}): they were not "
+            f"trained together. Each model got the image on its own grid, so the heart labels and the CAM come from "
+            f"different crops of the image. {advice}")
+
+
 #: Smallest in-plane extent (mm) of an image that can show a short-axis view of the heart.
 MIN_FIELD_OF_VIEW_MM = 80.0
 
@@ -106,7 +168,9 @@ def explain_volume(
     *,
     explain: str | None = None,
     method: str | None = None,
+    augment: Sequence[str] = (),
     pseudo_config: PseudoLabelConfig | None = None,
+    pseudo_label_overrides: Mapping[str, Any] | None = None,
     use_segmenter: bool = True,
     device: str | None = None,
     provenance: Provenance | None = None,
@@ -120,8 +184,22 @@ def explain_volume(
     models : WeakModels
     explain : class name to explain on every slice, or None / "predicted" for each slice's predicted class.
     method : "model", "gradcam" or "gradcampp"; default: the one the model card names (chosen on validation).
+    augment : views of :data:`~cardiac_ai.weak.cam.AUGMENTATIONS` ("hflip", "vflip", "shift") whose CAMs, mapped
+        back, are averaged with the plain one; default none.
     pseudo_config : pseudo-label settings; default: those stored in the classifier's card, else the paper's.
+    pseudo_label_overrides : PseudoLabelConfig field -> value, replacing those of ``pseudo_config`` (or the card's);
+        only where the labels are the CAM pseudo-label (``use_segmenter=False`` or no weak U-Net installed).
     use_segmenter : use the weak U-Net for the labels when installed (else the CAM pseudo-label).
+
+    The classifier explains crops on its card's grid. The weak U-Net segments the same crops when its card names
+    the same grid, else its own crop of the image on its grid; either way the report warns when the two models come
+    from different folders or grids (not one training run).
+
+    Raises
+    ------
+    InputError
+        A 4D volume, an image smaller than a short-axis view, an unknown class, view or pseudo-label setting, or
+        ``pseudo_label_overrides`` while the weak U-Net makes the labels.
     """
     import torch
 
@@ -136,15 +214,22 @@ def explain_volume(
             f"the heart ({MIN_FIELD_OF_VIEW_MM:.0f} mm at least); cam needs a short-axis cine image (check the "
             "pixel size in the header)."
         )
+    augment = _check_augment(augment)
     provenance = provenance or Provenance(command="cam")
     card = models.classifier.card
     classes = tuple(card.label_map[i] for i in sorted(card.label_map))
     extra = card.inference
     method = method or extra.get("cam_method", "model")
     layer = extra.get("cam_target_layer", "attention")
-    if pseudo_config is None:
-        pseudo_config = PseudoLabelConfig(**extra["pseudo_label_config"]) if "pseudo_label_config" in extra \
-            else PseudoLabelConfig()
+    segment = models.segmenter is not None and use_segmenter
+    overrides = dict(pseudo_label_overrides or {})
+    if overrides and segment:
+        raise InputError(
+            f"Pseudo-label settings {sorted(overrides)} were given, but the labels come from the weak U-Net "
+            f"({SEGMENTER_NAME}), not from the CAM pseudo-label; add --pseudo-label (use_segmenter=False) to use them."
+        )
+    pseudo_config, pseudo_entry = _pseudo_label_settings(pseudo_config, extra, overrides)
+    fixed = _class_index(explain, classes)
     spec = card.input_spec_object()
     report(progress, 0.05, "Preprocessing")
     prepared = preprocess(volume, spec, crop_center="image_center")
@@ -154,23 +239,31 @@ def explain_volume(
     with torch.no_grad():
         logits = network(torch.from_numpy(images[:, None]).to(target_device)).float().cpu()
     probabilities = torch.softmax(logits, dim=1).numpy()
-    fixed = _class_index(explain, classes)
     explained = np.full(len(images), fixed, np.int64) if fixed is not None else probabilities.argmax(axis=1)
     report(progress, 0.3, f"Class activation maps ({method})")
     cams = slice_cams(network, images, method=method, target_layer=layer, class_index=explained.tolist(),
-                      device=str(target_device))
+                      augment=augment, device=str(target_device))
     scaled = scale_cams(cams)
     warnings: list[str] = []
     if volume.array.shape[0] == 1:
         warnings.append(f"One slice: heart_volume_ml is its heart area times the slice thickness of the header "
                         f"({volume.geometry.spacing_kji_mm[0]:g} mm; a 2D file has none and gets 1 mm).")
-    if models.segmenter is not None and use_segmenter:
+    labels_prepared = prepared
+    if segment:
         report(progress, 0.6, "Weak U-Net")
         segmenter = models.segmenter
+        pairing = _pairing_warning(models)
+        if pairing is not None:
+            warnings.append(pairing)
+        segmenter_spec = segmenter.card.input_spec_object()
+        if segmenter_spec != spec:  # a U-Net fed crops of another grid would see the heart at the wrong size
+            labels_prepared = preprocess(volume, segmenter_spec, crop_center="image_center")
+        segmenter_images = labels_prepared.image.astype(np.float32)
         with torch.no_grad():
-            out = segmenter.network(torch.from_numpy(images[:, None]).to(segmenter.device)).float()
+            out = segmenter.network(torch.from_numpy(segmenter_images[:, None]).to(segmenter.device)).float()
         heart = torch.argmax(out, dim=1).cpu().numpy().astype(np.uint8)
         source = f"{SEGMENTER_NAME} (U-Net trained on pseudo-labels, no pixel label)"
+        pseudo_entry = None
     else:
         report(progress, 0.6, "Pseudo-labels (DenseCRF)")
         heart = np.asarray(pseudo_labels(cams, images, np.ones(len(images), bool), config=pseudo_config), np.uint8)
@@ -179,11 +272,12 @@ def explain_volume(
             warnings.append(f"No {SEGMENTER_NAME!r} model installed: labels are the CAM pseudo-labels.")
     report(progress, 0.85, "Restoring the input grid")
     cam_native = restore_probabilities(scaled[np.newaxis], prepared.transform, background_channel=None)[0]
-    labels_native = restore_labels(np.where(heart > 0, HEART, 0).astype(np.uint8), prepared.transform)
+    labels_native = restore_labels(np.where(heart > 0, HEART, 0).astype(np.uint8), labels_prepared.transform)
     for message in warnings:
         provenance.warn(message)
     provenance.models.extend(models.uses())
-    provenance.parameters.update({"cam_method": method, "explain": explain or "predicted"})
+    provenance.parameters.update({"cam_method": method, "explain": explain or "predicted",
+                                  "cam_augment": list(augment)})
     report(progress, 1.0, "CAM done")
     return CamResult(
         cam=Volume(np.clip(cam_native, 0.0, 1.0).astype(np.float32), volume.geometry),
@@ -193,4 +287,6 @@ def explain_volume(
         slice_probabilities=probabilities.astype(np.float32),
         explained_classes=explained,
         warnings=warnings,
+        augment=augment,
+        pseudo_label=pseudo_entry,
     )
