@@ -1666,6 +1666,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         qc: bool = True,
         qcThreshold: float = 0.8,
         qcPredictor: str = "auto",
+        pixelSizeUnknown: Optional[bool] = None,
     ) -> dict:
         """LV myocardium, blood pool, scar and microvascular obstruction of an LGE stack (``cardiacai fibrosis``).
 
@@ -1677,6 +1678,9 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param model: "weak" (trained on slice labels), "weak_stack" (patient labels) or "pixel" (pixel labels).
         :param qc, qcThreshold, qcPredictor: quality-check the myocardium and blood pool (indicative on LGE: the QC
             models were trained on cine), as for :meth:`segmentCine`.
+        :param pixelSizeUnknown: ignore the volume's spacing (numbers in pixels, EMIDEC's pixel assumed for the
+            models). None (default): True when the volume was loaded from PNG files, which Slicer gives 1 mm pixels
+            that are not the image's.
         :return: dict with "segmentationNode" (2 myocardium, 3 LV blood pool, 4 scar, 5 MVO), "summaryTableNode"
             (scar, MVO and myocardial volume, scar %, MVO %), "slicesTableNode" (per slice: fibrosis probability,
             areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "qcTableNode" (or None),
@@ -1687,8 +1691,11 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(lgeVolumeNode, os.path.join(tempDir, "lge.nrrd"))
             outputDir = os.path.join(tempDir, "output")
+            if pixelSizeUnknown is None:
+                pixelSizeUnknown = self.loadedFromPng(lgeVolumeNode)
             call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir,
-                                         qc=qc, qc_threshold=qcThreshold, qc_predictor=qcPredictor)
+                                         qc=qc, qc_threshold=qcThreshold, qc_predictor=qcPredictor,
+                                         pixel_size_unknown=pixelSizeUnknown)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.fibrosis_tables_from_report(report)
@@ -1707,6 +1714,13 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             if qcRows else None,
             "clinical": report["clinical"], "warnings": self._logWarnings(warnings), "report": report,
         }
+
+    @staticmethod
+    def loadedFromPng(volumeNode) -> bool:
+        """Whether the volume was read from PNG files: their pixel size is unknown (Slicer assumes 1 mm)."""
+        storageNode = volumeNode.GetStorageNode() if volumeNode is not None else None
+        fileName = storageNode.GetFileName() if storageNode is not None else None
+        return bool(fileName) and str(fileName).lower().endswith(".png")
 
     # -- class activation maps -----------------------------------------------------------------------------------
 

@@ -62,6 +62,27 @@ def test_segment_cine_with_bundled_models_is_accurate_on_a_held_out_patient(acdc
 
 
 @pytest.mark.shared_data
+def test_segment_cine_with_bundled_models_finds_no_heart_where_it_was_cut_out(acdc_root, tmp_path):
+    """The issue's no-heart case: an empty but valid result with a warning, not an invented heart."""
+    if not list(MODELS_DIR.glob("cine_localiser-*.safetensors")):
+        pytest.skip("the cine models are not bundled in this checkout")
+    from cardiac_ai.io import write_volume
+
+    patient = acdc_root / "patient003"
+    image = read_volume(patient / "patient003_frame01.nii.gz")
+    truth = read_volume(patient / "patient003_frame01_gt.nii.gz").array
+    rows = np.flatnonzero(truth.any(axis=(0, 2)))
+    cut = image.array.copy()
+    cut[:, max(rows[0] - 10, 0): rows[-1] + 11, :] = 0  # the heart's rows, with a margin, blacked out
+    write_volume(image.with_array(cut), tmp_path / "no_heart.nii.gz")
+    out = tmp_path / "out"
+    assert main(["segment-cine", str(tmp_path / "no_heart.nii.gz"), "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["heart_found"] is False and not read_volume(out / "labels.nii.gz").array.any()
+    assert any("No heart found" in w for w in report["provenance"]["warnings"])
+
+
+@pytest.mark.shared_data
 def test_bundled_qc_scores_a_shifted_segmentation_lower_than_the_truth(acdc_root, tmp_path):
     if not list(MODELS_DIR.glob("qc_dice_regressor-*.safetensors")):
         pytest.skip("the QC models are not bundled in this checkout")
@@ -96,3 +117,24 @@ def test_bundled_map_model_finds_the_myocardium_of_a_validation_patient(acdc_roo
     result = analyse_map(case.t1_map_ms, kind="t1", models=models, device="cpu")
     scores = [dice(result.labels.array[k] == 2, case.labels.array[k] == 2) for k in range(3)]
     assert min(scores) > 0.8, scores
+
+
+@pytest.mark.shared_data
+def test_bundled_qc_flags_a_segmentation_that_stops_before_the_heart(acdc_root, tmp_path):
+    if not list(MODELS_DIR.glob("cine_localiser-*.safetensors")) or not list(MODELS_DIR.glob("qc_vae-*")):
+        pytest.skip("the cine localiser or the QC models are not bundled in this checkout")
+    from cardiac_ai.io import write_volume
+
+    patient = acdc_root / "patient003"
+    truth = read_volume(patient / "patient003_frame01_gt.nii.gz")
+    truncated = truth.array.copy()
+    truncated[:2] = 0  # the two most basal slices left out
+    write_volume(truth.with_array(truncated), tmp_path / "truncated.nii.gz")
+    image = str(patient / "patient003_frame01.nii.gz")
+    for labels, out in ((patient / "patient003_frame01_gt.nii.gz", "truth"), (tmp_path / "truncated.nii.gz", "cut")):
+        assert main(["qc", image, str(labels), "--out", str(tmp_path / out), "--device", "cpu"]) == 0
+    truth_qc = json.loads((tmp_path / "truth" / "report.json").read_text())["qc"]
+    cut_qc = json.loads((tmp_path / "cut" / "report.json").read_text())["qc"]
+    assert not any("stops before" in r for r in truth_qc["rules"]["volume_reasons"])
+    assert cut_qc["needs_review"] and {0, 1} <= set(cut_qc["flagged_slices"])
+    assert any("stops before" in r for r in cut_qc["rules"]["volume_reasons"])

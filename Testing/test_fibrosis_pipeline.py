@@ -228,6 +228,10 @@ def test_cli_writes_every_output_on_the_input_grid(tmp_path, models_dir, capsys)
     assert len((out / "fibrosis.csv").read_text().splitlines()) == 5
     assert "Wrote" in stdout and "QC" in stdout
     assert report["clinical"]["mvo_volume"] is None and "MVO not assessed" in stdout
+    # the LGE models draw no RV: QC judges the myocardium and the LV blood pool only
+    assert report["qc"]["volume_dice"]["rv_blood_pool"] is None
+    assert report["qc"]["volume_dice"]["lv_myocardium"] is not None
+    assert "Right ventricle" not in json.dumps(report["qc"]["rules"])
 
 
 def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys):
@@ -243,6 +247,24 @@ def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys)
     assert any("no pixel size" in w for w in report["provenance"]["warnings"])
     assert report["clinical"]["mvo_assessed"] is True  # the pixel model has an MVO class
     assert not any("classifier" in w for w in report["provenance"]["warnings"])  # skipped on purpose
+
+
+def test_cli_ignores_a_stated_spacing_when_the_pixel_size_is_unknown(tmp_path, models_dir, capsys):
+    """PNG slices loaded into Slicer get 1 mm pixels; saved as NRRD they would be measured in false mm."""
+    path = tmp_path / "from_png.nrrd"
+    write_volume(Volume(_stack(n_slices=3, size=40), Geometry(spacing_mm=(1.0, 1.0, 1.0))), path)
+    common = ["fibrosis", str(path), "--models-dir", str(models_dir), "--device", "cpu", "--no-qc"]
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "mm"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "mm" / "report.json").read_text())["clinical"]["volume_unit"] == "mL"
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "px"), "--pixel-size-unknown")
+    assert code == 0, err
+    report = json.loads((tmp_path / "px" / "report.json").read_text())
+    assert report["clinical"]["volume_unit"] == "voxels" and report["clinical"]["area_unit"] == "pixels"
+    assert any("ignored, as asked" in w for w in report["provenance"]["warnings"])
+    assert sitk.ReadImage(str(tmp_path / "px" / "labels.nii.gz")).GetSpacing() == (1.0, 1.0, 1.0)  # input grid
+    code, _, err = _run(capsys, *common, "--out", str(tmp_path / "both"), "--pixel-size-unknown", "--spacing", "1", "1")
+    assert code == 2 and "not both" in err
 
 
 def test_cli_says_when_no_classifier_gives_slice_probabilities(tmp_path, models_dir, capsys):

@@ -68,3 +68,53 @@ def test_volume_checks_dimensionality_and_explains_4d():
     assert series.frame(1).array.shape == (3, 4, 5)
     with pytest.raises(InputError, match="3 frames|2 frames"):
         series.frame(5)
+
+
+def _box_geometry(grid: Geometry, start_kji, *, shift_voxels_kji=(0.0, 0.0, 0.0)) -> Geometry:
+    """``grid`` with its origin moved to voxel ``start_kji`` (plus a fraction of a voxel): a cropped array's."""
+    origin = grid.index_to_lps(np.add(start_kji, shift_voxels_kji))[0]
+    return Geometry(grid.spacing_mm, tuple(origin), grid.direction_lps)
+
+
+def test_lattice_offset_finds_whole_voxel_shifts_and_nothing_else():
+    from dataclasses import replace
+
+    grid = _oblique_geometry()
+    shape = (3, 5, 7)
+    assert grid.lattice_offset_kji(grid, shape) == (0, 0, 0)
+    assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6)), shape) == (2, 4, 6)
+    assert grid.lattice_offset_kji(_box_geometry(grid, (-1, 4, 6)), shape) == (-1, 4, 6)  # the lattice is unbounded
+    assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 5e-4, 0)), shape) == (2, 4, 6)
+    assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 0, 0.3)), shape) is None
+    assert grid.lattice_offset_kji(grid.with_spacing((1.5, 2.0, 8.1)), shape) is None
+    assert grid.lattice_offset_kji(grid.with_spacing((1.5, 2.0, 8.1)), (1, 5, 7)) is None  # one thinner slice
+    assert grid.lattice_offset_kji(grid.with_spacing((1.5, 1.0, 8.0)), shape) is None  # every other row: not a box
+    flipped = replace(grid, direction_lps=tuple((grid.direction_matrix @ np.diag([1.0, -1.0, 1.0])).ravel()))
+    assert grid.lattice_offset_kji(flipped, shape) is None
+
+
+def test_pad_to_reference_grid_places_a_cropped_volume_and_refuses_the_rest():
+    from cardiac_ai.geometry import pad_to_reference_grid
+
+    image = Volume(np.zeros((6, 10, 12), np.float32), _oblique_geometry())
+    box = np.arange(1, 2 * 3 * 4 + 1, dtype=np.uint8).reshape(2, 3, 4)
+    cropped = Volume(box, _box_geometry(image.geometry, (3, 5, 7)))
+    padded = pad_to_reference_grid(cropped, image)
+    assert padded.spatial_shape == image.spatial_shape and padded.geometry == image.geometry
+    assert padded.array.dtype == np.uint8 and padded.array.sum() == box.sum()
+    np.testing.assert_array_equal(padded.array[3:5, 5:8, 7:11], box)
+    # its voxels stay where they were in patient space
+    np.testing.assert_allclose(padded.geometry.index_to_lps([[3, 5, 7]]), cropped.geometry.index_to_lps([[0, 0, 0]]),
+                               atol=1e-9)
+    whole = Volume(np.ones((6, 10, 12), np.uint8), image.geometry)
+    assert pad_to_reference_grid(whole, image).array is whole.array
+
+    with pytest.raises(InputError, match=r"reach beyond the image.*\(3, 5, 9\) to \(4, 7, 12\).*origin_lps_mm"):
+        pad_to_reference_grid(Volume(box, _box_geometry(image.geometry, (3, 5, 9))), image)
+    with pytest.raises(InputError, match=r"reach beyond the image.*\(-1, 0, 0\)"):
+        pad_to_reference_grid(Volume(box, _box_geometry(image.geometry, (-1, 0, 0))), image)
+    with pytest.raises(InputError, match=r"voxel lattice: origin_lps_mm .*\(3\.0, 5\.0, 7\.5\) voxels"):
+        pad_to_reference_grid(Volume(box, _box_geometry(image.geometry, (3, 5, 7), shift_voxels_kji=(0, 0, 0.5))),
+                              image)
+    with pytest.raises(InputError, match=r"voxel lattice: spacing_mm \(1\.5, 2\.0, 4\.0\) vs the image's"):
+        pad_to_reference_grid(Volume(box, image.geometry.with_spacing((1.5, 2.0, 4.0))), image)

@@ -40,3 +40,44 @@ def test_unknown_label_values_are_named():
 def test_unknown_tissue_lists_choices():
     with pytest.raises(InputError, match="label table"):
         tissue(42)
+
+
+def test_parse_label_codes_reads_names_and_values_and_refuses_malformed_items():
+    from cardiac_ai.labels import parse_label_codes
+
+    assert parse_label_codes(["LV=1", "MYO=2", "RV=3"]) == {1: 3, 2: 2, 3: 1}  # M&Ms
+    assert parse_label_codes(["myo=255"]) == {255: 2}  # a binary myocardium mask
+    assert parse_label_codes(["lv_myocardium=2,4", "BG=7", "background=8"]) == {2: 2, 4: 2, 7: 0, 8: 0}
+    for items, message in (
+        (["RV3"], "not NAME=VALUE"),
+        (["RV="], "not NAME=VALUE"),
+        (["AORTA=4"], "unknown structure 'AORTA'.*MYO"),
+        (["RV=x"], "'x' is not a whole number"),
+        (["RV=-1"], "0 or more"),
+        (["RV=1", "LV=1"], "value 1 is given for two structures"),
+        ([], "at least one"),
+    ):
+        with pytest.raises(InputError, match=message):
+            parse_label_codes(items)
+
+
+def test_remap_label_codes_maps_every_value_without_touching_the_input():
+    from cardiac_ai.labels import remap_label_codes
+
+    mms = np.array([[0, 1, 2, 3]], dtype=np.int16)
+    remapped = remap_label_codes(mms, {1: 3, 2: 2, 3: 1})
+    np.testing.assert_array_equal(remapped, [[0, 3, 2, 1]])
+    assert remapped.dtype == np.uint8 and mms.tolist() == [[0, 1, 2, 3]]
+    np.testing.assert_array_equal(remap_label_codes(np.array([0.0, 255.0]), {255: 2}), [0, 2])
+    np.testing.assert_array_equal(remap_label_codes(np.array([0, 2, 7]), {2: 2, 7: 0}), [0, 2, 0])
+    with pytest.raises(InputError, match=r"values \[7\] that the label codes \(--label-codes\) do not map.*BG=7"):
+        remap_label_codes(np.array([0, 2, 7]), {2: 2})
+    with pytest.raises(InputError, match=r"label codes \[9\] are not in the label table"):
+        remap_label_codes(np.array([0, 2]), {2: 9})
+    with pytest.raises(InputError, match="whole-number"):
+        remap_label_codes(np.array([0.0, 0.5]), {1: 2})
+
+
+def test_unknown_label_values_message_names_the_label_codes_option():
+    with pytest.raises(InputError, match=r"Map your codes.*--label-codes NAME=VALUE"):
+        check_label_values(np.array([0, 255]))

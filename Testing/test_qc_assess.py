@@ -1,6 +1,7 @@
 """Generative QC of one segmentation (qc/assess.py): per-slice predicted Dice, flags, surrogate, bad input, run_qc."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -131,6 +132,18 @@ def test_config_and_model_are_checked(cine_phantom, vae):
         assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=QCConfig(structures=(2,)))
     with pytest.raises(ModelError, match="SegmentationVAE"):
         assess_segmentation(cine_phantom.image, cine_phantom.labels, torch.nn.Linear(2, 2))
+
+
+def test_structures_not_judged_get_no_dice_no_flag_and_no_rule(cine_phantom, vae):
+    without_rv = cine_phantom.labels.with_array(np.where(cine_phantom.labels.array == 1, 0, cine_phantom.labels.array))
+    everything = assess_segmentation(cine_phantom.image, without_rv, vae, config=FAST)
+    assert not everything.rules.passed  # the missing RV breaks a rule when the RV is judged
+    judged = assess_segmentation(cine_phantom.image, without_rv, vae,
+                                 config=dataclasses.replace(FAST, judged_structures=(2, 3)))
+    assert np.isnan(judged.slice_dice[:, 0]).all() and np.isnan(judged.volume_dice[0])
+    assert judged.rules.passed and not np.isnan(judged.volume_dice[1:]).any()
+    with pytest.raises(InputError, match="judged_structures"):
+        QCConfig(judged_structures=(4,))
 
 
 def test_a_registered_model_brings_its_structures_and_roi_spacing(cine_phantom, tmp_path):
@@ -405,3 +418,34 @@ def test_without_a_search_the_encoders_dice_is_combined_as_the_card_says(cine_ph
     forced = assess_segmentation(image, labels, vae, config=QCConfig(steps=5, predictor="regressor"),
                                  regressor=combining, surrogate_wanted=False)
     assert forced.predictor == "regressor" and forced.search == {"ran": False}
+
+
+def test_unsegmented_heart_slices_are_two_or_more_beyond_the_labelled_range():
+    from cardiac_ai.qc.extent import unsegmented_heart_slices
+
+    labels = np.zeros((8, 4, 4), np.uint8)
+    labels[2:6, 1:3, 1:3] = 2
+    areas = [900, 800, 1000, 1000, 1000, 1000, 400, 0]
+    assert unsegmented_heart_slices(labels, areas) == [0, 1]  # 800 >= half the median 1000; 400 is not
+    assert unsegmented_heart_slices(labels, [0, 800, 1000, 1000, 1000, 1000, 400, 0]) == []  # one slice: the
+    # localiser often sees one slice past where annotators stop
+    assert unsegmented_heart_slices(np.zeros_like(labels), areas) == []
+    with pytest.raises(InputError, match="one area per slice"):
+        unsegmented_heart_slices(labels, areas[:-1])
+
+
+def test_slices_where_the_segmentation_stops_early_are_flagged_with_a_rule(cine_phantom, vae):
+    labels = cine_phantom.labels.array.copy()
+    labelled = np.flatnonzero(labels.any(axis=(1, 2)))
+    cut = labelled[:2]
+    labels[cut] = 0
+    result = assess_segmentation(cine_phantom.image, cine_phantom.labels.with_array(labels), vae, config=FAST,
+                                 unsegmented_slices=cut)
+    assert set(cut) <= set(result.flagged_slices) and result.needs_review
+    assert np.all(result.slice_dice[cut] == 0) and result.assessed[cut].all()
+    assert any("stops before the heart" in r for r in result.rules.volume_reasons)
+    assert all("cine localiser" in result.rules.slice_reasons[k][-1] for k in cut)
+    labelled_slice = int(labelled[-1])  # a slice with labels is never called unsegmented
+    other = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST,
+                                unsegmented_slices=[labelled_slice])
+    assert "stops before" not in " ".join(other.rules.volume_reasons)

@@ -245,3 +245,119 @@ def test_segment_cine_qc_uses_the_regressor(files, cine_models, tiny_qc_models, 
     assert report["qc"]["predictor"] == "regressor" and report["provenance"]["parameters"]["qc"]["predictor"] == "auto"
     assert report["qc"]["search"] == {"ran": False}  # no surrogate is written, so the search is skipped
     assert {m["name"] for m in report["provenance"]["models"]} >= {"qc_vae", "qc_dice_regressor"}
+
+
+def _qc_slices(capsys, image, labels, out, models, *options) -> list[dict]:
+    code, _, err = _run(capsys, "qc", image, labels, "--out", out, "--models-dir", models, "--device", "cpu",
+                        "--predictor", "search", *options)
+    assert code == 0, err
+    return _report(out)["qc"]["slices"]
+
+
+def test_label_codes_map_another_tools_codes_without_changing_the_file(files, tiny_qc_models, tmp_path, capsys):
+    labels = files["case"].labels
+    mms = np.array([0, 3, 2, 1], dtype=np.uint8)[labels.array]  # M&Ms: 1 LV, 2 myocardium, 3 RV
+    write_volume(labels.with_array(mms), tmp_path / "mms.nii.gz")
+    written = (tmp_path / "mms.nii.gz").read_bytes()
+    expected = _qc_slices(capsys, files["image"], files["labels"], tmp_path / "cardiacai", tiny_qc_models)
+
+    mapped = _qc_slices(capsys, files["image"], tmp_path / "mms.nii.gz", tmp_path / "mapped", tiny_qc_models,
+                        "--label-codes", "LV=1", "MYO=2", "RV=3")
+    assert mapped == expected and (tmp_path / "mms.nii.gz").read_bytes() == written
+    assert _report(tmp_path / "mapped")["provenance"]["parameters"]["label_codes"] == {"1": 3, "2": 2, "3": 1}
+
+    mask = np.where(labels.array == 2, 255, 0).astype(np.uint8)  # a binary myocardium mask
+    write_volume(labels.with_array(mask), tmp_path / "mask.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "mask.nii.gz", "--out", tmp_path / "unmapped",
+                        "--models-dir", tiny_qc_models)
+    assert code == 2 and "[255]" in err and "--label-codes" in err and not (tmp_path / "unmapped").exists()
+    _qc_slices(capsys, files["image"], tmp_path / "mask.nii.gz", tmp_path / "mask", tiny_qc_models,
+               "--label-codes", "MYO=255", "LV=3")
+    report = _report(tmp_path / "mask")
+    assert report["qc"]["n_assessed_slices"] == 6
+    assert any("map values [3]" in w for w in report["provenance"]["warnings"])  # LV=3: no such voxel
+
+
+@pytest.mark.parametrize("codes, message", [
+    (["RV3"], "not NAME=VALUE"),
+    (["AORTA=4"], "unknown structure 'AORTA'"),
+    (["RV=1", "LV=1"], "value 1 is given for two structures"),
+    (["RV=1", "MYO=2"], "values [3] that the label codes (--label-codes) do not map"),
+])
+def test_malformed_or_incomplete_label_codes_exit_2(files, tiny_qc_models, tmp_path, capsys, codes, message):
+    code, _, err = _run(capsys, "qc", files["image"], files["labels"], "--out", tmp_path / "out",
+                        "--models-dir", tiny_qc_models, "--label-codes", *codes)
+    assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
+def test_label_codes_are_refused_for_a_slicer_segmentation(files, tiny_qc_models, tmp_path, capsys):
+    write_seg_nrrd(files["case"].labels, tmp_path / "labels.seg.nrrd")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "labels.seg.nrrd", "--out", tmp_path / "out",
+                        "--models-dir", tiny_qc_models, "--label-codes", "LV=1", "MYO=2", "RV=3")
+    assert code == 2 and "Slicer segmentation" in err and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def oblique_files(tmp_path_factory, cine_phantom):
+    """The phantom on an oblique grid (origin and direction not the defaults), image and full labels."""
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
+    geometry = Geometry(cine_phantom.image.geometry.spacing_mm, (-40.0, 25.5, 12.0), tuple(rotation.ravel()))
+    folder = tmp_path_factory.mktemp("oblique")
+    image, labels = Volume(cine_phantom.image.array, geometry), Volume(cine_phantom.labels.array, geometry)
+    write_volume(image, folder / "image.nii.gz")
+    write_volume(labels, folder / "labels.nii.gz")
+    return {"image": folder / "image.nii.gz", "labels": folder / "labels.nii.gz", "labels_volume": labels}
+
+
+def _cropped(labels: Volume, start_kji, stop_kji, *, shift_voxels_kji=(0.0, 0.0, 0.0)) -> Volume:
+    """``labels[start:stop]`` with the origin of its first voxel, as Slicer saves a segmentation cropped to its
+    contents (plus ``shift_voxels_kji`` of a voxel, to leave the lattice)."""
+    box = tuple(slice(a, b) for a, b in zip(start_kji, stop_kji))
+    origin = labels.geometry.index_to_lps(np.add(start_kji, shift_voxels_kji))[0]
+    return Volume(np.ascontiguousarray(labels.array[box]),
+                  Geometry(labels.geometry.spacing_mm, tuple(origin), labels.geometry.direction_lps))
+
+
+@pytest.mark.parametrize("suffix", [".seg.nrrd", ".nii.gz"])
+def test_labels_cropped_to_a_box_of_the_image_grid_are_padded(oblique_files, tiny_qc_models, tmp_path, capsys, suffix):
+    labels = oblique_files["labels_volume"]
+    cropped = _cropped(labels, (1, 20, 18), (7, 75, 77))  # the heart: slices 1..6, rows 23..72, columns 20..74
+    path = tmp_path / f"cropped{suffix}"
+    (write_seg_nrrd if suffix == ".seg.nrrd" else write_volume)(cropped, path)
+    expected = _qc_slices(capsys, oblique_files["image"], oblique_files["labels"], tmp_path / "full", tiny_qc_models)
+    padded = _qc_slices(capsys, oblique_files["image"], path, tmp_path / "padded", tiny_qc_models,
+                        "--write-surrogate")
+    assert padded == expected
+    report = _report(tmp_path / "padded")
+    assert report["input"]["labels_padded"]["offset_kji"] == [1, 20, 18]
+    assert report["input"]["labels_padded"]["shape_kji"] == [6, 55, 59] and "padded" in report["input"][
+        "labels_padded"]["note"]
+    assert "labels_padded" not in _report(tmp_path / "full")["input"]
+    surrogate = sitk.ReadImage(str(tmp_path / "padded" / "surrogate.nii.gz"))
+    image = sitk.ReadImage(str(oblique_files["image"]))
+    assert surrogate.GetSize() == image.GetSize()
+    np.testing.assert_allclose(surrogate.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(surrogate.GetDirection(), image.GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("start, stop, shift, message", [
+    ((1, 20, 18), (7, 75, 77), (0.0, 0.4, 0.0), "not a whole number"),  # between the image's voxels
+    ((1, 20, 18), (7, 75, 77), (3.0, 0.0, 0.0), "reach beyond the image"),  # slices 4..9 of 8
+    ((1, 20, 18), (7, 75, 77), (0.0, -21.0, 0.0), "reach beyond the image"),  # starts above row 0
+])
+def test_labels_off_the_image_lattice_or_beyond_it_exit_2(oblique_files, tiny_qc_models, tmp_path, capsys, start,
+                                                          stop, shift, message):
+    write_seg_nrrd(_cropped(oblique_files["labels_volume"], start, stop, shift_voxels_kji=shift),
+                   tmp_path / "labels.seg.nrrd")
+    code, _, err = _run(capsys, "qc", oblique_files["image"], tmp_path / "labels.seg.nrrd", "--out", tmp_path / "out",
+                        "--models-dir", tiny_qc_models)
+    assert code == 2 and message in err and "origin_lps_mm" in err and not (tmp_path / "out").exists()
+
+
+def test_labels_with_another_spacing_exit_2_naming_it(oblique_files, tiny_qc_models, tmp_path, capsys):
+    cropped = _cropped(oblique_files["labels_volume"], (1, 20, 18), (7, 75, 77))
+    write_volume(Volume(cropped.array, cropped.geometry.with_spacing((1.5, 1.5, 10.0))), tmp_path / "l.nii.gz")
+    code, _, err = _run(capsys, "qc", oblique_files["image"], tmp_path / "l.nii.gz", "--out", tmp_path / "out",
+                        "--models-dir", tiny_qc_models)
+    assert code == 2 and "voxel lattice: spacing_mm (1.5, 1.5, 10.0)" in err

@@ -103,8 +103,21 @@ def test_image_without_heart_gives_empty_labels_and_a_warning(cine_models):
     volume = Volume(rng.normal(100, 5, (6, 64, 64)).astype(np.float32), Geometry((1.5, 1.5, 8.0)))
     result = segment_cine(volume, models=cine_models, mode="baseline", device="cpu")
     assert result.labels.array.shape == volume.array.shape
-    if not result.heart_found:
-        assert any("heart" in w for w in result.provenance.warnings)
+    assert not result.heart_found and not result.labels.array.any()
+    assert any("No heart found" in w for w in result.provenance.warnings)
+
+
+def test_a_heart_smaller_than_min_heart_ml_counts_as_none(cine_models):
+    case = make_cine_phantom(seed=42)
+    found = segment_cine(case.image, models=cine_models, mode="baseline", device="cpu", min_heart_ml=0)
+    heart_ml = found.provenance.parameters["localised_heart_ml"]
+    assert found.heart_found and heart_ml > 0
+    refused = segment_cine(case.image, models=cine_models, mode="baseline", device="cpu",
+                           min_heart_ml=heart_ml + 1)
+    assert not refused.heart_found and not refused.labels.array.any()
+    assert refused.labels.geometry == case.image.geometry and refused.volumes_ml["lv_blood_pool"] == 0
+    [warning] = [w for w in refused.provenance.warnings if "No heart found" in w]
+    assert f"{heart_ml:.0f} ml" in warning and "--min-heart-ml" in warning
 
 
 @pytest.mark.parametrize(
@@ -113,11 +126,22 @@ def test_image_without_heart_gives_empty_labels_and_a_warning(cine_models):
         (np.zeros((1, 64, 64)), (1.5, 1.5, 8.0), "at least 3"),
         (np.zeros((8, 64, 64)), (0.01, 0.01, 8.0), "In-plane spacing"),
         (np.zeros((8, 64, 64)), (1.5, 1.5, 0.5), "Slice spacing"),
+        (np.zeros((8, 64, 64)), (0.5, 3.9, 8.0), "times as long as they are wide"),
     ],
 )
 def test_not_short_axis_like_input_is_refused(cine_models, array, spacing, match):
     with pytest.raises(InputError, match=match):
         segment_cine(Volume(array.astype(np.float32), Geometry(spacing)), models=cine_models, device="cpu")
+
+
+def test_a_stack_too_short_for_a_ventricle_is_segmented_with_a_warning():
+    from cardiac_ai.regions.pipeline import check_short_axis_stack
+
+    image = np.random.default_rng(0).normal(100, 5, (3, 64, 64)).astype(np.float32)
+    [warning] = check_short_axis_stack(Volume(image, Geometry((1.5, 1.5, 10.0))))
+    assert "covers 30 mm" in warning
+    assert check_short_axis_stack(Volume(np.concatenate([image, image]), Geometry((1.5, 1.5, 10.0)))) == []
+    assert check_short_axis_stack(Volume(image, Geometry((1.25, 1.5, 20.0)))) == []  # rectangular pixels are fine
 
 
 def test_a_label_map_given_as_the_image_is_refused_but_a_real_image_is_not(cine_models):
@@ -234,6 +258,23 @@ def test_function_refuses_one_file_for_both_phases_and_warns_about_pairs_that_ca
     assert capsys.readouterr().err.count("RuntimeWarning") == 0  # notes go to the report and the log, not raw
     report = json.loads((tmp_path / "grids" / "report.json").read_text())
     assert any("different grids" in w and "spacing" in w for w in report["provenance"]["warnings"])
+
+
+def test_function_with_a_bad_es_leaves_no_ed_output_behind(cine_models_dir, tmp_path, capsys):
+    ed = make_cine_phantom(seed=7, phase="ED")
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    two_slices = Volume(ed.image.array[:2], ed.image.geometry)
+    write_volume(two_slices, tmp_path / "es.nii.gz")
+    common = ["--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc"]
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out",
+                 str(tmp_path / "new"), *common]) == 2
+    assert not (tmp_path / "new").exists()  # a rerun needs no --overwrite
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "labels_ed.nii.gz").write_bytes(b"an earlier run's file")
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out",
+                 str(tmp_path / "kept"), "--overwrite", *common]) == 2
+    assert (tmp_path / "kept" / "labels_ed.nii.gz").read_bytes() == b"an earlier run's file"
+    capsys.readouterr()
 
 
 @pytest.mark.slow
@@ -429,12 +470,17 @@ def test_the_localiser_centre_from_its_own_grid_is_where_the_native_grid_puts_it
 
     case = make_cine_phantom(seed=47)
     image = case.image.with_array(case.image.array.astype(np.float32))
-    centre = regions_pipeline._localise(cine_models.localiser, image, device="cpu", provenance=None)
+    localised = regions_pipeline.localise_heart(cine_models.localiser, image, device="cpu")
+    centre, heart_ml = localised.center_lps_mm, localised.volume_ml
     native = regions_pipeline._run_model(cine_models.localiser, image, "image_center", device="cpu", provenance=None)
     heart = np.argmax(native, axis=0) > 0
     components, count = ndimage.label(heart)
     largest = components == 1 + int(np.argmax(ndimage.sum_labels(heart, components, range(1, count + 1))))
     expected = image.geometry.index_to_lps(np.array(ndimage.center_of_mass(largest))[np.newaxis])[0]
     assert np.linalg.norm(centre - expected) < LOCALISER.in_plane_spacing_mm[0]
+    native_ml = largest.sum() * np.prod(image.geometry.spacing_mm) / 1000
+    assert heart_ml == pytest.approx(native_ml, rel=0.15)  # the size, too, is the native grid's
+    native_areas = largest.sum(axis=(1, 2)) * np.prod(image.geometry.spacing_mm[:2])
+    np.testing.assert_allclose(localised.slice_area_mm2, native_areas, rtol=0.2, atol=50)
     true_centre = image.geometry.index_to_lps(np.array(ndimage.center_of_mass(case.labels.array > 0))[np.newaxis])[0]
     assert np.linalg.norm(centre[:2] - true_centre[:2]) < 10.0  # in-plane, on the phantom's heart

@@ -339,7 +339,8 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     args = _parsed(fibrosis_call("lge.nrrd", "out", qc=False, qc_threshold=0.6, qc_predictor="search"))
     assert args.no_qc and args.qc_threshold == 0.6 and args.qc_predictor == "search"
     default = _parsed(fibrosis_call("lge.nrrd", "out"))
-    assert not default.no_qc and default.qc_predictor == "auto"
+    assert not default.no_qc and default.qc_predictor == "auto" and not default.pixel_size_unknown
+    assert _parsed(fibrosis_call("lge.nrrd", "out", pixel_size_unknown=True)).pixel_size_unknown
     args = _parsed(cam_call("cine.nrrd", "out", explain="DCM", method="gradcampp", pseudo_label=True))
     assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -42,6 +43,8 @@ BATCH_TASK_CHOICES = ("segment-cine", "function", "map", "fibrosis", "cam")
 MAP_KINDS = ("t1", "t2")
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 CAM_METHODS = ("model", "gradcam", "gradcampp")
+#: cardiac_ai.weak.cam.AUGMENTATIONS, repeated for the same reason (a test checks that they agree).
+CAM_AUGMENTATIONS = ("hflip", "vflip", "shift")
 _HANDLERS: dict[str, Handler] = {}
 
 
@@ -109,6 +112,17 @@ def _whole_number_at_least_0(text: str) -> int:
     return value
 
 
+def _non_negative_number(text: str) -> float:
+    """argparse type of a size or threshold: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _ratio_at_least_1(text: str) -> float:
     """argparse type of a max/min probability ratio: a finite number >= 1 (1 is uniform)."""
     try:
@@ -118,6 +132,83 @@ def _ratio_at_least_1(text: str) -> float:
     if not math.isfinite(value) or value < 1:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (the paper used 4 and 20), got {text}")
     return value
+
+
+def _whole_number_at_least_1(text: str) -> int:
+    value = _whole_number_at_least_0(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _otsu_classes(text: str) -> int:
+    """argparse type of ``--otsu-classes``: 0 (skip the multi-Otsu step) or a whole number >= 2."""
+    value = _whole_number_at_least_0(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("must be 0 (no multi-Otsu step) or 2 or more, got 1")
+    return value
+
+
+#: Destinations of the options that replace a pseudo-label setting of the classifier's model card.
+_PSEUDO_LABEL_OPTIONS = ("crf_iterations", "crf_smoothness", "crf_appearance", "otsu_classes", "scale_range",
+                         "min_fraction")
+
+
+def _add_cam_settings(group, *, prefix: str) -> None:
+    """``--cam-augment`` and the pseudo-label settings of ``cam`` (and, each help starting with ``prefix``, of
+    ``batch --task cam``). Pixels are those of the classifier's crop (the grid its model card names)."""
+    card = " (default: the classifier's model card)"
+    group.add_argument(
+        "--cam-augment", nargs="+", choices=CAM_AUGMENTATIONS, metavar="VIEW",
+        help=f"{prefix}average the CAM of each slice with those of these views, each mapped back to the slice: hflip "
+             "(left-right flip), vflip (up-down flip), shift (circular shift by 1/16 of the crop along rows and "
+             "columns); default: the plain slice only")
+    group.add_argument("--crf-iterations", type=_whole_number_at_least_1, metavar="N",
+                       help=f"{prefix}with --pseudo-label: DenseCRF mean-field iterations{card}")
+    group.add_argument("--crf-smoothness", type=float, nargs=2, metavar=("W", "PX"),
+                       help=f"{prefix}with --pseudo-label: DenseCRF smoothness (Gaussian) kernel weight w2 and width "
+                            f"theta_gamma in pixels; weight 0 drops the kernel{card}")
+    group.add_argument("--crf-appearance", type=float, nargs=3, metavar=("W", "PX", "GREY"),
+                       help=f"{prefix}with --pseudo-label: DenseCRF appearance (bilateral) kernel weight w1, spatial "
+                            "width theta_alpha in pixels and intensity width theta_beta in grey levels of the slice "
+                            f"scaled to 0-255; used only when w1 > 0{card}")
+    group.add_argument("--otsu-classes", type=_otsu_classes, metavar="N",
+                       help=f"{prefix}with --pseudo-label: classes of the multi-Otsu step, whose lowest class of "
+                            f"candidate pixels is dropped; 0 skips the step{card}")
+    group.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help=f"{prefix}with --pseudo-label: probability range the positive CAM values are scaled into "
+                            f"before the CRF, 0 <= LOW < HIGH <= 1; the paper's is 0.5 1{card}")
+    group.add_argument("--min-fraction", type=float, metavar="F",
+                       help=f"{prefix}with --pseudo-label: candidate pixels must reach F times the slice's CAM "
+                            f"maximum, 0 <= F < 1; 0 keeps every positive pixel{card}")
+
+
+def _pseudo_label_overrides(args: argparse.Namespace) -> dict:
+    """The pseudo-label settings given on the command line, as PseudoLabelConfig fields, checked before any model
+    loads; InputError without --pseudo-label, where the weak U-Net would make the labels and they would do nothing."""
+    given = [f"--{dest.replace('_', '-')}" for dest in _PSEUDO_LABEL_OPTIONS if getattr(args, dest) is not None]
+    if not given:
+        return {}
+    if not args.pseudo_label:
+        raise InputError(f"{', '.join(given)} set the CAM pseudo-label; add --pseudo-label to make the labels from "
+                         "it (without it the weak U-Net makes them when installed).")
+    overrides: dict = {}
+    if args.crf_iterations is not None:
+        overrides["crf_iterations"] = args.crf_iterations
+    if args.crf_smoothness is not None:
+        overrides["crf_w2"], overrides["crf_theta_gamma"] = args.crf_smoothness
+    if args.crf_appearance is not None:
+        overrides["crf_w1"], overrides["crf_theta_alpha"], overrides["crf_theta_beta"] = args.crf_appearance
+    if args.otsu_classes is not None:
+        overrides["otsu_classes"] = args.otsu_classes or None  # 0: no multi-Otsu step
+    if args.scale_range is not None:
+        overrides["scale_range"] = tuple(args.scale_range)
+    if args.min_fraction is not None:
+        overrides["min_fraction"] = args.min_fraction
+    from .weak.pseudo_labels import PseudoLabelConfig
+
+    dataclasses.replace(PseudoLabelConfig(), **overrides)  # InputError for a value out of range, before any loading
+    return overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="region-aware mode: average each region model with the baseline (default, chosen on "
                             "the validation patients) or let the region model alone decide (the paper)")
     group.add_argument("--no-postprocess", action="store_true", help="keep the raw network labels")
+    group.add_argument("--min-heart-ml", type=_non_negative_number, metavar="ML",
+                       help="smallest heart the localiser may find before the image counts as holding none (empty "
+                            "segmentation, a warning); default 60 (adult hearts in ACDC: 106 ml and more); lower it "
+                            "for small (paediatric) hearts, 0 accepts anything")
 
     quality = _qc_parent()
     p = sub.add_parser("segment-cine", parents=[common, cine, quality], help="segment a short-axis cine frame")
@@ -194,10 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--no-classifier", action="store_true", help="fibrosis: skip the per-slice probability")
     group.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                        help="fibrosis: pixel spacing of PNG inputs (i j [k]); without it numbers are in pixels")
+    group.add_argument("--pixel-size-unknown", action="store_true",
+                       help="fibrosis: ignore the spacing the files state (PNG slices saved by a viewer with 1 mm "
+                            "pixels); numbers in pixels")
     group.add_argument("--explain", metavar="CLASS", help="cam: class mapped on every slice (default: predicted)")
     group.add_argument("--method", choices=CAM_METHODS, help="cam: CAM method (default: the model card's)")
     group.add_argument("--pseudo-label", action="store_true",
                        help="cam: labels from the CAM pseudo-label even when the weak U-Net is installed")
+    _add_cam_settings(group, prefix="cam: ")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="cases processed at once, each in its own process with its own copy of the models "
                         "(default 1). Most per-case work is CPU-bound, so on a many-core machine (with or without "
@@ -227,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: split.json and checkpoints/ (weak-cam: prepared slices, "
                                                 "run_classifier/, pseudo-labels, run_weak_*/)")
     p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
-    p.add_argument("--network", default="unet2d", help="segmentation: network name (`cardiacai info` lists them)")
+    p.add_argument("--network", help="segmentation: network name (default unet2d; `cardiacai info` lists them)")
     p.add_argument("--epochs", type=int, help="default 100 (weak-cam: 30, of the classifier)")
     p.add_argument("--batch-size", type=int, help="default 16 (weak-cam: 32)")
     p.add_argument("--learning-rate", type=float, help="default 1e-3 (weak-cam: 1e-3 classifier, 2e-3 U-Net)")
@@ -303,11 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("qc", parents=[common], help="predict the Dice of a segmentation without ground truth")
     p.add_argument("image", help="short-axis image (NIfTI, NRRD, MHA, DICOM folder; one 3D frame)")
-    p.add_argument("labels", help="its segmentation on the same grid: label map (1 RV, 2 myocardium, 3 LV) or .seg.nrrd")
+    p.add_argument("labels", help="its segmentation: label map (1 RV, 2 myocardium, 3 LV; others: --label-codes) or "
+                                  ".seg.nrrd, on the image's grid or a box of it (as Slicer crops), padded with 0")
     p.add_argument("--out", required=True, help="output folder: report.json, qc_slices.csv (and the surrogate)")
     p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
                    help="flag slices whose predicted Dice is below DICE (default %(default)s)")
     p.add_argument("--predictor", choices=_QC_PREDICTORS, default="auto", help=_QC_PREDICTOR_HELP)
+    p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
+                   help="another tool's label values, as the value of each structure in the label map: RV, MYO, "
+                        "LV (also SCAR, MVO, HEART; BG drops a value; VALUE may be a comma list), e.g. LV=1 MYO=2 "
+                        "RV=3 (M&Ms) or MYO=255 (binary mask); every nonzero value must be named; the file is not "
+                        "changed")
     p.add_argument("--write-surrogate", action="store_true",
                    help="also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd")
 
@@ -323,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-label", action="store_true",
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
     p.add_argument("--frame", type=_whole_number_at_least_0, help="frame of a 4D input (0-based)")
+    _add_cam_settings(p.add_argument_group(
+        "CAM averaging and pseudo-label settings (pixels are those of the classifier's crop; report.json's cam "
+        "section records the settings used)"), prefix="")
 
     p = sub.add_parser("fibrosis", parents=[common, quality],
                        help="LGE scar segmentation: myocardium, scar, MVO, transmurality")
@@ -335,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels, pixel = on pixel labels (comparison)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                    help="pixel spacing for PNG input (i j [k]); without it numbers are in pixels")
+    p.add_argument("--pixel-size-unknown", action="store_true",
+                   help="ignore the spacing the file states: for PNG slices a viewer loaded with its default 1 mm "
+                        "pixels and saved (e.g. as NRRD); EMIDEC's pixel is assumed for the models and the numbers "
+                        "are in pixels")
     p.add_argument("--levels", nargs="+", choices=["base", "mid", "apex"],
                    help="level of each slice in slice order, for AHA segment numbers (default: unknown, 6 sectors)")
     p.add_argument("--anchor-angle", type=float, metavar="DEG",
@@ -528,7 +640,8 @@ def _detect_layout(folder: Path) -> str:
 
 #: Defaults of the train options that differ between tasks (None in the parser).
 _TRAIN_DEFAULTS = {
-    "segmentation": {"epochs": 100, "batch_size": 16, "learning_rate": 1e-3, "crop_size": 128, "spacing": 1.25},
+    "segmentation": {"network": "unet2d", "epochs": 100, "batch_size": 16, "learning_rate": 1e-3, "crop_size": 128,
+                     "spacing": 1.25},
     "weak-cam": {"epochs": 30, "batch_size": 32, "crop_size": 96, "spacing": 2.0, "prior": "auto",
                  "weak_mode": "self_training", "width": 16},
 }
@@ -554,6 +667,9 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
         if args.sampling_ratio is not None:
             raise InputError("--sampling-ratio applies to --task segmentation: weak-cam reads no label map, so its "
                              "slices have no base-to-apex position.")
+        if args.network is not None:
+            raise InputError(f"--network {args.network} applies to --task segmentation: weak-cam trains its own "
+                             "networks (a cam_classifier_2d classifier and a U-Net); --width sets their size.")
         return _train_weak_cam(args, progress)
     given = [f"--{name.replace('_', '-')}" for name in _WEAK_CAM_OPTIONS if getattr(args, name) is not None]
     if given:
@@ -689,7 +805,7 @@ def _cine_options(args: argparse.Namespace):
     return CineOptions(
         mode=args.mode, base_first={"auto": None, "first": True, "last": False}[args.base],
         postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
-        region_source=args.regions, region_combination=args.region_combination,
+        region_source=args.regions, region_combination=args.region_combination, min_heart_ml=args.min_heart_ml,
     )
 
 
@@ -742,8 +858,11 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
 #: Batch options that apply to some tasks only (dest -> tasks); given with another task they are an error.
 _BATCH_TASK_OPTIONS = {
     "kind": ("map",), "erosion_mm": ("map",), "model": ("fibrosis",), "no_classifier": ("fibrosis",),
-    "spacing": ("fibrosis",), "explain": ("cam",), "method": ("cam",), "pseudo_label": ("cam",),
+    "spacing": ("fibrosis",), "pixel_size_unknown": ("fibrosis",), "explain": ("cam",), "method": ("cam",),
+    "pseudo_label": ("cam",),
     "frame": ("segment-cine", "function", "cam"), "series_uid": ("segment-cine", "function", "map", "fibrosis"),
+    "min_heart_ml": ("segment-cine", "function"),
+    **{dest: ("cam",) for dest in ("cam_augment", *_PSEUDO_LABEL_OPTIONS)},
 }
 
 
@@ -751,8 +870,8 @@ def _batch_options(args: argparse.Namespace):
     """The task's options for :func:`~cardiac_ai.pipeline.run_batch`; InputError for options of another task."""
     from .pipeline import CamOptions, FibrosisOptions, MapOptions
 
-    for dest, tasks in _BATCH_TASK_OPTIONS.items():
-        if getattr(args, dest) not in (None, False) and args.task not in tasks:
+    for dest, tasks in _BATCH_TASK_OPTIONS.items():  # "is", not "in": a given 0 (--frame 0) equals False
+        if getattr(args, dest) is not None and getattr(args, dest) is not False and args.task not in tasks:
             raise InputError(f"--{dest.replace('_', '-')} applies to --task {' or '.join(tasks)}, not {args.task}.")
     if args.task == "map":
         if args.kind is None:
@@ -761,10 +880,11 @@ def _batch_options(args: argparse.Namespace):
                           series_uid=args.series_uid, device=args.device)
     if args.task == "fibrosis":
         return FibrosisOptions(spacing_mm=tuple(args.spacing) if args.spacing else None, series_uid=args.series_uid,
-                               device=args.device)
+                               pixel_size_unknown=args.pixel_size_unknown, device=args.device)
     if args.task == "cam":
         return CamOptions(explain=args.explain, method=args.method, use_segmenter=not args.pseudo_label,
-                          frame=args.frame, device=args.device)
+                          frame=args.frame, device=args.device, augment=tuple(args.cam_augment or ()),
+                          pseudo_label_overrides=_pseudo_label_overrides(args))
     return _cine_options(args)
 
 
@@ -921,13 +1041,15 @@ def _qc_summary_line(args: argparse.Namespace) -> str:
 
 @_command("qc")
 def _qc(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    from .labels import parse_label_codes
     from .pipeline import qc_file
     from .qc.assess import QCConfig
 
+    label_codes = None if args.label_codes is None else parse_label_codes(args.label_codes)
     result = qc_file(
         args.image, args.labels, args.out, models_dirs=args.models_dir, device=args.device,
-        config=QCConfig(dice_threshold=args.threshold, predictor=args.predictor), write_surrogate=args.write_surrogate,
-        overwrite=args.overwrite, progress=progress,
+        config=QCConfig(dice_threshold=args.threshold, predictor=args.predictor), label_codes=label_codes,
+        write_surrogate=args.write_surrogate, overwrite=args.overwrite, progress=progress,
     )
     if not args.quiet:
         minimum = result.min_slice_dice
@@ -943,10 +1065,11 @@ def _qc(args: argparse.Namespace, progress: ProgressCallback) -> int:
 def _cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .pipeline import cam_file
 
+    overrides = _pseudo_label_overrides(args)  # bad settings fail before the output folder or the models
     result = cam_file(
         args.input, args.out, models_dirs=args.models_dir, explain=args.explain, method=args.method,
         use_segmenter=not args.pseudo_label, frame=args.frame, device=args.device, overwrite=args.overwrite,
-        progress=progress,
+        progress=progress, augment=tuple(args.cam_augment or ()), pseudo_label_overrides=overrides,
     )
     if not args.quiet:
         summary = result.to_report()["volume_prediction"]
@@ -973,6 +1096,7 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
             args.input, args.out, models=models, spacing_mm=args.spacing, series_uid=args.series_uid,
             levels=args.levels, anchor_angle_deg=args.anchor_angle, device=args.device, overwrite=True,
             provenance=provenance, progress=subrange(progress, 0.05, 1.0), qc=_qc_options(args, provenance),
+            pixel_size_unknown=args.pixel_size_unknown,
         )
     if not args.quiet:
         m = result.measures

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Geometry", "Volume", "LPS_TO_RAS"]
+__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "pad_to_reference_grid"]
 
 #: Multiplying an LPS point by this gives RAS (and vice versa).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -132,6 +132,27 @@ class Geometry:
             found.append(f"direction {_rounded(self.direction_lps)} vs {_rounded(other.direction_lps)}")
         return found
 
+    def lattice_offset_kji(
+        self, other: "Geometry", other_shape_kji: Sequence[int], *, atol_voxel: float = 1e-3
+    ) -> tuple[int, int, int] | None:
+        """Where an array of shape ``other_shape_kji`` with geometry ``other`` lies on this geometry's voxel lattice.
+
+        Returns the (k, j, i) index here of its voxel (0, 0, 0) when every one of its voxel centres is within
+        ``atol_voxel`` voxel of a voxel centre here (same spacing and direction, origin a whole number of voxels
+        away), else None. The lattice has no extent: the offset may be negative or lie beyond any array.
+        """
+        to_here = np.linalg.inv(self.ijk_to_lps_matrix()) @ other.ijk_to_lps_matrix()
+        offset_ijk = np.rint(to_here[:3, 3])
+        # The mismatch is affine in the index, so the box's corners bound it; an axis of one voxel still spans one
+        # voxel, so that a single slice of another thickness is not taken for a slice of this lattice.
+        span_ijk = np.maximum(np.asarray(other_shape_kji, dtype=np.float64)[::-1] - 1.0, 1.0)
+        corners = np.array([[i, j, k] for i in (0.0, span_ijk[0]) for j in (0.0, span_ijk[1])
+                            for k in (0.0, span_ijk[2])])
+        mismatch = corners @ (to_here[:3, :3] - np.eye(3)).T + (to_here[:3, 3] - offset_ijk)
+        if np.max(np.abs(mismatch)) > atol_voxel:
+            return None
+        return tuple(int(v) for v in offset_ijk[::-1])  # type: ignore[return-value]
+
     def to_dict(self) -> dict:
         return {
             "spacing_mm": list(self.spacing_mm),
@@ -196,3 +217,84 @@ class Volume:
         if not 0 <= index < n_frames:  # no negative indices: a frame number is what the user reads off the scanner
             raise InputError(f"Frame {index} does not exist; the series has {n_frames} frames (0..{n_frames - 1}).")
         return Volume(self.array[index], self.geometry, "kji")
+
+
+def pad_to_reference_grid(
+    volume: Volume, reference: Volume, *, fill: float = 0, atol_voxel: float = 1e-3, what: str = "labels",
+    reference_name: str = "image",
+) -> Volume:
+    """``volume`` on ``reference``'s grid: a (k, j, i) volume whose voxels lie on the reference's voxel lattice and
+    cover the whole grid or a box inside it, padded with ``fill`` to the reference's shape.
+
+    This is what 3D Slicer writes when it saves a segmentation cropped to its contents (``.seg.nrrd``): the
+    image's spacing and direction, an origin whole voxels away, a smaller extent. Nothing is resampled.
+
+    Parameters
+    ----------
+    volume : Volume, axes "kji"
+        The array to place (e.g. a label map); not modified.
+    reference : Volume
+        Gives the grid: its geometry and its spatial shape (a (t, k, j, i) reference gives its frames' grid).
+    fill : value of the voxels ``volume`` does not cover (0: background).
+    atol_voxel : how far, in voxels, a voxel centre of ``volume`` may be from the reference's nearest one.
+    what, reference_name : how the error messages name the two (e.g. "labels", "image").
+
+    Returns
+    -------
+    Volume with the reference's shape and geometry and ``volume``'s dtype (sharing ``volume``'s array when it
+    already had the reference's shape). Whether it was padded: its shape differs from ``volume.spatial_shape``.
+
+    Raises
+    ------
+    InputError
+        ``volume`` is not 3D; its voxels are not on the reference's lattice (other spacing or direction, or an
+        origin a fraction of a voxel away: the message names the differing fields); or it reaches beyond the
+        reference's grid.
+    """
+    if not isinstance(volume, Volume) or volume.axes != "kji":
+        raise InputError(f"The {what} must be one 3D (k, j, i) cardiac_ai Volume.")
+    grid, grid_shape = reference.geometry, reference.spatial_shape
+    shape = volume.spatial_shape
+    offset = grid.lattice_offset_kji(volume.geometry, shape, atol_voxel=atol_voxel)
+    if offset is None:
+        raise InputError(
+            f"The {what} do not lie on the {reference_name}'s voxel lattice: "
+            + "; ".join(_lattice_differences(volume.geometry, grid, reference_name)) + f". Resample the {what} "
+            f"onto the {reference_name}'s grid (in Slicer: export the segmentation to a labelmap with the "
+            f"{reference_name} as reference geometry)."
+        )
+    end = tuple(o + n for o, n in zip(offset, shape))
+    if any(o < 0 for o in offset) or any(e > n for e, n in zip(end, grid_shape)):
+        last = tuple(e - 1 for e in end)
+        raise InputError(
+            f"The {what} lie on the {reference_name}'s voxel lattice but reach beyond the {reference_name}: they "
+            f"cover its voxels (k, j, i) {offset} to {last}, and the {reference_name} has {grid_shape} "
+            f"(origin_lps_mm {_rounded(volume.geometry.origin_lps_mm)} vs the {reference_name}'s "
+            f"{_rounded(grid.origin_lps_mm)}). They may cover part of the {reference_name} (the rest is taken as "
+            f"background), not more: crop them to the {reference_name} or resample them onto its grid."
+        )
+    if shape == grid_shape:
+        return Volume(volume.array, grid)
+    padded = np.full(grid_shape, fill, dtype=volume.array.dtype)
+    padded[tuple(slice(o, e) for o, e in zip(offset, end))] = volume.array
+    return Volume(padded, grid)
+
+
+def _lattice_differences(found: Geometry, expected: Geometry, reference_name: str) -> list[str]:
+    """Why ``found`` is off ``expected``'s lattice, field by field, for an error message."""
+    differences = [
+        f"{name} {_rounded(getattr(found, name))} vs the {reference_name}'s {_rounded(getattr(expected, name))}"
+        for name, same in (
+            ("spacing_mm", np.allclose(found.spacing_mm, expected.spacing_mm, rtol=1e-5, atol=0.0)),
+            ("direction_lps", np.allclose(found.direction_lps, expected.direction_lps, atol=1e-5)),
+        )
+        if not same
+    ]
+    if not differences:  # same axes: the origin is a fraction of a voxel off
+        to_expected = np.linalg.inv(expected.ijk_to_lps_matrix()) @ found.ijk_to_lps_matrix()
+        offset_kji = tuple(round(float(v), 3) for v in to_expected[:3, 3][::-1])
+        differences.append(
+            f"origin_lps_mm {_rounded(found.origin_lps_mm)} vs the {reference_name}'s "
+            f"{_rounded(expected.origin_lps_mm)}, {offset_kji} voxels (k, j, i) away: not a whole number"
+        )
+    return differences

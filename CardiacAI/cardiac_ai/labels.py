@@ -6,6 +6,7 @@ master list (SCT = SNOMED-CT); codes SNOMED lacks use the private designator ``C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +26,9 @@ __all__ = [
     "tissue",
     "check_label_values",
     "segment_terminology_string",
+    "LABEL_CODE_NAMES",
+    "parse_label_codes",
+    "remap_label_codes",
 ]
 
 
@@ -127,8 +131,126 @@ def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, w
         raise InputError(
             f"{what} holds label values {unknown} that are not in the label table {sorted(allowed_codes)}. "
             "Map your codes to CardiacAI's: "
-            + ", ".join(f"{code} {LABELS[code].display_name}" for code in sorted(allowed_codes - {BACKGROUND})) + "."
+            + ", ".join(f"{code} {LABELS[code].display_name}" for code in sorted(allowed_codes - {BACKGROUND}))
+            + f" ({_LABEL_CODES_HINT})."
         )
+
+
+#: Short names of the label table's codes, for users who map another tool's label values onto it (``cardiacai qc
+#: --label-codes RV=3 MYO=2 LV=1``); the machine names (``Tissue.name``) and "background" are accepted too.
+LABEL_CODE_NAMES: dict[str, int] = {
+    "BG": BACKGROUND, "RV": RV_BLOOD_POOL, "MYO": LV_MYOCARDIUM, "LV": LV_BLOOD_POOL, "SCAR": SCAR, "MVO": MVO,
+    "HEART": HEART,
+}
+_LABEL_CODES_HINT = ("cardiacai qc maps another tool's values with --label-codes NAME=VALUE, e.g. --label-codes LV=1 "
+                     "MYO=2 RV=3 for M&Ms, MYO=255 for a binary myocardium mask")
+
+
+def _code_for_name(name: str) -> int:
+    wanted = name.strip().lower()
+    for short, code in LABEL_CODE_NAMES.items():
+        if wanted == short.lower():
+            return code
+    if wanted == "background":
+        return BACKGROUND
+    for row in LABELS.values():
+        if wanted == row.name:
+            return row.code
+    raise InputError(
+        f"--label-codes: unknown structure {name!r}; use one of "
+        + ", ".join(f"{short} ({LABELS[code].display_name if code else 'background'})"
+                    for short, code in LABEL_CODE_NAMES.items())
+        + " (or the machine names, e.g. lv_myocardium)."
+    )
+
+
+def parse_label_codes(items: Sequence[str]) -> dict[int, int]:
+    """``NAME=VALUE`` items (``["RV=3", "MYO=2", "LV=1"]``, ``["MYO=255"]``, ``["MYO=2,4", "BG=7"]``) as
+    {value in the file: CardiacAI code}.
+
+    NAME is a key of :data:`LABEL_CODE_NAMES` (any case), a tissue's machine name or "background"; VALUE is one
+    whole number >= 0, or several separated by commas (e.g. scar folded into the myocardium).
+
+    Raises
+    ------
+    InputError
+        An item without "=", an unknown NAME, a VALUE that is not a whole number >= 0, or one value given twice.
+    """
+    codes: dict[int, int] = {}
+    if isinstance(items, str):
+        items = [items]
+    for item in items:
+        name, sign, values = str(item).partition("=")
+        if not sign or not name.strip() or not values.strip():
+            raise InputError(
+                f"--label-codes: {item!r} is not NAME=VALUE; write e.g. --label-codes RV=3 MYO=2 LV=1 (the value "
+                "each structure has in your file)."
+            )
+        code = _code_for_name(name)
+        for text in values.split(","):
+            try:
+                value = int(text.strip())
+            except ValueError:
+                raise InputError(
+                    f"--label-codes: {item!r}: {text.strip()!r} is not a whole number; write NAME=VALUE[,VALUE...]."
+                ) from None
+            if value < 0:
+                raise InputError(f"--label-codes: {item!r}: label values are 0 or more, got {value}.")
+            if value in codes and codes[value] != code:
+                raise InputError(
+                    f"--label-codes: value {value} is given for two structures ({_code_name(codes[value])} and "
+                    f"{_code_name(code)}); each value in the file is one structure."
+                )
+            codes[value] = code
+    if not codes:
+        raise InputError("--label-codes needs at least one NAME=VALUE, e.g. --label-codes RV=3 MYO=2 LV=1.")
+    return codes
+
+
+def _code_name(code: int) -> str:
+    return "background" if code == BACKGROUND else LABELS[code].display_name
+
+
+def remap_label_codes(labels: np.ndarray, codes: Mapping[int, int], *, what: str = "labels") -> np.ndarray:
+    """A new uint8 label map with CardiacAI codes from ``labels`` holding another tool's values.
+
+    Parameters
+    ----------
+    labels : integer (or whole-number float) label array; not modified.
+    codes : {value in ``labels``: CardiacAI code}, as :func:`parse_label_codes` returns; codes 0 (background) or
+        from the label table. Value 0 is background unless ``codes`` says otherwise; every other value present
+        in ``labels`` must be in ``codes`` (map what you do not want to background, e.g. ``{7: 0}``).
+    what : how error messages name ``labels``.
+
+    Raises
+    ------
+    InputError
+        A code outside the label table, non-integer values, or values present in ``labels`` that ``codes`` does
+        not map (named, with the values ``codes`` does map).
+    """
+    outside = sorted({int(code) for code in codes.values()} - {BACKGROUND, *LABELS})
+    if outside:
+        raise InputError(
+            f"label codes {outside} are not in the label table {sorted({BACKGROUND, *LABELS})}; map each value to "
+            "one of " + ", ".join(f"{code} {_code_name(code)}" for code in sorted({BACKGROUND, *LABELS})) + "."
+        )
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        if not np.all(np.isfinite(labels)) or not np.all(np.mod(labels, 1) == 0):
+            raise InputError(f"{what} must hold whole-number label values; found non-integer values.")
+    present = set(np.unique(labels).astype(np.int64).tolist())
+    unmapped = sorted(present - set(codes) - {BACKGROUND})
+    if unmapped:
+        given = ", ".join(f"{value} -> {_code_name(code)}" for value, code in sorted(codes.items()))
+        raise InputError(
+            f"{what} hold values {unmapped} that the label codes (--label-codes) do not map (they map {given}). Name "
+            f"the structure of each (e.g. MYO={unmapped[0]}), or BG={unmapped[0]} to treat it as background."
+        )
+    remapped = np.zeros(labels.shape, dtype=np.uint8)
+    for value, code in codes.items():
+        if code != BACKGROUND:
+            remapped[labels == value] = code
+    return remapped
 
 
 def segment_terminology_string(row: Tissue) -> str:

@@ -7,22 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import time
 import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
 from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError
-from .geometry import Volume
+from .geometry import Volume, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
 from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
 from .io.seg_nrrd import write_seg_nrrd
+from .labels import remap_label_codes
 from .progress import ProgressCallback, report, subrange
 from .provenance import Provenance
 
@@ -58,6 +60,7 @@ class CineOptions:
     device: str = "auto"
     region_source: Literal["classifier", "segmentation"] = "classifier"
     region_combination: Literal["average", "replace"] = "average"
+    min_heart_ml: float | None = None  # None: segment_cine's default (regions.pipeline.MIN_HEART_ML)
 
 
 def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | None = None) -> Volume:
@@ -113,16 +116,24 @@ def _models_dir_use_warnings(models_dirs: Sequence[str | Path], loaded, registry
                if mode == "region-aware" else ".")]
 
 
-def _segment(path, models, options: CineOptions, provenance: Provenance, progress):
-    from .regions.pipeline import segment_cine
-
+def _read_cine(path, options: CineOptions, provenance: Provenance) -> Volume:
     with provenance.timed("read"):
         volume = read_input(path, frame=options.frame, series_uid=options.series_uid)
     if options.frame is not None:
         provenance.parameters["frame"] = options.frame
+    return volume
+
+
+def _segment(path, models, options: CineOptions, provenance: Provenance, progress, *, volume: Volume | None = None):
+    """Read ``path`` (unless its ``volume`` is given, already read) and segment it: ``(volume, CineSegmentation)``."""
+    from .regions.pipeline import segment_cine
+
+    if volume is None:
+        volume = _read_cine(path, options, provenance)
     result = segment_cine(
         volume, models=models, mode=options.mode, base_first=options.base_first, postprocess=options.postprocess,
         region_source=options.region_source, region_combination=options.region_combination, device=options.device,
+        **({} if options.min_heart_ml is None else {"min_heart_ml": options.min_heart_ml}),
         progress=progress, provenance=provenance,
     )
     return volume, result
@@ -236,18 +247,23 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
         provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
         results = {}
         checks: dict = {}
-        for phase, path, (start, stop) in (("ed", ed_path, (0.0, 0.45)), ("es", es_path, (0.45, 0.9))):
+        # both phases are read and segmented before anything is written: a bad ES file leaves no ED output behind
+        read = {"ed": _read_cine(ed_path, options, provenance), "es": _read_cine(es_path, options, provenance)}
+        paths = {"ed": ed_path, "es": es_path}
+        for phase, (start, stop) in (("ed", (0.0, 0.45)), ("es", (0.45, 0.9))):
             middle = stop if qc is None else start + 0.8 * (stop - start)
-            volume, result = _segment(path, models, options, provenance, subrange(progress, start, middle))
+            volume, result = _segment(paths[phase], models, options, provenance, subrange(progress, start, middle),
+                                      volume=read[phase])
             results[phase] = (volume, result)
+            if qc is not None:
+                checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
+        for phase, (volume, result) in results.items():
             with provenance.timed("write"):
                 write_volume(result.labels, out / f"labels_{phase}.nii.gz")
                 write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
-                dicom_seg_of_dicom_input(result.labels, path, out / f"segmentation_{phase}.dcm",
+                dicom_seg_of_dicom_input(result.labels, paths[phase], out / f"segmentation_{phase}.dcm",
                                          series_uid=options.series_uid, provenance=provenance)
-            if qc is not None:
-                checks[phase] = _file_qc(volume, result.labels, qc, provenance, subrange(progress, middle, stop))
-                if checks[phase] is not None:
+                if checks.get(phase) is not None:
                     write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
         (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]
         for message in phase_pair_warnings(ed_volume, es_volume):
@@ -300,6 +316,7 @@ class FibrosisOptions:
     spacing_mm: tuple[float, ...] | None = None
     series_uid: str | None = None
     device: str = "auto"
+    pixel_size_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -311,6 +328,8 @@ class CamOptions:
     use_segmenter: bool = True
     frame: int | None = None
     device: str = "auto"
+    augment: tuple[str, ...] = ()  # views whose CAMs are averaged with the plain one (weak.cam.AUGMENTATIONS)
+    pseudo_label_overrides: dict | None = None  # PseudoLabelConfig field -> value, over the model card's settings
 
 
 _OPTIONS_OF_TASK = {"segment-cine": CineOptions, "function": CineOptions, "map": MapOptions,
@@ -585,11 +604,12 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
         from .fibrosis.pipeline import fibrosis_file
 
         fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
-                      series_uid=options.series_uid, device=options.device, overwrite=True, progress=progress, qc=qc)
+                      series_uid=options.series_uid, device=options.device, overwrite=True, progress=progress, qc=qc,
+                      pixel_size_unknown=options.pixel_size_unknown)
     else:
         cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
                  use_segmenter=options.use_segmenter, frame=options.frame, device=options.device, overwrite=True,
-                 progress=progress)
+                 progress=progress, augment=options.augment, pseudo_label_overrides=options.pseudo_label_overrides)
     return summary_values(read_report(case_dir))
 
 
@@ -610,8 +630,9 @@ FIT_BACKGROUND_FRACTION = 0.05
 
 @contextlib.contextmanager
 def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
-    """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again if it was created here and the job
-    failed before writing anything into it: bad input leaves no partial output behind.
+    """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again, with what the job wrote into it, if
+    it was created here and the job failed: bad input leaves no partial output behind (and no folder that a rerun
+    would have to --overwrite).
 
     The files written into the folder are recorded (``report.json`` lists them under ``outputs``). A job
     that succeeds in a folder an earlier run wrote (``--overwrite``) removes that run's outputs it did not write
@@ -622,12 +643,16 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     existed = out.exists()
     folder = prepare_output_dir(out, overwrite=overwrite, inputs=inputs)
     earlier = _earlier_outputs(folder)
+    written: set[str] = set()
     try:
         with recording_outputs(folder) as written:
             yield folder
     except BaseException:
-        if not existed and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if not existed and folder.is_dir():
+            for name in written:
+                (folder / name).unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
         raise
     if written and REPORT_NAME in written:  # the job finished (its report is written last)
         for name in sorted(earlier - written):
@@ -1303,14 +1328,18 @@ def qc_options(
     return QCOptions(model=loaded, config=config, searched=where, regressor=regressor)
 
 
-def _file_qc(volume: Volume, labels: Volume, qc: QCOptions, provenance: Provenance, progress):
-    """Run QC for a file job: the QCResult, or None with a provenance warning (never raises for QC reasons)."""
+def _file_qc(volume: Volume, labels: Volume, qc: QCOptions, provenance: Provenance, progress, *,
+             judged_structures: tuple[int, ...] | None = None):
+    """Run QC for a file job: the QCResult, or None with a provenance warning (never raises for QC reasons).
+    ``judged_structures``: the structures the job segments, when not all of RV, myocardium and LV."""
     from .qc.assess import QCConfig, run_qc
 
     if qc.model is None and qc.problem:
         provenance.warn(f"QC skipped: {qc.problem}", log)
         return None
     config = qc.config if qc.config is not None else QCConfig()
+    if judged_structures is not None:
+        config = dataclasses.replace(config, judged_structures=judged_structures)
     return run_qc(volume, labels, qc.model, config=config, provenance=provenance, progress=progress,
                   searched=qc.searched, regressor=qc.regressor)
 
@@ -1342,6 +1371,7 @@ def qc_file(
     models_dirs: Sequence[str | Path] = (),
     device: str = "auto",
     config=None,
+    label_codes: Mapping[int, int] | None = None,
     write_surrogate: bool = False,
     overwrite: bool = False,
     provenance: Provenance | None = None,
@@ -1354,7 +1384,10 @@ def qc_file(
     image_path : path
         The short-axis image (NIfTI, NRRD, MHA or DICOM folder; one 3D frame).
     labels_path : path
-        Its segmentation on the same grid: a label map file with CardiacAI codes, or a Slicer ``.seg.nrrd``.
+        Its segmentation: a label map file (CardiacAI codes, or others mapped by ``label_codes``) or a Slicer
+        ``.seg.nrrd``, on the image's grid or on a box of it (same spacing and direction, origin whole voxels
+        away, as Slicer saves a segmentation cropped to its contents), which is padded with background; the
+        report's ``input.labels_padded`` then says from where.
     out_dir : path
         Output folder; gets ``report.json`` (provenance and ``qc``: per-slice and per-structure predicted Dice,
         flags, threshold, rule checks) and ``qc_slices.csv``; with ``write_surrogate`` also ``surrogate.nii.gz``
@@ -1364,6 +1397,11 @@ def qc_file(
     device : "auto", "cpu", "cuda" or "cuda:N"
     config : QCConfig, optional
         Threshold, predictor and search options (default threshold 0.80, predictor "auto").
+    label_codes : {value in the label file: CardiacAI code}, optional
+        Another tool's label values mapped onto CardiacAI's codes before QC (e.g. M&Ms {1: 3, 2: 2, 3: 1};
+        :func:`~cardiac_ai.labels.parse_label_codes` reads ``RV=3 MYO=2 LV=1``); every nonzero value in the file
+        must be mapped (to 0 to drop it). The file is not changed; the mapping is kept in the report's
+        ``provenance.parameters.label_codes``. Not for a ``.seg.nrrd``, whose segments are matched by name.
     write_surrogate, overwrite, provenance, progress
         As named.
 
@@ -1376,8 +1414,9 @@ def qc_file(
     ModelError
         No ``qc_vae`` model found (unlike the segmentation commands, here QC is the whole job).
     InputError
-        Labels not on the image's grid (the message names the differing field), label values outside the
-        label table, a 4D image.
+        Labels not on the image's voxel lattice or reaching beyond the image (the message names the differing
+        field), label values outside the label table or not mapped by ``label_codes``, codes outside the table,
+        ``label_codes`` with a ``.seg.nrrd``, a 4D image.
     DataError
         Unreadable files.
     OutputError
@@ -1386,8 +1425,16 @@ def qc_file(
     from .qc.assess import QCConfig, assess_segmentation
 
     config = config if config is not None else QCConfig()
+    if label_codes is not None and str(labels_path).lower().endswith(".seg.nrrd"):
+        raise InputError(
+            f"--label-codes maps the values of a label map file, and {labels_path} is a Slicer segmentation, whose "
+            "segments are matched to CardiacAI's tissues by ID, terminology or name: rename its segments (e.g. "
+            "'Left ventricle myocardium'), or export them to a labelmap volume and map that."
+        )
     provenance = provenance or Provenance(command="qc")
     provenance.parameters.update({"image": str(image_path), "labels": str(labels_path), "qc": config.to_dict()})
+    if label_codes is not None:
+        provenance.parameters["label_codes"] = {str(value): int(code) for value, code in sorted(label_codes.items())}
     with output_folder(out_dir, overwrite=overwrite, inputs=[image_path, labels_path]) as out:
         report(progress, 0.0, "Loading the QC model")
         model = load_qc_model(models_dirs, device=device, provenance=provenance)
@@ -1397,10 +1444,22 @@ def qc_file(
             regressor = load_qc_regressor(models_dirs, device=device, provenance=provenance)
         with provenance.timed("read"):
             image = read_input(image_path)
-            labels = _read_labels(labels_path)
+            labels_as_read = _read_labels(labels_path)
+            labels = labels_as_read
+            if label_codes is not None:
+                labels = labels.with_array(remap_label_codes(labels.array, label_codes))
+                absent = sorted(set(label_codes) - set(np.unique(labels_as_read.array).astype(np.int64).tolist()))
+                if absent:  # a typo, or a structure the other tool did not segment: say so, QC judges the rest
+                    provenance.warn(f"The label codes (--label-codes) map values {absent}, which no voxel of "
+                                    f"{labels_path} has.", log)
+            labels = pad_to_reference_grid(labels, image)
+        padding = _padding_note(labels_as_read, image)
+        with provenance.timed("extent"):
+            unsegmented = _unsegmented_heart_slices(image, labels, models_dirs, device=device, provenance=provenance)
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
-                                         progress=subrange(progress, 0.05, 0.9), regressor=regressor)
+                                         progress=subrange(progress, 0.05, 0.9), regressor=regressor,
+                                         unsegmented_slices=unsegmented)
         if result.predictor in ("regressor", "combined"):
             provenance.models.append(regressor.model_use())
         with provenance.timed("write"):
@@ -1410,11 +1469,46 @@ def qc_file(
                 write_seg_nrrd(result.surrogate, out / "surrogate.seg.nrrd", reference=image)
         write_report(out, provenance=provenance, results={
             "input": {"image": str(image_path), "labels": str(labels_path), "shape_kji": list(image.array.shape),
-                      "geometry": image.geometry.to_dict()},
+                      "geometry": image.geometry.to_dict(), **padding},
             "qc": result.to_dict(),
         })
     report(progress, 1.0, "Done")
     return result
+
+
+def _unsegmented_heart_slices(image: Volume, labels: Volume, models_dirs, *, device, provenance) -> list[int]:
+    """Slices beyond the segmentation where the cine localiser sees the heart (:mod:`cardiac_ai.qc.extent`); none
+    without a usable ``cine_localiser`` (noted) or for an image the localiser cannot take."""
+    from .models.registry import ModelRegistry
+    from .qc.extent import unsegmented_heart_slices
+    from .regions.pipeline import localise_heart
+
+    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+    if not registry.has("cine_localiser"):
+        log.info("No cine_localiser model: QC does not check where the segmentation stops against the heart.")
+        return []
+    try:
+        localiser = registry.load("cine_localiser", device=device)
+        localised = localise_heart(localiser, image.with_array(np.asarray(image.array, np.float32)), device=device)
+    except (ModelError, InputError) as error:
+        provenance.warn(f"QC: the segmentation's extent was not checked against the heart ({error}).", log)
+        return []
+    provenance.models.append(localiser.model_use())
+    return unsegmented_heart_slices(labels.array, localised.slice_area_mm2)
+
+
+def _padding_note(labels_as_read: Volume, image: Volume) -> dict:
+    """``{"labels_padded": {...}}`` for the report when the labels covered only a box of the image's grid (as Slicer
+    saves a segmentation cropped to its contents) and were padded with background; else empty."""
+    if labels_as_read.spatial_shape == image.spatial_shape:
+        return {}
+    offset = image.geometry.lattice_offset_kji(labels_as_read.geometry, labels_as_read.spatial_shape)
+    last = tuple(o + n - 1 for o, n in zip(offset, labels_as_read.spatial_shape))
+    note = (f"The labels cover voxels (k, j, i) {offset} to {last} of the image's {image.spatial_shape} grid "
+            "(a segmentation cropped to its contents, as Slicer saves one); they were padded with background.")
+    log.info(note)
+    return {"labels_padded": {"shape_kji": list(labels_as_read.spatial_shape), "offset_kji": list(offset),
+                              "note": note}}
 
 
 # -- class activation maps (weak-label models) ------------------------------------------------------------------
@@ -1457,6 +1551,8 @@ def cam_file(
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    augment: Sequence[str] = (),
+    pseudo_label_overrides: dict | None = None,
 ):
     """``cardiacai cam``: class activation map and whole-heart labels from models trained on diagnosis labels only.
 
@@ -1465,7 +1561,9 @@ def cam_file(
     ``segmentation.seg.nrrd``, ``cam_slices.csv`` (class probabilities per slice) and ``report.json``.
 
     ``models``: :class:`~cardiac_ai.weak.pipeline.WeakModels` already loaded (:func:`load_weak_models`; a batch
-    loads them once); None loads them from ``models_dirs`` and the bundled models onto ``device``.
+    loads them once); None loads them from ``models_dirs`` and the bundled models onto ``device``. ``augment`` and
+    ``pseudo_label_overrides`` are those of :func:`~cardiac_ai.weak.pipeline.explain_volume`; the report's ``cam``
+    section records the views averaged and the pseudo-label settings used.
 
     Raises
     ------
@@ -1487,7 +1585,8 @@ def cam_file(
         with provenance.timed("read"):
             volume = read_input(input_path, frame=frame)
         with provenance.timed("cam"):
-            result = explain_volume(volume, models, explain=explain, method=method, use_segmenter=use_segmenter,
+            result = explain_volume(volume, models, explain=explain, method=method, augment=augment,
+                                    pseudo_label_overrides=pseudo_label_overrides, use_segmenter=use_segmenter,
                                     device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
         rows = [{"k": s["k"], "explained_class": s["explained_class"], "heart_pixels": s["heart_pixels"],

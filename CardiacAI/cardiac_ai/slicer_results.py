@@ -638,8 +638,11 @@ def ecv_call(native_path: Any, post_path: Any, out_dir: Any, *, haematocrit: flo
 
 def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: str = "auto",
                   models_dir: Any = None, qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD,
-                  qc_predictor: str = "auto") -> BackendCall:
+                  qc_predictor: str = "auto", pixel_size_unknown: bool = False) -> BackendCall:
     """``cardiacai fibrosis LGE --out DIR --model weak|weak_stack|pixel``: myocardium, scar and MVO of an LGE stack.
+
+    ``pixel_size_unknown`` (``--pixel-size-unknown``) ignores the file's spacing: Slicer gives PNG slices 1 mm
+    pixels, which are not the image's; the numbers are then in pixels.
 
     Without ``qc`` the myocardium and blood pool are not quality-checked (``--no-qc``; the check is indicative on
     LGE, see ``cardiac_ai.pipeline.FIBROSIS_QC_NOTE``).
@@ -653,7 +656,7 @@ def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: s
         raise InputError(f"Unknown fibrosis model {model!r}; choose one of {', '.join(FIBROSIS_MODELS)}.")
     return BackendCall("fibrosis", (_path(lge_path, "The LGE file"),),
                        {**_common_options(out_dir, device, models_dir), "model": model,
-                        **qc_options(qc, qc_threshold, qc_predictor)})
+                        "pixel_size_unknown": bool(pixel_size_unknown), **qc_options(qc, qc_threshold, qc_predictor)})
 
 
 def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,

@@ -14,6 +14,7 @@ The crop is centred on the image centre, as in EMIDEC; other inputs should be ro
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -121,6 +122,7 @@ def read_lge_input(
     *,
     spacing_mm: Sequence[float] | None = None,
     series_uid: str | None = None,
+    pixel_size_unknown: bool = False,
 ) -> LGEInput:
     """Read an LGE short-axis stack: NIfTI/NRRD/MHA file, DICOM folder, one PNG slice, or a folder of PNG slices.
 
@@ -130,6 +132,8 @@ def read_lge_input(
         in slice-number order; any other folder is read as a DICOM series.
     spacing_mm : (i, j) or (i, j, k) pixel size in mm for PNG input; None: unknown (results in pixels).
     series_uid : DICOM SeriesInstanceUID when the folder holds several series.
+    pixel_size_unknown : ignore the spacing the file states (e.g. PNG slices a viewer loaded with its default 1 mm
+        pixels and saved as NRRD): EMIDEC's pixel is assumed for the models and the numbers are in pixels.
 
     Returns
     -------
@@ -140,8 +144,18 @@ def read_lge_input(
     DataError
         A missing or unreadable file or folder.
     InputError
-        A 4D image, PNG slices of several patients or of different sizes, or a spacing given for a non-PNG input.
+        A 4D image, PNG slices of several patients or of different sizes, or a spacing given for a non-PNG input
+        or together with ``pixel_size_unknown``.
     """
+    if pixel_size_unknown and spacing_mm is not None:
+        raise InputError("Give the pixel size (spacing_mm) or say it is unknown (pixel_size_unknown), not both.")
+    lge = _read_lge_input(path, spacing_mm=spacing_mm, series_uid=series_uid)
+    if pixel_size_unknown:
+        return dataclasses.replace(lge, spacing_known=False, slice_spacing_known=False)
+    return lge
+
+
+def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
     from ..io import read_volume
 
     source = Path(path)

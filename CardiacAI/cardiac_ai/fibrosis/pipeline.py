@@ -428,6 +428,7 @@ def fibrosis_file(
     anchor_angle_deg: float | None = None,
     device=None,
     overwrite: bool = False,
+    pixel_size_unknown: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
     qc: Any = None,
@@ -447,6 +448,8 @@ def fibrosis_file(
         ``<patient>_sliceNNN.png`` slices (EMIDEC naming).
     out_dir : output folder (new or empty unless ``overwrite``).
     spacing_mm : PNG pixel size (i, j[, k]) in mm; None: unknown, numbers in pixels.
+    pixel_size_unknown : ignore the spacing the file states (PNG slices a viewer saved with 1 mm pixels), as
+        :func:`read_lge_input`.
     series_uid, levels, anchor_angle_deg, device : see :func:`read_lge_input` and :func:`segment_fibrosis`.
 
     Raises
@@ -464,10 +467,14 @@ def fibrosis_file(
     provenance.parameters["input"] = str(input_path)
     report(progress, 0.0, "Reading the LGE stack")
     with provenance.timed("read"):
-        lge = read_lge_input(input_path, spacing_mm=spacing_mm, series_uid=series_uid)
+        lge = read_lge_input(input_path, spacing_mm=spacing_mm, series_uid=series_uid,
+                             pixel_size_unknown=pixel_size_unknown)
+    provenance.parameters["pixel_size_unknown"] = pixel_size_unknown
     if not lge.spacing_known:
-        provenance.warn("The input stores no pixel size: EMIDEC pixels are assumed for the models and every length, "
-                        "area and volume is in pixels.", log)
+        stated = "The pixel size is unknown (the file's spacing is ignored, as asked)" if pixel_size_unknown else \
+            "The input stores no pixel size"
+        provenance.warn(f"{stated}: EMIDEC pixels are assumed for the models and every length, area and volume is "
+                        "in pixels.", log)
     result = segment_fibrosis(
         lge.volume, models, spacing_known=lge.spacing_known, slice_spacing_known=lge.slice_spacing_known,
         levels=levels, anchor_angle_deg=anchor_angle_deg, device=device, provenance=provenance,
@@ -478,7 +485,8 @@ def fibrosis_file(
         from ..pipeline import FIBROSIS_QC_NOTE, QC_SLICES_NAME, _file_qc, _qc_entry
 
         check = _file_qc(*qc_inputs(lge.volume, result.labels.array, spacing_known=lge.spacing_known), qc,
-                         provenance, subrange(progress, 0.9, 0.95))
+                         provenance, subrange(progress, 0.9, 0.95),
+                         judged_structures=(LV_MYOCARDIUM, LV_BLOOD_POOL))  # the LGE models draw no RV
         result = dataclasses.replace(result, qc=check)
         qc_report = {"qc": _qc_entry(check, note=FIBROSIS_QC_NOTE)}
     report(progress, 0.95, "Writing outputs")

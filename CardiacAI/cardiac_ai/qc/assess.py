@@ -154,6 +154,9 @@ class QCConfig:
         it expects there is a segmentation that stopped early. None (default): the regressor's model card
         (``inference["assess_margin_slices"]``, the margin its training pairs had; 0 for a regressor without it,
         which has never seen a slice beyond the heart). The search never assesses beyond the labelled range.
+    judged_structures : tuple of int or None
+        The structures QC judges, a subset of the model's: the others get no predicted Dice (null), no flag and no
+        rule, for a segmentation that never draws them (the LGE pipeline has no RV). None: every structure.
     """
 
     dice_threshold: float = DEFAULT_DICE_THRESHOLD
@@ -164,6 +167,7 @@ class QCConfig:
     spacing_mm: float | None = None
     predictor: str = "auto"
     margin_slices: int | None = None
+    judged_structures: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         threshold = self.dice_threshold
@@ -190,6 +194,12 @@ class QCConfig:
         margin = self.margin_slices
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int) or margin < 0):
             raise InputError(f"margin_slices must be a non-negative integer or None, got {margin!r}.")
+        if self.judged_structures is not None:
+            judged = tuple(int(s) for s in self.judged_structures)
+            if not judged or len(set(judged)) != len(judged) or not set(judged) <= set(QC_STRUCTURES):
+                raise InputError(f"judged_structures must be distinct codes from {QC_STRUCTURES}, got "
+                                 f"{self.judged_structures!r}.")
+            object.__setattr__(self, "judged_structures", judged)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (for the provenance parameters)."""
@@ -197,6 +207,7 @@ class QCConfig:
             "dice_threshold": self.dice_threshold, "steps": self.steps, "lr": self.lr, "tolerance": self.tolerance,
             "structures": None if self.structures is None else list(self.structures), "spacing_mm": self.spacing_mm,
             "predictor": self.predictor, "margin_slices": self.margin_slices,
+            "judged_structures": None if self.judged_structures is None else list(self.judged_structures),
         }
 
 
@@ -657,6 +668,7 @@ def assess_segmentation(
     progress: ProgressCallback | None = None,
     regressor: Any = None,
     surrogate_wanted: bool = True,
+    unsegmented_slices: Sequence[int] = (),
 ) -> QCResult:
     """Predict the Dice of every slice of a segmentation without ground truth, flag poor slices, check the rules.
 
@@ -686,6 +698,10 @@ def assess_segmentation(
         Run the latent search for the surrogate segmentation even when the regressor predicts the Dice (default).
         False skips the search in that case (about 1 s per volume on a CPU): ``surrogate`` and ``search_dice`` are
         then None and ``search["ran"]`` is False. The search always runs when it is the predictor.
+    unsegmented_slices : sequence of int
+        Slices without a label where the heart is known to be (:func:`cardiac_ai.qc.extent.unsegmented_heart_slices`,
+        from the cine localiser): each is assessed with predicted Dice 0, flagged, and given a rule reason; the
+        rules then fail ("stops before the heart does").
 
     Returns
     -------
@@ -722,6 +738,10 @@ def assess_segmentation(
     if network.n_image_channels != 1:
         raise ModelError(f"The QC model expects {network.n_image_channels} image channels; QC supports 1.")
     structures = _structures(config, network, card)
+    judged = structures if config.judged_structures is None else config.judged_structures
+    if not set(judged) <= set(structures):
+        raise InputError(f"QC judged_structures {list(judged)} are not all among the model's structures "
+                         f"{list(structures)}.")
     spacing = _roi_spacing(config, card)
     combines = regressor is not None and config.predictor in ("auto", "combined")
     combination = regressor_combination(regressor, len(structures)) if combines else None
@@ -756,8 +776,8 @@ def assess_segmentation(
         else:
             log.warning(message)
 
-    judged = {0, RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL, SCAR, MVO}
-    unjudged = sorted(set(np.unique(label_array).tolist()) - judged)
+    known = {0, RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL, SCAR, MVO}
+    unjudged = sorted(set(np.unique(label_array).tolist()) - known)
     if unjudged:
         warn(f"QC: label code(s) {unjudged} ({', '.join(LABELS[c].display_name for c in unjudged)}) are not judged "
              "and count as background; QC judges the RV and LV blood pools and the myocardium (scar and MVO included).")
@@ -827,10 +847,30 @@ def assess_segmentation(
              "background): it is not a segmentation of the heart; predicted Dice 0 there and for the volume.")
         slice_dice[filled] = 0.0
         volume_dice[:] = 0.0
+    not_judged = [index for index, code in enumerate(structures) if code not in judged]
+    slice_dice[:, not_judged] = np.nan
+    volume_dice[not_judged] = np.nan
     slice_min = np.where(np.isnan(slice_dice), np.inf, slice_dice).min(axis=1)
     flags = assessed & (slice_min < config.dice_threshold)
 
-    rules = check_rules(label_array, image.geometry.spacing_mm, structures=structures)
+    rules = check_rules(label_array, image.geometry.spacing_mm, structures=judged)
+    missed = sorted({int(k) for k in unsegmented_slices if 0 <= int(k) < n_slices and not label_array[int(k)].any()})
+    if missed:
+        judged_columns = [index for index, code in enumerate(structures) if code in judged]
+        assessed[missed] = True
+        slice_dice[np.ix_(missed, judged_columns)] = 0.0
+        flags[missed] = True
+        reason = "heart seen here by the cine localiser, but nothing is segmented"
+        message = (f"The segmentation stops before the heart does: the cine localiser sees the heart on unlabelled "
+                   f"slice(s) {missed} beyond its labelled range; they are flagged with predicted Dice 0, and the "
+                   "volume Dice does not count them.")
+        rules = replace(
+            rules, passed=False, slice_flags=rules.slice_flags | np.isin(np.arange(n_slices), missed),
+            slice_reasons=tuple(reasons + ((reason,) if k in missed else ()) for k, reasons in
+                                enumerate(rules.slice_reasons)),
+            volume_reasons=rules.volume_reasons + (message,),
+        )
+        warn(f"QC: {message}")
 
     result = QCResult(
         slice_dice=slice_dice,

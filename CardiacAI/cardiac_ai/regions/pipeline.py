@@ -32,9 +32,18 @@ __all__ = [
     "CineSegmentation",
     "segment_cine",
     "check_short_axis_stack",
+    "MIN_HEART_ML",
+    "LocalisedHeart",
+    "localise_heart",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Smallest heart (ml) the localiser's largest region may hold before an image counts as holding no heart. The
+#: bundled localiser found 106-1,100 ml in the 200 ACDC ED and ES volumes (adults) and 2-45 ml in images without
+#: a heart (noise, a smooth field, ACDC slices with the heart cut out or mirrored away, a corner of the field of
+#: view; session 15, docs/benchmarks.md), so 60 ml sits between them; a small child's heart needs a lower value.
+MIN_HEART_ML = 60.0
 
 Mode = Literal["region-aware", "baseline"]
 
@@ -53,6 +62,11 @@ _REGION_NAMES = {int(r): r.name.lower().replace("_", "-") for r in CardiacRegion
 IN_PLANE_SPACING_RANGE_MM = (0.3, 4.0)
 SLICE_SPACING_RANGE_MM = (2.0, 30.0)
 MIN_SLICES = 3
+#: Longest pixel side over its shortest: cine pixels are square or nearly (a reduced phase resolution gives up to
+#: about 1.5); 8:1 is a broken header, on which the models draw nothing useful.
+MAX_IN_PLANE_SPACING_RATIO = 2.5
+#: A stack covering less (mm) gets a warning: ACDC's shortest covers 50 mm, an adult ventricle 70-100 mm.
+MIN_STACK_COVERAGE_MM = 40.0
 
 
 @dataclass
@@ -175,6 +189,13 @@ def check_short_axis_stack(volume: Volume) -> list[str]:
             f"In-plane spacing {spacing_i:.3g} x {spacing_j:.3g} mm is outside {low}-{high} mm, which cine MRI "
             "does not produce. Check the header's units (mm) or resample the image."
         )
+    ratio = max(spacing_i, spacing_j) / min(spacing_i, spacing_j)
+    if ratio > MAX_IN_PLANE_SPACING_RATIO:
+        raise InputError(
+            f"In-plane spacing {spacing_i:.3g} x {spacing_j:.3g} mm: pixels {ratio:.1f} times as long as they are "
+            f"wide, which cine MRI does not produce (at most {MAX_IN_PLANE_SPACING_RATIO:g}). Check the header's "
+            "spacing or resample the image."
+        )
     low, high = SLICE_SPACING_RANGE_MM
     if not low <= spacing_k <= high:
         raise InputError(
@@ -192,6 +213,13 @@ def check_short_axis_stack(volume: Volume) -> list[str]:
     warnings = []
     if volume.array.shape[1] < 64 or volume.array.shape[2] < 64:
         warnings.append(f"Small image ({volume.array.shape[1]} x {volume.array.shape[2]} pixels); the heart may be cut.")
+    coverage = n_slices * spacing_k
+    if coverage < MIN_STACK_COVERAGE_MM:
+        warnings.append(
+            f"The stack covers {coverage:.0f} mm ({n_slices} slices of {spacing_k:.3g} mm), less than the "
+            f"{MIN_STACK_COVERAGE_MM:g} mm from base to apex of an adult ventricle: volumes, EF and mass count only "
+            "the slices given, and the base and apex regions may be missing."
+        )
     return warnings
 
 
@@ -231,20 +259,43 @@ def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance, 
                           activation="softmax", provenance=provenance)
 
 
-def _localise(model, volume: Volume, *, device, provenance: Provenance) -> np.ndarray | None:
-    """LPS centre of the largest 3D heart component the localiser finds, or None.
+@dataclass(frozen=True)
+class LocalisedHeart:
+    """What the localiser finds in a stack: the largest 3D heart region, on the localiser's own coarse grid.
 
-    Found on the localiser's own coarse grid (no restore to the native grid: only a centre is needed)."""
+    Attributes
+    ----------
+    center_lps_mm : (3,) LPS centre of the region, or None when the localiser finds no heart voxel.
+    volume_ml : its volume (0 without one).
+    slice_area_mm2 : (k,) its area on each slice of the stack (the localiser keeps the slices).
+    """
+
+    center_lps_mm: np.ndarray | None
+    volume_ml: float
+    slice_area_mm2: np.ndarray
+
+
+def localise_heart(model, volume: Volume, *, device=None, provenance: Provenance | None = None) -> LocalisedHeart:
+    """Run the cine localiser (``cine_localiser``) on a (k, j, i) stack: the largest 3D heart region it finds.
+
+    Found on the localiser's coarse grid (no restore to the native grid: a centre, a size and slice areas are all
+    that is needed)."""
     prepared = preprocess(volume, InputSpec.from_dict(model.card.input_spec), crop_center="image_center")
     probabilities = _predict_crop(model, prepared.image, device=device, provenance=provenance)
     heart = np.argmax(probabilities, axis=1) > 0
     components, count = ndimage.label(heart)
+    geometry = prepared.transform.cropped_geometry
     if count == 0:
-        return None
+        return LocalisedHeart(None, 0.0, np.zeros(heart.shape[0]))
     sizes = ndimage.sum_labels(heart, components, index=np.arange(1, count + 1))
     largest = components == (int(np.argmax(sizes)) + 1)
     center_kji = np.array(ndimage.center_of_mass(largest))
-    return prepared.transform.cropped_geometry.index_to_lps(center_kji[np.newaxis])[0]
+    pixel_mm2 = float(np.prod(geometry.spacing_kji_mm[1:]))
+    return LocalisedHeart(
+        geometry.index_to_lps(center_kji[np.newaxis])[0],
+        float(sizes.max()) * pixel_mm2 * float(geometry.spacing_kji_mm[0]) / 1000.0,
+        largest.sum(axis=(1, 2)) * pixel_mm2,
+    )
 
 
 def _classify_regions(model, volume: Volume, center_lps: np.ndarray, *, device, provenance) -> np.ndarray:
@@ -290,6 +341,7 @@ def segment_cine(
     slice_regions: np.ndarray | None = None,
     region_source: Literal["classifier", "segmentation"] = "classifier",
     region_combination: Literal["average", "replace"] = "average",
+    min_heart_ml: float = MIN_HEART_ML,
     device=None,
     progress: ProgressCallback | None = None,
     provenance: Provenance | None = None,
@@ -312,6 +364,9 @@ def segment_cine(
         model alone decides; faster).
     slice_regions : (k,) CardiacRegion codes to use instead of the classifier's (region-aware mode), e.g. regions
         known from a reader; the benchmark uses the ground truth's to measure a perfect classifier's upper bound.
+    min_heart_ml : the smallest heart the localiser may find (its largest connected region, on its coarse grid);
+        below it the image is taken to hold no heart and the segmentation is empty, with a warning. Default
+        :data:`MIN_HEART_ML`; 0 accepts any region.
 
     Returns
     -------
@@ -344,9 +399,18 @@ def segment_cine(
 
     report(progress, 0.0, "Locating the heart")
     with provenance.timed("localise"):
-        center = _localise(models.localiser, image, device=device, provenance=provenance)
-    if center is None:
+        localised = localise_heart(models.localiser, image, device=device, provenance=provenance)
+    center, heart_ml = localised.center_lps_mm, localised.volume_ml
+    provenance.parameters["localised_heart_ml"] = round(heart_ml, 1)
+    if center is not None and heart_ml < min_heart_ml:
+        provenance.warn(
+            f"No heart found in the image: the largest heart-like region the localiser finds holds {heart_ml:.0f} ml, "
+            f"less than the {min_heart_ml:g} ml of the smallest heart it accepts (adult hearts in ACDC: 106 ml and "
+            "more), so the segmentation is empty. For a smaller (e.g. paediatric) heart lower --min-heart-ml.", log)
+        center = None
+    elif center is None:
         provenance.warn("No heart found in the image; the segmentation is empty.", log)
+    if center is None:
         empty = np.zeros(image.array.shape, np.uint8)
         return CineSegmentation(
             Volume(empty, volume.geometry), np.zeros(n_slices, np.int8), None, base_first is not False, None,
