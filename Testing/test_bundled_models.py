@@ -81,6 +81,19 @@ def test_segment_cine_with_bundled_models_finds_no_heart_where_it_was_cut_out(ac
     assert report["heart_found"] is False and not read_volume(out / "labels.nii.gz").array.any()
     assert any("No heart found" in w for w in report["provenance"]["warnings"])
 
+    # a corner of the field of view away from the heart, where the localiser still finds 184 ml of "heart": the
+    # myocardium drawn there does not surround the blood pool as a heart's does
+    patient = acdc_root / "patient029"
+    image = read_volume(patient / "patient029_frame01.nii.gz")
+    corner = image.array[:, :64, :64] if read_volume(patient / "patient029_frame01_gt.nii.gz").array[
+        :, :64, :64].sum() == 0 else image.array[:, -64:, -64:]
+    write_volume(image.with_array(np.ascontiguousarray(corner)), tmp_path / "corner.nii.gz")
+    assert main(["segment-cine", str(tmp_path / "corner.nii.gz"), "--out", str(tmp_path / "corner"), "--device",
+                 "cpu", "--no-qc"]) == 0
+    report = json.loads((tmp_path / "corner" / "report.json").read_text())
+    assert report["heart_found"] is False
+    assert any(w.startswith("No heart") for w in report["provenance"]["warnings"])
+
 
 @pytest.mark.shared_data
 def test_bundled_qc_scores_a_shifted_segmentation_lower_than_the_truth(acdc_root, tmp_path):

@@ -193,12 +193,16 @@ def test_shape_and_dtype_are_preserved_and_input_is_not_modified(dtype: type) ->
     np.testing.assert_array_equal(corrupted, before)
 
 
-def test_lone_structures_are_never_emptied() -> None:
+def test_an_rv_or_lv_touching_nothing_is_removed_but_a_lone_myocardium_stays() -> None:
     rv_only = np.zeros((3, 20, 20), dtype=np.uint8)
     rv_only[1, 5:10, 5:10] = RV_BLOOD_POOL
     result = _run(rv_only)
-    np.testing.assert_array_equal(result.labels, rv_only)
-    assert any("no LV" in note for note in result.notes)
+    assert not result.labels.any()
+    assert any("no LV in the map" in note for note in result.notes)
+    pool_only = rv_only.copy()
+    pool_only[1, 12:16, 12:16] = LV_BLOOD_POOL  # a cavity with no wall anywhere: neither it nor the RV is a heart
+    result = _run(pool_only)
+    assert not result.labels.any() and any("no myocardium" in note for note in result.notes)
     cap_only = np.zeros((3, 20, 20), dtype=np.uint8)
     cap_only[1, 8:10, 8:10] = LV_MYOCARDIUM  # a tiny apical cap, below the speck area, is its slice's largest
     np.testing.assert_array_equal(_run(cap_only).labels, cap_only)

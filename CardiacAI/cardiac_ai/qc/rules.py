@@ -67,6 +67,20 @@ def _name(code: int) -> str:
     return LABELS[code].display_name if code in LABELS else f"label {code}"
 
 
+def lv_surround_fractions(labels: NDArray[np.integer]) -> NDArray[np.float64]:
+    """(k,) fraction of the LV blood pool's outer border (4-neighbours) lying on myocardium (scar and MVO count as
+    myocardium) on each slice; NaN on a slice without LV blood pool, 0 where the blood pool fills the slice."""
+    array = np.asarray(labels)
+    myocardium = np.isin(array, (LV_MYOCARDIUM, SCAR, MVO))
+    lv = array == LV_BLOOD_POOL
+    surround = np.full(array.shape[0], np.nan)
+    for k in np.flatnonzero(np.any(lv, axis=(1, 2))):
+        border = ndimage.binary_dilation(lv[k], structure=_CROSS) & ~lv[k]
+        n_border = np.count_nonzero(border)
+        surround[k] = np.count_nonzero(border & myocardium[k]) / n_border if n_border else 0.0
+    return surround
+
+
 def check_rules(
     labels: NDArray[np.integer],
     spacing_mm: Sequence[float],
@@ -159,14 +173,8 @@ def check_rules(
                     f"mid slice lacks {_name(code)} ({areas[code][mid]:.0f} mm^2 < {min_area_mm2:g} mm^2)"
                 )
         # (4) myocardium around the LV blood pool
-        lv = array == LV_BLOOD_POOL
-        for k in np.flatnonzero(np.any(lv, axis=(1, 2))):
-            border = ndimage.binary_dilation(lv[k], structure=_CROSS) & ~lv[k]
-            n_border = np.count_nonzero(border)
-            if n_border == 0:  # the LV fills the slice
-                surround[k] = 0.0
-            else:
-                surround[k] = np.count_nonzero(border & myocardium[k]) / n_border
+        surround = lv_surround_fractions(array)
+        for k in np.flatnonzero(np.isfinite(surround)):
             if LV_MYOCARDIUM in structures and surround[k] < min_surround_fraction:
                 reasons[k].append(
                     f"myocardium surrounds only {100 * surround[k]:.0f} % of the LV blood pool "

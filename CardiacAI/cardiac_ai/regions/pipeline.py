@@ -11,6 +11,7 @@ Models (registry names, all 2D, trained on ACDC):
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +26,7 @@ from ..metrics.regional import CardiacRegion
 from ..preprocessing import InputSpec, network_input, preprocess, restore_argmax, restore_probabilities
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
+from ..qc.rules import lv_surround_fractions
 
 __all__ = [
     "CINE_MODEL_NAMES",
@@ -33,6 +35,7 @@ __all__ = [
     "segment_cine",
     "check_short_axis_stack",
     "MIN_HEART_ML",
+    "MIN_LV_SURROUND_FRACTION",
     "LocalisedHeart",
     "localise_heart",
 ]
@@ -44,6 +47,11 @@ log = logging.getLogger(__name__)
 #: a heart (noise, a smooth field, ACDC slices with the heart cut out or mirrored away, a corner of the field of
 #: view; session 15, docs/benchmarks.md), so 60 ml sits between them; a small child's heart needs a lower value.
 MIN_HEART_ML = 60.0
+#: Smallest mean share of the LV blood pool's border that the drawn myocardium must cover for a segmentation to be a
+#: heart. The bundled models drew 0.83 and more on all 200 ACDC volumes; in images without a heart where the
+#: localiser still finds a large region (small crops of the field of view away from the heart: up to 184 ml), 0.51
+#: at most (session 15, docs/benchmarks.md). Checked only when ``min_heart_ml`` > 0.
+MIN_LV_SURROUND_FRACTION = 0.6
 
 Mode = Literal["region-aware", "baseline"]
 
@@ -365,8 +373,9 @@ def segment_cine(
     slice_regions : (k,) CardiacRegion codes to use instead of the classifier's (region-aware mode), e.g. regions
         known from a reader; the benchmark uses the ground truth's to measure a perfect classifier's upper bound.
     min_heart_ml : the smallest heart the localiser may find (its largest connected region, on its coarse grid);
-        below it the image is taken to hold no heart and the segmentation is empty, with a warning. Default
-        :data:`MIN_HEART_ML`; 0 accepts any region.
+        below it the image is taken to hold no heart and the segmentation is empty, with a warning; so is a
+        segmentation whose myocardium surrounds less than :data:`MIN_LV_SURROUND_FRACTION` of the LV blood pool on
+        average (no heart's shape). Default :data:`MIN_HEART_ML`; 0 turns both checks off.
 
     Returns
     -------
@@ -489,9 +498,21 @@ def segment_cine(
         from ..metrics.regional import assign_slice_regions
 
         regions = assign_slice_regions(labels, base_first=base_first).astype(np.int8)
+    if min_heart_ml > 0 and np.any(labels):
+        surround = lv_surround_fractions(labels)
+        mean_surround = float(np.nanmean(surround)) if np.isfinite(surround).any() else math.nan
+        provenance.parameters["mean_lv_surround_fraction"] = None if math.isnan(mean_surround) else round(
+            mean_surround, 3)
+        if mean_surround < MIN_LV_SURROUND_FRACTION:
+            provenance.warn(
+                f"No heart recognised: the myocardium the models drew surrounds only {100 * mean_surround:.0f} % of "
+                f"the LV blood pool on average (a heart's: {100 * MIN_LV_SURROUND_FRACTION:.0f} % and more; 83 % "
+                "and more in every ACDC volume), as in images without a heart; the segmentation is empty. "
+                "--min-heart-ml 0 keeps what the models drew.", log)
+            labels = np.zeros_like(labels)
     spacing = volume.geometry.spacing_kji_mm
     volumes = {LABELS[c].name: structure_volume_ml(labels, c, spacing) for c in (1, 2, 3)}
-    if not np.any(labels):
+    if not np.any(labels) and not any(w.startswith("No heart") for w in provenance.warnings):
         provenance.warn("The models found no heart structure in this volume; the segmentation is empty.", log)
     report(progress, 1.0, "Done")
     return CineSegmentation(

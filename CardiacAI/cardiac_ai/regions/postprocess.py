@@ -18,8 +18,10 @@ post-processing twice equals post-processing once):
    all stay. Then, likewise, blood-pool pieces that do not touch the myocardium are removed where the largest
    blood-pool piece does. The largest piece of a structure in a slice is never removed by this rule.
 3. **One RV, attached to the LV.** RV 3D components (26-connectivity) that neither touch the LV nor come within
-   ``rv_max_gap_mm`` of it are removed; of the rest the largest is kept. Without any LV the largest RV component is
-   kept and a note says so (the map is not emptied).
+   ``rv_max_gap_mm`` of it are removed; of the rest the largest is kept. Without any LV (myocardium or blood pool)
+   the RV touches nothing and is removed too, with a note: an RV alone is no heart (the issue's "never return an
+   RV or LV touching nothing"). Likewise an LV blood pool in a map without any myocardium is removed; myocardium
+   alone (an apical cap) stays.
 4. **No specks.** In each slice, pieces of a structure smaller than ``min_component_mm2`` are removed unless the
    piece is that structure's largest in the slice (a small apical cap or a thin basal RV stays).
 5. **No holes.** Per slice: pixels enclosed by the LV blood pool become LV blood pool (background, and
@@ -29,8 +31,8 @@ post-processing twice equals post-processing once):
    together (a cavity the network left unlabelled inside the ring) becomes LV blood pool when that slice has LV
    blood pool (an apical ring without any blood pool is left as it is).
 
-Nothing is relabelled across structures other than in rule 5, and no rule removes the last piece of the LV, so a
-non-empty map with a plausible heart never becomes empty. Work is done on the bounding box of the labels.
+Nothing is relabelled across structures other than in rule 5, and no rule removes the last piece of a
+myocardium, so a non-empty map with a plausible heart never becomes empty; a map of RV or blood pool alone does. Work is done on the bounding box of the labels.
 """
 from __future__ import annotations
 
@@ -131,7 +133,13 @@ def _component_slices(components: np.ndarray, n: int) -> NDArray[np.intp]:
 
 
 def _keep_largest_lv(work: np.ndarray, notes: list[str]) -> None:
-    """Rule 1: keep the largest 26-connected component of myocardium + LV blood pool."""
+    """Rule 1: keep the largest 26-connected component of myocardium + LV blood pool; a blood pool without any
+    myocardium in the map touches nothing and goes."""
+    pool = work == LV_BLOOD_POOL
+    if pool.any() and not (work == LV_MYOCARDIUM).any():
+        work[pool] = BACKGROUND
+        notes.append(f"{_name(LV_BLOOD_POOL)}: removed ({int(pool.sum())} voxels): there is no myocardium in the map "
+                     "around it.")
     lv = (work == LV_MYOCARDIUM) | (work == LV_BLOOD_POOL)
     components, n = ndimage.label(lv, _CONNECTED_26)
     if n <= 1:
@@ -204,9 +212,10 @@ def _keep_attached_rv(
         keep = int(np.argmax(np.where(attached, sizes, -1))) + 1
         why = "not the largest component attached to the LV"
     else:
-        keep = int(np.argmax(sizes)) + 1
-        why = "not the largest component"
-        notes.append(f"{_name(RV_BLOOD_POOL)}: no LV in the map; kept the largest RV component as it is.")
+        work[rv] = BACKGROUND
+        notes.append(f"{_name(RV_BLOOD_POOL)}: removed all {n} component(s) ({int(rv.sum())} voxels): there is no "
+                     "LV in the map for them to belong to.")
+        return
     if n > 1:
         drop = rv & (components != keep)
         work[drop] = BACKGROUND
