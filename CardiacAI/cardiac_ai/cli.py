@@ -315,11 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "class activation maps turned into pseudo-labels, and a whole-heart U-Net trained on them. "
                     "weak-cam never reads a pixel label map, even when the folder has labels/. It uses the ED-ES "
                     "motion prior when every case has its other phase (case ids <patient>_ED and <patient>_ES), "
-                    "else the CAMs. With --register-to DIR, `cardiacai cam INPUT --models-dir DIR` uses the models.",
+                    "else the CAMs. With --register-to DIR, `cardiacai cam INPUT --models-dir DIR` uses the models. "
+                    "fibrosis: the LGE models of `cardiacai fibrosis` (generic or EMIDEC layout): the myocardium "
+                    "U-Net from the label maps (scar and MVO count as myocardium), the slice fibrosis classifier "
+                    "from slice-level 0/1 labels (a labels.csv column, --label-column, default fibrosis, with a "
+                    "slice column), its CAM pseudo-labels and the weak scar U-Net trained on them; the weak models "
+                    "never read the pixel scar labels. The stack-level classifier and the pixel-supervised U-Net "
+                    "are not trained (scripts/train_emidec_fibrosis.py trains them on EMIDEC). With --register-to "
+                    "DIR, `cardiacai fibrosis INPUT --models-dir DIR` uses the models.",
     )
-    p.add_argument("--task", choices=["segmentation", "weak-cam"], default="segmentation",
-                   help="segmentation (needs label maps) or weak-cam (image-level labels only; label maps are NOT "
-                        "read)")
+    p.add_argument("--task", choices=["segmentation", "weak-cam", "fibrosis"], default="segmentation",
+                   help="segmentation (needs label maps), weak-cam (image-level labels only; label maps are NOT "
+                        "read) or fibrosis (LGE: label maps for the myocardium, slice-level labels for the scar)")
     p.add_argument("--data", required=True, help="data folder")
     p.add_argument("--layout", choices=["auto", "acdc", "emidec", "generic"], default="auto",
                    help="how the folder is laid out (auto: recognised from its contents)")
@@ -327,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "run_classifier/, pseudo-labels, run_weak_*/)")
     p.add_argument("--split", help="split JSON to use (default: a stratified 80/20 patient split, saved in --out)")
     p.add_argument("--network", help="segmentation: network name (default unet2d; `cardiacai info` lists them)")
-    p.add_argument("--epochs", type=int, help="default 100 (weak-cam: 30, of the classifier)")
+    p.add_argument("--epochs", type=int, help="default 100 (weak-cam and fibrosis: 30, of the classifier)")
     p.add_argument("--batch-size", type=int, help="default 16 (weak-cam: 32)")
     p.add_argument("--learning-rate", type=float, help="default 1e-3 (weak-cam: 1e-3 classifier, 2e-3 U-Net)")
     p.add_argument("--crop-size", type=int,
@@ -364,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "time), pseudo_label (DenseCRF pseudo-labels only) or cam_prior (soft CAM)")
     group.add_argument("--width", type=int,
                        help="channels of the first level of both networks, doubled per level (default 16)")
+    group = p.add_argument_group("fibrosis (LGE; also takes --label-column, default fibrosis, --seg-epochs: epochs of "
+                                 "the myocardium and weak U-Nets, default 40, and --width)")
+    group.add_argument("--slice-labels-from-label-maps", action="store_true",
+                       help="fibrosis: a slice that labels.csv does not label is positive when its label map holds "
+                            "scar (4) or MVO (5), else negative. Off by default: the weak labels come from labels.csv "
+                            "only (a whole-case 0 marks all its slices negative). EMIDEC is always read so")
 
     p = sub.add_parser("map", parents=[common, quality],
                        help="myocardial T1 or T2 from a map: contours, AHA segments, stats")
@@ -644,6 +657,8 @@ _TRAIN_DEFAULTS = {
                      "spacing": 1.25},
     "weak-cam": {"epochs": 30, "batch_size": 32, "crop_size": 96, "spacing": 2.0, "prior": "auto",
                  "weak_mode": "self_training", "width": 16},
+    "fibrosis": {"epochs": 30, "seg_epochs": 40, "batch_size": 16, "learning_rate": 1e-3, "crop_size": 128,
+                 "width": 16, "label_column": "fibrosis"},
 }
 _WEAK_CAM_OPTIONS = ("label_column", "seg_epochs", "self_epochs", "prior", "weak_mode", "width")
 
@@ -660,6 +675,10 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .training import TrainingConfig
     from .training.segmentation import check_network_takes_crop, train_segmentation
 
+    if args.task == "fibrosis":
+        return _train_fibrosis(args, progress)
+    if args.slice_labels_from_label_maps:
+        raise InputError("--slice-labels-from-label-maps applies to --task fibrosis.")
     for name, value in _TRAIN_DEFAULTS[args.task].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -758,7 +777,7 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
     layout = _detect_layout(Path(args.data)) if args.layout == "auto" else args.layout
     if layout not in ("acdc", "generic"):
         raise InputError(f"--task weak-cam reads the acdc and generic layouts, not {layout}; for EMIDEC's weak "
-                         "fibrosis labels use scripts/train_emidec_fibrosis.py.")
+                         "fibrosis labels use --task fibrosis.")
     label = args.label_column or ("group" if layout == "acdc" else None)
     if label is None:
         raise InputError("--task weak-cam needs --label-column NAME: the labels.csv column to learn, e.g. diagnosis.")
@@ -796,6 +815,58 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
         if result.card_paths:
             print(f"Registered weak_cam_classifier and weak_heart_unet in {args.register_to}; use them with "
                   f"`cardiacai cam INPUT --models-dir {args.register_to}`")
+    return 0
+
+
+def _train_fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
+    """``train --task fibrosis``: :func:`cardiac_ai.fibrosis.recipe.train_fibrosis_models` on the generic or EMIDEC
+    layout. Every refusal (options, labels, run folder, register target) comes before anything is written."""
+    from .datasets import list_emidec, list_generic, load_split
+    from .fibrosis.inputs import EMIDEC_NOMINAL_PIXEL_MM
+    from .fibrosis.recipe import FIBROSIS_RECIPE_MODELS, FibrosisRecipe, train_fibrosis_models
+
+    misplaced = {"--sampling-ratio": args.sampling_ratio, "--network": args.network, "--self-epochs": args.self_epochs,
+                 "--prior": args.prior, "--weak-mode": args.weak_mode}
+    given = [name for name, value in misplaced.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} do not apply to --task fibrosis: it trains its own U-Nets and "
+                         "classifier (--width sets their size).")
+    for name, value in _TRAIN_DEFAULTS["fibrosis"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    layout = _detect_layout(Path(args.data)) if args.layout == "auto" else args.layout
+    if layout not in ("generic", "emidec"):
+        raise InputError(f"--task fibrosis reads LGE in the generic and emidec layouts, not {layout}.")
+    recipe = FibrosisRecipe(
+        crop_size=args.crop_size, spacing_mm=args.spacing or EMIDEC_NOMINAL_PIXEL_MM, width=args.width,
+        epochs_myocardium=args.seg_epochs, epochs_classifier=args.epochs, epochs_unet=args.seg_epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+    )
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue or --overwrite to start "
+                          "again.")
+    _check_register_target(args.register_to, FIBROSIS_RECIPE_MODELS, args.model_version, overwrite=args.overwrite)
+    refs = list_generic(args.data) if layout == "generic" else list_emidec(args.data)
+    # EMIDEC has no slice table: its slice labels are the scar of its masks, as in the paper
+    from_maps = args.slice_labels_from_label_maps or layout == "emidec"
+    result = train_fibrosis_models(
+        refs, work_dir=out, label_column=args.label_column, slice_labels_from_label_maps=from_maps,
+        split=load_split(args.split) if args.split else None, recipe=recipe, register_to=args.register_to,
+        model_version=args.model_version, resume=args.resume, overwrite=args.overwrite, device=args.device,
+        training_data=(f"{layout}:{args.data}; slice labels: "
+                       + ("scar/MVO of the label maps where labels.csv gives none" if from_maps
+                          else f"labels.csv column {args.label_column!r}")),
+        progress=progress,
+    )
+    if not args.quiet:
+        train = result.slice_counts["train"]
+        auroc = result.metrics.get("classifier", {}).get("val_auroc", float("nan"))
+        print(f"Trained on {train['positive']} positive and {train['negative']} negative slices "
+              f"({len(result.split.train)} patients); classifier validation AUROC {auroc:.3f}; run folder {out}")
+        if result.card_paths:
+            print(f"Registered {', '.join(FIBROSIS_RECIPE_MODELS)} in {args.register_to}; use them with "
+                  f"`cardiacai fibrosis INPUT --models-dir {args.register_to}`")
     return 0
 
 

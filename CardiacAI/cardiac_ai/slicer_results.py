@@ -1184,11 +1184,9 @@ TRAINING_TASKS: dict[str, TrainingTask] = {task.name: task for task in (
     TrainingTask("weak", "Weakly supervised CAM classifier and whole-heart U-Net (ACDC diagnoses)",
                  "train_weak_acdc.py", ("epochs", "seg_epochs"), ("weak_cam_classifier", "weak_heart_unet"),
                  ("acdc",)),
-    TrainingTask("fibrosis", "LGE myocardium, fibrosis classifiers and weak/pixel scar U-Nets (EMIDEC)",
-                 "train_emidec_fibrosis.py",
-                 ("epochs_myocardium", "epochs_classifier", "epochs_stack", "epochs_unet"),
-                 ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier", "lge_fibrosis_weak",
-                  "lge_fibrosis_weak_stack", "lge_fibrosis_pixel"), ("emidec",)),
+    TrainingTask("fibrosis", "LGE myocardium, slice fibrosis classifier and weak scar U-Net from slice labels of "
+                 "your data or EMIDEC (cardiacai train --task fibrosis)", None, ("epochs", "seg_epochs"),
+                 ("lge_myocardium", "lge_fibrosis_classifier", "lge_fibrosis_weak"), ("auto", "generic", "emidec")),
     TrainingTask("weak-cam", "CAM classifier and whole-heart U-Net from image-level labels of your data "
                  "(cardiacai train --task weak-cam; label maps are never read)", None, ("epochs", "seg_epochs"),
                  ("weak_cam_classifier", "weak_heart_unet"), ("auto", "acdc", "generic")),
@@ -1215,15 +1213,16 @@ def training_command(
 
     ``segmentation`` runs ``<python> -m cardiac_ai train ... --progress-lines`` (registered with ``--register-to``);
     the other tasks run ``<python> <scripts_dir>/<script> --data DATA --work OUT --device D ... --progress-lines``
-    with ``epochs`` for every stage (their models are registered into ``OUT/models``; the fibrosis script writes
-    them straight into ``register_to`` with ``--models-dir``). Every command ends with ``--progress-lines``: the
-    child prints ``PROGRESS <fraction> <message>`` lines (each script stage its share of the run, the trainer's
-    epochs inside it), which :func:`cardiac_ai.subprocess_runner.run_with_progress` reads. ``model_name`` and
-    ``model_version`` apply to segmentation only. ``weak-cam`` runs ``cardiacai train --task weak-cam`` with
-    ``--label-column label_column`` (the labels.csv column of image-level labels; ACDC uses its diagnoses when it is
-    None) and ``epochs`` for the classifier and the U-Net alike; it registers its two models with ``--register-to``.
-    ``sampling_ratio`` (segmentation only; None or 1: uniform) adds ``--sampling-ratio``, region-aware batch
-    sampling.
+    with ``epochs`` for every stage (their models are registered into ``OUT/models``). Every command ends with
+    ``--progress-lines``: the child prints ``PROGRESS <fraction> <message>`` lines (each script stage its share of
+    the run, the trainer's epochs inside it), which :func:`cardiac_ai.subprocess_runner.run_with_progress` reads.
+    ``model_name`` and ``model_version`` apply to segmentation only. ``weak-cam`` runs ``cardiacai train --task
+    weak-cam`` with ``--label-column label_column`` (the labels.csv column of image-level labels; ACDC uses its
+    diagnoses when it is None) and ``epochs`` for the classifier and the U-Net alike; it registers its two models
+    with ``--register-to``. ``fibrosis`` runs ``cardiacai train --task fibrosis`` (slice labels from the labels.csv
+    column ``label_column``, default ``fibrosis``; EMIDEC's from its scar masks) and registers the three LGE models
+    with ``--register-to``. ``sampling_ratio`` (segmentation only; None or 1: uniform) adds ``--sampling-ratio``,
+    region-aware batch sampling.
 
     Raises
     ------
@@ -1253,7 +1252,7 @@ def training_command(
         options = {"task": task, "data": os.fspath(data), "layout": layout, "out": os.fspath(out),
                    "epochs": epochs, "device": device,
                    "register_to": None if register_to is None else os.fspath(register_to)}
-        if task == "weak-cam":
+        if task in ("weak-cam", "fibrosis"):  # fibrosis: label_column None reads the CLI's default, fibrosis
             options.update(seg_epochs=epochs, label_column=label_column or None)
         else:
             options.update(model_name=model_name, model_version=model_version,

@@ -1,7 +1,8 @@
 """LGE fibrosis (scar) segmentation of a short-axis stack: myocardium U-Net, fibrosis U-Net, slice classifier,
 clinical numbers; and the file job behind ``cardiacai fibrosis``.
 
-Models (registry names; trained by ``scripts/train_emidec_fibrosis.py`` on EMIDEC):
+Models (registry names; trained by ``cardiacai train --task fibrosis`` or, all six, by
+``scripts/train_emidec_fibrosis.py`` on EMIDEC):
 
 * ``lge_myocardium``: 2D U-Net, LGE image -> background / LV myocardium (2) / LV blood pool (3).
 * ``lge_fibrosis_weak``: 2D U-Net trained on CAM pseudo-labels from slice-level labels; LGE image alone -> scar.
@@ -63,8 +64,9 @@ FIBROSIS_MODEL_NAMES: dict[str, str] = {
 }
 
 TRAINING_HINT = (
-    "Train the fibrosis models with `python scripts/train_emidec_fibrosis.py --data ../shared/data/emidec-png "
-    "--work work_data/fibrosis --stage all` and point --models-dir (or CARDIACAI_MODELS) at work_data/fibrosis/models."
+    "Train the fibrosis models on your LGE data (label maps and slice-level labels) or EMIDEC with `cardiacai train "
+    "--task fibrosis --data DIR --out RUN --register-to MODELS` and point --models-dir (or CARDIACAI_MODELS) at MODELS "
+    "(a source checkout's scripts/train_emidec_fibrosis.py also trains the stack-level and pixel models on EMIDEC)."
 )
 
 FIBROSIS_CSV = "fibrosis.csv"

@@ -50,6 +50,7 @@ __all__ = [
     "FibrosisSlices",
     "emidec_fibrosis_split",
     "prepare_emidec_stacks",
+    "prepare_lge_stack",
     "myocardium_targets",
     "fibrosis_targets",
     "save_arrays",
@@ -247,12 +248,10 @@ def prepare_emidec_stacks(
     for number, patient_id in enumerate(patient_ids):
         report(progress, number / max(len(patient_ids), 1), f"Preparing {patient_id}")
         case = load_emidec_case(refs[patient_id])
-        volume = with_nominal_pixels(case.image)
-        labels = Volume(case.labels.array, volume.geometry) if case.labels is not None else None
-        prepared = preprocess(volume, spec, labels=labels, crop_center="image_center")
-        n = prepared.image.shape[0]
-        images.append(prepared.image.astype(np.float32))
-        truth.append(prepared.labels if prepared.labels is not None else np.zeros(prepared.image.shape, np.uint8))
+        image, labels = prepare_lge_stack(case.image, case.labels, spec=spec, pixel_size_unknown=True)
+        n = image.shape[0]
+        images.append(image)
+        truth.append(labels if labels is not None else np.zeros(image.shape, np.uint8))
         ids.append(np.full(n, patient_id))
         indices.append(np.arange(n))
         slice_labels.append(np.isin(truth[-1], (SCAR, MVO)).any(axis=(1, 2)).astype(np.int8))
@@ -263,6 +262,31 @@ def prepare_emidec_stacks(
     weak = FibrosisSlices(np.concatenate(images), np.concatenate(ids).astype(str), np.concatenate(indices),
                           np.concatenate(slice_labels), np.concatenate(stack_labels))
     return weak, np.concatenate(truth).astype(np.uint8)
+
+
+def prepare_lge_stack(
+    image: Volume,
+    labels: Volume | None,
+    *,
+    spec: InputSpec = FIBROSIS_SPEC,
+    pixel_size_unknown: bool,
+) -> tuple[NDArray[np.float32], NDArray[np.uint8] | None]:
+    """One LGE stack (and its label map) on the models' grid, as the pipeline prepares it at inference.
+
+    ``pixel_size_unknown`` (PNG): the pixels are taken as EMIDEC pixels (:func:`with_nominal_pixels`), as
+    ``segment_fibrosis(spacing_known=False)`` does; else the stack is resampled to ``spec``'s spacing. The crop is at
+    the image centre (the pipeline has no heart detector), never around the labels, so that training sees what
+    inference sees.
+
+    Returns
+    -------
+    (image, labels)
+        (k, cj, ci) float32 normalised image and uint8 labels (None without a label map).
+    """
+    volume = with_nominal_pixels(image) if pixel_size_unknown else image
+    label_volume = Volume(labels.array, volume.geometry) if labels is not None else None
+    prepared = preprocess(volume, spec, labels=label_volume, crop_center="image_center")
+    return prepared.image.astype(np.float32), prepared.labels
 
 
 def myocardium_targets(truth: NDArray[np.uint8]) -> NDArray[np.uint8]:
