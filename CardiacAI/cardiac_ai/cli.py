@@ -112,26 +112,23 @@ def _whole_number_at_least_0(text: str) -> int:
     return value
 
 
-def _non_negative_number(text: str) -> float:
-    """argparse type of a size or threshold: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+def _finite_number_at_least(minimum: float, hint: str = ""):
+    """argparse type of a finite number >= ``minimum`` (``hint`` added to the error, e.g. what the paper used)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}{hint}, got {text}")
+        return value
+
+    return parse
 
 
-def _ratio_at_least_1(text: str) -> float:
-    """argparse type of a max/min probability ratio: a finite number >= 1 (1 is uniform)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (the paper used 4 and 20), got {text}")
-    return value
+#: ``--min-heart-ml`` and the like; ``--sampling-ratio`` (a max/min probability ratio, 1 is uniform).
+_non_negative_number = _finite_number_at_least(0.0)
+_ratio_at_least_1 = _finite_number_at_least(1.0, " (the paper used 4 and 20)")
 
 
 def _whole_number_at_least_1(text: str) -> int:
