@@ -260,6 +260,30 @@ def test_function_refuses_one_file_for_both_phases_and_warns_about_pairs_that_ca
     assert any("different grids" in w and "spacing" in w for w in report["provenance"]["warnings"])
 
 
+def test_function_takes_ed_and_es_from_one_4d_file_by_their_frames(cine_models_dir, tmp_path, capsys):
+    ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")
+    cine = Volume(np.stack([ed.image.array, es.image.array]), ed.image.geometry, axes="tkji")
+    write_volume(cine, tmp_path / "cine.nii.gz")
+    path = str(tmp_path / "cine.nii.gz")
+    common = ["--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc",
+              "--min-heart-ml", "0"]
+    assert main(["function", path, path, "--out", str(tmp_path / "same"), *common, "--frame", "0"]) == 2
+    assert "--ed-frame N --es-frame M" in capsys.readouterr().err and not (tmp_path / "same").exists()
+    assert main(["function", path, path, "--out", str(tmp_path / "frames"), "--ed-frame", "0", "--es-frame", "1",
+                 *common]) == 0
+    report = json.loads((tmp_path / "frames" / "report.json").read_text())
+    assert (report["provenance"]["parameters"]["ed_frame"], report["provenance"]["parameters"]["es_frame"]) == (0, 1)
+    assert not any("identical voxel" in w for w in report["provenance"]["warnings"])
+    separate = tmp_path / "separate"
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out", str(separate),
+                 *common]) == 0
+    assert (read_volume(separate / "labels_es.nii.gz").array == read_volume(
+        tmp_path / "frames" / "labels_es.nii.gz").array).all()  # the frame read is the ES frame
+    capsys.readouterr()
+
+
 def test_function_with_a_bad_es_leaves_no_ed_output_behind(cine_models_dir, tmp_path, capsys):
     ed = make_cine_phantom(seed=7, phase="ED")
     write_volume(ed.image, tmp_path / "ed.nii.gz")

@@ -260,8 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("function", parents=[common, cine, quality],
                        help="LV/RV volumes, EF and LV mass from ED and ES")
     p.add_argument("ed", help="end-diastolic short-axis volume")
-    p.add_argument("es", help="end-systolic short-axis volume")
+    p.add_argument("es", help="end-systolic short-axis volume (may be the ED file: a 4D series with --ed-frame and "
+                              "--es-frame)")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
+    p.add_argument("--ed-frame", type=_whole_number_at_least_0, metavar="N",
+                   help="0-based end-diastolic frame of a 4D ED file (default: --frame)")
+    p.add_argument("--es-frame", type=_whole_number_at_least_0, metavar="N",
+                   help="0-based end-systolic frame of a 4D ES file (default: --frame)")
 
     p = sub.add_parser(
         "batch", parents=[common, cine, quality],
@@ -874,6 +879,7 @@ def _cine_options(args: argparse.Namespace):
         mode=args.mode, base_first={"auto": None, "first": True, "last": False}[args.base],
         postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
         region_source=args.regions, region_combination=args.region_combination, min_heart_ml=args.min_heart_ml,
+        ed_frame=getattr(args, "ed_frame", None), es_frame=getattr(args, "es_frame", None),
     )
 
 
@@ -908,7 +914,7 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .progress import subrange
     from .provenance import Provenance
 
-    check_phase_paths(args.ed, args.es)
+    check_phase_paths(args.ed, args.es, _cine_options(args))
     provenance = Provenance(command="function")
     with output_folder(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es]):  # refuse before loading
         progress(0.0, "Loading models")

@@ -61,6 +61,8 @@ class CineOptions:
     region_source: Literal["classifier", "segmentation"] = "classifier"
     region_combination: Literal["average", "replace"] = "average"
     min_heart_ml: float | None = None  # None: segment_cine's default (regions.pipeline.MIN_HEART_ML)
+    ed_frame: int | None = None  # function: the frames of a 4D series, when ED and ES come from one file
+    es_frame: int | None = None
 
 
 def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | None = None) -> Volume:
@@ -208,17 +210,24 @@ def cardiac_function_files(
                          provenance=provenance, progress=progress)[0]
 
 
-def check_phase_paths(ed_path: str | Path, es_path: str | Path) -> None:
-    """Refuse ED and ES given as one file (without a frame each, a 4D file cannot be both phases).
+def check_phase_paths(ed_path: str | Path, es_path: str | Path, options: CineOptions | None = None) -> None:
+    """Refuse ED and ES given as one file, unless it is a 4D series and two different frames are chosen.
 
     Raises
     ------
     InputError
-        If both paths name the same file or folder.
+        If both paths name the same file or folder and ``options`` does not pick two different frames of it.
     """
-    if Path(ed_path).resolve() == Path(es_path).resolve():
+    ed_frame, es_frame = _phase_frames(options or CineOptions())
+    if Path(ed_path).resolve() == Path(es_path).resolve() and (ed_frame is None or ed_frame == es_frame):
         raise InputError(f"ED and ES are the same file ({ed_path}): give the end-diastolic and the end-systolic "
-                         "frame of one cine series (for a 4D file, export the two frames first).")
+                         "frame of one cine series; for a 4D file, pick them with --ed-frame N --es-frame M.")
+
+
+def _phase_frames(options: CineOptions) -> tuple[int | None, int | None]:
+    """The ED and ES frames: each its own (``ed_frame``, ``es_frame``), else the shared ``frame``."""
+    return (options.frame if options.ed_frame is None else options.ed_frame,
+            options.frame if options.es_frame is None else options.es_frame)
 
 
 def phase_pair_warnings(ed: Volume, es: Volume) -> list[str]:
@@ -241,14 +250,18 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
     """:func:`cardiac_function_files`, returning ``(function, [QCResult or None] * 2)`` for the batch summary."""
     from .metrics import cardiac_function
 
-    check_phase_paths(ed_path, es_path)
+    check_phase_paths(ed_path, es_path, options)
     with output_folder(out_dir, overwrite=overwrite, inputs=[ed_path, es_path]) as out:
         provenance = provenance or Provenance(command="function")
         provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
         results = {}
         checks: dict = {}
         # both phases are read and segmented before anything is written: a bad ES file leaves no ED output behind
-        read = {"ed": _read_cine(ed_path, options, provenance), "es": _read_cine(es_path, options, provenance)}
+        ed_frame, es_frame = _phase_frames(options)
+        read = {"ed": _read_cine(ed_path, dataclasses.replace(options, frame=ed_frame), provenance),
+                "es": _read_cine(es_path, dataclasses.replace(options, frame=es_frame), provenance)}
+        if ed_frame is not None or es_frame is not None:
+            provenance.parameters.update({"ed_frame": ed_frame, "es_frame": es_frame})
         paths = {"ed": ed_path, "es": es_path}
         for phase, (start, stop) in (("ed", (0.0, 0.45)), ("es", (0.45, 0.9))):
             middle = stop if qc is None else start + 0.8 * (stop - start)

@@ -62,8 +62,9 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
         if not allow_4d:
             raise InputError(
                 f"The image is 4D ({image.GetSize()} = x, y, z, t) but a 3D volume is needed. "
-                "Pick one frame: --frame N (0-based) in segment-cine, function, cam and batch; for the other "
-                "commands convert the frame first with `cardiacai convert INPUT --frame N --out frame.nii.gz`."
+                "Pick one frame: --frame N (0-based) in segment-cine, cam and batch, --ed-frame N --es-frame M in "
+                "function; for the other commands convert the frame first with `cardiacai convert INPUT --frame N "
+                "--out frame.nii.gz`."
             )
         spacing = image.GetSpacing()[:3]
         origin = image.GetOrigin()[:3]
