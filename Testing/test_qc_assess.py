@@ -449,3 +449,12 @@ def test_slices_where_the_segmentation_stops_early_are_flagged_with_a_rule(cine_
     other = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST,
                                 unsegmented_slices=[labelled_slice])
     assert "stops before" not in " ".join(other.rules.volume_reasons)
+
+
+def test_rv_and_lv_codes_exchanged_are_named_in_a_warning(cine_phantom, vae):
+    truth = cine_phantom.labels.array
+    swapped = np.where(truth == 1, 3, np.where(truth == 3, 1, truth)).astype(truth.dtype)
+    result = assess_segmentation(cine_phantom.image, cine_phantom.labels.with_array(swapped), vae, config=FAST)
+    assert any("look swapped" in w and "--label-codes LV=1 MYO=2 RV=3" in w for w in result.warnings)
+    as_given = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST)
+    assert not any("swapped" in w for w in as_given.warnings)

@@ -32,7 +32,7 @@ from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, S
 from ..preprocessing import restore_labels
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
-from .rules import RuleReport, check_rules
+from .rules import RuleReport, check_rules, lv_surround_fractions
 from .search import QC_SPACING_MM, QC_STRUCTURES, SearchResult, latent_search, predicted_dice, qc_input
 from .vae import SegmentationVAE
 
@@ -606,6 +606,16 @@ def regressor_combination(
     return weights
 
 
+def _blood_pools_look_swapped(label_array: NDArray[np.integer]) -> bool:
+    """The myocardium rings the "RV" and not the "LV": the signature of LV and RV codes exchanged."""
+    if not (np.any(label_array == RV_BLOOD_POOL) and np.any(label_array == LV_MYOCARDIUM)):
+        return False
+    ringed = {code: lv_surround_fractions(label_array, code) for code in (RV_BLOOD_POOL, LV_BLOOD_POOL)}
+    rv, lv = (float(np.nanmean(f)) if np.isfinite(f).any() else 0.0 for f in ringed.values())
+    # ACDC truth: the myocardium covers 0.15-0.43 of the RV's border and all of the LV's (RV minus LV <= -0.57)
+    return rv >= 0.7 and rv - lv >= 0.3
+
+
 def _assessed_slices(label_array: NDArray[np.integer], margin_slices: int = 0) -> NDArray[np.bool_]:
     """(k,) slices QC assesses in a (k, j, i) label map: first to last labelled slice, widened by ``margin_slices``
     on each side; every slice of an empty segmentation."""
@@ -781,14 +791,20 @@ def assess_segmentation(
     if unjudged:
         warn(f"QC: label code(s) {unjudged} ({', '.join(LABELS[c].display_name for c in unjudged)}) are not judged "
              "and count as background; QC judges the RV and LV blood pools and the myocardium (scar and MVO included).")
+    if _blood_pools_look_swapped(label_array):
+        warn("QC: the myocardium surrounds the structure coded RV blood pool (1), not the one coded LV blood pool "
+             "(3): the two codes look swapped, as in tools that code LV 1 and RV 3 (M&Ms). `cardiacai qc "
+             "--label-codes LV=1 MYO=2 RV=3` maps them; judged as given, both get a low predicted Dice.")
     report(progress, 0.0, "QC: region of interest")
     roi_notes = Provenance()
     pairs, transform = qc_input(
         image, labels.with_array(label_array), spacing_mm=spacing, structures=structures,
         crop_size=network.input_size, provenance=roi_notes,
     )
-    for message in roi_notes.warnings:
-        warn(message)
+    for message in roi_notes.warnings:  # qc_input logged them already: record, do not log twice
+        warnings.append(message)
+        if provenance is not None:
+            provenance.warn(message)
     roi_spacing = float(transform.spec.in_plane_spacing_mm[0])
     resampled_to_fit = roi_spacing > spacing * (1.0 + 1e-9)
 

@@ -67,12 +67,13 @@ def _name(code: int) -> str:
     return LABELS[code].display_name if code in LABELS else f"label {code}"
 
 
-def lv_surround_fractions(labels: NDArray[np.integer]) -> NDArray[np.float64]:
+def lv_surround_fractions(labels: NDArray[np.integer], pool_code: int = LV_BLOOD_POOL) -> NDArray[np.float64]:
     """(k,) fraction of the LV blood pool's outer border (4-neighbours) lying on myocardium (scar and MVO count as
-    myocardium) on each slice; NaN on a slice without LV blood pool, 0 where the blood pool fills the slice."""
+    myocardium) on each slice; NaN on a slice without LV blood pool, 0 where the blood pool fills the slice.
+    ``pool_code`` measures another structure's border instead (the RV's, to spot swapped codes)."""
     array = np.asarray(labels)
     myocardium = np.isin(array, (LV_MYOCARDIUM, SCAR, MVO))
-    lv = array == LV_BLOOD_POOL
+    lv = array == pool_code
     surround = np.full(array.shape[0], np.nan)
     for k in np.flatnonzero(np.any(lv, axis=(1, 2))):
         border = ndimage.binary_dilation(lv[k], structure=_CROSS) & ~lv[k]
