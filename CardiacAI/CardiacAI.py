@@ -68,7 +68,8 @@ MAP_KINDS = ("T1", "T2")
 QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 #: ``cardiacai fibrosis --model`` (cardiac_ai.slicer_results.FIBROSIS_MODELS).
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
-#: ``cardiacai cam --explain``: "predicted" explains each slice's predicted class; the others are the ACDC diagnoses
+#: ``cardiacai cam --explain``: "predicted" explains the class predicted for the whole volume on every slice
+#: ("slice", typed in the console, each slice's own); the others are the ACDC diagnoses
 #: the bundled weak classifier was trained on (the console accepts any class name of the installed classifier).
 CAM_CLASSES = ("predicted", "NOR", "MINF", "DCM", "HCM", "RV")
 #: ``cardiacai cam --method``; "default" uses the method named in the model card (cardiac_ai.slicer_results.CAM_METHODS).
@@ -1744,8 +1745,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             slicer.util.setSliceViewerLayers(background=getNode("cine"), foreground=result["camVolumeNode"],
                                              foregroundOpacity=0.4)
 
-        :param explain: class whose evidence is mapped on every slice (e.g. "DCM"); None or "predicted" maps each
-            slice's predicted class.
+        :param explain: class whose evidence is mapped on every slice (e.g. "DCM"); None or "predicted" maps the
+            class predicted for the whole volume, "slice" each slice's own predicted class.
         :param method: "model", "gradcam" or "gradcampp"; None or "default" uses the model card's method.
         :param pseudoLabel: labels from the CAM pseudo-label even when the weak U-Net is installed.
         :return: dict with "camVolumeNode" (float 0..1, ColdToHotRainbow colours, window 0..1: show it as the

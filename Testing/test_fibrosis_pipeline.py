@@ -1,6 +1,7 @@
 """LGE fibrosis pipeline end to end: known-output networks, tiny registered models, the CLI, and a tiny training run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -100,6 +101,40 @@ def test_scar_is_kept_only_inside_the_predicted_myocardium():
     assert not result.provenance.warnings  # the heart lies well inside the crop
 
 
+class _RecordingClassifier(torch.nn.Module):
+    """Classifier 'model' that keeps its inputs and gives the logit ``logit``."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit, self.inputs = logit, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return torch.full((x.shape[0], 1), self.logit)
+
+
+def test_the_stack_classifier_gets_the_slice_classifiers_inputs_as_one_stack_and_gives_the_patient_probability():
+    from cardiac_ai.fibrosis.classifier_input import ClassifierInputSettings
+
+    slice_net, stack_net = _RecordingClassifier(2.0), _RecordingClassifier(-1.0)
+    settings = {"classifier_input": ClassifierInputSettings(heart_crop=24).to_dict()}
+    models = _known_models()
+    models.classifier = dataclasses.replace(_loaded(slice_net, "lge_fibrosis_classifier", {0: "fibrosis"}, 2),
+                                            card=dataclasses.replace(models.classifier.card, inference=settings))
+    stack_card = dataclasses.replace(models.classifier.card, name="lge_fibrosis_stack_classifier", inference=settings)
+    models.stack_classifier = dataclasses.replace(models.classifier, network=stack_net, card=stack_card)
+    result = segment_fibrosis(Volume(_stack(n_slices=3), Geometry(spacing_mm=(1.0, 1.0, 1.0))), models,
+                              spacing_known=False)
+    [slices], [stack] = slice_net.inputs, stack_net.inputs
+    assert slices.shape == (3, 2, 24, 24) and stack.shape == (1, 2, 24, 24, 3)  # slice axis last
+    torch.testing.assert_close(stack[0].permute(3, 0, 1, 2), slices)
+    assert result.patient_probability == pytest.approx(1 / (1 + np.exp(1.0)))
+    assert result.to_report()["patient_fibrosis_probability"] == pytest.approx(1 / (1 + np.exp(1.0)))
+    assert "lge_fibrosis_stack_classifier" in {m.name for m in result.provenance.models}
+    assert segment_fibrosis(Volume(_stack(), Geometry(spacing_mm=(1.0, 1.0, 1.0))), _known_models(),
+                            spacing_known=False).to_report()["patient_fibrosis_probability"] is None
+
+
 class _EdgeRingNet(_RingNet):
     """Myocardium 'model' whose ring reaches the crop's edge on every slice (an off-centre or very large heart)."""
 
@@ -187,7 +222,13 @@ def models_dir(tmp_path_factory) -> Path:
     for name, network, kwargs, label_map in specs:
         card = ModelCard(name=name, version="1.0", task="segmentation", network=network, network_kwargs=kwargs,
                          input_spec=SPEC.to_dict(), label_map=label_map)
-        save_model(card.build_network(), card, folder)
+        built = card.build_network()
+        save_model(built, card, folder)
+    # the stack classifier as scripts/train_emidec_fibrosis.py starts it: the slice classifier inflated to 3x3x1
+    from cardiac_ai.models.weak_networks import inflate_2d_to_stack
+
+    stack_card = dataclasses.replace(card, name="lge_fibrosis_stack_classifier", network="fibrosis_cam_stack")
+    save_model(inflate_2d_to_stack(built), stack_card, folder)  # built: the slice classifier, saved last
     return folder
 
 
@@ -222,7 +263,9 @@ def test_cli_writes_every_output_on_the_input_grid(tmp_path, models_dir, capsys)
     assert report["clinical"]["volume_unit"] == "mL"
     # QC runs by default with the bundled QC models, marked indicative (they were trained on cine).
     assert {m["name"] for m in report["provenance"]["models"]} == {
-        "lge_myocardium", "lge_fibrosis_weak", "lge_fibrosis_classifier", "qc_vae", "qc_dice_regressor"}
+        "lge_myocardium", "lge_fibrosis_weak", "lge_fibrosis_classifier", "lge_fibrosis_stack_classifier", "qc_vae",
+        "qc_dice_regressor"}
+    assert 0.0 < report["patient_fibrosis_probability"] < 1.0  # the registered stack classifier ran
     assert report["qc"]["indicative"] and "LGE" in report["qc"]["note"]
     assert len(report["qc"]["slices"]) == 4 and (out / "qc_slices.csv").is_file()
     assert len((out / "fibrosis.csv").read_text().splitlines()) == 5
@@ -243,7 +286,8 @@ def test_cli_reads_a_png_folder_and_reports_pixels(tmp_path, models_dir, capsys)
     report = json.loads((out / "report.json").read_text())
     assert report["clinical"]["area_unit"] == "pixels" and report["supervision"] == "pixel"
     assert "qc" not in report and not (out / "qc_slices.csv").exists()
-    assert report["slice_fibrosis_probability"] is None
+    assert report["slice_fibrosis_probability"] is None and report["patient_fibrosis_probability"] is None
+    assert "lge_fibrosis_stack_classifier" not in {m["name"] for m in report["provenance"]["models"]}
     assert any("no pixel size" in w for w in report["provenance"]["warnings"])
     assert report["clinical"]["mvo_assessed"] is True  # the pixel model has an MVO class
     assert not any("classifier" in w for w in report["provenance"]["warnings"])  # skipped on purpose
@@ -282,6 +326,8 @@ def test_cli_says_when_no_classifier_gives_slice_probabilities(tmp_path, models_
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["slice_fibrosis_probability"] is None
     assert any("No fibrosis classifier" in w and "--no-classifier" in w for w in report["provenance"]["warnings"])
+    assert report["patient_fibrosis_probability"] is None  # no stack classifier either, and that is no warning
+    assert not any("stack" in w for w in report["provenance"]["warnings"])
 
 
 def test_cli_missing_model_exits_3_and_says_how_to_train(tmp_path, capsys):
@@ -345,3 +391,41 @@ def test_training_script_runs_every_stage_on_a_few_emidec_patients(emidec_root, 
         assert set(weak.files) == {"images_uint8", "patient_ids", "slice_indices", "slice_labels", "stack_labels"}
     with np.load(work / "prepared" / "train_myocardium.npz") as myocardium:
         assert set(np.unique(myocardium["labels"])) <= {0, 2, 3}
+
+
+def test_the_stack_classifier_weights_positive_patients_by_negatives_over_positives(tmp_path, monkeypatch):
+    """3 negative patients and 1 positive (of 2 slices each): BCE pos_weight 3 in the loss and the validation BCE."""
+    import math
+
+    import cardiac_ai.fibrosis.training as fibrosis_training
+    from cardiac_ai.fibrosis.training import FibrosisSlices, train_stack_classifier
+    from cardiac_ai.training import TrainingConfig
+
+    def slices(patient_labels):
+        n = 2 * len(patient_labels)
+        stack_labels = np.repeat(np.asarray(patient_labels, np.int8), 2)
+        return FibrosisSlices(np.random.default_rng(0).random((n, 16, 16)).astype(np.float32),
+                              np.repeat([f"P{p}" for p in range(len(patient_labels))], 2), np.tile([0, 1], n // 2),
+                              stack_labels.copy(), stack_labels)
+
+    fitted = {}
+
+    def recording_fit(config, network, train_set, val_set, **kwargs):
+        fitted.update(kwargs)
+        return None, network
+
+    monkeypatch.setattr(fibrosis_training, "_fit", recording_fit)
+    train, val = slices([0, 1, 0, 0]), slices([1, 0])
+    myocardium = np.zeros((8, 16, 16), np.uint8)
+    myocardium[:, 4:12, 4:12] = 1
+    config = TrainingConfig(network="fibrosis_cam_stack",
+                            network_kwargs={"features": [4, 4, 4, 4], "blocks_per_stage": [1, 1, 1, 1]},
+                            epochs=1, batch_size=1, loss="bce", seed=0)
+    train_stack_classifier(train, myocardium, val, myocardium[:4], config=config, out_dir=tmp_path, device="cpu")
+    zero_logit = torch.zeros(1, 1)
+    loss = fitted["loss_fn"]
+    assert float(loss(zero_logit, torch.ones(1))) == pytest.approx(3 * math.log(2))  # a positive counts 3 times
+    assert float(loss(zero_logit, torch.zeros(1))) == pytest.approx(math.log(2))
+    batches = [{"image": torch.zeros(1, 1), "label": torch.tensor([label])} for label in (1.0, 0.0)]
+    metrics = fitted["metric_fn"](lambda image: torch.zeros(image.shape[0], 1), batches, "cpu")
+    assert metrics["val_bce"] == pytest.approx((3 + 1) / 2 * math.log(2))

@@ -242,3 +242,30 @@ def test_class_activation_maps_also_work_on_the_fibrosis_classifier():
 def test_model_cam_needs_forward_with_cam():
     with pytest.raises(InputError, match="forward_with_cam"):
         model_cam(_pixel_model(), _random_images(1))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fibrosis_cam_is_the_1x1_convolution_of_the_non_local_blocks_output(spatial_dims):
+    """Order stages -> non-local block -> 1x1 CAM convolution: the CAM head reads what the attention block gives."""
+    torch.manual_seed(0)
+    model = FibrosisCAMClassifier(spatial_dims=spatial_dims, **TINY_FIBROSIS).eval()
+    calls, outputs = [], {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            calls.append(name)
+            outputs[name] = (inputs[0], output)
+        return hook
+
+    for name in ("stages", "attention", "cam_head"):
+        getattr(model, name).register_forward_hook(record(name))
+    shape = (2, 2, 16, 16) if spatial_dims == 2 else (2, 2, 16, 16, 3)
+    x = torch.rand(shape)
+    x[:, 1] = (x[:, 1] > 0.5).float()
+    with torch.no_grad():
+        logits, cam = model.forward_with_cam(x)
+    assert calls == ["stages", "attention", "cam_head"]
+    assert outputs["attention"][0] is outputs["stages"][1]
+    assert outputs["cam_head"][0] is outputs["attention"][1]
+    assert cam is outputs["cam_head"][1] and logits.shape == (2, 1)
+    assert isinstance(model.cam_head, (nn.Conv2d, nn.Conv3d)) and set(model.cam_head.kernel_size) == {1}

@@ -110,6 +110,7 @@ def test_self_training_stage_chooses_its_labels_on_validation_and_can_be_registe
     card = json.loads((tmp_path / "models" / "weak_heart_unet-1.0.json").read_text())
     assert result.registered_mode in ("pseudo_label", "self_training")
     assert f"mode {result.registered_mode}" in card["description"]
+    assert card["inference"] == {"weak_mode": result.registered_mode}
 
 
 def test_self_training_without_the_first_u_net_says_which_stage_to_run(phantom_folder, tmp_path):

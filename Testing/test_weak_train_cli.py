@@ -69,6 +69,7 @@ def test_weak_cam_training_registers_both_models_with_the_inference_settings(tra
     assert classifier["inference"]["pseudo_label_config"]["min_fraction"] == 0.3
     assert unet["label_map"] == {"0": "background", "1": "heart"} and unet["task"] == "segmentation"
     assert "mode self_training" in unet["description"]  # the default --weak-mode
+    assert unet["inference"] == {"weak_mode": "self_training"}  # what `cardiacai cam` reports as the label source
     assert "no pixel label" in unet["training_data"]
 
 

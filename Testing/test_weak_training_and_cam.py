@@ -354,3 +354,88 @@ def test_cam_warns_about_weak_models_from_different_folders_only(trained_weak_mo
     assert any(w.startswith("The weak models come from different folders") for w in warnings)
     assert not [w for w in explain_volume(cohort[0].image, apart, use_segmenter=False, device="cpu").warnings
                 if "weak models" in w]  # the U-Net is not used: nothing to pair
+
+
+# -- cam reporting: models that ran, the weak U-Net's mode, one class per CAM volume ---------------------------------
+def test_cam_provenance_lists_only_the_models_that_made_the_results(trained_weak_models, cohort, tmp_path):
+    image_path = _write_image(cohort, tmp_path)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    names = {}
+    for run, extra in (("unet", []), ("pseudo", ["--pseudo-label"])):
+        assert main(["cam", str(image_path), "--out", str(tmp_path / run), *common, *extra]) == 0
+        report = json.loads((tmp_path / run / "report.json").read_text())
+        names[run] = [m["name"] for m in report["provenance"]["models"]]
+    assert names["unet"] == ["weak_cam_classifier", "weak_heart_unet"]
+    assert names["pseudo"] == ["weak_cam_classifier"]  # the installed U-Net made no label
+
+
+@pytest.mark.parametrize(
+    ("card_fields", "expected"),
+    [
+        ({"inference": {"weak_mode": "cam_prior"}}, "soft CAM prior"),
+        ({"description": "Whole-heart U-Net trained without pixel labels (mode cam_prior: soft CAM prior)."},
+         "soft CAM prior"),  # a card registered before the inference field
+        ({"inference": {"weak_mode": "self_training"}}, "self-trained"),
+        ({"inference": {"weak_mode": "pseudo_label"}}, "CAM pseudo-labels"),
+        ({}, "names no weak mode"),
+    ],
+    ids=["cam-prior", "cam-prior-description", "self-training", "pseudo-label", "unknown"],
+)
+def test_cam_label_source_names_the_weak_u_nets_training_mode(trained_weak_models, cohort, tmp_path, card_fields,
+                                                              expected):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume
+
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    models.segmenter = dataclasses.replace(models.segmenter,
+                                           card=dataclasses.replace(models.segmenter.card, **card_fields))
+    source = explain_volume(cohort[0].image, models, device="cpu").label_source
+    assert source.startswith("weak_heart_unet (") and expected in source
+    if expected != "CAM pseudo-labels":
+        assert "pseudo-labels" not in source
+
+
+def _models_with_slice_logits(trained_weak_models, slice_logits):
+    """The trained weak models, the classifier's plain forward pass giving ``slice_logits`` (k, 2) instead of its
+    own; the CAM pass is untouched (its hook is removed once the probabilities are taken)."""
+    import torch
+
+    from cardiac_ai.pipeline import load_weak_models
+
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    handle = models.classifier.network.register_forward_hook(
+        lambda module, inputs, output: torch.tensor(slice_logits, dtype=output.dtype))
+    return models, handle
+
+
+def test_cam_explains_the_volumes_predicted_class_on_every_slice_by_default(trained_weak_models, cohort, tmp_path,
+                                                                           monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+    from cardiac_ai.pipeline import cam_file
+
+    # slice 0 says NOR (class 1) strongly, the other four DCM (class 0) mildly: the volume's mean says DCM
+    slice_logits = [[0.0, 4.0]] + [[1.0, 0.0]] * 4
+    explained = []
+    real_slice_cams = weak_pipeline.slice_cams
+    for explain, out in ((None, "default"), ("slice", "per_slice")):
+        models, handle = _models_with_slice_logits(trained_weak_models, slice_logits)
+
+        def recording(*args, _handle=handle, **kwargs):
+            _handle.remove()
+            explained.append(list(kwargs["class_index"]))
+            return real_slice_cams(*args, **kwargs)
+
+        monkeypatch.setattr(weak_pipeline, "slice_cams", recording)
+        cam_file(_write_image(cohort, tmp_path), tmp_path / out, models=models, explain=explain, device="cpu")
+    assert explained == [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]
+    default = json.loads((tmp_path / "default" / "report.json").read_text())
+    per_slice = json.loads((tmp_path / "per_slice" / "report.json").read_text())
+    assert default["cam"]["volume_prediction"]["class"] == "DCM"
+    assert default["cam"]["explain"] == "predicted" and default["cam"]["explained_class"] == "DCM"
+    assert [s["explained_class"] for s in default["cam"]["slices"]] == ["DCM"] * 5
+    assert [s["predicted_class"] for s in default["cam"]["slices"]] == ["NOR"] + ["DCM"] * 4
+    assert default["provenance"]["parameters"]["explain"] == "predicted"
+    assert per_slice["cam"]["explain"] == "slice" and per_slice["cam"]["explained_class"] is None
+    assert [s["explained_class"] for s in per_slice["cam"]["slices"]] == ["NOR"] + ["DCM"] * 4
+    rows = (tmp_path / "default" / "cam_slices.csv").read_text().splitlines()
+    assert rows[0].startswith("k,explained_class,predicted_class") and rows[1].startswith("0,DCM,NOR")

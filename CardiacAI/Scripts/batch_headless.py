@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="segment-cine: region-aware networks per slice, or one baseline network")
     parser.add_argument("--kind", choices=MAP_KINDS, help="map: what the maps hold (T1 or T2)")
     parser.add_argument("--fibrosis-model", choices=FIBROSIS_MODELS, default="weak", help="fibrosis: scar model")
-    parser.add_argument("--explain", help="cam: class to explain on every slice (default: each slice's prediction)")
+    parser.add_argument("--explain", help="cam: class to explain on every slice (default: the volume's prediction; "
+                        "'slice': each slice's own)")
     parser.add_argument("--no-qc", action="store_true", help="segment-cine, map: no quality control")
     parser.add_argument("--qc-threshold", type=float, default=0.8,
                         help="segment-cine, map: flag slices whose predicted Dice is below this (default 0.8)")

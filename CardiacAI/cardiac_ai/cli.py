@@ -288,13 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--erosion-mm", type=float, metavar="MM", help="map: myocardial erosion in mm (default 0)")
     group.add_argument("--model", choices=FIBROSIS_MODELS,
                        help="fibrosis: scar model (default weak; see `cardiacai fibrosis --help`)")
-    group.add_argument("--no-classifier", action="store_true", help="fibrosis: skip the per-slice probability")
+    group.add_argument("--no-classifier", action="store_true",
+                       help="fibrosis: skip the per-slice and patient (stack) probabilities")
     group.add_argument("--spacing", type=float, nargs="+", metavar="MM",
                        help="fibrosis: pixel spacing of PNG inputs (i j [k]); without it numbers are in pixels")
     group.add_argument("--pixel-size-unknown", action="store_true",
                        help="fibrosis: ignore the spacing the files state (PNG slices saved by a viewer with 1 mm "
                             "pixels); numbers in pixels")
-    group.add_argument("--explain", metavar="CLASS", help="cam: class mapped on every slice (default: predicted)")
+    group.add_argument("--explain", metavar="CLASS",
+                       help="cam: class mapped on every slice (default 'predicted': the volume's predicted class; "
+                            "'slice': each slice's own)")
     group.add_argument("--method", choices=CAM_METHODS, help="cam: CAM method (default: the model card's)")
     group.add_argument("--pseudo-label", action="store_true",
                        help="cam: labels from the CAM pseudo-label even when the weak U-Net is installed")
@@ -437,7 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder: cam.nii.gz, labels.nii.gz, segmentation.seg.nrrd, cam_slices.csv, report.json")
     p.add_argument("--explain", metavar="CLASS",
-                   help="class whose evidence is mapped on every slice (e.g. DCM); default: each slice's prediction")
+                   help="class whose evidence is mapped on every slice (e.g. DCM); default (or 'predicted'): the class "
+                        "predicted for the whole volume (mean of the slice probabilities), so cam.nii.gz shows one "
+                        "class; 'slice': each slice's own prediction (slices may differ). report.json and "
+                        "cam_slices.csv give each slice's explained_class and predicted_class")
     p.add_argument("--method", choices=CAM_METHODS,
                    help="CAM method; default: the one chosen on validation patients (in the model card)")
     p.add_argument("--pseudo-label", action="store_true",
@@ -467,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-angle", type=float, metavar="DEG",
                    help="screen angle (0 right, 90 up) of the anterior RV insertion point; default: standard view "
                         "(approximate)")
-    p.add_argument("--no-classifier", action="store_true", help="skip the per-slice fibrosis probability")
+    p.add_argument("--no-classifier", action="store_true",
+                   help="skip the per-slice fibrosis probability and the patient one (report.json's "
+                        "patient_fibrosis_probability, from lge_fibrosis_stack_classifier when installed)")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
 
     return parser

@@ -1571,7 +1571,9 @@ def cam_file(
 
     Writes ``cam.nii.gz`` (float in [0, 1], the input's geometry), ``labels.nii.gz`` (6 = heart: the weak U-Net's
     output, or the CAM pseudo-label when ``use_segmenter`` is False or no weak U-Net is installed),
-    ``segmentation.seg.nrrd``, ``cam_slices.csv`` (class probabilities per slice) and ``report.json``.
+    ``segmentation.seg.nrrd``, ``cam_slices.csv`` (per slice: the class its CAM explains, the class it predicts,
+    class probabilities) and ``report.json``. ``explain``: see :func:`~cardiac_ai.weak.pipeline.explain_volume`
+    (default: the class predicted for the whole volume, on every slice).
 
     ``models``: :class:`~cardiac_ai.weak.pipeline.WeakModels` already loaded (:func:`load_weak_models`; a batch
     loads them once); None loads them from ``models_dirs`` and the bundled models onto ``device``. ``augment`` and
@@ -1602,7 +1604,8 @@ def cam_file(
                                     pseudo_label_overrides=pseudo_label_overrides, use_segmenter=use_segmenter,
                                     device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
-        rows = [{"k": s["k"], "explained_class": s["explained_class"], "heart_pixels": s["heart_pixels"],
+        rows = [{"k": s["k"], "explained_class": s["explained_class"], "predicted_class": s["predicted_class"],
+                 "heart_pixels": s["heart_pixels"],
                  **{f"p_{name}": round(p, 4) for name, p in s["probabilities"].items()}}
                 for s in result.to_report()["slices"]]
         with provenance.timed("write"):

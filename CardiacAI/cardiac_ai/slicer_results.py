@@ -663,7 +663,8 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
              pseudo_label: bool = False, device: str = "auto", models_dir: Any = None) -> BackendCall:
     """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label]``.
 
-    ``explain`` None, "" or "predicted" explains each slice's predicted class; ``method`` None, "" or "default"
+    ``explain`` None, "" or "predicted" explains the volume's predicted class on every slice ("slice": each slice's
+    own); ``method`` None, "" or "default"
     uses the model card's method.
 
     Raises

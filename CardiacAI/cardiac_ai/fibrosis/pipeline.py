@@ -9,6 +9,8 @@ Models (registry names; trained by ``cardiacai train --task fibrosis`` or, all s
   ``lge_fibrosis_weak_stack``: the same from stack-level (patient) labels.
 * ``lge_fibrosis_pixel`` (optional): 2D U-Net trained on pixel labels; LGE image + predicted myocardium -> scar, MVO.
 * ``lge_fibrosis_classifier`` (optional): ``fibrosis_cam_2d``; LGE image + predicted myocardium -> P(fibrosis) per slice.
+* ``lge_fibrosis_stack_classifier`` (optional, used when installed): ``fibrosis_cam_stack``; the same inputs as one
+  stack (slice axis last) -> P(fibrosis) of the patient.
 
 Output label codes: 2 LV myocardium, 3 LV blood pool, 4 scar, 5 MVO (only from a model that predicts MVO; the weak
 models do not). Scar is kept only inside the predicted myocardium. See :mod:`cardiac_ai.fibrosis.inputs` for the
@@ -85,12 +87,14 @@ class FibrosisModels:
     fibrosis : the fibrosis U-Net (``lge_fibrosis_weak``, ``lge_fibrosis_weak_stack`` or ``lge_fibrosis_pixel``).
     classifier : ``lge_fibrosis_classifier`` or None (then no per-slice probability).
     supervision : which fibrosis model this is: "weak", "weak_stack" or "pixel".
+    stack_classifier : ``lge_fibrosis_stack_classifier`` or None (then no patient probability).
     """
 
     myocardium: "LoadedModel"
     fibrosis: "LoadedModel"
     classifier: "LoadedModel | None" = None
     supervision: str = "weak"
+    stack_classifier: "LoadedModel | None" = None
 
     @classmethod
     def from_registry(
@@ -102,7 +106,8 @@ class FibrosisModels:
         device=None,
         provenance: Provenance | None = None,
     ) -> "FibrosisModels":
-        """Load the myocardium model, the fibrosis model ``model`` and (when available and asked) the classifier.
+        """Load the myocardium model, the fibrosis model ``model`` and (when available and ``classifier``) the slice
+        and stack classifiers.
 
         Raises
         ------
@@ -111,7 +116,8 @@ class FibrosisModels:
         ModelError
             When the myocardium or fibrosis model is missing; the message says how to train them. A missing
             classifier is a warning (in ``provenance`` when given): the pipeline then reports no slice
-            probabilities.
+            probabilities. A missing stack classifier is not: it is optional (``cardiacai train --task fibrosis``
+            does not train it), and the patient probability is then None.
         """
         if model not in ("weak", "weak_stack", "pixel"):
             raise InputError(f"model must be 'weak', 'weak_stack' or 'pixel', got {model!r}.")
@@ -137,10 +143,13 @@ class FibrosisModels:
                     provenance.warn(message, log)
                 else:
                     log.warning(message)
-        return cls(myocardium, fibrosis, loaded_classifier, model)
+        stack_name = FIBROSIS_MODEL_NAMES["stack_classifier"]
+        loaded_stack = registry.load(stack_name, device=device) if classifier and registry.has(stack_name) else None
+        return cls(myocardium, fibrosis, loaded_classifier, model, loaded_stack)
 
     def uses(self) -> list:
-        return [m.model_use() for m in (self.myocardium, self.fibrosis, self.classifier) if m is not None]
+        return [m.model_use() for m in (self.myocardium, self.fibrosis, self.classifier, self.stack_classifier)
+                if m is not None]
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,7 @@ class FibrosisResult:
     ----------
     labels : (k, j, i) uint8 Volume on the input's grid and geometry: 2 myocardium, 3 LV blood pool, 4 scar, 5 MVO.
     slice_probabilities : (k,) float32 P(fibrosis) per slice from the classifier, or None without one.
+    patient_probability : P(fibrosis) of the whole stack from the stack classifier, or None without one.
     measures : clinical numbers (:class:`~cardiac_ai.fibrosis.clinical.ScarMeasures`).
     supervision : which fibrosis model made the scar ("weak", "weak_stack", "pixel").
     spacing_known : whether lengths are in mm (False: pixels, e.g. EMIDEC PNG).
@@ -165,6 +175,7 @@ class FibrosisResult:
     spacing_known: bool
     provenance: Provenance
     qc: Any = None
+    patient_probability: float | None = None
 
     @property
     def fibrosis_found(self) -> bool:
@@ -203,6 +214,7 @@ class FibrosisResult:
             "fibrosis_found": self.fibrosis_found,
             "slice_fibrosis_probability": None if self.slice_probabilities is None
             else [float(p) for p in self.slice_probabilities],
+            "patient_fibrosis_probability": self.patient_probability,
             "clinical": self.measures.to_dict(),
         }
 
@@ -262,6 +274,25 @@ def _check_same_grid(prepared_model, prepared_myocardium, model: "LoadedModel", 
             f"{model.card.name} {model.card.version} takes the predicted myocardium as input but has another input "
             f"spec than {myocardium.card.name} {myocardium.card.version}; retrain them on one grid."
         )
+
+
+def _stack_probability(model: "LoadedModel", volume: Volume, myo_crop: np.ndarray, prepared_myocardium,
+                       myocardium: "LoadedModel", cache: dict, device) -> float:
+    """P(fibrosis) of the whole stack: the slice classifier's inputs (made as the card says) as one stack, slice axis
+    last, as :func:`~cardiac_ai.fibrosis.training.train_stack_classifier` trained it."""
+    import torch
+
+    from ..device import place_for_inference, resolve_device
+
+    prepared = _prepared(volume, model, cache)
+    _check_same_grid(prepared, prepared_myocardium, model, myocardium)
+    inputs = classifier_inputs(prepared.image, myo_crop == LV_MYOCARDIUM,
+                               ClassifierInputSettings.from_card_inference(model.card.inference))
+    target = device if isinstance(device, torch.device) else resolve_device(device)  # as predict_slices
+    network = place_for_inference(model.network, target)
+    with torch.inference_mode():
+        logit = network(torch.from_numpy(inputs.stack()).to(target)).float().cpu().reshape(-1)[0]
+    return float(torch.sigmoid(logit))
 
 
 def _in_channels(model: "LoadedModel") -> int:
@@ -353,6 +384,12 @@ def segment_fibrosis(
                                        ClassifierInputSettings.from_card_inference(models.classifier.card.inference))
             slice_probabilities = predict_slices(models.classifier.network, inputs.array, device=device,
                                                  activation="sigmoid", provenance=provenance)[:, 0]
+    patient_probability = None
+    if models.stack_classifier is not None:
+        report(progress, 0.45, "Classifying the stack")
+        with provenance.timed("classify_stack"):
+            patient_probability = _stack_probability(models.stack_classifier, model_volume, myo_crop, prepared,
+                                                     models.myocardium, cache, device)
 
     report(progress, 0.55, "Segmenting scar")
     with provenance.timed("fibrosis"):
@@ -384,7 +421,7 @@ def segment_fibrosis(
         )
     report(progress, 1.0, "Done")
     return FibrosisResult(Volume(labels, volume.geometry), slice_probabilities, measures, models.supervision,
-                          spacing_known, provenance)
+                          spacing_known, provenance, patient_probability=patient_probability)
 
 
 # -- the file job ----------------------------------------------------------------------------------------------------
@@ -438,7 +475,8 @@ def fibrosis_file(
     """``cardiacai fibrosis``: read an LGE stack, segment and measure the scar, write the output folder.
 
     Writes ``labels.nii.gz`` (codes 2, 3, 4, 5 on the input's grid), ``segmentation.seg.nrrd`` (Slicer segments with
-    names, colours and terminology), ``report.json`` (input, clinical numbers, slice probabilities, provenance),
+    names, colours and terminology), ``report.json`` (input, clinical numbers, slice probabilities, the patient's
+    ``patient_fibrosis_probability`` from the stack classifier or None without one, provenance),
     ``fibrosis.csv`` (one row per slice) and ``transmurality.csv`` (one row per sector). With ``qc``
     (:func:`cardiac_ai.pipeline.qc_options`, the CLI's default) the myocardium (scar and MVO included) and LV blood
     pool are quality-checked like a cine segmentation: ``report.json["qc"]`` (marked indicative, see

@@ -1,9 +1,10 @@
 """Class activation maps and whole-heart segmentation of a short-axis volume without pixel-trained models.
 
 ``cardiacai cam INPUT --out DIR`` runs :func:`explain_volume`: the weak classifier (``weak_cam_classifier``) gives a
-class per slice and the CAM of that class (or of a class chosen by the user); the CAM becomes a pseudo-label; when the
-weak U-Net (``weak_heart_unet``) is installed its output is the label map instead. Everything is computed on the
-crop around the centre of the field of view that the models were trained on, then put back on the input grid.
+class probabilities per slice and, by default, the CAM of the class it predicts for the whole volume on every slice
+(``explain="slice"``: each slice's own prediction; or a class chosen by the user); the CAM becomes a pseudo-label;
+when the weak U-Net (``weak_heart_unet``) is installed its output is the label map instead. Everything is computed
+on the crop around the centre of the field of view that the models were trained on, then put back on the input grid.
 """
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ CLASSIFIER_NAME = "weak_cam_classifier"
 SEGMENTER_NAME = "weak_heart_unet"
 #: Slices whose CAM-class probability is below this get no pseudo-label (the classifier saw no heart evidence).
 _MIN_CLASS_PROBABILITY = 0.0
+#: ``explain`` values that are not class names: the class the classifier predicts for the whole volume (mean of the
+#: slice probabilities) on every slice, the default, so that cam.nii.gz shows one class's evidence throughout; or each
+#: slice's own prediction (the default before 2026-12; its volume may mix classes across slices).
+EXPLAIN_VOLUME_PREDICTION = "predicted"
+EXPLAIN_SLICE_PREDICTION = "slice"
+#: Descriptions of the weak U-Net's training modes (:data:`~cardiac_ai.weak.recipe.WEAK_MODES`) in ``label_source``.
+_WEAK_MODE_SOURCES = {
+    "pseudo_label": "U-Net trained on CAM pseudo-labels",
+    "cam_prior": "U-Net trained with the soft CAM prior in its loss",
+    "self_training": "U-Net self-trained on a first pseudo-label U-Net's predictions",
+}
 
 
 @dataclass
@@ -69,6 +81,7 @@ class CamResult:
     slice_probabilities: np.ndarray  # (k, n_classes)
     explained_classes: np.ndarray  # (k,) class index whose CAM was computed
     warnings: list[str] = field(default_factory=list)
+    explain: str = EXPLAIN_VOLUME_PREDICTION  # "predicted" (volume), "slice", or the class name given
     augment: tuple[str, ...] = ()  # views whose CAMs were averaged with the plain one
     pseudo_label: dict | None = None  # settings of the CAM pseudo-label when it made the labels, else None
 
@@ -76,14 +89,19 @@ class CamResult:
         from ..metrics.clinical import structure_volume_ml
 
         mean = self.slice_probabilities.mean(axis=0)
+        explained = {self.classes[int(c)] for c in self.explained_classes}
         return {
             "classes": list(self.classes),
             "heart_volume_ml": structure_volume_ml(self.labels.array, HEART,
                                                    self.labels.geometry.spacing_kji_mm),
             "volume_prediction": {"class": self.classes[int(np.argmax(mean))],
                                   "probabilities": {c: float(p) for c, p in zip(self.classes, mean)}},
+            "explain": self.explain,
+            # one class when every CAM slice explains the same one, else None (explain="slice": see the slices)
+            "explained_class": explained.pop() if len(explained) == 1 else None,
             "slices": [
                 {"k": k, "explained_class": self.classes[int(c)],
+                 "predicted_class": self.classes[int(np.argmax(probs))],
                  "probabilities": {name: float(p) for name, p in zip(self.classes, probs)},
                  "heart_pixels": int(np.count_nonzero(self.labels.array[k]))}
                 for k, (c, probs) in enumerate(zip(self.explained_classes, self.slice_probabilities))
@@ -95,12 +113,40 @@ class CamResult:
         }
 
 
-def _class_index(explain: str | None, classes: Sequence[str]) -> int | None:
-    if explain is None or explain == "predicted":
-        return None
-    if explain not in classes:
-        raise InputError(f"Unknown class {explain!r} to explain; the classifier's classes are {list(classes)}.")
-    return list(classes).index(explain)
+def _explain_mode(explain: str | None, classes: Sequence[str]) -> str:
+    """``explain`` checked: a class name (which wins over a keyword it equals), "predicted" (also for None) or
+    "slice"."""
+    if explain in classes:
+        return explain
+    if explain is None or explain in (EXPLAIN_VOLUME_PREDICTION, EXPLAIN_SLICE_PREDICTION):
+        return explain or EXPLAIN_VOLUME_PREDICTION
+    raise InputError(f"Unknown class {explain!r} to explain; the classifier's classes are {list(classes)} (or "
+                     f"{EXPLAIN_VOLUME_PREDICTION!r}: the volume's predicted class, {EXPLAIN_SLICE_PREDICTION!r}: each "
+                     "slice's own).")
+
+
+def _explained_classes(mode: str, classes: Sequence[str], probabilities: np.ndarray) -> np.ndarray:
+    """(k,) class index whose CAM each slice gets."""
+    if mode == EXPLAIN_SLICE_PREDICTION and mode not in classes:
+        return probabilities.argmax(axis=1)
+    if mode == EXPLAIN_VOLUME_PREDICTION and mode not in classes:
+        index = int(probabilities.mean(axis=0).argmax())  # as CamResult.to_report's volume_prediction
+    else:
+        index = list(classes).index(mode)
+    return np.full(len(probabilities), index, np.int64)
+
+
+def _segmenter_source(card: Any) -> str:
+    """``label_source`` of the weak U-Net: the training mode its card names (``inference["weak_mode"]``, or the
+    "(mode NAME:" of the description that cards registered before that field have)."""
+    import re
+
+    mode = card.inference.get("weak_mode")
+    if mode is None:
+        found = re.search(r"\(mode (\w+):", card.description or "")
+        mode = found.group(1) if found else None
+    how = _WEAK_MODE_SOURCES.get(mode, "U-Net trained without pixel labels (its model card names no weak mode)")
+    return f"{SEGMENTER_NAME} ({how}, no pixel label)"
 
 
 def _check_augment(augment: Sequence[str]) -> tuple[str, ...]:
@@ -182,7 +228,10 @@ def explain_volume(
     ----------
     volume : Volume (k, j, i)
     models : WeakModels
-    explain : class name to explain on every slice, or None / "predicted" for each slice's predicted class.
+    explain : class name to explain on every slice; None or "predicted" (the default): the class predicted for the
+        whole volume (the mean of the slice probabilities) on every slice, so that the CAM volume shows one class's
+        evidence; "slice": each slice's own predicted class (slices may then explain different classes). The report
+        gives each slice's ``explained_class`` and ``predicted_class`` either way.
     method : "model", "gradcam" or "gradcampp"; default: the one the model card names (chosen on validation).
     augment : views of :data:`~cardiac_ai.weak.cam.AUGMENTATIONS` ("hflip", "vflip", "shift") whose CAMs, mapped
         back, are averaged with the plain one; default none.
@@ -229,7 +278,7 @@ def explain_volume(
             f"({SEGMENTER_NAME}), not from the CAM pseudo-label; add --pseudo-label (use_segmenter=False) to use them."
         )
     pseudo_config, pseudo_entry = _pseudo_label_settings(pseudo_config, extra, overrides)
-    fixed = _class_index(explain, classes)
+    explain_mode = _explain_mode(explain, classes)
     spec = card.input_spec_object()
     report(progress, 0.05, "Preprocessing")
     prepared = preprocess(volume, spec, crop_center="image_center")
@@ -239,7 +288,7 @@ def explain_volume(
     with torch.no_grad():
         logits = network(torch.from_numpy(images[:, None]).to(target_device)).float().cpu()
     probabilities = torch.softmax(logits, dim=1).numpy()
-    explained = np.full(len(images), fixed, np.int64) if fixed is not None else probabilities.argmax(axis=1)
+    explained = _explained_classes(explain_mode, classes, probabilities)
     report(progress, 0.3, f"Class activation maps ({method})")
     cams = slice_cams(network, images, method=method, target_layer=layer, class_index=explained.tolist(),
                       augment=augment, device=str(target_device))
@@ -262,7 +311,7 @@ def explain_volume(
         with torch.no_grad():
             out = segmenter.network(torch.from_numpy(segmenter_images[:, None]).to(segmenter.device)).float()
         heart = torch.argmax(out, dim=1).cpu().numpy().astype(np.uint8)
-        source = f"{SEGMENTER_NAME} (U-Net trained on pseudo-labels, no pixel label)"
+        source = _segmenter_source(segmenter.card)
         pseudo_entry = None
     else:
         report(progress, 0.6, "Pseudo-labels (DenseCRF)")
@@ -275,8 +324,10 @@ def explain_volume(
     labels_native = restore_labels(np.where(heart > 0, HEART, 0).astype(np.uint8), labels_prepared.transform)
     for message in warnings:
         provenance.warn(message)
-    provenance.models.extend(models.uses())
-    provenance.parameters.update({"cam_method": method, "explain": explain or "predicted",
+    # only the models that ran: with the CAM pseudo-label an installed U-Net made none of the results
+    used = [models.classifier, models.segmenter] if segment else [models.classifier]
+    provenance.models.extend(model.model_use() for model in used)
+    provenance.parameters.update({"cam_method": method, "explain": explain_mode,
                                   "cam_augment": list(augment)})
     report(progress, 1.0, "CAM done")
     return CamResult(
@@ -287,6 +338,7 @@ def explain_volume(
         slice_probabilities=probabilities.astype(np.float32),
         explained_classes=explained,
         warnings=warnings,
+        explain=explain_mode,
         augment=augment,
         pseudo_label=pseudo_entry,
     )

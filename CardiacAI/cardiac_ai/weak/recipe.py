@@ -689,7 +689,7 @@ def _register(work, register_to, *, recipe, selection, modes, classes, label_tit
                       + (" and self-training" if best_mode == "self_training" else "") + ", no pixel label",
         split=split_summary,
         description=f"Whole-heart U-Net trained without pixel labels (mode {best_mode}: {target}){ending}",
-        license=license,
+        license=license, inference={"weak_mode": best_mode},  # `cardiacai cam` reports how its labels were learnt
     )
     log.info("registered weak_cam_classifier and weak_heart_unet (%s) into %s", best_mode, register_to)
     return best_mode, (classifier_card, unet_card)
