@@ -68,6 +68,8 @@ MAP_KINDS = ("T1", "T2")
 QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 #: ``cardiacai fibrosis --model`` (cardiac_ai.slicer_results.FIBROSIS_MODELS).
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+#: ``cardiacai fibrosis --slice-order`` ("unknown": no option, transmurality per sector without AHA numbers).
+FIBROSIS_SLICE_ORDERS = ("unknown", "base-first", "apex-first")
 #: ``cardiacai cam --explain``: "predicted" explains the class predicted for the whole volume on every slice
 #: ("slice", typed in the console, each slice's own); the others are the ACDC diagnoses
 #: the bundled weak classifier was trained on (the console accepts any class name of the installed classifier).
@@ -236,6 +238,7 @@ class CardiacAIParameterNode:
     postContrastVolume - ECV: the post-contrast T1 map (the native one is inputVolume).
     haematocrit - ECV: measured haematocrit as a fraction; 0 uses the synthetic haematocrit.
     fibrosisModel - LGE fibrosis: scar model, one of FIBROSIS_MODELS.
+    fibrosisSliceOrder - LGE fibrosis: where the base lies along the slices, one of FIBROSIS_SLICE_ORDERS.
     camExplain, camMethod, camPseudoLabel - CAM explanation: class to explain, CAM method, labels from the CAM
         pseudo-label even when the weak U-Net is installed.
     qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
@@ -257,6 +260,7 @@ class CardiacAIParameterNode:
     postContrastVolume: vtkMRMLScalarVolumeNode
     haematocrit: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     fibrosisModel: Annotated[str, Choice(FIBROSIS_MODELS)] = "weak"
+    fibrosisSliceOrder: Annotated[str, Choice(FIBROSIS_SLICE_ORDERS)] = "unknown"
     camExplain: Annotated[str, Choice(CAM_CLASSES)] = "predicted"
     camMethod: Annotated[str, Choice(CAM_METHODS)] = "default"
     camPseudoLabel: bool = False
@@ -888,6 +892,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return {**result, "mainTableNode": result["summaryTableNode"]}
         if task == "fibrosis":
             result = self.quantifyFibrosis(volume, model=parameterNode.fibrosisModel,
+                                           sliceOrder=parameterNode.fibrosisSliceOrder,
                                            outputSegmentationNode=segmentation, **qcSettings, **common)
             return {**result, "mainTableNode": result["summaryTableNode"]}
         if task == "cam":
@@ -1668,6 +1673,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         qcThreshold: float = 0.8,
         qcPredictor: str = "auto",
         pixelSizeUnknown: Optional[bool] = None,
+        sliceOrder: str = "unknown",
     ) -> dict:
         """LV myocardium, blood pool, scar and microvascular obstruction of an LGE stack (``cardiacai fibrosis``).
 
@@ -1682,6 +1688,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param pixelSizeUnknown: ignore the volume's spacing (numbers in pixels, EMIDEC's pixel assumed for the
             models). None (default): True when the volume was loaded from PNG files, which Slicer gives 1 mm pixels
             that are not the image's.
+        :param sliceOrder: "base-first" or "apex-first" (the slices with myocardium split into basal, mid and
+            apical thirds: transmurality per AHA segment), or "unknown" (per sector of each slice).
         :return: dict with "segmentationNode" (2 myocardium, 3 LV blood pool, 4 scar, 5 MVO), "summaryTableNode"
             (scar, MVO and myocardial volume, scar %, MVO %), "slicesTableNode" (per slice: fibrosis probability,
             areas, scar %), "segmentsTableNode" (transmurality per AHA segment, or None), "qcTableNode" (or None),
@@ -1696,7 +1704,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 pixelSizeUnknown = self.loadedFromPng(lgeVolumeNode)
             call = results.fibrosis_call(inputPath, outputDir, model=model, device=device, models_dir=modelsDir,
                                          qc=qc, qc_threshold=qcThreshold, qc_predictor=qcPredictor,
-                                         pixel_size_unknown=pixelSizeUnknown)
+                                         pixel_size_unknown=pixelSizeUnknown,
+                                         slice_order=None if sliceOrder == "unknown" else sliceOrder)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.fibrosis_tables_from_report(report)

@@ -168,6 +168,20 @@ def test_known_spacing_is_resampled_back_onto_the_input_geometry_and_reported_in
     assert report["pixel_size"] == "mm" and report["slice_fibrosis_probability"] is None
 
 
+def test_slice_order_gives_aha_levels_by_thirds_of_the_slices_with_myocardium():
+    from cardiac_ai.fibrosis.pipeline import levels_by_thirds
+
+    has = [False, True, True, True, True, True, True, False]
+    assert levels_by_thirds(has, base_first=True) == [None, "base", "base", "mid", "mid", "apex", "apex", None]
+    assert levels_by_thirds(has, base_first=False) == [None, "apex", "apex", "mid", "mid", "base", "base", None]
+    volume = Volume(_stack(n_slices=3, size=50), Geometry(spacing_mm=(1.25, 1.25, 8.0)))
+    result = segment_fibrosis(volume, _known_models(classifier=False), slice_order="apex-first")
+    assert [s.level for s in result.measures.slices] == ["apex", "mid", "base"]
+    assert result.to_report()["clinical"]["aha_segments"]  # transmurality per AHA segment is filled
+    with pytest.raises(InputError, match="not both"):
+        segment_fibrosis(volume, _known_models(), slice_order="base-first", levels=["base", "mid", "apex"])
+
+
 def test_a_4d_volume_is_refused():
     volume = Volume(np.zeros((2, 2, 16, 16), np.float32), Geometry(spacing_mm=(1.0, 1.0, 1.0)), axes="tkji")
     with pytest.raises(InputError, match="3D"):

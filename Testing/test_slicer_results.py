@@ -342,6 +342,8 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     default = _parsed(fibrosis_call("lge.nrrd", "out"))
     assert not default.no_qc and default.qc_predictor == "auto" and not default.pixel_size_unknown
     assert _parsed(fibrosis_call("lge.nrrd", "out", pixel_size_unknown=True)).pixel_size_unknown
+    assert _parsed(fibrosis_call("lge.nrrd", "out", slice_order="apex-first")).slice_order == "apex-first"
+    assert default.slice_order is None
     args = _parsed(cam_call("cine.nrrd", "out", explain="DCM", method="gradcampp", pseudo_label=True))
     assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))
@@ -380,6 +382,7 @@ def test_choice_tables_match_the_cli_choices_and_the_qc_default():
         (lambda: fit_map_call("s.nrrd", "out", kind="T2", times_ms=[10, float("nan")]), "finite numbers"),
         (lambda: ecv_call("n.nrrd", "p.nrrd", "out", haematocrit=42), "percentage: use 0.42"),
         (lambda: fibrosis_call("l.nrrd", "out", model="strong"), "Unknown fibrosis model"),
+        (lambda: fibrosis_call("l.nrrd", "out", slice_order="sideways"), "Unknown slice order"),
         (lambda: cam_call("c.nrrd", "out", method="lime"), "Unknown CAM method"),
         (lambda: cam_call("c.nrrd", "out", explain="--overwrite"), "one class name"),
         (lambda: qc_call("i.nrrd", None, "out"), "label map file is missing"),
@@ -387,7 +390,7 @@ def test_choice_tables_match_the_cli_choices_and_the_qc_default():
         (lambda: qc_call("i.nrrd", "l.nrrd", "out", predictor=None), "Unknown QC predictor"),
     ],
     ids=["kind", "device", "no-out", "qc-threshold", "no-times", "nan-time", "haematocrit-percent", "fibrosis-model",
-         "cam-method", "cam-explain-flag", "qc-no-labels", "qc-predictor", "qc-predictor-none"],
+         "fibrosis-slice-order", "cam-method", "cam-explain-flag", "qc-no-labels", "qc-predictor", "qc-predictor-none"],
 )
 def test_bad_panel_settings_are_input_errors_before_anything_runs(build, match):
     with pytest.raises(InputError, match=match):

@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "are in pixels")
     p.add_argument("--levels", nargs="+", choices=["base", "mid", "apex"],
                    help="level of each slice in slice order, for AHA segment numbers (default: unknown, 6 sectors)")
+    p.add_argument("--slice-order", choices=["base-first", "apex-first"],
+                   help="instead of --levels: where the base lies along the slices; the slices with myocardium are "
+                        "split into basal, mid and apical thirds for AHA segment numbers")
     p.add_argument("--anchor-angle", type=float, metavar="DEG",
                    help="screen angle (0 right, 90 up) of the anterior RV insertion point; default: standard view "
                         "(approximate)")
@@ -1178,7 +1181,7 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
             args.input, args.out, models=models, spacing_mm=args.spacing, series_uid=args.series_uid,
             levels=args.levels, anchor_angle_deg=args.anchor_angle, device=args.device, overwrite=True,
             provenance=provenance, progress=subrange(progress, 0.05, 1.0), qc=_qc_options(args, provenance),
-            pixel_size_unknown=args.pixel_size_unknown,
+            pixel_size_unknown=args.pixel_size_unknown, slice_order=args.slice_order,
         )
     if not args.quiet:
         m = result.measures

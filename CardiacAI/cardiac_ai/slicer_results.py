@@ -638,11 +638,13 @@ def ecv_call(native_path: Any, post_path: Any, out_dir: Any, *, haematocrit: flo
 
 def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: str = "auto",
                   models_dir: Any = None, qc: bool = True, qc_threshold: float = QC_DEFAULT_THRESHOLD,
-                  qc_predictor: str = "auto", pixel_size_unknown: bool = False) -> BackendCall:
+                  qc_predictor: str = "auto", pixel_size_unknown: bool = False,
+                  slice_order: str | None = None) -> BackendCall:
     """``cardiacai fibrosis LGE --out DIR --model weak|weak_stack|pixel``: myocardium, scar and MVO of an LGE stack.
 
     ``pixel_size_unknown`` (``--pixel-size-unknown``) ignores the file's spacing: Slicer gives PNG slices 1 mm
-    pixels, which are not the image's; the numbers are then in pixels.
+    pixels, which are not the image's; the numbers are then in pixels. ``slice_order`` ("base-first" or
+    "apex-first", ``--slice-order``) gives AHA levels by thirds, so that transmurality is tabled per AHA segment.
 
     Without ``qc`` the myocardium and blood pool are not quality-checked (``--no-qc``; the check is indicative on
     LGE, see ``cardiac_ai.pipeline.FIBROSIS_QC_NOTE``).
@@ -654,9 +656,12 @@ def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: s
     """
     if model not in FIBROSIS_MODELS:
         raise InputError(f"Unknown fibrosis model {model!r}; choose one of {', '.join(FIBROSIS_MODELS)}.")
+    if slice_order not in (None, "", "base-first", "apex-first"):
+        raise InputError(f"Unknown slice order {slice_order!r}; choose base-first or apex-first (or none: unknown).")
     return BackendCall("fibrosis", (_path(lge_path, "The LGE file"),),
                        {**_common_options(out_dir, device, models_dir), "model": model,
-                        "pixel_size_unknown": bool(pixel_size_unknown), **qc_options(qc, qc_threshold, qc_predictor)})
+                        "pixel_size_unknown": bool(pixel_size_unknown), "slice_order": slice_order or None,
+                        **qc_options(qc, qc_threshold, qc_predictor)})
 
 
 def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,

@@ -251,6 +251,20 @@ def _native_codes(probabilities: np.ndarray, prepared, codes: dict[int, int]) ->
     return crop, lookup[np.argmax(native, axis=0)]
 
 
+def levels_by_thirds(has_myocardium: Sequence[bool], *, base_first: bool) -> list[str | None]:
+    """AHA levels of a stack's slices: the slices with myocardium split into basal, mid and apical thirds along
+    the stack (base at low k when ``base_first``); None for slices without myocardium."""
+    from ..mapping.pipeline import default_levels
+
+    heart = [k for k, present in enumerate(has_myocardium) if present]
+    levels: list[str | None] = [None] * len(has_myocardium)
+    if heart:
+        ordered = default_levels(len(heart))
+        for k, level in zip(heart, ordered if base_first else ordered[::-1]):
+            levels[k] = level
+    return levels
+
+
 def _warn_if_myocardium_meets_the_crop_edge(myo_crop: np.ndarray, model: "LoadedModel", provenance: Provenance,
                                             margin_px: int = 2) -> None:
     """The models see a fixed square around the image centre; myocardium predicted at its edge means the heart
@@ -310,6 +324,7 @@ def segment_fibrosis(
     device=None,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    slice_order: Literal["base-first", "apex-first"] | None = None,
 ) -> FibrosisResult:
     """Segment LV myocardium, blood pool and scar in an LGE short-axis stack and measure the scar.
 
@@ -326,6 +341,9 @@ def segment_fibrosis(
         Whether the geometry's slice spacing is real (volumes in mL); default ``spacing_known``.
     levels : sequence of k {"base", "mid", "apex", None}, optional
         Slice levels, for AHA segment numbers of the transmurality sectors (None: unknown, 6 sectors).
+    slice_order : "base-first" or "apex-first", optional
+        Instead of ``levels``: where the base lies along k; the slices with predicted myocardium are then split
+        into basal, mid and apical thirds (the AHA convention), those without get no level.
     anchor_angle_deg : float, optional
         Screen angle of the anterior RV insertion point; None assumes the standard view (approximate, see
         :mod:`cardiac_ai.fibrosis.clinical`).
@@ -357,6 +375,10 @@ def segment_fibrosis(
     n_slices = volume.array.shape[0]
     if levels is not None and len(levels) != n_slices:
         raise InputError(f"levels must give one level per slice ({n_slices}), got {len(levels)}.")
+    if slice_order not in (None, "base-first", "apex-first"):
+        raise InputError(f"slice_order must be 'base-first' or 'apex-first', got {slice_order!r}.")
+    if slice_order is not None and levels is not None:
+        raise InputError("Give the slice levels or the slice order (levels by thirds), not both.")
     slice_spacing_known = spacing_known if slice_spacing_known is None else slice_spacing_known
     provenance.models = models.uses()
     provenance.parameters.update({"supervision": models.supervision, "spacing_known": spacing_known,
@@ -410,6 +432,10 @@ def segment_fibrosis(
     labels[inside & (fib_native == MVO)] = MVO
     if not inside.any():
         provenance.warn("No LV myocardium found in the stack; the segmentation is empty.", log)
+    if slice_order is not None:
+        levels = levels_by_thirds(np.isin(labels, (LV_MYOCARDIUM, SCAR, MVO)).any(axis=(1, 2)),
+                                  base_first=slice_order == "base-first")
+        provenance.parameters.update({"slice_order": slice_order, "levels": list(levels)})
 
     report(progress, 0.85, "Measuring the scar")
     with provenance.timed("measure"):
@@ -468,6 +494,7 @@ def fibrosis_file(
     device=None,
     overwrite: bool = False,
     pixel_size_unknown: bool = False,
+    slice_order: Literal["base-first", "apex-first"] | None = None,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
     qc: Any = None,
@@ -490,7 +517,8 @@ def fibrosis_file(
     spacing_mm : PNG pixel size (i, j[, k]) in mm; None: unknown, numbers in pixels.
     pixel_size_unknown : ignore the spacing the file states (PNG slices a viewer saved with 1 mm pixels), as
         :func:`read_lge_input`.
-    series_uid, levels, anchor_angle_deg, device : see :func:`read_lge_input` and :func:`segment_fibrosis`.
+    series_uid, levels, slice_order, anchor_angle_deg, device : see :func:`read_lge_input` and
+        :func:`segment_fibrosis`.
 
     Raises
     ------
@@ -518,6 +546,7 @@ def fibrosis_file(
     result = segment_fibrosis(
         lge.volume, models, spacing_known=lge.spacing_known, slice_spacing_known=lge.slice_spacing_known,
         levels=levels, anchor_angle_deg=anchor_angle_deg, device=device, provenance=provenance,
+        slice_order=slice_order,
         progress=subrange(progress, 0.05, 0.9),
     )
     qc_report = {}
