@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("--split", default=str(REPO / "Resources" / "Splits" / "emidec_split.json"))
     parser.add_argument("--part", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--figure", default=str(REPO / "docs" / "results" / "fibrosis_examples.png"))
+    parser.add_argument("--figure", help="PNG of the examples, as the paper's Figure 2 (default: none; a default path "
+                                          "would overwrite the committed figure on every run)")
     parser.add_argument("--report", help="also write the Markdown tables to this file")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--qc-models", default=str(REPO / "Resources" / "Models"),
@@ -270,7 +271,7 @@ def main() -> None:
                   f"| {len(true)} | {np.corrcoef(predicted, true)[0, 1]:.3f} | {np.abs(predicted - true).mean():.3f} | "
                   f"{len(poor)} | {int(poor.sum())} | {_share(flagged, poor):.2f} | {_share(~flagged, ~poor):.2f} |"]
 
-    if examples and classifier is not None:
+    if examples and classifier is not None and args.figure:
         chosen = sorted(examples, key=lambda e: -e["size"])[:4]
         for example in chosen:
             example["pseudo"] = _pseudo_label(classifier, myocardium, example["case"].image, example["k"],
