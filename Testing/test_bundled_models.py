@@ -79,6 +79,7 @@ def test_segment_cine_with_bundled_models_finds_no_heart_where_it_was_cut_out(ac
     assert main(["segment-cine", str(tmp_path / "no_heart.nii.gz"), "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["heart_found"] is False and not read_volume(out / "labels.nii.gz").array.any()
+    assert report["base_first"] is None  # no heart, so no base to place
     assert any("No heart found" in w for w in report["provenance"]["warnings"])
 
     # a corner of the field of view away from the heart, where the localiser still finds 184 ml of "heart": the
@@ -91,7 +92,8 @@ def test_segment_cine_with_bundled_models_finds_no_heart_where_it_was_cut_out(ac
     assert main(["segment-cine", str(tmp_path / "corner.nii.gz"), "--out", str(tmp_path / "corner"), "--device",
                  "cpu", "--no-qc"]) == 0
     report = json.loads((tmp_path / "corner" / "report.json").read_text())
-    assert report["heart_found"] is False
+    assert report["heart_found"] is False and report["base_first"] is None
+    assert {row["region"] for row in report["slices"]} == {"non-cardiac"}
     assert any(w.startswith("No heart") for w in report["provenance"]["warnings"])
 
 

@@ -133,6 +133,34 @@ def test_evaluate_reports_one_voxel_shift_in_millimetres(tmp_path, capsys):
     assert row[0] == "case01" and float(row[3]) == pytest.approx(0.9) and float(row[5]) == pytest.approx(1.25)
 
 
+def test_evaluate_reads_slicer_segmentations_cropped_to_their_contents(tmp_path, capsys):
+    """A Slicer .seg.nrrd: segments matched by name (whatever their label values) and saved cropped to the heart."""
+    import slicerio
+
+    truth = np.zeros((3, 20, 20), np.uint8)
+    truth[:, 5:15, 5:15] = 2
+    truth[:, 8:12, 8:12] = 3
+    geometry = Geometry((1.25, 1.25, 10.0), (10.0, -4.0, 2.5))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    write_volume(Volume(truth, geometry), tmp_path / "truth" / "case01_gt.nii.gz")
+    box = truth[:, 4:16, 4:16]  # cropped with one voxel of margin, origin moved by whole voxels
+    origin = geometry.index_to_lps(np.array([0, 4, 4]))[0]
+    segmentation = slicerio.create_segmentation(box.T.shape, Geometry(
+        geometry.spacing_mm, tuple(origin), geometry.direction_lps).ijk_to_lps_matrix())
+    voxels = np.where(box == 3, 1, np.where(box == 2, 2, 0)).astype(np.uint8)  # Slicer's own label values
+    segmentation["voxels"] = np.ascontiguousarray(voxels.T)
+    segmentation["segments"] = [
+        {"id": "Segment_1", "name": "Left ventricle blood pool", "labelValue": 1, "layer": 0, "color": [1, 0, 0]},
+        {"id": "Segment_2", "name": "Left ventricle myocardium", "labelValue": 2, "layer": 0, "color": [0, 1, 0]}]
+    slicerio.write_segmentation(str(tmp_path / "pred" / "case01.seg.nrrd"), segmentation)
+    code, out, err = _run(capsys, "evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out",
+                          str(tmp_path / "m"), "--labels", "2", "3")
+    assert code == 0, err
+    rows = (tmp_path / "m" / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[3]) for row in rows] == [1.0, 1.0]  # Dice of both structures
+
+
 def test_python_dash_m_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "cardiac_ai", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "cardiac_ai" in done.stdout

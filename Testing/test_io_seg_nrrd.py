@@ -12,7 +12,7 @@ from slicerio.segmentation import terminology_entry_to_string
 
 from cardiac_ai.errors import DataError, InputError
 from cardiac_ai.geometry import Geometry, Volume
-from cardiac_ai.io import read_seg_nrrd, read_volume, write_seg_nrrd, write_volume
+from cardiac_ai.io import read_seg_nrrd, read_volume, volume_to_sitk, write_seg_nrrd, write_volume
 from cardiac_ai.labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL, SCAR, segment_terminology_string
 
 # k, j, i sizes all differ, so a missing or wrong transpose changes the shape or moves voxels
@@ -234,3 +234,31 @@ def test_acdc_ground_truth_converts_to_seg_nrrd_with_true_spacing(shared_data_di
     assert [s["id"] for s in slicerio.read_segmentation(str(out))["segments"]] == [
         "rv_blood_pool", "lv_myocardium", "lv_blood_pool",
     ]
+
+
+def test_a_label_map_saved_under_a_seg_nrrd_name_is_read_by_its_values_not_emptied(tmp_path, caplog):
+    from cardiac_ai.io import read_label_map, seg_nrrd_has_segments
+
+    labels = Volume(_labels(), _oblique_geometry())
+    # e.g. SimpleITK.WriteImage(labels, "x.seg.nrrd"): voxels, no Segment0_ fields (write_volume refuses the name)
+    sitk.WriteImage(volume_to_sitk(labels), str(tmp_path / "plain.seg.nrrd"))
+    assert not seg_nrrd_has_segments(tmp_path / "plain.seg.nrrd")
+    with caplog.at_level(logging.WARNING):
+        read = read_seg_nrrd(tmp_path / "plain.seg.nrrd")
+    np.testing.assert_array_equal(read.labels.array, labels.array)
+    assert read.segments == [] and read.labels.geometry.is_close(labels.geometry)
+    assert "no segment metadata" in caplog.text
+    np.testing.assert_array_equal(read_label_map(tmp_path / "plain.seg.nrrd").array, labels.array)
+
+    write_seg_nrrd(labels, tmp_path / "slicer.seg.nrrd")
+    assert seg_nrrd_has_segments(tmp_path / "slicer.seg.nrrd")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "slicer.seg.nrrd").array, labels.array)
+
+    outside = labels.array.copy()
+    outside[0, 0, 0] = 200
+    sitk.WriteImage(volume_to_sitk(labels.with_array(outside)), str(tmp_path / "outside.seg.nrrd"))
+    with pytest.raises(InputError, match="200"):
+        read_seg_nrrd(tmp_path / "outside.seg.nrrd")
+    write_volume(labels.with_array(outside), tmp_path / "outside.nii.gz")
+    with pytest.raises(InputError, match="200"):
+        read_label_map(tmp_path / "outside.nii.gz")

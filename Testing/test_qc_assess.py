@@ -100,11 +100,15 @@ def test_labels_of_another_shape_or_outside_the_table_are_refused(cine_phantom, 
         assess_segmentation(cine_phantom.image, cine_phantom.labels.with_array(bad), vae)
 
 
-def test_heart_too_large_for_the_roi_is_resampled_and_reported(vae):
+def test_heart_too_large_for_the_roi_is_resampled_and_reported_once(vae, caplog):
     big = make_cine_phantom(n_slices=6, seed=1, scale=2.2, shape=(160, 160))  # heart ~180 mm > 88 px x 1.8 mm
-    result = assess_segmentation(big.image, big.labels, vae, config=FAST)
+    provenance = Provenance()
+    with caplog.at_level("WARNING"):
+        result = assess_segmentation(big.image, big.labels, vae, config=FAST, provenance=provenance)
     assert result.resampled_to_fit and result.roi_spacing_mm > 1.8
-    assert any("resampled" in w for w in result.warnings)
+    assert sum("resampled" in w for w in result.warnings) == 1
+    assert sum("resampled" in w for w in provenance.warnings) == 1
+    assert sum("resampled" in r.getMessage() for r in caplog.records) == 1
     assert result.to_dict()["roi"] == {"spacing_mm": result.roi_spacing_mm, "size_px": 96, "resampled_to_fit": True}
     assert result.surrogate.geometry.is_close(big.image.geometry) and result.surrogate.array.shape == (6, 160, 160)
 

@@ -297,6 +297,54 @@ def test_label_codes_are_refused_for_a_slicer_segmentation(files, tiny_qc_models
     assert code == 2 and "Slicer segmentation" in err and not (tmp_path / "out").exists()
 
 
+def test_a_myocardium_mask_is_judged_alone_with_blood_pools_drawn_as_context(
+        files, cine_models, tiny_qc_models, tiny_qc_regressor_models, tmp_path, capsys):
+    labels = files["case"].labels
+    write_volume(labels.with_array(np.where(labels.array == 2, 255, 0).astype(np.uint8)), tmp_path / "myo.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "myo.nii.gz", "--out", tmp_path / "qc",
+                        "--models-dir", tiny_qc_models, "--models-dir", tiny_qc_regressor_models, "--models-dir",
+                        cine_models, "--device", "cpu", "--label-codes", "MYO=255")
+    assert code == 0, err
+    report = _report(tmp_path / "qc")
+    qc, warnings = report["qc"], report["provenance"]["warnings"]
+    assert qc["volume_dice"]["rv_blood_pool"] is None and qc["volume_dice"]["lv_blood_pool"] is None
+    assert qc["volume_dice"]["lv_myocardium"] is not None and qc["n_assessed_slices"] == 6
+    assert qc["rules"]["volume_reasons"] == [] and not any("surrounds" in reason for row in qc["slices"]
+                                                            for reason in row.get("rule_reasons", []))
+    assert report["input"]["context_drawn"] is True
+    searched = [row["search_dice"] for row in qc["slices"] if row["assessed"]]
+    assert searched and all(d["rv_blood_pool"] is None and d["lv_myocardium"] is not None for d in searched)
+    assert any(w.startswith("QC judges only Left ventricle myocardium") for w in warnings)
+    assert any("drawn by the cine baseline" in w for w in warnings)
+    names = [m["name"] for m in report["provenance"]["models"]]
+    assert "cine_baseline" in names and len(names) == len(set(names))
+
+    # without the cine models: judged alone all the same, and the report says what is missing
+    _qc_slices(capsys, files["image"], tmp_path / "myo.nii.gz", tmp_path / "alone", tiny_qc_models,
+               "--label-codes", "MYO=255")
+    report = _report(tmp_path / "alone")
+    assert report["input"]["context_drawn"] is False and report["qc"]["volume_dice"]["rv_blood_pool"] is None
+    assert any("could not be drawn as context" in w for w in report["provenance"]["warnings"])
+
+
+def test_a_label_map_saved_as_seg_nrrd_without_segments_is_read_by_its_values(files, tiny_qc_models, tmp_path,
+                                                                              capsys):
+    plain = tmp_path / "plain.seg.nrrd"  # e.g. SimpleITK.WriteImage(labels, "x.seg.nrrd"): no Segment0_ fields
+    sitk.WriteImage(sitk.ReadImage(str(files["labels"])), str(plain))
+    expected = _qc_slices(capsys, files["image"], files["labels"], tmp_path / "nifti", tiny_qc_models)
+    assert _qc_slices(capsys, files["image"], plain, tmp_path / "plain", tiny_qc_models) == expected
+    assert any("no segment metadata" in w for w in _report(tmp_path / "plain")["provenance"]["warnings"])
+
+    labels = files["case"].labels
+    sitk.WriteImage(sitk.ReadImage(str(files["labels"])) * 0 + sitk.Cast(
+        sitk.ReadImage(str(files["labels"])) == 2, sitk.sitkUInt8) * 255, str(tmp_path / "mask.seg.nrrd"))
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.seg.nrrd"))) == 255).sum() == np.count_nonzero(
+        labels.array == 2)
+    _qc_slices(capsys, files["image"], tmp_path / "mask.seg.nrrd", tmp_path / "mask", tiny_qc_models,
+               "--label-codes", "MYO=255")  # its values are a label map's, so they can be mapped
+    assert _report(tmp_path / "mask")["qc"]["volume_dice"]["lv_blood_pool"] is None
+
+
 @pytest.fixture(scope="module")
 def oblique_files(tmp_path_factory, cine_phantom):
     """The phantom on an oblique grid (origin and direction not the defaults), image and full labels."""

@@ -104,7 +104,10 @@ def test_image_without_heart_gives_empty_labels_and_a_warning(cine_models):
     result = segment_cine(volume, models=cine_models, mode="baseline", device="cpu")
     assert result.labels.array.shape == volume.array.shape
     assert not result.heart_found and not result.labels.array.any()
+    assert result.base_first is None and result.to_report()["base_first"] is None
     assert any("No heart found" in w for w in result.provenance.warnings)
+    told = segment_cine(volume, models=cine_models, mode="baseline", device="cpu", base_first=False)
+    assert told.base_first is False  # what the caller said stands
 
 
 def test_a_heart_smaller_than_min_heart_ml_counts_as_none(cine_models):

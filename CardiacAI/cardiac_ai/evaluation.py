@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import DataError
-from .io import VOLUME_SUFFIXES, read_volume
-from .labels import check_label_values
+from .geometry import Volume, pad_to_reference_grid
+from .io import VOLUME_SUFFIXES, read_label_map
 from .metrics import compare_regions, evaluate_cases, format_markdown_table, format_region_comparison, summarize_rows
 from .progress import ProgressCallback, report
 
@@ -81,6 +81,20 @@ def match_label_files(pred_dir: Path, truth_dir: Path) -> tuple[list[tuple[str, 
     return pairs, sorted(set(predictions) - set(truths)), sorted(set(truths) - set(predictions))
 
 
+def _on_one_grid(pred: Volume, truth: Volume, pred_path: Path, truth_path: Path) -> tuple[Volume, Volume]:
+    """Both label maps on one grid: one cropped to a box of the other's voxel lattice (as Slicer saves a
+    segmentation cropped to its contents) is padded with background; any other difference stays an error."""
+    if pred.array.shape == truth.array.shape:
+        return pred, truth
+    if all(p <= t for p, t in zip(pred.array.shape, truth.array.shape)):
+        padded = pad_to_reference_grid(pred, truth, what=f"prediction {pred_path.name}",
+                                       reference_name=f"truth {truth_path.name}")
+        return padded, truth
+    padded = pad_to_reference_grid(truth, pred, what=f"truth {truth_path.name}",
+                                   reference_name=f"prediction {pred_path.name}")
+    return pred, padded
+
+
 def evaluate_folders(
     pred_dir: Path,
     truth_dir: Path,
@@ -102,10 +116,8 @@ def evaluate_folders(
     def cases():
         for index, (key, pred_path, truth_path) in enumerate(pairs):
             report(progress, index / len(pairs), f"Evaluating {key}")
-            pred, truth = read_volume(pred_path), read_volume(truth_path)
-            check_label_values(pred.array, what=str(pred_path))
-            check_label_values(truth.array, what=str(truth_path))
-            yield key, pred, truth
+            pred, truth = read_label_map(pred_path), read_label_map(truth_path)
+            yield key, *_on_one_grid(pred, truth, pred_path, truth_path)
 
     stacks: list[tuple] = []
 

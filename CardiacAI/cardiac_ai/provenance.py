@@ -34,6 +34,10 @@ class Provenance:
         (logger or logging.getLogger("cardiac_ai")).warning(message)
         self.warnings.append(message)
 
+    def record_logged(self, messages: list[str]) -> None:
+        """Keep warnings that were logged already (by a step with its own Provenance) for the report, once."""
+        self.warnings.extend(messages)
+
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()

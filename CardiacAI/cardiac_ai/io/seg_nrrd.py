@@ -19,7 +19,8 @@ from ..geometry import Geometry, Volume
 from ..labels import LABELS, Tissue, check_label_values, segment_terminology_string
 from .atomic import atomic_path
 
-__all__ = ["SegmentInfo", "SegmentationFile", "write_seg_nrrd", "read_seg_nrrd"]
+__all__ = ["SegmentInfo", "SegmentationFile", "read_label_map", "read_seg_nrrd", "seg_nrrd_has_segments",
+           "write_seg_nrrd"]
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +274,56 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
                 layer=layer,
             )
         )
+    if not segments and layers_kji.any():
+        return SegmentationFile(_plain_label_map(layers_kji, geometry, tissues, source), [])
     check_label_values(labels, allowed=set(tissues), what=f"{source}")
     return SegmentationFile(Volume(labels, geometry), segments)
+
+
+PLAIN_LABEL_MAP_NOTE = ("has no segment metadata (a label map saved under a .seg.nrrd name, not by Slicer's "
+                        "Segmentations module); its voxel values are read as CardiacAI label codes")
+
+
+def _plain_label_map(layers_kji: np.ndarray, geometry: Geometry, tissues: Mapping[int, Tissue],
+                     source: Path) -> Volume:
+    """A ``.seg.nrrd`` without segments but with voxels: its values are taken as codes, never dropped silently."""
+    if layers_kji.shape[0] != 1:
+        raise DataError(f"{source} has {layers_kji.shape[0]} layers but no segment metadata saying what they hold.")
+    values = layers_kji[0]
+    check_label_values(values, allowed=set(tissues), what=f"{source}")
+    log.warning("%s %s.", source, PLAIN_LABEL_MAP_NOTE)
+    return Volume(values.astype(np.uint8), geometry)
+
+
+def seg_nrrd_has_segments(path: str | os.PathLike) -> bool:
+    """Whether a ``.seg.nrrd`` names its segments (Slicer's ``SegmentN_`` header fields); reads the header only."""
+    import slicerio
+
+    try:
+        segmentation = slicerio.read_segmentation(str(path), skip_voxels=True)
+    except Exception as e:  # pynrrd and slicerio raise NRRDError, IOError, ValueError, ...
+        raise DataError(f"Cannot read {path} as a Slicer segmentation: {e}") from e
+    return bool(segmentation.get("segments"))
+
+
+def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS) -> Volume:
+    """A (k, j, i) label map with CardiacAI codes from any label file: a volume file (values are the codes) or a
+    Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping layers merged).
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file.
+    InputError
+        Values or segments outside the label table.
+    """
+    if str(path).lower().endswith(".seg.nrrd"):
+        return read_seg_nrrd(path, tissues=tissues).labels
+    from .volumes import read_volume
+
+    labels = read_volume(path)
+    check_label_values(labels.array, allowed=set(tissues), what=str(path))
+    return labels
 
 
 def _terminology_to_string(terminology: dict) -> str | None:

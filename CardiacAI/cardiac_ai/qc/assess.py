@@ -801,10 +801,9 @@ def assess_segmentation(
         image, labels.with_array(label_array), spacing_mm=spacing, structures=structures,
         crop_size=network.input_size, provenance=roi_notes,
     )
-    for message in roi_notes.warnings:  # qc_input logged them already: record, do not log twice
-        warnings.append(message)
-        if provenance is not None:
-            provenance.warn(message)
+    warnings.extend(roi_notes.warnings)  # qc_input logged them already
+    if provenance is not None:
+        provenance.record_logged(roi_notes.warnings)
     roi_spacing = float(transform.spec.in_plane_spacing_mm[0])
     resampled_to_fit = roi_spacing > spacing * (1.0 + 1e-9)
 
@@ -866,6 +865,9 @@ def assess_segmentation(
     not_judged = [index for index, code in enumerate(structures) if code not in judged]
     slice_dice[:, not_judged] = np.nan
     volume_dice[not_judged] = np.nan
+    if search_dice is not None:
+        search_dice = search_dice.copy()
+        search_dice[:, not_judged] = np.nan
     slice_min = np.where(np.isnan(slice_dice), np.inf, slice_dice).min(axis=1)
     flags = assessed & (slice_min < config.dice_threshold)
 

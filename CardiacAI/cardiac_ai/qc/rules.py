@@ -105,7 +105,8 @@ def check_rules(
         Smallest area for "present": a structure must reach it on at least one slice, and on the mid slice.
         30 mm^2 is about the 10 pixels at 1.8 mm of the UK Biobank rule.
     min_surround_fraction : float
-        Smallest fraction of the LV blood pool's border that must touch myocardium, on every slice with LV blood.
+        Smallest fraction of the LV blood pool's border that must touch myocardium, on every slice with LV blood;
+        checked when both are listed in ``structures``.
 
     Returns
     -------
@@ -176,7 +177,7 @@ def check_rules(
         # (4) myocardium around the LV blood pool
         surround = lv_surround_fractions(array)
         for k in np.flatnonzero(np.isfinite(surround)):
-            if LV_MYOCARDIUM in structures and surround[k] < min_surround_fraction:
+            if {LV_MYOCARDIUM, LV_BLOOD_POOL} <= set(structures) and surround[k] < min_surround_fraction:
                 reasons[k].append(
                     f"myocardium surrounds only {100 * surround[k]:.0f} % of the LV blood pool "
                     f"(< {100 * min_surround_fraction:.0f} %)"

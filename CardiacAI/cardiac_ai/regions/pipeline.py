@@ -127,7 +127,8 @@ class CineSegmentation:
     labels : (k, j, i) uint8 Volume on the input's geometry; 1 RV blood pool, 2 LV myocardium, 3 LV blood pool.
     slice_regions : (k,) int8, CardiacRegion per slice after monotonic decoding (baseline mode: from the labels).
     slice_region_probabilities : (k, 4) float32 classifier probabilities, or None in baseline mode.
-    base_first : whether the base lies at low k (decided by the classifier when not given).
+    base_first : whether the base lies at low k (decided by the classifier when not given); None when no heart
+        was found and nobody said.
     heart_center_lps_mm : the localiser's heart centre.
     volumes_ml : structure name -> volume in ml (real spacing).
     lv_mass_g : myocardium volume x 1.05 g/ml.
@@ -137,7 +138,7 @@ class CineSegmentation:
     labels: Volume
     slice_regions: np.ndarray
     slice_region_probabilities: np.ndarray | None
-    base_first: bool
+    base_first: bool | None
     heart_center_lps_mm: tuple[float, float, float] | None
     volumes_ml: dict[str, float]
     lv_mass_g: float
@@ -403,6 +404,7 @@ def segment_cine(
     for message in check_short_axis_stack(volume):
         provenance.warn(message, log)
     provenance.models = models.uses()
+    base_first_given = base_first  # the classifier may decide it below; with no heart, only the caller's word stands
     image = volume.with_array(volume.array.astype(np.float32, copy=False))
     n_slices = image.array.shape[0]
 
@@ -422,7 +424,7 @@ def segment_cine(
     if center is None:
         empty = np.zeros(image.array.shape, np.uint8)
         return CineSegmentation(
-            Volume(empty, volume.geometry), np.zeros(n_slices, np.int8), None, base_first is not False, None,
+            Volume(empty, volume.geometry), np.zeros(n_slices, np.int8), None, base_first, None,
             {LABELS[c].name: 0.0 for c in (1, 2, 3)}, 0.0, mode, provenance,
         )
 
@@ -510,12 +512,15 @@ def segment_cine(
                 "and more in every ACDC volume), as in images without a heart; the segmentation is empty. "
                 "--min-heart-ml 0 keeps what the models drew.", log)
             labels = np.zeros_like(labels)
+            regions = np.zeros(n_slices, np.int8)  # no heart: no base, middle or apex either
+            base_first = base_first_given
     spacing = volume.geometry.spacing_kji_mm
     volumes = {LABELS[c].name: structure_volume_ml(labels, c, spacing) for c in (1, 2, 3)}
     if not np.any(labels) and not any(w.startswith("No heart") for w in provenance.warnings):
         provenance.warn("The models found no heart structure in this volume; the segmentation is empty.", log)
     report(progress, 1.0, "Done")
     return CineSegmentation(
-        Volume(labels, volume.geometry), np.asarray(regions, np.int8), region_probabilities, bool(base_first),
+        Volume(labels, volume.geometry), np.asarray(regions, np.int8), region_probabilities,
+        None if base_first is None else bool(base_first),
         tuple(float(v) for v in center), volumes, volumes[LABELS[LV_MYOCARDIUM].name] * 1.05, mode, provenance,
     )
