@@ -434,6 +434,12 @@ def test_unsegmented_heart_slices_are_two_or_more_beyond_the_labelled_range():
     assert unsegmented_heart_slices(labels, [0, 800, 1000, 1000, 1000, 1000, 400, 0]) == []  # one slice: the
     # localiser often sees one slice past where annotators stop
     assert unsegmented_heart_slices(np.zeros_like(labels), areas) == []
+    # the apex: small slices, far below half the median, but not below a third of the segmentation's last slice
+    apex_labels = np.zeros((8, 4, 4), np.uint8)
+    apex_labels[2:5, 1:3, 1:3] = 2
+    assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 500, 250, 160, 0]) == [5, 6]
+    assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 500, 250, 140, 0]) == []  # 140 < 0.3 x 500
+    assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 200, 90, 90, 90]) == []  # under 100 mm^2
     with pytest.raises(InputError, match="one area per slice"):
         unsegmented_heart_slices(labels, areas[:-1])
 
