@@ -1788,6 +1788,20 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     # -- quality control -----------------------------------------------------------------------------------------
 
+    def segmentCodes(self, segmentationNode) -> dict:
+        """Segment ID -> CardiacAI label code, from the segment names
+        (``cardiac_ai.slicer_results.segment_label_codes``).
+
+        :raises ValueError: a segment whose name is not a CardiacAI structure, or no segment at all.
+        """
+        segmentation = segmentationNode.GetSegmentation()
+        segmentIds = list(segmentation.GetSegmentIDs())
+        if not segmentIds:
+            raise ValueError(f"Segmentation {segmentationNode.GetName()!r} has no segment to check.")
+        names = {segmentId: segmentation.GetSegment(segmentId).GetName() for segmentId in segmentIds}
+        codes = importBackend("slicer_results").segment_label_codes(list(names.values()))
+        return {segmentId: codes[name] for segmentId, name in names.items()}
+
     def writeSegmentationAsLabelmap(self, segmentationNode, referenceVolumeNode, path: str) -> str:
         """Write ``segmentationNode`` as a label map with CardiacAI codes, voxel for voxel on the reference volume's
         grid (each segment through ``slicer.util.arrayFromSegmentBinaryLabelmap`` with that volume as reference).
@@ -1799,16 +1813,11 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """
         import numpy as np
 
-        segmentation = segmentationNode.GetSegmentation()
-        segmentIds = list(segmentation.GetSegmentIDs())
-        if not segmentIds:
-            raise ValueError(f"Segmentation {segmentationNode.GetName()!r} has no segment to check.")
-        names = {segmentId: segmentation.GetSegment(segmentId).GetName() for segmentId in segmentIds}
-        codes = importBackend("slicer_results").segment_label_codes(list(names.values()))
+        codes = self.segmentCodes(segmentationNode)
         labels = np.zeros(slicer.util.arrayFromVolume(referenceVolumeNode).shape[:3], np.uint8)
-        for segmentId in sorted(segmentIds, key=lambda i: codes[names[i]]):
+        for segmentId in sorted(codes, key=codes.get):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)
-            labels[mask > 0] = codes[names[segmentId]]
+            labels[mask > 0] = codes[segmentId]
         labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "CardiacAI QC labels")
         try:
             labelmapNode.CopyOrientation(referenceVolumeNode)
@@ -1840,7 +1849,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         :param volumeNode: the short-axis image the segmentation belongs to.
         :param segmentationNode: segments named as CardiacAI structures (RV blood pool, LV myocardium, LV blood
-            pool; see :meth:`writeSegmentationAsLabelmap`).
+            pool; see :meth:`writeSegmentationAsLabelmap`). Only the structures it has are judged; the blood pools
+            a myocardium-only node leaves out are drawn by the cine baseline as context.
         :param writeSurrogate: also load the surrogate segmentation (the closest plausible one QC compared with).
         :param predictor: as ``qcPredictor`` of :meth:`segmentCine`.
         :return: dict with "qcTableNode" (per slice: assessed, flagged, predicted Dice per structure, rule checks),
@@ -1855,9 +1865,11 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             labelsPath = self.writeSegmentationAsLabelmap(segmentationNode, volumeNode,
                                                           os.path.join(tempDir, "labels.nrrd"))
             outputDir = os.path.join(tempDir, "output")
+            # the structures the node has are the ones judged: a myocardium-only node is not missing blood pools
             call = results.qc_call(imagePath, labelsPath, outputDir, threshold=threshold,
                                    write_surrogate=writeSurrogate, device=device, models_dir=modelsDir,
-                                   predictor=predictor)
+                                   predictor=predictor,
+                                   structures=sorted(set(self.segmentCodes(segmentationNode).values())))
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             rows = results.qc_slice_rows(report["qc"])

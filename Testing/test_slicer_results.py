@@ -353,6 +353,12 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out", predictor="regressor")).predictor == "regressor"
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).predictor == "auto"
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).label_codes is None
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out", structures=[2])).label_codes == ["MYO=2"]
+    assert _parsed(qc_call("i.nrrd", "l.nrrd", "out", structures=(3, 1, 2, 4))).label_codes == [
+        "RV=1", "MYO=2", "LV=3", "SCAR=4"]
+    with pytest.raises(InputError, match="label codes"):
+        qc_call("i.nrrd", "l.nrrd", "out", structures=[9])
 
 
 def test_choice_tables_match_the_cli_choices_and_the_qc_default():

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError, InputError
-from .labels import HEART, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR
+from .labels import HEART, LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR
 
 __all__ = [
     "CINE_TABLES",
@@ -692,17 +692,27 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
 
 def qc_call(image_path: Any, labels_path: Any, out_dir: Any, *, threshold: float = QC_DEFAULT_THRESHOLD,
             write_surrogate: bool = False, device: str = "auto", models_dir: Any = None,
-            predictor: str = "auto") -> BackendCall:
-    """``cardiacai qc IMAGE LABELS --out DIR --threshold T --predictor P [--write-surrogate]``: predicted Dice per
-    slice.
+            predictor: str = "auto", structures: Sequence[int] | None = None) -> BackendCall:
+    """``cardiacai qc IMAGE LABELS --out DIR --threshold T --predictor P [--write-surrogate] [--label-codes ...]``:
+    predicted Dice per slice.
+
+    ``structures``: the CardiacAI codes the label map was written with (a segmentation node's segments), passed as
+    ``--label-codes NAME=code`` so that QC judges only those (a node with the myocardium alone is not missing its
+    blood pools); None: the label map's values as they are, all structures judged.
 
     Raises
     ------
     InputError
-        A threshold outside [0, 1], an unknown predictor.
+        A threshold outside [0, 1], an unknown predictor, a structure code that is not CardiacAI's.
     """
     options = {**_common_options(out_dir, device, models_dir), "threshold": _threshold(threshold, "threshold"),
                "write_surrogate": bool(write_surrogate), "predictor": _predictor(predictor)}
+    if structures is not None:
+        names = {code: name for name, code in LABEL_CODE_NAMES.items() if code}
+        unknown = sorted({int(c) for c in structures} - set(names))
+        if unknown or not structures:
+            raise InputError(f"QC structures must be CardiacAI label codes {sorted(names)}, got {list(structures)}.")
+        options["label_codes"] = [f"{names[code]}={code}" for code in sorted({int(c) for c in structures})]
     return BackendCall("qc", (_path(image_path, "The image file"), _path(labels_path, "The label map file")),
                        options)
 
