@@ -319,6 +319,16 @@ def test_a_myocardium_mask_is_judged_alone_with_blood_pools_drawn_as_context(
     names = [m["name"] for m in report["provenance"]["models"]]
     assert "cine_baseline" in names and len(names) == len(set(names))
 
+    # where the cine models see no heart, nothing is drawn, and the report says so
+    noise = np.random.default_rng(0).normal(100, 5, labels.array.shape).astype(np.float32)
+    write_volume(files["case"].image.with_array(noise), tmp_path / "noise.nii.gz")
+    _qc_slices(capsys, tmp_path / "noise.nii.gz", tmp_path / "myo.nii.gz", tmp_path / "noise", tiny_qc_models,
+               "--models-dir", cine_models, "--label-codes", "MYO=255")
+    report = _report(tmp_path / "noise")
+    assert report["input"]["context_drawn"] is False
+    assert any("found no Right ventricle blood pool" in w for w in report["provenance"]["warnings"])
+    assert not any("drawn by the cine baseline" in w for w in report["provenance"]["warnings"])
+
     # without the cine models: judged alone all the same, and the report says what is missing
     _qc_slices(capsys, files["image"], tmp_path / "myo.nii.gz", tmp_path / "alone", tiny_qc_models,
                "--label-codes", "MYO=255")

@@ -1432,12 +1432,18 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     completed = np.asarray(labels.array).copy()
     segmented = completed.any(axis=(1, 2))  # where the segmentation stops is for the extent check, not the context
     fill = (completed == 0) & np.isin(drawn, missing) & segmented[:, None, None]
+    missing_names = ", ".join(LABELS[code].display_name for code in missing)
+    if not fill.any():
+        provenance.warn(f"QC: the cine baseline found no {missing_names} on the segmented slices to draw as context; "
+                        "the segmentation is judged without them, which makes its predicted Dice low and less "
+                        "reliable.", log)
+        return labels, False
     completed[fill] = drawn[fill]
     provenance.models.extend(use for use in (model.model_use() for model in models.loaded())
                              if use not in provenance.models)
-    provenance.warn(f"QC: {', '.join(LABELS[code].display_name for code in missing)} drawn by the cine baseline on "
-                    "the segmented slices, as context for the judgement (not judged).", log)
-    return labels.with_array(completed), bool(fill.any())
+    provenance.warn(f"QC: {missing_names} drawn by the cine baseline on the segmented slices, as context for the "
+                    "judgement (not judged).", log)
+    return labels.with_array(completed), True
 
 
 def qc_file(
