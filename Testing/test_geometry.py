@@ -118,3 +118,39 @@ def test_pad_to_reference_grid_places_a_cropped_volume_and_refuses_the_rest():
                               image)
     with pytest.raises(InputError, match=r"voxel lattice: spacing_mm \(1\.5, 2\.0, 4\.0\) vs the image's"):
         pad_to_reference_grid(Volume(box, image.geometry.with_spacing((1.5, 2.0, 4.0))), image)
+
+
+def test_align_axes_reorders_an_other_orientation_of_the_same_lattice_exactly():
+    from cardiac_ai.geometry import align_axes, pad_to_reference_grid
+
+    grid = _oblique_geometry()
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 4, (5, 6, 8)).astype(np.uint8)
+    volume = Volume(array, grid)
+    # the same voxels with i and j exchanged and k reversed (another tool's orientation)
+    direction = grid.direction_matrix
+    other_direction = np.stack([direction[:, 1], direction[:, 0], -direction[:, 2]], axis=1)
+    other_origin = grid.index_to_lps([[4, 0, 0]])[0]
+    other = Volume(np.ascontiguousarray(np.transpose(array, (0, 2, 1))[::-1]),
+                   Geometry((grid.spacing_mm[1], grid.spacing_mm[0], grid.spacing_mm[2]), tuple(other_origin),
+                            tuple(other_direction.ravel())))
+    k, j, i = 1, 2, 3  # one voxel, same LPS point in both
+    np.testing.assert_allclose(grid.index_to_lps([[k, j, i]]), other.geometry.index_to_lps([[4 - k, i, j]]))
+
+    aligned = align_axes(other, grid)
+    np.testing.assert_array_equal(aligned.array, array)
+    assert aligned.geometry.is_close(grid)
+    np.testing.assert_array_equal(pad_to_reference_grid(other, volume).array, array)
+    # a box of it, reversed, is placed too
+    box = Volume(np.ascontiguousarray(other.array[1:3]), Geometry(other.geometry.spacing_mm, tuple(
+        other.geometry.index_to_lps([[1, 0, 0]])[0]), other.geometry.direction_lps))
+    placed = pad_to_reference_grid(box, volume)
+    np.testing.assert_array_equal(placed.array[2:4], array[2:4])
+    assert not placed.array[[0, 1, 4]].any()
+
+    assert align_axes(volume, grid) is volume  # already aligned: untouched
+    rotation = np.array([[np.cos(0.3), -np.sin(0.3), 0.0], [np.sin(0.3), np.cos(0.3), 0.0], [0.0, 0.0, 1.0]])
+    turned = Volume(array, Geometry(grid.spacing_mm, grid.origin_lps_mm, tuple((direction @ rotation).ravel())))
+    assert align_axes(turned, grid) is turned  # other axes altogether: left for the lattice check to refuse
+    with pytest.raises(InputError, match="voxel lattice"):
+        pad_to_reference_grid(turned, volume)

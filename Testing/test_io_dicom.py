@@ -305,3 +305,59 @@ def test_one_dicom_file_as_input_gets_a_warning_instead_of_a_seg(two_series, tmp
     provenance = Provenance()
     assert dicom_seg_of_dicom_input(None, one, tmp_path / "seg.dcm", series_uid=None, provenance=provenance) is None
     assert any("one DICOM file" in w for w in provenance.warnings) and not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_dicom_seg_reads_back_onto_its_series_with_its_codes(two_series, tmp_path):
+    from cardiac_ai.geometry import pad_to_reference_grid
+    from cardiac_ai.io import read_label_map
+    from cardiac_ai.io.dicom_seg import is_dicom_seg, read_dicom_seg, write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    labels = _blocks(image)  # slices 1..3 only: the SEG holds three frames
+    path = write_dicom_seg(labels, folder, tmp_path / "seg.dcm", series_uid=uid)
+    assert is_dicom_seg(path) and not is_dicom_seg(folder / "README.txt") and not is_dicom_seg(tmp_path / "none")
+    assert not is_dicom_seg(next(p for p in folder.iterdir() if p.name != "README.txt"))  # an MR image
+
+    read = read_dicom_seg(path)
+    assert [(s.code, s.name) for s in read.segments] == [
+        (1, "Right ventricle blood pool"), (2, "Left ventricle myocardium"), (3, "Left ventricle blood pool")]
+    assert read.labels.array.shape == (3, 6, 8)  # highdicom stacks the frames its own way: the other way here
+    placed = pad_to_reference_grid(read.labels, image)
+    np.testing.assert_array_equal(placed.array, labels.array)
+    assert placed.geometry.is_close(image.geometry)
+    np.testing.assert_array_equal(pad_to_reference_grid(read_label_map(path), image).array, labels.array)
+
+    from cardiac_ai.evaluation import evaluate_folders
+    from cardiac_ai.io import write_volume
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    path.rename(tmp_path / "pred" / "case01.dcm")
+    write_volume(labels, tmp_path / "truth" / "case01_gt.nii.gz")
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "truth", regional_analysis=False)
+    assert [row["dice"] for row in result.rows] == [1.0, 1.0, 1.0]
+
+
+def test_a_dicom_seg_from_another_tool_is_matched_by_label_or_refused(two_series, tmp_path):
+    from cardiac_ai.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    path = write_dicom_seg(_blocks(read_dicom_series(folder, series_uid=uid)), folder, tmp_path / "seg.dcm",
+                           series_uid=uid)
+    foreign = pydicom.dcmread(path)
+    for segment in foreign.SegmentSequence:
+        del segment.TrackingID, segment.TrackingUID  # another tool: only its labels and codes tell
+    foreign.SegmentSequence[0].SegmentLabel = "RV cavity"  # no CardiacAI name: matched by type and region codes
+    foreign.save_as(tmp_path / "foreign.dcm")
+    assert [s.code for s in read_dicom_seg(tmp_path / "foreign.dcm").segments] == [1, 2, 3]
+
+    foreign.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue = "15825003"  # aorta
+    foreign.save_as(tmp_path / "aorta.dcm")
+    with pytest.raises(InputError, match="segment 1 .*'RV cavity'.* matches no CardiacAI structure"):
+        read_dicom_seg(tmp_path / "aorta.dcm")
+    (tmp_path / "broken.dcm").write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(DataError, match="Cannot read"):
+        read_dicom_seg(tmp_path / "broken.dcm")

@@ -238,6 +238,23 @@ def test_segment_cine_of_a_dicom_series_also_writes_a_dicom_seg_of_it(cine_model
     assert "segmentation.dcm" in report["outputs"]
 
 
+def test_qc_reads_a_dicom_seg_as_the_labels_it_holds(cine_models_dir, tiny_qc_models, tmp_path):
+    """Another tool's (here our own) DICOM SEG of a DICOM series is judged like the label map it encodes."""
+    ed = make_cine_phantom(seed=7, phase="ED")
+    _write_dicom_series(ed.image.with_array(np.clip(ed.image.array, 0, None) * 1000.0), tmp_path / "dicom")
+    assert main(["segment-cine", str(tmp_path / "dicom"), "--out", str(tmp_path / "seg"), "--device", "cpu",
+                 "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc", "--quiet"]) == 0
+    (tmp_path / "seg" / "segmentation.dcm").rename(tmp_path / "SEG0001")  # DICOM files often have no suffix
+    qc = {}
+    for name, labels in (("nifti", tmp_path / "seg" / "labels.nii.gz"), ("seg", tmp_path / "SEG0001")):
+        assert main(["qc", str(tmp_path / "dicom"), str(labels), "--out", str(tmp_path / f"qc_{name}"), "--device", "cpu",
+                     "--models-dir", str(tiny_qc_models), "--predictor", "search", "--quiet"]) == 0
+        qc[name] = json.loads((tmp_path / f"qc_{name}" / "report.json").read_text())
+    assert qc["seg"]["qc"]["slices"] == qc["nifti"]["qc"]["slices"]
+    assert qc["seg"]["qc"]["volume_dice"] == qc["nifti"]["qc"]["volume_dice"]
+    assert "labels_reoriented" in qc["seg"]["input"] or "labels_padded" in qc["seg"]["input"]
+
+
 def test_function_refuses_one_file_for_both_phases_and_warns_about_pairs_that_cannot_be_one_series(
         cine_models_dir, tmp_path, capsys):
     ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a GPU) N up to the number of cores / 2 multiplies the throughput; memory grows with N")
 
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
-    p.add_argument("pred_dir", help="folder of predicted label maps")
+    p.add_argument("pred_dir", help="folder of predicted label maps (volume files, .seg.nrrd or DICOM SEG .dcm)")
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
     p.add_argument("--out", help="folder for metrics.csv, summary.csv and regional.csv (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
@@ -420,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("qc", parents=[common], help="predict the Dice of a segmentation without ground truth")
     p.add_argument("image", help="short-axis image (NIfTI, NRRD, MHA, DICOM folder; one 3D frame)")
-    p.add_argument("labels", help="its segmentation: label map (1 RV, 2 myocardium, 3 LV; others: --label-codes) or "
-                                  ".seg.nrrd, on the image's grid or a box of it (as Slicer crops), padded with 0")
+    p.add_argument("labels", help="its segmentation: label map (1 RV, 2 myocardium, 3 LV; others: --label-codes), "
+                                  ".seg.nrrd or DICOM SEG file, on the image's voxel lattice (a box of it, as Slicer "
+                                  "crops, is padded with 0; axes in another order are reordered)")
     p.add_argument("--out", required=True, help="output folder: report.json, qc_slices.csv (and the surrogate)")
     p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
                    help="flag slices whose predicted Dice is below DICE (default %(default)s)")

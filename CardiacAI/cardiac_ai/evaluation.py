@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError
+from .errors import DataError, InputError
 from .geometry import Volume, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, read_label_map
 from .metrics import compare_regions, evaluate_cases, format_markdown_table, format_region_comparison, summarize_rows
@@ -46,9 +46,13 @@ class EvaluationResult:
         return text
 
 
+#: Label files evaluate reads: label map volumes, Slicer segmentations and DICOM SEG files.
+LABEL_FILE_SUFFIXES = VOLUME_SUFFIXES + (".seg.nrrd", ".dcm")
+
+
 def _case_key(path: Path) -> str:
     name = path.name
-    for suffix in sorted(VOLUME_SUFFIXES + (".seg.nrrd",), key=len, reverse=True):
+    for suffix in sorted(LABEL_FILE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -60,7 +64,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
         raise DataError(f"{folder} is not a folder of label maps.")
     files: dict[str, Path] = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES):
+        if path.is_file() and any(path.name.lower().endswith(s) for s in LABEL_FILE_SUFFIXES):
             key = _case_key(path) if path.parent == folder else f"{path.parent.relative_to(folder)}/{_case_key(path)}"
             if key in files:
                 raise DataError(f"Two label maps in {folder} map to case {key!r}: {files[key].name} and {path.name}.")
@@ -83,16 +87,19 @@ def match_label_files(pred_dir: Path, truth_dir: Path) -> tuple[list[tuple[str, 
 
 def _on_one_grid(pred: Volume, truth: Volume, pred_path: Path, truth_path: Path) -> tuple[Volume, Volume]:
     """Both label maps on one grid: one cropped to a box of the other's voxel lattice (as Slicer saves a
-    segmentation cropped to its contents) is padded with background; any other difference stays an error."""
-    if pred.array.shape == truth.array.shape:
+    segmentation cropped to its contents, or a DICOM SEG holding only the segmented slices), or saved with its axes
+    in another order, is placed on the other's grid; any other difference stays an error."""
+    if pred.array.shape == truth.array.shape and pred.geometry.is_close(truth.geometry):
         return pred, truth
-    if all(p <= t for p, t in zip(pred.array.shape, truth.array.shape)):
-        padded = pad_to_reference_grid(pred, truth, what=f"prediction {pred_path.name}",
-                                       reference_name=f"truth {truth_path.name}")
-        return padded, truth
-    padded = pad_to_reference_grid(truth, pred, what=f"truth {truth_path.name}",
-                                   reference_name=f"prediction {pred_path.name}")
-    return pred, padded
+    try:
+        return pad_to_reference_grid(pred, truth, what=f"prediction {pred_path.name}",
+                                     reference_name=f"truth {truth_path.name}"), truth
+    except InputError as error:
+        try:
+            return pred, pad_to_reference_grid(truth, pred, what=f"truth {truth_path.name}",
+                                               reference_name=f"prediction {pred_path.name}")
+        except InputError:
+            raise error from None
 
 
 def evaluate_folders(

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "pad_to_reference_grid"]
+__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "align_axes", "pad_to_reference_grid"]
 
 #: Multiplying an LPS point by this gives RAS (and vice versa).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -219,6 +219,36 @@ class Volume:
         return Volume(self.array[index], self.geometry, "kji")
 
 
+def align_axes(volume: Volume, reference: Geometry, *, atol_direction: float = 1e-4) -> Volume:
+    """``volume`` with its axes in the order and sense of ``reference``'s, when they are the same axes permuted or
+    reversed (a label map saved in another orientation, a DICOM SEG stacked the other way): the array is transposed
+    and flipped, never resampled, and every voxel keeps its LPS position. Otherwise ``volume`` is returned as is.
+    """
+    if volume.axes != "kji":
+        return volume
+    mapping = reference.direction_matrix.T @ volume.geometry.direction_matrix  # (reference axis, own axis)
+    permutation = np.argmax(np.abs(mapping), axis=1)  # own axis (i, j, k order) for each reference axis
+    signs = np.sign(mapping[np.arange(3), permutation])
+    expected = np.zeros((3, 3))
+    expected[np.arange(3), permutation] = signs
+    if sorted(permutation.tolist()) != [0, 1, 2] or not np.allclose(mapping, expected, atol=atol_direction):
+        return volume
+    if np.array_equal(permutation, [0, 1, 2]) and np.all(signs > 0):
+        return volume
+    array_ijk = np.transpose(volume.array, (2, 1, 0))
+    reordered = np.transpose(array_ijk, tuple(int(a) for a in permutation))
+    reversed_axes = tuple(int(b) for b in np.flatnonzero(signs < 0))
+    if reversed_axes:
+        reordered = np.flip(reordered, axis=reversed_axes)
+    first_voxel_ijk = np.zeros(3)
+    for b in reversed_axes:
+        first_voxel_ijk[permutation[b]] = array_ijk.shape[permutation[b]] - 1
+    origin = (volume.geometry.ijk_to_lps_matrix() @ np.append(first_voxel_ijk, 1.0))[:3]
+    spacing = tuple(float(volume.geometry.spacing_mm[a]) for a in permutation)
+    geometry = Geometry(spacing, tuple(float(v) for v in origin), reference.direction_lps)
+    return Volume(np.ascontiguousarray(np.transpose(reordered, (2, 1, 0))), geometry)
+
+
 def pad_to_reference_grid(
     volume: Volume, reference: Volume, *, fill: float = 0, atol_voxel: float = 1e-3, what: str = "labels",
     reference_name: str = "image",
@@ -227,7 +257,9 @@ def pad_to_reference_grid(
     cover the whole grid or a box inside it, padded with ``fill`` to the reference's shape.
 
     This is what 3D Slicer writes when it saves a segmentation cropped to its contents (``.seg.nrrd``): the
-    image's spacing and direction, an origin whole voxels away, a smaller extent. Nothing is resampled.
+    image's spacing and direction, an origin whole voxels away, a smaller extent. Axes in another order or sense
+    (the same lattice saved in another orientation) are reordered first (:func:`align_axes`). Nothing is
+    resampled.
 
     Parameters
     ----------
@@ -254,6 +286,7 @@ def pad_to_reference_grid(
     if not isinstance(volume, Volume) or volume.axes != "kji":
         raise InputError(f"The {what} must be one 3D (k, j, i) cardiac_ai Volume.")
     grid, grid_shape = reference.geometry, reference.spatial_shape
+    volume = align_axes(volume, grid)
     shape = volume.spatial_shape
     offset = grid.lattice_offset_kji(volume.geometry, shape, atol_voxel=atol_voxel)
     if offset is None:

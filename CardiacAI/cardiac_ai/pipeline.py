@@ -19,7 +19,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import numpy as np
 
 from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError
-from .geometry import Volume, pad_to_reference_grid
+from .geometry import Volume, align_axes, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
 from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
@@ -1371,6 +1371,7 @@ def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
                  provenance: Provenance) -> tuple[Volume, Volume, set[int] | None]:
     """The label map to judge (CardiacAI codes), the file as read, and the codes it names when it names fewer than
     all (``label_codes``' targets, or a ``.seg.nrrd``'s segments); None when it names none (a plain label map)."""
+    from .io.dicom_seg import is_dicom_seg, read_dicom_seg
     from .io.seg_nrrd import PLAIN_LABEL_MAP_NOTE, read_seg_nrrd
 
     if str(path).lower().endswith(".seg.nrrd") and label_codes is None:
@@ -1379,6 +1380,12 @@ def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
             provenance.record_logged([f"{path} {PLAIN_LABEL_MAP_NOTE}."])
         named = {segment.code for segment in segmentation.segments} or None
         return segmentation.labels, segmentation.labels, named
+    if is_dicom_seg(path):
+        if label_codes is not None:
+            raise InputError(f"--label-codes maps the values of a label map file, and {path} is a DICOM SEG, whose "
+                             "segments are matched to CardiacAI's structures by label and coded type.")
+        segmentation = read_dicom_seg(path)
+        return segmentation.labels, segmentation.labels, {segment.code for segment in segmentation.segments}
     as_read = read_volume(path)
     if label_codes is None:
         return as_read, as_read, None
@@ -1589,16 +1596,24 @@ def _unsegmented_heart_slices(image: Volume, labels: Volume, models_dirs, *, dev
 
 def _padding_note(labels_as_read: Volume, image: Volume) -> dict:
     """``{"labels_padded": {...}}`` for the report when the labels covered only a box of the image's grid (as Slicer
-    saves a segmentation cropped to its contents) and were padded with background; else empty."""
-    if labels_as_read.spatial_shape == image.spatial_shape:
-        return {}
-    offset = image.geometry.lattice_offset_kji(labels_as_read.geometry, labels_as_read.spatial_shape)
-    last = tuple(o + n - 1 for o, n in zip(offset, labels_as_read.spatial_shape))
+    saves a segmentation cropped to its contents, or a DICOM SEG of the segmented slices) and were padded with
+    background, or had their axes in another order or sense; else empty."""
+    aligned = align_axes(labels_as_read, image.geometry)
+    notes: dict = {}
+    if aligned is not labels_as_read:
+        notes["labels_reoriented"] = (
+            "The labels' axes were in another order or direction than the image's (another orientation of the same "
+            "voxels); they were reordered, not resampled.")
+        log.info(notes["labels_reoriented"])
+    if aligned.spatial_shape == image.spatial_shape:
+        return notes
+    offset = image.geometry.lattice_offset_kji(aligned.geometry, aligned.spatial_shape)
+    last = tuple(o + n - 1 for o, n in zip(offset, aligned.spatial_shape))
     note = (f"The labels cover voxels (k, j, i) {offset} to {last} of the image's {image.spatial_shape} grid "
             "(a segmentation cropped to its contents, as Slicer saves one); they were padded with background.")
     log.info(note)
-    return {"labels_padded": {"shape_kji": list(labels_as_read.spatial_shape), "offset_kji": list(offset),
-                              "note": note}}
+    return {**notes, "labels_padded": {"shape_kji": list(aligned.spatial_shape), "offset_kji": list(offset),
+                                       "note": note}}
 
 
 # -- class activation maps (weak-label models) ------------------------------------------------------------------

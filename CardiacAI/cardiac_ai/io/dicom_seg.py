@@ -5,6 +5,9 @@ The SEG refers to the source series' instances slice by slice (the order :func:`
 stacks them), names each segment from the label table (display name, SNOMED-CT category, type and anatomic region, as
 the Slicer terminology of ``.seg.nrrd``) and records CardiacAI as the algorithm. Only a label map on the source
 series' own grid can be written; the source files are read, never changed.
+
+A DICOM SEG from any tool is read back (:func:`read_dicom_seg`) as a label map in its own frame of reference, its
+segments matched to CardiacAI's codes; placing it on an image is :func:`~cardiac_ai.geometry.pad_to_reference_grid`'s.
 """
 from __future__ import annotations
 
@@ -17,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
-from ..geometry import Volume
-from ..labels import LABELS, Terminology
+from ..geometry import Geometry, Volume
+from ..labels import LABELS, Terminology, Tissue
 from .atomic import atomic_path
 from .dicom import series_headers
 
-__all__ = ["write_dicom_seg", "dicom_seg_of_dicom_input", "DICOM_SEG_NAME"]
+__all__ = ["write_dicom_seg", "dicom_seg_of_dicom_input", "read_dicom_seg", "is_dicom_seg", "DICOM_SEG_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +150,101 @@ def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path
     except (DataError, InputError) as error:
         provenance.warn(f"No DICOM SEG written: {error}", log)
         return None
+
+
+def is_dicom_seg(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM file of modality SEG (header only; any file name, DICOM files often have none)."""
+    import pydicom
+
+    source = Path(path)
+    if not source.is_file():
+        return False
+    try:
+        header = pydicom.dcmread(str(source), stop_before_pixels=True, specific_tags=["Modality"])
+    except Exception:  # not DICOM at all: pydicom raises InvalidDicomError, OSError, ...
+        return False
+    return str(header.get("Modality", "")) == "SEG"
+
+
+def _code_of_segment(segment, tissues: dict[int, Tissue], source: Path) -> int:
+    """A SEG segment's CardiacAI code: by tracking ID (CardiacAI writes the tissue's machine name), then label
+    (display or machine name, any case), then coded property type and anatomic region."""
+    tracking = str(getattr(segment, "TrackingID", "") or "").lower()
+    label = " ".join(str(getattr(segment, "SegmentLabel", "") or "").replace("_", " ").lower().split())
+    for code, row in tissues.items():
+        if tracking == row.name.lower():
+            return code
+    for code, row in tissues.items():
+        if label in (row.display_name.lower(), row.name.replace("_", " ").lower()):
+            return code
+    type_codes = {item.CodeValue for item in getattr(segment, "SegmentedPropertyTypeCodeSequence", [])}
+    region_codes = {item.CodeValue for item in getattr(segment, "AnatomicRegionSequence", [])}
+    region_codes |= {item.CodeValue for item in getattr(segment, "SegmentedPropertyTypeModifierCodeSequence", [])}
+    for type_item in getattr(segment, "SegmentedPropertyTypeCodeSequence", []):
+        region_codes |= {item.CodeValue for item in getattr(type_item, "SegmentedPropertyTypeModifierCodeSequence", [])}
+    matches = [code for code, row in tissues.items() if row.type.code_value in type_codes
+               and (row.anatomic_region is None or row.anatomic_region.code_value in region_codes)]
+    if len(matches) == 1:
+        return matches[0]
+    raise InputError(
+        f"{source}: segment {int(segment.SegmentNumber)} ({getattr(segment, 'SegmentLabel', '')!r}) matches no "
+        f"CardiacAI structure by tracking ID, label or coded type and region. Label the segments "
+        f"{', '.join(repr(row.display_name) for row in tissues.values())}."
+    )
+
+
+def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABELS):
+    """A DICOM SEG (binary or fractional) as a (k, j, i) uint8 label map with CardiacAI codes, on the lattice of the
+    frames it holds (highdicom's volume: usually only the segmented slices, stacked in its own order).
+
+    Returns a :class:`~cardiac_ai.io.seg_nrrd.SegmentationFile`: ``labels`` and one ``SegmentInfo`` per segment
+    (``label_value`` is the SEG's segment number).
+
+    Segments are matched by tracking ID, label, then coded type and anatomic region; where segments overlap, the
+    higher code wins (scar over myocardium). Place the result on an image with
+    :func:`~cardiac_ai.geometry.pad_to_reference_grid`, which reorders and pads it.
+
+    Raises
+    ------
+    DataError
+        A file that is not a readable DICOM SEG, or whose frames do not form one regular volume.
+    InputError
+        A segment that matches no CardiacAI structure.
+    """
+    import highdicom as hd
+
+    from .seg_nrrd import SegmentationFile, SegmentInfo
+
+    source = Path(path)
+    if not source.is_file():
+        raise DataError(f"DICOM SEG file not found: {source}")
+    try:
+        segmentation = hd.seg.segread(str(source))
+    except Exception as error:  # pydicom and highdicom raise many types for a damaged or foreign file
+        raise DataError(f"Cannot read {source} as a DICOM SEG: {error}") from error
+    segments = list(segmentation.SegmentSequence)
+    codes = {int(segment.SegmentNumber): _code_of_segment(segment, tissues, source) for segment in segments}
+    try:
+        volume = segmentation.get_volume(combine_segments=False, segment_numbers=sorted(codes))
+    except (ValueError, RuntimeError) as error:
+        raise DataError(f"{source}: its frames do not form one volume ({error}); export it on the image's "
+                        "slices.") from error
+    masks = np.asarray(volume.array)
+    if masks.ndim == 3:  # one segment: no channel axis
+        masks = masks[..., np.newaxis]
+    labels = np.zeros(masks.shape[:3], np.uint8)
+    for channel, number in sorted(enumerate(sorted(codes)), key=lambda item: codes[item[1]]):
+        labels[masks[..., channel] > 0] = codes[number]  # ascending code: the higher code wins an overlap
+    affine = np.asarray(volume.affine, dtype=np.float64)  # (slice, row, column) index -> LPS mm
+    steps = affine[:3, [2, 1, 0]]  # columns for (i, j, k) = (column, row, slice)
+    spacing = np.linalg.norm(steps, axis=0)
+    if np.any(spacing <= 0):
+        raise DataError(f"{source}: its frames have a zero spacing.")
+    geometry = Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in affine[:3, 3]),
+                        tuple(float(v) for v in (steps / spacing).ravel()))
+    infos = [SegmentInfo(segment_id=str(getattr(segment, "TrackingID", "") or segment.SegmentNumber),
+                         name=str(getattr(segment, "SegmentLabel", "")), color_rgb=None,
+                         code=codes[int(segment.SegmentNumber)], terminology=None,
+                         label_value=int(segment.SegmentNumber), layer=0) for segment in segments]
+    return SegmentationFile(Volume(labels, geometry), infos)
+

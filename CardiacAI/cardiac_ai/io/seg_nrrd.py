@@ -307,8 +307,10 @@ def seg_nrrd_has_segments(path: str | os.PathLike) -> bool:
 
 
 def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS) -> Volume:
-    """A (k, j, i) label map with CardiacAI codes from any label file: a volume file (values are the codes) or a
-    Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping layers merged).
+    """A (k, j, i) label map with CardiacAI codes from any label file: a volume file (values are the codes), a
+    Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping layers merged) or a DICOM SEG
+    (:func:`~cardiac_ai.io.dicom_seg.read_dicom_seg`; on the lattice of its frames, to be placed with
+    :func:`~cardiac_ai.geometry.pad_to_reference_grid`).
 
     Raises
     ------
@@ -319,7 +321,11 @@ def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = L
     """
     if str(path).lower().endswith(".seg.nrrd"):
         return read_seg_nrrd(path, tissues=tissues).labels
+    from .dicom_seg import is_dicom_seg, read_dicom_seg
     from .volumes import read_volume
+
+    if is_dicom_seg(path):
+        return read_dicom_seg(path, tissues=dict(tissues)).labels
 
     labels = read_volume(path)
     check_label_values(labels.array, allowed=set(tissues), what=str(path))
