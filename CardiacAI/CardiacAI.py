@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Annotated, Callable, Optional, Union
+from typing import Annotated, Callable, Optional, Sequence, Union
 
 import vtk
 
@@ -70,12 +70,15 @@ QC_PREDICTORS = ("auto", "search", "regressor", "combined")
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 #: ``cardiacai fibrosis --slice-order`` ("unknown": no option, transmurality per sector without AHA numbers).
 FIBROSIS_SLICE_ORDERS = ("unknown", "base-first", "apex-first")
-#: ``cardiacai cam --explain``: "predicted" explains the class predicted for the whole volume on every slice
-#: ("slice", typed in the console, each slice's own); the others are the ACDC diagnoses
-#: the bundled weak classifier was trained on (the console accepts any class name of the installed classifier).
-CAM_CLASSES = ("predicted", "NOR", "MINF", "DCM", "HCM", "RV")
+#: ``cardiacai cam --explain``: "predicted" explains the class predicted for the whole volume on every slice,
+#: "slice" each slice's own prediction; the others are the ACDC diagnoses the bundled weak classifier was trained on
+#: (the console accepts any class name of the installed classifier).
+CAM_CLASSES = ("predicted", "slice", "NOR", "MINF", "DCM", "HCM", "RV")
 #: ``cardiacai cam --method``; "default" uses the method named in the model card (cardiac_ai.slicer_results.CAM_METHODS).
 CAM_METHODS = ("default", "model", "gradcam", "gradcampp")
+#: ``cardiacai cam --cam-augment``: the views the panel's "average over flips and shifts" box averages the CAM over
+#: (cardiac_ai.slicer_results.CAM_AUGMENTATIONS).
+CAM_AUGMENTATIONS = ("hflip", "vflip", "shift")
 #: Colour of the CAM overlay (blue low, red high) and of the map contours (endocardium, epicardium).
 CAM_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 CONTOUR_COLORS = {"endocardium": (0.95, 0.85, 0.2), "epicardium": (0.2, 0.8, 0.95)}
@@ -239,8 +242,16 @@ class CardiacAIParameterNode:
     haematocrit - ECV: measured haematocrit as a fraction; 0 uses the synthetic haematocrit.
     fibrosisModel - LGE fibrosis: scar model, one of FIBROSIS_MODELS.
     fibrosisSliceOrder - LGE fibrosis: where the base lies along the slices, one of FIBROSIS_SLICE_ORDERS.
-    camExplain, camMethod, camPseudoLabel - CAM explanation: class to explain, CAM method, labels from the CAM
-        pseudo-label even when the weak U-Net is installed.
+    camExplain, camMethod, camPseudoLabel - CAM explanation: class to explain ("predicted": the volume's predicted
+        class, "slice": each slice's own), CAM method, labels from the CAM pseudo-label even when the weak U-Net is
+        installed.
+    camAugment - CAM explanation: average each slice's CAM over flips and shifts (every view of CAM_AUGMENTATIONS).
+    camCrfIterationsOverride, camCrfIterations, camCrfSmoothnessOverride, camCrfSmoothnessWeight,
+    camCrfSmoothnessWidth, camCrfAppearanceOverride, camCrfAppearanceWeight, camCrfAppearanceWidth,
+    camCrfAppearanceGrey, camOtsuClassesOverride, camOtsuClasses, camScaleRangeOverride, camScaleRangeLow,
+    camScaleRangeHigh, camMinFractionOverride, camMinFraction - CAM explanation with camPseudoLabel: each
+        ...Override replaces the classifier's model card's pseudo-label setting by the values after it (pixels of
+        the classifier's crop; cardiac_ai.slicer_results.cam_call); unticked (the default), the model card's is used.
     qcSegmentation - Quality control: the segmentation whose quality is predicted (on inputVolume).
     qcThreshold - Quality control (and the cine QC): flag slices whose predicted Dice is below this.
     qcPredictor - Quality control (every QC run): "auto" (the CNN Dice regressor when installed, weighed with the
@@ -264,6 +275,23 @@ class CardiacAIParameterNode:
     camExplain: Annotated[str, Choice(CAM_CLASSES)] = "predicted"
     camMethod: Annotated[str, Choice(CAM_METHODS)] = "default"
     camPseudoLabel: bool = False
+    camAugment: bool = False
+    camCrfIterationsOverride: bool = False
+    camCrfIterations: Annotated[int, WithinRange(1, 100)] = 5
+    camCrfSmoothnessOverride: bool = False
+    camCrfSmoothnessWeight: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    camCrfSmoothnessWidth: Annotated[float, WithinRange(0.1, 100.0)] = 3.0
+    camCrfAppearanceOverride: bool = False
+    camCrfAppearanceWeight: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    camCrfAppearanceWidth: Annotated[float, WithinRange(0.1, 1000.0)] = 80.0
+    camCrfAppearanceGrey: Annotated[float, WithinRange(0.1, 255.0)] = 13.0
+    camOtsuClassesOverride: bool = False
+    camOtsuClasses: Annotated[int, WithinRange(0, 10)] = 3
+    camScaleRangeOverride: bool = False
+    camScaleRangeLow: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    camScaleRangeHigh: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    camMinFractionOverride: bool = False
+    camMinFraction: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     qcSegmentation: vtkMRMLSegmentationNode
     qcThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.8
     qcPredictor: Annotated[str, Choice(QC_PREDICTORS)] = "auto"
@@ -429,6 +457,20 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self.ui.esVolumeSelector.enabled = not fromSequence
         self.ui.cineEdFrameSpinBox.enabled = fromSequence
         self.ui.cineEsFrameSpinBox.enabled = fromSequence
+        # CAM pseudo-label settings: only with labels from the pseudo-label; each value only when it replaces the
+        # model card's.
+        self.ui.camPseudoLabelSettingsGroupBox.enabled = self._parameterNode.camPseudoLabel
+        for override, spinBoxes in (
+            ("camCrfIterationsOverride", (self.ui.camCrfIterationsSpinBox,)),
+            ("camCrfSmoothnessOverride", (self.ui.camCrfSmoothnessWeightSpinBox, self.ui.camCrfSmoothnessWidthSpinBox)),
+            ("camCrfAppearanceOverride", (self.ui.camCrfAppearanceWeightSpinBox, self.ui.camCrfAppearanceWidthSpinBox,
+                                          self.ui.camCrfAppearanceGreySpinBox)),
+            ("camOtsuClassesOverride", (self.ui.camOtsuClassesSpinBox,)),
+            ("camScaleRangeOverride", (self.ui.camScaleRangeLowSpinBox, self.ui.camScaleRangeHighSpinBox)),
+            ("camMinFractionOverride", (self.ui.camMinFractionSpinBox,)),
+        ):
+            for spinBox in spinBoxes:
+                spinBox.enabled = getattr(self._parameterNode, override)
         if self._running:
             return
         missing = self.logic.missingInputs(self._parameterNode)
@@ -898,12 +940,31 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if task == "cam":
             result = self.explainCam(volume, explain=parameterNode.camExplain, method=parameterNode.camMethod,
                                      pseudoLabel=parameterNode.camPseudoLabel, outputSegmentationNode=segmentation,
-                                     **common)
+                                     augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None,
+                                     **self.camPseudoLabelSettings(parameterNode), **common)
             return {**result, "mainTableNode": result["slicesTableNode"]}
         segmentationNode = self.importLabelmap(
             volume, segmentation, progressCallback=progressCallback, shouldCancel=shouldCancel,
         )
         return {"segmentationNode": segmentationNode, "warnings": [], "mainTableNode": None}
+
+    @staticmethod
+    def camPseudoLabelSettings(parameterNode: CardiacAIParameterNode) -> dict:
+        """The pseudo-label settings of the CAM panel as ``explainCam`` keywords: the values whose override box is
+        ticked, None for the others (the model card's); all None without ``camPseudoLabel`` (the settings are unused
+        when the weak U-Net makes the labels)."""
+        p = parameterNode
+        on = p.camPseudoLabel
+        return {
+            "crfIterations": p.camCrfIterations if on and p.camCrfIterationsOverride else None,
+            "crfSmoothness": ((p.camCrfSmoothnessWeight, p.camCrfSmoothnessWidth)
+                              if on and p.camCrfSmoothnessOverride else None),
+            "crfAppearance": ((p.camCrfAppearanceWeight, p.camCrfAppearanceWidth, p.camCrfAppearanceGrey)
+                              if on and p.camCrfAppearanceOverride else None),
+            "otsuClasses": p.camOtsuClasses if on and p.camOtsuClassesOverride else None,
+            "scaleRange": (p.camScaleRangeLow, p.camScaleRangeHigh) if on and p.camScaleRangeOverride else None,
+            "minFraction": p.camMinFraction if on and p.camMinFractionOverride else None,
+        }
 
     def importLabelmap(self, labelmapVolumeNode, outputSegmentationNode=None, progressCallback=None, shouldCancel=None):
         """Turn a label map with the CardiacAI codes into named, coloured segments (``cardiacai convert``).
@@ -1745,6 +1806,13 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
         modelsDir: Optional[str] = None,
+        augment: Optional[Sequence[str]] = None,
+        crfIterations: Optional[int] = None,
+        crfSmoothness: Optional[Sequence[float]] = None,
+        crfAppearance: Optional[Sequence[float]] = None,
+        otsuClasses: Optional[int] = None,
+        scaleRange: Optional[Sequence[float]] = None,
+        minFraction: Optional[float] = None,
     ) -> dict:
         """Class activation map of the weak diagnosis classifier and whole-heart labels (``cardiacai cam``).
 
@@ -1753,22 +1821,46 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             result = CardiacAI.CardiacAILogic().explainCam(getNode("cine"), explain="DCM")
             slicer.util.setSliceViewerLayers(background=getNode("cine"), foreground=result["camVolumeNode"],
                                              foregroundOpacity=0.4)
+            # each slice's own class, the CAM averaged over flips and shifts, the heart from a 10-iteration CRF
+            result = CardiacAI.CardiacAILogic().explainCam(
+                getNode("cine"), explain="slice", augment=["hflip", "vflip", "shift"], pseudoLabel=True,
+                crfIterations=10)
+
+        crfIterations, crfSmoothness, crfAppearance, otsuClasses, scaleRange and minFraction replace the classifier's
+        model card's pseudo-label settings and need ``pseudoLabel=True``; None (the default) keeps the model card's.
+        Pixels are those of the classifier's crop.
 
         :param explain: class whose evidence is mapped on every slice (e.g. "DCM"); None or "predicted" maps the
             class predicted for the whole volume, "slice" each slice's own predicted class.
         :param method: "model", "gradcam" or "gradcampp"; None or "default" uses the model card's method.
         :param pseudoLabel: labels from the CAM pseudo-label even when the weak U-Net is installed.
+        :param augment: views ("hflip", "vflip", "shift"; CAM_AUGMENTATIONS) whose CAMs, mapped back to the slice,
+            are averaged with the slice's own (``--cam-augment``); None: the plain slice only.
+        :param crfIterations: DenseCRF mean-field iterations, >= 1 (``--crf-iterations``).
+        :param crfSmoothness: (weight >= 0, width in pixels > 0) of the CRF's smoothness (Gaussian) kernel; weight 0
+            drops it (``--crf-smoothness``).
+        :param crfAppearance: (weight >= 0, width in pixels > 0, width in grey levels of the slice scaled to 0-255
+            > 0) of the CRF's appearance (bilateral) kernel, used only when the weight is > 0 (``--crf-appearance``).
+        :param otsuClasses: classes of the multi-Otsu step whose lowest class of candidate pixels is dropped; 0 skips
+            the step, else >= 2 (``--otsu-classes``).
+        :param scaleRange: (low, high) with 0 <= low < high <= 1: the probability range the positive CAM values are
+            scaled into before the CRF (``--scale-range``).
+        :param minFraction: candidate pixels must reach this fraction of the slice's CAM maximum, 0 <= f < 1
+            (``--min-fraction``).
         :return: dict with "camVolumeNode" (float 0..1, ColdToHotRainbow colours, window 0..1: show it as the
             foreground over the image), "segmentationNode" (the heart, label 6), "summaryTableNode" (predicted
             class and probabilities), "slicesTableNode" (per slice), "inputVolumeNode", "warnings" and "report".
-        :raises ValueError: unknown method.
+        :raises ValueError: unknown method or view, a pseudo-label setting out of range or without ``pseudoLabel``.
         """
         results = importBackend("slicer_results")
         with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.cam_call(inputPath, outputDir, explain=explain, method=method, pseudo_label=pseudoLabel,
-                                    device=device, models_dir=modelsDir)
+                                    device=device, models_dir=modelsDir, augment=augment,
+                                    crf_iterations=crfIterations, crf_smoothness=crfSmoothness,
+                                    crf_appearance=crfAppearance, otsu_classes=otsuClasses, scale_range=scaleRange,
+                                    min_fraction=minFraction)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.cam_tables_from_report(report)

@@ -211,7 +211,8 @@ def test_cardiacai_task_tables_agree():
     assert values["FIBROSIS_MODELS"] == slicer_results.FIBROSIS_MODELS
     assert values["CAM_METHODS"] == ("default", *slicer_results.CAM_METHODS)
     assert set(values["MAP_KINDS"]) == set(slicer_results.MAP_KINDS)
-    assert values["CAM_CLASSES"][0] == "predicted"
+    assert values["CAM_CLASSES"][:2] == ("predicted", "slice")  # the volume's predicted class; each slice's own
+    assert values["CAM_AUGMENTATIONS"] == slicer_results.CAM_AUGMENTATIONS
     assert "torch" in values["PROTECTED_PACKAGES"] and "SimpleITK" in values["PROTECTED_PACKAGES"]
     requirements = [r for _, r in values["BASE_REQUIREMENTS"] + values["TORCH_REQUIREMENTS"]]
     assert not [r for r in requirements if re.match(r"(torch|SimpleITK|requests)\b", r, re.I)]
@@ -486,6 +487,132 @@ def test_process_dispatches_every_task_and_checks_its_inputs_first():
     missing = ast.unparse(_logic_methods("CardiacAI")["missingInputs"])
     for field in ("edVolume", "esVolume", "mappingSeries", "inputVolume", "postContrastVolume", "qcSegmentation"):
         assert f"parameterNode.{field}" in missing
+
+
+def _descendants(widget: ET.Element) -> set[str]:
+    return {w.get("name") for w in widget.iter("widget")} - {widget.get("name")}
+
+
+def _bound_widgets(name: str) -> dict[str, str]:
+    """Parameter -> name of the widget bound to it (SlicerParameterName)."""
+    return {w.find("property[@name='SlicerParameterName']").findtext("string"): n for n, w in _ui_widgets(name).items()
+            if w.find("property[@name='SlicerParameterName']") is not None}
+
+
+def _parameter_defaults(name: str) -> dict:
+    tree = _tree(_module_file(name))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{name}ParameterNode")
+    return {n.target.id: ast.literal_eval(n.value) for n in cls.body if isinstance(n, ast.AnnAssign) and n.value}
+
+
+#: The CAM pseudo-label settings of the panel: override box -> the value fields it passes on.
+CAM_PSEUDO_LABEL_FIELDS = {
+    "camCrfIterationsOverride": ("camCrfIterations",),
+    "camCrfSmoothnessOverride": ("camCrfSmoothnessWeight", "camCrfSmoothnessWidth"),
+    "camCrfAppearanceOverride": ("camCrfAppearanceWeight", "camCrfAppearanceWidth", "camCrfAppearanceGrey"),
+    "camOtsuClassesOverride": ("camOtsuClasses",),
+    "camScaleRangeOverride": ("camScaleRangeLow", "camScaleRangeHigh"),
+    "camMinFractionOverride": ("camMinFraction",),
+}
+
+
+def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
+    widgets = _ui_widgets("CardiacAI")
+    bound = _bound_widgets("CardiacAI")
+    advanced = widgets["camAdvancedCollapsibleButton"]
+    assert advanced.get("class") == "ctkCollapsibleButton"
+    assert advanced.find("property[@name='collapsed']").findtext("bool") == "true"
+    assert "camAdvancedCollapsibleButton" in _descendants(widgets["camCollapsibleButton"])
+    inside = _descendants(advanced)
+    assert bound["camAugment"] in inside and widgets[bound["camAugment"]].get("class") == "QCheckBox"
+    settings = _descendants(widgets["camPseudoLabelSettingsGroupBox"])
+    assert "camPseudoLabelSettingsGroupBox" in inside
+    for override, fields in CAM_PSEUDO_LABEL_FIELDS.items():
+        assert bound[override] in settings and widgets[bound[override]].get("class") == "QCheckBox", override
+        for field in fields:
+            assert bound[field] in settings and widgets[bound[field]].get("class").endswith("SpinBox"), field
+    # the main CAM settings stay outside the Advanced group
+    assert not {bound["camExplain"], bound["camMethod"], bound["camPseudoLabel"]} & inside
+    cam_fields = {f for f in _parameter_fields("CardiacAI") if f.startswith("cam")}
+    assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", *CAM_PSEUDO_LABEL_FIELDS,
+                          *(f for fields in CAM_PSEUDO_LABEL_FIELDS.values() for f in fields)}
+    defaults = _parameter_defaults("CardiacAI")
+    assert not any(defaults[override] for override in CAM_PSEUDO_LABEL_FIELDS) and not defaults["camAugment"]
+
+
+def test_cam_settings_spin_boxes_are_enabled_by_their_boxes():
+    widget = next(n for n in _tree(_module_file("CardiacAI")).body
+                  if isinstance(n, ast.ClassDef) and n.name == "CardiacAIWidget")
+    modified = next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == "_onParameterNodeModified")
+    assert ("self.ui.camPseudoLabelSettingsGroupBox.enabled = self._parameterNode.camPseudoLabel"
+            in ast.unparse(modified))
+    loop = next(n for n in ast.walk(modified) if isinstance(n, ast.For) and isinstance(n.iter, ast.Tuple)
+                and "camCrfIterationsOverride" in ast.unparse(n.iter))
+    assert "spinBox.enabled = getattr(self._parameterNode, override)" in ast.unparse(loop)
+    enabled_by = {pair.elts[0].value: [e.attr for e in pair.elts[1].elts] for pair in loop.iter.elts}
+    widget_of = _bound_widgets("CardiacAI")
+    assert enabled_by == {override: [widget_of[f] for f in fields]
+                          for override, fields in CAM_PSEUDO_LABEL_FIELDS.items()}
+
+
+def _cam_settings_function():
+    """CardiacAILogic.camPseudoLabelSettings, compiled alone (it reads only the parameter node's attributes)."""
+    method = _logic_methods("CardiacAI")["camPseudoLabelSettings"]
+    method.decorator_list = []  # a plain function (it is a staticmethod of the Logic)
+    namespace = {"CardiacAIParameterNode": object}
+    exec(compile(ast.Module(body=[method], type_ignores=[]), str(_module_file("CardiacAI")), "exec"), namespace)
+    return namespace["camPseudoLabelSettings"]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def test_cam_panel_settings_reach_the_command_line_only_when_chosen():
+    import inspect
+    from types import SimpleNamespace
+
+    from cardiac_ai.cli import _pseudo_label_overrides, build_parser
+    from cardiac_ai.slicer_results import cam_call
+    from cardiac_ai.subprocess_runner import build_command
+
+    methods = _logic_methods("CardiacAI")
+    explain_arguments = {a.arg for a in methods["explainCam"].args.args}
+    settings = _cam_settings_function()
+    defaults = _parameter_defaults("CardiacAI")
+
+    def parsed(**changes):
+        node = SimpleNamespace(**{**defaults, **changes})
+        keywords = settings(node)
+        assert set(keywords) <= explain_arguments
+        call = cam_call("cine.nrrd", "out", pseudo_label=node.camPseudoLabel,
+                        **{_snake(k): v for k, v in keywords.items()})
+        args = build_parser().parse_args(build_command(call.command, call.positional, call.options,
+                                                       python_executable="python")[3:])
+        return args, _pseudo_label_overrides(args)
+
+    # by default nothing is passed: the model card's settings
+    assert parsed()[1] == {} and parsed(camPseudoLabel=True)[1] == {}
+    every = {override: True for override in CAM_PSEUDO_LABEL_FIELDS}
+    assert parsed(**every)[1] == {}  # ticked boxes do nothing without the pseudo-label (the U-Net makes the labels)
+    args, overrides = parsed(camPseudoLabel=True, **every)
+    assert overrides == {"crf_iterations": 5, "crf_w2": 1.0, "crf_theta_gamma": 3.0, "crf_w1": 0.0,
+                         "crf_theta_alpha": 80.0, "crf_theta_beta": 13.0, "otsu_classes": 3, "scale_range": (0.5, 1.0),
+                         "min_fraction": 0.0}  # the panel's starting values are the paper's, all accepted
+    args, overrides = parsed(camPseudoLabel=True, camOtsuClassesOverride=True, camOtsuClasses=0,
+                             camMinFractionOverride=True, camMinFraction=0.3)
+    assert overrides == {"otsu_classes": None, "min_fraction": 0.3} and args.crf_iterations is None
+    # every cam_call keyword is reachable from explainCam, and explainCam passes each one on
+    call = next(n for n in ast.walk(methods["explainCam"])
+                if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "cam_call")
+    passed = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    keyword_only = [p for p in inspect.signature(cam_call).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    assert set(passed) == {p.name for p in keyword_only}
+    assert all(value in explain_arguments and _snake(value) == name for name, value in passed.items()), passed
+    # process passes the panel's settings to explainCam
+    process = ast.unparse(methods["process"])
+    assert "augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None" in process
+    assert "**self.camPseudoLabelSettings(parameterNode)" in process
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -24,6 +24,7 @@ from cardiac_ai.phantom import make_cine_phantom_pair
 from cardiac_ai.provenance import Provenance
 from cardiac_ai.regions.pipeline import CineSegmentation
 from cardiac_ai.slicer_results import (
+    CAM_AUGMENTATIONS,
     CAM_METHODS,
     FIBROSIS_MODELS,
     MAP_KINDS,
@@ -348,6 +349,7 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     assert (args.explain, args.method, args.pseudo_label) == ("DCM", "gradcampp", True)
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))
     assert (args.explain, args.method, args.pseudo_label) == (None, None, False)
+    assert _parsed(cam_call("cine.nrrd", "out", explain="slice")).explain == "slice"
     args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
     assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
@@ -361,6 +363,67 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
         qc_call("i.nrrd", "l.nrrd", "out", structures=[9])
 
 
+def test_cam_call_passes_the_averaging_and_pseudo_label_settings_the_cli_accepts():
+    from cardiac_ai.cli import _pseudo_label_overrides
+
+    default = _parsed(cam_call("cine.nrrd", "out", pseudo_label=True))
+    settings = ("cam_augment", "crf_iterations", "crf_smoothness", "crf_appearance", "otsu_classes", "scale_range",
+                "min_fraction")
+    assert all(getattr(default, name) is None for name in settings)  # None everywhere: the model card's settings
+    assert _pseudo_label_overrides(default) == {}
+    assert _parsed(cam_call("cine.nrrd", "out", augment=CAM_AUGMENTATIONS)).cam_augment == list(CAM_AUGMENTATIONS)
+    assert _parsed(cam_call("cine.nrrd", "out", augment="vflip")).cam_augment == ["vflip"]
+    assert _parsed(cam_call("cine.nrrd", "out", augment=["shift", "shift"])).cam_augment == ["shift"]
+    assert _parsed(cam_call("cine.nrrd", "out", augment=())).cam_augment is None
+    args = _parsed(cam_call("cine.nrrd", "out", pseudo_label=True, augment=["hflip"], crf_iterations=7,
+                            crf_smoothness=(2, 1.5), crf_appearance=[10, 60.0, 20], otsu_classes=0,
+                            scale_range=(0.4, 0.9), min_fraction=0.25))
+    assert args.pseudo_label and args.cam_augment == ["hflip"]
+    assert (args.crf_iterations, args.crf_smoothness, args.crf_appearance) == (7, [2.0, 1.5], [10.0, 60.0, 20.0])
+    assert (args.otsu_classes, args.scale_range, args.min_fraction) == (0, [0.4, 0.9], 0.25)
+    assert _pseudo_label_overrides(args) == {  # the CLI's own check (run before any model loads) accepts them
+        "crf_iterations": 7, "crf_w2": 2.0, "crf_theta_gamma": 1.5, "crf_w1": 10.0, "crf_theta_alpha": 60.0,
+        "crf_theta_beta": 20.0, "otsu_classes": None, "scale_range": (0.4, 0.9), "min_fraction": 0.25}
+    args = _parsed(cam_call("cine.nrrd", "out", pseudo_label=True, otsu_classes=3, scale_range=[0, 1],
+                            min_fraction=0, crf_smoothness=[0, 3]))
+    assert (args.otsu_classes, args.scale_range, args.min_fraction, args.crf_smoothness) == (
+        3, [0.0, 1.0], 0.0, [0.0, 3.0])
+    assert _pseudo_label_overrides(args)["otsu_classes"] == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"augment": ["rotate"]}, "Unknown CAM augmentation 'rotate'"),
+        ({"augment": "flip"}, "Unknown CAM augmentation 'flip'"),
+        ({"crf_iterations": 5, "min_fraction": 0.2, "pseudo_label": False}, "crf_iterations, min_fraction set the"),
+        ({"crf_iterations": 0}, "crf_iterations .* >= 1, got 0"),
+        ({"crf_iterations": 2.5}, "whole number >= 1, got 2.5"),
+        ({"crf_iterations": True}, "whole number"),
+        ({"crf_smoothness": 1.0}, "crf_smoothness .* must be 2 finite numbers"),
+        ({"crf_smoothness": (1, 0)}, "width > 0 pixels"),
+        ({"crf_smoothness": (-1, 3)}, "weight >= 0"),
+        ({"crf_appearance": (1, 80)}, "must be 3 finite numbers"),
+        ({"crf_appearance": (1, 80, float("nan"))}, "must be 3 finite numbers"),
+        ({"crf_appearance": (1, 80, 0)}, "grey levels"),
+        ({"otsu_classes": 1}, "0 \\(no multi-Otsu step\\) or 2 or more, got 1"),
+        ({"otsu_classes": -1}, "otsu_classes must be 0 .* got -1"),
+        ({"scale_range": (0.9, 0.5)}, "0 <= low < high <= 1"),
+        ({"scale_range": (0.5, 1.5)}, "0 <= low < high <= 1"),
+        ({"scale_range": ("0.5", 1)}, "2 finite numbers"),
+        ({"min_fraction": 1.0}, "min_fraction must lie in \\[0, 1\\)"),
+        ({"min_fraction": -0.1}, "min_fraction must lie"),
+    ],
+    ids=["augment-view", "augment-string", "without-pseudo-label", "iterations-0", "iterations-float",
+         "iterations-bool", "smoothness-one", "smoothness-width", "smoothness-weight", "appearance-two",
+         "appearance-nan", "appearance-grey", "otsu-1", "otsu-negative", "scale-reversed", "scale-above-1",
+         "scale-text", "min-fraction-1", "min-fraction-negative"],
+)
+def test_bad_cam_settings_are_input_errors(settings, match):
+    with pytest.raises(InputError, match=match):
+        cam_call("c.nrrd", "out", **{"pseudo_label": True, **settings})
+
+
 def test_choice_tables_match_the_cli_choices_and_the_qc_default():
     from cardiac_ai.cli import build_parser
     from cardiac_ai.qc import DEFAULT_DICE_THRESHOLD
@@ -368,6 +431,7 @@ def test_choice_tables_match_the_cli_choices_and_the_qc_default():
 
     commands = next(a for a in build_parser()._actions if a.choices and "cam" in a.choices).choices
     assert tuple(commands["cam"]._option_string_actions["--method"].choices) == CAM_METHODS
+    assert tuple(commands["cam"]._option_string_actions["--cam-augment"].choices) == CAM_AUGMENTATIONS
     assert set(commands["fibrosis"]._option_string_actions["--model"].choices) == set(FIBROSIS_MODELS)
     assert {k for k, _ in MAP_KINDS.values()} == set(commands["map"]._option_string_actions["--kind"].choices)
     assert {k for _, k in MAP_KINDS.values()} == set(commands["fit-map"]._option_string_actions["--kind"].choices)

@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "MAP_KINDS",
     "FIBROSIS_MODELS",
     "CAM_METHODS",
+    "CAM_AUGMENTATIONS",
     "QC_DEFAULT_THRESHOLD",
     "QC_PREDICTORS",
     "parse_times_ms",
@@ -449,6 +451,9 @@ MAP_KINDS: dict[str, tuple[str, str]] = {"T1": ("t1", "molli"), "T2": ("t2", "t2
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 #: ``cardiacai cam --method``; None uses the method the model card names (chosen on validation patients).
 CAM_METHODS = ("model", "gradcam", "gradcampp")
+#: ``cardiacai cam --cam-augment``: views whose CAMs, mapped back to the slice, are averaged with the slice's own
+#: (left-right flip, up-down flip, circular shift; cardiac_ai.weak.cam.AUGMENTATIONS).
+CAM_AUGMENTATIONS = ("hflip", "vflip", "shift")
 #: Default QC flag threshold (predicted Dice), the default of ``cardiacai qc --threshold`` and ``--qc-threshold``.
 QC_DEFAULT_THRESHOLD = 0.80
 #: Where QC's predicted Dice comes from (``cardiacai qc --predictor``, ``--qc-predictor``; cardiac_ai.qc.QC_PREDICTORS):
@@ -665,29 +670,97 @@ def fibrosis_call(lge_path: Any, out_dir: Any, *, model: str = "weak", device: s
 
 
 def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, method: str | None = None,
-             pseudo_label: bool = False, device: str = "auto", models_dir: Any = None) -> BackendCall:
-    """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label]``.
+             pseudo_label: bool = False, device: str = "auto", models_dir: Any = None,
+             augment: Sequence[str] | str | None = None, crf_iterations: int | None = None,
+             crf_smoothness: Sequence[float] | None = None, crf_appearance: Sequence[float] | None = None,
+             otsu_classes: int | None = None, scale_range: Sequence[float] | None = None,
+             min_fraction: float | None = None) -> BackendCall:
+    """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label] [--cam-augment VIEW ...]
+    [pseudo-label settings]``.
 
     ``explain`` None, "" or "predicted" explains the volume's predicted class on every slice ("slice": each slice's
-    own); ``method`` None, "" or "default"
-    uses the model card's method.
+    own; a class name such as "DCM": that class on every slice); ``method`` None, "" or "default" uses the model
+    card's method. ``augment`` (``--cam-augment``): views of :data:`CAM_AUGMENTATIONS` whose CAMs are averaged with
+    the slice's; None or empty: the plain slice only.
+
+    The pseudo-label settings replace the classifier's model card's and need ``pseudo_label`` (the labels are then
+    made from the CAM); None leaves the model card's. Pixels are those of the classifier's crop:
+    ``crf_iterations`` (``--crf-iterations``, >= 1), ``crf_smoothness`` (weight >= 0, width in pixels > 0;
+    ``--crf-smoothness``), ``crf_appearance`` (weight >= 0, width in pixels > 0, width in grey levels > 0;
+    ``--crf-appearance``), ``otsu_classes`` (0: no multi-Otsu step, or >= 2; ``--otsu-classes``), ``scale_range``
+    (low, high with 0 <= low < high <= 1; ``--scale-range``), ``min_fraction`` (0 <= F < 1; ``--min-fraction``).
 
     Raises
     ------
     InputError
-        Unknown method, or a class name with spaces or a leading "-".
+        Unknown method or view, a class name with spaces or a leading "-", a pseudo-label setting out of its range
+        or given without ``pseudo_label``.
     """
     options = _common_options(out_dir, device, models_dir)
     if explain not in (None, "", "predicted"):
         if not isinstance(explain, str) or explain.startswith("-") or not explain.strip() or " " in explain.strip():
-            raise InputError(f"The class to explain must be one class name such as DCM, got {explain!r}.")
+            raise InputError(f"The class to explain must be one class name such as DCM (or 'predicted' or 'slice'), "
+                             f"got {explain!r}.")
         options["explain"] = explain.strip()
     if method not in (None, "", "default"):
         if method not in CAM_METHODS:
             raise InputError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)} or 'default'.")
         options["method"] = method
     options["pseudo_label"] = bool(pseudo_label)
+    views = [augment] if isinstance(augment, str) else list(augment or ())
+    unknown = [view for view in views if view not in CAM_AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"Unknown CAM augmentation {unknown[0]!r}; choose among {', '.join(CAM_AUGMENTATIONS)}.")
+    options["cam_augment"] = list(dict.fromkeys(views)) or None
+    settings = {"crf_iterations": crf_iterations, "crf_smoothness": crf_smoothness, "crf_appearance": crf_appearance,
+                "otsu_classes": otsu_classes, "scale_range": scale_range, "min_fraction": min_fraction}
+    given = [name for name, value in settings.items() if value is not None]
+    if given and not pseudo_label:
+        raise InputError(f"{', '.join(given)} set the CAM pseudo-label; they need pseudo_label=True (heart from the "
+                         "CAM pseudo-label), without which the weak U-Net makes the labels when installed.")
+    if crf_iterations is not None:
+        if isinstance(crf_iterations, bool) or not isinstance(crf_iterations, numbers.Integral) or crf_iterations < 1:
+            raise InputError(f"crf_iterations (DenseCRF mean-field iterations) must be a whole number >= 1, "
+                             f"got {crf_iterations!r}.")
+        options["crf_iterations"] = int(crf_iterations)
+    if crf_smoothness is not None:
+        weight, width = _numbers(crf_smoothness, 2, "crf_smoothness (weight, width in pixels)")
+        if weight < 0 or width <= 0:
+            raise InputError(f"crf_smoothness needs a weight >= 0 (0 drops the kernel) and a width > 0 pixels, "
+                             f"got {crf_smoothness!r}.")
+        options["crf_smoothness"] = [weight, width]
+    if crf_appearance is not None:
+        weight, width, grey = _numbers(crf_appearance, 3, "crf_appearance (weight, width in pixels, grey levels)")
+        if weight < 0 or width <= 0 or grey <= 0:
+            raise InputError(f"crf_appearance needs a weight >= 0, a width > 0 pixels and a width > 0 grey levels, "
+                             f"got {crf_appearance!r}.")
+        options["crf_appearance"] = [weight, width, grey]
+    if otsu_classes is not None:
+        if isinstance(otsu_classes, bool) or not isinstance(otsu_classes, numbers.Integral) or otsu_classes < 0 \
+                or otsu_classes == 1:
+            raise InputError(f"otsu_classes must be 0 (no multi-Otsu step) or 2 or more, got {otsu_classes!r}.")
+        options["otsu_classes"] = int(otsu_classes)
+    if scale_range is not None:
+        low, high = _numbers(scale_range, 2, "scale_range (low, high)")
+        if not 0.0 <= low < high <= 1.0:
+            raise InputError(f"scale_range must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
+        options["scale_range"] = [low, high]
+    if min_fraction is not None:
+        (fraction,) = _numbers(min_fraction, 1, "min_fraction")
+        if not 0.0 <= fraction < 1.0:
+            raise InputError(f"min_fraction must lie in [0, 1) (0 keeps every positive CAM pixel), "
+                             f"got {min_fraction!r}.")
+        options["min_fraction"] = fraction
     return BackendCall("cam", (_path(image_path, "The image file"),), options)
+
+
+def _numbers(value: Any, count: int, what: str) -> list[float]:
+    """``count`` finite numbers as floats: a sequence of ``count`` of them, or one number when ``count`` is 1."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(items) != count or any(isinstance(item, bool) or not isinstance(item, numbers.Real)
+                                  or not math.isfinite(item) for item in items):
+        raise InputError(f"{what} must be {count} finite number{'s' if count > 1 else ''}, got {value!r}.")
+    return [float(item) for item in items]
 
 
 def qc_call(image_path: Any, labels_path: Any, out_dir: Any, *, threshold: float = QC_DEFAULT_THRESHOLD,
