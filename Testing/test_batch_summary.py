@@ -75,7 +75,8 @@ def test_cam_columns_and_its_own_warnings():
 
 
 @pytest.mark.parametrize("report, match", [
-    (_report("qc"), "No batch summary for a report of 'qc'"),
+    (_report("fit-map"), "No batch summary for a report of 'fit-map'"),
+    (_report("qc"), "report of 'qc' lacks"),
     ({"volumes_ml": {}}, "No batch summary for a report of None"),
     (_report("segment-cine", volumes_ml={"lv_blood_pool": 1.0}), "lacks what the summary needs .*lv_mass_g"),
     (_report("map", kind="t1"), "report of 'map' lacks"),

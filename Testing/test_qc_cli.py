@@ -355,6 +355,48 @@ def test_a_label_map_saved_as_seg_nrrd_without_segments_is_read_by_its_values(fi
     assert _report(tmp_path / "mask")["qc"]["volume_dice"]["lv_blood_pool"] is None
 
 
+def test_batch_qc_checks_a_cohort_of_segmentations_from_a_csv(files, tiny_qc_models, tmp_path, capsys):
+    from cardiac_ai.qc import shift_labels
+
+    labels = files["case"].labels
+    mms = np.array([0, 3, 2, 1], dtype=np.uint8)  # another tool's codes: 1 LV, 2 myocardium, 3 RV
+    write_volume(labels.with_array(mms[labels.array]), tmp_path / "whole.nii.gz")
+    write_volume(labels.with_array(mms[shift_labels(labels.array, 4.0, seed=0)]), tmp_path / "shifted.nii.gz")
+    (tmp_path / "cases.csv").write_text(
+        "case_id,image,labels\n"
+        f"whole,{files['image']},{tmp_path / 'whole.nii.gz'}\n"
+        f"shifted,{files['image']},shifted.nii.gz\n"  # relative to the CSV's folder
+        f"missing,{files['image']},nowhere.nii.gz\n")
+    common = ["--models-dir", tiny_qc_models, "--device", "cpu", "--qc-predictor", "search"]
+    codes = ["--label-codes", "LV=1", "MYO=2", "RV=3"]
+    code, stdout, _ = _run(capsys, "batch", tmp_path / "cases.csv", "--task", "qc", "--out", tmp_path / "out",
+                           *common, "--qc-threshold", "0.5", *codes)
+    assert code == 5 and "2 done" in stdout and "1 failed" in stdout  # the missing labels: that case alone
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        rows = {row["case_id"]: row for row in csv.DictReader(handle)}
+    assert rows["missing"]["status"] == "failed" and "nowhere.nii.gz" in rows["missing"]["error"]
+    for case in ("whole", "shifted"):
+        row, report = rows[case], _report(tmp_path / "out" / case)
+        assert row["status"] == "ok" and report["provenance"]["command"] == "qc"
+        assert float(row["qc_mean_dice"]) == pytest.approx(report["qc"]["mean_dice"], abs=1e-3)
+        assert int(row["qc_flagged_slices"]) == report["qc"]["n_flagged_slices"]
+        assert report["qc"]["dice_threshold"] == 0.5
+        # one single-case job each: the same slices as `cardiacai qc` of that case
+        expected = _qc_slices(capsys, files["image"], report["input"]["labels"], tmp_path / f"single_{case}",
+                              tiny_qc_models, "--threshold", "0.5", *codes)
+        assert report["qc"]["slices"] == expected
+        assert float(row["qc_volume_dice_lv_myocardium"]) == pytest.approx(
+            report["qc"]["volume_dice"]["lv_myocardium"], abs=1e-3)
+    code, _, err = _run(capsys, "batch", tmp_path / "cases.csv", "--task", "qc", "--out", tmp_path / "no",
+                        *common, "--no-qc")
+    assert code == 2 and "quality control is the task itself" in err
+    code, _, err = _run(capsys, "batch", files["dir"], "--task", "qc", "--out", tmp_path / "folder", *common)
+    assert code == 2 and "case_id, image and labels" in err
+    code, _, err = _run(capsys, "batch", tmp_path / "cases.csv", "--task", "segment-cine", "--out",
+                        tmp_path / "seg", *common, "--label-codes", "MYO=2")
+    assert code == 2 and "--label-codes applies to --task qc" in err
+
+
 @pytest.fixture(scope="module")
 def oblique_files(tmp_path_factory, cine_phantom):
     """The phantom on an oblique grid (origin and direction not the defaults), image and full labels."""

@@ -26,8 +26,7 @@ from cardiac_ai.datasets import list_acdc
 from cardiac_ai.datasets.case import load_case
 from cardiac_ai.datasets.splits import load_split, refs_in_part
 from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
-from cardiac_ai.models.registry import ModelRegistry
-from cardiac_ai.pipeline import _with_drawn_context
+from cardiac_ai.pipeline import _with_drawn_context, load_qc_file_models
 from cardiac_ai.provenance import Provenance
 from cardiac_ai.qc import QCConfig, assess_segmentation
 from cardiac_ai.qc.corruptions import dilate_labels, erode_labels, shift_labels
@@ -62,8 +61,8 @@ def main(argv=None) -> int:
 
     refs = list_acdc(args.data)
     refs = refs_in_part(refs, load_split(args.split), args.part)
-    registry = ModelRegistry()
-    vae, regressor = registry.load("qc_vae", device="cpu"), registry.load("qc_dice_regressor", device="cpu")
+    models = load_qc_file_models((), device="cpu")
+    vae, regressor = models.vae, models.regressor
     config = QCConfig(judged_structures=(LV_MYOCARDIUM,))
     predicted: dict[str, list[np.ndarray]] = {name: [] for name in SETTINGS}
     truth: list[np.ndarray] = []
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
             alone = np.where(myocardium, LV_MYOCARDIUM, 0).astype(np.uint8)
             with_truth = np.where(np.isin(gt, (RV_BLOOD_POOL, LV_BLOOD_POOL)), gt, 0).astype(np.uint8)
             with_truth[myocardium] = LV_MYOCARDIUM
-            drawn, _ = _with_drawn_context(case.image, case.labels.with_array(alone), (LV_MYOCARDIUM,), (),
+            drawn, _ = _with_drawn_context(case.image, case.labels.with_array(alone), (LV_MYOCARDIUM,), models,
                                            device="cpu", provenance=Provenance())
             for name, labels in zip(SETTINGS, (alone, drawn.array, with_truth)):
                 result = assess_segmentation(case.image, case.labels.with_array(labels), vae, regressor=regressor,

@@ -21,7 +21,7 @@ __all__ = ["summary_values", "earlier_summary_values", "summary_columns", "SUMMA
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COMMANDS = ("segment-cine", "function", "map", "fibrosis", "cam")
+SUMMARY_COMMANDS = ("segment-cine", "function", "map", "fibrosis", "cam", "qc")
 """The commands whose reports :func:`summary_values` reads (``provenance.command``)."""
 
 _MAP_STATISTICS = ("median", "iqr", "mean", "sd")
@@ -49,6 +49,7 @@ def summary_values(report: Mapping[str, Any]) -> dict[str, Any]:
           when the pixel size is unknown), ``scar_percent_of_myocardium``, ``mvo_percent_of_scar``,
           ``fibrosis_found``, ``max_slice_fibrosis_probability`` (when a classifier ran);
         * cam: ``predicted_class``, ``predicted_probability``, ``p_<class>`` per class, ``heart_volume_ml``;
+        * qc: ``qc_mean_dice`` and ``qc_volume_dice_<structure>`` per structure (null where not judged);
 
         then ``warnings`` (joined with " | ") and, when QC ran, ``qc_min_dice`` (lowest predicted Dice of any slice
         and structure, ED and ES together for function), ``qc_flagged_slices`` (their number) and
@@ -148,8 +149,14 @@ def _qc_values(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _qc_command_values(report: Mapping[str, Any]) -> dict[str, Any]:
+    qc = report["qc"]
+    return {"qc_mean_dice": _rounded(qc["mean_dice"]),
+            **{f"qc_volume_dice_{name}": _rounded(dice) for name, dice in qc["volume_dice"].items()}}
+
+
 _COMMAND_VALUES = {"segment-cine": _cine_values, "function": _function_values, "map": _map_values,
-                   "fibrosis": _fibrosis_values, "cam": _cam_values}
+                   "fibrosis": _fibrosis_values, "cam": _cam_values, "qc": _qc_command_values}
 
 
 def earlier_summary_values(case_folder: str | os.PathLike) -> dict[str, Any] | None:

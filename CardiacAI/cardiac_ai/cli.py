@@ -39,10 +39,15 @@ Handler = Callable[[argparse.Namespace, ProgressCallback], int]
 
 # Choices shared by the single-case commands and ``batch``; repeated from the backend (cardiac_ai.pipeline.BATCH_TASKS,
 # cardiac_ai.fibrosis, cardiac_ai.weak) so that building the parser does not import torch.
-BATCH_TASK_CHOICES = ("segment-cine", "function", "map", "fibrosis", "cam")
+BATCH_TASK_CHOICES = ("segment-cine", "function", "map", "fibrosis", "cam", "qc")
 MAP_KINDS = ("t1", "t2")
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 CAM_METHODS = ("model", "gradcam", "gradcampp")
+_LABEL_CODES_HELP = ("another tool's label values, as the value of each structure in the label map: RV, MYO, LV (also "
+                     "SCAR, MVO, HEART; BG drops a value; VALUE may be a comma list), e.g. LV=1 MYO=2 RV=3 (M&Ms) or "
+                     "MYO=255 (binary mask); every nonzero value must be named; the file is not changed; only the "
+                     "structures named are judged")
+_WRITE_SURROGATE_HELP = "also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd"
 #: cardiac_ai.weak.cam.AUGMENTATIONS, repeated for the same reason (a test checks that they agree).
 CAM_AUGMENTATIONS = ("hflip", "vflip", "shift")
 _HANDLERS: dict[str, Handler] = {}
@@ -270,16 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "batch", parents=[common, cine, quality],
-        help="run segment-cine, function, map, fibrosis or cam over a cohort (resumable; summary.csv)",
+        help="run segment-cine, function, map, fibrosis, cam or qc over a cohort (resumable; summary.csv)",
         description="Run one task over every case of a cohort, with the models loaded once. Each case gets the "
                     "output folder of the single-case command (OUT/<case_id>/); OUT/summary.csv holds one row per "
                     "case (status, the task's main numbers, warnings, QC, error, seconds). A case whose folder "
                     "holds report.json is skipped (--overwrite redoes it); a failing case never stops the batch, "
                     "and the exit status is then 5. The cine options apply to segment-cine and function (--frame "
-                    "also to cam), quality control to segment-cine, function, map and fibrosis.",
+                    "also to cam), quality control to segment-cine, function, map and fibrosis; --task qc checks "
+                    "existing segmentations (a CSV of case_id,image,labels) with --qc-threshold and --qc-predictor.",
     )
     p.add_argument("source", help="folder of inputs (a volume file, DICOM folder or, for fibrosis, PNG-slice folder "
-                                  "per case) or CSV: case_id,input (function: case_id,ed,es)")
+                                  "per case) or CSV: case_id,input (function: case_id,ed,es; qc: case_id,image,labels)")
     p.add_argument("--task", choices=BATCH_TASK_CHOICES, default="segment-cine",
                    help="what to run on every case, as the command of that name (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder: one subfolder per case and summary.csv")
@@ -302,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pseudo-label", action="store_true",
                        help="cam: labels from the CAM pseudo-label even when the weak U-Net is installed")
     _add_cam_settings(group, prefix="cam: ")
+    group = p.add_argument_group("qc task (the options of `cardiacai qc`; threshold and predictor: --qc-threshold, "
+                                 "--qc-predictor)")
+    group.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE", help="qc: " + _LABEL_CODES_HELP)
+    group.add_argument("--write-surrogate", action="store_true", help="qc: " + _WRITE_SURROGATE_HELP)
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="cases processed at once, each in its own process with its own copy of the models "
                         "(default 1). Most per-case work is CPU-bound, so on a many-core machine (with or without "
@@ -427,13 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
                    help="flag slices whose predicted Dice is below DICE (default %(default)s)")
     p.add_argument("--predictor", choices=_QC_PREDICTORS, default="auto", help=_QC_PREDICTOR_HELP)
-    p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
-                   help="another tool's label values, as the value of each structure in the label map: RV, MYO, "
-                        "LV (also SCAR, MVO, HEART; BG drops a value; VALUE may be a comma list), e.g. LV=1 MYO=2 "
-                        "RV=3 (M&Ms) or MYO=255 (binary mask); every nonzero value must be named; the file is not "
-                        "changed")
-    p.add_argument("--write-surrogate", action="store_true",
-                   help="also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd")
+    p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE", help=_LABEL_CODES_HELP)
+    p.add_argument("--write-surrogate", action="store_true", help=_WRITE_SURROGATE_HELP)
 
     p = sub.add_parser("cam", parents=[common],
                        help="class activation map and whole-heart labels from diagnosis-label (weak) models")
@@ -949,16 +954,26 @@ _BATCH_TASK_OPTIONS = {
     "frame": ("segment-cine", "function", "cam"), "series_uid": ("segment-cine", "function", "map", "fibrosis"),
     "min_heart_ml": ("segment-cine", "function"),
     **{dest: ("cam",) for dest in ("cam_augment", *_PSEUDO_LABEL_OPTIONS)},
+    "label_codes": ("qc",), "write_surrogate": ("qc",),
 }
 
 
 def _batch_options(args: argparse.Namespace):
     """The task's options for :func:`~cardiac_ai.pipeline.run_batch`; InputError for options of another task."""
-    from .pipeline import CamOptions, FibrosisOptions, MapOptions
+    from .pipeline import CamOptions, FibrosisOptions, MapOptions, QCBatchOptions
 
     for dest, tasks in _BATCH_TASK_OPTIONS.items():  # "is", not "in": a given 0 (--frame 0) equals False
         if getattr(args, dest) is not None and getattr(args, dest) is not False and args.task not in tasks:
             raise InputError(f"--{dest.replace('_', '-')} applies to --task {' or '.join(tasks)}, not {args.task}.")
+    if args.task == "qc":
+        from .labels import parse_label_codes
+        from .qc.assess import QCConfig
+
+        if args.no_qc:
+            raise InputError("--no-qc with --task qc: quality control is the task itself.")
+        return QCBatchOptions(config=QCConfig(dice_threshold=args.qc_threshold, predictor=args.qc_predictor),
+                              label_codes=None if args.label_codes is None else parse_label_codes(args.label_codes),
+                              write_surrogate=args.write_surrogate, device=args.device)
     if args.task == "map":
         if args.kind is None:
             raise InputError("--task map needs --kind t1 or --kind t2 (what the maps hold).")
@@ -975,7 +990,12 @@ def _batch_options(args: argparse.Namespace):
 
 
 def _batch_models(args: argparse.Namespace, provenance):
-    """(models, QC options) of the batch's task, loaded once; cam runs no QC."""
+    """(models, QC options) of the batch's task, loaded once; cam runs no QC, and qc is QC (its models)."""
+    if args.task == "qc":
+        from .pipeline import load_qc_file_models
+
+        return load_qc_file_models(args.models_dir, device=args.device, predictor=args.qc_predictor,
+                                   provenance=provenance), None
     if args.task == "map":
         return _mapping_models(args, provenance), _qc_options(args, provenance)
     if args.task == "fibrosis":

@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
 
@@ -41,6 +41,7 @@ __all__ = [
     "MapOptions",
     "FibrosisOptions",
     "CamOptions",
+    "QCBatchOptions",
     "list_batch_cases",
     "run_batch",
 ]
@@ -301,8 +302,8 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
 
 # -- batch -------------------------------------------------------------------------------------------------------
 #: What ``cardiacai batch --task`` runs over a cohort: the single-case command of the same name for every case.
-BATCH_TASKS = ("segment-cine", "function", "map", "fibrosis", "cam")
-BatchTask = Literal["segment-cine", "function", "map", "fibrosis", "cam"]
+BATCH_TASKS = ("segment-cine", "function", "map", "fibrosis", "cam", "qc")
+BatchTask = Literal["segment-cine", "function", "map", "fibrosis", "cam", "qc"]
 
 
 @dataclass(frozen=True)
@@ -345,8 +346,18 @@ class CamOptions:
     pseudo_label_overrides: dict | None = None  # PseudoLabelConfig field -> value, over the model card's settings
 
 
+@dataclass(frozen=True)
+class QCBatchOptions:
+    """The ``cardiacai qc`` options that hold for every case of a batch of ``qc`` (image and labels per case)."""
+
+    config: object | None = None  # QCConfig; None: the defaults (threshold 0.80, predictor "auto")
+    label_codes: Mapping[int, int] | None = None
+    write_surrogate: bool = False
+    device: str = "auto"
+
+
 _OPTIONS_OF_TASK = {"segment-cine": CineOptions, "function": CineOptions, "map": MapOptions,
-                    "fibrosis": FibrosisOptions, "cam": CamOptions}
+                    "fibrosis": FibrosisOptions, "cam": CamOptions, "qc": QCBatchOptions}
 
 
 def _is_volume_input(path: Path) -> bool:
@@ -361,12 +372,16 @@ def _case_id(path: Path) -> str:
     return name
 
 
+#: Tasks whose cases need more than one input, hence a CSV: its columns besides case_id.
+_CSV_COLUMNS = {"function": ("ed", "es"), "qc": ("image", "labels")}
+
+
 def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     """Cases from a folder (one volume file or folder per case: a DICOM series, or for fibrosis a folder of one
-    patient's PNG slices; every task but function) or a CSV list.
+    patient's PNG slices; every task but function and qc) or a CSV list.
 
-    The CSV has a ``case_id`` column and ``input`` (every task but function) or ``ed`` and ``es`` (function);
-    relative paths are read from the CSV's folder.
+    The CSV has a ``case_id`` column and ``input`` (every task but function and qc), ``ed`` and ``es`` (function)
+    or ``image`` and ``labels`` (qc); relative paths are read from the CSV's folder.
     """
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
@@ -374,11 +389,12 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     if not source.exists():
         raise DataError(f"Batch input {source} does not exist.")
     if source.is_dir():
-        if task == "function":
-            raise InputError("A batch of 'function' needs a CSV with case_id, ed and es columns.")
+        if task in _CSV_COLUMNS:
+            raise InputError(f"A batch of {task!r} needs a CSV with case_id, {' and '.join(_CSV_COLUMNS[task])} "
+                             "columns.")
         cases = [BatchCase(_case_id(p), (p,)) for p in sorted(source.iterdir()) if _is_volume_input(p)]
     else:
-        columns = ("ed", "es") if task == "function" else ("input",)
+        columns = _CSV_COLUMNS.get(task, ("input",))
         with open(source, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in ("case_id", *columns) if c not in (reader.fieldnames or [])]
@@ -418,16 +434,18 @@ def run_batch(
 
     Each case folder is what the single-case command writes (:func:`segment_cine_file`,
     :func:`cardiac_function_files`, :func:`analyse_map_file`, :func:`~cardiac_ai.fibrosis.fibrosis_file`,
-    :func:`cam_file`), with the models loaded once for the whole batch.
+    :func:`cam_file`, :func:`qc_file`), with the models loaded once for the whole batch.
 
     Parameters
     ----------
     models : the task's loaded models: :func:`load_cine_models` (segment-cine, function),
         :func:`load_mapping_models` (map), :func:`~cardiac_ai.fibrosis.load_fibrosis_models` (fibrosis),
-        :func:`load_weak_models` (cam).
+        :func:`load_weak_models` (cam), :func:`load_qc_file_models` (qc).
     options : the task's options: :class:`CineOptions` (segment-cine, function; the default), :class:`MapOptions`
-        (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions` (their defaults when None).
-    qc : QC of segment-cine, function, map and fibrosis (see :func:`segment_cine_file`); cam has none.
+        (map; needed for its ``kind``), :class:`FibrosisOptions`, :class:`CamOptions`, :class:`QCBatchOptions`
+        (their defaults when None).
+    qc : QC of segment-cine, function, map and fibrosis (see :func:`segment_cine_file`); cam has none, and for qc
+        QC is the task itself (``options``).
     job : ``job(case, case_dir) -> report`` run instead of the task (tests, other front ends): the case's report,
         as ``report.json`` holds it, whose summary columns the row gets.
     workers : cases run at once, each in its own process (``spawn``: safe with CUDA) that loads the models once
@@ -619,6 +637,10 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
         fibrosis_file(case.inputs[0], case_dir, models=models, spacing_mm=options.spacing_mm,
                       series_uid=options.series_uid, device=options.device, overwrite=True, progress=progress, qc=qc,
                       pixel_size_unknown=options.pixel_size_unknown)
+    elif task == "qc":
+        qc_file(case.inputs[0], case.inputs[1], case_dir, models=models, device=options.device, config=options.config,
+                label_codes=options.label_codes, write_surrogate=options.write_surrogate, overwrite=True,
+                progress=progress)
     else:
         cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
                  use_segmenter=options.use_segmenter, frame=options.frame, device=options.device, overwrite=True,
@@ -1189,8 +1211,8 @@ def _septal_mask(analysis, k: int) -> np.ndarray:
 
 
 # -- quality control -------------------------------------------------------------------------------------------------
-__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "FIBROSIS_QC_NOTE", "QCOptions", "load_qc_model", "load_qc_regressor", "qc_options",
-            "qc_file"]
+__all__ += ["QC_SLICES_NAME", "MAP_QC_NOTE", "FIBROSIS_QC_NOTE", "QCOptions", "QCFileModels", "load_qc_model",
+            "load_qc_regressor", "load_qc_file_models", "qc_options", "qc_file"]
 
 #: Per-slice QC table written beside ``report.json`` when QC ran.
 QC_SLICES_NAME = "qc_slices.csv"
@@ -1367,6 +1389,61 @@ def _qc_entry(check, *, note: str | None = None) -> dict | None:
     return entry
 
 
+@dataclass(frozen=True)
+class QCFileModels:
+    """What ``cardiacai qc`` runs, loaded once (:func:`load_qc_file_models`; a batch of ``qc`` keeps them for every
+    case).
+
+    Attributes
+    ----------
+    vae, regressor : the ``qc_vae`` model and the ``qc_dice_regressor`` (None: not installed, or not wanted).
+    localiser : the ``cine_localiser`` that tells where the heart is (extent check); None: not checked.
+    cine : the cine baseline models (:class:`~cardiac_ai.regions.pipeline.CineModels`) that draw the structures a
+        partial segmentation leaves out, as context; None: not drawn.
+    missing : why the localiser or the cine models are absent, for the report's warnings.
+    """
+
+    vae: object
+    regressor: object | None = None
+    localiser: object | None = None
+    cine: object | None = None
+    missing: dict = field(default_factory=dict)
+
+
+def load_qc_file_models(models_dirs: Sequence[str | Path] = (), *, device: str = "auto", predictor: str = "auto",
+                        provenance: Provenance | None = None) -> QCFileModels:
+    """The models of ``cardiacai qc``: the QC models (a missing ``qc_vae`` is a ModelError) and, where installed,
+    the cine localiser and baseline for the extent check and the context of partial segmentations.
+
+    Raises
+    ------
+    ModelError
+        No usable ``qc_vae``, or a ``qc_dice_regressor`` that exists but cannot be loaded.
+    """
+    from .models.registry import ModelRegistry
+    from .regions.pipeline import CineModels
+
+    vae = load_qc_model(models_dirs, device=device, provenance=provenance)
+    regressor = None if predictor == "search" else load_qc_regressor(models_dirs, device=device,
+                                                                    provenance=provenance)
+    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
+    localiser = cine = None
+    missing: dict = {}
+    try:
+        cine = CineModels.from_registry(registry, mode="baseline", device=device)
+        localiser = cine.localiser
+    except ModelError as error:
+        missing["cine"] = str(error)
+        if registry.has("cine_localiser"):
+            try:
+                localiser = registry.load("cine_localiser", device=device)
+            except ModelError as localiser_error:
+                missing["localiser"] = str(localiser_error)
+        else:
+            missing["localiser"] = "no cine_localiser model is installed"
+    return QCFileModels(vae, regressor, localiser, cine, missing)
+
+
 def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
                  provenance: Provenance) -> tuple[Volume, Volume, set[int] | None]:
     """The label map to judge (CardiacAI codes), the file as read, and the codes it names when it names fewer than
@@ -1413,7 +1490,7 @@ def _structures_named(config, named: set[int] | None, provenance: Provenance):
     return dataclasses.replace(config, judged_structures=judged)
 
 
-def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], models_dirs, *, device,
+def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], models: QCFileModels, *, device,
                         provenance: Provenance) -> tuple[Volume, bool]:
     """A partial segmentation completed with the structures it leaves out, drawn by the cine models where it has
     background, so that QC sees a whole heart as it was trained to; the drawn structures are not judged.
@@ -1422,16 +1499,15 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     drawn by the bundled cine baseline, its predicted myocardium Dice follows the true one about as well as with the
     true blood pools (40 ACDC test volumes, corrupted myocardium: r 0.70 -> 0.84, MAE 0.25 -> 0.16; true pools
     0.85 / 0.16; docs/benchmarks.md). Returns the labels and whether anything was drawn."""
-    from .models.registry import ModelRegistry
     from .qc import QC_STRUCTURES
-    from .regions.pipeline import CineModels, segment_cine
+    from .regions.pipeline import segment_cine
 
     missing = [code for code in QC_STRUCTURES if code not in judged]
     try:
-        models = CineModels.from_registry(ModelRegistry(extra_paths=[Path(p) for p in models_dirs]),
-                                          mode="baseline", device=device)
-        drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=models, mode="baseline",
-                             device=device, provenance=Provenance()).labels.array
+        if models.cine is None:
+            raise ModelError(models.missing.get("cine", "no cine models"))
+        drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=models.cine,
+                             mode="baseline", device=device, provenance=Provenance()).labels.array
     except (ModelError, InputError) as error:
         provenance.warn(f"QC: the structures the segmentation leaves out could not be drawn as context ({error}); "
                         "it is judged without them, which makes its predicted Dice low and less reliable.", log)
@@ -1446,7 +1522,7 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
                         "reliable.", log)
         return labels, False
     completed[fill] = drawn[fill]
-    provenance.models.extend(use for use in (model.model_use() for model in models.loaded())
+    provenance.models.extend(use for use in (model.model_use() for model in models.cine.loaded())
                              if use not in provenance.models)
     provenance.warn(f"QC: {missing_names} drawn by the cine baseline on the segmented slices, as context for the "
                     "judgement (not judged).", log)
@@ -1466,6 +1542,7 @@ def qc_file(
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    models: QCFileModels | None = None,
 ):
     """``cardiacai qc``: predict the Dice of a segmentation without ground truth and flag the slices to review.
 
@@ -1497,6 +1574,8 @@ def qc_file(
         (``input.context_drawn`` in the report).
     write_surrogate, overwrite, provenance, progress
         As named.
+    models : QCFileModels, optional
+        Loaded already (:func:`load_qc_file_models`, e.g. once for a batch); None loads them from ``models_dirs``.
 
     Returns
     -------
@@ -1532,12 +1611,12 @@ def qc_file(
     if label_codes is not None:
         provenance.parameters["label_codes"] = {str(value): int(code) for value, code in sorted(label_codes.items())}
     with output_folder(out_dir, overwrite=overwrite, inputs=[image_path, labels_path]) as out:
-        report(progress, 0.0, "Loading the QC model")
-        model = load_qc_model(models_dirs, device=device, provenance=provenance)
+        if models is None:
+            report(progress, 0.0, "Loading the QC model")
+            models = load_qc_file_models(models_dirs, device=device, predictor=config.predictor,
+                                         provenance=provenance)
+        model, regressor = models.vae, (None if config.predictor == "search" else models.regressor)
         provenance.models.append(model.model_use())
-        regressor = None
-        if config.predictor != "search":
-            regressor = load_qc_regressor(models_dirs, device=device, provenance=provenance)
         with provenance.timed("read"):
             image = read_input(image_path)
             labels, labels_as_read, named = _read_labels(labels_path, label_codes, provenance)
@@ -1547,11 +1626,11 @@ def qc_file(
         context_drawn = False
         if config.judged_structures is not None:
             with provenance.timed("context"):
-                labels, context_drawn = _with_drawn_context(image, labels, config.judged_structures, models_dirs,
+                labels, context_drawn = _with_drawn_context(image, labels, config.judged_structures, models,
                                                             device=device, provenance=provenance)
         padding = _padding_note(labels_as_read, image)
         with provenance.timed("extent"):
-            unsegmented = _unsegmented_heart_slices(image, labels, models_dirs, device=device, provenance=provenance)
+            unsegmented = _unsegmented_heart_slices(image, labels, models, device=device, provenance=provenance)
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
                                          progress=subrange(progress, 0.05, 0.9), regressor=regressor,
@@ -1572,21 +1651,24 @@ def qc_file(
     return result
 
 
-def _unsegmented_heart_slices(image: Volume, labels: Volume, models_dirs, *, device, provenance) -> list[int]:
+def _unsegmented_heart_slices(image: Volume, labels: Volume, models: QCFileModels, *, device,
+                              provenance) -> list[int]:
     """Slices beyond the segmentation where the cine localiser sees the heart (:mod:`cardiac_ai.qc.extent`); none
     without a usable ``cine_localiser`` (noted) or for an image the localiser cannot take."""
-    from .models.registry import ModelRegistry
     from .qc.extent import unsegmented_heart_slices
     from .regions.pipeline import localise_heart
 
-    registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
-    if not registry.has("cine_localiser"):
-        log.info("No cine_localiser model: QC does not check where the segmentation stops against the heart.")
+    localiser = models.localiser
+    if localiser is None:
+        if "localiser" in models.missing and "no cine_localiser" not in models.missing["localiser"]:
+            provenance.warn("QC: the segmentation's extent was not checked against the heart "
+                            f"({models.missing['localiser']}).", log)
+        else:
+            log.info("No cine_localiser model: QC does not check where the segmentation stops against the heart.")
         return []
     try:
-        localiser = registry.load("cine_localiser", device=device)
         localised = localise_heart(localiser, image.with_array(np.asarray(image.array, np.float32)), device=device)
-    except (ModelError, InputError) as error:
+    except InputError as error:
         provenance.warn(f"QC: the segmentation's extent was not checked against the heart ({error}).", log)
         return []
     if localiser.model_use() not in provenance.models:
