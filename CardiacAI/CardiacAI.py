@@ -1961,7 +1961,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             call = results.qc_call(imagePath, labelsPath, outputDir, threshold=threshold,
                                    write_surrogate=writeSurrogate, device=device, models_dir=modelsDir,
                                    predictor=predictor,
-                                   structures=sorted(set(self.segmentCodes(segmentationNode).values())))
+                                   structures=results.partial_structures(self.segmentCodes(segmentationNode).values()))
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             rows = results.qc_slice_rows(report["qc"])

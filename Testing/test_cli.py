@@ -160,6 +160,19 @@ def test_evaluate_reads_slicer_segmentations_cropped_to_their_contents(tmp_path,
     rows = (tmp_path / "m" / "metrics.csv").read_text().splitlines()[1:]
     assert [float(row.split(",")[3]) for row in rows] == [1.0, 1.0]  # Dice of both structures
 
+    # the truth cropped too, to another box that neither holds nor lies inside the prediction's
+    truth_box = truth[:, 5:15, 3:15]
+    truth_origin = geometry.index_to_lps(np.array([0, 5, 3]))[0]
+    (tmp_path / "truth" / "case01_gt.nii.gz").unlink()
+    write_volume(Volume(np.ascontiguousarray(truth_box), Geometry(geometry.spacing_mm, tuple(truth_origin),
+                                                                  geometry.direction_lps)),
+                 tmp_path / "truth" / "case01_gt.nii.gz")
+    code, out, err = _run(capsys, "evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out",
+                          str(tmp_path / "m2"), "--labels", "2", "3")
+    assert code == 0, err
+    rows = (tmp_path / "m2" / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[3]) for row in rows] == [1.0, 1.0]
+
 
 def test_python_dash_m_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "cardiac_ai", "--version"], capture_output=True, text=True)

@@ -262,3 +262,19 @@ def test_a_label_map_saved_under_a_seg_nrrd_name_is_read_by_its_values_not_empti
     write_volume(labels.with_array(outside), tmp_path / "outside.nii.gz")
     with pytest.raises(InputError, match="200"):
         read_label_map(tmp_path / "outside.nii.gz")
+
+
+def test_short_segment_names_are_read_as_slicer_users_type_them(tmp_path):
+    """A segment named "Myo" that Slicer numbered 1 is the myocardium, not label value 1's RV blood pool."""
+    geometry = _oblique_geometry()
+    segmentation = slicerio.create_segmentation(SHAPE_KJI[::-1], geometry.ijk_to_lps_matrix())
+    mask = np.zeros(SHAPE_KJI[::-1], np.uint8)
+    mask[1:3, 2:4, 1:4] = 1
+    segmentation["voxels"] = mask
+    segmentation["segments"] = [{"id": "Segment_1", "name": "Myo", "labelValue": 1, "layer": 0,
+                                 "color": [1, 0, 0]}]
+    slicerio.write_segmentation(str(tmp_path / "myo.seg.nrrd"), segmentation)
+    read = read_seg_nrrd(tmp_path / "myo.seg.nrrd")
+    assert [s.code for s in read.segments] == [LV_MYOCARDIUM]
+    assert set(np.unique(read.labels.array)) == {0, LV_MYOCARDIUM}
+

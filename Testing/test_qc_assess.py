@@ -440,6 +440,8 @@ def test_unsegmented_heart_slices_are_two_or_more_beyond_the_labelled_range():
     assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 500, 250, 160, 0]) == [5, 6]
     assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 500, 250, 140, 0]) == []  # 140 < 0.3 x 500
     assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 200, 90, 90, 90]) == []  # under 100 mm^2
+    assert unsegmented_heart_slices(apex_labels, [0, 0, 1000, 1000, 0, 120, 110, 0]) == []  # an end slice the
+    # localiser does not see gives no measure to compare with
     with pytest.raises(InputError, match="one area per slice"):
         unsegmented_heart_slices(labels, areas[:-1])
 

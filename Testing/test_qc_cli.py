@@ -319,6 +319,38 @@ def test_a_myocardium_mask_is_judged_alone_with_blood_pools_drawn_as_context(
     names = [m["name"] for m in report["provenance"]["models"]]
     assert "cine_baseline" in names and len(names) == len(set(names))
 
+    # a HEART code (another tool's whole-heart label) over the blood pools is no obstacle to the context
+    heart = np.where(labels.array == 2, 2, np.where(labels.array > 0, 6, 0)).astype(np.uint8)
+    write_volume(labels.with_array(heart), tmp_path / "myo_heart.nii.gz")
+    for name, codes in (("bg", ["MYO=2", "BG=6"]), ("heart", ["MYO=2", "HEART=6"])):
+        _qc_slices(capsys, files["image"], tmp_path / "myo_heart.nii.gz", tmp_path / name, tiny_qc_models,
+                   "--models-dir", cine_models, "--label-codes", *codes)
+    assert _report(tmp_path / "heart")["input"]["context_drawn"] is True
+    assert _report(tmp_path / "heart")["qc"]["slices"] == _report(tmp_path / "bg")["qc"]["slices"]
+
+    # a plain map of CardiacAI codes with the myocardium alone: judged as drawn, with the hint how to judge it alone
+    write_volume(labels.with_array(np.where(labels.array == 2, 2, 0).astype(np.uint8)), tmp_path / "myo2.nii.gz")
+    _qc_slices(capsys, files["image"], tmp_path / "myo2.nii.gz", tmp_path / "plain", tiny_qc_models)
+    assert any("--label-codes MYO=2 to judge those alone" in w
+               for w in _report(tmp_path / "plain")["provenance"]["warnings"])
+
+    # the RV alone stops short of the apex by design: the heart's extent is not held against it
+    rv_only = np.where(labels.array == 1, 1, 0).astype(np.uint8)
+    rv_only[rv_only.any(axis=(1, 2)).nonzero()[0][-2:]] = 0  # the RV's two last slices, as at a real apex
+    write_volume(labels.with_array(rv_only), tmp_path / "rv.nii.gz")
+    _qc_slices(capsys, files["image"], tmp_path / "rv.nii.gz", tmp_path / "rv", tiny_qc_models,
+               "--models-dir", cine_models, "--label-codes", "RV=1")
+    report = _report(tmp_path / "rv")
+    assert not any("stops before the heart" in w for w in report["provenance"]["warnings"])
+    assert report["qc"]["volume_dice"]["lv_myocardium"] is None
+
+    # a whole segmentation gets no context, and no cine baseline run
+    _qc_slices(capsys, files["image"], files["labels"], tmp_path / "whole", tiny_qc_models, "--models-dir",
+               cine_models)
+    report = _report(tmp_path / "whole")
+    assert report["input"]["context_drawn"] is False and not any("context" in w for w in
+                                                                 report["provenance"]["warnings"])
+
     # where the cine models see no heart, nothing is drawn, and the report says so
     noise = np.random.default_rng(0).normal(100, 5, labels.array.shape).astype(np.float32)
     write_volume(files["case"].image.with_array(noise), tmp_path / "noise.nii.gz")

@@ -110,6 +110,21 @@ def test_image_without_heart_gives_empty_labels_and_a_warning(cine_models):
     assert told.base_first is False  # what the caller said stands
 
 
+def test_models_that_draw_nothing_leave_no_regions_and_no_stack_direction(cine_models, monkeypatch):
+    """The localiser finds a heart but the segmentation comes back empty: no base, middle or apex is reported."""
+    import cardiac_ai.regions.pipeline as regions_pipeline
+
+    case = make_cine_phantom(seed=42)
+    monkeypatch.setattr(regions_pipeline, "restore_argmax",
+                        lambda probabilities, transform: np.zeros(case.image.array.shape, np.uint8))
+    result = segment_cine(case.image, models=cine_models, mode="region-aware", device="cpu", min_heart_ml=0)
+    assert not result.heart_found and result.base_first is None
+    assert (result.slice_regions == CardiacRegion.NON_CARDIAC).all() and result.slice_region_probabilities is None
+    report = result.to_report()
+    assert report["base_first"] is None and all("region_probability" not in row for row in report["slices"])
+    assert any("found no heart structure" in w for w in result.provenance.warnings)
+
+
 def test_a_heart_smaller_than_min_heart_ml_counts_as_none(cine_models):
     case = make_cine_phantom(seed=42)
     found = segment_cine(case.image, models=cine_models, mode="baseline", device="cpu", min_heart_ml=0)

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError, InputError
-from .geometry import Volume, pad_to_reference_grid
+import numpy as np
+
+from .errors import DataError
+from .geometry import Geometry, Volume, align_axes, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, read_label_map
 from .metrics import compare_regions, evaluate_cases, format_markdown_table, format_region_comparison, summarize_rows
 from .progress import ProgressCallback, report
@@ -86,20 +88,25 @@ def match_label_files(pred_dir: Path, truth_dir: Path) -> tuple[list[tuple[str, 
 
 
 def _on_one_grid(pred: Volume, truth: Volume, pred_path: Path, truth_path: Path) -> tuple[Volume, Volume]:
-    """Both label maps on one grid: one cropped to a box of the other's voxel lattice (as Slicer saves a
-    segmentation cropped to its contents, or a DICOM SEG holding only the segmented slices), or saved with its axes
-    in another order, is placed on the other's grid; any other difference stays an error."""
+    """Both label maps on one grid: maps on one voxel lattice (each cropped to its contents, as Slicer saves a
+    segmentation; a DICOM SEG of the segmented slices; axes in another order) are padded onto the box that holds
+    both, never resampled; anything off the lattice is an error naming the differing field."""
     if pred.array.shape == truth.array.shape and pred.geometry.is_close(truth.geometry):
         return pred, truth
-    try:
-        return pad_to_reference_grid(pred, truth, what=f"prediction {pred_path.name}",
-                                     reference_name=f"truth {truth_path.name}"), truth
-    except InputError as error:
-        try:
-            return pred, pad_to_reference_grid(truth, pred, what=f"truth {truth_path.name}",
-                                               reference_name=f"prediction {pred_path.name}")
-        except InputError:
-            raise error from None
+    names = {"what": f"prediction labels {pred_path.name}", "reference_name": f"truth {truth_path.name}"}
+    aligned = align_axes(pred, truth.geometry)
+    offset = truth.geometry.lattice_offset_kji(aligned.geometry, aligned.spatial_shape)
+    if offset is None:
+        pad_to_reference_grid(aligned, truth, **names)  # raises, naming what differs
+    first = np.minimum(0, offset)
+    last = np.maximum(truth.spatial_shape, np.add(offset, aligned.spatial_shape))
+    box = Volume(np.zeros(tuple(int(n) for n in last - first), np.uint8), Geometry(
+        truth.geometry.spacing_mm, tuple(float(v) for v in truth.geometry.index_to_lps([first])[0]),
+        truth.geometry.direction_lps))
+    log.info("%s and %s cover different boxes of one voxel lattice; both were padded with background to %s voxels.",
+             pred_path.name, truth_path.name, box.spatial_shape)
+    return (pad_to_reference_grid(aligned, box, **names),
+            pad_to_reference_grid(truth, box, what=f"truth labels {truth_path.name}", reference_name="common box"))
 
 
 def evaluate_folders(

@@ -24,6 +24,7 @@ __all__ = [
     "MVO",
     "HEART",
     "tissue",
+    "code_for_segment_name",
     "check_label_values",
     "segment_terminology_string",
     "LABEL_CODE_NAMES",
@@ -117,6 +118,29 @@ def tissue(code_or_name: int | str) -> Tissue:
         return LABELS[int(code_or_name)]
     except KeyError:
         raise InputError(f"Unknown label code {code_or_name}; the label table has {sorted(LABELS)}.") from None
+
+
+#: Short names users give segments (in Slicer, other tools' DICOM SEG labels), besides each tissue's display and
+#: machine names.
+SEGMENT_NAME_ALIASES: dict[str, int] = {
+    "rv": RV_BLOOD_POOL, "right ventricle": RV_BLOOD_POOL, "rv blood pool": RV_BLOOD_POOL,
+    "myo": LV_MYOCARDIUM, "myocardium": LV_MYOCARDIUM, "lv myocardium": LV_MYOCARDIUM,
+    "lv": LV_BLOOD_POOL, "left ventricle": LV_BLOOD_POOL, "lv blood pool": LV_BLOOD_POOL,
+    "scar": SCAR, "fibrosis": SCAR, "mvo": MVO, "heart": HEART,
+}
+
+
+def code_for_segment_name(name: str) -> int | None:
+    """The code of a segment name: a tissue's display name ("Left ventricle myocardium") or machine name
+    ("lv_myocardium"), case, ``_`` and spacing aside, or a short alias (RV, Myo, LV, Scar, MVO, Heart); None for
+    any other name. The one name table of ``.seg.nrrd``, DICOM SEG and Slicer segmentation nodes."""
+    key = " ".join(str(name).replace("_", " ").lower().split())
+    if key in SEGMENT_NAME_ALIASES:
+        return SEGMENT_NAME_ALIASES[key]
+    for code, row in LABELS.items():
+        if key in (row.display_name.lower(), row.name.replace("_", " ")):
+            return code
+    return None
 
 
 def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, what: str = "label map") -> None:

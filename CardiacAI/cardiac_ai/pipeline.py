@@ -24,7 +24,8 @@ from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
 from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
 from .io.seg_nrrd import write_seg_nrrd
-from .labels import LABELS, LV_MYOCARDIUM, MVO, SCAR, remap_label_codes
+from .labels import (LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR,
+                     remap_label_codes)
 from .progress import ProgressCallback, report, subrange
 from .provenance import Provenance
 
@@ -1469,8 +1470,27 @@ def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
     labels = as_read.with_array(remap_label_codes(as_read.array, label_codes))
     absent = sorted(set(label_codes) - set(np.unique(as_read.array).astype(np.int64).tolist()))
     if absent:  # a typo, or a structure the other tool did not segment: say so, QC judges the rest
-        provenance.warn(f"The label codes (--label-codes) map values {absent}, which no voxel of {path} has.", log)
+        structures = ", ".join(LABELS[label_codes[value]].display_name for value in absent if label_codes[value])
+        provenance.warn(f"The label codes (--label-codes) map values {absent}, which no voxel of {path} has"
+                        + (f": {structures} judged missing." if structures else "."), log)
     return labels, as_read, {code for code in label_codes.values() if code}
+
+
+def _hint_partial_label_map(labels: Volume, path, provenance: Provenance) -> None:
+    """A label map of CardiacAI codes that lacks a whole structure is judged as a failed segmentation of it; say how
+    to judge only what the tool draws."""
+    from .qc import QC_STRUCTURES
+
+    given = np.asarray(labels.array)
+    if not given.any():
+        return
+    absent = [code for code in QC_STRUCTURES if not np.any(np.isin(given, _QC_CODES_OF[code]))]
+    if absent:
+        drawn = [code for code in QC_STRUCTURES if code not in absent]
+        example = " ".join(f"{name}={code}" for name, code in LABEL_CODE_NAMES.items() if code in drawn)
+        provenance.warn(f"{path} has no {', '.join(LABELS[c].display_name for c in absent)} at all: QC judges that "
+                        "as a failed segmentation of it. If the tool draws only the rest, pass --label-codes "
+                        f"{example} to judge those alone.", log)
 
 
 def _structures_named(config, named: set[int] | None, provenance: Provenance):
@@ -1490,6 +1510,23 @@ def _structures_named(config, named: set[int] | None, provenance: Provenance):
     return dataclasses.replace(config, judged_structures=judged)
 
 
+#: The label codes QC reads as each structure (scar and MVO are myocardium).
+_QC_CODES_OF = {RV_BLOOD_POOL: (RV_BLOOD_POOL,), LV_MYOCARDIUM: (LV_MYOCARDIUM, SCAR, MVO),
+                LV_BLOOD_POOL: (LV_BLOOD_POOL,)}
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Only errors from ``logger_name`` while a helper step runs whose warnings are reported otherwise."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], models: QCFileModels, *, device,
                         provenance: Provenance) -> tuple[Volume, bool]:
     """A partial segmentation completed with the structures it leaves out, drawn by the cine models where it has
@@ -1502,19 +1539,25 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     from .qc import QC_STRUCTURES
     from .regions.pipeline import segment_cine
 
-    missing = [code for code in QC_STRUCTURES if code not in judged]
+    given = np.asarray(labels.array)
+    present = {code for code in QC_STRUCTURES if np.any(np.isin(given, _QC_CODES_OF[code]))}
+    missing = [code for code in QC_STRUCTURES if code not in judged and code not in present]
+    if not missing or not present:  # nothing to complete, or nothing to complete it around (an empty segmentation)
+        return labels, False
     try:
         if models.cine is None:
             raise ModelError(models.missing.get("cine", "no cine models"))
-        drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=models.cine,
-                             mode="baseline", device=device, provenance=Provenance()).labels.array
+        with _quiet("cardiac_ai.regions"):  # its "no heart" warnings are about the context, said below
+            drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=models.cine,
+                                 mode="baseline", device=device, provenance=Provenance()).labels.array
     except (ModelError, InputError) as error:
         provenance.warn(f"QC: the structures the segmentation leaves out could not be drawn as context ({error}); "
                         "it is judged without them, which makes its predicted Dice low and less reliable.", log)
         return labels, False
-    completed = np.asarray(labels.array).copy()
+    completed = given.copy()
     segmented = completed.any(axis=(1, 2))  # where the segmentation stops is for the extent check, not the context
-    fill = (completed == 0) & np.isin(drawn, missing) & segmented[:, None, None]
+    judged_voxels = np.isin(completed, [c for code in QC_STRUCTURES for c in _QC_CODES_OF[code]])
+    fill = ~judged_voxels & np.isin(drawn, missing) & segmented[:, None, None]  # over background (and HEART)
     missing_names = ", ".join(LABELS[code].display_name for code in missing)
     if not fill.any():
         provenance.warn(f"QC: the cine baseline found no {missing_names} on the segmented slices to draw as context; "
@@ -1623,14 +1666,20 @@ def qc_file(
             labels = pad_to_reference_grid(labels, image)
         config = _structures_named(config, named, provenance)
         provenance.parameters["qc"] = config.to_dict()
+        if named is None and config.judged_structures is None:
+            _hint_partial_label_map(labels, labels_path, provenance)
         context_drawn = False
         if config.judged_structures is not None:
             with provenance.timed("context"):
                 labels, context_drawn = _with_drawn_context(image, labels, config.judged_structures, models,
                                                             device=device, provenance=provenance)
         padding = _padding_note(labels_as_read, image)
-        with provenance.timed("extent"):
-            unsegmented = _unsegmented_heart_slices(image, labels, models, device=device, provenance=provenance)
+        unsegmented: list[int] = []
+        if config.judged_structures is None or LV_MYOCARDIUM in config.judged_structures:
+            # the heart's extent is the myocardium's: blood pools alone stop short of the apex by design
+            with provenance.timed("extent"):
+                unsegmented = _unsegmented_heart_slices(image, labels, models, device=device,
+                                                        provenance=provenance)
         with provenance.timed("qc"):
             result = assess_segmentation(image, labels, model, config=config, provenance=provenance,
                                          progress=subrange(progress, 0.05, 0.9), regressor=regressor,

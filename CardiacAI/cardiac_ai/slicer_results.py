@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError, InputError
-from .labels import HEART, LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR
+from .labels import LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL, code_for_segment_name
 
 __all__ = [
     "CINE_TABLES",
@@ -59,6 +59,7 @@ __all__ = [
     "fibrosis_call",
     "cam_call",
     "qc_call",
+    "partial_structures",
     "qc_options",
     # quality control
     "qc_entries",
@@ -763,6 +764,14 @@ def _numbers(value: Any, count: int, what: str) -> list[float]:
     return [float(item) for item in items]
 
 
+def partial_structures(codes: Any) -> list[int] | None:
+    """The codes of a segmentation node's segments when they leave out one of RV blood pool, myocardium and LV blood
+    pool (QC then judges only those: ``qc_call(structures=)``); None when all three are there (QC as usual)."""
+    present = {int(code) for code in codes}
+    whole = {RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL}
+    return None if whole <= present else sorted(present)
+
+
 def qc_call(image_path: Any, labels_path: Any, out_dir: Any, *, threshold: float = QC_DEFAULT_THRESHOLD,
             write_surrogate: bool = False, device: str = "auto", models_dir: Any = None,
             predictor: str = "auto", structures: Sequence[int] | None = None) -> BackendCall:
@@ -913,14 +922,6 @@ def qc_warnings(report: Mapping[str, Any]) -> list[str]:
     return messages
 
 
-_SEGMENT_ALIASES = {
-    "rv": RV_BLOOD_POOL, "right ventricle": RV_BLOOD_POOL, "rv blood pool": RV_BLOOD_POOL,
-    "myo": LV_MYOCARDIUM, "myocardium": LV_MYOCARDIUM, "lv myocardium": LV_MYOCARDIUM,
-    "lv": LV_BLOOD_POOL, "left ventricle": LV_BLOOD_POOL, "lv blood pool": LV_BLOOD_POOL,
-    "scar": SCAR, "fibrosis": SCAR, "mvo": MVO, "heart": HEART,
-}
-
-
 def segment_label_codes(names: Sequence[str]) -> dict[str, int]:
     """The CardiacAI label code of each segment name, to write a segmentation node as a label map.
 
@@ -932,23 +933,19 @@ def segment_label_codes(names: Sequence[str]) -> dict[str, int]:
     InputError
         If a name matches no tissue or two segments give the same code; the message lists the names accepted.
     """
-    lookup = dict(_SEGMENT_ALIASES)
-    for code, tissue in LABELS.items():
-        lookup[tissue.display_name.lower()] = code
-        lookup[tissue.name.replace("_", " ")] = code
     codes: dict[str, int] = {}
     for name in names:
-        key = " ".join(str(name).replace("_", " ").lower().split())
-        if key not in lookup:
+        code = code_for_segment_name(name)
+        if code is None:
             raise InputError(
                 f"Segment {name!r} is not a CardiacAI structure. Name the segments "
                 f"{', '.join(repr(LABELS[c].display_name) for c in sorted(LABELS))} (or RV, Myo, LV), or import the "
                 "label map with the Label map import task."
             )
-        if lookup[key] in codes.values():
-            other = next(n for n, c in codes.items() if c == lookup[key])
+        if code in codes.values():
+            other = next(n for n, c in codes.items() if c == code)
             raise InputError(f"Segments {other!r} and {name!r} are the same structure; keep one of them.")
-        codes[str(name)] = lookup[key]
+        codes[str(name)] = code
     return codes
 
 

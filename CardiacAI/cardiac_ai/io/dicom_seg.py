@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from ..labels import LABELS, Terminology, Tissue
+from ..labels import LABELS, Terminology, Tissue, code_for_segment_name
 from .atomic import atomic_path
 from .dicom import series_headers
 
@@ -170,13 +170,13 @@ def _code_of_segment(segment, tissues: dict[int, Tissue], source: Path) -> int:
     """A SEG segment's CardiacAI code: by tracking ID (CardiacAI writes the tissue's machine name), then label
     (display or machine name, any case), then coded property type and anatomic region."""
     tracking = str(getattr(segment, "TrackingID", "") or "").lower()
-    label = " ".join(str(getattr(segment, "SegmentLabel", "") or "").replace("_", " ").lower().split())
+    label = str(getattr(segment, "SegmentLabel", "") or "")
     for code, row in tissues.items():
         if tracking == row.name.lower():
             return code
-    for code, row in tissues.items():
-        if label in (row.display_name.lower(), row.name.replace("_", " ").lower()):
-            return code
+    named = code_for_segment_name(label)
+    if named is not None and named in tissues:
+        return named
     type_codes = {item.CodeValue for item in getattr(segment, "SegmentedPropertyTypeCodeSequence", [])}
     region_codes = {item.CodeValue for item in getattr(segment, "AnatomicRegionSequence", [])}
     region_codes |= {item.CodeValue for item in getattr(segment, "SegmentedPropertyTypeModifierCodeSequence", [])}

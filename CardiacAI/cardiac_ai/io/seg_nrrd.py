@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from ..labels import LABELS, Tissue, check_label_values, segment_terminology_string
+from ..labels import LABELS, Tissue, check_label_values, code_for_segment_name, segment_terminology_string
 from .atomic import atomic_path
 
 __all__ = ["SegmentInfo", "SegmentationFile", "read_label_map", "read_seg_nrrd", "seg_nrrd_has_segments",
@@ -181,6 +181,9 @@ def _code_for_segment(segment: dict, tissues: Mapping[int, Tissue], source: Path
     for code, row in tissues.items():
         if name.lower() in (row.name.lower(), row.display_name.lower()):
             return code
+    named = code_for_segment_name(name)  # short names (RV, Myo, LV...), as Slicer users type them
+    if named is not None and named in tissues:
+        return named
     label_value = int(segment.get("labelValue", 1))
     if label_value not in tissues:
         raise InputError(

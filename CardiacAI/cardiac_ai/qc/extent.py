@@ -91,6 +91,8 @@ def unsegmented_heart_slices(
         if len(beyond) >= min_slices:
             found.update(beyond)
     for end, step in ((first, -1), (last, 1)):
+        if areas[end] < min_end_area_mm2:  # the localiser barely sees the end slice: no measure to compare with
+            continue
         floor = max(min_end_relative_area * float(areas[end]), min_end_area_mm2)
         run = []
         k = end + step

@@ -512,12 +512,13 @@ def segment_cine(
                 "and more in every ACDC volume), as in images without a heart; the segmentation is empty. "
                 "--min-heart-ml 0 keeps what the models drew.", log)
             labels = np.zeros_like(labels)
-            regions = np.zeros(n_slices, np.int8)  # no heart: no base, middle or apex either
-            base_first = base_first_given
     spacing = volume.geometry.spacing_kji_mm
     volumes = {LABELS[c].name: structure_volume_ml(labels, c, spacing) for c in (1, 2, 3)}
-    if not np.any(labels) and not any(w.startswith("No heart") for w in provenance.warnings):
-        provenance.warn("The models found no heart structure in this volume; the segmentation is empty.", log)
+    if not np.any(labels):
+        if not any(w.startswith("No heart") for w in provenance.warnings):
+            provenance.warn("The models found no heart structure in this volume; the segmentation is empty.", log)
+        # no heart: no base, middle or apex, and no way along the stack but the caller's word
+        regions, region_probabilities, base_first = np.zeros(n_slices, np.int8), None, base_first_given
     report(progress, 1.0, "Done")
     return CineSegmentation(
         Volume(labels, volume.geometry), np.asarray(regions, np.int8), region_probabilities,
