@@ -361,6 +361,10 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
         "RV=1", "MYO=2", "LV=3", "SCAR=4"]
     with pytest.raises(InputError, match="label codes"):
         qc_call("i.nrrd", "l.nrrd", "out", structures=[9])
+    from cardiac_ai.slicer_results import partial_structures
+
+    assert partial_structures([2]) == [2] and partial_structures([3, 2, 4]) == [2, 3, 4]
+    assert partial_structures([1, 2, 3]) is None and partial_structures([4, 3, 2, 1]) is None  # a whole heart
 
 
 def test_cam_call_passes_the_averaging_and_pseudo_label_settings_the_cli_accepts():
