@@ -1390,7 +1390,7 @@ def _qc_entry(check, *, note: str | None = None) -> dict | None:
     return entry
 
 
-@dataclass(frozen=True)
+@dataclass
 class QCFileModels:
     """What ``cardiacai qc`` runs, loaded once (:func:`load_qc_file_models`; a batch of ``qc`` keeps them for every
     case).
@@ -1399,22 +1399,41 @@ class QCFileModels:
     ----------
     vae, regressor : the ``qc_vae`` model and the ``qc_dice_regressor`` (None: not installed, or not wanted).
     localiser : the ``cine_localiser`` that tells where the heart is (extent check); None: not checked.
-    cine : the cine baseline models (:class:`~cardiac_ai.regions.pipeline.CineModels`) that draw the structures a
-        partial segmentation leaves out, as context; None: not drawn.
     missing : why the localiser or the cine models are absent, for the report's warnings.
+    models_dirs, device : where :meth:`cine` finds the cine baseline, loaded on first use.
     """
 
     vae: object
     regressor: object | None = None
     localiser: object | None = None
-    cine: object | None = None
     missing: dict = field(default_factory=dict)
+    models_dirs: tuple = ()
+    device: str = "auto"
+    _cine: list = field(default_factory=list, repr=False)
+
+    def cine(self):
+        """The cine baseline models (:class:`~cardiac_ai.regions.pipeline.CineModels`) that draw the structures a
+        partial segmentation leaves out, loaded on first use (only partial segmentations need them); None when
+        they are not installed (``missing["cine"]`` says why)."""
+        if not self._cine:
+            from .models.registry import ModelRegistry
+            from .regions.pipeline import CineModels
+
+            try:
+                self._cine.append(CineModels.from_registry(
+                    ModelRegistry(extra_paths=[Path(p) for p in self.models_dirs]), mode="baseline",
+                    device=self.device))
+            except ModelError as error:
+                self.missing["cine"] = str(error)
+                self._cine.append(None)
+        return self._cine[0]
 
 
 def load_qc_file_models(models_dirs: Sequence[str | Path] = (), *, device: str = "auto", predictor: str = "auto",
                         provenance: Provenance | None = None) -> QCFileModels:
     """The models of ``cardiacai qc``: the QC models (a missing ``qc_vae`` is a ModelError) and, where installed,
-    the cine localiser and baseline for the extent check and the context of partial segmentations.
+    the cine localiser for the extent check (the cine baseline for the context of partial segmentations follows
+    on first use: :meth:`QCFileModels.cine`).
 
     Raises
     ------
@@ -1422,27 +1441,21 @@ def load_qc_file_models(models_dirs: Sequence[str | Path] = (), *, device: str =
         No usable ``qc_vae``, or a ``qc_dice_regressor`` that exists but cannot be loaded.
     """
     from .models.registry import ModelRegistry
-    from .regions.pipeline import CineModels
 
     vae = load_qc_model(models_dirs, device=device, provenance=provenance)
     regressor = None if predictor == "search" else load_qc_regressor(models_dirs, device=device,
                                                                     provenance=provenance)
     registry = ModelRegistry(extra_paths=[Path(p) for p in models_dirs])
-    localiser = cine = None
+    localiser = None
     missing: dict = {}
-    try:
-        cine = CineModels.from_registry(registry, mode="baseline", device=device)
-        localiser = cine.localiser
-    except ModelError as error:
-        missing["cine"] = str(error)
-        if registry.has("cine_localiser"):
-            try:
-                localiser = registry.load("cine_localiser", device=device)
-            except ModelError as localiser_error:
-                missing["localiser"] = str(localiser_error)
-        else:
-            missing["localiser"] = "no cine_localiser model is installed"
-    return QCFileModels(vae, regressor, localiser, cine, missing)
+    if registry.has("cine_localiser"):
+        try:
+            localiser = registry.load("cine_localiser", device=device)
+        except ModelError as error:
+            missing["localiser"] = str(error)
+    else:
+        missing["localiser"] = "no cine_localiser model is installed"
+    return QCFileModels(vae, regressor, localiser, missing, tuple(str(p) for p in models_dirs), device)
 
 
 def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
@@ -1545,10 +1558,11 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     if not missing or not present:  # nothing to complete, or nothing to complete it around (an empty segmentation)
         return labels, False
     try:
-        if models.cine is None:
+        cine = models.cine()
+        if cine is None:
             raise ModelError(models.missing.get("cine", "no cine models"))
         with _quiet("cardiac_ai.regions"):  # its "no heart" warnings are about the context, said below
-            drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=models.cine,
+            drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=cine,
                                  mode="baseline", device=device, provenance=Provenance()).labels.array
     except (ModelError, InputError) as error:
         provenance.warn(f"QC: the structures the segmentation leaves out could not be drawn as context ({error}); "
@@ -1565,7 +1579,7 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
                         "reliable.", log)
         return labels, False
     completed[fill] = drawn[fill]
-    provenance.models.extend(use for use in (model.model_use() for model in models.cine.loaded())
+    provenance.models.extend(use for use in (model.model_use() for model in cine.loaded())
                              if use not in provenance.models)
     provenance.warn(f"QC: {missing_names} drawn by the cine baseline on the segmented slices, as context for the "
                     "judgement (not judged).", log)
