@@ -323,7 +323,8 @@ def test_a_dicom_seg_reads_back_onto_its_series_with_its_codes(two_series, tmp_p
     read = read_dicom_seg(path)
     assert [(s.code, s.name) for s in read.segments] == [
         (1, "Right ventricle blood pool"), (2, "Left ventricle myocardium"), (3, "Left ventricle blood pool")]
-    assert read.labels.array.shape == (3, 6, 8)  # highdicom stacks the frames its own way: the other way here
+    assert read.labels.array.shape == (3, 6, 8)  # the three segmented slices, stacked as the series is
+    np.testing.assert_allclose(read.labels.geometry.direction_matrix, image.geometry.direction_matrix, atol=1e-6)
     placed = pad_to_reference_grid(read.labels, image)
     np.testing.assert_array_equal(placed.array, labels.array)
     assert placed.geometry.is_close(image.geometry)
@@ -361,3 +362,108 @@ def test_a_dicom_seg_from_another_tool_is_matched_by_label_or_refused(two_series
     (tmp_path / "broken.dcm").write_bytes(path.read_bytes()[:2000])
     with pytest.raises(DataError, match="Cannot read"):
         read_dicom_seg(tmp_path / "broken.dcm")
+
+
+def _foreign_seg(folder, uid, masks_by_name, path, *, kind="BINARY", drop_spacing=False):
+    """A DICOM SEG as another tool writes it (highdicom; no CardiacAI tracking IDs): one segment per named mask
+    (frames, rows, columns), of ``kind`` BINARY, FRACTIONAL or LABELMAP."""
+    import copy
+
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from cardiac_ai.io.dicom import series_headers
+    from cardiac_ai.io.dicom_seg import _COPIED_TYPE_2, _coded
+    from cardiac_ai.labels import LABELS, code_for_segment_name
+
+    headers = [copy.deepcopy(h) for h in series_headers(folder, series_uid=uid)[1]]
+    for header in headers:
+        for name in _COPIED_TYPE_2:
+            if name not in header:
+                setattr(header, name, "")
+    algorithm = hd.AlgorithmIdentificationSequence(name="OtherTool", version="1",
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = []
+    for number, name in enumerate(masks_by_name, start=1):
+        row = LABELS[code_for_segment_name(name)]
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name, segmented_property_category=_coded(row.category),
+            segmented_property_type=_coded(row.type), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[_coded(row.anatomic_region)] if row.anatomic_region is not None else None))
+    stacked = np.stack(list(masks_by_name.values()), axis=-1)
+    if kind == "LABELMAP":
+        pixels = np.zeros(stacked.shape[:3], np.uint8)
+        for number in range(stacked.shape[-1]):
+            pixels[stacked[..., number] > 0] = number + 1
+    else:
+        pixels = stacked.astype(np.float32 if kind == "FRACTIONAL" else np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=headers, pixel_array=pixels, segmentation_type=getattr(hd.seg.SegmentationTypeValues, kind),
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="Other", manufacturer_model_name="Other", software_versions="1",
+        device_serial_number="1")
+    if drop_spacing:
+        for group in seg.SharedFunctionalGroupsSequence:
+            for measures in group.get("PixelMeasuresSequence", []):
+                if "SpacingBetweenSlices" in measures:
+                    del measures.SpacingBetweenSlices
+    seg.save_as(str(path))
+    return path
+
+
+def test_another_tool_s_dicom_seg_overlapping_fractional_or_label_map_reads_right(two_series, tmp_path):
+    from cardiac_ai.geometry import pad_to_reference_grid
+    from cardiac_ai.io.dicom_seg import read_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    labels = _blocks(image).array
+    masks = {"RV": labels == 1, "Myo": labels == 2, "LV": labels == 3}
+
+    def placed(path):
+        return pad_to_reference_grid(read_dicom_seg(path, reference=image.geometry).labels, image).array
+
+    # a whole-heart segment over its parts never wins the overlap
+    heart = _foreign_seg(folder, uid, {**masks, "Heart": labels > 0}, tmp_path / "heart.dcm")
+    np.testing.assert_array_equal(placed(heart), labels)
+    # fractional: the voxels of probability >= 0.5
+    soft = {name: np.where(mask, 0.6, np.where(np.roll(mask, 1, axis=2), 0.3, 0.0)) for name, mask in masks.items()}
+    np.testing.assert_array_equal(placed(_foreign_seg(folder, uid, soft, tmp_path / "soft.dcm", kind="FRACTIONAL")),
+                                  labels)
+    # a label map SEG (segment 0 is its background)
+    np.testing.assert_array_equal(placed(_foreign_seg(folder, uid, masks, tmp_path / "lm.dcm", kind="LABELMAP")),
+                                  labels)
+    # one segmented slice, without the spacing between slices: placed on its plane with the image's thickness
+    one = {name: np.where(np.arange(len(mask))[:, None, None] == 2, mask, False) for name, mask in masks.items()}
+    single = _foreign_seg(folder, uid, one, tmp_path / "one.dcm", drop_spacing=True)
+    expected = np.where(np.arange(len(labels))[:, None, None] == 2, labels, 0)
+    np.testing.assert_array_equal(placed(single), expected)
+
+
+def test_evaluate_against_a_dicom_seg_truth_keeps_base_and_apex(two_series, tmp_path):
+    from cardiac_ai.evaluation import evaluate_folders
+    from cardiac_ai.io import write_volume
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    truth = _blocks(image)
+    prediction = truth.array.copy()
+    prediction[1] = 0  # the first labelled slice missed: the base (k low) is worse than the apex
+    for name in ("pred", "truth_nifti", "truth_seg"):
+        (tmp_path / name).mkdir()
+    write_volume(truth.with_array(prediction), tmp_path / "pred" / "case01.nii.gz")
+    write_volume(truth, tmp_path / "truth_nifti" / "case01_gt.nii.gz")
+    write_dicom_seg(truth, folder, tmp_path / "truth_seg" / "case01_gt.dcm", series_uid=uid)
+    regional = {name: evaluate_folders(tmp_path / "pred", tmp_path / name).regional
+                for name in ("truth_nifti", "truth_seg")}
+    assert repr(regional["truth_seg"]) == repr(regional["truth_nifti"]) and regional["truth_nifti"]  # NaN alike
+    lv = next(row for row in regional["truth_seg"] if row["structure"] == "lv_myocardium")
+    assert lv["base_mean"] < lv["apex_mean"]  # the missed slice is the base's
+    # one segmentation in several formats (as segment-cine writes it): the volume file is read, not an error
+    write_dicom_seg(truth, folder, tmp_path / "pred" / "case01.dcm", series_uid=uid)
+    again = evaluate_folders(tmp_path / "pred", tmp_path / "truth_nifti")
+    assert repr(again.regional) == repr(regional["truth_nifti"])

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import slicerio
 from cardiac_ai.cli import build_parser, main
 from cardiac_ai.geometry import Geometry, Volume
-from cardiac_ai.io import write_volume
+from cardiac_ai.io import read_volume, write_volume
 from cardiac_ai.io.seg_nrrd import write_seg_nrrd
 from cardiac_ai.models import registry as registry_module
 from cardiac_ai.phantom import make_cine_phantom
@@ -333,6 +333,14 @@ def test_a_myocardium_mask_is_judged_alone_with_blood_pools_drawn_as_context(
     _qc_slices(capsys, files["image"], tmp_path / "myo2.nii.gz", tmp_path / "plain", tiny_qc_models)
     assert any("--label-codes MYO=2 to judge those alone" in w
                for w in _report(tmp_path / "plain")["provenance"]["warnings"])
+    volume_dice = _report(tmp_path / "plain")["qc"]["volume_dice"]  # judged, drawn nowhere: 0, not "not judged"
+    assert volume_dice["rv_blood_pool"] == 0.0 and volume_dice["lv_blood_pool"] == 0.0
+    scarred = np.where(labels.array == 2, 2, 0).astype(np.uint8)
+    scarred[np.nonzero(scarred)[0][0], np.nonzero(scarred)[1][0], np.nonzero(scarred)[2][0]] = 4
+    write_volume(labels.with_array(scarred), tmp_path / "myo_scar.nii.gz")
+    _qc_slices(capsys, files["image"], tmp_path / "myo_scar.nii.gz", tmp_path / "scar", tiny_qc_models)
+    assert any("--label-codes MYO=2 SCAR=4 to judge" in w  # every value the file holds, so the hint works as given
+               for w in _report(tmp_path / "scar")["provenance"]["warnings"])
 
     # the RV alone stops short of the apex by design: the heart's extent is not held against it
     rv_only = np.where(labels.array == 1, 1, 0).astype(np.uint8)
@@ -424,9 +432,37 @@ def test_batch_qc_checks_a_cohort_of_segmentations_from_a_csv(files, tiny_qc_mod
     assert code == 2 and "quality control is the task itself" in err
     code, _, err = _run(capsys, "batch", files["dir"], "--task", "qc", "--out", tmp_path / "folder", *common)
     assert code == 2 and "case_id, image and labels" in err
+    (tmp_path / "holes.csv").write_text(f"case_id,image,labels\nwhole,{files['image']},\nshort,{files['image']}\n")
+    code, _, err = _run(capsys, "batch", tmp_path / "holes.csv", "--task", "qc", "--out", tmp_path / "holes", *common)
+    assert code == 2 and "line 2: no labels given" in err and not (tmp_path / "holes").exists()
     code, _, err = _run(capsys, "batch", tmp_path / "cases.csv", "--task", "segment-cine", "--out",
                         tmp_path / "seg", *common, "--label-codes", "MYO=2")
     assert code == 2 and "--label-codes applies to --task qc" in err
+
+
+def test_batch_qc_never_touches_another_batch_s_folder(files, cine_models, tiny_qc_models, tmp_path, capsys):
+    """QC of what a segment-cine batch made, with the same --out: refused per case, nothing deleted."""
+    (tmp_path / "in").mkdir()
+    write_volume(files["case"].image, tmp_path / "in" / "p001.nii.gz")
+    common = ["--device", "cpu", "--models-dir", tiny_qc_models, "--models-dir", cine_models]
+    code, _, err = _run(capsys, "batch", tmp_path / "in", "--task", "segment-cine", "--out", tmp_path / "out",
+                        "--mode", "baseline", "--no-qc", *common)
+    assert code == 0, err
+    made = sorted(p.name for p in (tmp_path / "out" / "p001").iterdir())
+    labels = tmp_path / "out" / "p001" / "labels.nii.gz"
+    write_volume(read_volume(labels), tmp_path / "copy.nii.gz")
+    (tmp_path / "inside.csv").write_text(f"case_id,image,labels\np001,{tmp_path / 'in' / 'p001.nii.gz'},{labels}\n")
+    (tmp_path / "other.csv").write_text(
+        f"case_id,image,labels\np001,{tmp_path / 'in' / 'p001.nii.gz'},{tmp_path / 'copy.nii.gz'}\n")
+    summary = (tmp_path / "out" / "summary.csv").read_bytes()
+    for csv_name, message in (("inside.csv", "lies in its own output folder"),
+                              ("other.csv", "holds the output of 'segment-cine', not of 'qc'")):
+        for overwrite in ([], ["--overwrite"]):
+            code, _, err = _run(capsys, "batch", tmp_path / csv_name, "--task", "qc", "--out", tmp_path / "out",
+                                *common, *overwrite)
+            assert code == 4 and message in err and "nothing was written" in err
+            assert sorted(p.name for p in (tmp_path / "out" / "p001").iterdir()) == made  # nothing deleted
+            assert (tmp_path / "out" / "summary.csv").read_bytes() == summary  # the other batch's summary too
 
 
 @pytest.fixture(scope="module")

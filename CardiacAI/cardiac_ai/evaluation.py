@@ -69,9 +69,21 @@ def _label_files(folder: Path) -> dict[str, Path]:
         if path.is_file() and any(path.name.lower().endswith(s) for s in LABEL_FILE_SUFFIXES):
             key = _case_key(path) if path.parent == folder else f"{path.parent.relative_to(folder)}/{_case_key(path)}"
             if key in files:
-                raise DataError(f"Two label maps in {folder} map to case {key!r}: {files[key].name} and {path.name}.")
+                kept, other = sorted((files[key], path), key=_format_rank)
+                if _format_rank(kept) == _format_rank(other):
+                    raise DataError(f"Two label maps in {folder} map to case {key!r}: {files[key].name} and "
+                                    f"{path.name}.")
+                log.debug("Case %s: %s is used, %s (the same segmentation, another format) is not.", key, kept.name,
+                          other.name)
+                path = kept  # segment-cine writes one segmentation three ways: the volume file first
             files[key] = path
     return files
+
+
+def _format_rank(path: Path) -> int:
+    """Which of one segmentation's files to read: a label map volume, then a Slicer segmentation, then a DICOM SEG."""
+    name = path.name.lower()
+    return 2 if name.endswith(".dcm") else 1 if name.endswith(".seg.nrrd") else 0
 
 
 def match_label_files(pred_dir: Path, truth_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
@@ -93,7 +105,11 @@ def _on_one_grid(pred: Volume, truth: Volume, pred_path: Path, truth_path: Path)
     both, never resampled; anything off the lattice is an error naming the differing field."""
     if pred.array.shape == truth.array.shape and pred.geometry.is_close(truth.geometry):
         return pred, truth
-    names = {"what": f"prediction labels {pred_path.name}", "reference_name": f"truth {truth_path.name}"}
+    # the truth's axes order the stack (its base-to-apex direction), unless it is the DICOM SEG of the two
+    if _format_rank(truth_path) == 2 and _format_rank(pred_path) < 2:
+        truth_on_pred, pred_on_truth = _on_one_grid(truth, pred, truth_path, pred_path)
+        return pred_on_truth, truth_on_pred
+    names = {"what": f"labels {pred_path.name}", "reference_name": f"{truth_path.name}"}
     aligned = align_axes(pred, truth.geometry)
     offset = truth.geometry.lattice_offset_kji(aligned.geometry, aligned.spatial_shape)
     if offset is None:
@@ -103,10 +119,11 @@ def _on_one_grid(pred: Volume, truth: Volume, pred_path: Path, truth_path: Path)
     box = Volume(np.zeros(tuple(int(n) for n in last - first), np.uint8), Geometry(
         truth.geometry.spacing_mm, tuple(float(v) for v in truth.geometry.index_to_lps([first])[0]),
         truth.geometry.direction_lps))
-    log.info("%s and %s cover different boxes of one voxel lattice; both were padded with background to %s voxels.",
-             pred_path.name, truth_path.name, box.spatial_shape)
+    if box.spatial_shape != truth.spatial_shape or aligned.spatial_shape != box.spatial_shape:
+        log.info("%s and %s cover different boxes of one voxel lattice; both were padded with background to %s "
+                 "voxels.", pred_path.name, truth_path.name, box.spatial_shape)
     return (pad_to_reference_grid(aligned, box, **names),
-            pad_to_reference_grid(truth, box, what=f"truth labels {truth_path.name}", reference_name="common box"))
+            pad_to_reference_grid(truth, box, what=f"labels {truth_path.name}", reference_name="common box"))
 
 
 def evaluate_folders(
@@ -130,7 +147,8 @@ def evaluate_folders(
     def cases():
         for index, (key, pred_path, truth_path) in enumerate(pairs):
             report(progress, index / len(pairs), f"Evaluating {key}")
-            pred, truth = read_label_map(pred_path), read_label_map(truth_path)
+            truth = read_label_map(truth_path)
+            pred = read_label_map(pred_path, reference=truth.geometry)
             yield key, *_on_one_grid(pred, truth, pred_path, truth_path)
 
     stacks: list[tuple] = []

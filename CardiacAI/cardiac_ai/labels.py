@@ -25,6 +25,7 @@ __all__ = [
     "HEART",
     "tissue",
     "code_for_segment_name",
+    "overlap_priority",
     "check_label_values",
     "segment_terminology_string",
     "LABEL_CODE_NAMES",
@@ -141,6 +142,12 @@ def code_for_segment_name(name: str) -> int | None:
         if key in (row.display_name.lower(), row.name.replace("_", " ")):
             return code
     return None
+
+
+def overlap_priority(code: int) -> int:
+    """Which code a voxel keeps where segments overlap: the higher priority wins. MVO over scar over the other
+    structures, as the codes rise; the whole heart, which holds them all, lowest of all."""
+    return -1 if code == HEART else int(code)
 
 
 def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, what: str = "label map") -> None:

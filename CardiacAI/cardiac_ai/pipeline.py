@@ -18,7 +18,7 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError
+from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError, OutputError
 from .geometry import Volume, align_axes, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
@@ -401,10 +401,14 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
             missing = [c for c in ("case_id", *columns) if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataError(f"{source} lacks the column(s) {missing}; found {reader.fieldnames}.")
-            cases = [
-                BatchCase(row["case_id"].strip(), tuple(source.parent / row[c].strip() for c in columns))
-                for row in reader
-            ]
+            cases = []
+            for line, row in enumerate(reader, start=2):
+                empty = [c for c in ("case_id", *columns) if not (row.get(c) or "").strip()]
+                if empty:
+                    raise DataError(f"{source}, line {line}: no {' or '.join(empty)} given; every row needs "
+                                    f"case_id and {', '.join(columns)}.")
+                cases.append(BatchCase(row["case_id"].strip(),
+                                       tuple(source.parent / row[c].strip() for c in columns)))
     if not cases:
         hint = ""
         if source.is_dir() and any(p.suffix.lower() == ".png" for p in source.iterdir()):
@@ -471,6 +475,9 @@ def run_batch(
     ------
     InputError
         An unknown task, or ``options`` of another task (map without :class:`MapOptions`).
+    OutputError
+        A case whose input lies in its own output folder, or whose folder holds another command's finished output
+        (another batch's ``--out``): nothing is written or removed.
     """
     from .batch_summary import earlier_summary_values, summary_columns
 
@@ -488,6 +495,12 @@ def run_batch(
     elif not isinstance(options, wanted):
         raise InputError(f"A batch of {task!r} takes {wanted.__name__}, got {type(options).__name__}.")
     out = Path(out_dir)
+    if job is None:
+        problems = [f"case {case.case_id}: {problem}" for case in cases
+                    if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
+        if problems:
+            raise OutputError(f"{len(problems)} case(s) cannot run in {out}, and nothing was written: "
+                              + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
@@ -694,6 +707,26 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
         for name in sorted(earlier - written):
             (folder / name).unlink(missing_ok=True)
             log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name, folder)
+
+
+def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | None:
+    """Why a batch case must not run in ``case_dir``: an input inside it (a redone case clears the folder), or the
+    finished output of another command (e.g. a segment-cine batch's folder given to --task qc as --out)."""
+    from .io.report import read_json
+
+    folder = case_dir.resolve()
+    for path in case.inputs:
+        if folder == Path(path).resolve() or folder in Path(path).resolve().parents:
+            return (f"its input {path} lies in its own output folder {case_dir}, which a batch clears when it redoes "
+                    "a case; give --out another folder.")
+    if (case_dir / REPORT_NAME).is_file():
+        try:
+            command = (read_json(case_dir / REPORT_NAME).get("provenance") or {}).get("command")
+        except (DataError, AttributeError):
+            return None
+        if command and command != task:
+            return f"{case_dir} holds the output of {command!r}, not of {task!r}; give --out another folder."
+    return None
 
 
 def _clear_earlier_run(folder: Path) -> None:
@@ -1458,8 +1491,8 @@ def load_qc_file_models(models_dirs: Sequence[str | Path] = (), *, device: str =
     return QCFileModels(vae, regressor, localiser, missing, tuple(str(p) for p in models_dirs), device)
 
 
-def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
-                 provenance: Provenance) -> tuple[Volume, Volume, set[int] | None]:
+def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None, provenance: Provenance,
+                 reference) -> tuple[Volume, Volume, set[int] | None]:
     """The label map to judge (CardiacAI codes), the file as read, and the codes it names when it names fewer than
     all (``label_codes``' targets, or a ``.seg.nrrd``'s segments); None when it names none (a plain label map)."""
     from .io.dicom_seg import is_dicom_seg, read_dicom_seg
@@ -1475,7 +1508,7 @@ def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None,
         if label_codes is not None:
             raise InputError(f"--label-codes maps the values of a label map file, and {path} is a DICOM SEG, whose "
                              "segments are matched to CardiacAI's structures by label and coded type.")
-        segmentation = read_dicom_seg(path)
+        segmentation = read_dicom_seg(path, reference=reference)
         return segmentation.labels, segmentation.labels, {segment.code for segment in segmentation.segments}
     as_read = read_volume(path)
     if label_codes is None:
@@ -1498,9 +1531,9 @@ def _hint_partial_label_map(labels: Volume, path, provenance: Provenance) -> Non
     if not given.any():
         return
     absent = [code for code in QC_STRUCTURES if not np.any(np.isin(given, _QC_CODES_OF[code]))]
-    if absent:
-        drawn = [code for code in QC_STRUCTURES if code not in absent]
-        example = " ".join(f"{name}={code}" for name, code in LABEL_CODE_NAMES.items() if code in drawn)
+    if absent and len(absent) < len(QC_STRUCTURES):  # with none drawn there is nothing to judge alone
+        values = set(np.unique(given).tolist()) - {0}
+        example = " ".join(f"{name}={code}" for name, code in LABEL_CODE_NAMES.items() if code in values)
         provenance.warn(f"{path} has no {', '.join(LABELS[c].display_name for c in absent)} at all: QC judges that "
                         "as a failed segmentation of it. If the tool draws only the rest, pass --label-codes "
                         f"{example} to judge those alone.", log)
@@ -1608,10 +1641,11 @@ def qc_file(
     image_path : path
         The short-axis image (NIfTI, NRRD, MHA or DICOM folder; one 3D frame).
     labels_path : path
-        Its segmentation: a label map file (CardiacAI codes, or others mapped by ``label_codes``) or a Slicer
-        ``.seg.nrrd``, on the image's grid or on a box of it (same spacing and direction, origin whole voxels
-        away, as Slicer saves a segmentation cropped to its contents), which is padded with background; the
-        report's ``input.labels_padded`` then says from where.
+        Its segmentation: a label map file (CardiacAI codes, or others mapped by ``label_codes``), a Slicer
+        ``.seg.nrrd`` or a DICOM SEG (any file name), on the image's voxel lattice: the whole grid or a box of it
+        (as Slicer saves a segmentation cropped to its contents, or a SEG of the segmented slices), padded with
+        background (``input.labels_padded``), in the image's axis order or another (reordered, never resampled:
+        ``input.labels_reoriented``).
     out_dir : path
         Output folder; gets ``report.json`` (provenance and ``qc``: per-slice and per-structure predicted Dice,
         flags, threshold, rule checks) and ``qc_slices.csv``; with ``write_surrogate`` also ``surrogate.nii.gz``
@@ -1676,7 +1710,7 @@ def qc_file(
         provenance.models.append(model.model_use())
         with provenance.timed("read"):
             image = read_input(image_path)
-            labels, labels_as_read, named = _read_labels(labels_path, label_codes, provenance)
+            labels, labels_as_read, named = _read_labels(labels_path, label_codes, provenance, image.geometry)
             labels = pad_to_reference_grid(labels, image)
         config = _structures_named(config, named, provenance)
         provenance.parameters["qc"] = config.to_dict()
@@ -1755,7 +1789,8 @@ def _padding_note(labels_as_read: Volume, image: Volume) -> dict:
     offset = image.geometry.lattice_offset_kji(aligned.geometry, aligned.spatial_shape)
     last = tuple(o + n - 1 for o, n in zip(offset, aligned.spatial_shape))
     note = (f"The labels cover voxels (k, j, i) {offset} to {last} of the image's {image.spatial_shape} grid "
-            "(a segmentation cropped to its contents, as Slicer saves one); they were padded with background.")
+            "(a segmentation cropped to its contents, as Slicer saves one, or a DICOM SEG of the segmented "
+            "slices); they were padded with background.")
     log.info(note)
     return {**notes, "labels_padded": {"shape_kji": list(aligned.spatial_shape), "offset_kji": list(offset),
                                        "note": note}}

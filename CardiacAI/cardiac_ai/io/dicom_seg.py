@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from ..labels import LABELS, Terminology, Tissue, code_for_segment_name
+from ..labels import LABELS, Terminology, Tissue, code_for_segment_name, overlap_priority
 from .atomic import atomic_path
 from .dicom import series_headers
 
@@ -193,15 +193,19 @@ def _code_of_segment(segment, tissues: dict[int, Tissue], source: Path) -> int:
     )
 
 
-def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABELS):
-    """A DICOM SEG (binary or fractional) as a (k, j, i) uint8 label map with CardiacAI codes, on the lattice of the
-    frames it holds (highdicom's volume: usually only the segmented slices, stacked in its own order).
+def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABELS,
+                   reference: Geometry | None = None):
+    """A DICOM SEG (binary, fractional or label map) as a (k, j, i) uint8 label map with CardiacAI codes, on the
+    lattice of the frames it holds (usually only the segmented slices), stacked along the slice normal as
+    :func:`~cardiac_ai.io.dicom.read_dicom_series` stacks a series.
 
     Returns a :class:`~cardiac_ai.io.seg_nrrd.SegmentationFile`: ``labels`` and one ``SegmentInfo`` per segment
     (``label_value`` is the SEG's segment number).
 
     Segments are matched by tracking ID, label, then coded type and anatomic region; where segments overlap, the
-    higher code wins (scar over myocardium). Place the result on an image with
+    higher code wins (scar over myocardium, never a whole heart over its parts; logged). Fractional segments are
+    the voxels of probability >= 0.5. A single frame has no slice spacing of its own: with a ``reference`` (the
+    image's geometry) it takes the reference's. Place the result on an image with
     :func:`~cardiac_ai.geometry.pad_to_reference_grid`, which reorders and pads it.
 
     Raises
@@ -222,7 +226,8 @@ def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABE
         segmentation = hd.seg.segread(str(source))
     except Exception as error:  # pydicom and highdicom raise many types for a damaged or foreign file
         raise DataError(f"Cannot read {source} as a DICOM SEG: {error}") from error
-    segments = list(segmentation.SegmentSequence)
+    segments = [segment for segment in segmentation.SegmentSequence
+                if int(segment.SegmentNumber) != 0]  # 0: a LABELMAP SEG's background
     codes = {int(segment.SegmentNumber): _code_of_segment(segment, tissues, source) for segment in segments}
     try:
         volume = segmentation.get_volume(combine_segments=False, segment_numbers=sorted(codes))
@@ -232,15 +237,32 @@ def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABE
     masks = np.asarray(volume.array)
     if masks.ndim == 3:  # one segment: no channel axis
         masks = masks[..., np.newaxis]
+    fractional = str(getattr(segmentation, "SegmentationType", "")).upper() == "FRACTIONAL"
+    present = masks >= 0.5 if fractional else masks > 0
     labels = np.zeros(masks.shape[:3], np.uint8)
-    for channel, number in sorted(enumerate(sorted(codes)), key=lambda item: codes[item[1]]):
-        labels[masks[..., channel] > 0] = codes[number]  # ascending code: the higher code wins an overlap
+    overlaps = 0
+    for channel, number in sorted(enumerate(sorted(codes)), key=lambda item: overlap_priority(codes[item[1]])):
+        overlaps += int(np.count_nonzero(present[..., channel] & (labels != 0)))
+        labels[present[..., channel]] = codes[number]  # ascending priority: MVO over scar, a heart under its parts
+    if overlaps:
+        log.warning("%s: segments overlap in %d voxels; the higher label code wins there (a whole heart never over "
+                    "its parts).", source, overlaps)
     affine = np.asarray(volume.affine, dtype=np.float64)  # (slice, row, column) index -> LPS mm
-    steps = affine[:3, [2, 1, 0]]  # columns for (i, j, k) = (column, row, slice)
+    steps = affine[:3, [2, 1, 0]].copy()  # columns for (i, j, k) = (column, row, slice)
+    origin = affine[:3, 3].copy()
+    normal = np.cross(steps[:, 0], steps[:, 1])
+    if labels.shape[0] > 1 and float(steps[:, 2] @ normal) < 0:  # highdicom may stack against the normal
+        labels = np.ascontiguousarray(labels[::-1])
+        origin = origin + (masks.shape[0] - 1) * steps[:, 2]
+        steps[:, 2] = -steps[:, 2]
+    if labels.shape[0] == 1:  # one frame: only its plane is known; the slice step is the image's
+        step = normal / max(np.linalg.norm(normal), 1e-12)
+        thickness = float(reference.spacing_mm[2]) if reference is not None else float(np.linalg.norm(steps[:, 2]))
+        steps[:, 2] = step * thickness
     spacing = np.linalg.norm(steps, axis=0)
     if np.any(spacing <= 0):
         raise DataError(f"{source}: its frames have a zero spacing.")
-    geometry = Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in affine[:3, 3]),
+    geometry = Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
                         tuple(float(v) for v in (steps / spacing).ravel()))
     infos = [SegmentInfo(segment_id=str(getattr(segment, "TrackingID", "") or segment.SegmentNumber),
                          name=str(getattr(segment, "SegmentLabel", "")), color_rgb=None,

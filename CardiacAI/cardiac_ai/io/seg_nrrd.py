@@ -16,13 +16,17 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from ..labels import LABELS, Tissue, check_label_values, code_for_segment_name, segment_terminology_string
+from ..labels import (LABELS, Tissue, check_label_values, code_for_segment_name, overlap_priority,
+                      segment_terminology_string)
 from .atomic import atomic_path
 
 __all__ = ["SegmentInfo", "SegmentationFile", "read_label_map", "read_seg_nrrd", "seg_nrrd_has_segments",
            "write_seg_nrrd"]
 
 log = logging.getLogger(__name__)
+
+#: overlap_priority of every uint8 code, for whole arrays at once.
+_PRIORITY = np.array([overlap_priority(code) for code in range(256)])
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,8 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
     Each segment is mapped to a code by its ID (``Tissue.name``), its terminology (category, type, anatomic
     region), its name (``name`` or ``display_name``, any case), and only then its label value (logged).
     Files with overlapping segments (several layers) are merged; where segments overlap, the higher code wins
-    (MVO over scar over myocardium), with a logged warning.
+    (MVO over scar over myocardium; a whole-heart segment never over the structures it holds:
+    :func:`~cardiac_ai.labels.overlap_priority`), with a logged warning.
 
     Parameters
     ----------
@@ -260,10 +265,11 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
         overlap = mask & (labels != 0) & (labels != code)
         if np.any(overlap):
             log.warning(
-                "%s: segment %r overlaps other segments in %d voxels; the higher label code wins there.",
-                source, segment.get("name"), int(np.count_nonzero(overlap)),
+                "%s: segment %r overlaps other segments in %d voxels; the higher label code wins there (a whole "
+                "heart never over its parts).", source, segment.get("name"), int(np.count_nonzero(overlap)),
             )
-        labels[mask] = np.maximum(labels[mask], code)
+        keep = mask & ((labels == 0) | (_PRIORITY[labels] < overlap_priority(code)))
+        labels[keep] = code
         terminology = segment.get("terminology")
         color = segment.get("color")
         segments.append(
@@ -309,11 +315,13 @@ def seg_nrrd_has_segments(path: str | os.PathLike) -> bool:
     return bool(segmentation.get("segments"))
 
 
-def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS) -> Volume:
+def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS,
+                   reference: Geometry | None = None) -> Volume:
     """A (k, j, i) label map with CardiacAI codes from any label file: a volume file (values are the codes), a
     Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping layers merged) or a DICOM SEG
     (:func:`~cardiac_ai.io.dicom_seg.read_dicom_seg`; on the lattice of its frames, to be placed with
-    :func:`~cardiac_ai.geometry.pad_to_reference_grid`).
+    :func:`~cardiac_ai.geometry.pad_to_reference_grid`; ``reference``, the image's geometry, gives a one-frame SEG
+    its slice spacing).
 
     Raises
     ------
@@ -328,7 +336,7 @@ def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = L
     from .volumes import read_volume
 
     if is_dicom_seg(path):
-        return read_dicom_seg(path, tissues=dict(tissues)).labels
+        return read_dicom_seg(path, tissues=dict(tissues), reference=reference).labels
 
     labels = read_volume(path)
     check_label_values(labels.array, allowed=set(tissues), what=str(path))

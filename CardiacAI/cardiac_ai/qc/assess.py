@@ -865,6 +865,11 @@ def assess_segmentation(
     not_judged = [index for index, code in enumerate(structures) if code not in judged]
     slice_dice[:, not_judged] = np.nan
     volume_dice[not_judged] = np.nan
+    myocardium = np.isin(label_array, (LV_MYOCARDIUM, SCAR, MVO))
+    for index, code in enumerate(structures):  # judged but drawn nowhere: a failed segmentation of it, not "n/a"
+        drawn = myocardium if code == LV_MYOCARDIUM else label_array == code
+        if code in judged and not empty and not drawn.any():
+            volume_dice[index] = 0.0
     if search_dice is not None:
         search_dice = search_dice.copy()
         search_dice[:, not_judged] = np.nan
