@@ -278,3 +278,19 @@ def test_short_segment_names_are_read_as_slicer_users_type_them(tmp_path):
     assert [s.code for s in read.segments] == [LV_MYOCARDIUM]
     assert set(np.unique(read.labels.array)) == {0, LV_MYOCARDIUM}
 
+
+
+def test_a_whole_heart_segment_never_wins_over_the_structures_it_holds(tmp_path):
+    geometry = _oblique_geometry()
+    segmentation = slicerio.create_segmentation(SHAPE_KJI[::-1], geometry.ijk_to_lps_matrix())
+    layers = np.zeros((2, *SHAPE_KJI[::-1]), np.uint8)
+    layers[0, 1:3, 2:4, 1:4] = 1  # myocardium
+    layers[1, 0:4, 1:5, 0:5] = 1  # the heart around it, on a layer of its own
+    segmentation["voxels"] = layers
+    segmentation["segments"] = [
+        {"id": "Segment_1", "name": "Myo", "labelValue": 1, "layer": 0, "color": [1, 0, 0]},
+        {"id": "Segment_2", "name": "Heart", "labelValue": 1, "layer": 1, "color": [0, 1, 0]}]
+    slicerio.write_segmentation(str(tmp_path / "heart.seg.nrrd"), segmentation)
+    labels = read_seg_nrrd(tmp_path / "heart.seg.nrrd").labels.array  # (k, j, i)
+    np.testing.assert_array_equal(labels == LV_MYOCARDIUM, layers[0].transpose(2, 1, 0) == 1)
+    assert np.count_nonzero(labels == 6) == np.count_nonzero(layers[1] & ~layers[0])
