@@ -26,6 +26,8 @@ __all__ = [
     "tissue",
     "code_for_segment_name",
     "overlap_priority",
+    "MYOCARDIUM_CODES",
+    "codes_of_structure",
     "check_label_values",
     "segment_terminology_string",
     "LABEL_CODE_NAMES",
@@ -142,6 +144,15 @@ def code_for_segment_name(name: str) -> int | None:
         if key in (row.display_name.lower(), row.name.replace("_", " ")):
             return code
     return None
+
+
+#: The codes that are myocardium: healthy, scarred, or with microvascular obstruction.
+MYOCARDIUM_CODES = (LV_MYOCARDIUM, SCAR, MVO)
+
+
+def codes_of_structure(code: int) -> tuple[int, ...]:
+    """The label codes that make up a structure: the myocardium's are :data:`MYOCARDIUM_CODES`, any other's its own."""
+    return MYOCARDIUM_CODES if code == LV_MYOCARDIUM else (int(code),)
 
 
 def overlap_priority(code: int) -> int:

@@ -24,8 +24,7 @@ from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
 from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
 from .io.seg_nrrd import write_seg_nrrd
-from .labels import (LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR,
-                     remap_label_codes)
+from .labels import LABEL_CODE_NAMES, LABELS, LV_MYOCARDIUM, MVO, SCAR, codes_of_structure, remap_label_codes
 from .progress import ProgressCallback, report, subrange
 from .provenance import Provenance
 
@@ -1530,7 +1529,7 @@ def _hint_partial_label_map(labels: Volume, path, provenance: Provenance) -> Non
     given = np.asarray(labels.array)
     if not given.any():
         return
-    absent = [code for code in QC_STRUCTURES if not np.any(np.isin(given, _QC_CODES_OF[code]))]
+    absent = [code for code in QC_STRUCTURES if not np.any(np.isin(given, codes_of_structure(code)))]
     if absent and len(absent) < len(QC_STRUCTURES):  # with none drawn there is nothing to judge alone
         values = set(np.unique(given).tolist()) - {0}
         example = " ".join(f"{name}={code}" for name, code in LABEL_CODE_NAMES.items() if code in values)
@@ -1554,11 +1553,6 @@ def _structures_named(config, named: set[int] | None, provenance: Provenance):
     provenance.warn(f"QC judges only {', '.join(LABELS[code].display_name for code in judged)}: the label file "
                     f"(or --label-codes) names no {left_out}.", log)
     return dataclasses.replace(config, judged_structures=judged)
-
-
-#: The label codes QC reads as each structure (scar and MVO are myocardium).
-_QC_CODES_OF = {RV_BLOOD_POOL: (RV_BLOOD_POOL,), LV_MYOCARDIUM: (LV_MYOCARDIUM, SCAR, MVO),
-                LV_BLOOD_POOL: (LV_BLOOD_POOL,)}
 
 
 @contextlib.contextmanager
@@ -1586,7 +1580,7 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     from .regions.pipeline import segment_cine
 
     given = np.asarray(labels.array)
-    present = {code for code in QC_STRUCTURES if np.any(np.isin(given, _QC_CODES_OF[code]))}
+    present = {code for code in QC_STRUCTURES if np.any(np.isin(given, codes_of_structure(code)))}
     missing = [code for code in QC_STRUCTURES if code not in judged and code not in present]
     if not missing or not present:  # nothing to complete, or nothing to complete it around (an empty segmentation)
         return labels, False
@@ -1603,7 +1597,7 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
         return labels, False
     completed = given.copy()
     segmented = completed.any(axis=(1, 2))  # where the segmentation stops is for the extent check, not the context
-    judged_voxels = np.isin(completed, [c for code in QC_STRUCTURES for c in _QC_CODES_OF[code]])
+    judged_voxels = np.isin(completed, [c for code in QC_STRUCTURES for c in codes_of_structure(code)])
     fill = ~judged_voxels & np.isin(drawn, missing) & segmented[:, None, None]  # over background (and HEART)
     missing_names = ", ".join(LABELS[code].display_name for code in missing)
     if not fill.any():

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..errors import InputError
-from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
+from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, MYOCARDIUM_CODES, SCAR
 
 __all__ = [
     "DEFAULT_ANCHOR_ANGLE_DEG",
@@ -61,7 +61,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Codes counted as myocardium (normal + scar + MVO) and as scar (scar + MVO).
-MYOCARDIUM_CODES = (LV_MYOCARDIUM, SCAR, MVO)
 SCAR_CODES = (SCAR, MVO)
 
 #: Assumed screen angle (deg) of the anterior RV insertion point when it is not known: standard short-axis view.

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from ..geometry import Volume
-from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
+from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, MYOCARDIUM_CODES, SCAR
 from ..progress import ProgressCallback, report, subrange
 from ..provenance import Provenance
 from .classifier_input import ClassifierInputSettings, classifier_inputs
@@ -433,7 +433,7 @@ def segment_fibrosis(
     if not inside.any():
         provenance.warn("No LV myocardium found in the stack; the segmentation is empty.", log)
     if slice_order is not None:
-        levels = levels_by_thirds(np.isin(labels, (LV_MYOCARDIUM, SCAR, MVO)).any(axis=(1, 2)),
+        levels = levels_by_thirds(np.isin(labels, MYOCARDIUM_CODES).any(axis=(1, 2)),
                                   base_first=slice_order == "base-first")
         provenance.parameters.update({"slice_order": slice_order, "levels": list(levels)})
 

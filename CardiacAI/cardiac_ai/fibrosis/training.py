@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError, InputError
 from ..geometry import Volume
-from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
+from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, MYOCARDIUM_CODES, SCAR
 from ..preprocessing import InputSpec, preprocess
 from ..progress import ProgressCallback, report
 from .classifier_input import TRAINING_DEFAULTS, ClassifierInputSettings, classifier_inputs
@@ -292,7 +292,7 @@ def prepare_lge_stack(
 def myocardium_targets(truth: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Myocardium-model labels: 2 myocardium (scar and MVO folded in), 3 LV blood pool, 0 else. No fibrosis left."""
     out = np.zeros(truth.shape, np.uint8)
-    out[np.isin(truth, (LV_MYOCARDIUM, SCAR, MVO))] = LV_MYOCARDIUM
+    out[np.isin(truth, MYOCARDIUM_CODES)] = LV_MYOCARDIUM
     out[truth == LV_BLOOD_POOL] = LV_BLOOD_POOL
     return out
 

@@ -63,7 +63,7 @@ from skimage import draw
 
 from ..errors import InputError
 from ..geometry import Geometry
-from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR, check_label_values
+from ..labels import LV_BLOOD_POOL, MYOCARDIUM_CODES, check_label_values
 
 __all__ = [
     "DEFAULT_UPSAMPLE",
@@ -93,7 +93,6 @@ TABLE8_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Default sub-pixel factor of the region masks before contour tracing (see the module docstring).
 DEFAULT_UPSAMPLE = 4
 
-_MYOCARDIUM_CODES = (LV_MYOCARDIUM, SCAR, MVO)
 _MAX_ELONGATION = 3.0
 
 
@@ -507,7 +506,7 @@ def fit_myocardial_contours(
             raise InputError("probabilities hold NaN or Inf values.")
         soft_endo, soft_epi = soft
 
-    myocardium = np.isin(labels, _MYOCARDIUM_CODES)
+    myocardium = np.isin(labels, MYOCARDIUM_CODES)
     blood_pool = labels == LV_BLOOD_POOL
     options: dict[str, Any] = {
         "steps": chosen,

@@ -54,7 +54,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..geometry import Geometry
 from ..io.atomic import atomic_path
-from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
+from ..labels import LV_BLOOD_POOL, MYOCARDIUM_CODES, RV_BLOOD_POOL, check_label_values
 from .contours import _check_spacing_ji  # one validation of in-plane spacing for the package
 
 __all__ = [
@@ -75,7 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MYOCARDIUM_CODES = (LV_MYOCARDIUM, SCAR, MVO)
 
 #: AHA segment number -> name (Cerqueira et al. 2002); 17 (apical cap) is not in short-axis slices.
 AHA_SEGMENT_NAMES: dict[int, str] = {
@@ -383,7 +382,7 @@ def _screen_angles_deg(
 
 
 def _lv_centre(labels: np.ndarray) -> tuple[float, float]:
-    lv = ndimage.binary_fill_holes(np.isin(labels, (*_MYOCARDIUM_CODES, LV_BLOOD_POOL)))
+    lv = ndimage.binary_fill_holes(np.isin(labels, (*MYOCARDIUM_CODES, LV_BLOOD_POOL)))
     if not lv.any():
         raise InputError("The slice has no LV myocardium or blood pool; it has no AHA segments.")
     rows, cols = np.nonzero(lv)
@@ -435,7 +434,7 @@ def find_rv_insertion(
     spacing = _resolve_spacing(spacing_ji_mm, geometry)
     if not (math.isfinite(contact_px) and contact_px >= 1.0):
         raise InputError(f"contact_px must be at least 1 (adjacent pixels), got {contact_px}.")
-    myocardium = np.isin(labels, _MYOCARDIUM_CODES)
+    myocardium = np.isin(labels, MYOCARDIUM_CODES)
     rv = labels == RV_BLOOD_POOL
     if not myocardium.any():
         raise InputError("The slice has no LV myocardium (label 2); it has no RV insertion points.")
@@ -498,7 +497,7 @@ def _septal_angles(
     labels: np.ndarray, insertion: RVInsertion, spacing: tuple[float, float]
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """phi (deg from the anterior insertion towards the septum) of every pixel, and the myocardium mask."""
-    myocardium = np.isin(labels, _MYOCARDIUM_CODES)
+    myocardium = np.isin(labels, MYOCARDIUM_CODES)
     rows, cols = np.indices(labels.shape)
     theta = _screen_angles_deg(rows, cols, insertion.centre_px, spacing)
     anterior_row, anterior_col = insertion.anterior_px
@@ -545,7 +544,7 @@ def aha_segments(
         raise InputError(f"level must be one of {list(_LEVEL_SEGMENTS)}, got {level!r}.")
     labels = _check_labels2d(labels2d)
     spacing = _resolve_spacing(spacing_ji_mm, geometry)
-    if not np.isin(labels, _MYOCARDIUM_CODES).any():
+    if not np.isin(labels, MYOCARDIUM_CODES).any():
         raise InputError("The slice has no LV myocardium (label 2); it has no AHA segments.")
     if rv_insertion is None:
         insertion = find_rv_insertion(labels, geometry=geometry, spacing_ji_mm=spacing)
@@ -782,7 +781,7 @@ def septal_roi(
     spacing = _resolve_spacing(spacing_ji_mm, geometry)
     if not (math.isfinite(margin_deg) and margin_deg >= 0):
         raise InputError(f"margin_deg must be >= 0, got {margin_deg}.")
-    if not np.isin(labels, _MYOCARDIUM_CODES).any():
+    if not np.isin(labels, MYOCARDIUM_CODES).any():
         raise InputError("The slice has no LV myocardium (label 2); it has no septal ROI.")
     if rv_insertion is None:
         insertion = find_rv_insertion(labels, geometry=geometry, spacing_ji_mm=spacing)

@@ -28,7 +28,8 @@ from numpy.typing import NDArray
 
 from ..errors import InputError, ModelError
 from ..geometry import Volume
-from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
+from ..labels import (LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values,
+                      codes_of_structure)
 from ..preprocessing import restore_labels
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
@@ -865,10 +866,8 @@ def assess_segmentation(
     not_judged = [index for index, code in enumerate(structures) if code not in judged]
     slice_dice[:, not_judged] = np.nan
     volume_dice[not_judged] = np.nan
-    myocardium = np.isin(label_array, (LV_MYOCARDIUM, SCAR, MVO))
     for index, code in enumerate(structures):  # judged but drawn nowhere: a failed segmentation of it, not "n/a"
-        drawn = myocardium if code == LV_MYOCARDIUM else label_array == code
-        if code in judged and not empty and not drawn.any():
+        if code in judged and not empty and not np.isin(label_array, codes_of_structure(code)).any():
             volume_dice[index] = 0.0
     if search_dice is not None:
         search_dice = search_dice.copy()

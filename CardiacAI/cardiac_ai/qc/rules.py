@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..errors import InputError
-from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values
+from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MYOCARDIUM_CODES, RV_BLOOD_POOL, check_label_values
 
 __all__ = ["RuleReport", "check_rules"]
 
@@ -72,7 +72,7 @@ def lv_surround_fractions(labels: NDArray[np.integer], pool_code: int = LV_BLOOD
     myocardium) on each slice; NaN on a slice without LV blood pool, 0 where the blood pool fills the slice.
     ``pool_code`` measures another structure's border instead (the RV's, to spot swapped codes)."""
     array = np.asarray(labels)
-    myocardium = np.isin(array, (LV_MYOCARDIUM, SCAR, MVO))
+    myocardium = np.isin(array, MYOCARDIUM_CODES)
     lv = array == pool_code
     surround = np.full(array.shape[0], np.nan)
     for k in np.flatnonzero(np.any(lv, axis=(1, 2))):
@@ -143,7 +143,7 @@ def check_rules(
 
     n_slices = array.shape[0]
     pixel_mm2 = spacing[0] * spacing[1]
-    myocardium = np.isin(array, (LV_MYOCARDIUM, SCAR, MVO))
+    myocardium = np.isin(array, MYOCARDIUM_CODES)
     masks = {code: (myocardium if code == LV_MYOCARDIUM else array == code) for code in structures}
     areas = {code: np.count_nonzero(mask, axis=(1, 2)) * pixel_mm2 for code, mask in masks.items()}
     reasons: list[list[str]] = [[] for _ in range(n_slices)]
