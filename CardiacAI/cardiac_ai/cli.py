@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -194,23 +193,9 @@ def _pseudo_label_overrides(args: argparse.Namespace) -> dict:
     if not args.pseudo_label:
         raise InputError(f"{', '.join(given)} set the CAM pseudo-label; add --pseudo-label to make the labels from "
                          "it (without it the weak U-Net makes them when installed).")
-    overrides: dict = {}
-    if args.crf_iterations is not None:
-        overrides["crf_iterations"] = args.crf_iterations
-    if args.crf_smoothness is not None:
-        overrides["crf_w2"], overrides["crf_theta_gamma"] = args.crf_smoothness
-    if args.crf_appearance is not None:
-        overrides["crf_w1"], overrides["crf_theta_alpha"], overrides["crf_theta_beta"] = args.crf_appearance
-    if args.otsu_classes is not None:
-        overrides["otsu_classes"] = args.otsu_classes or None  # 0: no multi-Otsu step
-    if args.scale_range is not None:
-        overrides["scale_range"] = tuple(args.scale_range)
-    if args.min_fraction is not None:
-        overrides["min_fraction"] = args.min_fraction
-    from .weak.pseudo_labels import PseudoLabelConfig
+    from .weak.pseudo_labels import pseudo_label_overrides
 
-    dataclasses.replace(PseudoLabelConfig(), **overrides)  # InputError for a value out of range, before any loading
-    return overrides
+    return pseudo_label_overrides(**{dest: getattr(args, dest) for dest in _PSEUDO_LABEL_OPTIONS})
 
 
 def build_parser() -> argparse.ArgumentParser:

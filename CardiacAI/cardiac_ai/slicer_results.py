@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import numbers
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -715,53 +714,16 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     options["cam_augment"] = list(dict.fromkeys(views)) or None
     settings = {"crf_iterations": crf_iterations, "crf_smoothness": crf_smoothness, "crf_appearance": crf_appearance,
                 "otsu_classes": otsu_classes, "scale_range": scale_range, "min_fraction": min_fraction}
-    given = [name for name, value in settings.items() if value is not None]
+    given = {name: value for name, value in settings.items() if value is not None}
     if given and not pseudo_label:
         raise InputError(f"{', '.join(given)} set the CAM pseudo-label; they need pseudo_label=True (heart from the "
                          "CAM pseudo-label), without which the weak U-Net makes the labels when installed.")
-    if crf_iterations is not None:
-        if isinstance(crf_iterations, bool) or not isinstance(crf_iterations, numbers.Integral) or crf_iterations < 1:
-            raise InputError(f"crf_iterations (DenseCRF mean-field iterations) must be a whole number >= 1, "
-                             f"got {crf_iterations!r}.")
-        options["crf_iterations"] = int(crf_iterations)
-    if crf_smoothness is not None:
-        weight, width = _numbers(crf_smoothness, 2, "crf_smoothness (weight, width in pixels)")
-        if weight < 0 or width <= 0:
-            raise InputError(f"crf_smoothness needs a weight >= 0 (0 drops the kernel) and a width > 0 pixels, "
-                             f"got {crf_smoothness!r}.")
-        options["crf_smoothness"] = [weight, width]
-    if crf_appearance is not None:
-        weight, width, grey = _numbers(crf_appearance, 3, "crf_appearance (weight, width in pixels, grey levels)")
-        if weight < 0 or width <= 0 or grey <= 0:
-            raise InputError(f"crf_appearance needs a weight >= 0, a width > 0 pixels and a width > 0 grey levels, "
-                             f"got {crf_appearance!r}.")
-        options["crf_appearance"] = [weight, width, grey]
-    if otsu_classes is not None:
-        if isinstance(otsu_classes, bool) or not isinstance(otsu_classes, numbers.Integral) or otsu_classes < 0 \
-                or otsu_classes == 1:
-            raise InputError(f"otsu_classes must be 0 (no multi-Otsu step) or 2 or more, got {otsu_classes!r}.")
-        options["otsu_classes"] = int(otsu_classes)
-    if scale_range is not None:
-        low, high = _numbers(scale_range, 2, "scale_range (low, high)")
-        if not 0.0 <= low < high <= 1.0:
-            raise InputError(f"scale_range must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
-        options["scale_range"] = [low, high]
-    if min_fraction is not None:
-        (fraction,) = _numbers(min_fraction, 1, "min_fraction")
-        if not 0.0 <= fraction < 1.0:
-            raise InputError(f"min_fraction must lie in [0, 1) (0 keeps every positive CAM pixel), "
-                             f"got {min_fraction!r}.")
-        options["min_fraction"] = fraction
+    from .weak.pseudo_labels import pseudo_label_overrides
+
+    pseudo_label_overrides(**given)  # the backend's own check: InputError before any process starts
+    for name, value in given.items():
+        options[name] = list(value) if isinstance(value, (list, tuple)) else value
     return BackendCall("cam", (_path(image_path, "The image file"),), options)
-
-
-def _numbers(value: Any, count: int, what: str) -> list[float]:
-    """``count`` finite numbers as floats: a sequence of ``count`` of them, or one number when ``count`` is 1."""
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if len(items) != count or any(isinstance(item, bool) or not isinstance(item, numbers.Real)
-                                  or not math.isfinite(item) for item in items):
-        raise InputError(f"{what} must be {count} finite number{'s' if count > 1 else ''}, got {value!r}.")
-    return [float(item) for item in items]
 
 
 def partial_structures(codes: Any) -> list[int] | None:

@@ -17,7 +17,9 @@ Everything is deterministic (the CRF is mean-field inference, no sampling).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +28,8 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 
-__all__ = ["PseudoLabelConfig", "cam_to_pseudo_label", "pseudo_labels", "motion_prior", "self_training_labels"]
+__all__ = ["PseudoLabelConfig", "pseudo_label_overrides", "cam_to_pseudo_label", "pseudo_labels", "motion_prior",
+           "self_training_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,71 @@ class PseudoLabelConfig:
             raise InputError(f"min_fraction must lie in [0, 1), got {self.min_fraction}.")
         if not 0.0 <= self.foreground_threshold < 1.0:
             raise InputError(f"foreground_threshold must lie in [0, 1), got {self.foreground_threshold}.")
+
+
+def pseudo_label_overrides(*, crf_iterations: int | None = None, crf_smoothness: Sequence[float] | None = None,
+                           crf_appearance: Sequence[float] | None = None, otsu_classes: int | None = None,
+                           scale_range: Sequence[float] | None = None, min_fraction: float | None = None) -> dict:
+    """The user-facing pseudo-label settings (``cardiacai cam --crf-iterations ...``, the Slicer CAM panel) as
+    :class:`PseudoLabelConfig` fields, checked: the one place both front ends translate and validate them.
+
+    ``crf_iterations`` >= 1; ``crf_smoothness`` (weight w2 >= 0, width theta_gamma > 0 pixels); ``crf_appearance``
+    (weight w1 >= 0, width theta_alpha > 0 pixels, width theta_beta > 0 grey levels); ``otsu_classes`` 0 (no
+    multi-Otsu step) or >= 2; ``scale_range`` (low, high), 0 <= low < high <= 1; ``min_fraction`` in [0, 1). None
+    leaves a setting to the model card.
+
+    Raises
+    ------
+    InputError
+        A value of the wrong kind or count, or out of its range; the message names the setting.
+    """
+    overrides: dict = {}
+    if crf_iterations is not None:
+        if not _whole(crf_iterations) or crf_iterations < 1:
+            raise InputError(f"crf_iterations (DenseCRF mean-field iterations) must be a whole number >= 1, "
+                             f"got {crf_iterations!r}.")
+        overrides["crf_iterations"] = int(crf_iterations)
+    if crf_smoothness is not None:
+        weight, width = _finite(crf_smoothness, 2, "crf_smoothness (weight, width in pixels)")
+        if weight < 0 or width <= 0:
+            raise InputError(f"crf_smoothness needs a weight >= 0 (0 drops the kernel) and a width > 0 pixels, "
+                             f"got {crf_smoothness!r}.")
+        overrides["crf_w2"], overrides["crf_theta_gamma"] = weight, width
+    if crf_appearance is not None:
+        weight, width, grey = _finite(crf_appearance, 3, "crf_appearance (weight, width in pixels, grey levels)")
+        if weight < 0 or width <= 0 or grey <= 0:
+            raise InputError(f"crf_appearance needs a weight >= 0, a width > 0 pixels and a width > 0 grey levels, "
+                             f"got {crf_appearance!r}.")
+        overrides["crf_w1"], overrides["crf_theta_alpha"], overrides["crf_theta_beta"] = weight, width, grey
+    if otsu_classes is not None:
+        if not _whole(otsu_classes) or otsu_classes < 0 or otsu_classes == 1:
+            raise InputError(f"otsu_classes must be 0 (no multi-Otsu step) or 2 or more, got {otsu_classes!r}.")
+        overrides["otsu_classes"] = int(otsu_classes) or None
+    if scale_range is not None:
+        low, high = _finite(scale_range, 2, "scale_range (low, high)")
+        if not 0.0 <= low < high <= 1.0:
+            raise InputError(f"scale_range must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
+        overrides["scale_range"] = (low, high)
+    if min_fraction is not None:
+        (fraction,) = _finite([min_fraction], 1, "min_fraction")
+        if not 0.0 <= fraction < 1.0:
+            raise InputError(f"min_fraction must lie in [0, 1) (0 keeps every positive CAM pixel), got "
+                             f"{min_fraction!r}.")
+        overrides["min_fraction"] = fraction
+    dataclasses.replace(PseudoLabelConfig(), **overrides)  # the config's own checks, as a backstop
+    return overrides
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _finite(values: object, count: int, what: str) -> list[float]:
+    items = list(values) if isinstance(values, (list, tuple)) else [values]
+    if len(items) != count or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                      and math.isfinite(float(v)) for v in items):
+        raise InputError(f"{what} must be {count} finite number{'s' if count > 1 else ''}, got {values!r}.")
+    return [float(v) for v in items]
 
 
 def _check_pair(cam: object, image: object, restrict_to: object, *, ndim: int, function: str):
