@@ -364,9 +364,10 @@ def test_a_dicom_seg_from_another_tool_is_matched_by_label_or_refused(two_series
         read_dicom_seg(tmp_path / "broken.dcm")
 
 
-def _foreign_seg(folder, uid, masks_by_name, path, *, kind="BINARY", drop_spacing=False):
+def _foreign_seg(folder, uid, masks_by_name, path, *, kind="BINARY", drop_spacing=False, slices=None):
     """A DICOM SEG as another tool writes it (highdicom; no CardiacAI tracking IDs): one segment per named mask
-    (frames, rows, columns), of ``kind`` BINARY, FRACTIONAL or LABELMAP."""
+    (frames, rows, columns), of ``kind`` BINARY, FRACTIONAL or LABELMAP; ``slices``: made from those source images
+    only (in the series' order)."""
     import copy
 
     import highdicom as hd
@@ -377,6 +378,9 @@ def _foreign_seg(folder, uid, masks_by_name, path, *, kind="BINARY", drop_spacin
     from cardiac_ai.labels import LABELS, code_for_segment_name
 
     headers = [copy.deepcopy(h) for h in series_headers(folder, series_uid=uid)[1]]
+    if slices is not None:
+        headers = [headers[k] for k in slices]
+        masks_by_name = {name: mask[list(slices)] for name, mask in masks_by_name.items()}
     for header in headers:
         for name in _COPIED_TYPE_2:
             if name not in header:
@@ -440,6 +444,13 @@ def test_another_tool_s_dicom_seg_overlapping_fractional_or_label_map_reads_righ
     single = _foreign_seg(folder, uid, one, tmp_path / "one.dcm", drop_spacing=True)
     expected = np.where(np.arange(len(labels))[:, None, None] == 2, labels, 0)
     np.testing.assert_array_equal(placed(single), expected)
+    # every other slice segmented, the SEG made from those images alone: highdicom stacks them at twice the spacing
+    gapped = {name: np.where(np.isin(np.arange(len(mask)), (1, 3))[:, None, None], mask, False)
+              for name, mask in masks.items()}
+    expected = np.where(np.isin(np.arange(len(labels)), (1, 3))[:, None, None], labels, 0)
+    for drop in (False, True):
+        path = _foreign_seg(folder, uid, gapped, tmp_path / f"gap{drop}.dcm", slices=(1, 3), drop_spacing=drop)
+        np.testing.assert_array_equal(placed(path), expected)
 
 
 def test_evaluate_against_a_dicom_seg_truth_keeps_base_and_apex(two_series, tmp_path):
@@ -467,3 +478,20 @@ def test_evaluate_against_a_dicom_seg_truth_keeps_base_and_apex(two_series, tmp_
     write_dicom_seg(truth, folder, tmp_path / "pred" / "case01.dcm", series_uid=uid)
     again = evaluate_folders(tmp_path / "pred", tmp_path / "truth_nifti")
     assert repr(again.regional) == repr(regional["truth_nifti"])
+
+
+def test_evaluate_against_another_tool_s_one_slice_seg_truth(two_series, tmp_path):
+    from cardiac_ai.evaluation import evaluate_folders
+    from cardiac_ai.io import write_volume
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    labels = np.where(np.arange(5)[:, None, None] == 2, _blocks(image).array, 0).astype(np.uint8)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+    write_volume(image.with_array(labels), tmp_path / "pred" / "case01.nii.gz")
+    masks = {"RV": labels == 1, "Myo": labels == 2, "LV": labels == 3}
+    _foreign_seg(folder, uid, masks, tmp_path / "truth" / "case01_gt.dcm", slices=(2,))  # a 1 mm "spacing"
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "truth", regional_analysis=False)
+    assert [row["dice"] for row in result.rows] == [1.0, 1.0, 1.0]

@@ -432,9 +432,9 @@ def test_batch_qc_checks_a_cohort_of_segmentations_from_a_csv(files, tiny_qc_mod
     assert code == 2 and "quality control is the task itself" in err
     code, _, err = _run(capsys, "batch", files["dir"], "--task", "qc", "--out", tmp_path / "folder", *common)
     assert code == 2 and "case_id, image and labels" in err
-    (tmp_path / "holes.csv").write_text(f"case_id,image,labels\nwhole,{files['image']},\nshort,{files['image']}\n")
+    (tmp_path / "holes.csv").write_text(f"case_id,image,labels\n\nwhole,{files['image']},\nshort,{files['image']}\n")
     code, _, err = _run(capsys, "batch", tmp_path / "holes.csv", "--task", "qc", "--out", tmp_path / "holes", *common)
-    assert code == 2 and "line 2: no labels given" in err and not (tmp_path / "holes").exists()
+    assert code == 2 and "line 3: no labels given" in err and not (tmp_path / "holes").exists()  # the file's line
     code, _, err = _run(capsys, "batch", tmp_path / "cases.csv", "--task", "segment-cine", "--out",
                         tmp_path / "seg", *common, "--label-codes", "MYO=2")
     assert code == 2 and "--label-codes applies to --task qc" in err

@@ -395,6 +395,18 @@ def test_cam_call_passes_the_averaging_and_pseudo_label_settings_the_cli_accepts
     assert _pseudo_label_overrides(args)["otsu_classes"] == 3
 
 
+def test_cam_settings_given_as_numpy_numbers_reach_the_command_line():
+    import numpy as np
+
+    from cardiac_ai.subprocess_runner import build_command
+
+    call = cam_call("c.nrrd", "out", pseudo_label=True, crf_iterations=np.int64(7), min_fraction=np.float32(0.25),
+                    scale_range=(np.float64(0.4), 1))
+    argv = build_command(call.command, call.positional, call.options, python_executable="python")
+    assert argv[argv.index("--crf-iterations") + 1] == "7" and argv[argv.index("--min-fraction") + 1] == "0.25"
+    assert argv[argv.index("--scale-range") + 1: argv.index("--scale-range") + 3] == ["0.4", "1.0"]
+
+
 @pytest.mark.parametrize(
     ("settings", "match"),
     [

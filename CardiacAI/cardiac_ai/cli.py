@@ -1005,12 +1005,13 @@ def _batch_models_in_worker(args: argparse.Namespace) -> tuple:
 @_command("batch")
 def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input
-    from .pipeline import list_batch_cases, run_batch
+    from .pipeline import check_batch_folders, list_batch_cases, run_batch
     from .provenance import Provenance
 
     options = _batch_options(args)  # bad options fail before the cases are listed and the models load
     cases = list_batch_cases(args.source, task=args.task)
     ensure_not_input(args.out, [args.source])
+    check_batch_folders(cases, args.out, task=args.task)  # before the models load
     provenance = Provenance(command="batch")
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}.")

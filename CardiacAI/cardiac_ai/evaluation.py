@@ -147,8 +147,12 @@ def evaluate_folders(
     def cases():
         for index, (key, pred_path, truth_path) in enumerate(pairs):
             report(progress, index / len(pairs), f"Evaluating {key}")
-            truth = read_label_map(truth_path)
-            pred = read_label_map(pred_path, reference=truth.geometry)
+            if _format_rank(truth_path) == 2 and _format_rank(pred_path) < 2:  # the SEG takes the other's slices
+                pred = read_label_map(pred_path)
+                truth = read_label_map(truth_path, reference=pred.geometry)
+            else:
+                truth = read_label_map(truth_path)
+                pred = read_label_map(pred_path, reference=truth.geometry)
             yield key, *_on_one_grid(pred, truth, pred_path, truth_path)
 
     stacks: list[tuple] = []

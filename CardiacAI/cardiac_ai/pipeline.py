@@ -43,6 +43,7 @@ __all__ = [
     "CamOptions",
     "QCBatchOptions",
     "list_batch_cases",
+    "check_batch_folders",
     "run_batch",
 ]
 
@@ -401,11 +402,11 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
             if missing:
                 raise DataError(f"{source} lacks the column(s) {missing}; found {reader.fieldnames}.")
             cases = []
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
                 empty = [c for c in ("case_id", *columns) if not (row.get(c) or "").strip()]
                 if empty:
-                    raise DataError(f"{source}, line {line}: no {' or '.join(empty)} given; every row needs "
-                                    f"case_id and {', '.join(columns)}.")
+                    raise DataError(f"{source}, line {reader.line_num}: no {' or '.join(empty)} given; every row "
+                                    f"needs case_id and {', '.join(columns)}.")
                 cases.append(BatchCase(row["case_id"].strip(),
                                        tuple(source.parent / row[c].strip() for c in columns)))
     if not cases:
@@ -495,11 +496,7 @@ def run_batch(
         raise InputError(f"A batch of {task!r} takes {wanted.__name__}, got {type(options).__name__}.")
     out = Path(out_dir)
     if job is None:
-        problems = [f"case {case.case_id}: {problem}" for case in cases
-                    if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
-        if problems:
-            raise OutputError(f"{len(problems)} case(s) cannot run in {out}, and nothing was written: "
-                              + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+        check_batch_folders(cases, out, task=task)
     out.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
@@ -706,6 +703,23 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
         for name in sorted(earlier - written):
             (folder / name).unlink(missing_ok=True)
             log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name, folder)
+
+
+def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task: str) -> None:
+    """Refuse a batch, before anything is loaded or written, whose cases cannot run in ``out_dir``: an input inside
+    its own case folder, or a case folder holding another command's finished output.
+
+    Raises
+    ------
+    OutputError
+        Naming up to three such cases.
+    """
+    out = Path(out_dir)
+    problems = [f"case {case.case_id}: {problem}" for case in cases
+                if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
+    if problems:
+        raise OutputError(f"{len(problems)} case(s) cannot run in {out}, and nothing was written: "
+                          + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
 
 
 def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | None:

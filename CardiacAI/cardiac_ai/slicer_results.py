@@ -721,8 +721,10 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     from .weak.pseudo_labels import pseudo_label_overrides
 
     pseudo_label_overrides(**given)  # the backend's own check: InputError before any process starts
-    for name, value in given.items():
-        options[name] = list(value) if isinstance(value, (list, tuple)) else value
+    for name, value in given.items():  # plain numbers for the command line (numpy scalars are not)
+        whole = name in ("crf_iterations", "otsu_classes")
+        options[name] = [float(v) for v in value] if isinstance(value, (list, tuple)) else (
+            int(value) if whole else float(value))
     return BackendCall("cam", (_path(image_path, "The image file"),), options)
 
 

@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Codes counted as myocardium (normal + scar + MVO) and as scar (scar + MVO).
+#: Codes counted as scar (scar + MVO); the myocardium's are labels.MYOCARDIUM_CODES (normal + scar + MVO).
 SCAR_CODES = (SCAR, MVO)
 
 #: Assumed screen angle (deg) of the anterior RV insertion point when it is not known: standard short-axis view.

@@ -193,6 +193,16 @@ def _code_of_segment(segment, tissues: dict[int, Tissue], source: Path) -> int:
     )
 
 
+def _frame_thickness(segmentation, steps: np.ndarray) -> float:
+    """A single frame's slice thickness: the SEG's PixelMeasures SliceThickness, else highdicom's step."""
+    for group in getattr(segmentation, "SharedFunctionalGroupsSequence", []):
+        for measures in group.get("PixelMeasuresSequence", []):
+            thickness = measures.get("SliceThickness")
+            if thickness is not None and float(thickness) > 0:
+                return float(thickness)
+    return float(np.linalg.norm(steps[:, 2]))
+
+
 def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABELS,
                    reference: Geometry | None = None):
     """A DICOM SEG (binary, fractional or label map) as a (k, j, i) uint8 label map with CardiacAI codes, on the
@@ -204,8 +214,9 @@ def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABE
 
     Segments are matched by tracking ID, label, then coded type and anatomic region; where segments overlap, the
     higher code wins (scar over myocardium, never a whole heart over its parts; logged). Fractional segments are
-    the voxels of probability >= 0.5. A single frame has no slice spacing of its own: with a ``reference`` (the
-    image's geometry) it takes the reference's. Place the result on an image with
+    the voxels of probability >= 0.5. With a ``reference`` (the image's geometry), a single frame takes the
+    reference's slice spacing (it has none of its own), and frames with gaps (every other slice segmented, which
+    highdicom stacks at twice the spacing) are spread onto the reference's spacing. Place the result on an image with
     :func:`~cardiac_ai.geometry.pad_to_reference_grid`, which reorders and pads it.
 
     Raises
@@ -255,10 +266,24 @@ def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABE
         labels = np.ascontiguousarray(labels[::-1])
         origin = origin + (masks.shape[0] - 1) * steps[:, 2]
         steps[:, 2] = -steps[:, 2]
+    unit_normal = normal / max(np.linalg.norm(normal), 1e-12)
+    reference_step = None  # the reference's slice spacing along this SEG's normal, when it has such an axis
+    if reference is not None:
+        along = np.abs(reference.direction_matrix.T @ unit_normal)
+        if along.max() > 1.0 - 1e-4:
+            reference_step = float(reference.spacing_mm[int(np.argmax(along))])
     if labels.shape[0] == 1:  # one frame: only its plane is known; the slice step is the image's
-        step = normal / max(np.linalg.norm(normal), 1e-12)
-        thickness = float(reference.spacing_mm[2]) if reference is not None else float(np.linalg.norm(steps[:, 2]))
-        steps[:, 2] = step * thickness
+        thickness = reference_step if reference_step is not None else _frame_thickness(segmentation, steps)
+        steps[:, 2] = unit_normal * thickness
+    elif reference_step is not None:
+        # segmented slices with gaps (every other slice): highdicom's step is a multiple of the image's
+        ratio = float(np.linalg.norm(steps[:, 2])) / reference_step
+        gap = int(round(ratio))
+        if gap > 1 and abs(ratio - gap) < 1e-3:
+            spread = np.zeros(((labels.shape[0] - 1) * gap + 1, *labels.shape[1:]), np.uint8)
+            spread[::gap] = labels
+            labels = spread
+            steps[:, 2] = steps[:, 2] / gap
     spacing = np.linalg.norm(steps, axis=0)
     if np.any(spacing <= 0):
         raise DataError(f"{source}: its frames have a zero spacing.")

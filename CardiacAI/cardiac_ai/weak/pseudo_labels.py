@@ -168,7 +168,8 @@ def pseudo_label_overrides(*, crf_iterations: int | None = None, crf_smoothness:
             raise InputError(f"scale_range must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
         overrides["scale_range"] = (low, high)
     if min_fraction is not None:
-        (fraction,) = _finite([min_fraction], 1, "min_fraction")
+        (fraction,) = _finite([min_fraction] if not isinstance(min_fraction, (list, tuple)) else min_fraction, 1,
+                              "min_fraction")
         if not 0.0 <= fraction < 1.0:
             raise InputError(f"min_fraction must lie in [0, 1) (0 keeps every positive CAM pixel), got "
                              f"{min_fraction!r}.")
@@ -185,7 +186,8 @@ def _finite(values: object, count: int, what: str) -> list[float]:
     items = list(values) if isinstance(values, (list, tuple)) else [values]
     if len(items) != count or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
                                       and math.isfinite(float(v)) for v in items):
-        raise InputError(f"{what} must be {count} finite number{'s' if count > 1 else ''}, got {values!r}.")
+        raise InputError(f"{what} must be {count} finite number{'s' if count > 1 else ''}, got "
+                         f"{values[0] if count == 1 and isinstance(values, list) and len(values) == 1 else values!r}.")
     return [float(v) for v in items]
 
 
