@@ -24,8 +24,9 @@ status, the task's key numbers, QC, warnings, error, seconds) is rewritten after
 0 (every case done or skipped), 5 (some cases failed), 2 (bad arguments or no case found), 3 (CardiacAI or PyTorch
 not installed in this Slicer) or 1 (unexpected error).
 
-Cardiac function (ED and ES of each case), DICOM folders and CSV case lists are not read here: use ``cardiacai
-batch`` (plain Python, no Slicer), which reads both. Both write the same summary columns: the backend's
+Cardiac function (ED and ES of each case), QC of existing segmentations (an image and its labels per case), DICOM
+folders and CSV case lists are not read here: use ``cardiacai batch`` (plain Python, no Slicer; ``--task function``
+and ``--task qc`` take a CSV), which reads them. Both write the same summary columns: the backend's
 ``cardiac_ai.batch_summary.summary_values`` reads them from each case's report.
 
 Everything above :func:`main` uses only the standard library, so it is tested without Slicer; ``slicer`` and the
