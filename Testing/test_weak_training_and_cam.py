@@ -252,9 +252,9 @@ def test_cam_pseudo_label_settings_override_the_model_card_and_are_recorded(trai
     ("options", "message"),
     [
         (["--crf-iterations", "2"], "--crf-iterations set the CAM pseudo-label; add --pseudo-label"),
-        (["--pseudo-label", "--scale-range", "0.9", "0.5"], "scale_range must be (low, high)"),
-        (["--pseudo-label", "--crf-smoothness", "-1", "3"], "crf_smoothness needs a weight >= 0"),
-        (["--pseudo-label", "--min-fraction", "1.5"], "min_fraction must lie in [0, 1)"),
+        (["--pseudo-label", "--scale-range", "0.9", "0.5"], "--scale-range must be (low, high)"),
+        (["--pseudo-label", "--crf-smoothness", "-1", "3"], "--crf-smoothness needs a weight >= 0"),
+        (["--pseudo-label", "--min-fraction", "1.5"], "--min-fraction must lie in [0, 1)"),
     ],
     ids=["without-pseudo-label", "scale-range-reversed", "negative-weight", "min-fraction-above-1"],
 )

@@ -195,7 +195,8 @@ def _pseudo_label_overrides(args: argparse.Namespace) -> dict:
                          "it (without it the weak U-Net makes them when installed).")
     from .weak.pseudo_labels import pseudo_label_overrides
 
-    return pseudo_label_overrides(**{dest: getattr(args, dest) for dest in _PSEUDO_LABEL_OPTIONS})
+    return pseudo_label_overrides(**{dest: getattr(args, dest) for dest in _PSEUDO_LABEL_OPTIONS},
+                                  spelled=lambda dest: f"--{dest.replace('_', '-')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -126,14 +126,16 @@ class PseudoLabelConfig:
 
 def pseudo_label_overrides(*, crf_iterations: int | None = None, crf_smoothness: Sequence[float] | None = None,
                            crf_appearance: Sequence[float] | None = None, otsu_classes: int | None = None,
-                           scale_range: Sequence[float] | None = None, min_fraction: float | None = None) -> dict:
+                           scale_range: Sequence[float] | None = None, min_fraction: float | None = None,
+                           spelled: Callable[[str], str] = str) -> dict:
     """The user-facing pseudo-label settings (``cardiacai cam --crf-iterations ...``, the Slicer CAM panel) as
     :class:`PseudoLabelConfig` fields, checked: the one place both front ends translate and validate them.
 
     ``crf_iterations`` >= 1; ``crf_smoothness`` (weight w2 >= 0, width theta_gamma > 0 pixels); ``crf_appearance``
     (weight w1 >= 0, width theta_alpha > 0 pixels, width theta_beta > 0 grey levels); ``otsu_classes`` 0 (no
     multi-Otsu step) or >= 2; ``scale_range`` (low, high), 0 <= low < high <= 1; ``min_fraction`` in [0, 1). None
-    leaves a setting to the model card.
+    leaves a setting to the model card. ``spelled`` names a setting in the messages as its front end does (the
+    command line: ``--crf-iterations``).
 
     Raises
     ------
@@ -143,36 +145,39 @@ def pseudo_label_overrides(*, crf_iterations: int | None = None, crf_smoothness:
     overrides: dict = {}
     if crf_iterations is not None:
         if not _whole(crf_iterations) or crf_iterations < 1:
-            raise InputError(f"crf_iterations (DenseCRF mean-field iterations) must be a whole number >= 1, "
-                             f"got {crf_iterations!r}.")
+            raise InputError(f"{spelled('crf_iterations')} (DenseCRF mean-field iterations) must be a whole number "
+                             f">= 1, got {crf_iterations!r}.")
         overrides["crf_iterations"] = int(crf_iterations)
     if crf_smoothness is not None:
-        weight, width = _finite(crf_smoothness, 2, "crf_smoothness (weight, width in pixels)")
+        name = spelled("crf_smoothness")
+        weight, width = _finite(crf_smoothness, 2, f"{name} (weight, width in pixels)")
         if weight < 0 or width <= 0:
-            raise InputError(f"crf_smoothness needs a weight >= 0 (0 drops the kernel) and a width > 0 pixels, "
+            raise InputError(f"{name} needs a weight >= 0 (0 drops the kernel) and a width > 0 pixels, "
                              f"got {crf_smoothness!r}.")
         overrides["crf_w2"], overrides["crf_theta_gamma"] = weight, width
     if crf_appearance is not None:
-        weight, width, grey = _finite(crf_appearance, 3, "crf_appearance (weight, width in pixels, grey levels)")
+        name = spelled("crf_appearance")
+        weight, width, grey = _finite(crf_appearance, 3, f"{name} (weight, width in pixels, grey levels)")
         if weight < 0 or width <= 0 or grey <= 0:
-            raise InputError(f"crf_appearance needs a weight >= 0, a width > 0 pixels and a width > 0 grey levels, "
+            raise InputError(f"{name} needs a weight >= 0, a width > 0 pixels and a width > 0 grey levels, "
                              f"got {crf_appearance!r}.")
         overrides["crf_w1"], overrides["crf_theta_alpha"], overrides["crf_theta_beta"] = weight, width, grey
     if otsu_classes is not None:
         if not _whole(otsu_classes) or otsu_classes < 0 or otsu_classes == 1:
-            raise InputError(f"otsu_classes must be 0 (no multi-Otsu step) or 2 or more, got {otsu_classes!r}.")
+            raise InputError(f"{spelled('otsu_classes')} must be 0 (no multi-Otsu step) or 2 or more, "
+                             f"got {otsu_classes!r}.")
         overrides["otsu_classes"] = int(otsu_classes) or None
     if scale_range is not None:
-        low, high = _finite(scale_range, 2, "scale_range (low, high)")
+        name = spelled("scale_range")
+        low, high = _finite(scale_range, 2, f"{name} (low, high)")
         if not 0.0 <= low < high <= 1.0:
-            raise InputError(f"scale_range must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
+            raise InputError(f"{name} must be (low, high) with 0 <= low < high <= 1, got {scale_range!r}.")
         overrides["scale_range"] = (low, high)
     if min_fraction is not None:
-        (fraction,) = _finite([min_fraction] if not isinstance(min_fraction, (list, tuple)) else min_fraction, 1,
-                              "min_fraction")
+        name = spelled("min_fraction")
+        (fraction,) = _finite(min_fraction if isinstance(min_fraction, (list, tuple)) else [min_fraction], 1, name)
         if not 0.0 <= fraction < 1.0:
-            raise InputError(f"min_fraction must lie in [0, 1) (0 keeps every positive CAM pixel), got "
-                             f"{min_fraction!r}.")
+            raise InputError(f"{name} must lie in [0, 1) (0 keeps every positive CAM pixel), got {min_fraction!r}.")
         overrides["min_fraction"] = fraction
     dataclasses.replace(PseudoLabelConfig(), **overrides)  # the config's own checks, as a backstop
     return overrides
