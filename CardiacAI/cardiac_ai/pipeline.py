@@ -1445,7 +1445,7 @@ class QCFileModels:
     ----------
     vae, regressor : the ``qc_vae`` model and the ``qc_dice_regressor`` (None: not installed, or not wanted).
     localiser : the ``cine_localiser`` that tells where the heart is (extent check); None: not checked.
-    missing : why the localiser or the cine models are absent, for the report's warnings.
+    missing : why an installed localiser, or the cine models, could not be loaded, for the report's warnings.
     models_dirs, device : where :meth:`cine` finds the cine baseline, loaded on first use.
     """
 
@@ -1499,33 +1499,22 @@ def load_qc_file_models(models_dirs: Sequence[str | Path] = (), *, device: str =
             localiser = registry.load("cine_localiser", device=device)
         except ModelError as error:
             missing["localiser"] = str(error)
-    else:
-        missing["localiser"] = "no cine_localiser model is installed"
     return QCFileModels(vae, regressor, localiser, missing, tuple(str(p) for p in models_dirs), device)
 
 
 def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None, provenance: Provenance,
                  reference) -> tuple[Volume, Volume, set[int] | None]:
-    """The label map to judge (CardiacAI codes), the file as read, and the codes it names when it names fewer than
-    all (``label_codes``' targets, or a ``.seg.nrrd``'s segments); None when it names none (a plain label map)."""
-    from .io.dicom_seg import is_dicom_seg, read_dicom_seg
-    from .io.seg_nrrd import PLAIN_LABEL_MAP_NOTE, read_seg_nrrd
+    """The label map to judge (CardiacAI codes), the file as read, and the codes the file names when it names
+    segments (``label_codes``' targets, or a ``.seg.nrrd``'s or DICOM SEG's segments); None when it names none (a
+    plain label map)."""
+    from .io.seg_nrrd import PLAIN_LABEL_MAP_NOTE, read_label_file
 
-    if str(path).lower().endswith(".seg.nrrd") and label_codes is None:
-        segmentation = read_seg_nrrd(path)
-        if not segmentation.segments and segmentation.labels.array.any():
-            provenance.record_logged([f"{path} {PLAIN_LABEL_MAP_NOTE}."])
-        named = {segment.code for segment in segmentation.segments} or None
-        return segmentation.labels, segmentation.labels, named
-    if is_dicom_seg(path):
-        if label_codes is not None:
-            raise InputError(f"--label-codes maps the values of a label map file, and {path} is a DICOM SEG, whose "
-                             "segments are matched to CardiacAI's structures by label and coded type.")
-        segmentation = read_dicom_seg(path, reference=reference)
-        return segmentation.labels, segmentation.labels, {segment.code for segment in segmentation.segments}
-    as_read = read_volume(path)
     if label_codes is None:
-        return as_read, as_read, None
+        read = read_label_file(path, reference=reference)
+        if not read.segments and str(path).lower().endswith(".seg.nrrd") and read.labels.array.any():
+            provenance.record_logged([f"{path} {PLAIN_LABEL_MAP_NOTE}."])
+        return read.labels, read.labels, {segment.code for segment in read.segments} or None
+    as_read = read_volume(path)
     labels = as_read.with_array(remap_label_codes(as_read.array, label_codes))
     absent = sorted(set(label_codes) - set(np.unique(as_read.array).astype(np.int64).tolist()))
     if absent:  # a typo, or a structure the other tool did not segment: say so, QC judges the rest
@@ -1598,14 +1587,14 @@ def _with_drawn_context(image: Volume, labels: Volume, judged: tuple[int, ...], 
     missing = [code for code in QC_STRUCTURES if code not in judged and code not in present]
     if not missing or not present:  # nothing to complete, or nothing to complete it around (an empty segmentation)
         return labels, False
+    cine = models.cine()
     try:
-        cine = models.cine()
         if cine is None:
-            raise ModelError(models.missing.get("cine", "no cine models"))
+            raise ModelError(models.missing["cine"])
         with _quiet("cardiac_ai.regions"):  # its "no heart" warnings are about the context, said below
             drawn = segment_cine(image.with_array(np.asarray(image.array, np.float32)), models=cine,
                                  mode="baseline", device=device, provenance=Provenance()).labels.array
-    except (ModelError, InputError) as error:
+    except (ModelError, InputError) as error:  # no cine models, or an image they cannot take
         provenance.warn(f"QC: the structures the segmentation leaves out could not be drawn as context ({error}); "
                         "it is judged without them, which makes its predicted Dice low and less reliable.", log)
         return labels, False
@@ -1695,15 +1684,14 @@ def qc_file(
     """
     from .qc.assess import QCConfig, assess_segmentation
 
-    from .io.seg_nrrd import seg_nrrd_has_segments
+    from .io.seg_nrrd import names_its_segments
 
     config = config if config is not None else QCConfig()
-    if (label_codes is not None and str(labels_path).lower().endswith(".seg.nrrd")
-            and Path(labels_path).is_file() and seg_nrrd_has_segments(labels_path)):
+    if label_codes is not None and names_its_segments(labels_path):
         raise InputError(
-            f"--label-codes maps the values of a label map file, and {labels_path} is a Slicer segmentation, whose "
-            "segments are matched to CardiacAI's tissues by ID, terminology or name: rename its segments (e.g. "
-            "'Left ventricle myocardium'), or export them to a labelmap volume and map that."
+            f"--label-codes maps the values of a label map file, and {labels_path} is a Slicer segmentation or DICOM "
+            "SEG, whose segments are matched to CardiacAI's tissues by ID, terminology or name: rename its segments "
+            "(e.g. 'Left ventricle myocardium'), or export them to a labelmap volume and map that."
         )
     provenance = provenance or Provenance(command="qc")
     provenance.parameters.update({"image": str(image_path), "labels": str(labels_path), "qc": config.to_dict()})
@@ -1765,7 +1753,7 @@ def _unsegmented_heart_slices(image: Volume, labels: Volume, models: QCFileModel
 
     localiser = models.localiser
     if localiser is None:
-        if "localiser" in models.missing and "no cine_localiser" not in models.missing["localiser"]:
+        if "localiser" in models.missing:
             provenance.warn("QC: the segmentation's extent was not checked against the heart "
                             f"({models.missing['localiser']}).", log)
         else:

@@ -20,8 +20,8 @@ from ..labels import (LABELS, Tissue, check_label_values, code_for_segment_name,
                       segment_terminology_string)
 from .atomic import atomic_path
 
-__all__ = ["SegmentInfo", "SegmentationFile", "read_label_map", "read_seg_nrrd", "seg_nrrd_has_segments",
-           "write_seg_nrrd"]
+__all__ = ["SegmentInfo", "SegmentationFile", "names_its_segments", "read_label_file", "read_label_map",
+           "read_seg_nrrd", "seg_nrrd_has_segments", "write_seg_nrrd"]
 
 log = logging.getLogger(__name__)
 
@@ -315,13 +315,14 @@ def seg_nrrd_has_segments(path: str | os.PathLike) -> bool:
     return bool(segmentation.get("segments"))
 
 
-def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS,
-                   reference: Geometry | None = None) -> Volume:
-    """A (k, j, i) label map with CardiacAI codes from any label file: a volume file (values are the codes), a
-    Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping layers merged) or a DICOM SEG
-    (:func:`~cardiac_ai.io.dicom_seg.read_dicom_seg`; on the lattice of its frames, to be placed with
-    :func:`~cardiac_ai.geometry.pad_to_reference_grid`; ``reference``, the image's geometry, gives a one-frame SEG
-    its slice spacing).
+def read_label_file(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS,
+                    reference: Geometry | None = None) -> SegmentationFile:
+    """Any label file as a (k, j, i) label map with CardiacAI codes and the segments it names: a volume file (values
+    are the codes; no segments), a Slicer ``.seg.nrrd`` (segments matched by :func:`read_seg_nrrd`, overlapping
+    layers merged; none for one without segment fields) or a DICOM SEG of any file name
+    (:func:`~cardiac_ai.io.dicom_seg.read_dicom_seg`, on the lattice of its frames; ``reference``, the image's
+    geometry, gives a one-frame or gapped SEG its slice spacing). Place the labels on an image with
+    :func:`~cardiac_ai.geometry.pad_to_reference_grid`.
 
     Raises
     ------
@@ -331,16 +332,31 @@ def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = L
         Values or segments outside the label table.
     """
     if str(path).lower().endswith(".seg.nrrd"):
-        return read_seg_nrrd(path, tissues=tissues).labels
+        return read_seg_nrrd(path, tissues=tissues)
     from .dicom_seg import is_dicom_seg, read_dicom_seg
     from .volumes import read_volume
 
     if is_dicom_seg(path):
-        return read_dicom_seg(path, tissues=dict(tissues), reference=reference).labels
-
+        return read_dicom_seg(path, tissues=dict(tissues), reference=reference)
     labels = read_volume(path)
     check_label_values(labels.array, allowed=set(tissues), what=str(path))
-    return labels
+    return SegmentationFile(labels, [])
+
+
+def read_label_map(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LABELS,
+                   reference: Geometry | None = None) -> Volume:
+    """The label map of :func:`read_label_file` (what ``evaluate`` reads)."""
+    return read_label_file(path, tissues=tissues, reference=reference).labels
+
+
+def names_its_segments(path: str | os.PathLike) -> bool:
+    """Whether a label file matches its structures by segment (a ``.seg.nrrd`` with segment fields, or a DICOM SEG)
+    rather than by voxel value, so that another tool's value codes cannot apply to it."""
+    from .dicom_seg import is_dicom_seg
+
+    if str(path).lower().endswith(".seg.nrrd"):
+        return Path(path).is_file() and seg_nrrd_has_segments(path)
+    return is_dicom_seg(path)
 
 
 def _terminology_to_string(terminology: dict) -> str | None:
