@@ -246,6 +246,8 @@ class CardiacAIParameterNode:
         class, "slice": each slice's own), CAM method, labels from the CAM pseudo-label even when the weak U-Net is
         installed.
     camAugment - CAM explanation: average each slice's CAM over flips and shifts (every view of CAM_AUGMENTATIONS).
+    camStructures - CAM explanation: also split the heart into RV blood pool, LV myocardium and LV blood pool by image
+        intensity (``cardiacai cam --structures``; a rough, label-free estimate).
     camCrfIterationsOverride, camCrfIterations, camCrfSmoothnessOverride, camCrfSmoothnessWeight,
     camCrfSmoothnessWidth, camCrfAppearanceOverride, camCrfAppearanceWeight, camCrfAppearanceWidth,
     camCrfAppearanceGrey, camOtsuClassesOverride, camOtsuClasses, camScaleRangeOverride, camScaleRangeLow,
@@ -276,6 +278,7 @@ class CardiacAIParameterNode:
     camMethod: Annotated[str, Choice(CAM_METHODS)] = "default"
     camPseudoLabel: bool = False
     camAugment: bool = False
+    camStructures: bool = False
     camCrfIterationsOverride: bool = False
     camCrfIterations: Annotated[int, WithinRange(1, 100)] = 5
     camCrfSmoothnessOverride: bool = False
@@ -941,6 +944,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             result = self.explainCam(volume, explain=parameterNode.camExplain, method=parameterNode.camMethod,
                                      pseudoLabel=parameterNode.camPseudoLabel, outputSegmentationNode=segmentation,
                                      augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None,
+                                     structures=parameterNode.camStructures,
                                      **self.camPseudoLabelSettings(parameterNode), **common)
             return {**result, "mainTableNode": result["slicesTableNode"]}
         segmentationNode = self.importLabelmap(
@@ -1813,6 +1817,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         otsuClasses: Optional[int] = None,
         scaleRange: Optional[Sequence[float]] = None,
         minFraction: Optional[float] = None,
+        structures: bool = False,
     ) -> dict:
         """Class activation map of the weak diagnosis classifier and whole-heart labels (``cardiacai cam``).
 
@@ -1847,9 +1852,12 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             scaled into before the CRF (``--scale-range``).
         :param minFraction: candidate pixels must reach this fraction of the slice's CAM maximum, 0 <= f < 1
             (``--min-fraction``).
+        :param structures: also split the heart into RV blood pool, LV myocardium and LV blood pool by image
+            intensity (``--structures``): a rough, label-free estimate whose volumes join the summary table.
         :return: dict with "camVolumeNode" (float 0..1, ColdToHotRainbow colours, window 0..1: show it as the
             foreground over the image), "segmentationNode" (the heart, label 6), "summaryTableNode" (predicted
-            class and probabilities), "slicesTableNode" (per slice), "inputVolumeNode", "warnings" and "report".
+            class and probabilities), "slicesTableNode" (per slice), "inputVolumeNode", "warnings" and "report";
+            with ``structures`` also "structuresSegmentationNode".
         :raises ValueError: unknown method or view, a pseudo-label setting out of range or without ``pseudoLabel``.
         """
         results = importBackend("slicer_results")
@@ -1860,7 +1868,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                                     device=device, models_dir=modelsDir, augment=augment,
                                     crf_iterations=crfIterations, crf_smoothness=crfSmoothness,
                                     crf_appearance=crfAppearance, otsu_classes=otsuClasses, scale_range=scaleRange,
-                                    min_fraction=minFraction)
+                                    min_fraction=minFraction, structures=structures)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             tables = results.cam_tables_from_report(report)
@@ -1871,8 +1879,14 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             segmentationNode = self.loadSegmentation(
                 os.path.join(outputDir, "segmentation.seg.nrrd"), volumeNode,
                 self._newSegmentation(outputSegmentationNode, volumeNode, "heart"))
+            structuresNode = None
+            if structures:
+                structuresNode = self.loadSegmentation(
+                    os.path.join(outputDir, "structures.seg.nrrd"), volumeNode,
+                    self._newSegmentation(None, volumeNode, "structures (label-free estimate)"))
         return {
             "camVolumeNode": camVolumeNode, "segmentationNode": segmentationNode, "inputVolumeNode": volumeNode,
+            **({"structuresSegmentationNode": structuresNode} if structuresNode is not None else {}),
             **self._newTableNodes(tables, {"summary": f"{name} CAM prediction", "slices": f"{name} CAM slices"},
                                   volumeNode),
             "warnings": self._logWarnings(list(dict.fromkeys(warnings))), "report": report,

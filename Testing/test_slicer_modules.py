@@ -524,7 +524,8 @@ def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
     assert advanced.find("property[@name='collapsed']").findtext("bool") == "true"
     assert "camAdvancedCollapsibleButton" in _descendants(widgets["camCollapsibleButton"])
     inside = _descendants(advanced)
-    assert bound["camAugment"] in inside and widgets[bound["camAugment"]].get("class") == "QCheckBox"
+    for box in ("camAugment", "camStructures"):
+        assert bound[box] in inside and widgets[bound[box]].get("class") == "QCheckBox", box
     settings = _descendants(widgets["camPseudoLabelSettingsGroupBox"])
     assert "camPseudoLabelSettingsGroupBox" in inside
     for override, fields in CAM_PSEUDO_LABEL_FIELDS.items():
@@ -534,10 +535,12 @@ def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
     # the main CAM settings stay outside the Advanced group
     assert not {bound["camExplain"], bound["camMethod"], bound["camPseudoLabel"]} & inside
     cam_fields = {f for f in _parameter_fields("CardiacAI") if f.startswith("cam")}
-    assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", *CAM_PSEUDO_LABEL_FIELDS,
+    assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", "camStructures",
+                          *CAM_PSEUDO_LABEL_FIELDS,
                           *(f for fields in CAM_PSEUDO_LABEL_FIELDS.values() for f in fields)}
     defaults = _parameter_defaults("CardiacAI")
     assert not any(defaults[override] for override in CAM_PSEUDO_LABEL_FIELDS) and not defaults["camAugment"]
+    assert not defaults["camStructures"]  # the rough estimate only when asked for
 
 
 def test_cam_settings_spin_boxes_are_enabled_by_their_boxes():
@@ -613,6 +616,7 @@ def test_cam_panel_settings_reach_the_command_line_only_when_chosen():
     process = ast.unparse(methods["process"])
     assert "augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None" in process
     assert "**self.camPseudoLabelSettings(parameterNode)" in process
+    assert "structures=parameterNode.camStructures" in process
 
 
 @pytest.mark.parametrize("name", MODULES)

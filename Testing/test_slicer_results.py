@@ -350,6 +350,8 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     args = _parsed(cam_call("cine.nrrd", "out", explain="predicted", method="default"))
     assert (args.explain, args.method, args.pseudo_label) == (None, None, False)
     assert _parsed(cam_call("cine.nrrd", "out", explain="slice")).explain == "slice"
+    assert _parsed(cam_call("cine.nrrd", "out", structures=True)).structures
+    assert not _parsed(cam_call("cine.nrrd", "out")).structures
     args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
     assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
@@ -743,8 +745,19 @@ def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
                              "P(RV)"]
     assert [r["Heart pixels"] for r in rows] == [int((heart[k] > 0).sum()) for k in range(n)]
     assert {r["Explained class"] for r in rows} == {"DCM"}
+    assert not any(name.startswith("Estimated") for name in summary)  # only with cam --structures
     with pytest.raises(DataError, match="lacks 'classes'"):
         cam_tables_from_report({"cam": {"slices": []}})
+    from cardiac_ai.pipeline import _weak_structures_report
+
+    split = phantom_pair[0].labels  # any RV / MYO / LV map on the image's grid
+    write_report(tmp_path, provenance=Provenance(command="cam"),
+                 results={"cam": result.to_report(), "structures": _weak_structures_report(split)})
+    summary = {r["Measurement"]: r["Value"] for r in cam_tables_from_report(read_report(tmp_path))["summary"]}
+    assert float(summary["Estimated lv blood pool (ml, label-free, rough)"]) == pytest.approx(
+        np.count_nonzero(split.array == 3) * voxel_ml, abs=0.05)
+    assert {name for name in summary if name.startswith("Estimated")} == {
+        f"Estimated {s} (ml, label-free, rough)" for s in ("rv blood pool", "lv myocardium", "lv blood pool")}
 
 
 # -- training: every task has a well-formed command --------------------------------------------------------------------

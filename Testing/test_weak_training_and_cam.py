@@ -439,3 +439,48 @@ def test_cam_explains_the_volumes_predicted_class_on_every_slice_by_default(trai
     assert [s["explained_class"] for s in per_slice["cam"]["slices"]] == ["NOR"] + ["DCM"] * 4
     rows = (tmp_path / "default" / "cam_slices.csv").read_text().splitlines()
     assert rows[0].startswith("k,explained_class,predicted_class") and rows[1].startswith("0,DCM,NOR")
+
+
+def test_cam_structures_split_the_heart_it_wrote_and_report_their_volumes(trained_weak_models, cohort, tmp_path):
+    from cardiac_ai.io import read_seg_nrrd
+    from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
+
+    image_path = tmp_path / "image.nii.gz"
+    write_volume(cohort[2].image, image_path)
+    plain, split = tmp_path / "plain", tmp_path / "split"
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--pseudo-label"]
+    assert main(["cam", str(image_path), "--out", str(plain), *common]) == 0
+    assert main(["cam", str(image_path), "--out", str(split), "--structures", *common]) == 0
+    assert not (plain / "structures.nii.gz").exists() and "structures" not in json.loads(
+        (plain / "report.json").read_text())
+    heart = read_volume(split / "labels.nii.gz").array > 0
+    structures = read_volume(split / "structures.nii.gz")
+    assert heart.any()  # else the split would have nothing to divide
+    assert structures.geometry.is_close(cohort[2].image.geometry)
+    assert set(np.unique(structures.array)) <= {0, RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL}
+    assert np.array_equal(structures.array > 0, heart)  # the heart cam wrote, divided, nothing added
+    report = json.loads((split / "report.json").read_text())
+    voxel_ml = np.prod(cohort[2].image.geometry.spacing_mm) / 1000.0
+    volumes = report["structures"]["volumes_ml"]
+    assert volumes["lv_blood_pool"] == pytest.approx(np.count_nonzero(structures.array == LV_BLOOD_POOL) * voxel_ml)
+    assert sum(volumes.values()) == pytest.approx(report["cam"]["heart_volume_ml"])
+    assert "not a measurement" in report["structures"]["caution"]
+    assert "structures.seg.nrrd" in report["outputs"]
+    assert np.array_equal(read_seg_nrrd(split / "structures.seg.nrrd").labels.array, structures.array)
+
+
+def test_batch_cam_structures_become_summary_columns(trained_weak_models, cohort, tmp_path, capsys):
+    import csv
+
+    (tmp_path / "inputs").mkdir()
+    write_volume(cohort[1].image, tmp_path / "inputs" / "cine1.nii.gz")
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "out"), "--models-dir",
+                 str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--pseudo-label",
+                 "--structures"]) == 0
+    row = next(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    report = json.loads((tmp_path / "out" / "cine1" / "report.json").read_text())
+    assert float(row["estimated_lv_blood_pool_ml"]) == pytest.approx(
+        report["structures"]["volumes_ml"]["lv_blood_pool"], abs=1e-3)
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "map", "--kind", "t1", "--out", str(tmp_path / "m"),
+                 "--structures"]) == 2
+    assert "applies to --task cam, not map" in capsys.readouterr().err

@@ -674,7 +674,7 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
              augment: Sequence[str] | str | None = None, crf_iterations: int | None = None,
              crf_smoothness: Sequence[float] | None = None, crf_appearance: Sequence[float] | None = None,
              otsu_classes: int | None = None, scale_range: Sequence[float] | None = None,
-             min_fraction: float | None = None) -> BackendCall:
+             min_fraction: float | None = None, structures: bool = False) -> BackendCall:
     """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label] [--cam-augment VIEW ...]
     [pseudo-label settings]``.
 
@@ -689,6 +689,9 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     ``--crf-smoothness``), ``crf_appearance`` (weight >= 0, width in pixels > 0, width in grey levels > 0;
     ``--crf-appearance``), ``otsu_classes`` (0: no multi-Otsu step, or >= 2; ``--otsu-classes``), ``scale_range``
     (low, high with 0 <= low < high <= 1; ``--scale-range``), ``min_fraction`` (0 <= F < 1; ``--min-fraction``).
+
+    ``structures`` (``--structures``): also the label-free split of the heart into RV blood pool, LV myocardium and
+    LV blood pool (``structures.seg.nrrd``; its volumes join :func:`cam_tables_from_report`'s summary).
 
     Raises
     ------
@@ -707,6 +710,7 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
             raise InputError(f"Unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)} or 'default'.")
         options["method"] = method
     options["pseudo_label"] = bool(pseudo_label)
+    options["structures"] = bool(structures)
     views = [augment] if isinstance(augment, str) else list(augment or ())
     unknown = [view for view in views if view not in CAM_AUGMENTATIONS]
     if unknown:
@@ -1179,6 +1183,10 @@ def cam_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str
     if heart_ml is not None:
         summary.append({"Measurement": "Heart volume (ml)", "Value": f"{heart_ml:.1f}"})
     summary.append({"Measurement": "Labels from", "Value": str(cam["label_source"])})
+    for name, ml in report.get("structures", {}).get("volumes_ml", {}).items():  # cam --structures
+        value = _number(ml, f"structures.volumes_ml[{name!r}]")
+        summary.append({"Measurement": f"Estimated {name.replace('_', ' ')} (ml, label-free, rough)",
+                        "Value": "" if value is None else f"{value:.1f}"})
     slices = []
     for index, entry in enumerate(cam["slices"]):
         where = f"cam.slices[{index}]"

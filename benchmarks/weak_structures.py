@@ -1,0 +1,162 @@
+"""RV blood pool, LV myocardium and LV blood pool from diagnosis labels only (issue 6: "go further where the data
+allow"): the weak U-Net's whole heart split by :func:`cardiac_ai.weak.structures.split_heart`, and optionally a
+4-class U-Net self-trained on those splits, against the ACDC ground truth.
+
+Usage:
+    python benchmarks/weak_structures.py [--unet-epochs 40 --work work_data/weak_structures] [--report FILE]
+
+Which signal each step uses: the whole heart is ``cardiacai cam``'s (the bundled weak classifier and weak U-Net:
+diagnosis labels and the ED-ES motion of each slice); the split reads only the image and that mask; the 4-class
+U-Net trains on the splits of the training patients' volumes (validation patients' splits pick its epoch). The
+ground truth is read only to score, and (split settings, chosen before this script) on the validation patients.
+
+Rows "true heart" split the ground-truth heart instead: what the split alone costs, whatever the heart mask.
+Dice per volume (native grid for the split; the U-Net's 96 px field-of-view crops at 2 mm, and the split on the
+same crops, for the U-Net rows), mean over the part's volumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from _output import emit_report  # noqa: E402
+
+from cardiac_ai.datasets import list_acdc, load_case, load_split, refs_in_part  # noqa: E402
+from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL  # noqa: E402
+from cardiac_ai.metrics import format_markdown_table  # noqa: E402
+from cardiac_ai.metrics.overlap import dice  # noqa: E402
+from cardiac_ai.models import ModelRegistry  # noqa: E402
+from cardiac_ai.weak.pipeline import WeakModels, explain_volume  # noqa: E402
+from cardiac_ai.weak.structures import HeartSplitConfig, split_heart  # noqa: E402
+
+SPLIT_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Splits" / "acdc_cine_split.json"
+STRUCTURES = ((RV_BLOOD_POOL, "RV"), (LV_MYOCARDIUM, "MYO"), (LV_BLOOD_POOL, "LV"))
+
+
+def volume_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Dice per structure and of the whole heart; NaN where both are empty."""
+    values = []
+    for mask_p, mask_t in [(predicted == c, truth == c) for c, _ in STRUCTURES] + [(predicted > 0, truth > 0)]:
+        values.append(dice(mask_p, mask_t) if mask_p.any() or mask_t.any() else float("nan"))
+    return values
+
+
+def per_case_dice(predicted: np.ndarray, truth: np.ndarray, case_ids: np.ndarray) -> np.ndarray:
+    return np.array([volume_dice(predicted[case_ids == c], truth[case_ids == c]) for c in np.unique(case_ids)])
+
+
+def row(part: str, what: str, values: np.ndarray) -> list[str]:
+    mean = np.nanmean(values, axis=0)
+    return [part, what, str(len(values)), *[f"{v:.3f}" for v in mean]]
+
+
+def train_structure_unet(train_slices, val_slices, epochs: int, work: Path):
+    import torch
+
+    from cardiac_ai.models.networks import build_seeded_network
+    from cardiac_ai.training.augmentation import build_augmentation
+    from cardiac_ai.training.checkpoint import load_checkpoint_weights
+    from cardiac_ai.training.config import TrainingConfig
+    from cardiac_ai.training.engine import Trainer, build_loss
+    from cardiac_ai.training.slices import SliceDataset
+    from cardiac_ai.weak.recipe import RECIPE_SPEC, WEAK_AUGMENTATION, WeakRecipe
+
+    config = TrainingConfig(network="unet2d", network_kwargs={**WeakRecipe().unet_kwargs(), "out_channels": 4},
+                            input_spec=RECIPE_SPEC.to_dict(), epochs=epochs, batch_size=32, learning_rate=2e-3,
+                            loss="dice_ce", metric_name="val_loss", metric_mode="min", seed=0)
+    network = build_seeded_network(config.network, config.seed, **config.network_kwargs)
+
+    def progress(fraction: float, message: str) -> None:
+        if "done" in message:
+            print(f"  {message}", flush=True)
+
+    trainer = Trainer(config, network, SliceDataset(train_slices, augmentation=build_augmentation(WEAK_AUGMENTATION,
+                                                                                                  seed=0)),
+                      SliceDataset(val_slices), out_dir=work, device="cpu", loss_fn=build_loss("dice_ce"),
+                      progress=progress)
+    result = trainer.fit()
+    load_checkpoint_weights(network, result.best_checkpoint)
+    network.eval()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([network(torch.from_numpy(images[i:i + 64, None])).argmax(1).numpy()
+                                   for i in range(0, len(images), 64)]).astype(np.uint8)
+
+    return predict, result.best_epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/acdc/training")
+    parser.add_argument("--models", default="Resources/Models", help="registry folder of the weak models")
+    parser.add_argument("--unet-epochs", type=int, default=0,
+                        help="also self-train a 4-class U-Net on the training patients' splits (0: no)")
+    parser.add_argument("--work", default="work_data/weak_structures", help="the U-Net's run folder")
+    parser.add_argument("--report")
+    args = parser.parse_args()
+
+    import torch
+    torch.set_num_threads(2)
+    models = WeakModels.from_registry(ModelRegistry(paths=[Path(args.models)]), device="cpu")
+    split = load_split(SPLIT_FILE)
+    refs = list_acdc(args.data, phases=("ED", "ES"))
+    config = HeartSplitConfig()
+    parts = ("train", "validation", "test") if args.unet_epochs else ("validation", "test")
+    rows, crops, seconds = [], {}, []
+    started = time.time()
+    for part in parts:
+        weak_rows, true_rows, pseudo_cases, truth_cases = [], [], [], []
+        for ref in refs_in_part(refs, split, part):
+            case = load_case(ref)
+            heart = explain_volume(case.image, models, device="cpu").labels.array > 0
+            begun = time.perf_counter()
+            structures = split_heart(case.image.array, heart, case.image.geometry.spacing_kji_mm, config)
+            seconds.append(time.perf_counter() - begun)
+            truth = case.labels.array
+            if part != "train":
+                weak_rows.append(volume_dice(structures, truth))
+                true_rows.append(volume_dice(split_heart(case.image.array, truth > 0,
+                                                         case.image.geometry.spacing_kji_mm, config), truth))
+            if args.unet_epochs:
+                pseudo_cases.append(dataclasses.replace(case, labels=case.labels.with_array(structures)))
+                truth_cases.append(case)
+        print(f"{part}: split in {time.time() - started:.0f} s", flush=True)
+        if part != "train":
+            rows.append(row(part, "split of the weak U-Net's heart (native grid)", np.array(weak_rows)))
+            rows.append(row(part, "split of the true heart (native grid)", np.array(true_rows)))
+        if args.unet_epochs:
+            from cardiac_ai.training.slices import prepare_slices
+            from cardiac_ai.weak.recipe import RECIPE_SPEC
+
+            crops[part] = (prepare_slices(pseudo_cases, RECIPE_SPEC, crop_center="image_center"),
+                           prepare_slices(truth_cases, RECIPE_SPEC, crop_center="image_center"))
+    lines = [f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; CPU only; date "
+             f"{time.strftime('%Y-%m-%d')}. Split settings: {config}. Models: {args.models}.", ""]
+    if args.unet_epochs:
+        predict, best_epoch = train_structure_unet(crops["train"][0], crops["validation"][0], args.unet_epochs,
+                                                   Path(args.work))
+        for part in ("validation", "test"):
+            pseudo, truth = crops[part]
+            rows.append(row(part, "split of the weak U-Net's heart (96 px crops)",
+                            per_case_dice(pseudo.labels, truth.labels, truth.case_ids)))
+            rows.append(row(part, f"4-class U-Net self-trained on the splits ({args.unet_epochs} epochs, best "
+                                  f"{best_epoch}; 96 px crops)",
+                            per_case_dice(predict(truth.images), truth.labels, truth.case_ids)))
+    rows.sort(key=lambda r: ("validation", "test").index(r[0]))
+    columns = ["part", "what", "volumes", "RV", "MYO", "LV", "whole heart"]
+    lines.append(format_markdown_table([dict(zip(columns, r)) for r in rows], columns=columns))
+    lines += ["", f"Split alone: {np.mean(seconds):.3f} s per volume (mean of {len(seconds)}; CPU)."]
+    emit_report(lines, args.report)
+
+
+if __name__ == "__main__":
+    main()
