@@ -222,7 +222,7 @@ def test_regressed_volume_dice_counts_missed_slices_and_not_absent_ones(monkeypa
     given[1, 0, :2] = True
     given[0, 1, :1] = True  # structure 1: 8 pixels on slice 0 only
     regressed = np.array([[0.9, 0.8], [0.6, 0.7], [0.2, 0.9], [0.7, 0.1]])
-    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, device=None: regressed.copy())
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, **options: regressed.copy())
     pairs = np.concatenate([np.zeros((4, 1, 8, 8), np.float32), given.astype(np.float32)], axis=1)
     dice, volume = regressed_dice(None, pairs)
     # slice 2 of structure 0 judged missing (0.2 < 0.5): Dice 0; slice 3 judged absent (0.7): no Dice
@@ -367,7 +367,7 @@ def test_combined_predictor_weighs_regressor_and_search_as_the_card_says(cine_ph
     # a structure the search has no value for keeps the regressor's
     given = np.zeros((2, 1, 8, 8), bool)
     given[:, 0, :3] = True
-    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, device=None: np.array([[0.9], [0.7]]))
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, pairs, **options: np.array([[0.9], [0.7]]))
     pairs = np.concatenate([np.zeros((2, 1, 8, 8), np.float32), given.astype(np.float32)], axis=1)
     dice, _ = regressed_dice(None, pairs, searched=np.array([[0.5], [np.nan]]),
                              combination=np.array([[0.5, 0.5, 0, 0]]))
@@ -470,3 +470,27 @@ def test_rv_and_lv_codes_exchanged_are_named_in_a_warning(cine_phantom, vae):
     assert any("look swapped" in w and "--label-codes LV=1 MYO=2 RV=3" in w for w in result.warnings)
     as_given = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST)
     assert not any("swapped" in w for w in as_given.warnings)
+
+
+def test_the_regressor_is_averaged_over_the_rotations_its_card_gives(cine_phantom, vae, regressor):
+    from types import SimpleNamespace
+
+    from cardiac_ai.models.qc_regressor import regress_dice
+    from cardiac_ai.qc import qc_input
+
+    views = SimpleNamespace(network=regressor, card=SimpleNamespace(
+        inference={"test_time_rotations_deg": [0, 6, -6, 12, -12]}))
+    plain = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=regressor,
+                                surrogate_wanted=False)
+    averaged = assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=views,
+                                   surrogate_wanted=False)
+    pairs, _ = qc_input(cine_phantom.image, cine_phantom.labels)
+    shown = pairs[averaged.assessed][:, 1:].any(axis=(2, 3))
+    expected = np.mean([regress_dice(regressor, pairs[averaged.assessed], rotations_deg=(a,))
+                        for a in (0, 6, -6, 12, -12)], axis=0)
+    np.testing.assert_allclose(averaged.slice_dice[averaged.assessed][shown], expected[shown], rtol=1e-5)
+    assert not np.allclose(averaged.slice_dice[averaged.assessed][shown], plain.slice_dice[plain.assessed][shown])
+    odd = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"test_time_rotations_deg": []}))
+    with pytest.raises(ModelError, match="test_time_rotations_deg"):
+        assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=odd,
+                            surrogate_wanted=False)

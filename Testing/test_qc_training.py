@@ -337,6 +337,39 @@ def test_regressor_rejects_wrong_input_and_settings():
         QCDiceRegressor(input_size=90)
     with pytest.raises(InputError, match="pairs must be"):
         regress_dice(network, np.zeros((4, 96, 96), np.float32))
+    for rotations in ((), (float("nan"),), ("six",)):
+        with pytest.raises(InputError, match="rotations_deg"):
+            regress_dice(network, np.zeros((1, 4, 96, 96), np.float32), rotations_deg=rotations)
+
+
+def test_test_time_rotations_turn_the_pair_and_keep_its_masks_binary():
+    from cardiac_ai.models.qc_regressor import rotated_pairs
+
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    bar = ((np.abs(yy - 48) < 4) & (np.abs(xx - 48) < 30)).astype(np.float32)  # a horizontal bar
+    disc = (np.hypot(yy - 48, xx - 48) < 20).astype(np.float32)
+    pair = torch.from_numpy(np.stack([bar * 0.7, bar, disc, np.zeros_like(bar)])[None])
+    assert rotated_pairs(pair, 0.0, 3) is pair
+    turned = rotated_pairs(pair, 90.0, 3)[0].numpy()
+    assert set(np.unique(turned[1:])) <= {0.0, 1.0}  # masks stay masks
+    assert abs(turned[2].sum() - disc.sum()) < 0.02 * disc.sum()  # a centred disc turns into itself
+    vertical = turned[1] > 0.5
+    rows, cols = np.nonzero(vertical)
+    assert np.ptp(rows) > 3 * np.ptp(cols)  # the bar now stands upright, in the image channel too
+    assert np.corrcoef(turned[0].ravel(), turned[1].ravel())[0, 1] > 0.95
+
+
+def test_the_regressor_averages_its_views():
+    torch.manual_seed(0)
+    network = QCDiceRegressor(features=TINY_REGRESSOR).eval()
+    pairs = np.random.default_rng(1).random((3, 4, 96, 96), dtype=np.float32)
+    pairs[:, 1:] = pairs[:, 1:] > 0.5
+    one = [regress_dice(network, pairs, rotations_deg=(a,)) for a in (0.0, 10.0, -10.0)]
+    np.testing.assert_allclose(regress_dice(network, pairs), one[0])
+    np.testing.assert_allclose(regress_dice(network, pairs, rotations_deg=(0, 10, -10)), np.mean(one, axis=0),
+                               rtol=1e-6)
+    assert not np.allclose(one[0], one[1])
 
 
 def test_train_qc_regressor_lowers_its_error(poor_pairs, tmp_path):
@@ -391,7 +424,7 @@ def test_fit_dice_combination_recovers_the_weights_behind_the_true_dice(poor_pai
     truth = weights[:, 0] * regressed + weights[:, 1] * searched + weights[:, 2] * regressed * searched + weights[:, 3]
     pairs = poor_pairs.subset(np.arange(len(poor_pairs)))
     object.__setattr__(pairs, "dice", np.where(np.isnan(poor_pairs.dice), np.nan, truth))
-    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, x, device=None: regressed[:len(x)].copy())
+    monkeypatch.setattr(qc_regressor, "regress_dice", lambda network, x, **options: regressed[:len(x)].copy())
     monkeypatch.setattr(training, "vae_predicted_dice", lambda vae, p, **options: searched[:len(p)].copy())
     coefficients, summary = fit_dice_combination(None, None, pairs)
     np.testing.assert_allclose(coefficients, weights, atol=1e-9)
@@ -477,6 +510,12 @@ def test_train_script_tiny_end_to_end_run_registers_both_models(acdc_root, tmp_p
     with pytest.raises(SystemExit, match="would replace the regressor it combines"):
         script.main([*common, "--combine-models", str(regressor_only), str(work / "models"),
                      "--combine-out", str(regressor_only), "--version", "1.0"])
+    assert again.card.inference["test_time_rotations_deg"] == [0.0]  # none asked for: one view
+    assert script.main([*common, "--combine-models", str(combined), str(work / "models"), "--combine-out",
+                        str(tmp_path / "views"), "--version", "1.2", "--regressor-rotations", "0", "6", "-6"]) == 0
+    views = ModelRegistry(paths=[tmp_path / "views"]).load("qc_dice_regressor", device="cpu")
+    assert views.card.inference["test_time_rotations_deg"] == [0.0, 6.0, -6.0] and "rotations" in views.card.description
+    assert views.card.inference["combination"]["coefficients"] != again.card.inference["combination"]["coefficients"]
     assert (regressor_only / "qc_dice_regressor-1.0.json").read_text() == source_text
 
     # the benchmark on these models: synthetic corruptions of one test patient (no cine models needed)

@@ -754,10 +754,11 @@ def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
     write_report(tmp_path, provenance=Provenance(command="cam"),
                  results={"cam": result.to_report(), "structures": _weak_structures_report(split)})
     summary = {r["Measurement"]: r["Value"] for r in cam_tables_from_report(read_report(tmp_path))["summary"]}
-    assert float(summary["Estimated lv blood pool (ml, label-free, rough)"]) == pytest.approx(
+    assert float(summary["Estimated Left ventricle blood pool (ml, label-free, rough)"]) == pytest.approx(
         np.count_nonzero(split.array == 3) * voxel_ml, abs=0.05)
     assert {name for name in summary if name.startswith("Estimated")} == {
-        f"Estimated {s} (ml, label-free, rough)" for s in ("rv blood pool", "lv myocardium", "lv blood pool")}
+        f"Estimated {s} (ml, label-free, rough)"
+        for s in ("Right ventricle blood pool", "Left ventricle myocardium", "Left ventricle blood pool")}
 
 
 # -- training: every task has a well-formed command --------------------------------------------------------------------

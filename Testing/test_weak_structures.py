@@ -38,6 +38,28 @@ def test_a_mask_larger_than_the_heart_still_finds_the_lv(phantom):
     assert _dice(split == LV_BLOOD_POOL, truth == LV_BLOOD_POOL) > 0.85
 
 
+def test_nothing_outside_the_heart_is_labelled_even_where_the_mask_has_a_hole(phantom):
+    image, truth, spacing = phantom
+    holed = truth > 0
+    k = 3
+    centre = np.round(ndimage.center_of_mass(truth[k] == LV_BLOOD_POOL)).astype(int)
+    holed[k, centre[0] - 1:centre[0] + 2, centre[1] - 1:centre[1] + 2] = False  # a hole inside the LV pool
+    split = split_heart(image, holed, spacing)
+    assert np.array_equal(split > 0, holed)
+    filled = split_heart(image, truth > 0, spacing)
+    assert (split[k] == LV_BLOOD_POOL).sum() == (filled[k] == LV_BLOOD_POOL).sum() - 9
+
+
+def test_distances_are_in_millimetres_whatever_the_pixel_shape(phantom):
+    # the same anatomy sampled at 1.5 x 3 mm and at 3 x 1.5 mm gives the same split, turned
+    image, truth, _ = phantom
+    tall_image, tall_heart = image[:, :, ::2], truth[:, :, ::2] > 0
+    wide_image, wide_heart = np.swapaxes(tall_image, 1, 2), np.swapaxes(tall_heart, 1, 2)
+    tall = split_heart(tall_image, tall_heart, (8.0, 1.5, 3.0))
+    wide = split_heart(wide_image, wide_heart, (8.0, 3.0, 1.5))
+    assert np.array_equal(np.swapaxes(wide, 1, 2), tall)
+
+
 def test_no_side_is_assumed_a_mirrored_stack_gives_the_mirrored_split(phantom):
     image, truth, spacing = phantom
     split = split_heart(image, truth > 0, spacing)
@@ -72,6 +94,12 @@ def test_an_empty_heart_gives_an_empty_split_and_a_slice_without_blood_is_myocar
     (lambda im, h, sp: (np.where(h, np.nan, im), h, sp), "NaN"),
     (lambda im, h, sp: (im, h, (8.0, 0.0, 1.5)), "positive spacings"),
     (lambda im, h, sp: (im, h, (8.0, 1.5)), "positive spacings"),
+    (lambda im, h, sp: (im, h, None), "positive spacings"),
+    (lambda im, h, sp: (im, h, ("a", 1.5, 1.5)), "positive spacings"),
+    (lambda im, h, sp: (im[:0], h[:0], sp), "at least one slice"),
+    (lambda im, h, sp: (im.astype(np.complex64), h, sp), "real numbers"),
+    (lambda im, h, sp: (im.astype(object), h, sp), "real numbers"),
+    (lambda im, h, sp: (im, np.where(h, np.nan, 0.0), sp), "heart mask holds NaN"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(phantom, change, message):
     image, truth, spacing = phantom
@@ -82,11 +110,18 @@ def test_bad_input_is_refused_with_a_clear_message(phantom, change, message):
 @pytest.mark.parametrize("field", ["myocardium_mm", "ring_mm", "min_pool_mm2", "track_mm", "solidity_weight"])
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), True])
 def test_bad_settings_are_refused(field, value):
+    assert HeartSplitConfig(**{field: np.float32(2.0)})  # numpy numbers are numbers
     if field == "solidity_weight" and value == 0:
         assert HeartSplitConfig(solidity_weight=0).solidity_weight == 0  # 0 turns the shape term off
         return
     with pytest.raises(InputError, match=field):
         HeartSplitConfig(**{field: value})
+
+
+def test_a_config_of_another_type_is_refused(phantom):
+    image, truth, spacing = phantom
+    with pytest.raises(InputError, match="HeartSplitConfig"):
+        split_heart(image, truth > 0, spacing, {"ring_mm": 4.0})
 
 
 def test_without_the_shape_term_a_loose_mask_takes_the_rv_for_the_lv(phantom):

@@ -465,6 +465,9 @@ def test_cam_structures_split_the_heart_it_wrote_and_report_their_volumes(traine
     assert volumes["lv_blood_pool"] == pytest.approx(np.count_nonzero(structures.array == LV_BLOOD_POOL) * voxel_ml)
     assert sum(volumes.values()) == pytest.approx(report["cam"]["heart_volume_ml"])
     assert "not a measurement" in report["structures"]["caution"]
+    # the heart came from the CAM pseudo-label here: the caution and a warning say it is rougher still
+    assert "CAM pseudo-label" in report["structures"]["caution"]
+    assert any("--structures" in w and "CAM pseudo-label" in w for w in report["provenance"]["warnings"])
     assert "structures.seg.nrrd" in report["outputs"]
     assert np.array_equal(read_seg_nrrd(split / "structures.seg.nrrd").labels.array, structures.array)
 
@@ -481,6 +484,17 @@ def test_batch_cam_structures_become_summary_columns(trained_weak_models, cohort
     report = json.loads((tmp_path / "out" / "cine1" / "report.json").read_text())
     assert float(row["estimated_lv_blood_pool_ml"]) == pytest.approx(
         report["structures"]["volumes_ml"]["lv_blood_pool"], abs=1e-3)
+    # a resumed batch skips a case finished without --structures, and says so
+    write_volume(cohort[2].image, tmp_path / "inputs" / "cine2.nii.gz")
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--pseudo-label"]
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "plain"), *common]) == 0
+    capsys.readouterr()
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "plain"), *common,
+                 "--structures"]) == 0
+    assert "2 case(s) finished by an earlier run without --structures" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "out"), *common,
+                 "--structures"]) == 0  # cine1 done with them, cine2 new: nothing to say
+    assert "without --structures" not in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "inputs"), "--task", "map", "--kind", "t1", "--out", str(tmp_path / "m"),
                  "--structures"]) == 2
     assert "applies to --task cam, not map" in capsys.readouterr().err

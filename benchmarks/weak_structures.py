@@ -53,6 +53,15 @@ def per_case_dice(predicted: np.ndarray, truth: np.ndarray, case_ids: np.ndarray
     return np.array([volume_dice(predicted[case_ids == c], truth[case_ids == c]) for c in np.unique(case_ids)])
 
 
+def where_it_goes_wrong(part: str, heart: np.ndarray, structures: np.ndarray, truth: np.ndarray) -> tuple:
+    """(part, share of the true RV / MYO / LV inside the heart mask, share of LV slices whose LV pool is elsewhere)."""
+    inside = [np.count_nonzero(heart & (truth == c)) / max(np.count_nonzero(truth == c), 1) for c, _ in STRUCTURES]
+    both = [k for k in range(truth.shape[0]) if (truth[k] == LV_BLOOD_POOL).any() and
+            (structures[k] == LV_BLOOD_POOL).any()]
+    wrong = sum(not ((truth[k] == LV_BLOOD_POOL) & (structures[k] == LV_BLOOD_POOL)).any() for k in both)
+    return (part, *inside, wrong / len(both) if both else float("nan"))
+
+
 def row(part: str, what: str, values: np.ndarray) -> list[str]:
     mean = np.nanmean(values, axis=0)
     return [part, what, str(len(values)), *[f"{v:.3f}" for v in mean]]
@@ -111,7 +120,7 @@ def main() -> None:
     refs = list_acdc(args.data, phases=("ED", "ES"))
     config = HeartSplitConfig()
     parts = ("train", "validation", "test") if args.unet_epochs else ("validation", "test")
-    rows, crops, seconds = [], {}, []
+    rows, crops, seconds, coverage = [], {}, [], []
     started = time.time()
     for part in parts:
         weak_rows, true_rows, pseudo_cases, truth_cases = [], [], [], []
@@ -124,6 +133,7 @@ def main() -> None:
             truth = case.labels.array
             if part != "train":
                 weak_rows.append(volume_dice(structures, truth))
+                coverage.append(where_it_goes_wrong(part, heart, structures, truth))
                 true_rows.append(volume_dice(split_heart(case.image.array, truth > 0,
                                                          case.image.geometry.spacing_kji_mm, config), truth))
             if args.unet_epochs:
@@ -154,6 +164,15 @@ def main() -> None:
     rows.sort(key=lambda r: ("validation", "test").index(r[0]))
     columns = ["part", "what", "volumes", "RV", "MYO", "LV", "whole heart"]
     lines.append(format_markdown_table([dict(zip(columns, r)) for r in rows], columns=columns))
+    lines += ["", "Where the split of the weak heart goes wrong (per volume, mean): share of each true structure "
+                  "inside the weak heart; share of slices with both a true and a predicted LV blood pool where the two do "
+                  "not touch (the wrong bright piece taken for the LV).", ""]
+    summary = []
+    for part in ("validation", "test"):
+        values = np.array([c[1:] for c in coverage if c[0] == part], dtype=float)
+        summary.append(dict(zip(["part", "true RV inside", "true MYO inside", "true LV inside", "LV taken wrong"],
+                                [part, *[f"{v:.2f}" for v in np.nanmean(values, axis=0)]])))
+    lines.append(format_markdown_table(summary, columns=list(summary[0])))
     lines += ["", f"Split alone: {np.mean(seconds):.3f} s per volume (mean of {len(seconds)}; CPU)."]
     emit_report(lines, args.report)
 

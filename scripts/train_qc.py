@@ -34,6 +34,8 @@ what is already on disk, so a run can be resumed; ``--stage`` takes several):
                WORK/models), and writes that regressor again as ``--version`` with the weights on its card
                (``inference.combination``: QC's "combined" predictor) into ``--combine-out`` (default WORK/models);
                it refuses to replace the card it combines, unless the register stage of the same run wrote it.
+               ``--regressor-rotations 0 6 -6 12 -12`` averages the regressor over those rotations (test-time
+               augmentation; fitted and recorded on the card as ``inference.test_time_rotations_deg``).
 
 Rough times on a 2-core CPU with the defaults (a GPU is many times faster): prepare 15-20 min (most of it the noise
 attacks), vae about 1 min per epoch (up to 100 epochs: under 2 h), ablation about 2 h, regressor about 7 min per
@@ -129,6 +131,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "for the bundled VAE; default WORK/models)")
     poor.add_argument("--combine-out", metavar="FOLDER",
                       help="stage combine: where the combined regressor is written (default WORK/models)")
+    poor.add_argument("--regressor-rotations", type=float, nargs="+", metavar="DEG",
+                      help="stage combine: test-time rotations of the regressor, averaged (e.g. 0 6 -6 12 -12); the "
+                           "weights are fitted on the averaged predictions and the card records the angles for QC "
+                           "(default: those of the card combined, else none)")
     poor.add_argument("--regressor-epochs", type=int, default=10)
     poor.add_argument("--regressor-batch-size", type=int, default=32)
     poor.add_argument("--regressor-lr", type=float, default=1e-3)
@@ -404,7 +410,9 @@ def register_stage(args, work: Path, data: Data) -> None:
 
 def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
     from cardiac_ai.models import ModelRegistry, save_model
+    from cardiac_ai.models.qc_regressor import check_rotations
     from cardiac_ai.qc import COMBINATION_TERMS
+    from cardiac_ai.qc.assess import regressor_rotations
 
     folders = [Path(f) for f in args.combine_models] if args.combine_models else [work / "models"]
     for folder in folders:
@@ -419,12 +427,15 @@ def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
     if (out / f"qc_dice_regressor-{args.version}.json").resolve() == source_card.resolve() and not registered_now:
         raise SystemExit(f"stage combine would replace the regressor it combines ({source_card}): give another "
                          f"--version or --combine-out")
-    say(f"combining {source_card} with {registry.card_path('qc_vae', vae.card.version)}")
+    rotations = (regressor_rotations(regressor) if args.regressor_rotations is None
+                 else check_rotations(args.regressor_rotations))
+    say(f"combining {source_card} with {registry.card_path('qc_vae', vae.card.version)}; regressor views at "
+        f"{list(rotations)} degrees")
     names = [REGRESSOR_LABELS[s].removeprefix("dice_") for s in range(poor_val.n_structures)]
     combinations = {}
     for key, steps in (("combination", args.search_steps), ("combination_encoder", 0)):
         coefficients, summary = fit_dice_combination(regressor.network, vae.network, poor_val, steps=steps,
-                                                     device=args.device)
+                                                     device=args.device, rotations_deg=rotations)
         for name, n, alone, combined in zip(names, summary["n_values"], summary["regressor"], summary["combined"]):
             say(f"{key}, {name} ({n} validation values): regressor r {alone['pearson_r']:.3f} MAE "
                 f"{alone['mae']:.3f} -> combined r {combined['pearson_r']:.3f} MAE {combined['mae']:.3f}")
@@ -436,10 +447,12 @@ def combine_stage(args, work: Path, poor_val: QCPairs) -> Path:
         }
     card = regressor.card
     card = dataclasses.replace(
-        card, version=args.version, inference={**card.inference, **combinations},
+        card, version=args.version,
+        inference={**card.inference, **combinations, "test_time_rotations_deg": list(rotations)},
         description=card.description.split(" Combined with the search")[0]
         + f" Combined with the search ({', '.join(COMBINATION_TERMS)} per structure) by scripts/train_qc.py --stage "
-          f"combine from version {card.version}: same weights.",
+          f"combine from version {card.version}: same weights"
+        + (f", predictions averaged over rotations of {list(rotations)} degrees." if rotations != (0.0,) else "."),
     )
     path = save_model(regressor.network, card, out)
     say(f"registered {path}")

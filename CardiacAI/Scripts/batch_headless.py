@@ -15,7 +15,7 @@ volume into the scene, runs the task's ``CardiacAILogic`` method (the same code 
 
 - ``segmentation.seg.nrrd``: the segmentation node, saved by Slicer (names, colours, terminology, geometry);
 - the task's tables as CSV (:data:`TASK_TABLES`: e.g. ``volumes.csv``, ``slices.csv`` and ``qc.csv`` for cine);
-  ``cam.nrrd`` (the CAM) for cam;
+  ``cam.nrrd`` (the CAM) for cam, and with ``--structures`` ``structures.seg.nrrd`` (the label-free estimate);
 - ``report.json``: the backend's report with provenance (models, device, warnings), written last.
 
 A case that fails is recorded and the next one runs. A case whose folder already holds ``report.json`` is skipped
@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fibrosis-model", choices=FIBROSIS_MODELS, default="weak", help="fibrosis: scar model")
     parser.add_argument("--explain", help="cam: class to explain on every slice (default: the volume's prediction; "
                         "'slice': each slice's own)")
+    parser.add_argument("--structures", action="store_true",
+                        help="cam: also the label-free RV / myocardium / LV estimate (structures.seg.nrrd)")
     parser.add_argument("--no-qc", action="store_true", help="segment-cine, map: no quality control")
     parser.add_argument("--qc-threshold", type=float, default=0.8,
                         help="segment-cine, map: flag slices whose predicted Dice is below this (default 0.8)")
@@ -232,7 +234,7 @@ def runTask(logic, volumeNode, args) -> dict:
     if args.task == "fibrosis":
         return logic.quantifyFibrosis(volumeNode, model=args.fibrosis_model, **common)
     if args.task == "cam":
-        return logic.explainCam(volumeNode, explain=args.explain, **common)
+        return logic.explainCam(volumeNode, explain=args.explain, structures=args.structures, **common)
     return logic.segmentCine(volumeNode, mode=args.mode, **qc, **common)
 
 
@@ -274,6 +276,10 @@ def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
         if result.get("camVolumeNode") is not None and not slicer.util.saveNode(result["camVolumeNode"],
                                                                               str(caseFolder / "cam.nrrd")):
             raise RuntimeError(f"Slicer could not write {caseFolder / 'cam.nrrd'}.")
+        structuresPath = caseFolder / "structures.seg.nrrd"
+        if result.get("structuresSegmentationNode") is not None and not slicer.util.saveNode(
+                result["structuresSegmentationNode"], str(structuresPath)):
+            raise RuntimeError(f"Slicer could not write {structuresPath}.")
         for key, fileName in TASK_TABLES[args.task].items():
             if result.get(key) is not None:
                 reportIO.write_csv(caseFolder / fileName, tableRows(result[key]))

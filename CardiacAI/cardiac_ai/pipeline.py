@@ -534,7 +534,20 @@ def run_batch(
         write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases done")
     write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
+    _warn_of_skipped_cases_without(options, rows)
     return rows
+
+
+def _warn_of_skipped_cases_without(options, rows: Sequence[Mapping]) -> None:
+    """A resumed batch skips the cases an earlier run finished, whatever options that run had: say so where this run
+    asks for output those cases lack (``cam --structures``), rather than leave their summary columns silently empty."""
+    if not getattr(options, "structures", False):
+        return
+    lacking = [r["case_id"] for r in rows if r.get("status") == "skipped (done earlier)"
+               and not any(str(key).startswith("estimated_") for key in r)]
+    if lacking:
+        log.warning("%d case(s) finished by an earlier run without --structures were skipped and have no structures "
+                    "(e.g. %s); rerun with --overwrite to add them.", len(lacking), lacking[0])
 
 
 #: Errors a batch records for its case before going on with the next.
@@ -621,6 +634,7 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     ordered = [rows[n] for n in sorted(rows)]
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in ordered)} of {len(ordered)} cases done")
     write_summary()
+    _warn_of_skipped_cases_without(options, ordered)
     return ordered
 
 
@@ -1823,7 +1837,12 @@ def load_weak_models(models_dirs: Sequence[str | Path], *, device: str, provenan
 #: What the report says of ``cam --structures`` (docs/benchmarks.md, session 17: 20 held-out ACDC patients).
 WEAK_STRUCTURES_CAUTION = (
     "label-free estimate from the whole heart and the image intensity: per-volume Dice on 20 held-out ACDC patients "
-    "about 0.54 (RV blood pool), 0.57 (LV myocardium) and 0.73 (LV blood pool); not a measurement")
+    "about 0.54 (RV blood pool), 0.57 (LV myocardium) and 0.73 (LV blood pool) when the weak U-Net drew the heart; "
+    "not a measurement")
+#: Added when the CAM pseudo-label drew the heart (``--pseudo-label`` or no weak U-Net): a far rougher heart.
+WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION = (
+    "this heart is the CAM pseudo-label's (whole-heart Dice about 0.33 on held-out ACDC patients, against 0.76 for the "
+    "weak U-Net), so the structures are rougher still")
 
 
 def _split_weak_heart(volume: Volume, heart_labels: Volume, provenance: Provenance) -> Volume:
@@ -1836,7 +1855,7 @@ def _split_weak_heart(volume: Volume, heart_labels: Volume, provenance: Provenan
     return heart_labels.with_array(split)
 
 
-def _weak_structures_report(split: Volume) -> dict:
+def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool = True) -> dict:
     from .labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
     from .metrics.clinical import structure_volume_ml
 
@@ -1845,7 +1864,8 @@ def _weak_structures_report(split: Volume) -> dict:
         "source": "weak.structures.split_heart of the cam labels (no pixel label used)",
         "volumes_ml": {LABELS[code].name: structure_volume_ml(split.array, code, spacing)
                        for code in (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL)},
-        "caution": WEAK_STRUCTURES_CAUTION,
+        "caution": WEAK_STRUCTURES_CAUTION + ("" if heart_from_weak_unet else
+                                              "; " + WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION),
     }
 
 
@@ -1892,7 +1912,7 @@ def cam_file(
     InputError, DataError, OutputError
         As the other commands.
     """
-    from .weak.pipeline import explain_volume
+    from .weak.pipeline import SEGMENTER_NAME, explain_volume
 
     provenance = provenance or Provenance(command="cam")
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
@@ -1910,6 +1930,9 @@ def cam_file(
                                     device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
         split = _split_weak_heart(volume, result.labels, provenance) if structures else None
+        heart_from_weak_unet = result.label_source.startswith(SEGMENTER_NAME)
+        if split is not None and not heart_from_weak_unet:
+            provenance.warn(f"--structures: {WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION}.", log)
         rows = [{"k": s["k"], "explained_class": s["explained_class"], "predicted_class": s["predicted_class"],
                  "heart_pixels": s["heart_pixels"],
                  **{f"p_{name}": round(p, 4) for name, p in s["probabilities"].items()}}
@@ -1926,7 +1949,8 @@ def cam_file(
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},
             "cam": result.to_report(),
-            **({"structures": _weak_structures_report(split)} if split is not None else {}),
+            **({"structures": _weak_structures_report(split, heart_from_weak_unet=heart_from_weak_unet)}
+               if split is not None else {}),
         })
     report(progress, 1.0, "Done")
     return result

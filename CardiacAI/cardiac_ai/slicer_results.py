@@ -676,7 +676,7 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
              otsu_classes: int | None = None, scale_range: Sequence[float] | None = None,
              min_fraction: float | None = None, structures: bool = False) -> BackendCall:
     """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label] [--cam-augment VIEW ...]
-    [pseudo-label settings]``.
+    [pseudo-label settings] [--structures]``.
 
     ``explain`` None, "" or "predicted" explains the volume's predicted class on every slice ("slice": each slice's
     own; a class name such as "DCM": that class on every slice); ``method`` None, "" or "default" uses the model
@@ -1185,7 +1185,8 @@ def cam_tables_from_report(report: Mapping[str, Any]) -> dict[str, list[dict[str
     summary.append({"Measurement": "Labels from", "Value": str(cam["label_source"])})
     for name, ml in report.get("structures", {}).get("volumes_ml", {}).items():  # cam --structures
         value = _number(ml, f"structures.volumes_ml[{name!r}]")
-        summary.append({"Measurement": f"Estimated {name.replace('_', ' ')} (ml, label-free, rough)",
+        shown = LABELS[_CODE_BY_NAME[name]].display_name if name in _CODE_BY_NAME else name.replace("_", " ")
+        summary.append({"Measurement": f"Estimated {shown} (ml, label-free, rough)",
                         "Value": "" if value is None else f"{value:.1f}"})
     slices = []
     for index, entry in enumerate(cam["slices"]):

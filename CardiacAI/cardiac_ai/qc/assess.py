@@ -434,6 +434,7 @@ def _unwrap_regressor(regressor: Any, n_structures: int, input_size: int) -> Any
 def regressed_dice(
     network: Any, pairs: NDArray[np.float32], *, device: Any = None,
     searched: NDArray[np.float64] | None = None, combination: NDArray[np.float64] | None = None,
+    rotations_deg: Sequence[float] = (0.0,),
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Predicted Dice from the CNN regressor as QC reports it: per slice and structure (n, S), and per volume (S,).
 
@@ -441,7 +442,8 @@ def regressed_dice(
     the last S channels the segmentation's masks; see :data:`_NOT_ASSESSED` for the nulls. With ``searched`` (n, S),
     the latent search's Dice of the same slices, and ``combination`` (S, 4), the weights of
     :data:`COMBINATION_TERMS` per structure, a structure the segmentation shows gets the combined value (clipped to
-    [0, 1]; the regressor's alone where the search has none).
+    [0, 1]; the regressor's alone where the search has none). ``rotations_deg``: the regressor's test-time views
+    (:func:`regressor_rotations`, from its card).
 
     A structure the segmentation leaves out of a slice has no overlap to regress: the regressor only says whether it
     belongs there. Judged absent (>= 0.5): no Dice. Judged missing (< 0.5): Dice 0, which is what any non-empty truth
@@ -451,7 +453,7 @@ def regressed_dice(
     """
     from ..models.qc_regressor import regress_dice
 
-    dice = regress_dice(network, pairs, device=device)
+    dice = regress_dice(network, pairs, device=device, rotations_deg=rotations_deg)
     given = pairs[:, pairs.shape[1] - dice.shape[1]:] > 0.5
     areas = np.count_nonzero(given, axis=(2, 3)).astype(np.float64)
     empty = areas == 0
@@ -605,6 +607,20 @@ def regressor_combination(
             f"({n_structures}, {len(COMBINATION_TERMS)})."
         )
     return weights
+
+
+def regressor_rotations(regressor: Any) -> tuple[float, ...]:
+    """The regressor's test-time rotations in degrees (``inference["test_time_rotations_deg"]`` of its card, written
+    by ``scripts/train_qc.py --stage combine --regressor-rotations``; its combination weights were fitted on the
+    averaged predictions); (0,) without."""
+    from ..models.qc_regressor import check_rotations
+
+    angles = _card_inference(regressor).get("test_time_rotations_deg", (0.0,))
+    try:
+        return check_rotations(angles)
+    except InputError as error:
+        raise ModelError(f"The QC regressor's card has an unreadable inference.test_time_rotations_deg: {error}") \
+            from None
 
 
 def _blood_pools_look_swapped(label_array: NDArray[np.integer]) -> bool:
@@ -851,7 +867,8 @@ def assess_segmentation(
         slice_dice = np.full((n_slices, len(structures)), np.nan)
         slice_dice[assessed], volume_dice = regressed_dice(
             regressor_network, pairs[assessed], searched=None if predictor != "combined" else searched[assessed],
-            combination=combination if predictor == "combined" else None)
+            combination=combination if predictor == "combined" else None,
+            rotations_deg=regressor_rotations(regressor))
     else:
         slice_dice, volume_dice = searched, searched_volume
     if empty:

@@ -1097,9 +1097,11 @@ def fit_dice_combination(
     steps: int = 100,
     device: Any = None,
     progress: ProgressCallback | None = None,
+    rotations_deg: Sequence[float] = (0.0,),
 ) -> tuple[NDArray[np.float64], dict[str, Any]]:
     """Least-squares weights of :data:`~cardiac_ai.qc.assess.COMBINATION_TERMS` per structure, predicting the true
     Dice of pairs of known quality from the regressor's and the latent search's Dice (``steps=0``: the encoder's).
+    ``rotations_deg``: the regressor's test-time views (QC must then use the same, from the card).
 
     Fit on validation pairs (patients neither network trained on), on the slices where the segmentation shows the
     structure (elsewhere QC's absent / missing rule applies, not the combination).
@@ -1117,7 +1119,7 @@ def fit_dice_combination(
     """
     from ..models.qc_regressor import regress_dice
 
-    regressed = regress_dice(regressor, pairs.as_float(), device=device)
+    regressed = regress_dice(regressor, pairs.as_float(), device=device, rotations_deg=rotations_deg)
     searched = vae_predicted_dice(vae, pairs, steps=steps, device=device, progress=progress)
     shown = pairs.structures.any(axis=(2, 3))
     coefficients = np.zeros((pairs.n_structures, 4))
