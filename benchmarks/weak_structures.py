@@ -165,8 +165,8 @@ def main() -> None:
     columns = ["part", "what", "volumes", "RV", "MYO", "LV", "whole heart"]
     lines.append(format_markdown_table([dict(zip(columns, r)) for r in rows], columns=columns))
     lines += ["", "Where the split of the weak heart goes wrong (per volume, mean): share of each true structure "
-                  "inside the weak heart; share of slices with both a true and a predicted LV blood pool where the two do "
-                  "not touch (the wrong bright piece taken for the LV).", ""]
+                  "inside the weak heart; share of slices with both a true and a predicted LV blood pool where the "
+                  "two do not touch (the wrong bright piece taken for the LV).", ""]
     summary = []
     for part in ("validation", "test"):
         values = np.array([c[1:] for c in coverage if c[0] == part], dtype=float)
