@@ -2225,6 +2225,18 @@ class CardiacAITest(ScriptedLoadableModuleTest):  # noqa: F405
             self.assertEqual(cam.shape[::-1], dimensions)
             self.assertTrue(0.0 <= float(cam.min()) and float(cam.max()) <= 1.0)
             self.assertEqual(result["slicesTableNode"].GetNumberOfRows(), dimensions[2])
+            self.assertNotIn("structuresSegmentationNode", result)
+            self.delayDisplay("CAM with the label-free RV / myocardium / LV estimate")
+            result = logic.explainCam(imageNode, explain="predicted", structures=True)
+            structures = result["structuresSegmentationNode"]
+            heart = result["segmentationNode"]
+            self.assertLessEqual(structures.GetSegmentation().GetNumberOfSegments(), 3)
+            if heart.GetSegmentation().GetNumberOfSegments():  # a heart was found: it is divided, nothing added
+                self.assertGreater(structures.GetSegmentation().GetNumberOfSegments(), 0)
+            summary = result["summaryTableNode"]
+            measurements = [summary.GetTable().GetValueByName(r, "Measurement").ToString()
+                            for r in range(summary.GetNumberOfRows())]
+            self.assertTrue(any(m.startswith("Estimated Left ventricle blood pool") for m in measurements))
         if {"lge_myocardium", "lge_fibrosis_weak"} <= registered:
             self.delayDisplay("LGE fibrosis on the phantom image (no scar expected)")
             result = logic.quantifyFibrosis(imageNode)

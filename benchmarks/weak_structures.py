@@ -53,13 +53,16 @@ def per_case_dice(predicted: np.ndarray, truth: np.ndarray, case_ids: np.ndarray
     return np.array([volume_dice(predicted[case_ids == c], truth[case_ids == c]) for c in np.unique(case_ids)])
 
 
-def where_it_goes_wrong(part: str, heart: np.ndarray, structures: np.ndarray, truth: np.ndarray) -> tuple:
-    """(part, share of the true RV / MYO / LV inside the heart mask, share of LV slices whose LV pool is elsewhere)."""
+def where_it_goes_wrong(part: str, heart: np.ndarray, structures: np.ndarray, truth: np.ndarray,
+                        voxel_ml: float) -> tuple:
+    """(part, share of the true RV / MYO / LV inside the heart mask, share of LV slices whose LV pool is elsewhere,
+    estimated minus true volume of RV / MYO / LV in ml)."""
     inside = [np.count_nonzero(heart & (truth == c)) / max(np.count_nonzero(truth == c), 1) for c, _ in STRUCTURES]
     both = [k for k in range(truth.shape[0]) if (truth[k] == LV_BLOOD_POOL).any() and
             (structures[k] == LV_BLOOD_POOL).any()]
     wrong = sum(not ((truth[k] == LV_BLOOD_POOL) & (structures[k] == LV_BLOOD_POOL)).any() for k in both)
-    return (part, *inside, wrong / len(both) if both else float("nan"))
+    errors = [(np.count_nonzero(structures == c) - np.count_nonzero(truth == c)) * voxel_ml for c, _ in STRUCTURES]
+    return (part, *inside, wrong / len(both) if both else float("nan"), *errors)
 
 
 def row(part: str, what: str, values: np.ndarray) -> list[str]:
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--unet-epochs", type=int, default=0,
                         help="also self-train a 4-class U-Net on the training patients' splits (0: no)")
     parser.add_argument("--work", default="work_data/weak_structures", help="the U-Net's run folder")
+    parser.add_argument("--limit", type=int, help="only the first N volumes of each part (a quick check)")
     parser.add_argument("--report")
     args = parser.parse_args()
 
@@ -124,7 +128,7 @@ def main() -> None:
     started = time.time()
     for part in parts:
         weak_rows, true_rows, pseudo_cases, truth_cases = [], [], [], []
-        for ref in refs_in_part(refs, split, part):
+        for ref in refs_in_part(refs, split, part)[:args.limit]:
             case = load_case(ref)
             heart = explain_volume(case.image, models, device="cpu").labels.array > 0
             begun = time.perf_counter()
@@ -133,7 +137,8 @@ def main() -> None:
             truth = case.labels.array
             if part != "train":
                 weak_rows.append(volume_dice(structures, truth))
-                coverage.append(where_it_goes_wrong(part, heart, structures, truth))
+                coverage.append(where_it_goes_wrong(part, heart, structures, truth,
+                                                    float(np.prod(case.image.geometry.spacing_mm)) / 1000.0))
                 true_rows.append(volume_dice(split_heart(case.image.array, truth > 0,
                                                          case.image.geometry.spacing_kji_mm, config), truth))
             if args.unet_epochs:
@@ -166,12 +171,17 @@ def main() -> None:
     lines.append(format_markdown_table([dict(zip(columns, r)) for r in rows], columns=columns))
     lines += ["", "Where the split of the weak heart goes wrong (per volume, mean): share of each true structure "
                   "inside the weak heart; share of slices with both a true and a predicted LV blood pool where the "
-                  "two do not touch (the wrong bright piece taken for the LV).", ""]
+                  "two do not touch (the wrong bright piece taken for the LV); estimated minus true volume (ml), "
+                  "mean (bias) and mean absolute value.", ""]
     summary = []
     for part in ("validation", "test"):
         values = np.array([c[1:] for c in coverage if c[0] == part], dtype=float)
-        summary.append(dict(zip(["part", "true RV inside", "true MYO inside", "true LV inside", "LV taken wrong"],
-                                [part, *[f"{v:.2f}" for v in np.nanmean(values, axis=0)]])))
+        shares, errors = np.nanmean(values[:, :4], axis=0), values[:, 4:]
+        summary.append({"part": part, **dict(zip(["true RV inside", "true MYO inside", "true LV inside",
+                                                  "LV taken wrong"], [f"{v:.2f}" for v in shares])),
+                        **{f"{name} volume error (ml): bias / MAE": f"{errors[:, i].mean():+.1f} / "
+                                                                    f"{np.abs(errors[:, i]).mean():.1f}"
+                           for i, (_, name) in enumerate(STRUCTURES)}})
     lines.append(format_markdown_table(summary, columns=list(summary[0])))
     lines += ["", f"Split alone: {np.mean(seconds):.3f} s per volume (mean of {len(seconds)}; CPU)."]
     emit_report(lines, args.report)
