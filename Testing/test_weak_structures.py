@@ -26,7 +26,10 @@ def test_the_true_heart_splits_into_its_three_structures(phantom):
     image, truth, spacing = phantom
     split = split_heart(image, truth > 0, spacing)
     assert split.dtype == np.uint8 and split.shape == truth.shape
-    assert np.array_equal(split > 0, truth > 0)  # every heart voxel gets a code, nothing outside the heart
+    assert not (split[truth == 0]).any()  # nothing outside the heart
+    everything = split_heart(image, truth > 0, spacing, HeartSplitConfig(rv_from_bright_only=False))
+    assert np.array_equal(everything > 0, truth > 0)  # every heart voxel gets a code
+    assert np.array_equal(split[split > 0], everything[split > 0])  # the default only leaves the dark rest out
     dices = {code: _dice(split == code, truth == code) for code in STRUCTURES}
     assert dices[LV_BLOOD_POOL] > 0.85 and dices[LV_MYOCARDIUM] > 0.9 and dices[RV_BLOOD_POOL] > 0.7, dices
 
@@ -44,7 +47,7 @@ def test_nothing_outside_the_heart_is_labelled_even_where_the_mask_has_a_hole(ph
     k = 3
     centre = np.round(ndimage.center_of_mass(truth[k] == LV_BLOOD_POOL)).astype(int)
     holed[k, centre[0] - 1:centre[0] + 2, centre[1] - 1:centre[1] + 2] = False  # a hole inside the LV pool
-    split = split_heart(image, holed, spacing)
+    split = split_heart(image, holed, spacing, HeartSplitConfig(rv_from_bright_only=False))
     assert np.array_equal(split > 0, holed)
     filled = split_heart(image, truth > 0, spacing)
     assert (split[k] == LV_BLOOD_POOL).sum() == (filled[k] == LV_BLOOD_POOL).sum() - 9
@@ -116,6 +119,20 @@ def test_bad_settings_are_refused(field, value):
         return
     with pytest.raises(InputError, match=field):
         HeartSplitConfig(**{field: value})
+
+
+def test_the_dark_rest_of_a_loose_mask_is_not_called_rv(phantom):
+    image, truth, spacing = phantom
+    loose = ndimage.binary_dilation(truth > 0, structure=np.ones((1, 3, 3)), iterations=3)
+    rv_of_the_true_heart = np.count_nonzero(split_heart(image, truth > 0, spacing) == RV_BLOOD_POOL)
+    rv_default = np.count_nonzero(split_heart(image, loose, spacing) == RV_BLOOD_POOL)
+    rv_everything = np.count_nonzero(
+        split_heart(image, loose, spacing, HeartSplitConfig(rv_from_bright_only=False)) == RV_BLOOD_POOL)
+    # the margin does not swell the RV by default; counted as RV, it adds over half again
+    assert abs(rv_default - rv_of_the_true_heart) < 0.1 * rv_of_the_true_heart
+    assert rv_everything > 1.5 * rv_default
+    with pytest.raises(InputError, match="rv_from_bright_only"):
+        HeartSplitConfig(rv_from_bright_only="yes")
 
 
 def test_a_config_of_another_type_is_refused(phantom):

@@ -44,8 +44,8 @@ FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
 CAM_METHODS = ("model", "gradcam", "gradcampp")
 _STRUCTURES_HELP = ("also split the heart into RV blood pool, LV myocardium and LV blood pool by image intensity "
                     "(no pixel label): structures.nii.gz, structures.seg.nrrd and their volumes in report.json. A "
-                    "rough estimate: per-volume Dice on held-out ACDC patients about 0.54 / 0.57 / 0.73, the RV "
-                    "volume about 80 ml too large")
+                    "rough estimate: per-volume Dice on held-out ACDC patients about 0.53 / 0.57 / 0.73, volumes "
+                    "off by 30-50 ml")
 _LABEL_CODES_HELP = ("another tool's label values, as the value of each structure in the label map: RV, MYO, LV (also "
                      "SCAR, MVO, HEART; BG drops a value; VALUE may be a comma list), e.g. LV=1 MYO=2 RV=3 (M&Ms) or "
                      "MYO=255 (binary mask); every nonzero value must be named; the file is not changed; only the "

@@ -1837,10 +1837,8 @@ def load_weak_models(models_dirs: Sequence[str | Path], *, device: str, provenan
 #: What the report says of ``cam --structures`` (docs/benchmarks.md, session 17: 20 held-out ACDC patients).
 WEAK_STRUCTURES_CAUTION = (
     "label-free estimate from the whole heart and the image intensity, not a measurement. On 20 held-out ACDC "
-    "patients, with the weak U-Net's heart: per-volume Dice about 0.54 (RV blood pool), 0.57 (LV myocardium) and "
-    "0.73 (LV blood pool); volumes off by +83 ml on average for the RV blood pool (it takes whatever the heart mask "
-    "holds beyond the LV), -5 ml for the myocardium and -29 ml for the LV blood pool (mean absolute errors 98, 30 "
-    "and 32 ml)")
+    "patients, with the weak U-Net's heart: per-volume Dice about 0.53 (RV blood pool), 0.57 (LV myocardium) and "
+    "0.73 (LV blood pool); volumes off by -22, -5 and -29 ml on average (mean absolute errors 49, 30 and 32 ml)")
 #: Added when the CAM pseudo-label drew the heart (``--pseudo-label`` or no weak U-Net): a far rougher heart.
 WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION = (
     "this heart is the CAM pseudo-label's (whole-heart Dice about 0.33 on held-out ACDC patients, against 0.76 for the "
@@ -1905,7 +1903,7 @@ def cam_file(
     ``structures``: also split the heart into RV blood pool, LV myocardium and LV blood pool
     (:func:`~cardiac_ai.weak.structures.split_heart`: image intensity inside the heart, no pixel label), written as
     ``structures.nii.gz`` and ``structures.seg.nrrd``, with their volumes in the report's ``structures`` section: a
-    rough, label-free estimate (held-out ACDC Dice about 0.54 / 0.57 / 0.73; :data:`WEAK_STRUCTURES_CAUTION` gives
+    rough, label-free estimate (held-out ACDC Dice about 0.53 / 0.57 / 0.73; :data:`WEAK_STRUCTURES_CAUTION` gives
     the volume errors), not a measurement.
 
     Raises
