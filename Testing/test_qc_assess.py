@@ -490,7 +490,8 @@ def test_the_regressor_is_averaged_over_the_rotations_its_card_gives(cine_phanto
                         for a in (0, 6, -6, 12, -12)], axis=0)
     np.testing.assert_allclose(averaged.slice_dice[averaged.assessed][shown], expected[shown], rtol=1e-5)
     assert not np.allclose(averaged.slice_dice[averaged.assessed][shown], plain.slice_dice[plain.assessed][shown])
-    odd = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"test_time_rotations_deg": []}))
-    with pytest.raises(ModelError, match="test_time_rotations_deg"):
-        assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=odd,
-                            surrogate_wanted=False)
+    for bad in ([], "15", {"6": 0}, [True], [90]):  # "15" must not read as 1 and 5 degrees
+        odd = SimpleNamespace(network=regressor, card=SimpleNamespace(inference={"test_time_rotations_deg": bad}))
+        with pytest.raises(ModelError, match="test_time_rotations_deg"):
+            assess_segmentation(cine_phantom.image, cine_phantom.labels, vae, config=FAST, regressor=odd,
+                                surrogate_wanted=False)

@@ -337,7 +337,7 @@ def test_regressor_rejects_wrong_input_and_settings():
         QCDiceRegressor(input_size=90)
     with pytest.raises(InputError, match="pairs must be"):
         regress_dice(network, np.zeros((4, 96, 96), np.float32))
-    for rotations in ((), (float("nan"),), ("six",)):
+    for rotations in ((), (float("nan"),), ("six",), "15", {"6": 0}, (True,), (720.0,), None, 6.0):
         with pytest.raises(InputError, match="rotations_deg"):
             regress_dice(network, np.zeros((1, 4, 96, 96), np.float32), rotations_deg=rotations)
 

@@ -215,9 +215,10 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--qc-threshold", "80"], "between 0 and 1"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--models-dir", "{tmp}/none"], "--models-dir"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--frobnicate"], "unrecognized"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--structures"], "applies to --task cam"),
     ],
     ids=["missing", "no-input", "same-folder", "device", "task", "map-kind", "qc-threshold", "models-dir",
-         "unknown-option"],
+         "unknown-option", "structures-not-cam"],
 )
 def test_batch_rejects_bad_arguments_without_exiting_slicer(batch, tmp_path, extra, match):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
@@ -541,3 +542,17 @@ def test_batch_tasks_are_the_logic_methods_it_calls_and_their_tables_exist(batch
             assert f"'{key}'" in returned or f'"{key}"' in returned, (method, key)
     assert _assigned_constant(BATCH_SCRIPT, "FIBROSIS_MODELS") == _assigned_constant(CARDIACAI_MODULE,
                                                                                       "FIBROSIS_MODELS")
+
+
+def test_the_slicer_batch_writes_the_structures_only_when_asked_and_never_keeps_an_earlier_runs(batch):
+    source = ast.unparse(ast.parse(BATCH_SCRIPT.read_text()))
+    process = next(n for n in ast.walk(ast.parse(BATCH_SCRIPT.read_text()))
+                   if isinstance(n, ast.FunctionDef) and n.name == "processCase")
+    body = ast.unparse(process)
+    # a redone case first removes an earlier run's estimate, then saves the node only where the Logic returned one
+    assert body.index("STRUCTURES_NAME).unlink(missing_ok=True)") < body.index("runTask(")
+    assert "result.get('structuresSegmentationNode') is not None" in body
+    assert "structures=args.structures" in source
+    assert batch.STRUCTURES_NAME == "structures.seg.nrrd"
+    assert batch.parse_arguments.__doc__ and not batch.build_parser().parse_args(
+        ["--input-folder", "i", "--output-folder", "o"]).structures

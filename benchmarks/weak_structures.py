@@ -171,7 +171,7 @@ def main() -> None:
     lines.append(format_markdown_table([dict(zip(columns, r)) for r in rows], columns=columns))
     lines += ["", "Where the split of the weak heart goes wrong (per volume, mean): share of each true structure "
                   "inside the weak heart; share of slices with both a true and a predicted LV blood pool where the "
-                  "two do not touch (the wrong bright piece taken for the LV); estimated minus true volume (ml), "
+                  "two do not overlap (the wrong bright piece taken for the LV); estimated minus true volume (ml), "
                   "mean (bias) and mean absolute value.", ""]
     summary = []
     for part in ("validation", "test"):

@@ -61,6 +61,8 @@ TASK_TABLES = {
                  "segmentsTableNode": "transmurality.csv"},
     "cam": {"summaryTableNode": "prediction.csv", "slicesTableNode": "slices.csv"},
 }
+#: The label-free RV / myocardium / LV estimate of ``--task cam --structures``.
+STRUCTURES_NAME = "structures.seg.nrrd"
 #: Volume file endings read as one case each, longest first so that ".nii.gz" wins over ".gz".
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Written last into a case folder; a case folder that holds it is finished.
@@ -143,6 +145,8 @@ def parse_arguments(argv):
         raise UsageError(f"--models-dir {args.models_dir} is not a folder of trained models.")
     if args.task == "map" and args.kind is None:
         raise UsageError("--task map needs --kind T1 or --kind T2 (what the maps hold).")
+    if args.structures and args.task != "cam":
+        raise UsageError(f"--structures applies to --task cam, not {args.task}.")
     if not 0.0 <= args.qc_threshold <= 1.0:
         raise UsageError(f"--qc-threshold {args.qc_threshold} is not a Dice value between 0 and 1.")
     return args
@@ -264,6 +268,7 @@ def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
 
     caseFolder.mkdir(parents=True, exist_ok=True)
     (caseFolder / DONE_MARKER).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
+    (caseFolder / STRUCTURES_NAME).unlink(missing_ok=True)  # an earlier run's, which this one may not write again
     nodes = []
     try:
         volumeNode = slicer.util.loadVolume(str(inputPath))  # raises RuntimeError if Slicer cannot read it
@@ -276,7 +281,7 @@ def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
         if result.get("camVolumeNode") is not None and not slicer.util.saveNode(result["camVolumeNode"],
                                                                               str(caseFolder / "cam.nrrd")):
             raise RuntimeError(f"Slicer could not write {caseFolder / 'cam.nrrd'}.")
-        structuresPath = caseFolder / "structures.seg.nrrd"
+        structuresPath = caseFolder / STRUCTURES_NAME
         if result.get("structuresSegmentationNode") is not None and not slicer.util.saveNode(
                 result["structuresSegmentationNode"], str(structuresPath)):
             raise RuntimeError(f"Slicer could not write {structuresPath}.")
@@ -345,6 +350,9 @@ def main(argv) -> int:
         if earlier is not None:  # a finished case keeps its numbers in the new summary
             rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)", values=earlier))
             print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
+            if args.structures and not (caseFolder / STRUCTURES_NAME).is_file():
+                print(f"{prefix} WARNING: that earlier run had no --structures; remove {caseFolder} to add them",
+                      flush=True)
             reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
             continue
         start = time.perf_counter()

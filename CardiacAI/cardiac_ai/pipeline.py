@@ -546,8 +546,10 @@ def _warn_of_skipped_cases_without(options, rows: Sequence[Mapping]) -> None:
     lacking = [r["case_id"] for r in rows if r.get("status") == "skipped (done earlier)"
                and not any(str(key).startswith("estimated_") for key in r)]
     if lacking:
-        log.warning("%d case(s) finished by an earlier run without --structures were skipped and have no structures "
-                    "(e.g. %s); rerun with --overwrite to add them.", len(lacking), lacking[0])
+        shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+        log.warning("%d case(s) finished by an earlier run without --structures were skipped and have no structures: "
+                    "%s. Remove their folders (or rerun with --overwrite, which redoes every case) to add them.",
+                    len(lacking), shown)
 
 
 #: Errors a batch records for its case before going on with the next.

@@ -166,14 +166,26 @@ def regress_dice(
     return np.concatenate(outputs).astype(np.float64)
 
 
+#: Largest test-time rotation: the regressor learnt rotations within 15 degrees (augment_qc_pairs); far beyond it
+#: its predictions are not views of the same judgement.
+MAX_ROTATION_DEG = 45.0
+
+
 def check_rotations(rotations_deg: Sequence[float]) -> tuple[float, ...]:
-    """The test-time rotations as a tuple of finite floats; InputError for none or a bad one."""
-    try:
-        angles = tuple(float(a) for a in rotations_deg)
-    except (TypeError, ValueError):
-        raise InputError(f"rotations_deg must be a list of angles in degrees, got {rotations_deg!r}.") from None
-    if not angles or not all(np.isfinite(angles)):
-        raise InputError(f"rotations_deg must hold at least one finite angle in degrees, got {rotations_deg!r}.")
+    """The test-time rotations as a tuple of floats; InputError for none, or for an angle that is not a number
+    (a string, a truth value) or lies beyond :data:`MAX_ROTATION_DEG`."""
+    import numbers
+    from collections.abc import Mapping
+
+    if isinstance(rotations_deg, (str, bytes, Mapping)) or not isinstance(rotations_deg, Sequence | np.ndarray):
+        raise InputError(f"rotations_deg must be a list of angles in degrees, got {rotations_deg!r}.")
+    if not rotations_deg or not all(isinstance(a, numbers.Real) and not isinstance(a, (bool, np.bool_))
+                                    for a in rotations_deg):
+        raise InputError(f"rotations_deg must hold at least one angle in degrees (numbers), got {rotations_deg!r}.")
+    angles = tuple(float(a) for a in rotations_deg)
+    if not all(np.isfinite(a) and abs(a) <= MAX_ROTATION_DEG for a in angles):
+        raise InputError(f"rotations_deg must be finite angles within +-{MAX_ROTATION_DEG:g} degrees, got "
+                         f"{rotations_deg!r}.")
     return angles
 
 

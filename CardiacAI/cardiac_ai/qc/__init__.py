@@ -13,6 +13,7 @@ from .assess import (
     assess_segmentation,
     regressed_dice,
     regressor_combination,
+    regressor_rotations,
     run_qc,
 )
 from .corruptions import add_noise_to_image, dilate_labels, drop_slices, erode_labels, punch_holes, shift_labels
@@ -36,6 +37,7 @@ __all__ = [
     "run_qc",
     "regressed_dice",
     "regressor_combination",
+    "regressor_rotations",
     "COMBINATION_TERMS",
     "QC_MODEL_NAME",
     "QC_REGRESSOR_NAME",

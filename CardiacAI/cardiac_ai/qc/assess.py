@@ -47,6 +47,7 @@ __all__ = [
     "QCResult",
     "regressed_dice",
     "regressor_combination",
+    "regressor_rotations",
     "combination_terms",
     "assess_segmentation",
     "run_qc",
@@ -794,6 +795,7 @@ def assess_segmentation(
                 "--stage combine); this one has none: use predictor 'regressor'."
             )
         regressor_network = _unwrap_regressor(regressor, len(structures), network.input_size)
+        rotations = regressor_rotations(regressor)  # a bad card fails before the slow work
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -867,8 +869,7 @@ def assess_segmentation(
         slice_dice = np.full((n_slices, len(structures)), np.nan)
         slice_dice[assessed], volume_dice = regressed_dice(
             regressor_network, pairs[assessed], searched=None if predictor != "combined" else searched[assessed],
-            combination=combination if predictor == "combined" else None,
-            rotations_deg=regressor_rotations(regressor))
+            combination=combination if predictor == "combined" else None, rotations_deg=rotations)
     else:
         slice_dice, volume_dice = searched, searched_volume
     if empty:
