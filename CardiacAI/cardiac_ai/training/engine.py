@@ -604,7 +604,12 @@ class Trainer:
         self.device = device_for_rank(self.requested_device, self.dist)
         try:
             with _isolated_global_rng(self.device, self.config.deterministic):
-                return self._fit(resume=resume, overwrite=overwrite)
+                result = self._fit(resume=resume, overwrite=overwrite)
+            # every rank is done with the group before one destroys it: gloo aborts a process whose peer tears the
+            # group down under it ("terminate called without an active exception"). Not on failure: a rank that
+            # raised would leave the others waiting here.
+            barrier(self.dist)
+            return result
         finally:
             cleanup_distributed(self.dist)
             if self.device.type == "cuda":
