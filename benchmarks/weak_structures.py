@@ -32,7 +32,7 @@ from _output import emit_report  # noqa: E402
 from cardiac_ai.datasets import list_acdc, load_case, load_split, refs_in_part  # noqa: E402
 from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL  # noqa: E402
 from cardiac_ai.metrics import format_markdown_table  # noqa: E402
-from cardiac_ai.metrics.overlap import dice  # noqa: E402
+from cardiac_ai.metrics.overlap import dice, dice_per_label  # noqa: E402
 from cardiac_ai.models import ModelRegistry  # noqa: E402
 from cardiac_ai.weak.pipeline import WeakModels, explain_volume  # noqa: E402
 from cardiac_ai.weak.structures import HeartSplitConfig, split_heart  # noqa: E402
@@ -43,10 +43,8 @@ STRUCTURES = ((RV_BLOOD_POOL, "RV"), (LV_MYOCARDIUM, "MYO"), (LV_BLOOD_POOL, "LV
 
 def volume_dice(predicted: np.ndarray, truth: np.ndarray) -> list[float]:
     """Dice per structure and of the whole heart; NaN where both are empty."""
-    values = []
-    for mask_p, mask_t in [(predicted == c, truth == c) for c, _ in STRUCTURES] + [(predicted > 0, truth > 0)]:
-        values.append(dice(mask_p, mask_t) if mask_p.any() or mask_t.any() else float("nan"))
-    return values
+    per_structure = dice_per_label(predicted, truth, [code for code, _ in STRUCTURES])
+    return [*per_structure.values(), dice(predicted > 0, truth > 0)]
 
 
 def per_case_dice(predicted: np.ndarray, truth: np.ndarray, case_ids: np.ndarray) -> np.ndarray:

@@ -142,8 +142,8 @@ def regress_dice(
     Raises
     ------
     InputError
-        If ``pairs`` is not a 4D array of finite values, ``batch_size`` < 1, or ``rotations_deg`` is empty or not
-        finite.
+        If ``pairs`` is not a 4D array of finite values, ``batch_size`` < 1, or ``rotations_deg`` is not a
+        non-empty list of angles within :data:`MAX_ROTATION_DEG` (:func:`check_rotations`).
     """
     array = np.asarray(pairs, dtype=np.float32)
     if array.ndim != 4 or array.shape[0] == 0:
