@@ -213,6 +213,7 @@ def test_cardiacai_task_tables_agree():
     assert set(values["MAP_KINDS"]) == set(slicer_results.MAP_KINDS)
     assert values["CAM_CLASSES"][:2] == ("predicted", "slice")  # the volume's predicted class; each slice's own
     assert values["CAM_AUGMENTATIONS"] == slicer_results.CAM_AUGMENTATIONS
+    assert values["CAM_LV_WALL_MM"] == slicer_results.CAM_LV_WALL_MM
     assert "torch" in values["PROTECTED_PACKAGES"] and "SimpleITK" in values["PROTECTED_PACKAGES"]
     requirements = [r for _, r in values["BASE_REQUIREMENTS"] + values["TORCH_REQUIREMENTS"]]
     assert not [r for r in requirements if re.match(r"(torch|SimpleITK|requests)\b", r, re.I)]
@@ -535,12 +536,18 @@ def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
     # the main CAM settings stay outside the Advanced group
     assert not {bound["camExplain"], bound["camMethod"], bound["camPseudoLabel"]} & inside
     cam_fields = {f for f in _parameter_fields("CardiacAI") if f.startswith("cam")}
-    assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", "camStructures",
+    assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", "camStructures", "camLvWallMm",
                           *CAM_PSEUDO_LABEL_FIELDS,
                           *(f for fields in CAM_PSEUDO_LABEL_FIELDS.values() for f in fields)}
     defaults = _parameter_defaults("CardiacAI")
     assert not any(defaults[override] for override in CAM_PSEUDO_LABEL_FIELDS) and not defaults["camAugment"]
     assert not defaults["camStructures"]  # the rough estimate only when asked for
+    from cardiac_ai.slicer_results import CAM_LV_WALL_MM
+
+    wall = widgets[bound["camLvWallMm"]]  # the LV wall band: a spin box in the Advanced group, 0 allowed (none)
+    assert bound["camLvWallMm"] in inside and wall.get("class") == "QDoubleSpinBox"
+    assert float(wall.find("property[@name='value']").findtext("double")) == defaults["camLvWallMm"] == CAM_LV_WALL_MM
+    assert float(wall.find("property[@name='minimum']").findtext("double")) == 0.0
 
 
 def test_cam_settings_spin_boxes_are_enabled_by_their_boxes():
@@ -617,6 +624,7 @@ def test_cam_panel_settings_reach_the_command_line_only_when_chosen():
     assert "augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None" in process
     assert "**self.camPseudoLabelSettings(parameterNode)" in process
     assert "structures=parameterNode.camStructures" in process
+    assert "lvWallMm=parameterNode.camLvWallMm" in process
 
 
 @pytest.mark.parametrize("name", MODULES)

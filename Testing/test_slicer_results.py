@@ -352,6 +352,12 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     assert _parsed(cam_call("cine.nrrd", "out", explain="slice")).explain == "slice"
     assert _parsed(cam_call("cine.nrrd", "out", structures=True)).structures
     assert not _parsed(cam_call("cine.nrrd", "out")).structures
+    assert _parsed(cam_call("cine.nrrd", "out")).lv_wall_mm is None  # the backend's default
+    assert _parsed(cam_call("cine.nrrd", "out", lv_wall_mm=0)).lv_wall_mm == 0.0  # 0 is given, not absent
+    assert _parsed(cam_call("cine.nrrd", "out", lv_wall_mm=np.float32(7.5))).lv_wall_mm == 7.5
+    for bad in (-1, float("nan"), "wide"):
+        with pytest.raises(InputError, match="LV wall width"):
+            cam_call("cine.nrrd", "out", lv_wall_mm=bad)
     args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
     assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD

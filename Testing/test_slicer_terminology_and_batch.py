@@ -216,9 +216,14 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--models-dir", "{tmp}/none"], "--models-dir"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--frobnicate"], "unrecognized"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--structures"], "applies to --task cam"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--lv-wall-mm", "5"], "applies to --task cam"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "-1"],
+         "width in mm >= 0"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "nan"],
+         "width in mm >= 0"),
     ],
     ids=["missing", "no-input", "same-folder", "device", "task", "map-kind", "qc-threshold", "models-dir",
-         "unknown-option", "structures-not-cam"],
+         "unknown-option", "structures-not-cam", "lv-wall-not-cam", "lv-wall-negative", "lv-wall-nan"],
 )
 def test_batch_rejects_bad_arguments_without_exiting_slicer(batch, tmp_path, extra, match):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
@@ -553,6 +558,7 @@ def test_the_slicer_batch_writes_the_structures_only_when_asked_and_never_keeps_
     assert body.index("STRUCTURES_NAME).unlink(missing_ok=True)") < body.index("runTask(")
     assert "result.get('structuresSegmentationNode') is not None" in body
     assert "structures=args.structures" in source
+    assert "lvWallMm=args.lv_wall_mm" in source
     assert batch.STRUCTURES_NAME == "structures.seg.nrrd"
     assert batch.parse_arguments.__doc__ and not batch.build_parser().parse_args(
         ["--input-folder", "i", "--output-folder", "o"]).structures

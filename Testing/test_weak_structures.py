@@ -6,7 +6,7 @@ import pytest
 from cardiac_ai.errors import InputError
 from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from cardiac_ai.phantom import make_cine_phantom
-from cardiac_ai.weak.structures import HeartSplitConfig, split_heart
+from cardiac_ai.weak.structures import LV_WALL_MM, HeartSplitConfig, complete_lv_wall, split_heart
 from scipy import ndimage
 
 STRUCTURES = (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL)
@@ -147,3 +147,81 @@ def test_without_the_shape_term_a_loose_mask_takes_the_rv_for_the_lv(phantom):
     loose = ndimage.binary_dilation(truth > 0, structure=np.ones((1, 3, 3)), iterations=3)
     split = split_heart(image, loose, spacing, HeartSplitConfig(solidity_weight=0))
     assert _dice(split == LV_BLOOD_POOL, truth == LV_BLOOD_POOL) < 0.5
+
+
+# -- complete_lv_wall ------------------------------------------------------------------------------------------------
+def test_a_heart_without_its_myocardium_gets_the_wall_back(phantom):
+    # the weak U-Net's failure, exaggerated: the blood pools without the muscle between and around them
+    image, truth, spacing = phantom
+    pools = (truth > 0) & (truth != LV_MYOCARDIUM)
+    completed = complete_lv_wall(image, pools, spacing)
+    assert completed.dtype == bool and completed.shape == truth.shape
+    assert not (pools & ~completed).any()  # only ever adds
+    myocardium = truth == LV_MYOCARDIUM
+    assert np.count_nonzero(completed & myocardium) > 0.85 * np.count_nonzero(myocardium)
+    assert _dice(completed, truth > 0) > _dice(pools, truth > 0) + 0.15
+    # what it adds lies within the wall's width of the LV pool, in plane
+    pool = split_heart(image, pools, spacing) == LV_BLOOD_POOL
+    for k in range(truth.shape[0]):
+        added = completed[k] & ~pools[k]
+        if added.any():
+            distance = ndimage.distance_transform_edt(~pool[k], sampling=spacing[1:])
+            assert distance[added].max() <= LV_WALL_MM
+
+
+def test_a_narrower_wall_adds_less_and_zero_adds_nothing(phantom):
+    image, truth, spacing = phantom
+    pools = (truth > 0) & (truth != LV_MYOCARDIUM)
+    narrow, wide = (complete_lv_wall(image, pools, spacing, wall_mm) for wall_mm in (4.0, 11.0))
+    assert np.count_nonzero(pools) < np.count_nonzero(narrow) < np.count_nonzero(wide)
+    assert not (narrow & ~wide).any()
+    unchanged = complete_lv_wall(image, pools, spacing, 0)
+    assert np.array_equal(unchanged, pools) and unchanged is not pools
+
+
+def test_the_wall_is_measured_in_millimetres_whatever_the_pixel_shape(phantom):
+    image, truth, _ = phantom
+    pools = (truth > 0) & (truth != LV_MYOCARDIUM)
+    tall = complete_lv_wall(image[:, :, ::2], pools[:, :, ::2], (8.0, 1.5, 3.0))
+    wide = complete_lv_wall(np.swapaxes(image[:, :, ::2], 1, 2), np.swapaxes(pools[:, :, ::2], 1, 2),
+                            (8.0, 3.0, 1.5))
+    assert np.array_equal(np.swapaxes(wide, 1, 2), tall)
+
+
+def test_slices_without_an_lv_pool_and_an_empty_heart_are_left_as_they_are(phantom):
+    image, truth, spacing = phantom
+    assert not complete_lv_wall(image, np.zeros(truth.shape, bool), spacing).any()
+    heart = truth > 0
+    heart[3] = truth[3] == LV_MYOCARDIUM  # muscle only: no bright piece large enough for a pool
+    flat = image.copy()
+    flat[3][heart[3]] = 0.25
+    completed = complete_lv_wall(flat, heart, spacing)
+    assert np.array_equal(completed[3], heart[3])
+    assert np.count_nonzero(completed) > np.count_nonzero(heart)  # the other slices do get a wall
+
+
+def test_complete_lv_wall_leaves_its_inputs_alone_and_is_deterministic(phantom):
+    image, truth, spacing = phantom
+    pools = (truth > 0) & (truth != LV_MYOCARDIUM)
+    image_copy, pools_copy = image.copy(), pools.copy()
+    first = complete_lv_wall(image, pools, spacing)
+    assert np.array_equal(image, image_copy) and np.array_equal(pools, pools_copy)
+    assert np.array_equal(first, complete_lv_wall(image, pools, spacing))
+
+
+@pytest.mark.parametrize("wall_mm", [-1.0, float("nan"), float("inf"), True, "11", None])
+def test_a_bad_wall_width_is_refused(phantom, wall_mm):
+    image, truth, spacing = phantom
+    with pytest.raises(InputError, match="LV wall width"):
+        complete_lv_wall(image, truth > 0, spacing, wall_mm)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda im, h, sp: (im[0], h[0], sp), "complete_lv_wall needs a 3D"),
+    (lambda im, h, sp: (np.where(h, np.inf, im), h, sp), "complete_lv_wall: the image holds NaN or Inf"),
+    (lambda im, h, sp: (im, h, (8.0, -1.5, 1.5)), "complete_lv_wall needs three positive spacings"),
+])
+def test_complete_lv_wall_refuses_bad_input_in_its_own_name(phantom, change, message):
+    image, truth, spacing = phantom
+    with pytest.raises(InputError, match=message):
+        complete_lv_wall(*change(image, truth > 0, spacing))

@@ -185,6 +185,10 @@ def test_cli_cam_views_are_those_of_the_cam_module():
     from cardiac_ai.weak.cam import AUGMENTATIONS
 
     assert cli.CAM_AUGMENTATIONS == AUGMENTATIONS  # repeated in the CLI so that its parser does not import torch
+    from cardiac_ai import slicer_results
+    from cardiac_ai.weak.structures import LV_WALL_MM
+
+    assert cli.LV_WALL_MM == slicer_results.CAM_LV_WALL_MM == LV_WALL_MM
 
 
 def test_cam_averages_over_the_views_given_on_the_command_line_and_records_them(trained_weak_models, cohort,
@@ -300,6 +304,60 @@ def test_batch_forwards_the_cam_settings_to_every_case(trained_weak_models, coho
         assert main(["batch", str(tmp_path / "inputs"), "--task", "map", "--kind", "t1", "--out",
                      str(tmp_path / "map"), *option]) == 2
         assert "applies to --task cam, not map" in capsys.readouterr().err
+
+
+def test_cam_completes_the_lv_wall_of_the_u_nets_heart_and_records_it(trained_weak_models, cohort, tmp_path,
+                                                                     monkeypatch, capsys):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+    from cardiac_ai.weak.structures import LV_WALL_MM, complete_lv_wall
+
+    image_path = tmp_path / "image.nii.gz"
+    write_volume(cohort[2].image, image_path)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    calls = []
+
+    def spy(image, heart, spacing, wall_mm):
+        calls.append((heart.copy(), spacing, wall_mm))
+        return complete_lv_wall(image, heart, spacing, wall_mm)
+
+    monkeypatch.setattr(weak_pipeline, "complete_lv_wall", spy)
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "as_is"), "--lv-wall-mm", "0", *common]) == 0
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "wall"), *common]) == 0
+    assert len(calls) == 1  # only the default run adds a wall
+    u_net = read_volume(tmp_path / "as_is" / "labels.nii.gz").array > 0
+    walled = read_volume(tmp_path / "wall" / "labels.nii.gz")
+    heart, spacing, wall_mm = calls[0]
+    assert np.array_equal(heart, u_net) and wall_mm == LV_WALL_MM
+    assert spacing == cohort[2].image.geometry.spacing_kji_mm  # the native grid's, in mm
+    assert np.array_equal(walled.array > 0, complete_lv_wall(cohort[2].image.array, u_net, spacing))
+    assert np.count_nonzero(walled.array) > np.count_nonzero(u_net)  # this U-Net's heart did get a wall
+    assert walled.geometry.is_close(cohort[2].image.geometry)
+    reports = {name: json.loads((tmp_path / name / "report.json").read_text()) for name in ("as_is", "wall")}
+    assert reports["wall"]["cam"]["lv_wall_mm"] == LV_WALL_MM == reports["wall"]["provenance"]["parameters"][
+        "lv_wall_mm"]
+    assert "LV wall completed (11 mm" in reports["wall"]["cam"]["label_source"]
+    assert reports["as_is"]["cam"]["lv_wall_mm"] == 0 and "LV wall" not in reports["as_is"]["cam"]["label_source"]
+    # the CAM pseudo-label keeps its own shape: the wall was chosen for the U-Net's heart only
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "pseudo"), "--pseudo-label", *common]) == 0
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "pseudo" / "report.json").read_text())["cam"]["lv_wall_mm"] == 0
+    capsys.readouterr()
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "bad"), "--lv-wall-mm", "-2", *common]) == 2
+    assert "LV wall width" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_batch_forwards_the_lv_wall_width_to_cam_only(trained_weak_models, cohort, tmp_path, capsys):
+    (tmp_path / "inputs").mkdir()
+    write_volume(cohort[1].image, tmp_path / "inputs" / "cine1.nii.gz")
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "out"), "--models-dir",
+                 str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--lv-wall-mm", "5"]) == 0
+    assert json.loads((tmp_path / "out" / "cine1" / "report.json").read_text())["cam"]["lv_wall_mm"] == 5.0
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "segment-cine", "--out", str(tmp_path / "cine"),
+                 "--lv-wall-mm", "5"]) == 2
+    assert "applies to --task cam, not segment-cine" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path / "inputs"), "--task", "cam", "--out", str(tmp_path / "bad"),
+                 "--lv-wall-mm", "nan"]) == 2
+    assert "LV wall width" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def _models_of_two_runs(trained_weak_models, tmp_path, *, unet_spec=None):

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'slice': each slice's own)")
     parser.add_argument("--structures", action="store_true",
                         help="cam: also the label-free RV / myocardium / LV estimate (structures.seg.nrrd)")
+    parser.add_argument("--lv-wall-mm", type=float, metavar="MM",
+                        help="cam: band around the LV blood pool added to the weak U-Net's heart (default 11; 0: "
+                             "none)")
     parser.add_argument("--no-qc", action="store_true", help="segment-cine, map: no quality control")
     parser.add_argument("--qc-threshold", type=float, default=0.8,
                         help="segment-cine, map: flag slices whose predicted Dice is below this (default 0.8)")
@@ -147,6 +150,10 @@ def parse_arguments(argv):
         raise UsageError("--task map needs --kind T1 or --kind T2 (what the maps hold).")
     if args.structures and args.task != "cam":
         raise UsageError(f"--structures applies to --task cam, not {args.task}.")
+    if args.lv_wall_mm is not None and args.task != "cam":
+        raise UsageError(f"--lv-wall-mm applies to --task cam, not {args.task}.")
+    if args.lv_wall_mm is not None and not 0.0 <= args.lv_wall_mm < float("inf"):
+        raise UsageError(f"--lv-wall-mm {args.lv_wall_mm} is not a width in mm >= 0.")
     if not 0.0 <= args.qc_threshold <= 1.0:
         raise UsageError(f"--qc-threshold {args.qc_threshold} is not a Dice value between 0 and 1.")
     return args
@@ -238,7 +245,8 @@ def runTask(logic, volumeNode, args) -> dict:
     if args.task == "fibrosis":
         return logic.quantifyFibrosis(volumeNode, model=args.fibrosis_model, **common)
     if args.task == "cam":
-        return logic.explainCam(volumeNode, explain=args.explain, structures=args.structures, **common)
+        return logic.explainCam(volumeNode, explain=args.explain, structures=args.structures,
+                                lvWallMm=args.lv_wall_mm, **common)
     return logic.segmentCine(volumeNode, mode=args.mode, **qc, **common)
 
 

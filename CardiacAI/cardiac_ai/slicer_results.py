@@ -48,6 +48,7 @@ __all__ = [
     "FIBROSIS_MODELS",
     "CAM_METHODS",
     "CAM_AUGMENTATIONS",
+    "CAM_LV_WALL_MM",
     "QC_DEFAULT_THRESHOLD",
     "QC_PREDICTORS",
     "parse_times_ms",
@@ -454,6 +455,9 @@ CAM_METHODS = ("model", "gradcam", "gradcampp")
 #: ``cardiacai cam --cam-augment``: views whose CAMs, mapped back to the slice, are averaged with the slice's own
 #: (left-right flip, up-down flip, circular shift; cardiac_ai.weak.cam.AUGMENTATIONS).
 CAM_AUGMENTATIONS = ("hflip", "vflip", "shift")
+#: ``cardiacai cam --lv-wall-mm`` default: the band (mm) around the LV blood pool added to the weak U-Net's heart
+#: (cardiac_ai.weak.structures.LV_WALL_MM).
+CAM_LV_WALL_MM = 11.0
 #: Default QC flag threshold (predicted Dice), the default of ``cardiacai qc --threshold`` and ``--qc-threshold``.
 QC_DEFAULT_THRESHOLD = 0.80
 #: Where QC's predicted Dice comes from (``cardiacai qc --predictor``, ``--qc-predictor``; cardiac_ai.qc.QC_PREDICTORS):
@@ -674,9 +678,10 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
              augment: Sequence[str] | str | None = None, crf_iterations: int | None = None,
              crf_smoothness: Sequence[float] | None = None, crf_appearance: Sequence[float] | None = None,
              otsu_classes: int | None = None, scale_range: Sequence[float] | None = None,
-             min_fraction: float | None = None, structures: bool = False) -> BackendCall:
+             min_fraction: float | None = None, structures: bool = False,
+             lv_wall_mm: float | None = None) -> BackendCall:
     """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label] [--cam-augment VIEW ...]
-    [pseudo-label settings] [--structures]``.
+    [pseudo-label settings] [--structures] [--lv-wall-mm MM]``.
 
     ``explain`` None, "" or "predicted" explains the volume's predicted class on every slice ("slice": each slice's
     own; a class name such as "DCM": that class on every slice); ``method`` None, "" or "default" uses the model
@@ -693,11 +698,14 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     ``structures`` (``--structures``): also the label-free split of the heart into RV blood pool, LV myocardium and
     LV blood pool (``structures.seg.nrrd``; its volumes join :func:`cam_tables_from_report`'s summary).
 
+    ``lv_wall_mm`` (``--lv-wall-mm``): the band around the LV blood pool added to the weak U-Net's heart; None: the
+    backend's default (:data:`CAM_LV_WALL_MM`); 0: none.
+
     Raises
     ------
     InputError
         Unknown method or view, a class name with spaces or a leading "-", a pseudo-label setting out of its range
-        or given without ``pseudo_label``.
+        or given without ``pseudo_label``, a negative or non-numeric ``lv_wall_mm``.
     """
     options = _common_options(out_dir, device, models_dir)
     if explain not in (None, "", "predicted"):
@@ -711,6 +719,10 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
         options["method"] = method
     options["pseudo_label"] = bool(pseudo_label)
     options["structures"] = bool(structures)
+    if lv_wall_mm is not None:
+        from .weak.structures import check_wall_mm
+
+        options["lv_wall_mm"] = check_wall_mm(lv_wall_mm)
     views = [augment] if isinstance(augment, str) else list(augment or ())
     unknown = [view for view in views if view not in CAM_AUGMENTATIONS]
     if unknown:

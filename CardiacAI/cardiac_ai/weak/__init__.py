@@ -3,13 +3,14 @@
 Used for ACDC cine (diagnosis labels: :func:`class_activation_maps` of a registry classifier) and EMIDEC LGE
 fibrosis (slice or stack labels: :func:`model_cam` of ``fibrosis_cam_2d`` / ``fibrosis_cam_stack``, then
 :func:`pseudo_labels`, the recipe of the weakly-supervised fibrosis paper); :func:`split_heart` divides a whole
-heart into RV blood pool, myocardium and LV blood pool from the image alone.
+heart into RV blood pool, myocardium and LV blood pool from the image alone, and :func:`complete_lv_wall` adds the
+LV wall a whole-heart mask cut.
 """
 from __future__ import annotations
 
 from .cam import AUGMENTATIONS, CAM_METHODS, cam_for_class, class_activation_maps, model_cam
 from .pseudo_labels import PseudoLabelConfig, cam_to_pseudo_label, motion_prior, pseudo_labels
-from .structures import HeartSplitConfig, split_heart
+from .structures import LV_WALL_MM, HeartSplitConfig, complete_lv_wall, split_heart
 
 __all__ = [
     "AUGMENTATIONS",
@@ -23,4 +24,6 @@ __all__ = [
     "motion_prior",
     "HeartSplitConfig",
     "split_heart",
+    "LV_WALL_MM",
+    "complete_lv_wall",
 ]

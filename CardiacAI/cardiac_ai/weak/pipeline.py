@@ -23,6 +23,7 @@ from ..progress import ProgressCallback, report
 from ..provenance import Provenance
 from .cam import AUGMENTATIONS
 from .pseudo_labels import PseudoLabelConfig, pseudo_labels
+from .structures import LV_WALL_MM, check_wall_mm, complete_lv_wall
 from .training import scale_cams, slice_cams
 
 __all__ = ["WeakModels", "CamResult", "explain_volume", "CLASSIFIER_NAME", "SEGMENTER_NAME"]
@@ -84,6 +85,7 @@ class CamResult:
     explain: str = EXPLAIN_VOLUME_PREDICTION  # "predicted" (volume), "slice", or the class name given
     augment: tuple[str, ...] = ()  # views whose CAMs were averaged with the plain one
     pseudo_label: dict | None = None  # settings of the CAM pseudo-label when it made the labels, else None
+    lv_wall_mm: float = 0.0  # LV wall band added to the weak U-Net's heart (weak.structures.complete_lv_wall); 0: none
 
     def to_report(self) -> dict:
         from ..metrics.clinical import structure_volume_ml
@@ -109,6 +111,7 @@ class CamResult:
             "label_source": self.label_source,
             "cam_augment": list(self.augment),
             "pseudo_label": self.pseudo_label,
+            "lv_wall_mm": self.lv_wall_mm,
             "warnings": list(self.warnings),
         }
 
@@ -218,6 +221,7 @@ def explain_volume(
     pseudo_config: PseudoLabelConfig | None = None,
     pseudo_label_overrides: Mapping[str, Any] | None = None,
     use_segmenter: bool = True,
+    lv_wall_mm: float = LV_WALL_MM,
     device: str | None = None,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
@@ -239,6 +243,11 @@ def explain_volume(
     pseudo_label_overrides : PseudoLabelConfig field -> value, replacing those of ``pseudo_config`` (or the card's);
         only where the labels are the CAM pseudo-label (``use_segmenter=False`` or no weak U-Net installed).
     use_segmenter : use the weak U-Net for the labels when installed (else the CAM pseudo-label).
+    lv_wall_mm : the weak U-Net's heart gets, on every slice, the band within this many mm of the LV blood pool that
+        :func:`~cardiac_ai.weak.structures.split_heart` finds in it (:func:`~cardiac_ai.weak.structures.
+        complete_lv_wall`: the U-Net misses about 30 % of the myocardium); default 11 mm, chosen on the ACDC
+        validation patients (whole-heart Dice 0.722 -> 0.744); 0 keeps the U-Net's output as it is. Not applied to
+        the CAM pseudo-label (not validated there).
 
     The classifier explains crops on its card's grid. The weak U-Net segments the same crops when its card names
     the same grid, else its own crop of the image on its grid; either way the report warns when the two models come
@@ -247,8 +256,8 @@ def explain_volume(
     Raises
     ------
     InputError
-        A 4D volume, an image smaller than a short-axis view, an unknown class, view or pseudo-label setting, or
-        ``pseudo_label_overrides`` while the weak U-Net makes the labels.
+        A 4D volume, an image smaller than a short-axis view, an unknown class, view or pseudo-label setting,
+        ``pseudo_label_overrides`` while the weak U-Net makes the labels, or ``lv_wall_mm`` not a number >= 0.
     """
     import torch
 
@@ -264,6 +273,7 @@ def explain_volume(
             "pixel size in the header)."
         )
     augment = _check_augment(augment)
+    lv_wall_mm = check_wall_mm(lv_wall_mm)
     provenance = provenance or Provenance(command="cam")
     card = models.classifier.card
     classes = tuple(card.label_map[i] for i in sorted(card.label_map))
@@ -322,13 +332,19 @@ def explain_volume(
     report(progress, 0.85, "Restoring the input grid")
     cam_native = restore_probabilities(scaled[np.newaxis], prepared.transform, background_channel=None)[0]
     labels_native = restore_labels(np.where(heart > 0, HEART, 0).astype(np.uint8), labels_prepared.transform)
+    wall_added = lv_wall_mm if segment else 0.0
+    if wall_added:
+        report(progress, 0.9, "LV wall")
+        completed = complete_lv_wall(volume.array, labels_native.array > 0, volume.geometry.spacing_kji_mm, wall_added)
+        labels_native = labels_native.with_array(np.where(completed, HEART, 0).astype(np.uint8))
+        source += f", LV wall completed ({wall_added:g} mm around the LV blood pool)"
     for message in warnings:
         provenance.warn(message)
     # only the models that ran: with the CAM pseudo-label an installed U-Net made none of the results
     used = [models.classifier, models.segmenter] if segment else [models.classifier]
     provenance.models.extend(model.model_use() for model in used)
     provenance.parameters.update({"cam_method": method, "explain": explain_mode,
-                                  "cam_augment": list(augment)})
+                                  "cam_augment": list(augment), "lv_wall_mm": wall_added})
     report(progress, 1.0, "CAM done")
     return CamResult(
         cam=Volume(np.clip(cam_native, 0.0, 1.0).astype(np.float32), volume.geometry),
@@ -341,4 +357,5 @@ def explain_volume(
         explain=explain_mode,
         augment=augment,
         pseudo_label=pseudo_entry,
+        lv_wall_mm=wall_added,
     )

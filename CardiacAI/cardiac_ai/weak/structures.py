@@ -23,6 +23,12 @@ Settings chosen on the 10 validation patients of the ACDC split (their ground tr
 0.73 (LV blood pool), 0.57 (myocardium) and 0.53 (RV blood pool), and the split of the true heart 0.78 / 0.77 /
 0.71: the weak heart mask, which misses a fifth to a third of the RV and more of the myocardium, limits it more than
 the split does.
+
+:func:`complete_lv_wall` turns the split back on the mask: the wall around the LV blood pool it finds, added to the
+heart, restores much of the myocardium the weak U-Net cut (session 18: test myocardium 0.57 -> 0.64 after the split
+of the completed heart, whole heart 0.759 -> 0.779); ``cardiacai cam`` does it by default (``--lv-wall-mm``).
+The even band overshoots where the true wall is thin: the split's myocardium volume, 5 ml too small on average
+(mean absolute error 30 ml) on the uncompleted heart, becomes 27 ml too large (48 ml) on the completed one.
 """
 from __future__ import annotations
 
@@ -35,7 +41,10 @@ from numpy.typing import NDArray
 from ..errors import InputError
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 
-__all__ = ["HeartSplitConfig", "split_heart"]
+__all__ = ["LV_WALL_MM", "HeartSplitConfig", "check_wall_mm", "complete_lv_wall", "split_heart"]
+
+#: Default of :func:`complete_lv_wall`: the best of 3-13 mm on the ACDC validation patients (whole-heart Dice).
+LV_WALL_MM = 11.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,31 @@ def _split_slice(
     return out, np.asarray(ndimage.center_of_mass(pool))
 
 
+def _checked(image: object, heart: object, spacing_kji_mm: object, function: str
+             ) -> tuple[NDArray[np.float64], NDArray[np.bool_], tuple[float, float]]:
+    image = np.asarray(image)
+    heart = np.asarray(heart)
+    if image.ndim != 3 or heart.shape != image.shape or image.shape[0] == 0:
+        raise InputError(f"{function} needs a 3D (k, j, i) image of at least one slice and a heart mask of the same "
+                         f"shape, got {image.shape} and {heart.shape}.")
+    for name, array in (("image", image), ("heart mask", heart)):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) \
+                or np.issubdtype(array.dtype, np.complexfloating):
+            raise InputError(f"{function}: the {name} must hold real numbers, got dtype {array.dtype}.")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{function}: the {name} holds NaN or Inf values.")
+    try:
+        spacing = tuple(float(s) for s in spacing_kji_mm)
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"{function} needs three positive spacings (k, j, i) in mm, got {spacing_kji_mm!r}.")
+    heart = heart != 0
+    image = image.astype(np.float64, copy=False)
+    pixel_mm = (spacing[1], spacing[2])
+    return image, heart, pixel_mm
+
+
 def split_heart(
     image: NDArray[np.floating],
     heart: NDArray[np.bool_],
@@ -139,29 +173,68 @@ def split_heart(
     config = HeartSplitConfig() if config is None else config
     if not isinstance(config, HeartSplitConfig):
         raise InputError(f"split_heart: config must be a HeartSplitConfig, got {type(config).__name__}.")
-    image = np.asarray(image)
-    heart = np.asarray(heart)
-    if image.ndim != 3 or heart.shape != image.shape or image.shape[0] == 0:
-        raise InputError(f"split_heart needs a 3D (k, j, i) image of at least one slice and a heart mask of the same "
-                         f"shape, got {image.shape} and {heart.shape}.")
-    for name, array in (("image", image), ("heart mask", heart)):
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) \
-                or np.issubdtype(array.dtype, np.complexfloating):
-            raise InputError(f"split_heart: the {name} must hold real numbers, got dtype {array.dtype}.")
-        if not np.all(np.isfinite(array)):
-            raise InputError(f"split_heart: the {name} holds NaN or Inf values.")
-    try:
-        spacing = tuple(float(s) for s in spacing_kji_mm)
-    except (TypeError, ValueError):
-        spacing = ()
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"split_heart needs three positive spacings (k, j, i) in mm, got {spacing_kji_mm!r}.")
-    heart = heart != 0
-    image = image.astype(np.float64, copy=False)
-    pixel_mm = (spacing[1], spacing[2])
+    image, heart, pixel_mm = _checked(image, heart, spacing_kji_mm, "split_heart")
+    return _split(image, heart, pixel_mm, config)
+
+
+def _split(image: NDArray[np.float64], heart: NDArray[np.bool_], pixel_mm: tuple[float, float],
+           config: HeartSplitConfig) -> NDArray[np.uint8]:
     centres = [c for k in range(image.shape[0])
                if (c := _split_slice(image[k], heart[k], pixel_mm, config, None)[1]) is not None]
     # A second pass against the stack's median LV centre keeps the RV from being taken for the LV on the few
     # slices where its pool looks more enclosed (atrial or outflow-tract slices, a mask that cuts the RV wall).
     track = np.median(centres, axis=0) if centres else None
     return np.stack([_split_slice(image[k], heart[k], pixel_mm, config, track)[0] for k in range(image.shape[0])])
+
+
+def check_wall_mm(wall_mm: object) -> float:
+    """``wall_mm`` as a float, or InputError when it is not a finite number >= 0."""
+    if isinstance(wall_mm, (bool, np.bool_)) or not isinstance(wall_mm, numbers.Real) or not np.isfinite(wall_mm) \
+            or wall_mm < 0:
+        raise InputError(f"The LV wall width must be a number of mm >= 0 (0: no wall added), got {wall_mm!r}.")
+    return float(wall_mm)
+
+
+def complete_lv_wall(
+    image: NDArray[np.floating],
+    heart: NDArray[np.bool_],
+    spacing_kji_mm: tuple[float, float, float],
+    wall_mm: float = LV_WALL_MM,
+    config: HeartSplitConfig | None = None,
+) -> NDArray[np.bool_]:
+    """``heart`` with, on every slice, the in-plane band within ``wall_mm`` of its LV blood pool added.
+
+    The weak U-Net holds 96-97 % of the true LV blood pool but only 71-72 % of the true myocardium (the ED-ES motion
+    prior it learnt from sees the moving blood more than the wall), and the myocardium is a wall of roughly even
+    thickness around the LV pool. So the pool that :func:`split_heart` finds restores the wall the mask cut. On the
+    ACDC validation patients (ground truth used only to choose ``wall_mm`` among 3-13 mm) the weak U-Net's
+    whole-heart Dice per volume rose from 0.722 to 0.744 at 11 mm, and the split's myocardium from 0.557 to 0.619;
+    on the test patients 0.759 to 0.779 and 0.569 to 0.635 (docs/benchmarks.md, session 18).
+
+    Parameters
+    ----------
+    image, heart, spacing_kji_mm, config : as :func:`split_heart`, whose LV blood pool sets the band.
+    wall_mm : band width in mm (in-plane distance from the pool); 0 returns ``heart`` unchanged.
+
+    Slices without an LV pool (no bright piece large enough: the apex, slices beyond the heart) are unchanged.
+    Uses no label map: only the image and the mask.
+
+    Raises
+    ------
+    InputError
+        As :func:`split_heart`, or ``wall_mm`` not a number >= 0.
+    """
+    from scipy import ndimage
+
+    wall_mm = check_wall_mm(wall_mm)
+    config = HeartSplitConfig() if config is None else config
+    if not isinstance(config, HeartSplitConfig):
+        raise InputError(f"complete_lv_wall: config must be a HeartSplitConfig, got {type(config).__name__}.")
+    image, heart, pixel_mm = _checked(image, heart, spacing_kji_mm, "complete_lv_wall")
+    if wall_mm == 0 or not heart.any():
+        return heart.copy()
+    pool = _split(image, heart, pixel_mm, config) == LV_BLOOD_POOL
+    completed = heart.copy()
+    for k in np.flatnonzero(pool.any(axis=(1, 2))):
+        completed[k] |= ndimage.distance_transform_edt(~pool[k], sampling=pixel_mm) <= wall_mm
+    return completed
