@@ -950,7 +950,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             result = self.explainCam(volume, explain=parameterNode.camExplain, method=parameterNode.camMethod,
                                      pseudoLabel=parameterNode.camPseudoLabel, outputSegmentationNode=segmentation,
                                      augment=CAM_AUGMENTATIONS if parameterNode.camAugment else None,
-                                     structures=parameterNode.camStructures, lvWallMm=parameterNode.camLvWallMm,
+                                     structures=parameterNode.camStructures,
+                                     lvWallMm=None if parameterNode.camPseudoLabel else parameterNode.camLvWallMm,
                                      **self.camPseudoLabelSettings(parameterNode), **common)
             return {**result, "mainTableNode": result["slicesTableNode"]}
         segmentationNode = self.importLabelmap(

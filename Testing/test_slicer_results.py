@@ -758,7 +758,8 @@ def test_cam_tables_from_a_written_cam_report(tmp_path, phantom_pair):
 
     split = phantom_pair[0].labels  # any RV / MYO / LV map on the image's grid
     write_report(tmp_path, provenance=Provenance(command="cam"),
-                 results={"cam": result.to_report(), "structures": _weak_structures_report(split)})
+                 results={"cam": result.to_report(),
+                          "structures": _weak_structures_report(split, heart_from_weak_unet=True, lv_wall_mm=11.0)})
     summary = {r["Measurement"]: r["Value"] for r in cam_tables_from_report(read_report(tmp_path))["summary"]}
     assert float(summary["Estimated Left ventricle blood pool (ml, label-free, rough)"]) == pytest.approx(
         np.count_nonzero(split.array == 3) * voxel_ml, abs=0.05)

@@ -186,6 +186,11 @@ def test_the_wall_is_measured_in_millimetres_whatever_the_pixel_shape(phantom):
     wide = complete_lv_wall(np.swapaxes(image[:, :, ::2], 1, 2), np.swapaxes(pools[:, :, ::2], 1, 2),
                             (8.0, 3.0, 1.5))
     assert np.array_equal(np.swapaxes(wide, 1, 2), tall)
+    # and in millimetres of the right axis: with j and i swapped the band would reach 21 mm along i
+    pool = split_heart(image[:, :, ::2], pools[:, :, ::2], (8.0, 1.5, 3.0)) == LV_BLOOD_POOL
+    reach = [ndimage.distance_transform_edt(~pool[k], sampling=(1.5, 3.0))[tall[k] & ~pools[k, :, ::2]].max()
+             for k in range(tall.shape[0]) if (tall[k] & ~pools[k, :, ::2]).any()]
+    assert reach and max(reach) <= LV_WALL_MM
 
 
 def test_slices_without_an_lv_pool_and_an_empty_heart_are_left_as_they_are(phantom):
@@ -209,7 +214,7 @@ def test_complete_lv_wall_leaves_its_inputs_alone_and_is_deterministic(phantom):
     assert np.array_equal(first, complete_lv_wall(image, pools, spacing))
 
 
-@pytest.mark.parametrize("wall_mm", [-1.0, float("nan"), float("inf"), True, "11", None])
+@pytest.mark.parametrize("wall_mm", [-1.0, float("nan"), float("inf"), True, "11", None, 10 ** 400])
 def test_a_bad_wall_width_is_refused(phantom, wall_mm):
     image, truth, spacing = phantom
     with pytest.raises(InputError, match="LV wall width"):

@@ -340,10 +340,30 @@ def test_cam_completes_the_lv_wall_of_the_u_nets_heart_and_records_it(trained_we
     # the CAM pseudo-label keeps its own shape: the wall was chosen for the U-Net's heart only
     assert main(["cam", str(image_path), "--out", str(tmp_path / "pseudo"), "--pseudo-label", *common]) == 0
     assert len(calls) == 1
-    assert json.loads((tmp_path / "pseudo" / "report.json").read_text())["cam"]["lv_wall_mm"] == 0
+    pseudo = json.loads((tmp_path / "pseudo" / "report.json").read_text())
+    assert pseudo["cam"]["lv_wall_mm"] == 0 and not any("--lv-wall-mm" in w for w in pseudo["provenance"]["warnings"])
+    # a width asked for where it cannot apply is said, not silently dropped
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "pseudo5"), "--pseudo-label", "--lv-wall-mm", "5",
+                 *common]) == 0
+    pseudo5 = json.loads((tmp_path / "pseudo5" / "report.json").read_text())
+    assert pseudo5["cam"]["lv_wall_mm"] == 0 and len(calls) == 1
+    assert any("--lv-wall-mm 5: not applied" in w for w in pseudo5["provenance"]["warnings"])
     capsys.readouterr()
     assert main(["cam", str(image_path), "--out", str(tmp_path / "bad"), "--lv-wall-mm", "-2", *common]) == 2
     assert "LV wall width" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_the_structures_caution_says_when_the_lv_wall_is_not_the_one_its_figures_are_for(trained_weak_models, cohort,
+                                                                                         tmp_path):
+    image_path = tmp_path / "image.nii.gz"
+    write_volume(cohort[2].image, image_path)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet", "--structures"]
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "default"), *common]) == 0
+    assert main(["cam", str(image_path), "--out", str(tmp_path / "none"), "--lv-wall-mm", "0", *common]) == 0
+    cautions = {name: json.loads((tmp_path / name / "report.json").read_text())["structures"]["caution"]
+                for name in ("default", "none")}
+    assert "this run added" not in cautions["default"] and "CAM pseudo-label" not in cautions["default"]
+    assert "these figures are for the default LV wall of 11 mm, this run added 0 mm" in cautions["none"]
 
 
 def test_batch_forwards_the_lv_wall_width_to_cam_only(trained_weak_models, cohort, tmp_path, capsys):

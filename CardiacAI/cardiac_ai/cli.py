@@ -195,11 +195,12 @@ def _add_cam_settings(group, *, prefix: str) -> None:
                             f"maximum, 0 <= F < 1; 0 keeps every positive pixel{card}")
 
 
-def _lv_wall_mm(args: argparse.Namespace) -> float:
-    """``--lv-wall-mm`` checked (InputError before any model loads), or its default."""
+def _lv_wall_mm(args: argparse.Namespace) -> float | None:
+    """``--lv-wall-mm`` checked (InputError before any model loads); None when not given (the backend's default, and
+    no warning that a width given with --pseudo-label goes unused)."""
     from .weak.structures import check_wall_mm
 
-    return LV_WALL_MM if args.lv_wall_mm is None else check_wall_mm(args.lv_wall_mm)
+    return None if args.lv_wall_mm is None else check_wall_mm(args.lv_wall_mm)
 
 
 def _pseudo_label_overrides(args: argparse.Namespace) -> dict:

@@ -346,7 +346,7 @@ class CamOptions:
     augment: tuple[str, ...] = ()  # views whose CAMs are averaged with the plain one (weak.cam.AUGMENTATIONS)
     pseudo_label_overrides: dict | None = None  # PseudoLabelConfig field -> value, over the model card's settings
     structures: bool = False  # also split the heart into RV / myocardium / LV (weak.structures.split_heart)
-    lv_wall_mm: float = 11.0  # band around the LV pool added to the weak U-Net's heart (weak.structures.LV_WALL_MM)
+    lv_wall_mm: float | None = None  # band around the LV pool added to the weak U-Net's heart; None: LV_WALL_MM
 
 
 @dataclass(frozen=True)
@@ -1860,17 +1860,24 @@ def _split_weak_heart(volume: Volume, heart_labels: Volume, provenance: Provenan
     return heart_labels.with_array(split)
 
 
-def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool = True) -> dict:
+def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool, lv_wall_mm: float) -> dict:
     from .labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
     from .metrics.clinical import structure_volume_ml
+    from .weak.structures import LV_WALL_MM
 
     spacing = split.geometry.spacing_kji_mm
+    if not heart_from_weak_unet:
+        caution = WEAK_STRUCTURES_CAUTION + "; " + WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION
+    elif lv_wall_mm != LV_WALL_MM:
+        caution = (f"{WEAK_STRUCTURES_CAUTION}; these figures are for the default LV wall of {LV_WALL_MM:g} mm, this "
+                   f"run added {lv_wall_mm:g} mm")
+    else:
+        caution = WEAK_STRUCTURES_CAUTION
     return {
         "source": "weak.structures.split_heart of the cam labels (no pixel label used)",
         "volumes_ml": {LABELS[code].name: structure_volume_ml(split.array, code, spacing)
                        for code in (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL)},
-        "caution": WEAK_STRUCTURES_CAUTION + ("" if heart_from_weak_unet else
-                                              "; " + WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION),
+        "caution": caution,
     }
 
 
@@ -1923,6 +1930,7 @@ def cam_file(
     from .weak.pipeline import SEGMENTER_NAME, explain_volume
     from .weak.structures import LV_WALL_MM, check_wall_mm
 
+    wall_asked_for = lv_wall_mm is not None and check_wall_mm(lv_wall_mm) > 0
     lv_wall_mm = LV_WALL_MM if lv_wall_mm is None else check_wall_mm(lv_wall_mm)
     provenance = provenance or Provenance(command="cam")
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
@@ -1943,6 +1951,9 @@ def cam_file(
         heart_from_weak_unet = result.label_source.startswith(SEGMENTER_NAME)
         if split is not None and not heart_from_weak_unet:
             provenance.warn(f"--structures: {WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION}.", log)
+        if wall_asked_for and not heart_from_weak_unet:
+            provenance.warn(f"--lv-wall-mm {lv_wall_mm:g}: not applied; the LV wall is added to the weak U-Net's "
+                            "heart only, and this heart is the CAM pseudo-label's.", log)
         rows = [{"k": s["k"], "explained_class": s["explained_class"], "predicted_class": s["predicted_class"],
                  "heart_pixels": s["heart_pixels"],
                  **{f"p_{name}": round(p, 4) for name, p in s["probabilities"].items()}}
@@ -1959,7 +1970,8 @@ def cam_file(
             "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
                       "geometry": volume.geometry.to_dict()},
             "cam": result.to_report(),
-            **({"structures": _weak_structures_report(split, heart_from_weak_unet=heart_from_weak_unet)}
+            **({"structures": _weak_structures_report(split, heart_from_weak_unet=heart_from_weak_unet,
+                                                          lv_wall_mm=result.lv_wall_mm)}
                if split is not None else {}),
         })
     report(progress, 1.0, "Done")

@@ -32,6 +32,7 @@ The even band overshoots where the true wall is thin: the split's myocardium vol
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -189,10 +190,16 @@ def _split(image: NDArray[np.float64], heart: NDArray[np.bool_], pixel_mm: tuple
 
 def check_wall_mm(wall_mm: object) -> float:
     """``wall_mm`` as a float, or InputError when it is not a finite number >= 0."""
-    if isinstance(wall_mm, (bool, np.bool_)) or not isinstance(wall_mm, numbers.Real) or not np.isfinite(wall_mm) \
-            or wall_mm < 0:
-        raise InputError(f"The LV wall width must be a number of mm >= 0 (0: no wall added), got {wall_mm!r}.")
-    return float(wall_mm)
+    refused = InputError(f"The LV wall width must be a number of mm >= 0 (0: no wall added), got {wall_mm!r}.")
+    if isinstance(wall_mm, (bool, np.bool_)) or not isinstance(wall_mm, numbers.Real):
+        raise refused
+    try:
+        value = float(wall_mm)
+    except (OverflowError, TypeError, ValueError):
+        raise refused from None
+    if not math.isfinite(value) or value < 0:
+        raise refused
+    return value
 
 
 def complete_lv_wall(
