@@ -218,12 +218,15 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--structures"], "applies to --task cam"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--lv-wall-mm", "5"], "applies to --task cam"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "-1"],
-         "width in mm >= 0"),
+         "width from 0 to 30 mm"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "nan"],
-         "width in mm >= 0"),
+         "width from 0 to 30 mm"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "1e6"],
+         "width from 0 to 30 mm"),
     ],
     ids=["missing", "no-input", "same-folder", "device", "task", "map-kind", "qc-threshold", "models-dir",
-         "unknown-option", "structures-not-cam", "lv-wall-not-cam", "lv-wall-negative", "lv-wall-nan"],
+         "unknown-option", "structures-not-cam", "lv-wall-not-cam", "lv-wall-negative", "lv-wall-nan",
+         "lv-wall-huge"],
 )
 def test_batch_rejects_bad_arguments_without_exiting_slicer(batch, tmp_path, extra, match):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]

@@ -152,8 +152,8 @@ def parse_arguments(argv):
         raise UsageError(f"--structures applies to --task cam, not {args.task}.")
     if args.lv_wall_mm is not None and args.task != "cam":
         raise UsageError(f"--lv-wall-mm applies to --task cam, not {args.task}.")
-    if args.lv_wall_mm is not None and not 0.0 <= args.lv_wall_mm < float("inf"):
-        raise UsageError(f"--lv-wall-mm {args.lv_wall_mm} is not a width in mm >= 0.")
+    if args.lv_wall_mm is not None and not 0.0 <= args.lv_wall_mm <= 30.0:  # weak.structures.MAX_LV_WALL_MM
+        raise UsageError(f"--lv-wall-mm {args.lv_wall_mm} is not a width from 0 to 30 mm.")
     if not 0.0 <= args.qc_threshold <= 1.0:
         raise UsageError(f"--qc-threshold {args.qc_threshold} is not a Dice value between 0 and 1.")
     return args

@@ -15,8 +15,10 @@ Layout::
 ``labels.csv`` needs a ``case_id`` column naming files in ``images/``. Optional columns: ``patient_id`` (cases of one
 patient are kept in the same split; the default is the case id) and ``slice`` (the 0-based slice index k; a row with
 a slice number labels that slice only, a row with an empty ``slice`` labels the whole case). Every other column is a
-label (e.g. ``diagnosis``, ``fibrosis``); whole numbers are read as int, other numbers as float, the rest as text,
-and empty cells are skipped::
+label (e.g. ``diagnosis``, ``fibrosis``); whole numbers are read as int, other numbers as float, the rest as text.
+Empty cells, and cells that mark a missing value as pandas' ``read_csv`` does by default (``nan``, ``NaN``, ``NA``,
+``N/A``, ``n/a``, ``#N/A``, ``NULL``, ``null``, ``None``, ``<NA>``, ...; see ``MISSING_VALUES``) or that read as a
+floating-point NaN in any spelling (``NAN``), are skipped: the case or slice has no label in that column::
 
     case_id,patient_id,slice,diagnosis,fibrosis
     case01,p01,,DCM,
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -38,12 +41,20 @@ from ..errors import DataError, InputError
 from ..io.formats import VOLUME_SUFFIXES
 from .case import Case, CaseRef, ImageLabelValue, _read_image, _read_label_map
 
-__all__ = ["GENERIC_SUFFIXES", "list_generic", "load_generic_case"]
+__all__ = ["GENERIC_SUFFIXES", "MISSING_VALUES", "list_generic", "load_generic_case"]
 
 log = logging.getLogger(__name__)
 
 #: File suffixes read from ``images/`` and ``labels/``; other files there are ignored with a warning.
 GENERIC_SUFFIXES = (*VOLUME_SUFFIXES, ".png")
+
+#: Cell texts of ``labels.csv`` that mean "no value", as an empty cell does: pandas' default ``na_values`` (so a
+#: table written by ``DataFrame.to_csv`` with missing values reads back the same); any text that parses as a float
+#: NaN is missing too.
+MISSING_VALUES = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+})
 
 _RESERVED_COLUMNS = ("case_id", "patient_id", "slice")
 _COMPANION_SUFFIXES = (".raw", ".zraw", ".raw.gz", ".img")  # data files of .mhd / .nhdr headers
@@ -80,6 +91,16 @@ def _index_folder(folder: Path, *, allow_dirs: bool) -> dict[str, Path]:
             )
         found[case_id] = path
     return found
+
+
+def _is_missing(text: str) -> bool:
+    """Whether a (stripped) labels.csv cell holds no value: see :data:`MISSING_VALUES`."""
+    if text in MISSING_VALUES:
+        return True
+    try:
+        return math.isnan(float(text))
+    except ValueError:
+        return False
 
 
 def _parse_value(text: str) -> ImageLabelValue:
@@ -129,7 +150,7 @@ def _read_label_table(
                 f"{path}, line {line_number}: case {case_id!r} has patient_id {patient_id!r} here but "
                 f"{patients[case_id]!r} on an earlier line."
             )
-        labels = {c: _parse_value(row[c]) for c in label_columns if row.get(c, "")}
+        labels = {c: _parse_value(row[c]) for c in label_columns if not _is_missing(row.get(c, ""))}
         slice_text = row.get("slice", "")
         if slice_text:
             try:

@@ -157,6 +157,7 @@ def read_lge_input(
 
 def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
     from ..io import read_volume
+    from ..io.volumes import slice_spacing_stored
 
     source = Path(path)
     if not source.exists():
@@ -186,4 +187,6 @@ def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
     volume = read_volume(source)
     if volume.axes != "kji":
         raise InputError(f"{source} is a 4D series; the fibrosis command needs one 3D LGE stack.")
-    return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, True, str(source))
+    # a 2D file states no slice thickness: its scar is an area, not a volume in mL
+    return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, slice_spacing_stored(source),
+                    str(source))

@@ -406,7 +406,11 @@ def _train_networks(work: Path, recipe: FibrosisRecipe, stages: Sequence[str], d
 
 def _register(work: Path, register_to: Path, recipe: FibrosisRecipe, *, version: str, training_data: str,
               split: Split, license: str) -> tuple[Path, ...]:
+    """Export the three runs' best weights into ``register_to``: all three models, or none (OutputError)."""
+    from functools import partial
+
     from ..training.checkpoint import export_best_model
+    from ..models.registry import register_models
 
     grid = (f" Pixel grid: {recipe.spacing_mm:g} mm pixels (PNG input is taken to have them), {recipe.crop_size} x "
             f"{recipe.crop_size} crop at the image centre.")
@@ -423,14 +427,13 @@ def _register(work: Path, register_to: Path, recipe: FibrosisRecipe, *, version:
          "labels).", None),
     ]
     split_info = {"train": list(split.train), "validation": list(split.validation), "test": list(split.test)}
-    cards = []
-    for run_name, name, task, label_map, description, inference in exports:
-        cards.append(export_best_model(
-            work / "runs" / run_name, register_to, name=name, version=version, task=task, label_map=label_map,
+    return register_models(register_to, {  # each called with the folder to write into
+        f"{name}-{version}": partial(
+            export_best_model, work / "runs" / run_name, name=name, version=version, task=task, label_map=label_map,
             training_data=training_data, split=split_info, license=license, inference=inference,
-            description=description + grid))
-        log.info("Registered %s", cards[-1])
-    return tuple(cards)
+            description=description + grid)
+        for run_name, name, task, label_map, description, inference in exports
+    })
 
 
 def train_fibrosis_models(

@@ -5,16 +5,27 @@ import os
 import tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import OutputError
 
-__all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "ensure_not_input", "recording_outputs",
-           "recorded_outputs"]
+__all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "check_output_location", "ensure_not_input",
+           "recording_outputs", "recorded_outputs"]
 
-#: (folder, names written into it so far) while a command writes its outputs (:func:`recording_outputs`).
-_RECORDING: ContextVar[tuple[Path, set[str]] | None] = ContextVar("cardiac_ai_output_recording", default=None)
+
+@dataclass
+class _Recording:
+    """The folder a command writes its outputs into, the names written so far, and where a file that a write
+    replaces is kept until the command ends (:func:`recording_outputs`)."""
+
+    folder: Path
+    names: set[str] = field(default_factory=set)
+    backup: Path | None = None
+
+
+_RECORDING: ContextVar[_Recording | None] = ContextVar("cardiac_ai_output_recording", default=None)
 
 
 def _full_suffix(path: Path) -> str:
@@ -36,7 +47,9 @@ _UMASK = _read_umask()
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. Inside :func:`recording_outputs` with
+    a ``backup`` folder, a file that this write replaces and that the command has not written itself is first moved
+    into ``backup``, so that a command that fails can put it back.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,10 +64,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # the mode of the file it replaces
         mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK
         os.chmod(temporary_path, mode)
-        os.replace(temporary_path, target)
         recording = _RECORDING.get()
-        if recording is not None and target.resolve().parent == recording[0]:
-            recording[1].add(target.name)
+        recorded = recording is not None and target.resolve().parent == recording.folder
+        if (recorded and recording.backup is not None and target.name not in recording.names
+                and os.path.lexists(target) and not os.path.lexists(recording.backup / target.name)):
+            os.replace(target, recording.backup / target.name)
+        os.replace(temporary_path, target)
+        if recorded:
+            recording.names.add(target.name)
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
@@ -75,17 +92,55 @@ def ensure_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLi
             raise OutputError(f"Refusing to write {out}: it is an input ({source}). Choose another output path.")
 
 
+def check_output_location(out_dir: str | os.PathLike) -> None:
+    """Raise OutputError, creating nothing, if ``out_dir`` cannot become an output folder: it is a file, lies under
+    a file, or the folder it is (or would be created in) is not writable. For checks before any model loads."""
+    out = Path(os.path.abspath(out_dir))
+    try:
+        existing = next(p for p in (out, *out.parents) if os.path.lexists(p))
+        if existing == out and not out.is_dir():
+            raise OutputError(f"Output folder {out_dir} exists and is a file. Choose a folder path.")
+        if not existing.is_dir():
+            raise OutputError(f"Output folder {out_dir} cannot be created: {existing} is a file, not a folder. "
+                              "Choose a folder path.")
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"Output folder {out_dir} cannot be used: {error}") from error
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "is" if existing == out else f"would be created in {existing}, which is"
+        raise OutputError(f"Output folder {out_dir} {where} not writable. Choose a folder you can write to.")
+
+
+def _probe_writable(folder: Path) -> None:
+    """Write and remove a small temporary file in ``folder`` (``os.access`` does not see read-only mounts of some
+    file systems, ACLs or root's rights, which ignore the permission bits)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".cardiac_ai-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"Output folder {folder} is not writable ({error.strerror or error}). Choose a folder "
+                          "you can write to.") from error
+
+
 def prepare_output_dir(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
-    """Create ``out_dir`` for a command's outputs.
+    """Create ``out_dir`` for a command's outputs, and check that files can be written into it.
 
     An existing folder that already holds files is refused unless ``overwrite`` (then files are replaced one by one
-    as they are written, atomically; nothing else in the folder is deleted). An output folder that is an input, or
-    contains an input, is always refused.
+    as they are written, atomically; nothing else in the folder is deleted). An output folder that is an input,
+    contains an input or lies inside an input folder (a DICOM series folder) is always refused.
+
+    Raises
+    ------
+    OutputError
+        For any of these refusals, and for a folder that cannot be created or written (a path under a file, no
+        permission), naming the folder.
     """
     out = Path(out_dir)
     input_paths = [Path(p).resolve() for p in inputs]
@@ -95,30 +150,45 @@ def prepare_output_dir(
             raise OutputError(
                 f"Refusing to use {out} as output folder: it holds the input {source}. Choose an empty folder."
             )
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"Output folder {out} exists and is a file. Choose a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(
-            f"Output folder {out} already holds files. Choose an empty or new folder, or pass --overwrite "
-            "to replace the files this command writes."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+        if source.is_dir() and source in resolved.parents:
+            raise OutputError(
+                f"Refusing to use {out} as output folder: it lies inside the input folder {source}. Choose a "
+                "folder outside it."
+            )
+    check_output_location(out)
+    try:
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise OutputError(
+                f"Output folder {out} already holds files. Choose an empty or new folder, or pass --overwrite "
+                "to replace the files this command writes."
+            )
+        out.mkdir(parents=True, exist_ok=True)
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(f"Output folder {out} cannot be created or read: {error}") from error
+    _probe_writable(out)
     return out
 
 
 @contextmanager
-def recording_outputs(folder: str | os.PathLike) -> Iterator[set[str]]:
+def recording_outputs(folder: str | os.PathLike, *, backup: str | os.PathLike | None = None) -> Iterator[set[str]]:
     """Record the names of the files written into ``folder`` (through :func:`atomic_path`) while the block runs, so
     that the report can list the command's outputs; a block inside another one for the same folder shares its
-    record."""
+    record (and its ``backup``).
+
+    With ``backup`` (an existing folder on the same file system, e.g. a hidden subfolder of ``folder``), a file in
+    ``folder`` that a write replaces is moved there first, unless the block wrote it itself or ``backup`` already
+    holds that name: the caller can then restore what the block replaced.
+    """
     resolved = Path(folder).resolve()
     current = _RECORDING.get()
-    if current is not None and current[0] == resolved:
-        yield current[1]
+    if current is not None and current.folder == resolved:
+        yield current.names
         return
-    token = _RECORDING.set((resolved, set()))
+    token = _RECORDING.set(_Recording(resolved, backup=None if backup is None else Path(backup)))
     try:
-        yield _RECORDING.get()[1]
+        yield _RECORDING.get().names
     finally:
         _RECORDING.reset(token)
 
@@ -126,6 +196,6 @@ def recording_outputs(folder: str | os.PathLike) -> Iterator[set[str]]:
 def recorded_outputs(folder: str | os.PathLike) -> list[str] | None:
     """The names written into ``folder`` so far by the enclosing :func:`recording_outputs`, or None outside one."""
     current = _RECORDING.get()
-    if current is None or current[0] != Path(folder).resolve():
+    if current is None or current.folder != Path(folder).resolve():
         return None
-    return sorted(current[1])
+    return sorted(current.names)

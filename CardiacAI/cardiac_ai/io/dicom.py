@@ -67,19 +67,75 @@ class DicomSeriesInfo:
         return f"{number}{description!r} [{self.modality or '?'}], {self.n_files} files, SeriesInstanceUID {self.series_uid}"
 
 
+#: File-name suffixes of DICOM files. Files without a suffix, or whose "suffix" is a number (names made of UIDs),
+#: are DICOM too in most exports (IM000001, 1.3.12.2.1107.5.2.32.35162.2010).
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
+#: MediaStorageSOPClassUID of a DICOMDIR, the index of a DICOM medium: no image of its own.
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: How many unreadable files an error message names.
+_NAMED_FILES = 3
+
+
 def _read_header(path: Path):
-    """The dataset of one file without pixel data, or None (logged) when it is not a DICOM file."""
+    """``(dataset, None)``: the file read without pixel data; ``(None, reason)`` when pydicom cannot read it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as e:
-        log.warning("Skipping %s: not a DICOM file (%s).", path, e)
-        return None
+        return pydicom.dcmread(path, stop_before_pixels=True), None
+    except InvalidDicomError as e:  # pydicom's words for a missing preamble end in "Use force=True..."
+        reason = "no 'DICM' marker at byte 128" if "DICM" in str(e) else _first_line(e)
+        return None, f"not a DICOM file ({reason})"
     except Exception as e:  # truncated or malformed files raise many types (EOFError, struct.error, ...)
-        log.warning("Skipping %s: unreadable DICOM file (%s: %s).", path, type(e).__name__, e)
-        return None
+        return None, f"unreadable ({type(e).__name__}: {_first_line(e)})"
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    line = (str(error).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """Whether a file that pydicom cannot read was meant to be DICOM: the 'DICM' marker at byte 128, a DICOM
+    suffix, or (for a name that is not hidden) no suffix or a number as suffix, unless the file is text (a README)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError:
+        return True
+    if head[128:132] == b"DICM":
+        return True
+    suffix = path.suffix.lower()
+    if suffix in _DICOM_SUFFIXES:
+        return True
+    if path.name.startswith(".") or (suffix and not suffix[1:].isdigit()):
+        return False
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == 512:
+        text = text.rstrip("\ufffd")  # a character the 512 bytes cut in two
+    is_text = bool(text) and all((c.isprintable() or c.isspace()) and c != "\ufffd" for c in text)
+    return not is_text
+
+
+def _is_dicomdir(dataset) -> bool:
+    meta = getattr(dataset, "file_meta", None)
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset
+
+
+def _is_image_storage(dataset) -> bool:
+    """Whether the SOP class (dataset's, else the file meta's) is an image storage class, which must hold Rows."""
+    from pydicom.uid import UID
+
+    meta = getattr(dataset, "file_meta", None)
+    sop_class = dataset.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    return bool(sop_class) and UID(str(sop_class)).name.endswith("Image Storage")
+
+
+def _unreadable_files_message(unreadable: list[tuple[Path, str]]) -> str:
+    named = "; ".join(f"{path} ({reason})" for path, reason in unreadable[:_NAMED_FILES])
+    more = f"; and {len(unreadable) - _NAMED_FILES} more" if len(unreadable) > _NAMED_FILES else ""
+    return f"{len(unreadable)} file(s) that look like DICOM cannot be read: {named}{more}."
 
 
 def _float_tuple(values, length: int) -> tuple[float, ...] | None:
@@ -98,16 +154,27 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
         raise DataError(f"{folder} is not a folder; pass the folder that holds the DICOM series.")
     paths = sorted(p for p in folder.rglob("*") if p.is_file())
     groups: dict[str, list] = {}
+    unreadable: list[tuple[Path, str]] = []
     for path in paths:
-        dataset = _read_header(path)
+        dataset, problem = _read_header(path)
         if dataset is None:
+            if _looks_like_dicom(path):
+                unreadable.append((path, problem))
+            else:
+                log.warning("Skipping %s: %s.", path, problem)
+            continue
+        if _is_dicomdir(dataset):
+            log.info("Skipping %s: a DICOMDIR (the index of a DICOM medium), not an image.", path)
             continue
         uid = dataset.get("SeriesInstanceUID")
-        if not uid:
-            log.warning("Skipping %s: DICOM file without SeriesInstanceUID (e.g. a DICOMDIR).", path)
+        if not uid:  # every DICOM object but a DICOMDIR has one: pydicom read a header cut short or garbled
+            unreadable.append((path, "its header has no SeriesInstanceUID: truncated or corrupt"))
             continue
         if "Rows" not in dataset or "Columns" not in dataset:
-            log.warning("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
+            if _is_image_storage(dataset):
+                unreadable.append((path, "an image whose header has no Rows/Columns: truncated or corrupt"))
+            else:
+                log.warning("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
             continue
         if str(dataset.get("Modality", "")) in _NOT_IMAGE_MODALITIES:
             log.info("Skipping %s: a %s object, not an image (e.g. an earlier segmentation).", path,
@@ -116,9 +183,16 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
         dataset.filename = str(path)
         groups.setdefault(str(uid), []).append(dataset)
     if not groups:
+        found = f" {_unreadable_files_message(unreadable)}" if unreadable else ""
         raise DataError(
-            f"No readable DICOM image found in {folder} ({len(paths)} files checked). "
+            f"No readable DICOM image found in {folder} ({len(paths)} files checked).{found} "
             "Check that the folder holds DICOM image files (not only a DICOMDIR or other data)."
+        )
+    if unreadable:
+        raise DataError(
+            f"{folder}: {_unreadable_files_message(unreadable)} A series read without them could silently miss "
+            "slices. Copy or export the series again, or remove these files from the folder if they are not part "
+            "of it, and rerun."
         )
     result = {}
     for uid, datasets in groups.items():
@@ -143,12 +217,14 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
 def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     """List the image series in a DICOM folder (searched recursively), ordered by SeriesNumber then UID.
 
-    Only headers are read (``stop_before_pixels``). Files that are not DICOM are skipped with a logged warning.
+    Only headers are read (``stop_before_pixels``). Files that are not DICOM (text, other suffixes) are skipped with
+    a logged warning, a DICOMDIR and non-image objects (SEG, SR, ...) with an INFO line.
 
     Raises
     ------
     DataError
-        If the folder does not exist or holds no readable DICOM image.
+        If the folder does not exist or holds no readable DICOM image, or if files that look like DICOM (the 'DICM'
+        marker, a .dcm/.ima suffix, or no suffix) cannot be read: a series without them could miss slices.
     """
     series = _scan(Path(folder))
     infos = [info for info, _ in series.values()]
@@ -333,7 +409,8 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
 
     Parameters
     ----------
-    folder : folder holding the series' files (searched recursively; non-DICOM files are skipped with a warning).
+    folder : folder holding the series' files (searched recursively; files that are not DICOM are skipped with a
+        warning, but a file that looks like DICOM and cannot be read is refused, see :func:`list_dicom_series`).
     series_uid : SeriesInstanceUID to read; needed when the folder holds several series
         (see :func:`list_dicom_series`).
 
@@ -347,7 +424,8 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
     Raises
     ------
     DataError
-        Missing folder, no readable DICOM image in it, unreadable pixel data.
+        Missing folder, no readable DICOM image in it, files that look like DICOM but cannot be read (named, up to
+        three), unreadable pixel data.
     InputError
         Several series and no ``series_uid``, an unknown ``series_uid``, mixed orientations, sizes or pixel
         spacings within the series, repeated slice positions, uneven slice gaps (> 10 %), missing geometry.

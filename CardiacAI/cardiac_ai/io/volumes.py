@@ -24,6 +24,7 @@ __all__ = [
     "volume_from_sitk",
     "volume_to_sitk",
     "check_finite",
+    "slice_spacing_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def _suffix(path: Path) -> str:
 def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
     """A :class:`Volume` from a SimpleITK image (array copied; 2D images become one slice).
 
+    A 2D image has no slice thickness; its one slice gets 1 mm, so a volume computed from it is its area in mm2
+    times 1 mm. :func:`read_volume` logs a warning for such a file and :func:`slice_spacing_stored` tells it apart.
+
     A 4D image (x, y, z, t) becomes a (t, k, j, i) series when ``allow_4d``; otherwise InputError.
     """
     dimension = image.GetDimension()
@@ -51,6 +55,7 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
             "CardiacAI needs a single-channel (greyscale) image."
         )
     if dimension == 2:
+        # A 2D file stores no slice thickness: 1 mm stands in for it (read_volume warns; see slice_spacing_stored).
         spacing = (*image.GetSpacing(), 1.0)
         origin = (*image.GetOrigin(), 0.0)
         d = image.GetDirection()
@@ -105,6 +110,80 @@ _NIFTI_VOXEL_TYPES = tuple(np.dtype(t) for t in (
     np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64))
 
 
+def _unreadable_nifti(path: Path, error: Exception) -> DataError:
+    with open(path, "rb") as file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+    if path.name.lower().endswith(".gz") and not gzipped:
+        return DataError(
+            f"{path} cannot be read as NIfTI: it is named .nii.gz but is not gzip-compressed. "
+            "Rename it to .nii (or compress it with gzip)."
+        )
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return DataError(
+        f"{path} cannot be read as NIfTI: {reason}. The file is truncated or corrupt; copy or export the image again."
+    )
+
+
+def _load_nifti(path: Path):
+    """The file opened by nibabel (voxels not yet read) once its stored header has a valid voxel size.
+
+    The header is checked as stored: nibabel mends some fields as it loads (pixdim 0 becomes 1), as ITK does. ITK
+    also opens files nibabel cannot (a header cut short, which it fills with defaults; a plain file named .nii.gz);
+    such a file cannot be checked, so it is refused rather than read on ITK's guesses.
+
+    Raises
+    ------
+    DataError
+        nibabel cannot read the file.
+    InputError
+        A voxel size in the header is zero, negative or NaN.
+    """
+    import nibabel
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as file:
+            block = file.read(540)  # a NIfTI-2 header's size; a NIfTI-1 header is the first 348 bytes
+        n2 = 540 in (int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big"))
+        header_class = nibabel.Nifti2Header if n2 else nibabel.Nifti1Header
+        if len(block) < header_class.sizeof_hdr:
+            raise EOFError(f"the file holds {len(block)} bytes of its {header_class.sizeof_hdr}-byte header")
+        header = header_class(block[: header_class.sizeof_hdr], check=False)
+        magic = header["magic"].item()
+        if magic not in (header_class.single_magic, header_class.pair_magic):
+            raise ValueError(f"no NIfTI header (magic {magic!r}, sizeof_hdr {int(header['sizeof_hdr'])})")
+    except Exception as error:  # nibabel and gzip raise many types (EOFError, OSError, ValueError)
+        raise _unreadable_nifti(path, error) from error
+    _check_nifti_spacing(header, path)
+    try:
+        return nibabel.load(str(path))
+    except Exception as error:  # as above (ImageFileError, HeaderDataError, ...)
+        raise _unreadable_nifti(path, error) from error
+
+
+#: What each of pixdim[1], [2], [3] is, in this package's axis names.
+_PIXDIM_AXES = {1: "i, x: along a row", 2: "j, y: down the columns", 3: "k, z: the slice spacing"}
+
+
+def _check_nifti_spacing(header, path: Path) -> None:
+    """InputError when the stored header's voxel size (pixdim[1..3] of the spatial axes) is zero, negative or NaN.
+
+    ITK reads such a header as 1 mm (printing only "setting 0 dims to 1"), so every length, area and volume from
+    the image would be wrong: refused as a MetaImage or NRRD with zero spacing is.
+    """
+    n_spatial = int(min(max(int(header["dim"][0]), 1), 3))
+    pixdim = np.asarray(header["pixdim"], dtype=np.float64)
+    for axis in range(1, n_spatial + 1):
+        value = float(pixdim[axis])
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(
+                f"{path} has pixdim[{axis}] = {value:g} in its NIfTI header (voxel size along {_PIXDIM_AXES[axis]}); "
+                f"it must be a positive size in mm (all: {pixdim[1:n_spatial + 1].tolist()}). ITK would read it "
+                "as 1 mm, making every length, area and volume wrong. Fix the header or resave the image with its "
+                "real voxel size."
+            )
+
+
 def _nifti_voxels(image, path: Path) -> np.ndarray:
     """The voxels nibabel reads, or DataError: ITK's NIfTI reader fills a truncated file's missing voxels silently."""
     try:
@@ -116,33 +195,25 @@ def _nifti_voxels(image, path: Path) -> np.ndarray:
         ) from error
 
 
-def _check_nifti_finite(path: Path) -> None:
+def _check_nifti_finite(image, path: Path) -> None:
     """The voxels of a NIfTI that ITK read (a scaled one): complete, and no NaN (ITK's reader turns NaN into 0)."""
-    import nibabel
-
-    voxels = _nifti_voxels(nibabel.load(str(path)), path)
+    voxels = _nifti_voxels(image, path)
     if voxels.dtype.kind == "f":
         check_finite(voxels, str(path))
 
 
-def _read_nifti(path: Path) -> sitk.Image | None:
-    """A scalar NIfTI without intensity scaling, decompressed once: the voxels from nibabel (which keeps NaN, so
-    they can be refused, and notices a truncated file, which ITK fills) and the geometry from ITK's reading of the
-    header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled, multi-component, or a layout
-    the two readers see differently): those go through ``sitk.ReadImage``.
+def _read_nifti(image, path: Path) -> sitk.Image | None:
+    """A scalar NIfTI without intensity scaling (``image``: nibabel's), decompressed once: the voxels from nibabel
+    (which keeps NaN, so they can be refused, and notices a truncated file, which ITK fills) and the geometry from
+    ITK's reading of the header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled,
+    multi-component, or a layout the two readers see differently): those go through ``sitk.ReadImage``.
 
     Raises
     ------
     DataError
         The header reads but the voxel data is incomplete.
     """
-    import nibabel
-
-    try:
-        image = nibabel.load(str(path))
-        dtype = image.get_data_dtype()
-    except Exception:  # noqa: BLE001 - a file nibabel cannot open gets ITK's reader and its error message
-        return None
+    dtype = image.get_data_dtype()
     if dtype not in _NIFTI_VOXEL_TYPES or image.dataobj.slope not in (1.0, None) \
             or image.dataobj.inter not in (0.0, None):
         return None
@@ -186,17 +257,25 @@ def read_volume(
     allow_4d : return a 4D file as a (t, k, j, i) series instead of raising.
     spacing_mm : pixel spacing to assign where the file stores none (PNG); (i, j) or (i, j, k) in mm.
 
+    Returns
+    -------
+    Volume
+        A 2D file becomes one slice 1 mm thick, with a logged warning: it stores no slice thickness (see
+        :func:`slice_spacing_stored`).
+
     Raises
     ------
     DataError
-        Missing, unreadable or corrupt file.
+        Missing, unreadable or corrupt file (a NIfTI that nibabel cannot read completely, whatever ITK makes of it).
     InputError
-        4D without ``frame``/``allow_4d``, zero or negative spacing, NaN/Inf voxels, empty image.
+        4D without ``frame``/``allow_4d``, zero, negative or NaN spacing (a NIfTI's raw pixdim, which ITK would read
+        as 1 mm), NaN/Inf voxels, empty image.
     """
     source = Path(path)
     if not source.exists():
         raise DataError(f"Input not found: {source}")
     nifti = _suffix(source) in (".nii", ".nii.gz")
+    nifti_image = None
     read_by_nibabel = False
     if source.is_dir():
         from .dicom import read_dicom_series
@@ -207,11 +286,13 @@ def read_volume(
 
         volume = read_png(source, spacing_mm=spacing_mm)
     else:
+        if nifti:
+            nifti_image = _load_nifti(source)
         # ITK prints header quirks straight to the console (ACDC: "unexpected scales in sform"); silence it here only.
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image = _read_nifti(source) if nifti else None
+            image = _read_nifti(nifti_image, source) if nifti_image is not None else None
             read_by_nibabel = image is not None
             if image is None:
                 image = sitk.ReadImage(str(source))
@@ -233,17 +314,56 @@ def read_volume(
                 f"{source} has zero or negative spacing {image.GetSpacing()}; the header is broken. "
                 "Fix the header or resave the image with its real voxel size."
             )
+        if image.GetDimension() == 2:
+            log.warning(
+                "%s is a 2D image: it stores no slice thickness, so 1 mm is assumed and a volume in ml computed "
+                "from it is its area in mm2 times 1 mm. For volumes in ml save the slice as a 3D file with its real "
+                "slice thickness.", source,
+            )
         volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
     if frame is not None:
         if volume.axes != "tkji":
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
         volume = volume.frame(frame)
     check_finite(volume.array, str(source))
-    if nifti and not read_by_nibabel:
-        _check_nifti_finite(source)
+    if nifti_image is not None and not read_by_nibabel:
+        _check_nifti_finite(nifti_image, source)
     if volume.array.size == 0:
         raise InputError(f"{source} holds an empty image.")
     return volume
+
+
+def slice_spacing_stored(path: str | os.PathLike) -> bool:
+    """Whether the image file at ``path`` states its slice spacing, so that volumes from it can be in ml.
+
+    False for a PNG and for a 2D NIfTI, NRRD or MetaImage: :func:`read_volume` gives their one slice 1 mm, a
+    stand-in, so a volume computed from it is an area in mm2 times 1 mm. True for 3D and 4D files (a one-slice 3D
+    file keeps its slice thickness) and for DICOM folders (:func:`~cardiac_ai.io.read_dicom_series` warns about a
+    single slice without SliceThickness). Only the header is read.
+
+    Raises
+    ------
+    DataError
+        A missing file or one whose header ITK cannot read.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise DataError(f"Input not found: {source}")
+    if source.is_dir():
+        return True
+    if _suffix(source) == ".png":
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source))
+    show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise DataError(f"Cannot read the header of {source}: {str(e).strip().splitlines()[-1]}") from e
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
+    return reader.GetDimension() >= 3
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:

@@ -720,8 +720,8 @@ def timings_from_dicom(
     InputError
         If ``sources`` is empty or ``kind`` unknown.
     DataError
-        If a file cannot be read, or a frame lacks the timing (the message names the frame and the attribute and
-        says to use :func:`timings_from_sidecar` instead).
+        If a file cannot be read, or a frame lacks the timing (the message names the frame, by its file when it has
+        one, and the attribute, and says to use :func:`timings_from_sidecar` instead).
     """
     import pydicom
 
@@ -735,7 +735,9 @@ def timings_from_dicom(
     for index, source in enumerate(sources):
         if isinstance(source, pydicom.Dataset):
             datasets.append(source)
-            names.append(f"dataset {index}")
+            filename = getattr(source, "filename", None)  # a dataset read from a file keeps its path
+            names.append(str(filename) if isinstance(filename, (str, os.PathLike)) and str(filename)
+                         else f"dataset {index}")
             continue
         try:
             datasets.append(pydicom.dcmread(source, stop_before_pixels=True))

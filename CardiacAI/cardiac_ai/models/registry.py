@@ -19,12 +19,14 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
-from ..errors import InputError, ModelError
-from ..io.atomic import atomic_path, write_text_atomic
+from ..errors import InputError, ModelError, OutputError
+from ..io.atomic import atomic_path, check_output_location, write_text_atomic
 from ..provenance import ModelUse
 from .networks import build_network
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "check_models_folder",
+    "register_models",
     "MODEL_CARD_SCHEMA",
     "MODELS_ENV_VAR",
     "ModelCard",
@@ -536,3 +540,117 @@ def save_model(
     log.info("Saved model %s to %s", card.stem, weights_path)
     return card_path
 
+
+_MODEL_FILE_SUFFIXES = (".safetensors", ".json")
+
+
+def check_models_folder(folder: str | os.PathLike, stems: Sequence[str] = ()) -> None:
+    """Refuse, creating nothing, a models folder that cannot receive models: it is a file or lies under one, cannot
+    be written, or one of ``stems``' files (``<name>-<version>.safetensors`` / ``.json``) is taken by a folder.
+
+    For the checks before training: a run that could not register its models is refused before it starts.
+
+    Raises
+    ------
+    OutputError
+        Naming the folder or the path in the way.
+    """
+    try:
+        check_output_location(folder)
+    except OutputError as error:
+        raise OutputError(f"Cannot register models in {folder}: {error}") from error
+    for stem in stems:
+        for suffix in _MODEL_FILE_SUFFIXES:
+            target = Path(folder) / f"{stem}{suffix}"
+            if os.path.lexists(target) and not target.is_file():
+                raise OutputError(f"Cannot register {stem} in {folder}: {target} exists and is not a file. Move it "
+                                  "away or register into another folder.")
+
+
+def register_models(folder: str | os.PathLike, exports: Mapping[str, Callable[[Path], Path]]) -> tuple[Path, ...]:
+    """Register several models in ``folder`` as one step: all of them, or none.
+
+    Each export writes one model (``<stem>.safetensors`` and its card ``<stem>.json``, e.g. through
+    :func:`~cardiac_ai.models.registry.save_model` or :func:`~cardiac_ai.training.checkpoint.export_best_model`)
+    into the folder it is given, a hidden staging folder inside ``folder`` (two levels down, where a
+    :class:`~cardiac_ai.models.registry.ModelRegistry` does not look), and returns its card path. Only when every
+    export has succeeded are the files moved into ``folder`` (renames on one file system); a file they replace is
+    kept until the last one is in place, and put back if any move fails.
+
+    Parameters
+    ----------
+    folder : path
+        The models folder; created if needed.
+    exports : mapping of stem to callable
+        ``{"lge_myocardium-1.0": lambda staging: export_best_model(..., staging, ...)}``, in registration order.
+
+    Returns
+    -------
+    tuple of Path
+        The card paths in ``folder``, in the order of ``exports``.
+
+    Raises
+    ------
+    OutputError
+        ``folder`` is a file or lies under one, a target file name is taken by a folder, or the file system refuses
+        a write; nothing is then registered and models the call would have replaced are back in place.
+    """
+    folder = Path(folder)
+    check_models_folder(folder, list(exports))
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".cardiac_ai-registering-", dir=folder))
+    except OSError as error:
+        raise OutputError(f"Cannot register models in {folder}: {error}") from error
+    staged, earlier = staging / "models", staging / "replaced"
+    placed: list[str] = []
+    moved_away: list[str] = []
+    restored = True
+    try:
+        try:
+            staged.mkdir()
+            earlier.mkdir()
+            card_names = [Path(export(staged)).name for export in exports.values()]
+            names = sorted((p.name for p in staged.iterdir()), key=lambda n: n.endswith(".json"))  # weights first
+            check_models_folder(folder, [Path(n).stem for n in names if n.endswith(".json")])
+            for name in names:
+                target = folder / name
+                if os.path.lexists(target):
+                    os.replace(target, earlier / name)
+                    moved_away.append(name)
+                os.replace(staged / name, target)
+                placed.append(name)
+        except BaseException:
+            restored = _undo_registration(folder, earlier, placed, moved_away)
+            raise
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(f"Cannot register models in {folder}: {error}; nothing was registered"
+                          + ("." if restored else f", and the models it replaced wait in {earlier}.")) from error
+    finally:
+        if restored:
+            shutil.rmtree(staging, ignore_errors=True)
+            if created:
+                try:
+                    folder.rmdir()  # only if this call made it and nothing was registered: an empty folder
+                except OSError:
+                    pass
+    for name in card_names:
+        log.info("Registered %s", folder / name)
+    return tuple(folder / name for name in card_names)
+
+
+def _undo_registration(folder: Path, earlier: Path, placed: list[str], moved_away: list[str]) -> bool:
+    """Remove what :func:`register_models` placed and put back what it moved away; False if that failed."""
+    try:
+        for name in reversed(placed):
+            (folder / name).unlink(missing_ok=True)
+        for name in reversed(moved_away):
+            os.replace(earlier / name, folder / name)
+    except OSError as error:
+        log.error("Could not undo a failed registration in %s (%s); the replaced models are in %s.", folder, error,
+                  earlier)
+        return False
+    return True

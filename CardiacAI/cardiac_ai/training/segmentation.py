@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,10 +27,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..datasets.case import Case
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..labels import LABELS
 from ..preprocessing import CropCenter, InputSpec
 from ..progress import ProgressCallback, subrange
+from ..models.registry import check_models_folder, register_models
 from .augmentation import AugmentationConfig, build_augmentation
 from .config import TrainingConfig
 from .engine import Trainer, TrainingResult
@@ -73,22 +75,68 @@ def dice_metric_fn(label_codes: Sequence[int]) -> Callable[[Any, Any, Any], dict
 
 
 def check_network_takes_crop(config: TrainingConfig, spec: InputSpec) -> None:
-    """One forward pass of the configured network on an empty crop: a crop it cannot take (a U-Net that pools four
-    times needs a side divisible by 16) is an InputError here, not an error deep in torch after preparation."""
-    import torch
+    """One forward pass of the configured network on an empty crop: a crop it cannot take is an InputError here,
+    not an error deep in torch or monai after preparation.
 
+    A crop is taken when the pass runs and its logits have the crop's own ``(j, i)`` size: a U-Net that pools ``n``
+    times fails on a side not divisible by ``2 ** n`` (an error, or logits one pixel larger or smaller than the
+    label crop). The message names the divisor the network needs, found by trying sides that are ``2 ** n`` times
+    an odd number, and the nearest crop size that works.
+
+    Raises
+    ------
+    InputError
+        If the network cannot take ``spec.crop_size`` (the message names the crop size and what works).
+    """
+    network = _network_for_check(config)
+    crop = tuple(int(size) for size in spec.crop_size)
+    problem = _crop_problem(network, spec.channels, crop)
+    if problem is None:
+        return
+    divisor = _crop_divisor(network, spec.channels)
+    if divisor is None:
+        advice = "choose another crop size or network"
+    else:
+        nearest = tuple(divisor * max(1, round(size / divisor)) for size in crop)
+        if _crop_problem(network, spec.channels, nearest) is not None:
+            nearest = tuple(max(3 * divisor, size) for size in nearest)  # too small for the network's depth
+        example = " x ".join(str(size) for size in dict.fromkeys(nearest))
+        advice = f"use a crop size divisible by {divisor}, e.g. {example} (--crop-size)"
+    raise InputError(
+        f"The network {config.network!r} cannot take a {crop[0]} x {crop[1]} px crop ({problem}); {advice}."
+    )
+
+
+def _network_for_check(config: TrainingConfig) -> Any:
     from ..models.networks import build_network
 
-    network = build_network(config.network, **config.network_kwargs)
+    return build_network(config.network, **config.network_kwargs).eval()
+
+
+def _crop_problem(network: Any, channels: int, crop: tuple[int, ...]) -> str | None:
+    """Why ``network`` cannot segment a ``crop``-sized input (a short text), or None when it can."""
+    import torch
+
     try:
         with torch.no_grad():
-            network.eval()(torch.zeros(1, spec.channels, *spec.crop_size))
-    except RuntimeError as error:
-        raise InputError(
-            f"The network {config.network!r} cannot take a {spec.crop_size[0]} x {spec.crop_size[1]} px crop "
-            f"({str(error).splitlines()[0][:120]}); use a crop size divisible by 16, e.g. "
-            f"{16 * max(1, round(spec.crop_size[0] / 16))}."
-        ) from error
+            logits = network(torch.zeros(1, channels, *crop))
+    except (RuntimeError, ValueError) as error:  # a size mismatch in a skip connection; a norm on a 1 x 1 map
+        return str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+    if not isinstance(logits, torch.Tensor):
+        return None  # not a plain segmentation network (a VAE's tuple): the shape cannot be judged here
+    found = tuple(int(size) for size in logits.shape[2:])
+    if found != crop:
+        return f"its logits would be {' x '.join(map(str, found)) or 'not a map'} px, not the crop's size"
+    return None
+
+
+def _crop_divisor(network: Any, channels: int, *, max_power: int = 6) -> int | None:
+    """The smallest ``2 ** n`` (n <= max_power) such that a side of ``2 ** n`` times an odd number (3) is taken."""
+    for power in range(max_power + 1):
+        divisor = 2 ** power
+        if _crop_problem(network, channels, (3 * divisor, 3 * divisor)) is None:
+            return divisor
+    return None
 
 
 def train_segmentation_prepared(
@@ -162,6 +210,9 @@ def train_segmentation(
     InputError
         No training or validation case, an output channel count that does not fit the codes, or a crop the
         network cannot take (checked with one forward pass before anything is prepared or written).
+    OutputError
+        ``out_dir`` or ``models_dir`` is a file or lies under one (checked before training), or the model cannot be
+        registered (then nothing is: the card and weights go in together).
     """
     if not train_cases or not val_cases:
         raise InputError("train_segmentation needs at least one training and one validation case.")
@@ -173,6 +224,9 @@ def train_segmentation(
         )
     spec = InputSpec.from_dict(config.input_spec) if config.input_spec else InputSpec()
     check_network_takes_crop(config, spec)
+    _check_run_folder(out_dir)
+    if models_dir is not None:
+        check_models_folder(models_dir, [f"{model_name}-{model_version}"])
     train_slices = prepare_slices(train_cases, spec, crop_center=crop_center, progress=subrange(progress, 0, 0.05))
     val_slices = prepare_slices(val_cases, spec, crop_center=crop_center, progress=subrange(progress, 0.05, 0.1))
     log.info("Training on %d slices, validating on %d", len(train_slices), len(val_slices))
@@ -203,8 +257,17 @@ def train_segmentation(
             date=datetime.date.today().isoformat(),
             description=_sampling_description(config),
         )
-        card_path = save_model(network, card, models_dir)
+        card_path = register_models(models_dir, {card.stem: lambda folder: save_model(network, card, folder)})[0]
     return SegmentationTrainingResult(result, card_path, metrics)
+
+
+def _check_run_folder(out_dir: str | os.PathLike) -> None:
+    from ..io.atomic import check_output_location
+
+    try:
+        check_output_location(out_dir)
+    except OutputError as error:
+        raise OutputError(f"Cannot train into {out_dir}: {error}") from error
 
 
 def _sampling_description(config: TrainingConfig) -> str:

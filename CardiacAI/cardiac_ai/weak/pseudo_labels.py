@@ -31,6 +31,10 @@ from ..errors import InputError
 __all__ = ["PseudoLabelConfig", "pseudo_label_overrides", "cam_to_pseudo_label", "pseudo_labels", "motion_prior",
            "self_training_labels"]
 
+#: Most classes of the multi-Otsu step: scikit-image's exhaustive search grows steeply with them (4 classes take
+#: about 0.1 s per slice, 5 about 5 s), so more would hang a run for no use on a CAM.
+MAX_OTSU_CLASSES = 4
+
 log = logging.getLogger(__name__)
 
 
@@ -101,10 +105,11 @@ class PseudoLabelConfig:
             raise InputError(message)
         object.__setattr__(self, "scale_range", (low, high))
         if self.otsu_classes is not None and (
-            not isinstance(self.otsu_classes, (int, np.integer)) or self.otsu_classes < 2
+            not isinstance(self.otsu_classes, (int, np.integer)) or not 2 <= self.otsu_classes <= MAX_OTSU_CLASSES
         ):
             raise InputError(
-                f"otsu_classes must be an integer >= 2 or None (no intensity step), got {self.otsu_classes}."
+                f"otsu_classes must be an integer from 2 to {MAX_OTSU_CLASSES} or None (no intensity step), got "
+                f"{self.otsu_classes}."
             )
         weights = {"crf_w1": self.crf_w1, "crf_w2": self.crf_w2}
         widths = {k: getattr(self, k) for k in ("crf_theta_alpha", "crf_theta_beta", "crf_theta_gamma")}
@@ -163,8 +168,9 @@ def pseudo_label_overrides(*, crf_iterations: int | None = None, crf_smoothness:
                              f"got {crf_appearance!r}.")
         overrides["crf_w1"], overrides["crf_theta_alpha"], overrides["crf_theta_beta"] = weight, width, grey
     if otsu_classes is not None:
-        if not _whole(otsu_classes) or otsu_classes < 0 or otsu_classes == 1:
-            raise InputError(f"{spelled('otsu_classes')} must be 0 (no multi-Otsu step) or 2 or more, "
+        if not _whole(otsu_classes) or otsu_classes < 0 or otsu_classes == 1 or otsu_classes > MAX_OTSU_CLASSES:
+            raise InputError(f"{spelled('otsu_classes')} must be 0 (no multi-Otsu step) or 2 to {MAX_OTSU_CLASSES} "
+                             f"(multi-Otsu's cost grows steeply with the classes: 5 take seconds per slice), "
                              f"got {otsu_classes!r}.")
         overrides["otsu_classes"] = int(otsu_classes) or None
     if scale_range is not None:

@@ -639,7 +639,10 @@ def _train_unet(work, mode, *, recipe, resume, device, progress) -> dict[str, fl
 def _register(work, register_to, *, recipe, selection, modes, classes, label_title, training_data, split_summary,
               license, version, device) -> tuple[str, tuple[Path, ...]]:
     from ..metrics.overlap import dice
+    from functools import partial
+
     from ..training.checkpoint import export_best_model
+    from ..models.registry import register_models
 
     trained = [m for m in WEAK_MODES if (work / f"run_weak_{m}" / "best.pt").exists()]
     if not trained:
@@ -665,8 +668,8 @@ def _register(work, register_to, *, recipe, selection, modes, classes, label_tit
                   if selection == "validation_truth" else
                   "CAM method {method}, pseudo-labels {name}: label-free defaults (chosen on ACDC validation "
                   "patients).")
-    classifier_card = export_best_model(
-        work / "run_classifier", register_to, name="weak_cam_classifier", version=version, task="classification",
+    export_classifier = partial(  # called with the folder to write into
+        export_best_model, work / "run_classifier", name="weak_cam_classifier", version=version, task="classification",
         label_map=dict(enumerate(classes)), training_data=training_data, split=split_summary,
         description=(f"{label_title} classifier ({', '.join(classes)}) per short-axis slice with a CAM head "
                      "(dilated residual network, non-local block); its class activation maps localise the heart. "
@@ -682,8 +685,8 @@ def _register(work, register_to, *, recipe, selection, modes, classes, label_tit
                   f"{setting['threshold']:g}, eroded {setting['erosion_mm']:g} mm, largest piece with holes filled")
     else:
         target = pseudo_source if best_mode == "pseudo_label" else "soft CAM prior"
-    unet_card = export_best_model(
-        work / f"run_weak_{best_mode}", register_to, name="weak_heart_unet", version=version, task="segmentation",
+    export_unet = partial(
+        export_best_model, work / f"run_weak_{best_mode}", name="weak_heart_unet", version=version, task="segmentation",
         label_map={0: "background", 1: "heart"},
         training_data=f"{training_data}; targets: {choice['prior']}-prior pseudo-labels"
                       + (" and self-training" if best_mode == "self_training" else "") + ", no pixel label",
@@ -691,8 +694,10 @@ def _register(work, register_to, *, recipe, selection, modes, classes, label_tit
         description=f"Whole-heart U-Net trained without pixel labels (mode {best_mode}: {target}){ending}",
         license=license, inference={"weak_mode": best_mode},  # `cardiacai cam` reports how its labels were learnt
     )
+    cards = register_models(register_to, {f"weak_cam_classifier-{version}": export_classifier,  # both, or neither
+                                          f"weak_heart_unet-{version}": export_unet})
     log.info("registered weak_cam_classifier and weak_heart_unet (%s) into %s", best_mode, register_to)
-    return best_mode, (classifier_card, unet_card)
+    return best_mode, cards
 
 
 # -- the recipe ---------------------------------------------------------------------------------------------------

@@ -42,10 +42,13 @@ from numpy.typing import NDArray
 from ..errors import InputError
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 
-__all__ = ["LV_WALL_MM", "HeartSplitConfig", "check_wall_mm", "complete_lv_wall", "split_heart"]
+__all__ = ["LV_WALL_MM", "MAX_LV_WALL_MM", "HeartSplitConfig", "check_wall_mm", "complete_lv_wall", "split_heart"]
 
 #: Default of :func:`complete_lv_wall`: the best of 3-13 mm on the ACDC validation patients (whole-heart Dice).
 LV_WALL_MM = 11.0
+#: Widest band :func:`check_wall_mm` accepts: beyond any LV wall (hypertrophy rarely passes 25 mm), a wider one
+#: would only grow the heart into its surroundings (the Slicer panel's maximum too).
+MAX_LV_WALL_MM = 30.0
 
 
 @dataclass(frozen=True)
@@ -189,15 +192,16 @@ def _split(image: NDArray[np.float64], heart: NDArray[np.bool_], pixel_mm: tuple
 
 
 def check_wall_mm(wall_mm: object) -> float:
-    """``wall_mm`` as a float, or InputError when it is not a finite number >= 0."""
-    refused = InputError(f"The LV wall width must be a number of mm >= 0 (0: no wall added), got {wall_mm!r}.")
+    """``wall_mm`` as a float, or InputError when it is not a number from 0 to :data:`MAX_LV_WALL_MM`."""
+    refused = InputError(f"The LV wall width must be a number of mm from 0 (no wall added) to {MAX_LV_WALL_MM:g} "
+                         f"(a thick LV wall is 15-20 mm), got {wall_mm!r}.")
     if isinstance(wall_mm, (bool, np.bool_)) or not isinstance(wall_mm, numbers.Real):
         raise refused
     try:
         value = float(wall_mm)
     except (OverflowError, TypeError, ValueError):
         raise refused from None
-    if not math.isfinite(value) or value < 0:
+    if not math.isfinite(value) or not 0 <= value <= MAX_LV_WALL_MM:
         raise refused
     return value
 

@@ -1,0 +1,272 @@
+"""Broken or incomplete files are refused by the readers with the package's own errors, naming the file.
+
+A truncated NIfTI that ITK half reads, a NIfTI voxel size of 0 that ITK reads as 1 mm, a 2D file that stores no
+slice thickness, a corrupt file among a DICOM series' slices, a MOLLI frame without its inversion time.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from test_io_dicom import _slice_dataset, _write_series
+
+from cardiac_ai.cli import main
+from cardiac_ai.errors import DataError, InputError
+from cardiac_ai.io import list_dicom_series, read_dicom_series, read_volume
+from cardiac_ai.io.volumes import slice_spacing_stored
+
+AXIAL = {"row": np.array([1.0, 0.0, 0.0]), "column": np.array([0.0, 1.0, 0.0]), "origin": (-50.0, -40.0, 12.0)}
+
+
+def _stack(shape=(6, 32, 32), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 900, shape).astype(np.int16)
+
+
+# -- NIfTI that nibabel cannot read ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_bytes", [200, 400])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_cut_inside_or_just_after_its_header_is_a_data_error_naming_the_file(tmp_path, suffix, n_bytes):
+    """ITK opens the first 200 bytes of a .nii.gz (filling the rest); nibabel's error must not escape."""
+    image = sitk.GetImageFromArray(_stack())
+    image.SetSpacing((1.5, 1.5, 8.0))
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(image, str(whole))
+    cut = tmp_path / f"t{suffix}"
+    cut.write_bytes(whole.read_bytes()[:n_bytes])
+    with pytest.raises(DataError, match=r"t\.nii(\.gz)? (cannot be read as NIfTI.*truncated or corrupt|is truncated)"):
+        read_volume(cut)
+
+
+def test_nifti_named_gz_but_not_compressed_is_refused_with_what_to_do(tmp_path):
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(_stack(), np.diag([1.5, 1.5, 8.0, 1.0])), str(plain))
+    misnamed = tmp_path / "misnamed.nii.gz"
+    misnamed.write_bytes(plain.read_bytes())
+    with pytest.raises(DataError, match="misnamed.nii.gz .*not gzip-compressed. Rename it to .nii"):
+        read_volume(misnamed)
+
+
+def test_random_bytes_named_nii_are_unreadable_not_a_bad_voxel_size(tmp_path):
+    path = tmp_path / "noise.nii"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match=r"noise\.nii cannot be read as NIfTI: no NIfTI header"):
+        read_volume(path)
+
+
+def test_nifti_with_a_header_extension_and_a_big_endian_one_still_read(tmp_path):
+    image = nib.Nifti1Image(_stack((8, 8, 3)), np.diag([2.0, 2.0, 5.0, 1.0]))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 700))
+    nib.save(image, str(tmp_path / "ext.nii.gz"))
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(_stack((8, 8, 3)), np.diag([2.0, 2.0, 5.0, 1.0]), header=header), str(tmp_path / "be.nii"))
+    for name in ("ext.nii.gz", "be.nii"):
+        assert read_volume(tmp_path / name).geometry.spacing_mm == pytest.approx((2.0, 2.0, 5.0))
+
+
+def test_cli_truncated_nifti_is_a_one_line_error_not_an_unexpected_one(tmp_path, capsys):
+    whole = tmp_path / "whole.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(_stack()), str(whole))
+    cut = tmp_path / "t.nii.gz"
+    cut.write_bytes(whole.read_bytes()[:200])
+    assert main(["segment-cine", str(cut), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as NIfTI" in err and "t.nii.gz" in err
+    assert "unexpected error" not in err and not (tmp_path / "o").exists()
+
+
+# -- NIfTI voxel sizes ITK would mend -------------------------------------------------------------------------------
+def _nifti_with_pixdim(path: Path, axis: int, value: float, *, qform_code: int, sform_code: int) -> Path:
+    """A .nii whose stored pixdim[axis] is ``value``, patched into the bytes nibabel wrote (float32 at 76 + 4 axis)."""
+    image = nib.Nifti1Image(_stack((32, 32, 6)), np.diag([1.5, 1.5, 8.0, 1.0]))
+    image.header.set_qform(image.affine, code=qform_code)
+    image.header.set_sform(image.affine, code=sform_code)
+    nib.save(image, str(path))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, 76 + 4 * axis, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("codes", [(1, 1), (0, 0)], ids=["qform-sform", "no-qform-sform"])
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan")])
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_nifti_zero_negative_or_nan_pixdim_is_refused_naming_the_file_and_axis(tmp_path, axis, value, codes):
+    path = _nifti_with_pixdim(tmp_path / "bad.nii", axis, value, qform_code=codes[0], sform_code=codes[1])
+    with pytest.raises(InputError, match=rf"bad\.nii has pixdim\[{axis}\] = {value:g} .*positive size in mm"):
+        read_volume(path)
+
+
+def test_nifti_pixdim_check_leaves_good_files_and_the_unused_axes_of_a_2d_file_alone(tmp_path):
+    good = _nifti_with_pixdim(tmp_path / "good.nii", 3, 8.0, qform_code=1, sform_code=1)
+    assert read_volume(good).geometry.spacing_mm == pytest.approx((1.5, 1.5, 8.0))
+    flat = nib.Nifti1Image(_stack((32, 24)), np.diag([1.5, 1.25, 1.0, 1.0]))
+    flat.header["pixdim"][3:] = 0.0  # beyond dim[0] = 2: unused
+    nib.save(flat, str(tmp_path / "flat.nii"))
+    assert read_volume(tmp_path / "flat.nii").geometry.spacing_mm[:2] == pytest.approx((1.5, 1.25))
+
+
+def test_metaimage_with_zero_spacing_is_refused_as_the_nifti_is(tmp_path):
+    path = tmp_path / "flat.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(_stack()), str(path))
+    path.write_bytes(path.read_bytes().replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 1 0"))
+    with pytest.raises(InputError, match="flat.mha has zero or invalid voxel spacing"):
+        read_volume(path)
+
+
+# -- 2D files: no slice thickness ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha", ".nrrd"])
+def test_2d_file_warns_that_its_1_mm_slice_thickness_is_assumed(tmp_path, suffix, caplog):
+    image = sitk.GetImageFromArray(_stack((32, 40)))
+    image.SetSpacing((1.4, 1.4))
+    path = tmp_path / f"slice{suffix}"
+    sitk.WriteImage(image, str(path))
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.volumes"):
+        volume = read_volume(path)
+    assert volume.array.shape == (1, 32, 40)
+    assert volume.geometry.spacing_mm == pytest.approx((1.4, 1.4, 1.0))  # the stand-in, as before
+    assert f"slice{suffix} is a 2D image: it stores no slice thickness" in caplog.text
+    assert not slice_spacing_stored(path)
+
+
+def test_one_slice_3d_file_keeps_its_thickness_without_a_warning(tmp_path, caplog):
+    image = sitk.GetImageFromArray(_stack((1, 32, 40)))
+    image.SetSpacing((1.4, 1.4, 10.0))
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(image, str(path))
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.volumes"):
+        assert read_volume(path).geometry.spacing_mm[2] == pytest.approx(10.0)
+    assert "2D image" not in caplog.text
+    assert slice_spacing_stored(path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "slice.png")
+    assert not slice_spacing_stored(tmp_path / "slice.png")
+    with pytest.raises(DataError, match="not found"):
+        slice_spacing_stored(tmp_path / "absent.nii.gz")
+
+
+# -- DICOM folders with files that cannot be read --------------------------------------------------------------------
+def _series(folder: Path, n_slices: int = 6) -> list[Path]:
+    """A series written into ``folder``; its files in slice order (along the normal)."""
+    folder.mkdir()
+    _write_series(folder, n_slices=n_slices, **AXIAL)
+    return sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+
+
+def _corrupt_from(path: Path, offset: int = 300, seed: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset:] = np.random.default_rng(seed).integers(0, 256, len(data) - offset, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # pydicom reading the garbage
+@pytest.mark.parametrize("which", [0, -1], ids=["first", "last"])
+def test_corrupt_first_or_last_slice_fails_the_read_naming_the_file(tmp_path, which):
+    """Without it the series reads as one slice shorter, which no gap check can notice."""
+    files = _series(tmp_path / "dicom")
+    _corrupt_from(files[which])
+    for read in (read_dicom_series, list_dicom_series, read_volume):
+        with pytest.raises(DataError, match=rf"cannot be read: {files[which]} \(.*truncated or corrupt.*remove"):
+            read(tmp_path / "dicom")
+
+
+def test_unreadable_files_are_named_up_to_three_and_counted(tmp_path):
+    files = _series(tmp_path / "dicom")
+    for seed, path in enumerate(files[:4]):
+        _corrupt_from(path, offset=140, seed=seed)  # inside the file meta: pydicom raises or reads garbage
+    (tmp_path / "dicom" / "IM000099").write_bytes(b"")  # an interrupted copy
+    with pytest.raises(DataError, match=r"5 file\(s\) that look like DICOM cannot be read: .*; and 2 more\.") as caught:
+        read_dicom_series(tmp_path / "dicom")
+    assert sum(str(p) in str(caught.value) for p in [*files[:4], tmp_path / "dicom" / "IM000099"]) == 3
+
+
+def test_text_hidden_and_other_files_are_skipped_with_a_warning(tmp_path, caplog):
+    _series(tmp_path / "dicom")
+    (tmp_path / "dicom" / "README").write_text("Exported by the scanner.\n")
+    (tmp_path / "dicom" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(200))
+    (tmp_path / "dicom" / "notes.txt").write_bytes(bytes(50))
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
+        assert read_dicom_series(tmp_path / "dicom").array.shape[0] == 6
+    for name in ("README", ".DS_Store", "notes.txt"):
+        assert f"{name}: not a DICOM file (no 'DICM' marker at byte 128)" in caplog.text
+    assert "SeriesInstanceUID" not in caplog.text
+
+
+def test_a_dicomdir_is_skipped_as_what_it_is(tmp_path, caplog):
+    _series(tmp_path / "dicom")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicomdir = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    dicomdir.FileSetID = "CARDIAC"
+    dicomdir.DirectoryRecordSequence = []
+    dicomdir.save_as(tmp_path / "dicom" / "DICOMDIR", enforce_file_format=True)
+    with caplog.at_level(logging.INFO, logger="cardiac_ai.io.dicom"):
+        assert read_dicom_series(tmp_path / "dicom").array.shape[0] == 6
+    assert "DICOMDIR: a DICOMDIR (the index of a DICOM medium), not an image" in caplog.text
+
+
+def test_a_non_image_object_is_skipped_but_an_image_without_rows_is_refused(tmp_path):
+    files = _series(tmp_path / "dicom")
+    raw = pydicom.dcmread(files[0])
+    raw.SOPClassUID = raw.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66"  # Raw Data Storage
+    raw.SOPInstanceUID = raw.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(raw, keyword)
+    raw.save_as(tmp_path / "dicom" / "raw.dcm")
+    assert read_dicom_series(tmp_path / "dicom").array.shape[0] == 6
+    cut = pydicom.dcmread(files[-1])
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(cut, keyword)
+    cut.save_as(files[-1])
+    with pytest.raises(DataError, match=rf"{files[-1]} \(an image whose header has no Rows/Columns"):
+        read_dicom_series(tmp_path / "dicom")
+
+
+def test_a_folder_of_only_unreadable_files_names_them(tmp_path):
+    (tmp_path / "a.dcm").write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match=r"No readable DICOM image .*cannot be read: .*a\.dcm \(not a DICOM file"):
+        read_dicom_series(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_a_single_readable_slice_beside_a_corrupt_one_is_not_read_alone(tmp_path):
+    ds = _slice_dataset(series_uid=generate_uid(), description="one", row=(1, 0, 0), column=(0, 1, 0),
+                        position=(0, 0, 0), pixels=np.ones((6, 8), np.uint16), instance=1)
+    ds.save_as(tmp_path / "IM1", enforce_file_format=True)
+    ds.save_as(tmp_path / "IM2", enforce_file_format=True)
+    _corrupt_from(tmp_path / "IM2")
+    with pytest.raises(DataError, match="IM2"):
+        read_dicom_series(tmp_path)
+
+
+# -- fit-map: a frame without its inversion time is named by its file ------------------------------------------------
+def test_fit_map_names_the_file_that_lacks_an_inversion_time(tmp_path, capsys):
+    folder = tmp_path / "molli"
+    folder.mkdir()
+    uid = generate_uid()
+    missing = None
+    for k in range(2):
+        for t, ti in enumerate((100.0, 180.0, 260.0, 1000.0)):
+            ds = _slice_dataset(series_uid=uid, description="MOLLI", row=(1, 0, 0), column=(0, 1, 0),
+                                position=(0, 0, 8.0 * k), pixels=np.full((6, 8), 100 + t, np.uint16),
+                                instance=t + 1)
+            path = folder / f"IM{k}{t}"
+            if (k, t) == (1, 2):
+                missing = path
+            else:
+                ds.InversionTime = ti
+            ds.save_as(path, enforce_file_format=True)
+    assert main(["fit-map", str(folder), "--kind", "molli", "--out", str(tmp_path / "fit"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} has no InversionTime (0018,0082)" in err
+    assert "dataset 2" not in err
