@@ -537,6 +537,7 @@ def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
     assert not {bound["camExplain"], bound["camMethod"], bound["camPseudoLabel"]} & inside
     cam_fields = {f for f in _parameter_fields("CardiacAI") if f.startswith("cam")}
     assert cam_fields == {"camExplain", "camMethod", "camPseudoLabel", "camAugment", "camStructures", "camLvWallMm",
+                          "camEndDiastoleVolume",
                           *CAM_PSEUDO_LABEL_FIELDS,
                           *(f for fields in CAM_PSEUDO_LABEL_FIELDS.values() for f in fields)}
     defaults = _parameter_defaults("CardiacAI")
@@ -548,6 +549,11 @@ def test_cam_advanced_settings_sit_collapsed_in_the_cam_section():
     assert bound["camLvWallMm"] in inside and wall.get("class") == "QDoubleSpinBox"
     assert float(wall.find("property[@name='value']").findtext("double")) == defaults["camLvWallMm"] == CAM_LV_WALL_MM
     assert float(wall.find("property[@name='minimum']").findtext("double")) == 0.0
+    # the optional end-diastolic frame: a volume selector in the main CAM settings, "none" allowed
+    diastole = widgets[bound["camEndDiastoleVolume"]]
+    assert diastole.get("class") == "qMRMLNodeComboBox" and bound["camEndDiastoleVolume"] not in inside
+    assert bound["camEndDiastoleVolume"] in _descendants(widgets["camCollapsibleButton"])
+    assert diastole.find("property[@name='noneEnabled']").findtext("bool") == "true"
 
 
 def test_cam_settings_spin_boxes_are_enabled_by_their_boxes():
@@ -618,6 +624,9 @@ def test_cam_panel_settings_reach_the_command_line_only_when_chosen():
     passed = {k.arg: ast.unparse(k.value) for k in call.keywords}
     keyword_only = [p for p in inspect.signature(cam_call).parameters.values() if p.kind is p.KEYWORD_ONLY]
     assert set(passed) == {p.name for p in keyword_only}
+    # the end-diastolic frame goes as a file, written from its node like the input volume
+    assert passed.pop("end_diastole_path") == "endDiastolePath" and "endDiastoleVolumeNode" in explain_arguments
+    assert "self.volumeToFile(endDiastoleVolumeNode" in ast.unparse(methods["explainCam"])
     assert all(value in explain_arguments and _snake(value) == name for name, value in passed.items()), passed
     # process passes the panel's settings to explainCam
     process = ast.unparse(methods["process"])
@@ -626,6 +635,8 @@ def test_cam_panel_settings_reach_the_command_line_only_when_chosen():
     assert "structures=parameterNode.camStructures" in process
     # the wall only touches the weak U-Net's heart: none is asked for with the pseudo-label (no warning every run)
     assert "lvWallMm=None if parameterNode.camPseudoLabel else parameterNode.camLvWallMm" in process
+    assert ("endDiastoleVolumeNode=None if parameterNode.camPseudoLabel else parameterNode.camEndDiastoleVolume"
+            in process)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -358,6 +358,10 @@ def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():
     for bad in (-1, float("nan"), "wide"):
         with pytest.raises(InputError, match="LV wall width"):
             cam_call("cine.nrrd", "out", lv_wall_mm=bad)
+    assert _parsed(cam_call("es.nrrd", "out", end_diastole_path="ed.nrrd")).ed == "ed.nrrd"
+    assert _parsed(cam_call("es.nrrd", "out")).ed is None
+    with pytest.raises(InputError, match="end-diastolic frame is missing"):
+        cam_call("es.nrrd", "out", end_diastole_path=" ")
     args = _parsed(qc_call("image.nrrd", "labels.nrrd", "out", threshold=0.9, write_surrogate=True))
     assert (args.image, args.labels, args.threshold, args.write_surrogate) == ("image.nrrd", "labels.nrrd", 0.9, True)
     assert _parsed(qc_call("i.nrrd", "l.nrrd", "out")).threshold == QC_DEFAULT_THRESHOLD
@@ -430,7 +434,7 @@ def test_cam_settings_given_as_numpy_numbers_reach_the_command_line():
         ({"crf_appearance": (1, 80)}, "must be 3 finite numbers"),
         ({"crf_appearance": (1, 80, float("nan"))}, "must be 3 finite numbers"),
         ({"crf_appearance": (1, 80, 0)}, "grey levels"),
-        ({"otsu_classes": 1}, "0 \\(no multi-Otsu step\\) or 2 or more, got 1"),
+        ({"otsu_classes": 1}, "0 \\(no multi-Otsu step\\) or 2 to 4 .*got 1"),
         ({"otsu_classes": -1}, "otsu_classes must be 0 .* got -1"),
         ({"scale_range": (0.9, 0.5)}, "0 <= low < high <= 1"),
         ({"scale_range": (0.5, 1.5)}, "0 <= low < high <= 1"),

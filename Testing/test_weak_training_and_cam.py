@@ -576,3 +576,133 @@ def test_batch_cam_structures_become_summary_columns(trained_weak_models, cohort
     assert main(["batch", str(tmp_path / "inputs"), "--task", "map", "--kind", "t1", "--out", str(tmp_path / "m"),
                  "--structures"]) == 2
     assert "applies to --task cam, not map" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ed_es_pair():
+    return make_phantom_cohort(1, seed=3, groups=("DCM",), phases=("ED", "ES"), n_slices=5, shape=(48, 48),
+                               spacing_mm=(3.0, 3.0, 8.0))
+
+
+def test_cam_with_the_end_diastolic_frame_carries_its_heart_to_the_input_frame(trained_weak_models, ed_es_pair,
+                                                                               tmp_path, monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+    from cardiac_ai.weak.propagation import carry_mask_between_frames
+
+    ed, es = ed_es_pair
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    calls = []
+
+    def spy(mask, source, target, spacing, **kwargs):
+        calls.append((mask.copy(), source.copy(), target.copy(), spacing))
+        return carry_mask_between_frames(mask, source, target, spacing, **kwargs)
+
+    monkeypatch.setattr(weak_pipeline, "carry_mask_between_frames", spy)
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--out", str(tmp_path / "own"), *common]) == 0
+    assert main(["cam", str(tmp_path / "ed.nii.gz"), "--out", str(tmp_path / "ed_own"), *common]) == 0
+    assert not calls
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed.nii.gz"), "--out",
+                 str(tmp_path / "carried"), *common]) == 0
+    [(mask, source, target, spacing)] = calls
+    ed_heart = read_volume(tmp_path / "ed_own" / "labels.nii.gz").array > 0
+    assert np.array_equal(mask, ed_heart)  # the ED frame's own cam heart (LV wall included) is what moves
+    assert np.array_equal(source, ed.image.array) and np.array_equal(target, es.image.array)
+    assert spacing == es.image.geometry.spacing_kji_mm
+    carried = read_volume(tmp_path / "carried" / "labels.nii.gz")
+    assert carried.geometry.is_close(es.image.geometry)
+    assert np.array_equal(carried.array > 0, carry_mask_between_frames(ed_heart, ed.image.array, es.image.array,
+                                                                       spacing))
+    # the CAM is the input frame's own, whatever heart the labels hold
+    assert np.array_equal(read_volume(tmp_path / "carried" / "cam.nii.gz").array,
+                          read_volume(tmp_path / "own" / "cam.nii.gz").array)
+    report = json.loads((tmp_path / "carried" / "report.json").read_text())
+    assert report["cam"]["heart_from_end_diastole"] is True
+    assert report["cam"]["label_source"].startswith("the end-diastolic frame's heart")
+    assert report["provenance"]["parameters"]["end_diastole"] == str(tmp_path / "ed.nii.gz")
+    own = json.loads((tmp_path / "own" / "report.json").read_text())
+    assert own["cam"]["heart_from_end_diastole"] is False and "end_diastole" not in own["provenance"]["parameters"]
+
+
+def test_cam_takes_the_end_diastolic_frame_from_a_4d_input(trained_weak_models, ed_es_pair, tmp_path):
+    from cardiac_ai.geometry import Volume
+
+    ed, es = ed_es_pair
+    write_volume(Volume(np.stack([ed.image.array, es.image.array]), ed.image.geometry, axes="tkji"),
+                 tmp_path / "cine.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    assert main(["cam", str(tmp_path / "cine.nii.gz"), "--frame", "1", "--ed-frame", "0", "--out",
+                 str(tmp_path / "4d"), *common]) == 0
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed.nii.gz"), "--out",
+                 str(tmp_path / "3d"), *common]) == 0
+    assert np.array_equal(read_volume(tmp_path / "4d" / "labels.nii.gz").array,
+                          read_volume(tmp_path / "3d" / "labels.nii.gz").array)
+    assert json.loads((tmp_path / "4d" / "report.json").read_text())["provenance"]["parameters"][
+        "end_diastole_frame"] == 0
+
+
+def test_cam_refuses_an_end_diastolic_frame_of_another_grid_before_writing(trained_weak_models, ed_es_pair, cohort,
+                                                                           tmp_path, capsys):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume
+
+    ed, es = ed_es_pair
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    shifted = dataclasses.replace(ed.image.geometry, origin_lps_mm=(5.0, 0.0, 0.0))
+    write_volume(ed.image.__class__(ed.image.array, shifted), tmp_path / "ed_elsewhere.nii.gz")
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed_elsewhere.nii.gz"), "--out",
+                 str(tmp_path / "out"), "--models-dir", str(trained_weak_models["models"]), "--device", "cpu"]) == 2
+    assert "lies on another grid than the image" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    smaller = cohort[0].image.with_array(cohort[0].image.array[:3])
+    with pytest.raises(InputError, match="another grid"):
+        explain_volume(es.image, models, end_diastole=smaller)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        explain_volume(es.image, models, end_diastole=ed.image.with_array(np.full(ed.image.array.shape, np.nan)))
+
+
+def test_cam_pseudo_label_says_it_did_not_use_the_end_diastolic_frame(trained_weak_models, ed_es_pair, monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+    from cardiac_ai.pipeline import load_weak_models
+
+    ed, es = ed_es_pair
+    monkeypatch.setattr(weak_pipeline, "carry_mask_between_frames", lambda *a, **k: pytest.fail("registered"))
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    result = weak_pipeline.explain_volume(es.image, models, use_segmenter=False, end_diastole=ed.image)
+    assert not result.heart_from_end_diastole
+    assert any("end-diastolic frame was not used" in w for w in result.warnings)
+
+
+def test_cam_warns_when_the_end_diastolic_frame_has_the_smaller_heart(trained_weak_models, ed_es_pair, monkeypatch):
+    import cardiac_ai.weak.pipeline as weak_pipeline
+    from cardiac_ai.pipeline import load_weak_models
+
+    ed, es = ed_es_pair
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    heart = weak_pipeline._weak_unet_heart
+
+    def smaller_on_the_diastolic_frame(volume, *args):
+        found = heart(volume, *args)
+        return found if volume is es.image else np.zeros_like(found)  # e.g. an end-systolic frame given as ED
+
+    monkeypatch.setattr(weak_pipeline, "_weak_unet_heart", smaller_on_the_diastolic_frame)
+    assert heart(es.image, models.segmenter, None).any()
+    result = weak_pipeline.explain_volume(es.image, models, end_diastole=ed.image)
+    assert any("check that the frame given as end-diastolic" in w for w in result.warnings)
+    assert not weak_pipeline.explain_volume(es.image, models).warnings
+
+
+def test_cam_warns_that_an_image_of_noise_gives_meaningless_results(trained_weak_models, cohort):
+    from cardiac_ai.pipeline import load_weak_models
+    from cardiac_ai.weak.pipeline import explain_volume, neighbour_correlation
+
+    models = load_weak_models([trained_weak_models["models"]], device="cpu")
+    image = cohort[0].image
+    noise = image.with_array(np.random.default_rng(0).normal(100.0, 30.0, image.array.shape))
+    assert neighbour_correlation(noise.array) < 0.1 < 0.5 < neighbour_correlation(image.array)
+    assert any(w.startswith("The image looks like noise") for w in explain_volume(noise, models).warnings)
+    assert not any("noise" in w for w in explain_volume(image, models).warnings)
+    assert neighbour_correlation(np.ones((2, 4, 4))) == 1.0

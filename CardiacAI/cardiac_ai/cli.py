@@ -149,10 +149,12 @@ def _whole_number_at_least_1(text: str) -> int:
 
 
 def _otsu_classes(text: str) -> int:
-    """argparse type of ``--otsu-classes``: 0 (skip the multi-Otsu step) or a whole number >= 2."""
+    """argparse type of ``--otsu-classes``: 0 (skip the multi-Otsu step) or a whole number from 2 to 4."""
+    from .weak.pseudo_labels import MAX_OTSU_CLASSES
+
     value = _whole_number_at_least_0(text)
-    if value == 1:
-        raise argparse.ArgumentTypeError("must be 0 (no multi-Otsu step) or 2 or more, got 1")
+    if value == 1 or value > MAX_OTSU_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be 0 (no multi-Otsu step) or 2 to {MAX_OTSU_CLASSES}, got {value}")
     return value
 
 
@@ -169,7 +171,7 @@ def _add_cam_settings(group, *, prefix: str) -> None:
         "--lv-wall-mm", type=float, metavar="MM",
         help=f"{prefix}add to the weak U-Net's heart, on every slice, the band within MM of the LV blood pool found in "
              f"it (the U-Net misses about 30 %% of the myocardium); default {LV_WALL_MM:g}, chosen on ACDC validation "
-             "patients (whole-heart Dice 0.72 -> 0.74); 0 keeps the U-Net's output as it is")
+             "patients (whole-heart Dice 0.72 -> 0.74); 0 keeps the U-Net's output as it is, 30 at most")
     group.add_argument(
         "--cam-augment", nargs="+", choices=CAM_AUGMENTATIONS, metavar="VIEW",
         help=f"{prefix}average the CAM of each slice with those of these views, each mapped back to the slice: hflip "
@@ -186,7 +188,7 @@ def _add_cam_settings(group, *, prefix: str) -> None:
                             f"scaled to 0-255; used only when w1 > 0{card}")
     group.add_argument("--otsu-classes", type=_otsu_classes, metavar="N",
                        help=f"{prefix}with --pseudo-label: classes of the multi-Otsu step, whose lowest class of "
-                            f"candidate pixels is dropped; 0 skips the step{card}")
+                            f"candidate pixels is dropped, 2 to 4; 0 skips the step{card}")
     group.add_argument("--scale-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                        help=f"{prefix}with --pseudo-label: probability range the positive CAM values are scaled into "
                             f"before the CRF, 0 <= LOW < HIGH <= 1; the paper's is 0.5 1{card}")
@@ -462,6 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
     p.add_argument("--structures", action="store_true", help=_STRUCTURES_HELP)
     p.add_argument("--frame", type=_whole_number_at_least_0, help="frame of a 4D input (0-based)")
+    p.add_argument("--ed", metavar="IMAGE",
+                   help="the end-diastolic frame of the same cine series (file or DICOM folder), when INPUT is another "
+                        "frame (end-systole): the weak U-Net's heart on it, carried onto INPUT by image registration, "
+                        "makes labels.nii.gz; the U-Net draws an end-diastolic-sized heart on every frame, so this "
+                        "is better at end-systole (held-out ACDC end-systolic whole-heart Dice 0.72 -> 0.75). The CAM stays INPUT's")
+    p.add_argument("--ed-frame", type=_whole_number_at_least_0, metavar="N",
+                   help="0-based end-diastolic frame of a 4D --ed file, or of a 4D INPUT when --ed is not given")
     _add_cam_settings(p.add_argument_group(
         "CAM averaging and pseudo-label settings (pixels are those of the classifier's crop; report.json's cam "
         "section records the settings used)"), prefix="")
@@ -701,6 +710,7 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .training import TrainingConfig
     from .training.segmentation import check_network_takes_crop, train_segmentation
 
+    _check_train_folders(args)
     if args.task == "fibrosis":
         return _train_fibrosis(args, progress)
     if args.slice_labels_from_label_maps:
@@ -747,6 +757,9 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     train_refs, val_refs = refs_in_part(refs, split, "train"), refs_in_part(refs, split, "validation")
     if not val_refs:
         raise InputError("The split has no validation patients; training needs some to pick the best epoch.")
+    spec = InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size))
+    check_network_takes_crop(TrainingConfig(network=args.network, network_kwargs={"out_channels": max(LABELS) + 1}),
+                             spec)  # before the cases load; the output channels do not change which crops work
     progress(0.0, f"Loading {len(train_refs) + len(val_refs)} cases")
     train_cases, val_cases = [load_case(r) for r in train_refs], [load_case(r) for r in val_refs]
     codes = sorted({int(c) for case in train_cases for c in np.unique(case.labels.array) if c in LABELS})
@@ -758,13 +771,11 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if only_validation:
         log.warning("Label code(s) %s occur in validation cases only; the model does not learn them.",
                     only_validation)
-    spec = InputSpec(in_plane_spacing_mm=(args.spacing, args.spacing), crop_size=(args.crop_size, args.crop_size))
     config = TrainingConfig(
         network=args.network, network_kwargs={"out_channels": max(codes) + 1}, input_spec=spec.to_dict(),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
         metric_name="val_dice", metric_mode="max", position_sampling_ratio=args.sampling_ratio,
     )
-    check_network_takes_crop(config, spec)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out / RUN_DATA_FILE).unlink(missing_ok=True)  # a new run (--overwrite) records its own data
@@ -783,10 +794,26 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
+def _check_train_folders(args: argparse.Namespace) -> None:
+    """Refuse, before any data is read, a ``--out`` or ``--register-to`` that is a file or lies under one."""
+    from .io.atomic import check_output_location
+    from .models.registry import check_models_folder
+
+    try:
+        check_output_location(args.out)
+    except OutputError as error:
+        raise OutputError(f"--out {args.out}: {error}") from error
+    if args.register_to is not None:
+        check_models_folder(args.register_to)
+
+
 def _check_register_target(folder, names: Sequence[str], version: str, *, overwrite: bool) -> None:
     """Refuse, before training, to replace a model already registered under the same name and version."""
+    from .models.registry import check_models_folder
+
     if folder is None:
         return
+    check_models_folder(folder, [f"{name}-{version}" for name in names])  # a file or a folder in the way
     taken = [name for name in names if (Path(folder) / f"{name}-{version}.json").exists()]
     if taken and not overwrite:
         raise OutputError(f"{', '.join(f'{n} {version}' for n in taken)} already registered in {folder}; give "
@@ -1186,7 +1213,7 @@ def _cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
         args.input, args.out, models_dirs=args.models_dir, explain=args.explain, method=args.method,
         use_segmenter=not args.pseudo_label, frame=args.frame, device=args.device, overwrite=args.overwrite,
         progress=progress, augment=tuple(args.cam_augment or ()), pseudo_label_overrides=overrides,
-        structures=args.structures, lv_wall_mm=lv_wall_mm,
+        structures=args.structures, lv_wall_mm=lv_wall_mm, end_diastole=args.ed, end_diastole_frame=args.ed_frame,
     )
     if not args.quiet:
         summary = result.to_report()["volume_prediction"]

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import logging
+import os
 import time
 import traceback
 import warnings
@@ -18,7 +19,7 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, CardiacAIError, DataError, InputError, ModelError, OutputError
+from .errors import Cancelled, DataError, InputError, ModelError, OutputError
 from .geometry import Volume, align_axes, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
 from .io.report import REPORT_NAME, write_csv, write_report
@@ -375,6 +376,8 @@ def _case_id(path: Path) -> str:
     return name
 
 
+#: The batch's table of cases, in its output folder beside the case folders.
+BATCH_SUMMARY_NAME = "summary.csv"
 #: Tasks whose cases need more than one input, hence a CSV: its columns besides case_id.
 _CSV_COLUMNS = {"function": ("ed", "es"), "qc": ("image", "labels")}
 
@@ -384,7 +387,18 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     patient's PNG slices; every task but function and qc) or a CSV list.
 
     The CSV has a ``case_id`` column and ``input`` (every task but function and qc), ``ed`` and ``es`` (function)
-    or ``image`` and ``labels`` (qc); relative paths are read from the CSV's folder.
+    or ``image`` and ``labels`` (qc); relative paths are read from the CSV's folder. A case id names the case's
+    folder inside the batch's output folder, so it must be a plain name. In a folder, hidden entries (a name that
+    starts with '.', such as macOS's ``._case.nii.gz``) are skipped with a warning, and so are PNG files for
+    fibrosis (a patient's PNG slices make a case as a folder of their own).
+
+    Raises
+    ------
+    InputError
+        An unknown task, or a folder for a task that needs a CSV.
+    DataError
+        No case found; a CSV that is not UTF-8 text, lacks a column or has an empty cell; a case id that is empty,
+        '.', '..', holds a path separator or a drive (a path), or is the batch's summary.csv; repeated case ids.
     """
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
@@ -395,22 +409,45 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
         if task in _CSV_COLUMNS:
             raise InputError(f"A batch of {task!r} needs a CSV with case_id, {' and '.join(_CSV_COLUMNS[task])} "
                              "columns.")
-        cases = [BatchCase(_case_id(p), (p,)) for p in sorted(source.iterdir()) if _is_volume_input(p)]
+        cases, hidden, slices = [], [], []
+        for path in sorted(source.iterdir()):
+            if not _is_volume_input(path):
+                if task == "fibrosis" and path.suffix.lower() == ".png":
+                    slices.append(path.name)
+            elif path.name.startswith("."):
+                hidden.append(path.name)
+            else:
+                cases.append(BatchCase(_checked_case_id(_case_id(path), f"{source}: {path.name}"), (path,)))
+        if hidden:
+            log.warning("Skipped %d hidden name(s) in %s, not taken as cases: %s. Rename what is a case without "
+                        "the leading '.' to include it.", len(hidden), source,
+                        ", ".join(hidden[:10]) + (" ..." if len(hidden) > 10 else ""))
+        if slices and cases:
+            log.warning("Skipped %d PNG file(s) of %s, not taken as cases: %s. A batch takes each patient's PNG "
+                        "slices as a folder of their own (e.g. Case_P001/ with its Case_P001_slice*.png): move them "
+                        "into one to include them.", len(slices), source,
+                        ", ".join(slices[:10]) + (" ..." if len(slices) > 10 else ""))
     else:
         columns = _CSV_COLUMNS.get(task, ("input",))
-        with open(source, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in ("case_id", *columns) if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{source} lacks the column(s) {missing}; found {reader.fieldnames}.")
-            cases = []
-            for row in reader:
-                empty = [c for c in ("case_id", *columns) if not (row.get(c) or "").strip()]
-                if empty:
-                    raise DataError(f"{source}, line {reader.line_num}: no {' or '.join(empty)} given; every row "
-                                    f"needs case_id and {', '.join(columns)}.")
-                cases.append(BatchCase(row["case_id"].strip(),
-                                       tuple(source.parent / row[c].strip() for c in columns)))
+        try:
+            with open(source, newline="", encoding="utf-8-sig") as handle:
+                reader = csv.DictReader(handle)
+                missing = [c for c in ("case_id", *columns) if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise DataError(f"{source} lacks the column(s) {missing}; found {reader.fieldnames}.")
+                cases = []
+                for row in reader:
+                    empty = [c for c in ("case_id", *columns) if not (row.get(c) or "").strip()]
+                    if empty:
+                        raise DataError(f"{source}, line {reader.line_num}: no {' or '.join(empty)} given; every "
+                                        f"row needs case_id and {', '.join(columns)}.")
+                    case_id = _checked_case_id(row["case_id"].strip(), f"{source}, line {reader.line_num}")
+                    cases.append(BatchCase(case_id, tuple(source.parent / row[c].strip() for c in columns)))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise DataError(f"{source} cannot be read as a CSV list of cases (UTF-8 text with a case_id column): "
+                            f"{error}. Give a folder of cases or such a CSV.") from error
+        except OSError as error:
+            raise DataError(f"Batch list {source} cannot be read: {error}") from error
     if not cases:
         hint = ""
         if source.is_dir() and any(p.suffix.lower() == ".png" for p in source.iterdir()):
@@ -421,6 +458,26 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     if duplicates:
         raise DataError(f"Case ids must be unique in a batch; repeated: {duplicates}.")
     return cases
+
+
+def _checked_case_id(case_id: str, where: str) -> str:
+    """``case_id`` if it can name a case folder inside the batch's output folder; DataError naming ``where``
+    otherwise (a path would read or write outside it, or clear another folder's files)."""
+    from pathlib import PureWindowsPath
+
+    problem = None
+    if not case_id:
+        problem = "is empty"
+    elif case_id in (".", ".."):
+        problem = "is '.' or '..'"
+    elif any(c in case_id for c in "/\\\0") or PureWindowsPath(case_id).drive:
+        problem = "is a path (it holds a path separator or a drive)"
+    elif case_id.lower() == BATCH_SUMMARY_NAME:
+        problem = f"is the name of the batch's {BATCH_SUMMARY_NAME}"
+    if problem is not None:
+        raise DataError(f"{where}: the case id {case_id!r} {problem}. A case id names the case's folder inside "
+                        "--out: use a plain name such as 'patient001'.")
+    return case_id
 
 
 def run_batch(
@@ -464,10 +521,11 @@ def run_batch(
         module-level function); a worker whose models do not load fails every case it is given.
 
     A case whose folder already holds a readable ``report.json`` is skipped when ``resume`` (a finished earlier run;
-    the report is written last), its summary columns read from that report; otherwise the earlier run's outputs
-    (its report's ``outputs``, the report itself included) are removed before the case runs, so that a redone case
-    that fails is not taken as finished and one that succeeds holds nothing of the earlier run. A case that fails
-    is recorded with its error and the batch goes on.
+    the report is written last), its summary columns read from that report; otherwise the case runs as one run in
+    its folder (:func:`output_folder`): the earlier run's outputs (its report's ``outputs``, the report itself
+    included) are set aside while it runs, so that a redone case is not taken as finished before its report is
+    back, one that succeeds holds nothing of the earlier run, and one that fails or is interrupted gets the earlier
+    result back. A case that fails (any exception) is recorded with its error and the batch goes on.
     Returns the summary rows: ``case_id``, ``inputs``, ``status``, the columns of
     :func:`~cardiac_ai.batch_summary.summary_values` (the task's main numbers, ``warnings`` and, with QC,
     ``qc_min_dice``, ``qc_flagged_slices`` and ``qc_needs_review``), read from the ``report.json`` each case wrote, then
@@ -479,7 +537,8 @@ def run_batch(
         An unknown task, or ``options`` of another task (map without :class:`MapOptions`).
     OutputError
         A case whose input lies in its own output folder, or whose folder holds another command's finished output
-        (another batch's ``--out``): nothing is written or removed.
+        (another batch's ``--out``): nothing is written or removed. An ``out_dir`` that is a file, lies under a file
+        or cannot be written.
     """
     from .batch_summary import earlier_summary_values, summary_columns
 
@@ -499,7 +558,7 @@ def run_batch(
     out = Path(out_dir)
     if job is None:
         check_batch_folders(cases, out, task=task)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, overwrite=True)  # OutputError for a file, a path under a file, a folder not writable
     if workers > 1:
         return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
                                      workers=workers, load_models=load_models)
@@ -514,27 +573,30 @@ def run_batch(
             continue
         start = time.perf_counter()
         try:
-            _clear_earlier_run(case_dir)  # a redone case is unfinished until its report is back
             step = subrange(progress, number / len(cases), (number + 1) / len(cases))
-            if job is not None:
-                from .batch_summary import summary_values
+            # a redone case is one run: its earlier outputs are set aside until its report is back, and put back
+            # if it fails
+            with output_folder(case_dir, overwrite=True, inputs=case.inputs):
+                if job is not None:
+                    from .batch_summary import summary_values
 
-                values = summary_values(job(case, case_dir))
-            else:
-                values = _run_batch_case(task, case, case_dir, models=models, options=options, qc=qc, progress=step)
+                    values = summary_values(job(case, case_dir))
+                else:
+                    values = _run_batch_case(task, case, case_dir, models=models, options=options, qc=qc,
+                                             progress=step)
             row.update({"status": "ok", **values})
         except Cancelled:
             raise
         except _CASE_ERRORS as error:
-            log.error("Case %s failed: %s", case.case_id, error)
+            log.error("Case %s failed: %s: %s", case.case_id, type(error).__name__, error)
             log.debug("%s", traceback.format_exc())
             row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
         # after every case, so an interrupted batch still has its summary
-        write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
+        write_csv(out / BATCH_SUMMARY_NAME, rows, columns=summary_columns(rows))
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases done")
-    write_csv(out / "summary.csv", rows, columns=summary_columns(rows))
+    write_csv(out / BATCH_SUMMARY_NAME, rows, columns=summary_columns(rows))
     _warn_of_skipped_cases_without(options, rows)
     return rows
 
@@ -553,8 +615,9 @@ def _warn_of_skipped_cases_without(options, rows: Sequence[Mapping]) -> None:
                     len(lacking), shown)
 
 
-#: Errors a batch records for its case before going on with the next.
-_CASE_ERRORS = (CardiacAIError, OSError, ValueError, RuntimeError)
+#: Errors a batch records for its case before going on with the next: any error of one case (a reader's own error
+#: type included, e.g. nibabel's ImageFileError); KeyboardInterrupt and SystemExit stop the batch.
+_CASE_ERRORS = (Exception,)
 _worker_state: dict = {}
 
 
@@ -576,11 +639,11 @@ def _batch_case_in_worker(task: str, case: BatchCase, case_dir: Path, options) -
     try:
         if "error" in _worker_state:
             raise ModelError(f"The models did not load in this batch worker: {_worker_state['error']}")
-        _clear_earlier_run(case_dir)
-        values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
-                                 qc=_worker_state["qc"], progress=None)
+        with output_folder(case_dir, overwrite=True, inputs=case.inputs):  # as run_batch: one run
+            values = _run_batch_case(task, case, case_dir, models=_worker_state["models"], options=options,
+                                     qc=_worker_state["qc"], progress=None)
     except _CASE_ERRORS as error:
-        log.error("Case %s failed: %s", case.case_id, error)
+        log.error("Case %s failed: %s: %s", case.case_id, type(error).__name__, error)
         log.debug("%s", traceback.format_exc())
         return {"error": f"{type(error).__name__}: {error}"}, time.perf_counter() - start
     return values, time.perf_counter() - start
@@ -601,7 +664,7 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
 
     def write_summary() -> None:
         ordered = [rows[n] for n in sorted(rows)]
-        write_csv(out / "summary.csv", ordered, columns=summary_columns(ordered))
+        write_csv(out / BATCH_SUMMARY_NAME, ordered, columns=summary_columns(ordered))
 
     report(progress, 0.0, f"Starting {workers} workers for {len(cases)} cases")
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -694,46 +757,55 @@ FIT_BACKGROUND_FRACTION = 0.05
 
 @contextlib.contextmanager
 def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
-    """:func:`~cardiac_ai.io.prepare_output_dir`, and remove the folder again, with what the job wrote into it, if
-    it was created here and the job failed: bad input leaves no partial output behind (and no folder that a rerun
-    would have to --overwrite).
+    """:func:`~cardiac_ai.io.prepare_output_dir`, and run the job writing into the folder as one run: the folder
+    never mixes two runs, and a run that fails or is interrupted loses no earlier result.
 
-    The files written into the folder are recorded (``report.json`` lists them under ``outputs``). A job
-    that succeeds in a folder an earlier run wrote (``--overwrite``) removes that run's outputs it did not write
-    again (a QC table after a rerun with ``--no-qc``), so the folder never mixes two runs; other files stay."""
-    from .io.atomic import recording_outputs
+    The files written into the folder are recorded (``report.json``, written last, lists them under ``outputs``).
+    In a folder an earlier run wrote (``--overwrite``), that run's outputs (its report's ``outputs``, the report
+    itself) are moved into a hidden subfolder ``.cardiac_ai-earlier-run-*`` before the job writes, and so is any
+    other file a write replaces. A job that finishes (writes its report) deletes that subfolder: the earlier run's
+    outputs it did not write again (a QC table after a rerun with ``--no-qc``) are gone. A job that fails, is
+    interrupted (any exception, KeyboardInterrupt included) or returns without its report has what it wrote removed
+    and the earlier files put back exactly; a folder it created is removed again, so bad input leaves no partial
+    output behind (and no folder that a rerun would have to --overwrite). After a hard kill the folder has no
+    report.json (it does not look finished) and the earlier files wait in the subfolder (logged when it is made).
+    Files that are not the earlier run's outputs and that the job does not write stay untouched.
+
+    Inside another ``output_folder`` of the same folder (a command's, around the job it calls; a batch's, around
+    its case) this only checks the folder: the outer one keeps the earlier run.
+    """
+    from .io.atomic import recorded_outputs
 
     out = Path(out_dir)
-    existed = out.exists()
+    existed = os.path.isdir(out)
     folder = prepare_output_dir(out, overwrite=overwrite, inputs=inputs)
-    earlier = _earlier_outputs(folder)
-    written: set[str] = set()
+    if recorded_outputs(folder) is not None:
+        yield folder
+        return
     try:
-        with recording_outputs(folder) as written:
+        with _earlier_run_set_aside(folder):
             yield folder
     except BaseException:
-        if not existed and folder.is_dir():
-            for name in written:
-                (folder / name).unlink(missing_ok=True)
-            if not any(folder.iterdir()):
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty (the user added a file meanwhile): it stays
                 folder.rmdir()
         raise
-    if written and REPORT_NAME in written:  # the job finished (its report is written last)
-        for name in sorted(earlier - written):
-            (folder / name).unlink(missing_ok=True)
-            log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name, folder)
 
 
 def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task: str) -> None:
-    """Refuse a batch, before anything is loaded or written, whose cases cannot run in ``out_dir``: an input inside
-    its own case folder, or a case folder holding another command's finished output.
+    """Refuse a batch, before anything is loaded or written, whose cases cannot run in ``out_dir``: an ``out_dir``
+    that is a file, lies under a file or cannot be written, an input inside its own case folder, or a case folder
+    holding another command's finished output.
 
     Raises
     ------
     OutputError
-        Naming up to three such cases.
+        Naming the folder, or up to three such cases.
     """
+    from .io.atomic import check_output_location
+
     out = Path(out_dir)
+    check_output_location(out)
     problems = [f"case {case.case_id}: {problem}" for case in cases
                 if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
     if problems:
@@ -761,11 +833,77 @@ def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | No
     return None
 
 
-def _clear_earlier_run(folder: Path) -> None:
-    """Remove what the run that wrote ``folder/report.json`` made there (its ``outputs``, the report last): a batch
-    case that is redone holds nothing of its earlier run, finished or not, and other files stay."""
-    for name in sorted(_earlier_outputs(folder) - {REPORT_NAME}) + [REPORT_NAME]:
-        (folder / name).unlink(missing_ok=True)
+#: Name prefix of the hidden subfolder that holds an earlier run's outputs while a new run writes
+#: (:func:`output_folder`).
+EARLIER_RUN_PREFIX = ".cardiac_ai-earlier-run-"
+
+
+@contextlib.contextmanager
+def _earlier_run_set_aside(folder: Path):
+    """Run the block as one run writing into the existing ``folder`` (see :func:`output_folder`): the earlier
+    run's outputs are set aside in a hidden subfolder first, dropped if the block writes its report, put back
+    otherwise. Yields the set of names the block writes."""
+    import shutil
+    import tempfile
+
+    from .io.atomic import recording_outputs
+
+    for stale in sorted(folder.glob(EARLIER_RUN_PREFIX + "*")):
+        log.warning("%s holds the outputs of an earlier run in %s that was stopped before it could put them back "
+                    "or delete them: move its files back into %s to keep that result, or delete it.",
+                    stale, folder, folder)
+    backup = None
+    if any(not p.name.startswith(EARLIER_RUN_PREFIX) for p in folder.iterdir()):
+        try:
+            backup = Path(tempfile.mkdtemp(prefix=EARLIER_RUN_PREFIX, dir=folder))
+            earlier = _earlier_outputs(folder) | {REPORT_NAME}
+            for name in [REPORT_NAME, *sorted(earlier - {REPORT_NAME})]:  # the report first: no longer finished
+                if (folder / name).is_file():
+                    os.replace(folder / name, backup / name)
+        except OSError as error:
+            if backup is not None:
+                _put_back(backup, folder)
+            raise OutputError(f"Cannot set aside the earlier outputs in {folder} before writing: {error}") from error
+        if any(backup.iterdir()):
+            log.info("Moved the earlier run's outputs of %s into %s until this run finishes (they are put back if "
+                     "it fails).", folder, backup)
+    written: set[str] = set()
+    finished = False
+    try:
+        with recording_outputs(folder, backup=backup) as written:
+            yield written
+        finished = REPORT_NAME in written  # the job finished (its report is written last)
+    finally:
+        if finished:
+            if backup is not None:
+                earlier = _earlier_outputs_in(backup)
+                shutil.rmtree(backup, ignore_errors=True)
+                for name in sorted(earlier - written):
+                    log.info("Removed %s: an output of the earlier run in %s that this run does not make.", name,
+                             folder)
+        else:
+            for name in written:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink(missing_ok=True)
+            if backup is not None:
+                _put_back(backup, folder)
+
+
+def _earlier_outputs_in(backup: Path) -> set[str]:
+    """The earlier run's outputs among the files set aside in ``backup`` (the others are files a write replaced)."""
+    return (_earlier_outputs(backup) | {REPORT_NAME}) & {p.name for p in backup.iterdir()}
+
+
+def _put_back(backup: Path, folder: Path) -> None:
+    """Move the files set aside in ``backup`` back into ``folder`` (the report last) and remove ``backup``; what
+    cannot be moved stays there, logged."""
+    try:
+        for item in sorted(backup.iterdir(), key=lambda p: (p.name == REPORT_NAME, p.name)):
+            os.replace(item, folder / item.name)
+        backup.rmdir()
+    except OSError as error:
+        log.error("Could not put the earlier outputs of %s back (%s): they are in %s; move them back by hand.",
+                  folder, error, backup)
 
 
 def _earlier_outputs(folder: Path) -> set[str]:
@@ -1212,9 +1350,20 @@ def ecv_files(
                 "The native and post-contrast maps are on different grids: the post-contrast map was resampled "
                 f"(linear, scanner coordinates, no registration) onto the native grid, which it covers for "
                 f"{100 * covered:.0f} % of the myocardium, and the native contours were used on both.", log)
-        post_myocardium = myocardial_statistics(post_values, labels == 2, erosion_mm=erosion_mm,
-                                                spacing_ji_mm=spacing_ji)
-        post_blood = lv_blood_pool_t1(post_values, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
+        for region, name in ((labels == 2, "myocardium"), (labels == 3, "LV blood pool")):
+            if region.any() and not np.isfinite(post_values[region]).any():  # 0 in the map: not fitted
+                where = "zero (not fitted)" if same_grid else "zero (not fitted) or outside the post-contrast map"
+                raise InputError(
+                    f"The post-contrast T1 map {post_path} has no T1 value inside the {name} found in the native "
+                    f"map {native_path}: all {int(region.sum())} of its pixels there are {where}. ECV needs a "
+                    "post-contrast map fitted over the myocardium and the LV blood pool.")
+        try:
+            post_myocardium = myocardial_statistics(post_values, labels == 2, erosion_mm=erosion_mm,
+                                                    spacing_ji_mm=spacing_ji)
+            post_blood = lv_blood_pool_t1(post_values, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
+        except InputError as error:  # say which map: both are T1 maps
+            raise InputError(f"Post-contrast T1 map {post_path}: {error} Its pixels that are 0 (not fitted) count "
+                             "as NaN here.") from error
         blood_native, blood_post = native_analysis.lv_blood_pool.median, post_blood.median
         myocardium = extracellular_volume(native_analysis.myocardium.median, post_myocardium.median, blood_native,
                                           blood_post, haematocrit=haematocrit)
@@ -1569,6 +1718,11 @@ def _structures_named(config, named: set[int] | None, provenance: Provenance):
         return config
     named = {LV_MYOCARDIUM if code in (SCAR, MVO) else code for code in named}
     judged = tuple(code for code in QC_STRUCTURES if code in named)
+    if not judged and named:
+        names = ", ".join(LABELS[code].display_name if code in LABELS else str(code) for code in sorted(named))
+        raise InputError(f"QC judges the RV blood pool, LV myocardium and LV blood pool; the label file (or "
+                         f"--label-codes) names none of them, only {names}. A whole-heart mask (e.g. cardiacai cam's "
+                         "labels) cannot be judged: give a segmentation of those structures.")
     if not judged or len(judged) == len(QC_STRUCTURES):
         return config
     left_out = ", ".join(LABELS[code].display_name for code in QC_STRUCTURES if code not in judged)
@@ -1899,6 +2053,8 @@ def cam_file(
     pseudo_label_overrides: dict | None = None,
     structures: bool = False,
     lv_wall_mm: float | None = None,
+    end_diastole: str | Path | None = None,
+    end_diastole_frame: int | None = None,
 ):
     """``cardiacai cam``: class activation map and whole-heart labels from models trained on diagnosis labels only.
 
@@ -1913,6 +2069,12 @@ def cam_file(
     ``pseudo_label_overrides`` and ``lv_wall_mm`` (None: its default, 11 mm) are those of
     :func:`~cardiac_ai.weak.pipeline.explain_volume`; the report's ``cam`` section records the views averaged, the
     pseudo-label settings and the LV wall band used.
+
+    ``end_diastole`` (``--ed``): the end-diastolic frame of the same cine series (a file or DICOM folder;
+    ``end_diastole_frame``, ``--ed-frame``, picks it from a 4D file, or from ``input_path`` when ``end_diastole`` is
+    None): the weak U-Net's heart on it, carried onto the input frame by image registration, makes the labels (see
+    :func:`~cardiac_ai.weak.pipeline.explain_volume`: better at end-systole). The report's ``cam`` section says so
+    (``heart_from_end_diastole``).
 
     ``structures``: also split the heart into RV blood pool, LV myocardium and LV blood pool
     (:func:`~cardiac_ai.weak.structures.split_heart`: image intensity inside the heart, no pixel label), written as
@@ -1933,19 +2095,27 @@ def cam_file(
     wall_asked_for = lv_wall_mm is not None and check_wall_mm(lv_wall_mm) > 0
     lv_wall_mm = LV_WALL_MM if lv_wall_mm is None else check_wall_mm(lv_wall_mm)
     provenance = provenance or Provenance(command="cam")
+    diastole_given = end_diastole is not None or end_diastole_frame is not None
+    diastole_path = input_path if end_diastole is None else end_diastole
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
-                                  **({"frame": frame} if frame is not None else {})})
-    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+                                  **({"frame": frame} if frame is not None else {}),
+                                  **({"end_diastole": str(diastole_path)} if diastole_given else {}),
+                                  **({"end_diastole_frame": end_diastole_frame}
+                                     if end_diastole_frame is not None else {})})
+    inputs = [input_path, *([end_diastole] if end_diastole is not None else [])]
+    with output_folder(out_dir, overwrite=overwrite, inputs=inputs) as out:
         if models is None:
             models = load_weak_models(models_dirs, device=device, provenance=provenance)
         else:
             provenance.device = str(models.classifier.device)
         with provenance.timed("read"):
             volume = read_input(input_path, frame=frame)
+            diastole = read_input(diastole_path, frame=end_diastole_frame) if diastole_given else None
         with provenance.timed("cam"):
             result = explain_volume(volume, models, explain=explain, method=method, augment=augment,
                                     pseudo_label_overrides=pseudo_label_overrides, use_segmenter=use_segmenter,
-                                    lv_wall_mm=lv_wall_mm, device=str(models.classifier.device), provenance=provenance,
+                                    lv_wall_mm=lv_wall_mm, end_diastole=diastole,
+                                    device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
         split = _split_weak_heart(volume, result.labels, provenance) if structures else None
         heart_from_weak_unet = result.label_source.startswith(SEGMENTER_NAME)

@@ -679,9 +679,9 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
              crf_smoothness: Sequence[float] | None = None, crf_appearance: Sequence[float] | None = None,
              otsu_classes: int | None = None, scale_range: Sequence[float] | None = None,
              min_fraction: float | None = None, structures: bool = False,
-             lv_wall_mm: float | None = None) -> BackendCall:
+             lv_wall_mm: float | None = None, end_diastole_path: Any = None) -> BackendCall:
     """``cardiacai cam IMAGE --out DIR [--explain CLASS] [--method M] [--pseudo-label] [--cam-augment VIEW ...]
-    [pseudo-label settings] [--structures] [--lv-wall-mm MM]``.
+    [pseudo-label settings] [--structures] [--lv-wall-mm MM] [--ed ED_IMAGE]``.
 
     ``explain`` None, "" or "predicted" explains the volume's predicted class on every slice ("slice": each slice's
     own; a class name such as "DCM": that class on every slice); ``method`` None, "" or "default" uses the model
@@ -701,6 +701,10 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     ``lv_wall_mm`` (``--lv-wall-mm``): the band around the LV blood pool added to the weak U-Net's heart; None: the
     backend's default (:data:`CAM_LV_WALL_MM`); 0: none.
 
+    ``end_diastole_path`` (``--ed``): the end-diastolic frame of the same cine series, when IMAGE is another frame:
+    the weak U-Net's heart on it, carried onto IMAGE by image registration, makes the labels (better at
+    end-systole); None: IMAGE's own heart.
+
     Raises
     ------
     InputError
@@ -708,6 +712,8 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
         or given without ``pseudo_label``, a negative or non-numeric ``lv_wall_mm``.
     """
     options = _common_options(out_dir, device, models_dir)
+    if end_diastole_path is not None:
+        options["ed"] = _path(end_diastole_path, "The end-diastolic frame")
     if explain not in (None, "", "predicted"):
         if not isinstance(explain, str) or explain.startswith("-") or not explain.strip() or " " in explain.strip():
             raise InputError(f"The class to explain must be one class name such as DCM (or 'predicted' or 'slice'), "

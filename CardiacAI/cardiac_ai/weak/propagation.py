@@ -1,0 +1,148 @@
+"""Carry a heart mask from the end-diastolic frame of a cine stack to another frame of it, by registering the images.
+
+The weak U-Net draws an end-diastolic-sized heart on every frame: its ED-ES motion pseudo-labels mark the region
+that moves, the same for both phases. At end-systole that leaves it too large by nearly half (false positives 0.46 of the
+true ES heart on the ACDC test patients, against 0.21 at ED) and its per-volume Dice 0.13 below ED's. The end-
+diastolic heart it draws well; the two frames' images say how that heart moved. So the ED heart, warped onto the
+other frame by a deformable registration of the ED image onto that frame's image (no label involved), is a better
+heart for that frame than the U-Net's own: on the 10 ACDC validation patients the ES whole-heart Dice per volume
+rose from 0.698 to 0.730 (test: 0.716 to 0.752; over ED and ES volumes 0.744 to 0.760, test 0.779 to 0.797;
+docs/benchmarks.md, session 20).
+
+Registration is 2D, slice by slice: frames of one cine series share their grid, the slices do not move between
+frames, and through-plane motion cannot be recovered from one slice per level anyway. The settings are SimpleITK's
+fast symmetric forces demons, 100 iterations, displacement field smoothed with a 2 mm Gaussian, on a crop 40 mm around
+the mask. Chosen on the 10 validation patients, scored on the whole field of view in a first experiment: 50
+iterations at 1.5 mm 0.726, 100 at 2 mm and at 3 mm both 0.728; on 8 of them a three-level pyramid, 200 iterations
+or diffeomorphic demons came within 0.001 of 100 at 2 mm, 1 mm smoothing 0.010 below; the crop (4 times faster) moved
+it to 0.730. Keeping only the part of the carried heart that the U-Net also draws on the frame was worse (0.720).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError
+from ..progress import ProgressCallback, report
+
+__all__ = ["DEMONS_ITERATIONS", "DEMONS_SMOOTHING_MM", "REGISTRATION_MARGIN_MM", "carry_mask_between_frames"]
+
+#: Demons iterations per slice (ACDC validation patients: 50, 100 and 200 scored within 0.002).
+DEMONS_ITERATIONS = 100
+#: Margin (mm) around the mask's in-plane bounding box that the registration sees: the heart's motion, not the
+#: chest wall's, is what carries the mask, and a smaller field is faster (about 4 times on ACDC's fields of view).
+REGISTRATION_MARGIN_MM = 40.0
+#: Gaussian smoothing of the displacement field, in mm (ACDC validation patients: 2 and 3 mm alike, 1 mm worse).
+DEMONS_SMOOTHING_MM = 2.0
+
+
+def carry_mask_between_frames(
+    mask: NDArray[np.bool_],
+    source_image: NDArray[np.floating],
+    target_image: NDArray[np.floating],
+    spacing_kji_mm: tuple[float, float, float],
+    *,
+    iterations: int = DEMONS_ITERATIONS,
+    smoothing_mm: float = DEMONS_SMOOTHING_MM,
+    progress: ProgressCallback | None = None,
+) -> NDArray[np.bool_]:
+    """``mask``, drawn on ``source_image``, moved onto ``target_image`` (another frame of the same stack).
+
+    Parameters
+    ----------
+    mask : (k, j, i) mask on the source frame (nonzero = inside).
+    source_image, target_image : (k, j, i) two frames of one cine stack, on one grid, any intensity scale.
+    spacing_kji_mm : voxel spacing; the in-plane part makes ``smoothing_mm`` physical.
+    iterations : demons iterations per slice, >= 1.
+    smoothing_mm : width (standard deviation) of the Gaussian that smooths the displacement field, > 0.
+
+    Returns
+    -------
+    (k, j, i) bool mask on the target frame. Each slice's source image is registered onto the same slice of the
+    target (intensities scaled to their 1st-99th percentiles, the source's histogram matched to the target's), and
+    the mask is resampled through the resulting displacement field (linear, kept above one half). Slices where the
+    mask is empty stay empty; a constant slice moves nothing.
+
+    Raises
+    ------
+    InputError
+        Arrays that are not 3D of one shape, not real numbers, or hold NaN or Inf; a spacing that is not three
+        positive numbers; ``iterations`` not a whole number >= 1 or ``smoothing_mm`` not a number > 0.
+    """
+    import SimpleITK as sitk
+
+    mask, source, target, pixel_mm = _checked(mask, source_image, target_image, spacing_kji_mm)
+    if isinstance(iterations, (bool, np.bool_)) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise InputError(f"carry_mask_between_frames: iterations must be a whole number >= 1, got {iterations!r}.")
+    if isinstance(smoothing_mm, (bool, np.bool_)) or not isinstance(smoothing_mm, numbers.Real) \
+            or not math.isfinite(float(smoothing_mm)) or smoothing_mm <= 0:
+        raise InputError(f"carry_mask_between_frames: smoothing_mm must be a number > 0, got {smoothing_mm!r}.")
+    spacing_xy = (pixel_mm[1], pixel_mm[0])  # SimpleITK orders (x, y) = (i, j)
+    carried = np.zeros_like(mask)
+    if not mask.any():
+        return carried
+    box = _bounding_box(mask.any(axis=0), pixel_mm, REGISTRATION_MARGIN_MM)
+    mask, source, target = mask[(slice(None), *box)], source[(slice(None), *box)], target[(slice(None), *box)]
+    slices = mask.shape[0]
+    for k in range(slices):
+        report(progress, k / slices, f"Registering slice {k + 1} of {slices}")
+        if not mask[k].any():
+            continue
+        fixed = _slice_image(target[k], spacing_xy)
+        moving = sitk.HistogramMatching(_slice_image(source[k], spacing_xy), fixed)
+        demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+        demons.SetNumberOfIterations(int(iterations))
+        demons.SetStandardDeviations(float(smoothing_mm))
+        field = demons.Execute(fixed, moving)
+        transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+        moving_mask = sitk.GetImageFromArray(mask[k].astype(np.float32))
+        moving_mask.SetSpacing(spacing_xy)
+        warped = sitk.Resample(moving_mask, fixed, transform, sitk.sitkLinear, 0.0)
+        carried[(k, *box)] = sitk.GetArrayFromImage(warped) > 0.5
+    report(progress, 1.0, "Registration done")
+    return carried
+
+
+def _bounding_box(mask_2d: NDArray[np.bool_], pixel_mm: tuple[float, float], margin_mm: float) -> tuple[slice, slice]:
+    box = []
+    for axis, size_mm in enumerate(pixel_mm):
+        inside = np.flatnonzero(mask_2d.any(axis=1 - axis))
+        margin = int(math.ceil(margin_mm / size_mm))
+        box.append(slice(max(int(inside[0]) - margin, 0), min(int(inside[-1]) + 1 + margin, mask_2d.shape[axis])))
+    return tuple(box)
+
+
+def _slice_image(array: NDArray[np.float64], spacing_xy: tuple[float, float]):
+    import SimpleITK as sitk
+
+    low, high = np.percentile(array, [1, 99])
+    scaled = np.clip((array - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(array)
+    image = sitk.GetImageFromArray(scaled.astype(np.float32))
+    image.SetSpacing(spacing_xy)
+    return image
+
+
+def _checked(mask: object, source: object, target: object, spacing_kji_mm: object):
+    arrays = {"mask": np.asarray(mask), "source image": np.asarray(source), "target image": np.asarray(target)}
+    shapes = {array.shape for array in arrays.values()}
+    if len(shapes) != 1 or arrays["mask"].ndim != 3 or arrays["mask"].shape[0] == 0:
+        raise InputError("carry_mask_between_frames needs a 3D (k, j, i) mask and two frames of one stack on its "
+                         f"grid, got shapes {', '.join(str(a.shape) for a in arrays.values())}.")
+    for name, array in arrays.items():
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) \
+                or np.issubdtype(array.dtype, np.complexfloating):
+            raise InputError(f"carry_mask_between_frames: the {name} must hold real numbers, got {array.dtype}.")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"carry_mask_between_frames: the {name} holds NaN or Inf values.")
+    try:
+        spacing = tuple(float(s) for s in spacing_kji_mm)
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"carry_mask_between_frames needs three positive spacings (k, j, i) in mm, got "
+                         f"{spacing_kji_mm!r}.")
+    return (arrays["mask"] != 0, arrays["source image"].astype(np.float64), arrays["target image"].astype(np.float64),
+            (spacing[1], spacing[2]))
