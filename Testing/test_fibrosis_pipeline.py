@@ -443,3 +443,15 @@ def test_the_stack_classifier_weights_positive_patients_by_negatives_over_positi
     batches = [{"image": torch.zeros(1, 1), "label": torch.tensor([label])} for label in (1.0, 0.0)]
     metrics = fitted["metric_fn"](lambda image: torch.zeros(image.shape[0], 1), batches, "cpu")
     assert metrics["val_bce"] == pytest.approx((3 + 1) / 2 * math.log(2))
+
+
+def test_a_2d_file_states_no_slice_thickness_so_its_scar_is_no_volume(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(_stack(n_slices=1, size=40)[0].astype(np.float32))
+    image.SetSpacing((1.4, 1.4))
+    sitk.WriteImage(image, str(tmp_path / "lge_2d.nii.gz"))
+    two_d = read_lge_input(tmp_path / "lge_2d.nii.gz")
+    assert two_d.spacing_known and not two_d.slice_spacing_known  # 1.4 mm pixels, but no thickness: no ml
+    write_volume(Volume(_stack(n_slices=1, size=40), Geometry(spacing_mm=(1.4, 1.4, 8.0))), tmp_path / "lge_3d.nrrd")
+    assert read_lge_input(tmp_path / "lge_3d.nrrd").slice_spacing_known  # a one-slice 3D file keeps its thickness

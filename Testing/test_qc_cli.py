@@ -529,3 +529,12 @@ def test_labels_with_another_spacing_exit_2_naming_it(oblique_files, tiny_qc_mod
     code, _, err = _run(capsys, "qc", oblique_files["image"], tmp_path / "l.nii.gz", "--out", tmp_path / "out",
                         "--models-dir", tiny_qc_models)
     assert code == 2 and "voxel lattice: spacing_mm (1.5, 1.5, 10.0)" in err
+
+
+def test_qc_refuses_a_whole_heart_mask_it_cannot_judge(files, tiny_qc_models, tmp_path, capsys):
+    labels = files["case"].labels
+    write_volume(labels.with_array(np.where(labels.array > 0, 6, 0).astype(np.uint8)), tmp_path / "heart.nii.gz")
+    code, _, err = _run(capsys, "qc", files["image"], tmp_path / "heart.nii.gz", "--out", tmp_path / "out",
+                        "--models-dir", tiny_qc_models, "--device", "cpu", "--label-codes", "HEART=6")
+    assert code == 2 and "names none of them" in err and "whole-heart mask" in err
+    assert not (tmp_path / "out").exists()
