@@ -222,3 +222,13 @@ def test_the_fibrosis_recipe_registers_its_three_models_or_none(tmp_path):
     assert sorted(p.name for p in result.card_paths) == ["lge_fibrosis_classifier-1.0.json",
                                                          "lge_fibrosis_weak-1.0.json", "lge_myocardium-1.0.json"]
     assert len(os.listdir(tmp_path / "models2")) == 6
+
+
+def test_the_weak_recipe_refuses_a_models_folder_that_is_a_file_before_any_work(tmp_path):
+    from cardiac_ai.errors import OutputError
+    from cardiac_ai.weak.recipe import train_weak_cam_models
+
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(OutputError, match="afile"):  # no case is read: the check comes first
+        train_weak_cam_models([], "diagnosis", work_dir=tmp_path / "run", register_to=tmp_path / "afile")
+    assert not (tmp_path / "run").exists()

@@ -706,3 +706,22 @@ def test_cam_warns_that_an_image_of_noise_gives_meaningless_results(trained_weak
     assert any(w.startswith("The image looks like noise") for w in explain_volume(noise, models).warnings)
     assert not any("noise" in w for w in explain_volume(image, models).warnings)
     assert neighbour_correlation(np.ones((2, 4, 4))) == 1.0
+
+
+def test_a_cam_batch_csv_may_give_each_case_its_end_diastolic_frame(trained_weak_models, ed_es_pair, tmp_path):
+    ed, es = ed_es_pair
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    (tmp_path / "cases.csv").write_text("case_id,input,ed\ncarried,es.nii.gz,ed.nii.gz\nown,es.nii.gz,\n")
+    assert main(["batch", str(tmp_path / "cases.csv"), "--task", "cam", "--out", str(tmp_path / "out"),
+                 "--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]) == 0
+    reports = {name: json.loads((tmp_path / "out" / name / "report.json").read_text()) for name in ("carried", "own")}
+    assert reports["carried"]["cam"]["heart_from_end_diastole"] and not reports["own"]["cam"]["heart_from_end_diastole"]
+    assert reports["carried"]["provenance"]["parameters"]["end_diastole"] == str(tmp_path / "ed.nii.gz")
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed.nii.gz"), "--out",
+                 str(tmp_path / "single"), "--models-dir", str(trained_weak_models["models"]), "--device", "cpu",
+                 "--quiet"]) == 0
+    assert np.array_equal(read_volume(tmp_path / "out" / "carried" / "labels.nii.gz").array,
+                          read_volume(tmp_path / "single" / "labels.nii.gz").array)
+    rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert "heart_from_end_diastole" in rows[0]

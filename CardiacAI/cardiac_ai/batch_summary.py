@@ -48,8 +48,9 @@ def summary_values(report: Mapping[str, Any]) -> dict[str, Any]:
         * fibrosis: ``scar_volume_<unit>``, ``mvo_volume_<unit>``, ``myocardium_volume_<unit>`` (unit mL, or voxels
           when the pixel size is unknown), ``scar_percent_of_myocardium``, ``mvo_percent_of_scar``,
           ``fibrosis_found``, ``max_slice_fibrosis_probability`` (when a classifier ran);
-        * cam: ``predicted_class``, ``predicted_probability``, ``p_<class>`` per class, ``heart_volume_ml``, and
-          with ``--structures`` ``estimated_<structure>_ml`` per structure of the label-free split;
+        * cam: ``predicted_class``, ``predicted_probability``, ``p_<class>`` per class, ``heart_volume_ml``,
+          ``heart_from_end_diastole`` (an ``ed`` column gave the case's end-diastolic frame), and with
+          ``--structures`` ``estimated_<structure>_ml`` per structure of the label-free split;
         * qc: ``qc_mean_dice`` and ``qc_volume_dice_<structure>`` per structure (null where not judged);
 
         then ``warnings`` (joined with " | ") and, when QC ran, ``qc_min_dice`` (lowest predicted Dice of any slice
@@ -134,6 +135,8 @@ def _cam_values(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"predicted_class": prediction["class"], "predicted_probability": _rounded(probabilities[prediction["class"]]),
             **{f"p_{name}": _rounded(p) for name, p in probabilities.items()},
             "heart_volume_ml": _rounded(cam.get("heart_volume_ml")),
+            # cam --ed: the heart is the end-diastolic frame's, carried onto this one
+            "heart_from_end_diastole": bool(cam.get("heart_from_end_diastole", False)),
             # cam --structures: the label-free split of the heart (a rough estimate; the report says how rough)
             **{f"estimated_{name}_ml": _rounded(ml)
                for name, ml in report.get("structures", {}).get("volumes_ml", {}).items()}}

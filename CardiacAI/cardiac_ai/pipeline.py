@@ -311,7 +311,7 @@ BatchTask = Literal["segment-cine", "function", "map", "fibrosis", "cam", "qc"]
 @dataclass(frozen=True)
 class BatchCase:
     case_id: str
-    inputs: tuple[Path, ...]  # one file or folder, or ED and ES (function)
+    inputs: tuple[Path, ...]  # one file or folder, ED and ES (function), image and labels (qc), or input and ED (cam)
 
 
 @dataclass(frozen=True)
@@ -380,6 +380,9 @@ def _case_id(path: Path) -> str:
 BATCH_SUMMARY_NAME = "summary.csv"
 #: Tasks whose cases need more than one input, hence a CSV: its columns besides case_id.
 _CSV_COLUMNS = {"function": ("ed", "es"), "qc": ("image", "labels")}
+#: Columns a task's CSV may add, a cell left empty where a case has none: cam's ``ed``, the end-diastolic frame of
+#: the same series whose heart is carried onto ``input`` (``cardiacai cam --ed``).
+_OPTIONAL_CSV_COLUMNS = {"cam": ("ed",)}
 
 
 def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
@@ -387,7 +390,9 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     patient's PNG slices; every task but function and qc) or a CSV list.
 
     The CSV has a ``case_id`` column and ``input`` (every task but function and qc), ``ed`` and ``es`` (function)
-    or ``image`` and ``labels`` (qc); relative paths are read from the CSV's folder. A case id names the case's
+    or ``image`` and ``labels`` (qc); relative paths are read from the CSV's folder. A cam CSV may add an ``ed``
+    column: the end-diastolic frame of the case's series (``cardiacai cam --ed``; empty: none), the case's second
+    input. A case id names the case's
     folder inside the batch's output folder, so it must be a plain name. In a folder, hidden entries (a name that
     starts with '.', such as macOS's ``._case.nii.gz``) are skipped with a warning, and so are PNG files for
     fibrosis (a patient's PNG slices make a case as a folder of their own).
@@ -442,7 +447,9 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
                         raise DataError(f"{source}, line {reader.line_num}: no {' or '.join(empty)} given; every "
                                         f"row needs case_id and {', '.join(columns)}.")
                     case_id = _checked_case_id(row["case_id"].strip(), f"{source}, line {reader.line_num}")
-                    cases.append(BatchCase(case_id, tuple(source.parent / row[c].strip() for c in columns)))
+                    given = [c for c in _OPTIONAL_CSV_COLUMNS.get(task, ()) if (row.get(c) or "").strip()]
+                    cases.append(BatchCase(case_id, tuple(source.parent / row[c].strip()
+                                                          for c in (*columns, *given))))
         except (UnicodeDecodeError, csv.Error) as error:
             raise DataError(f"{source} cannot be read as a CSV list of cases (UTF-8 text with a case_id column): "
                             f"{error}. Give a folder of cases or such a CSV.") from error
@@ -736,7 +743,8 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
         cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
                  use_segmenter=options.use_segmenter, frame=options.frame, device=options.device, overwrite=True,
                  progress=progress, augment=options.augment, pseudo_label_overrides=options.pseudo_label_overrides,
-                 structures=options.structures, lv_wall_mm=options.lv_wall_mm)
+                 structures=options.structures, lv_wall_mm=options.lv_wall_mm,
+                 end_diastole=case.inputs[1] if len(case.inputs) > 1 else None)
     return summary_values(read_report(case_dir))
 
 

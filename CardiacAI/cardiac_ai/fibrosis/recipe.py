@@ -502,6 +502,10 @@ def train_fibrosis_models(
             refs_in_part(refs, split, part)  # refuses a split that does not list every patient
 
     stages = [s for s in FIBROSIS_RECIPE_STAGES if s != "register" or register_to is not None]
+    if register_to is not None:  # a models folder that cannot take the models fails now, not after the training
+        from ..models.registry import check_models_folder
+
+        check_models_folder(register_to)
     prepare_share = _STAGE_WEIGHTS["prepare"] / sum(_STAGE_WEIGHTS[s] for s in stages)
     data = prepare_fibrosis_data(refs, label_column, recipe=recipe,
                                  slice_labels_from_label_maps=slice_labels_from_label_maps,
@@ -541,7 +545,6 @@ def train_fibrosis_models(
                     subrange(progress, prepare_share, 1.0 if register_to is None else 0.99), metrics)
     cards: tuple[Path, ...] = ()
     if register_to is not None:
-        Path(register_to).mkdir(parents=True, exist_ok=True)
         cards = _register(work, Path(register_to), recipe, version=model_version, training_data=training_data,
                           split=split, license=license)
     report(progress, 1.0, "Fibrosis models trained")

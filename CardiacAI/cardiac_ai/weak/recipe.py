@@ -797,6 +797,10 @@ def train_weak_cam_models(
     stages = [s for s in WEAK_STAGES if s in set(stages)]  # always in the order they depend on each other
     if "register" in stages and register_to is None:
         raise InputError("The register stage needs register_to (a models folder).")
+    if "register" in stages:  # a models folder that cannot take the models fails now, not after the training
+        from ..models.registry import check_models_folder
+
+        check_models_folder(register_to)
 
     refs = list(refs)
     if prior == "motion":
