@@ -1864,7 +1864,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param crfAppearance: (weight >= 0, width in pixels > 0, width in grey levels of the slice scaled to 0-255
             > 0) of the CRF's appearance (bilateral) kernel, used only when the weight is > 0 (``--crf-appearance``).
         :param otsuClasses: classes of the multi-Otsu step whose lowest class of candidate pixels is dropped; 0 skips
-            the step, else >= 2 (``--otsu-classes``).
+            the step, else 2 to 4 (``--otsu-classes``).
         :param scaleRange: (low, high) with 0 <= low < high <= 1: the probability range the positive CAM values are
             scaled into before the CRF (``--scale-range``).
         :param minFraction: candidate pixels must reach this fraction of the slice's CAM maximum, 0 <= f < 1
@@ -1882,7 +1882,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             class and probabilities), "slicesTableNode" (per slice), "inputVolumeNode", "warnings" and "report";
             with ``structures`` also "structuresSegmentationNode".
         :raises ValueError: unknown method or view, a pseudo-label setting out of range or without ``pseudoLabel``,
-            a negative ``lvWallMm``.
+            an ``lvWallMm`` outside 0-30 mm; the backend refuses an ``endDiastoleVolumeNode`` on another grid.
         """
         results = importBackend("slicer_results")
         with self._temporaryDirectory() as tempDir:

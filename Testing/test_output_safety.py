@@ -353,3 +353,22 @@ def test_ecv_names_the_post_contrast_map_whose_blood_pool_is_zero(tmp_path, monk
         pipeline.ecv_files(tmp_path / "native.nii.gz", tmp_path / "post.nii.gz", tmp_path / "e", models=None,
                            haematocrit=0.42, device="cpu")
     assert not (tmp_path / "e").exists()
+
+
+def test_a_case_folder_run_as_one_run_keeps_the_earlier_result_when_it_fails(tmp_path):
+    from cardiac_ai.pipeline import case_folder_as_one_run
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (folder / "report.json").write_text('{"old": true}')
+    (folder / "structures.seg.nrrd").write_text("old estimate")
+    with pytest.raises(RuntimeError):
+        with case_folder_as_one_run(folder):
+            assert not (folder / "report.json").exists()  # unfinished while it runs
+            (folder / "segmentation.seg.nrrd").write_text("half")
+            raise RuntimeError("Slicer could not write")
+    assert sorted(p.name for p in folder.iterdir()) == ["report.json", "structures.seg.nrrd"]
+    assert (folder / "report.json").read_text() == '{"old": true}'
+    with case_folder_as_one_run(folder):
+        (folder / "report.json").write_text('{"new": true}')
+    assert sorted(p.name for p in folder.iterdir()) == ["report.json"]  # nothing of the earlier run, no backup

@@ -647,3 +647,20 @@ def test_ui_form_layout_cells_are_each_used_once(name):
             continue
         cells = [(item.get("row"), item.get("column")) for item in layout.findall("item")]
         assert len(cells) == len(set(cells)), f"{layout.get('name')} puts two widgets in one cell: {cells}"
+
+
+def test_the_cam_panels_limits_are_the_backends():
+    """The panel's ranges, the spin boxes' maxima and the headless batch's check repeat the backend's limits (Slicer
+    code cannot import them at class definition): kept in step here."""
+    from cardiac_ai.weak.pseudo_labels import MAX_OTSU_CLASSES
+    from cardiac_ai.weak.structures import MAX_LV_WALL_MM
+
+    fields = _parameter_fields("CardiacAI")
+    assert fields["camLvWallMm"] == f"Annotated[float, WithinRange(0.0, {MAX_LV_WALL_MM})]"
+    assert fields["camOtsuClasses"] == f"Annotated[int, WithinRange(0, {MAX_OTSU_CLASSES})]"
+    widgets = _ui_widgets("CardiacAI")
+    assert float(widgets["camLvWallMmSpinBox"].find("property[@name='maximum']").findtext("double")) == MAX_LV_WALL_MM
+    assert int(widgets["camOtsuClassesSpinBox"].find("property[@name='maximum']").findtext("number")) == \
+        MAX_OTSU_CLASSES
+    script = (Path(__file__).resolve().parents[1] / "CardiacAI" / "Scripts" / "batch_headless.py").read_text()
+    assert f"0.0 <= args.lv_wall_mm <= {MAX_LV_WALL_MM}" in script

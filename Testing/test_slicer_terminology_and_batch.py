@@ -554,12 +554,12 @@ def test_batch_tasks_are_the_logic_methods_it_calls_and_their_tables_exist(batch
 
 def test_the_slicer_batch_writes_the_structures_only_when_asked_and_never_keeps_an_earlier_runs(batch):
     source = ast.unparse(ast.parse(BATCH_SCRIPT.read_text()))
-    process = next(n for n in ast.walk(ast.parse(BATCH_SCRIPT.read_text()))
-                   if isinstance(n, ast.FunctionDef) and n.name == "processCase")
-    body = ast.unparse(process)
-    # a redone case first removes an earlier run's estimate, then saves the node only where the Logic returned one
-    assert body.index("STRUCTURES_NAME).unlink(missing_ok=True)") < body.index("runTask(")
-    assert "result.get('structuresSegmentationNode') is not None" in body
+    functions = {n.name: ast.unparse(n) for n in ast.walk(ast.parse(BATCH_SCRIPT.read_text()))
+                 if isinstance(n, ast.FunctionDef)}
+    # a redone case runs as one run in its folder (an earlier run's estimate is set aside, and dropped when the case
+    # finishes), then saves the node only where the Logic returned one
+    assert "case_folder_as_one_run" in functions["processCase"] and "_processCaseFiles(" in functions["processCase"]
+    assert "result.get('structuresSegmentationNode') is not None" in functions["_processCaseFiles"]
     assert "structures=args.structures" in source
     assert "lvWallMm=args.lv_wall_mm" in source
     assert batch.STRUCTURES_NAME == "structures.seg.nrrd"

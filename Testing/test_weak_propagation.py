@@ -81,3 +81,13 @@ def test_bad_settings_are_refused(options):
     source = _discs([14, 12])
     with pytest.raises(InputError, match="iterations|smoothing_mm"):
         carry_mask_between_frames(source > 100, source, source, SPACING, **options)
+
+
+def test_the_smoothing_width_is_in_mm_whatever_the_pixel_size():
+    source, target = _discs([14, 12]), _discs([9, 8])
+    mask = source > 100
+    fine = carry_mask_between_frames(mask, source, target, (8.0, 1.0, 1.0), smoothing_mm=2.0)
+    coarse = carry_mask_between_frames(mask, source, target, (8.0, 2.0, 2.0), smoothing_mm=4.0)  # 2 pixels both
+    assert np.array_equal(fine, coarse)
+    wider = carry_mask_between_frames(mask, source, target, (8.0, 2.0, 2.0), smoothing_mm=2.0)  # 1 pixel
+    assert not np.array_equal(fine, wider)

@@ -676,25 +676,6 @@ def test_cam_pseudo_label_says_it_did_not_use_the_end_diastolic_frame(trained_we
     assert any("end-diastolic frame was not used" in w for w in result.warnings)
 
 
-def test_cam_warns_when_the_end_diastolic_frame_has_the_smaller_heart(trained_weak_models, ed_es_pair, monkeypatch):
-    import cardiac_ai.weak.pipeline as weak_pipeline
-    from cardiac_ai.pipeline import load_weak_models
-
-    ed, es = ed_es_pair
-    models = load_weak_models([trained_weak_models["models"]], device="cpu")
-    heart = weak_pipeline._weak_unet_heart
-
-    def smaller_on_the_diastolic_frame(volume, *args):
-        found = heart(volume, *args)
-        return found if volume is es.image else np.zeros_like(found)  # e.g. an end-systolic frame given as ED
-
-    monkeypatch.setattr(weak_pipeline, "_weak_unet_heart", smaller_on_the_diastolic_frame)
-    assert heart(es.image, models.segmenter, None).any()
-    result = weak_pipeline.explain_volume(es.image, models, end_diastole=ed.image)
-    assert any("check that the frame given as end-diastolic" in w for w in result.warnings)
-    assert not weak_pipeline.explain_volume(es.image, models).warnings
-
-
 def test_cam_warns_that_an_image_of_noise_gives_meaningless_results(trained_weak_models, cohort):
     from cardiac_ai.pipeline import load_weak_models
     from cardiac_ai.weak.pipeline import explain_volume, neighbour_correlation

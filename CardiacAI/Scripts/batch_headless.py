@@ -272,11 +272,16 @@ def _resultNodes(result) -> list:
 def processCase(logic, reportIO, caseId, inputPath, caseFolder, args) -> dict:
     """Run the task on one case in the scene and write its files (tables and report through the backend's
     ``cardiac_ai.io.report``, ``reportIO``: atomic writes); returns the Logic's result. Nodes are removed after."""
+    # a redone case is unfinished until its report is back, holds nothing of the earlier run (an earlier structures
+    # estimate included) when it finishes, and gets the earlier result back when it fails
+    caseFolderAsOneRun = _importCardiacAI().importBackend("pipeline").case_folder_as_one_run
+    with caseFolderAsOneRun(caseFolder):
+        return _processCaseFiles(logic, reportIO, inputPath, caseFolder, args)
+
+
+def _processCaseFiles(logic, reportIO, inputPath, caseFolder, args) -> dict:
     import slicer
 
-    caseFolder.mkdir(parents=True, exist_ok=True)
-    (caseFolder / DONE_MARKER).unlink(missing_ok=True)  # a redone case is unfinished until its report is back
-    (caseFolder / STRUCTURES_NAME).unlink(missing_ok=True)  # an earlier run's, which this one may not write again
     nodes = []
     try:
         volumeNode = slicer.util.loadVolume(str(inputPath))  # raises RuntimeError if Slicer cannot read it

@@ -751,6 +751,7 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
 # -- T1 / T2 mapping -----------------------------------------------------------------------------------------------
 __all__ += [
     "output_folder",
+    "case_folder_as_one_run",
     "load_mapping_models",
     "analyse_map_file",
     "read_mapping_series",
@@ -900,6 +901,36 @@ def _earlier_run_set_aside(folder: Path):
 def _earlier_outputs_in(backup: Path) -> set[str]:
     """The earlier run's outputs among the files set aside in ``backup`` (the others are files a write replaced)."""
     return (_earlier_outputs(backup) | {REPORT_NAME}) & {p.name for p in backup.iterdir()}
+
+
+@contextlib.contextmanager
+def case_folder_as_one_run(folder: str | Path):
+    """Run the block as one run in a case folder that it owns whole (the headless Slicer batch's, whose files Slicer
+    writes itself): the files already there are set aside in a hidden subfolder first, dropped when the block
+    finishes, and put back, the block's own new files removed, when it fails or is interrupted. An earlier good
+    result therefore survives a failed redo, as in :func:`output_folder`."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    backup = None
+    if earlier:
+        backup = Path(tempfile.mkdtemp(prefix=EARLIER_RUN_PREFIX, dir=folder))
+        for path in sorted(earlier, key=lambda p: p.name != REPORT_NAME):  # the report first: no longer finished
+            os.replace(path, backup / path.name)
+    try:
+        yield folder
+    except BaseException:
+        for path in folder.iterdir():
+            if path.is_file() and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
+        if backup is not None:
+            _put_back(backup, folder)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _put_back(backup: Path, folder: Path) -> None:
@@ -2022,7 +2053,8 @@ def _split_weak_heart(volume: Volume, heart_labels: Volume, provenance: Provenan
     return heart_labels.with_array(split)
 
 
-def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool, lv_wall_mm: float) -> dict:
+def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool, lv_wall_mm: float,
+                            heart_from_end_diastole: bool = False) -> dict:
     from .labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
     from .metrics.clinical import structure_volume_ml
     from .weak.structures import LV_WALL_MM
@@ -2035,12 +2067,24 @@ def _weak_structures_report(split: Volume, *, heart_from_weak_unet: bool, lv_wal
                    f"run added {lv_wall_mm:g} mm")
     else:
         caution = WEAK_STRUCTURES_CAUTION
+    if heart_from_end_diastole:
+        caution += ("; this heart was carried from the end-diastolic frame (--ed), which the figures above were not "
+                    "measured on")
     return {
         "source": "weak.structures.split_heart of the cam labels (no pixel label used)",
         "volumes_ml": {LABELS[code].name: structure_volume_ml(split.array, code, spacing)
                        for code in (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL)},
         "caution": caution,
     }
+
+
+def _read_end_diastole(path: str | Path, frame: int | None) -> Volume:
+    """``cam --ed``'s frame, its errors saying which input and option they are about (not --frame, INPUT's)."""
+    try:
+        return read_input(path, frame=frame)
+    except InputError as error:
+        message = str(error).replace("--frame N", "--ed-frame N").replace(f"--frame {frame}", f"--ed-frame {frame}")
+        raise InputError(f"The end-diastolic frame {path} (--ed / --ed-frame): {message}") from error
 
 
 def cam_file(
@@ -2097,7 +2141,7 @@ def cam_file(
     InputError, DataError, OutputError
         As the other commands.
     """
-    from .weak.pipeline import SEGMENTER_NAME, explain_volume
+    from .weak.pipeline import explain_volume
     from .weak.structures import LV_WALL_MM, check_wall_mm
 
     wall_asked_for = lv_wall_mm is not None and check_wall_mm(lv_wall_mm) > 0
@@ -2105,6 +2149,11 @@ def cam_file(
     provenance = provenance or Provenance(command="cam")
     diastole_given = end_diastole is not None or end_diastole_frame is not None
     diastole_path = input_path if end_diastole is None else end_diastole
+    if end_diastole is not None and not str(end_diastole).strip():
+        raise InputError("--ed is empty: give the end-diastolic frame's file or DICOM folder.")
+    if diastole_given and Path(diastole_path).resolve() == Path(input_path).resolve() and end_diastole_frame == frame:
+        raise InputError("The end-diastolic frame (--ed, --ed-frame) is the input frame itself; give the end-diastolic "
+                         "frame of the same series (a 4D file: --frame for the input, --ed-frame for end-diastole).")
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
                                   **({"frame": frame} if frame is not None else {}),
                                   **({"end_diastole": str(diastole_path)} if diastole_given else {}),
@@ -2118,7 +2167,7 @@ def cam_file(
             provenance.device = str(models.classifier.device)
         with provenance.timed("read"):
             volume = read_input(input_path, frame=frame)
-            diastole = read_input(diastole_path, frame=end_diastole_frame) if diastole_given else None
+            diastole = _read_end_diastole(diastole_path, end_diastole_frame) if diastole_given else None
         with provenance.timed("cam"):
             result = explain_volume(volume, models, explain=explain, method=method, augment=augment,
                                     pseudo_label_overrides=pseudo_label_overrides, use_segmenter=use_segmenter,
@@ -2126,7 +2175,7 @@ def cam_file(
                                     device=str(models.classifier.device), provenance=provenance,
                                     progress=subrange(progress, 0.05, 0.9))
         split = _split_weak_heart(volume, result.labels, provenance) if structures else None
-        heart_from_weak_unet = result.label_source.startswith(SEGMENTER_NAME)
+        heart_from_weak_unet = result.heart_from_weak_unet
         if split is not None and not heart_from_weak_unet:
             provenance.warn(f"--structures: {WEAK_STRUCTURES_PSEUDO_LABEL_CAUTION}.", log)
         if wall_asked_for and not heart_from_weak_unet:
@@ -2149,6 +2198,7 @@ def cam_file(
                       "geometry": volume.geometry.to_dict()},
             "cam": result.to_report(),
             **({"structures": _weak_structures_report(split, heart_from_weak_unet=heart_from_weak_unet,
+                                                          heart_from_end_diastole=result.heart_from_end_diastole,
                                                           lv_wall_mm=result.lv_wall_mm)}
                if split is not None else {}),
         })

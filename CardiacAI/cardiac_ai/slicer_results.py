@@ -709,7 +709,8 @@ def cam_call(image_path: Any, out_dir: Any, *, explain: str | None = None, metho
     ------
     InputError
         Unknown method or view, a class name with spaces or a leading "-", a pseudo-label setting out of its range
-        or given without ``pseudo_label``, a negative or non-numeric ``lv_wall_mm``.
+        or given without ``pseudo_label``, an ``lv_wall_mm`` that is not a number from 0 to 30 mm, an empty
+        ``end_diastole_path``.
     """
     options = _common_options(out_dir, device, models_dir)
     if end_diastole_path is not None:
