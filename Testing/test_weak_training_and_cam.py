@@ -706,3 +706,18 @@ def test_a_cam_batch_csv_may_give_each_case_its_end_diastolic_frame(trained_weak
                           read_volume(tmp_path / "single" / "labels.nii.gz").array)
     rows = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert "heart_from_end_diastole" in rows[0]
+
+
+def test_cam_with_the_end_diastolic_frame_keeps_the_u_nets_structures_caution_and_wall(trained_weak_models,
+                                                                                     ed_es_pair, tmp_path):
+    ed, es = ed_es_pair
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(es.image, tmp_path / "es.nii.gz")
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed.nii.gz"), "--structures",
+                 "--lv-wall-mm", "8", "--out", str(tmp_path / "out"), "--models-dir",
+                 str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["cam"]["heart_from_end_diastole"] and report["cam"]["lv_wall_mm"] == 8.0
+    assert not any("pseudo-label" in w or "not applied" in w for w in report["provenance"]["warnings"])
+    caution = report["structures"]["caution"]
+    assert "CAM pseudo-label" not in caution and "carried from the end-diastolic frame" in caution
