@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 from ..progress import ProgressCallback, report
+from ._checks import in_plane_pixel_mm, real_finite
 
 __all__ = ["DEMONS_ITERATIONS", "DEMONS_SMOOTHING_MM", "REGISTRATION_MARGIN_MM", "carry_mask_between_frames"]
 
@@ -135,17 +136,7 @@ def _checked(mask: object, source: object, target: object, spacing_kji_mm: objec
         raise InputError("carry_mask_between_frames needs a 3D (k, j, i) mask and two frames of one stack on its "
                          f"grid, got shapes {', '.join(str(a.shape) for a in arrays.values())}.")
     for name, array in arrays.items():
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) \
-                or np.issubdtype(array.dtype, np.complexfloating):
-            raise InputError(f"carry_mask_between_frames: the {name} must hold real numbers, got {array.dtype}.")
-        if not np.all(np.isfinite(array)):
-            raise InputError(f"carry_mask_between_frames: the {name} holds NaN or Inf values.")
-    try:
-        spacing = tuple(float(s) for s in spacing_kji_mm)
-    except (TypeError, ValueError):
-        spacing = ()
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"carry_mask_between_frames needs three positive spacings (k, j, i) in mm, got "
-                         f"{spacing_kji_mm!r}.")
+        real_finite(array, "carry_mask_between_frames", name)
+    pixel_mm = in_plane_pixel_mm(spacing_kji_mm, "carry_mask_between_frames")
     return (arrays["mask"] != 0, arrays["source image"].astype(np.float64), arrays["target image"].astype(np.float64),
-            (spacing[1], spacing[2]))
+            pixel_mm)

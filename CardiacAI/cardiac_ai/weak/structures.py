@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
+from ._checks import in_plane_pixel_mm, real_finite
 
 __all__ = ["LV_WALL_MM", "MAX_LV_WALL_MM", "HeartSplitConfig", "check_wall_mm", "complete_lv_wall", "split_heart"]
 
@@ -133,21 +134,9 @@ def _checked(image: object, heart: object, spacing_kji_mm: object, function: str
         raise InputError(f"{function} needs a 3D (k, j, i) image of at least one slice and a heart mask of the same "
                          f"shape, got {image.shape} and {heart.shape}.")
     for name, array in (("image", image), ("heart mask", heart)):
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) \
-                or np.issubdtype(array.dtype, np.complexfloating):
-            raise InputError(f"{function}: the {name} must hold real numbers, got dtype {array.dtype}.")
-        if not np.all(np.isfinite(array)):
-            raise InputError(f"{function}: the {name} holds NaN or Inf values.")
-    try:
-        spacing = tuple(float(s) for s in spacing_kji_mm)
-    except (TypeError, ValueError):
-        spacing = ()
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{function} needs three positive spacings (k, j, i) in mm, got {spacing_kji_mm!r}.")
-    heart = heart != 0
-    image = image.astype(np.float64, copy=False)
-    pixel_mm = (spacing[1], spacing[2])
-    return image, heart, pixel_mm
+        real_finite(array, function, name)
+    pixel_mm = in_plane_pixel_mm(spacing_kji_mm, function)
+    return image.astype(np.float64, copy=False), heart != 0, pixel_mm
 
 
 def split_heart(
