@@ -260,7 +260,7 @@ def explain_volume(
         (end-systole): the weak U-Net segments it, and its heart (LV wall completed), carried onto ``volume`` by a
         deformable registration of the two images (:func:`~cardiac_ai.weak.propagation.carry_mask_between_frames`),
         is the labels. The U-Net draws an end-diastolic-sized heart on every frame, so this is the better heart for
-        an end-systolic frame (ACDC test patients, per volume: 0.716 -> 0.752; validation 0.698 -> 0.730). Not
+        an end-systolic frame (ACDC test patients, per volume: 0.716 -> 0.751; validation 0.698 -> 0.728). Not
         used by the CAM pseudo-label (a warning says so); the CAM is ``volume``'s own either way.
 
     The classifier explains crops on its card's grid. The weak U-Net segments the same crops when its card names
@@ -336,11 +336,11 @@ def explain_volume(
         pairing = _pairing_warning(models)
         if pairing is not None:
             warnings.append(pairing)
-        heart = _weak_unet_heart(volume, models.segmenter, prepared if _same_grid(models, spec) else None)
         source = _segmenter_source(models.segmenter.card)
         if lv_wall_mm:
             source += f", LV wall completed ({lv_wall_mm:g} mm around the LV blood pool)"
         if end_diastole is None:
+            heart = _weak_unet_heart(volume, models.segmenter, prepared if _same_grid(models, spec) else None)
             if lv_wall_mm:
                 report(progress, 0.7, "LV wall")
                 heart = complete_lv_wall(volume.array, heart, volume.geometry.spacing_kji_mm, lv_wall_mm)
