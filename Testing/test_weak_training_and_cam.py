@@ -721,3 +721,28 @@ def test_cam_with_the_end_diastolic_frame_keeps_the_u_nets_structures_caution_an
     assert not any("pseudo-label" in w or "not applied" in w for w in report["provenance"]["warnings"])
     caution = report["structures"]["caution"]
     assert "CAM pseudo-label" not in caution and "carried from the end-diastolic frame" in caution
+
+
+def test_cam_reads_the_series_of_a_dicom_folder_given_by_series_uid(trained_weak_models, cohort, tmp_path,
+                                                                    monkeypatch):
+    import cardiac_ai.pipeline as pipeline
+
+    write_volume(cohort[0].image, tmp_path / "image.nii.gz")
+    calls = []
+
+    def reading(path, *, frame=None, series_uid=None):
+        calls.append((str(path), series_uid))
+        return cohort[0].image
+
+    monkeypatch.setattr(pipeline, "read_input", reading)
+    common = ["--models-dir", str(trained_weak_models["models"]), "--device", "cpu", "--quiet"]
+    assert main(["cam", str(tmp_path / "image.nii.gz"), "--series-uid", "1.2.3", "--out", str(tmp_path / "one"),
+                 *common]) == 0
+    assert calls == [(str(tmp_path / "image.nii.gz"), "1.2.3")]
+    report = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert report["provenance"]["parameters"]["series_uid"] == "1.2.3"
+    (tmp_path / "cases").mkdir()
+    write_volume(cohort[0].image, tmp_path / "cases" / "case1.nii.gz")
+    assert main(["batch", str(tmp_path / "cases"), "--task", "cam", "--series-uid", "4.5.6", "--out",
+                 str(tmp_path / "batch"), *common]) == 0
+    assert calls[-1][1] == "4.5.6"

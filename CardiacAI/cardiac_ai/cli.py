@@ -464,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
     p.add_argument("--structures", action="store_true", help=_STRUCTURES_HELP)
     p.add_argument("--frame", type=_whole_number_at_least_0, help="frame of a 4D input (0-based)")
+    p.add_argument("--series-uid", help="DICOM SeriesInstanceUID of INPUT when its folder holds several series")
     p.add_argument("--ed", metavar="IMAGE",
                    help="the end-diastolic frame of the same cine series (file or DICOM folder), when INPUT is another "
                         "frame (end-systole): the weak U-Net's heart on it, carried onto INPUT by image registration, "
@@ -985,7 +986,7 @@ _BATCH_TASK_OPTIONS = {
     "kind": ("map",), "erosion_mm": ("map",), "model": ("fibrosis",), "no_classifier": ("fibrosis",),
     "spacing": ("fibrosis",), "pixel_size_unknown": ("fibrosis",), "explain": ("cam",), "method": ("cam",),
     "pseudo_label": ("cam",), "structures": ("cam",),
-    "frame": ("segment-cine", "function", "cam"), "series_uid": ("segment-cine", "function", "map", "fibrosis"),
+    "frame": ("segment-cine", "function", "cam"), "series_uid": ("segment-cine", "function", "map", "fibrosis", "cam"),
     "min_heart_ml": ("segment-cine", "function"),
     **{dest: ("cam",) for dest in ("cam_augment", "lv_wall_mm", *_PSEUDO_LABEL_OPTIONS)},
     "label_codes": ("qc",), "write_surrogate": ("qc",),
@@ -1020,7 +1021,7 @@ def _batch_options(args: argparse.Namespace):
         return CamOptions(explain=args.explain, method=args.method, use_segmenter=not args.pseudo_label,
                           frame=args.frame, device=args.device, augment=tuple(args.cam_augment or ()),
                           pseudo_label_overrides=_pseudo_label_overrides(args), structures=args.structures,
-                          lv_wall_mm=_lv_wall_mm(args))
+                          lv_wall_mm=_lv_wall_mm(args), series_uid=args.series_uid)
     return _cine_options(args)
 
 
@@ -1214,6 +1215,7 @@ def _cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
         use_segmenter=not args.pseudo_label, frame=args.frame, device=args.device, overwrite=args.overwrite,
         progress=progress, augment=tuple(args.cam_augment or ()), pseudo_label_overrides=overrides,
         structures=args.structures, lv_wall_mm=lv_wall_mm, end_diastole=args.ed, end_diastole_frame=args.ed_frame,
+        series_uid=args.series_uid,
     )
     if not args.quiet:
         summary = result.to_report()["volume_prediction"]

@@ -348,6 +348,7 @@ class CamOptions:
     pseudo_label_overrides: dict | None = None  # PseudoLabelConfig field -> value, over the model card's settings
     structures: bool = False  # also split the heart into RV / myocardium / LV (weak.structures.split_heart)
     lv_wall_mm: float | None = None  # band around the LV pool added to the weak U-Net's heart; None: LV_WALL_MM
+    series_uid: str | None = None  # the series of a DICOM folder that holds several
 
 
 @dataclass(frozen=True)
@@ -741,7 +742,8 @@ def _run_batch_case(task: str, case: BatchCase, case_dir: Path, *, models, optio
                 progress=progress)
     else:
         cam_file(case.inputs[0], case_dir, models=models, explain=options.explain, method=options.method,
-                 use_segmenter=options.use_segmenter, frame=options.frame, device=options.device, overwrite=True,
+                 use_segmenter=options.use_segmenter, frame=options.frame, series_uid=options.series_uid,
+                 device=options.device, overwrite=True,
                  progress=progress, augment=options.augment, pseudo_label_overrides=options.pseudo_label_overrides,
                  structures=options.structures, lv_wall_mm=options.lv_wall_mm,
                  end_diastole=case.inputs[1] if len(case.inputs) > 1 else None)
@@ -2107,6 +2109,7 @@ def cam_file(
     lv_wall_mm: float | None = None,
     end_diastole: str | Path | None = None,
     end_diastole_frame: int | None = None,
+    series_uid: str | None = None,
 ):
     """``cardiacai cam``: class activation map and whole-heart labels from models trained on diagnosis labels only.
 
@@ -2126,7 +2129,8 @@ def cam_file(
     ``end_diastole_frame``, ``--ed-frame``, picks it from a 4D file, or from ``input_path`` when ``end_diastole`` is
     None): the weak U-Net's heart on it, carried onto the input frame by image registration, makes the labels (see
     :func:`~cardiac_ai.weak.pipeline.explain_volume`: better at end-systole). The report's ``cam`` section says so
-    (``heart_from_end_diastole``).
+    (``heart_from_end_diastole``). ``series_uid`` (``--series-uid``) picks the input's series in a DICOM folder that
+    holds several.
 
     ``structures``: also split the heart into RV blood pool, LV myocardium and LV blood pool
     (:func:`~cardiac_ai.weak.structures.split_heart`: image intensity inside the heart, no pixel label), written as
@@ -2156,6 +2160,7 @@ def cam_file(
                          "frame of the same series (a 4D file: --frame for the input, --ed-frame for end-diastole).")
     provenance.parameters.update({"input": str(input_path), "explain": explain or "predicted",
                                   **({"frame": frame} if frame is not None else {}),
+                                  **({"series_uid": series_uid} if series_uid else {}),
                                   **({"end_diastole": str(diastole_path)} if diastole_given else {}),
                                   **({"end_diastole_frame": end_diastole_frame}
                                      if end_diastole_frame is not None else {})})
@@ -2166,7 +2171,7 @@ def cam_file(
         else:
             provenance.device = str(models.classifier.device)
         with provenance.timed("read"):
-            volume = read_input(input_path, frame=frame)
+            volume = read_input(input_path, frame=frame, series_uid=series_uid)
             diastole = _read_end_diastole(diastole_path, end_diastole_frame) if diastole_given else None
         with provenance.timed("cam"):
             result = explain_volume(volume, models, explain=explain, method=method, augment=augment,
