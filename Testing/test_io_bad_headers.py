@@ -270,3 +270,13 @@ def test_fit_map_names_the_file_that_lacks_an_inversion_time(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{missing} has no InversionTime (0018,0082)" in err
     assert "dataset 2" not in err
+
+
+def test_an_exports_empty_lockfile_is_no_unreadable_image(tmp_path, caplog):
+    """Scanner and CD exports put an empty LOCKFILE (and a VERSION file) beside the images."""
+    _series(tmp_path / "dicom")
+    (tmp_path / "dicom" / "LOCKFILE").write_bytes(b"")
+    (tmp_path / "dicom" / "VERSION").write_bytes(b"\x00\x01")
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
+        assert read_dicom_series(tmp_path / "dicom").array.shape[0] == 6
+    assert "LOCKFILE" in caplog.text  # skipped, and said

@@ -70,6 +70,9 @@ class DicomSeriesInfo:
 #: File-name suffixes of DICOM files. Files without a suffix, or whose "suffix" is a number (names made of UIDs),
 #: are DICOM too in most exports (IM000001, 1.3.12.2.1107.5.2.32.35162.2010).
 _DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".ima"})
+#: Files without suffix that DICOM media and scanner exports hold beside the images (often empty, like LOCKFILE):
+#: never taken for an unreadable image.
+_EXPORT_HOUSEKEEPING_NAMES = frozenset({"LOCKFILE", "VERSION", "DICOMDIR"})
 #: MediaStorageSOPClassUID of a DICOMDIR, the index of a DICOM medium: no image of its own.
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: How many unreadable files an error message names.
@@ -105,6 +108,8 @@ def _looks_like_dicom(path: Path) -> bool:
         return True
     if head[128:132] == b"DICM":
         return True
+    if path.name.upper() in _EXPORT_HOUSEKEEPING_NAMES:
+        return False
     suffix = path.suffix.lower()
     if suffix in _DICOM_SUFFIXES:
         return True
