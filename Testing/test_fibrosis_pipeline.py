@@ -455,3 +455,19 @@ def test_a_2d_file_states_no_slice_thickness_so_its_scar_is_no_volume(tmp_path):
     assert two_d.spacing_known and not two_d.slice_spacing_known  # 1.4 mm pixels, but no thickness: no ml
     write_volume(Volume(_stack(n_slices=1, size=40), Geometry(spacing_mm=(1.4, 1.4, 8.0))), tmp_path / "lge_3d.nrrd")
     assert read_lge_input(tmp_path / "lge_3d.nrrd").slice_spacing_known  # a one-slice 3D file keeps its thickness
+
+
+@pytest.mark.parametrize("thickness, known", [(None, False), (0.0, False), (8.0, True)])
+def test_a_one_slice_dicom_series_without_slice_thickness_gives_no_scar_volume(tmp_path, thickness, known):
+    from pydicom.uid import generate_uid
+    from test_io_dicom import _slice_dataset
+
+    dataset = _slice_dataset(series_uid=generate_uid(), description="LGE", row=(1, 0, 0), column=(0, 1, 0),
+                             position=(0, 0, 0), pixels=np.ones((40, 40), np.uint16), instance=1,
+                             thickness=thickness)
+    folder = tmp_path / "lge"
+    folder.mkdir()
+    dataset.save_as(folder / "only.dcm", enforce_file_format=True)
+    lge = read_lge_input(folder)
+    assert lge.volume.array.shape == (1, 40, 40)
+    assert lge.spacing_known and lge.slice_spacing_known is known

@@ -280,3 +280,20 @@ def test_an_exports_empty_lockfile_is_no_unreadable_image(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
         assert read_dicom_series(tmp_path / "dicom").array.shape[0] == 6
     assert "LOCKFILE" in caplog.text  # skipped, and said
+
+
+def test_dicom_folder_states_its_slice_spacing_unless_one_slice_lacks_thickness(tmp_path):
+    _series(tmp_path / "stack", n_slices=3)
+    assert slice_spacing_stored(tmp_path / "stack")  # positions give the spacing
+    for name, thickness in (("bare", None), ("thick", 6.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _slice_dataset(series_uid=generate_uid(), description="one", row=(1, 0, 0), column=(0, 1, 0),
+                       position=(0, 0, 0), pixels=np.ones((6, 8), np.uint16), instance=1,
+                       thickness=thickness).save_as(folder / "only", enforce_file_format=True)
+    assert not slice_spacing_stored(tmp_path / "bare")
+    assert slice_spacing_stored(tmp_path / "thick")
+    _series(tmp_path / "two", n_slices=2)
+    _write_series(tmp_path / "two", n_slices=2, seed=1, tag="t", **AXIAL)
+    with pytest.raises(InputError, match="series"):
+        slice_spacing_stored(tmp_path / "two")

@@ -56,7 +56,8 @@ class LGEInput:
     ----------
     volume : Volume (k, j, i), the input's own array and geometry (spacing 1 x 1 x 1 when unknown).
     spacing_known : in-plane pixel size known; False for PNG input without ``spacing_mm`` (lengths in pixels).
-    slice_spacing_known : slice spacing known (volumes in mL); False for PNG input without a third spacing value.
+    slice_spacing_known : slice spacing known (volumes in mL); False for PNG input without a third spacing value, for a
+        2D file and for a one-slice DICOM series without SliceThickness (its one slice was given 1 mm).
     source : what was read (file, folder, or number of PNG slices).
     from_png : read from PNG slices (no DICOM series for a DICOM SEG to refer to).
     """
@@ -178,7 +179,9 @@ def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
             volume = read_dicom_series(source, series_uid=series_uid)
         else:
             volume = read_volume(source)
-        return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, True, str(source))
+        # one slice without SliceThickness was given 1 mm: its scar is an area, not a volume in mL
+        thickness_known = volume.array.shape[0] > 1 or slice_spacing_stored(source, series_uid=series_uid)
+        return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, thickness_known, str(source))
     if source.suffix.lower() == ".png":
         volume = _png_stack([source], spacing_mm)
         return LGEInput(volume, spacing_mm is not None, _has_slice_spacing(spacing_mm), str(source), from_png=True)

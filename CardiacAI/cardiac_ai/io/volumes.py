@@ -8,6 +8,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -333,24 +334,32 @@ def read_volume(
     return volume
 
 
-def slice_spacing_stored(path: str | os.PathLike) -> bool:
-    """Whether the image file at ``path`` states its slice spacing, so that volumes from it can be in ml.
+def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = None) -> bool:
+    """Whether the image file or DICOM folder at ``path`` states its slice spacing, so that volumes from it can be
+    in ml.
 
-    False for a PNG and for a 2D NIfTI, NRRD or MetaImage: :func:`read_volume` gives their one slice 1 mm, a
+    False for a PNG, for a 2D NIfTI, NRRD or MetaImage and for a DICOM series of one slice without a positive
+    SliceThickness: :func:`read_volume` and :func:`~cardiac_ai.io.read_dicom_series` give that one slice 1 mm, a
     stand-in, so a volume computed from it is an area in mm2 times 1 mm. True for 3D and 4D files (a one-slice 3D
-    file keeps its slice thickness) and for DICOM folders (:func:`~cardiac_ai.io.read_dicom_series` warns about a
-    single slice without SliceThickness). Only the header is read.
+    file keeps its slice thickness) and for DICOM series of several slices (their positions give the spacing).
+    Only headers are read; ``series_uid`` chooses the series of a folder holding several.
 
     Raises
     ------
     DataError
-        A missing file or one whose header ITK cannot read.
+        A missing file or one whose header ITK cannot read; a DICOM folder as
+        :func:`~cardiac_ai.io.read_dicom_series` would refuse it.
+    InputError
+        As :func:`~cardiac_ai.io.read_dicom_series` (e.g. several series and no ``series_uid``).
     """
     source = Path(path)
     if not source.exists():
         raise DataError(f"Input not found: {source}")
     if source.is_dir():
-        return True
+        from .dicom import series_headers
+
+        _, headers, _ = series_headers(source, series_uid=series_uid)
+        return len(headers) > 1 or _positive_number(headers[0].get("SliceThickness"))
     if _suffix(source) == ".png":
         return False
     reader = sitk.ImageFileReader()
@@ -364,6 +373,13 @@ def slice_spacing_stored(path: str | os.PathLike) -> bool:
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
     return reader.GetDimension() >= 3
+
+
+def _positive_number(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
