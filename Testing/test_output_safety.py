@@ -211,6 +211,21 @@ def test_a_batch_csv_refuses_a_case_id_that_is_a_path(tmp_path, case_id):
         list_batch_cases(listing, task="segment-cine")
 
 
+@pytest.mark.parametrize("case_id", ["CON", "nul", "Com1", "lpt9.scan", "a|b", "x<y", "why?", "x*", 'q"t', "dot."])
+def test_a_batch_csv_refuses_a_case_id_windows_cannot_name_a_folder_with(tmp_path, case_id):
+    listing = tmp_path / "cases.csv"
+    listing.write_text(f'case_id,input\ngood,a.nii.gz\n"{case_id.replace(chr(34), chr(34) * 2)}",x.nii.gz\n')
+    with pytest.raises(DataError, match="line 3.*cannot name a folder on Windows"):
+        list_batch_cases(listing, task="segment-cine")
+
+
+def test_a_batch_csv_keeps_case_ids_that_only_resemble_windows_device_names(tmp_path):
+    names = ["console", "com10", "nullable", "patient001.v2", "aux_scan"]
+    listing = tmp_path / "cases.csv"
+    listing.write_text("case_id,input\n" + "".join(f"{n},{n}.nii.gz\n" for n in names))
+    assert [c.case_id for c in list_batch_cases(listing, task="segment-cine")] == names
+
+
 def test_a_batch_with_a_case_id_leading_out_of_out_touches_nothing(tmp_path, capsys):
     precious = tmp_path / "o" / "precious"
     precious.mkdir(parents=True)

@@ -404,7 +404,8 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
         An unknown task, or a folder for a task that needs a CSV.
     DataError
         No case found; a CSV that is not UTF-8 text, lacks a column or has an empty cell; a case id that is empty,
-        '.', '..', holds a path separator or a drive (a path), or is the batch's summary.csv; repeated case ids.
+        '.', '..', holds a path separator or a drive (a path), is the batch's summary.csv or cannot name a folder on
+        Windows (CON, NUL, COM1 ..., <>:"|?*, a trailing dot or space); repeated case ids.
     """
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
@@ -482,10 +483,24 @@ def _checked_case_id(case_id: str, where: str) -> str:
         problem = "is a path (it holds a path separator or a drive)"
     elif case_id.lower() == BATCH_SUMMARY_NAME:
         problem = f"is the name of the batch's {BATCH_SUMMARY_NAME}"
+    elif _not_a_windows_folder_name(case_id):
+        # Slicer users share cohorts across systems: a folder Windows cannot create fails there mid-batch
+        problem = ("cannot name a folder on Windows (a device name such as CON, NUL, COM1 or LPT1, one of the "
+                   "characters <>:\"|?*, or a trailing dot or space)")
     if problem is not None:
         raise DataError(f"{where}: the case id {case_id!r} {problem}. A case id names the case's folder inside "
                         "--out: use a plain name such as 'patient001'.")
     return case_id
+
+
+_WINDOWS_DEVICE_NAMES = frozenset(
+    ["con", "prn", "aux", "nul"] + [f"{port}{n}" for port in ("com", "lpt") for n in "123456789"])
+
+
+def _not_a_windows_folder_name(name: str) -> bool:
+    device = name.split(".")[0].rstrip(" ").lower()
+    return (device in _WINDOWS_DEVICE_NAMES or any(c in name for c in '<>:"|?*')
+            or any(ord(c) < 32 for c in name) or name[-1] in ". ")
 
 
 def run_batch(
