@@ -52,11 +52,16 @@ def test_demo_writes_outputs_that_slicerio_reads_and_refuses_to_overwrite(tmp_pa
     np.testing.assert_allclose(segmentation["ijkToLPS"], labels.geometry.ijk_to_lps_matrix(), atol=1e-6)
     report = json.loads((out / "report.json").read_text())
     assert report["provenance"]["command"] == "demo" and report["round_trip_checks"]
+    assert report["outputs"] == ["image.nii.gz", "labels.nii.gz", "report.json", "segmentation.seg.nrrd"]
 
     before = (out / "labels.nii.gz").read_bytes()
     code, _, err = _run(capsys, "demo", "--out", str(out))
     assert code == 4 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (out / "labels.nii.gz").read_bytes() == before
+    (out / "stray.txt").write_text("mine")  # not the demo's: a rerun with --overwrite leaves it
+    code, _, err = _run(capsys, "demo", "--out", str(out), "--overwrite")
+    assert code == 0, err
+    assert (out / "labels.nii.gz").read_bytes() == before and (out / "stray.txt").read_text() == "mine"
 
 
 def test_convert_4d_without_frame_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):

@@ -235,6 +235,17 @@ def test_qc_uses_an_installed_regressor_unless_told_to_search(files, tiny_qc_mod
     assert code == 3 and "qc_dice_regressor" in err and not (tmp_path / "none").exists()
 
 
+def test_qc_takes_the_segmenting_commands_spelling_of_its_options():
+    from cardiac_ai.cli import build_parser
+
+    parser = build_parser()
+    short = parser.parse_args(["qc", "i.nii.gz", "l.nii.gz", "--out", "o", "--threshold", "0.6",
+                               "--predictor", "search"])
+    long = parser.parse_args(["qc", "i.nii.gz", "l.nii.gz", "--out", "o", "--qc-threshold", "0.6",
+                              "--qc-predictor", "search"])
+    assert (long.threshold, long.predictor) == (short.threshold, short.predictor) == (0.6, "search")
+
+
 def test_segment_cine_qc_uses_the_regressor(files, cine_models, tiny_qc_models, tiny_qc_regressor_models, tmp_path,
                                             capsys):
     code, _, err = _run(capsys, "segment-cine", files["image"], "--out", tmp_path / "seg", "--models-dir", cine_models,

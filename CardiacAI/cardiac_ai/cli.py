@@ -442,9 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   ".seg.nrrd or DICOM SEG file, on the image's voxel lattice (a box of it, as Slicer "
                                   "crops, is padded with 0; axes in another order are reordered)")
     p.add_argument("--out", required=True, help="output folder: report.json, qc_slices.csv (and the surrogate)")
-    p.add_argument("--threshold", type=float, default=_QC_THRESHOLD, metavar="DICE",
+    # --qc-threshold / --qc-predictor as in the segmenting commands and batch --task qc: one spelling works everywhere
+    p.add_argument("--threshold", "--qc-threshold", dest="threshold", type=float, default=_QC_THRESHOLD,
+                   metavar="DICE",
                    help="flag slices whose predicted Dice is below DICE (default %(default)s)")
-    p.add_argument("--predictor", choices=_QC_PREDICTORS, default="auto", help=_QC_PREDICTOR_HELP)
+    p.add_argument("--predictor", "--qc-predictor", dest="predictor", choices=_QC_PREDICTORS, default="auto",
+                   help=_QC_PREDICTOR_HELP)
     p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE", help=_LABEL_CODES_HELP)
     p.add_argument("--write-surrogate", action="store_true", help=_WRITE_SURROGATE_HELP)
 

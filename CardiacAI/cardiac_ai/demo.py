@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CardiacAIError
-from .io import prepare_output_dir, read_volume, write_volume
+from .io import read_volume, write_volume
 from .io.report import write_report
 from .io.seg_nrrd import read_seg_nrrd, write_seg_nrrd
 from .labels import LABELS
@@ -33,29 +33,31 @@ def run_demo(out_dir: Path, *, seed: int = 0, overwrite: bool = False, progress:
         If what was read back differs from what was written (the round trip is broken).
     """
     from .phantom import make_cine_phantom
+    from .pipeline import output_folder
 
-    out = prepare_output_dir(out_dir, overwrite=overwrite)
-    provenance = Provenance(command="demo", parameters={"seed": seed})
-    report(progress, 0.0, "Making phantom")
-    with provenance.timed("phantom"):
-        case = make_cine_phantom(seed=seed)
-    assert case.labels is not None
-    report(progress, 0.3, "Writing image and labels")
-    with provenance.timed("write"):
-        write_volume(case.image, out / "image.nii.gz")
-        write_volume(case.labels, out / "labels.nii.gz")
-        write_seg_nrrd(case.labels, out / "segmentation.seg.nrrd")
-    report(progress, 0.6, "Reading back")
-    with provenance.timed("verify"):
-        checks = _verify_round_trip(case.labels, out)
-    result = {
-        "image": "image.nii.gz",
-        "labels": "labels.nii.gz",
-        "segmentation": "segmentation.seg.nrrd",
-        "round_trip_checks": checks,
-        "segments": [LABELS[int(code)].display_name for code in np.unique(case.labels.array) if code in LABELS],
-    }
-    write_report(out, provenance=provenance, results=result)
+    # one run like every command: report.json lists its outputs, and a failed rerun puts the earlier one back
+    with output_folder(out_dir, overwrite=overwrite) as out:
+        provenance = Provenance(command="demo", parameters={"seed": seed})
+        report(progress, 0.0, "Making phantom")
+        with provenance.timed("phantom"):
+            case = make_cine_phantom(seed=seed)
+        assert case.labels is not None
+        report(progress, 0.3, "Writing image and labels")
+        with provenance.timed("write"):
+            write_volume(case.image, out / "image.nii.gz")
+            write_volume(case.labels, out / "labels.nii.gz")
+            write_seg_nrrd(case.labels, out / "segmentation.seg.nrrd")
+        report(progress, 0.6, "Reading back")
+        with provenance.timed("verify"):
+            checks = _verify_round_trip(case.labels, out)
+        result = {
+            "image": "image.nii.gz",
+            "labels": "labels.nii.gz",
+            "segmentation": "segmentation.seg.nrrd",
+            "round_trip_checks": checks,
+            "segments": [LABELS[int(code)].display_name for code in np.unique(case.labels.array) if code in LABELS],
+        }
+        write_report(out, provenance=provenance, results=result)
     report(progress, 1.0, "Done")
     lines = [f"Wrote {out}/image.nii.gz, labels.nii.gz, segmentation.seg.nrrd, report.json"]
     lines += [f"  {name}: ok" for name in checks]

@@ -5,7 +5,15 @@ routes each slice to a region-specific U-Net; non-cardiac slices go to the basel
 """
 from __future__ import annotations
 
-from .pipeline import CINE_MODEL_NAMES, CineModels, CineSegmentation, check_short_axis_stack, segment_cine
+from .pipeline import (
+    CINE_MODEL_NAMES,
+    CineModels,
+    CineSegmentation,
+    LocalisedHeart,
+    check_short_axis_stack,
+    localise_heart,
+    segment_cine,
+)
 from .postprocess import PostprocessResult, postprocess_cine_labels
 from .sequence import DecodedRegions, decode_monotonic_regions, region_positions
 
@@ -14,9 +22,11 @@ __all__ = [
     "CineModels",
     "CineSegmentation",
     "DecodedRegions",
+    "LocalisedHeart",
     "PostprocessResult",
     "check_short_axis_stack",
     "decode_monotonic_regions",
+    "localise_heart",
     "postprocess_cine_labels",
     "region_positions",
     "segment_cine",
