@@ -71,7 +71,6 @@ def test_cam_columns_and_its_own_warnings():
     values = summary_values(_report("cam", ["w"], cam=cam))
     assert values == {"predicted_class": "DCM", "predicted_probability": 0.712, "p_DCM": 0.712, "p_NOR": 0.288,
                       "heart_volume_ml": 301.235, "heart_from_end_diastole": False, "warnings": "w | off-centre heart"}
-    assert math.isclose(values["p_DCM"] + values["p_NOR"], 1.0)
     carried = summary_values(_report("cam", [], cam={**cam, "heart_from_end_diastole": True}))
     assert carried["heart_from_end_diastole"] is True
 

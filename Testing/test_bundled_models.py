@@ -36,10 +36,19 @@ def test_every_bundled_model_loads_with_its_checksum_and_is_half_precision():
 
 
 def test_bundled_models_never_saw_a_test_patient():
-    for card in bundled_cards():
-        split = card.get("split") or {}
-        if split.get("test"):
-            assert not set(split["test"]) & set(split.get("train", [])), card["name"]
+    """Every card names the project's ACDC split; its parts are disjoint; the patients this file's accuracy tests
+    call held-out are test patients (and the one called validation is a validation patient)."""
+    project = json.loads((MODELS_DIR.parents[1] / "Resources" / "Splits" / "acdc_cine_split.json").read_text())
+    assert {"patient003", "patient005"} <= set(project["test"]) and "patient023" in project["validation"]
+    cards = bundled_cards()
+    assert cards, "no bundled model card found"
+    for card in cards:
+        split = card.get("split")
+        assert isinstance(split, dict), f"{card['name']}: no split on its card"
+        parts = {part: set(split[part]) for part in ("train", "validation", "test")}
+        assert not parts["train"] & parts["test"] and not parts["validation"] & parts["test"], card["name"]
+        assert not parts["train"] & parts["validation"], card["name"]
+        assert all(parts[part] == set(project[part]) for part in parts), card["name"]
 
 
 @pytest.mark.shared_data

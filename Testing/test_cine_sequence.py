@@ -100,7 +100,7 @@ def test_given_frames_win_and_the_other_phase_is_chosen_among_the_rest():
 def test_bad_given_frames_are_refused(ed, es, match):
     with pytest.raises(InputError, match=match):
         choose_ed_es_frames([100.0, 50.0, 70.0], ed_frame=ed, es_frame=es)
-    with pytest.raises(ValueError):  # what the Slicer Logic catches before anything runs
+    with pytest.raises(ValueError, match=match):  # what the Slicer Logic catches before anything runs
         cine_sequence.check_frame_numbers(3, ed, es)
 
 
@@ -119,7 +119,7 @@ def test_frame_file_names_sort_in_frame_order_and_read_back():
     names = [frame_case_id(k) for k in (0, 2, 10, 9, 123)]
     assert sorted(names) == [frame_case_id(k) for k in (0, 2, 9, 10, 123)]
     assert [frame_from_case_id(n) for n in names] == [0, 2, 10, 9, 123]
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="-1"):
         frame_case_id(-1)
     with pytest.raises(DataError, match="not a cine frame"):
         frame_from_case_id("patient001")

@@ -85,8 +85,11 @@ def test_convert_labels_to_seg_nrrd_keeps_geometry(tmp_path, capsys):
     assert code == 0
     image = sitk.ReadImage(str(tmp_path / "s.seg.nrrd"))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
+    assert np.allclose(image.GetSpacing(), geometry.spacing_mm)
     assert np.allclose(image.GetOrigin(), geometry.origin_lps_mm)
     assert np.allclose(image.GetDirection(), geometry.direction_lps)
+    segmentation = slicerio.read_segmentation(str(tmp_path / "s.seg.nrrd"))  # as Slicer reads it
+    np.testing.assert_allclose(segmentation["ijkToLPS"], geometry.ijk_to_lps_matrix(), atol=1e-6)
 
 
 def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):

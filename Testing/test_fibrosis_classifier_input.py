@@ -78,7 +78,8 @@ def test_mask_band_zeroes_the_image_away_from_the_myocardium():
 @pytest.mark.parametrize("kwargs", [{"intensity": "zscore"}, {"mask_dilation_px": -1}, {"heart_crop": 4},
                                     {"heart_crop": True}])
 def test_bad_settings_are_refused(kwargs):
-    with pytest.raises(InputError):
+    (name,) = kwargs
+    with pytest.raises(InputError, match=name):  # the message names the setting that is wrong
         ClassifierInputSettings(**kwargs)
 
 

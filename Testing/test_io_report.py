@@ -124,6 +124,6 @@ def test_failed_json_write_keeps_old_file_and_leaves_no_temporary(tmp_path, monk
 
 
 def test_unconvertible_value_writes_nothing(tmp_path):
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="Cannot write a complex to JSON"):
         write_json(tmp_path / "x.json", {"value": 1 + 2j})
     assert list(tmp_path.iterdir()) == []

@@ -142,15 +142,15 @@ def test_default_levels_split_the_stack_in_thirds():
     assert default_levels(6) == ("base", "base", "mid", "mid", "apex", "apex")
 
 
-def test_cli_map_writes_the_contract(models_dir, unseen, tmp_path, capsys):
+def test_cli_map_writes_the_contract(models_dir, tiny_qc_models, unseen, tmp_path, capsys):
     write_volume(unseen.t1_map_ms, tmp_path / "t1.nii.gz")
     out = tmp_path / "out"
     code = main(["map", str(tmp_path / "t1.nii.gz"), "--kind", "t1", "--out", str(out), "--device", "cpu",
-                 "--models-dir", str(models_dir), "--erosion-mm", "2"])
+                 "--models-dir", str(models_dir), "--models-dir", str(tiny_qc_models), "--erosion-mm", "2"])
     assert code == 0, capsys.readouterr().err
     written = {p.name for p in out.iterdir()}
-    assert written - {"qc_slices.csv"} == {"labels.nii.gz", "stats.json", "contours.json", "bullseye.png",
-                                           "report.json"}
+    assert written == {"labels.nii.gz", "stats.json", "contours.json", "bullseye.png", "report.json",
+                       "qc_slices.csv"}
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert np.allclose(labels.GetSpacing(), unseen.t1_map_ms.geometry.spacing_mm, atol=1e-4)
     assert set(np.unique(sitk.GetArrayFromImage(labels))) <= {0, 2, 3}
@@ -163,9 +163,8 @@ def test_cli_map_writes_the_contract(models_dir, unseen, tmp_path, capsys):
     assert (out / "bullseye.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
     assert report["provenance"]["models"][0]["name"] == MAP_MODEL_NAME
-    # QC runs by default when QC models are installed (bundled), and is then marked indicative on maps
-    assert ("qc_slices.csv" in written) == (report.get("qc") is not None)
-    assert report.get("qc") is None or report["qc"]["indicative"]
+    # QC runs by default when QC models are installed, and is marked indicative on maps (trained on cine)
+    assert report["qc"]["indicative"] is True and report["qc"]["slices"]
 
 
 def test_cli_map_refuses_a_contradicting_kind_without_partial_outputs(models_dir, unseen, tmp_path, capsys):

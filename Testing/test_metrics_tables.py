@@ -8,7 +8,15 @@ import pytest
 
 from cardiac_ai.errors import InputError
 from cardiac_ai.geometry import Geometry, Volume
-from cardiac_ai.metrics import CASE_COLUMNS, evaluate_cases, format_markdown_table, summarize_rows
+from cardiac_ai.metrics import (
+    CASE_COLUMNS,
+    evaluate_cases,
+    format_markdown_table,
+    hausdorff_mm,
+    hd95_mm,
+    mean_surface_distance_mm,
+    summarize_rows,
+)
 
 
 def _case(spacing_ijk_mm: tuple[float, float, float]) -> tuple[Volume, Volume]:
@@ -39,6 +47,23 @@ def test_evaluate_cases_uses_each_cases_own_spacing():
     myo = next(row for row in rows if row["case_id"] == "fine" and row["label"] == 2)
     assert math.isnan(myo["dice"]) and math.isnan(myo["msd_mm"])
     assert myo["structure"] == "lv_myocardium"
+
+
+def test_evaluate_cases_hd95_and_mean_distance_columns_are_their_own_metrics():
+    """A prediction equal to the truth but for one stray voxel 15 columns away: the Hausdorff distance is the stray
+    voxel's, HD95 and the mean surface distance barely see it; each column equals the public function's value."""
+    true = np.zeros((1, 12, 30), dtype=np.uint8)
+    true[0, 2:10, 2:10] = 3
+    pred = true.copy()
+    pred[0, 5, 24] = 3
+    geometry = Geometry(spacing_mm=(1.5, 1.0, 8.0))
+    (row,) = evaluate_cases([("stray", Volume(pred, geometry), Volume(true, geometry))], labels=(3,))
+    spacing_kji = (8.0, 1.0, 1.5)
+    assert row["hausdorff_mm"] == pytest.approx(15 * 1.5)  # column 24 to the box's last column, 9
+    assert row["hausdorff_mm"] == pytest.approx(hausdorff_mm(pred == 3, true == 3, spacing_kji))
+    assert row["hd95_mm"] == pytest.approx(hd95_mm(pred == 3, true == 3, spacing_kji))
+    assert row["msd_mm"] == pytest.approx(mean_surface_distance_mm(pred == 3, true == 3, spacing_kji))
+    assert row["hd95_mm"] < row["hausdorff_mm"] / 2 and 0 < row["msd_mm"] < row["hd95_mm"] + 1.5
 
 
 def test_evaluate_cases_rejects_mismatched_geometry():

@@ -1,6 +1,7 @@
 """Region-aware cine segmentation end to end on the phantom, with tiny models trained here in seconds."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_segments_an_unseen_phantom_in_place(cine_models, mode):
     assert result.labels.geometry == case.image.geometry and result.labels.array.dtype == np.uint8
     dices = dice_per_label(result.labels.array, case.labels.array)
     assert dices[3] > 0.8 and dices[1] > 0.6, dices
-    assert result.volumes_ml["lv_blood_pool"] > 0 and result.lv_mass_g > 0
+    assert result.volumes_ml == pytest.approx(_volumes_ml_of(result.labels))
+    assert result.lv_mass_g == pytest.approx(1.05 * result.volumes_ml["lv_myocardium"]) and result.lv_mass_g > 0
     assert len(result.slice_table()) == case.image.array.shape[0]
     assert {"localise", "segment"} <= set(result.provenance.timings_s)
 
@@ -188,7 +190,10 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     segmentation = slicerio.read_segmentation(str(tmp_path / "seg" / "segmentation.seg.nrrd"))
     assert {s["name"] for s in segmentation["segments"]} >= {"Left ventricle blood pool", "Left ventricle myocardium"}
     report = json.loads((tmp_path / "seg" / "report.json").read_text())
-    assert report["volumes_ml"]["lv_blood_pool"] > 0 and len(report["slices"]) == ed.image.array.shape[0]
+    # the report's numbers are the written labels' voxels times the image's voxel size (1.5 x 1.5 x 8 mm), by label
+    assert report["volumes_ml"] == pytest.approx(_volumes_ml_of(labels)) and report["volumes_ml"]["lv_blood_pool"] > 0
+    assert report["lv_mass_g"] == pytest.approx(1.05 * report["volumes_ml"]["lv_myocardium"])
+    assert len(report["slices"]) == ed.image.array.shape[0]
     assert {"load_models", "read", "write"} <= set(report["provenance"]["timings_s"])
     assert {m["name"] for m in report["provenance"]["models"]} >= {"cine_baseline", "cine_region_classifier"}
 
@@ -197,6 +202,24 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     assert code == 0, capsys.readouterr().err
     function = json.loads((tmp_path / "fn" / "report.json").read_text())["function"]
     assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
+    at_ed = _volumes_ml_of(read_volume(tmp_path / "fn" / "labels_ed.nii.gz"))
+    at_es = _volumes_ml_of(read_volume(tmp_path / "fn" / "labels_es.nii.gz"))
+    expected = {"lv_edv_ml": at_ed["lv_blood_pool"], "lv_esv_ml": at_es["lv_blood_pool"],
+                "rv_edv_ml": at_ed["rv_blood_pool"], "rv_esv_ml": at_es["rv_blood_pool"],
+                "lv_sv_ml": at_ed["lv_blood_pool"] - at_es["lv_blood_pool"],
+                "lv_ef_percent": 100 * (1 - at_es["lv_blood_pool"] / at_ed["lv_blood_pool"]),
+                "lv_mass_g": 1.05 * at_ed["lv_myocardium"]}
+    assert {key: function[key] for key in expected} == pytest.approx(expected)
+    with open(tmp_path / "fn" / "function.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert {key: float(row[key]) for key in expected} == pytest.approx(expected, rel=1e-3)
+
+
+def _volumes_ml_of(labels) -> dict[str, float]:
+    """Each structure's voxel count times the voxel volume: what report.json must say, computed without the package."""
+    voxel_ml = float(np.prod(labels.geometry.spacing_mm)) / 1000.0
+    codes = {"rv_blood_pool": 1, "lv_myocardium": 2, "lv_blood_pool": 3}
+    return {name: int(np.count_nonzero(labels.array == code)) * voxel_ml for name, code in codes.items()}
 
 
 def _write_dicom_series(volume, folder):
