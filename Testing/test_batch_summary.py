@@ -2,7 +2,6 @@
 ``cardiacai batch`` and the Slicer batch script. The reports of the real commands are checked in test_batch_tasks."""
 from __future__ import annotations
 
-import math
 
 import pytest
 

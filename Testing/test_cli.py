@@ -59,9 +59,12 @@ def test_demo_writes_outputs_that_slicerio_reads_and_refuses_to_overwrite(tmp_pa
     assert code == 4 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (out / "labels.nii.gz").read_bytes() == before
     (out / "stray.txt").write_text("mine")  # not the demo's: a rerun with --overwrite leaves it
+    (out / "report.json").write_text("{}")  # so that a rerun that wrote nothing would show
     code, _, err = _run(capsys, "demo", "--out", str(out), "--overwrite")
     assert code == 0, err
     assert (out / "labels.nii.gz").read_bytes() == before and (out / "stray.txt").read_text() == "mine"
+    assert json.loads((out / "report.json").read_text())["round_trip_checks"] == report["round_trip_checks"]
+    assert sorted(p.name for p in out.iterdir()) == [*report["outputs"][:3], "segmentation.seg.nrrd", "stray.txt"]
 
 
 def test_convert_4d_without_frame_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -460,16 +461,22 @@ def test_a_2d_file_states_no_slice_thickness_so_its_scar_is_no_volume(tmp_path):
 
 
 @pytest.mark.parametrize("thickness, known", [(None, False), (0.0, False), (8.0, True)])
-def test_a_one_slice_dicom_series_without_slice_thickness_gives_no_scar_volume(tmp_path, thickness, known):
+def test_a_one_slice_dicom_series_without_slice_thickness_gives_no_scar_volume(tmp_path, thickness, known, caplog):
     from pydicom.uid import generate_uid
     from test_io_dicom import _slice_dataset
 
-    dataset = _slice_dataset(series_uid=generate_uid(), description="LGE", row=(1, 0, 0), column=(0, 1, 0),
-                             position=(0, 0, 0), pixels=np.ones((40, 40), np.uint16), instance=1,
-                             thickness=thickness)
     folder = tmp_path / "lge"
     folder.mkdir()
-    dataset.save_as(folder / "only.dcm", enforce_file_format=True)
-    lge = read_lge_input(folder)
+    uids = {}
+    for name, description in (("lge", "LGE"), ("other", "cine")):  # two series: the LGE one is chosen by its uid
+        uids[name] = generate_uid()
+        _slice_dataset(series_uid=uids[name], description=description, row=(1, 0, 0), column=(0, 1, 0),
+                       position=(0, 0, 0), pixels=np.ones((40, 40), np.uint16), instance=1, series_number=len(uids),
+                       thickness=thickness if name == "lge" else 6.0).save_as(folder / f"{name}.dcm",
+                                                                               enforce_file_format=True)
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.dicom"):
+        lge = read_lge_input(folder, series_uid=uids["lge"])
     assert lge.volume.array.shape == (1, 40, 40)
     assert lge.spacing_known and lge.slice_spacing_known is known
+    assert caplog.text.count("without SliceThickness") == (0 if known else 1)  # the headers are read once
+    assert read_lge_input(folder, series_uid=uids["other"]).slice_spacing_known

@@ -295,5 +295,5 @@ def test_dicom_folder_states_its_slice_spacing_unless_one_slice_lacks_thickness(
     assert slice_spacing_stored(tmp_path / "thick")
     _series(tmp_path / "two", n_slices=2)
     _write_series(tmp_path / "two", n_slices=2, seed=1, tag="t", **AXIAL)
-    with pytest.raises(InputError, match="series"):
+    with pytest.raises(InputError, match="holds 2 DICOM series"):
         slice_spacing_stored(tmp_path / "two")

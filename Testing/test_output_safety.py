@@ -219,10 +219,33 @@ def test_a_batch_csv_refuses_a_case_id_windows_cannot_name_a_folder_with(tmp_pat
         list_batch_cases(listing, task="segment-cine")
 
 
-def test_a_batch_csv_keeps_case_ids_that_only_resemble_windows_device_names(tmp_path):
-    names = ["console", "com10", "nullable", "patient001.v2", "aux_scan"]
+def test_a_batch_folder_refuses_a_file_whose_name_windows_cannot_make_a_folder_of(tmp_path):
+    for name in ("p1.nii.gz", "CON.nii.gz"):
+        (tmp_path / name).write_text("image")
+    with pytest.raises(DataError, match="CON.nii.gz.*'CON' cannot name a folder on Windows.*case_id,input"):
+        list_batch_cases(tmp_path, task="segment-cine")
+
+
+@pytest.mark.parametrize("case_id, problem", [("tab\there", "control character"), ("x" * 201, "longer than"),
+                                              ("COM\u00b9", "device name")])
+def test_a_batch_csv_refuses_control_characters_overlong_and_superscript_port_ids(tmp_path, case_id, problem):
     listing = tmp_path / "cases.csv"
-    listing.write_text("case_id,input\n" + "".join(f"{n},{n}.nii.gz\n" for n in names))
+    listing.write_text(f"case_id,input\n{case_id},x.nii.gz\n", encoding="utf-8")
+    with pytest.raises(DataError, match=problem):
+        list_batch_cases(listing, task="segment-cine")
+
+
+def test_a_batch_refuses_case_ids_that_differ_only_in_case(tmp_path):
+    listing = tmp_path / "cases.csv"
+    listing.write_text("case_id,input\nP01,a.nii.gz\np01,b.nii.gz\nP02,c.nii.gz\n")
+    with pytest.raises(DataError, match="ignoring upper/lower case.*P01 / p01"):
+        list_batch_cases(listing, task="segment-cine")
+
+
+def test_a_batch_csv_keeps_case_ids_that_only_resemble_windows_device_names(tmp_path):
+    names = ["console", "com10", "nullable", "patient001.v2", "aux_scan", "patient_é"]
+    listing = tmp_path / "cases.csv"
+    listing.write_text("case_id,input\n" + "".join(f"{n},{n}.nii.gz\n" for n in names), encoding="utf-8")
     assert [c.case_id for c in list_batch_cases(listing, task="segment-cine")] == names
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import traceback
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,8 +405,9 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
         An unknown task, or a folder for a task that needs a CSV.
     DataError
         No case found; a CSV that is not UTF-8 text, lacks a column or has an empty cell; a case id that is empty,
-        '.', '..', holds a path separator or a drive (a path), is the batch's summary.csv or cannot name a folder on
-        Windows (CON, NUL, COM1 ..., <>:"|?*, a trailing dot or space); repeated case ids.
+        '.', '..', holds a path separator or a drive (a path), is the batch's summary.csv, is longer than
+        :data:`MAX_CASE_ID_BYTES` or cannot name a folder on Windows (CON, NUL, COM1 ..., <>:"|?*, a control
+        character, a trailing dot or space); case ids repeated, also when they differ only in upper/lower case.
     """
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
@@ -463,9 +465,14 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
             hint = (" It holds PNG slices: put each patient's slices in a folder of their own (e.g. Case_P001/ with "
                     "its Case_P001_slice*.png) and pass the folder of those folders.")
         raise DataError(f"No case found in {source} (volume files, or folders, one per case).{hint}")
-    duplicates = sorted({c.case_id for c in cases if [d.case_id for d in cases].count(c.case_id) > 1})
+    # Windows and macOS folders ignore case (and macOS the Unicode form): 'P01' and 'p01' would share one folder
+    spellings: dict[str, list[str]] = {}
+    for case in cases:
+        spellings.setdefault(unicodedata.normalize("NFC", case.case_id).casefold(), []).append(case.case_id)
+    duplicates = sorted(" / ".join(ids) for ids in spellings.values() if len(ids) > 1)
     if duplicates:
-        raise DataError(f"Case ids must be unique in a batch; repeated: {duplicates}.")
+        raise DataError(f"Case ids must be unique in a batch, also ignoring upper/lower case (they name folders, "
+                        f"and on Windows and macOS 'P01' and 'p01' are one folder); repeated: {duplicates}.")
     return cases
 
 
@@ -483,18 +490,25 @@ def _checked_case_id(case_id: str, where: str) -> str:
         problem = "is a path (it holds a path separator or a drive)"
     elif case_id.lower() == BATCH_SUMMARY_NAME:
         problem = f"is the name of the batch's {BATCH_SUMMARY_NAME}"
+    elif len(case_id.encode("utf-8")) > MAX_CASE_ID_BYTES:
+        problem = f"is longer than a folder name can be ({MAX_CASE_ID_BYTES} bytes)"
     elif _not_a_windows_folder_name(case_id):
         # Slicer users share cohorts across systems: a folder Windows cannot create fails there mid-batch
         problem = ("cannot name a folder on Windows (a device name such as CON, NUL, COM1 or LPT1, one of the "
-                   "characters <>:\"|?*, or a trailing dot or space)")
+                   "characters <>:\"|?*, a control character, or a trailing dot or space)")
     if problem is not None:
         raise DataError(f"{where}: the case id {case_id!r} {problem}. A case id names the case's folder inside "
-                        "--out: use a plain name such as 'patient001'.")
+                        "--out: use a plain name such as 'patient001' (a CSV with case_id,input columns names the "
+                        "cases of files you cannot rename).")
     return case_id
 
 
+MAX_CASE_ID_BYTES = 200
+"""Longest case id (UTF-8 bytes): folder names stop at 255 bytes, and Windows paths at 260 characters unless told."""
+
 _WINDOWS_DEVICE_NAMES = frozenset(
-    ["con", "prn", "aux", "nul"] + [f"{port}{n}" for port in ("com", "lpt") for n in "123456789"])
+    ["con", "prn", "aux", "nul", "conin$", "conout$"]
+    + [f"{port}{n}" for port in ("com", "lpt") for n in "123456789\u00b9\u00b2\u00b3"])
 
 
 def _not_a_windows_folder_name(name: str) -> bool:

@@ -158,7 +158,7 @@ def read_lge_input(
 
 def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
     from ..io import read_volume
-    from ..io.volumes import slice_spacing_stored
+    from ..io.volumes import check_finite, slice_spacing_stored
 
     source = Path(path)
     if not source.exists():
@@ -173,15 +173,13 @@ def _read_lge_input(path, *, spacing_mm, series_uid) -> LGEInput:
                             f"{len(pngs)} PNG slices in {source}", from_png=True)
         if spacing_mm is not None:
             raise InputError("spacing_mm applies to PNG input only; DICOM folders carry their spacing.")
-        if series_uid:
-            from ..io.dicom import read_dicom_series
+        from ..io.dicom import read_dicom_series_and_headers, slice_thickness_stated
 
-            volume = read_dicom_series(source, series_uid=series_uid)
-        else:
-            volume = read_volume(source)
+        volume, headers = read_dicom_series_and_headers(source, series_uid=series_uid or None)
+        check_finite(volume.array, str(source))
         # one slice without SliceThickness was given 1 mm: its scar is an area, not a volume in mL
-        thickness_known = volume.array.shape[0] > 1 or slice_spacing_stored(source, series_uid=series_uid)
-        return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, thickness_known, str(source))
+        return LGEInput(volume.with_array(volume.array.astype(np.float32)), True, slice_thickness_stated(headers),
+                        str(source))
     if source.suffix.lower() == ".png":
         volume = _png_stack([source], spacing_mm)
         return LGEInput(volume, spacing_mm is not None, _has_slice_spacing(spacing_mm), str(source), from_png=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,14 @@ import numpy as np
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
 
-__all__ = ["DicomSeriesInfo", "list_dicom_series", "read_dicom_series", "series_headers"]
+__all__ = [
+    "DicomSeriesInfo",
+    "list_dicom_series",
+    "read_dicom_series",
+    "read_dicom_series_and_headers",
+    "series_headers",
+    "slice_thickness_stated",
+]
 
 log = logging.getLogger(__name__)
 
@@ -435,10 +443,27 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         Several series and no ``series_uid``, an unknown ``series_uid``, mixed orientations, sizes or pixel
         spacings within the series, repeated slice positions, uneven slice gaps (> 10 %), missing geometry.
     """
+    return read_dicom_series_and_headers(folder, series_uid=series_uid)[0]
+
+
+def read_dicom_series_and_headers(folder: str | os.PathLike, *, series_uid: str | None = None) -> tuple[Volume, list]:
+    """:func:`read_dicom_series`, and the headers it read in slice order (k), for what the volume cannot say, such as
+    whether a single slice stated its thickness (:func:`slice_thickness_stated`). Same errors."""
     info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid)
     array = np.stack([_read_pixels(d.filename) for d in sorted_datasets])
     log.info(
         "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",
         info.describe(), array.shape[0], array.shape[1], array.shape[2], geometry.spacing_mm,
     )
-    return Volume(array, geometry)
+    return Volume(array, geometry), sorted_datasets
+
+
+def slice_thickness_stated(headers: Sequence) -> bool:
+    """Whether a series' headers (slice order) give its slice spacing: the positions of two or more slices do; a
+    single slice needs a positive SliceThickness (without it :func:`read_dicom_series` gives it 1 mm)."""
+    if len(headers) > 1:
+        return True
+    try:
+        return float(headers[0].get("SliceThickness")) > 0
+    except (TypeError, ValueError):
+        return False

@@ -8,7 +8,6 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -342,7 +341,8 @@ def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = No
     SliceThickness: :func:`read_volume` and :func:`~cardiac_ai.io.read_dicom_series` give that one slice 1 mm, a
     stand-in, so a volume computed from it is an area in mm2 times 1 mm. True for 3D and 4D files (a one-slice 3D
     file keeps its slice thickness) and for DICOM series of several slices (their positions give the spacing).
-    Only headers are read; ``series_uid`` chooses the series of a folder holding several.
+    Only headers are read; ``series_uid`` chooses the series of a folder holding several. A folder is read as a DICOM
+    series (as :func:`read_volume` reads it), not as PNG slices.
 
     Raises
     ------
@@ -356,10 +356,9 @@ def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = No
     if not source.exists():
         raise DataError(f"Input not found: {source}")
     if source.is_dir():
-        from .dicom import series_headers
+        from .dicom import series_headers, slice_thickness_stated
 
-        _, headers, _ = series_headers(source, series_uid=series_uid)
-        return len(headers) > 1 or _positive_number(headers[0].get("SliceThickness"))
+        return slice_thickness_stated(series_headers(source, series_uid=series_uid or None)[1])
     if _suffix(source) == ".png":
         return False
     reader = sitk.ImageFileReader()
@@ -373,13 +372,6 @@ def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = No
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
     return reader.GetDimension() >= 3
-
-
-def _positive_number(value: Any) -> bool:
-    try:
-        return float(value) > 0
-    except (TypeError, ValueError):
-        return False
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
