@@ -135,7 +135,7 @@ def writeVolumeCopy(volumeNode, path: str) -> str:
     storageNode = slicer.mrmlScene.CreateNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     try:
         storageNode.SetFileName(path)
-        storageNode.UseCompressionOn()
+        storageNode.UseCompressionOff()  # a temporary file the backend reads at once: writing fast matters, size not
         if not storageNode.WriteData(volumeNode):
             raise RuntimeError(f"Slicer could not write {volumeNode.GetName()!r} to {path}.")
     finally:
@@ -421,6 +421,9 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         """Called just before the scene is closed."""
         self._cancelRequested = True
         self.setParameterNode(None)
+        # nothing of the closed scene's patient may stay on screen
+        self._showBullseye(None)
+        self.ui.statusLabel.text = ""
 
     def onSceneEndClose(self, caller, event) -> None:
         """Called just after the scene is closed."""
@@ -475,6 +478,8 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self.ui.camPseudoLabelSettingsGroupBox.enabled = self._parameterNode.camPseudoLabel
         # the end-diastolic frame and the LV wall act on the weak U-Net's heart, not on the CAM pseudo-label
         self.ui.camEndDiastoleVolumeSelector.enabled = not self._parameterNode.camPseudoLabel
+        self.ui.camLvWallMmSpinBox.enabled = not self._parameterNode.camPseudoLabel
+        self.ui.camLvWallMmLabel.enabled = not self._parameterNode.camPseudoLabel
         for override, spinBoxes in (
             ("camCrfIterationsOverride", (self.ui.camCrfIterationsSpinBox,)),
             ("camCrfSmoothnessOverride", (self.ui.camCrfSmoothnessWeightSpinBox, self.ui.camCrfSmoothnessWidthSpinBox)),
@@ -861,6 +866,10 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             return _("Select the post-contrast T1 map in the T1/T2 mapping section")
         if task == "qc" and not parameterNode.qcSegmentation:
             return _("Select the segmentation to check in the Quality control section")
+        if (task == "cam" and not parameterNode.camPseudoLabel and parameterNode.camEndDiastoleVolume
+                and parameterNode.camEndDiastoleVolume == parameterNode.inputVolume):
+            return _("The end-diastolic frame is the input volume itself: select the end-diastolic frame of the "
+                     "same series, or none")
         return ""
 
     def process(
@@ -1888,7 +1897,9 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         with self._temporaryDirectory() as tempDir:
             inputPath = self.volumeToFile(volumeNode, os.path.join(tempDir, "image.nrrd"))
             endDiastolePath = None
-            if endDiastoleVolumeNode is not None:
+            if endDiastoleVolumeNode is volumeNode:
+                endDiastolePath = inputPath  # one file for both: the backend refuses the input as its own ED frame
+            elif endDiastoleVolumeNode is not None:
                 endDiastolePath = self.volumeToFile(endDiastoleVolumeNode, os.path.join(tempDir, "end_diastole.nrrd"))
             outputDir = os.path.join(tempDir, "output")
             call = results.cam_call(inputPath, outputDir, explain=explain, method=method, pseudo_label=pseudoLabel,
@@ -1941,7 +1952,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         grid (each segment through ``slicer.util.arrayFromSegmentBinaryLabelmap`` with that volume as reference).
 
         Segment names give the codes (``cardiac_ai.slicer_results.segment_label_codes``); where segments overlap,
-        the higher code wins (scar over myocardium).
+        ``segment_paint_order`` decides (a whole heart under the structures it holds, scar over myocardium).
 
         :raises ValueError: a segment whose name is not a CardiacAI structure, or no segment at all.
         """
@@ -1949,7 +1960,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         codes = self.segmentCodes(segmentationNode)
         labels = np.zeros(slicer.util.arrayFromVolume(referenceVolumeNode).shape[:3], np.uint8)
-        for segmentId in sorted(codes, key=codes.get):
+        for segmentId in importBackend("slicer_results").segment_paint_order(codes):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)
             labels[mask > 0] = codes[segmentId]
         labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "CardiacAI QC labels")

@@ -127,7 +127,8 @@ class CardiacAITrainingParameterNode:
     modelName, modelVersion - name and version under which the trained model is registered (segmentation; the
         other tasks register their models under their own names, version 1.0).
     registerModel - register the trained model in the CardiacAI models folder, so CardiacAI can use it.
-    labelColumn - weak-cam: the labels.csv column holding the image-level labels (ACDC: ignored, its diagnoses).
+    labelColumn - weak-cam: the labels.csv column holding the image-level labels (ACDC: its diagnoses, Info.cfg's
+        Group, whatever the name; "diagnosis" and "group" both work).
     samplingRatio - segmentation: region-aware batch sampling, basal and apical slices this many times as likely as
         mid-ventricular ones (the paper used 4 and 20); 1 draws every slice equally (the default).
     """

@@ -593,6 +593,24 @@ def test_segment_names_map_to_label_codes_and_unknown_names_are_refused():
         segment_label_codes(["LV", "Left ventricle blood pool"])
 
 
+def test_overlapping_segments_are_painted_so_that_a_whole_heart_stays_under_its_structures():
+    """What the Slicer Logic does with the order: a later segment wins where two overlap."""
+    import numpy as np
+
+    from cardiac_ai.slicer_results import segment_paint_order
+
+    codes = segment_label_codes(["Heart", "Scar", "Myo", "LV", "RV"])
+    order = segment_paint_order(codes)
+    assert order == ["Heart", "RV", "Myo", "LV", "Scar"]
+    heart, myocardium, scar = np.zeros((3, 8), bool), np.zeros((3, 8), bool), np.zeros((3, 8), bool)
+    heart[:, 1:7], myocardium[1, 2:6], scar[1, 4:6] = True, True, True
+    masks = {"Heart": heart, "Myo": myocardium, "Scar": scar, "LV": np.zeros_like(heart), "RV": np.zeros_like(heart)}
+    labels = np.zeros((3, 8), np.uint8)
+    for name in order:
+        labels[masks[name]] = codes[name]
+    assert labels[1].tolist() == [0, 6, 2, 2, 4, 4, 6, 0]
+
+
 # -- T1/T2 mapping and ECV: the real map and ecv commands, with the ground truth in place of the network ---------------
 @pytest.fixture(scope="module")
 def mapping_outputs(tmp_path_factory, save_untrained_map_model):

@@ -201,6 +201,22 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
     args = batch.parse_arguments(["--input-folder", str(tmp_path), "--output-folder", str(tmp_path / "o"),
                                   "--task", "map", "--kind", "T2", "--no-qc"])
     assert (args.task, args.kind, args.no_qc) == ("map", "T2", True)
+    assert args.slice_order == "unknown"
+    args = batch.parse_arguments(["--input-folder", str(tmp_path), "--output-folder", str(tmp_path / "o"),
+                                  "--task", "fibrosis", "--slice-order", "apex-first", "--no-qc"])
+    assert (args.task, args.slice_order, args.no_qc) == ("fibrosis", "apex-first", True)
+    assert batch.FIBROSIS_SLICE_ORDERS == _slicer_module_constants()["FIBROSIS_SLICE_ORDERS"]
+    assert batch.TASK_TABLES["fibrosis"]["qcTableNode"] == "qc.csv"
+
+
+def _slicer_module_constants() -> dict:
+    """The module-level constants of CardiacAI.py (it imports Slicer, so it is read, not imported)."""
+    import ast
+
+    tree = ast.parse((ROOT / "CardiacAI" / "CardiacAI.py").read_text(encoding="utf-8"))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.isupper() and isinstance(node.value, (ast.Tuple, ast.Constant))}
 
 
 @pytest.mark.parametrize(
@@ -223,10 +239,12 @@ def test_batch_arguments_have_the_documented_defaults(batch, tmp_path):
          "width from 0 to 30 mm"),
         (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--task", "cam", "--lv-wall-mm", "1e6"],
          "width from 0 to 30 mm"),
+        (["--input-folder", "{tmp}", "--output-folder", "{tmp}/out", "--slice-order", "base-first"],
+         "applies to --task fibrosis"),
     ],
     ids=["missing", "no-input", "same-folder", "device", "task", "map-kind", "qc-threshold", "models-dir",
          "unknown-option", "structures-not-cam", "lv-wall-not-cam", "lv-wall-negative", "lv-wall-nan",
-         "lv-wall-huge"],
+         "lv-wall-huge", "slice-order-not-fibrosis"],
 )
 def test_batch_rejects_bad_arguments_without_exiting_slicer(batch, tmp_path, extra, match):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
@@ -386,6 +404,25 @@ def test_batch_script_summarises_through_the_backend_and_writes_atomically():
     assert 'importBackend("batch_summary").earlier_summary_values' in source  # resumed cases keep their numbers
     assert source.count("columns=summaryColumns(rows)") == 2  # one header whatever the rows hold
     assert "write_text(" not in source and "csv.DictWriter" not in source
+
+
+def test_batch_script_checks_case_ids_with_the_backends_rules(batch, tmp_path):
+    """The headless batch lists the cases itself but judges their ids as `cardiacai batch` does: P01 and p01 (one
+    folder on Windows and macOS) and CON (no folder on Windows) are refused before any case runs."""
+    from cardiac_ai.errors import DataError
+    from cardiac_ai.pipeline import check_case_id, check_unique_case_ids
+
+    for name in ("P01.nii.gz", "p01.nrrd", "CON.nii.gz"):
+        (tmp_path / name).write_text("image")
+    ids = [case_id for case_id, _ in batch.list_cases(tmp_path)]
+    assert ids == ["CON", "P01", "p01"]  # the script's own listing lets them through ...
+    with pytest.raises(DataError, match="ignoring upper/lower case.*P01 / p01"):
+        check_unique_case_ids(ids)  # ... the backend's rules do not
+    with pytest.raises(DataError, match="'CON' cannot name a folder on Windows"):
+        check_case_id("CON", "x")
+    source = BATCH_SCRIPT.read_text(encoding="utf-8")
+    assert "pipeline.check_case_id(caseId" in source and "pipeline.check_unique_case_ids(" in source
+    assert source.index("check_unique_case_ids(") < source.index("for number, (caseId, inputPath) in enumerate")
 
 
 # -- training: live loss plot, registration ----------------------------------------------------------------------------

@@ -233,3 +233,25 @@ def test_a_4d_input_of_a_single_command_still_asks_for_a_frame(tmp_path):
     write_volume(Volume(frames, Geometry((2.0, 2.0, 8.0)), axes="tkji"), tmp_path / "cine.nii.gz")
     with pytest.raises(InputError, match="Pick one frame: --frame N"):
         read_volume(tmp_path / "cine.nii.gz")
+
+
+def test_weak_cam_on_the_acdc_layout_takes_diagnosis_as_its_group(tmp_path):
+    """The Slicer training panel sends --label-column diagnosis whatever the layout; on ACDC the diagnosis is
+    Info.cfg's Group, so that run must train, not stop at 'no case has a label diagnosis'."""
+    from cardiac_ai.phantom import make_cine_phantom
+
+    root = tmp_path / "acdc"
+    for number, group in enumerate(("NOR", "DCM", "NOR", "DCM"), start=1):
+        folder = root / f"patient{number:03d}"
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text(f"ED: 1\nES: 5\nGroup: {group}\nHeight: 170.0\nNbFrame: 20\nWeight: 70.0\n")
+        for frame, phase in ((1, "ED"), (5, "ES")):
+            case = make_cine_phantom(phase=phase, shape=(48, 48), spacing_mm=(3.0, 3.0, 8.0), n_slices=5,
+                                     seed=number, group=group)
+            write_volume(case.image, folder / f"patient{number:03d}_frame{frame:02d}.nii.gz")
+            write_volume(case.labels, folder / f"patient{number:03d}_frame{frame:02d}_gt.nii.gz")
+    split = save_split(Split(("patient001", "patient002"), ("patient003", "patient004"), ()), tmp_path / "split.json")
+    code = main(["train", "--task", "weak-cam", "--data", str(root), "--layout", "acdc", "--label-column",
+                 "diagnosis", "--split", str(split), "--out", str(tmp_path / "run"), "--quiet", *TINY])
+    assert code == 0
+    assert (tmp_path / "run" / "run_classifier" / "best.pt").exists()

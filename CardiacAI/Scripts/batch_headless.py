@@ -5,8 +5,8 @@ Usage (the paths are examples; Slicer's own options go before ``--python-script`
 
     Slicer --no-splash --no-main-window --python-script /path/to/CardiacAI/Scripts/batch_headless.py \\
         --input-folder cases/ --output-folder results/ [--task segment-cine|map|fibrosis|cam] [--device auto] \\
-        [--mode region-aware] [--kind T1|T2] [--fibrosis-model weak] [--explain CLASS] [--no-qc] \\
-        [--qc-threshold 0.8] [--models-dir DIR] [--overwrite]
+        [--mode region-aware] [--kind T1|T2] [--fibrosis-model weak] [--slice-order base-first] \\
+        [--explain CLASS] [--no-qc] [--qc-threshold 0.8] [--models-dir DIR] [--overwrite]
 
 Every volume file directly in the input folder (``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``; not
 ``.seg.nrrd``) is one case; its case id is the file name without the extension. For each case the script loads the
@@ -52,13 +52,15 @@ TASKS = ("segment-cine", "map", "fibrosis", "cam")
 CINE_MODES = ("region-aware", "baseline")
 MAP_KINDS = ("T1", "T2")
 FIBROSIS_MODELS = ("weak", "weak_stack", "pixel")
+#: ``cardiacai fibrosis --slice-order``; as the module's FIBROSIS_SLICE_ORDERS ("unknown": no AHA numbers).
+FIBROSIS_SLICE_ORDERS = ("unknown", "base-first", "apex-first")
 #: Result table (key of the Logic's result) -> CSV file written into each case folder, per task.
 TASK_TABLES = {
     "segment-cine": {"volumesTableNode": "volumes.csv", "slicesTableNode": "slices.csv", "qcTableNode": "qc.csv"},
     "map": {"summaryTableNode": "statistics.csv", "slicesTableNode": "slices.csv",
             "segmentsTableNode": "segments.csv", "qcTableNode": "qc.csv"},
     "fibrosis": {"summaryTableNode": "fibrosis.csv", "slicesTableNode": "slices.csv",
-                 "segmentsTableNode": "transmurality.csv"},
+                 "segmentsTableNode": "transmurality.csv", "qcTableNode": "qc.csv"},
     "cam": {"summaryTableNode": "prediction.csv", "slicesTableNode": "slices.csv"},
 }
 #: The label-free RV / myocardium / LV estimate of ``--task cam --structures``.
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="segment-cine: region-aware networks per slice, or one baseline network")
     parser.add_argument("--kind", choices=MAP_KINDS, help="map: what the maps hold (T1 or T2)")
     parser.add_argument("--fibrosis-model", choices=FIBROSIS_MODELS, default="weak", help="fibrosis: scar model")
+    parser.add_argument("--slice-order", choices=FIBROSIS_SLICE_ORDERS, default="unknown",
+                        help="fibrosis: where the base lies along the slices; base-first or apex-first gives "
+                             "transmurality per AHA segment (transmurality.csv), unknown per sector")
     parser.add_argument("--explain", help="cam: class to explain on every slice (default: the volume's prediction; "
                         "'slice': each slice's own)")
     parser.add_argument("--structures", action="store_true",
@@ -113,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lv-wall-mm", type=float, metavar="MM",
                         help="cam: band around the LV blood pool added to the weak U-Net's heart (default 11; 0: "
                              "none)")
-    parser.add_argument("--no-qc", action="store_true", help="segment-cine, map: no quality control")
+    parser.add_argument("--no-qc", action="store_true", help="segment-cine, map, fibrosis: no quality control")
     parser.add_argument("--qc-threshold", type=float, default=0.8,
-                        help="segment-cine, map: flag slices whose predicted Dice is below this (default 0.8)")
+                        help="segment-cine, map, fibrosis: flag slices whose predicted Dice is below this (default 0.8)")
     parser.add_argument("--models-dir", help="extra folder of trained models (default: the CardiacAI setting)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that were finished earlier")
     return parser
@@ -150,6 +155,8 @@ def parse_arguments(argv):
         raise UsageError("--task map needs --kind T1 or --kind T2 (what the maps hold).")
     if args.structures and args.task != "cam":
         raise UsageError(f"--structures applies to --task cam, not {args.task}.")
+    if args.slice_order != "unknown" and args.task != "fibrosis":
+        raise UsageError(f"--slice-order applies to --task fibrosis, not {args.task}.")
     if args.lv_wall_mm is not None and args.task != "cam":
         raise UsageError(f"--lv-wall-mm applies to --task cam, not {args.task}.")
     if args.lv_wall_mm is not None and not 0.0 <= args.lv_wall_mm <= 30.0:  # weak.structures.MAX_LV_WALL_MM
@@ -243,7 +250,8 @@ def runTask(logic, volumeNode, args) -> dict:
     if args.task == "map":
         return logic.analyseMap(volumeNode, kind=args.kind, **qc, **common)
     if args.task == "fibrosis":
-        return logic.quantifyFibrosis(volumeNode, model=args.fibrosis_model, **common)
+        return logic.quantifyFibrosis(volumeNode, model=args.fibrosis_model, sliceOrder=args.slice_order, **qc,
+                                      **common)
     if args.task == "cam":
         return logic.explainCam(volumeNode, explain=args.explain, structures=args.structures,
                                 lvWallMm=args.lv_wall_mm, **common)
@@ -352,6 +360,14 @@ def main(argv) -> int:
     except Exception as error:
         print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
         return EXIT_SETUP
+    pipeline = CardiacAI.importBackend("pipeline")
+    try:  # the case-id rules of `cardiacai batch`: folders any system can make, unique ignoring case
+        for caseId, inputPath in cases:
+            pipeline.check_case_id(caseId, f"{args.input_folder}: {Path(inputPath).name}")
+        pipeline.check_unique_case_ids([caseId for caseId, _ in cases])
+    except Exception as error:
+        print(f"CardiacAI batch: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
     args.output_folder.mkdir(parents=True, exist_ok=True)
     summaryPath = args.output_folder / SUMMARY_NAME

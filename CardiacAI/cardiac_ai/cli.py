@@ -836,6 +836,8 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
         raise InputError(f"--task weak-cam reads the acdc and generic layouts, not {layout}; for EMIDEC's weak "
                          "fibrosis labels use --task fibrosis.")
     label = args.label_column or ("group" if layout == "acdc" else None)
+    if layout == "acdc" and label == "diagnosis":  # ACDC's diagnosis is Info.cfg's Group (the Slicer panel's default)
+        label = "group"
     if label is None:
         raise InputError("--task weak-cam needs --label-column NAME: the labels.csv column to learn, e.g. diagnosis.")
     out = Path(args.out)

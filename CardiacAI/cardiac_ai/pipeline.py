@@ -45,6 +45,8 @@ __all__ = [
     "CamOptions",
     "QCBatchOptions",
     "list_batch_cases",
+    "check_case_id",
+    "check_unique_case_ids",
     "check_batch_folders",
     "run_batch",
 ]
@@ -465,15 +467,26 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
             hint = (" It holds PNG slices: put each patient's slices in a folder of their own (e.g. Case_P001/ with "
                     "its Case_P001_slice*.png) and pass the folder of those folders.")
         raise DataError(f"No case found in {source} (volume files, or folders, one per case).{hint}")
-    # Windows and macOS folders ignore case (and macOS the Unicode form): 'P01' and 'p01' would share one folder
+    check_unique_case_ids([case.case_id for case in cases])
+    return cases
+
+
+def check_case_id(case_id: str, where: str) -> str:
+    """``case_id`` if it can name a case folder of a batch on any system (the rules of :func:`list_batch_cases`);
+    DataError naming ``where`` otherwise. Also used by the headless Slicer batch script."""
+    return _checked_case_id(case_id, where)
+
+
+def check_unique_case_ids(case_ids: Sequence[str]) -> None:
+    """DataError unless ``case_ids`` are unique, also ignoring upper/lower case and the Unicode form: they name
+    folders, and on Windows and macOS 'P01' and 'p01' are one folder (the second case would take the first's)."""
     spellings: dict[str, list[str]] = {}
-    for case in cases:
-        spellings.setdefault(unicodedata.normalize("NFC", case.case_id).casefold(), []).append(case.case_id)
+    for case_id in case_ids:
+        spellings.setdefault(unicodedata.normalize("NFC", case_id).casefold(), []).append(case_id)
     duplicates = sorted(" / ".join(ids) for ids in spellings.values() if len(ids) > 1)
     if duplicates:
         raise DataError(f"Case ids must be unique in a batch, also ignoring upper/lower case (they name folders, "
                         f"and on Windows and macOS 'P01' and 'p01' are one folder); repeated: {duplicates}.")
-    return cases
 
 
 def _checked_case_id(case_id: str, where: str) -> str:

@@ -30,9 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import DataError, InputError
-from .labels import LABEL_CODE_NAMES, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL, code_for_segment_name
+from .labels import (
+    HEART,
+    LABEL_CODE_NAMES,
+    LABELS,
+    LV_BLOOD_POOL,
+    LV_MYOCARDIUM,
+    RV_BLOOD_POOL,
+    code_for_segment_name,
+)
 
 __all__ = [
+    "segment_paint_order",
     "CINE_TABLES",
     "FUNCTION_MEASUREMENTS",
     "read_report",
@@ -934,6 +943,13 @@ def segment_label_codes(names: Sequence[str]) -> dict[str, int]:
             raise InputError(f"Segments {other!r} and {name!r} are the same structure; keep one of them.")
         codes[str(name)] = code
     return codes
+
+
+def segment_paint_order(codes: Mapping[str, int]) -> list[str]:
+    """The order in which to paint the segments of :func:`segment_label_codes` into one label map, where later ones
+    win where segments overlap: the whole heart first (it contains the others, which must stay themselves), then by
+    code (scar over myocardium, MVO over scar)."""
+    return sorted(codes, key=lambda name: (codes[name] != HEART, codes[name]))
 
 
 # -- T1/T2 mapping and ECV ----------------------------------------------------------------------------------------

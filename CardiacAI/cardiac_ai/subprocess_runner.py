@@ -30,7 +30,7 @@ __all__ = ["CompletedRun", "CommandError", "build_command", "run_with_progress"]
 
 log = logging.getLogger(__name__)
 
-# typing.Union, not ``|``: this module also runs inside Slicer 5.8, whose Python is 3.9.
+# typing.Union: written when Slicer 5.8 (Python 3.9) was supported; 3.10 and later (Slicer 5.10: 3.12) take either.
 OptionValue = Union[str, int, float, bool, os.PathLike, Sequence[Union[str, int, float, os.PathLike]], None]
 
 #: Seconds the child gets to exit after SIGTERM before its whole process group is killed.
