@@ -677,9 +677,11 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                     "module, then press Apply again."
                 )
             return
+        from importlib import metadata
+
         from packaging import version
 
-        installed = torchLogic.torch.__version__
+        installed = metadata.version("torch")  # torchLogic.torch would import torch into Slicer only to read this
         if version.parse(installed) < version.parse(MINIMUM_TORCH_VERSION):
             raise ValueError(
                 f"PyTorch {installed} is too old for CardiacAI, which needs >= {MINIMUM_TORCH_VERSION}. In the "

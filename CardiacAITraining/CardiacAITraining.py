@@ -261,6 +261,7 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 from CardiacAI import importBackend
 
                 Cancelled = importBackend("errors").Cancelled
+                self.logic.checkSettings(self._parameterNode)  # a bad setting changes neither the scene nor the layout
                 # The live loss plot: the Logic refills this chart's table whenever log.csv changes.
                 chartNode = self.logic.resetLossPlot(self._parameterNode.modelName)
                 slicer.modules.plots.logic().ShowChartInLayout(chartNode)
@@ -477,6 +478,19 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             self.lossSeriesNodes[column] = seriesNode
         return series
 
+    @staticmethod
+    def _settings(parameterNode: CardiacAITrainingParameterNode) -> dict:
+        registerTo = modelsFolder() if parameterNode.registerModel else None
+        return {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
+                "modelVersion": parameterNode.modelVersion, "registerTo": registerTo,
+                "labelColumn": parameterNode.labelColumn, "samplingRatio": parameterNode.samplingRatio}
+
+    def checkSettings(self, parameterNode: CardiacAITrainingParameterNode) -> dict:
+        """The options :meth:`trainOptions` makes of ``parameterNode``'s settings; ValueError for an invalid one,
+        before anything (the loss plot, the run folder) is made."""
+        return self.trainOptions(parameterNode.dataFolder, parameterNode.outputFolder, parameterNode.task,
+                                 parameterNode.epochs, parameterNode.device, **self._settings(parameterNode))
+
     def train(
         self,
         parameterNode: CardiacAITrainingParameterNode,
@@ -501,13 +515,9 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         """
         from CardiacAI import CardiacAILogic, importBackend, moduleDirectory
 
-        registerTo = modelsFolder() if parameterNode.registerModel else None
-        settings = {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
-                    "modelVersion": parameterNode.modelVersion, "registerTo": registerTo,
-                    "labelColumn": parameterNode.labelColumn, "samplingRatio": parameterNode.samplingRatio}
         task = parameterNode.task
-        options = self.trainOptions(parameterNode.dataFolder, parameterNode.outputFolder, task, parameterNode.epochs,
-                                    parameterNode.device, **settings)
+        settings = self._settings(parameterNode)
+        options = self.checkSettings(parameterNode)
         command = self.buildTrainCommand(parameterNode.dataFolder, parameterNode.outputFolder, task,
                                          parameterNode.epochs, parameterNode.device, **settings)
         results = importBackend("slicer_results")
