@@ -95,6 +95,20 @@ def test_convert_labels_to_seg_nrrd_keeps_geometry(tmp_path, capsys):
     np.testing.assert_allclose(segmentation["ijkToLPS"], geometry.ijk_to_lps_matrix(), atol=1e-6)
 
 
+def test_a_path_the_console_cannot_encode_does_not_fail_a_finished_command(tmp_path):
+    """Windows gives a pipe or file cp1252: the 'Wrote ...' line of a CJK path is escaped, the command succeeds."""
+    import os
+    import subprocess
+    import sys
+
+    source = write_volume(Volume(np.ones((2, 4, 4), np.float32)), tmp_path / "患者.nii.gz")
+    out = tmp_path / "结果" / "x.nrrd"
+    run = subprocess.run([sys.executable, "-m", "cardiac_ai", "convert", str(source), "--out", str(out)],
+                         env={**os.environ, "PYTHONIOENCODING": "cp1252"}, capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode("cp1252", "replace")
+    assert out.exists() and b"\\u7ed3\\u679c" in run.stderr  # the folder name, escaped
+
+
 def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
     source = tmp_path / "image.nii.gz"
     write_volume(Volume(np.ones((2, 4, 4), np.float32)), source)

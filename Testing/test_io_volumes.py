@@ -103,6 +103,56 @@ def test_4d_image_without_frame_asks_for_frame(tmp_path):
     assert read_volume(path, allow_4d=True).axes == "tkji"
 
 
+@pytest.mark.parametrize("name", ["cine.nii.gz", "cine.nii", "cine.nrrd"])
+def test_a_frame_of_a_4d_file_is_its_own_array_on_the_series_grid(tmp_path, name):
+    """A frame is read without holding (or keeping alive) the whole series: same voxels and geometry as the
+    series' frame, an array of its own, and the frame's number checked against the file."""
+    series = Volume(_image((5, 3, 4, 6)), OBLIQUE, axes="tkji")
+    path = write_volume(series, tmp_path / name)
+    whole = read_volume(path, allow_4d=True)
+    for index in (0, 4):
+        frame = read_volume(path, frame=index)
+        np.testing.assert_array_equal(frame.array, series.array[index])
+        assert frame.geometry.is_close(whole.geometry) and frame.geometry.is_close(OBLIQUE, atol_direction=1e-5)
+        assert frame.array.base is None or frame.array.base.size == frame.array.size  # not a view into the series
+    with pytest.raises(InputError, match="Frame 5 does not exist; the series has 5 frames"):
+        read_volume(path, frame=5)
+    assert whole.frame(2).array.base is None  # Volume.frame copies too
+
+
+def test_a_frame_of_a_scaled_int16_nifti_gets_its_scaling_in_float32(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 3000, size=(7, 6, 4, 5)).astype(np.int16)  # x, y, z, t
+    image = nib.Nifti1Image(stored, np.diag([1.3, 1.4, 8.0, 1.0]))
+    image.header.set_slope_inter(0.5, 10.0)
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    frame = read_volume(tmp_path / "scaled.nii.gz", frame=2)
+    assert frame.array.dtype == np.float32
+    np.testing.assert_allclose(frame.array, (stored[..., 2] * 0.5 + 10.0).transpose())  # (k, j, i)
+    whole = read_volume(tmp_path / "scaled.nii.gz", allow_4d=True)  # ITK's reading of the same file
+    np.testing.assert_allclose(frame.array, whole.array[2])
+    assert frame.geometry.is_close(whole.geometry)
+
+
+@pytest.mark.parametrize("name", ["SCAN.MHA", "scan.NII.GZ", "scan.nii.GZ", "scan.Nrrd", "scan.NII",
+                                  "x" * 230 + ".nii.gz"])
+def test_upper_case_suffixes_and_long_names_are_written_and_read(tmp_path, name):
+    """ITK and nibabel know formats by lower-case suffixes only ('SCAN.MHA' was written as an empty file beside
+    hidden .mhd/.raw ones); the temporary name of a long file name must stay within a folder's 255 bytes."""
+    volume = Volume(_image(), OBLIQUE)
+    write_volume(volume, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing left beside it
+    again = read_volume(tmp_path / name)
+    np.testing.assert_array_equal(again.array, volume.array)
+    assert again.geometry.is_close(OBLIQUE, atol_direction=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_a_detached_header_format_is_not_written(tmp_path, suffix):
+    with pytest.raises(InputError, match="detached header"):
+        write_volume(Volume(_image(), OBLIQUE), tmp_path / f"scan{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_frame_of_3d_volume_is_refused(tmp_path):
     path = write_volume(Volume(_image(), OBLIQUE), tmp_path / "still.nrrd")
     with pytest.raises(InputError, match="not a 4D series"):

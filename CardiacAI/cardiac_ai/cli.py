@@ -1278,7 +1278,19 @@ def _logging_to_stderr(args: argparse.Namespace) -> Iterator[None]:
         package_logger.handlers[:], package_logger.level, package_logger.propagate = saved
 
 
+def _printable_streams() -> None:
+    """A path the console's encoding cannot show (CJK under cp1252, Windows' encoding for a pipe or file) is printed
+    escaped instead of failing a command whose outputs are written already."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or detached stream: leave it
+                pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     with _logging_to_stderr(args):

@@ -210,13 +210,14 @@ class Volume:
         return Volume(array, self.geometry, axes or ("kji" if array.ndim == 3 else "tkji"))
 
     def frame(self, index: int) -> "Volume":
-        """One frame of a (t, k, j, i) series as a (k, j, i) volume."""
+        """One frame of a (t, k, j, i) series as a (k, j, i) volume (its own copy of the voxels)."""
         if self.axes != "tkji":
             raise InputError("frame() needs a (t, k, j, i) series; this volume is already 3D.")
         n_frames = self.array.shape[0]
         if not 0 <= index < n_frames:  # no negative indices: a frame number is what the user reads off the scanner
             raise InputError(f"Frame {index} does not exist; the series has {n_frames} frames (0..{n_frames - 1}).")
-        return Volume(self.array[index], self.geometry, "kji")
+        # a copy, not a view: the whole series (hundreds of MB) can then be freed while the frame is in use
+        return Volume(np.array(self.array[index]), self.geometry, "kji")
 
 
 def align_axes(volume: Volume, reference: Geometry, *, atol_direction: float = 1e-4) -> Volume:

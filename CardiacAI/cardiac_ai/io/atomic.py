@@ -29,9 +29,10 @@ _RECORDING: ContextVar[_Recording | None] = ContextVar("cardiac_ai_output_record
 
 
 def _full_suffix(path: Path) -> str:
-    """``.nii.gz`` for ``labels.nii.gz``; writers such as SimpleITK pick the format by suffix."""
-    suffixes = path.suffixes
-    return "".join(suffixes[-2:]) if len(suffixes) >= 2 and suffixes[-1] in {".gz", ".bz2"} else path.suffix
+    """``.nii.gz`` for ``labels.nii.gz``, in lower case (``.mha`` for ``SCAN.MHA``): writers such as SimpleITK pick
+    the format by a lower-case suffix, and the temporary file is what they write."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    return "".join(suffixes[-2:]) if len(suffixes) >= 2 and suffixes[-1] in {".gz", ".bz2"} else path.suffix.lower()
 
 
 def _read_umask() -> int:
@@ -53,8 +54,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # the name is cut so that the temporary name (about 30 characters more) stays within the 255 a folder allows
     handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".partial{_full_suffix(target)}", dir=target.parent
+        prefix=f".{target.name[:64]}.", suffix=f".partial{_full_suffix(target)}", dir=target.parent
     )
     os.close(handle)
     temporary_path = Path(temporary)

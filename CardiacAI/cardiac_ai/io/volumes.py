@@ -184,10 +184,11 @@ def _check_nifti_spacing(header, path: Path) -> None:
             )
 
 
-def _nifti_voxels(image, path: Path) -> np.ndarray:
-    """The voxels nibabel reads, or DataError: ITK's NIfTI reader fills a truncated file's missing voxels silently."""
+def _nifti_voxels(image, path: Path, *, unscaled: bool = False) -> np.ndarray:
+    """The voxels nibabel reads (``unscaled``: as stored, without scl_slope / scl_inter), or DataError: ITK's NIfTI
+    reader fills a truncated file's missing voxels silently."""
     try:
-        return np.asanyarray(image.dataobj)
+        return np.asanyarray(image.dataobj.get_unscaled() if unscaled else image.dataobj)
     except (OSError, EOFError, ValueError, zlib.error) as error:
         raise DataError(
             f"{path} is truncated or corrupt: its header promises more voxel data than the file holds "
@@ -196,26 +197,32 @@ def _nifti_voxels(image, path: Path) -> np.ndarray:
 
 
 def _check_nifti_finite(image, path: Path) -> None:
-    """The voxels of a NIfTI that ITK read (a scaled one): complete, and no NaN (ITK's reader turns NaN into 0)."""
-    voxels = _nifti_voxels(image, path)
+    """The voxels of a NIfTI that ITK read (a scaled one): complete, and no NaN (ITK's reader turns NaN into 0).
+    The stored voxels are checked, unscaled: a NaN stays NaN, and integer voxels need no float64 copy."""
+    voxels = _nifti_voxels(image, path, unscaled=True)
     if voxels.dtype.kind == "f":
         check_finite(voxels, str(path))
 
 
-def _read_nifti(image, path: Path) -> sitk.Image | None:
+def _read_nifti(image, path: Path, frame: int | None = None) -> sitk.Image | None:
     """A scalar NIfTI without intensity scaling (``image``: nibabel's), decompressed once: the voxels from nibabel
     (which keeps NaN, so they can be refused, and notices a truncated file, which ITK fills) and the geometry from
     ITK's reading of the header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled,
     multi-component, or a layout the two readers see differently): those go through ``sitk.ReadImage``.
 
+    With ``frame`` and a 4D file, only that frame is read (a 3D image): a cine of hundreds of MB is never held
+    whole, nor copied.
+
     Raises
     ------
     DataError
         The header reads but the voxel data is incomplete.
+    InputError
+        ``frame`` is not a frame of the 4D file.
     """
     dtype = image.get_data_dtype()
-    if dtype not in _NIFTI_VOXEL_TYPES or image.dataobj.slope not in (1.0, None) \
-            or image.dataobj.inter not in (0.0, None):
+    scaled = image.dataobj.slope not in (1.0, None) or image.dataobj.inter not in (0.0, None)
+    if dtype not in _NIFTI_VOXEL_TYPES or (scaled and frame is None):
         return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -223,10 +230,14 @@ def _read_nifti(image, path: Path) -> sitk.Image | None:
         reader.ReadImageInformation()
     except Exception:  # noqa: BLE001 - as above: ITK's reader says what is wrong
         return None
-    data = _nifti_voxels(image, path)
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1 or not 2 <= len(size) <= 4:
         return None
+    if frame is not None and len(size) == 4 and len(image.shape) == 4 and tuple(image.shape) == tuple(size):
+        return _read_nifti_frame(image, path, reader, frame, scaled=scaled)
+    if scaled:
+        return None
+    data = _nifti_voxels(image, path)
     if data.dtype != dtype or int(np.prod(data.shape)) != int(np.prod(size)) \
             or tuple(n for n in data.shape if n != 1) != tuple(n for n in size if n != 1):
         return None
@@ -239,6 +250,55 @@ def _read_nifti(image, path: Path) -> sitk.Image | None:
     result.SetOrigin(reader.GetOrigin())
     result.SetDirection(reader.GetDirection())
     return result
+
+
+def _read_nifti_frame(image, path: Path, reader: sitk.ImageFileReader, frame: int, *, scaled: bool) -> sitk.Image:
+    """Frame ``frame`` of a 4D scalar NIfTI whose voxel layout nibabel and ITK agree on, as a 3D image with the
+    spatial part of the 4D geometry (as :func:`volume_from_sitk` takes it). A ``scaled`` file's frame gets its
+    scl_slope / scl_inter applied, in float32 as ITK's reader gives it."""
+    size = reader.GetSize()
+    if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < size[3]:
+        raise InputError(f"Frame {frame} does not exist; the series has {size[3]} frames (0..{size[3] - 1}).")
+    try:
+        data = np.asanyarray(image.dataobj[..., int(frame)])
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise DataError(
+            f"{path} is truncated or corrupt: frame {frame} lies beyond the voxel data the file holds "
+            f"({str(error).strip().splitlines()[0]}). Copy or export the image again."
+        ) from error
+    if scaled:
+        data = data.astype(np.float32)
+    if data.dtype.kind == "f":
+        check_finite(data, str(path))
+    result = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()), isVector=False)
+    result.SetSpacing(reader.GetSpacing()[:3])
+    result.SetOrigin(reader.GetOrigin()[:3])
+    result.SetDirection(tuple(np.asarray(reader.GetDirection()).reshape(4, 4)[:3, :3].ravel()))
+    return result
+
+
+#: Formats held in one file, which ITK and nibabel recognise by a lower-case suffix only ('scan.MHA', 'a.nii.GZ').
+_ONE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def _read_under_lowercase_suffix(source: Path, **options) -> Volume:
+    """:func:`read_volume` of a file whose suffix is not in lower case (Windows tools write 'SCAN.MHA'), through a
+    link (or copy) of it named with the lower-case suffix; errors name ``source``."""
+    import shutil
+    import tempfile
+
+    from ..errors import CardiacAIError
+
+    with tempfile.TemporaryDirectory(prefix="cardiac_ai_read_") as folder:
+        alias = Path(folder) / f"image{_suffix(source)}"
+        try:
+            os.symlink(source.resolve(), alias)
+        except OSError:  # no symlinks (Windows without the privilege): a copy
+            shutil.copyfile(source, alias)
+        try:
+            return read_volume(alias, **options)
+        except CardiacAIError as error:
+            raise type(error)(str(error).replace(str(alias), str(source))) from error
 
 
 def read_volume(
@@ -274,9 +334,11 @@ def read_volume(
     source = Path(path)
     if not source.exists():
         raise DataError(f"Input not found: {source}")
+    if source.is_file() and _suffix(source) in _ONE_FILE_SUFFIXES and not source.name.endswith(_suffix(source)):
+        return _read_under_lowercase_suffix(source, frame=frame, allow_4d=allow_4d, spacing_mm=spacing_mm)
     nifti = _suffix(source) in (".nii", ".nii.gz")
     nifti_image = None
-    read_by_nibabel = False
+    read_by_nibabel = framed = False  # framed: the NIfTI reader took the frame out of a 4D file itself
     if source.is_dir():
         from .dicom import read_dicom_series
 
@@ -292,8 +354,10 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image = _read_nifti(nifti_image, source) if nifti_image is not None else None
+            image = _read_nifti(nifti_image, source, frame) if nifti_image is not None else None
             read_by_nibabel = image is not None
+            framed = read_by_nibabel and frame is not None and len(nifti_image.shape) == 4 \
+                and image.GetDimension() == 3
             if image is None:
                 image = sitk.ReadImage(str(source))
         except RuntimeError as e:
@@ -321,7 +385,7 @@ def read_volume(
                 "slice thickness.", source,
             )
         volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
-    if frame is not None:
+    if frame is not None and not framed:
         if volume.axes != "tkji":
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
         volume = volume.frame(frame)
@@ -379,6 +443,10 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     target = Path(path)
     if _suffix(target) not in VOLUME_SUFFIXES:
         raise InputError(f"Cannot write {target}: choose a suffix from {VOLUME_SUFFIXES}.")
+    if _suffix(target) in (".mhd", ".nhdr"):
+        # a detached header names its data file, which an atomic write would leave under a temporary name
+        raise InputError(f"Cannot write {target}: a detached header ({_suffix(target)}) and its data file cannot be "
+                         "written as one file; choose .mha (for .mhd), .nrrd (for .nhdr) or .nii.gz.")
     image = volume_to_sitk(volume)
     with atomic_path(target) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=compress)
