@@ -86,8 +86,35 @@ def test_bad_settings_are_refused(options):
 def test_the_smoothing_width_is_in_mm_whatever_the_pixel_size():
     source, target = _discs([14, 12]), _discs([9, 8])
     mask = source > 100
-    fine = carry_mask_between_frames(mask, source, target, (8.0, 1.0, 1.0), smoothing_mm=2.0)
-    coarse = carry_mask_between_frames(mask, source, target, (8.0, 2.0, 2.0), smoothing_mm=4.0)  # 2 pixels both
+    fine = carry_mask_between_frames(mask, source, target, (8.0, 1.25, 1.25), smoothing_mm=2.5)
+    coarse = carry_mask_between_frames(mask, source, target, (8.0, 2.5, 2.5), smoothing_mm=5.0)  # 2 pixels both
     assert np.array_equal(fine, coarse)
-    wider = carry_mask_between_frames(mask, source, target, (8.0, 2.0, 2.0), smoothing_mm=2.0)  # 1 pixel
+    wider = carry_mask_between_frames(mask, source, target, (8.0, 2.5, 2.5), smoothing_mm=2.5)  # 1 pixel
     assert not np.array_equal(fine, wider)
+
+
+def test_fine_pixels_are_registered_on_a_coarser_grid_and_the_mask_stays_on_its_own(monkeypatch):
+    """Cine exported at 0.6 mm: the demons work on 1.5 mm pixels (6 times fewer), the mask is carried on the
+    0.6 mm grid, and it still follows the image as well as at 1.5 mm."""
+    import SimpleITK as sitk
+
+    from cardiac_ai.weak import propagation
+
+    sizes = []
+    execute = sitk.FastSymmetricForcesDemonsRegistrationFilter.Execute
+
+    def recording(self, fixed, moving, *rest):
+        sizes.append((fixed.GetSize(), fixed.GetSpacing()))
+        return execute(self, fixed, moving, *rest)
+
+    monkeypatch.setattr(sitk.FastSymmetricForcesDemonsRegistrationFilter, "Execute", recording)
+    scale = 1.5 / 0.6
+    source = _discs([14 * scale, 12 * scale], shape=(2, 160, 160), centre=(80.0, 75.0))
+    target = _discs([9 * scale, 8 * scale], shape=(2, 160, 160), centre=(80.0, 75.0))
+    carried = carry_mask_between_frames(source > 100, source, target, (8.0, 0.6, 0.6))
+    assert carried.shape == source.shape
+    assert dice(carried, target > 100) > dice(source > 100, target > 100) + 0.1 and dice(carried, target > 100) > 0.7
+    assert sizes and all(spacing == (propagation.REGISTRATION_PIXEL_MM,) * 2 for _, spacing in sizes)
+    sizes.clear()
+    carry_mask_between_frames(_discs([14, 12]) > 100, _discs([14, 12]), _discs([9, 8]), SPACING)
+    assert sizes and all(spacing == (1.5, 1.5) for _, spacing in sizes)  # 1.5 mm pixels: registered as they are
