@@ -66,6 +66,19 @@ def test_build_command_rejects_dashed_names_and_odd_values():
         build_command("demo", options={"out": {"a": 1}}, python_executable=sys.executable)
 
 
+def test_values_and_positionals_starting_with_a_dash_stay_values(tmp_path):
+    """A file named '-case.nii.gz' or an output folder '-out' is a path, not an option, in the built command."""
+    from cardiac_ai.cli import build_parser
+
+    command = build_command("cam", ["-es.nii.gz"], {"out": "-out", "lv_wall_mm": -1, "ed": "-ed.nii.gz"},
+                            python_executable=sys.executable)
+    assert command[4:] == [os.path.join(".", "-es.nii.gz"), "--out=-out", "--lv-wall-mm=-1", "--ed=-ed.nii.gz",
+                           "--progress-lines"]
+    parsed = build_parser().parse_args(command[3:])
+    assert (parsed.input, parsed.out, parsed.ed, parsed.lv_wall_mm) == (os.path.join(".", "-es.nii.gz"), "-out",
+                                                                        "-ed.nii.gz", -1.0)
+
+
 def test_built_command_runs_the_real_cli_and_reports_its_error_line(tmp_path):
     # A missing input for `convert` must come back as the real CLI's one-line error, not as a traceback.
     command = build_command("convert", [tmp_path / "missing.nrrd"], {"out": tmp_path / "o.nrrd"},

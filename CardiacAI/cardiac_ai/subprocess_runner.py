@@ -89,7 +89,8 @@ def build_command(
     positional : sequence of str or path
         Positional arguments, in order, after the command.
     options : mapping of str to value, optional
-        ``{"out": path}`` becomes ``--out path``; underscores in names become dashes (``models_dir`` ->
+        ``{"out": path}`` becomes ``--out path`` (``--out=-x`` for a value starting with ``-``, and a positional
+        ``-x`` becomes ``./-x``); underscores in names become dashes (``models_dir`` ->
         ``--models-dir``). ``True`` gives a bare flag, ``False`` and ``None`` are left out, a list or tuple gives
         the flag followed by each item (``{"spacing": [1, 1]}`` -> ``--spacing 1 1``). Options keep their order.
     python_executable : str or path
@@ -112,7 +113,10 @@ def build_command(
     if not str(python_executable):
         raise InputError("build_command got an empty python_executable; pass PythonSlicer's path or sys.executable.")
     command = [os.fspath(python_executable), "-m", "cardiac_ai", subcommand]
-    command += [os.fspath(item) if isinstance(item, os.PathLike) else str(item) for item in positional]
+    for item in positional:
+        text = os.fspath(item) if isinstance(item, os.PathLike) else str(item)
+        # a relative path such as '-case.nii.gz' would be read as an option: './-case.nii.gz' is the same file
+        command.append(os.path.join(os.curdir, text) if text.startswith("-") else text)
     for name, value in (options or {}).items():
         if not isinstance(name, str) or not name or name.startswith("-"):
             raise InputError(f"Option names are plain words such as 'out' (no leading dashes), got {name!r}.")
@@ -125,7 +129,9 @@ def build_command(
             command.append(flag)
             command += [_option_text(name, item) for item in value]
         else:
-            command += [flag, _option_text(name, value)]
+            text = _option_text(name, value)
+            # '--out -x' would read '-x' as an option; '--out=-x' cannot (negative numbers too: '--lv-wall-mm=-1')
+            command += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
     command.append("--progress-lines")
     return command
 
