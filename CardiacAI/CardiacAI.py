@@ -681,7 +681,10 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         from packaging import version
 
-        installed = metadata.version("torch")  # torchLogic.torch would import torch into Slicer only to read this
+        try:
+            installed = metadata.version("torch")  # torchLogic.torch would import torch into Slicer just for this
+        except metadata.PackageNotFoundError:  # a torch without package metadata (a build of one's own)
+            installed = torchLogic.torch.__version__
         if version.parse(installed) < version.parse(MINIMUM_TORCH_VERSION):
             raise ValueError(
                 f"PyTorch {installed} is too old for CardiacAI, which needs >= {MINIMUM_TORCH_VERSION}. In the "

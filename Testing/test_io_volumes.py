@@ -146,6 +146,40 @@ def test_upper_case_suffixes_and_long_names_are_written_and_read(tmp_path, name)
     assert again.geometry.is_close(OBLIQUE, atol_direction=1e-5)
 
 
+def test_an_upper_case_file_says_whether_it_stores_its_slice_spacing(tmp_path):
+    from cardiac_ai.io.volumes import slice_spacing_stored
+
+    write_volume(Volume(_image(), OBLIQUE), tmp_path / "SCAN.MHA")
+    assert slice_spacing_stored(tmp_path / "SCAN.MHA")
+    sitk.WriteImage(sitk.GetImageFromArray(_image()[0]), str(tmp_path / "flat.mha"))
+    (tmp_path / "flat.mha").rename(tmp_path / "FLAT.MHA")
+    assert not slice_spacing_stored(tmp_path / "FLAT.MHA")  # 2D: no thickness
+
+
+def test_a_frame_of_a_nifti_with_a_unit_fourth_axis_is_refused_as_before(tmp_path):
+    """nibabel sees (x, y, z, 1) as 4D, ITK as 3D: frame 3 of it does not exist, and frame 0 is no frame either."""
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4, 1), np.float32), np.eye(4)), tmp_path / "unit.nii.gz")
+    with pytest.raises(InputError, match="not a 4D series"):
+        read_volume(tmp_path / "unit.nii.gz", frame=3)
+
+
+def test_a_frame_of_a_scaled_float64_nifti_stays_float64_as_itk_reads_it(tmp_path):
+    stored = np.random.default_rng(1).normal(size=(5, 4, 3, 2))
+    image = nib.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(2.0, 1.0)
+    nib.save(image, tmp_path / "scaled64.nii")
+    frame = read_volume(tmp_path / "scaled64.nii", frame=1)
+    whole = read_volume(tmp_path / "scaled64.nii", allow_4d=True)
+    assert frame.array.dtype == whole.array.dtype == np.float64
+    np.testing.assert_array_equal(frame.array, whole.array[1])
+
+
+def test_a_long_non_ascii_name_keeps_its_temporary_name_within_255_bytes(tmp_path):
+    name = "\U0001F600" * 62 + ".nii"  # 252 bytes
+    write_volume(Volume(_image(), OBLIQUE), tmp_path / name)
+    assert read_volume(tmp_path / name).array.shape == _image().shape
+
+
 @pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
 def test_a_detached_header_format_is_not_written(tmp_path, suffix):
     with pytest.raises(InputError, match="detached header"):

@@ -357,10 +357,10 @@ def main(argv) -> int:
         earlierSummaryValues = CardiacAI.importBackend("batch_summary").earlier_summary_values
         summaryColumns = CardiacAI.importBackend("batch_summary").summary_columns
         reportIO = CardiacAI.importBackend("io.report")
+        pipeline = CardiacAI.importBackend("pipeline")
     except Exception as error:
         print(f"CardiacAI batch: the backend's Python packages are not ready: {error}", file=sys.stderr)
         return EXIT_SETUP
-    pipeline = CardiacAI.importBackend("pipeline")
     try:  # the case-id rules of `cardiacai batch`: folders any system can make, unique ignoring case
         for caseId, inputPath in cases:
             pipeline.check_case_id(caseId, f"{args.input_folder}: {Path(inputPath).name}")

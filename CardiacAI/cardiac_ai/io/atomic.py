@@ -56,7 +56,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     # the name is cut so that the temporary name (about 30 characters more) stays within the 255 a folder allows
     handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name[:64]}.", suffix=f".partial{_full_suffix(target)}", dir=target.parent
+        prefix=f".{target.name.encode('utf-8')[:64].decode('utf-8', 'ignore')}.",
+        suffix=f".partial{_full_suffix(target)}", dir=target.parent,
     )
     os.close(handle)
     temporary_path = Path(temporary)

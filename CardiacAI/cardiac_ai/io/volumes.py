@@ -4,6 +4,7 @@ The one place where SimpleITK images become :class:`~cardiac_ai.geometry.Volume`
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import zlib
@@ -204,14 +205,14 @@ def _check_nifti_finite(image, path: Path) -> None:
         check_finite(voxels, str(path))
 
 
-def _read_nifti(image, path: Path, frame: int | None = None) -> sitk.Image | None:
+def _read_nifti(image, path: Path, frame: int | None = None) -> tuple[sitk.Image | None, bool]:
     """A scalar NIfTI without intensity scaling (``image``: nibabel's), decompressed once: the voxels from nibabel
     (which keeps NaN, so they can be refused, and notices a truncated file, which ITK fills) and the geometry from
     ITK's reading of the header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled,
     multi-component, or a layout the two readers see differently): those go through ``sitk.ReadImage``.
 
     With ``frame`` and a 4D file, only that frame is read (a 3D image): a cine of hundreds of MB is never held
-    whole, nor copied.
+    whole, nor copied. The second value says whether the frame was taken so.
 
     Raises
     ------
@@ -223,24 +224,24 @@ def _read_nifti(image, path: Path, frame: int | None = None) -> sitk.Image | Non
     dtype = image.get_data_dtype()
     scaled = image.dataobj.slope not in (1.0, None) or image.dataobj.inter not in (0.0, None)
     if dtype not in _NIFTI_VOXEL_TYPES or (scaled and frame is None):
-        return None
+        return None, False
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except Exception:  # noqa: BLE001 - as above: ITK's reader says what is wrong
-        return None
+        return None, False
     size = reader.GetSize()
     if reader.GetNumberOfComponents() != 1 or not 2 <= len(size) <= 4:
-        return None
+        return None, False
     if frame is not None and len(size) == 4 and len(image.shape) == 4 and tuple(image.shape) == tuple(size):
-        return _read_nifti_frame(image, path, reader, frame, scaled=scaled)
+        return _read_nifti_frame(image, path, reader, frame, scaled=scaled), True
     if scaled:
-        return None
+        return None, False
     data = _nifti_voxels(image, path)
     if data.dtype != dtype or int(np.prod(data.shape)) != int(np.prod(size)) \
             or tuple(n for n in data.shape if n != 1) != tuple(n for n in size if n != 1):
-        return None
+        return None, False
     if dtype.kind == "f":
         check_finite(data, str(path))
     # NIfTI stores x fastest, as ITK's buffer: the array in ITK's (..., y, x) index order is the file's, reversed.
@@ -249,7 +250,7 @@ def _read_nifti(image, path: Path, frame: int | None = None) -> sitk.Image | Non
     result.SetSpacing(reader.GetSpacing())
     result.SetOrigin(reader.GetOrigin())
     result.SetDirection(reader.GetDirection())
-    return result
+    return result, False
 
 
 def _read_nifti_frame(image, path: Path, reader: sitk.ImageFileReader, frame: int, *, scaled: bool) -> sitk.Image:
@@ -266,8 +267,8 @@ def _read_nifti_frame(image, path: Path, reader: sitk.ImageFileReader, frame: in
             f"{path} is truncated or corrupt: frame {frame} lies beyond the voxel data the file holds "
             f"({str(error).strip().splitlines()[0]}). Copy or export the image again."
         ) from error
-    if scaled:
-        data = data.astype(np.float32)
+    if scaled:  # as ITK's reader: float64 stays float64, everything else becomes float32
+        data = data.astype(np.float64 if image.get_data_dtype() == np.float64 else np.float32)
     if data.dtype.kind == "f":
         check_finite(data, str(path))
     result = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose()), isVector=False)
@@ -281,24 +282,35 @@ def _read_nifti_frame(image, path: Path, reader: sitk.ImageFileReader, frame: in
 _ONE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
-def _read_under_lowercase_suffix(source: Path, **options) -> Volume:
-    """:func:`read_volume` of a file whose suffix is not in lower case (Windows tools write 'SCAN.MHA'), through a
-    link (or copy) of it named with the lower-case suffix; errors name ``source``."""
+def _needs_lowercase_alias(source: Path) -> bool:
+    return source.is_file() and _suffix(source) in _ONE_FILE_SUFFIXES and not source.name.endswith(_suffix(source))
+
+
+@contextlib.contextmanager
+def _lowercase_alias(source: Path):
+    """A link (or copy) of ``source`` named with its suffix in lower case, for ITK and nibabel, which know formats by
+    lower-case suffixes only (Windows tools write 'SCAN.MHA'); errors raised inside name ``source``."""
     import shutil
     import tempfile
 
     from ..errors import CardiacAIError
 
     with tempfile.TemporaryDirectory(prefix="cardiac_ai_read_") as folder:
-        alias = Path(folder) / f"image{_suffix(source)}"
+        alias = Path(folder) / f"{source.stem.split('.')[0][:64] or 'image'}{_suffix(source)}"
         try:
             os.symlink(source.resolve(), alias)
         except OSError:  # no symlinks (Windows without the privilege): a copy
             shutil.copyfile(source, alias)
         try:
-            return read_volume(alias, **options)
+            yield alias
         except CardiacAIError as error:
             raise type(error)(str(error).replace(str(alias), str(source))) from error
+
+
+def _read_under_lowercase_suffix(source: Path, **options) -> Volume:
+    """:func:`read_volume` of a file whose suffix is not in lower case, through :func:`_lowercase_alias`."""
+    with _lowercase_alias(source) as alias:
+        return read_volume(alias, **options)
 
 
 def read_volume(
@@ -334,7 +346,7 @@ def read_volume(
     source = Path(path)
     if not source.exists():
         raise DataError(f"Input not found: {source}")
-    if source.is_file() and _suffix(source) in _ONE_FILE_SUFFIXES and not source.name.endswith(_suffix(source)):
+    if _needs_lowercase_alias(source):
         return _read_under_lowercase_suffix(source, frame=frame, allow_4d=allow_4d, spacing_mm=spacing_mm)
     nifti = _suffix(source) in (".nii", ".nii.gz")
     nifti_image = None
@@ -354,10 +366,8 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image = _read_nifti(nifti_image, source, frame) if nifti_image is not None else None
+            image, framed = _read_nifti(nifti_image, source, frame) if nifti_image is not None else (None, False)
             read_by_nibabel = image is not None
-            framed = read_by_nibabel and frame is not None and len(nifti_image.shape) == 4 \
-                and image.GetDimension() == 3
             if image is None:
                 image = sitk.ReadImage(str(source))
         except RuntimeError as e:
@@ -425,6 +435,9 @@ def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = No
         return slice_thickness_stated(series_headers(source, series_uid=series_uid or None)[1])
     if _suffix(source) == ".png":
         return False
+    if _needs_lowercase_alias(source):
+        with _lowercase_alias(source) as alias:
+            return slice_spacing_stored(alias)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(source))
     show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
