@@ -208,8 +208,9 @@ def _check_nifti_finite(image, path: Path) -> None:
 def _read_nifti(image, path: Path, frame: int | None = None) -> tuple[sitk.Image | None, bool]:
     """A scalar NIfTI without intensity scaling (``image``: nibabel's), decompressed once: the voxels from nibabel
     (which keeps NaN, so they can be refused, and notices a truncated file, which ITK fills) and the geometry from
-    ITK's reading of the header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled,
-    multi-component, or a layout the two readers see differently): those go through ``sitk.ReadImage``.
+    ITK's reading of the header (what ``sitk.ReadImage`` would give). None for any other NIfTI (scaled, unless one
+    frame of a 4D file is asked for; multi-component; a layout the two readers see differently): those go through
+    ``sitk.ReadImage``.
 
     With ``frame`` and a 4D file, only that frame is read (a 3D image): a cine of hundreds of MB is never held
     whole, nor copied. The second value says whether the frame was taken so.
@@ -256,7 +257,7 @@ def _read_nifti(image, path: Path, frame: int | None = None) -> tuple[sitk.Image
 def _read_nifti_frame(image, path: Path, reader: sitk.ImageFileReader, frame: int, *, scaled: bool) -> sitk.Image:
     """Frame ``frame`` of a 4D scalar NIfTI whose voxel layout nibabel and ITK agree on, as a 3D image with the
     spatial part of the 4D geometry (as :func:`volume_from_sitk` takes it). A ``scaled`` file's frame gets its
-    scl_slope / scl_inter applied, in float32 as ITK's reader gives it."""
+    scl_slope / scl_inter applied, in float32 (float64 for float64 voxels) as ITK's reader gives it."""
     size = reader.GetSize()
     if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not 0 <= frame < size[3]:
         raise InputError(f"Frame {frame} does not exist; the series has {size[3]} frames (0..{size[3] - 1}).")
@@ -296,7 +297,7 @@ def _lowercase_alias(source: Path):
     from ..errors import CardiacAIError
 
     with tempfile.TemporaryDirectory(prefix="cardiac_ai_read_") as folder:
-        alias = Path(folder) / f"{source.stem.split('.')[0][:64] or 'image'}{_suffix(source)}"
+        alias = Path(folder) / f"image{_suffix(source)}"
         try:
             os.symlink(source.resolve(), alias)
         except OSError:  # no symlinks (Windows without the privilege): a copy
