@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def test_write_report_holds_version_provenance_and_results(tmp_path):
     assert report["provenance"]["warnings"] == ["input resampled to 1.25 mm"]
     assert report["lv_ef_percent"] == 61.5
     assert list(report)[:2] == ["cardiac_ai", "provenance"]
+    assert report["provenance"]["working_directory"] == os.getcwd()  # what relative input paths are relative to
 
 
 def test_write_report_refuses_reserved_keys(tmp_path):

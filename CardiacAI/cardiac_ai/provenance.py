@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -52,6 +53,10 @@ class Provenance:
         data = asdict(self)
         data["package"] = {"name": "cardiac_ai", "version": __version__}
         data["platform"] = {"python": platform.python_version(), "system": platform.platform()}
+        try:  # the paths in ``parameters`` are as given: relative ones are relative to this folder
+            data["working_directory"] = os.getcwd()
+        except OSError:  # the folder was removed while the command ran
+            data["working_directory"] = None
         try:
             import torch
 
