@@ -567,27 +567,29 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             latest = results.latest_training_log(options["out"])
             logPath = str(latest) if latest is not None else logPath
             series = self.updateLossPlot(logPath, force=True)
-            registeredCard = self.registerScriptModels(task, options["out"], registerTo)
+            registeredCard = self.registerScriptModels(task, options["out"], registerTo, run.output_lines)
         if registeredCard:
             self.log(f"Registered {registeredCard} in {registerTo}: CardiacAI finds it there (it uses the highest "
                      "version of each model name it needs).")
         return {"chartNode": self.lossChartNode, "series": series, "logPath": logPath,
                 "registeredCard": registeredCard, "run": run}
 
-    def registerScriptModels(self, task: str, outputFolder, registerTo) -> Optional[str]:
+    def registerScriptModels(self, task: str, outputFolder, registerTo, outputLines=()) -> Optional[str]:
         """Copy the models a training script registered in ``<output>/models`` into the CardiacAI models folder.
 
-        The fibrosis script writes straight into ``registerTo`` (``--models-dir``). A model card and its weights
-        are copied together; a model already in ``registerTo`` with the same name and version is replaced.
+        ``cardiacai train --task fibrosis`` and ``--task weak-cam`` register straight into ``registerTo``
+        (``--register-to``) and say so in a "Registered ... in ..." line of ``outputLines``, which names what this
+        run registered (not the cards earlier runs left in the folder). A model card and its weights are copied
+        together; a model already in ``registerTo`` with the same name and version is replaced.
 
-        :return: the copied card files, comma-separated, or None when nothing was registered.
+        :return: the models registered or the copied card files, comma-separated, or None when nothing was.
         """
         if not registerTo:
             return None
         if task in ("fibrosis", "weak-cam"):  # these write straight into registerTo
-            pattern = "lge_*.json" if task == "fibrosis" else "weak_*.json"
-            cards = sorted(glob.glob(os.path.join(str(registerTo), pattern)))
-            return ", ".join(os.path.basename(c) for c in cards) or None
+            said = [line[len("Registered "):].split(" in ", 1)[0] for line in outputLines
+                    if line.startswith("Registered ")]
+            return ", ".join(said) or None
         source = os.path.join(str(outputFolder), "models")
         copied = []
         for card in sorted(glob.glob(os.path.join(source, "*.json"))):

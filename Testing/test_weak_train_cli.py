@@ -235,7 +235,7 @@ def test_a_4d_input_of_a_single_command_still_asks_for_a_frame(tmp_path):
         read_volume(tmp_path / "cine.nii.gz")
 
 
-def test_weak_cam_on_the_acdc_layout_takes_diagnosis_as_its_group(tmp_path):
+def test_weak_cam_on_the_acdc_layout_takes_diagnosis_as_its_group(tmp_path, capsys):
     """The Slicer training panel sends --label-column diagnosis whatever the layout; on ACDC the diagnosis is
     Info.cfg's Group, so that run must train, not stop at 'no case has a label diagnosis'."""
     from cardiac_ai.phantom import make_cine_phantom
@@ -252,6 +252,11 @@ def test_weak_cam_on_the_acdc_layout_takes_diagnosis_as_its_group(tmp_path):
             write_volume(case.labels, folder / f"patient{number:03d}_frame{frame:02d}_gt.nii.gz")
     split = save_split(Split(("patient001", "patient002"), ("patient003", "patient004"), ()), tmp_path / "split.json")
     code = main(["train", "--task", "weak-cam", "--data", str(root), "--layout", "acdc", "--label-column",
-                 "diagnosis", "--split", str(split), "--out", str(tmp_path / "run"), "--quiet", *TINY])
+                 "diagnosis", "--split", str(split), "--out", str(tmp_path / "run"), "--register-to",
+                 str(tmp_path / "models"), *TINY])  # not --quiet: the Slicer panel reads what it prints
     assert code == 0
     assert (tmp_path / "run" / "run_classifier" / "best.pt").exists()
+    # the line the Slicer training panel reads to name what this run registered
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Registered ")]
+    assert len(said) == 1 and said[0].startswith(f"Registered weak_cam_classifier and weak_heart_unet in "
+                                                 f"{tmp_path / 'models'}")
