@@ -109,6 +109,12 @@ def test_a_path_the_console_cannot_encode_does_not_fail_a_finished_command(tmp_p
     assert out.exists() and b"\\u7ed3\\u679c" in run.stderr  # the folder name, escaped
 
 
+def test_convert_refuses_a_detached_header_output_before_reading_the_input(tmp_path, capsys):
+    code, _, err = _run(capsys, "convert", str(tmp_path / "absent.nii.gz"), "--out", str(tmp_path / "x.mhd"))
+    assert code == 2 and "detached header (.mhd)" in err and "absent" not in err  # the input was never opened
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
     source = tmp_path / "image.nii.gz"
     write_volume(Volume(np.ones((2, 4, 4), np.float32)), source)

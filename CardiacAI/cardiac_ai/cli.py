@@ -605,6 +605,7 @@ def _list_models(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 @_command("convert")
 def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input, read_volume, write_volume
+    from .io.volumes import check_not_detached_header
 
     out = Path(args.out)
     ensure_not_input(out, [args.input])
@@ -613,9 +614,7 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
                           f"{out / 'image.nii.gz'}.")
     if out.exists() and not args.overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it.")
-    if out.name.lower().endswith((".mhd", ".nhdr")):  # before a large input is read: write_volume refuses them
-        raise InputError(f"Cannot write {out}: a detached header and its data file cannot be written as one file; "
-                         "choose .mha (for .mhd), .nrrd (for .nhdr) or .nii.gz.")
+    check_not_detached_header(out)  # before a large input is read
     if args.spacing and (args.series_uid or not str(args.input).lower().endswith(".png")):
         raise InputError("--spacing applies to PNG input only (a PNG stores no pixel size); other formats keep the "
                          "spacing of their header.")

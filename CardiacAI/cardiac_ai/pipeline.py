@@ -428,7 +428,7 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
             elif path.name.startswith("."):
                 hidden.append(path.name)
             else:
-                cases.append(BatchCase(_checked_case_id(_case_id(path), f"{source}: {path.name}"), (path,)))
+                cases.append(BatchCase(check_case_id(_case_id(path), f"{source}: {path.name}"), (path,)))
         if hidden:
             log.warning("Skipped %d hidden name(s) in %s, not taken as cases: %s. Rename what is a case without "
                         "the leading '.' to include it.", len(hidden), source,
@@ -452,7 +452,7 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
                     if empty:
                         raise DataError(f"{source}, line {reader.line_num}: no {' or '.join(empty)} given; every "
                                         f"row needs case_id and {', '.join(columns)}.")
-                    case_id = _checked_case_id(row["case_id"].strip(), f"{source}, line {reader.line_num}")
+                    case_id = check_case_id(row["case_id"].strip(), f"{source}, line {reader.line_num}")
                     given = [c for c in _OPTIONAL_CSV_COLUMNS.get(task, ()) if (row.get(c) or "").strip()]
                     cases.append(BatchCase(case_id, tuple(source.parent / row[c].strip()
                                                           for c in (*columns, *given))))
@@ -471,12 +471,6 @@ def list_batch_cases(source: str | Path, *, task: BatchTask) -> list[BatchCase]:
     return cases
 
 
-def check_case_id(case_id: str, where: str) -> str:
-    """``case_id`` if it can name a case folder of a batch on any system (the rules of :func:`list_batch_cases`);
-    DataError naming ``where`` otherwise. Also used by the headless Slicer batch script."""
-    return _checked_case_id(case_id, where)
-
-
 def check_unique_case_ids(case_ids: Sequence[str]) -> None:
     """DataError unless ``case_ids`` are unique, also ignoring upper/lower case and the Unicode form: they name
     folders, and on Windows and macOS 'P01' and 'p01' are one folder (the second case would take the first's)."""
@@ -489,9 +483,10 @@ def check_unique_case_ids(case_ids: Sequence[str]) -> None:
                         f"and on Windows and macOS 'P01' and 'p01' are one folder); repeated: {duplicates}.")
 
 
-def _checked_case_id(case_id: str, where: str) -> str:
-    """``case_id`` if it can name a case folder inside the batch's output folder; DataError naming ``where``
-    otherwise (a path would read or write outside it, or clear another folder's files)."""
+def check_case_id(case_id: str, where: str) -> str:
+    """``case_id`` if it can name a case folder inside the batch's output folder on any system; DataError naming
+    ``where`` otherwise (a path would read or write outside it, or clear another folder's files). Also used by the
+    headless Slicer batch script."""
     from pathlib import PureWindowsPath
 
     problem = None

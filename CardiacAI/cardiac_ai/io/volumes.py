@@ -22,6 +22,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "read_volume",
     "write_volume",
+    "check_not_detached_header",
     "volume_from_sitk",
     "volume_to_sitk",
     "check_finite",
@@ -452,15 +453,21 @@ def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = No
     return reader.GetDimension() >= 3
 
 
+def check_not_detached_header(path: str | os.PathLike) -> None:
+    """InputError for an output path ending .mhd or .nhdr: a detached header names its data file, which an atomic
+    write would leave under its temporary name. Commands call it before reading a large input; write_volume too."""
+    suffix = _suffix(Path(path))
+    if suffix in (".mhd", ".nhdr"):
+        raise InputError(f"Cannot write {path}: a detached header ({suffix}) and its data file cannot be written as "
+                         "one file; choose .mha (for .mhd), .nrrd (for .nhdr) or .nii.gz.")
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
     """Write ``volume`` atomically to NIfTI, NRRD or MHA (chosen by suffix) with its exact geometry."""
     target = Path(path)
     if _suffix(target) not in VOLUME_SUFFIXES:
         raise InputError(f"Cannot write {target}: choose a suffix from {VOLUME_SUFFIXES}.")
-    if _suffix(target) in (".mhd", ".nhdr"):
-        # a detached header names its data file, which an atomic write would leave under a temporary name
-        raise InputError(f"Cannot write {target}: a detached header ({_suffix(target)}) and its data file cannot be "
-                         "written as one file; choose .mha (for .mhd), .nrrd (for .nhdr) or .nii.gz.")
+    check_not_detached_header(target)
     image = volume_to_sitk(volume)
     with atomic_path(target) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=compress)
