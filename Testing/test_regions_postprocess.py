@@ -5,12 +5,11 @@ import time
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from cardiac_ai.errors import InputError
 from cardiac_ai.labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from cardiac_ai.phantom import make_cine_phantom
 from cardiac_ai.regions.postprocess import PostprocessResult, postprocess_cine_labels
+from scipy import ndimage
 
 SPACING = (8.0, 1.5, 1.5)  # the phantom's default (k, j, i) voxel size in mm
 
@@ -140,6 +139,26 @@ def test_apical_cap_survives_specks_of_cavity_beside_it() -> None:
     result = _run(corrupted)
     assert (result.labels[6][cap] == LV_MYOCARDIUM).all()
     np.testing.assert_array_equal(result.labels[:6], clean[:6])
+
+
+def test_fleck_under_a_network_pixel_beyond_the_apex_is_removed_but_a_small_cap_stays() -> None:
+    fine = (8.0, 0.7, 0.7)  # a fine cine: 4 pixels are 1.96 mm², less than one 1.5 mm pixel of the networks
+    clean = _clean()
+    np.testing.assert_array_equal(postprocess_cine_labels(clean, spacing_kji_mm=fine).labels, clean)
+    cap = np.argwhere(clean[6] == LV_MYOCARDIUM)
+    j, i = cap[len(cap) // 2]
+    flecked = clean.copy()
+    flecked[7, j:j + 2, i:i + 2] = LV_MYOCARDIUM  # 3D-connected to the cap above; its slice's only piece
+    result = postprocess_cine_labels(flecked, spacing_kji_mm=fine)
+    np.testing.assert_array_equal(result.labels, clean)
+    assert any("removed 1 island(s) (4 voxels)" in note for note in result.notes)
+    kept = postprocess_cine_labels(flecked, spacing_kji_mm=fine, min_lone_piece_mm2=0).labels
+    np.testing.assert_array_equal(kept, flecked)
+    np.testing.assert_array_equal(_run(flecked).labels, flecked)  # at 1.5 mm the same 4 pixels are a small cap
+    flecks_only = np.zeros((3, 20, 20), dtype=np.uint8)
+    flecks_only[0, 8, 8] = flecks_only[1, 8, 8] = flecks_only[1, 12, 12] = LV_MYOCARDIUM
+    left = postprocess_cine_labels(flecks_only, spacing_kji_mm=fine).labels  # no larger piece: never all removed
+    assert left[0, 8, 8] == LV_MYOCARDIUM and (left[1] == LV_MYOCARDIUM).sum() == 1
 
 
 def _heavily_corrupted(seed: int, shape: tuple[int, int] = (96, 96), n_slices: int = 8) -> np.ndarray:

@@ -23,7 +23,11 @@ post-processing twice equals post-processing once):
    RV or LV touching nothing"). Likewise an LV blood pool in a map without any myocardium is removed; myocardium
    alone (an apical cap) stays.
 4. **No specks.** In each slice, pieces of a structure smaller than ``min_component_mm2`` are removed unless the
-   piece is that structure's largest in the slice (a small apical cap or a thin basal RV stays).
+   piece is that structure's largest in the slice (a small apical cap or a thin basal RV stays). A slice's largest
+   piece goes too when it is smaller than ``min_lone_piece_mm2`` (default one pixel of the 1.5 mm grid the cine
+   networks work on) and the structure has a piece of ``min_component_mm2`` elsewhere: a network cannot draw less
+   than a pixel, so such a piece is an artefact of restoring its labels onto finer pixels (a 1 mm² fleck of
+   myocardium beyond the apex of a 0.66 mm cine, which QC then flagged).
 5. **No holes.** Per slice: pixels enclosed by the LV blood pool become LV blood pool (background, and
    myocardium islands inside the cavity, which ACDC counts as cavity: papillary muscles); background enclosed by
    the RV blood pool becomes RV; background pinholes enclosed by the myocardium alone and smaller than
@@ -222,8 +226,11 @@ def _keep_attached_rv(
         notes.append(f"{_name(RV_BLOOD_POOL)}: removed {n - 1} component(s) ({int(drop.sum())} voxels), {why}.")
 
 
-def _remove_specks(work: np.ndarray, min_pixels: float, min_component_mm2: float, notes: list[str]) -> None:
-    """Rule 4: per slice, remove pieces below ``min_pixels`` that are not the structure's largest in that slice."""
+def _remove_specks(
+    work: np.ndarray, min_pixels: float, min_component_mm2: float, lone_pixels: float, notes: list[str]
+) -> None:
+    """Rule 4: per slice, remove pieces below ``min_pixels`` that are not the structure's largest in that slice, and
+    largest pieces below ``lone_pixels`` where the structure has a piece of ``min_pixels`` somewhere."""
     for code in (RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL):
         mask = work == code
         if not mask.any():
@@ -237,6 +244,8 @@ def _remove_specks(work: np.ndarray, min_pixels: float, min_component_mm2: float
         largest_in_slice = np.zeros(work.shape[0], dtype=sizes.dtype)
         np.maximum.at(largest_in_slice, k_of[1:], sizes[1:])
         drop_label = (sizes < min_pixels) & (sizes < largest_in_slice[k_of])
+        if sizes.max() >= min_pixels:
+            drop_label |= sizes < lone_pixels
         drop_label[0] = False
         if drop_label.any():
             drop = drop_label[components]
@@ -305,6 +314,7 @@ def _one_pass(
     work: np.ndarray,
     spacing: tuple[float, float, float],
     min_component_mm2: float | None,
+    min_lone_piece_mm2: float,
     rv_max_gap_mm: float,
     notes: list[str],
 ) -> None:
@@ -318,9 +328,11 @@ def _one_pass(
         "not touching the myocardium, in a slice where the main blood pool does",
     )
     _keep_attached_rv(work, spacing, rv_max_gap_mm, notes)
-    min_pixels = float(min_component_mm2) / (spacing[1] * spacing[2]) if min_component_mm2 else None
-    if min_pixels is not None:
-        _remove_specks(work, min_pixels, float(min_component_mm2), notes)  # type: ignore[arg-type]
+    pixel_mm2 = spacing[1] * spacing[2]
+    min_pixels = float(min_component_mm2) / pixel_mm2 if min_component_mm2 else None
+    if min_component_mm2 and min_pixels is not None:
+        lone_pixels = min(min_lone_piece_mm2, min_component_mm2) / pixel_mm2
+        _remove_specks(work, min_pixels, min_component_mm2, lone_pixels, notes)
     _fill_holes(work, min_pixels, float(min_component_mm2 or 0.0), notes)
 
 
@@ -329,6 +341,7 @@ def postprocess_cine_labels(
     *,
     spacing_kji_mm: Sequence[float],
     min_component_mm2: float | None = 10.0,
+    min_lone_piece_mm2: float = 2.25,
     rv_max_gap_mm: float = 5.0,
 ) -> PostprocessResult:
     """Remove implausible pieces from a cine label map and fill its holes (rules in the module docstring).
@@ -343,6 +356,10 @@ def postprocess_cine_labels(
     min_component_mm2 : float or None
         In-plane area in mm² below which a piece of a structure is removed from its slice, unless it is that
         structure's largest piece there (default 10 mm², about 4 pixels of 1.5 mm). None or 0 turns this off.
+    min_lone_piece_mm2 : float
+        A slice's largest piece of a structure is removed when smaller than this (and than ``min_component_mm2``),
+        if the structure has a piece of ``min_component_mm2`` elsewhere (default 2.25 mm², one pixel of the cine
+        networks' 1.5 mm grid: less is a resampling artefact). 0 keeps every slice's largest piece.
     rv_max_gap_mm : float
         An RV component is kept only if it touches the LV or comes within this distance of it (3D, in mm;
         default 5 mm tolerates a thin unlabelled septum edge).
@@ -361,6 +378,8 @@ def postprocess_cine_labels(
         a valid positive number.
     """
     array, spacing = _check_inputs(labels, spacing_kji_mm, min_component_mm2, rv_max_gap_mm)
+    if not (np.isfinite(min_lone_piece_mm2) and min_lone_piece_mm2 >= 0):
+        raise InputError(f"min_lone_piece_mm2 must be >= 0 mm², got {min_lone_piece_mm2!r}.")
     if not array.any():
         return PostprocessResult(labels=array.copy(), notes=["empty label map: nothing to post-process."])
     # Work on the in-plane bounding box of the labels plus a background margin of one pixel (hole detection needs
@@ -376,7 +395,7 @@ def postprocess_cine_labels(
     notes: list[str] = []
     for _ in range(_MAX_PASSES):
         before = work.copy()
-        _one_pass(work, spacing, min_component_mm2, rv_max_gap_mm, notes)
+        _one_pass(work, spacing, min_component_mm2, min_lone_piece_mm2, rv_max_gap_mm, notes)
         if np.array_equal(before, work):
             break
     else:
