@@ -238,7 +238,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path, monkeypat
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken_writer)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OutputError, match="Could not write .*labels.nii.gz: disk full"):
         write_volume(Volume(_image(seed=2), OBLIQUE), path)
 
     assert path.read_bytes() == old_bytes
@@ -459,3 +459,34 @@ def test_a_rerun_with_overwrite_clears_the_earlier_runs_outputs_it_no_longer_mak
         write_report(folder, provenance=Provenance(command="x"), results={})
     assert {p.name for p in out.iterdir()} == {"labels.csv", "report.json", "notes.txt"}
     assert json.loads((out / "report.json").read_text())["outputs"] == ["labels.csv", "report.json"]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_write_cut_short_by_a_full_disk_fails_and_keeps_the_earlier_file(tmp_path, monkeypatch, suffix):
+    # ITK's NIfTI writer only prints "NWAD: wrote only N of M bytes" when the disk is full; the file it leaves reads
+    # back with zeros for the missing voxels
+    volume = Volume(_image((6, 20, 30)), OBLIQUE)
+    target = write_volume(volume, tmp_path / f"labels{suffix}")
+    earlier = target.read_bytes()
+    real_write = sitk.WriteImage
+
+    def write_then_run_out_of_space(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:1500])
+
+    monkeypatch.setattr(sitk, "WriteImage", write_then_run_out_of_space)
+    with pytest.raises(OutputError, match=f"Could not write .*labels{suffix}"):
+        write_volume(Volume(_image((6, 20, 30), seed=1), OBLIQUE), target)
+    assert target.read_bytes() == earlier
+    assert _files(tmp_path) == [target.name]
+
+
+def test_a_writer_error_names_the_file(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: /src/itkNrrdImageIO.cxx:1\n"
+                           "ITK ERROR: NrrdImageIO: Write: Error writing file: File too large")
+
+    monkeypatch.setattr(sitk, "WriteImage", fail)
+    with pytest.raises(OutputError, match=r"Could not write .*scan\.nrrd: ITK ERROR: .*File too large"):
+        write_volume(Volume(_image(), OBLIQUE), tmp_path / "scan.nrrd")
+    assert _files(tmp_path) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, OutputError
 from ..geometry import Geometry, Volume
 from .atomic import atomic_path
 from .formats import VOLUME_SUFFIXES
@@ -470,5 +470,46 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     check_not_detached_header(target)
     image = volume_to_sitk(volume)
     with atomic_path(target) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=compress)
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=compress)
+        except RuntimeError as error:  # ITK's writers report a full disk or a size limit as RuntimeError
+            raise OutputError(f"Could not write {target}: {_first_line(error)}") from error
+        if _suffix(target) in (".nii", ".nii.gz"):
+            _check_nifti_written(temporary, target)
     return target
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "rror" in line and not line.startswith("/")), lines[-1] if lines else "")
+
+
+def _check_nifti_written(written: Path, target: Path) -> None:
+    """OutputError unless ``written`` holds its whole header and voxels. ITK's NIfTI writer only prints an error
+    when the disk fills up or a file-size limit is reached, and leaves a file cut short that ITK reads back without
+    complaint (the missing voxels as zeros), so the file is measured before it replaces anything."""
+    import gzip
+
+    import nibabel
+
+    try:
+        header = nibabel.load(str(written)).header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(
+            header.get_data_dtype().itemsize)
+        if written.name.lower().endswith(".gz"):
+            with open(written, "rb") as file:  # a gzip member ends with its uncompressed size modulo 2**32
+                file.seek(-4, os.SEEK_END)
+                stored = int.from_bytes(file.read(4), "little")
+            if stored != expected % 2**32:  # confirm by reading it all (several gzip members end otherwise)
+                with gzip.open(written, "rb") as stream:
+                    size = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 24), b""))
+            else:
+                size = expected
+        else:
+            size = written.stat().st_size
+    except (OSError, EOFError, ValueError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        raise OutputError(f"Could not write {target}: the file written is unreadable ({error}); is the disk full?") \
+            from error
+    if size < expected:
+        raise OutputError(f"Could not write {target}: only {size} of its {expected} bytes were written (disk full, "
+                          "or a file-size limit); nothing was replaced.")
