@@ -164,6 +164,35 @@ def test_evaluate_reports_one_voxel_shift_in_millimetres(tmp_path, capsys):
     assert row[0] == "case01" and float(row[3]) == pytest.approx(0.9) and float(row[5]) == pytest.approx(1.25)
 
 
+def test_an_evaluate_rerun_that_fails_while_writing_keeps_the_earlier_tables(tmp_path, capsys, monkeypatch):
+    truth = np.zeros((2, 20, 20), np.uint8)
+    truth[:, 5:15, 5:15] = 3
+    geometry = Geometry((1.25, 1.25, 10.0))
+    for folder in ("pred", "truth"):
+        (tmp_path / folder).mkdir()
+    write_volume(Volume(truth, geometry), tmp_path / "truth" / "case01_gt.nii.gz")
+    write_volume(Volume(np.roll(truth, 1, axis=2), geometry), tmp_path / "pred" / "case01.nii.gz")
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out", str(tmp_path / "m")]
+    assert _run(capsys, *args)[0] == 0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["provenance"]["command"] == "evaluate"
+    assert sorted(report["outputs"]) == ["metrics.csv", "report.json", "summary.csv"]
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    write_volume(Volume(truth, geometry), tmp_path / "pred" / "case01.nii.gz")  # a better prediction this time
+    from cardiac_ai.io import report as report_io
+
+    real_write_csv = report_io.write_csv
+
+    def write_then_fail(path, *rows, **kwargs):
+        if Path(path).name == "summary.csv":
+            raise OSError("disk full")
+        return real_write_csv(path, *rows, **kwargs)
+
+    monkeypatch.setattr(report_io, "write_csv", write_then_fail)
+    assert _run(capsys, *args, "--overwrite")[0] != 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == earlier  # metrics.csv is the earlier one
+
+
 def test_evaluate_reads_slicer_segmentations_cropped_to_their_contents(tmp_path, capsys):
     """A Slicer .seg.nrrd: segments matched by name (whatever their label values) and saved cropped to the heart."""
     import slicerio

@@ -410,3 +410,137 @@ def test_a_case_folder_run_as_one_run_keeps_the_earlier_result_when_it_fails(tmp
     with case_folder_as_one_run(folder):
         (folder / "report.json").write_text('{"new": true}')
     assert sorted(p.name for p in folder.iterdir()) == ["report.json"]  # nothing of the earlier run, no backup
+
+
+# -- two runs at once, SIGTERM, user files in a batch folder (session 22 audit) ----------------------------------
+def _hold_folder(out: Path):
+    """A second process inside output_folder(out), until its stdin closes."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys; from cardiac_ai.pipeline import output_folder\n"
+            f"with output_folder({str(out)!r}, overwrite=True):\n"
+            "    print('inside', flush=True); sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "inside"
+    time.sleep(0.05)
+    return holder
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the subprocess's stdin handling is POSIX-only here")
+def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "o"
+    _run(out, {"labels.nii.gz": "first run"})
+    before = {k: v for k, v in _contents(out).items()}
+    holder = _hold_folder(out)
+    try:
+        with pytest.raises(OutputError, match=rf"Another CardiacAI run \(process {holder.pid} on .*is writing"):
+            with output_folder(out, overwrite=True) as folder:
+                write_text_atomic(folder / "labels.nii.gz", "second run")
+        with pytest.raises(OutputError, match="Another CardiacAI run"):
+            run_batch([BatchCase("p1", (tmp_path / "p1.nii.gz",))], out, task="segment-cine", models=None,
+                      job=_writing_job({}))
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    assert _contents(out) == before  # the holder finished without a report: the first run is back, no lock left
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_removed(tmp_path):
+    from cardiac_ai.io.atomic import LOCK_NAME, folder_lock
+
+    (tmp_path / LOCK_NAME).write_text("process 1 on elsewhere, started long ago")  # its process is gone: unlocked
+    with folder_lock(tmp_path) as left_by_killed_run:
+        assert left_by_killed_run
+        assert f"process {os.getpid()} on" in (tmp_path / LOCK_NAME).read_text()
+    assert not (tmp_path / LOCK_NAME).exists()
+    with folder_lock(tmp_path) as left_by_killed_run:
+        assert not left_by_killed_run
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGTERM is POSIX")
+def test_sigterm_cleans_up_as_ctrl_c_and_exits_143(tmp_path, monkeypatch, capsys):
+    import signal
+
+    out = tmp_path / "o"
+    _run(out, {"labels.nii.gz": "earlier", "input": "ED"})
+    before = _contents(out)
+
+    def terminated_while_writing(args, progress):
+        with output_folder(args.out, overwrite=True) as folder:
+            write_text_atomic(folder / "labels.nii.gz", "half of a new run")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setitem(cli._HANDLERS, "convert", terminated_while_writing)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    assert main(["convert", str(tmp_path / "in.nii.gz"), "--out", str(out)]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert _contents(out) == before
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # not left installed after the command
+
+
+def test_ctrl_c_while_the_earlier_outputs_are_set_aside_puts_them_back(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    _run(out, {"labels.nii.gz": "earlier", "qc_slices.csv": "qc"})
+    before = _contents(out)
+    real_replace, calls = os.replace, []
+
+    def replace_then_interrupt(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(pipeline.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), output_folder(out, overwrite=True):
+        raise AssertionError("the run must not start")
+    monkeypatch.undo()
+    assert _contents(out) == before
+
+
+def _nifti(path: Path) -> Path:
+    write_volume(Volume(np.zeros((2, 4, 4), np.float32), Geometry(spacing_mm=(1.0, 1.0, 8.0))), path)
+    return path
+
+
+def test_a_batch_refuses_case_folders_and_a_summary_holding_the_users_own_files(tmp_path, capsys):
+    source = tmp_path / "cohort"
+    source.mkdir()
+    _nifti(source / "p1.nii.gz")
+    _nifti(source / "p2.nii.gz")
+    out = tmp_path / "out"
+    (out / "p1").mkdir(parents=True)
+    (out / "p1" / "labels.nii.gz").write_text("my manual labels")
+    code = main(["batch", str(source), "--task", "segment-cine", "--out", str(out)])
+    assert code == 4 and "holds files that no CardiacAI run wrote (labels.nii.gz" in capsys.readouterr().err
+    assert (out / "p1" / "labels.nii.gz").read_text() == "my manual labels"
+    (out / "p1" / "labels.nii.gz").unlink()
+    (out / "summary.csv").write_text("patient,my_manual_EF\np1,55\n")
+    assert main(["batch", str(source), "--task", "segment-cine", "--out", str(out), "--overwrite"]) == 4
+    assert "is not a batch summary" in capsys.readouterr().err
+    assert (out / "summary.csv").read_text() == "patient,my_manual_EF\np1,55\n"
+    cases_csv = tmp_path / "csvout" / "summary.csv"  # a cases CSV saved where the batch writes its summary
+    cases_csv.parent.mkdir()
+    cases_csv.write_text(f"case_id,input\np1,{source / 'p1.nii.gz'}\n")
+    assert main(["batch", str(cases_csv), "--task", "segment-cine", "--out", str(cases_csv.parent)]) == 4
+    assert cases_csv.read_text().startswith("case_id,input\n")
+
+
+def test_a_batch_over_part_of_a_cohort_keeps_the_summary_rows_of_the_cases_finished_before(tmp_path):
+    everyone = [BatchCase(c, (tmp_path / f"{c}.nii.gz",)) for c in ("p1", "p2", "p3")]
+    run_batch(everyone, tmp_path / "out", task="segment-cine", models=None, job=_writing_job({}))
+    rows = run_batch(everyone[2:], tmp_path / "out", task="segment-cine", models=None, resume=False,
+                     job=_writing_job({"run": 2}))
+    assert [r["case_id"] for r in rows] == ["p3"]
+    summary = _summary(tmp_path / "out")
+    assert list(summary) == ["p3", "p1", "p2"]
+    assert summary["p3"]["status"] == "ok" and summary["p1"]["status"] == summary["p2"]["status"] == \
+        "kept (earlier run)"
+    assert summary["p1"]["inputs"] == str(tmp_path / "p1.nii.gz")
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "p2")  # a case whose folder is gone is no longer listed
+    run_batch(everyone[2:], tmp_path / "out", task="segment-cine", models=None, job=_writing_job({}))
+    assert list(_summary(tmp_path / "out")) == ["p3", "p1"]

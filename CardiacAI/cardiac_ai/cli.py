@@ -12,7 +12,9 @@ import contextlib
 import functools
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ EXIT_MODEL = 3
 EXIT_OUTPUT = 4
 EXIT_BATCH_FAILURES = 5
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended
 
 Handler = Callable[[argparse.Namespace, ProgressCallback], int]
 
@@ -660,20 +663,31 @@ def _demo(args: argparse.Namespace, progress: ProgressCallback) -> int:
 def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .evaluation import evaluate_folders
     from .io import prepare_output_dir
-    from .io.report import write_csv
+    from .io.report import write_csv, write_report
     from .metrics import CASE_COLUMNS
+    from .pipeline import output_folder
+    from .provenance import Provenance
 
-    out = None
-    if args.out:
-        out = prepare_output_dir(args.out, overwrite=args.overwrite, inputs=[args.pred_dir, args.truth_dir])
+    inputs = [args.pred_dir, args.truth_dir]
+    if args.out:  # refused before the work, not after it
+        prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
     result = evaluate_folders(Path(args.pred_dir), Path(args.truth_dir), labels=args.labels, progress=progress)
     print(result.markdown())
-    if out is not None:
-        write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
-        write_csv(out / "summary.csv", result.summary)
-        if result.regional:
-            write_csv(out / "regional.csv", result.regional)
-        log.info("Wrote metrics.csv, summary.csv and regional.csv to %s", out)
+    if args.out:
+        # one run, as every command's: an interrupted or failed rerun puts the earlier tables back
+        with output_folder(args.out, overwrite=args.overwrite, inputs=inputs) as out:
+            write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
+            write_csv(out / "summary.csv", result.summary)
+            if result.regional:
+                write_csv(out / "regional.csv", result.regional)
+            provenance = Provenance(command="evaluate")
+            provenance.parameters.update({"predictions": str(args.pred_dir), "truth": str(args.truth_dir),
+                                          "labels": args.labels})
+            write_report(out, provenance=provenance, results={
+                "summary": result.summary, "unmatched_predictions": result.unmatched_predictions,
+                "unmatched_truths": result.unmatched_truths})
+        log.info("Wrote metrics.csv, summary.csv%s and report.json to %s", ", regional.csv" if result.regional
+                 else "", args.out)
     return 0
 
 
@@ -1063,12 +1077,13 @@ def _batch_models_in_worker(args: argparse.Namespace) -> tuple:
 @_command("batch")
 def _batch(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import ensure_not_input
-    from .pipeline import check_batch_folders, list_batch_cases, run_batch
+    from .pipeline import BATCH_SUMMARY_NAME, check_batch_folders, list_batch_cases, run_batch
     from .provenance import Provenance
 
     options = _batch_options(args)  # bad options fail before the cases are listed and the models load
     cases = list_batch_cases(args.source, task=args.task)
     ensure_not_input(args.out, [args.source])
+    ensure_not_input(Path(args.out) / BATCH_SUMMARY_NAME, [args.source])  # a cases CSV saved as summary.csv
     check_batch_folders(cases, args.out, task=args.task)  # before the models load
     provenance = Provenance(command="batch")
     if args.workers < 1:
@@ -1295,8 +1310,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _logging_to_stderr(args):
+    with _logging_to_stderr(args), _terminate_as_interrupt():
         return _run(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler's cancel, ``docker stop``), raised where the command is, so
+    that it cleans up as after Ctrl-C: an interrupted run puts the earlier outputs back."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -1322,6 +1358,9 @@ def _run(args: argparse.Namespace) -> int:
     except CardiacAIError as e:
         print(f"cardiacai: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    except Terminated:
+        print("cardiacai: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("cardiacai: interrupted", file=sys.stderr)
         return EXIT_CANCELLED

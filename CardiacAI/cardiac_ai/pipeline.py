@@ -583,10 +583,8 @@ def run_batch(
     OutputError
         A case whose input lies in its own output folder, or whose folder holds another command's finished output
         (another batch's ``--out``): nothing is written or removed. An ``out_dir`` that is a file, lies under a file
-        or cannot be written.
+        or cannot be written; another batch writing into ``out_dir`` (:func:`~cardiac_ai.io.atomic.folder_lock`).
     """
-    from .batch_summary import earlier_summary_values, summary_columns
-
     if task not in BATCH_TASKS:
         raise InputError(f"Unknown batch task {task!r}; choose one of {', '.join(BATCH_TASKS)}.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -604,9 +602,21 @@ def run_batch(
     if job is None:
         check_batch_folders(cases, out, task=task)
     prepare_output_dir(out, overwrite=True)  # OutputError for a file, a path under a file, a folder not writable
-    if workers > 1:
-        return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
-                                     workers=workers, load_models=load_models)
+    from .io.atomic import folder_lock
+
+    with folder_lock(out):  # a second batch into the same folder is refused while this one runs
+        if workers > 1:
+            return _run_batch_in_workers(cases, out, task=task, options=options, resume=resume, progress=progress,
+                                         workers=workers, load_models=load_models)
+        return _run_batch_here(cases, out, task=task, models=models, options=options, qc=qc, resume=resume,
+                               progress=progress, job=job)
+
+
+def _run_batch_here(cases, out: Path, *, task, models, options, qc, resume, progress, job) -> list[dict]:
+    """:func:`run_batch` in this process, one case after the other."""
+    from .batch_summary import earlier_summary_values
+
+    kept = _finished_cases_of_earlier_runs(out, cases)
     rows: list[dict] = []
     for number, case in enumerate(cases):
         case_dir = out / case.case_id
@@ -638,12 +648,54 @@ def run_batch(
             row.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
-        # after every case, so an interrupted batch still has its summary
-        write_csv(out / BATCH_SUMMARY_NAME, rows, columns=summary_columns(rows))
+        _write_batch_summary(out, rows, kept)  # after every case, so an interrupted batch still has its summary
     report(progress, 1.0, f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} cases done")
-    write_csv(out / BATCH_SUMMARY_NAME, rows, columns=summary_columns(rows))
+    _write_batch_summary(out, rows, kept)
     _warn_of_skipped_cases_without(options, rows)
     return rows
+
+
+def _finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase]) -> list[dict]:
+    """The rows for ``out``'s summary.csv of cases that an earlier batch into ``out`` finished and that this batch
+    does not list (a batch over part of the cohort), their columns read from their reports, so that a summary
+    never loses a finished case. Cases whose folder no longer holds a report are left out."""
+    import csv
+
+    from .batch_summary import earlier_summary_values
+
+    summary = out / BATCH_SUMMARY_NAME
+    if not summary.is_file():
+        return []
+    listed = {case.case_id for case in cases}
+    try:
+        with open(summary, encoding="utf-8-sig", newline="") as file:
+            earlier = [row for row in csv.DictReader(file) if row.get("case_id")]
+    except (OSError, csv.Error, UnicodeDecodeError) as error:
+        log.warning("Could not read the earlier %s (%s): it lists only this run's cases now.", summary, error)
+        return []
+    kept = []
+    for row in earlier:
+        case_id = row["case_id"]
+        if case_id in listed or any(k["case_id"] == case_id for k in kept):
+            continue
+        try:
+            check_case_id(case_id, str(summary))
+        except DataError:  # an edited summary must not lead outside the batch folder
+            continue
+        values = earlier_summary_values(out / case_id)
+        if values is not None:
+            kept.append({"case_id": case_id, "inputs": row.get("inputs", ""), "status": "kept (earlier run)",
+                         **values})
+    if kept:
+        log.info("%s keeps %d finished case(s) of earlier runs that this batch does not list.", summary, len(kept))
+    return kept
+
+
+def _write_batch_summary(out: Path, rows: Sequence[Mapping], kept: Sequence[Mapping]) -> None:
+    from .batch_summary import summary_columns
+
+    every = [*rows, *kept]
+    write_csv(out / BATCH_SUMMARY_NAME, every, columns=summary_columns(every))
 
 
 def _warn_of_skipped_cases_without(options, rows: Sequence[Mapping]) -> None:
@@ -701,15 +753,16 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    from .batch_summary import earlier_summary_values, summary_columns
+    from .batch_summary import earlier_summary_values
 
     rows: dict[int, dict] = {}
     pending = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
 
+    kept = _finished_cases_of_earlier_runs(out, cases)
+
     def write_summary() -> None:
-        ordered = [rows[n] for n in sorted(rows)]
-        write_csv(out / BATCH_SUMMARY_NAME, ordered, columns=summary_columns(ordered))
+        _write_batch_summary(out, [rows[n] for n in sorted(rows)], kept)
 
     report(progress, 0.0, f"Starting {workers} workers for {len(cases)} cases")
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -820,9 +873,11 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     Files that are not the earlier run's outputs and that the job does not write stay untouched.
 
     Inside another ``output_folder`` of the same folder (a command's, around the job it calls; a batch's, around
-    its case) this only checks the folder: the outer one keeps the earlier run.
+    its case) this only checks the folder: the outer one keeps the earlier run. The outer one also holds the folder
+    locked (:func:`~cardiac_ai.io.atomic.folder_lock`): a second run into the same folder at the same time is
+    refused (OutputError) instead of mixing its files with the first's.
     """
-    from .io.atomic import recorded_outputs
+    from .io.atomic import folder_lock, recorded_outputs
 
     out = Path(out_dir)
     existed = os.path.isdir(out)
@@ -831,7 +886,7 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
         yield folder
         return
     try:
-        with _earlier_run_set_aside(folder):
+        with folder_lock(folder), _earlier_run_set_aside(folder):
             yield folder
     except BaseException:
         if not existed:
@@ -854,11 +909,29 @@ def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task
 
     out = Path(out_dir)
     check_output_location(out)
+    _check_summary_is_a_batchs(out / BATCH_SUMMARY_NAME)
     problems = [f"case {case.case_id}: {problem}" for case in cases
                 if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
     if problems:
         raise OutputError(f"{len(problems)} case(s) cannot run in {out}, and nothing was written: "
                           + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
+
+
+def _check_summary_is_a_batchs(summary: Path) -> None:
+    """OutputError if ``summary`` exists and is not a batch's summary (its first columns ``case_id,inputs,status``):
+    the batch would replace a file of the user's."""
+    from .batch_summary import SUMMARY_LEADING_COLUMNS
+
+    if not os.path.lexists(summary):
+        return
+    try:
+        with open(summary, encoding="utf-8-sig", errors="replace") as file:
+            header = file.readline().strip().split(",")
+    except OSError as error:
+        raise OutputError(f"Cannot read {summary} to check that a batch wrote it: {error}") from error
+    if tuple(header[:3]) != SUMMARY_LEADING_COLUMNS:
+        raise OutputError(f"{summary} is not a batch summary (its header is {','.join(header[:4])[:80]!r}) and a "
+                          "batch would replace it; move it away or give --out another folder.")
 
 
 def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | None:
@@ -878,7 +951,26 @@ def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | No
             return None
         if command and command != task:
             return f"{case_dir} holds the output of {command!r}, not of {task!r}; give --out another folder."
-    return None
+        return None
+    return _foreign_files_problem(case_dir)
+
+
+def _foreign_files_problem(case_dir: Path) -> str | None:
+    """Why files in a case folder without a report must not be overwritten: no CardiacAI run left them (no lock file
+    or set-aside earlier run of one that was killed), so they are someone's own (e.g. their labels.nii.gz)."""
+    from .io.atomic import LOCK_NAME
+
+    if not case_dir.is_dir():
+        return None
+    names = sorted(p.name for p in case_dir.iterdir())
+    if any(name == LOCK_NAME or name.startswith(EARLIER_RUN_PREFIX) for name in names):
+        return None  # a CardiacAI run into this folder was killed: redoing the case is what resuming means
+    visible = [name for name in names if not name.startswith(".")]
+    if not visible:
+        return None
+    shown = ", ".join(visible[:3]) + (f" and {len(visible) - 3} more" if len(visible) > 3 else "")
+    return (f"{case_dir} holds files that no CardiacAI run wrote ({shown}; no {REPORT_NAME}), which the batch "
+            "would replace; move them away or give --out another folder.")
 
 
 #: Name prefix of the hidden subfolder that holds an earlier run's outputs while a new run writes
@@ -894,24 +986,27 @@ def _earlier_run_set_aside(folder: Path):
     import shutil
     import tempfile
 
-    from .io.atomic import recording_outputs
+    from .io.atomic import LOCK_NAME, recording_outputs
 
     for stale in sorted(folder.glob(EARLIER_RUN_PREFIX + "*")):
         log.warning("%s holds the outputs of an earlier run in %s that was stopped before it could put them back "
                     "or delete them: move its files back into %s to keep that result, or delete it.",
                     stale, folder, folder)
     backup = None
-    if any(not p.name.startswith(EARLIER_RUN_PREFIX) for p in folder.iterdir()):
+    if any(not p.name.startswith(EARLIER_RUN_PREFIX) and p.name != LOCK_NAME for p in folder.iterdir()):
         try:
             backup = Path(tempfile.mkdtemp(prefix=EARLIER_RUN_PREFIX, dir=folder))
             earlier = _earlier_outputs(folder) | {REPORT_NAME}
             for name in [REPORT_NAME, *sorted(earlier - {REPORT_NAME})]:  # the report first: no longer finished
                 if (folder / name).is_file():
                     os.replace(folder / name, backup / name)
-        except OSError as error:
+        except BaseException as error:  # Ctrl-C or SIGTERM while moving, too: nothing may stay hidden
             if backup is not None:
                 _put_back(backup, folder)
-            raise OutputError(f"Cannot set aside the earlier outputs in {folder} before writing: {error}") from error
+            if isinstance(error, OSError):
+                raise OutputError(f"Cannot set aside the earlier outputs in {folder} before writing: {error}") \
+                    from error
+            raise
         if any(backup.iterdir()):
             log.info("Moved the earlier run's outputs of %s into %s until this run finishes (they are put back if "
                      "it fails).", folder, backup)

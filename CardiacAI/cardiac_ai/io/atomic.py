@@ -1,9 +1,12 @@
 """Writing outputs so that a crash never leaves a half-written file and never overwrites what it should not."""
 from __future__ import annotations
 
+import datetime
 import os
+import socket
+import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +15,11 @@ from typing import Iterable, Iterator
 from ..errors import OutputError
 
 __all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "check_output_location", "ensure_not_input",
-           "recording_outputs", "recorded_outputs"]
+           "recording_outputs", "recorded_outputs", "folder_lock", "LOCK_NAME"]
+
+#: Hidden file a run holds locked in the folder it writes into (:func:`folder_lock`); left behind (unlocked) only by
+#: a run that was killed.
+LOCK_NAME = ".cardiac_ai-writing"
 
 
 @dataclass
@@ -202,3 +209,71 @@ def recorded_outputs(folder: str | os.PathLike) -> list[str] | None:
     if current is None or current.folder != Path(folder).resolve():
         return None
     return sorted(current.names)
+
+
+def _try_lock(descriptor: int) -> None:
+    """Lock the open file without waiting; OSError when another process holds it. The operating system drops the
+    lock when its process ends, however it ends, so a killed run never leaves the folder locked."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip() or "another process"
+    except (OSError, UnicodeDecodeError):  # Windows refuses to read a locked byte range
+        return "another process"
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
+    """Hold ``folder``/.cardiac_ai-writing locked while the block writes into ``folder``, so that two runs never write
+    into one folder at once (each would take the other's files for its own). Yields True when a lock file was found
+    unlocked: a run writing there was killed before it could clean up.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the lock: names it (process id, host, start time).
+    """
+    path = Path(folder) / LOCK_NAME
+    for _ in range(5):
+        left_by_killed_run = os.path.lexists(path)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            _try_lock(descriptor)
+        except OSError as error:
+            os.close(descriptor)
+            raise OutputError(f"Another CardiacAI run ({_holder(path)}) is writing into {folder}. Wait until it "
+                              "has finished, or choose another output folder.") from error
+        try:
+            same_file = os.path.samestat(os.fstat(descriptor), os.stat(path))
+        except OSError:  # the holder before us removed it between our open and our lock
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)
+    else:  # pragma: no cover - five races in a row
+        raise OutputError(f"Could not lock {folder} for writing: its lock file keeps changing. Try again.")
+    try:
+        os.ftruncate(descriptor, 0)
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.write(descriptor, f"process {os.getpid()} on {socket.gethostname()}, started {started}".encode())
+        yield left_by_killed_run
+    finally:
+        try:  # removed while still locked: a process that opened it meanwhile sees another file and tries again
+            os.unlink(path)
+        except OSError:  # Windows cannot remove an open file: close first
+            os.close(descriptor)
+            descriptor = -1
+            with suppress(OSError):
+                os.unlink(path)
+        if descriptor >= 0:
+            os.close(descriptor)
