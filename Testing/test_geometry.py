@@ -85,6 +85,9 @@ def test_lattice_offset_finds_whole_voxel_shifts_and_nothing_else():
     assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6)), shape) == (2, 4, 6)
     assert grid.lattice_offset_kji(_box_geometry(grid, (-1, 4, 6)), shape) == (-1, 4, 6)  # the lattice is unbounded
     assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 5e-4, 0)), shape) == (2, 4, 6)
+    # DICOM positions rounded to 0.01 mm: a SEG read back by highdicom is a few thousandths of a voxel off
+    assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 6e-3, 0)), shape) == (2, 4, 6)
+    assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 0.03, 0)), shape) is None
     assert grid.lattice_offset_kji(_box_geometry(grid, (2, 4, 6), shift_voxels_kji=(0, 0, 0.3)), shape) is None
     assert grid.lattice_offset_kji(grid.with_spacing((1.5, 2.0, 8.1)), shape) is None
     assert grid.lattice_offset_kji(grid.with_spacing((1.5, 2.0, 8.1)), (1, 5, 7)) is None  # one thinner slice

@@ -38,6 +38,12 @@ def _rounded(values: Sequence[float]) -> tuple[float, ...]:
     return tuple(round(float(v), 4) for v in values)
 
 
+#: How far (in voxels) two geometries' voxel centres may be apart and still count as one lattice. DICOM stores
+#: positions as decimal strings, often to 0.01 mm: two readers of one series (this package's, highdicom's for a SEG
+#: written on it) then differ by a few thousandths of a voxel at the far slices.
+LATTICE_ATOL_VOXEL = 1e-2
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where a (k, j, i) voxel array lies in patient space.
@@ -133,7 +139,7 @@ class Geometry:
         return found
 
     def lattice_offset_kji(
-        self, other: "Geometry", other_shape_kji: Sequence[int], *, atol_voxel: float = 1e-3
+        self, other: "Geometry", other_shape_kji: Sequence[int], *, atol_voxel: float = LATTICE_ATOL_VOXEL
     ) -> tuple[int, int, int] | None:
         """Where an array of shape ``other_shape_kji`` with geometry ``other`` lies on this geometry's voxel lattice.
 
@@ -251,7 +257,7 @@ def align_axes(volume: Volume, reference: Geometry, *, atol_direction: float = 1
 
 
 def pad_to_reference_grid(
-    volume: Volume, reference: Volume, *, fill: float = 0, atol_voxel: float = 1e-3, what: str = "labels",
+    volume: Volume, reference: Volume, *, fill: float = 0, atol_voxel: float = LATTICE_ATOL_VOXEL, what: str = "labels",
     reference_name: str = "image",
 ) -> Volume:
     """``volume`` on ``reference``'s grid: a (k, j, i) volume whose voxels lie on the reference's voxel lattice and

@@ -116,8 +116,8 @@ def _looks_like_dicom(path: Path) -> bool:
         return True
     if head[128:132] == b"DICM":
         return True
-    if path.name.upper() in _EXPORT_HOUSEKEEPING_NAMES:
-        return False
+    if path.name.upper() in _EXPORT_HOUSEKEEPING_NAMES or path.name.startswith("._"):
+        return False  # "._NAME": macOS's resource-fork companion of NAME on a non-Mac disk, never an image
     suffix = path.suffix.lower()
     if suffix in _DICOM_SUFFIXES:
         return True
@@ -250,6 +250,14 @@ def _series_listing(infos: list[DicomSeriesInfo]) -> str:
 
 def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geometry]:
     """Sort the series' headers along the slice normal and compute its geometry."""
+    multi_frame = next((d for d in datasets if _frame_count(d) > 1), None)
+    if multi_frame is not None:
+        raise InputError(
+            f"{multi_frame.filename} is a multi-frame DICOM file ({_frame_count(multi_frame)} frames, e.g. Enhanced "
+            "MR); a DICOM folder is read as a series of single-frame images. Give the file itself as the input "
+            "(it is read through SimpleITK; no DICOM SEG is written for it), or export the series as single-frame "
+            "MR Image Storage."
+        )
     orientations = []
     positions = []
     for dataset in datasets:
@@ -286,7 +294,12 @@ def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geomet
             f"Series {info.series_uid}: row and column directions {orientations[0]} are parallel; "
             "the ImageOrientationPatient is broken."
         )
-    normal = normal / np.linalg.norm(normal)
+    # headers round the cosines (often to 5 or 6 digits): made exactly orthonormal, as ITK and highdicom do, so
+    # that a DICOM SEG or label map written on this geometry and read back by them lies on the same grid
+    row_cosine = row_cosine / np.linalg.norm(row_cosine)
+    column_cosine = column_cosine - (column_cosine @ row_cosine) * row_cosine
+    column_cosine = column_cosine / np.linalg.norm(column_cosine)
+    normal = np.cross(row_cosine, column_cosine)
 
     positions_array = np.asarray(positions)
     distances = positions_array @ normal
@@ -332,11 +345,13 @@ def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geomet
                 f"e.g. {first.filename} and {second.filename}. This happens with cine or multi-echo series "
                 "(several images per position) and duplicated files; export one time frame or echo per series."
             )
-        slice_spacing = float(np.median(gaps))
+        # from the first to the last slice, not the median gap: positions rounded to 0.1 mm in the headers would
+        # otherwise give 9.96 instead of 10 mm, and volumes 0.4 % off
+        slice_spacing = float((distances[-1] - distances[0]) / (len(distances) - 1))
         uneven = np.abs(gaps - slice_spacing) > _GAP_TOLERANCE * slice_spacing
         if np.any(uneven):
             raise InputError(
-                f"Series {info.series_uid} has uneven slice gaps {np.round(gaps, 3).tolist()} mm (median "
+                f"Series {info.series_uid} has uneven slice gaps {np.round(gaps, 3).tolist()} mm (mean "
                 f"{slice_spacing:.3f} mm; allowed deviation {_GAP_TOLERANCE:.0%}). Missing slices cannot be "
                 "placed on a regular grid: check that all files of the series were exported."
             )
@@ -358,20 +373,31 @@ def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geomet
     return sorted_datasets, geometry
 
 
+def _frame_count(dataset) -> int:
+    try:
+        return int(dataset.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
 def _read_pixels(path: str) -> np.ndarray:
+    """One slice's modality values (RescaleSlope and RescaleIntercept applied), float32."""
     import pydicom
 
     try:
         dataset = pydicom.dcmread(path)
-        if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        if _frame_count(dataset) > 1:
             raise InputError(
                 f"{path} is a multi-frame DICOM file ({dataset.NumberOfFrames} frames); CardiacAI reads "
-                "single-frame image series. Convert it to a NIfTI or NRRD volume first."
+                "single-frame image series. Give the file itself as the input, or convert it to NIfTI or NRRD."
             )
-        pixels = dataset.pixel_array
-    except InputError:
+        try:
+            pixels = dataset.pixel_array
+        except Exception as pydicom_error:  # no decoder for the transfer syntax here (e.g. JPEG Lossless)
+            return _read_pixels_with_itk(path, dataset, pydicom_error)
+    except (InputError, DataError):
         raise
-    except Exception as e:  # pydicom raises many types for missing codecs and truncated data
+    except Exception as e:  # pydicom raises many types for truncated data
         raise DataError(f"Cannot read the pixel data of {path}: {e}") from e
     if pixels.ndim != 2:
         raise InputError(
@@ -380,6 +406,45 @@ def _read_pixels(path: str) -> np.ndarray:
     slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _read_pixels_with_itk(path: str, dataset, pydicom_error: Exception) -> np.ndarray:
+    """The slice decoded by SimpleITK (GDCM), which reads the compressed transfer syntaxes PACS send (JPEG Lossless,
+    the usual one for MR) that pydicom needs extra packages for; ITK applies RescaleSlope and RescaleIntercept."""
+    import SimpleITK as sitk
+
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    except RuntimeError as itk_error:
+        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise DataError(f"Cannot read the pixel data of {path} ({name}): pydicom: {_first_line(pydicom_error)}; "
+                        f"SimpleITK: {_first_line(itk_error)}") from itk_error
+    pixels = sitk.GetArrayFromImage(image)
+    pixels = pixels[0] if pixels.ndim == 3 and pixels.shape[0] == 1 else pixels
+    if pixels.ndim != 2 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path} holds pixel data of shape {pixels.shape}; CardiacAI needs greyscale (one sample per pixel)."
+        )
+    if pixels.shape != (int(dataset.Rows), int(dataset.Columns)):
+        raise DataError(f"Cannot read the pixel data of {path}: SimpleITK gave {pixels.shape} pixels for a "
+                        f"{int(dataset.Rows)} x {int(dataset.Columns)} image.")
+    return pixels.astype(np.float32)
+
+
+def _as_monochrome2(array: np.ndarray, datasets: Sequence, info: DicomSeriesInfo) -> np.ndarray:
+    """``array`` with MONOCHROME1 slices inverted (their lowest value is shown white): CardiacAI's models and
+    intensity rules expect bright blood, as every MONOCHROME2 scanner stores it."""
+    inverted = [str(d.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1"
+                for d in datasets]
+    if not any(inverted):
+        return array
+    if not all(inverted):
+        raise InputError(f"Series {info.series_uid} mixes MONOCHROME1 and MONOCHROME2 slices (inverted and plain "
+                         "greyscale); export it again with one photometric interpretation.")
+    log.info("Series %s is MONOCHROME1 (lowest value shown white): its values are inverted within their range.",
+             info.series_uid)
+    return (array.max() + array.min()) - array
 
 
 def series_headers(
@@ -450,7 +515,7 @@ def read_dicom_series_and_headers(folder: str | os.PathLike, *, series_uid: str 
     """:func:`read_dicom_series`, and the headers it read in slice order (k), for what the volume cannot say, such as
     whether a single slice stated its thickness (:func:`slice_thickness_stated`). Same errors."""
     info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid)
-    array = np.stack([_read_pixels(d.filename) for d in sorted_datasets])
+    array = _as_monochrome2(np.stack([_read_pixels(d.filename) for d in sorted_datasets]), sorted_datasets, info)
     log.info(
         "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",
         info.describe(), array.shape[0], array.shape[1], array.shape[2], geometry.spacing_mm,

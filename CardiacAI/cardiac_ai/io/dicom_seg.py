@@ -140,6 +140,8 @@ def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path
     a DICOM SEG of it; a series a SEG cannot refer to gives a provenance warning, never a failed segmentation.
     Returns the file, or None (not a DICOM input, nothing to write, or the warning)."""
     source = Path(input_path)
+    if source.is_file() and source.name.upper() == "DICOMDIR":  # read as its folder's series (read_volume)
+        source = input_path = source.parent
     if not source.is_dir():
         if source.suffix.lower() == ".dcm":
             provenance.warn("No DICOM SEG written: the input is one DICOM file; give the folder of its series for a "

@@ -353,6 +353,9 @@ def read_volume(
     nifti = _suffix(source) in (".nii", ".nii.gz")
     nifti_image = None
     read_by_nibabel = framed = False  # framed: the NIfTI reader took the frame out of a 4D file itself
+    if source.is_file() and source.name.upper() == "DICOMDIR":  # the index of a DICOM medium: its folder's series
+        log.info("%s is a DICOMDIR: reading the DICOM series in its folder %s.", source, source.parent)
+        source = source.parent
     if source.is_dir():
         from .dicom import read_dicom_series
 
