@@ -141,3 +141,24 @@ def test_case_refuses_labels_that_are_not_uint8():
     phantom = make_cine_phantom(**PHANTOM)
     with pytest.raises(InputError, match="labels must be uint8"):
         Case("c", "p", phantom.image, phantom.labels.with_array(phantom.labels.array.astype(np.int16)))
+
+
+def test_a_slicer_segmentation_cropped_to_its_contents_is_a_label_map_on_its_image(tmp_path):
+    from cardiac_ai.io import write_seg_nrrd
+
+    phantom = make_cine_phantom(seed=4)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    write_volume(phantom.image, tmp_path / "images" / "case01.nii.gz")
+    box = phantom.labels.array[:, 20:80, 15:85]  # cropped as Slicer saves it: origin whole voxels away
+    origin = phantom.labels.geometry.index_to_lps(np.array([0, 20, 15]))[0]
+    import dataclasses
+
+    cropped = Volume(np.ascontiguousarray(box),
+                     dataclasses.replace(phantom.labels.geometry, origin_lps_mm=tuple(origin)))
+    write_seg_nrrd(cropped, tmp_path / "labels" / "case01.seg.nrrd")
+    (ref,) = list_generic(tmp_path)
+    assert ref.case_id == "case01" and ref.has_labels
+    case = load_case(ref)
+    np.testing.assert_array_equal(case.labels.array, phantom.labels.array)
+    assert case.labels.geometry.is_close(case.image.geometry)

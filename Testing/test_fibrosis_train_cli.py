@@ -180,3 +180,26 @@ def test_slice_labels_come_from_the_csv_and_from_label_maps_only_when_asked(tmp_
             assert v == (k == 1)
         elif p != "lge01":
             assert v == (int(p[-2:]) % 2 == 0 and k in SCAR_SLICES), (p, k)
+
+
+def test_validation_patients_of_one_kind_only_get_a_warning_that_the_best_epoch_is_no_choice(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cardiac_ai.fibrosis.recipe import _check_parts
+
+    class Weak(SimpleNamespace):
+        def __len__(self):
+            return len(self.slice_labels)
+
+    def part(labels):
+        return SimpleNamespace(weak=Weak(slice_labels=np.array(labels)), myocardium_images=np.zeros((2, 4, 4)))
+
+    split = SimpleNamespace(train=["a", "b"], validation=["c"])
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.fibrosis.recipe"):
+        _check_parts({"train": part([1, 0, 1]), "validation": part([1, 0])}, split)
+        assert not caplog.records
+        _check_parts({"train": part([1, 0, 1]), "validation": part([0, 0, 0])}, split)
+    assert "no slice with fibrosis (0 positive, 3 negative)" in caplog.text and "--split" in caplog.text

@@ -258,3 +258,18 @@ def test_a_2_5d_card_whose_network_takes_one_channel_is_refused_before_inference
     saved_model(tmp_path, make_card(version="2.0", input_spec=spec))  # in_channels 1: a card for other weights
     with pytest.raises(ModelError, match="neighbouring slice"):
         registry_on(tmp_path).load("toy_seg", device="cpu")
+
+
+def test_a_saved_model_has_a_sorted_header_so_equal_weights_give_equal_files(tmp_path):
+    from safetensors.torch import load_file
+
+    _, card_path = saved_model(tmp_path / "a", seed=3)
+    _, again = saved_model(tmp_path / "b", seed=3)
+    weights = card_path.with_suffix(".safetensors").read_bytes()
+    size = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["name", "version"]
+    assert weights == again.with_suffix(".safetensors").read_bytes()
+    assert read_card(card_path).sha256 == read_card(again).sha256
+    state = load_file(card_path.with_suffix(".safetensors"))  # still a valid file whose offsets are right
+    assert set(state) == set(make_card().build_network().state_dict())

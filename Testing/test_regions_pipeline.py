@@ -566,3 +566,19 @@ def test_the_localiser_centre_from_its_own_grid_is_where_the_native_grid_puts_it
     np.testing.assert_allclose(localised.slice_area_mm2, native_areas, rtol=0.2, atol=50)
     true_centre = image.geometry.index_to_lps(np.array(ndimage.center_of_mass(case.labels.array > 0))[np.newaxis])[0]
     assert np.linalg.norm(centre[:2] - true_centre[:2]) < 10.0  # in-plane, on the phantom's heart
+
+
+def test_channels_a_model_never_learnt_cannot_become_structures():
+    from types import SimpleNamespace
+
+    from cardiac_ai.regions.pipeline import _learnt_channels_only
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=(2, 5, 5)).transpose(0, 3, 1, 2).astype(np.float32)
+    probabilities[:, 1] += 2.0  # the untrained RV channel's noise would win everywhere
+    myocardium_only = SimpleNamespace(label_map={0: "background", 2: "lv_myocardium"})
+    kept = _learnt_channels_only(probabilities, myocardium_only)
+    assert set(np.unique(kept.argmax(axis=1))) <= {0, 2}
+    np.testing.assert_allclose(kept.sum(axis=1), 1.0, rtol=1e-5)
+    every = SimpleNamespace(label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
+    assert _learnt_channels_only(probabilities, every) is probabilities

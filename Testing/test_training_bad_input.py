@@ -232,3 +232,45 @@ def test_the_weak_recipe_refuses_a_models_folder_that_is_a_file_before_any_work(
     with pytest.raises(OutputError, match="afile"):  # no case is read: the check comes first
         train_weak_cam_models([], "diagnosis", work_dir=tmp_path / "run", register_to=tmp_path / "afile")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_model_name_or_version_no_card_takes_is_refused_before_training(cohort, tmp_path, capsys, task):
+    option = ["--model-name", "Bad-Name"] if task == "segmentation" else ["--model-version", "v2"]
+    code, err = _run(capsys, "train", "--data", cohort, "--out", tmp_path / "run", *TASKS[task], *option,
+                     "--register-to", tmp_path / "models", "--epochs", "1")
+    assert code == 2 and "--model-name / --model-version" in err and _one_error_line(err), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "models").exists()
+
+
+def test_an_overwrite_restart_drops_the_earlier_runs_checkpoints_before_writing_its_own_split(cohort, tmp_path,
+                                                                                            capsys, monkeypatch):
+    from cardiac_ai.training import segmentation
+
+    run = tmp_path / "run"
+    assert _run(capsys, "train", "--data", cohort, "--out", run, "--crop-size", "8", *SEGMENTATION_TINY)[0] == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+    def stopped_while_preprocessing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segmentation, "train_segmentation", stopped_while_preprocessing)
+    monkeypatch.setattr("cardiac_ai.training.segmentation.train_segmentation", stopped_while_preprocessing)
+    assert _run(capsys, "train", "--data", cohort, "--out", run, "--crop-size", "8", "--seed", "3", "--overwrite",
+                *SEGMENTATION_TINY)[0] == 130
+    # the split on disk is the new run's: no checkpoint of the earlier run may be resumed beside it
+    assert not (run / "checkpoints").exists()
+
+
+def test_a_constant_image_is_named_by_its_case(tmp_path, capsys):
+    import numpy as np
+
+    from cardiac_ai.io import read_volume, write_volume
+
+    data = _generic_cohort(tmp_path / "cohort")
+    image = data / "images" / "phantom002_ED.nii.gz"
+    volume = read_volume(image)
+    write_volume(volume.with_array(np.zeros_like(volume.array)), image)
+    code, err = _run(capsys, "train", "--data", data, "--out", tmp_path / "run", "--crop-size", "8",
+                     *SEGMENTATION_TINY)
+    assert code == 2 and "Case phantom002_ED (" in err and "constant" in err and _one_error_line(err), err

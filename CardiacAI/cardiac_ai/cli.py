@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -799,6 +800,8 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         (out / RUN_DATA_FILE).unlink(missing_ok=True)  # a new run (--overwrite) records its own data
+        # and its own checkpoints: an earlier run's left beside the new split would be resumed as this run's
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     keep_run_data(refs, out)
     keep_run_split(split, out / "split.json", resume=resume)
     result = train_segmentation(
@@ -807,10 +810,11 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
         training_data=f"{layout}:{args.data}", device=args.device, progress=progress, resume=resume,
         overwrite=started and not resume,
     )
-    print(f"Best validation Dice {result.validation_metrics.get('val_dice', float('nan')):.4f} "
-          f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
-    if result.card_path:
-        print(f"Registered {result.card_path}")
+    if not args.quiet:
+        print(f"Best validation Dice {result.validation_metrics.get('val_dice', float('nan')):.4f} "
+              f"at epoch {result.training.best_epoch}; log {result.training.log_path}")
+        if result.card_path:
+            print(f"Registered {result.card_path}")
     return 0
 
 
@@ -828,9 +832,13 @@ def _check_train_folders(args: argparse.Namespace) -> None:
 
 
 def _check_register_target(folder, names: Sequence[str], version: str, *, overwrite: bool) -> None:
-    """Refuse, before training, to replace a model already registered under the same name and version."""
-    from .models.registry import check_models_folder
+    """Refuse, before training, names or a version no model card takes, and to replace a model already registered
+    under the same name and version."""
+    from .models.registry import check_models_folder, name_and_version_problems
 
+    problems = [problem for name in names for problem in name_and_version_problems(name, version)]
+    if problems:
+        raise InputError("--model-name / --model-version: " + "; ".join(dict.fromkeys(problems)) + ".")
     if folder is None:
         return
     check_models_folder(folder, [f"{name}-{version}" for name in names])  # a file or a folder in the way

@@ -10,6 +10,8 @@ Layout::
       labels/                 optional; a label map per case, named like its image (the suffix may differ)
         case01.nii.gz         CardiacAI codes: 0 background, 1 RV blood pool, 2 LV myocardium, 3 LV blood pool,
                               4 scar, 5 MVO; same size, spacing, origin and direction as the image
+        case02.seg.nrrd       or a segmentation saved by 3D Slicer: segments matched by name or terminology,
+                              on the image's voxel grid (cropped to its contents, as Slicer saves it, is fine)
       labels.csv              optional; weak labels for whole cases or single slices
 
 ``labels.csv`` needs a ``case_id`` column naming files in ``images/``. Optional columns: ``patient_id`` (cases of one
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, InputError
+from ..geometry import Volume
 from ..io.formats import VOLUME_SUFFIXES
 from .case import Case, CaseRef, ImageLabelValue, _read_image, _read_label_map
 
@@ -46,7 +49,7 @@ __all__ = ["GENERIC_SUFFIXES", "MISSING_VALUES", "list_generic", "load_generic_c
 log = logging.getLogger(__name__)
 
 #: File suffixes read from ``images/`` and ``labels/``; other files there are ignored with a warning.
-GENERIC_SUFFIXES = (*VOLUME_SUFFIXES, ".png")
+GENERIC_SUFFIXES = (*VOLUME_SUFFIXES, ".seg.nrrd", ".png")  # .seg.nrrd: a label map saved by 3D Slicer
 
 #: Cell texts of ``labels.csv`` that mean "no value", as an empty cell does: pandas' default ``na_values`` (so a
 #: table written by ``DataFrame.to_csv`` with missing values reads back the same); any text that parses as a float
@@ -259,7 +262,10 @@ def load_generic_case(ref: CaseRef) -> Case:
     metadata = dict(ref.metadata, image_path=str(image_path))
     labels = None
     if ref.label_paths:
-        labels = _read_label_map(ref.label_paths[0])
+        if ref.label_paths[0].name.lower().endswith(".seg.nrrd"):
+            labels = _slicer_segmentation_on(ref.label_paths[0], image)
+        else:
+            labels = _read_label_map(ref.label_paths[0])
         metadata["label_path"] = str(ref.label_paths[0])
     n_slices = image.spatial_shape[0]
     bad = sorted(k for k in metadata.get("slice_labels", {}) if k >= n_slices)
@@ -269,3 +275,16 @@ def load_generic_case(ref: CaseRef) -> Case:
             f"slices (0..{n_slices - 1}). Slice numbers are 0-based indices k."
         )
     return Case(ref.case_id, ref.patient_id, image, labels, dict(ref.image_labels), metadata)
+
+
+def _slicer_segmentation_on(path: Path, image: Volume) -> Volume:
+    """A Slicer segmentation's CardiacAI codes (segments matched by name or terminology, not by Slicer's own label
+    values) on its image's grid: Slicer saves a segmentation cropped to its contents."""
+    from ..geometry import pad_to_reference_grid
+    from ..io import read_label_map
+
+    try:
+        labels = read_label_map(path, reference=image.geometry)
+        return pad_to_reference_grid(labels, image, what=f"segmentation {path.name}", reference_name="image")
+    except InputError as error:
+        raise DataError(str(error)) from error

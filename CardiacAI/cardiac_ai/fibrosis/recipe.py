@@ -318,6 +318,13 @@ def _check_parts(prepared: Mapping[str, FibrosisData], split: Split) -> None:
     if not len(validation.weak):
         raise InputError("The validation patients have no slice with a weak label; the classifier and the weak "
                          "U-Net need some to pick their best epoch.")
+    in_validation = _count(validation)
+    if not (in_validation["positive"] and in_validation["negative"]):
+        kind = "with fibrosis" if not in_validation["positive"] else "without fibrosis"
+        log.warning("The validation patients have no slice %s (%d positive, %d negative): the classifier's AUROC is "
+                    "undefined there and the weak U-Net's validation Dice stays 0, so their best epoch is the first "
+                    "and not a choice. Give a --split that puts patients of both kinds in validation.", kind,
+                    in_validation["positive"], in_validation["negative"])
     for name, part in (("training", train), ("validation", validation)):
         if not len(part.myocardium_images):
             raise InputError(f"No {name} patient has a label map: the myocardium model needs some in training and "

@@ -67,6 +67,17 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+def name_and_version_problems(name: object, version: object) -> list[str]:
+    """What is wrong with a model name and version for a card (empty when both are valid): checked by every card,
+    and before training, so that a run is not refused only when it registers its model."""
+    problems = []
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        problems.append(f"name {name!r} must be lower-case letters, digits and '_' (e.g. 'cine_unet2d')")
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        problems.append(f"version {version!r} must be dotted numbers such as '1.0' or '1.2.3'")
+    return problems
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a set of weights is, how to build its network, what it expects and how it was made.
@@ -132,11 +143,7 @@ class ModelCard:
         if hasattr(self.input_spec, "to_dict"):  # a preprocessing.InputSpec passed directly
             object.__setattr__(self, "input_spec", self.input_spec.to_dict())
         object.__setattr__(self, "label_map", {int(k): str(v) for k, v in dict(self.label_map).items()})
-        problems = []
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            problems.append(f"name {self.name!r} must be lower-case letters, digits and '_' (e.g. 'cine_unet2d')")
-        if not isinstance(self.version, str) or not _VERSION_RE.match(self.version):
-            problems.append(f"version {self.version!r} must be dotted numbers such as '1.0' or '1.2.3'")
+        problems = name_and_version_problems(self.name, self.version)
         if not isinstance(self.network, str) or not self.network:
             problems.append(f"network {self.network!r} must be a network name")
         if self.precision not in _PRECISIONS:
@@ -517,7 +524,7 @@ def save_model(
     ModelError
         If the network's tensors do not match a network built from the card.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = _plain_state_dict(network, half_precision=half_precision)
     expected = card.build_network().state_dict()
@@ -532,13 +539,26 @@ def save_model(
     folder = Path(folder)
     weights_path = folder / f"{card.stem}.safetensors"
     with atomic_path(weights_path) as temporary:
-        save_file(state, str(temporary), metadata={"name": card.name, "version": card.version})
+        # safetensors writes its header's keys in an order that changes from one process to the next: sorted, the
+        # same weights give the same file and sha256, as a seeded run promises
+        temporary.write_bytes(_sorted_header(save(state, metadata={"name": card.name, "version": card.version})))
         digest = file_sha256(temporary)
     final = dataclasses.replace(card, sha256=digest, precision="float16" if half_precision else "float32")
     card_path = folder / f"{card.stem}.json"
     write_text_atomic(card_path, json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n")
     log.info("Saved model %s to %s", card.stem, weights_path)
     return card_path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header's keys sorted; the same length (the same keys and values),
+    so the tensors' offsets, which count from the header's end, stay right."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if len(text) > size:  # pragma: no cover - safetensors writes compact JSON, never shorter than this
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]
 
 
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json")

@@ -264,8 +264,22 @@ def _predict_crop(model, images: np.ndarray, *, device, provenance: Provenance, 
     from ..models.inference import predict_slices
 
     inputs = network_input(images, InputSpec.from_dict(model.card.input_spec), base_first=base_first)
-    return predict_slices(model.network, inputs if chosen is None else inputs[chosen], device=device,
-                          activation="softmax", provenance=provenance)
+    probabilities = predict_slices(model.network, inputs if chosen is None else inputs[chosen], device=device,
+                                   activation="softmax", provenance=provenance)
+    return _learnt_channels_only(probabilities, model.card)
+
+
+def _learnt_channels_only(probabilities: np.ndarray, card) -> np.ndarray:
+    """``probabilities`` with the channels the card's ``label_map`` does not name set to 0 (the rest renormalised):
+    a model trained on some structures (a myocardium-only label set) has output channels for codes below the
+    highest one that it never learnt, and their noise must not become an RV or a blood pool."""
+    named = {int(code) for code in card.label_map}
+    unnamed = [channel for channel in range(probabilities.shape[1]) if channel not in named]
+    if not named or not unnamed:
+        return probabilities
+    probabilities = probabilities.copy()
+    probabilities[:, unnamed] = 0
+    return probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), np.finfo(probabilities.dtype).tiny)
 
 
 @dataclass(frozen=True)

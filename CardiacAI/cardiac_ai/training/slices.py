@@ -108,7 +108,11 @@ def prepare_slices(
         center = crop_center(case) if callable(crop_center) and not isinstance(crop_center, str) else crop_center
         if center == "labels" and case.labels is None:
             center = "image_center"
-        prepared = preprocess(case.image, spec, labels=case.labels, crop_center=center)
+        try:
+            prepared = preprocess(case.image, spec, labels=case.labels, crop_center=center)
+        except InputError as error:  # "the image is constant": say which of the cohort's cases
+            source = case.metadata.get("image_path")
+            raise InputError(f"Case {case.case_id}{f' ({source})' if source else ''}: {error}") from error
         n_slices = prepared.image.shape[0]
         images.append(prepared.image.astype(np.float32))
         if prepared.labels is not None:
