@@ -544,3 +544,12 @@ def test_a_batch_over_part_of_a_cohort_keeps_the_summary_rows_of_the_cases_finis
     shutil.rmtree(tmp_path / "out" / "p2")  # a case whose folder is gone is no longer listed
     run_batch(everyone[2:], tmp_path / "out", task="segment-cine", models=None, job=_writing_job({}))
     assert list(_summary(tmp_path / "out")) == ["p3", "p1"]
+
+
+def test_a_folder_holding_only_what_a_killed_run_left_says_so(tmp_path):
+    from cardiac_ai.io.atomic import LOCK_NAME
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / LOCK_NAME).write_text("process 1 on elsewhere")
+    with pytest.raises(OutputError, match=r"already holds files \(among them \.cardiac_ai-writing: hidden files"):
+        prepare_output_dir(tmp_path / "o")

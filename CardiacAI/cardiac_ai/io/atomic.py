@@ -168,8 +168,11 @@ def prepare_output_dir(
     check_output_location(out)
     try:
         if out.is_dir() and any(out.iterdir()) and not overwrite:
+            hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+            left = (f" (among them {', '.join(hidden[:3])}{' ...' if len(hidden) > 3 else ''}: hidden files, such as a "
+                    "CardiacAI run stopped by a hard kill leaves behind)") if hidden else ""
             raise OutputError(
-                f"Output folder {out} already holds files. Choose an empty or new folder, or pass --overwrite "
+                f"Output folder {out} already holds files{left}. Choose an empty or new folder, or pass --overwrite "
                 "to replace the files this command writes."
             )
         out.mkdir(parents=True, exist_ok=True)
