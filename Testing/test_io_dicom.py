@@ -607,3 +607,56 @@ def test_a_dicomdir_given_as_the_input_reads_the_series_of_its_folder(tmp_path):
     index.DirectoryRecordSequence = []
     index.save_as(folder / "DICOMDIR", enforce_file_format=True)
     np.testing.assert_array_equal(read_volume(folder / "DICOMDIR").array, read_volume(folder).array)
+
+
+def _cine_series(folder: Path, *, phases: int = 3, positions: int = 4) -> tuple[str, np.ndarray]:
+    """Every phase of every slice position in one series (as GE and older Philips scanners export cine), written in
+    shuffled order; returns the uid and the stored pixels (phase, k, j, i)."""
+    rng = np.random.default_rng(7)
+    uid = generate_uid()
+    row, column = _oblique_cosines()
+    normal = np.cross(row, column)
+    stored = rng.integers(0, 1000, (phases, positions, ROWS, COLUMNS)).astype(np.uint16)
+    jobs = [(t, k) for t in range(phases) for k in range(positions)]
+    for number, index in enumerate(rng.permutation(len(jobs))):
+        t, k = jobs[index]
+        ds = _slice_dataset(series_uid=uid, description="cine retro", row=row, column=column,
+                            position=np.array([4.0, -3.0, 20.0]) + k * SLICE_GAP * normal, pixels=stored[t, k],
+                            instance=number + 1)
+        ds.TriggerTime = 45.5 * t
+        ds.save_as(folder / f"IM{number:04d}", enforce_file_format=True)
+    return uid, stored
+
+
+def test_a_cine_series_of_every_phase_is_read_one_phase_at_a_time(tmp_path):
+    from cardiac_ai.io.dicom_seg import read_dicom_seg, write_dicom_seg
+
+    folder = tmp_path / "cine"
+    folder.mkdir()
+    uid, stored = _cine_series(folder)
+    with pytest.raises(InputError, match=r"cine series: 4 slice positions with 3 phases each.*--frame N \(0 to 2"):
+        read_dicom_series(folder)
+    for phase in range(3):
+        np.testing.assert_array_equal(read_volume(folder, frame=phase).array, stored[phase].astype(np.float32))
+    with pytest.raises(InputError, match="outside the 3 phases"):
+        read_dicom_series(folder, frame=3)
+    labels = read_volume(folder, frame=2)
+    labels = labels.with_array(np.zeros(labels.array.shape, np.uint8))
+    labels.array[1:3, 2:4, 2:5] = 3
+    seg = write_dicom_seg(labels, folder.parent / "cine", tmp_path / "seg.dcm", frame=2)
+    phase_two = {str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.iterdir()
+                 if float(pydicom.dcmread(p).TriggerTime) == 91.0}
+    referenced = {str(item.ReferencedSOPInstanceUID) for item in pydicom.dcmread(seg).ReferencedSeriesSequence[0]
+                  .ReferencedInstanceSequence}
+    assert referenced <= phase_two and len(referenced) == 4
+    assert read_dicom_seg(seg).labels.array.sum() == labels.array.sum()
+
+
+def test_frame_is_refused_for_a_plain_series_and_second_copies_of_an_image_are_skipped(tmp_path, two_series):
+    folder, series = two_series
+    with pytest.raises(InputError, match="holds one image per slice position"):
+        read_dicom_series(folder, series_uid=series["axial"][0], frame=0)
+    copy = next(p for p in folder.iterdir() if p.name.startswith("a"))
+    (folder / "copy_of_a").write_bytes(copy.read_bytes())  # the same image twice in an export
+    np.testing.assert_array_equal(read_dicom_series(folder, series_uid=series["axial"][0]).array,
+                                  series["axial"][1].astype(np.float32))

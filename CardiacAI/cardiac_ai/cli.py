@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", parents=[common], help="convert an image (NIfTI, NRRD, MHA, DICOM folder, PNG)")
     p.add_argument("input", help="input file or DICOM folder")
     p.add_argument("--out", required=True, help="output file: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd for labels")
-    p.add_argument("--frame", type=_whole_number_at_least_0, help="0-based frame of a 4D series")
+    p.add_argument("--frame", type=_whole_number_at_least_0,
+                   help="0-based frame of a 4D series (or phase of a DICOM cine series, in trigger-time order)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="pixel spacing for PNG input (i j [k])")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read when the folder holds several series")
 
@@ -627,9 +628,7 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if args.series_uid:
         from .io.dicom import read_dicom_series
 
-        volume = read_dicom_series(Path(args.input), series_uid=args.series_uid)
-        if args.frame is not None:
-            raise InputError("--frame applies to 4D files, not to DICOM series.")
+        volume = read_dicom_series(Path(args.input), series_uid=args.series_uid, frame=args.frame)
     else:
         if args.spacing:
             kwargs["spacing_mm"] = tuple(args.spacing)

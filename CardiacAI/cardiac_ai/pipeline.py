@@ -76,9 +76,7 @@ def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | 
     if series_uid:
         from .io.dicom import read_dicom_series
 
-        if frame is not None:
-            raise InputError("A frame number applies to 4D files, not to DICOM series.")
-        return read_dicom_series(Path(path), series_uid=series_uid)
+        return read_dicom_series(Path(path), series_uid=series_uid, frame=frame)  # frame: a cine series' phase
     return read_volume(path, frame=frame)
 
 
@@ -179,7 +177,7 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
             write_volume(result.labels, out / "labels.nii.gz")
             write_seg_nrrd(result.labels, out / "segmentation.seg.nrrd")
             dicom_seg_of_dicom_input(result.labels, input_path, out / DICOM_SEG_NAME, series_uid=options.series_uid,
-                                     provenance=provenance)
+                                     frame=options.frame, provenance=provenance)
         checks = []
         if qc is not None:
             checks.append(_file_qc(volume, result.labels, qc, provenance, subrange(progress, 0.8, 0.95)))
@@ -281,7 +279,8 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
                 write_volume(result.labels, out / f"labels_{phase}.nii.gz")
                 write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
                 dicom_seg_of_dicom_input(result.labels, paths[phase], out / f"segmentation_{phase}.dcm",
-                                         series_uid=options.series_uid, provenance=provenance)
+                                         series_uid=options.series_uid, provenance=provenance,
+                                         frame=ed_frame if phase == "ed" else es_frame)
                 if checks.get(phase) is not None:
                     write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
         (ed_volume, ed), (es_volume, es) = results["ed"], results["es"]

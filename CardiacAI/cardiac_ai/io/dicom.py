@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,7 +449,7 @@ def _as_monochrome2(array: np.ndarray, datasets: Sequence, info: DicomSeriesInfo
 
 
 def series_headers(
-    folder: str | os.PathLike, *, series_uid: str | None = None
+    folder: str | os.PathLike, *, series_uid: str | None = None, frame: int | None = None
 ) -> tuple[DicomSeriesInfo, list, Geometry]:
     """The headers (no pixel data) of one image series in slice order (k, as :func:`read_dicom_series` stacks
     them), with the series' description and geometry; what a DICOM SEG of a volume read from it refers to.
@@ -478,11 +479,69 @@ def series_headers(
             "Pass one of these SeriesInstanceUIDs."
         )
     info, datasets = series[series_uid]
-    sorted_datasets, geometry = _slice_geometry(info, datasets)
+    sorted_datasets, geometry = _slice_geometry(info, _one_phase(info, _unique_instances(datasets), frame))
     return info, sorted_datasets, geometry
 
 
-def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def _unique_instances(datasets: list) -> list:
+    """``datasets`` without second copies of one image (the same SOPInstanceUID, e.g. a file copied twice into the
+    export), with an INFO line; different images at one position stay (cine phases, or an error later)."""
+    seen: dict[str, Any] = {}
+    for dataset in datasets:
+        seen.setdefault(str(dataset.get("SOPInstanceUID", "")) or str(dataset.filename), dataset)
+    if len(seen) < len(datasets):
+        log.info("Skipped %d second copies of DICOM images (files with a SOPInstanceUID already read).",
+                 len(datasets) - len(seen))
+    return list(seen.values())
+
+
+def _trigger_time(dataset) -> float | None:
+    try:
+        return float(dataset.get("TriggerTime"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _one_phase(info: DicomSeriesInfo, datasets: list, frame: int | None) -> list:
+    """The images of one cardiac phase of a cine series that holds every phase of every slice position (several
+    images per position, told apart by TriggerTime): phase ``frame``, counted from 0 in trigger-time order at each
+    position. A series of one image per position is returned as it is (``frame`` must be None then)."""
+    by_position: dict[tuple, list] = {}
+    for dataset in datasets:
+        position = _float_tuple(dataset.get("ImagePositionPatient", ()), 3)
+        key = tuple(np.round(position, 2)) if position is not None else (str(dataset.filename),)
+        by_position.setdefault(key, []).append(dataset)
+    counts = {len(group) for group in by_position.values()}
+    phased = max(counts) > 1 and all(
+        len({_trigger_time(d) for d in group}) == len(group) and None not in {_trigger_time(d) for d in group}
+        for group in by_position.values() if len(group) > 1)
+    if not phased:
+        if frame is not None:
+            raise InputError(f"--frame {frame} was given, but series {info.series_uid} holds one image per slice "
+                             "position, not the phases of a cine series.")
+        return datasets  # repeated positions without trigger times are refused with the geometry
+    if len(counts) > 1:
+        raise InputError(f"Series {info.series_uid} is a cine series with {min(counts)} to {max(counts)} phases per "
+                         "slice position: some images are missing. Export the whole series again.")
+    phases = counts.pop()
+    if frame is None:
+        raise InputError(f"Series {info.series_uid} is a cine series: {len(by_position)} slice positions with "
+                         f"{phases} phases each. Choose a phase with --frame N (0 to {phases - 1}, in trigger-time "
+                         "order; --ed-frame and --es-frame for function).")
+    if not 0 <= frame < phases:
+        raise InputError(f"--frame {frame} is outside the {phases} phases (0 to {phases - 1}) of series "
+                         f"{info.series_uid}.")
+    chosen = [sorted(group, key=lambda d: (_trigger_time(d), int(d.get("InstanceNumber", 0) or 0)))[frame]
+              for group in by_position.values()]
+    times = sorted(_trigger_time(d) for d in chosen)
+    log.info("Series %s: phase %d of %d (trigger time %.0f to %.0f ms over the %d slice positions).",
+             info.series_uid, frame, phases, times[0], times[-1], len(chosen))
+    return chosen
+
+
+def read_dicom_series(
+    folder: str | os.PathLike, *, series_uid: str | None = None, frame: int | None = None
+) -> Volume:
     """Read one DICOM image series as a (k, j, i) float32 volume with LPS geometry.
 
     Parameters
@@ -491,6 +550,9 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         warning, but a file that looks like DICOM and cannot be read is refused, see :func:`list_dicom_series`).
     series_uid : SeriesInstanceUID to read; needed when the folder holds several series
         (see :func:`list_dicom_series`).
+    frame : the phase to read of a cine series that holds every phase of every slice position (images at one
+        position told apart by TriggerTime), counted from 0 in trigger-time order; needed for such a series, refused
+        for another.
 
     Returns
     -------
@@ -508,13 +570,14 @@ def read_dicom_series(folder: str | os.PathLike, *, series_uid: str | None = Non
         Several series and no ``series_uid``, an unknown ``series_uid``, mixed orientations, sizes or pixel
         spacings within the series, repeated slice positions, uneven slice gaps (> 10 %), missing geometry.
     """
-    return read_dicom_series_and_headers(folder, series_uid=series_uid)[0]
+    return read_dicom_series_and_headers(folder, series_uid=series_uid, frame=frame)[0]
 
 
-def read_dicom_series_and_headers(folder: str | os.PathLike, *, series_uid: str | None = None) -> tuple[Volume, list]:
+def read_dicom_series_and_headers(folder: str | os.PathLike, *, series_uid: str | None = None,
+                                  frame: int | None = None) -> tuple[Volume, list]:
     """:func:`read_dicom_series`, and the headers it read in slice order (k), for what the volume cannot say, such as
     whether a single slice stated its thickness (:func:`slice_thickness_stated`). Same errors."""
-    info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid)
+    info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid, frame=frame)
     array = _as_monochrome2(np.stack([_read_pixels(d.filename) for d in sorted_datasets]), sorted_datasets, info)
     log.info(
         "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",

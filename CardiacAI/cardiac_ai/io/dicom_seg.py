@@ -50,6 +50,7 @@ def write_dicom_seg(
     path: str | os.PathLike,
     *,
     series_uid: str | None = None,
+    frame: int | None = None,
     series_description: str = "CardiacAI segmentation",
     series_number: int = 9901,
 ) -> Path | None:
@@ -58,7 +59,8 @@ def write_dicom_seg(
     Parameters
     ----------
     labels : (k, j, i) label map on the source series' grid (codes of the label table).
-    source_folder, series_uid : the DICOM series, as given to :func:`~cardiac_ai.io.dicom.read_dicom_series`.
+    source_folder, series_uid, frame : the DICOM series (and, for a cine series, its phase), as given to
+        :func:`~cardiac_ai.io.dicom.read_dicom_series`: the SEG refers to the images of that phase.
     path : the ``.dcm`` file to write (atomically).
 
     Returns
@@ -78,7 +80,7 @@ def write_dicom_seg(
 
     from .. import __version__
 
-    _, headers, geometry = series_headers(source_folder, series_uid=series_uid)
+    _, headers, geometry = series_headers(source_folder, series_uid=series_uid, frame=frame)
     array = np.asarray(labels.array)
     if labels.axes != "kji" or array.shape != (len(headers), int(headers[0].Rows), int(headers[0].Columns)):
         raise InputError(f"The label map {array.shape} is not on the grid of the DICOM series in {source_folder} "
@@ -135,7 +137,7 @@ def write_dicom_seg(
 
 
 def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path: str | os.PathLike, *,
-                             series_uid: str | None, provenance) -> Path | None:
+                             series_uid: str | None, provenance, frame: int | None = None) -> Path | None:
     """What the segmenting commands do: for an input read from a DICOM series (a folder), also write the labels as
     a DICOM SEG of it; a series a SEG cannot refer to gives a provenance warning, never a failed segmentation.
     Returns the file, or None (not a DICOM input, nothing to write, or the warning)."""
@@ -148,7 +150,7 @@ def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path
                             "DICOM SEG that refers to every slice.", log)
         return None
     try:
-        return write_dicom_seg(labels, input_path, path, series_uid=series_uid)
+        return write_dicom_seg(labels, input_path, path, series_uid=series_uid, frame=frame)
     except (DataError, InputError) as error:
         provenance.warn(f"No DICOM SEG written: {error}", log)
         return None

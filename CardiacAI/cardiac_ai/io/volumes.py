@@ -359,7 +359,8 @@ def read_volume(
     if source.is_dir():
         from .dicom import read_dicom_series
 
-        volume = read_dicom_series(source)
+        volume = read_dicom_series(source, frame=frame)
+        framed = frame is not None  # a cine series' phase, chosen by the reader
     elif _suffix(source) == ".png":
         from .png import read_png
 
