@@ -249,6 +249,17 @@ def test_fit_t2_rejects_bad_series_and_times(n_frames, times, model, message):
         fit_t2(Volume(np.ones((n_frames, 1, 4, 4), np.float32), GEOMETRY, "tkji"), times, model=model)
 
 
+def test_fit_t2_refuses_negative_frames_instead_of_fitting_a_biased_decay():
+    rng = np.random.default_rng(3)
+    images = _magnitude(500.0 * np.exp(-np.asarray(T2PREP_TES_MS) / 50.0), (1, 4, 4), 2.0, rng)
+    images[-1, 0, 1, 1] = -20.0  # a real-part or background-subtracted frame
+    with pytest.raises(InputError, match="negative values .*magnitude images"):
+        fit_t2(Volume(images, GEOMETRY, "tkji"), T2PREP_TES_MS)
+    mask = np.ones((1, 4, 4), dtype=bool)
+    mask[0, 1, 1] = False  # outside the mask the value is not fitted, so not refused
+    assert fit_t2(Volume(images, GEOMETRY, "tkji"), T2PREP_TES_MS, mask=mask).n_fitted_pixels == 15
+
+
 def test_fit_t2_rejects_a_3d_volume():
     with pytest.raises(InputError, match="3D volume"):
         fit_t2(Volume(np.ones((3, 4, 4), np.float32), GEOMETRY), T2PREP_TES_MS)

@@ -120,6 +120,8 @@ def test_slice_without_myocardium_gets_an_explicit_warning_and_no_value(models, 
         (lambda a: np.where(a > 1400, np.nan, a), "t1", "NaN"),
         (lambda a: a - 100.0, "t1", "negative"),
         (lambda a: a * 10.0, "t1", "exceed 5000 ms"),
+        (lambda a: a / 1000.0, "t2", "T2 map in ms.*seconds"),  # a T1 map in seconds called t2: median about 1
+        (lambda a: a / 20000.0, "t2", "T2 map in ms.*seconds"),  # a T2 map's scale in seconds
     ],
 )
 def test_non_physical_or_mislabelled_maps_are_refused(models, unseen, change, kind, match):
@@ -276,6 +278,28 @@ def test_cli_ecv_with_haematocrit_matches_the_hand_computed_value(models_dir, un
     assert np.median(ecv_map[labels == 2]) == pytest.approx(0.25, abs=0.03) and np.all(ecv_map[labels != 2] == 0)
 
 
+def test_ecv_pairs_the_native_and_post_contrast_medians_over_the_same_slices(models_dir, unseen, tmp_path, capsys):
+    import dataclasses
+
+    native = unseen.t1_map_ms.array.astype(np.float64)
+    native[0] *= 1.25  # a basal slice with a longer native T1 (and the same ECV)
+    raised = dataclasses.replace(unseen, t1_map_ms=unseen.t1_map_ms.with_array(native.astype(np.float32)))
+    post = _post_contrast(raised, ecv=0.25, haematocrit=0.42)
+    post[0] = 0.0  # the post-contrast acquisition lacks that slice
+    write_volume(raised.t1_map_ms, tmp_path / "native.nii.gz")
+    write_volume(raised.t1_map_ms.with_array(post), tmp_path / "post.nii.gz")
+    assert main(["ecv", str(tmp_path / "native.nii.gz"), str(tmp_path / "post.nii.gz"), "--out", str(tmp_path / "e"),
+                 "--haematocrit", "0.42", "--device", "cpu", "--models-dir", str(models_dir)]) == 0, \
+        capsys.readouterr().err
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    myocardium = read_volume(tmp_path / "e" / "labels.nii.gz").array == 2
+    myocardium[0] = False  # where both maps have values
+    ecv = report["ecv"]["myocardium"]
+    assert ecv["native_t1_myocardium_median_ms"] == pytest.approx(np.median(native[myocardium]), rel=0.02)
+    assert ecv["ecv_fraction"] == pytest.approx(0.25, abs=0.03)  # as with both maps whole (the test above)
+    assert any("taken over the pixels both maps cover" in w for w in report["provenance"]["warnings"])
+
+
 def test_cli_ecv_resamples_a_post_contrast_map_with_another_field_of_view_onto_the_native_grid(
         models_dir, unseen, tmp_path, capsys):
     from cardiac_ai.geometry import Geometry, Volume
@@ -362,6 +386,29 @@ def test_cli_fit_map_reads_inversion_times_from_dicom_headers(noiseless, tmp_pat
     myocardium = noiseless.labels.array == 2
     truth = noiseless.t1_map_ms.array[myocardium]
     assert np.median(np.abs(fitted.array[myocardium] - truth) / truth) < 0.02  # pixels rounded to integers
+
+
+def test_cli_fit_map_takes_times_given_for_a_dicom_series_whose_headers_have_none(noiseless, tmp_path, capsys):
+    import pydicom
+
+    _write_dicom_molli(noiseless, tmp_path / "dicom")
+    for path in (tmp_path / "dicom").iterdir():  # an export that dropped InversionTime (or keeps it in a private tag)
+        ds = pydicom.dcmread(str(path))
+        del ds.InversionTime
+        ds.save_as(str(path))
+    times = [str(t) for t in noiseless.inversion_times_ms]
+    code = main(["fit-map", str(tmp_path / "dicom"), "--kind", "molli", "--times", *times, "--out",
+                 str(tmp_path / "fit"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "fit" / "report.json").read_text())
+    assert report["times_source"] == "--times"
+    myocardium = noiseless.labels.array == 2
+    fitted, truth = read_volume(tmp_path / "fit" / "t1_map.nii.gz").array[myocardium], \
+        noiseless.t1_map_ms.array[myocardium]
+    assert np.median(np.abs(fitted - truth) / truth) < 0.02
+    assert main(["fit-map", str(tmp_path / "dicom"), "--kind", "molli", "--out", str(tmp_path / "none"),
+                 "--device", "cpu"]) == 2  # without times anywhere: the header error, as before
+    assert "no InversionTime" in capsys.readouterr().err
 
 
 def test_cli_fit_map_refuses_dicom_frames_off_the_first_frames_grid_and_names_a_corrupt_file(noiseless, tmp_path,

@@ -1194,8 +1194,9 @@ def _analyse_map_job(input_path, out_dir, *, kind, models, erosion_mm, levels, s
     return analysis, checks
 
 
-def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
-    """(t, k, j, i) Volume of a DICOM mapping series (several frames per slice position) and per-slice times."""
+def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None, read_times: bool = True):
+    """(t, k, j, i) Volume of a DICOM mapping series (several frames per slice position) and per-slice times (None
+    unless ``read_times``: times given otherwise take precedence, and headers without them are then no error)."""
     import pydicom
 
     from .io.dicom import _read_pixels, _slice_geometry, list_dicom_series  # one DICOM slice reader
@@ -1252,18 +1253,19 @@ def _dicom_mapping_series(folder: Path, *, kind: str, series_uid: str | None):
             raise InputError(f"{folder}: frame {t} holds images of another size than frame 0; a mapping series "
                              "needs one image size.")
         frames.append(np.stack(slices))
-    times = [timings_from_dicom(group, kind=kind) for group in positions]
+    times = [timings_from_dicom(group, kind=kind) for group in positions] if read_times else None
     return Volume(np.stack(frames), geometry, "tkji"), times
 
 
 def read_mapping_series(
-    path: str | Path, *, kind: Literal["molli", "t2prep"], series_uid: str | None = None
+    path: str | Path, *, kind: Literal["molli", "t2prep"], series_uid: str | None = None, read_times: bool = True
 ) -> tuple[Volume, list[list[float]] | None]:
     """A raw MOLLI or T2-prepared series as a (t, k, j, i) Volume, with its times when the file holds them.
 
     A 4D file (NIfTI, NRRD, MHA) is read with ``read_volume(allow_4d=True)``; it holds no times (None). A DICOM
     folder is grouped by slice position (frames within a position in InstanceNumber order) and its times read from
-    the headers with :func:`~cardiac_ai.mapping.timings_from_dicom`, one list per slice position.
+    the headers with :func:`~cardiac_ai.mapping.timings_from_dicom`, one list per slice position (not when
+    ``read_times`` is False: the caller has the times from elsewhere, and headers without them are fine).
 
     Raises
     ------
@@ -1275,7 +1277,7 @@ def read_mapping_series(
     """
     source = Path(path)
     if source.is_dir():
-        return _dicom_mapping_series(source, kind=kind, series_uid=series_uid)
+        return _dicom_mapping_series(source, kind=kind, series_uid=series_uid, read_times=read_times)
     volume = read_volume(source, allow_4d=True)
     if volume.axes != "tkji":
         raise InputError(
@@ -1343,7 +1345,8 @@ def fit_map_file(
     what = "inversion times" if kind == "molli" else "T2-preparation times"
     with output_folder(out_dir, overwrite=overwrite, inputs=inputs) as out:
         with provenance.timed("read"):
-            series, dicom_times = read_mapping_series(source, kind=kind, series_uid=series_uid)
+            series, dicom_times = read_mapping_series(source, kind=kind, series_uid=series_uid,
+                                                      read_times=times_ms is None and sidecar is None)
         n_frames, n_slices = series.array.shape[:2]
         automatic = None
         if not source.is_dir():
@@ -1536,8 +1539,25 @@ def ecv_files(
         except InputError as error:  # say which map: both are T1 maps
             raise InputError(f"Post-contrast T1 map {post_path}: {error} Its pixels that are 0 (not fitted) count "
                              "as NaN here.") from error
-        blood_native, blood_post = native_analysis.lv_blood_pool.median, post_blood.median
-        myocardium = extracellular_volume(native_analysis.myocardium.median, post_myocardium.median, blood_native,
+        native_myocardium, native_blood = native_analysis.myocardium, native_analysis.lv_blood_pool
+        uncovered = ~np.isfinite(post_values) & np.isin(labels, (2, 3))
+        if uncovered.any():
+            # both medians over the same pixels: a native median over slices the post-contrast map lacks would pair
+            # another part of the heart with the post-contrast one
+            paired = np.where(np.isfinite(post_values), native_values, np.nan)
+            native_myocardium = myocardial_statistics(paired, labels == 2, erosion_mm=erosion_mm,
+                                                      spacing_ji_mm=spacing_ji)
+            native_blood = lv_blood_pool_t1(paired, labels, spacing_ji_mm=spacing_ji, erosion_mm=2.0)
+            share = float(uncovered.sum()) / float(np.isin(labels, (2, 3)).sum())
+            message = (f"The post-contrast map has no value in {100 * share:.0f} % of the native myocardium and LV "
+                       "blood pool (not fitted, or outside it): the native medians of the ECV are taken over the "
+                       "pixels both maps cover.")
+            if share > 0.05:
+                provenance.warn(message, log)
+            else:
+                log.info(message)
+        blood_native, blood_post = native_blood.median, post_blood.median
+        myocardium = extracellular_volume(native_myocardium.median, post_myocardium.median, blood_native,
                                           blood_post, haematocrit=haematocrit)
         for message in myocardium.warnings:
             provenance.warn(message, log)
@@ -1573,7 +1593,7 @@ def ecv_files(
             "ecv": {
                 "myocardium": {
                     **myocardium.to_dict(),
-                    "native_t1_myocardium_median_ms": native_analysis.myocardium.median,
+                    "native_t1_myocardium_median_ms": native_myocardium.median,
                     "post_t1_myocardium_median_ms": post_myocardium.median,
                     "native_t1_blood_median_ms": blood_native,
                     "post_t1_blood_median_ms": blood_post,

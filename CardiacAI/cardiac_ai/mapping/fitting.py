@@ -573,7 +573,7 @@ def fit_t2(
     InputError
         If ``images`` is not a (n, k, j, i) series; frames and echo times differ in number; there are too few
         frames for the model or fewer than 3 distinct times; a time is negative or not finite; the model is
-        unknown; the mask has the wrong shape; a pixel in the mask is NaN or Inf.
+        unknown; the mask has the wrong shape; a pixel in the mask is NaN or Inf or (magnitude images) negative.
 
     Notes
     -----
@@ -597,6 +597,11 @@ def fit_t2(
     order = np.argsort(times, kind="stable")
     sorted_times = times[order]
     y_all = _pixels(images, order, mask, fn)
+    if y_all.size and float(y_all.min()) < 0:  # a decay fitted through negative values is biased, not failed
+        raise InputError(
+            f"{fn}: the frames hold negative values (min {float(y_all.min()):g}); T2 fitting expects magnitude "
+            "images. Is this a phase, real-part or difference image?"
+        )
     bk = _Backend(device)
     n_pixels = y_all.shape[0]
     x64 = bk.asarray(sorted_times, "float64")

@@ -98,6 +98,8 @@ _MAX_MS = {"t1": T1_MAX_MS, "t2": T2_MAX_MS}
 #: Median (ms) of the non-zero pixels above which a map cannot be a T2 map, and below which it cannot be a native
 #: T1 map (native T1 maps: about 900-1300 ms; T2 maps: about 30-60 ms).
 _T2_MEDIAN_LIMIT_MS = 400.0
+#: Below this median a "T2 map" is one in seconds (about 0.05) or a T1 map in seconds (about 1): tissue T2 is 20-100 ms.
+_T2_MEDIAN_FLOOR_MS = 5.0
 _T1_MEDIAN_LIMIT_MS = 200.0
 _POST_CONTRAST_T1_MEDIAN_LIMIT_MS = 50.0
 #: A slice whose contours enclose less myocardium than this (mm^2) has no detectable myocardium (a short-axis
@@ -337,6 +339,12 @@ def check_map_values(
             f"The {what} does not look like a T2 map: the median of its non-zero pixels is {median:.0f} ms, while "
             f"T2 maps lie around 30-60 ms (limit {_T2_MEDIAN_LIMIT_MS:.0f} ms). Is it a T1 map? Then pass "
             "--kind t1 (kind='t1')."
+        )
+    if kind == "t2" and median < _T2_MEDIAN_FLOOR_MS:
+        raise InputError(
+            f"The {what} does not look like a T2 map in ms: the median of its non-zero pixels is {median:.3g} ms "
+            f"(below {_T2_MEDIAN_FLOOR_MS:.0f} ms; T2 maps lie around 30-60 ms). Is it a map in seconds (multiply "
+            "by 1000)?"
         )
     t1_limit = _POST_CONTRAST_T1_MEDIAN_LIMIT_MS if post_contrast else _T1_MEDIAN_LIMIT_MS
     if kind == "t1" and median < t1_limit:
