@@ -95,6 +95,30 @@ def test_convert_labels_to_seg_nrrd_keeps_geometry(tmp_path, capsys):
     np.testing.assert_allclose(segmentation["ijkToLPS"], geometry.ijk_to_lps_matrix(), atol=1e-6)
 
 
+def test_convert_reads_a_slicer_segmentation_by_its_segment_names_not_slicers_label_values(tmp_path, capsys):
+    geometry = Geometry((1.4, 1.6, 8.0), (5.0, -3.0, 12.0))
+    labels = np.zeros((3, 10, 12), np.uint8)
+    labels[1, 2:5, 3:7] = 3  # LV blood pool
+    labels[1, 6:8, 3:7] = 1  # RV blood pool
+    segmentation = slicerio.create_segmentation(labels.T.shape, geometry.ijk_to_lps_matrix())
+    segmentation["voxels"] = np.ascontiguousarray(np.select([labels == 3, labels == 1], [1, 2], 0).astype(np.uint8).T)
+    segmentation["segments"] = [  # the LV drawn first: Slicer numbers it 1
+        {"id": "Segment_1", "name": "Left ventricle blood pool", "labelValue": 1, "layer": 0, "color": [1, 0, 0]},
+        {"id": "Segment_2", "name": "Right ventricle blood pool", "labelValue": 2, "layer": 0, "color": [0, 0, 1]}]
+    slicerio.write_segmentation(str(tmp_path / "drawn.seg.nrrd"), segmentation)
+    for target in ("codes.nii.gz", "again.seg.nrrd"):
+        code, _, err = _run(capsys, "convert", str(tmp_path / "drawn.seg.nrrd"), "--out", str(tmp_path / target))
+        assert code == 0, err
+    np.testing.assert_array_equal(read_volume(tmp_path / "codes.nii.gz").array, labels)
+    from cardiac_ai.io import read_label_map
+
+    np.testing.assert_array_equal(read_label_map(tmp_path / "again.seg.nrrd").array, labels)
+    segmentation["segments"][1]["labelValue"] = 0  # what a hand-edited file can say: every background voxel
+    slicerio.write_segmentation(str(tmp_path / "zero.seg.nrrd"), segmentation)
+    code, _, err = _run(capsys, "convert", str(tmp_path / "zero.seg.nrrd"), "--out", str(tmp_path / "z.nii.gz"))
+    assert code == 2 and "has label value 0" in err and not (tmp_path / "z.nii.gz").exists()
+
+
 def test_a_path_the_console_cannot_encode_does_not_fail_a_finished_command(tmp_path):
     """Windows gives a pipe or file cp1252: the 'Wrote ...' line of a CJK path is escaped, the command succeeds."""
     import os

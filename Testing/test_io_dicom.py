@@ -660,3 +660,19 @@ def test_frame_is_refused_for_a_plain_series_and_second_copies_of_an_image_are_s
     (folder / "copy_of_a").write_bytes(copy.read_bytes())  # the same image twice in an export
     np.testing.assert_array_equal(read_dicom_series(folder, series_uid=series["axial"][0]).array,
                                   series["axial"][1].astype(np.float32))
+
+
+def test_convert_writes_a_dicom_seg_as_a_label_map_on_its_frames_lattice(two_series, tmp_path, capsys):
+    from cardiac_ai.cli import main
+    from cardiac_ai.geometry import pad_to_reference_grid
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    image = read_dicom_series(folder, series_uid=uid)
+    labels = _blocks(image)
+    seg = write_dicom_seg(labels, folder, tmp_path / "seg.dcm", series_uid=uid)
+    assert main(["convert", str(seg), "--out", str(tmp_path / "labels.nii.gz")]) == 0, capsys.readouterr().err
+    converted = read_volume(tmp_path / "labels.nii.gz")
+    assert set(np.unique(converted.array)) <= {0, 1, 2, 3}  # codes, not one 0/255 mask per segment and frame
+    np.testing.assert_array_equal(pad_to_reference_grid(converted, image).array, labels.array)

@@ -246,3 +246,12 @@ def test_acdc_basal_slices_have_larger_lv_sections_than_apical_slices(acdc_root)
         assert {B, M, A} <= set(regions.tolist()), patient
         lv_area = np.count_nonzero(labels >= 2, axis=(1, 2))
         assert lv_area[regions == B].mean() > lv_area[regions == A].mean(), patient
+
+
+def test_welch_t_test_of_identical_samples_is_nan_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Precision loss" warning reached the evaluate command's stderr
+        result = welch_t_test([0.9, 0.9, 0.9], [0.9, 0.9])
+    assert np.isnan(result.t) and np.isnan(result.p)

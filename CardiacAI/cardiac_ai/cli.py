@@ -629,6 +629,14 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
         from .io.dicom import read_dicom_series
 
         volume = read_dicom_series(Path(args.input), series_uid=args.series_uid, frame=args.frame)
+    elif _is_segmentation_file(args.input):
+        # segments matched by name or terminology (their own label values are the drawing tool's, not CardiacAI's
+        # codes); a DICOM SEG on the lattice of its frames
+        from .io.seg_nrrd import read_label_file
+
+        if args.frame is not None:
+            raise InputError(f"--frame applies to 4D images; {args.input} is a segmentation.")
+        volume = read_label_file(args.input).labels
     else:
         if args.spacing:
             kwargs["spacing_mm"] = tuple(args.spacing)
@@ -647,6 +655,14 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
     progress(1.0, "Done")
     log.info("Wrote %s (%s voxels, spacing %s mm)", out, volume.array.shape, volume.geometry.spacing_mm)
     return 0
+
+
+def _is_segmentation_file(path) -> bool:
+    """A Slicer .seg.nrrd or a DICOM SEG: files whose segments, not their voxel values, say which structure is which."""
+    from .io.dicom_seg import is_dicom_seg
+
+    source = Path(path)
+    return source.is_file() and (source.name.lower().endswith(".seg.nrrd") or is_dicom_seg(source))
 
 
 @_command("demo")

@@ -256,9 +256,14 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
     labels = np.zeros(layers_kji.shape[1:], dtype=np.uint8)
     segments: list[SegmentInfo] = []
     for segment in segmentation.get("segments", []):
+        label_value = int(segment.get("labelValue", 1))
+        if label_value <= 0:  # 0 is every voxel of the layer outside its segments
+            raise DataError(f"{source}: segment {segment.get('name') or segment.get('id')!r} has label value "
+                            f"{label_value}, the value of its layer's background, so its voxels cannot be told from "
+                            "the background. Save the segmentation again from 3D Slicer (each segment then gets a "
+                            "value of 1 or more).")
         code = _code_for_segment(segment, tissues, source)
         layer = int(segment.get("layer", 0))
-        label_value = int(segment.get("labelValue", 1))
         if not 0 <= layer < layers_kji.shape[0]:
             raise DataError(f"{source}: segment {segment.get('name')!r} refers to missing layer {layer}.")
         mask = layers_kji[layer] == label_value

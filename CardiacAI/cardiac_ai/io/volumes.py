@@ -400,7 +400,10 @@ def read_volume(
                 "from it is its area in mm2 times 1 mm. For volumes in ml save the slice as a 3D file with its real "
                 "slice thickness.", source,
             )
-        volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
+        try:
+            volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
+        except InputError as error:  # a 4D or vector image: say which file (of a cohort, or the labels, not the image)
+            raise InputError(f"{source}: {error}") from error
     if frame is not None and not framed:
         if volume.axes != "tkji":
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import warnings
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -327,7 +328,9 @@ def welch_t_test(a: Sequence[float] | NDArray, b: Sequence[float] | NDArray) -> 
             raise InputError(
                 f"welch_t_test needs at least 2 non-NaN values in each sample; {name} has {sample.size}."
             )
-    result = stats.ttest_ind(x, y, equal_var=False)
+    with warnings.catch_warnings():  # identical samples (a perfect prediction): NaN, as documented, not a warning
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        result = stats.ttest_ind(x, y, equal_var=False)
     return TTest(float(result.statistic), float(result.pvalue))
 
 
