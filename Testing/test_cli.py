@@ -355,3 +355,26 @@ def make_cine_phantom_labels() -> np.ndarray:
     from cardiac_ai.phantom import make_cine_phantom
 
     return make_cine_phantom(seed=0, n_slices=10).labels.array
+
+
+def test_evaluate_scores_another_tools_label_values_with_label_codes(tmp_path, capsys):
+    truth = np.zeros((2, 20, 20), np.uint8)
+    truth[:, 5:15, 5:15] = 2
+    truth[:, 8:12, 8:12] = 3
+    truth[:, 5:15, 15:18] = 1
+    geometry = Geometry((1.25, 1.25, 10.0))
+    for folder in ("pred", "truth"):
+        (tmp_path / folder).mkdir()
+    write_volume(Volume(truth, geometry), tmp_path / "truth" / "case01_gt.nii.gz")
+    mms = np.select([truth == 3, truth == 2, truth == 1], [1, 2, 3], 0).astype(np.uint8)  # nnU-Net on M&Ms: 1 LV
+    write_volume(Volume(mms, geometry), tmp_path / "pred" / "case01.nii.gz")
+    args = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out", str(tmp_path / "m")]
+    code, out, err = _run(capsys, *args, "--label-codes", "LV=1", "MYO=2", "RV=3")
+    assert code == 0, err
+    rows = (tmp_path / "m" / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(row.split(",")[3]) for row in rows] == [1.0, 1.0, 1.0]
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["provenance"]["parameters"]["label_codes"] == ["LV=1", "MYO=2", "RV=3"]
+    write_volume(Volume((mms * 10).astype(np.uint8), geometry), tmp_path / "pred" / "case01.nii.gz")
+    code, _, err = _run(capsys, *args, "--overwrite", "--label-codes", "LV=1", "MYO=2", "RV=3")
+    assert code == 2 and "[10, 20, 30]" in err and "case01.nii.gz" in err, err  # values the codes do not map

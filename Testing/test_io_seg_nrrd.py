@@ -154,6 +154,8 @@ def test_read_seg_nrrd_maps_slicer_segments_by_name_terminology_then_label_value
     assert labels[1, 1, 1] == LV_MYOCARDIUM
     assert labels[4, 5, 6] == LV_MYOCARDIUM  # "unnamed" fell back to its label value 2
     assert "overlaps" in caplog.text and "label value 2" in caplog.text
+    # the fallback is kept for the report (QC's and evaluate's warnings), not only logged
+    assert len(result.notes) == 1 and "'unnamed'" in result.notes[0] and "label value 2" in result.notes[0]
 
 
 def test_read_seg_nrrd_refuses_segment_it_cannot_map(tmp_path):

@@ -335,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
     p.add_argument("--out", help="folder for metrics.csv, summary.csv and regional.csv (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
+    p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
+                   help="the predictions' values, when another tool wrote them with its own: RV, MYO, LV (also SCAR, "
+                        "MVO, HEART; BG drops a value), e.g. LV=1 MYO=2 RV=3 (nnU-Net on M&Ms); label maps only (a "
+                        ".seg.nrrd or DICOM SEG is matched by its segment names)")
 
     p = sub.add_parser(
         "train", parents=[common], help="train a model on ACDC, EMIDEC or your own data",
@@ -687,7 +691,11 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     inputs = [args.pred_dir, args.truth_dir]
     if args.out:  # refused before the work, not after it
         prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
-    result = evaluate_folders(Path(args.pred_dir), Path(args.truth_dir), labels=args.labels, progress=progress)
+    from .labels import parse_label_codes
+
+    codes = None if args.label_codes is None else parse_label_codes(args.label_codes)
+    result = evaluate_folders(Path(args.pred_dir), Path(args.truth_dir), labels=args.labels, progress=progress,
+                              prediction_label_codes=codes)
     print(result.markdown())
     if args.out:
         # one run, as every command's: an interrupted or failed rerun puts the earlier tables back
@@ -698,7 +706,7 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
                 write_csv(out / "regional.csv", result.regional)
             provenance = Provenance(command="evaluate")
             provenance.parameters.update({"predictions": str(args.pred_dir), "truth": str(args.truth_dir),
-                                          "labels": args.labels})
+                                          "labels": args.labels, "label_codes": args.label_codes})
             write_report(out, provenance=provenance, results={
                 "summary": result.summary, "unmatched_predictions": result.unmatched_predictions,
                 "unmatched_truths": result.unmatched_truths})

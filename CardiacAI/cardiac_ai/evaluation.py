@@ -5,13 +5,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, InputError
 from .geometry import Geometry, Volume, align_axes, pad_to_reference_grid
-from .io import VOLUME_SUFFIXES, read_label_map
+from .io import VOLUME_SUFFIXES, read_label_map, read_volume
+from .io.seg_nrrd import names_its_segments
+from .labels import remap_label_codes
 from .metrics import compare_regions, evaluate_cases, format_markdown_table, format_region_comparison, summarize_rows
 from .progress import ProgressCallback, report
 
@@ -134,25 +136,37 @@ def evaluate_folders(
     regional_analysis: bool = True,
     base_first: bool = True,
     progress: ProgressCallback | None = None,
+    prediction_label_codes: Mapping[int, int] | None = None,
 ) -> EvaluationResult:
     """Dice, Jaccard, Hausdorff, HD95 and mean surface distance (mm, real spacing) for every matched case, and the
     regional Dice table (base/middle/apex by the truth's labelled slices, ``base_first`` as ACDC) for stacks of
-    3 or more slices."""
+    3 or more slices. ``prediction_label_codes`` ({value: CardiacAI code}, :func:`~cardiac_ai.labels.parse_label_codes`)
+    maps the values of predictions that another tool wrote as plain label maps (InputError for one that names its
+    segments)."""
     pairs, unmatched_pred, unmatched_truth = match_label_files(pred_dir, truth_dir)
     for name in unmatched_pred:
         log.warning("Prediction %s has no truth; left out.", name)
     for name in unmatched_truth:
         log.warning("Truth %s has no prediction; left out.", name)
 
+    def read_prediction(path: Path, reference):
+        if prediction_label_codes is None:
+            return read_label_map(path, reference=reference)
+        if names_its_segments(path):
+            raise InputError(f"{path} names its segments (a .seg.nrrd or DICOM SEG), which are matched by name: "
+                             "--label-codes applies to plain label maps only.")
+        volume = read_volume(path)
+        return volume.with_array(remap_label_codes(volume.array, prediction_label_codes, what=str(path)))
+
     def cases():
         for index, (key, pred_path, truth_path) in enumerate(pairs):
             report(progress, index / len(pairs), f"Evaluating {key}")
             if _format_rank(truth_path) == 2 and _format_rank(pred_path) < 2:  # the SEG takes the other's slices
-                pred = read_label_map(pred_path)
+                pred = read_prediction(pred_path, None)
                 truth = read_label_map(truth_path, reference=pred.geometry)
             else:
                 truth = read_label_map(truth_path)
-                pred = read_label_map(pred_path, reference=truth.geometry)
+                pred = read_prediction(pred_path, truth.geometry)
             yield key, *_on_one_grid(pred, truth, pred_path, truth_path)
 
     stacks: list[tuple] = []

@@ -184,7 +184,7 @@ LABEL_CODE_NAMES: dict[str, int] = {
     "BG": BACKGROUND, "RV": RV_BLOOD_POOL, "MYO": LV_MYOCARDIUM, "LV": LV_BLOOD_POOL, "SCAR": SCAR, "MVO": MVO,
     "HEART": HEART,
 }
-_LABEL_CODES_HINT = ("cardiacai qc maps another tool's values with --label-codes NAME=VALUE, e.g. --label-codes LV=1 "
+_LABEL_CODES_HINT = ("cardiacai qc and evaluate map another tool's values with --label-codes NAME=VALUE, e.g. --label-codes LV=1 "
                      "MYO=2 RV=3 for M&Ms, MYO=255 for a binary myocardium mask")
 
 

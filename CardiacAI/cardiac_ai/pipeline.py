@@ -1871,6 +1871,7 @@ def _read_labels(path: str | Path, label_codes: Mapping[int, int] | None, proven
 
     if label_codes is None:
         read = read_label_file(path, reference=reference)
+        provenance.record_logged(read.notes)  # segments matched by their label value alone
         if not read.segments and str(path).lower().endswith(".seg.nrrd") and read.labels.array.any():
             provenance.record_logged([f"{path} {PLAIN_LABEL_MAP_NOTE}."])
         return read.labels, read.labels, {segment.code for segment in read.segments} or None

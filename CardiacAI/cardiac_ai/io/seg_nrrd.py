@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -59,6 +59,8 @@ class SegmentationFile:
 
     labels: Volume  # (k, j, i) uint8, CardiacAI codes
     segments: list[SegmentInfo]
+    #: warnings logged while reading (a segment matched by its label value alone), for a report to keep
+    notes: list[str] = field(default_factory=list)
 
 
 def _terminology_dict(row: Tissue) -> dict:
@@ -165,7 +167,7 @@ def write_seg_nrrd(
     return target
 
 
-def _code_for_segment(segment: dict, tissues: Mapping[int, Tissue], source: Path) -> int:
+def _code_for_segment(segment: dict, tissues: Mapping[int, Tissue], source: Path, notes: list[str]) -> int:
     """Map a slicerio segment to a CardiacAI code: by ID, terminology, name, then its label value."""
     from slicerio.segmentation import terminology_entry_matches
 
@@ -195,10 +197,10 @@ def _code_for_segment(segment: dict, tissues: Mapping[int, Tissue], source: Path
             f"ID, terminology or name, and its label value is not a CardiacAI code {sorted(tissues)}. "
             "Rename the segment (e.g. 'Left ventricle myocardium') or set its terminology in Slicer."
         )
-    log.warning(
-        "%s: segment %r matches no CardiacAI tissue by ID, terminology or name; using its label value %d (%s).",
-        source, name or segment_id, label_value, tissues[label_value].display_name,
-    )
+    note = (f"{source}: segment {name or segment_id!r} matches no CardiacAI tissue by ID, terminology or name; "
+            f"using its label value {label_value} ({tissues[label_value].display_name}).")
+    log.warning("%s", note)
+    notes.append(note)
     return label_value
 
 
@@ -255,6 +257,7 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
     layers_kji = np.ascontiguousarray(layers.transpose(0, 3, 2, 1))
     labels = np.zeros(layers_kji.shape[1:], dtype=np.uint8)
     segments: list[SegmentInfo] = []
+    notes: list[str] = []
     for segment in segmentation.get("segments", []):
         label_value = int(segment.get("labelValue", 1))
         if label_value <= 0:  # 0 is every voxel of the layer outside its segments
@@ -262,7 +265,7 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
                             f"{label_value}, the value of its layer's background, so its voxels cannot be told from "
                             "the background. Save the segmentation again from 3D Slicer (each segment then gets a "
                             "value of 1 or more).")
-        code = _code_for_segment(segment, tissues, source)
+        code = _code_for_segment(segment, tissues, source, notes)
         layer = int(segment.get("layer", 0))
         if not 0 <= layer < layers_kji.shape[0]:
             raise DataError(f"{source}: segment {segment.get('name')!r} refers to missing layer {layer}.")
@@ -291,7 +294,7 @@ def read_seg_nrrd(path: str | os.PathLike, *, tissues: Mapping[int, Tissue] = LA
     if not segments and layers_kji.any():
         return SegmentationFile(_plain_label_map(layers_kji, geometry, tissues, source), [])
     check_label_values(labels, allowed=set(tissues), what=f"{source}")
-    return SegmentationFile(Volume(labels, geometry), segments)
+    return SegmentationFile(Volume(labels, geometry), segments, notes)
 
 
 PLAIN_LABEL_MAP_NOTE = ("has no segment metadata (a label map saved under a .seg.nrrd name, not by Slicer's "
