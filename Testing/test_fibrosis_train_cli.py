@@ -203,3 +203,19 @@ def test_validation_patients_of_one_kind_only_get_a_warning_that_the_best_epoch_
         assert not caplog.records
         _check_parts({"train": part([1, 0, 1]), "validation": part([0, 0, 0])}, split)
     assert "no slice with fibrosis (0 positive, 3 negative)" in caplog.text and "--split" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1.0", 1), ("0.0", 0), (1.0, 1), ("yes", 1), ("0", 0)])
+def test_a_fibrosis_label_written_as_a_float_by_pandas_reads_as_0_or_1(value, expected):
+    from cardiac_ai.fibrosis.recipe import _binary
+
+    assert _binary(value, "labels.csv row 2", "fibrosis") == expected
+
+
+@pytest.mark.parametrize("value", ["0.5", "2", "nan?"])
+def test_a_fibrosis_label_other_than_0_or_1_is_refused(value):
+    from cardiac_ai.errors import InputError
+    from cardiac_ai.fibrosis.recipe import _binary
+
+    with pytest.raises(InputError, match="must be 0 or 1"):
+        _binary(value, "labels.csv row 2", "fibrosis")

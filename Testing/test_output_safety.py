@@ -553,3 +553,13 @@ def test_a_folder_holding_only_what_a_killed_run_left_says_so(tmp_path):
     (tmp_path / "o" / LOCK_NAME).write_text("process 1 on elsewhere")
     with pytest.raises(OutputError, match=r"already holds files \(among them \.cardiac_ai-writing: hidden files"):
         prepare_output_dir(tmp_path / "o")
+
+
+def test_half_written_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path):
+    out = tmp_path / "o"
+    _run(out, {"labels.nii.gz": "first"})
+    (out / ".labels.nii.gz.k3j9x2.partial.nii.gz").write_text("half a file")  # SIGKILL during a write
+    (out / "notes.partial.txt").write_text("the user's own file")  # not hidden: not ours
+    _run(out, {"labels.nii.gz": "second"}, overwrite=True)
+    assert not (out / ".labels.nii.gz.k3j9x2.partial.nii.gz").exists()
+    assert (out / "notes.partial.txt").read_text() == "the user's own file"

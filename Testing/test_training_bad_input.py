@@ -274,3 +274,14 @@ def test_a_constant_image_is_named_by_its_case(tmp_path, capsys):
     code, err = _run(capsys, "train", "--data", data, "--out", tmp_path / "run", "--crop-size", "8",
                      *SEGMENTATION_TINY)
     assert code == 2 and "Case phantom002_ED (" in err and "constant" in err and _one_error_line(err), err
+
+
+def test_a_split_naming_patients_the_data_do_not_hold_gets_a_warning(cohort, tmp_path, capsys):
+    from cardiac_ai.datasets.splits import Split, save_split
+
+    patients = sorted({ref.patient_id for ref in list_generic(cohort)})
+    save_split(Split(train=(*patients[:-1], "patient_elsewhere"), validation=(patients[-1],)), tmp_path / "s.json")
+    code, err = _run(capsys, "train", "--data", cohort, "--out", tmp_path / "run", "--crop-size", "8",
+                     "--split", tmp_path / "s.json", *SEGMENTATION_TINY)
+    assert code == 0, err
+    assert "names 1 patient(s) the data do not hold: patient_elsewhere" in err

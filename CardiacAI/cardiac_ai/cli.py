@@ -790,7 +790,7 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     _check_register_target(args.register_to, [args.model_name], args.model_version, overwrite=args.overwrite)
     check_run_data(refs, out, resume=resume)
     if args.split:
-        split = load_split(args.split)
+        split = _given_split(args.split, refs)
     elif resume and (out / "split.json").is_file():
         split = load_split(out / "split.json")  # the run's own split, whatever the seed would draw now
     elif layout == "acdc":
@@ -841,6 +841,20 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
     return 0
 
 
+def _given_split(path, refs):
+    """The --split file, with a warning for the patients it names that the data do not hold (a typo, or another
+    cohort's split): they train and validate nothing."""
+    from .datasets import load_split
+
+    split = load_split(path)
+    present = {ref.patient_id for ref in refs}
+    missing = sorted(p for part in (split.train, split.validation, split.test) for p in part if p not in present)
+    if missing:
+        log.warning("--split %s names %d patient(s) the data do not hold: %s%s.", path, len(missing),
+                    ", ".join(missing[:10]), " ..." if len(missing) > 10 else "")
+    return split
+
+
 def _check_train_folders(args: argparse.Namespace) -> None:
     """Refuse, before any data is read, a ``--out`` or ``--register-to`` that is a file or lies under one."""
     from .io.atomic import check_output_location
@@ -874,7 +888,7 @@ def _check_register_target(folder, names: Sequence[str], version: str, *, overwr
 def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int:
     """``train --task weak-cam``: :func:`cardiac_ai.weak.recipe.train_weak_cam_models`, label-free (no label map is
     opened: the recipe drops the label paths before reading any case)."""
-    from .datasets import default_acdc_split, list_acdc, list_generic, load_split
+    from .datasets import default_acdc_split, list_acdc, list_generic
     from .preprocessing import InputSpec
     from .weak.recipe import WeakRecipe, train_weak_cam_models
 
@@ -895,7 +909,7 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
                            overwrite=args.overwrite)
     refs = list_acdc(args.data) if layout == "acdc" else list_generic(args.data)
     if args.split:
-        split = load_split(args.split)
+        split = _given_split(args.split, refs)
     else:  # ACDC: the project's ACDC split; else 80/20 stratified by the label (in the recipe)
         split = default_acdc_split(refs) if layout == "acdc" else None
     rates = {} if args.learning_rate is None else {"classifier_learning_rate": args.learning_rate,
@@ -927,7 +941,7 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
 def _train_fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
     """``train --task fibrosis``: :func:`cardiac_ai.fibrosis.recipe.train_fibrosis_models` on the generic or EMIDEC
     layout. Every refusal (options, labels, run folder, register target) comes before anything is written."""
-    from .datasets import list_emidec, list_generic, load_split
+    from .datasets import list_emidec, list_generic
     from .fibrosis.inputs import EMIDEC_NOMINAL_PIXEL_MM
     from .fibrosis.recipe import FIBROSIS_RECIPE_MODELS, FibrosisRecipe, train_fibrosis_models
 
@@ -958,7 +972,7 @@ def _train_fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int
     from_maps = args.slice_labels_from_label_maps or layout == "emidec"
     result = train_fibrosis_models(
         refs, work_dir=out, label_column=args.label_column, slice_labels_from_label_maps=from_maps,
-        split=load_split(args.split) if args.split else None, recipe=recipe, register_to=args.register_to,
+        split=_given_split(args.split, refs) if args.split else None, recipe=recipe, register_to=args.register_to,
         model_version=args.model_version, resume=args.resume, overwrite=args.overwrite, device=args.device,
         training_data=(f"{layout}:{args.data}; slice labels: "
                        + ("scar/MVO of the label maps where labels.csv gives none" if from_maps

@@ -885,8 +885,10 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
         yield folder
         return
     try:
-        with folder_lock(folder), _earlier_run_set_aside(folder):
-            yield folder
+        with folder_lock(folder):
+            _remove_partial_files(folder)
+            with _earlier_run_set_aside(folder):
+                yield folder
     except BaseException:
         if not existed:
             with contextlib.suppress(OSError):  # not empty (the user added a file meanwhile): it stays
@@ -1029,6 +1031,17 @@ def _earlier_run_set_aside(folder: Path):
                     (folder / name).unlink(missing_ok=True)
             if backup is not None:
                 _put_back(backup, folder)
+
+
+def _remove_partial_files(folder: Path) -> None:
+    """Remove the temporary files of writes a killed run left (``.NAME.xxxx.partial.SUFFIX``, see
+    :func:`~cardiac_ai.io.atomic.atomic_path`): whoever holds the folder's lock is its only writer, so no other run is
+    writing them."""
+    for leftover in sorted(folder.glob(".*.partial*")):
+        if leftover.is_file():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                log.info("Removed %s, a half-written file of an earlier run that was killed.", leftover)
 
 
 def _earlier_outputs_in(backup: Path) -> set[str]:

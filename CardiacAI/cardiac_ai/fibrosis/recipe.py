@@ -157,6 +157,12 @@ def _binary(value: Any, where: str, column: str) -> int:
         return 1
     if text in _NO:
         return 0
+    try:  # 1.0 / 0.0: how pandas writes an integer column with gaps
+        number = float(text)
+    except ValueError:
+        number = None
+    if number in (0.0, 1.0):
+        return int(number)
     raise InputError(f"{where}: the {column!r} label must be 0 or 1 (fibrosis absent or present), got {value!r}.")
 
 
