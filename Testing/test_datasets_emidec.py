@@ -162,3 +162,24 @@ def test_explicitly_requested_split_must_exist(tmp_path):
     assert [r.metadata["split"] for r in list_emidec(dataset)] == ["train"]
     with pytest.raises(DataError, match=r"dataset/val not found.*splits=None"):
         list_emidec(dataset, splits=("train", "val"))
+
+
+def test_segmentation_training_on_emidec_pngs_takes_emidecs_nominal_pixel_size(tmp_path, capsys, monkeypatch):
+    from cardiac_ai import cli
+    from cardiac_ai.training import segmentation
+
+    dataset = _small_dataset(tmp_path)
+    _write_slice(dataset, "train", "Case_N004_slice000.png", _ring_mask(scar=False))
+    seen = {}
+
+    def record(train_cases, val_cases, **kwargs):
+        seen["spacing"] = {case.image.geometry.spacing_mm[:2] for case in [*train_cases, *val_cases]}
+        seen["labels"] = {case.labels.geometry.spacing_mm[:2] for case in [*train_cases, *val_cases]}
+        raise KeyboardInterrupt  # the data are what this test is about, not the training
+
+    monkeypatch.setattr(segmentation, "train_segmentation", record)
+    code = cli.main(["train", "--data", str(tmp_path), "--layout", "emidec", "--out", str(tmp_path / "run"),
+                     "--network", "tiny_unet2d", "--epochs", "1", "--crop-size", "16", "--device", "cpu"])
+    assert code == 130
+    assert seen["spacing"] == seen["labels"] == {(1.5, 1.5)}
+    assert "taken as 1.5 mm pixels" in capsys.readouterr().err

@@ -806,6 +806,14 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
                              spec)  # before the cases load; the output channels do not change which crops work
     progress(0.0, f"Loading {len(train_refs) + len(val_refs)} cases")
     train_cases, val_cases = [load_case(r) for r in train_refs], [load_case(r) for r in val_refs]
+    if layout == "emidec":  # the PNG export dropped the pixel size: EMIDEC's nominal one, as --task fibrosis takes
+        from .fibrosis.inputs import EMIDEC_NOMINAL_PIXEL_MM
+
+        log.warning("EMIDEC PNG slices store no pixel size: they are taken as %g mm pixels (EMIDEC's nominal size, "
+                    "as --task fibrosis takes them), so that the model's card states a grid in mm.",
+                    EMIDEC_NOMINAL_PIXEL_MM)
+        train_cases, val_cases = ([_with_pixel_size(case, EMIDEC_NOMINAL_PIXEL_MM) for case in cases]
+                                  for cases in (train_cases, val_cases))
     codes = sorted({int(c) for case in train_cases for c in np.unique(case.labels.array) if c in LABELS})
     if not codes:
         raise InputError(f"No training case of {args.data} holds a label (codes 1-6) in its label map: nothing to "
@@ -839,6 +847,19 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
         if result.card_path:
             print(f"Registered {result.card_path}")
     return 0
+
+
+def _with_pixel_size(case, pixel_mm: float):
+    """``case`` with its image's and labels' in-plane pixel size set to ``pixel_mm`` (slice spacing kept)."""
+    import dataclasses
+
+    def resized(volume):
+        if volume is None:
+            return None
+        spacing = (pixel_mm, pixel_mm, volume.geometry.spacing_mm[2])
+        return dataclasses.replace(volume, geometry=volume.geometry.with_spacing(spacing))
+
+    return dataclasses.replace(case, image=resized(case.image), labels=resized(case.labels))
 
 
 def _given_split(path, refs):
