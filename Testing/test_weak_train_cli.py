@@ -260,3 +260,18 @@ def test_weak_cam_on_the_acdc_layout_takes_diagnosis_as_its_group(tmp_path, caps
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Registered ")]
     assert len(said) == 1 and said[0].startswith(f"Registered weak_cam_classifier and weak_heart_unet in "
                                                  f"{tmp_path / 'models'}")
+
+
+def test_weak_cam_overwrite_starts_the_run_again_and_keeps_the_users_files(tmp_path, capsys):
+    _write_folder(tmp_path / "data", phases=("ED",))
+    run = tmp_path / "run"
+    command = ["train", "--task", "weak-cam", "--data", str(tmp_path / "data"), "--label-column", "diagnosis",
+               "--out", str(run), "--quiet", *TINY]
+    assert main(command) == 0
+    first_log = (run / "run_classifier" / "log.csv").read_text()
+    (run / "my_notes.txt").write_text("kept")
+    (run / "run_classifier" / "stale_marker").write_text("only the earlier run has this")
+    assert main([*command, "--seed", "5", "--overwrite"]) == 0, capsys.readouterr().err
+    assert (run / "my_notes.txt").read_text() == "kept"
+    assert not (run / "run_classifier" / "stale_marker").exists()  # the classifier ran again from scratch
+    assert (run / "run_classifier" / "log.csv").read_text() != first_log

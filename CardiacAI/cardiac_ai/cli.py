@@ -923,9 +923,9 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
     if label is None:
         raise InputError("--task weak-cam needs --label-column NAME: the labels.csv column to learn, e.g. diagnosis.")
     out = Path(args.out)
-    if not args.resume and out.is_dir() and any(out.iterdir()):
-        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue that run or choose an "
-                          "empty folder (--overwrite does not restart a weak-cam run).")
+    if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"Run folder {out} already holds files; pass --resume to continue that run or --overwrite "
+                          "to start it again.")
     _check_register_target(args.register_to, ["weak_cam_classifier", "weak_heart_unet"], args.model_version,
                            overwrite=args.overwrite)
     refs = list_acdc(args.data) if layout == "acdc" else list_generic(args.data)
@@ -943,7 +943,8 @@ def _train_weak_cam(args: argparse.Namespace, progress: ProgressCallback) -> int
     )
     result = train_weak_cam_models(
         refs, label, work_dir=out, split=split, recipe=recipe, prior=args.prior, modes=(args.weak_mode,),
-        register_to=args.register_to, model_version=args.model_version, resume=args.resume, device=args.device,
+        register_to=args.register_to, model_version=args.model_version, resume=args.resume,
+        overwrite=args.overwrite and not args.resume, device=args.device,
         training_data=(f"{layout}:{args.data}, image-level label {label!r} only (no pixel label map read); crops "
                        "centred on the field of view"),
         progress=progress,

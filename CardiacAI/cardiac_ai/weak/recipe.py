@@ -715,6 +715,23 @@ def _titled(progress: ProgressCallback | None, title: str) -> ProgressCallback |
     return lambda fraction, message: progress(fraction, f"{title}: {message}")
 
 
+#: What the recipe writes into its run folder (``overwrite`` removes exactly these, nothing of the user's).
+_RUN_FILE_PATTERNS = ("weak_*.npz", "truth_*.npz", "pseudo_*.npz", "self_*.npz", "run_classifier", "run_weak_*",
+                      "split.json", "data.json")
+
+
+def _remove_earlier_run(work: Path) -> None:
+    import shutil
+
+    for pattern in _RUN_FILE_PATTERNS:
+        for target in sorted(work.glob(pattern)):
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    log.info("Removed the earlier run's files from %s (overwrite).", work)
+
+
 def train_weak_cam_models(
     refs: Sequence[CaseRef],
     label_column: str,
@@ -735,6 +752,7 @@ def train_weak_cam_models(
     split_summary: Mapping[str, Any] | None = None,
     license: str = "",
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> WeakCamTraining:
@@ -764,7 +782,9 @@ def train_weak_cam_models(
     model_version, label_title, training_data, split_summary, license : model card fields; ``label_title`` names
         the label in the classifier's description (default ``label_column``).
     resume : skip stages whose outputs exist and continue interrupted training; False needs a ``work_dir`` without
-        a previous run.
+        a previous run, or ``overwrite``.
+    overwrite : start again in a ``work_dir`` that holds a run: once every check has passed, the earlier run's files
+        (its slices, pseudo-labels, runs, split and data records) are removed; nothing else in the folder is.
     device : "cpu", "cuda", None for CUDA when available.
     progress : fraction 0..1 and messages prefixed with the stage.
 
@@ -814,10 +834,13 @@ def train_weak_cam_models(
     split = _default_split(refs, label_column, recipe.seed) if split is None else split
     _check_parts(refs, split, label_column, classes, allow_missing_classes=allow_missing_classes)
     work = Path(work_dir)
-    if not resume and work.is_dir() and any(work.iterdir()):
-        raise OutputError(f"{work} already holds files; continue that run with resume (--resume) or use an empty "
-                          "folder.")
+    started = work.is_dir() and any(work.iterdir())
+    if started and not (resume or overwrite):
+        raise OutputError(f"{work} already holds files; continue that run with resume (--resume), start it again "
+                          "with overwrite (--overwrite), or use an empty folder.")
     check_run_data(refs, work, resume=resume, label_column=label_column)
+    if started and overwrite and not resume:  # every check has passed: the earlier run's files go
+        _remove_earlier_run(work)
     work.mkdir(parents=True, exist_ok=True)
     keep_run_data(refs, work, label_column=label_column)
     split = keep_run_split(split, work / "split.json", resume=resume)
