@@ -518,7 +518,8 @@ class Trainer:
             raise InputError(
                 f"Cannot resume from {self.last_checkpoint}: it was trained with a different config "
                 f"({', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in differing)}). Resume with the "
-                "saved config.json, or start a new out_dir."
+                "settings of that run (its config.json; on the command line the same options), or start a new run "
+                "(another --out, or --overwrite); a finished run cannot be extended with more epochs."
             )
         try:
             self.network.load_state_dict(checkpoint["model"], strict=True)
