@@ -676,3 +676,15 @@ def test_convert_writes_a_dicom_seg_as_a_label_map_on_its_frames_lattice(two_ser
     converted = read_volume(tmp_path / "labels.nii.gz")
     assert set(np.unique(converted.array)) <= {0, 1, 2, 3}  # codes, not one 0/255 mask per segment and frame
     np.testing.assert_array_equal(pad_to_reference_grid(converted, image).array, labels.array)
+
+
+def test_files_skipped_in_a_series_folder_are_reported_once_for_the_read_and_its_seg(two_series, tmp_path, caplog):
+    from cardiac_ai.io.dicom_seg import write_dicom_seg
+
+    folder, series = two_series
+    uid = series["oblique"][0]
+    with caplog.at_level(logging.INFO, logger="cardiac_ai.io.dicom"):
+        image = read_dicom_series(folder, series_uid=uid)
+        write_dicom_seg(_blocks(image), folder, tmp_path / "seg.dcm", series_uid=uid)
+    skipped = [r for r in caplog.records if "Skipping" in r.getMessage() and r.levelno >= logging.INFO]
+    assert len(skipped) == 1 and "README.txt" in skipped[0].getMessage()

@@ -160,8 +160,10 @@ def _float_tuple(values, length: int) -> tuple[float, ...] | None:
     return result if len(result) == length else None
 
 
-def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
+def _scan(folder: Path, *, report_skipped: bool = True) -> dict[str, tuple[DicomSeriesInfo, list]]:
     """Map SeriesInstanceUID -> (info, headers in path order)."""
+    warn = log.warning if report_skipped else log.debug  # a second scan of one folder (its SEG) says it once
+    inform = log.info if report_skipped else log.debug
     if not folder.exists():
         raise DataError(f"DICOM folder not found: {folder}")
     if not folder.is_dir():
@@ -175,10 +177,10 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
             if _looks_like_dicom(path):
                 unreadable.append((path, problem))
             else:
-                log.warning("Skipping %s: %s.", path, problem)
+                warn("Skipping %s: %s.", path, problem)
             continue
         if _is_dicomdir(dataset):
-            log.info("Skipping %s: a DICOMDIR (the index of a DICOM medium), not an image.", path)
+            inform("Skipping %s: a DICOMDIR (the index of a DICOM medium), not an image.", path)
             continue
         uid = dataset.get("SeriesInstanceUID")
         if not uid:  # every DICOM object but a DICOMDIR has one: pydicom read a header cut short or garbled
@@ -188,10 +190,10 @@ def _scan(folder: Path) -> dict[str, tuple[DicomSeriesInfo, list]]:
             if _is_image_storage(dataset):
                 unreadable.append((path, "an image whose header has no Rows/Columns: truncated or corrupt"))
             else:
-                log.warning("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
+                warn("Skipping %s: DICOM file without an image (no Rows/Columns).", path)
             continue
         if str(dataset.get("Modality", "")) in _NOT_IMAGE_MODALITIES:
-            log.info("Skipping %s: a %s object, not an image (e.g. an earlier segmentation).", path,
+            inform("Skipping %s: a %s object, not an image (e.g. an earlier segmentation).", path,
                      dataset.get("Modality"))
             continue
         dataset.filename = str(path)
@@ -449,10 +451,14 @@ def _as_monochrome2(array: np.ndarray, datasets: Sequence, info: DicomSeriesInfo
 
 
 def series_headers(
-    folder: str | os.PathLike, *, series_uid: str | None = None, frame: int | None = None
+    folder: str | os.PathLike, *, series_uid: str | None = None, frame: int | None = None,
+    report_skipped: bool = True,
 ) -> tuple[DicomSeriesInfo, list, Geometry]:
     """The headers (no pixel data) of one image series in slice order (k, as :func:`read_dicom_series` stacks
     them), with the series' description and geometry; what a DICOM SEG of a volume read from it refers to.
+
+    ``report_skipped`` False logs the files it skips at DEBUG level only: for a second scan of a folder already
+    read (writing its DICOM SEG), whose skipped files the read has reported.
 
     Raises
     ------
@@ -460,7 +466,7 @@ def series_headers(
         As :func:`read_dicom_series`, before any pixel is read.
     """
     source = Path(folder)
-    series = _scan(source)
+    series = _scan(source, report_skipped=report_skipped)
     infos = sorted(
         (info for info, _ in series.values()),
         key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid),

@@ -80,7 +80,7 @@ def write_dicom_seg(
 
     from .. import __version__
 
-    _, headers, geometry = series_headers(source_folder, series_uid=series_uid, frame=frame)
+    _, headers, geometry = series_headers(source_folder, series_uid=series_uid, frame=frame, report_skipped=False)
     array = np.asarray(labels.array)
     if labels.axes != "kji" or array.shape != (len(headers), int(headers[0].Rows), int(headers[0].Columns)):
         raise InputError(f"The label map {array.shape} is not on the grid of the DICOM series in {source_folder} "
