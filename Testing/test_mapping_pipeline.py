@@ -491,3 +491,22 @@ def test_cli_fit_map_where_every_pixel_fails_is_an_error_not_an_empty_map(tmp_pa
                  "1080", "1800", "1880", "2600", "--out", str(tmp_path / "fit"), "--device", "cpu"])
     assert code == 2 and "Every one of the 512 pixels" in capsys.readouterr().err
     assert not (tmp_path / "fit").exists()
+
+
+def test_a_myocardium_with_the_blood_pools_value_or_no_spread_is_said_to_maybe_not_lie_on_a_heart():
+    from cardiac_ai.mapping.pipeline import implausible_heart_warnings
+    from cardiac_ai.mapping.statistics import myocardial_statistics
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((1, 8, 8), bool)
+
+    def stats(values):
+        return myocardial_statistics(values.reshape(1, 8, 8), mask, spacing_ji_mm=(1.5, 1.5))
+
+    heart_muscle, blood = stats(rng.normal(1000, 40, 64)), stats(rng.normal(1550, 60, 64))
+    assert implausible_heart_warnings(heart_muscle, blood, kind="t1") == []
+    assert implausible_heart_warnings(heart_muscle, None, kind="t1") == []
+    same = implausible_heart_warnings(heart_muscle, stats(rng.normal(1010, 40, 64)), kind="t1")
+    assert len(same) == 1 and "nearly the same T1" in same[0]
+    flat = implausible_heart_warnings(stats(np.full(64, 1200.0)), blood, kind="t1")
+    assert len(flat) == 1 and "nearly all equal" in flat[0]

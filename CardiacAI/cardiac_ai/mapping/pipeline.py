@@ -765,6 +765,8 @@ def analyse_map(
             )
         else:
             provenance.warn("No LV blood pool was found: no blood-pool value is reported.", log)
+        for message in implausible_heart_warnings(global_stats, blood_stats, kind=kind):
+            provenance.warn(message, log)
     report(progress, 1.0, "Done")
     log.info("Analysed %s map of %d slices: myocardial median %s ms", kind.upper(), n_slices,
              None if global_stats is None else round(global_stats.median, 1))
@@ -785,6 +787,25 @@ def analyse_map(
         erosion_mm=erosion,
         provenance=provenance,
     )
+
+
+def implausible_heart_warnings(myocardium: MapStatistics | None, blood: MapStatistics | None, *,
+                               kind: str) -> list[str]:
+    """What says that the myocardium found may not lie on a heart: values all equal (a fitted map varies from pixel
+    to pixel; a uniform or in-painted region does not), or a blood pool with the myocardium's own value (blood and
+    muscle differ in every T1 and T2 map, native or post-contrast)."""
+    found = []
+    quantity = kind.upper()
+    if myocardium is not None and myocardium.n_pixels >= 10 and myocardium.iqr <= 0.005 * abs(myocardium.median):
+        found.append(f"The myocardium's {quantity} values are nearly all equal (median {myocardium.median:.1f} ms, IQR "
+                     f"{myocardium.iqr:.1f} ms over {myocardium.n_pixels} pixels): a fitted map varies from pixel to "
+                     "pixel, so the segmentation may not lie on a heart. Check the image and the contours.")
+    if myocardium is not None and blood is not None and \
+            abs(blood.median - myocardium.median) < 0.05 * abs(myocardium.median):
+        found.append(f"The LV blood pool and the myocardium have nearly the same {quantity} ({blood.median:.0f} and "
+                     f"{myocardium.median:.0f} ms): blood and muscle differ in every {quantity} map, so the "
+                     "segmentation may not lie on a heart. Check the image and the contours.")
+    return found
 
 
 def _guarded(compute: Any, on_error: Any) -> Any:
