@@ -48,12 +48,12 @@ def test_parse_label_codes_reads_names_and_values_and_refuses_malformed_items():
     assert parse_label_codes(["LV=1", "MYO=2", "RV=3"]) == {1: 3, 2: 2, 3: 1}  # M&Ms
     assert parse_label_codes(["myo=255"]) == {255: 2}  # a binary myocardium mask
     assert parse_label_codes(["lv_myocardium=2,4", "BG=7", "background=8"]) == {2: 2, 4: 2, 7: 0, 8: 0}
+    assert parse_label_codes(["BG=-1", "LV=1"]) == {-1: 0, 1: 3}  # tools that write background as -1
     for items, message in (
         (["RV3"], "not NAME=VALUE"),
         (["RV="], "not NAME=VALUE"),
         (["AORTA=4"], "unknown structure 'AORTA'.*MYO"),
         (["RV=x"], "'x' is not a whole number"),
-        (["RV=-1"], "0 or more"),
         (["RV=1", "LV=1"], "value 1 is given for two structures"),
         ([], "at least one"),
     ):

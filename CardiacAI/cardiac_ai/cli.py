@@ -51,7 +51,8 @@ _STRUCTURES_HELP = ("also split the heart into RV blood pool, LV myocardium and 
                     "rough estimate: per-volume Dice on held-out ACDC patients about 0.53 / 0.64 / 0.74, volumes "
                     "off by 30-50 ml")
 _LABEL_CODES_HELP = ("another tool's label values, as the value of each structure in the label map: RV, MYO, LV (also "
-                     "SCAR, MVO, HEART; BG drops a value; VALUE may be a comma list), e.g. LV=1 MYO=2 RV=3 (M&Ms) or "
+                     "SCAR, MVO, HEART; BG drops a value, e.g. BG=-1; VALUE may be a comma list), e.g. LV=1 MYO=2 RV=3 "
+                     "(M&Ms) or "
                      "MYO=255 (binary mask); every nonzero value must be named; the file is not changed; only the "
                      "structures named are judged")
 _WRITE_SURROGATE_HELP = "also write the surrogate segmentation: surrogate.nii.gz and surrogate.seg.nrrd"

@@ -236,8 +236,6 @@ def parse_label_codes(items: Sequence[str]) -> dict[int, int]:
                 raise InputError(
                     f"--label-codes: {item!r}: {text.strip()!r} is not a whole number; write NAME=VALUE[,VALUE...]."
                 ) from None
-            if value < 0:
-                raise InputError(f"--label-codes: {item!r}: label values are 0 or more, got {value}.")
             if value in codes and codes[value] != code:
                 raise InputError(
                     f"--label-codes: value {value} is given for two structures ({_code_name(codes[value])} and "
