@@ -490,3 +490,19 @@ def test_a_writer_error_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"Could not write .*scan\.nrrd: ITK ERROR: .*File too large"):
         write_volume(Volume(_image(), OBLIQUE), tmp_path / "scan.nrrd")
     assert _files(tmp_path) == []
+
+
+def test_a_series_stored_as_vector_voxels_reads_as_frames(tmp_path):
+    # Slicer's MultiVolume NRRD: each voxel holds every frame ("kinds: vector domain domain domain")
+    frames = np.random.default_rng(4).normal(500, 50, (5, 3, 6, 7)).astype(np.float32)  # (t, k, j, i)
+    image = sitk.GetImageFromArray(np.moveaxis(frames, 0, -1), isVector=True)
+    image.SetSpacing(OBLIQUE.spacing_mm)
+    image.SetOrigin(OBLIQUE.origin_lps_mm)
+    image.SetDirection(OBLIQUE.direction_lps)
+    sitk.WriteImage(image, str(tmp_path / "series.nrrd"))
+    series = read_volume(tmp_path / "series.nrrd", allow_4d=True)
+    assert series.axes == "tkji" and series.geometry.is_close(OBLIQUE)
+    np.testing.assert_array_equal(series.array, frames)
+    np.testing.assert_array_equal(read_volume(tmp_path / "series.nrrd", frame=2).array, frames[2])
+    with pytest.raises(InputError, match=r"series\.nrrd: .*5 components per pixel.*--frame N"):
+        read_volume(tmp_path / "series.nrrd")

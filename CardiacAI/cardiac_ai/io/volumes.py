@@ -47,14 +47,20 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
     A 2D image has no slice thickness; its one slice gets 1 mm, so a volume computed from it is its area in mm2
     times 1 mm. :func:`read_volume` logs a warning for such a file and :func:`slice_spacing_stored` tells it apart.
 
-    A 4D image (x, y, z, t) becomes a (t, k, j, i) series when ``allow_4d``; otherwise InputError.
+    A 4D image (x, y, z, t) becomes a (t, k, j, i) series when ``allow_4d``; otherwise InputError. So does a 3D image
+    of several components per voxel (the frames of Slicer's MultiVolume NRRD).
     """
     dimension = image.GetDimension()
     array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        if allow_4d and dimension == 3:  # frames stored as the components of each voxel (Slicer's MultiVolume NRRD)
+            return Volume(np.ascontiguousarray(np.moveaxis(array, -1, 0)),
+                          Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()), axes="tkji")
         raise InputError(
-            f"Image has {image.GetNumberOfComponentsPerPixel()} components per pixel (colour or vector image); "
-            "CardiacAI needs a single-channel (greyscale) image."
+            f"Image has {components} components per pixel (a colour or vector image); CardiacAI needs a greyscale "
+            "image. A series whose frames are stored as components (Slicer's MultiVolume NRRD) is read frame by "
+            "frame: give --frame N, or give it to fit-map as a whole."
         )
     if dimension == 2:
         # A 2D file stores no slice thickness: 1 mm stands in for it (read_volume warns; see slice_spacing_stored).
