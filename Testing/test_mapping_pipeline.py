@@ -510,3 +510,22 @@ def test_a_myocardium_with_the_blood_pools_value_or_no_spread_is_said_to_maybe_n
     assert len(same) == 1 and "nearly the same T1" in same[0]
     flat = implausible_heart_warnings(stats(np.full(64, 1200.0)), blood, kind="t1")
     assert len(flat) == 1 and "nearly all equal" in flat[0]
+
+
+def test_cli_fit_map_signed_fits_phase_sensitive_molli_that_magnitude_fitting_refuses(tmp_path, capsys):
+    from cardiac_ai.geometry import Geometry, Volume
+
+    times = [100.0, 180.0, 260.0, 1000.0, 1080.0, 1900.0, 2900.0, 3900.0]
+    a, b, t1 = 1000.0, 1900.0, 1100.0
+    t1_star = t1 / (b / a - 1.0)
+    signal = a - b * np.exp(-np.asarray(times) / t1_star)  # negative before the null point: PSIR
+    frames = np.broadcast_to(signal[:, None, None, None], (8, 1, 12, 12)).astype(np.float32).copy()
+    write_volume(Volume(frames, Geometry((1.5, 1.5, 8.0)), "tkji"), tmp_path / "psir.nii.gz")
+    args = ["fit-map", str(tmp_path / "psir.nii.gz"), "--kind", "molli", "--times", *map(str, times), "--device",
+            "cpu"]
+    assert main([*args, "--out", str(tmp_path / "magnitude")]) == 2
+    assert "fit-map --signed" in capsys.readouterr().err
+    assert main([*args, "--signed", "--out", str(tmp_path / "signed")]) == 0, capsys.readouterr().err
+    fitted = read_volume(tmp_path / "signed" / "t1_map.nii.gz").array
+    np.testing.assert_allclose(fitted, t1, rtol=0.01)
+    assert json.loads((tmp_path / "signed" / "report.json").read_text())["provenance"]["parameters"]["signed"]

@@ -433,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inversion (molli) or T2-preparation (t2prep) times in ms, one per frame, in frame order")
     p.add_argument("--sidecar", metavar="FILE", help="JSON ({\"inversion_times_ms\": [...]} or "
                                                      "{\"echo_times_ms\": [...]}) or one-column CSV of times in ms")
+    p.add_argument("--signed", action="store_true",
+                   help="molli: phase-sensitive (PSIR) frames, negative before the null point (default: magnitude)")
     p.add_argument("--t2-model", choices=["mono", "mono_offset"], default="mono",
                    help="T2 model: S0 exp(-TE/T2), or with a constant offset (needs 4 or more times)")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
@@ -1212,6 +1214,7 @@ def _fit_map(args: argparse.Namespace, progress: ProgressCallback) -> int:
     fits = fit_map_file(
         args.series, args.out, kind=args.kind, times_ms=args.times, sidecar=args.sidecar, t2_model=args.t2_model,
         series_uid=args.series_uid, device=args.device, overwrite=args.overwrite, progress=progress,
+        signed=args.signed,
     )
     if not args.quiet:
         failed = sum(f.n_failed_pixels for f in fits)

@@ -1324,8 +1324,12 @@ def fit_map_file(
     overwrite: bool = False,
     provenance: Provenance | None = None,
     progress: ProgressCallback | None = None,
+    signed: bool = False,
 ):
     """``cardiacai fit-map``: fit a T1 (MOLLI) or T2 (T2-prepared) map pixel by pixel from the raw series.
+
+    ``signed``: phase-sensitive (PSIR) MOLLI frames, whose early frames are negative (:func:`~cardiac_ai.mapping.
+    fit_molli` with ``signed=True``: no polarity search); MOLLI only.
 
     Writes ``t1_map.nii.gz`` (Look-Locker corrected T1, ms) or ``t2_map.nii.gz`` (ms), ``r2_map.nii.gz``
     (goodness of fit) and ``report.json``. Pixels not fitted (background: largest signal below
@@ -1352,6 +1356,8 @@ def fit_map_file(
         raise InputError(f"t2_model must be 'mono' or 'mono_offset', got {t2_model!r}.")
     if times_ms is not None and sidecar is not None:
         raise InputError("Give the times either directly (--times) or in a sidecar file (--sidecar), not both.")
+    if signed and kind != "molli":
+        raise InputError("--signed applies to phase-sensitive MOLLI series (--kind molli), not to T2-prepared ones.")
     provenance = provenance or Provenance(command="fit-map")
     source = Path(series_path)
     inputs = [series_path] + ([sidecar] if sidecar is not None else [])
@@ -1396,7 +1402,7 @@ def fit_map_file(
         provenance.device = "cpu (numpy)" if fit_device is None else str(fit_device)
         provenance.parameters.update({
             "input": str(series_path), "kind": kind, "times_source": origin, "background_fraction":
-            FIT_BACKGROUND_FRACTION, **({"t2_model": t2_model} if kind == "t2prep" else {}),
+            FIT_BACKGROUND_FRACTION, **({"t2_model": t2_model} if kind == "t2prep" else {"signed": signed}),
         })
         fits = []
         with provenance.timed("fit"):
@@ -1406,7 +1412,8 @@ def fit_map_file(
                 part = Volume(series.array[:, ks], series.geometry, "tkji")
                 step = subrange(progress, 0.05 + 0.85 * number / len(groups), 0.05 + 0.85 * (number + 1) / len(groups))
                 if kind == "molli":
-                    fits.append((ks, fit_molli(part, times[ks[0]], mask=mask[ks], device=fit_device, progress=step)))
+                    fits.append((ks, fit_molli(part, times[ks[0]], mask=mask[ks], device=fit_device, progress=step,
+                                               signed=signed)))
                 else:
                     fits.append((ks, fit_t2(part, times[ks[0]], model=t2_model, mask=mask[ks], device=fit_device,
                                             progress=step)))

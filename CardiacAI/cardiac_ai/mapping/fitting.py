@@ -446,7 +446,7 @@ def fit_molli(
     if not signed and y_all.size and float(y_all.min()) < 0:
         raise InputError(
             f"{fn}: the frames hold negative values (min {float(y_all.min()):g}) but signed=False expects magnitude "
-            "images. For phase-sensitive (signed) MOLLI frames pass signed=True."
+            "images. For phase-sensitive (signed) MOLLI frames pass signed=True (fit-map --signed)."
         )
     bk = _Backend(device)
     n_pixels = y_all.shape[0]
