@@ -506,3 +506,17 @@ def test_a_series_stored_as_vector_voxels_reads_as_frames(tmp_path):
     np.testing.assert_array_equal(read_volume(tmp_path / "series.nrrd", frame=2).array, frames[2])
     with pytest.raises(InputError, match=r"series\.nrrd: .*5 components per pixel.*--frame N"):
         read_volume(tmp_path / "series.nrrd")
+
+
+@pytest.mark.parametrize("cut", [1, 300])
+def test_a_nifti_cut_short_by_fewer_bytes_than_its_header_is_still_caught(tmp_path, monkeypatch, cut):
+    real_write = sitk.WriteImage
+
+    def write_then_lose_the_tail(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:-cut])
+
+    monkeypatch.setattr(sitk, "WriteImage", write_then_lose_the_tail)
+    with pytest.raises(OutputError, match=f"only .* bytes were written"):
+        write_volume(Volume(_image((6, 20, 30)), OBLIQUE), tmp_path / "labels.nii", compress=False)
+    assert _files(tmp_path) == []

@@ -441,6 +441,10 @@ def test_a_second_run_into_a_folder_another_run_is_writing_is_refused_and_change
         with pytest.raises(OutputError, match="Another CardiacAI run"):
             run_batch([BatchCase("p1", (tmp_path / "p1.nii.gz",))], out, task="segment-cine", models=None,
                       job=_writing_job({}))
+        with pytest.raises(OutputError, match=rf"Another CardiacAI run \(process {holder.pid} on "):
+            prepare_output_dir(out)  # without --overwrite too: not taken for a killed run's leftovers
+        with pytest.raises(OutputError, match="Another CardiacAI run"), pipeline.case_folder_as_one_run(out):
+            raise AssertionError("the headless Slicer batch's case must not start")  # its case folders lock too
     finally:
         holder.communicate("")
     assert holder.returncode == 0

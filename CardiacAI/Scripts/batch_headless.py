@@ -34,6 +34,7 @@ CardiacAI module are imported inside :func:`main` only.
 """
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -371,34 +372,41 @@ def main(argv) -> int:
 
     args.output_folder.mkdir(parents=True, exist_ok=True)
     summaryPath = args.output_folder / SUMMARY_NAME
-    rows = []
-    for number, (caseId, inputPath) in enumerate(cases, start=1):
-        caseFolder = args.output_folder / caseId
-        prefix = f"[{number}/{len(cases)}] {caseId}:"
-        earlier = None if args.overwrite else earlierSummaryValues(caseFolder)
-        if earlier is not None:  # a finished case keeps its numbers in the new summary
-            rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)", values=earlier))
-            print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
-            if args.structures and not (caseFolder / STRUCTURES_NAME).is_file():
-                print(f"{prefix} WARNING: that earlier run had no --structures; remove {caseFolder} to add them",
-                      flush=True)
+    held = contextlib.ExitStack()
+    try:  # one run per folder at a time, as `cardiacai batch` (pipeline.run_batch)
+        held.enter_context(CardiacAI.importBackend("io.atomic").folder_lock(args.output_folder))
+    except Exception as error:
+        print(f"CardiacAI batch: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    with held:
+        rows = []
+        for number, (caseId, inputPath) in enumerate(cases, start=1):
+            caseFolder = args.output_folder / caseId
+            prefix = f"[{number}/{len(cases)}] {caseId}:"
+            earlier = None if args.overwrite else earlierSummaryValues(caseFolder)
+            if earlier is not None:  # a finished case keeps its numbers in the new summary
+                rows.append(summary_row(caseId, inputPath, status="skipped (done earlier)", values=earlier))
+                print(f"{prefix} skipped, finished earlier (use --overwrite to redo)", flush=True)
+                if args.structures and not (caseFolder / STRUCTURES_NAME).is_file():
+                    print(f"{prefix} WARNING: that earlier run had no --structures; remove {caseFolder} to add them",
+                          flush=True)
+                reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
+                continue
+            start = time.perf_counter()
+            try:
+                result = processCase(logic, reportIO, caseId, inputPath, caseFolder, args)
+            except Exception as error:  # one case never stops the others; the error goes into the summary
+                seconds = time.perf_counter() - start
+                rows.append(summary_row(caseId, inputPath, status="failed", error=error, seconds=seconds))
+                print(f"{prefix} FAILED after {seconds:.1f} s: {type(error).__name__}: {error}", flush=True)
+                traceback.print_exc()
+            else:
+                seconds = time.perf_counter() - start
+                rows.append(summary_row(caseId, inputPath, status="ok", values=summaryValues(result["report"]),
+                                        seconds=seconds))
+                print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
+            # after every case, so that an interrupted run still has its summary
             reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
-            continue
-        start = time.perf_counter()
-        try:
-            result = processCase(logic, reportIO, caseId, inputPath, caseFolder, args)
-        except Exception as error:  # one case never stops the others; the error goes into the summary
-            seconds = time.perf_counter() - start
-            rows.append(summary_row(caseId, inputPath, status="failed", error=error, seconds=seconds))
-            print(f"{prefix} FAILED after {seconds:.1f} s: {type(error).__name__}: {error}", flush=True)
-            traceback.print_exc()
-        else:
-            seconds = time.perf_counter() - start
-            rows.append(summary_row(caseId, inputPath, status="ok", values=summaryValues(result["report"]),
-                                    seconds=seconds))
-            print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
-        # after every case, so that an interrupted run still has its summary
-        reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
 
     failed = [row["case_id"] for row in rows if row["status"] == "failed"]
     done = sum(row["status"] == "ok" for row in rows)

@@ -1058,25 +1058,28 @@ def case_folder_as_one_run(folder: str | Path):
     import shutil
     import tempfile
 
+    from .io.atomic import folder_lock
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    earlier = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    backup = None
-    if earlier:
-        backup = Path(tempfile.mkdtemp(prefix=EARLIER_RUN_PREFIX, dir=folder))
-        for path in sorted(earlier, key=lambda p: p.name != REPORT_NAME):  # the report first: no longer finished
-            os.replace(path, backup / path.name)
-    try:
-        yield folder
-    except BaseException:
-        for path in folder.iterdir():
-            if path.is_file() and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
+    with folder_lock(folder):  # as output_folder: no other run writes into the case folder meanwhile
+        earlier = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        backup = None
+        if earlier:
+            backup = Path(tempfile.mkdtemp(prefix=EARLIER_RUN_PREFIX, dir=folder))
+            for path in sorted(earlier, key=lambda p: p.name != REPORT_NAME):  # the report first: not finished
+                os.replace(path, backup / path.name)
+        try:
+            yield folder
+        except BaseException:
+            for path in folder.iterdir():
+                if path.is_file() and not path.name.startswith("."):
+                    path.unlink(missing_ok=True)
+            if backup is not None:
+                _put_back(backup, folder)
+            raise
         if backup is not None:
-            _put_back(backup, folder)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+            shutil.rmtree(backup, ignore_errors=True)
 
 
 def _put_back(backup: Path, folder: Path) -> None:
@@ -1523,7 +1526,9 @@ def ecv_files(
         same_grid = post.array.shape == native.array.shape and post.geometry.is_close(native.geometry, atol_mm=1e-2)
         spacing_ji = tuple(native.geometry.spacing_kji_mm[1:])
         post_values = np.where(post_clean > 0, post_clean, np.nan).astype(np.float64)
-        native_values = np.where(native.array > 0, native.array, np.nan).astype(np.float64)
+        # the map the analysis measured: values above the physical maximum are not fitted (0), as it reported
+        native_clean = check_map_values(native.array, kind="t1")[0]
+        native_values = np.where(native_clean > 0, native_clean, np.nan).astype(np.float64)
         labels = native_analysis.labels.array
         if same_grid:
             roi_source = "native contours on both maps (one grid)"

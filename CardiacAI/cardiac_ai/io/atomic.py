@@ -168,6 +168,10 @@ def prepare_output_dir(
     check_output_location(out)
     try:
         if out.is_dir() and any(out.iterdir()) and not overwrite:
+            holder = _lock_holder(out)
+            if holder is not None:
+                raise OutputError(f"Another CardiacAI run ({holder}) is writing into {out}. Wait until it has "
+                                  "finished, or choose another output folder.")
             hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
             left = (f" (among them {', '.join(hidden[:3])}{' ...' if len(hidden) > 3 else ''}: hidden files, such as a "
                     "CardiacAI run stopped by a hard kill leaves behind)") if hidden else ""
@@ -233,6 +237,23 @@ def _holder(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip() or "another process"
     except (OSError, UnicodeDecodeError):  # Windows refuses to read a locked byte range
         return "another process"
+
+
+def _lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock (its lock file's text), or None when nobody does (no lock file, or one a killed
+    run left). Takes and drops the lock at once when it is free."""
+    path = folder / LOCK_NAME
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        _try_lock(descriptor)
+    except OSError:
+        return _holder(path)
+    finally:
+        os.close(descriptor)  # closing drops a lock taken here
+    return None
 
 
 @contextmanager

@@ -385,6 +385,12 @@ def _frame_count(dataset) -> int:
 
 def _read_pixels(path: str) -> np.ndarray:
     """One slice's modality values (RescaleSlope and RescaleIntercept applied), float32."""
+    return _read_slice(path)[0]
+
+
+def _read_slice(path: str) -> tuple[np.ndarray, bool]:
+    """One slice's modality values, float32, and whether the reader already showed a MONOCHROME1 slice as
+    MONOCHROME2 (SimpleITK's GDCM reader inverts it; pydicom does not)."""
     import pydicom
 
     try:
@@ -397,7 +403,7 @@ def _read_pixels(path: str) -> np.ndarray:
         try:
             pixels = dataset.pixel_array
         except Exception as pydicom_error:  # no decoder for the transfer syntax here (e.g. JPEG Lossless)
-            return _read_pixels_with_itk(path, dataset, pydicom_error)
+            return _read_pixels_with_itk(path, dataset, pydicom_error), _is_monochrome1(dataset)
     except (InputError, DataError):
         raise
     except Exception as e:  # pydicom raises many types for truncated data
@@ -408,7 +414,11 @@ def _read_pixels(path: str) -> np.ndarray:
         )
     slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept), False
+
+
+def _is_monochrome1(dataset) -> bool:
+    return str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1"
 
 
 def _read_pixels_with_itk(path: str, dataset, pydicom_error: Exception) -> np.ndarray:
@@ -435,16 +445,23 @@ def _read_pixels_with_itk(path: str, dataset, pydicom_error: Exception) -> np.nd
     return pixels.astype(np.float32)
 
 
-def _as_monochrome2(array: np.ndarray, datasets: Sequence, info: DicomSeriesInfo) -> np.ndarray:
+def _as_monochrome2(array: np.ndarray, datasets: Sequence, info: DicomSeriesInfo,
+                    shown: Sequence[bool]) -> np.ndarray:
     """``array`` with MONOCHROME1 slices inverted (their lowest value is shown white): CardiacAI's models and
-    intensity rules expect bright blood, as every MONOCHROME2 scanner stores it."""
-    inverted = [str(d.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1"
-                for d in datasets]
+    intensity rules expect bright blood, as every MONOCHROME2 scanner stores it. ``shown``: the slices the reader
+    already showed as MONOCHROME2 (SimpleITK inverts the ones it decodes), which are left as they are."""
+    inverted = [_is_monochrome1(d) for d in datasets]
     if not any(inverted):
         return array
     if not all(inverted):
         raise InputError(f"Series {info.series_uid} mixes MONOCHROME1 and MONOCHROME2 slices (inverted and plain "
                          "greyscale); export it again with one photometric interpretation.")
+    raw = np.flatnonzero(~np.asarray(shown, dtype=bool))
+    if raw.size == 0:
+        return array
+    if raw.size < len(datasets):
+        raise InputError(f"Series {info.series_uid} is MONOCHROME1 and only some of its slices are compressed: "
+                         "their values cannot be put on one scale. Export it again uncompressed or all compressed.")
     log.info("Series %s is MONOCHROME1 (lowest value shown white): its values are inverted within their range.",
              info.series_uid)
     return (array.max() + array.min()) - array
@@ -532,8 +549,10 @@ def _one_phase(info: DicomSeriesInfo, datasets: list, frame: int | None) -> list
     phases = counts.pop()
     if frame is None:
         raise InputError(f"Series {info.series_uid} is a cine series: {len(by_position)} slice positions with "
-                         f"{phases} phases each. Choose a phase with --frame N (0 to {phases - 1}, in trigger-time "
-                         "order; --ed-frame and --es-frame for function).")
+                         f"{phases} phases each. Choose a phase (0 to {phases - 1}, in trigger-time order): --frame N "
+                         "in segment-cine, cam, convert and batch, --ed-frame N --es-frame M in function; for the "
+                         "other commands convert the phase first with `cardiacai convert DIR --frame N --out "
+                         "phase.nii.gz`.")
     if not 0 <= frame < phases:
         raise InputError(f"--frame {frame} is outside the {phases} phases (0 to {phases - 1}) of series "
                          f"{info.series_uid}.")
@@ -584,7 +603,9 @@ def read_dicom_series_and_headers(folder: str | os.PathLike, *, series_uid: str 
     """:func:`read_dicom_series`, and the headers it read in slice order (k), for what the volume cannot say, such as
     whether a single slice stated its thickness (:func:`slice_thickness_stated`). Same errors."""
     info, sorted_datasets, geometry = series_headers(folder, series_uid=series_uid, frame=frame)
-    array = _as_monochrome2(np.stack([_read_pixels(d.filename) for d in sorted_datasets]), sorted_datasets, info)
+    slices = [_read_slice(d.filename) for d in sorted_datasets]
+    array = _as_monochrome2(np.stack([pixels for pixels, _ in slices]), sorted_datasets, info,
+                            [shown for _, shown in slices])
     log.info(
         "Read DICOM series %s: %d slices of %d x %d, spacing %s mm.",
         info.describe(), array.shape[0], array.shape[1], array.shape[2], geometry.spacing_mm,

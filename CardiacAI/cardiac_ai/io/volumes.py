@@ -506,8 +506,9 @@ def _check_nifti_written(written: Path, target: Path) -> None:
     import nibabel
 
     try:
-        header = nibabel.load(str(written)).header
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(
+        image = nibabel.load(str(written))
+        header = image.header  # its vox_offset reads 0 once loaded: the offset is the data object's
+        expected = int(image.dataobj.offset) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(
             header.get_data_dtype().itemsize)
         if written.name.lower().endswith(".gz"):
             with open(written, "rb") as file:  # a gzip member ends with its uncompressed size modulo 2**32
