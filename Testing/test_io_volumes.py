@@ -520,3 +520,18 @@ def test_a_nifti_cut_short_by_fewer_bytes_than_its_header_is_still_caught(tmp_pa
     with pytest.raises(OutputError, match=f"only .* bytes were written"):
         write_volume(Volume(_image((6, 20, 30)), OBLIQUE), tmp_path / "labels.nii", compress=False)
     assert _files(tmp_path) == []
+
+
+def test_a_4d_nifti_without_a_frame_is_refused_from_its_header_without_reading_its_voxels(tmp_path, monkeypatch):
+    from cardiac_ai.io import volumes
+
+    series = np.random.default_rng(5).normal(100, 10, (4, 3, 6, 7)).astype(np.float32)  # (t, k, j, i)
+    write_volume(Volume(series, OBLIQUE, "tkji"), tmp_path / "cine.nii.gz")
+
+    def no_voxels(*args, **kwargs):
+        raise AssertionError("the voxels were read")
+
+    monkeypatch.setattr(volumes, "_nifti_voxels", no_voxels)
+    monkeypatch.setattr(sitk, "ReadImage", no_voxels)
+    with pytest.raises(InputError, match=r"cine\.nii\.gz: The image is 4D \(\(7, 6, 3, 4\) = x.*--frame N"):
+        read_volume(tmp_path / "cine.nii.gz")

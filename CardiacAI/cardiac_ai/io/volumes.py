@@ -73,17 +73,19 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
         return Volume(array, Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
     if dimension == 4:
         if not allow_4d:
-            raise InputError(
-                f"The image is 4D ({image.GetSize()} = x, y, z, t) but a 3D volume is needed. "
-                "Pick one frame: --frame N (0-based) in segment-cine, cam and batch, --ed-frame N --es-frame M in "
-                "function; for the other commands convert the frame first with `cardiacai convert INPUT --frame N "
-                "--out frame.nii.gz`."
-            )
+            raise InputError(_four_d_refusal(image.GetSize()))
         spacing = image.GetSpacing()[:3]
         origin = image.GetOrigin()[:3]
         d = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3]
         return Volume(array, Geometry(spacing, origin, tuple(d.ravel())), axes="tkji")
     raise InputError(f"Images of dimension {dimension} are not supported (need 2D, 3D or 4D).")
+
+
+def _four_d_refusal(size_xyzt) -> str:
+    return (f"The image is 4D ({tuple(int(n) for n in size_xyzt)} = x, y, z, t) but a 3D volume is needed. Pick one "
+            "frame: --frame N (0-based) in segment-cine, cam and batch, --ed-frame N --es-frame M in function; for "
+            "the other commands convert the frame first with `cardiacai convert INPUT --frame N --out "
+            "frame.nii.gz`.")
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:
@@ -374,6 +376,9 @@ def read_volume(
     else:
         if nifti:
             nifti_image = _load_nifti(source)
+            if frame is None and not allow_4d and len(nifti_image.shape) == 4 and nifti_image.shape[3] > 1:
+                # refused from the header: a cine of hundreds of MB is not decompressed only to be refused
+                raise InputError(f"{source}: {_four_d_refusal(nifti_image.shape)}")
         # ITK prints header quirks straight to the console (ACDC: "unexpected scales in sform"); silence it here only.
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)

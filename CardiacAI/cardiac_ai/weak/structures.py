@@ -104,6 +104,25 @@ def _split_slice(
     image: NDArray[np.floating], heart: NDArray[np.bool_], pixel_mm: tuple[float, float], config: HeartSplitConfig,
     track: NDArray[np.float64] | None,
 ) -> tuple[NDArray[np.uint8], NDArray[np.float64] | None]:
+    """:func:`_split_in_box` on the heart's bounding box (and a 2-pixel margin), whose result is the whole
+    slice's: nothing outside the heart takes part, and every distance it measures lies inside it. The box keeps a
+    fine or large image's distance transforms small (a 768 x 768 slice took seconds)."""
+    rows, columns = np.flatnonzero(heart.any(axis=1)), np.flatnonzero(heart.any(axis=0))
+    if rows.size == 0:
+        return _split_in_box(image, heart, pixel_mm, config, track)
+    j0, i0 = max(int(rows[0]) - 2, 0), max(int(columns[0]) - 2, 0)
+    box = (slice(j0, int(rows[-1]) + 3), slice(i0, int(columns[-1]) + 3))
+    offset = np.array([j0, i0], dtype=np.float64)
+    part, centre = _split_in_box(image[box], heart[box], pixel_mm, config, None if track is None else track - offset)
+    out = np.zeros(heart.shape, np.uint8)
+    out[box] = part
+    return out, None if centre is None else centre + offset
+
+
+def _split_in_box(
+    image: NDArray[np.floating], heart: NDArray[np.bool_], pixel_mm: tuple[float, float], config: HeartSplitConfig,
+    track: NDArray[np.float64] | None,
+) -> tuple[NDArray[np.uint8], NDArray[np.float64] | None]:
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
