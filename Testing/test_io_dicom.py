@@ -505,11 +505,16 @@ def _rewrite(folder: Path, change) -> None:
         ds.save_as(path, enforce_file_format=True)
 
 
-def test_a_monochrome1_series_is_read_with_bright_and_dark_the_right_way_round(tmp_path):
-    folder = tmp_path / "mono1"
+def _oblique_series_in(folder: Path, **options) -> tuple[str, np.ndarray]:
+    """:func:`_write_series` of an oblique series into a new ``folder``."""
     folder.mkdir()
     row, column = _oblique_cosines()
-    _, stored = _write_series(folder, row=row, column=column, origin=(0.0, 0.0, 0.0), seed=3)
+    return _write_series(folder, row=row, column=column, **options)
+
+
+def test_a_monochrome1_series_is_read_with_bright_and_dark_the_right_way_round(tmp_path):
+    folder = tmp_path / "mono1"
+    _oblique_series_in(folder, origin=(0.0, 0.0, 0.0), seed=3)
     plain = read_dicom_series(folder).array
     _rewrite(folder, lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
     inverted = read_dicom_series(folder).array
@@ -525,9 +530,7 @@ def test_a_jpeg_lossless_series_is_decoded_with_its_rescaling(tmp_path):
     import SimpleITK as sitk
 
     folder = tmp_path / "jpeg"
-    folder.mkdir()
-    row, column = _oblique_cosines()
-    _write_series(folder, row=row, column=column, origin=(5.0, 1.0, -3.0), seed=4, slope=2.0, intercept=-100.0)
+    _oblique_series_in(folder, origin=(5.0, 1.0, -3.0), seed=4, slope=2.0, intercept=-100.0)
     plain = read_dicom_series(folder)
     scratch = tmp_path / "scratch.dcm"
 
@@ -600,9 +603,7 @@ def test_a_multi_frame_file_in_a_folder_is_named_as_such_and_resource_forks_are_
 
 def test_a_dicomdir_given_as_the_input_reads_the_series_of_its_folder(tmp_path):
     folder = tmp_path / "cd"
-    folder.mkdir()
-    row, column = _oblique_cosines()
-    _write_series(folder, row=row, column=column, origin=(1.0, 2.0, 3.0), seed=6)
+    _oblique_series_in(folder, origin=(1.0, 2.0, 3.0), seed=6)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory: the index of a CD
     meta.MediaStorageSOPInstanceUID = generate_uid()
