@@ -567,3 +567,26 @@ def test_half_written_files_of_a_killed_run_are_removed_by_the_next_run(tmp_path
     _run(out, {"labels.nii.gz": "second"}, overwrite=True)
     assert not (out / ".labels.nii.gz.k3j9x2.partial.nii.gz").exists()
     assert (out / "notes.partial.txt").read_text() == "the user's own file"
+
+
+def test_a_file_system_without_locks_runs_with_a_warning_and_a_held_lock_still_refuses(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from cardiac_ai.io import atomic
+
+    def no_locks_here(descriptor):
+        raise OSError(errno.ENOLCK, "No locks available")  # some network shares
+
+    monkeypatch.setattr(atomic, "_try_lock", no_locks_here)
+    with caplog.at_level(logging.WARNING, logger="cardiac_ai.io.atomic"):
+        _run(tmp_path / "share", {"labels.nii.gz": "written"})
+    assert (tmp_path / "share" / "labels.nii.gz").read_text() == "written"
+    assert "Cannot lock" in caplog.text and not (tmp_path / "share" / atomic.LOCK_NAME).exists()
+
+    def held(descriptor):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(atomic, "_try_lock", held)
+    with pytest.raises(OutputError, match="Another CardiacAI run"):
+        _run(tmp_path / "share", {"labels.nii.gz": "second"}, overwrite=True)
+    assert (tmp_path / "share" / "labels.nii.gz").read_text() == "written"

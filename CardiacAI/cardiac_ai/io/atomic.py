@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import socket
 import sys
@@ -16,6 +17,8 @@ from ..errors import OutputError
 
 __all__ = ["atomic_path", "write_text_atomic", "prepare_output_dir", "check_output_location", "ensure_not_input",
            "recording_outputs", "recorded_outputs", "folder_lock", "LOCK_NAME"]
+
+log = logging.getLogger(__name__)
 
 #: Hidden file a run holds locked in the folder it writes into (:func:`folder_lock`); left behind (unlocked) only by
 #: a run that was killed.
@@ -232,6 +235,14 @@ def _try_lock(descriptor: int) -> None:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def _held_elsewhere(error: OSError) -> bool:
+    """Whether a failed lock means another process holds it (not a file system without locks)."""
+    import errno
+
+    return isinstance(error, (BlockingIOError, PermissionError)) or error.errno in (
+        errno.EAGAIN, errno.EACCES, getattr(errno, "EDEADLK", -1), getattr(errno, "EDEADLOCK", -1))
+
+
 def _holder(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip() or "another process"
@@ -249,8 +260,8 @@ def _lock_holder(folder: Path) -> str | None:
         return None
     try:
         _try_lock(descriptor)
-    except OSError:
-        return _holder(path)
+    except OSError as error:
+        return _holder(path) if _held_elsewhere(error) else None
     finally:
         os.close(descriptor)  # closing drops a lock taken here
     return None
@@ -274,6 +285,10 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
         try:
             _try_lock(descriptor)
         except OSError as error:
+            if not _held_elsewhere(error):  # a file system without locks (some network shares): run unguarded
+                log.warning("Cannot lock %s (%s): two runs into this folder at once would not be stopped.",
+                            folder, error)
+                break
             os.close(descriptor)
             raise OutputError(f"Another CardiacAI run ({_holder(path)}) is writing into {folder}. Wait until it "
                               "has finished, or choose another output folder.") from error
