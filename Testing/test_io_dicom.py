@@ -694,3 +694,23 @@ def test_files_skipped_in_a_series_folder_are_reported_once_for_the_read_and_its
         write_dicom_seg(_blocks(image), folder, tmp_path / "seg.dcm", series_uid=uid)
     skipped = [r for r in caplog.records if "Skipping" in r.getMessage() and r.levelno >= logging.INFO]
     assert len(skipped) == 1 and "README.txt" in skipped[0].getMessage()
+
+
+def test_a_seg_grid_off_by_header_rounding_only_is_put_on_its_images_lattice():
+    from cardiac_ai.geometry import Geometry
+    from cardiac_ai.io.dicom_seg import _onto_reference_lattice, _same_grid_to_header_precision
+
+    row, column = _oblique_cosines()
+    reference = Geometry((1.5625, 1.5625, 10.0), (-120.0, -95.0, 60.0), tuple(
+        np.column_stack([row, column, np.cross(row, column)]).ravel()))
+    rounded = np.asarray(reference.direction_lps) + np.array([4e-4, -3e-4, 0, 2e-4, 0, -4e-4, 0, 3e-4, 1e-4])
+    slice_one = reference.index_to_lps(np.array([[1.0, 0.03, -0.02]]))[0]  # k = 1, a few hundredths off in-plane
+    seg = Geometry((1.5626, 1.5630, 10.0037), tuple(slice_one), tuple(rounded))
+    assert _same_grid_to_header_precision(seg, reference)
+    snapped = _onto_reference_lattice(seg, reference)
+    assert reference.lattice_offset_kji(snapped, (3, 6, 8)) == (1, 0, 0)
+    assert reference.lattice_offset_kji(seg, (3, 6, 8)) is None  # as highdicom's grid came, before
+    half = Geometry(seg.spacing_mm, tuple(reference.index_to_lps(np.array([[1.0, 0.5, 0.0]]))[0]), seg.direction_lps)
+    assert reference.lattice_offset_kji(_onto_reference_lattice(half, reference), (3, 6, 8)) is None  # not hidden
+    assert not _same_grid_to_header_precision(Geometry((1.6, 1.5625, 10.0), seg.origin_lps_mm, seg.direction_lps),
+                                              reference)

@@ -156,6 +156,25 @@ def dicom_seg_of_dicom_input(labels: Volume, input_path: str | os.PathLike, path
         return None
 
 
+def _same_grid_to_header_precision(geometry: Geometry, reference: Geometry) -> bool:
+    """The same axes and voxel size up to the rounding of DICOM decimal strings (0.1 % of the spacing, 0.001 in a
+    direction cosine), as two readers of one series give them."""
+    return bool(np.allclose(geometry.spacing_mm, reference.spacing_mm, rtol=1e-3, atol=0.0)
+                and np.allclose(geometry.direction_lps, reference.direction_lps, atol=1e-3))
+
+
+def _onto_reference_lattice(geometry: Geometry, reference: Geometry, *, atol_voxel: float = 0.05) -> Geometry:
+    """``geometry`` with the reference's spacing and direction, and its origin moved onto the reference's nearest
+    voxel centre when it lies within ``atol_voxel`` of it (else kept: the lattice check then refuses it)."""
+    index = np.linalg.solve(reference.direction_matrix @ np.diag(reference.spacing_mm),
+                            np.asarray(geometry.origin_lps_mm) - np.asarray(reference.origin_lps_mm))
+    nearest = np.rint(index)
+    origin = geometry.origin_lps_mm
+    if np.max(np.abs(index - nearest)) <= atol_voxel:
+        origin = tuple(float(v) for v in reference.index_to_lps(nearest[::-1])[0])
+    return Geometry(reference.spacing_mm, origin, reference.direction_lps)
+
+
 def is_dicom_seg(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a DICOM file of modality SEG (header only; any file name, DICOM files often have none)."""
     import pydicom
@@ -293,6 +312,10 @@ def read_dicom_seg(path: str | os.PathLike, *, tissues: dict[int, Tissue] = LABE
         raise DataError(f"{source}: its frames have a zero spacing.")
     geometry = Geometry(tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
                         tuple(float(v) for v in (steps / spacing).ravel()))
+    if reference is not None and _same_grid_to_header_precision(geometry, reference):
+        # a SEG of the image's series whose headers round the orientation (e.g. to 3 decimals): highdicom's grid
+        # differs from the image reader's by that rounding only, which moves a slice by a few hundredths of a voxel
+        geometry = _onto_reference_lattice(geometry, reference)
     infos = [SegmentInfo(segment_id=str(getattr(segment, "TrackingID", "") or segment.SegmentNumber),
                          name=str(getattr(segment, "SegmentLabel", "")), color_rgb=None,
                          code=codes[int(segment.SegmentNumber)], terminology=None,
