@@ -590,3 +590,17 @@ def test_a_file_system_without_locks_runs_with_a_warning_and_a_held_lock_still_r
     with pytest.raises(OutputError, match="Another CardiacAI run"):
         _run(tmp_path / "share", {"labels.nii.gz": "second"}, overwrite=True)
     assert (tmp_path / "share" / "labels.nii.gz").read_text() == "written"
+
+
+def test_overwrite_redoes_a_commands_run_but_never_replaces_another_commands_results(tmp_path):
+    out = tmp_path / "o"
+    _run(out, {"labels.nii.gz": "segment-cine's labels"}, command="segment-cine")
+    before = _contents(out)
+    with pytest.raises(OutputError, match="holds the output of 'segment-cine'; `function` does not replace"):
+        with output_folder(out, overwrite=True, command="function") as folder:
+            write_text_atomic(folder / "labels.nii.gz", "function's labels")
+    assert _contents(out) == before
+    with output_folder(out, overwrite=True, command="segment-cine") as folder:  # a rerun of the same command
+        write_text_atomic(folder / "labels.nii.gz", "segment-cine again")
+        write_report(folder, provenance=Provenance(command="segment-cine"), results={})
+    assert (out / "labels.nii.gz").read_text() == "segment-cine again"

@@ -702,7 +702,7 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     print(result.markdown())
     if args.out:
         # one run, as every command's: an interrupted or failed rerun puts the earlier tables back
-        with output_folder(args.out, overwrite=args.overwrite, inputs=inputs) as out:
+        with output_folder(args.out, overwrite=args.overwrite, inputs=inputs, command="evaluate") as out:
             write_csv(out / "metrics.csv", result.rows, columns=CASE_COLUMNS)
             write_csv(out / "summary.csv", result.summary)
             if result.regional:
@@ -1039,7 +1039,8 @@ def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .provenance import Provenance
 
     provenance = Provenance(command="segment-cine")
-    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+    # refuse before loading models
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input], command="segment-cine"):
         progress(0.0, "Loading models")
         models = _cine_models(args, provenance)
         qc = _qc_options(args, provenance)
@@ -1059,7 +1060,8 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
 
     check_phase_paths(args.ed, args.es, _cine_options(args))
     provenance = Provenance(command="function")
-    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es]):  # refuse before loading
+    # refuse before loading
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es], command="function"):
         progress(0.0, "Loading models")
         models = _cine_models(args, provenance)
         f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
@@ -1190,7 +1192,8 @@ def _map(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .provenance import Provenance
 
     provenance = Provenance(command="map")
-    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+    # refuse before loading models
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input], command="map"):
         progress(0.0, "Loading models")
         models = _mapping_models(args, provenance)
         analysis = analyse_map_file(
@@ -1232,7 +1235,7 @@ def _ecv(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .provenance import Provenance
 
     provenance = Provenance(command="ecv")
-    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.native, args.post]):
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.native, args.post], command="ecv"):
         progress(0.0, "Loading models")
         models = _mapping_models(args, provenance)
         results = ecv_files(
@@ -1328,7 +1331,8 @@ def _fibrosis(args: argparse.Namespace, progress: ProgressCallback) -> int:
     if not Path(args.input).exists():  # bad input fails before the models load
         raise DataError(f"Input {args.input} does not exist; give an LGE NIfTI/NRRD file, DICOM folder or PNG slice(s).")
     provenance = Provenance(command="fibrosis")
-    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input]):  # refuse before loading models
+    # refuse before loading models
+    with output_folder(args.out, overwrite=args.overwrite, inputs=[args.input], command="fibrosis"):
         progress(0.0, "Loading models")
         models = load_fibrosis_models(args.models_dir, model=args.model, classifier=not args.no_classifier,
                                       device=args.device, provenance=provenance)

@@ -36,7 +36,7 @@ def run_demo(out_dir: Path, *, seed: int = 0, overwrite: bool = False, progress:
     from .pipeline import output_folder
 
     # one run like every command: report.json lists its outputs, and a failed rerun puts the earlier one back
-    with output_folder(out_dir, overwrite=overwrite) as out:
+    with output_folder(out_dir, overwrite=overwrite, command="demo") as out:
         provenance = Provenance(command="demo", parameters={"seed": seed})
         report(progress, 0.0, "Making phantom")
         with provenance.timed("phantom"):

@@ -168,7 +168,7 @@ def segment_cine_file(
 
 def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, provenance, progress):
     """:func:`segment_cine_file`, returning ``(result, [QCResult or None])`` for the batch summary."""
-    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path], command="segment-cine") as out:
         provenance = provenance or Provenance(command="segment-cine")
         provenance.parameters["input"] = str(input_path)
         volume, result = _segment(input_path, models, options, provenance,
@@ -255,7 +255,7 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
     from .metrics import cardiac_function
 
     check_phase_paths(ed_path, es_path, options)
-    with output_folder(out_dir, overwrite=overwrite, inputs=[ed_path, es_path]) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=[ed_path, es_path], command="function") as out:
         provenance = provenance or Provenance(command="function")
         provenance.parameters.update({"ed": str(ed_path), "es": str(es_path)})
         results = {}
@@ -856,7 +856,8 @@ FIT_BACKGROUND_FRACTION = 0.05
 
 
 @contextlib.contextmanager
-def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()):
+def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = (),
+                  command: str | None = None):
     """:func:`~cardiac_ai.io.prepare_output_dir`, and run the job writing into the folder as one run: the folder
     never mixes two runs, and a run that fails or is interrupted loses no earlier result.
 
@@ -874,7 +875,9 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     Inside another ``output_folder`` of the same folder (a command's, around the job it calls; a batch's, around
     its case) this only checks the folder: the outer one keeps the earlier run. The outer one also holds the folder
     locked (:func:`~cardiac_ai.io.atomic.folder_lock`): a second run into the same folder at the same time is
-    refused (OutputError) instead of mixing its files with the first's.
+    refused (OutputError) instead of mixing its files with the first's. With ``command``, a folder holding another
+    command's finished output is refused too, ``overwrite`` or not: ``--overwrite`` redoes a run, it does not
+    replace another command's results.
     """
     from .io.atomic import folder_lock, recorded_outputs
 
@@ -884,6 +887,10 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     if recorded_outputs(folder) is not None:
         yield folder
         return
+    earlier = _command_of_report(folder) if command is not None else None
+    if earlier is not None and earlier != command:
+        raise OutputError(f"{folder} holds the output of {earlier!r}; `{command}` does not replace another "
+                          "command's results, even with --overwrite. Choose another output folder.")
     try:
         with folder_lock(folder):
             _remove_partial_files(folder)
@@ -946,14 +953,23 @@ def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | No
             return (f"its input {path} lies in its own output folder {case_dir}, which a batch clears when it redoes "
                     "a case; give --out another folder.")
     if (case_dir / REPORT_NAME).is_file():
-        try:
-            command = (read_json(case_dir / REPORT_NAME).get("provenance") or {}).get("command")
-        except (DataError, AttributeError):
-            return None
+        command = _command_of_report(case_dir)
         if command and command != task:
             return f"{case_dir} holds the output of {command!r}, not of {task!r}; give --out another folder."
         return None
     return _foreign_files_problem(case_dir)
+
+
+def _command_of_report(folder: Path) -> str | None:
+    """The command whose report.json ``folder`` holds (None: no report, or one that does not say)."""
+    from .io.report import read_json
+
+    if not (folder / REPORT_NAME).is_file():
+        return None
+    try:
+        return (read_json(folder / REPORT_NAME).get("provenance") or {}).get("command") or None
+    except (DataError, AttributeError):
+        return None
 
 
 def _foreign_files_problem(case_dir: Path) -> str | None:
@@ -1188,7 +1204,7 @@ def _analyse_map_job(input_path, out_dir, *, kind, models, erosion_mm, levels, s
     provenance = provenance or Provenance(command="map")
     provenance.parameters["input"] = str(input_path)
     checks = []
-    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path]) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=[input_path], command="map") as out:
         with provenance.timed("read"):
             volume = read_input(input_path, series_uid=series_uid)
         analysis = analyse_map(volume, kind=kind, models=models, erosion_mm=erosion_mm, levels=levels,
@@ -1365,7 +1381,7 @@ def fit_map_file(
     source = Path(series_path)
     inputs = [series_path] + ([sidecar] if sidecar is not None else [])
     what = "inversion times" if kind == "molli" else "T2-preparation times"
-    with output_folder(out_dir, overwrite=overwrite, inputs=inputs) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=inputs, command="fit-map") as out:
         with provenance.timed("read"):
             series, dicom_times = read_mapping_series(source, kind=kind, series_uid=series_uid,
                                                       read_times=times_ms is None and sidecar is None)
@@ -1507,7 +1523,7 @@ def ecv_files(
     if haematocrit is not None and not 0.15 <= haematocrit <= 0.65:
         provenance.warn(f"A haematocrit of {haematocrit:g} is outside the range seen in patients (0.15-0.65); "
                         "check the value (a fraction: 0.42 for 42 %).", log)
-    with output_folder(out_dir, overwrite=overwrite, inputs=[native_path, post_path]) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=[native_path, post_path], command="ecv") as out:
         with provenance.timed("read"):
             native = read_input(native_path, series_uid=series_uid)
             post = read_input(post_path, series_uid=series_uid)
@@ -2088,7 +2104,7 @@ def qc_file(
     provenance.parameters.update({"image": str(image_path), "labels": str(labels_path), "qc": config.to_dict()})
     if label_codes is not None:
         provenance.parameters["label_codes"] = {str(value): int(code) for value, code in sorted(label_codes.items())}
-    with output_folder(out_dir, overwrite=overwrite, inputs=[image_path, labels_path]) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=[image_path, labels_path], command="qc") as out:
         if models is None:
             report(progress, 0.0, "Loading the QC model")
             models = load_qc_file_models(models_dirs, device=device, predictor=config.predictor,
@@ -2342,7 +2358,7 @@ def cam_file(
                                   **({"end_diastole_frame": end_diastole_frame}
                                      if end_diastole_frame is not None else {})})
     inputs = [input_path, *([end_diastole] if end_diastole is not None else [])]
-    with output_folder(out_dir, overwrite=overwrite, inputs=inputs) as out:
+    with output_folder(out_dir, overwrite=overwrite, inputs=inputs, command="cam") as out:
         if models is None:
             models = load_weak_models(models_dirs, device=device, provenance=provenance)
         else:
