@@ -175,7 +175,9 @@ def latent_search(
             best_loss = initial.clone()
             best_z = mu.clone()
             z = mu.clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=lr)
+            # no optimizer for the encoder alone (steps 0, every segmenting command): torch's first one imports its
+            # compiler stack, about 2 s of each command's start
+            optimizer = torch.optim.Adam([z], lr=lr) if steps else None
             previous = float(initial.mean())
             iterations, converged = 0, False
             for _ in range(steps):
