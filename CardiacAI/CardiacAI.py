@@ -1609,7 +1609,6 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :raises ValueError: fewer than 2 frames, frames on different grids, or a node that is neither.
         """
         import numpy as np
-        import SimpleITK as sitk
 
         indexTimes = None
         if seriesNode.IsA("vtkMRMLSequenceNode"):
@@ -1646,13 +1645,10 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
                                      "orientation) than frame 0; a mapping series needs every frame on one grid.")
         geometry = importBackend("geometry").Geometry.from_ijk_to_ras_matrix(
             [[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
-        image = sitk.GetImageFromArray(np.stack(arrays))  # (t, k, j, i) -> 4D image (x, y, z, t)
-        image.SetSpacing((*geometry.spacing_mm, 1.0))
-        image.SetOrigin((*geometry.origin_lps_mm, 0.0))
-        direction = np.eye(4)
-        direction[:3, :3] = np.reshape(geometry.direction_lps, (3, 3))
-        image.SetDirection(direction.ravel().tolist())
-        sitk.WriteImage(image, path, True)
+        # the backend writes the (t, k, j, i) series as a 4D image (x, y, z, t); SimpleITK's own default took a 4D
+        # array for a 3D image of vectors, and fitting from the panel failed on every series
+        Volume = importBackend("geometry").Volume
+        importBackend("io.volumes").write_volume(Volume(np.stack(arrays), geometry, "tkji"), path)
         return indexTimes
 
     def fitMapping(
@@ -1663,6 +1659,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         device: str = "auto",
         progressCallback: Optional[Callable[[float, str], None]] = None,
         shouldCancel: Optional[Callable[[], bool]] = None,
+        signed: bool = False,
     ) -> dict:
         """Fit a T1 (MOLLI, Look-Locker corrected) or T2 (T2-prepared) map pixel by pixel (``cardiacai fit-map``).
 
@@ -1676,6 +1673,7 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         :param kind: "T1" (MOLLI) or "T2" (T2-prepared).
         :param timesMs: inversion (T1) or preparation (T2) time of every frame in ms, in frame order; None uses the
             sequence's index when it holds them (index name "InversionTime", ...).
+        :param signed: phase-sensitive (PSIR) MOLLI frames, negative before the null point (T1 only).
         :return: dict with "mapVolumeNode" (ms; 0 = not fitted), "r2VolumeNode" (goodness of fit), "tableNode"
             (median, pixels fitted/failed, times), "warnings" and "report".
         :raises ValueError: no times, or a series that cannot be written as one 4D file.
@@ -1686,7 +1684,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
             indexTimes = self.writeSeriesFile(seriesNode, seriesPath, kind=kind)
             times = timesMs if timesMs is not None else indexTimes
             outputDir = os.path.join(tempDir, "output")
-            call = results.fit_map_call(seriesPath, outputDir, kind=kind, times_ms=times, device=device)
+            call = results.fit_map_call(seriesPath, outputDir, kind=kind, times_ms=times, device=device,
+                                        signed=signed)
             self.runBackendCall(call, progressCallback, shouldCancel)
             report = results.read_report(outputDir)
             mapFile, r2File = results.fit_map_outputs(report)

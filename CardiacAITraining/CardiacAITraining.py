@@ -517,6 +517,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
         task = parameterNode.task
         settings = self._settings(parameterNode)
+        registerTo = settings["registerTo"]
         options = self.checkSettings(parameterNode)
         command = self.buildTrainCommand(parameterNode.dataFolder, parameterNode.outputFolder, task,
                                          parameterNode.epochs, parameterNode.device, **settings)

@@ -330,6 +330,12 @@ def test_map_and_fit_map_calls_parse_with_the_kind_the_backend_expects(kind):
     args = _parsed(fit_map_call("series.nii.gz", "out", kind=kind, times_ms=[100, 180.5, 1100]))
     assert (args.command, args.kind, args.times, args.models_dir) == ("fit-map", MAP_KINDS[kind][1],
                                                                       [100.0, 180.5, 1100.0], [])
+    assert not args.signed
+    if MAP_KINDS[kind][1] == "molli":  # phase-sensitive MOLLI from the panel or the console: fit-map --signed
+        assert _parsed(fit_map_call("series.nii.gz", "out", kind=kind, times_ms=[100, 1100], signed=True)).signed
+    else:
+        with pytest.raises(InputError, match="T1 \\(MOLLI\\)"):
+            fit_map_call("series.nii.gz", "out", kind=kind, times_ms=[100, 1100], signed=True)
 
 
 def test_ecv_fibrosis_cam_and_qc_calls_parse_with_their_options():

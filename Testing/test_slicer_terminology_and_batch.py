@@ -402,7 +402,10 @@ def test_batch_script_summarises_through_the_backend_and_writes_atomically():
     assert 'importBackend("batch_summary").summary_values' in source and 'summaryValues(result["report"])' in source
     assert "reportIO.write_json(caseFolder / DONE_MARKER" in source
     assert 'importBackend("batch_summary").earlier_summary_values' in source  # resumed cases keep their numbers
-    assert source.count("columns=summaryColumns(rows)") == 2  # one header whatever the rows hold
+    assert source.count("columns=summaryColumns([*rows, *kept])") == 2  # one header whatever the rows hold
+    # the refusals and the kept rows of `cardiacai batch`, from the backend, not written again here
+    assert "pipeline.check_batch_folders(batchCases" in source
+    assert "pipeline.finished_cases_of_earlier_runs(args.output_folder" in source
     assert "write_text(" not in source and "csv.DictWriter" not in source
 
 

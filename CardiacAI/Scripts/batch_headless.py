@@ -20,9 +20,12 @@ volume into the scene, runs the task's ``CardiacAILogic`` method (the same code 
 
 A case that fails is recorded and the next one runs. A case whose folder already holds ``report.json`` is skipped
 (``--overwrite`` redoes it), so an interrupted run can be started again. ``<output>/summary.csv`` (one row per case:
-status, the task's key numbers, QC, warnings, error, seconds) is rewritten after every case. Slicer then exits with
-0 (every case done or skipped), 5 (some cases failed), 2 (bad arguments or no case found), 3 (CardiacAI or PyTorch
-not installed in this Slicer) or 1 (unexpected error).
+status, the task's key numbers, QC, warnings, error, seconds) is rewritten after every case, and keeps the rows of
+cases an earlier run into the folder finished that this run does not list. As ``cardiacai batch``, the run is refused
+before any case when the output folder holds another task's output, a case folder holds files no CardiacAI run
+wrote, its ``summary.csv`` is not a batch summary, or another run is writing into it. Slicer then exits with 0 (every
+case done or skipped), 5 (some cases failed), 2 (bad arguments, no case found, or an output folder refused), 3
+(CardiacAI or PyTorch not installed in this Slicer) or 1 (unexpected error).
 
 Cardiac function (ED and ES of each case), QC of existing segmentations (an image and its labels per case), DICOM
 folders and CSV case lists are not read here: use ``cardiacai batch`` (plain Python, no Slicer; ``--task function``
@@ -370,8 +373,15 @@ def main(argv) -> int:
         print(f"CardiacAI batch: {error}", file=sys.stderr)
         return EXIT_USAGE
 
+    batchCases = [pipeline.BatchCase(caseId, (Path(inputPath),)) for caseId, inputPath in cases]
+    try:  # the refusals of `cardiacai batch`: another task's output, a user's files or summary.csv
+        pipeline.check_batch_folders(batchCases, args.output_folder, task=args.task)
+    except Exception as error:
+        print(f"CardiacAI batch: {error}", file=sys.stderr)
+        return EXIT_USAGE
     args.output_folder.mkdir(parents=True, exist_ok=True)
     summaryPath = args.output_folder / SUMMARY_NAME
+    kept = pipeline.finished_cases_of_earlier_runs(args.output_folder, batchCases)  # a run over part of a cohort
     held = contextlib.ExitStack()
     try:  # one run per folder at a time, as `cardiacai batch` (pipeline.run_batch)
         held.enter_context(CardiacAI.importBackend("io.atomic").folder_lock(args.output_folder))
@@ -390,7 +400,7 @@ def main(argv) -> int:
                 if args.structures and not (caseFolder / STRUCTURES_NAME).is_file():
                     print(f"{prefix} WARNING: that earlier run had no --structures; remove {caseFolder} to add them",
                           flush=True)
-                reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
+                reportIO.write_csv(summaryPath, [*rows, *kept], columns=summaryColumns([*rows, *kept]))
                 continue
             start = time.perf_counter()
             try:
@@ -406,7 +416,7 @@ def main(argv) -> int:
                                         seconds=seconds))
                 print(f"{prefix} ok in {seconds:.1f} s ({len(result['warnings'])} warning(s))", flush=True)
             # after every case, so that an interrupted run still has its summary
-            reportIO.write_csv(summaryPath, rows, columns=summaryColumns(rows))
+            reportIO.write_csv(summaryPath, [*rows, *kept], columns=summaryColumns([*rows, *kept]))
 
     failed = [row["case_id"] for row in rows if row["status"] == "failed"]
     done = sum(row["status"] == "ok" for row in rows)

@@ -615,7 +615,7 @@ def _run_batch_here(cases, out: Path, *, task, models, options, qc, resume, prog
     """:func:`run_batch` in this process, one case after the other."""
     from .batch_summary import earlier_summary_values
 
-    kept = _finished_cases_of_earlier_runs(out, cases)
+    kept = finished_cases_of_earlier_runs(out, cases)
     rows: list[dict] = []
     for number, case in enumerate(cases):
         case_dir = out / case.case_id
@@ -654,7 +654,7 @@ def _run_batch_here(cases, out: Path, *, task, models, options, qc, resume, prog
     return rows
 
 
-def _finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase]) -> list[dict]:
+def finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase]) -> list[dict]:
     """The rows for ``out``'s summary.csv of cases that an earlier batch into ``out`` finished and that this batch
     does not list (a batch over part of the cohort), their columns read from their reports, so that a summary
     never loses a finished case. Cases whose folder no longer holds a report are left out."""
@@ -758,7 +758,7 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     pending = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
 
-    kept = _finished_cases_of_earlier_runs(out, cases)
+    kept = finished_cases_of_earlier_runs(out, cases)
 
     def write_summary() -> None:
         _write_batch_summary(out, [rows[n] for n in sorted(rows)], kept)
@@ -1079,6 +1079,7 @@ def case_folder_as_one_run(folder: str | Path):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder):  # as output_folder: no other run writes into the case folder meanwhile
+        _remove_partial_files(folder)
         earlier = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
         backup = None
         if earlier:

@@ -606,12 +606,13 @@ def map_call(map_path: Any, out_dir: Any, *, kind: str, device: str = "auto", mo
 
 
 def fit_map_call(series_path: Any, out_dir: Any, *, kind: str, times_ms: Sequence[float], device: str = "auto",
-                 models_dir: Any = None) -> BackendCall:
+                 models_dir: Any = None, signed: bool = False) -> BackendCall:
     """``cardiacai fit-map SERIES --kind molli|t2prep --times ... --out DIR``: a T1 (MOLLI) or T2 map from the raw
     series (a 4D file, frames along the 4th axis).
 
     ``kind`` "T1" fits MOLLI (Look-Locker corrected), "T2" a T2-prepared series. The times are required: a file
-    written from a Slicer node keeps no DICOM header to read them from.
+    written from a Slicer node keeps no DICOM header to read them from. ``signed``: phase-sensitive (PSIR) MOLLI
+    frames (``--signed``; T1 only).
 
     Raises
     ------
@@ -629,6 +630,10 @@ def fit_map_call(series_path: Any, out_dir: Any, *, kind: str, times_ms: Sequenc
             raise InputError(f"Times must be finite numbers of ms >= 0, got {value!r} in {list(times_ms)}.")
         times.append(float(value))
     options = {**_common_options(out_dir, device, models_dir), "kind": _map_kind(kind, 1), "times": times}
+    if signed:
+        if options["kind"] != "molli":
+            raise InputError("Phase-sensitive (signed) frames apply to T1 (MOLLI) series, not to T2-prepared ones.")
+        options["signed"] = True
     return BackendCall("fit-map", (_path(series_path, "The series file"),), options)
 
 
