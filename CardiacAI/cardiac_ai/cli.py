@@ -3,7 +3,7 @@
 Every command accepts ``--device``, ``--overwrite``, ``--progress-lines`` (machine-readable ``PROGRESS <fraction>
 <message>`` lines on stdout, read by the Slicer modules) and exits non-zero with a one-line error on bad input:
 2 for bad input or data, 3 for model problems, 4 for refused outputs, 5 when some cases of a batch failed,
-130 when cancelled, 1 for anything unexpected.
+130 when cancelled (Ctrl-C), 143 when terminated (SIGTERM), 1 for anything unexpected.
 """
 from __future__ import annotations
 
@@ -96,7 +96,9 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
     group.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    group.add_argument("--overwrite", action="store_true", help="replace files in a non-empty output folder")
+    group.add_argument("--overwrite", action="store_true",
+                       help="redo this command's earlier run in a non-empty output folder (never another command's "
+                            "output, nor a folder another run is writing); train: start the run again")
     group.add_argument("--progress-lines", action="store_true", help=PROGRESS_LINES_HELP)
     group.add_argument(
         "--models-dir", action="append", default=[], metavar="DIR",
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the information as JSON")
 
     p = sub.add_parser("convert", parents=[common], help="convert an image (NIfTI, NRRD, MHA, DICOM folder, PNG)")
-    p.add_argument("input", help="input file or DICOM folder")
+    p.add_argument("input", help="input file, DICOM folder, Slicer .seg.nrrd or DICOM SEG (read as a label map in "
+                                 "CardiacAI codes, segments matched by name)")
     p.add_argument("--out", required=True, help="output file: .nii.gz, .nii, .nrrd, .mha, or .seg.nrrd for labels")
     p.add_argument("--frame", type=_whole_number_at_least_0,
                    help="0-based frame of a 4D series (or phase of a DICOM cine series, in trigger-time order)")
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cine = argparse.ArgumentParser(add_help=False)
     group = cine.add_argument_group("cine segmentation")
-    group.add_argument("--frame", type=_whole_number_at_least_0, help="0-based frame of a 4D cine file")
+    group.add_argument("--frame", type=_whole_number_at_least_0,
+                       help="0-based frame of a 4D cine file, or phase of a DICOM cine series (trigger-time order)")
     group.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
     group.add_argument("--mode", choices=["region-aware", "baseline"], default="region-aware",
                        help="region-aware: slice-region classifier + base/middle/apex models (default)")
@@ -278,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("function", parents=[common, cine, quality],
                        help="LV/RV volumes, EF and LV mass from ED and ES")
     p.add_argument("ed", help="end-diastolic short-axis volume")
-    p.add_argument("es", help="end-systolic short-axis volume (may be the ED file: a 4D series with --ed-frame and "
-                              "--es-frame)")
+    p.add_argument("es", help="end-systolic short-axis volume (may be the ED file or DICOM cine folder, with "
+                              "--ed-frame and --es-frame)")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
     p.add_argument("--ed-frame", type=_whole_number_at_least_0, metavar="N",
-                   help="0-based end-diastolic frame of a 4D ED file (default: --frame)")
+                   help="0-based end-diastolic frame of a 4D ED file or DICOM cine series (default: --frame)")
     p.add_argument("--es-frame", type=_whole_number_at_least_0, metavar="N",
-                   help="0-based end-systolic frame of a 4D ES file (default: --frame)")
+                   help="0-based end-systolic frame of a 4D ES file or DICOM cine series (default: --frame)")
 
     p = sub.add_parser(
         "batch", parents=[common, cine, quality],
@@ -334,12 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="compare predicted with true label maps (Dice, HD95, ...)")
     p.add_argument("pred_dir", help="folder of predicted label maps (volume files, .seg.nrrd or DICOM SEG .dcm)")
     p.add_argument("truth_dir", help="folder of true label maps (names match; a truth may end in _gt)")
-    p.add_argument("--out", help="folder for metrics.csv, summary.csv and regional.csv (optional)")
+    p.add_argument("--out", help="folder for metrics.csv, summary.csv, regional.csv and report.json (optional)")
     p.add_argument("--labels", type=int, nargs="+", default=[1, 2, 3], help="label codes to evaluate")
     p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
-                   help="the predictions' values, when another tool wrote them with its own: RV, MYO, LV (also SCAR, "
-                        "MVO, HEART; BG drops a value), e.g. LV=1 MYO=2 RV=3 (nnU-Net on M&Ms); label maps only (a "
-                        ".seg.nrrd or DICOM SEG is matched by its segment names)")
+                   help="the predictions' values, when another tool wrote them with its own (the truth stays in "
+                        "CardiacAI codes): RV, MYO, LV (also SCAR, MVO, HEART; BG drops a value, e.g. BG=-1; VALUE "
+                        "may be a comma list), e.g. LV=1 MYO=2 RV=3 (nnU-Net on M&Ms); label maps only (a .seg.nrrd "
+                        "or DICOM SEG is matched by its segment names)")
 
     p = sub.add_parser(
         "train", parents=[common], help="train a model on ACDC, EMIDEC or your own data",
@@ -425,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID when the folder holds several series")
 
     p = sub.add_parser("fit-map", parents=[common], help="fit a T1 (MOLLI) or T2 (T2-prepared) map from raw series")
-    p.add_argument("series", help="4D series file (frames along the 4th axis) or DICOM folder")
+    p.add_argument("series", help="4D series file (frames along the 4th axis, or a vector NRRD such as Slicer's "
+                                  "MultiVolume) or DICOM folder")
     p.add_argument("--kind", required=True, choices=["molli", "t2prep"])
     p.add_argument("--out", required=True, help="output folder: t1_map.nii.gz or t2_map.nii.gz, r2_map.nii.gz, "
                                                 "report.json")
@@ -478,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudo-label", action="store_true",
                    help="labels from the CAM pseudo-label (DenseCRF) even when the weak U-Net is installed")
     p.add_argument("--structures", action="store_true", help=_STRUCTURES_HELP)
-    p.add_argument("--frame", type=_whole_number_at_least_0, help="frame of a 4D input (0-based)")
+    p.add_argument("--frame", type=_whole_number_at_least_0,
+                   help="frame of a 4D input, or phase of a DICOM cine series (0-based)")
     p.add_argument("--series-uid", help="DICOM SeriesInstanceUID of INPUT when its folder holds several series")
     p.add_argument("--ed", metavar="IMAGE",
                    help="the end-diastolic frame of the same cine series (file or DICOM folder), when INPUT is another "
