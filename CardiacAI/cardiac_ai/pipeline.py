@@ -917,7 +917,7 @@ def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task
 
     out = Path(out_dir)
     check_output_location(out)
-    _check_summary_is_a_batchs(out / BATCH_SUMMARY_NAME)
+    _check_summary_is_a_batch_summary(out / BATCH_SUMMARY_NAME)
     problems = [f"case {case.case_id}: {problem}" for case in cases
                 if (problem := _case_folder_problem(case, out / case.case_id, task)) is not None]
     if problems:
@@ -925,7 +925,7 @@ def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task
                           + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
 
 
-def _check_summary_is_a_batchs(summary: Path) -> None:
+def _check_summary_is_a_batch_summary(summary: Path) -> None:
     """OutputError if ``summary`` exists and is not a batch's summary (its first columns ``case_id,inputs,status``):
     the batch would replace a file of the user's."""
     from .batch_summary import SUMMARY_LEADING_COLUMNS
