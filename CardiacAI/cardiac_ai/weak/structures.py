@@ -104,14 +104,17 @@ def _split_slice(
     image: NDArray[np.floating], heart: NDArray[np.bool_], pixel_mm: tuple[float, float], config: HeartSplitConfig,
     track: NDArray[np.float64] | None,
 ) -> tuple[NDArray[np.uint8], NDArray[np.float64] | None]:
-    """:func:`_split_in_box` on the heart's bounding box (and a 2-pixel margin), whose result is the whole
-    slice's: nothing outside the heart takes part, and every distance it measures lies inside it. The box keeps a
-    fine or large image's distance transforms small (a 768 x 768 slice took seconds)."""
+    """:func:`_split_in_box` on the heart's bounding box and a margin wide enough for the ring scored around each
+    bright piece (``ring_mm``), whose result is the whole slice's: nothing outside the heart is labelled, and every
+    distance measured lies inside the box. The box keeps a fine or large image's distance transforms small (a
+    768 x 768 slice took seconds)."""
     rows, columns = np.flatnonzero(heart.any(axis=1)), np.flatnonzero(heart.any(axis=0))
     if rows.size == 0:
         return _split_in_box(image, heart, pixel_mm, config, track)
-    j0, i0 = max(int(rows[0]) - 2, 0), max(int(columns[0]) - 2, 0)
-    box = (slice(j0, int(rows[-1]) + 3), slice(i0, int(columns[-1]) + 3))
+    # the ring scored around each bright piece reaches ring_mm beyond the heart: the box must hold it whole
+    margin_j, margin_i = (max(2, int(np.ceil(config.ring_mm / size)) + 1) for size in pixel_mm)
+    j0, i0 = max(int(rows[0]) - margin_j, 0), max(int(columns[0]) - margin_i, 0)
+    box = (slice(j0, int(rows[-1]) + margin_j + 1), slice(i0, int(columns[-1]) + margin_i + 1))
     offset = np.array([j0, i0], dtype=np.float64)
     part, centre = _split_in_box(image[box], heart[box], pixel_mm, config, None if track is None else track - offset)
     out = np.zeros(heart.shape, np.uint8)
