@@ -604,3 +604,27 @@ def test_overwrite_redoes_a_commands_run_but_never_replaces_another_commands_res
         write_text_atomic(folder / "labels.nii.gz", "segment-cine again")
         write_report(folder, provenance=Provenance(command="segment-cine"), results={})
     assert (out / "labels.nii.gz").read_text() == "segment-cine again"
+
+
+def test_a_batch_folder_counts_as_the_batchs_output_and_its_summary_keeps_only_its_own_task(tmp_path, monkeypatch,
+                                                                                            capsys):
+    out = tmp_path / "out"
+    cases = [BatchCase("p1", (tmp_path / "p1.nii.gz",))]
+    run_batch(cases, out, task="segment-cine", models=None, job=_writing_job({}))
+    with pytest.raises(OutputError, match="holds the output of 'batch'"):
+        with output_folder(out, overwrite=True, command="evaluate"):
+            raise AssertionError("evaluate must not replace the batch's summary")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "truth").mkdir()
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("evaluate computed its metrics before refusing the folder")
+
+    monkeypatch.setattr("cardiac_ai.evaluation.evaluate_folders", evaluated)
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out", str(out), "--overwrite"]) == 4
+    assert "holds the output of 'batch'" in capsys.readouterr().err
+    _run(out / "a", {"t1.csv": "a map case"}, command="map")  # another task's finished case in the same folder
+    (out / "summary.csv").write_text((out / "summary.csv").read_text() + f"a,{tmp_path / 'a.nii.gz'},ok\n")
+    run_batch([BatchCase("p2", (tmp_path / "p2.nii.gz",))], out, task="segment-cine", models=None,
+              job=_writing_job({}))
+    assert list(_summary(out)) == ["p2", "p1"]  # p1 kept; the map case is no row of a segment-cine summary

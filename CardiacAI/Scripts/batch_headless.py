@@ -22,8 +22,9 @@ A case that fails is recorded and the next one runs. A case whose folder already
 (``--overwrite`` redoes it), so an interrupted run can be started again. ``<output>/summary.csv`` (one row per case:
 status, the task's key numbers, QC, warnings, error, seconds) is rewritten after every case, and keeps the rows of
 cases an earlier run into the folder finished that this run does not list. As ``cardiacai batch``, the run is refused
-before any case when the output folder holds another task's output, a case folder holds files no CardiacAI run
-wrote, its ``summary.csv`` is not a batch summary, or another run is writing into it. Slicer then exits with 0 (every
+before any case when one of its case folders holds another task's output or files no CardiacAI run wrote, its
+``summary.csv`` is not a batch summary, or another run is writing into it; the summary keeps only the earlier
+rows of this task. Slicer then exits with 0 (every
 case done or skipped), 5 (some cases failed), 2 (bad arguments, no case found, or an output folder refused), 3
 (CardiacAI or PyTorch not installed in this Slicer) or 1 (unexpected error).
 
@@ -381,7 +382,8 @@ def main(argv) -> int:
         return EXIT_USAGE
     args.output_folder.mkdir(parents=True, exist_ok=True)
     summaryPath = args.output_folder / SUMMARY_NAME
-    kept = pipeline.finished_cases_of_earlier_runs(args.output_folder, batchCases)  # a run over part of a cohort
+    kept = pipeline.finished_cases_of_earlier_runs(args.output_folder, batchCases,  # a run over part of a cohort
+                                                   task=args.task)
     held = contextlib.ExitStack()
     try:  # one run per folder at a time, as `cardiacai batch` (pipeline.run_batch)
         held.enter_context(CardiacAI.importBackend("io.atomic").folder_lock(args.output_folder))

@@ -695,12 +695,13 @@ def _evaluate(args: argparse.Namespace, progress: ProgressCallback) -> int:
     from .io import prepare_output_dir
     from .io.report import write_csv, write_report
     from .metrics import CASE_COLUMNS
-    from .pipeline import output_folder
+    from .pipeline import check_not_another_commands_output, output_folder
     from .provenance import Provenance
 
     inputs = [args.pred_dir, args.truth_dir]
     if args.out:  # refused before the work, not after it
         prepare_output_dir(args.out, overwrite=args.overwrite, inputs=inputs)
+        check_not_another_commands_output(args.out, "evaluate")
     from .labels import parse_label_codes
 
     codes = None if args.label_codes is None else parse_label_codes(args.label_codes)

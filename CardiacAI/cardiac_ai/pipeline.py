@@ -615,7 +615,7 @@ def _run_batch_here(cases, out: Path, *, task, models, options, qc, resume, prog
     """:func:`run_batch` in this process, one case after the other."""
     from .batch_summary import earlier_summary_values
 
-    kept = finished_cases_of_earlier_runs(out, cases)
+    kept = finished_cases_of_earlier_runs(out, cases, task=task)
     rows: list[dict] = []
     for number, case in enumerate(cases):
         case_dir = out / case.case_id
@@ -654,10 +654,11 @@ def _run_batch_here(cases, out: Path, *, task, models, options, qc, resume, prog
     return rows
 
 
-def finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase]) -> list[dict]:
-    """The rows for ``out``'s summary.csv of cases that an earlier batch into ``out`` finished and that this batch
-    does not list (a batch over part of the cohort), their columns read from their reports, so that a summary
-    never loses a finished case. Cases whose folder no longer holds a report are left out."""
+def finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase], *, task: str) -> list[dict]:
+    """The rows for ``out``'s summary.csv of cases that an earlier batch of ``task`` into ``out`` finished and that
+    this batch does not list (a batch over part of the cohort), their columns read from their reports, so that a
+    summary never loses a finished case. Cases whose folder no longer holds a report, or holds another task's, are
+    left out (one summary, one task)."""
     import csv
 
     from .batch_summary import earlier_summary_values
@@ -680,6 +681,8 @@ def finished_cases_of_earlier_runs(out: Path, cases: Sequence[BatchCase]) -> lis
         try:
             check_case_id(case_id, str(summary))
         except DataError:  # an edited summary must not lead outside the batch folder
+            continue
+        if _command_of_report(out / case_id) != task:
             continue
         values = earlier_summary_values(out / case_id)
         if values is not None:
@@ -758,7 +761,7 @@ def _run_batch_in_workers(cases, out: Path, *, task, options, resume, progress, 
     pending = {}
     threads = max(1, (os.cpu_count() or 1) // workers)
 
-    kept = finished_cases_of_earlier_runs(out, cases)
+    kept = finished_cases_of_earlier_runs(out, cases, task=task)
 
     def write_summary() -> None:
         _write_batch_summary(out, [rows[n] for n in sorted(rows)], kept)
@@ -887,10 +890,8 @@ def output_folder(out_dir: str | Path, *, overwrite: bool = False, inputs: Seque
     if recorded_outputs(folder) is not None:
         yield folder
         return
-    earlier = _command_of_report(folder) if command is not None else None
-    if earlier is not None and earlier != command:
-        raise OutputError(f"{folder} holds the output of {earlier!r}; `{command}` does not replace another "
-                          "command's results, even with --overwrite. Choose another output folder.")
+    if command is not None:
+        check_not_another_commands_output(folder, command)
     try:
         with folder_lock(folder):
             _remove_partial_files(folder)
@@ -945,8 +946,6 @@ def _check_summary_is_a_batch_summary(summary: Path) -> None:
 def _case_folder_problem(case: BatchCase, case_dir: Path, task: str) -> str | None:
     """Why a batch case must not run in ``case_dir``: an input inside it (a redone case clears the folder), or the
     finished output of another command (e.g. a segment-cine batch's folder given to --task qc as --out)."""
-    from .io.report import read_json
-
     folder = case_dir.resolve()
     for path in case.inputs:
         if folder == Path(path).resolve() or folder in Path(path).resolve().parents:
@@ -970,6 +969,33 @@ def _command_of_report(folder: Path) -> str | None:
         return (read_json(folder / REPORT_NAME).get("provenance") or {}).get("command") or None
     except (DataError, AttributeError):
         return None
+
+
+def _command_of_folder(folder: Path) -> str | None:
+    """What wrote ``folder``: its report's command, "batch" for a batch's folder (a batch summary.csv, no report of
+    its own), None when neither says."""
+    from .batch_summary import SUMMARY_LEADING_COLUMNS
+
+    command = _command_of_report(folder)
+    if command is None and (folder / BATCH_SUMMARY_NAME).is_file():
+        try:
+            with open(folder / BATCH_SUMMARY_NAME, encoding="utf-8-sig", errors="replace") as file:
+                if tuple(file.readline().strip().split(",")[:3]) == SUMMARY_LEADING_COLUMNS:
+                    command = "batch"
+        except OSError:
+            pass
+    return command
+
+
+def check_not_another_commands_output(out_dir: str | Path, command: str) -> None:
+    """OutputError when ``out_dir`` holds another command's finished output (a report.json of another command, or
+    a batch's summary): ``--overwrite`` redoes a command's own run, it never replaces another command's results.
+    For the checks before a command's work (:func:`output_folder` makes it too)."""
+    folder = Path(out_dir)
+    earlier = _command_of_folder(folder) if folder.is_dir() else None
+    if earlier is not None and earlier != command:
+        raise OutputError(f"{folder} holds the output of {earlier!r}; `{command}` does not replace another "
+                          "command's results, even with --overwrite. Choose another output folder.")
 
 
 def _foreign_files_problem(case_dir: Path) -> str | None:
