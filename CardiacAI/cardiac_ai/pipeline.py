@@ -926,19 +926,28 @@ def check_batch_folders(cases: Sequence[BatchCase], out_dir: str | Path, *, task
                           + " ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""))
 
 
+def _summary_header(summary: Path) -> list[str]:
+    """The column names on the first line of a summary.csv (OSError when it cannot be read)."""
+    with open(summary, encoding="utf-8-sig", errors="replace") as file:
+        return file.readline().strip().split(",")
+
+
+def _is_batch_summary(header: list[str]) -> bool:
+    from .batch_summary import SUMMARY_LEADING_COLUMNS
+
+    return tuple(header[:3]) == SUMMARY_LEADING_COLUMNS
+
+
 def _check_summary_is_a_batch_summary(summary: Path) -> None:
     """OutputError if ``summary`` exists and is not a batch's summary (its first columns ``case_id,inputs,status``):
     the batch would replace a file of the user's."""
-    from .batch_summary import SUMMARY_LEADING_COLUMNS
-
     if not os.path.lexists(summary):
         return
     try:
-        with open(summary, encoding="utf-8-sig", errors="replace") as file:
-            header = file.readline().strip().split(",")
+        header = _summary_header(summary)
     except OSError as error:
         raise OutputError(f"Cannot read {summary} to check that a batch wrote it: {error}") from error
-    if tuple(header[:3]) != SUMMARY_LEADING_COLUMNS:
+    if not _is_batch_summary(header):
         raise OutputError(f"{summary} is not a batch summary (its header is {','.join(header[:4])[:80]!r}) and a "
                           "batch would replace it; move it away or give --out another folder.")
 
@@ -974,16 +983,10 @@ def _command_of_report(folder: Path) -> str | None:
 def _command_of_folder(folder: Path) -> str | None:
     """What wrote ``folder``: its report's command, "batch" for a batch's folder (a batch summary.csv, no report of
     its own), None when neither says."""
-    from .batch_summary import SUMMARY_LEADING_COLUMNS
-
     command = _command_of_report(folder)
     if command is None and (folder / BATCH_SUMMARY_NAME).is_file():
-        try:
-            with open(folder / BATCH_SUMMARY_NAME, encoding="utf-8-sig", errors="replace") as file:
-                if tuple(file.readline().strip().split(",")[:3]) == SUMMARY_LEADING_COLUMNS:
-                    command = "batch"
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            command = "batch" if _is_batch_summary(_summary_header(folder / BATCH_SUMMARY_NAME)) else None
     return command
 
 

@@ -173,8 +173,7 @@ def prepare_output_dir(
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             holder = _lock_holder(out)
             if holder is not None:
-                raise OutputError(f"Another CardiacAI run ({holder}) is writing into {out}. Wait until it has "
-                                  "finished, or choose another output folder.")
+                raise _held_by(holder, out)
             hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
             left = (f" (among them {', '.join(hidden[:3])}{' ...' if len(hidden) > 3 else ''}: hidden files, such as a "
                     "CardiacAI run stopped by a hard kill leaves behind)") if hidden else ""
@@ -243,6 +242,11 @@ def _held_elsewhere(error: OSError) -> bool:
         errno.EAGAIN, errno.EACCES, getattr(errno, "EDEADLK", -1), getattr(errno, "EDEADLOCK", -1))
 
 
+def _held_by(holder: str, folder) -> OutputError:
+    return OutputError(f"Another CardiacAI run ({holder}) is writing into {folder}. Wait until it has finished, or "
+                       "choose another output folder.")
+
+
 def _holder(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip() or "another process"
@@ -290,8 +294,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
                             folder, error)
                 break
             os.close(descriptor)
-            raise OutputError(f"Another CardiacAI run ({_holder(path)}) is writing into {folder}. Wait until it "
-                              "has finished, or choose another output folder.") from error
+            raise _held_by(_holder(path), folder) from error
         try:
             same_file = os.path.samestat(os.fstat(descriptor), os.stat(path))
         except OSError:  # the holder before us removed it between our open and our lock

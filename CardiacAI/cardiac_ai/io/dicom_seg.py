@@ -166,12 +166,11 @@ def _same_grid_to_header_precision(geometry: Geometry, reference: Geometry) -> b
 def _onto_reference_lattice(geometry: Geometry, reference: Geometry, *, atol_voxel: float = 0.05) -> Geometry:
     """``geometry`` with the reference's spacing and direction, and its origin moved onto the reference's nearest
     voxel centre when it lies within ``atol_voxel`` of it (else kept: the lattice check then refuses it)."""
-    index = np.linalg.solve(reference.direction_matrix @ np.diag(reference.spacing_mm),
-                            np.asarray(geometry.origin_lps_mm) - np.asarray(reference.origin_lps_mm))
-    nearest = np.rint(index)
-    origin = geometry.origin_lps_mm
-    if np.max(np.abs(index - nearest)) <= atol_voxel:
-        origin = tuple(float(v) for v in reference.index_to_lps(nearest[::-1])[0])
+    snapped = Geometry(reference.spacing_mm, geometry.origin_lps_mm, reference.direction_lps)
+    offset = reference.lattice_offset_kji(snapped, (1, 1, 1), atol_voxel=atol_voxel)  # the origin voxel alone
+    if offset is None:
+        return snapped
+    origin = tuple(float(v) for v in reference.index_to_lps(np.array([offset], dtype=np.float64))[0])
     return Geometry(reference.spacing_mm, origin, reference.direction_lps)
 
 
