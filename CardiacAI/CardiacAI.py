@@ -241,6 +241,8 @@ class CardiacAIParameterNode:
     mappingSeries - T1/T2 map fitting: the raw series, a sequence (one volume per time) or a multi-frame volume.
     inversionTimesMs - T1/T2 map fitting: inversion or T2-preparation times in ms, comma-separated, in frame order;
         empty uses the sequence's index when it holds them.
+    mapSigned - T1 map fitting: the frames are phase-sensitive (PSIR MOLLI), negative before the null point
+        (``cardiacai fit-map --signed``).
     postContrastVolume - ECV: the post-contrast T1 map (the native one is inputVolume).
     haematocrit - ECV: measured haematocrit as a fraction; 0 uses the synthetic haematocrit.
     fibrosisModel - LGE fibrosis: scar model, one of FIBROSIS_MODELS.
@@ -278,6 +280,7 @@ class CardiacAIParameterNode:
     mapContours: bool = True
     mappingSeries: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode]
     inversionTimesMs: str = ""
+    mapSigned: bool = False
     postContrastVolume: vtkMRMLScalarVolumeNode
     haematocrit: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     fibrosisModel: Annotated[str, Choice(FIBROSIS_MODELS)] = "weak"
@@ -473,6 +476,8 @@ class CardiacAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self.ui.esVolumeSelector.enabled = not fromSequence
         self.ui.cineEdFrameSpinBox.enabled = fromSequence
         self.ui.cineEsFrameSpinBox.enabled = fromSequence
+        # phase-sensitive frames exist for MOLLI only; T2 fitting refuses them
+        self.ui.mapSignedCheckBox.enabled = self._parameterNode.mapKind == "T1"
         # CAM pseudo-label settings: only with labels from the pseudo-label; each value only when it replaces the
         # model card's.
         self.ui.camPseudoLabelSettingsGroupBox.enabled = self._parameterNode.camPseudoLabel
@@ -930,7 +935,8 @@ class CardiacAILogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if task == "fit-map":
             result = self.fitMapping(
                 parameterNode.mappingSeries, kind=parameterNode.mapKind,
-                timesMs=importBackend("slicer_results").parse_times_ms(parameterNode.inversionTimesMs), **common,
+                timesMs=importBackend("slicer_results").parse_times_ms(parameterNode.inversionTimesMs),
+                signed=parameterNode.mapSigned and parameterNode.mapKind == "T1", **common,
             )
             return {**result, "mainTableNode": result["tableNode"]}
         if task == "qc":

@@ -49,6 +49,9 @@ LOG_POLL_S = 2.0
 DEVICES = ("auto", "cpu", "cuda")
 #: ``cardiacai train --layout``: how the data folder is organised (auto: detected from its content).
 LAYOUTS = ("auto", "acdc", "emidec", "generic")
+#: What Start does with an earlier run in the output folder (cardiac_ai.slicer_results.EARLIER_RUN_CHOICES): refuse
+#: to touch it, continue it from its last checkpoint (--resume), or remove it and start again (--overwrite).
+EARLIER_RUNS = ("refuse", "resume", "restart")
 #: qt.QSettings key of the folder where trained models are registered; CardiacAI passes it as --models-dir.
 MODELS_FOLDER_SETTING = "CardiacAI/ModelsFolder"
 #: Columns of log.csv that are not plotted (the x axis, the learning rate and the epoch duration).
@@ -131,6 +134,11 @@ class CardiacAITrainingParameterNode:
         Group, whatever the name; "diagnosis" and "group" both work).
     samplingRatio - segmentation: region-aware batch sampling, basal and apical slices this many times as likely as
         mid-ventricular ones (the paper used 4 and 20); 1 draws every slice equally (the default).
+    earlierRun - what Start does when the output folder holds an earlier run, one of EARLIER_RUNS: "refuse" (the
+        default: nothing is touched), "resume" (continue from its last checkpoint) or "restart" (its checkpoints are
+        removed and training starts again; after such a Start the panel goes back to "refuse", so a later Start
+        cannot remove a run by a choice made earlier). The training scripts always continue the stages already in
+        their folder.
     """
 
     dataFolder: pathlib.Path
@@ -144,6 +152,7 @@ class CardiacAITrainingParameterNode:
     registerModel: bool = True
     labelColumn: str = "diagnosis"
     samplingRatio: Annotated[float, WithinRange(1.0, 100.0)] = 1.0
+    earlierRun: Annotated[str, Choice(EARLIER_RUNS)] = "refuse"
 
 
 #
@@ -262,6 +271,7 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
                 Cancelled = importBackend("errors").Cancelled
                 self.logic.checkSettings(self._parameterNode)  # a bad setting changes neither the scene nor the layout
+                restart = self._parameterNode.earlierRun == "restart"
                 # The live loss plot: the Logic refills this chart's table whenever log.csv changes.
                 chartNode = self.logic.resetLossPlot(self._parameterNode.modelName)
                 slicer.modules.plots.logic().ShowChartInLayout(chartNode)
@@ -275,6 +285,9 @@ class CardiacAITrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                         self.ui.statusLabel.text = _("Training finished.")
                 except Cancelled:
                     self.ui.statusLabel.text = _("Training stopped.")
+                finally:
+                    if restart:  # the earlier run is gone now: a later Start must not remove this one unasked
+                        self._parameterNode.earlierRun = "refuse"
         finally:
             self._setRunning(False)
 
@@ -321,12 +334,15 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         registerTo=None,
         labelColumn: str = "diagnosis",
         samplingRatio: float = 1.0,
+        earlierRun: str = "refuse",
     ) -> dict:
         """The ``cardiacai train`` options for these settings, after checking them.
 
         :param registerTo: folder to register the trained model in (``--register-to``); None: not registered.
-        :raises ValueError: if a folder is not chosen or missing, or task, epochs, device, layout, model name or
-            model version are invalid.
+        :param earlierRun: an earlier run in the output folder: "refuse" it, "resume" it (``--resume``) or "restart"
+            (``--overwrite``; not for the training scripts, which continue their stages).
+        :raises ValueError: if a folder is not chosen or missing, or task, epochs, device, layout, model name,
+            model version or the earlier-run choice are invalid.
         """
         dataFolder = str(dataFolder or "")
         outputFolder = str(outputFolder or "")
@@ -371,6 +387,22 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 raise ValueError("Region-aware batch sampling applies to the segmentation task only; set the ratio "
                                  "to 1 for the other tasks.")
             options["sampling_ratio"] = float(samplingRatio)
+        if earlierRun not in EARLIER_RUNS:
+            raise ValueError(
+                f"Unknown choice for an earlier run {earlierRun!r}; choose one of {', '.join(EARLIER_RUNS)}."
+            )
+        script = task not in ("segmentation", "weak-cam", "fibrosis")  # the others run scripts/train_*.py
+        if earlierRun == "restart" and script:
+            raise ValueError(f"The {task} training script continues the stages already in its output folder; choose an "
+                             "empty output folder to start again.")
+        options["resume"] = earlierRun == "resume"
+        options["overwrite"] = earlierRun == "restart"
+        if earlierRun == "refuse" and not script and os.path.isdir(outputFolder) and os.listdir(outputFolder):
+            raise ValueError(
+                f"The output folder {outputFolder} already holds files (an earlier run?). Under 'Earlier run', choose "
+                "'resume' to continue it or 'restart' to remove its checkpoints and start again, or choose an empty "
+                "output folder."
+            )
         if registerTo:
             if os.path.abspath(str(registerTo)) in (os.path.abspath(dataFolder), os.path.abspath(outputFolder)):
                 raise ValueError("The models folder must differ from the data and output folders.")
@@ -388,7 +420,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         --progress-lines`` (``cardiac_ai.slicer_results.training_command``).
 
         :param scriptsDir: the checkout's scripts folder; default :func:`scriptsDirectory`.
-        :param settings: layout, modelName, modelVersion, registerTo, labelColumn, samplingRatio, as for
+        :param settings: layout, modelName, modelVersion, registerTo, labelColumn, samplingRatio, earlierRun, as for
             :meth:`trainOptions`.
         :raises ValueError: invalid settings, or a script task without the scripts folder.
         """
@@ -402,6 +434,7 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             model_version=options["model_version"], register_to=options.get("register_to"),
             scripts_dir=scriptsDir if scriptsDir is not None else scriptsDirectory(),
             label_column=options.get("label_column"), sampling_ratio=options.get("sampling_ratio"),
+            earlier_run="resume" if options["resume"] else "restart" if options["overwrite"] else "refuse",
         )
 
     # -- live loss plot -------------------------------------------------------------------------------------------
@@ -483,7 +516,8 @@ class CardiacAITrainingLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         registerTo = modelsFolder() if parameterNode.registerModel else None
         return {"layout": parameterNode.layout, "modelName": parameterNode.modelName,
                 "modelVersion": parameterNode.modelVersion, "registerTo": registerTo,
-                "labelColumn": parameterNode.labelColumn, "samplingRatio": parameterNode.samplingRatio}
+                "labelColumn": parameterNode.labelColumn, "samplingRatio": parameterNode.samplingRatio,
+                "earlierRun": parameterNode.earlierRun}
 
     def checkSettings(self, parameterNode: CardiacAITrainingParameterNode) -> dict:
         """The options :meth:`trainOptions` makes of ``parameterNode``'s settings; ValueError for an invalid one,

@@ -704,3 +704,21 @@ def test_slicer_code_uses_no_undefined_name(path):
         or (isinstance(m, (ImportStarUsage, UndefinedName)) and m.message_args[0] in SCRIPTED_MODULE_NAMES))]
     undefined = [str(m) for m in problems if isinstance(m, (ImportStarUsage, UndefinedName, tuple))]
     assert not undefined, "\n".join(undefined)
+
+
+def test_phase_sensitive_box_reaches_fit_map_for_t1_only():
+    bound = _bound_widgets("CardiacAI")
+    assert bound["mapSigned"] == "mapSignedCheckBox"
+    assert _ui_widgets("CardiacAI")["mapSignedCheckBox"].get("class") == "QCheckBox"
+    assert "mapSignedCheckBox" in _descendants(_ui_widgets("CardiacAI")["mappingCollapsibleButton"])
+    assert _parameter_defaults("CardiacAI")["mapSigned"] is False  # magnitude frames, as the command line
+    methods = _logic_methods("CardiacAI")
+    call = next(n for n in ast.walk(methods["process"])
+                if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "fitMapping")
+    passed = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    # T2 fitting refuses signed frames: a box left ticked from a T1 fit must not fail the next T2 fit
+    assert passed["signed"] == "parameterNode.mapSigned and parameterNode.mapKind == 'T1'"
+    assert "signed" in {a.arg for a in methods["fitMapping"].args.args}
+    widget = next(n for n in _tree(_module_file("CardiacAI")).body
+                  if isinstance(n, ast.ClassDef) and n.name == "CardiacAIWidget")
+    assert "self.ui.mapSignedCheckBox.enabled = self._parameterNode.mapKind == 'T1'" in ast.unparse(widget)

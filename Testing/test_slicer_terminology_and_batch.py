@@ -12,6 +12,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -494,10 +495,14 @@ def test_every_option_the_training_logic_passes_is_a_cardiacai_train_flag():
     options = {}
     for name in sorted(names):
         action = train._option_string_actions["--" + name.replace("_", "-")]
-        options[name] = next(iter(action.choices)) if action.choices else "1"
+        if action.nargs == 0:  # a bare flag (--resume, --overwrite)
+            options[name] = True
+        else:
+            options[name] = next(iter(action.choices)) if action.choices else "1"
     command = build_command("train", [], {**options, "models_dir": "models"}, python_executable="python")
     parsed = build_parser().parse_args(command[3:])
     assert parsed.register_to == "1" and parsed.models_dir == ["models"]
+    assert parsed.resume and parsed.overwrite  # the panel's choice for an earlier run in the output folder
 
 
 def test_training_layouts_are_the_layouts_cardiacai_train_accepts():
@@ -572,6 +577,65 @@ def test_weak_cam_training_command_is_cardiacai_train_with_the_label_column(tmp_
     assert "--model-name" not in command
     parsed = build_parser().parse_args(command[3:])  # the CLI accepts what it is given
     assert parsed.task == "weak-cam" and parsed.label_column == "diagnosis"
+
+
+def _train_options_function():
+    """CardiacAITrainingLogic.trainOptions, compiled alone with the module's constants (it needs no Slicer)."""
+    method = _logic_method("trainOptions")
+    namespace = {"os": os, "re": re}
+    for name in ("TRAINING_TASKS", "DEVICES", "LAYOUTS", "MODEL_NAME_PATTERN", "MODEL_VERSION_PATTERN",
+                 "EARLIER_RUNS"):
+        namespace[name] = _assigned_constant(TRAINING_MODULE, name)
+    exec(compile(ast.Module(body=[method], type_ignores=[]), str(TRAINING_MODULE), "exec"), namespace)
+    return lambda *args, **kwargs: namespace["trainOptions"](None, *args, **kwargs)
+
+
+def test_the_training_panels_choice_for_an_earlier_run_reaches_cardiacai_train(tmp_path):
+    from cardiac_ai.errors import InputError
+    from cardiac_ai.slicer_results import EARLIER_RUN_CHOICES, training_command
+    from cardiac_ai.subprocess_runner import build_command
+
+    assert _assigned_constant(TRAINING_MODULE, "EARLIER_RUNS") == EARLIER_RUN_CHOICES
+    train_options = _train_options_function()
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+
+    def parsed(options):
+        return build_parser().parse_args(build_command("train", [], options, python_executable="python")[3:])
+
+    fresh = parsed(train_options(data, run, "segmentation", 2, "cpu"))  # no folder yet: nothing to refuse
+    assert not fresh.resume and not fresh.overwrite
+    run.mkdir()
+    (run / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="'resume' to continue it or 'restart'"):  # said before anything runs
+        train_options(data, run, "segmentation", 2, "cpu")
+    resumed = parsed(train_options(data, run, "segmentation", 2, "cpu", earlierRun="resume"))
+    assert resumed.resume and not resumed.overwrite
+    restarted = parsed(train_options(data, run, "weak-cam", 2, "cpu", earlierRun="restart"))
+    assert restarted.overwrite and not restarted.resume
+    with pytest.raises(ValueError, match="empty output folder to start again"):
+        train_options(data, run, "qc", 2, "cpu", earlierRun="restart")
+    assert train_options(data, run, "qc", 2, "cpu")["out"] == str(run)  # the scripts continue their stages
+    with pytest.raises(ValueError, match="choose one of refuse, resume, restart"):
+        train_options(data, tmp_path / "new", "segmentation", 2, "cpu", earlierRun="keep")
+    # the command the scripted tasks get from the backend's builder
+    for choice, flag in (("resume", "--resume"), ("restart", "--overwrite")):
+        command = training_command("fibrosis", python_executable="python", data=data, out=run, epochs=2,
+                                   earlier_run=choice)
+        assert flag in command and getattr(build_parser().parse_args(command[3:]), flag[2:])
+    assert "--resume" not in training_command("weak-cam", python_executable="python", data=data, out=run, epochs=2)
+    with pytest.raises(InputError, match="empty output folder to start again"):
+        training_command("qc", python_executable="python", data=data, out=run, epochs=2, earlier_run="restart",
+                         scripts_dir=ROOT / "scripts")
+    with pytest.raises(InputError, match="choose one of"):
+        training_command("segmentation", python_executable="python", data=data, out=run, epochs=2,
+                         earlier_run="keep")
+
+
+def test_a_restart_from_the_training_panel_applies_to_one_start_only():
+    widget = ast.unparse(_class(TRAINING_MODULE, "CardiacAITrainingWidget"))
+    assert "restart = self._parameterNode.earlierRun == 'restart'" in widget
+    assert "if restart:\n                        self._parameterNode.earlierRun = 'refuse'" in widget
 
 
 # -- headless batch: the other tasks ------------------------------------------------------------------------------

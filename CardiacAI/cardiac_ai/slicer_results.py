@@ -86,6 +86,7 @@ __all__ = [
     # training
     "TrainingTask",
     "TRAINING_TASKS",
+    "EARLIER_RUN_CHOICES",
     "training_command",
     "latest_training_log",
 ]
@@ -1292,6 +1293,11 @@ TRAINING_TASKS: dict[str, TrainingTask] = {task.name: task for task in (
 )}
 
 
+#: What a training run does with an earlier run in its output folder: ``cardiacai train`` refuses it, continues it
+#: (``--resume``) or starts again (``--overwrite``).
+EARLIER_RUN_CHOICES = ("refuse", "resume", "restart")
+
+
 def training_command(
     task: str,
     *,
@@ -1307,6 +1313,7 @@ def training_command(
     scripts_dir: str | os.PathLike | None = None,
     label_column: str | None = None,
     sampling_ratio: float | None = None,
+    earlier_run: str = "refuse",
 ) -> list[str]:
     """The command line that trains ``task`` (a key of :data:`TRAINING_TASKS`).
 
@@ -1321,13 +1328,18 @@ def training_command(
     with ``--register-to``. ``fibrosis`` runs ``cardiacai train --task fibrosis`` (slice labels from the labels.csv
     column ``label_column``, default ``fibrosis``; EMIDEC's from its scar masks) and registers the three LGE models
     with ``--register-to``. ``sampling_ratio`` (segmentation only; None or 1: uniform) adds ``--sampling-ratio``,
-    region-aware batch sampling.
+    region-aware batch sampling. ``earlier_run`` (one of :data:`EARLIER_RUN_CHOICES`) says what to do with an
+    earlier run in ``out``: "refuse" (``cardiacai train`` refuses a non-empty run folder), "resume" (``--resume``:
+    continue from its last checkpoint) or "restart" (``--overwrite``: remove its checkpoints and start again). The
+    scripts always continue the stages already in their work folder, so for them "restart" is refused: start again
+    in an empty folder.
 
     Raises
     ------
     InputError
         Unknown task, epochs not a positive integer, a layout the task cannot read, a sampling ratio below 1 or for
-        another task than segmentation, no ``scripts_dir`` for a script
+        another task than segmentation, an unknown ``earlier_run`` or "restart" for a script task, no ``scripts_dir``
+        for a script
         task, or the script missing there (the training scripts come with a source checkout, not with the installed
         extension).
     """
@@ -1344,13 +1356,21 @@ def training_command(
     sampled = sampling_ratio is not None and sampling_ratio > 1
     if sampled and task != "segmentation":
         raise InputError(f"Region-aware batch sampling is an option of the segmentation task, not of {task}.")
+    if earlier_run not in EARLIER_RUN_CHOICES:
+        raise InputError(f"Unknown choice for an earlier run {earlier_run!r}; choose one of "
+                         f"{', '.join(EARLIER_RUN_CHOICES)}.")
+    if spec.script is not None and earlier_run == "restart":
+        raise InputError(f"Training {task} runs scripts/{spec.script}, which continues the stages already in its "
+                         "output folder and cannot start them again there: choose an empty output folder to start "
+                         "again.")
     python = os.fspath(python_executable)
     if spec.script is None:
         from .subprocess_runner import build_command
 
         options = {"task": task, "data": os.fspath(data), "layout": layout, "out": os.fspath(out),
                    "epochs": epochs, "device": device,
-                   "register_to": None if register_to is None else os.fspath(register_to)}
+                   "register_to": None if register_to is None else os.fspath(register_to),
+                   "resume": earlier_run == "resume", "overwrite": earlier_run == "restart"}
         if task in ("weak-cam", "fibrosis"):  # fibrosis: label_column None reads the CLI's default, fibrosis
             options.update(seg_epochs=epochs, label_column=label_column or None)
         else:
