@@ -582,6 +582,13 @@ def test_a_file_system_without_locks_runs_with_a_warning_and_a_held_lock_still_r
         _run(tmp_path / "share", {"labels.nii.gz": "written"})
     assert (tmp_path / "share" / "labels.nii.gz").read_text() == "written"
     assert "Cannot lock" in caplog.text and not (tmp_path / "share" / atomic.LOCK_NAME).exists()
+    # the report says so too: whoever reads the results later did not see the log
+    warnings = json.loads((tmp_path / "share" / "report.json").read_text())["provenance"]["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"Cannot lock {tmp_path / 'share'} (")
+    monkeypatch.setattr(atomic, "_try_lock", lambda descriptor: None)
+    _run(tmp_path / "local", {"labels.nii.gz": "written"})  # a folder locked as usual: no such warning
+    assert json.loads((tmp_path / "local" / "report.json").read_text())["provenance"]["warnings"] == []
+    assert atomic.unguarded_folder_warning(tmp_path / "share") is None  # only while the run holds the folder
 
     def held(descriptor):
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")

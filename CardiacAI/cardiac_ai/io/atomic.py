@@ -36,6 +36,8 @@ class _Recording:
 
 
 _RECORDING: ContextVar[_Recording | None] = ContextVar("cardiac_ai_output_recording", default=None)
+#: Folders written without a lock (a file system without locks), each with the warning its report carries.
+_UNLOCKED: ContextVar[dict[Path, str]] = ContextVar("cardiac_ai_unlocked_folders", default={})
 
 
 def _full_suffix(path: Path) -> str:
@@ -212,6 +214,12 @@ def recording_outputs(folder: str | os.PathLike, *, backup: str | os.PathLike | 
         _RECORDING.reset(token)
 
 
+def unguarded_folder_warning(folder: str | os.PathLike) -> str | None:
+    """The warning of the enclosing :func:`folder_lock` of ``folder`` when it could not lock it (a file system without
+    locks), for the report; None when it holds the lock or none encloses this call."""
+    return _UNLOCKED.get().get(Path(folder).resolve())
+
+
 def recorded_outputs(folder: str | os.PathLike) -> list[str] | None:
     """The names written into ``folder`` so far by the enclosing :func:`recording_outputs`, or None outside one."""
     current = _RECORDING.get()
@@ -283,6 +291,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
         Another process holds the lock: names it (process id, host, start time).
     """
     path = Path(folder) / LOCK_NAME
+    unguarded = None
     for _ in range(5):
         left_by_killed_run = os.path.lexists(path)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
@@ -290,8 +299,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
             _try_lock(descriptor)
         except OSError as error:
             if not _held_elsewhere(error):  # a file system without locks (some network shares): run unguarded
-                log.warning("Cannot lock %s (%s): two runs into this folder at once would not be stopped.",
-                            folder, error)
+                unguarded = (f"Cannot lock {folder} ({error}): two runs into this folder at once would not be "
+                             "stopped.")
+                log.warning(unguarded)
                 break
             os.close(descriptor)
             raise _held_by(_holder(path), folder) from error
@@ -304,6 +314,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
         os.close(descriptor)
     else:  # pragma: no cover - five races in a row
         raise OutputError(f"Could not lock {folder} for writing: its lock file keeps changing. Try again.")
+    unlocked_token = _UNLOCKED.set({**_UNLOCKED.get(), Path(folder).resolve(): unguarded}) if unguarded else None
     try:
         os.ftruncate(descriptor, 0)
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -319,3 +330,5 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[bool]:
                 os.unlink(path)
         if descriptor >= 0:
             os.close(descriptor)
+        if unlocked_token is not None:
+            _UNLOCKED.reset(unlocked_token)

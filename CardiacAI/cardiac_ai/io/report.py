@@ -117,9 +117,13 @@ def write_report(out_dir: str | os.PathLike, *, provenance: Provenance, results:
         raise InputError(f"results must not use the reserved keys {sorted(reserved)}; rename them.")
     if not isinstance(provenance, Provenance):
         raise InputError(f"provenance must be a Provenance, got {type(provenance).__name__}.")
-    from .atomic import recorded_outputs
+    from .atomic import recorded_outputs, unguarded_folder_warning
 
-    report = {"cardiac_ai": __version__, "provenance": provenance.to_dict(), **results}
+    provenance_record = provenance.to_dict()
+    unguarded = unguarded_folder_warning(out_dir)
+    if unguarded is not None and unguarded not in provenance_record["warnings"]:  # logged only, not recorded
+        provenance_record["warnings"].append(unguarded)
+    report = {"cardiac_ai": __version__, "provenance": provenance_record, **results}
     outputs = recorded_outputs(out_dir)
     if outputs is not None:  # what this run wrote, so that a rerun with --overwrite can clear what it no longer makes
         report["outputs"] = sorted({*outputs, REPORT_NAME})
