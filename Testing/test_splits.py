@@ -164,3 +164,20 @@ def test_emidec_patients_split_by_n_and_p(emidec_root):
     split = make_patient_split(sorted(groups), groups=groups, seed=0)
     _assert_partition(split, groups)
     assert set(Counter(groups[p] for p in split.validation)) == {"N", "P"}
+
+
+def test_removing_an_earlier_run_takes_its_files_only(tmp_path):
+    from cardiac_ai.datasets.splits import RUN_DATA_FILE, remove_earlier_run
+
+    work = tmp_path / "run"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "checkpoints" / "last.pt").write_text("weights")
+    for name in ("split.json", RUN_DATA_FILE, "weak_train.npz", "notes.txt", "weak.txt"):
+        (work / name).write_text(name)
+    elsewhere = tmp_path / "kept"
+    elsewhere.mkdir()
+    (elsewhere / "model.pt").write_text("not the run's")
+    (work / "run_weak_link").symlink_to(elsewhere, target_is_directory=True)
+    remove_earlier_run(work, ("checkpoints", "weak_*.npz", "run_weak_*"))
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt", "weak.txt"]
+    assert (elsewhere / "model.pt").read_text() == "not the run's"  # a link is removed, not what it points to

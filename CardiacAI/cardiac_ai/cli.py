@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -759,7 +758,7 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
         check_run_data, default_acdc_split, groups_from_refs, keep_run_data, keep_run_split, list_acdc, list_emidec,
         list_generic, load_case, load_split, make_patient_split, refs_in_part,
     )
-    from .datasets.splits import RUN_DATA_FILE
+    from .datasets.splits import remove_earlier_run
     from .labels import LABELS
     from .preprocessing import InputSpec
     from .training import TrainingConfig
@@ -840,10 +839,9 @@ def _train(args: argparse.Namespace, progress: ProgressCallback) -> int:
         metric_name="val_dice", metric_mode="max", position_sampling_ratio=args.sampling_ratio,
     )
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / RUN_DATA_FILE).unlink(missing_ok=True)  # a new run (--overwrite) records its own data
-        # and its own checkpoints: an earlier run's left beside the new split would be resumed as this run's
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if not resume:  # a new run (--overwrite) records its own data and split, and writes its own checkpoints: an
+        # earlier run's left beside the new split would be resumed as this run's
+        remove_earlier_run(out, ("checkpoints",))
     keep_run_data(refs, out)
     keep_run_split(split, out / "split.json", resume=resume)
     result = train_segmentation(

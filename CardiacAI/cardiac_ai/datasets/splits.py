@@ -33,6 +33,7 @@ __all__ = [
     "keep_run_split",
     "check_run_data",
     "keep_run_data",
+    "remove_earlier_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,22 @@ def keep_run_data(refs, folder: str | os.PathLike, *, label_column: str | None =
     path = Path(folder) / RUN_DATA_FILE
     if not path.is_file():
         write_text_atomic(path, json.dumps(_run_data(refs, label_column), indent=1) + "\n")
+
+
+def remove_earlier_run(folder: str | os.PathLike, patterns: Sequence[str]) -> None:
+    """Remove what a training recipe wrote into its run ``folder`` (each glob pattern of ``patterns``, files and
+    folders, plus its split and :data:`RUN_DATA_FILE`) before starting again there: nothing else of the folder, so
+    a user's own files beside the run stay."""
+    import shutil
+
+    work = Path(folder)
+    for pattern in (*patterns, "split.json", RUN_DATA_FILE):
+        for target in sorted(work.glob(pattern)):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    log.info("Removed the earlier run's files from %s (overwrite).", work)
 
 
 def load_split(path: str | os.PathLike) -> Split:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -43,7 +42,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..datasets.case import CaseRef, load_case
-from ..datasets.splits import Split, check_run_data, keep_run_data, keep_run_split, make_patient_split, refs_in_part
+from ..datasets.splits import (
+    Split,
+    check_run_data,
+    keep_run_data,
+    keep_run_split,
+    make_patient_split,
+    refs_in_part,
+    remove_earlier_run,
+)
 from ..errors import InputError, OutputError
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, SCAR
 from ..preprocessing import InputSpec
@@ -72,7 +79,7 @@ FIBROSIS_RECIPE_STAGES = ("prepare", "myocardium", "classifier", "pseudo", "weak
 #: Rough cost of each stage (minutes per 100 epochs on 2 CPU cores, roughly), for progress.
 _STAGE_WEIGHTS = {"prepare": 0.5, "myocardium": 3.0, "classifier": 2.0, "pseudo": 0.5, "weak_unet": 3.0,
                   "register": 0.1}
-#: Folders the recipe writes into its run folder (removed by ``overwrite``).
+#: Folders the recipe writes into its run folder besides its split and data record (removed by ``overwrite``).
 _RUN_FOLDERS = ("prepared", "predicted", "pseudo", "runs")
 _TRAINING_PARTS = ("train", "validation")
 _YES, _NO = ("1", "yes", "true", "y", "p"), ("0", "no", "false", "n")
@@ -534,12 +541,7 @@ def train_fibrosis_models(
 
     # every check has passed: from here on the run folder is written
     if started and overwrite and not resume:
-        for name in (*_RUN_FOLDERS, "split.json", "data.json"):
-            target = work / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+        remove_earlier_run(work, _RUN_FOLDERS)
     work.mkdir(parents=True, exist_ok=True)
     keep_run_data(refs, work, label_column=label_column)
     split = keep_run_split(split, work / "split.json", resume=resume)

@@ -55,6 +55,7 @@ from ..datasets.splits import (
     keep_run_split,
     make_patient_split,
     refs_in_part,
+    remove_earlier_run,
 )
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_path, write_text_atomic
@@ -715,21 +716,9 @@ def _titled(progress: ProgressCallback | None, title: str) -> ProgressCallback |
     return lambda fraction, message: progress(fraction, f"{title}: {message}")
 
 
-#: What the recipe writes into its run folder (``overwrite`` removes exactly these, nothing of the user's).
-_RUN_FILE_PATTERNS = ("weak_*.npz", "truth_*.npz", "pseudo_*.npz", "self_*.npz", "run_classifier", "run_weak_*",
-                      "split.json", "data.json")
-
-
-def _remove_earlier_run(work: Path) -> None:
-    import shutil
-
-    for pattern in _RUN_FILE_PATTERNS:
-        for target in sorted(work.glob(pattern)):
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    log.info("Removed the earlier run's files from %s (overwrite).", work)
+#: What the recipe writes into its run folder besides its split and data record (``overwrite`` removes exactly
+#: these, nothing of the user's).
+_RUN_FILE_PATTERNS = ("weak_*.npz", "truth_*.npz", "pseudo_*.npz", "self_*.npz", "run_classifier", "run_weak_*")
 
 
 def train_weak_cam_models(
@@ -840,7 +829,7 @@ def train_weak_cam_models(
                           "with overwrite (--overwrite), or use an empty folder.")
     check_run_data(refs, work, resume=resume, label_column=label_column)
     if started and overwrite and not resume:  # every check has passed: the earlier run's files go
-        _remove_earlier_run(work)
+        remove_earlier_run(work, _RUN_FILE_PATTERNS)
     work.mkdir(parents=True, exist_ok=True)
     keep_run_data(refs, work, label_column=label_column)
     split = keep_run_split(split, work / "split.json", resume=resume)
