@@ -582,3 +582,32 @@ def test_channels_a_model_never_learnt_cannot_become_structures():
     np.testing.assert_allclose(kept.sum(axis=1), 1.0, rtol=1e-5)
     every = SimpleNamespace(label_map={0: "background", 1: "rv", 2: "myo", 3: "lv"})
     assert _learnt_channels_only(probabilities, every) is probabilities
+
+
+def test_function_takes_ed_and_es_as_two_series_of_one_dicom_folder(cine_models_dir, tmp_path, capsys):
+    import pydicom
+
+    both = tmp_path / "both"
+    both.mkdir()
+    uids = {}
+    for phase in ("ED", "ES"):
+        image = make_cine_phantom(seed=7, phase=phase).image
+        _write_dicom_series(image.with_array(np.clip(image.array, 0, None) * 1000.0), tmp_path / phase)
+        for path in sorted((tmp_path / phase).iterdir()):
+            uids[phase] = pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID
+            path.rename(both / f"{phase}_{path.name}")
+    common = ["--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc", "--quiet"]
+    folder = str(both)
+    # without a choice of series the one folder is refused, before anything is read
+    assert main(["function", folder, folder, "--out", str(tmp_path / "same"), *common]) == 2
+    assert "--ed-series-uid and --es-series-uid" in capsys.readouterr().err and not (tmp_path / "same").exists()
+    assert main(["function", folder, folder, "--out", str(tmp_path / "fn"), "--ed-series-uid", uids["ED"],
+                 "--es-series-uid", uids["ES"], *common]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "fn" / "report.json").read_text())
+    assert (report["provenance"]["parameters"]["ed_series_uid"],
+            report["provenance"]["parameters"]["es_series_uid"]) == (uids["ED"], uids["ES"])
+    assert report["function"]["lv_edv_ml"] > report["function"]["lv_esv_ml"] > 0
+    for phase in ("ed", "es"):  # each phase's labels and DICOM SEG belong to its own series
+        seg = pydicom.dcmread(tmp_path / "fn" / f"segmentation_{phase}.dcm", stop_before_pixels=True)
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids[phase.upper()]
+    capsys.readouterr()

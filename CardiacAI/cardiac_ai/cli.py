@@ -281,13 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("function", parents=[common, cine, quality],
                        help="LV/RV volumes, EF and LV mass from ED and ES")
     p.add_argument("ed", help="end-diastolic short-axis volume")
-    p.add_argument("es", help="end-systolic short-axis volume (may be the ED file or DICOM cine folder, with "
-                              "--ed-frame and --es-frame)")
+    p.add_argument("es", help="end-systolic short-axis volume (may be the ED file or DICOM folder, with --ed-frame "
+                              "and --es-frame, or with --ed-series-uid and --es-series-uid)")
     p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
     p.add_argument("--ed-frame", type=_whole_number_at_least_0, metavar="N",
                    help="0-based end-diastolic frame of a 4D ED file or DICOM cine series (default: --frame)")
     p.add_argument("--es-frame", type=_whole_number_at_least_0, metavar="N",
                    help="0-based end-systolic frame of a 4D ES file or DICOM cine series (default: --frame)")
+    p.add_argument("--ed-series-uid", metavar="UID",
+                   help="SeriesInstanceUID of the end-diastolic series when the ED folder holds several "
+                        "(default: --series-uid)")
+    p.add_argument("--es-series-uid", metavar="UID",
+                   help="SeriesInstanceUID of the end-systolic series when the ES folder holds several (default: "
+                        "--series-uid); ED and ES may then be one folder")
 
     p = sub.add_parser(
         "batch", parents=[common, cine, quality],
@@ -1029,6 +1035,7 @@ def _cine_options(args: argparse.Namespace):
         postprocess=not args.no_postprocess, frame=args.frame, series_uid=args.series_uid, device=args.device,
         region_source=args.regions, region_combination=args.region_combination, min_heart_ml=args.min_heart_ml,
         ed_frame=getattr(args, "ed_frame", None), es_frame=getattr(args, "es_frame", None),
+        ed_series_uid=getattr(args, "ed_series_uid", None), es_series_uid=getattr(args, "es_series_uid", None),
     )
 
 

@@ -69,6 +69,8 @@ class CineOptions:
     min_heart_ml: float | None = None  # None: segment_cine's default (regions.pipeline.MIN_HEART_ML)
     ed_frame: int | None = None  # function: the frames of a 4D series, when ED and ES come from one file
     es_frame: int | None = None
+    ed_series_uid: str | None = None  # function: the series of a DICOM folder that holds ED and ES as two series
+    es_series_uid: str | None = None
 
 
 def read_input(path: str | Path, *, frame: int | None = None, series_uid: str | None = None) -> Volume:
@@ -215,17 +217,30 @@ def cardiac_function_files(
 
 
 def check_phase_paths(ed_path: str | Path, es_path: str | Path, options: CineOptions | None = None) -> None:
-    """Refuse ED and ES given as one file, unless it is a 4D series and two different frames are chosen.
+    """Refuse ED and ES given as one file, unless it is a 4D series and two different frames are chosen, or a DICOM
+    folder and two different series are chosen.
 
     Raises
     ------
     InputError
-        If both paths name the same file or folder and ``options`` does not pick two different frames of it.
+        If both paths name the same file or folder and ``options`` picks neither two different frames nor two
+        different series of it.
     """
-    ed_frame, es_frame = _phase_frames(options or CineOptions())
-    if Path(ed_path).resolve() == Path(es_path).resolve() and (ed_frame is None or ed_frame == es_frame):
+    options = options or CineOptions()
+    ed_frame, es_frame = _phase_frames(options)
+    ed_series, es_series = _phase_series(options)
+    two_frames = ed_frame is not None and ed_frame != es_frame
+    two_series = ed_series is not None and es_series is not None and ed_series != es_series
+    if Path(ed_path).resolve() == Path(es_path).resolve() and not (two_frames or two_series):
         raise InputError(f"ED and ES are the same file ({ed_path}): give the end-diastolic and the end-systolic "
-                         "frame of one cine series; for a 4D file, pick them with --ed-frame N --es-frame M.")
+                         "frame of one cine series; for a 4D file, pick them with --ed-frame N --es-frame M, and for "
+                         "a DICOM folder holding both as two series, with --ed-series-uid and --es-series-uid.")
+
+
+def _phase_series(options: CineOptions) -> tuple[str | None, str | None]:
+    """The ED and ES series of a DICOM folder: each its own (``ed_series_uid``, ``es_series_uid``), else the shared
+    ``series_uid``."""
+    return (options.ed_series_uid or options.series_uid, options.es_series_uid or options.series_uid)
 
 
 def _phase_frames(options: CineOptions) -> tuple[int | None, int | None]:
@@ -262,10 +277,15 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
         checks: dict = {}
         # both phases are read and segmented before anything is written: a bad ES file leaves no ED output behind
         ed_frame, es_frame = _phase_frames(options)
-        read = {"ed": _read_cine(ed_path, dataclasses.replace(options, frame=ed_frame), provenance),
-                "es": _read_cine(es_path, dataclasses.replace(options, frame=es_frame), provenance)}
+        series = dict(zip(("ed", "es"), _phase_series(options)))
+        read = {"ed": _read_cine(ed_path, dataclasses.replace(options, frame=ed_frame, series_uid=series["ed"]),
+                                 provenance),
+                "es": _read_cine(es_path, dataclasses.replace(options, frame=es_frame, series_uid=series["es"]),
+                                 provenance)}
         if ed_frame is not None or es_frame is not None:
             provenance.parameters.update({"ed_frame": ed_frame, "es_frame": es_frame})
+        if options.ed_series_uid or options.es_series_uid:
+            provenance.parameters.update({"ed_series_uid": series["ed"], "es_series_uid": series["es"]})
         paths = {"ed": ed_path, "es": es_path}
         for phase, (start, stop) in (("ed", (0.0, 0.45)), ("es", (0.45, 0.9))):
             middle = stop if qc is None else start + 0.8 * (stop - start)
@@ -279,7 +299,7 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
                 write_volume(result.labels, out / f"labels_{phase}.nii.gz")
                 write_seg_nrrd(result.labels, out / f"segmentation_{phase}.seg.nrrd")
                 dicom_seg_of_dicom_input(result.labels, paths[phase], out / f"segmentation_{phase}.dcm",
-                                         series_uid=options.series_uid, provenance=provenance,
+                                         series_uid=series[phase], provenance=provenance,
                                          frame=ed_frame if phase == "ed" else es_frame)
                 if checks.get(phase) is not None:
                     write_csv(out / f"qc_slices_{phase}.csv", checks[phase].slice_table_rows())
