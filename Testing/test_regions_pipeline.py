@@ -600,7 +600,9 @@ def test_function_takes_ed_and_es_as_two_series_of_one_dicom_folder(cine_models_
     folder = str(both)
     # without a choice of series the one folder is refused, before anything is read
     assert main(["function", folder, folder, "--out", str(tmp_path / "same"), *common]) == 2
-    assert "--ed-series-uid and --es-series-uid" in capsys.readouterr().err and not (tmp_path / "same").exists()
+    refusal = capsys.readouterr().err
+    assert "--ed-series-uid and --es-series-uid" in refusal and not (tmp_path / "same").exists()
+    assert "It holds 2 series" in refusal and uids["ED"] in refusal and uids["ES"] in refusal  # the UIDs to choose
     assert main(["function", folder, folder, "--out", str(tmp_path / "fn"), "--ed-series-uid", uids["ED"],
                  "--es-series-uid", uids["ES"], *common]) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "fn" / "report.json").read_text())

@@ -234,7 +234,22 @@ def check_phase_paths(ed_path: str | Path, es_path: str | Path, options: CineOpt
     if Path(ed_path).resolve() == Path(es_path).resolve() and not (two_frames or two_series):
         raise InputError(f"ED and ES are the same file ({ed_path}): give the end-diastolic and the end-systolic "
                          "frame of one cine series; for a 4D file, pick them with --ed-frame N --es-frame M, and for "
-                         "a DICOM folder holding both as two series, with --ed-series-uid and --es-series-uid.")
+                         "a DICOM folder holding both as two series, with --ed-series-uid and --es-series-uid."
+                         + _series_of_folder(ed_path))
+
+
+def _series_of_folder(path: str | Path) -> str:
+    """The listing of a DICOM folder's series for a message (they are the UIDs to choose from), or ""."""
+    from .io.dicom import list_dicom_series
+
+    if not Path(path).is_dir():
+        return ""
+    try:
+        infos = list_dicom_series(path)
+    except (DataError, InputError, OSError):  # not a DICOM folder: the read says so later
+        return ""
+    listing = "\n".join(f"  - {info.describe()}" for info in infos)
+    return f" It holds {len(infos)} series:\n{listing}" if len(infos) > 1 else ""
 
 
 def _phase_series(options: CineOptions) -> tuple[str | None, str | None]:
