@@ -285,3 +285,21 @@ def test_qc_input_accepts_an_empty_segmentation_and_scores_it_low(cine_phantom, 
     scores = predicted_dice(truth[:, 1:], pairs[:, 1:])  # a surrogate that shows the heart
     assert not np.isnan(scores).any()
     np.testing.assert_array_equal(scores[truth[:, 1:].any(axis=(2, 3))], 0.0)
+
+
+def test_lv_surround_fraction_counts_the_pools_outer_border_wherever_the_pool_lies():
+    from cardiac_ai.qc.rules import lv_surround_fractions
+
+    labels = np.zeros((4, 9, 9), np.uint8)
+    labels[0, 3:6, 3:6] = 3  # 3 x 3 pool: 12 border pixels, myocardium on the 3 of its top edge
+    labels[0, 2, 3:6] = 2
+    labels[1, 0:2, 0:2] = 3  # a pool in the corner: its border stops at the image edge (4 pixels), 2 on scar
+    labels[1, 2, 0:2] = 4
+    labels[2] = 3  # a pool filling the slice has no border
+    surround = lv_surround_fractions(labels)
+    assert surround[0] == pytest.approx(3 / 12) and surround[1] == pytest.approx(2 / 4)
+    assert surround[2] == 0.0 and np.isnan(surround[3])  # slice 3: no pool
+    labels[0, 6, 3:6] = 2  # the bottom edge too; a pool in the far corner measures the same as in the first
+    labels[1] = np.rot90(labels[1], 2)
+    surround = lv_surround_fractions(labels)
+    assert surround[0] == pytest.approx(6 / 12) and surround[1] == pytest.approx(2 / 4)
