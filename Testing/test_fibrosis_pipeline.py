@@ -480,3 +480,21 @@ def test_a_one_slice_dicom_series_without_slice_thickness_gives_no_scar_volume(t
     assert lge.spacing_known and lge.slice_spacing_known is known
     assert caplog.text.count("without SliceThickness") == (0 if known else 1)  # the headers are read once
     assert read_lge_input(folder, series_uid=uids["other"]).slice_spacing_known
+
+
+@pytest.mark.parametrize("stored", [dict(flip_j=True), dict(flip_j=True, flip_i=True), dict(transpose=True)],
+                         ids=["rows-reversed", "turned-180", "transposed"])
+def test_a_stack_stored_turned_or_mirrored_with_its_header_gets_the_same_scar_and_aha_sectors(stored):
+    from cardiac_ai.geometry import InPlaneTurn
+
+    geometry = Geometry(spacing_mm=(1.25, 1.25, 8.0), origin_lps_mm=(10.0, -5.0, 3.0))
+    volume = Volume(_stack(n_slices=3, size=50), geometry)
+    turn = InPlaneTurn(**stored)  # the same anatomy in another storage order, the header saying so
+    other = Volume(np.ascontiguousarray(turn.apply(volume.array)), turn.geometry(geometry, volume.spatial_shape))
+    results = [segment_fibrosis(v, _known_models(classifier=False), slice_order="base-first")
+               for v in (volume, other)]
+    assert results[1].labels.geometry == other.geometry  # written on the input's own grid
+    np.testing.assert_array_equal(turn.undo(results[1].labels.array), results[0].labels.array)
+    sectors = [[(s.slice_index, s.aha_segment, s.scar_pixels, s.myocardium_pixels) for s in r.measures.sectors]
+               for r in results]
+    assert sectors[0] == sectors[1] and any(s[2] for s in sectors[0])  # scar in the same AHA segments

@@ -157,3 +157,63 @@ def test_align_axes_reorders_an_other_orientation_of_the_same_lattice_exactly():
     assert align_axes(turned, grid) is turned  # other axes altogether: left for the lattice check to refuse
     with pytest.raises(InputError, match="voxel lattice"):
         pad_to_reference_grid(turned, volume)
+
+
+# -- the short-axis display turn -----------------------------------------------------------------------------------
+_ALL_TURNS = [(t, fj, fi) for t in (False, True) for fj in (False, True) for fi in (False, True)]
+
+
+def _short_axis_direction(rotation_deg: float) -> tuple[float, ...]:
+    """A short-axis plane (normal along the apex-to-base axis, towards right, posterior and superior) shown as
+    radiology shows it (viewed from the apex), its columns ``rotation_deg`` from the patient's left."""
+    normal = np.array([-1.0, 1.0, 1.0]) / np.sqrt(3)
+    left = np.array([1.0, 0.0, 0.0]) - normal * (-1 / np.sqrt(3))
+    left /= np.linalg.norm(left)
+    down = np.cross(normal, left)  # viewed from the apex: column x row points from the apex to the base
+    angle = np.radians(rotation_deg)
+    column = np.cos(angle) * left + np.sin(angle) * down
+    row = np.cross(normal, column)
+    return tuple(np.column_stack([column, row, normal]).ravel())
+
+
+@pytest.mark.parametrize("direction", [(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), _short_axis_direction(0.0),
+                                       _short_axis_direction(30.0), _short_axis_direction(-40.0)],
+                         ids=["identity", "short-axis", "short-axis-30", "short-axis-minus-40"])
+@pytest.mark.parametrize("stored", _ALL_TURNS)
+def test_every_stored_turn_or_mirror_of_a_displayed_stack_is_turned_back_exactly(direction, stored):
+    from cardiac_ai.geometry import InPlaneTurn, short_axis_display_turn
+
+    geometry = Geometry((1.2, 1.5, 8.0), (10.0, -20.0, 30.0), direction)
+    assert short_axis_display_turn(geometry).is_identity  # shown as the networks learnt: left as it is
+    array = np.random.default_rng(0).random((2, 5, 7))
+    turn = InPlaneTurn(*stored)
+    stored_geometry = turn.geometry(geometry, array.shape)
+    stored_array = turn.apply(array)
+    np.testing.assert_array_equal(turn.undo(stored_array), array)
+    for index in ((0, 0, 0), (1, 4, 6), (1, 2, 3)):  # every voxel keeps its place in the patient
+        where = np.argwhere(stored_array == array[index])[0]
+        np.testing.assert_allclose(stored_geometry.index_to_lps(where), geometry.index_to_lps(np.array(index)),
+                                   atol=1e-9)
+    back = short_axis_display_turn(stored_geometry)
+    np.testing.assert_array_equal(back.apply(stored_array), array)
+    assert back.geometry(stored_geometry, stored_array.shape).is_close(geometry, atol_mm=1e-9)
+    assert back.is_mirror == turn.is_mirror
+
+
+def test_the_display_turn_brings_the_columns_within_45_degrees_of_the_left_and_never_mirrors_a_long_axis_slice():
+    from cardiac_ai.geometry import InPlaneTurn, short_axis_display_turn
+
+    assert short_axis_display_turn(Geometry(direction_lps=_short_axis_direction(44.0))).is_identity
+    for stored, expected in ((46.0, -44.0), (120.0, 30.0), (-100.0, -10.0), (180.0, 0.0)):
+        geometry = Geometry(direction_lps=_short_axis_direction(stored))
+        turn = short_axis_display_turn(geometry)
+        assert isinstance(turn, InPlaneTurn) and not turn.is_mirror
+        shown = turn.geometry(geometry, (1, 4, 4)).direction_matrix
+        np.testing.assert_allclose(shown, np.reshape(_short_axis_direction(expected), (3, 3)), atol=1e-9)
+    # a plane containing the apex-to-base axis says nothing about handedness: never mirrored, only turned
+    normal = np.array([1.0, 1.0, 0.0]) / np.sqrt(2)
+    column = np.array([-1.0, 1.0, 0.0]) / np.sqrt(2)
+    for sign in (1.0, -1.0):
+        row = sign * np.cross(normal, column)
+        turn = short_axis_display_turn(Geometry(direction_lps=tuple(np.column_stack([column, row, normal]).ravel())))
+        assert not turn.is_mirror

@@ -16,6 +16,7 @@ from cardiac_ai.preprocessing import (
     InputSpec,
     PreprocessTransform,
     preprocess,
+    restore_argmax,
     restore_labels,
     restore_probabilities,
 )
@@ -369,12 +370,15 @@ def test_restore_interpolates_only_near_the_crop_yet_equals_restoring_the_whole_
         uncropped = np.stack([
             _crop_or_pad(probabilities[c], (-transform.crop_offset_ji[0], -transform.crop_offset_ji[1]), size,
                          fill=1.0 if c == 0 else 0.0) for c in range(4)], axis=-1)
-        native, resampled = transform.native_geometry, transform.resampled_geometry
+        # an oblique stack is resampled turned to the short-axis display (here it is), and turned back after
+        native, resampled = transform.display_geometry, transform.resampled_geometry
         shift = np.linalg.solve(native.direction_matrix,
                                 np.asarray(resampled.origin_lps_mm) - np.asarray(native.origin_lps_mm))
-        reference = _itk_linear(uncropped, resampled.spacing_mm[:2], native.spacing_mm[:2], shape[1:], (0.0, 0.0),
-                                shift[:2])
-        np.testing.assert_allclose(restored, np.moveaxis(reference, -1, 0), atol=1e-5)
+        reference = _itk_linear(uncropped, resampled.spacing_mm[:2], native.spacing_mm[:2],
+                                transform.display_shape[1:], (0.0, 0.0), shift[:2])
+        reference = transform.in_plane_turn.undo(np.moveaxis(reference, -1, 0))
+        assert restored.shape == (4, *shape)
+        np.testing.assert_allclose(restored, reference, atol=1e-5)
         np.testing.assert_array_equal(restore_argmax(probabilities, transform), np.argmax(restored, axis=0))
         checked += transform.was_resampled
     assert checked >= 20
@@ -396,3 +400,30 @@ def test_separable_linear_resampling_matches_itks_interpolator_inside_and_outsid
         ours = _resample_slices(array, *settings, "linear", origin_ij=origin)
         assert ours.shape == itk(array, *settings, origin).shape and ours.dtype == array.dtype
         np.testing.assert_allclose(ours, itk(array, *settings, origin), atol=1e-5)
+
+
+@pytest.mark.parametrize("stored", [(t, fj, fi) for t in (False, True) for fj in (False, True) for fi in (False, True)])
+def test_a_stack_stored_turned_or_mirrored_with_its_header_reaches_the_network_as_the_displayed_stack(stored):
+    """A NIfTI reoriented by nibabel or MONAI keeps the anatomy and says so in its header: the network sees the
+    same slices, and the restored labels lie on the stored grid in the same places."""
+    from cardiac_ai.geometry import InPlaneTurn
+
+    image, labels = _phantom(direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    spec = InputSpec(in_plane_spacing_mm=(1.5, 1.5), crop_size=(64, 64))
+    reference = preprocess(image, spec, labels=labels)
+    turn = InPlaneTurn(*stored)
+    stored_geometry = turn.geometry(image.geometry, image.spatial_shape)
+    stored_image = Volume(np.ascontiguousarray(turn.apply(image.array)), stored_geometry)
+    stored_labels = Volume(np.ascontiguousarray(turn.apply(labels.array)), stored_geometry)
+    sample = preprocess(stored_image, spec, labels=stored_labels)
+    assert sample.transform.in_plane_turn.undo(np.zeros((1, 3, 5))).shape == turn.apply(np.zeros((1, 3, 5))).shape
+    np.testing.assert_array_equal(sample.image, reference.image)
+    np.testing.assert_array_equal(sample.labels, reference.labels)
+    restored = restore_labels(sample.labels, sample.transform)
+    assert restored.geometry == stored_geometry and restored.array.shape == stored_image.array.shape
+    np.testing.assert_array_equal(turn.undo(restored.array), restore_labels(reference.labels,
+                                                                            reference.transform).array)
+    probabilities = np.stack([sample.labels == c for c in range(4)]).astype(np.float32)
+    np.testing.assert_array_equal(restore_argmax(probabilities, sample.transform), restored.array)
+    again = PreprocessTransform.from_dict(json.loads(json.dumps(sample.transform.to_dict())))
+    assert again == sample.transform

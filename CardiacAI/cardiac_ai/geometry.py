@@ -14,7 +14,16 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "align_axes", "pad_to_reference_grid"]
+__all__ = [
+    "Geometry",
+    "Volume",
+    "LPS_TO_RAS",
+    "InPlaneTurn",
+    "NO_TURN",
+    "short_axis_display_turn",
+    "align_axes",
+    "pad_to_reference_grid",
+]
 
 #: Multiplying an LPS point by this gives RAS (and vice versa).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -224,6 +233,128 @@ class Volume:
             raise InputError(f"Frame {index} does not exist; the series has {n_frames} frames (0..{n_frames - 1}).")
         # a copy, not a view: the whole series (hundreds of MB) can then be freed while the frame is in use
         return Volume(np.array(self.array[index]), self.geometry, "kji")
+
+
+@dataclass(frozen=True)
+class InPlaneTurn:
+    """How the rows and columns of a (..., j, i) array are reordered in-plane (transposed, then reversed), without
+    resampling: every voxel keeps its LPS position, and :meth:`undo` gives the stored array back exactly."""
+
+    transpose: bool = False
+    flip_j: bool = False
+    flip_i: bool = False
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.transpose or self.flip_j or self.flip_i)
+
+    @property
+    def is_mirror(self) -> bool:
+        """True when the turn reverses the slices' handedness (a mirror, not a rotation)."""
+        return (self.transpose + self.flip_j + self.flip_i) % 2 == 1
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """The array as the turn shows it (a view where numpy allows)."""
+        out = np.swapaxes(array, -1, -2) if self.transpose else array
+        if self.flip_j:
+            out = out[..., ::-1, :]
+        if self.flip_i:
+            out = out[..., ::-1]
+        return out
+
+    def undo(self, array: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`apply`: a turned array back in the stored order."""
+        out = array[..., ::-1] if self.flip_i else array
+        if self.flip_j:
+            out = out[..., ::-1, :]
+        return np.swapaxes(out, -1, -2) if self.transpose else out
+
+    def shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The turned array's shape (the last two axes swapped by a transpose)."""
+        shape = tuple(int(n) for n in shape)
+        return (*shape[:-2], shape[-1], shape[-2]) if self.transpose else shape
+
+    def geometry(self, geometry: Geometry, shape_kji: Sequence[int]) -> Geometry:
+        """The geometry of the turned (k, j, i) array: the same voxels in the same LPS places."""
+        if self.is_identity:
+            return geometry
+        _, n_j, n_i = (int(n) for n in shape_kji)
+        axes = np.asarray(geometry.direction_matrix, dtype=np.float64)
+        spacing = geometry.spacing_mm
+        # stored axis (0: i, 1: j) that becomes the turned i and j axes
+        source_i, source_j = (1, 0) if self.transpose else (0, 1)
+        size = {0: n_i, 1: n_j}
+        first = np.zeros(3)  # stored (i, j, k) index of the turned array's first voxel
+        if self.flip_i:
+            first[source_i] = size[source_i] - 1
+        if self.flip_j:
+            first[source_j] = size[source_j] - 1
+        direction = np.column_stack([axes[:, source_i] * (-1.0 if self.flip_i else 1.0),
+                                     axes[:, source_j] * (-1.0 if self.flip_j else 1.0), axes[:, 2]])
+        origin = (geometry.ijk_to_lps_matrix() @ np.append(first, 1.0))[:3]
+        return Geometry((spacing[source_i], spacing[source_j], spacing[2]), tuple(float(v) for v in origin),
+                        tuple(float(v) for v in direction.ravel()))
+
+    def describe(self) -> str:
+        """In words, for logs and reports."""
+        if self.is_identity:
+            return "as stored"
+        degrees = {(False, False, False): 0, (False, True, True): 180, (True, True, False): 90,
+                   (True, False, True): 270}
+        key = (self.transpose, self.flip_j, self.flip_i)
+        if key in degrees:
+            return f"turned {degrees[key]} degrees in-plane"
+        return "mirrored in-plane" + ("" if key in ((False, False, True), (False, True, False)) else " and turned")
+
+    def to_dict(self) -> dict:
+        return {"transpose": self.transpose, "flip_j": self.flip_j, "flip_i": self.flip_i}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "InPlaneTurn":
+        return cls(**{key: bool(value) for key, value in (data or {}).items()})
+
+
+NO_TURN = InPlaneTurn()
+
+#: Directions in LPS that every supine or prone patient's heart shares, whatever the scanner's planning: the
+#: patient's left, and roughly from the apex to the base (towards right, posterior and superior).
+_PATIENT_LEFT_LPS = np.array([1.0, 0.0, 0.0])
+_APEX_TO_BASE_LPS = np.array([-1.0, 1.0, 1.0]) / math.sqrt(3.0)
+#: Below this |cos| between the slices' viewing direction and the apex-to-base direction, a stack's handedness says
+#: nothing about the anatomy (slices along the long axis): it is kept as stored.
+_MIN_HANDEDNESS_COS = 0.2
+
+
+def short_axis_display_turn(geometry: Geometry) -> InPlaneTurn:
+    """The in-plane turn that shows a stack's slices the way the CardiacAI networks learnt short-axis images: viewed
+    from the apex (as radiology displays a short-axis slice), the columns (i) running towards the patient's left.
+
+    Only the direction cosines decide: a stack stored rotated or mirrored but with a correct header (a NIfTI
+    reoriented by nibabel's ``as_closest_canonical`` or MONAI's ``Orientation``, a file flipped by a converter) is
+    turned back, and a stack already shown that way (the ACDC and EMIDEC files, whose headers hold the identity, and
+    short-axis DICOM as scanners store it) is left as it is. A header that lies about the orientation cannot be
+    caught here. Every storage order of the same slices gets the same display (the columns within 45 degrees of the
+    patient's left), so the networks' results do not depend on it.
+    """
+    axes = geometry.direction_matrix
+    stored_i, stored_j = axes[:, 0], axes[:, 1]
+    stored_view = float(np.cross(stored_i, stored_j) @ _APEX_TO_BASE_LPS)
+    candidates = []
+    for transpose in (False, True):
+        for flip_j in (False, True):
+            for flip_i in (False, True):
+                turn = InPlaneTurn(transpose, flip_j, flip_i)
+                column, row = (stored_j, stored_i) if transpose else (stored_i, stored_j)
+                column, row = -column if flip_i else column, -row if flip_j else row
+                viewed_from_apex = float(np.cross(column, row) @ _APEX_TO_BASE_LPS) > 0
+                if abs(stored_view) < _MIN_HANDEDNESS_COS:
+                    allowed = not turn.is_mirror
+                else:
+                    allowed = viewed_from_apex
+                if allowed:
+                    candidates.append((float(column @ _PATIENT_LEFT_LPS), turn))
+    # the first best wins a tie: the stored orientation comes first among the candidates
+    return max(candidates, key=lambda candidate: candidate[0])[1]
 
 
 def align_axes(volume: Volume, reference: Geometry, *, atol_direction: float = 1e-4) -> Volume:

@@ -23,7 +23,7 @@ import numpy as np
 from .errors import Cancelled, DataError, InputError, ModelError, OutputError
 from .geometry import Volume, align_axes, pad_to_reference_grid
 from .io import VOLUME_SUFFIXES, prepare_output_dir, read_volume, write_volume
-from .io.report import REPORT_NAME, write_csv, write_report
+from .io.report import REPORT_NAME, volume_entry, write_csv, write_report
 from .io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
 from .io.seg_nrrd import write_seg_nrrd
 from .labels import LABEL_CODE_NAMES, LABELS, LV_MYOCARDIUM, MVO, SCAR, codes_of_structure, remap_label_codes
@@ -186,8 +186,7 @@ def _segment_cine_job(input_path, out_dir, *, models, options, qc, overwrite, pr
             if checks[0] is not None:
                 write_csv(out / QC_SLICES_NAME, checks[0].slice_table_rows())
         write_report(out, provenance=provenance, results={
-            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
-                      "geometry": volume.geometry.to_dict()},
+            "input": {"path": str(input_path), **volume_entry(volume)},
             **result.to_report(),
             **({"qc": _qc_entry(checks[0])} if qc is not None else {}),
         })
@@ -1284,8 +1283,7 @@ def _analyse_map_job(input_path, out_dir, *, kind, models, erosion_mm, levels, s
         dicom_seg_of_dicom_input(analysis.labels, input_path, out / DICOM_SEG_NAME, series_uid=series_uid,
                                  provenance=provenance)
         _write_map_outputs(out, analysis, provenance, {
-            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
-                      "geometry": volume.geometry.to_dict()},
+            "input": {"path": str(input_path), **volume_entry(volume)},
         }, qc=qc_keys)
     report(progress, 1.0, "Done")
     return analysis, checks
@@ -2208,8 +2206,8 @@ def qc_file(
                 write_volume(result.surrogate, out / "surrogate.nii.gz")
                 write_seg_nrrd(result.surrogate, out / "surrogate.seg.nrrd", reference=image)
         write_report(out, provenance=provenance, results={
-            "input": {"image": str(image_path), "labels": str(labels_path), "shape_kji": list(image.array.shape),
-                      "geometry": image.geometry.to_dict(), "context_drawn": context_drawn, **padding},
+            "input": {"image": str(image_path), "labels": str(labels_path), **volume_entry(image),
+                      "context_drawn": context_drawn, **padding},
             "qc": result.to_dict(),
         })
     report(progress, 1.0, "Done")
@@ -2457,8 +2455,7 @@ def cam_file(
                 write_volume(split, out / "structures.nii.gz")
                 write_seg_nrrd(split, out / "structures.seg.nrrd", reference=volume)
         write_report(out, provenance=provenance, results={
-            "input": {"path": str(input_path), "shape_kji": list(volume.array.shape),
-                      "geometry": volume.geometry.to_dict()},
+            "input": {"path": str(input_path), **volume_entry(volume)},
             "cam": result.to_report(),
             **({"structures": _weak_structures_report(split, heart_from_weak_unet=heart_from_weak_unet,
                                                           heart_from_end_diastole=result.heart_from_end_diastole,

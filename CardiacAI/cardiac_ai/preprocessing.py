@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
-from .geometry import Geometry, Volume
+from .geometry import NO_TURN, Geometry, InPlaneTurn, Volume, short_axis_display_turn
 
 __all__ = [
     "resample_onto",
@@ -188,12 +188,14 @@ class PreprocessTransform:
     ----------
     spec : InputSpec used.
     native_geometry, native_shape : geometry and (k, j, i) shape of the input volume.
-    resampled_geometry, resampled_shape : the in-plane resampled grid (same direction and slice axis as the input).
-        Equal to the native ones when the input already had the spec's spacing.
+    resampled_geometry, resampled_shape : the in-plane resampled grid (same direction and slice axis as the input,
+        turned by ``in_plane_turn``). Equal to the display ones when the input already had the spec's spacing.
     crop_offset_ji : (j, i) index in the resampled grid of the crop's first pixel; negative or running past the
         end where the crop was padded.
     crop_size_ji : (j, i) crop size, ``spec.crop_size``.
     intensity_stats : (low, high) percentile values, or (mean, std) for "zscore", of the input volume.
+    in_plane_turn : how the input's rows and columns were reordered before resampling, to show its slices as the
+        networks learnt them (:func:`~cardiac_ai.geometry.short_axis_display_turn`); the restore functions undo it.
     """
 
     spec: InputSpec
@@ -204,12 +206,22 @@ class PreprocessTransform:
     crop_offset_ji: tuple[int, int]
     crop_size_ji: tuple[int, int]
     intensity_stats: tuple[float, float]
+    in_plane_turn: InPlaneTurn = NO_TURN
+
+    @property
+    def display_geometry(self) -> Geometry:
+        """The input's grid after ``in_plane_turn`` (the same voxels and positions), which was resampled."""
+        return self.in_plane_turn.geometry(self.native_geometry, self.native_shape)
+
+    @property
+    def display_shape(self) -> tuple[int, int, int]:
+        return self.in_plane_turn.shape(self.native_shape)  # type: ignore[return-value]
 
     @property
     def was_resampled(self) -> bool:
         """False when the input already had the spec's spacing (no interpolation either way)."""
-        return self.resampled_shape != self.native_shape or not self.resampled_geometry.is_close(
-            self.native_geometry, atol_mm=1e-9, atol_direction=1e-12
+        return self.resampled_shape != self.display_shape or not self.resampled_geometry.is_close(
+            self.display_geometry, atol_mm=1e-9, atol_direction=1e-12
         )
 
     @property
@@ -233,6 +245,7 @@ class PreprocessTransform:
             "crop_offset_ji": list(self.crop_offset_ji),
             "crop_size_ji": list(self.crop_size_ji),
             "intensity_stats": list(self.intensity_stats),
+            "in_plane_turn": self.in_plane_turn.to_dict(),
         }
 
     @classmethod
@@ -248,6 +261,7 @@ class PreprocessTransform:
                 crop_offset_ji=tuple(int(v) for v in data["crop_offset_ji"]),  # type: ignore[arg-type]
                 crop_size_ji=tuple(int(v) for v in data["crop_size_ji"]),  # type: ignore[arg-type]
                 intensity_stats=tuple(float(v) for v in data["intensity_stats"]),  # type: ignore[arg-type]
+                in_plane_turn=InPlaneTurn.from_dict(data.get("in_plane_turn")),
             )
         except KeyError as e:
             raise InputError(f"PreprocessTransform dict lacks key {e.args[0]!r}.") from e
@@ -336,6 +350,14 @@ def preprocess(
     label_array = None
     if labels is not None:
         label_array = _check_labels(labels, volume)
+    native = volume
+    turn = short_axis_display_turn(volume.geometry)
+    if not turn.is_identity:
+        log.debug("Slices %s for the networks (direction %s)", turn.describe(), volume.geometry.direction_lps)
+        volume = Volume(np.ascontiguousarray(turn.apply(volume.array)), turn.geometry(volume.geometry,
+                                                                                        volume.spatial_shape))
+        if label_array is not None:
+            label_array = np.ascontiguousarray(turn.apply(label_array))
     image = np.asarray(volume.array, dtype=np.float32)
     stats = _intensity_stats(image, spec)
 
@@ -380,13 +402,14 @@ def preprocess(
     normalised = _normalise(image_crop, spec, stats)
     transform = PreprocessTransform(
         spec=spec,
-        native_geometry=volume.geometry,
-        native_shape=volume.spatial_shape,
+        native_geometry=native.geometry,
+        native_shape=native.spatial_shape,
         resampled_geometry=resampled_geometry,
         resampled_shape=resampled_shape,  # type: ignore[arg-type]
         crop_offset_ji=offset_ji,  # type: ignore[arg-type]
         crop_size_ji=crop_ji,
         intensity_stats=stats,
+        in_plane_turn=turn,
     )
     return Preprocessed(image=normalised, labels=label_crop, transform=transform)
 
@@ -476,12 +499,12 @@ def restore_argmax(probabilities: NDArray[np.floating], transform: PreprocessTra
         raise InputError(f"restore_argmax makes uint8 labels; got {array.shape[0]} channels (at most 256).")
     if not transform.was_resampled:
         return np.argmax(_restore_channels(array, transform, fills), axis=0).astype(np.uint8)
-    labels = np.zeros(transform.native_shape, dtype=np.uint8)
+    labels = np.zeros(transform.display_shape, dtype=np.uint8)
     window = _restore_window(np.moveaxis(array, 0, -1), transform, fills)
     if window is not None:
         restored, rows, columns = window
         labels[:, rows, columns] = np.argmax(restored, axis=-1)
-    return labels
+    return np.ascontiguousarray(transform.in_plane_turn.undo(labels))
 
 
 def _checked_maps(
@@ -541,8 +564,8 @@ def restore_labels(pred_labels: NDArray[np.integer], transform: PreprocessTransf
         raise InputError(f"pred_labels must have the preprocessed shape (k, cj, ci) = {expected}, got {array.shape}.")
     array = _as_label_array(array, "pred_labels")
     if not transform.was_resampled:
-        restored = _crop_or_pad(array, _negated(transform.crop_offset_ji), transform.native_shape[1:], fill=0)
-        return Volume(restored, transform.native_geometry)
+        restored = _crop_or_pad(array, _negated(transform.crop_offset_ji), transform.display_shape[1:], fill=0)
+        return Volume(np.ascontiguousarray(transform.in_plane_turn.undo(restored)), transform.native_geometry)
     codes = np.unique(array)
     if codes[0] != 0:
         codes = np.concatenate([[0], codes]).astype(np.uint8)
@@ -550,7 +573,7 @@ def restore_labels(pred_labels: NDArray[np.integer], transform: PreprocessTransf
     fills = (codes == 0).astype(np.float32)
     restored_one_hot = _restore_channels(one_hot, transform, fills)
     restored = codes[np.argmax(restored_one_hot, axis=0)].astype(np.uint8)
-    return Volume(restored, transform.native_geometry)
+    return Volume(restored, transform.native_geometry)  # _restore_channels has undone the turn
 
 
 # -- validation ----------------------------------------------------------------------------------------------------
@@ -801,14 +824,14 @@ def _restore_channels(array: np.ndarray, transform: PreprocessTransform, fills: 
                 channels_last[..., channel], _negated(transform.crop_offset_ji), resampled_size,
                 fill=float(fills[channel]),
             )
-        return np.ascontiguousarray(np.moveaxis(uncropped, -1, 0))
-    out = np.empty((n_channels, *transform.native_shape), dtype=np.float32)
+        return np.ascontiguousarray(transform.in_plane_turn.undo(np.moveaxis(uncropped, -1, 0)))
+    out = np.empty((n_channels, *transform.display_shape), dtype=np.float32)
     out[...] = fills.astype(np.float32)[:, None, None, None]
     window = _restore_window(channels_last, transform, fills)
     if window is not None:
         restored, rows, columns = window
         out[:, :, rows, columns] = np.moveaxis(restored, -1, 0)
-    return out
+    return out if transform.in_plane_turn.is_identity else np.ascontiguousarray(transform.in_plane_turn.undo(out))
 
 
 def _restore_window(
@@ -819,12 +842,12 @@ def _restore_window(
     Every other native pixel is the fill of each channel. None when no native pixel reads the crop.
     """
     n_channels = channels_last.shape[-1]
-    native, resampled = transform.native_geometry, transform.resampled_geometry
+    native, resampled = transform.display_geometry, transform.resampled_geometry
     # the resampled grid's first pixel, in mm of the native index frame
     shift = np.linalg.solve(
         native.direction_matrix, np.asarray(resampled.origin_lps_mm) - np.asarray(native.origin_lps_mm)
     )
-    _, n_j, n_i = transform.native_shape
+    _, n_j, n_i = transform.display_shape
     resampled_size = transform.resampled_shape[1:]
     spacing_i, spacing_j = native.spacing_mm[:2]
     resampled_spacing_i, resampled_spacing_j = resampled.spacing_mm[:2]

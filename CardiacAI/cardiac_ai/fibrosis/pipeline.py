@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from ..errors import InputError, ModelError
-from ..geometry import Volume
+from ..geometry import Volume, short_axis_display_turn
 from ..labels import LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, MYOCARDIUM_CODES, SCAR
 from ..progress import ProgressCallback, report, subrange
 from ..provenance import Provenance
@@ -439,9 +439,12 @@ def segment_fibrosis(
 
     report(progress, 0.85, "Measuring the scar")
     with provenance.timed("measure"):
-        spacing = volume.geometry.spacing_kji_mm
+        # the AHA sectors are screen angles of the short-axis display: measured on the slices as they are shown
+        # that way, so that a stack stored turned or mirrored (with a header that says so) gets the same sectors
+        turn = short_axis_display_turn(volume.geometry)
+        spacing = turn.geometry(volume.geometry, volume.spatial_shape).spacing_kji_mm
         measures = scar_measures(
-            labels, pixel_spacing_ji_mm=spacing[1:] if spacing_known else None,
+            np.ascontiguousarray(turn.apply(labels)), pixel_spacing_ji_mm=spacing[1:] if spacing_known else None,
             slice_spacing_mm=spacing[0] if (spacing_known and slice_spacing_known) else None,
             levels=levels, anchor_angle_deg=anchor_angle_deg, mvo_assessed=MVO in fib_codes.values(),
         )
@@ -526,7 +529,7 @@ def fibrosis_file(
         Unreadable or unusable input. ``OutputError`` for a refused output folder.
     """
     from ..io import prepare_output_dir, write_volume
-    from ..io.report import write_csv, write_report
+    from ..io.report import volume_entry, write_csv, write_report
     from ..io.dicom_seg import DICOM_SEG_NAME, dicom_seg_of_dicom_input
     from ..io.seg_nrrd import write_seg_nrrd
 
@@ -572,8 +575,8 @@ def fibrosis_file(
                   columns=["slice_index", "level", "sector", "aha_segment", "mean_transmurality",
                            "max_transmurality", "n_rays", "scar_pixels", "myocardium_pixels"])
         write_report(out, provenance=provenance, results={
-            "input": {"path": str(input_path), "source": lge.source, "shape_kji": list(lge.volume.array.shape),
-                      "geometry": lge.volume.geometry.to_dict(), "spacing_known": lge.spacing_known},
+            "input": {"path": str(input_path), "source": lge.source, **volume_entry(lge.volume),
+                      "spacing_known": lge.spacing_known},
             **result.to_report(),
             **qc_report,
         })

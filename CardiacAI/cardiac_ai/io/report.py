@@ -21,10 +21,20 @@ from ..errors import DataError, InputError
 from ..provenance import Provenance
 from .atomic import write_text_atomic
 
-__all__ = ["to_jsonable", "write_json", "read_json", "write_report", "write_csv", "REPORT_NAME"]
+__all__ = ["to_jsonable", "write_json", "read_json", "write_report", "write_csv", "volume_entry", "REPORT_NAME"]
 
 #: File name of the report every command writes into its output folder.
 REPORT_NAME = "report.json"
+
+
+def volume_entry(volume) -> dict[str, Any]:
+    """A report's record of an input volume: its (k, j, i) shape, geometry, and how its slices were shown to the
+    networks (:func:`~cardiac_ai.geometry.short_axis_display_turn`: "as stored", or turned or mirrored back to the
+    short-axis display by its header)."""
+    from ..geometry import short_axis_display_turn
+
+    return {"shape_kji": list(volume.array.shape), "geometry": volume.geometry.to_dict(),
+            "slices_shown_to_networks": short_axis_display_turn(volume.geometry).describe()}
 
 
 def _float(value: float) -> float | None:
