@@ -194,6 +194,9 @@ def test_every_stored_turn_or_mirror_of_a_displayed_stack_is_turned_back_exactly
         where = np.argwhere(stored_array == array[index])[0]
         np.testing.assert_allclose(stored_geometry.index_to_lps(where), geometry.index_to_lps(np.array(index)),
                                    atol=1e-9)
+        # points found on a turned array (contour pixels) map back onto the array it was turned from
+        back_points = turn.undo_points(np.array([where[1:]], float), array.shape)
+        assert tuple(back_points[0]) == tuple(index[1:])
     back = short_axis_display_turn(stored_geometry)
     np.testing.assert_array_equal(back.apply(stored_array), array)
     assert back.geometry(stored_geometry, stored_array.shape).is_close(geometry, atol_mm=1e-9)

@@ -100,6 +100,30 @@ def test_analyse_map_recovers_the_myocardium_and_its_median(models, unseen, kind
     assert set(result.segments) >= set(range(7, 13))  # the mid ring's six segments
 
 
+@pytest.mark.parametrize("stored", [(False, True, False), (False, True, True), (True, False, False)],
+                         ids=["rows-reversed", "turned-180", "transposed"])
+def test_a_map_stored_turned_or_mirrored_with_its_header_gets_the_same_contours_and_aha_segments(
+        models, unseen, stored):
+    from cardiac_ai.geometry import InPlaneTurn
+
+    volume = unseen.t1_map_ms
+    turn = InPlaneTurn(*stored)
+    other = Volume(np.ascontiguousarray(turn.apply(volume.array)), turn.geometry(volume.geometry,
+                                                                                  volume.spatial_shape))
+    first, second = (analyse_map(v, kind="t1", models=models, device="cpu") for v in (volume, other))
+    for name in ("labels", "labels_with_rv", "segment_map"):  # on the stored grid, the same places
+        assert getattr(second, name).geometry == other.geometry
+        np.testing.assert_array_equal(turn.undo(getattr(second, name).array), getattr(first, name).array)
+    assert set(second.segments) == set(first.segments) and second.segments
+    assert {s: v.median for s, v in second.segments.items()} == {s: v.median for s, v in first.segments.items()}
+    assert second.septal.keys() == first.septal.keys()
+    for a, b in zip(first.contours, second.contours):
+        np.testing.assert_allclose(b.epicardium_lps_mm, a.epicardium_lps_mm, atol=1e-9)
+        k = np.full((len(b.epicardium_px), 1), b.slice_index)  # pixel points on the stored grid
+        np.testing.assert_allclose(other.geometry.index_to_lps(np.hstack([k, b.epicardium_px])),
+                                   b.epicardium_lps_mm, atol=1e-6)
+
+
 def test_slice_without_myocardium_gets_an_explicit_warning_and_no_value(models, unseen):
     array = unseen.t1_map_ms.array.copy()
     array[2] = 0.0  # the apical slice was not fitted

@@ -269,6 +269,15 @@ class InPlaneTurn:
             out = out[..., ::-1, :]
         return np.swapaxes(out, -1, -2) if self.transpose else out
 
+    def undo_points(self, points_ji: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """(N, 2) fractional (row, column) positions on the turned array -> the same points on the stored array,
+        whose shape (..., j, i) is ``shape``."""
+        points = np.asarray(points_ji, dtype=np.float64)
+        rows, columns = self.shape(shape)[-2:]
+        row = rows - 1 - points[:, 0] if self.flip_j else points[:, 0]
+        column = columns - 1 - points[:, 1] if self.flip_i else points[:, 1]
+        return np.column_stack([column, row] if self.transpose else [row, column])
+
     def shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The turned array's shape (the last two axes swapped by a transpose)."""
         shape = tuple(int(n) for n in shape)

@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..errors import InputError, ModelError
-from ..geometry import Volume
+from ..geometry import InPlaneTurn, Volume, short_axis_display_turn
 from ..labels import LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
 from ..progress import ProgressCallback, report
 from ..provenance import ModelUse, Provenance
@@ -566,6 +566,24 @@ def segment_map(
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------
+def _as_stored(analysis: MapAnalysis, turn: InPlaneTurn, stored: Volume) -> MapAnalysis:
+    """``analysis`` of the turned slices of ``stored``, with its label maps and contour pixels on the stored grid."""
+    def volume(turned: Volume) -> Volume:
+        return Volume(np.ascontiguousarray(turn.undo(turned.array)), stored.geometry)
+
+    def points(array):
+        return None if array is None else turn.undo_points(array, stored.spatial_shape)
+
+    contours = tuple(dataclasses.replace(
+        c, endocardium_px=points(c.endocardium_px), epicardium_px=points(c.epicardium_px),
+        extra_endocardium_px=tuple(points(a) for a in c.extra_endocardium_px),
+        extra_epicardium_px=tuple(points(a) for a in c.extra_epicardium_px),
+        spacing_ji_mm=tuple(c.spacing_ji_mm[::-1]) if turn.transpose else c.spacing_ji_mm,
+    ) for c in analysis.contours)
+    return dataclasses.replace(analysis, labels=volume(analysis.labels), labels_with_rv=volume(analysis.labels_with_rv),
+                               segment_map=volume(analysis.segment_map), contours=contours)
+
+
 def analyse_map(
     map_volume: Volume,
     *,
@@ -620,6 +638,15 @@ def analyse_map(
     """
     provenance = provenance if provenance is not None else Provenance(command="map")
     _check_map_volume(map_volume)
+    turn = short_axis_display_turn(map_volume.geometry)
+    if not turn.is_identity:
+        # every step (network, contours, RV insertion points, AHA segments) runs on the slices as the short-axis
+        # display shows them, so a map stored turned or mirrored gets the same results, put back on its own grid
+        shown = Volume(np.ascontiguousarray(turn.apply(map_volume.array)),
+                       turn.geometry(map_volume.geometry, map_volume.spatial_shape))
+        analysis = analyse_map(shown, kind=kind, models=models, erosion_mm=erosion_mm, levels=levels,
+                               post_contrast=post_contrast, device=device, progress=progress, provenance=provenance)
+        return _as_stored(analysis, turn, map_volume)
     if kind not in MAP_KINDS:
         raise InputError(f"kind must be 't1' or 't2', got {kind!r}.")
     try:
