@@ -5,11 +5,13 @@ slice thickness, a corrupt file among a DICOM series' slices, a MOLLI frame with
 """
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from pathlib import Path
 
 import nibabel as nib
+import nrrd
 import numpy as np
 import pydicom
 import pytest
@@ -297,3 +299,126 @@ def test_dicom_folder_states_its_slice_spacing_unless_one_slice_lacks_thickness(
     _write_series(tmp_path / "two", n_slices=2, seed=1, tag="t", **AXIAL)
     with pytest.raises(InputError, match="holds 2 DICOM series"):
         slice_spacing_stored(tmp_path / "two")
+
+
+# -- valid files whose encoding other readers take differently (the encodings audit, session 23) --------------------
+def _ramp(shape=(4, 12, 10)) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape)  # (k, j, i)
+
+
+def test_a_complex_image_is_refused_except_by_a_format_conversion(tmp_path):
+    from cardiac_ai.cli import main
+
+    magnitude = _ramp() + 1
+    complex_image = (magnitude * np.exp(1j * 0.3)).astype(np.complex64)
+    nib.save(nib.Nifti1Image(complex_image.transpose(), np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "c.nii.gz")
+    with pytest.raises(InputError, match="complex values.*magnitude"):
+        read_volume(tmp_path / "c.nii.gz")
+    kept = read_volume(tmp_path / "c.nii.gz", allow_complex=True)
+    assert np.iscomplexobj(kept.array) and np.allclose(np.abs(kept.array), magnitude, rtol=1e-5)
+    assert main(["convert", str(tmp_path / "c.nii.gz"), "--out", str(tmp_path / "c.nrrd")]) == 0
+
+
+def test_a_direction_matrix_holding_the_voxel_size_is_read_as_unit_axes_and_a_sheared_one_is_refused(tmp_path,
+                                                                                                   caplog):
+    image = sitk.GetImageFromArray(_ramp())
+    image.SetSpacing((1.0, 1.0, 1.0))
+    image.SetDirection((1.5625, 0, 0, 0, 1.5625, 0, 0, 0, 10.0))  # MetaImage TransformMatrix with the voxel size
+    sitk.WriteImage(image, str(tmp_path / "scaled.mha"))
+    with caplog.at_level(logging.WARNING):
+        volume = read_volume(tmp_path / "scaled.mha")
+    assert volume.geometry.spacing_mm == pytest.approx((1.5625, 1.5625, 10.0))
+    np.testing.assert_allclose(volume.geometry.direction_matrix, np.eye(3))
+    assert "axes of length" in caplog.text
+    image.SetDirection((1.0, 0.3, 0, 0, 1.0, 0, 0, 0, 1.0))  # sheared
+    sitk.WriteImage(image, str(tmp_path / "sheared.mha"))
+    with pytest.raises(InputError, match="sheared"):
+        read_volume(tmp_path / "sheared.mha")
+
+
+def test_a_nifti_whose_qform_and_sform_disagree_is_read_as_itk_reads_it_with_a_warning_in_the_report(tmp_path):
+    from cardiac_ai.io.report import write_report
+    from cardiac_ai.pipeline import output_folder
+    from cardiac_ai.provenance import Provenance
+
+    header = nib.Nifti1Header()
+    qform = np.diag([-1.5, -1.5, 8.0, 1.0])
+    qform[:3, 3] = (10.0, 20.0, -30.0)
+    sform = qform.copy()
+    sform[:3, 3] += (7.0, -7.0, 0.0)
+    image = nib.Nifti1Image(_ramp().transpose(), None, header)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    nib.save(image, tmp_path / "both.nii.gz")
+    with output_folder(tmp_path / "out") as out:
+        volume = read_volume(tmp_path / "both.nii.gz")
+        write_report(out, provenance=Provenance(command="convert"), results={})
+    assert volume.geometry.origin_lps_mm == pytest.approx((-10.0, -20.0, -30.0))  # the qform, as ITK and Slicer
+    warnings = json.loads((tmp_path / "out" / "report.json").read_text())["provenance"]["warnings"]
+    assert len(warnings) == 1 and "used the qform" in warnings[0] and "9.9 mm" in warnings[0]
+    image.set_sform(qform, code=2)  # agreeing transforms: nothing to say
+    nib.save(image, tmp_path / "agree.nii.gz")
+    with output_folder(tmp_path / "out2") as out:
+        read_volume(tmp_path / "agree.nii.gz")
+        write_report(out, provenance=Provenance(command="convert"), results={})
+    assert json.loads((tmp_path / "out2" / "report.json").read_text())["provenance"]["warnings"] == []
+
+
+def test_a_2d_nifti_keeps_the_oblique_placement_its_header_states(tmp_path):
+    angle = np.radians(30)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]) \
+        @ np.diag([1.25, 1.5, 6.0])
+    affine[:3, 3] = (10.0, 20.0, 30.0)
+    pixels = _ramp((1, 12, 10))[0]
+    nib.save(nib.Nifti1Image(pixels.transpose(), affine), tmp_path / "slice.nii.gz")
+    volume = read_volume(tmp_path / "slice.nii.gz")
+    assert volume.array.shape == (1, 12, 10)
+    centre = np.array([5.0, 7.0, 0.0, 1.0])  # (i, j, k)
+    expected_lps = (affine @ centre)[:3] * (-1, -1, 1)
+    np.testing.assert_allclose(volume.geometry.index_to_lps(np.array([[0, 7, 5]]))[0], expected_lps, atol=1e-4)
+    assert volume.geometry.spacing_mm == pytest.approx((1.25, 1.5, 1.0))  # a 2D image's stand-in thickness
+
+
+def test_a_nifti_2_file_is_read_as_its_nifti_1_twin(tmp_path):
+    acdc_like = nib.Nifti1Header()
+    acdc_like.set_data_dtype(np.int16)
+    affine = np.diag([-1.7, -1.7, 9.0, 1.0])
+    affine[:3, 3] = (5.0, -3.0, 12.0)
+    data = (_ramp() * 3).astype(np.int16).transpose()
+    one = nib.Nifti1Image(data, affine, acdc_like)
+    one.set_qform(affine, code=1)
+    nib.save(one, tmp_path / "one.nii.gz")
+    two = nib.Nifti2Image(data, affine, nib.Nifti2Header.from_header(one.header))
+    nib.save(two, tmp_path / "two.nii.gz")
+    first, second = read_volume(tmp_path / "one.nii.gz"), read_volume(tmp_path / "two.nii.gz")
+    np.testing.assert_array_equal(second.array, first.array)
+    assert second.geometry.is_close(first.geometry, atol_mm=1e-5)
+    nib.save(nib.Nifti2Image(np.stack([data, data + 1], axis=-1), affine, two.header), tmp_path / "two4d.nii.gz")
+    np.testing.assert_array_equal(read_volume(tmp_path / "two4d.nii.gz", frame=1).array, first.array + 1)
+
+
+@pytest.mark.parametrize(("units", "factor"), [('"m" "m" "m"', 1000.0), ('"um" "um" "um"', 0.001),
+                                               ('"mm" "mm" "mm"', 1.0)])
+def test_nrrd_space_units_are_converted_to_millimetres(tmp_path, units, factor):
+    header = {"type": "float", "dimension": 3, "space": "left-posterior-superior", "encoding": "raw",
+              "space directions": np.diag([1.5, 1.5, 8.0]) / factor, "space origin": np.array([1.0, 2.0, 3.0]) / factor,
+              "kinds": ["domain"] * 3}
+    nrrd.write(str(tmp_path / "raw.nrrd"), _ramp().transpose(), header)
+    text = (tmp_path / "raw.nrrd").read_bytes()
+    head, _, body = text.partition(b"\n\n")
+    (tmp_path / "units.nrrd").write_bytes(head + f"\nspace units: {units}".encode() + b"\n\n" + body)
+    volume = read_volume(tmp_path / "units.nrrd")
+    assert volume.geometry.spacing_mm == pytest.approx((1.5, 1.5, 8.0))
+    assert volume.geometry.origin_lps_mm == pytest.approx((1.0, 2.0, 3.0))
+    (tmp_path / "odd.nrrd").write_bytes(head + b'\nspace units: "parsec" "parsec" "parsec"\n\n' + body)
+    with pytest.raises(InputError, match="space units"):
+        read_volume(tmp_path / "odd.nrrd")
+
+
+def test_a_negative_pixdim_is_refused_for_the_mirror_itk_would_make(tmp_path):
+    image = nib.Nifti1Image(_ramp().transpose(), np.diag([1.5, 1.5, 8.0, 1.0]))
+    image.header["pixdim"][1] = -1.5
+    nib.save(image, tmp_path / "negative.nii")
+    with pytest.raises(InputError, match="mirror that axis"):
+        read_volume(tmp_path / "negative.nii")

@@ -659,7 +659,7 @@ def _convert(args: argparse.Namespace, progress: ProgressCallback) -> int:
     else:
         if args.spacing:
             kwargs["spacing_mm"] = tuple(args.spacing)
-        volume = read_volume(args.input, frame=args.frame, **kwargs)
+        volume = read_volume(args.input, frame=args.frame, allow_complex=True, **kwargs)  # converted as it is
     progress(0.5, "Writing")
     if out.name.lower().endswith(".seg.nrrd"):
         import numpy as np

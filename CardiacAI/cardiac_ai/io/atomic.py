@@ -33,6 +33,7 @@ class _Recording:
     folder: Path
     names: set[str] = field(default_factory=set)
     backup: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 _RECORDING: ContextVar[_Recording | None] = ContextVar("cardiac_ai_output_recording", default=None)
@@ -212,6 +213,24 @@ def recording_outputs(folder: str | os.PathLike, *, backup: str | os.PathLike | 
         yield _RECORDING.get().names
     finally:
         _RECORDING.reset(token)
+
+
+def warn_for_report(logger: logging.Logger, message: str) -> None:
+    """Log ``message`` as a warning and keep it for the report of the run writing now (:func:`recording_outputs`),
+    whose ``provenance.warnings`` then carry it: a reader's doubt about an input (an assumed thickness, a header
+    read one of two ways) belongs beside the results it shaped, not only in a log nobody kept."""
+    logger.warning(message)
+    current = _RECORDING.get()
+    if current is not None and message not in current.notes:
+        current.notes.append(message)
+
+
+def recorded_notes(folder: str | os.PathLike) -> list[str]:
+    """The warnings :func:`warn_for_report` kept for the run writing into ``folder`` so far (none outside one)."""
+    current = _RECORDING.get()
+    if current is None or current.folder != Path(folder).resolve():
+        return []
+    return list(current.notes)
 
 
 def unguarded_folder_warning(folder: str | os.PathLike) -> str | None:

@@ -127,12 +127,13 @@ def write_report(out_dir: str | os.PathLike, *, provenance: Provenance, results:
         raise InputError(f"results must not use the reserved keys {sorted(reserved)}; rename them.")
     if not isinstance(provenance, Provenance):
         raise InputError(f"provenance must be a Provenance, got {type(provenance).__name__}.")
-    from .atomic import recorded_outputs, unguarded_folder_warning
+    from .atomic import recorded_notes, recorded_outputs, unguarded_folder_warning
 
     provenance_record = provenance.to_dict()
     unguarded = unguarded_folder_warning(out_dir)
-    if unguarded is not None and unguarded not in provenance_record["warnings"]:  # logged only, not recorded
-        provenance_record["warnings"].append(unguarded)
+    for note in [*recorded_notes(out_dir), *([unguarded] if unguarded else [])]:  # logged by readers, kept here
+        if note not in provenance_record["warnings"]:
+            provenance_record["warnings"].append(note)
     report = {"cardiac_ai": __version__, "provenance": provenance_record, **results}
     outputs = recorded_outputs(out_dir)
     if outputs is not None:  # what this run wrote, so that a rerun with --overwrite can clear what it no longer makes

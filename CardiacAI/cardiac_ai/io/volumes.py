@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from ..errors import DataError, InputError, OutputError
 from ..geometry import Geometry, Volume
-from .atomic import atomic_path
+from .atomic import atomic_path, warn_for_report
 from .formats import VOLUME_SUFFIXES
 
 __all__ = [
@@ -41,17 +41,28 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
+def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False, allow_complex: bool = False) -> Volume:
     """A :class:`Volume` from a SimpleITK image (array copied; 2D images become one slice).
 
     A 2D image has no slice thickness; its one slice gets 1 mm, so a volume computed from it is its area in mm2
     times 1 mm. :func:`read_volume` logs a warning for such a file and :func:`slice_spacing_stored` tells it apart.
 
     A 4D image (x, y, z, t) becomes a (t, k, j, i) series when ``allow_4d``; otherwise InputError. So does a 3D image
-    of several components per voxel (the frames of Slicer's MultiVolume NRRD).
+    of several components per voxel (the frames of Slicer's MultiVolume NRRD), and a complex-valued image unless
+    ``allow_complex`` (a network would read its real part only).
+
+    A direction matrix whose axes are perpendicular but not of unit length (a MetaImage ``TransformMatrix`` holding
+    the voxel size) is read as unit axes times that size, with a warning; sheared axes are refused: the spacing
+    would no longer be the voxel size, and every length, area and volume would be wrong.
     """
     dimension = image.GetDimension()
     array = sitk.GetArrayFromImage(image)
+    if np.iscomplexobj(array) and not allow_complex:
+        raise InputError(
+            "The image holds complex values (a complex-valued reconstruction); CardiacAI analyses real images and "
+            "would read the real part only. Give the magnitude image (the absolute value of each voxel), as scanners "
+            "export it."
+        )
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
         if allow_4d and dimension == 3:  # frames stored as the components of each voxel (Slicer's MultiVolume NRRD)
@@ -70,15 +81,46 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False) -> Volume:
         direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
         return Volume(array[np.newaxis], Geometry(spacing, origin, direction))
     if dimension == 3:
-        return Volume(array, Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
+        return Volume(array, _unit_axes_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
     if dimension == 4:
         if not allow_4d:
             raise InputError(_four_d_refusal(image.GetSize()))
         spacing = image.GetSpacing()[:3]
         origin = image.GetOrigin()[:3]
         d = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3]
-        return Volume(array, Geometry(spacing, origin, tuple(d.ravel())), axes="tkji")
+        return Volume(array, _unit_axes_geometry(spacing, origin, tuple(d.ravel())), axes="tkji")
     raise InputError(f"Images of dimension {dimension} are not supported (need 2D, 3D or 4D).")
+
+
+#: How far a direction axis's length may be from 1, and the cosine between two axes from 0, before the matrix is
+#: not a rotation: DICOM and NIfTI headers store directions to about 6 decimals.
+_UNIT_AXIS_TOLERANCE = 1e-4
+_PERPENDICULAR_TOLERANCE = 1e-3
+
+
+def _unit_axes_geometry(spacing, origin, direction) -> Geometry:
+    """Geometry with unit direction axes: lengths other than 1 (perpendicular axes) move into the spacing."""
+    axes = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    lengths = np.linalg.norm(axes, axis=0)
+    if np.allclose(lengths, 1.0, atol=_UNIT_AXIS_TOLERANCE) and _perpendicular(axes / lengths):
+        return Geometry(spacing, origin, direction)
+    if not np.all(lengths > 0) or not _perpendicular(axes / np.where(lengths > 0, lengths, 1.0)):
+        raise InputError(
+            f"The image's direction matrix {np.round(axes, 4).tolist()} has sheared (not perpendicular) axes: "
+            "its spacing is then not the voxel size, and lengths, areas and volumes would be wrong. Resample the "
+            "image onto a grid with perpendicular axes (e.g. with 3D Slicer's Resample Scalar Volume)."
+        )
+    true_spacing = tuple(float(s * n) for s, n in zip(spacing, lengths))
+    warn_for_report(log, f"The image's direction matrix holds axes of length {np.round(lengths, 4).tolist()} (e.g. a "
+                         f"MetaImage TransformMatrix with the voxel size in it): read as unit axes, the voxel size "
+                         f"{np.round(true_spacing, 4).tolist()} mm instead of the stated spacing "
+                         f"{[round(float(v), 4) for v in spacing]}.")
+    return Geometry(true_spacing, origin, tuple((axes / lengths).ravel()))
+
+
+def _perpendicular(unit_axes: np.ndarray) -> bool:
+    cosines = unit_axes.T @ unit_axes - np.eye(3)
+    return bool(np.max(np.abs(cosines)) <= _PERPENDICULAR_TOLERANCE)
 
 
 def _four_d_refusal(size_xyzt) -> str:
@@ -186,11 +228,12 @@ def _check_nifti_spacing(header, path: Path) -> None:
     for axis in range(1, n_spatial + 1):
         value = float(pixdim[axis])
         if not (np.isfinite(value) and value > 0):
+            consequence = ("would take its absolute value and mirror that axis, placing the image wrongly"
+                           if value < 0 else "would read it as 1 mm, making every length, area and volume wrong")
             raise InputError(
                 f"{path} has pixdim[{axis}] = {value:g} in its NIfTI header (voxel size along {_PIXDIM_AXES[axis]}); "
-                f"it must be a positive size in mm (all: {pixdim[1:n_spatial + 1].tolist()}). ITK would read it "
-                "as 1 mm, making every length, area and volume wrong. Fix the header or resave the image with its "
-                "real voxel size."
+                f"it must be a positive size in mm (all: {pixdim[1:n_spatial + 1].tolist()}). ITK {consequence}. "
+                "Fix the header or resave the image with its real voxel size."
             )
 
 
@@ -329,8 +372,9 @@ def read_volume(
     frame: int | None = None,
     allow_4d: bool = False,
     spacing_mm: tuple[float, float] | tuple[float, float, float] | None = None,
+    allow_complex: bool = False,
 ) -> Volume:
-    """Read a NIfTI, NRRD, MHA/MHD, PNG file or a DICOM series folder as a :class:`Volume`.
+    """Read a NIfTI (1 or 2), NRRD, MHA/MHD, PNG file or a DICOM series folder as a :class:`Volume`.
 
     Parameters
     ----------
@@ -338,6 +382,11 @@ def read_volume(
     frame : 0-based frame of a 4D series to return as a 3D volume.
     allow_4d : return a 4D file as a (t, k, j, i) series instead of raising.
     spacing_mm : pixel spacing to assign where the file stores none (PNG); (i, j) or (i, j, k) in mm.
+    allow_complex : return a complex-valued image as it is (format conversion) instead of refusing it.
+
+    Header readings that could place or scale the image differently from other tools are warned about (and kept for
+    the report of the run reading it): a NIfTI whose qform and sform disagree, an NRRD in other ``space units`` than
+    mm (converted), a direction matrix holding the voxel size. A 2D NIfTI keeps the 3D placement its header states.
 
     Returns
     -------
@@ -357,7 +406,8 @@ def read_volume(
     if not source.exists():
         raise DataError(f"Input not found: {source}")
     if _needs_lowercase_alias(source):
-        return _read_under_lowercase_suffix(source, frame=frame, allow_4d=allow_4d, spacing_mm=spacing_mm)
+        return _read_under_lowercase_suffix(source, frame=frame, allow_4d=allow_4d, spacing_mm=spacing_mm,
+                                            allow_complex=allow_complex)
     nifti = _suffix(source) in (".nii", ".nii.gz")
     nifti_image = None
     read_by_nibabel = framed = False  # framed: the NIfTI reader took the frame out of a 4D file itself
@@ -383,8 +433,11 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            image, framed = _read_nifti(nifti_image, source, frame) if nifti_image is not None else (None, False)
-            read_by_nibabel = image is not None
+            if nifti_image is not None and isinstance(nifti_image.header, _nifti2_header_class()):
+                image, read_by_nibabel = _nifti2_as_sitk(nifti_image, source), True  # ITK reads NIfTI-1 only
+            else:
+                image, framed = _read_nifti(nifti_image, source, frame) if nifti_image is not None else (None, False)
+                read_by_nibabel = image is not None
             if image is None:
                 image = sitk.ReadImage(str(source))
         except RuntimeError as e:
@@ -405,16 +458,20 @@ def read_volume(
                 f"{source} has zero or negative spacing {image.GetSpacing()}; the header is broken. "
                 "Fix the header or resave the image with its real voxel size."
             )
+        if _suffix(source) in (".nrrd", ".nhdr"):
+            image = _in_millimetres(image, source)
         if image.GetDimension() == 2:
-            log.warning(
-                "%s is a 2D image: it stores no slice thickness, so 1 mm is assumed and a volume in ml computed "
-                "from it is its area in mm2 times 1 mm. For volumes in ml save the slice as a 3D file with its real "
-                "slice thickness.", source,
-            )
+            warn_for_report(log, f"{source} is a 2D image: it stores no slice thickness, so 1 mm is assumed and a "
+                                 "volume in ml computed from it is its area in mm2 times 1 mm. For volumes in ml save "
+                                 "the slice as a 3D file with its real slice thickness.")
         try:
-            volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None)
+            volume = volume_from_sitk(image, allow_4d=allow_4d or frame is not None, allow_complex=allow_complex)
         except InputError as error:  # a 4D or vector image: say which file (of a cohort, or the labels, not the image)
             raise InputError(f"{source}: {error}") from error
+        if nifti_image is not None:
+            if image.GetDimension() == 2:
+                volume = Volume(volume.array, _nifti_2d_placement(nifti_image, volume.geometry))
+            _warn_if_qform_and_sform_disagree(nifti_image, volume.geometry, source)
     if frame is not None and not framed:
         if volume.axes != "tkji":
             raise InputError(f"--frame {frame} was given but {source} is not a 4D series.")
@@ -425,6 +482,125 @@ def read_volume(
     if volume.array.size == 0:
         raise InputError(f"{source} holds an empty image.")
     return volume
+
+
+def _nifti2_header_class():
+    import nibabel
+
+    return nibabel.Nifti2Header
+
+
+def _nifti_transform(header) -> np.ndarray:
+    """The voxel-to-RAS transform ITK would take from a NIfTI header: the qform when it is set, else the sform with
+    the voxel size of pixdim (ITK's reading of ACDC's unit-scale sforms), else pixdim alone."""
+    if int(header["qform_code"]) > 0:
+        return np.asarray(header.get_qform(), dtype=np.float64)
+    if int(header["sform_code"]) <= 0:
+        return np.asarray(header.get_base_affine(), dtype=np.float64)
+    transform = np.asarray(header.get_sform(), dtype=np.float64)
+    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    lengths = np.linalg.norm(transform[:3, :3], axis=0)
+    for axis in range(3):
+        if lengths[axis] > 0 and pixdim[axis] > 0 and not np.isclose(lengths[axis], pixdim[axis], rtol=1e-3):
+            transform[:3, axis] *= pixdim[axis] / lengths[axis]
+    return transform
+
+
+def _nifti2_as_sitk(image, path: Path) -> sitk.Image:
+    """A NIfTI-2 file (which ITK cannot read) as the image ITK would make of it: nibabel's voxels (scaled), placed
+    by :func:`_nifti_transform` as spacing, origin and direction in LPS."""
+    data = _nifti_voxels(image, path)
+    if data.ndim not in (2, 3, 4):
+        raise InputError(f"{path} is a {data.ndim}D NIfTI-2 image; CardiacAI reads 2D, 3D and 4D images.")
+    if data.dtype.kind == "f":
+        check_finite(data, str(path))
+    geometry = Geometry.from_ijk_to_ras_matrix(_nifti_transform(image.header))
+    array = np.ascontiguousarray(np.asarray(data).transpose())  # (x, y, z[, t]) -> ITK's ([t,] z, y, x)
+    result = sitk.GetImageFromArray(array, isVector=False)
+    n_extra = data.ndim - 3
+    if n_extra < 0:  # 2D: the in-plane part; the placement is restored by _nifti_2d_placement
+        result.SetSpacing(geometry.spacing_mm[:2])
+        return result
+    direction = np.eye(3 + n_extra)
+    direction[:3, :3] = geometry.direction_matrix
+    result.SetSpacing((*geometry.spacing_mm, *([1.0] * n_extra)))
+    result.SetOrigin((*geometry.origin_lps_mm, *([0.0] * n_extra)))
+    result.SetDirection(tuple(direction.ravel()))
+    return result
+
+
+def _nifti_2d_placement(image, geometry: Geometry) -> Geometry:
+    """The 3D placement a 2D NIfTI's header states (ITK reads a 2D file in its own plane at z = 0, axis-aligned),
+    with the 1 mm stand-in thickness of a 2D image."""
+    placed = Geometry.from_ijk_to_ras_matrix(_nifti_transform(image.header))
+    if not np.allclose(placed.spacing_mm[:2], geometry.spacing_mm[:2], rtol=1e-4):
+        return geometry  # the two readers disagree about the pixel size: keep ITK's, as for any other file
+    return Geometry((*geometry.spacing_mm[:2], 1.0), placed.origin_lps_mm, placed.direction_lps)
+
+
+def _warn_if_qform_and_sform_disagree(image, geometry: Geometry, path: Path) -> None:
+    """A NIfTI with both a qform and an sform (codes above 0) that place its voxels differently: which one this
+    package used (ITK's choice, as 3D Slicer) and how far the other tool family (nibabel, FSL, MONAI: the sform)
+    would put the image and its results."""
+    header = image.header
+    if int(header["qform_code"]) <= 0 or int(header["sform_code"]) <= 0:
+        return
+    transforms = {"qform": header.get_qform(), "sform": header.get_sform()}
+    shape = np.asarray(image.shape[:3] if len(image.shape) >= 3 else (*image.shape[:2], 1))
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)])
+    placed = {name: corners @ np.asarray(matrix).T for name, matrix in transforms.items()}
+    apart = float(np.max(np.linalg.norm(placed["qform"][:, :3] - placed["sform"][:, :3], axis=1)))
+    if apart <= 0.01:
+        return
+    used_ras = geometry.ijk_to_ras_matrix()
+    used = min(transforms, key=lambda name: float(np.max(np.abs(corners @ used_ras.T - placed[name]))))
+    warn_for_report(log, f"{path}: its NIfTI qform and sform place the image up to {apart:.1f} mm apart. CardiacAI, "
+                         f"like ITK and 3D Slicer, used the {used}; nibabel, FSL and MONAI use the sform, so in those "
+                         f"tools this image and CardiacAI's results on it lie up to {apart:.1f} mm from where they lie "
+                         "here. Fix the header (set both to the right transform) if that matters.")
+
+
+#: Length units of an NRRD's ``space units`` and their size in mm.
+_NRRD_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
+                  "cm": 10.0, "um": 0.001, "µm": 0.001, "micron": 0.001, "micrometer": 0.001, "micrometre": 0.001}
+
+
+def _nrrd_space_units(path: Path) -> list[str] | None:
+    """The ``space units`` of an NRRD header (detached or not), or None when it states none."""
+    import re
+
+    try:
+        with open(path, "rb") as file:
+            head = file.read(65536)
+    except OSError:
+        return None
+    for raw in head.split(b"\n"):
+        line = raw.decode("latin-1").strip()
+        if not line:  # the blank line ends the header
+            break
+        if line.lower().startswith("space units:"):
+            return re.findall(r'"([^"]*)"', line.split(":", 1)[1])
+    return None
+
+
+def _in_millimetres(image: sitk.Image, path: Path) -> sitk.Image:
+    """``image`` with its spacing and origin in mm when its NRRD header states other ``space units`` (ITK ignores
+    them); InputError for a unit that is not a length this package knows."""
+    units = _nrrd_space_units(path)
+    if not units or all(unit.strip().lower() in ("mm", "") for unit in units):
+        return image
+    factors = {_NRRD_UNITS_MM.get(unit.strip().lower()) for unit in units if unit.strip()}
+    if None in factors or len(factors) != 1:
+        raise InputError(f"{path} states its space units as {units}; CardiacAI reads lengths in mm (also m, cm and "
+                         "um, converted). Resave the image in mm.")
+    factor = factors.pop()
+    dimension = min(image.GetDimension(), 3)
+    image.SetSpacing(tuple(v * factor if a < dimension else v for a, v in enumerate(image.GetSpacing())))
+    image.SetOrigin(tuple(v * factor if a < dimension else v for a, v in enumerate(image.GetOrigin())))
+    warn_for_report(log, f"{path} states its space units as {units}: spacing and origin converted to mm "
+                         f"(x {factor:g}).")
+    return image
 
 
 def slice_spacing_stored(path: str | os.PathLike, *, series_uid: str | None = None) -> bool:
