@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
+from .atomic import warn_for_report
 
 __all__ = [
     "DicomSeriesInfo",
@@ -332,9 +333,8 @@ def _slice_geometry(info: DicomSeriesInfo, datasets: list) -> tuple[list, Geomet
         except (TypeError, ValueError):
             slice_spacing = 0.0
         if slice_spacing <= 0:
-            log.warning(
-                "Series %s has a single slice without SliceThickness; using 1 mm as slice spacing.", info.series_uid
-            )
+            warn_for_report(log, f"Series {info.series_uid} has a single slice without SliceThickness; using 1 mm as "
+                                 "slice spacing.")
             slice_spacing = 1.0
     else:
         gaps = np.diff(distances)

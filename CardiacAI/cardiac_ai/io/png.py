@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from .atomic import atomic_path
+from .atomic import atomic_path, warn_for_report
 
 __all__ = ["read_png", "write_png"]
 
@@ -24,11 +24,8 @@ log = logging.getLogger(__name__)
 
 def _spacing_ijk(spacing_mm: Sequence[float] | None, source: Path) -> tuple[float, float, float]:
     if spacing_mm is None:
-        log.warning(
-            "%s: PNG stores no pixel size; using 1 x 1 x 1 mm, so distances, areas and volumes are in pixels. "
-            "Pass spacing_mm (--spacing on the command line) if you know it.",
-            source,
-        )
+        warn_for_report(log, f"{source}: PNG stores no pixel size; using 1 x 1 x 1 mm, so distances, areas and "
+                             "volumes are in pixels. Pass spacing_mm (--spacing on the command line) if you know it.")
         return (1.0, 1.0, 1.0)
     values = tuple(spacing_mm)
     if len(values) == 2:
