@@ -133,3 +133,24 @@ def test_acdc_reference_ejection_fraction_matches_the_patients_group(acdc_root, 
     assert group in ("DCM", "NOR")
     assert low < result.lv_ef_percent < high
     assert 50 < result.lv_mass_g < 300
+
+
+def test_one_ventricle_growing_while_the_other_ejects_blames_its_segmentation_not_the_phases():
+    with pytest.warns(RuntimeWarning) as caught:
+        result = cardiac_function(_phase(8, 3), _phase(5, 6), SPACING_KJI)  # the RV "grows" from ED to ES
+    notes = " ".join(str(w.message) for w in caught)
+    assert result.rv_ef_percent < 0 < result.lv_ef_percent
+    assert "RV end-systolic volume" in notes and "not swapped: the RV segmentation is unreliable" in notes
+    assert "check that ED and ES are not swapped" not in notes
+
+
+def test_an_rv_far_smaller_than_the_lv_is_called_missed_not_measured():
+    ed, es = _phase(8, 1), _phase(5, 1)
+    ed[:9][ed[:9] == RV_BLOOD_POOL] = 0  # RV 0.075 ml at ED against an 8 ml LV
+    with pytest.warns(RuntimeWarning) as caught:  # and the RV "grows" to ES: a second note
+        result = cardiac_function(ed, es, SPACING_KJI)
+    assert any("under a tenth of the LV's" in str(w.message) for w in caught)
+    assert any("mirrored" in note for note in result.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1.5 ml against 8 ml: a small RV, not a missed one
+        cardiac_function(_phase(8, 2), _phase(5, 1), SPACING_KJI)
