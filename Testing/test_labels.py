@@ -81,3 +81,18 @@ def test_remap_label_codes_maps_every_value_without_touching_the_input():
 def test_unknown_label_values_message_names_the_label_codes_option():
     with pytest.raises(InputError, match=r"Map your codes.*--label-codes NAME=VALUE"):
         check_label_values(np.array([0, 255]))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int64, np.uint64, bool, np.float32])
+def test_values_present_equals_numpy_unique_for_every_label_dtype(dtype):
+    from cardiac_ai.labels import values_present
+
+    rng = np.random.default_rng(1)
+    low = -5 if dtype in (np.int8, np.int16, np.int64, np.float32) else 0
+    for _ in range(20):
+        array = rng.integers(low, 7, size=(3, 4, 5)).astype(dtype)
+        found, expected = values_present(array), np.unique(array)
+        assert found.dtype == expected.dtype and np.array_equal(found, expected)
+    wide = np.array([0, 3, 2**40], np.int64)  # a range too wide to count: sorted instead
+    assert np.array_equal(values_present(wide), wide)
+    assert values_present(np.zeros((2, 0), np.uint8)).size == 0

@@ -29,6 +29,7 @@ __all__ = [
     "MYOCARDIUM_CODES",
     "codes_of_structure",
     "check_label_values",
+    "values_present",
     "segment_terminology_string",
     "LABEL_CODE_NAMES",
     "parse_label_codes",
@@ -161,13 +162,33 @@ def overlap_priority(code: int) -> int:
     return -1 if code == HEART else int(code)
 
 
+#: Integer label maps whose values span at most this many codes are counted (np.bincount) rather than sorted or
+#: hashed (np.unique): twice as fast on a 768 x 768 x 25 cine, where each look at the codes took 25-50 ms.
+_COUNTED_SPAN = 1 << 16
+
+
+def values_present(array: np.ndarray) -> np.ndarray:
+    """The distinct values of ``array``, sorted, as ``np.unique`` gives them; counted for integer and boolean maps
+    of a small range (label maps), sorted for the rest."""
+    array = np.asarray(array)
+    if array.size and (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
+        flat = array.reshape(-1)
+        if array.dtype == bool:
+            flat = flat.view(np.uint8)
+        low, high = int(flat.min()), int(flat.max())
+        if high - low < _COUNTED_SPAN:
+            shifted = flat if low == 0 and flat.dtype.kind == "u" else flat.astype(np.int64) - low
+            return (np.flatnonzero(np.bincount(shifted, minlength=high - low + 1)) + low).astype(array.dtype)
+    return np.unique(array)
+
+
 def check_label_values(labels: np.ndarray, *, allowed: set[int] | None = None, what: str = "label map") -> None:
     """Raise InputError if ``labels`` holds values outside the label table (or ``allowed``)."""
     allowed_codes = {BACKGROUND, *LABELS} if allowed is None else {BACKGROUND, *allowed}
     if not np.issubdtype(labels.dtype, np.integer):
         if not np.all(np.isfinite(labels)) or not np.all(np.mod(labels, 1) == 0):
             raise InputError(f"{what} must hold whole-number label codes; found non-integer values.")
-    present = set(np.unique(labels).astype(int).tolist())
+    present = set(values_present(labels).astype(int).tolist())
     unknown = sorted(present - allowed_codes)
     if unknown:
         raise InputError(
@@ -278,7 +299,7 @@ def remap_label_codes(labels: np.ndarray, codes: Mapping[int, int], *, what: str
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         if not np.all(np.isfinite(labels)) or not np.all(np.mod(labels, 1) == 0):
             raise InputError(f"{what} must hold whole-number label values; found non-integer values.")
-    present = set(np.unique(labels).astype(np.int64).tolist())
+    present = set(values_present(labels).astype(np.int64).tolist())
     unmapped = sorted(present - set(codes) - {BACKGROUND})
     if unmapped:
         given = ", ".join(f"{value} -> {_code_name(code)}" for value, code in sorted(codes.items()))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
-from ..labels import LABELS, Terminology, Tissue, code_for_segment_name, overlap_priority
+from ..labels import LABELS, Terminology, Tissue, code_for_segment_name, overlap_priority, values_present
 from .atomic import atomic_path
 from .dicom import series_headers
 
@@ -88,7 +88,7 @@ def write_dicom_seg(
     differences = labels.geometry.differences(geometry, atol_mm=1e-2, atol_direction=1e-4)
     if differences:
         raise InputError(f"The label map does not lie on the DICOM series' grid ({'; '.join(differences)}).")
-    present = [int(c) for c in np.unique(array) if c != 0]
+    present = [int(c) for c in values_present(array) if c != 0]
     unknown = [c for c in present if c not in LABELS]
     if unknown:
         raise InputError(f"Label codes {unknown} are not in the label table {sorted(LABELS)}.")

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import DataError, InputError
 from ..geometry import Geometry, Volume
 from ..labels import (LABELS, Tissue, check_label_values, code_for_segment_name, overlap_priority,
-                      segment_terminology_string)
+                      segment_terminology_string, values_present)
 from .atomic import atomic_path
 
 __all__ = ["SegmentInfo", "SegmentationFile", "names_its_segments", "read_label_file", "read_label_map",
@@ -134,7 +134,7 @@ def write_seg_nrrd(
                 f"{reference_geometry.to_dict()}; resample the labels onto the reference grid first."
             )
 
-    codes = [int(c) for c in np.unique(array_kji) if c != 0]
+    codes = [int(c) for c in values_present(array_kji) if c != 0]
     segments = []
     for code in codes:
         row = tissues[code]

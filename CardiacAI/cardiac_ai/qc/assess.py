@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from ..errors import InputError, ModelError
 from ..geometry import Volume
 from ..labels import (LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, MVO, RV_BLOOD_POOL, SCAR, check_label_values,
-                      codes_of_structure)
+                      codes_of_structure, values_present)
 from ..preprocessing import restore_labels
 from ..progress import ProgressCallback, report
 from ..provenance import Provenance
@@ -806,7 +806,7 @@ def assess_segmentation(
             log.warning(message)
 
     known = {0, RV_BLOOD_POOL, LV_MYOCARDIUM, LV_BLOOD_POOL, SCAR, MVO}
-    unjudged = sorted(set(np.unique(label_array).tolist()) - known)
+    unjudged = sorted(set(values_present(label_array).tolist()) - known)
     if unjudged:
         warn(f"QC: label code(s) {unjudged} ({', '.join(LABELS[c].display_name for c in unjudged)}) are not judged "
              "and count as background; QC judges the RV and LV blood pools and the myocardium (scar and MVO included).")

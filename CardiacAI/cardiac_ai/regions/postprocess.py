@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..errors import InputError
-from ..labels import BACKGROUND, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL
+from ..labels import BACKGROUND, LABELS, LV_BLOOD_POOL, LV_MYOCARDIUM, RV_BLOOD_POOL, values_present
 
 __all__ = ["PostprocessResult", "postprocess_cine_labels"]
 
@@ -104,7 +104,7 @@ def _check_inputs(
         )
     if not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"labels must have an integer dtype (uint8 label codes), got {array.dtype}.")
-    present = np.unique(array)
+    present = values_present(array)
     unexpected = [int(v) for v in present if int(v) not in _CINE_CODES]
     if unexpected:
         raise InputError(
