@@ -613,3 +613,45 @@ def test_function_takes_ed_and_es_as_two_series_of_one_dicom_folder(cine_models_
         seg = pydicom.dcmread(tmp_path / "fn" / f"segmentation_{phase}.dcm", stop_before_pixels=True)
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids[phase.upper()]
     capsys.readouterr()
+
+
+def test_function_from_label_maps_measures_them_without_segmenting(tmp_path, capsys):
+    from cardiac_ai.io.seg_nrrd import write_seg_nrrd
+
+    ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")
+    write_volume(ed.labels, tmp_path / "ed_gt.nii.gz")
+    write_seg_nrrd(es.labels, tmp_path / "es_gt.seg.nrrd")  # another format: read by its segment names
+    out = tmp_path / "fn"
+    assert main(["function", str(tmp_path / "ed_gt.nii.gz"), str(tmp_path / "es_gt.seg.nrrd"), "--from-labels",
+                 "--out", str(out), "--models-dir", str(tmp_path / "no_models_needed")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    at_ed, at_es = _volumes_ml_of(ed.labels), _volumes_ml_of(es.labels)
+    expected = {"lv_edv_ml": at_ed["lv_blood_pool"], "lv_esv_ml": at_es["lv_blood_pool"],
+                "rv_edv_ml": at_ed["rv_blood_pool"], "rv_esv_ml": at_es["rv_blood_pool"],
+                "lv_ef_percent": 100 * (1 - at_es["lv_blood_pool"] / at_ed["lv_blood_pool"]),
+                "lv_mass_g": 1.05 * at_ed["lv_myocardium"]}
+    assert {key: report["function"][key] for key in expected} == pytest.approx(expected)
+    assert report["provenance"]["parameters"]["from_labels"] is True and report["provenance"]["models"] == []
+    assert {p.name for p in out.iterdir()} == {"function.csv", "report.json"}
+    assert "LV EDV" in capsys.readouterr().out
+    # another tool's values: LV=1 and RV=3 swapped back by --label-codes
+    swapped = {}
+    for phase, phantom in (("ed", ed), ("es", es)):
+        array = phantom.labels.array.astype(np.int64)
+        swapped[phase] = tmp_path / f"{phase}_other.nii.gz"
+        write_volume(phantom.labels.with_array(np.select([array == 1, array == 3], [3, 1], array).astype(np.uint8)),
+                     swapped[phase])
+    assert main(["function", str(swapped["ed"]), str(swapped["es"]), "--from-labels", "--label-codes", "LV=1",
+                 "MYO=2", "RV=3", "--out", str(tmp_path / "other"), "--quiet"]) == 0
+    other = json.loads((tmp_path / "other" / "report.json").read_text())["function"]
+    assert {key: other[key] for key in expected} == pytest.approx(expected)
+    # what does not apply is refused before anything is written
+    for extra in (["--frame", "0"], ["--ed-series-uid", "1.2"]):
+        assert main(["function", str(swapped["ed"]), str(swapped["es"]), "--from-labels", "--out",
+                     str(tmp_path / "refused"), *extra]) == 2
+    assert main(["function", str(swapped["ed"]), str(swapped["es"]), "--label-codes", "LV=1", "--out",
+                 str(tmp_path / "refused")]) == 2
+    assert main(["function", str(swapped["ed"]), str(swapped["ed"]), "--from-labels", "--out",
+                 str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+    capsys.readouterr()

@@ -291,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ed-series-uid", metavar="UID",
                    help="SeriesInstanceUID of the end-diastolic series when the ED folder holds several "
                         "(default: --series-uid)")
+    p.add_argument("--from-labels", action="store_true",
+                   help="ED and ES are label maps (manual contours, another tool's output; .seg.nrrd and DICOM SEG by "
+                        "their segment names): no segmentation, the volumes, ejection fractions and LV mass of those "
+                        "labels (function.csv, report.json)")
+    p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
+                   help="with --from-labels: the label maps' values when another tool wrote them, e.g. LV=1 MYO=2 RV=3")
     p.add_argument("--es-series-uid", metavar="UID",
                    help="SeriesInstanceUID of the end-systolic series when the ES folder holds several (default: "
                         "--series-uid); ED and ES may then be one folder")
@@ -1067,12 +1073,38 @@ def _segment_cine(args: argparse.Namespace, progress: ProgressCallback) -> int:
 
 @_command("function")
 def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
-    from .pipeline import cardiac_function_files, check_phase_paths, output_folder
-    from .progress import subrange
+    from .pipeline import check_phase_paths
     from .provenance import Provenance
 
-    check_phase_paths(args.ed, args.es, _cine_options(args))
+    if args.label_codes and not args.from_labels:
+        raise InputError("--label-codes applies to --from-labels (label maps given as ED and ES).")
     provenance = Provenance(command="function")
+    if args.from_labels:
+        from .labels import parse_label_codes
+        from .pipeline import cardiac_function_of_label_files
+
+        if any(v is not None for v in (args.frame, args.ed_frame, args.es_frame, args.series_uid, args.ed_series_uid,
+                                       args.es_series_uid)):
+            raise InputError("--from-labels reads two label map files; frames and DICOM series do not apply.")
+
+        codes = parse_label_codes(args.label_codes) if args.label_codes else None
+        f = cardiac_function_of_label_files(args.ed, args.es, args.out, label_codes=codes, overwrite=args.overwrite,
+                                            provenance=provenance, progress=progress)
+    else:
+        check_phase_paths(args.ed, args.es, _cine_options(args))
+        f = _function_of_images(args, provenance, progress)
+    if not args.quiet:
+        print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
+              f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "
+              f"LV mass {f.lv_mass_g:.1f} g")
+    return 0
+
+
+def _function_of_images(args: argparse.Namespace, provenance, progress: ProgressCallback):
+    """``function`` on two images: segmented, then measured."""
+    from .pipeline import cardiac_function_files, output_folder
+    from .progress import subrange
+
     # refuse before loading
     with output_folder(args.out, overwrite=args.overwrite, inputs=[args.ed, args.es], command="function"):
         progress(0.0, "Loading models")
@@ -1080,11 +1112,7 @@ def _function(args: argparse.Namespace, progress: ProgressCallback) -> int:
         f = cardiac_function_files(args.ed, args.es, args.out, models=models, options=_cine_options(args),
                                    qc=_qc_options(args, provenance), overwrite=True, provenance=provenance,
                                    progress=subrange(progress, 0.05, 1.0))
-    if not args.quiet:
-        print(f"LV EDV {f.lv_edv_ml:.1f} ml, ESV {f.lv_esv_ml:.1f} ml, EF {f.lv_ef_percent:.1f} %; "
-              f"RV EDV {f.rv_edv_ml:.1f} ml, ESV {f.rv_esv_ml:.1f} ml, EF {f.rv_ef_percent:.1f} %; "
-              f"LV mass {f.lv_mass_g:.1f} g")
-    return 0
+    return f
 
 
 #: Batch options that apply to some tasks only (dest -> tasks); given with another task they are an error.

@@ -215,6 +215,64 @@ def cardiac_function_files(
                          provenance=provenance, progress=progress)[0]
 
 
+def cardiac_function_of_label_files(
+    ed_labels_path: str | Path,
+    es_labels_path: str | Path,
+    out_dir: str | Path,
+    *,
+    label_codes: Mapping[int, int] | None = None,
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    progress: ProgressCallback | None = None,
+):
+    """``cardiacai function --from-labels``: the same volumes, ejection fractions and LV mass from label maps drawn
+    elsewhere (manual contours, another tool's output), without segmenting: ``function.csv`` and ``report.json``.
+
+    Each file is read as ``cardiacai qc`` and ``evaluate`` read labels: a ``.seg.nrrd`` or DICOM SEG by its segment
+    names, a plain label map in CardiacAI codes, or with ``label_codes`` (value -> CardiacAI code) for another
+    tool's values. The volumes use each file's own voxel size.
+
+    Raises
+    ------
+    InputError
+        Both paths the same file, a label map with values outside the table (or unmapped by ``label_codes``), no LV
+        blood pool at ED.
+    """
+    from .metrics import cardiac_function
+
+    if Path(ed_labels_path).resolve() == Path(es_labels_path).resolve():
+        raise InputError(f"ED and ES are the same file ({ed_labels_path}): give the end-diastolic and the "
+                         "end-systolic label maps.")
+    with output_folder(out_dir, overwrite=overwrite, inputs=[ed_labels_path, es_labels_path],
+                       command="function") as out:
+        provenance = provenance or Provenance(command="function")
+        provenance.parameters.update({"ed_labels": str(ed_labels_path), "es_labels": str(es_labels_path),
+                                      "from_labels": True,
+                                      "label_codes": None if label_codes is None else dict(label_codes)})
+        report(progress, 0.1, "Reading the label maps")
+        with provenance.timed("read"):
+            labels = {phase: _read_labels(path, label_codes, provenance, None)[0]
+                      for phase, path in (("ed", ed_labels_path), ("es", es_labels_path))}
+        for message in phase_pair_warnings(labels["ed"], labels["es"]):
+            provenance.warn(message.replace("images", "label maps"), log)
+        with warnings.catch_warnings():  # its notes come back in function.warnings and go to the report below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            function = cardiac_function(
+                labels["ed"].array, labels["es"].array, labels["ed"].geometry.spacing_kji_mm,
+                es_spacing_kji_mm=labels["es"].geometry.spacing_kji_mm,
+            )
+        for message in function.warnings:
+            provenance.warn(message, log)
+        write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
+        write_report(out, provenance=provenance, results={
+            "function": function.to_dict(), "source": "label maps (no segmentation)",
+            **{phase: {"labels": str(path), **volume_entry(labels[phase])}
+               for phase, path in (("ed", ed_labels_path), ("es", es_labels_path))},
+        })
+        report(progress, 1.0, "Done")
+        return function
+
+
 def check_phase_paths(ed_path: str | Path, es_path: str | Path, options: CineOptions | None = None) -> None:
     """Refuse ED and ES given as one file, unless it is a 4D series and two different frames are chosen, or a DICOM
     folder and two different series are chosen.
