@@ -422,3 +422,28 @@ def test_a_negative_pixdim_is_refused_for_the_mirror_itk_would_make(tmp_path):
     nib.save(image, tmp_path / "negative.nii")
     with pytest.raises(InputError, match="mirror that axis"):
         read_volume(tmp_path / "negative.nii")
+
+
+@pytest.mark.parametrize(("qform_code", "sform_code"), [(0, 0), (1, 0), (0, 2), (1, 1), (1, 2), (2, 1), (2, 4)])
+def test_nifti_2_and_2d_nifti_are_placed_as_itk_places_their_3d_nifti_1_twin(tmp_path, qform_code, sform_code):
+    rotation = np.array([[0.6, -0.8, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    qform = np.eye(4)
+    qform[:3, :3], qform[:3, 3] = rotation @ np.diag([1.5, 1.2, 8.0]), (10.0, -20.0, 30.0)
+    sform = np.eye(4)
+    sform[:3, :3], sform[:3, 3] = np.diag([1.5, 1.2, 8.0]), (5.0, 6.0, 7.0)
+
+    def saved(image_class, data, name):
+        image = image_class(data, None)
+        image.header.set_zooms((1.5, 1.2, 8.0)[:data.ndim])
+        image.set_qform(qform, code=qform_code)
+        image.set_sform(sform, code=sform_code)
+        nib.save(image, tmp_path / name)
+        return tmp_path / name
+
+    volume = _ramp((3, 5, 6)).transpose()  # (i, j, k) for nibabel
+    twin = read_volume(saved(nib.Nifti1Image, volume, "one.nii.gz"))  # 3D NIfTI-1: read by ITK
+    two = read_volume(saved(nib.Nifti2Image, volume, "two.nii.gz"))
+    assert two.geometry.is_close(twin.geometry, atol_mm=1e-4)
+    flat = read_volume(saved(nib.Nifti1Image, volume[:, :, 0], "flat.nii.gz"))  # 2D: its first slice's placement
+    np.testing.assert_allclose(flat.geometry.index_to_lps(np.array([[0, 4, 5]])),
+                               twin.geometry.index_to_lps(np.array([[0, 4, 5]])), atol=1e-4)

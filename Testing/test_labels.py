@@ -95,4 +95,6 @@ def test_values_present_equals_numpy_unique_for_every_label_dtype(dtype):
         assert found.dtype == expected.dtype and np.array_equal(found, expected)
     wide = np.array([0, 3, 2**40], np.int64)  # a range too wide to count: sorted instead
     assert np.array_equal(values_present(wide), wide)
+    huge = np.array([2**63 + 1, 2**63 + 4], np.uint64)  # beyond int64: sorted too, not an overflow
+    assert np.array_equal(values_present(huge), huge)
     assert values_present(np.zeros((2, 0), np.uint8)).size == 0

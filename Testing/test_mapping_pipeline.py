@@ -118,7 +118,11 @@ def test_a_map_stored_turned_or_mirrored_with_its_header_gets_the_same_contours_
     assert {s: v.median for s, v in second.segments.items()} == {s: v.median for s, v in first.segments.items()}
     assert second.septal.keys() == first.septal.keys()
     for a, b in zip(first.contours, second.contours):
-        np.testing.assert_allclose(b.epicardium_lps_mm, a.epicardium_lps_mm, atol=1e-9)
+        # the same points; a mirror runs them the other way round, so that they stay counter-clockwise as displayed
+        expected = a.epicardium_lps_mm[::-1] if turn.is_mirror else a.epicardium_lps_mm
+        np.testing.assert_allclose(b.epicardium_lps_mm, expected, atol=1e-9)
+        rows, columns = b.epicardium_px[:, 0], b.epicardium_px[:, 1]
+        assert np.sum(columns * np.roll(-rows, -1) - np.roll(columns, -1) * -rows) > 0  # counter-clockwise
         k = np.full((len(b.epicardium_px), 1), b.slice_index)  # pixel points on the stored grid
         np.testing.assert_allclose(other.geometry.index_to_lps(np.hstack([k, b.epicardium_px])),
                                    b.epicardium_lps_mm, atol=1e-6)
@@ -556,3 +560,21 @@ def test_cli_fit_map_signed_fits_phase_sensitive_molli_that_magnitude_fitting_re
     fitted = read_volume(tmp_path / "signed" / "t1_map.nii.gz").array
     np.testing.assert_allclose(fitted, t1, rtol=0.01)
     assert json.loads((tmp_path / "signed" / "report.json").read_text())["provenance"]["parameters"]["signed"]
+
+
+def test_the_whole_view_crop_covers_the_slices_as_the_network_sees_them():
+    from cardiac_ai.geometry import Geometry, InPlaneTurn
+    from cardiac_ai.mapping.pipeline import _whole_view_spec
+    from cardiac_ai.preprocessing import preprocess
+
+    tall = np.zeros((2, 256, 96), np.float32)
+    tall[:, 100:150, 30:60] = 1000.0
+    stored_turn = InPlaneTurn(transpose=True)  # a stack stored transposed, its header saying so
+    geometry = stored_turn.geometry(Geometry((1.25, 1.25, 8.0)), (2, 96, 256))
+    volume = Volume(tall, geometry)
+    spec = _whole_view_spec(SPEC, volume)
+    prepared = preprocess(volume, spec, crop_center="image_center")
+    kept = prepared.transform.in_plane_turn.undo(prepared.image)  # nothing of the field of view cut off
+    assert spec.crop_size[0] * SPEC.in_plane_spacing_mm[0] >= 96 * 1.25
+    assert spec.crop_size[1] * SPEC.in_plane_spacing_mm[1] >= 256 * 1.25
+    assert kept.shape[1:] == spec.crop_size[::-1]

@@ -530,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --levels: where the base lies along the slices; the slices with myocardium are "
                         "split into basal, mid and apical thirds for AHA segment numbers")
     p.add_argument("--anchor-angle", type=float, metavar="DEG",
-                   help="screen angle (0 right, 90 up) of the anterior RV insertion point; default: standard view "
-                        "(approximate)")
+                   help="screen angle (0 right, 90 up) of the anterior RV insertion point, on the slices shown as "
+                        "a short-axis view (viewed from the apex; report.json's input.slices_shown_to_networks says "
+                        "how the stored slices were turned to show them so); default: standard view (approximate)")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the per-slice fibrosis probability and the patient one (report.json's "
                         "patient_fibrosis_probability, from lge_fibrosis_stack_classifier when installed)")

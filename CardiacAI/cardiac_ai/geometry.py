@@ -320,6 +320,9 @@ class InPlaneTurn:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "InPlaneTurn":
+        unknown = sorted(set(data or {}) - {"transpose", "flip_j", "flip_i"})
+        if unknown:
+            raise InputError(f"Unknown in-plane turn keys {unknown}; expected transpose, flip_j, flip_i.")
         return cls(**{key: bool(value) for key, value in (data or {}).items()})
 
 

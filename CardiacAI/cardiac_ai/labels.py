@@ -167,6 +167,11 @@ def overlap_priority(code: int) -> int:
 _COUNTED_SPAN = 1 << 16
 
 
+#: Voxels counted at a time: np.bincount copies its input as 8-byte integers, so a 768 x 768 x 25 map counted whole
+#: would take 118 MB for a few bytes of answer.
+_COUNTED_CHUNK = 1 << 22
+
+
 def values_present(array: np.ndarray) -> np.ndarray:
     """The distinct values of ``array``, sorted, as ``np.unique`` gives them; counted for integer and boolean maps
     of a small range (label maps), sorted for the rest."""
@@ -176,9 +181,13 @@ def values_present(array: np.ndarray) -> np.ndarray:
         if array.dtype == bool:
             flat = flat.view(np.uint8)
         low, high = int(flat.min()), int(flat.max())
-        if high - low < _COUNTED_SPAN:
-            shifted = flat if low == 0 and flat.dtype.kind == "u" else flat.astype(np.int64) - low
-            return (np.flatnonzero(np.bincount(shifted, minlength=high - low + 1)) + low).astype(array.dtype)
+        if high - low < _COUNTED_SPAN and -(1 << 62) < low and high < (1 << 62):  # int64 holds every shifted value
+            counts = np.zeros(high - low + 1, np.int64)
+            for start in range(0, flat.size, _COUNTED_CHUNK):
+                chunk = flat[start:start + _COUNTED_CHUNK]
+                shifted = chunk if low == 0 and chunk.dtype.kind == "u" else chunk.astype(np.int64) - low
+                counts += np.bincount(shifted, minlength=counts.size)
+            return (np.flatnonzero(counts) + low).astype(array.dtype)
     return np.unique(array)
 
 

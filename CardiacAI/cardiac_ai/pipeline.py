@@ -266,7 +266,8 @@ def cardiac_function_of_label_files(
         write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
         write_report(out, provenance=provenance, results={
             "function": function.to_dict(), "source": "label maps (no segmentation)",
-            **{phase: {"labels": str(path), **volume_entry(labels[phase])}
+            **{phase: {"labels": str(path), "shape_kji": list(labels[phase].array.shape),
+                       "geometry": labels[phase].geometry.to_dict()}
                for phase, path in (("ed", ed_labels_path), ("es", es_labels_path))},
         })
         report(progress, 1.0, "Done")
@@ -389,8 +390,9 @@ def _function_job(ed_path, es_path, out_dir, *, models, options, qc, overwrite, 
         write_csv(out / "function.csv", [{k: v for k, v in function.to_dict().items() if k != "warnings"}])
         qc_keys = {phase: ({"qc": _qc_entry(checks[phase])} if qc is not None else {}) for phase in ("ed", "es")}
         write_report(out, provenance=provenance, results={
-            "function": function.to_dict(), "ed": {**ed.to_report(), **qc_keys["ed"]},
-            "es": {**es.to_report(), **qc_keys["es"]},
+            "function": function.to_dict(),
+            "ed": {"input": volume_entry(ed_volume), **ed.to_report(), **qc_keys["ed"]},
+            "es": {"input": volume_entry(es_volume), **es.to_report(), **qc_keys["es"]},
         })
         report(progress, 1.0, "Done")
         return function, list(checks.values())

@@ -316,7 +316,10 @@ def preprocess(
         ``"labels"`` the centre of the bounding box of all labelled (non-zero) pixels of the whole stack (training);
         ``"image_center"`` the centre of the slices (inference without a detector);
         a (j, i) pair taken as given; a callable ``detector(resampled_image: Volume) -> (j, i)`` (e.g. a heart
-        localiser). None means "labels" when labels are given, else "image_center".
+        localiser). None means "labels" when labels are given, else "image_center". The resampled grid is that of
+        the slices turned to the short-axis display (``transform.in_plane_turn``; the input's own orientation when
+        its header needs no turn): compute a (j, i) pair from a physical point with the detector's
+        ``resampled_image.geometry``, not from the input's indices.
 
     Returns
     -------

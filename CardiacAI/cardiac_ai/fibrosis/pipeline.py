@@ -345,8 +345,9 @@ def segment_fibrosis(
         Instead of ``levels``: where the base lies along k; the slices with predicted myocardium are then split
         into basal, mid and apical thirds (the AHA convention), those without get no level.
     anchor_angle_deg : float, optional
-        Screen angle of the anterior RV insertion point; None assumes the standard view (approximate, see
-        :mod:`cardiac_ai.fibrosis.clinical`).
+        Screen angle of the anterior RV insertion point on the slices as the short-axis display shows them
+        (:func:`~cardiac_ai.geometry.short_axis_display_turn` of the volume's geometry; the stored array when its
+        header needs no turn); None assumes the standard view (approximate, see :mod:`cardiac_ai.fibrosis.clinical`).
     device : {"auto", "cpu", "cuda", None}
         Where the networks run.
     provenance : Provenance, optional

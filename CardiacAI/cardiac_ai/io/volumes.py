@@ -79,7 +79,7 @@ def volume_from_sitk(image: sitk.Image, *, allow_4d: bool = False, allow_complex
         origin = (*image.GetOrigin(), 0.0)
         d = image.GetDirection()
         direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
-        return Volume(array[np.newaxis], Geometry(spacing, origin, direction))
+        return Volume(array[np.newaxis], _unit_axes_geometry(spacing, origin, direction))
     if dimension == 3:
         return Volume(array, _unit_axes_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection()))
     if dimension == 4:
@@ -491,14 +491,17 @@ def _nifti2_header_class():
 
 
 def _nifti_transform(header) -> np.ndarray:
-    """The voxel-to-RAS transform ITK would take from a NIfTI header: the qform when it is set, else the sform with
-    the voxel size of pixdim (ITK's reading of ACDC's unit-scale sforms), else pixdim alone."""
-    if int(header["qform_code"]) > 0:
-        return np.asarray(header.get_qform(), dtype=np.float64)
-    if int(header["sform_code"]) <= 0:
-        return np.asarray(header.get_base_affine(), dtype=np.float64)
-    transform = np.asarray(header.get_sform(), dtype=np.float64)
+    """The voxel-to-RAS transform ITK (5.4, as in 3D Slicer) takes from a NIfTI header: the sform when its code is 1
+    (scanner, what dcm2niix writes) or the qform is not set, with the voxel size of pixdim (ITK's reading of ACDC's
+    unit-scale sforms); else the qform; with neither, the identity direction (in LPS) at the origin."""
+    qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
     pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if qform_code <= 0 and sform_code <= 0:
+        spacing = np.where(pixdim > 0, pixdim, 1.0)
+        return np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])  # LPS identity, as RAS
+    if not (sform_code > 0 and (qform_code <= 0 or sform_code == 1)):
+        return np.asarray(header.get_qform(), dtype=np.float64)
+    transform = np.asarray(header.get_sform(), dtype=np.float64)
     lengths = np.linalg.norm(transform[:3, :3], axis=0)
     for axis in range(3):
         if lengths[axis] > 0 and pixdim[axis] > 0 and not np.isclose(lengths[axis], pixdim[axis], rtol=1e-3):
@@ -555,10 +558,14 @@ def _warn_if_qform_and_sform_disagree(image, geometry: Geometry, path: Path) -> 
         return
     used_ras = geometry.ijk_to_ras_matrix()
     used = min(transforms, key=lambda name: float(np.max(np.abs(corners @ used_ras.T - placed[name]))))
+    if used == "sform":
+        others = "tools that read the qform"
+    else:
+        others = "nibabel, FSL and MONAI, which read the sform,"
     warn_for_report(log, f"{path}: its NIfTI qform and sform place the image up to {apart:.1f} mm apart. CardiacAI, "
-                         f"like ITK and 3D Slicer, used the {used}; nibabel, FSL and MONAI use the sform, so in those "
-                         f"tools this image and CardiacAI's results on it lie up to {apart:.1f} mm from where they lie "
-                         "here. Fix the header (set both to the right transform) if that matters.")
+                         f"like ITK and 3D Slicer, used the {used}; in {others} this image and CardiacAI's results "
+                         f"on it lie up to {apart:.1f} mm from where they lie here. Fix the header (set both to the "
+                         "right transform) if that matters.")
 
 
 #: Length units of an NRRD's ``space units`` and their size in mm.

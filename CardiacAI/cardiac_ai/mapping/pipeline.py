@@ -392,12 +392,14 @@ def _check_map_volume(map_volume: Volume) -> None:
 
 # -- segmentation --------------------------------------------------------------------------------------------
 def _whole_view_spec(spec: Any, volume: Volume) -> Any:
-    """The model's spec with a crop covering the whole resampled field of view (a multiple of 32 pixels)."""
+    """The model's spec with a crop covering the whole resampled field of view (a multiple of 32 pixels), on the
+    slices as ``preprocess`` turns them for the network (rows and columns swap places in a transposed stack)."""
     from ..preprocessing import MAX_CROP_SIZE
 
-    spacing_i, spacing_j, _ = volume.geometry.spacing_mm
+    turn = short_axis_display_turn(volume.geometry)
+    spacing_i, spacing_j, _ = turn.geometry(volume.geometry, volume.spatial_shape).spacing_mm
     new_i, new_j = spec.in_plane_spacing_mm
-    n_j, n_i = volume.array.shape[1:]
+    n_j, n_i = turn.shape(volume.array.shape)[1:]
     sizes = []
     for n, old, new, crop in ((n_j, spacing_j, new_j, spec.crop_size[0]), (n_i, spacing_i, new_i, spec.crop_size[1])):
         resampled = max(1, int(round(n * old / new)))
@@ -574,10 +576,14 @@ def _as_stored(analysis: MapAnalysis, turn: InPlaneTurn, stored: Volume) -> MapA
     def points(array):
         return None if array is None else turn.undo_points(array, stored.spatial_shape)
 
+    def winding(array):  # a mirror reverses the winding: run the points backwards to keep them counter-clockwise
+        return array[::-1] if array is not None and turn.is_mirror else array
+
     contours = tuple(dataclasses.replace(
-        c, endocardium_px=points(c.endocardium_px), epicardium_px=points(c.epicardium_px),
-        extra_endocardium_px=tuple(points(a) for a in c.extra_endocardium_px),
-        extra_epicardium_px=tuple(points(a) for a in c.extra_epicardium_px),
+        c, endocardium_px=winding(points(c.endocardium_px)), epicardium_px=winding(points(c.epicardium_px)),
+        endocardium_lps_mm=winding(c.endocardium_lps_mm), epicardium_lps_mm=winding(c.epicardium_lps_mm),
+        extra_endocardium_px=tuple(winding(points(a)) for a in c.extra_endocardium_px),
+        extra_epicardium_px=tuple(winding(points(a)) for a in c.extra_epicardium_px),
         spacing_ji_mm=tuple(c.spacing_ji_mm[::-1]) if turn.transpose else c.spacing_ji_mm,
     ) for c in analysis.contours)
     return dataclasses.replace(analysis, labels=volume(analysis.labels), labels_with_rv=volume(analysis.labels_with_rv),
