@@ -220,3 +220,16 @@ def test_the_display_turn_brings_the_columns_within_45_degrees_of_the_left_and_n
         row = sign * np.cross(normal, column)
         turn = short_axis_display_turn(Geometry(direction_lps=tuple(np.column_stack([column, row, normal]).ravel())))
         assert not turn.is_mirror
+
+
+@pytest.mark.parametrize("cosine", [np.sqrt(0.5), 0.707107], ids=["exact", "dicom-rounded"])
+def test_a_tie_at_45_degrees_gets_one_display_whatever_the_storage(cosine):
+    from cardiac_ai.geometry import InPlaneTurn, short_axis_display_turn
+
+    direction = (cosine, -cosine, 0.0, cosine, cosine, 0.0, 0.0, 0.0, 1.0)  # columns 45 degrees from the left
+    geometry = Geometry((1.0, 1.0, 8.0), (0.0, 0.0, 0.0), direction)
+    shown = []
+    for stored in _ALL_TURNS:
+        stored_geometry = InPlaneTurn(*stored).geometry(geometry, (1, 6, 6))
+        shown.append(short_axis_display_turn(stored_geometry).geometry(stored_geometry, (1, 6, 6)))
+    assert all(g.is_close(shown[0], atol_mm=1e-9) for g in shown)

@@ -655,3 +655,25 @@ def test_function_from_label_maps_measures_them_without_segmenting(tmp_path, cap
                  str(tmp_path / "refused")]) == 2
     assert not (tmp_path / "refused").exists()
     capsys.readouterr()
+
+
+def test_function_of_ed_and_es_stored_in_different_axis_orders_sees_one_grid(cine_models_dir, tmp_path):
+    from cardiac_ai.geometry import InPlaneTurn
+
+    ed, es = make_cine_phantom(seed=7, phase="ED"), make_cine_phantom(seed=7, phase="ES")
+    turn = InPlaneTurn(flip_j=True, flip_i=True)  # the ES frame stored turned 180 degrees, its header saying so
+    write_volume(ed.image, tmp_path / "ed.nii.gz")
+    write_volume(Volume(np.ascontiguousarray(turn.apply(es.image.array)),
+                        turn.geometry(es.image.geometry, es.image.spatial_shape)), tmp_path / "es.nii.gz")
+    write_volume(Volume(np.ascontiguousarray(turn.apply(ed.image.array)),
+                        turn.geometry(ed.image.geometry, ed.image.spatial_shape)), tmp_path / "ed_turned.nii.gz")
+    common = ["--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline", "--no-qc", "--quiet"]
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out",
+                 str(tmp_path / "mixed"), *common]) == 0
+    warnings = json.loads((tmp_path / "mixed" / "report.json").read_text())["provenance"]["warnings"]
+    assert not any("different grids" in w for w in warnings)
+    # the same frame twice, stored two ways: called what it is
+    assert main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "ed_turned.nii.gz"), "--out",
+                 str(tmp_path / "twice"), *common]) == 0
+    warnings = json.loads((tmp_path / "twice" / "report.json").read_text())["provenance"]["warnings"]
+    assert any("identical voxel for voxel" in w for w in warnings)

@@ -642,6 +642,16 @@ def test_cam_takes_the_end_diastolic_frame_from_a_4d_input(trained_weak_models, 
                           read_volume(tmp_path / "3d" / "labels.nii.gz").array)
     assert json.loads((tmp_path / "4d" / "report.json").read_text())["provenance"]["parameters"][
         "end_diastole_frame"] == 0
+    # the end-diastolic frame stored in another axis order (its header saying so) is the same grid
+    from cardiac_ai.geometry import InPlaneTurn
+
+    turn = InPlaneTurn(flip_j=True, flip_i=True)
+    write_volume(Volume(np.ascontiguousarray(turn.apply(ed.image.array)),
+                        turn.geometry(ed.image.geometry, ed.image.spatial_shape)), tmp_path / "ed_turned.nii.gz")
+    assert main(["cam", str(tmp_path / "es.nii.gz"), "--ed", str(tmp_path / "ed_turned.nii.gz"), "--out",
+                 str(tmp_path / "turned"), *common]) == 0
+    assert np.array_equal(read_volume(tmp_path / "turned" / "labels.nii.gz").array,
+                          read_volume(tmp_path / "3d" / "labels.nii.gz").array)
 
 
 def test_cam_refuses_an_end_diastolic_frame_of_another_grid_before_writing(trained_weak_models, ed_es_pair, cohort,

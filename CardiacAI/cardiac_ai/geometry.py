@@ -332,6 +332,8 @@ NO_TURN = InPlaneTurn()
 #: patient's left, and roughly from the apex to the base (towards right, posterior and superior).
 _PATIENT_LEFT_LPS = np.array([1.0, 0.0, 0.0])
 _APEX_TO_BASE_LPS = np.array([-1.0, 1.0, 1.0]) / math.sqrt(3.0)
+#: The columns point as far to the patient's left as they can; between equals, as far posterior, then superior.
+_TIE_BREAKERS_LPS = (_PATIENT_LEFT_LPS, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
 #: Below this |cos| between the slices' viewing direction and the apex-to-base direction, a stack's handedness says
 #: nothing about the anatomy (slices along the long axis): it is kept as stored.
 _MIN_HANDEDNESS_COS = 0.2
@@ -345,8 +347,10 @@ def short_axis_display_turn(geometry: Geometry) -> InPlaneTurn:
     reoriented by nibabel's ``as_closest_canonical`` or MONAI's ``Orientation``, a file flipped by a converter) is
     turned back, and a stack already shown that way (the ACDC and EMIDEC files, whose headers hold the identity, and
     short-axis DICOM as scanners store it) is left as it is. A header that lies about the orientation cannot be
-    caught here. Every storage order of the same slices gets the same display (the columns within 45 degrees of the
-    patient's left), so the networks' results do not depend on it.
+    caught here. Every storage order of the same short-axis slices gets the same display (the columns within 45
+    degrees of the patient's left), so the networks' results do not depend on it. A plane along the apex-to-base
+    axis (a long-axis view, whose handedness says nothing about the anatomy) is turned but never mirrored, so its
+    mirrored storages stay mirrored.
     """
     axes = geometry.direction_matrix
     stored_i, stored_j = axes[:, 0], axes[:, 1]
@@ -364,8 +368,10 @@ def short_axis_display_turn(geometry: Geometry) -> InPlaneTurn:
                 else:
                     allowed = viewed_from_apex
                 if allowed:
-                    candidates.append((float(column @ _PATIENT_LEFT_LPS), turn))
-    # the first best wins a tie: the stored orientation comes first among the candidates
+                    # ties (columns 45 degrees either side of the left, as DICOM's 0.707107 writes them) are broken
+                    # by physical directions, never by the storage order: the same slices get the same display
+                    key = tuple(round(float(column @ axis), 6) for axis in _TIE_BREAKERS_LPS)
+                    candidates.append((key, turn))
     return max(candidates, key=lambda candidate: candidate[0])[1]
 
 

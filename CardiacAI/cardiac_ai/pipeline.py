@@ -324,8 +324,12 @@ def _phase_frames(options: CineOptions) -> tuple[int | None, int | None]:
 
 def phase_pair_warnings(ed: Volume, es: Volume) -> list[str]:
     """What makes an ED and an ES image unlikely to be two frames of one cine series (the function indices assume
-    they are): different grids, or identical voxels."""
+    they are): different grids, or identical voxels. The same grid stored in another axis order (its header saying
+    so) is one grid."""
+    from .geometry import align_axes
+
     found = []
+    es = align_axes(es, ed.geometry)
     differences = ed.geometry.differences(es.geometry, atol_mm=0.01, atol_direction=1e-3)
     if ed.array.shape != es.array.shape:
         differences.insert(0, f"size {ed.array.shape} vs {es.array.shape} voxels (k, j, i)")

@@ -256,8 +256,8 @@ def explain_volume(
         complete_lv_wall`: the U-Net misses about 30 % of the myocardium); default 11 mm, chosen on the ACDC
         validation patients (whole-heart Dice 0.722 -> 0.744); 0 keeps the U-Net's output as it is. Not applied to
         the CAM pseudo-label (not validated there).
-    end_diastole : the end-diastolic frame of the same cine stack (same grid), when ``volume`` is another frame
-        (end-systole): the weak U-Net segments it, and its heart (LV wall completed), carried onto ``volume`` by a
+    end_diastole : the end-diastolic frame of the same cine stack (same grid, in any axis order), when ``volume`` is
+        another frame (end-systole): the weak U-Net segments it, and its heart (LV wall completed), carried onto ``volume`` by a
         deformable registration of the two images (:func:`~cardiac_ai.weak.propagation.carry_mask_between_frames`),
         is the labels. The U-Net draws an end-diastolic-sized heart on every frame, so this is the better heart for
         an end-systolic frame (ACDC test patients, per volume: 0.716 -> 0.751; validation 0.698 -> 0.728). Not
@@ -290,7 +290,7 @@ def explain_volume(
     augment = _check_augment(augment)
     lv_wall_mm = check_wall_mm(lv_wall_mm)
     if end_diastole is not None:
-        _check_same_stack(end_diastole, volume)
+        end_diastole = _on_the_image_grid(end_diastole, volume)
     provenance = provenance or Provenance(command="cam")
     card = models.classifier.card
     classes = tuple(card.label_map[i] for i in sorted(card.label_map))
@@ -418,10 +418,14 @@ def _weak_unet_heart(volume: Volume, segmenter: Any, prepared: Any) -> np.ndarra
     return restore_labels(np.where(heart > 0, HEART, 0).astype(np.uint8), prepared.transform).array > 0
 
 
-def _check_same_stack(end_diastole: Any, volume: Volume) -> None:
-    """InputError unless ``end_diastole`` is a 3D frame on ``volume``'s grid (frames of one cine series share it)."""
+def _on_the_image_grid(end_diastole: Any, volume: Volume) -> Volume:
+    """``end_diastole`` on ``volume``'s grid (frames of one cine series share it): the same voxels stored in
+    another axis order (its header saying so) are reordered; InputError for any other grid."""
+    from ..geometry import align_axes
+
     if not isinstance(end_diastole, Volume) or end_diastole.axes != "kji":
         raise InputError("The end-diastolic frame must be one 3D (k, j, i) frame; choose a frame of 4D data.")
+    end_diastole = align_axes(end_diastole, volume.geometry)
     differences = end_diastole.geometry.differences(volume.geometry, atol_mm=0.01, atol_direction=1e-3)
     if end_diastole.array.shape != volume.array.shape:
         differences.insert(0, f"size {end_diastole.array.shape} vs {volume.array.shape} voxels (k, j, i)")
@@ -430,6 +434,7 @@ def _check_same_stack(end_diastole: Any, volume: Volume) -> None:
                          + "): give a frame of the same cine series, whose frames share one grid.")
     if not np.all(np.isfinite(end_diastole.array)):
         raise InputError("The end-diastolic frame holds NaN or Inf values.")
+    return end_diastole
 
 
 def neighbour_correlation(array: np.ndarray) -> float:
