@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ed", help="end-diastolic short-axis volume")
     p.add_argument("es", help="end-systolic short-axis volume (may be the ED file or DICOM folder, with --ed-frame "
                               "and --es-frame, or with --ed-series-uid and --es-series-uid)")
-    p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, report.json")
+    p.add_argument("--out", required=True, help="output folder: labels_ed/es.nii.gz, .seg.nrrd, function.csv, "
+                                                "report.json (--from-labels: function.csv and report.json)")
     p.add_argument("--ed-frame", type=_whole_number_at_least_0, metavar="N",
                    help="0-based end-diastolic frame of a 4D ED file or DICOM cine series (default: --frame)")
     p.add_argument("--es-frame", type=_whole_number_at_least_0, metavar="N",
@@ -291,15 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ed-series-uid", metavar="UID",
                    help="SeriesInstanceUID of the end-diastolic series when the ED folder holds several "
                         "(default: --series-uid)")
+    p.add_argument("--es-series-uid", metavar="UID",
+                   help="SeriesInstanceUID of the end-systolic series when the ES folder holds several (default: "
+                        "--series-uid); ED and ES may then be one folder")
     p.add_argument("--from-labels", action="store_true",
                    help="ED and ES are label maps (manual contours, another tool's output; .seg.nrrd and DICOM SEG by "
                         "their segment names): no segmentation, the volumes, ejection fractions and LV mass of those "
                         "labels (function.csv, report.json)")
     p.add_argument("--label-codes", nargs="+", metavar="NAME=VALUE",
                    help="with --from-labels: the label maps' values when another tool wrote them, e.g. LV=1 MYO=2 RV=3")
-    p.add_argument("--es-series-uid", metavar="UID",
-                   help="SeriesInstanceUID of the end-systolic series when the ES folder holds several (default: "
-                        "--series-uid); ED and ES may then be one folder")
 
     p = sub.add_parser(
         "batch", parents=[common, cine, quality],
