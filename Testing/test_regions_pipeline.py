@@ -677,3 +677,14 @@ def test_function_of_ed_and_es_stored_in_different_axis_orders_sees_one_grid(cin
                  str(tmp_path / "twice"), *common]) == 0
     warnings = json.loads((tmp_path / "twice" / "report.json").read_text())["provenance"]["warnings"]
     assert any("identical voxel for voxel" in w for w in warnings)
+
+
+def test_a_frame_whose_rv_is_far_smaller_than_its_lv_is_called_a_missed_rv():
+    from cardiac_ai.regions.pipeline import missed_rv_warning
+
+    volumes = {"rv_blood_pool": 0.7, "lv_myocardium": 186.5, "lv_blood_pool": 299.7}  # patient001 ED mirrored
+    assert "RV was mostly missed" in missed_rv_warning(volumes) and "mirrored" in missed_rv_warning(volumes)
+    assert missed_rv_warning({**volumes, "rv_blood_pool": 0.0}) is not None
+    # ACDC's lowest true ratio (patient050 at end-systole, 0.11) and an empty segmentation: nothing to say
+    assert missed_rv_warning({**volumes, "rv_blood_pool": 0.11 * 299.7}) is None
+    assert missed_rv_warning({"rv_blood_pool": 0.0, "lv_myocardium": 0.0, "lv_blood_pool": 0.0}) is None
