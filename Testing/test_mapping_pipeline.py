@@ -304,6 +304,19 @@ def test_cli_ecv_with_haematocrit_matches_the_hand_computed_value(models_dir, un
     ecv_map = read_volume(tmp_path / "e" / "ecv_map.nii.gz").array
     labels = read_volume(tmp_path / "e" / "labels.nii.gz").array
     assert np.median(ecv_map[labels == 2]) == pytest.approx(0.25, abs=0.03) and np.all(ecv_map[labels != 2] == 0)
+    # the post-contrast map stored turned 180 degrees (its header saying so) is the same grid: reordered, not
+    # resampled, and the same ECV
+    from cardiac_ai.geometry import InPlaneTurn
+
+    turn = InPlaneTurn(flip_j=True, flip_i=True)
+    write_volume(Volume(np.ascontiguousarray(turn.apply(post)), turn.geometry(unseen.t1_map_ms.geometry,
+                                                                               post.shape)), tmp_path / "post_t.nii.gz")
+    assert main(["ecv", str(tmp_path / "native.nii.gz"), str(tmp_path / "post_t.nii.gz"), "--out",
+                 str(tmp_path / "t"), "--haematocrit", "0.42", "--device", "cpu", "--models-dir", str(models_dir),
+                 "--quiet"]) == 0
+    turned = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert turned["ecv"]["myocardium"]["ecv_fraction"] == ecv["ecv_fraction"]
+    assert not any("different grids" in w for w in turned["provenance"]["warnings"])
 
 
 def test_ecv_pairs_the_native_and_post_contrast_medians_over_the_same_slices(models_dir, unseen, tmp_path, capsys):

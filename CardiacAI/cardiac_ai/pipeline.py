@@ -1653,7 +1653,8 @@ def ecv_files(
     with output_folder(out_dir, overwrite=overwrite, inputs=[native_path, post_path], command="ecv") as out:
         with provenance.timed("read"):
             native = read_input(native_path, series_uid=series_uid)
-            post = read_input(post_path, series_uid=series_uid)
+            # the same grid stored in another axis order (its header saying so) is reordered, not resampled
+            post = align_axes(read_input(post_path, series_uid=series_uid), native.geometry)
         post_clean, _, notes = check_map_values(post.array, kind="t1", post_contrast=True,
                                                 what="post-contrast T1 map")
         native_analysis = analyse_map(native, kind="t1", models=models, erosion_mm=erosion_mm, device=device,
