@@ -193,6 +193,7 @@ def test_cli_map_writes_the_contract(models_dir, tiny_qc_models, unseen, tmp_pat
     assert (out / "bullseye.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((out / "report.json").read_text())
     assert report["provenance"]["models"][0]["name"] == MAP_MODEL_NAME
+    assert report["input"]["slices_shown_to_networks"] == "as stored"
     # QC runs by default when QC models are installed, and is marked indicative on maps (trained on cine)
     assert report["qc"]["indicative"] is True and report["qc"]["slices"]
 

@@ -194,14 +194,18 @@ def test_cli_segment_cine_and_function_write_the_contract(cine_models_dir, tmp_p
     assert report["volumes_ml"] == pytest.approx(_volumes_ml_of(labels)) and report["volumes_ml"]["lv_blood_pool"] > 0
     assert report["lv_mass_g"] == pytest.approx(1.05 * report["volumes_ml"]["lv_myocardium"])
     assert len(report["slices"]) == ed.image.array.shape[0]
+    assert report["input"]["slices_shown_to_networks"] == "as stored"  # the phantom's identity header
     assert {"load_models", "read", "write"} <= set(report["provenance"]["timings_s"])
     assert {m["name"] for m in report["provenance"]["models"]} >= {"cine_baseline", "cine_region_classifier"}
 
     code = main(["function", str(tmp_path / "ed.nii.gz"), str(tmp_path / "es.nii.gz"), "--out",
                  str(tmp_path / "fn"), "--device", "cpu", "--models-dir", str(cine_models_dir), "--mode", "baseline"])
     assert code == 0, capsys.readouterr().err
-    function = json.loads((tmp_path / "fn" / "report.json").read_text())["function"]
+    function_report = json.loads((tmp_path / "fn" / "report.json").read_text())
+    function = function_report["function"]
     assert function["lv_edv_ml"] > function["lv_esv_ml"] > 0 and 0 < function["lv_ef_percent"] < 100
+    assert function_report["ed"]["input"]["slices_shown_to_networks"] == "as stored"
+    assert function_report["es"]["input"]["geometry"] == es.image.geometry.to_dict()
     at_ed = _volumes_ml_of(read_volume(tmp_path / "fn" / "labels_ed.nii.gz"))
     at_es = _volumes_ml_of(read_volume(tmp_path / "fn" / "labels_es.nii.gz"))
     expected = {"lv_edv_ml": at_ed["lv_blood_pool"], "lv_esv_ml": at_es["lv_blood_pool"],
