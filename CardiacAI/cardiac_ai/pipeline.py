@@ -298,7 +298,7 @@ def check_phase_paths(ed_path: str | Path, es_path: str | Path, options: CineOpt
 
 def _series_of_folder(path: str | Path) -> str:
     """The listing of a DICOM folder's series for a message (they are the UIDs to choose from), or ""."""
-    from .io.dicom import list_dicom_series
+    from .io.dicom import list_dicom_series, series_listing
 
     if not Path(path).is_dir():
         return ""
@@ -306,8 +306,7 @@ def _series_of_folder(path: str | Path) -> str:
         infos = list_dicom_series(path)
     except (DataError, InputError, OSError):  # not a DICOM folder: the read says so later
         return ""
-    listing = "\n".join(f"  - {info.describe()}" for info in infos)
-    return f" It holds {len(infos)} series:\n{listing}" if len(infos) > 1 else ""
+    return f" It holds {len(infos)} series:\n{series_listing(infos)}" if len(infos) > 1 else ""
 
 
 def _phase_series(options: CineOptions) -> tuple[str | None, str | None]:

@@ -32,6 +32,7 @@ __all__ = [
     "read_dicom_series_and_headers",
     "series_headers",
     "slice_thickness_stated",
+    "series_listing",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeriesInfo]:
     return sorted(infos, key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
 
 
-def _series_listing(infos: list[DicomSeriesInfo]) -> str:
+def series_listing(infos: list[DicomSeriesInfo]) -> str:
+    """One line per series (UID, number, description, slices), for a message asking the user to choose one."""
     return "\n".join(f"  - {info.describe()}" for info in infos)
 
 
@@ -491,14 +493,14 @@ def series_headers(
     if series_uid is None:
         if len(series) > 1:
             raise InputError(
-                f"{source} holds {len(series)} DICOM series:\n{_series_listing(infos)}\n"
+                f"{source} holds {len(series)} DICOM series:\n{series_listing(infos)}\n"
                 "Choose one with series_uid=... (on the command line: --series-uid UID), "
                 "or put each series in its own folder."
             )
         series_uid = infos[0].series_uid
     if series_uid not in series:
         raise InputError(
-            f"Series {series_uid} is not in {source}; it holds:\n{_series_listing(infos)}\n"
+            f"Series {series_uid} is not in {source}; it holds:\n{series_listing(infos)}\n"
             "Pass one of these SeriesInstanceUIDs."
         )
     info, datasets = series[series_uid]

@@ -433,7 +433,7 @@ def read_volume(
         show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
         try:
-            if nifti_image is not None and isinstance(nifti_image.header, _nifti2_header_class()):
+            if nifti_image is not None and nifti_image.header.sizeof_hdr == 540:  # NIfTI-2
                 image, read_by_nibabel = _nifti2_as_sitk(nifti_image, source), True  # ITK reads NIfTI-1 only
             else:
                 image, framed = _read_nifti(nifti_image, source, frame) if nifti_image is not None else (None, False)
@@ -482,12 +482,6 @@ def read_volume(
     if volume.array.size == 0:
         raise InputError(f"{source} holds an empty image.")
     return volume
-
-
-def _nifti2_header_class():
-    import nibabel
-
-    return nibabel.Nifti2Header
 
 
 def _nifti_transform(header) -> np.ndarray:
